@@ -1,0 +1,82 @@
+//! The embedding path shared by both APIs: pick the model, tokenize off the async workers,
+//! check lengths, and hand the texts to the model's engine thread.
+
+use std::sync::Arc;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::engine::Encoded;
+
+/// One embedding request, whatever API it came through.
+pub struct EmbedRequest {
+    /// Model id, or the default.
+    pub model: Option<String>,
+    /// Non-empty texts.
+    pub texts: Vec<String>,
+    /// Cut texts at the model's limit (true) or refuse them with 413 (false).
+    pub truncate: bool,
+    /// Override the model's normalisation.
+    pub normalize: Option<bool>,
+}
+
+/// Vectors and accounting for a request.
+pub struct Embedded {
+    /// The model that answered.
+    pub model: String,
+    /// Whether the vectors are unit length.
+    pub normalized: bool,
+    /// One vector per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+}
+
+/// Runs `req` through the named (or default) model.
+pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded, ApiError> {
+    state.check_serving()?;
+    let id = req.model.unwrap_or_else(|| state.settings.models.default.clone());
+    let Some(slot) = state.registry.get(&id) else {
+        let known = state.registry.ids();
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "model {id:?} not found; available: {}",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ),
+        ));
+    };
+    let model = state.registry.acquire(&id).await?;
+    let tokenizer = model.tokenizer.clone();
+    let texts = req.texts;
+    let encoded: Vec<Encoded> = tokio::task::spawn_blocking(move || {
+        texts
+            .iter()
+            .map(|t| tokenizer.encode(t))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "tokenizer_error", e.to_string()))?
+    .map_err(|e| ApiError::bad_request("tokenizer_error", e))?;
+    if !req.truncate
+        && let Some(i) = encoded.iter().position(|e| e.truncated)
+    {
+        return Err(ApiError::too_large(
+            "input_too_long",
+            format!(
+                "input {i} is longer than the {} tokens model {id} accepts; shorten it or set \"truncate\": true",
+                model.package.manifest.max_seq_length
+            ),
+        ));
+    }
+    let tokens = encoded.iter().map(Encoded::len).sum();
+    let normalized = req.normalize.unwrap_or(model.package.manifest.normalize);
+    let vectors = model.embed(encoded, normalized).await?;
+    slot.touch();
+    Ok(Embedded {
+        model: id,
+        normalized,
+        vectors,
+        tokens,
+    })
+}

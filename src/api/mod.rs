@@ -1,0 +1,99 @@
+//! The HTTP API over the Unix socket: routes, shared state and health. Handlers never touch
+//! candle; they talk to the registry and to engine threads through channels.
+
+mod embed;
+pub mod error;
+mod input;
+mod openai;
+mod status;
+mod tei;
+
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use crate::config::Settings;
+use crate::registry::Registry;
+pub use error::ApiError;
+
+/// Whether the daemon can serve, as `/health` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Verifying packages; requests get 503.
+    Starting,
+    /// Serving.
+    Serving,
+    /// Up, but no model can serve; the reason says why.
+    Unavailable(String),
+}
+
+/// State shared by all handlers.
+pub struct AppState {
+    /// Effective configuration.
+    pub settings: Settings,
+    /// Known models.
+    pub registry: Arc<Registry>,
+    health: RwLock<Health>,
+}
+
+impl AppState {
+    /// New state, starting.
+    pub fn new(settings: Settings, registry: Arc<Registry>) -> Self {
+        AppState {
+            settings,
+            registry,
+            health: RwLock::new(Health::Starting),
+        }
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.health.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the health.
+    pub fn set_health(&self, h: Health) {
+        *self.health.write().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    fn check_serving(&self) -> Result<(), ApiError> {
+        match self.health() {
+            Health::Starting => Err(ApiError::unavailable(
+                "starting",
+                "caxtond is starting (verifying model packages); retry in a moment",
+                1,
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The router with every endpoint.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = usize::try_from(state.settings.limits.max_body_bytes.0).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/embed", post(tei::embed_handler))
+        .route("/health", get(status::health))
+        .route("/api/models", get(status::models))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no endpoint at {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,116 @@
+//! OpenAI-compatible `POST /v1/embeddings` and `GET /v1/models`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::embed::{EmbedRequest, embed};
+use super::error::ApiError;
+use super::input::{parse_body, texts};
+use crate::engine::pool::l2_normalize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingsRequest {
+    input: Value,
+    model: Option<String>,
+    encoding_format: Option<String>,
+    dimensions: Option<i64>,
+    /// Accepted for compatibility; OpenAI uses it for abuse monitoring, we have no use for it.
+    #[allow(dead_code)]
+    user: Option<String>,
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: EmbeddingsRequest = parse_body(body, state.settings.limits.max_body_bytes.0)?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_encoding_format",
+                format!("encoding_format {other:?} is not supported; use \"float\" or \"base64\""),
+            ));
+        }
+    };
+    let inputs = texts("input", req.input, state.settings.limits.max_inputs)?;
+    if let Some(model) = &req.model
+        && model.is_empty()
+    {
+        return Err(ApiError::bad_request("invalid_model", "`model` is empty; name a model or leave it out"));
+    }
+    let out = embed(
+        &state,
+        EmbedRequest {
+            model: req.model,
+            texts: inputs,
+            truncate: true,
+            normalize: None,
+        },
+    )
+    .await?;
+    let mut vectors = out.vectors;
+    if let Some(d) = req.dimensions {
+        let full = vectors.first().map_or(0, Vec::len);
+        if d < 1 || d as usize > full {
+            return Err(ApiError::bad_request(
+                "invalid_dimensions",
+                format!("dimensions must be between 1 and {full} for model {}, got {d}", out.model),
+            ));
+        }
+        for v in &mut vectors {
+            v.truncate(d as usize);
+            if out.normalized {
+                l2_normalize(v);
+            }
+        }
+    }
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": out.model,
+        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
+    })))
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .registry
+        .models()
+        .into_iter()
+        .map(|m| {
+            let created = std::fs::metadata(&m.file)
+                .and_then(|md| md.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            json!({"id": m.id, "object": "model", "created": created, "owned_by": "caxton"})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}

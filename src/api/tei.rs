@@ -1,0 +1,45 @@
+//! text-embeddings-inference-compatible `POST /embed` (default model).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use super::embed::{EmbedRequest, embed};
+use super::error::ApiError;
+use super::input::{parse_body, texts};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedBody {
+    inputs: Value,
+    normalize: Option<bool>,
+    truncate: Option<bool>,
+}
+
+/// `POST /embed`: `{"inputs": str or [str], "normalize"?, "truncate"?}` → `[[f32...]...]`.
+/// `truncate` defaults to true (as sentence-transformers behaves); false turns an over-long
+/// text into a 413.
+pub async fn embed_handler(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+    let req: EmbedBody = parse_body(body, state.settings.limits.max_body_bytes.0)?;
+    let inputs = texts("inputs", req.inputs, state.settings.limits.max_inputs)?;
+    let out = embed(
+        &state,
+        EmbedRequest {
+            model: None,
+            texts: inputs,
+            truncate: req.truncate.unwrap_or(true),
+            normalize: req.normalize,
+        },
+    )
+    .await?;
+    Ok(Json(out.vectors))
+}

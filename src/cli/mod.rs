@@ -1,0 +1,159 @@
+//! `caxton`, the command-line tool: talks to the daemon over its socket (`embed`) and works
+//! on package files offline (`pack`, `verify`) with the same code the daemon uses.
+
+pub mod client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use hyper::Method;
+
+use crate::package::pack::{PackOptions, WeightStorage, pack};
+use crate::package::verify::{DiscardSink, verify_file};
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/caxton/caxton.sock";
+
+/// caxton: command-line tool for the Caxton embedding daemon.
+#[derive(Debug, Parser)]
+#[command(name = "caxton", version, about = "Command-line tool for the Caxton embedding daemon")]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, env = "CAXTON_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Embed texts and print the vectors as JSON (one array per text).
+    Embed {
+        /// Model id (default: the daemon's models.default).
+        #[arg(long)]
+        model: Option<String>,
+        /// Texts to embed.
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+    /// Build a package from a sentence-transformers folder.
+    Pack {
+        /// The sentence-transformers folder (config.json, model.safetensors, tokenizer.json,
+        /// modules.json, 1_Pooling/config.json, sentence_bert_config.json).
+        model_dir: PathBuf,
+        /// Output file, NAME.tar.zst.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Model id (default: the folder's name).
+        #[arg(long)]
+        id: Option<String>,
+        /// Package version.
+        #[arg(long, default_value = "1")]
+        version: String,
+        /// Store f32 weights as f16 (half the size; computation stays f32).
+        #[arg(long)]
+        f16: bool,
+        /// zstd compression level (1-22).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: i32,
+    },
+    /// Check a package offline with the daemon's rules; exit 1 naming the reason if it fails.
+    Verify {
+        /// Package files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Entry point of the `caxton` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("caxton: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Embed { model, texts } => {
+            let body = serde_json::json!({"input": texts, "model": model});
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (status, bytes) = runtime.block_on(client::request(
+                &cli.socket,
+                Method::POST,
+                "/v1/embeddings",
+                Some(serde_json::to_vec(&body)?),
+            ))?;
+            if !status.is_success() {
+                bail!("{}: {}", status, client::error_message(&bytes));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
+            let vectors: Vec<&serde_json::Value> = v["data"]
+                .as_array()
+                .context("caxtond's answer has no data")?
+                .iter()
+                .map(|d| &d["embedding"])
+                .collect();
+            println!("{}", serde_json::to_string(&vectors)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pack {
+            model_dir,
+            output,
+            id,
+            version,
+            f16,
+            level,
+        } => {
+            let opts = PackOptions {
+                model_dir,
+                id,
+                version,
+                weights: if f16 { WeightStorage::F16 } else { WeightStorage::AsIs },
+                level,
+            };
+            let summary = pack(&opts, &output).with_context(|| format!("cannot pack {}", opts.model_dir.display()))?;
+            let m = &summary.manifest;
+            println!(
+                "{}: {} version {} ({}, {} dimensions, {} pooling), {} bytes, sha256 {}",
+                output.display(),
+                m.id,
+                m.version,
+                m.architecture.as_str(),
+                m.dimensions,
+                if m.pooling == crate::package::Pooling::Mean { "mean" } else { "cls" },
+                summary.package_size,
+                summary.package_sha256
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { files } => {
+            let mut ok = true;
+            for file in files {
+                match verify_file(&file, &mut DiscardSink) {
+                    Ok(v) => println!(
+                        "{}: ok: {} version {}, {} files, sha256 {}",
+                        file.display(),
+                        v.manifest.id,
+                        v.manifest.version,
+                        v.manifest.files.len(),
+                        v.package_sha256
+                    ),
+                    Err(e) => {
+                        ok = false;
+                        eprintln!("{}: rejected ({}): {e}", file.display(), e.kind());
+                    }
+                }
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

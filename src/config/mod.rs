@@ -1,0 +1,261 @@
+//! Configuration: YAML files in the config directory (`caxton.yaml`, then `conf.d/*.yaml` in
+//! lexical order) and `CAXTON_<SECTION>__<KEY>` environment variables, merged with figment and
+//! validated into a typed [`Settings`]. Every section refuses unknown keys.
+
+pub mod units;
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Yaml};
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, Mode};
+
+/// Default configuration directory.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/caxton";
+
+/// Everything the daemon can be configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where and how the HTTP socket listens.
+    pub socket: SocketSettings,
+    /// Daemon-owned state (the verified store lives in `state_dir/store`).
+    pub state_dir: PathBuf,
+    /// Where models come from and which one answers by default.
+    pub models: ModelSettings,
+    /// Request limits.
+    pub limits: LimitSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// The Unix socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketSettings {
+    /// Socket path; needs a restart to change.
+    pub path: PathBuf,
+    /// Permission bits of the socket file.
+    pub mode: Mode,
+}
+
+/// Model sources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// Read-only packages shipped with the distribution.
+    pub bundled_dir: PathBuf,
+    /// Side-loaded packages dropped by users.
+    pub package_dir: PathBuf,
+    /// Model used when a request names none.
+    pub default: String,
+}
+
+/// Limits that protect the daemon from oversized requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Most texts in one request.
+    pub max_inputs: usize,
+    /// Largest request body.
+    pub max_body_bytes: ByteSize,
+    /// Most texts in one forward pass.
+    pub max_batch_texts: usize,
+    /// Most padded tokens in one forward pass.
+    pub max_batch_tokens: usize,
+    /// Requests that may wait per model before new ones get 503.
+    pub queue_depth: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing filter directive.
+    pub level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            socket: SocketSettings::default(),
+            state_dir: PathBuf::from("/var/lib/caxton"),
+            models: ModelSettings::default(),
+            limits: LimitSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for SocketSettings {
+    fn default() -> Self {
+        SocketSettings {
+            path: PathBuf::from("/run/caxton/caxton.sock"),
+            mode: Mode(0o660),
+        }
+    }
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            bundled_dir: PathBuf::from("/usr/share/caxton/models"),
+            package_dir: PathBuf::from("/var/lib/caxton/packages"),
+            default: "all-MiniLM-L6-v2".into(),
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_inputs: 512,
+            max_body_bytes: ByteSize(4 << 20),
+            max_batch_texts: 32,
+            max_batch_tokens: 8192,
+            queue_depth: 1024,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parsing or merging failed (figment names the file and key path).
+    #[error("{0}")]
+    Figment(Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The config directory or a drop-in could not be listed.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The files that make up the configuration, in the order they apply.
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut files = vec![dir.join("caxton.yaml")];
+    let conf_d = dir.join("conf.d");
+    match std::fs::read_dir(&conf_d) {
+        Ok(entries) => {
+            let mut dropins: Vec<PathBuf> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                .collect();
+            dropins.sort();
+            files.extend(dropins);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ConfigError::Io { path: conf_d, source: e }),
+    }
+    Ok(files)
+}
+
+/// The figment for `dir`: defaults < caxton.yaml < conf.d/*.yaml < environment.
+pub fn figment(dir: &Path) -> Result<Figment, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+    for file in config_files(dir)? {
+        if file.exists() {
+            // Yaml::file on an unreadable file would be skipped silently; read errors must show.
+            std::fs::File::open(&file).map_err(|e| ConfigError::Io {
+                path: file.clone(),
+                source: e,
+            })?;
+            fig = fig.merge(Yaml::file_exact(&file));
+        }
+    }
+    Ok(fig.merge(
+        Env::prefixed("CAXTON_")
+            .ignore(&["config_dir", "socket"])
+            .split("__"),
+    ))
+}
+
+impl Settings {
+    /// Loads, merges and validates the configuration in `dir`. Relative paths in the files
+    /// are taken relative to `dir`.
+    pub fn load(dir: &Path) -> Result<Settings, ConfigError> {
+        let mut settings: Settings = figment(dir)?
+            .extract()
+            .map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        settings.resolve_paths(dir);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        for p in [
+            &mut self.socket.path,
+            &mut self.state_dir,
+            &mut self.models.bundled_dir,
+            &mut self.models.package_dir,
+        ] {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+    }
+
+    /// Checks the rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.into(),
+            reason,
+        };
+        if !crate::package::manifest::is_valid_id(&self.models.default) {
+            return Err(invalid(
+                "models.default",
+                format!("{:?} is not a model id (1 to 128 of [A-Za-z0-9._-])", self.models.default),
+            ));
+        }
+        // sockaddr_un holds 108 bytes including the terminating NUL.
+        if self.socket.path.as_os_str().len() > 107 {
+            return Err(invalid(
+                "socket.path",
+                format!("{} is longer than the 107 bytes a Unix socket path may have", self.socket.path.display()),
+            ));
+        }
+        let positive = [
+            ("limits.max_inputs", self.limits.max_inputs),
+            ("limits.max_batch_texts", self.limits.max_batch_texts),
+            ("limits.max_batch_tokens", self.limits.max_batch_tokens),
+            ("limits.queue_depth", self.limits.queue_depth),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if self.limits.max_body_bytes.0 < 1024 {
+            return Err(invalid("limits.max_body_bytes", "must be at least 1KiB".into()));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a level (error, warn, info, debug, trace) or filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! `caxtond`'s command line: parse flags, load and check the configuration, bind the socket,
+//! then hand over to [`crate::server::run`] until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::config::{DEFAULT_CONFIG_DIR, Settings};
+
+/// caxtond: the Caxton embedding daemon.
+#[derive(Debug, Parser)]
+#[command(name = "caxtond", version, about = "Offline sentence-embedding daemon serving HTTP on a Unix socket")]
+pub struct Args {
+    /// Configuration directory holding caxton.yaml and conf.d/*.yaml.
+    #[arg(long, env = "CAXTON_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+    pub config_dir: PathBuf,
+    /// Validate the configuration and exit: 0 when valid, 1 with the file and key otherwise.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// Entry point of the `caxtond` binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::load(&args.config_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("caxtond: invalid configuration in {}: {e}", args.config_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check_config {
+        println!("configuration in {} is valid", args.config_dir.display());
+        return ExitCode::SUCCESS;
+    }
+    crate::logging::init(&settings.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("caxtond: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(caxton_event = "fatal", "{e:#}");
+            eprintln!("caxtond: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let (listener, _owned) = crate::socket::bind(&settings.socket.path, settings.socket.mode)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let shutdown = shutdown_signal()?;
+    crate::server::run(listener, settings, shutdown).await
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}

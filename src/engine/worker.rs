@@ -1,0 +1,134 @@
+//! The engine thread of one loaded model: receives jobs over a bounded channel, gathers what
+//! is queued into batches, runs forward passes and answers each job on its oneshot. No forward
+//! pass ever runs on a tokio worker.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use tokio::sync::oneshot;
+
+use super::EngineError;
+use super::batch::{BatchLimits, plan};
+use super::bert::BertEncoder;
+use super::pool::{l2_normalize, pool};
+use super::tokenize::Encoded;
+use crate::package::Pooling;
+
+/// Vectors for one job, in input order.
+pub type JobResult = Result<Vec<Vec<f32>>, EngineError>;
+
+/// Texts to embed and where to send their vectors.
+pub struct Job {
+    /// Tokenized texts.
+    pub texts: Vec<Encoded>,
+    /// Whether to L2-normalise the pooled vectors.
+    pub normalize: bool,
+    /// Where the answer goes; a dropped receiver (client gone) skips the work.
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+/// Handle to a running engine thread. Dropping every handle stops the thread once the jobs
+/// already queued are answered.
+#[derive(Clone)]
+pub struct Worker {
+    tx: SyncSender<Job>,
+}
+
+impl Worker {
+    /// Starts the engine thread for `encoder`. `queue` jobs may wait; more are refused as busy.
+    pub fn spawn(
+        name: &str,
+        encoder: BertEncoder,
+        pooling: Pooling,
+        limits: BatchLimits,
+        queue: usize,
+    ) -> std::io::Result<Worker> {
+        let (tx, rx) = sync_channel(queue);
+        std::thread::Builder::new()
+            .name(format!("engine:{name}"))
+            .spawn(move || run(rx, encoder, pooling, limits))?;
+        Ok(Worker { tx })
+    }
+
+    /// Queues a job, or refuses it at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), EngineError> {
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => EngineError::Busy,
+            TrySendError::Disconnected(_) => EngineError::Stopped,
+        })
+    }
+}
+
+fn run(rx: Receiver<Job>, encoder: BertEncoder, pooling: Pooling, limits: BatchLimits) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let mut queued = jobs[0].texts.len();
+        // Whatever arrived while the previous batch ran joins this one.
+        while queued < limits.max_texts {
+            match rx.try_recv() {
+                Ok(job) => {
+                    queued += job.texts.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let results = embed_jobs(&encoder, pooling, limits, &jobs);
+        for (job, result) in jobs.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Embeds every text of `jobs`, batching across jobs, and returns one result per job.
+fn embed_jobs(
+    encoder: &BertEncoder,
+    pooling: Pooling,
+    limits: BatchLimits,
+    jobs: &[Job],
+) -> Vec<JobResult> {
+    let refs: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| (0..job.texts.len()).map(move |t| (j, t)))
+        .collect();
+    let lengths: Vec<usize> = refs.iter().map(|&(j, t)| jobs[j].texts[t].len()).collect();
+    let mut vectors: Vec<Vec<Vec<f32>>> = jobs.iter().map(|j| vec![Vec::new(); j.texts.len()]).collect();
+    let dim = encoder.hidden_size();
+
+    for group in plan(&lengths, limits) {
+        let texts: Vec<&Encoded> = group
+            .iter()
+            .map(|&i| {
+                let (j, t) = refs[i];
+                &jobs[j].texts[t]
+            })
+            .collect();
+        let outcome = catch_unwind(AssertUnwindSafe(|| encoder.forward(&texts)))
+            .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
+        let hidden = match outcome {
+            Ok(h) => h,
+            Err(msg) => {
+                tracing::error!(caxton_event = "engine_error", "{msg}");
+                return jobs
+                    .iter()
+                    .map(|_| Err(EngineError::Failed(msg.clone())))
+                    .collect();
+            }
+        };
+        let row = hidden.seq * dim;
+        for (k, &i) in group.iter().enumerate() {
+            let (j, t) = refs[i];
+            let mut v = pool(&hidden.data[k * row..(k + 1) * row], dim, lengths[i], pooling);
+            if jobs[j].normalize {
+                l2_normalize(&mut v);
+            }
+            vectors[j][t] = v;
+        }
+    }
+    vectors.into_iter().map(Ok).collect()
+}

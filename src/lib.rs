@@ -1,0 +1,18 @@
+//! Caxton: offline sentence embeddings for edge devices.
+//!
+//! `caxtond` verifies zstd-compressed model packages, loads them with candle and serves
+//! embeddings over HTTP on a Unix socket; `caxton` is its command-line companion. See
+//! ARCHITECTURE.md for the map.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod logging;
+pub mod package;
+pub mod registry;
+pub mod server;
+pub mod socket;
+pub mod systemd;

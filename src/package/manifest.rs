@@ -1,0 +1,371 @@
+//! The package manifest (`manifest.yaml`): its schema, parsing and validation.
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the manifest entry, which must be the first entry of every package.
+pub const MANIFEST_NAME: &str = "manifest.yaml";
+
+/// The only manifest format this build understands.
+pub const FORMAT: u32 = 1;
+
+/// A manifest larger than this is refused before it is read, so a hostile package cannot make
+/// the verifier allocate without bound.
+pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+
+/// Files the engine needs; a package without them cannot serve and is refused at verification.
+pub const REQUIRED_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+
+/// The parsed `manifest.yaml` of a model package.
+///
+/// Unknown keys are refused so a typo (or a field from a newer format) never silently changes
+/// how a model runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version; only [`FORMAT`] is accepted.
+    pub format: u32,
+    /// Model id requests use to name the model: `[A-Za-z0-9._-]{1,128}`.
+    pub id: String,
+    /// Package version; when two packages carry the same id the higher one wins (see
+    /// [`compare_versions`]).
+    pub version: String,
+    /// Network architecture, which selects the engine implementation.
+    pub architecture: Architecture,
+    /// Length of the embedding vectors; must equal `hidden_size` in `config.json`.
+    pub dimensions: usize,
+    /// Texts are truncated to this many tokens (special tokens included).
+    pub max_seq_length: usize,
+    /// How token vectors become one text vector.
+    pub pooling: Pooling,
+    /// Whether vectors are L2-normalised by default.
+    pub normalize: bool,
+    /// Every other entry of the package, and nothing else.
+    pub files: Vec<FileEntry>,
+}
+
+/// Architectures the engine can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// BERT-family encoders (MiniLM, bge, e5, ...), run with candle-transformers' BERT.
+    Bert,
+}
+
+impl Architecture {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Bert => "bert",
+        }
+    }
+}
+
+/// Pooling strategies, as sentence-transformers names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean of the token vectors, padding excluded by the attention mask.
+    Mean,
+    /// The vector of the first (`[CLS]`) token.
+    Cls,
+}
+
+/// One file of a package with the size and digest it must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Relative path inside the package, `/`-separated.
+    pub path: String,
+    /// Exact size in bytes; also the bound on how much the verifier will decompress for it.
+    pub size: u64,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// A manifest that parsed but breaks a rule; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ManifestError {
+    /// Dotted path of the offending field, e.g. `files[2].path`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
+    ManifestError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Whether `id` is a valid model id: 1 to 128 of `[A-Za-z0-9._-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks that `path` is a plain relative path: no absolute root, no `.`/`..` or empty
+/// components, no backslashes or control characters. Returns the reason when it is not.
+pub fn check_entry_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("the path is empty");
+    }
+    if path.len() > 255 {
+        return Err("the path is longer than 255 bytes");
+    }
+    if path.starts_with('/') {
+        return Err("the path is absolute");
+    }
+    if path.contains('\\') || path.chars().any(char::is_control) {
+        return Err("the path contains a backslash or a control character");
+    }
+    for part in path.split('/') {
+        match part {
+            ".." => return Err("the path contains `..`"),
+            "." | "" => return Err("the path has an empty or `.` component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Manifest {
+    /// Parses and validates manifest bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = serde_yaml::from_slice(bytes).map_err(|e| {
+            let place = e
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            invalid("manifest.yaml", format!("{e}{place}"))
+        })?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Checks every rule a parsed manifest must follow.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.format != FORMAT {
+            return Err(invalid(
+                "format",
+                format!(
+                    "format {} is not supported (this build reads format {FORMAT})",
+                    self.format
+                ),
+            ));
+        }
+        if !is_valid_id(&self.id) {
+            return Err(invalid(
+                "id",
+                format!("{:?} is not 1 to 128 of [A-Za-z0-9._-]", self.id),
+            ));
+        }
+        if !is_valid_version(&self.version) {
+            return Err(invalid(
+                "version",
+                format!(
+                    "{:?} is not 1 to 64 of [A-Za-z0-9.+_-] starting with a letter or digit",
+                    self.version
+                ),
+            ));
+        }
+        if !(1..=65536).contains(&self.dimensions) {
+            return Err(invalid("dimensions", "must be between 1 and 65536"));
+        }
+        if !(2..=8192).contains(&self.max_seq_length) {
+            return Err(invalid("max_seq_length", "must be between 2 and 8192"));
+        }
+        if self.files.is_empty() {
+            return Err(invalid("files", "the list is empty"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, f) in self.files.iter().enumerate() {
+            check_entry_path(&f.path).map_err(|r| invalid(format!("files[{i}].path"), r))?;
+            if f.path == MANIFEST_NAME {
+                return Err(invalid(
+                    format!("files[{i}].path"),
+                    "the manifest cannot list itself",
+                ));
+            }
+            if !seen.insert(f.path.as_str()) {
+                return Err(invalid(
+                    format!("files[{i}].path"),
+                    format!("{:?} is listed twice", f.path),
+                ));
+            }
+            if f.sha256.len() != 64
+                || !f
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(invalid(
+                    format!("files[{i}].sha256"),
+                    "must be 64 lower-case hex digits",
+                ));
+            }
+        }
+        for required in REQUIRED_FILES {
+            if !seen.contains(required) {
+                return Err(invalid(
+                    "files",
+                    format!("{required} is required but not listed"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry for `path`, if listed.
+    pub fn file(&self, path: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.path == path)
+    }
+
+    /// Sum of the declared file sizes: the most the verifier will decompress for the payload.
+    pub fn declared_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Serialises the manifest as `caxton pack` writes it.
+    pub fn to_yaml(&self) -> String {
+        // Serialising plain strings, numbers and enums cannot fail.
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+}
+
+fn is_valid_version(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.as_bytes()[0].is_ascii_alphanumeric()
+        && v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'_' | b'-'))
+}
+
+/// Orders package versions: split on `.`, `-`, `+` and `_`; numeric parts compare as numbers
+/// and rank above text parts; text parts compare as strings; a version that is a prefix of
+/// another is lower (`1.2` < `1.2.1`). So `2` < `10`, `1.9` < `1.10`, `1.0-rc1` < `1.0.1`.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let split = |s: &str| {
+        s.split(['.', '-', '+', '_'])
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let (pa, pb) = (split(a), split(b));
+    for (x, y) in pa.iter().zip(pb.iter()) {
+        let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(m), Ok(n)) => m.cmp(&n),
+            (Ok(_), Err(_)) => Ordering::Greater,
+            (Err(_), Ok(_)) => Ordering::Less,
+            (Err(_), Err(_)) => x.cmp(y),
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
+
+    fn good() -> String {
+        format!(
+            "format: 1\nid: all-MiniLM-L6-v2\nversion: \"1\"\narchitecture: bert\ndimensions: 384\n\
+             max_seq_length: 256\npooling: mean\nnormalize: true\nfiles:\n\
+             - {{path: model.safetensors, size: 10, sha256: \"{HASH}\"}}\n\
+             - {{path: tokenizer.json, size: 10, sha256: \"{HASH}\"}}\n\
+             - {{path: config.json, size: 10, sha256: \"{HASH}\"}}\n"
+        )
+    }
+
+    fn err_of(yaml: &str) -> String {
+        Manifest::parse(yaml.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_contract_example() {
+        let m = Manifest::parse(good().as_bytes()).unwrap();
+        assert_eq!(m.id, "all-MiniLM-L6-v2");
+        assert_eq!(m.pooling, Pooling::Mean);
+        assert_eq!(m.declared_bytes(), 30);
+        assert_eq!(Manifest::parse(m.to_yaml().as_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_unknown_keys() {
+        let e = err_of(&good().replace("normalize: true", "normalize: true\nextra: 1"));
+        assert!(e.contains("unknown field `extra`"), "{e}");
+    }
+
+    #[test]
+    fn refuses_unsupported_architecture_and_pooling() {
+        let e = err_of(&good().replace("architecture: bert", "architecture: gpt2"));
+        assert!(e.contains("unknown variant `gpt2`"), "{e}");
+        let e = err_of(&good().replace("pooling: mean", "pooling: max"));
+        assert!(e.contains("unknown variant `max`"), "{e}");
+    }
+
+    #[test]
+    fn refuses_bad_ids_versions_and_hashes() {
+        assert_eq!(
+            err_of(&good().replace("id: all-MiniLM-L6-v2", "id: \"a/b\"")),
+            "id: \"a/b\" is not 1 to 128 of [A-Za-z0-9._-]"
+        );
+        assert!(err_of(&good().replace("version: \"1\"", "version: \"\"")).starts_with("version:"));
+        assert_eq!(
+            err_of(&good().replacen(HASH, "ABC", 1)),
+            "files[0].sha256: must be 64 lower-case hex digits"
+        );
+        assert_eq!(
+            err_of(&good().replace("format: 1", "format: 2")),
+            "format: format 2 is not supported (this build reads format 1)"
+        );
+    }
+
+    #[test]
+    fn refuses_unsafe_or_duplicate_paths() {
+        assert_eq!(
+            err_of(&good().replace("path: config.json", "path: ../config.json")),
+            "files[2].path: the path contains `..`"
+        );
+        assert_eq!(
+            err_of(&good().replace("path: config.json", "path: /etc/passwd")),
+            "files[2].path: the path is absolute"
+        );
+        assert_eq!(
+            err_of(&good().replace("path: config.json", "path: tokenizer.json")),
+            "files[2].path: \"tokenizer.json\" is listed twice"
+        );
+        assert_eq!(
+            err_of(&good().replace("path: config.json", "path: other.json")),
+            "files: config.json is required but not listed"
+        );
+    }
+
+    #[test]
+    fn entry_paths() {
+        assert!(check_entry_path("1_Pooling/config.json").is_ok());
+        assert!(check_entry_path("a//b").is_err());
+        assert!(check_entry_path("./a").is_err());
+        assert!(check_entry_path("a\\b").is_err());
+        assert!(check_entry_path("").is_err());
+    }
+
+    #[test]
+    fn version_ordering() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("2", "10"), Less);
+        assert_eq!(compare_versions("1.9", "1.10"), Less);
+        assert_eq!(compare_versions("1.2", "1.2.1"), Less);
+        assert_eq!(compare_versions("1.0-rc1", "1.0.1"), Less);
+        assert_eq!(compare_versions("1.0", "1.0"), Equal);
+        assert_eq!(compare_versions("b", "a"), Greater);
+    }
+}

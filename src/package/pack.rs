@@ -1,0 +1,287 @@
+//! `caxton pack`: turns a sentence-transformers folder into a package, deterministically (same
+//! inputs and options give the same bytes), optionally storing the weights as f16.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::error::PackageError;
+use super::manifest::{Architecture, FORMAT, FileEntry, MANIFEST_NAME, Manifest, Pooling};
+
+/// How the weights are stored in the package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// As in the source folder.
+    AsIs,
+    /// f32 tensors converted to f16: half the size; the engine computes in f32 either way.
+    F16,
+}
+
+/// What to pack and how.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// The sentence-transformers folder.
+    pub model_dir: PathBuf,
+    /// Model id; defaults to the folder's name.
+    pub id: Option<String>,
+    /// Package version.
+    pub version: String,
+    /// Weight storage.
+    pub weights: WeightStorage,
+    /// zstd level (1–22).
+    pub level: i32,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct PackSummary {
+    /// The manifest written as the first entry.
+    pub manifest: Manifest,
+    /// sha256 of the package file.
+    pub package_sha256: String,
+    /// Size of the package file.
+    pub package_size: u64,
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    hidden_size: usize,
+    max_position_embeddings: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct StModule {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct StPooling {
+    word_embedding_dimension: Option<usize>,
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct StConfig {
+    max_seq_length: Option<usize>,
+}
+
+fn unusable(msg: impl Into<String>) -> PackageError {
+    PackageError::Unusable(msg.into())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, PackageError> {
+    let bytes = std::fs::read(path).map_err(|e| PackageError::io("read", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| unusable(format!("{}: {e}", path.display())))
+}
+
+/// The manifest fields a sentence-transformers folder implies.
+struct Inferred {
+    architecture: Architecture,
+    dimensions: usize,
+    max_seq_length: usize,
+    pooling: Pooling,
+    normalize: bool,
+}
+
+fn infer(dir: &Path) -> Result<Inferred, PackageError> {
+    let config: HfConfig = read_json(&dir.join("config.json"))?;
+    let architecture = match config.model_type.as_deref() {
+        Some("bert") => Architecture::Bert,
+        other => {
+            return Err(unusable(format!(
+                "config.json: model_type {other:?} is not supported (supported: bert)"
+            )));
+        }
+    };
+    let modules: Vec<StModule> = read_json(&dir.join("modules.json"))?;
+    let mut pooling = None;
+    let mut normalize = false;
+    for m in &modules {
+        match m.kind.as_str() {
+            "sentence_transformers.models.Transformer" => {}
+            "sentence_transformers.models.Normalize" => normalize = true,
+            "sentence_transformers.models.Pooling" => {
+                let p: StPooling = read_json(&dir.join(&m.path).join("config.json"))?;
+                if p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens {
+                    return Err(unusable(format!(
+                        "{}/config.json: only mean or cls pooling is supported",
+                        m.path
+                    )));
+                }
+                pooling = Some(match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
+                    (true, false) => Pooling::Mean,
+                    (false, true) => Pooling::Cls,
+                    _ => {
+                        return Err(unusable(format!(
+                            "{}/config.json: exactly one of mean or cls pooling must be set",
+                            m.path
+                        )));
+                    }
+                });
+                if let Some(d) = p.word_embedding_dimension
+                    && d != config.hidden_size
+                {
+                    return Err(unusable(format!(
+                        "{}/config.json: word_embedding_dimension {d} differs from hidden_size {}",
+                        m.path, config.hidden_size
+                    )));
+                }
+            }
+            other => {
+                return Err(unusable(format!(
+                    "modules.json: module {other} is not supported"
+                )));
+            }
+        }
+    }
+    let pooling = pooling.ok_or_else(|| unusable("modules.json: no Pooling module"))?;
+    let st: StConfig = read_json(&dir.join("sentence_bert_config.json"))?;
+    let max_positions = config.max_position_embeddings.unwrap_or(512);
+    let max_seq_length = st.max_seq_length.unwrap_or(max_positions).min(max_positions);
+    Ok(Inferred {
+        architecture,
+        dimensions: config.hidden_size,
+        max_seq_length,
+        pooling,
+        normalize,
+    })
+}
+
+/// Converts every f32 tensor of a safetensors file to f16, keeping names, shapes, other dtypes
+/// and metadata. Output order is fixed by the safetensors serialiser, so it is reproducible.
+fn weights_to_f16(bytes: &[u8]) -> Result<Vec<u8>, PackageError> {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    let bad = |e: safetensors::SafeTensorError| unusable(format!("model.safetensors: {e}"));
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(bad)?;
+    let mut converted: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in tensors.tensors() {
+        let data = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .to_le_bytes()
+                })
+                .collect(),
+            _ => view.data().to_vec(),
+        };
+        let dtype = match view.dtype() {
+            Dtype::F32 => Dtype::F16,
+            d => d,
+        };
+        converted.push((name, dtype, view.shape().to_vec(), data));
+    }
+    let views = converted
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            TensorView::new(*dtype, shape.clone(), data).map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    safetensors::serialize(views, metadata.metadata().clone()).map_err(bad)
+}
+
+/// Builds a package at `output` from `opts.model_dir`.
+pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageError> {
+    let dir = &opts.model_dir;
+    let inferred = infer(dir)?;
+    let id = match &opts.id {
+        Some(id) => id.clone(),
+        None => dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .ok_or_else(|| unusable("cannot derive an id from the folder name; pass --id"))?,
+    };
+
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| PackageError::io("read", &p, e))
+    };
+    let weights = read("model.safetensors")?;
+    let weights = match opts.weights {
+        WeightStorage::AsIs => weights,
+        WeightStorage::F16 => weights_to_f16(&weights)?,
+    };
+    let payload: Vec<(&str, Vec<u8>)> = vec![
+        ("config.json", read("config.json")?),
+        ("tokenizer.json", read("tokenizer.json")?),
+        ("model.safetensors", weights),
+    ];
+    let manifest = Manifest {
+        format: FORMAT,
+        id,
+        version: opts.version.clone(),
+        architecture: inferred.architecture,
+        dimensions: inferred.dimensions,
+        max_seq_length: inferred.max_seq_length,
+        pooling: inferred.pooling,
+        normalize: inferred.normalize,
+        files: payload
+            .iter()
+            .map(|(name, bytes)| FileEntry {
+                path: (*name).to_string(),
+                size: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(bytes)),
+            })
+            .collect(),
+    };
+    manifest
+        .validate()
+        .map_err(|e| unusable(format!("the manifest would be invalid: {e}")))?;
+
+    let tmp = output.with_extension("tmp");
+    let file = File::create(&tmp).map_err(|e| PackageError::io("create", &tmp, e))?;
+    let write_err = |e: std::io::Error| PackageError::io("write", &tmp, e);
+    let mut encoder =
+        zstd::stream::write::Encoder::new(BufWriter::new(file), opts.level).map_err(write_err)?;
+    encoder.include_checksum(true).map_err(write_err)?;
+    let mut builder = tar::Builder::new(encoder);
+    let yaml = manifest.to_yaml();
+    append(&mut builder, MANIFEST_NAME, yaml.as_bytes()).map_err(write_err)?;
+    for (name, bytes) in &payload {
+        append(&mut builder, name, bytes).map_err(write_err)?;
+    }
+    let encoder = builder.into_inner().map_err(write_err)?;
+    let mut out = encoder.finish().map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    out.get_ref().sync_all().map_err(write_err)?;
+    drop(out);
+    std::fs::rename(&tmp, output).map_err(|e| PackageError::io("rename into", output, e))?;
+
+    Ok(PackSummary {
+        manifest,
+        package_sha256: super::store::sha256_file(output)?,
+        package_size: std::fs::metadata(output)
+            .map_err(|e| PackageError::io("stat", output, e))?
+            .len(),
+    })
+}
+
+/// Appends a regular file with fixed metadata, so the archive depends only on the content.
+fn append<W: Write>(builder: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut header, name, bytes)
+}

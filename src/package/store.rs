@@ -1,0 +1,220 @@
+//! The verified store under `state_dir/store`: packages unpacked after verification, one
+//! directory per package keyed by the package's sha256, made visible only by an atomic rename.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use super::error::PackageError;
+use super::manifest::{MANIFEST_NAME, Manifest};
+use super::verify::{EntrySink, check_sidecar, verify_reader};
+
+/// Prefix of staging directories; anything with it is a leftover of an interrupted install.
+const STAGING_PREFIX: &str = ".staging-";
+
+/// The daemon's store of verified, unpacked packages.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A package that verified and sits unpacked in the store.
+#[derive(Debug, Clone)]
+pub struct StoredPackage {
+    /// The store directory holding the package's files.
+    pub dir: PathBuf,
+    /// The package's manifest.
+    pub manifest: Manifest,
+    /// sha256 of the package file (the directory's name).
+    pub package_sha256: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `state_dir` and removes leftovers of
+    /// installs that were interrupted.
+    pub fn open(state_dir: &Path) -> Result<Store, PackageError> {
+        let root = state_dir.join("store");
+        fs::create_dir_all(&root).map_err(|e| PackageError::io("create", &root, e))?;
+        let entries = fs::read_dir(&root).map_err(|e| PackageError::io("list", &root, e))?;
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+                let path = entry.path();
+                if let Err(e) = fs::remove_dir_all(&path) {
+                    tracing::warn!("cannot remove leftover staging directory {}: {e}", path.display());
+                }
+            }
+        }
+        Ok(Store { root })
+    }
+
+    /// Verifies `package` and makes it available in the store; a package already stored under
+    /// the same digest is not unpacked again.
+    pub fn install(&self, package: &Path) -> Result<StoredPackage, PackageError> {
+        let sha = sha256_file(package)?;
+        check_sidecar(package, &sha)?;
+        let dir = self.root.join(&sha);
+        if dir.is_dir() {
+            return self.open_entry(&dir, &sha);
+        }
+
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let staging = self.root.join(format!(
+            "{STAGING_PREFIX}{sha}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&staging).map_err(|e| PackageError::io("create", &staging, e))?;
+        let result = self.unpack_into(package, &sha, &staging, &dir);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result
+    }
+
+    fn unpack_into(
+        &self,
+        package: &Path,
+        sha: &str,
+        staging: &Path,
+        dir: &Path,
+    ) -> Result<StoredPackage, PackageError> {
+        let file = File::open(package).map_err(|e| PackageError::io("open", package, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| PackageError::io("stat", package, e))?
+            .len();
+        let mut sink = DirSink {
+            root: staging.to_path_buf(),
+        };
+        let verified = verify_reader(file, size, &mut sink)?;
+        if verified.package_sha256 != sha {
+            return Err(PackageError::Malformed(
+                "the file changed while it was being verified".into(),
+            ));
+        }
+        let manifest_path = staging.join(MANIFEST_NAME);
+        write_synced(&manifest_path, verified.manifest.to_yaml().as_bytes())?;
+        sync_dir(staging)?;
+        match fs::rename(staging, dir) {
+            Ok(()) => {}
+            // Another install of the same bytes won the race; its copy is as good as ours.
+            Err(_) if dir.is_dir() => {
+                let _ = fs::remove_dir_all(staging);
+            }
+            Err(e) => return Err(PackageError::io("rename into", dir, e)),
+        }
+        sync_dir(&self.root)?;
+        Ok(StoredPackage {
+            dir: dir.to_path_buf(),
+            manifest: verified.manifest,
+            package_sha256: sha.to_string(),
+        })
+    }
+
+    fn open_entry(&self, dir: &Path, sha: &str) -> Result<StoredPackage, PackageError> {
+        let path = dir.join(MANIFEST_NAME);
+        let bytes = fs::read(&path).map_err(|e| PackageError::io("read", &path, e))?;
+        let manifest =
+            Manifest::parse(&bytes).map_err(|e| PackageError::ManifestInvalid(e.to_string()))?;
+        Ok(StoredPackage {
+            dir: dir.to_path_buf(),
+            manifest,
+            package_sha256: sha.to_string(),
+        })
+    }
+}
+
+impl StoredPackage {
+    /// Reads one file of the package, checking its size and sha256 against the manifest as
+    /// it reads: the only way model bytes reach the engine, so a store damaged after
+    /// verification is caught before anything uses it.
+    pub fn read_verified(&self, name: &str) -> Result<Vec<u8>, PackageError> {
+        let entry = self
+            .manifest
+            .file(name)
+            .ok_or_else(|| PackageError::MissingEntries {
+                entries: vec![name.to_string()],
+            })?;
+        let path = self.dir.join(&entry.path);
+        let file = File::open(&path).map_err(|e| PackageError::io("open", &path, e))?;
+        let capacity = usize::try_from(entry.size).unwrap_or(0);
+        let mut bytes = Vec::with_capacity(capacity);
+        file.take(entry.size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| PackageError::io("read", &path, e))?;
+        if bytes.len() as u64 != entry.size {
+            return Err(PackageError::SizeMismatch {
+                entry: format!("{} (store copy)", entry.path),
+                declared: entry.size,
+                actual: bytes.len() as u64,
+            });
+        }
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != entry.sha256 {
+            return Err(PackageError::HashMismatch {
+                entry: format!("{} (store copy)", entry.path),
+                expected: entry.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+}
+
+/// sha256 of a whole file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, PackageError> {
+    let mut file = File::open(path).map_err(|e| PackageError::io("open", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| PackageError::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes verified entries into a staging directory, each file fsynced once complete.
+struct DirSink {
+    root: PathBuf,
+}
+
+impl EntrySink for DirSink {
+    type Writer = BufWriter<File>;
+
+    fn start(&mut self, path: &str) -> io::Result<BufWriter<File>> {
+        let target = self.root.join(path);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        Ok(BufWriter::with_capacity(
+            1 << 16,
+            File::options().write(true).create_new(true).open(target)?,
+        ))
+    }
+
+    fn finish(&mut self, _path: &str, writer: BufWriter<File>) -> io::Result<()> {
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
+    let mut f = File::create(path).map_err(|e| PackageError::io("create", path, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| PackageError::io("write", path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PackageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PackageError::io("sync", dir, e))
+}

@@ -1,0 +1,356 @@
+//! The registry of models: which packages were found, which verified (and which won when two
+//! carry the same id), which were rejected and why, and the loaded engines. Loading is lazy
+//! and single-flight: concurrent requests for a model that is loading wait for that one load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::engine::{EngineOptions, LoadedModel};
+use crate::package::manifest::compare_versions;
+use crate::package::{PackageError, Store, StoredPackage};
+
+/// Where a package came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// Shipped read-only with the distribution (`models.bundled_dir`).
+    Bundled,
+    /// Dropped into `models.package_dir`.
+    SideLoaded,
+}
+
+/// Lifecycle state of a model, as `GET /api/models` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelState {
+    /// Verified, not in memory.
+    Available,
+    /// Being loaded.
+    Loading,
+    /// In memory and serving.
+    Loaded,
+}
+
+/// A package that was refused, kept so it can be reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// The package file.
+    pub file: PathBuf,
+    /// Where it was found.
+    pub source: Source,
+    /// Stable name of the failed rule.
+    pub kind: &'static str,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+/// Usage numbers kept per model.
+#[derive(Debug, Clone, Default)]
+struct Usage {
+    state: Option<ModelState>,
+    last_use: Option<SystemTime>,
+    use_count: u64,
+    memory_bytes: Option<u64>,
+}
+
+/// One verified model.
+pub struct ModelSlot {
+    /// The stored package.
+    pub package: StoredPackage,
+    /// The package file it came from.
+    pub file: PathBuf,
+    /// Where that file was found.
+    pub source: Source,
+    loaded: tokio::sync::Mutex<Option<Arc<LoadedModel>>>,
+    usage: Mutex<Usage>,
+}
+
+/// A read-only view of one model for status endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// Model id.
+    pub id: String,
+    /// Package version.
+    pub version: String,
+    /// Bundled or side-loaded.
+    pub source: Source,
+    /// Lifecycle state.
+    pub state: ModelState,
+    /// The package file.
+    pub file: PathBuf,
+    /// Vector length.
+    pub dimensions: usize,
+    /// Token limit per text.
+    pub max_seq_length: usize,
+    /// Bytes held in memory when loaded.
+    pub memory_bytes: Option<u64>,
+    /// Last time a request used it.
+    pub last_use: Option<SystemTime>,
+    /// Requests served.
+    pub use_count: u64,
+}
+
+/// Why a model could not serve.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    /// No verified package has this id.
+    #[error("no model with id {0:?}")]
+    Unknown(String),
+    /// The package verified but the model would not load.
+    #[error("model {id:?} failed to load: {reason}")]
+    Failed {
+        /// Model id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// All models the daemon knows of.
+pub struct Registry {
+    options: EngineOptions,
+    models: RwLock<BTreeMap<String, Arc<ModelSlot>>>,
+    rejected: RwLock<Vec<Rejection>>,
+}
+
+/// A package found on disk.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The file.
+    pub file: PathBuf,
+    /// Where it was found.
+    pub source: Source,
+}
+
+/// Lists `*.tar.zst` files in `dir` in name order; a missing directory has none.
+pub fn find_packages(dir: &Path, source: Source) -> Vec<Candidate> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.to_string_lossy().ends_with(".tar.zst"))
+        .collect();
+    files.sort();
+    files.into_iter().map(|file| Candidate { file, source }).collect()
+}
+
+impl Registry {
+    /// An empty registry whose models will run with `options`.
+    pub fn new(options: EngineOptions) -> Registry {
+        Registry {
+            options,
+            models: RwLock::new(BTreeMap::new()),
+            rejected: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Verifies every candidate into `store` and replaces the registry's view with the result.
+    /// Blocking (hashing, decompression): call from a blocking context.
+    pub fn scan(&self, store: &Store, candidates: &[Candidate]) {
+        let mut winners: BTreeMap<String, (StoredPackage, Candidate)> = BTreeMap::new();
+        let mut rejected = Vec::new();
+        for c in candidates {
+            match store.install(&c.file) {
+                Ok(pkg) => {
+                    tracing::info!(
+                        caxton_event = "package_verified",
+                        caxton_model = %pkg.manifest.id,
+                        caxton_file = %c.file.display(),
+                        "package {} verified: {} version {}",
+                        c.file.display(),
+                        pkg.manifest.id,
+                        pkg.manifest.version
+                    );
+                    let id = pkg.manifest.id.clone();
+                    match winners.get(&id) {
+                        Some((other, other_c))
+                            if compare_versions(&other.manifest.version, &pkg.manifest.version).is_ge() =>
+                        {
+                            tracing::info!(
+                                caxton_event = "package_superseded",
+                                caxton_model = %id,
+                                "{id}: version {} from {} wins over version {} from {}",
+                                other.manifest.version,
+                                other_c.file.display(),
+                                pkg.manifest.version,
+                                c.file.display()
+                            );
+                        }
+                        Some((other, other_c)) => {
+                            tracing::info!(
+                                caxton_event = "package_superseded",
+                                caxton_model = %id,
+                                "{id}: version {} from {} wins over version {} from {}",
+                                pkg.manifest.version,
+                                c.file.display(),
+                                other.manifest.version,
+                                other_c.file.display()
+                            );
+                            winners.insert(id, (pkg, c.clone()));
+                        }
+                        None => {
+                            winners.insert(id, (pkg, c.clone()));
+                        }
+                    }
+                }
+                Err(e) => {
+                    report_rejection(&c.file, &e);
+                    rejected.push(Rejection {
+                        file: c.file.clone(),
+                        source: c.source,
+                        kind: e.kind(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        // Keep slots (and their loaded engines) whose package did not change.
+        let mut next = BTreeMap::new();
+        for (id, (pkg, c)) in winners {
+            let slot = match models.remove(&id) {
+                Some(slot) if slot.package.package_sha256 == pkg.package_sha256 => slot,
+                _ => Arc::new(ModelSlot {
+                    package: pkg,
+                    file: c.file,
+                    source: c.source,
+                    loaded: tokio::sync::Mutex::new(None),
+                    usage: Mutex::new(Usage::default()),
+                }),
+            };
+            next.insert(id, slot);
+        }
+        *models = next;
+        *self.rejected.write().unwrap_or_else(|p| p.into_inner()) = rejected;
+    }
+
+    /// The slot for `id`, if a verified package carries it.
+    pub fn get(&self, id: &str) -> Option<Arc<ModelSlot>> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Ids of all verified models.
+    pub fn ids(&self) -> Vec<String> {
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Status of every verified model.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models.values().map(|s| s.info()).collect()
+    }
+
+    /// Packages refused at the last scan.
+    pub fn rejected(&self) -> Vec<Rejection> {
+        self.rejected.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The loaded model for `id`, loading it first if needed.
+    pub async fn acquire(&self, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
+        let slot = self.get(id).ok_or_else(|| LoadError::Unknown(id.to_string()))?;
+        slot.acquire(self.options).await
+    }
+}
+
+impl ModelSlot {
+    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn info(&self) -> ModelInfo {
+        let u = self.usage().clone();
+        let m = &self.package.manifest;
+        ModelInfo {
+            id: m.id.clone(),
+            version: m.version.clone(),
+            source: self.source,
+            state: u.state.unwrap_or(ModelState::Available),
+            file: self.file.clone(),
+            dimensions: m.dimensions,
+            max_seq_length: m.max_seq_length,
+            memory_bytes: u.memory_bytes,
+            last_use: u.last_use,
+            use_count: u.use_count,
+        }
+    }
+
+    /// Records one request served.
+    pub fn touch(&self) {
+        let mut u = self.usage();
+        u.last_use = Some(SystemTime::now());
+        u.use_count += 1;
+    }
+
+    async fn acquire(&self, options: EngineOptions) -> Result<Arc<LoadedModel>, LoadError> {
+        let mut loaded = self.loaded.lock().await;
+        if let Some(model) = loaded.as_ref() {
+            return Ok(model.clone());
+        }
+        self.usage().state = Some(ModelState::Loading);
+        let package = self.package.clone();
+        let id = package.manifest.id.clone();
+        let result = tokio::task::spawn_blocking(move || LoadedModel::load(&package, options))
+            .await
+            .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
+            .and_then(|r| r);
+        match result {
+            Ok(model) => {
+                let model = Arc::new(model);
+                tracing::info!(
+                    caxton_event = "model_loaded",
+                    caxton_model = %id,
+                    load_ms = model.load_time.as_millis() as u64,
+                    memory_bytes = model.weight_bytes,
+                    "model {id} loaded in {:.0?} ({} MiB of weights)",
+                    model.load_time,
+                    model.weight_bytes >> 20
+                );
+                {
+                    let mut u = self.usage();
+                    u.state = Some(ModelState::Loaded);
+                    u.memory_bytes = Some(model.weight_bytes);
+                }
+                *loaded = Some(model.clone());
+                Ok(model)
+            }
+            Err(e) => {
+                self.usage().state = Some(ModelState::Available);
+                tracing::error!(
+                    caxton_event = "model_load_failed",
+                    caxton_model = %id,
+                    caxton_reason = e.kind(),
+                    "model {id} failed to load: {e}"
+                );
+                Err(LoadError::Failed {
+                    id,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+fn report_rejection(file: &Path, e: &PackageError) {
+    tracing::error!(
+        caxton_event = "package_rejected",
+        caxton_file = %file.display(),
+        caxton_reason = e.kind(),
+        "package {} rejected: {e}. It is left untouched and will not be loaded; replace it with a good package.",
+        file.display()
+    );
+}

@@ -1,0 +1,83 @@
+//! Binding the Unix socket: replace a stale socket left by a crash, never touch a live one or
+//! a non-socket file, and set the configured mode.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use crate::config::Mode;
+
+/// Why the socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// Another process answers on the path.
+    #[error("another process is serving on {0}; stop it (systemctl stop caxton) or set a different socket.path")]
+    InUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error("{0} exists and is not a socket; remove it or set a different socket.path")]
+    NotASocket(PathBuf),
+    /// Any OS error, with what was being done.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A socket this process created, unlinked again when dropped (a socket handed over by
+/// systemd is never wrapped in this).
+pub struct OwnedSocket {
+    path: PathBuf,
+}
+
+impl Drop for OwnedSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` with `mode`, creating the parent directory if needed.
+pub fn bind(path: &Path, mode: Mode) -> Result<(UnixListener, OwnedSocket), SocketError> {
+    let io_err = |op, source| SocketError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| SocketError::Io {
+            op: "create the directory",
+            path: parent.to_path_buf(),
+            source: e,
+        })?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!("removing stale socket {} left by an earlier run", path.display());
+                std::fs::remove_file(path).map_err(|e| io_err("remove the stale socket", e))?;
+            }
+            Err(e) => return Err(io_err("probe the existing socket", e)),
+        },
+        Ok(_) => return Err(SocketError::NotASocket(path.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", e)),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io_err("bind", e))?;
+    let owned = OwnedSocket {
+        path: path.to_path_buf(),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0))
+        .map_err(|e| io_err("set the mode of", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("configure", e))?;
+    Ok((listener, owned))
+}

@@ -1,0 +1,25 @@
+//! sd-notify messages to systemd. Each is a no-op when not run by systemd (`NOTIFY_SOCKET`
+//! unset), and a failure to notify is logged, never fatal.
+
+use sd_notify::NotifyState;
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
+
+/// `READY=1` with a status line.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// `STATUS=...`.
+pub fn status(status: &str) {
+    send(&[NotifyState::Status(status)]);
+}
+
+/// `STOPPING=1`.
+pub fn stopping() {
+    send(&[NotifyState::Stopping, NotifyState::Status("stopping: finishing in-flight requests")]);
+}
