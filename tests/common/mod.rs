@@ -1,0 +1,190 @@
+//! Test harness: starts the real `caxtond` binary on a temporary socket with a temporary
+//! config directory and talks to it like a client.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Generous: the machine may be loaded (2 cores, tests in parallel).
+pub const START_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The repository's bundled packages.
+pub fn bundled_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("bundled-models")
+}
+
+/// A running daemon in its own temporary directory; killed on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    stderr: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+/// Config for a test daemon: everything under `dir`, bundled models from the repo, plus `extra`
+/// YAML appended (sections not already present).
+pub fn write_config(dir: &Path, extra: &str) {
+    let yaml = format!(
+        "socket:\n  path: {sock}\nstate_dir: {state}\nmodels:\n  bundled_dir: {bundled}\n  package_dir: {packages}\n{extra}",
+        sock = dir.join("caxton.sock").display(),
+        state = dir.join("state").display(),
+        bundled = bundled_dir().display(),
+        packages = dir.join("packages").display(),
+    );
+    std::fs::write(dir.join("caxton.yaml"), yaml).expect("write caxton.yaml");
+}
+
+impl Daemon {
+    /// Starts a daemon with the default test config and waits until `/health` is 200.
+    pub fn start() -> Daemon {
+        Self::start_with(|dir| write_config(dir, ""), &[])
+    }
+
+    /// Starts a daemon after `setup` prepared its directory, with extra environment.
+    pub fn start_with(setup: impl FnOnce(&Path), env: &[(&str, &str)]) -> Daemon {
+        let d = Self::spawn(setup, env);
+        d.wait_health(200);
+        d
+    }
+
+    /// Spawns without waiting.
+    pub fn spawn(setup: impl FnOnce(&Path), env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        setup(dir.path());
+        let stderr = dir.path().join("caxtond.log");
+        let log = std::fs::File::create(&stderr).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caxtond"));
+        cmd.arg("--config-dir")
+            .arg(dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn caxtond");
+        Daemon {
+            child: Some(child),
+            socket: dir.path().join("caxton.sock"),
+            dir,
+            stderr,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until `/health` answers `status`, failing with the log if the daemon exits or
+    /// the deadline passes.
+    pub fn wait_health(&self, status: u16) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Ok((s, _)) = self.try_request("GET", "/health", None)
+                && s == status
+            {
+                return;
+            }
+            self.assert_running();
+            assert!(Instant::now() < deadline, "no /health {status} before the deadline; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Panics with the log if the daemon has exited.
+    pub fn assert_running(&self) {
+        let pid = self.child.as_ref().expect("child").id();
+        let alive = Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+        assert!(alive, "caxtond exited; log:\n{}", self.log());
+    }
+
+    /// One request; errors only on transport failure.
+    pub fn try_request(&self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Value)> {
+        let (status, bytes) = self.raw_request(method, path, body.map(|b| b.as_bytes().to_vec()))?;
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, v))
+    }
+
+    /// One request with raw bytes, returning status and raw body.
+    pub fn raw_request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Vec<u8>)> {
+        let method = hyper::Method::from_bytes(method.as_bytes())?;
+        let (status, bytes) = self
+            .rt
+            .block_on(caxton::cli::client::request(&self.socket, method, path, body))?;
+        Ok((status.as_u16(), bytes.to_vec()))
+    }
+
+    /// One request that must reach the daemon.
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        self.try_request(method, path, if body.is_empty() { None } else { Some(body) })
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}; log:\n{}", self.log()))
+    }
+
+    /// Embeds `texts` through `/v1/embeddings`, returning vectors and prompt tokens.
+    pub fn embed(&self, texts: &[&str]) -> (Vec<Vec<f32>>, u64) {
+        let body = serde_json::json!({ "input": texts }).to_string();
+        let (status, v) = self.request("POST", "/v1/embeddings", &body);
+        assert_eq!(status, 200, "{v}");
+        let vectors = v["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|d| d["embedding"].as_array().expect("embedding").iter().map(|x| x.as_f64().expect("float") as f32).collect())
+            .collect();
+        (vectors, v["usage"]["prompt_tokens"].as_u64().expect("usage"))
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.as_ref().expect("child").id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+    }
+
+    /// Waits for the daemon to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "caxtond did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
