@@ -70,6 +70,7 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         ));
     }
     let tokens = encoded.iter().map(Encoded::len).sum();
+    tracing::debug!(caxton_model = %id, texts = encoded.len(), tokens, "embedding request queued");
     let normalized = req.normalize.unwrap_or(model.package.manifest.normalize);
     let vectors = model.embed(encoded, normalized).await?;
     slot.touch();

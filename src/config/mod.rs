@@ -259,3 +259,59 @@ impl Settings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("caxton.yaml"), yaml).expect("write");
+        Settings::load(dir.path())
+    }
+
+    #[test]
+    fn defaults_are_the_production_paths() {
+        let s = load("").expect("empty config is valid");
+        assert_eq!(s.socket.path, PathBuf::from("/run/caxton/caxton.sock"));
+        assert_eq!(s.models.bundled_dir, PathBuf::from("/usr/share/caxton/models"));
+        assert_eq!(s.socket.mode, Mode(0o660));
+    }
+
+    #[test]
+    fn modes_are_octal_whether_quoted_or_not_and_bare_decimals_are_refused() {
+        assert_eq!(load("socket:\n  mode: \"0600\"\n").expect("quoted").socket.mode, Mode(0o600));
+        assert_eq!(load("socket:\n  mode: 0640\n").expect("unquoted").socket.mode, Mode(0o640));
+        let e = load("socket:\n  mode: 660\n").expect_err("decimal").to_string();
+        assert!(e.contains("write the mode as a quoted octal string"), "{e}");
+        assert!(e.contains("socket.mode"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_nested_unknown_keys() {
+        assert_eq!(load("limits:\n  max_body_bytes: 1MiB\n").expect("size").limits.max_body_bytes, ByteSize(1 << 20));
+        let e = load("limits:\n  max_body_bytes: lots\n").expect_err("bad size").to_string();
+        assert!(e.contains("\"lots\" is not a size") && e.contains("limits.max_body_bytes"), "{e}");
+        let e = load("limits:\n  max_inputz: 3\n").expect_err("unknown").to_string();
+        assert!(e.contains("max_inputz") && e.contains("caxton.yaml"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("caxton.yaml"), "state_dir: state\n").expect("write");
+        let s = Settings::load(dir.path()).expect("valid");
+        assert_eq!(s.state_dir, dir.path().join("state"));
+    }
+
+    #[test]
+    fn conf_d_applies_after_the_main_file_in_lexical_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("caxton.yaml"), "limits:\n  max_inputs: 1\n").expect("write");
+        std::fs::create_dir(dir.path().join("conf.d")).expect("mkdir");
+        std::fs::write(dir.path().join("conf.d/20-b.yaml"), "limits:\n  max_inputs: 3\n").expect("write");
+        std::fs::write(dir.path().join("conf.d/10-a.yaml"), "limits:\n  max_inputs: 2\n").expect("write");
+        std::fs::write(dir.path().join("conf.d/30-c.yml.disabled"), "limits:\n  max_inputs: 9\n").expect("write");
+        assert_eq!(Settings::load(dir.path()).expect("valid").limits.max_inputs, 3);
+    }
+}

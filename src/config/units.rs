@@ -61,10 +61,11 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A Unix permission mode, written as a quoted octal string such as `"0660"`.
+/// A Unix permission mode in octal: `"0660"`, `0660` or `0o660`.
 ///
-/// Unquoted YAML numbers are refused: YAML 1.2 reads `0660` as decimal 660, which would
-/// silently grant the wrong permissions.
+/// A YAML scalar with a leading zero reaches us as text and is read as octal, as people
+/// mean it. A plain number without one (`660`) is refused rather than guessed at: read as
+/// decimal it would silently grant the wrong permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mode(pub u32);
 

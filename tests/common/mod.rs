@@ -107,6 +107,21 @@ impl Daemon {
         }
     }
 
+    /// Waits until `/health` reports `status` (`ok`, `starting`, `unavailable`).
+    pub fn wait_health_status(&self, status: &str) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Ok((_, v)) = self.try_request("GET", "/health", None)
+                && v["status"] == status
+            {
+                return;
+            }
+            self.assert_running();
+            assert!(Instant::now() < deadline, "no /health {status:?} before the deadline; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Panics with the log if the daemon has exited.
     pub fn assert_running(&self) {
         let pid = self.child.as_ref().expect("child").id();
