@@ -10,7 +10,11 @@ use crate::config::{DEFAULT_CONFIG_DIR, Settings};
 
 /// caxtond: the Caxton embedding daemon.
 #[derive(Debug, Parser)]
-#[command(name = "caxtond", version, about = "Offline sentence-embedding daemon serving HTTP on a Unix socket")]
+#[command(
+    name = "caxtond",
+    version,
+    about = "Offline sentence-embedding daemon serving HTTP on a Unix socket"
+)]
 pub struct Args {
     /// Configuration directory holding caxton.yaml and conf.d/*.yaml.
     #[arg(long, env = "CAXTON_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
@@ -26,7 +30,10 @@ pub fn main() -> ExitCode {
     let settings = match Settings::load(&args.config_dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("caxtond: invalid configuration in {}: {e}", args.config_dir.display());
+            eprintln!(
+                "caxtond: invalid configuration in {}: {e}",
+                args.config_dir.display()
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -35,7 +42,10 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::logging::init(&settings.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("caxtond: cannot start the async runtime: {e}");

@@ -137,7 +137,10 @@ pub fn find_packages(dir: &Path, source: Source) -> Vec<Candidate> {
         .filter(|p| p.is_file() && p.to_string_lossy().ends_with(".tar.zst"))
         .collect();
     files.sort();
-    files.into_iter().map(|file| Candidate { file, source }).collect()
+    files
+        .into_iter()
+        .map(|file| Candidate { file, source })
+        .collect()
 }
 
 impl Registry {
@@ -170,7 +173,8 @@ impl Registry {
                     let id = pkg.manifest.id.clone();
                     match winners.get(&id) {
                         Some((other, other_c))
-                            if compare_versions(&other.manifest.version, &pkg.manifest.version).is_ge() =>
+                            if compare_versions(&other.manifest.version, &pkg.manifest.version)
+                                .is_ge() =>
                         {
                             tracing::info!(
                                 caxton_event = "package_superseded",
@@ -257,12 +261,17 @@ impl Registry {
 
     /// Packages refused at the last scan.
     pub fn rejected(&self) -> Vec<Rejection> {
-        self.rejected.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.rejected
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The loaded model for `id`, loading it first if needed.
     pub async fn acquire(&self, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
-        let slot = self.get(id).ok_or_else(|| LoadError::Unknown(id.to_string()))?;
+        let slot = self
+            .get(id)
+            .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
         slot.acquire(self.options).await
     }
 }

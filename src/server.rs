@@ -54,7 +54,10 @@ pub async fn run(
         () = shutdown.as_mut() => {}
     }
 
-    tracing::info!(caxton_event = "stopping", "stopping: finishing in-flight requests");
+    tracing::info!(
+        caxton_event = "stopping",
+        "stopping: finishing in-flight requests"
+    );
     systemd::stopping();
     let _ = stop_tx.send(());
     server.await??;
@@ -68,10 +71,14 @@ async fn start(state: &Arc<AppState>) -> Result<(), String> {
     systemd::status("verifying model packages");
     let state_dir = settings.state_dir.clone();
     let mut candidates = find_packages(&settings.models.bundled_dir, Source::Bundled);
-    candidates.extend(find_packages(&settings.models.package_dir, Source::SideLoaded));
+    candidates.extend(find_packages(
+        &settings.models.package_dir,
+        Source::SideLoaded,
+    ));
     let registry = state.registry.clone();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let store = Store::open(&state_dir).map_err(|e| format!("cannot open the model store: {e}"))?;
+        let store =
+            Store::open(&state_dir).map_err(|e| format!("cannot open the model store: {e}"))?;
         registry.scan(&store, &candidates);
         Ok(())
     })
@@ -102,7 +109,11 @@ async fn start(state: &Arc<AppState>) -> Result<(), String> {
         return Ok(());
     }
     systemd::status(&format!("loading {default}"));
-    state.registry.acquire(default).await.map_err(|e| e.to_string())?;
+    state
+        .registry
+        .acquire(default)
+        .await
+        .map_err(|e| e.to_string())?;
     state.set_health(Health::Serving);
     Ok(())
 }

@@ -12,7 +12,9 @@ use crate::config::Mode;
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// Another process answers on the path.
-    #[error("another process is serving on {0}; stop it (systemctl stop caxton) or set a different socket.path")]
+    #[error(
+        "another process is serving on {0}; stop it (systemctl stop caxton) or set a different socket.path"
+    )]
     InUse(PathBuf),
     /// The path exists and is not a socket.
     #[error("{0} exists and is not a socket; remove it or set a different socket.path")]
@@ -61,7 +63,10 @@ pub fn bind(path: &Path, mode: Mode) -> Result<(UnixListener, OwnedSocket), Sock
         Ok(md) if md.file_type().is_socket() => match UnixStream::connect(path) {
             Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                tracing::info!("removing stale socket {} left by an earlier run", path.display());
+                tracing::info!(
+                    "removing stale socket {} left by an earlier run",
+                    path.display()
+                );
                 std::fs::remove_file(path).map_err(|e| io_err("remove the stale socket", e))?;
             }
             Err(e) => return Err(io_err("probe the existing socket", e)),

@@ -21,5 +21,8 @@ pub fn status(status: &str) {
 
 /// `STOPPING=1`.
 pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping: finishing in-flight requests")]);
+    send(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: finishing in-flight requests"),
+    ]);
 }

@@ -14,7 +14,10 @@ struct Reference {
 }
 
 fn reference() -> Reference {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference/minilm-vectors.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/reference/minilm-vectors.json"
+    );
     serde_json::from_slice(&std::fs::read(path).expect("reference file")).expect("reference JSON")
 }
 
@@ -29,18 +32,31 @@ fn singles_and_mixed_batches_match_sentence_transformers() {
     let mut worst = (1.0f64, 0usize);
     for (i, text) in reference.texts.iter().enumerate() {
         let (v, tokens) = daemon.embed(&[text]);
-        assert_eq!(tokens, reference.token_counts[i], "token count of text {i} ({text:.40?})");
+        assert_eq!(
+            tokens, reference.token_counts[i],
+            "token count of text {i} ({text:.40?})"
+        );
         let c = cosine(&v[0], &reference.vectors[i]);
         if c < worst.0 {
             worst = (c, i);
         }
         singles.push(v.into_iter().next().expect("one vector"));
     }
-    println!("min cosine vs sentence-transformers: {:.7} (text {})", worst.0, worst.1);
-    assert!(worst.0 >= 0.9999, "text {} has cosine {} against the reference", worst.1, worst.0);
+    println!(
+        "min cosine vs sentence-transformers: {:.7} (text {})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 >= 0.9999,
+        "text {} has cosine {} against the reference",
+        worst.1,
+        worst.0
+    );
 
     // Mixed-length batches in a scrambled order: long and short texts share forward passes.
-    let order: Vec<usize> = (0..reference.texts.len()).map(|i| (i * 37) % reference.texts.len()).collect();
+    let order: Vec<usize> = (0..reference.texts.len())
+        .map(|i| (i * 37) % reference.texts.len())
+        .collect();
     let mut start = 0;
     let mut min_batch = 1.0f64;
     for size in [2usize, 7, 32, 50, 64].iter().cycle() {
@@ -52,10 +68,19 @@ fn singles_and_mixed_batches_match_sentence_transformers() {
         let texts: Vec<&str> = chunk.iter().map(|&i| reference.texts[i].as_str()).collect();
         let (vectors, tokens) = daemon.embed(&texts);
         assert_eq!(vectors.len(), chunk.len());
-        assert_eq!(tokens, chunk.iter().map(|&i| reference.token_counts[i]).sum::<u64>());
+        assert_eq!(
+            tokens,
+            chunk
+                .iter()
+                .map(|&i| reference.token_counts[i])
+                .sum::<u64>()
+        );
         for (v, &i) in vectors.iter().zip(chunk) {
             min_batch = min_batch.min(cosine(v, &singles[i]));
-            assert!(cosine(v, &reference.vectors[i]) >= 0.9999, "text {i} in a batch");
+            assert!(
+                cosine(v, &reference.vectors[i]) >= 0.9999,
+                "text {i} in a batch"
+            );
         }
     }
     println!("min cosine batched vs single: {min_batch:.8}");
@@ -75,10 +100,18 @@ fn concurrent_requests_are_batched_without_changing_vectors() {
         .map(|t| {
             let socket = socket.clone();
             std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("rt");
                 let body = serde_json::json!({"input": t}).to_string().into_bytes();
                 let (status, bytes) = rt
-                    .block_on(caxton::cli::client::request(&socket, hyper::Method::POST, "/v1/embeddings", Some(body)))
+                    .block_on(caxton::cli::client::request(
+                        &socket,
+                        hyper::Method::POST,
+                        "/v1/embeddings",
+                        Some(body),
+                    ))
                     .expect("request");
                 assert_eq!(status.as_u16(), 200);
                 let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");

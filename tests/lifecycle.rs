@@ -15,7 +15,10 @@ fn wait_notify(sock: &UnixDatagram, want: &str, seen: &mut String) {
     let deadline = Instant::now() + START_DEADLINE;
     let mut buf = [0u8; 4096];
     while !seen.lines().any(|l| l == want) {
-        assert!(Instant::now() < deadline, "no {want} from caxtond; got {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no {want} from caxtond; got {seen:?}"
+        );
         if let Ok(n) = sock.recv(&mut buf) {
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
             seen.push('\n');
@@ -28,7 +31,8 @@ fn notifies_ready_and_stopping_and_exits_0_on_sigterm() {
     let notify_dir = tempfile::tempdir().expect("tempdir");
     let notify_path = notify_dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let notify = notify_path.to_str().expect("utf-8 path").to_string();
 
     let mut d = Daemon::spawn(|dir| write_config(dir, ""), &[("NOTIFY_SOCKET", &notify)]);
@@ -50,20 +54,39 @@ fn sigterm_finishes_in_flight_requests() {
     let d = Daemon::start_with(|dir| write_config(dir, ""), &[("RUST_LOG", "debug")]);
     let socket = d.socket.clone();
     // A request big enough to still be running when the signal lands.
-    let texts: Vec<String> = (0..256).map(|i| format!("text {i} {}", "lorem ipsum dolor sit amet ".repeat(40))).collect();
-    let body = serde_json::json!({ "input": texts }).to_string().into_bytes();
+    let texts: Vec<String> = (0..256)
+        .map(|i| format!("text {i} {}", "lorem ipsum dolor sit amet ".repeat(40)))
+        .collect();
+    let body = serde_json::json!({ "input": texts })
+        .to_string()
+        .into_bytes();
     let client = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        rt.block_on(caxton::cli::client::request(&socket, hyper::Method::POST, "/v1/embeddings", Some(body)))
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(caxton::cli::client::request(
+            &socket,
+            hyper::Method::POST,
+            "/v1/embeddings",
+            Some(body),
+        ))
     });
     let deadline = Instant::now() + START_DEADLINE;
     while !d.log().contains("texts=256") {
-        assert!(Instant::now() < deadline, "request never queued; log:\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "request never queued; log:\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let mut d = d;
     d.signal(Signal::SIGTERM);
-    let (status, bytes) = client.join().expect("client thread").expect("the in-flight request is answered");
+    let (status, bytes) = client
+        .join()
+        .expect("client thread")
+        .expect("the in-flight request is answered");
     assert_eq!(status.as_u16(), 200);
     let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(v["data"].as_array().expect("data").len(), 256);
@@ -95,7 +118,11 @@ fn a_live_socket_or_a_plain_file_is_left_alone() {
         &[],
     );
     assert_eq!(live.wait_exit(), Some(1));
-    assert!(live.log().contains("another process is serving on"), "{}", live.log());
+    assert!(
+        live.log().contains("another process is serving on"),
+        "{}",
+        live.log()
+    );
     assert!(live.socket.exists());
 
     let mut file = Daemon::spawn(
@@ -106,12 +133,22 @@ fn a_live_socket_or_a_plain_file_is_left_alone() {
         &[],
     );
     assert_eq!(file.wait_exit(), Some(1));
-    assert!(file.log().contains("exists and is not a socket"), "{}", file.log());
-    assert_eq!(std::fs::read_to_string(&file.socket).expect("still there"), "precious");
+    assert!(
+        file.log().contains("exists and is not a socket"),
+        "{}",
+        file.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file.socket).expect("still there"),
+        "precious"
+    );
 }
 
 fn caxtond(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_caxtond")).args(args).output().expect("run caxtond");
+    let out = Command::new(env!("CARGO_BIN_EXE_caxtond"))
+        .args(args)
+        .output()
+        .expect("run caxtond");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -139,21 +176,37 @@ fn check_config_names_the_file_and_key() {
     std::fs::write(dir.path().join("caxton.yaml"), "socket:\n  mode: 660\n").expect("write");
     let (code, _, err) = caxtond(&["--config-dir", d, "--check-config"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("write the mode as a quoted octal string"), "{err}");
+    assert!(
+        err.contains("write the mode as a quoted octal string"),
+        "{err}"
+    );
     assert!(err.contains("socket.mode"), "{err}");
 
     // The daemon itself refuses to start on the same error.
-    std::fs::write(dir.path().join("caxton.yaml"), "models:\n  default: \"bad id!\"\n").expect("write");
+    std::fs::write(
+        dir.path().join("caxton.yaml"),
+        "models:\n  default: \"bad id!\"\n",
+    )
+    .expect("write");
     let (code, _, err) = caxtond(&["--config-dir", d]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("models.default: \"bad id!\" is not a model id"), "{err}");
+    assert!(
+        err.contains("models.default: \"bad id!\" is not a model id"),
+        "{err}"
+    );
 }
 
 #[test]
 fn environment_overrides_the_files() {
-    let d = Daemon::start_with(|dir| write_config(dir, ""), &[("CAXTON_LIMITS__MAX_INPUTS", "1")]);
+    let d = Daemon::start_with(
+        |dir| write_config(dir, ""),
+        &[("CAXTON_LIMITS__MAX_INPUTS", "1")],
+    );
     let (s, v) = d.request("POST", "/v1/embeddings", r#"{"input": ["a", "b"]}"#);
-    assert_eq!((s, v["error"]["code"].as_str()), (413, Some("too_many_inputs")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (413, Some("too_many_inputs"))
+    );
 }
 
 #[test]
@@ -164,26 +217,43 @@ fn the_cli_embeds_through_the_daemon() {
         .env("CAXTON_SOCKET", &d.socket)
         .output()
         .expect("run caxton");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Vec<Vec<f32>> = serde_json::from_slice(&out.stdout).expect("JSON vectors");
     assert_eq!((v.len(), v[0].len()), (2, 384));
     let (api, _) = d.embed(&["hello world"]);
     assert_eq!(v[0], api[0]);
 
     let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
-        .args(["--socket", d.socket.to_str().expect("utf-8"), "embed", "--model", "nope", "x"])
+        .args([
+            "--socket",
+            d.socket.to_str().expect("utf-8"),
+            "embed",
+            "--model",
+            "nope",
+            "x",
+        ])
         .output()
         .expect("run caxton");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("404 Not Found: model \"nope\" not found"), "{err}");
+    assert!(
+        err.contains("404 Not Found: model \"nope\" not found"),
+        "{err}"
+    );
 
     let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
         .args(["--socket", "/nonexistent/caxton.sock", "embed", "x"])
         .output()
         .expect("run caxton");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to caxtond at /nonexistent/caxton.sock"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot connect to caxtond at /nonexistent/caxton.sock")
+    );
 }
 
 #[test]
@@ -192,13 +262,17 @@ fn a_tampered_default_package_leaves_the_daemon_up_but_unhealthy() {
         |dir| {
             let bundled = dir.join("bundled");
             std::fs::create_dir(&bundled).expect("mkdir");
-            let mut bytes = std::fs::read(common::bundled_dir().join("all-MiniLM-L6-v2.tar.zst")).expect("read");
+            let mut bytes = std::fs::read(common::bundled_dir().join("all-MiniLM-L6-v2.tar.zst"))
+                .expect("read");
             let n = bytes.len();
             bytes[n / 2] ^= 0x55;
             std::fs::write(bundled.join("all-MiniLM-L6-v2.tar.zst"), bytes).expect("write");
             write_config(dir, "");
             let cfg = std::fs::read_to_string(dir.join("caxton.yaml")).expect("read");
-            let cfg = cfg.replace(&common::bundled_dir().display().to_string(), &bundled.display().to_string());
+            let cfg = cfg.replace(
+                &common::bundled_dir().display().to_string(),
+                &bundled.display().to_string(),
+            );
             std::fs::write(dir.join("caxton.yaml"), cfg).expect("write");
         },
         &[],
@@ -208,11 +282,23 @@ fn a_tampered_default_package_leaves_the_daemon_up_but_unhealthy() {
     assert_eq!(s, 503);
     assert_eq!(h["status"], "unavailable");
     let reason = h["reason"].as_str().expect("reason");
-    assert!(reason.contains("the default model \"all-MiniLM-L6-v2\" is not among the verified packages"), "{reason}");
+    assert!(
+        reason
+            .contains("the default model \"all-MiniLM-L6-v2\" is not among the verified packages"),
+        "{reason}"
+    );
     let (_, m) = d.request("GET", "/api/models", "");
     assert_eq!(m["data"][0]["state"], "rejected");
-    assert!(m["data"][0]["file"].as_str().expect("file").ends_with("all-MiniLM-L6-v2.tar.zst"));
+    assert!(
+        m["data"][0]["file"]
+            .as_str()
+            .expect("file")
+            .ends_with("all-MiniLM-L6-v2.tar.zst")
+    );
     assert!(d.log().contains("package_rejected"), "{}", d.log());
     let (s, v) = d.request("POST", "/v1/embeddings", r#"{"input": "a"}"#);
-    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
 }

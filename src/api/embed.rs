@@ -34,7 +34,9 @@ pub struct Embedded {
 /// Runs `req` through the named (or default) model.
 pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded, ApiError> {
     state.check_serving()?;
-    let id = req.model.unwrap_or_else(|| state.settings.models.default.clone());
+    let id = req
+        .model
+        .unwrap_or_else(|| state.settings.models.default.clone());
     let Some(slot) = state.registry.get(&id) else {
         let known = state.registry.ids();
         return Err(ApiError::new(
@@ -42,7 +44,11 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
             "model_not_found",
             format!(
                 "model {id:?} not found; available: {}",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ),
         ));
     };
@@ -56,7 +62,13 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
             .collect::<Result<Vec<_>, _>>()
     })
     .await
-    .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "tokenizer_error", e.to_string()))?
+    .map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "tokenizer_error",
+            e.to_string(),
+        )
+    })?
     .map_err(|e| ApiError::bad_request("tokenizer_error", e))?;
     if !req.truncate
         && let Some(i) = encoded.iter().position(|e| e.truncated)

@@ -64,10 +64,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(caxton_event = "request_failed", caxton_reason = self.code, "{}", self.message);
+        // 503s (starting, busy) are expected back-pressure; only real failures are warnings.
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::warn!(
+                caxton_event = "request_failed",
+                caxton_reason = self.code,
+                "{}",
+                self.message
+            );
         } else {
-            tracing::debug!(caxton_event = "request_refused", caxton_reason = self.code, "{}", self.message);
+            tracing::debug!(
+                caxton_event = "request_refused",
+                caxton_reason = self.code,
+                "{}",
+                self.message
+            );
         }
         let body = json!({"error": {"message": self.message, "type": self.error_type(), "code": self.code}});
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -83,7 +94,9 @@ impl IntoResponse for ApiError {
 impl From<LoadError> for ApiError {
     fn from(e: LoadError) -> Self {
         match e {
-            LoadError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string()),
+            LoadError::Unknown(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string())
+            }
             LoadError::Failed { .. } => ApiError::unavailable(
                 "model_load_failed",
                 format!("{e}; see the daemon's journal, then replace the package"),

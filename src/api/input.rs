@@ -11,7 +11,10 @@ use super::error::ApiError;
 
 /// Turns the raw body (or its rejection, e.g. over the size limit) into `T`, telling a syntax
 /// error apart from a well-formed body of the wrong shape.
-pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: u64) -> Result<T, ApiError> {
+pub fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: u64,
+) -> Result<T, ApiError> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(
@@ -28,7 +31,9 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limi
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
             }
-            Category::Data => ApiError::bad_request("invalid_request", format!("invalid request: {e}")),
+            Category::Data => {
+                ApiError::bad_request("invalid_request", format!("invalid request: {e}"))
+            }
         }
     })
 }
@@ -72,12 +77,19 @@ pub fn texts(field: &str, value: Value, max_inputs: usize) -> Result<Vec<String>
         other => {
             return Err(ApiError::bad_request(
                 "invalid_input",
-                format!("`{field}` must be a string or a list of strings, got {}", json_type(&other)),
+                format!(
+                    "`{field}` must be a string or a list of strings, got {}",
+                    json_type(&other)
+                ),
             ));
         }
     };
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        let place = if texts.len() == 1 { field.to_string() } else { format!("{field}[{i}]") };
+        let place = if texts.len() == 1 {
+            field.to_string()
+        } else {
+            format!("{field}[{i}]")
+        };
         return Err(ApiError::bad_request(
             "empty_input",
             format!("`{place}` is empty or only whitespace; send text to embed"),
@@ -105,23 +117,38 @@ mod tests {
     #[test]
     fn accepts_a_string_or_a_list() {
         assert_eq!(texts("input", json!("a"), 4).unwrap(), vec!["a"]);
-        assert_eq!(texts("input", json!(["a", "b"]), 4).unwrap(), vec!["a", "b"]);
+        assert_eq!(
+            texts("input", json!(["a", "b"]), 4).unwrap(),
+            vec!["a", "b"]
+        );
     }
 
     #[test]
     fn names_the_bad_element() {
         let e = texts("input", json!(["a", 5]), 4).unwrap_err();
         assert_eq!(e.code, "invalid_input");
-        assert_eq!(e.message, "`input[1]` is not a string; token arrays are not supported, send text");
+        assert_eq!(
+            e.message,
+            "`input[1]` is not a string; token arrays are not supported, send text"
+        );
         let e = texts("inputs", json!(["a", " "]), 4).unwrap_err();
-        assert_eq!(e.message, "`inputs[1]` is empty or only whitespace; send text to embed");
+        assert_eq!(
+            e.message,
+            "`inputs[1]` is empty or only whitespace; send text to embed"
+        );
         let e = texts("input", json!({"a": 1}), 4).unwrap_err();
-        assert_eq!(e.message, "`input` must be a string or a list of strings, got an object");
+        assert_eq!(
+            e.message,
+            "`input` must be a string or a list of strings, got an object"
+        );
     }
 
     #[test]
     fn counts_inputs() {
-        assert_eq!(texts("input", json!([]), 4).unwrap_err().code, "empty_input");
+        assert_eq!(
+            texts("input", json!([]), 4).unwrap_err().code,
+            "empty_input"
+        );
         let e = texts("input", json!(["a", "b", "c"]), 2).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (413, "too_many_inputs"));
     }

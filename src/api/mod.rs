@@ -51,7 +51,10 @@ impl AppState {
 
     /// Current health.
     pub fn health(&self) -> Health {
-        self.health.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.health
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Sets the health.
@@ -87,7 +90,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no endpoint at {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no endpoint at {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

@@ -48,7 +48,10 @@ pub async fn embeddings(
     if let Some(model) = &req.model
         && model.is_empty()
     {
-        return Err(ApiError::bad_request("invalid_model", "`model` is empty; name a model or leave it out"));
+        return Err(ApiError::bad_request(
+            "invalid_model",
+            "`model` is empty; name a model or leave it out",
+        ));
     }
     let out = embed(
         &state,
@@ -66,7 +69,10 @@ pub async fn embeddings(
         if d < 1 || d as usize > full {
             return Err(ApiError::bad_request(
                 "invalid_dimensions",
-                format!("dimensions must be between 1 and {full} for model {}, got {d}", out.model),
+                format!(
+                    "dimensions must be between 1 and {full} for model {}, got {d}",
+                    out.model
+                ),
             ));
         }
         for v in &mut vectors {

@@ -16,9 +16,14 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     match state.health() {
         Health::Serving => (
             StatusCode::OK,
-            Json(json!({"status": "ok", "default_model": default, "models": state.registry.ids().len()})),
+            Json(
+                json!({"status": "ok", "default_model": default, "models": state.registry.ids().len()}),
+            ),
         ),
-        Health::Starting => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))),
+        Health::Starting => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "starting"})),
+        ),
         Health::Unavailable(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "reason": reason})),

@@ -1,1 +1,3 @@
-fn main() -> std::process::ExitCode { caxton::cli::main() }
+fn main() -> std::process::ExitCode {
+    caxton::cli::main()
+}

@@ -15,12 +15,14 @@ pub async fn request(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
-    let stream = tokio::net::UnixStream::connect(socket).await.with_context(|| {
-        format!(
-            "cannot connect to caxtond at {} (is it running? set --socket or CAXTON_SOCKET)",
-            socket.display()
-        )
-    })?;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to caxtond at {} (is it running? set --socket or CAXTON_SOCKET)",
+                socket.display()
+            )
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .context("HTTP handshake with caxtond failed")?;

@@ -18,7 +18,11 @@ pub const DEFAULT_SOCKET: &str = "/run/caxton/caxton.sock";
 
 /// caxton: command-line tool for the Caxton embedding daemon.
 #[derive(Debug, Parser)]
-#[command(name = "caxton", version, about = "Command-line tool for the Caxton embedding daemon")]
+#[command(
+    name = "caxton",
+    version,
+    about = "Command-line tool for the Caxton embedding daemon"
+)]
 pub struct Cli {
     /// The daemon's socket.
     #[arg(long, global = true, env = "CAXTON_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -85,7 +89,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Embed { model, texts } => {
             let body = serde_json::json!({"input": texts, "model": model});
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let (status, bytes) = runtime.block_on(client::request(
                 &cli.socket,
                 Method::POST,
@@ -95,7 +101,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !status.is_success() {
                 bail!("{}: {}", status, client::error_message(&bytes));
             }
-            let v: serde_json::Value = serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
             let vectors: Vec<&serde_json::Value> = v["data"]
                 .as_array()
                 .context("caxtond's answer has no data")?
@@ -117,10 +124,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 model_dir,
                 id,
                 version,
-                weights: if f16 { WeightStorage::F16 } else { WeightStorage::AsIs },
+                weights: if f16 {
+                    WeightStorage::F16
+                } else {
+                    WeightStorage::AsIs
+                },
                 level,
             };
-            let summary = pack(&opts, &output).with_context(|| format!("cannot pack {}", opts.model_dir.display()))?;
+            let summary = pack(&opts, &output)
+                .with_context(|| format!("cannot pack {}", opts.model_dir.display()))?;
             let m = &summary.manifest;
             println!(
                 "{}: {} version {} ({}, {} dimensions, {} pooling), {} bytes, sha256 {}",
@@ -129,7 +141,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 m.version,
                 m.architecture.as_str(),
                 m.dimensions,
-                if m.pooling == crate::package::Pooling::Mean { "mean" } else { "cls" },
+                if m.pooling == crate::package::Pooling::Mean {
+                    "mean"
+                } else {
+                    "cls"
+                },
                 summary.package_size,
                 summary.package_sha256
             );
@@ -153,7 +169,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -167,7 +167,12 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             files.extend(dropins);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(ConfigError::Io { path: conf_d, source: e }),
+        Err(e) => {
+            return Err(ConfigError::Io {
+                path: conf_d,
+                source: e,
+            });
+        }
     }
     Ok(files)
 }
@@ -226,14 +231,20 @@ impl Settings {
         if !crate::package::manifest::is_valid_id(&self.models.default) {
             return Err(invalid(
                 "models.default",
-                format!("{:?} is not a model id (1 to 128 of [A-Za-z0-9._-])", self.models.default),
+                format!(
+                    "{:?} is not a model id (1 to 128 of [A-Za-z0-9._-])",
+                    self.models.default
+                ),
             ));
         }
         // sockaddr_un holds 108 bytes including the terminating NUL.
         if self.socket.path.as_os_str().len() > 107 {
             return Err(invalid(
                 "socket.path",
-                format!("{} is longer than the 107 bytes a Unix socket path may have", self.socket.path.display()),
+                format!(
+                    "{} is longer than the 107 bytes a Unix socket path may have",
+                    self.socket.path.display()
+                ),
             ));
         }
         let positive = [
@@ -248,12 +259,18 @@ impl Settings {
             }
         }
         if self.limits.max_body_bytes.0 < 1024 {
-            return Err(invalid("limits.max_body_bytes", "must be at least 1KiB".into()));
+            return Err(invalid(
+                "limits.max_body_bytes",
+                "must be at least 1KiB".into(),
+            ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
-                format!("{:?} is not a level (error, warn, info, debug, trace) or filter", self.log.level),
+                format!(
+                    "{:?} is not a level (error, warn, info, debug, trace) or filter",
+                    self.log.level
+                ),
             ));
         }
         Ok(())
@@ -274,25 +291,81 @@ mod tests {
     fn defaults_are_the_production_paths() {
         let s = load("").expect("empty config is valid");
         assert_eq!(s.socket.path, PathBuf::from("/run/caxton/caxton.sock"));
-        assert_eq!(s.models.bundled_dir, PathBuf::from("/usr/share/caxton/models"));
+        assert_eq!(
+            s.models.bundled_dir,
+            PathBuf::from("/usr/share/caxton/models")
+        );
         assert_eq!(s.socket.mode, Mode(0o660));
     }
 
     #[test]
+    fn the_shipped_config_lists_exactly_the_defaults() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/caxton");
+        let shipped = Settings::load(&dir).expect("etc/caxton/caxton.yaml is valid");
+        assert_eq!(shipped, Settings::default());
+        // Every key of the defaults appears in the shipped file, so it documents them all.
+        let text = std::fs::read_to_string(dir.join("caxton.yaml")).expect("read");
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let defaults = serde_yaml::to_value(Settings::default()).expect("serialise");
+        fn keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+            if let serde_yaml::Value::Mapping(m) = v {
+                for (k, v) in m {
+                    let k = format!("{prefix}{}", k.as_str().unwrap_or("?"));
+                    keys(v, &format!("{k}."), out);
+                    out.push(k);
+                }
+            }
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        keys(&yaml, "", &mut a);
+        keys(&defaults, "", &mut b);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
     fn modes_are_octal_whether_quoted_or_not_and_bare_decimals_are_refused() {
-        assert_eq!(load("socket:\n  mode: \"0600\"\n").expect("quoted").socket.mode, Mode(0o600));
-        assert_eq!(load("socket:\n  mode: 0640\n").expect("unquoted").socket.mode, Mode(0o640));
-        let e = load("socket:\n  mode: 660\n").expect_err("decimal").to_string();
+        assert_eq!(
+            load("socket:\n  mode: \"0600\"\n")
+                .expect("quoted")
+                .socket
+                .mode,
+            Mode(0o600)
+        );
+        assert_eq!(
+            load("socket:\n  mode: 0640\n")
+                .expect("unquoted")
+                .socket
+                .mode,
+            Mode(0o640)
+        );
+        let e = load("socket:\n  mode: 660\n")
+            .expect_err("decimal")
+            .to_string();
         assert!(e.contains("write the mode as a quoted octal string"), "{e}");
         assert!(e.contains("socket.mode"), "{e}");
     }
 
     #[test]
     fn sizes_and_nested_unknown_keys() {
-        assert_eq!(load("limits:\n  max_body_bytes: 1MiB\n").expect("size").limits.max_body_bytes, ByteSize(1 << 20));
-        let e = load("limits:\n  max_body_bytes: lots\n").expect_err("bad size").to_string();
-        assert!(e.contains("\"lots\" is not a size") && e.contains("limits.max_body_bytes"), "{e}");
-        let e = load("limits:\n  max_inputz: 3\n").expect_err("unknown").to_string();
+        assert_eq!(
+            load("limits:\n  max_body_bytes: 1MiB\n")
+                .expect("size")
+                .limits
+                .max_body_bytes,
+            ByteSize(1 << 20)
+        );
+        let e = load("limits:\n  max_body_bytes: lots\n")
+            .expect_err("bad size")
+            .to_string();
+        assert!(
+            e.contains("\"lots\" is not a size") && e.contains("limits.max_body_bytes"),
+            "{e}"
+        );
+        let e = load("limits:\n  max_inputz: 3\n")
+            .expect_err("unknown")
+            .to_string();
         assert!(e.contains("max_inputz") && e.contains("caxton.yaml"), "{e}");
     }
 
@@ -307,11 +380,27 @@ mod tests {
     #[test]
     fn conf_d_applies_after_the_main_file_in_lexical_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("caxton.yaml"), "limits:\n  max_inputs: 1\n").expect("write");
+        std::fs::write(dir.path().join("caxton.yaml"), "limits:\n  max_inputs: 1\n")
+            .expect("write");
         std::fs::create_dir(dir.path().join("conf.d")).expect("mkdir");
-        std::fs::write(dir.path().join("conf.d/20-b.yaml"), "limits:\n  max_inputs: 3\n").expect("write");
-        std::fs::write(dir.path().join("conf.d/10-a.yaml"), "limits:\n  max_inputs: 2\n").expect("write");
-        std::fs::write(dir.path().join("conf.d/30-c.yml.disabled"), "limits:\n  max_inputs: 9\n").expect("write");
-        assert_eq!(Settings::load(dir.path()).expect("valid").limits.max_inputs, 3);
+        std::fs::write(
+            dir.path().join("conf.d/20-b.yaml"),
+            "limits:\n  max_inputs: 3\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("conf.d/10-a.yaml"),
+            "limits:\n  max_inputs: 2\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("conf.d/30-c.yml.disabled"),
+            "limits:\n  max_inputs: 9\n",
+        )
+        .expect("write");
+        assert_eq!(
+            Settings::load(dir.path()).expect("valid").limits.max_inputs,
+            3
+        );
     }
 }

@@ -15,7 +15,9 @@ impl FromStr for ByteSize {
     fn from_str(s: &str) -> Result<Self, String> {
         bytesize::ByteSize::from_str(s.trim())
             .map(|b| ByteSize(b.as_u64()))
-            .map_err(|_| format!("{s:?} is not a size; write e.g. 512MiB, 2GiB or a number of bytes"))
+            .map_err(|_| {
+                format!("{s:?} is not a size; write e.g. 512MiB, 2GiB or a number of bytes")
+            })
     }
 }
 

@@ -33,8 +33,7 @@ impl BertEncoder {
         let device = Device::Cpu;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
             .map_err(|e| format!("model.safetensors: {e}"))?;
-        let model =
-            BertModel::load(vb, &config).map_err(|e| format!("model.safetensors: {e}"))?;
+        let model = BertModel::load(vb, &config).map_err(|e| format!("model.safetensors: {e}"))?;
         Ok(BertEncoder {
             model,
             device,

@@ -64,16 +64,22 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads `package` (reading each file through the store's hash check) and starts its
     /// engine thread. Blocking: call from a blocking context.
-    pub fn load(package: &StoredPackage, options: EngineOptions) -> Result<LoadedModel, PackageError> {
+    pub fn load(
+        package: &StoredPackage,
+        options: EngineOptions,
+    ) -> Result<LoadedModel, PackageError> {
         let started = Instant::now();
         let m = &package.manifest;
-        let tokenizer = TextTokenizer::from_bytes(&package.read_verified("tokenizer.json")?, m.max_seq_length)
-            .map_err(PackageError::Unusable)?;
+        let tokenizer =
+            TextTokenizer::from_bytes(&package.read_verified("tokenizer.json")?, m.max_seq_length)
+                .map_err(PackageError::Unusable)?;
         let config = package.read_verified("config.json")?;
         let weights = package.read_verified("model.safetensors")?;
         let weight_bytes = f32_weight_bytes(&weights);
         let encoder = match m.architecture {
-            Architecture::Bert => bert::BertEncoder::load(&config, weights, m).map_err(PackageError::Unusable)?,
+            Architecture::Bert => {
+                bert::BertEncoder::load(&config, weights, m).map_err(PackageError::Unusable)?
+            }
         };
         let worker = worker::Worker::spawn(&m.id, encoder, m.pooling, options.batch, options.queue)
             .map_err(|e| PackageError::Unusable(format!("cannot start the engine thread: {e}")))?;
@@ -92,7 +98,11 @@ impl LoadedModel {
     }
 
     /// Embeds tokenized texts; resolves when the engine thread has answered.
-    pub async fn embed(&self, texts: Vec<Encoded>, normalize: bool) -> Result<Vec<Vec<f32>>, EngineError> {
+    pub async fn embed(
+        &self,
+        texts: Vec<Encoded>,
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.worker.submit(worker::Job {
             texts,

@@ -97,7 +97,10 @@ fn embed_jobs(
         .flat_map(|(j, job)| (0..job.texts.len()).map(move |t| (j, t)))
         .collect();
     let lengths: Vec<usize> = refs.iter().map(|&(j, t)| jobs[j].texts[t].len()).collect();
-    let mut vectors: Vec<Vec<Vec<f32>>> = jobs.iter().map(|j| vec![Vec::new(); j.texts.len()]).collect();
+    let mut vectors: Vec<Vec<Vec<f32>>> = jobs
+        .iter()
+        .map(|j| vec![Vec::new(); j.texts.len()])
+        .collect();
     let dim = encoder.hidden_size();
 
     for group in plan(&lengths, limits) {
@@ -123,7 +126,12 @@ fn embed_jobs(
         let row = hidden.seq * dim;
         for (k, &i) in group.iter().enumerate() {
             let (j, t) = refs[i];
-            let mut v = pool(&hidden.data[k * row..(k + 1) * row], dim, lengths[i], pooling);
+            let mut v = pool(
+                &hidden.data[k * row..(k + 1) * row],
+                dim,
+                lengths[i],
+                pooling,
+            );
             if jobs[j].normalize {
                 l2_normalize(&mut v);
             }

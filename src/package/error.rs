@@ -72,7 +72,9 @@ pub enum PackageError {
         entries: Vec<String>,
     },
     /// An entry's size differs from the manifest.
-    #[error("size mismatch for {entry:?}: the manifest says {declared} bytes, the package has {actual}")]
+    #[error(
+        "size mismatch for {entry:?}: the manifest says {declared} bytes, the package has {actual}"
+    )]
     SizeMismatch {
         /// The entry.
         entry: String,
@@ -82,7 +84,9 @@ pub enum PackageError {
         actual: u64,
     },
     /// An entry's digest differs from the manifest.
-    #[error("sha256 mismatch for {entry:?}: the manifest says {expected}, the content has {actual}")]
+    #[error(
+        "sha256 mismatch for {entry:?}: the manifest says {expected}, the content has {actual}"
+    )]
     HashMismatch {
         /// The entry.
         entry: String,
@@ -112,8 +116,7 @@ impl PackageError {
 
     /// Classifies an error raised while reading the decompressed stream.
     pub(crate) fn from_stream(e: io::Error) -> Self {
-        if e
-            .get_ref()
+        if e.get_ref()
             .is_some_and(|inner| inner.is::<super::verify::BudgetExceeded>())
         {
             return PackageError::DecompressionBound;

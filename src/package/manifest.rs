@@ -239,8 +239,7 @@ impl Manifest {
 fn is_valid_version(v: &str) -> bool {
     (1..=64).contains(&v.len())
         && v.as_bytes()[0].is_ascii_alphanumeric()
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'_' | b'-'))
 }
 

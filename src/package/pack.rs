@@ -122,16 +122,18 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
                         m.path
                     )));
                 }
-                pooling = Some(match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
-                    (true, false) => Pooling::Mean,
-                    (false, true) => Pooling::Cls,
-                    _ => {
-                        return Err(unusable(format!(
-                            "{}/config.json: exactly one of mean or cls pooling must be set",
-                            m.path
-                        )));
-                    }
-                });
+                pooling = Some(
+                    match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
+                        (true, false) => Pooling::Mean,
+                        (false, true) => Pooling::Cls,
+                        _ => {
+                            return Err(unusable(format!(
+                                "{}/config.json: exactly one of mean or cls pooling must be set",
+                                m.path
+                            )));
+                        }
+                    },
+                );
                 if let Some(d) = p.word_embedding_dimension
                     && d != config.hidden_size
                 {
@@ -151,7 +153,10 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let pooling = pooling.ok_or_else(|| unusable("modules.json: no Pooling module"))?;
     let st: StConfig = read_json(&dir.join("sentence_bert_config.json"))?;
     let max_positions = config.max_position_embeddings.unwrap_or(512);
-    let max_seq_length = st.max_seq_length.unwrap_or(max_positions).min(max_positions);
+    let max_seq_length = st
+        .max_seq_length
+        .unwrap_or(max_positions)
+        .min(max_positions);
     Ok(Inferred {
         architecture,
         dimensions: config.hidden_size,
@@ -175,8 +180,7 @@ fn weights_to_f16(bytes: &[u8]) -> Result<Vec<u8>, PackageError> {
                 .data()
                 .chunks_exact(4)
                 .flat_map(|c| {
-                    half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .to_le_bytes()
+                    half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
                 })
                 .collect(),
             _ => view.data().to_vec(),
@@ -275,7 +279,11 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
 }
 
 /// Appends a regular file with fixed metadata, so the archive depends only on the content.
-fn append<W: Write>(builder: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+fn append<W: Write>(
+    builder: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let mut header = tar::Header::new_ustar();
     header.set_size(bytes.len() as u64);
     header.set_mode(0o644);

@@ -40,10 +40,17 @@ impl Store {
         fs::create_dir_all(&root).map_err(|e| PackageError::io("create", &root, e))?;
         let entries = fs::read_dir(&root).map_err(|e| PackageError::io("list", &root, e))?;
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+            {
                 let path = entry.path();
                 if let Err(e) = fs::remove_dir_all(&path) {
-                    tracing::warn!("cannot remove leftover staging directory {}: {e}", path.display());
+                    tracing::warn!(
+                        "cannot remove leftover staging directory {}: {e}",
+                        path.display()
+                    );
                 }
             }
         }

@@ -69,7 +69,10 @@ fn round_up(n: u64) -> u64 {
 
 /// Verifies the package file at `path` (sidecar `.sha256` included) and streams every listed
 /// entry into `sink`.
-pub fn verify_file<S: EntrySink>(path: &Path, sink: &mut S) -> Result<VerifiedPackage, PackageError> {
+pub fn verify_file<S: EntrySink>(
+    path: &Path,
+    sink: &mut S,
+) -> Result<VerifiedPackage, PackageError> {
     let file = File::open(path).map_err(|e| PackageError::io("open", path, e))?;
     let package_size = file
         .metadata()
@@ -139,11 +142,11 @@ fn walk_entries<R: Read, S: EntrySink>(
     budget: &Rc<Cell<u64>>,
     sink: &mut S,
 ) -> Result<Manifest, PackageError> {
-    let mut entries = archive.entries().map_err(PackageError::from_stream)?;
+    let entries = archive.entries().map_err(PackageError::from_stream)?;
     let mut manifest: Option<Manifest> = None;
     let mut seen: BTreeSet<String> = BTreeSet::new();
 
-    while let Some(entry) = entries.next() {
+    for entry in entries {
         let mut entry = entry.map_err(PackageError::from_stream)?;
         let name = entry_name(&entry)?;
         check_entry_type(&entry, &name)?;
@@ -170,7 +173,8 @@ fn walk_entries<R: Read, S: EntrySink>(
             entry
                 .read_to_end(&mut bytes)
                 .map_err(PackageError::from_stream)?;
-            let parsed = Manifest::parse(&bytes).map_err(|e| PackageError::ManifestInvalid(e.to_string()))?;
+            let parsed = Manifest::parse(&bytes)
+                .map_err(|e| PackageError::ManifestInvalid(e.to_string()))?;
             // From here on the decompression budget is exactly what the manifest declares.
             budget.set(
                 budget.get()
@@ -375,7 +379,9 @@ impl<R: Read> Read for BoundedReader<R> {
                 _ => Err(io::Error::other(BudgetExceeded)),
             };
         }
-        let want = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.remaining.set(remaining - n as u64);
         Ok(n)

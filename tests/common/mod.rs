@@ -102,7 +102,11 @@ impl Daemon {
                 return;
             }
             self.assert_running();
-            assert!(Instant::now() < deadline, "no /health {status} before the deadline; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no /health {status} before the deadline; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -117,7 +121,11 @@ impl Daemon {
                 return;
             }
             self.assert_running();
-            assert!(Instant::now() < deadline, "no /health {status:?} before the deadline; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no /health {status:?} before the deadline; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -126,30 +134,50 @@ impl Daemon {
     pub fn assert_running(&self) {
         let pid = self.child.as_ref().expect("child").id();
         let alive = Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
         assert!(alive, "caxtond exited; log:\n{}", self.log());
     }
 
     /// One request; errors only on transport failure.
-    pub fn try_request(&self, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<(u16, Value)> {
-        let (status, bytes) = self.raw_request(method, path, body.map(|b| b.as_bytes().to_vec()))?;
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let (status, bytes) =
+            self.raw_request(method, path, body.map(|b| b.as_bytes().to_vec()))?;
         let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((status, v))
     }
 
     /// One request with raw bytes, returning status and raw body.
-    pub fn raw_request(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Vec<u8>)> {
+    pub fn raw_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         let method = hyper::Method::from_bytes(method.as_bytes())?;
-        let (status, bytes) = self
-            .rt
-            .block_on(caxton::cli::client::request(&self.socket, method, path, body))?;
+        let (status, bytes) = self.rt.block_on(caxton::cli::client::request(
+            &self.socket,
+            method,
+            path,
+            body,
+        ))?;
         Ok((status.as_u16(), bytes.to_vec()))
     }
 
     /// One request that must reach the daemon.
     pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        self.try_request(method, path, if body.is_empty() { None } else { Some(body) })
-            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}; log:\n{}", self.log()))
+        self.try_request(
+            method,
+            path,
+            if body.is_empty() { None } else { Some(body) },
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}; log:\n{}", self.log()))
     }
 
     /// Embeds `texts` through `/v1/embeddings`, returning vectors and prompt tokens.
@@ -161,9 +189,19 @@ impl Daemon {
             .as_array()
             .expect("data")
             .iter()
-            .map(|d| d["embedding"].as_array().expect("embedding").iter().map(|x| x.as_f64().expect("float") as f32).collect())
+            .map(|d| {
+                d["embedding"]
+                    .as_array()
+                    .expect("embedding")
+                    .iter()
+                    .map(|x| x.as_f64().expect("float") as f32)
+                    .collect()
+            })
             .collect();
-        (vectors, v["usage"]["prompt_tokens"].as_u64().expect("usage"))
+        (
+            vectors,
+            v["usage"]["prompt_tokens"].as_u64().expect("usage"),
+        )
     }
 
     /// Sends a signal to the daemon.
@@ -180,7 +218,11 @@ impl Daemon {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "caxtond did not exit; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "caxtond did not exit; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -198,7 +240,11 @@ impl Drop for Daemon {
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "vector lengths differ");
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)

@@ -1,0 +1,393 @@
+//! The package verifier against hostile packages, built here byte by byte so each breaks exactly
+//! one rule; each must be refused with its own reason.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use caxton::package::PackageError;
+use caxton::package::verify::{DiscardSink, verify_file};
+use sha2::{Digest, Sha256};
+
+const CONFIG: &[u8] = b"{\"hidden_size\": 4}";
+const TOKENIZER: &[u8] = b"{}";
+const WEIGHTS: &[u8] = b"0123456789";
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn manifest_for(files: &[(&str, &[u8])]) -> String {
+    let mut m = String::from(
+        "format: 1\nid: tiny\nversion: \"1\"\narchitecture: bert\ndimensions: 4\nmax_seq_length: 16\npooling: mean\nnormalize: true\nfiles:\n",
+    );
+    for (name, bytes) in files {
+        m.push_str(&format!(
+            "  - {{path: {name}, size: {}, sha256: \"{}\"}}\n",
+            bytes.len(),
+            sha(bytes)
+        ));
+    }
+    m
+}
+
+fn good_files() -> Vec<(&'static str, &'static [u8])> {
+    vec![
+        ("config.json", CONFIG),
+        ("tokenizer.json", TOKENIZER),
+        ("model.safetensors", WEIGHTS),
+    ]
+}
+
+/// A tar entry written with a raw header, so names and types the tar crate would refuse can be
+/// produced.
+struct Entry {
+    name: String,
+    kind: tar::EntryType,
+    data: Vec<u8>,
+    /// Size written in the header when it should lie about the data.
+    header_size: Option<u64>,
+    link: Option<String>,
+}
+
+fn file(name: &str, data: &[u8]) -> Entry {
+    Entry {
+        name: name.into(),
+        kind: tar::EntryType::Regular,
+        data: data.to_vec(),
+        header_size: None,
+        link: None,
+    }
+}
+
+fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let mut h = tar::Header::new_old();
+        {
+            let raw = h.as_old_mut();
+            raw.name[..e.name.len()].copy_from_slice(e.name.as_bytes());
+            if let Some(link) = &e.link {
+                raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+        }
+        h.set_mode(0o644);
+        h.set_size(e.header_size.unwrap_or(e.data.len() as u64));
+        h.set_entry_type(e.kind);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(&e.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+fn zstd(bytes: &[u8]) -> Vec<u8> {
+    zstd::encode_all(bytes, 3).expect("zstd")
+}
+
+fn package(entries: Vec<Entry>) -> Vec<u8> {
+    zstd(&tar_bytes(&entries))
+}
+
+fn standard(manifest: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut entries = vec![file("manifest.yaml", manifest.as_bytes())];
+    entries.extend(files.iter().map(|(n, d)| file(n, d)));
+    package(entries)
+}
+
+fn write(dir: &Path, bytes: &[u8]) -> PathBuf {
+    let p = dir.join("pkg.tar.zst");
+    std::fs::write(&p, bytes).expect("write");
+    p
+}
+
+fn verdict(bytes: &[u8]) -> Result<(), PackageError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    verify_file(&write(dir.path(), bytes), &mut DiscardSink).map(|_| ())
+}
+
+fn kind(bytes: &[u8]) -> (&'static str, String) {
+    let e = verdict(bytes).expect_err("must be refused");
+    (e.kind(), e.to_string())
+}
+
+#[test]
+fn a_well_formed_package_verifies() {
+    let files = good_files();
+    verdict(&standard(&manifest_for(&files), &files)).expect("valid");
+}
+
+#[test]
+fn content_that_differs_from_the_manifest_is_refused() {
+    let files = good_files();
+    let m = manifest_for(&files);
+    let tampered = [
+        ("config.json", CONFIG),
+        ("tokenizer.json", TOKENIZER),
+        ("model.safetensors", b"0123456780" as &[u8]),
+    ];
+    let (k, msg) = kind(&standard(&m, &tampered));
+    assert_eq!(k, "sha256_mismatch");
+    assert!(
+        msg.starts_with("sha256 mismatch for \"model.safetensors\""),
+        "{msg}"
+    );
+
+    let longer = [
+        ("config.json", CONFIG),
+        ("tokenizer.json", TOKENIZER),
+        ("model.safetensors", b"01234567890" as &[u8]),
+    ];
+    let (k, msg) = kind(&standard(&m, &longer));
+    assert_eq!(k, "size_mismatch");
+    assert_eq!(
+        msg,
+        "size mismatch for \"model.safetensors\": the manifest says 10 bytes, the package has 11"
+    );
+
+    let (k, msg) = kind(&standard(&m, &files[..2]));
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "missing_entry",
+            "listed in the manifest but missing from the package: model.safetensors"
+        )
+    );
+
+    let mut extra = files.clone();
+    extra.push(("notes.txt", b"hi"));
+    let (k, msg) = kind(&standard(&m, &extra));
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "extra_entry",
+            "entry \"notes.txt\" is not listed in the manifest"
+        )
+    );
+
+    let mut dup = files.clone();
+    dup.push(("config.json", CONFIG));
+    assert_eq!(kind(&standard(&m, &dup)).0, "duplicate_entry");
+}
+
+#[test]
+fn unsafe_entries_are_refused() {
+    let files = good_files();
+    let m = manifest_for(&files);
+    let with = |e: Entry| {
+        let mut entries = vec![file("manifest.yaml", m.as_bytes())];
+        entries.extend(files.iter().map(|(n, d)| file(n, d)));
+        entries.push(e);
+        package(entries)
+    };
+    let (k, msg) = kind(&with(file("../escape", b"x")));
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "unsafe_entry",
+            "unsafe entry \"../escape\": the path contains `..`"
+        )
+    );
+    let (k, msg) = kind(&with(file("/etc/cron.d/x", b"x")));
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "unsafe_entry",
+            "unsafe entry \"/etc/cron.d/x\": the path is absolute"
+        )
+    );
+    for (kind_, what) in [
+        (tar::EntryType::Symlink, "a symbolic link"),
+        (tar::EntryType::Link, "a hard link"),
+        (tar::EntryType::Char, "a character device"),
+        (tar::EntryType::Block, "a block device"),
+        (tar::EntryType::Fifo, "a FIFO"),
+        (tar::EntryType::Directory, "a directory"),
+    ] {
+        let e = Entry {
+            name: "model.bin".into(),
+            kind: kind_,
+            data: Vec::new(),
+            header_size: None,
+            link: Some("/etc/passwd".into()),
+        };
+        let (k, msg) = kind(&with(e));
+        assert_eq!(k, "unsafe_entry");
+        assert_eq!(
+            msg,
+            format!("unsafe entry \"model.bin\": it is {what}; only regular files are allowed")
+        );
+    }
+}
+
+#[test]
+fn the_manifest_must_come_first_and_be_valid() {
+    let files = good_files();
+    let m = manifest_for(&files);
+    let mut entries: Vec<Entry> = files.iter().map(|(n, d)| file(n, d)).collect();
+    entries.push(file("manifest.yaml", m.as_bytes()));
+    let (k, msg) = kind(&package(entries));
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "manifest_not_first",
+            "the first entry must be manifest.yaml, found \"config.json\""
+        )
+    );
+
+    assert_eq!(kind(&package(Vec::new())).0, "manifest_missing");
+
+    let (k, msg) = kind(&standard(
+        &m.replace("normalize: true", "normalize: true\ncolour: blue"),
+        &files,
+    ));
+    assert_eq!(k, "manifest_invalid");
+    assert!(msg.contains("unknown field `colour`"), "{msg}");
+    let (k, msg) = kind(&standard(
+        &m.replace("architecture: bert", "architecture: gpt2"),
+        &files,
+    ));
+    assert_eq!(k, "manifest_invalid");
+    assert!(msg.contains("unknown variant `gpt2`"), "{msg}");
+    let (k, msg) = kind(&standard(&m.replace("id: tiny", "id: \"../x\""), &files));
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "manifest_invalid",
+            "invalid manifest: id: \"../x\" is not 1 to 128 of [A-Za-z0-9._-]"
+        )
+    );
+
+    let huge = format!("{m}# {}\n", "x".repeat(70_000));
+    let (k, msg) = kind(&standard(&huge, &files));
+    assert_eq!(k, "manifest_invalid");
+    assert!(msg.contains("the limit is 65536"), "{msg}");
+}
+
+#[test]
+fn broken_streams_are_refused() {
+    let files = good_files();
+    let good = standard(&manifest_for(&files), &files);
+    let (k, _) = kind(&good[..good.len() - 20]);
+    assert!(k == "truncated" || k == "corrupt", "{k}");
+    let (k, msg) = kind(b"PK\x03\x04 definitely a zip file");
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "not_zstd",
+            "not a zstd-compressed package: the file does not start with the zstd magic number"
+        )
+    );
+    let random: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert_eq!(kind(&random).0, "not_zstd");
+    // Valid zstd, not a tar.
+    assert!(
+        verdict(&zstd(
+            b"hello, not a tar archive at all, just text padding it out"
+        ))
+        .is_err()
+    );
+}
+
+#[test]
+fn a_zstd_bomb_stops_at_the_declared_size() {
+    let files = good_files();
+    let m = manifest_for(&files);
+    // 1 GiB of zeros after a valid archive: the trailer may only be tar padding of bounded size.
+    let mut enc = zstd::Encoder::new(Vec::new(), 1).expect("encoder");
+    let mut entries = vec![file("manifest.yaml", m.as_bytes())];
+    entries.extend(files.iter().map(|(n, d)| file(n, d)));
+    enc.write_all(&tar_bytes(&entries)).expect("write");
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        enc.write_all(&zeros).expect("write");
+    }
+    let bomb = enc.finish().expect("finish");
+    assert!(
+        bomb.len() < 1 << 20,
+        "the bomb itself is small ({} bytes)",
+        bomb.len()
+    );
+    let (k, msg) = kind(&bomb);
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "decompression_bound",
+            "decompresses past the sizes its manifest declares; stopped there"
+        )
+    );
+
+    // A header that claims 1 GiB for a file the manifest declares as 10 bytes is refused before
+    // a byte of it is read.
+    let mut entries = vec![file("manifest.yaml", m.as_bytes())];
+    entries.extend(files.iter().take(2).map(|(n, d)| file(n, d)));
+    entries.push(Entry {
+        name: "model.safetensors".into(),
+        kind: tar::EntryType::Regular,
+        data: Vec::new(),
+        header_size: Some(1 << 30),
+        link: None,
+    });
+    let (k, _) = kind(&package(entries));
+    assert_eq!(k, "size_mismatch");
+}
+
+#[test]
+fn the_sidecar_checksum_must_match_when_present() {
+    let files = good_files();
+    let bytes = standard(&manifest_for(&files), &files);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), &bytes);
+    let sidecar = dir.path().join("pkg.tar.zst.sha256");
+    std::fs::write(&sidecar, format!("{}  pkg.tar.zst\n", sha(&bytes))).expect("write");
+    verify_file(&p, &mut DiscardSink).expect("matching sidecar");
+    std::fs::write(&sidecar, format!("{}  pkg.tar.zst\n", sha(b"other"))).expect("write");
+    let e = verify_file(&p, &mut DiscardSink).expect_err("mismatch");
+    assert_eq!(e.kind(), "sidecar_mismatch");
+    assert!(e.to_string().contains("the package has"), "{e}");
+    std::fs::write(&sidecar, format!("{}  other.tar.zst\n", sha(&bytes))).expect("write");
+    let e = verify_file(&p, &mut DiscardSink).expect_err("wrong name");
+    assert!(
+        e.to_string()
+            .contains("is for other.tar.zst, not pkg.tar.zst"),
+        "{e}"
+    );
+}
+
+#[test]
+fn caxton_verify_exits_non_zero_naming_the_reason() {
+    let files = good_files();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.tar.zst");
+    std::fs::write(&good, standard(&manifest_for(&files), &files)).expect("write");
+    let bad = dir.path().join("bad.tar.zst");
+    std::fs::write(&bad, standard(&manifest_for(&files), &files[..2])).expect("write");
+
+    let run = |p: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_caxton"))
+            .arg("verify")
+            .arg(p)
+            .output()
+            .expect("run")
+    };
+    let out = run(&good);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: tiny version 1, 3 files"));
+    let out = run(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.tar.zst: rejected (missing_entry): listed in the manifest but missing from the package: model.safetensors"), "{err}");
+
+    let bundled =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("bundled-models/all-MiniLM-L6-v2.tar.zst");
+    let out = run(&bundled);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
