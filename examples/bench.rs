@@ -149,8 +149,11 @@ fn main() -> anyhow::Result<()> {
     let stored = store.install(&package)?;
     let verify = t.elapsed();
     let t = Instant::now();
-    let model =
-        caxton::engine::LoadedModel::load(&stored, caxton::engine::EngineOptions::default())?;
+    let model = caxton::engine::LoadedModel::load(
+        &stored,
+        caxton::engine::EngineOptions::default(),
+        Default::default(),
+    )?;
     let load = t.elapsed();
     drop(model);
 

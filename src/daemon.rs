@@ -52,7 +52,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(settings)) {
+    match runtime.block_on(serve(settings, args.config_dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(caxton_event = "fatal", "{e:#}");
@@ -62,11 +62,11 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, config_dir: PathBuf) -> anyhow::Result<()> {
     let (listener, _owned) = crate::socket::bind(&settings.socket.path, settings.socket.mode)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let shutdown = shutdown_signal()?;
-    crate::server::run(listener, settings, shutdown).await
+    crate::server::run(listener, settings, config_dir, shutdown).await
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

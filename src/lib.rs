@@ -13,6 +13,7 @@ pub mod engine;
 pub mod logging;
 pub mod package;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod socket;
 pub mod systemd;

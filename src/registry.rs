@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::engine::{EngineOptions, LoadedModel};
+use crate::engine::{BatchLimits, EngineOptions, LoadedModel};
 use crate::package::manifest::compare_versions;
 use crate::package::{PackageError, Store, StoredPackage};
 
@@ -110,9 +110,28 @@ pub enum LoadError {
     },
 }
 
+/// The outcome of verifying a set of package files, not yet in force.
+pub struct ScanResult {
+    winners: BTreeMap<String, (StoredPackage, Candidate)>,
+    rejected: Vec<Rejection>,
+}
+
+impl ScanResult {
+    /// Whether a verified package carries `id`.
+    pub fn has(&self, id: &str) -> bool {
+        self.winners.contains_key(id)
+    }
+
+    /// Ids of the verified models.
+    pub fn ids(&self) -> Vec<String> {
+        self.winners.keys().cloned().collect()
+    }
+}
+
 /// All models the daemon knows of.
 pub struct Registry {
     options: EngineOptions,
+    batch: Arc<RwLock<BatchLimits>>,
     models: RwLock<BTreeMap<String, Arc<ModelSlot>>>,
     rejected: RwLock<Vec<Rejection>>,
 }
@@ -147,6 +166,7 @@ impl Registry {
     /// An empty registry whose models will run with `options`.
     pub fn new(options: EngineOptions) -> Registry {
         Registry {
+            batch: Arc::new(RwLock::new(options.batch)),
             options,
             models: RwLock::new(BTreeMap::new()),
             rejected: RwLock::new(Vec::new()),
@@ -156,6 +176,12 @@ impl Registry {
     /// Verifies every candidate into `store` and replaces the registry's view with the result.
     /// Blocking (hashing, decompression): call from a blocking context.
     pub fn scan(&self, store: &Store, candidates: &[Candidate]) {
+        self.commit(Registry::verify_all(store, candidates));
+    }
+
+    /// Verifies every candidate into `store` and picks the winner of each id, changing nothing
+    /// in any registry. Blocking.
+    pub fn verify_all(store: &Store, candidates: &[Candidate]) -> ScanResult {
         let mut winners: BTreeMap<String, (StoredPackage, Candidate)> = BTreeMap::new();
         let mut rejected = Vec::new();
         for c in candidates {
@@ -171,36 +197,31 @@ impl Registry {
                         pkg.manifest.version
                     );
                     let id = pkg.manifest.id.clone();
-                    match winners.get(&id) {
-                        Some((other, other_c))
-                            if compare_versions(&other.manifest.version, &pkg.manifest.version)
-                                .is_ge() =>
-                        {
-                            tracing::info!(
-                                caxton_event = "package_superseded",
-                                caxton_model = %id,
-                                "{id}: version {} from {} wins over version {} from {}",
-                                other.manifest.version,
-                                other_c.file.display(),
-                                pkg.manifest.version,
-                                c.file.display()
-                            );
-                        }
+                    let replaces = match winners.get(&id) {
+                        None => true,
                         Some((other, other_c)) => {
+                            let newer =
+                                compare_versions(&pkg.manifest.version, &other.manifest.version)
+                                    .is_gt();
+                            let ((win, win_c), (lose, lose_c)) = if newer {
+                                ((&pkg, c), (other, other_c))
+                            } else {
+                                ((other, other_c), (&pkg, c))
+                            };
                             tracing::info!(
                                 caxton_event = "package_superseded",
                                 caxton_model = %id,
                                 "{id}: version {} from {} wins over version {} from {}",
-                                pkg.manifest.version,
-                                c.file.display(),
-                                other.manifest.version,
-                                other_c.file.display()
+                                win.manifest.version,
+                                win_c.file.display(),
+                                lose.manifest.version,
+                                lose_c.file.display()
                             );
-                            winners.insert(id, (pkg, c.clone()));
+                            newer
                         }
-                        None => {
-                            winners.insert(id, (pkg, c.clone()));
-                        }
+                    };
+                    if replaces {
+                        winners.insert(id, (pkg, c.clone()));
                     }
                 }
                 Err(e) => {
@@ -214,10 +235,15 @@ impl Registry {
                 }
             }
         }
+        ScanResult { winners, rejected }
+    }
+
+    /// Makes a scan's result the registry's view, keeping loaded engines whose package is
+    /// unchanged.
+    pub fn commit(&self, scan: ScanResult) {
         let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
-        // Keep slots (and their loaded engines) whose package did not change.
         let mut next = BTreeMap::new();
-        for (id, (pkg, c)) in winners {
+        for (id, (pkg, c)) in scan.winners {
             let slot = match models.remove(&id) {
                 Some(slot) if slot.package.package_sha256 == pkg.package_sha256 => slot,
                 _ => Arc::new(ModelSlot {
@@ -231,7 +257,12 @@ impl Registry {
             next.insert(id, slot);
         }
         *models = next;
-        *self.rejected.write().unwrap_or_else(|p| p.into_inner()) = rejected;
+        *self.rejected.write().unwrap_or_else(|p| p.into_inner()) = scan.rejected;
+    }
+
+    /// Changes forward-pass limits for every model, loaded or not.
+    pub fn set_batch_limits(&self, limits: BatchLimits) {
+        *self.batch.write().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     /// The slot for `id`, if a verified package carries it.
@@ -272,7 +303,7 @@ impl Registry {
         let slot = self
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
-        slot.acquire(self.options).await
+        slot.acquire(self.options, self.batch.clone()).await
     }
 }
 
@@ -305,7 +336,11 @@ impl ModelSlot {
         u.use_count += 1;
     }
 
-    async fn acquire(&self, options: EngineOptions) -> Result<Arc<LoadedModel>, LoadError> {
+    async fn acquire(
+        &self,
+        options: EngineOptions,
+        batch: Arc<RwLock<BatchLimits>>,
+    ) -> Result<Arc<LoadedModel>, LoadError> {
         let mut loaded = self.loaded.lock().await;
         if let Some(model) = loaded.as_ref() {
             return Ok(model.clone());
@@ -313,10 +348,11 @@ impl ModelSlot {
         self.usage().state = Some(ModelState::Loading);
         let package = self.package.clone();
         let id = package.manifest.id.clone();
-        let result = tokio::task::spawn_blocking(move || LoadedModel::load(&package, options))
-            .await
-            .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
-            .and_then(|r| r);
+        let result =
+            tokio::task::spawn_blocking(move || LoadedModel::load(&package, options, batch))
+                .await
+                .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
+                .and_then(|r| r);
         match result {
             Ok(model) => {
                 let model = Arc::new(model);

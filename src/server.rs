@@ -1,7 +1,9 @@
 //! The daemon's life: serve HTTP on a listener it is handed, verify packages, load the
-//! default model, report readiness, and on shutdown finish in-flight requests.
+//! default model, report readiness, apply configuration changes, and on shutdown finish
+//! in-flight requests.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
@@ -10,25 +12,47 @@ use crate::api::{self, AppState, Health};
 use crate::config::Settings;
 use crate::engine::{BatchLimits, EngineOptions};
 use crate::package::Store;
-use crate::registry::{Registry, Source, find_packages};
+use crate::registry::Registry;
+use crate::reload::{self, Reloader};
 use crate::systemd;
 
-/// Serves on `listener` with `settings` until `shutdown` resolves, then drains and returns.
-/// Socket activation and tests hand in their own listener.
+/// Forward-pass limits from the configuration.
+pub fn batch_limits(settings: &Settings) -> BatchLimits {
+    BatchLimits {
+        max_texts: settings.limits.max_batch_texts,
+        max_tokens: settings.limits.max_batch_tokens,
+    }
+}
+
+/// The one-line state for systemd's `STATUS=`.
+pub fn status_line(state: &AppState) -> String {
+    match state.health() {
+        Health::Starting => "starting".into(),
+        Health::Serving => format!(
+            "serving; default {}; {} model(s) verified",
+            state.settings().models.default,
+            state.registry.ids().len()
+        ),
+        Health::Unavailable(reason) => format!("unavailable: {reason}"),
+    }
+}
+
+/// Serves on `listener` with `settings` (read from `config_dir`, which is watched for changes)
+/// until `shutdown` resolves, then drains and returns. Socket activation and tests hand in
+/// their own listener.
 pub async fn run(
     listener: UnixListener,
     settings: Settings,
+    config_dir: PathBuf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let options = EngineOptions {
-        batch: BatchLimits {
-            max_texts: settings.limits.max_batch_texts,
-            max_tokens: settings.limits.max_batch_tokens,
-        },
+        batch: batch_limits(&settings),
         queue: settings.limits.queue_depth,
     };
     let registry = Arc::new(Registry::new(options));
-    let state = Arc::new(AppState::new(settings, registry.clone()));
+    let reloader = Reloader::new(config_dir);
+    let state = Arc::new(AppState::new(settings, registry, reloader.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(async {
@@ -38,17 +62,25 @@ pub async fn run(
 
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
-        result = start(&state) => {
-            let status = match result {
-                Ok(()) => "serving".to_string(),
-                Err(reason) => {
-                    tracing::error!(caxton_event = "unavailable", "{reason}");
-                    state.set_health(Health::Unavailable(reason.clone()));
-                    format!("unavailable: {reason}")
+        result = start(&state, &reloader) => {
+            if let Err(reason) = result {
+                tracing::error!(caxton_event = "unavailable", "{reason}");
+                state.set_health(Health::Unavailable(reason));
+            }
+            // Keep the watcher alive until shutdown.
+            let _watcher = match reload::watch(state.clone(), reloader.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot watch the configuration directory, changes apply on SIGHUP or caxton reload only: {e}");
+                    None
                 }
             };
+            if let Err(e) = reload::on_sighup(state.clone(), reloader.clone()) {
+                tracing::warn!("cannot handle SIGHUP: {e}");
+            }
+            let status = status_line(&state);
             systemd::ready(&status);
-            tracing::info!(caxton_event = "ready", "caxtond ready on {}: {status}", state.settings.socket.path.display());
+            tracing::info!(caxton_event = "ready", "caxtond ready on {}: {status}", state.settings().socket.path.display());
             shutdown.as_mut().await;
         }
         () = shutdown.as_mut() => {}
@@ -66,15 +98,12 @@ pub async fn run(
 }
 
 /// Verifies every package and loads the default model. An error means no model can serve.
-async fn start(state: &Arc<AppState>) -> Result<(), String> {
-    let settings = &state.settings;
+async fn start(state: &Arc<AppState>, reloader: &Reloader) -> Result<(), String> {
+    let _exclusive = reloader.exclusive().await;
+    let settings = state.settings();
     systemd::status("verifying model packages");
     let state_dir = settings.state_dir.clone();
-    let mut candidates = find_packages(&settings.models.bundled_dir, Source::Bundled);
-    candidates.extend(find_packages(
-        &settings.models.package_dir,
-        Source::SideLoaded,
-    ));
+    let candidates = reload::candidates(&settings);
     let registry = state.registry.clone();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         let store =

@@ -26,3 +26,16 @@ pub fn stopping() {
         NotifyState::Status("stopping: finishing in-flight requests"),
     ]);
 }
+
+/// `RELOADING=1` with `MONOTONIC_USEC`, as `Type=notify-reload` expects (and harmless under
+/// `Type=notify`).
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[
+            NotifyState::Reloading,
+            now,
+            NotifyState::Status("reloading configuration"),
+        ]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}

@@ -3,48 +3,26 @@
 
 mod common;
 
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, START_DEADLINE, write_config};
 use nix::sys::signal::Signal;
 
-/// Reads sd-notify datagrams until one contains `want`, returning everything received.
-fn wait_notify(sock: &UnixDatagram, want: &str, seen: &mut String) {
-    let deadline = Instant::now() + START_DEADLINE;
-    let mut buf = [0u8; 4096];
-    while !seen.lines().any(|l| l == want) {
-        assert!(
-            Instant::now() < deadline,
-            "no {want} from caxtond; got {seen:?}"
-        );
-        if let Ok(n) = sock.recv(&mut buf) {
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            seen.push('\n');
-        }
-    }
-}
-
 #[test]
 fn notifies_ready_and_stopping_and_exits_0_on_sigterm() {
-    let notify_dir = tempfile::tempdir().expect("tempdir");
-    let notify_path = notify_dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
-    let notify = notify_path.to_str().expect("utf-8 path").to_string();
-
-    let mut d = Daemon::spawn(|dir| write_config(dir, ""), &[("NOTIFY_SOCKET", &notify)]);
-    let mut seen = String::new();
-    wait_notify(&sock, "READY=1", &mut seen);
-    assert!(seen.contains("STATUS=serving"), "{seen}");
+    let mut notify = common::NotifySocket::new();
+    let path = notify.path.clone();
+    let mut d = Daemon::spawn(|dir| write_config(dir, ""), &[("NOTIFY_SOCKET", &path)]);
+    let ready = notify.wait_for("READY=1");
+    assert!(ready.contains("STATUS=serving"), "{ready}");
     // READY means the socket accepts and the default model's package verified.
     let (s, _) = d.request("GET", "/health", "");
     assert_eq!(s, 200);
 
     d.signal(Signal::SIGTERM);
-    wait_notify(&sock, "STOPPING=1", &mut seen);
+    notify.wait_for("STOPPING=1");
     assert_eq!(d.wait_exit(), Some(0), "log:\n{}", d.log());
     assert!(!d.socket.exists(), "the socket file is removed on exit");
 }

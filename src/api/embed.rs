@@ -36,7 +36,7 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
     state.check_serving()?;
     let id = req
         .model
-        .unwrap_or_else(|| state.settings.models.default.clone());
+        .unwrap_or_else(|| state.settings().models.default.clone());
     let Some(slot) = state.registry.get(&id) else {
         let known = state.registry.ids();
         return Err(ApiError::new(

@@ -1,30 +1,30 @@
 //! Request-body parsing shared by the OpenAI and TEI endpoints: JSON decoding with precise
 //! errors, and the `str or [str]` input shape.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::ApiError;
 
-/// Turns the raw body (or its rejection, e.g. over the size limit) into `T`, telling a syntax
-/// error apart from a well-formed body of the wrong shape.
-pub fn parse_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    limit: u64,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+/// Reads at most `limit` bytes of body and parses them as `T`, telling an oversized body, a
+/// syntax error and a well-formed body of the wrong shape apart.
+pub async fn parse_body<T: DeserializeOwned>(body: Body, limit: u64) -> Result<T, ApiError> {
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    let body = Limited::new(body, cap).collect().await.map_err(|e| {
+        if e.downcast_ref::<LengthLimitError>().is_some() {
             ApiError::too_large(
                 "body_too_large",
-                format!("the request body is larger than {limit} bytes (limits.max_body_bytes); send fewer or shorter texts per request"),
+                format!(
+                    "the request body is larger than {limit} bytes (limits.max_body_bytes); send fewer or shorter texts per request"
+                ),
             )
         } else {
-            ApiError::bad_request("unreadable_body", format!("cannot read the request body: {r}"))
+            ApiError::bad_request("unreadable_body", format!("cannot read the request body: {e}"))
         }
     })?;
+    let body = body.to_bytes();
     serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {

@@ -32,21 +32,41 @@ pub enum Health {
 
 /// State shared by all handlers.
 pub struct AppState {
-    /// Effective configuration.
-    pub settings: Settings,
     /// Known models.
     pub registry: Arc<Registry>,
+    /// Applies configuration changes (`POST /api/reload`).
+    pub reloader: crate::reload::Reloader,
+    settings: RwLock<Arc<Settings>>,
     health: RwLock<Health>,
 }
 
 impl AppState {
     /// New state, starting.
-    pub fn new(settings: Settings, registry: Arc<Registry>) -> Self {
+    pub fn new(
+        settings: Settings,
+        registry: Arc<Registry>,
+        reloader: crate::reload::Reloader,
+    ) -> Self {
         AppState {
-            settings,
             registry,
+            reloader,
+            settings: RwLock::new(Arc::new(settings)),
             health: RwLock::new(Health::Starting),
         }
+    }
+
+    /// The configuration in force; a reload swaps it, requests in flight keep the one they
+    /// started with.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a new configuration in force.
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
     /// Current health.
@@ -76,16 +96,17 @@ impl AppState {
 
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = usize::try_from(state.settings.limits.max_body_bytes.0).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/embed", post(tei::embed_handler))
         .route("/health", get(status::health))
         .route("/api/models", get(status::models))
+        .route("/api/reload", post(status::reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
+        // The limit is live configuration, enforced by `input::read_body`.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 

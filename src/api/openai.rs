@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,9 +30,10 @@ struct EmbeddingsRequest {
 /// `POST /v1/embeddings`.
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let req: EmbeddingsRequest = parse_body(body, state.settings.limits.max_body_bytes.0)?;
+    let settings = state.settings();
+    let req: EmbeddingsRequest = parse_body(body, settings.limits.max_body_bytes.0).await?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -44,7 +44,7 @@ pub async fn embeddings(
             ));
         }
     };
-    let inputs = texts("input", req.input, state.settings.limits.max_inputs)?;
+    let inputs = texts("input", req.input, settings.limits.max_inputs)?;
     if let Some(model) = &req.model
         && model.is_empty()
     {

@@ -12,7 +12,8 @@ use super::{AppState, Health};
 
 /// `GET /health`: 200 when serving, 503 while starting or when no model can serve.
 pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    let default = &state.settings.models.default;
+    let settings = state.settings();
+    let default = &settings.models.default;
     match state.health() {
         Health::Serving => (
             StatusCode::OK,
@@ -63,4 +64,22 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         })
     }));
     Json(json!({"object": "list", "data": data}))
+}
+
+/// `POST /api/reload`: re-reads the configuration directory and answers once the new
+/// configuration is applied (200) or refused (422, the old one stays in force).
+pub async fn reload(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    let outcome = state
+        .reloader
+        .reload(&state, crate::reload::Trigger::Api)
+        .await;
+    let status = if outcome.applied {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (
+        status,
+        Json(serde_json::to_value(&outcome).unwrap_or(Value::Null)),
+    )
 }

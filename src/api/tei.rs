@@ -3,9 +3,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -27,10 +26,11 @@ struct EmbedBody {
 /// text into a 413.
 pub async fn embed_handler(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
-    let req: EmbedBody = parse_body(body, state.settings.limits.max_body_bytes.0)?;
-    let inputs = texts("inputs", req.inputs, state.settings.limits.max_inputs)?;
+    let settings = state.settings();
+    let req: EmbedBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
     let out = embed(
         &state,
         EmbedRequest {

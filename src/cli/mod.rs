@@ -65,6 +65,16 @@ pub enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
         level: i32,
     },
+    /// Ask the daemon to re-read its configuration and wait for the outcome; exit 1 if the
+    /// new configuration was refused (the running one stays).
+    Reload,
+    /// Print the effective configuration of a config directory, with the file or variable
+    /// that set each value.
+    Config {
+        /// Configuration directory.
+        #[arg(long, env = "CAXTON_CONFIG_DIR", default_value = crate::config::DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
     /// Check a package offline with the daemon's rules; exit 1 naming the reason if it fails.
     Verify {
         /// Package files.
@@ -149,6 +159,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary.package_size,
                 summary.package_sha256
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (status, bytes) = runtime.block_on(client::request(
+                &cli.socket,
+                Method::POST,
+                "/api/reload",
+                None,
+            ))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let message = v["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| client::error_message(&bytes));
+            if status.is_success() && v["applied"] == true {
+                println!("{message}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "caxton: configuration refused, the running configuration stays: {message}"
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Config { config_dir } => {
+            let all = crate::config::explain(&config_dir)
+                .with_context(|| format!("invalid configuration in {}", config_dir.display()))?;
+            let width = all
+                .iter()
+                .map(|e| e.key.len() + e.value.len() + 3)
+                .max()
+                .unwrap_or(0);
+            for e in all {
+                let line = format!("{} = {}", e.key, e.value);
+                println!("{line:width$}  # {}", e.source);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { files } => {

@@ -210,6 +210,7 @@ impl Settings {
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         for p in [
             &mut self.socket.path,
             &mut self.state_dir,
@@ -217,7 +218,7 @@ impl Settings {
             &mut self.models.package_dir,
         ] {
             if p.is_relative() {
-                *p = dir.join(&*p);
+                *p = lexically_normal(&dir.join(&*p));
             }
         }
     }
@@ -277,6 +278,74 @@ impl Settings {
     }
 }
 
+/// `a/b/../c` → `a/c`, without touching the filesystem (the paths may not exist yet).
+fn lexically_normal(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// One effective setting and where its value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    /// Dotted key.
+    pub key: String,
+    /// Effective value, as YAML.
+    pub value: String,
+    /// `default`, a file path, or the environment variable that set it.
+    pub source: String,
+}
+
+/// The effective configuration of `dir`, key by key, with the source of every value.
+pub fn explain(dir: &Path) -> Result<Vec<Explained>, ConfigError> {
+    let fig = figment(dir)?;
+    let settings = Settings::load(dir)?;
+    let value = serde_yaml::to_value(&settings).map_err(|e| ConfigError::Invalid {
+        key: "(all)".into(),
+        reason: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    collect(&value, "", &fig, &mut out);
+    Ok(out)
+}
+
+fn collect(v: &serde_yaml::Value, prefix: &str, fig: &Figment, out: &mut Vec<Explained>) {
+    if let serde_yaml::Value::Mapping(m) = v {
+        for (k, v) in m {
+            let key = format!("{prefix}{}", k.as_str().unwrap_or_default());
+            collect(v, &format!("{key}."), fig, out);
+        }
+        return;
+    }
+    let key = prefix.trim_end_matches('.').to_string();
+    let source = match fig.find_metadata(&key) {
+        Some(md) => match &md.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ if md.name.contains("environment") => {
+                format!("env CAXTON_{}", key.to_ascii_uppercase().replace('.', "__"))
+            }
+            _ => "default".to_string(),
+        },
+        None => "default".to_string(),
+    };
+    let value = serde_yaml::to_string(v)
+        .unwrap_or_default()
+        .trim_end()
+        .to_string();
+    out.push(Explained { key, value, source });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +394,28 @@ mod tests {
     }
 
     #[test]
+    fn docs_configuration_documents_exactly_the_settings_keys() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+        )
+        .expect("docs/configuration.md");
+        let mut documented: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("### `").and_then(|r| r.strip_suffix('`')))
+            .map(str::to_owned)
+            .collect();
+        let mut keys: Vec<String> =
+            explain(&Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/caxton"))
+                .expect("shipped config")
+                .into_iter()
+                .map(|e| e.key)
+                .collect();
+        documented.sort();
+        keys.sort();
+        assert_eq!(documented, keys);
+    }
+
+    #[test]
     fn modes_are_octal_whether_quoted_or_not_and_bare_decimals_are_refused() {
         assert_eq!(
             load("socket:\n  mode: \"0600\"\n")
@@ -367,6 +458,26 @@ mod tests {
             .expect_err("unknown")
             .to_string();
         assert!(e.contains("max_inputz") && e.contains("caxton.yaml"), "{e}");
+    }
+
+    #[test]
+    fn explain_names_the_source_of_each_value() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("caxton.yaml"), "limits:\n  max_inputs: 7\n")
+            .expect("write");
+        std::fs::create_dir(dir.path().join("conf.d")).expect("mkdir");
+        let dropin = dir.path().join("conf.d/10-log.yaml");
+        std::fs::write(&dropin, "log:\n  level: debug\n").expect("write");
+        let all = explain(dir.path()).expect("valid");
+        let find = |k: &str| all.iter().find(|e| e.key == k).expect(k).clone();
+        assert_eq!(find("limits.max_inputs").value, "7");
+        assert_eq!(
+            find("limits.max_inputs").source,
+            dir.path().join("caxton.yaml").display().to_string()
+        );
+        assert_eq!(find("log.level").source, dropin.display().to_string());
+        assert_eq!(find("socket.path").source, "default");
+        assert_eq!(all.len(), 12);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub enum EngineError {
 /// How a model's engine thread batches and queues.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
-    /// Forward-pass limits.
+    /// Forward-pass limits at start (live changes go through the shared lock given to `load`).
     pub batch: BatchLimits,
     /// Jobs that may wait before new ones are refused as busy.
     pub queue: usize,
@@ -63,10 +63,12 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Loads `package` (reading each file through the store's hash check) and starts its
-    /// engine thread. Blocking: call from a blocking context.
+    /// engine thread. Blocking: call from a blocking context. `limits` is shared with the
+    /// registry so a reload changes the limits of running engines.
     pub fn load(
         package: &StoredPackage,
         options: EngineOptions,
+        limits: Arc<std::sync::RwLock<BatchLimits>>,
     ) -> Result<LoadedModel, PackageError> {
         let started = Instant::now();
         let m = &package.manifest;
@@ -81,7 +83,7 @@ impl LoadedModel {
                 bert::BertEncoder::load(&config, weights, m).map_err(PackageError::Unusable)?
             }
         };
-        let worker = worker::Worker::spawn(&m.id, encoder, m.pooling, options.batch, options.queue)
+        let worker = worker::Worker::spawn(&m.id, encoder, m.pooling, limits, options.queue)
             .map_err(|e| PackageError::Unusable(format!("cannot start the engine thread: {e}")))?;
         Ok(LoadedModel {
             package: package.clone(),

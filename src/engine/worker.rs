@@ -4,6 +4,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::oneshot;
 
@@ -40,7 +41,7 @@ impl Worker {
         name: &str,
         encoder: BertEncoder,
         pooling: Pooling,
-        limits: BatchLimits,
+        limits: Arc<RwLock<BatchLimits>>,
         queue: usize,
     ) -> std::io::Result<Worker> {
         let (tx, rx) = sync_channel(queue);
@@ -59,8 +60,14 @@ impl Worker {
     }
 }
 
-fn run(rx: Receiver<Job>, encoder: BertEncoder, pooling: Pooling, limits: BatchLimits) {
+fn run(
+    rx: Receiver<Job>,
+    encoder: BertEncoder,
+    pooling: Pooling,
+    shared: Arc<RwLock<BatchLimits>>,
+) {
     while let Ok(first) = rx.recv() {
+        let limits = *shared.read().unwrap_or_else(|p| p.into_inner());
         let mut jobs = vec![first];
         let mut queued = jobs[0].texts.len();
         // Whatever arrived while the previous batch ran joins this one.

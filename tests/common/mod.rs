@@ -237,6 +237,122 @@ impl Drop for Daemon {
     }
 }
 
+/// Polls `cond` until it holds, failing with `what` and the daemon's log at the deadline.
+pub fn wait_until(d: &Daemon, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + START_DEADLINE;
+    while !cond() {
+        d.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The `limits.max_inputs` in force, read from the 413 an oversized request gets.
+pub fn max_inputs(d: &Daemon) -> u64 {
+    let body = serde_json::json!({ "input": vec!["a"; 2000] }).to_string();
+    let (status, v) = d.request("POST", "/v1/embeddings", &body);
+    assert_eq!(status, 413, "{v}");
+    let msg = v["error"]["message"].as_str().expect("message");
+    let n = msg
+        .split("at most ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("a number");
+    n.parse().expect("a number")
+}
+
+/// Copies the bundled package under another model id (same weights), for tests that need a
+/// second model.
+pub fn bundled_copy_with_id(dst: &Path, id: &str) {
+    let src = bundled_dir().join("all-MiniLM-L6-v2.tar.zst");
+    let mut archive = tar::Archive::new(
+        zstd::Decoder::new(std::fs::File::open(src).expect("open")).expect("zstd"),
+    );
+    let out = std::fs::File::create(dst).expect("create");
+    let mut builder = tar::Builder::new(zstd::Encoder::new(out, 1).expect("zstd").auto_finish());
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let path = entry.path().expect("path").into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).expect("read");
+        if path == Path::new("manifest.yaml") {
+            data = String::from_utf8(data)
+                .expect("utf-8")
+                .replace("id: all-MiniLM-L6-v2", &format!("id: {id}"))
+                .into_bytes();
+        }
+        let mut header = entry.header().clone();
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, &path, data.as_slice())
+            .expect("append");
+    }
+    builder.finish().expect("finish");
+}
+
+/// A datagram socket standing in for systemd's notify socket.
+pub struct NotifySocket {
+    pub _dir: tempfile::TempDir,
+    pub path: String,
+    sock: std::os::unix::net::UnixDatagram,
+    pub seen: String,
+}
+
+impl NotifySocket {
+    pub fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        NotifySocket {
+            path: path.to_str().expect("utf-8").to_string(),
+            _dir: dir,
+            sock,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads datagrams until everything received contains `text`.
+    pub fn wait_containing(&mut self, text: &str) {
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut buf = [0u8; 4096];
+        while !self.seen.contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?}; got {:?}",
+                self.seen
+            );
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                self.seen.push('\n');
+            }
+        }
+    }
+
+    /// Reads datagrams until a line equal to `want` arrives; returns the datagram holding it.
+    pub fn wait_for(&mut self, want: &str) -> String {
+        let deadline = Instant::now() + START_DEADLINE;
+        let mut buf = [0u8; 4096];
+        loop {
+            assert!(Instant::now() < deadline, "no {want}; got {:?}", self.seen);
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.push_str(&msg);
+                self.seen.push('\n');
+                if msg.lines().any(|l| l == want) {
+                    return msg;
+                }
+            }
+        }
+    }
+}
+
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "vector lengths differ");
