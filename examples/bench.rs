@@ -146,7 +146,10 @@ fn main() -> anyhow::Result<()> {
     // In-process: verify + unpack into a fresh store, then load.
     let t = Instant::now();
     let store = caxton::package::Store::open(&work.path().join("bench-state"))?;
-    let stored = store.install(&package)?;
+    let stored = store.install(
+        &package,
+        &caxton::package::signature::SignaturePolicy::none(),
+    )?;
     let verify = t.elapsed();
     let t = Instant::now();
     let model = caxton::engine::LoadedModel::load(

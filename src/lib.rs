@@ -15,5 +15,6 @@ pub mod package;
 pub mod registry;
 pub mod reload;
 pub mod server;
+pub mod sideload;
 pub mod socket;
 pub mod systemd;

@@ -2,7 +2,7 @@
 //! carry the same id), which were rejected and why, and the loaded engines. Loading is lazy
 //! and single-flight: concurrent requests for a model that is loading wait for that one load.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::engine::{BatchLimits, EngineOptions, LoadedModel};
 use crate::package::manifest::compare_versions;
+use crate::package::signature::SignaturePolicy;
 use crate::package::{PackageError, Store, StoredPackage};
 
 /// Where a package came from.
@@ -126,11 +127,50 @@ impl ScanResult {
     pub fn ids(&self) -> Vec<String> {
         self.winners.keys().cloned().collect()
     }
+
+    /// Store digests of the winning packages.
+    pub fn digests(&self) -> Vec<String> {
+        self.winners
+            .values()
+            .map(|(p, _)| p.package_sha256.clone())
+            .collect()
+    }
 }
+
+/// What identifies a version of a package file and its sidecars without reading them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Vec<Option<(u64, i64, i64, u64, i64, i64)>>);
+
+impl Stamp {
+    fn of(file: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let one = |p: &Path| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ino(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                )
+            })
+        };
+        let main = one(file)?;
+        Some(Stamp(vec![
+            Some(main),
+            one(&crate::package::verify::sidecar_path(file)),
+            one(&crate::package::signature::signature_path(file)),
+        ]))
+    }
+}
+
+type Verdict = Result<StoredPackage, Rejection>;
 
 /// All models the daemon knows of.
 pub struct Registry {
     options: EngineOptions,
+    verdicts: Mutex<HashMap<PathBuf, (Option<Stamp>, Verdict)>>,
     batch: Arc<RwLock<BatchLimits>>,
     models: RwLock<BTreeMap<String, Arc<ModelSlot>>>,
     rejected: RwLock<Vec<Rejection>>,
@@ -170,71 +210,108 @@ impl Registry {
             options,
             models: RwLock::new(BTreeMap::new()),
             rejected: RwLock::new(Vec::new()),
+            verdicts: Mutex::new(HashMap::new()),
         }
     }
 
     /// Verifies every candidate into `store` and replaces the registry's view with the result.
     /// Blocking (hashing, decompression): call from a blocking context.
-    pub fn scan(&self, store: &Store, candidates: &[Candidate]) {
-        self.commit(Registry::verify_all(store, candidates));
+    pub fn scan(
+        &self,
+        store: &Store,
+        candidates: &[Candidate],
+        policy: &SignaturePolicy,
+        force: bool,
+    ) {
+        let scan = self.verify_all(store, candidates, policy, force);
+        let keep = scan.digests();
+        self.commit(scan);
+        store.retain(&keep);
     }
 
     /// Verifies every candidate into `store` and picks the winner of each id, changing nothing
-    /// in any registry. Blocking.
-    pub fn verify_all(store: &Store, candidates: &[Candidate]) -> ScanResult {
+    /// in the registry's view. A file whose stamp (size, times, inode of it and its sidecars)
+    /// is unchanged since the last scan keeps its verdict without being read again, so a
+    /// rejection is logged once, not on every rescan; `force` re-verifies everything (start-up,
+    /// reload, periodic re-validation). Blocking.
+    pub fn verify_all(
+        &self,
+        store: &Store,
+        candidates: &[Candidate],
+        policy: &SignaturePolicy,
+        force: bool,
+    ) -> ScanResult {
         let mut winners: BTreeMap<String, (StoredPackage, Candidate)> = BTreeMap::new();
         let mut rejected = Vec::new();
+        let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next_cache = HashMap::new();
         for c in candidates {
-            match store.install(&c.file) {
-                Ok(pkg) => {
-                    tracing::info!(
-                        caxton_event = "package_verified",
-                        caxton_model = %pkg.manifest.id,
-                        caxton_file = %c.file.display(),
-                        "package {} verified: {} version {}",
-                        c.file.display(),
-                        pkg.manifest.id,
-                        pkg.manifest.version
-                    );
-                    let id = pkg.manifest.id.clone();
-                    let replaces = match winners.get(&id) {
-                        None => true,
-                        Some((other, other_c)) => {
-                            let newer =
-                                compare_versions(&pkg.manifest.version, &other.manifest.version)
-                                    .is_gt();
-                            let ((win, win_c), (lose, lose_c)) = if newer {
-                                ((&pkg, c), (other, other_c))
-                            } else {
-                                ((other, other_c), (&pkg, c))
-                            };
-                            tracing::info!(
-                                caxton_event = "package_superseded",
-                                caxton_model = %id,
-                                "{id}: version {} from {} wins over version {} from {}",
-                                win.manifest.version,
-                                win_c.file.display(),
-                                lose.manifest.version,
-                                lose_c.file.display()
-                            );
-                            newer
-                        }
-                    };
-                    if replaces {
-                        winners.insert(id, (pkg, c.clone()));
+            let stamp = Stamp::of(&c.file);
+            let cached = cache
+                .remove(&c.file)
+                .filter(|(s, _)| !force && stamp.is_some() && *s == stamp);
+            let verdict = match cached {
+                Some((_, verdict)) => verdict,
+                None => match store.install(&c.file, policy) {
+                    Ok(pkg) => {
+                        tracing::info!(
+                            caxton_event = "package_verified",
+                            caxton_model = %pkg.manifest.id,
+                            caxton_file = %c.file.display(),
+                            "package {} verified: {} version {}",
+                            c.file.display(),
+                            pkg.manifest.id,
+                            pkg.manifest.version
+                        );
+                        Ok(pkg)
                     }
+                    Err(e) => {
+                        report_rejection(&c.file, &e);
+                        Err(Rejection {
+                            file: c.file.clone(),
+                            source: c.source,
+                            kind: e.kind(),
+                            reason: e.to_string(),
+                        })
+                    }
+                },
+            };
+            next_cache.insert(c.file.clone(), (stamp, verdict.clone()));
+            let pkg = match verdict {
+                Ok(pkg) => pkg,
+                Err(r) => {
+                    rejected.push(r);
+                    continue;
                 }
-                Err(e) => {
-                    report_rejection(&c.file, &e);
-                    rejected.push(Rejection {
-                        file: c.file.clone(),
-                        source: c.source,
-                        kind: e.kind(),
-                        reason: e.to_string(),
-                    });
+            };
+            let id = pkg.manifest.id.clone();
+            let replaces = match winners.get(&id) {
+                None => true,
+                Some((other, other_c)) => {
+                    let newer =
+                        compare_versions(&pkg.manifest.version, &other.manifest.version).is_gt();
+                    let ((win, win_c), (lose, lose_c)) = if newer {
+                        ((&pkg, c), (other, other_c))
+                    } else {
+                        ((other, other_c), (&pkg, c))
+                    };
+                    tracing::info!(
+                        caxton_event = "package_superseded",
+                        caxton_model = %id,
+                        "{id}: version {} from {} wins over version {} from {}",
+                        win.manifest.version,
+                        win_c.file.display(),
+                        lose.manifest.version,
+                        lose_c.file.display()
+                    );
+                    newer
                 }
+            };
+            if replaces {
+                winners.insert(id, (pkg, c.clone()));
             }
         }
+        *cache = next_cache;
         ScanResult { winners, rejected }
     }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::api::{AppState, Health};
 use crate::config::Settings;
-use crate::registry::{Registry, Source, find_packages};
+use crate::registry::{Source, find_packages};
 use crate::systemd;
 
 /// Keys that only take effect at the next start; a change is logged as such and not applied.
@@ -143,9 +143,11 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     // refused change leaves the registry as it was.
     let candidates = candidates(&new);
     let state_dir = new.state_dir.clone();
+    let policy = crate::sideload::policy(&new);
+    let registry = state.registry.clone();
     let scanned = tokio::task::spawn_blocking(move || {
         crate::package::Store::open(&state_dir)
-            .map(|store| Registry::verify_all(&store, &candidates))
+            .map(|store| registry.verify_all(&store, &candidates, &policy, true))
     })
     .await;
     let scan = match scanned {
@@ -182,7 +184,11 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     }
 
     let changed = changed_keys(old, &new);
+    let keep = scan.digests();
     state.registry.commit(scan);
+    if let Ok(store) = crate::package::Store::open(&new.state_dir) {
+        store.retain(&keep);
+    }
     state
         .registry
         .set_batch_limits(crate::server::batch_limits(&new));

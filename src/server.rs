@@ -78,6 +78,9 @@ pub async fn run(
             if let Err(e) = reload::on_sighup(state.clone(), reloader.clone()) {
                 tracing::warn!("cannot handle SIGHUP: {e}");
             }
+            if let Err(e) = crate::sideload::spawn(state.clone(), reloader.clone()) {
+                tracing::warn!("cannot watch for side-loaded packages, they are picked up on reload only: {e}");
+            }
             let status = status_line(&state);
             systemd::ready(&status);
             tracing::info!(caxton_event = "ready", "caxtond ready on {}: {status}", state.settings().socket.path.display());
@@ -105,10 +108,11 @@ async fn start(state: &Arc<AppState>, reloader: &Reloader) -> Result<(), String>
     let state_dir = settings.state_dir.clone();
     let candidates = reload::candidates(&settings);
     let registry = state.registry.clone();
+    let policy = crate::sideload::policy(&settings);
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         let store =
             Store::open(&state_dir).map_err(|e| format!("cannot open the model store: {e}"))?;
-        registry.scan(&store, &candidates);
+        registry.scan(&store, &candidates, &policy, true);
         Ok(())
     })
     .await

@@ -10,7 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
 
-pub use units::{ByteSize, Mode};
+pub use units::{ByteSize, Duration, Mode};
 
 /// Default configuration directory.
 pub const DEFAULT_CONFIG_DIR: &str = "/etc/caxton";
@@ -51,6 +51,15 @@ pub struct ModelSettings {
     pub package_dir: PathBuf,
     /// Model used when a request names none.
     pub default: String,
+    /// Refuse packages without a minisign signature by a key in `trusted_keys_dir`.
+    pub require_signature: bool,
+    /// Directory of minisign public keys (`*.pub`) that may sign packages.
+    pub trusted_keys_dir: PathBuf,
+    /// How often the verified store is re-checked against its manifests (also at start).
+    pub validation_interval: Duration,
+    /// How long a dropped file must stay unchanged before it is verified when no
+    /// close-after-write or rename told us it is complete.
+    pub settle_time: Duration,
 }
 
 /// Limits that protect the daemon from oversized requests.
@@ -104,6 +113,10 @@ impl Default for ModelSettings {
             bundled_dir: PathBuf::from("/usr/share/caxton/models"),
             package_dir: PathBuf::from("/var/lib/caxton/packages"),
             default: "all-MiniLM-L6-v2".into(),
+            require_signature: false,
+            trusted_keys_dir: PathBuf::from("/etc/caxton/keys"),
+            validation_interval: Duration(std::time::Duration::from_secs(24 * 3600)),
+            settle_time: Duration(std::time::Duration::from_secs(10)),
         }
     }
 }
@@ -131,8 +144,8 @@ impl Default for LogSettings {
 /// A configuration that cannot be used; the message names the file and key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Parsing or merging failed (figment names the file and key path).
-    #[error("{0}")]
+    /// Parsing or merging failed: the file (absolute) or variable, the key and the reason.
+    #[error("{}", describe(.0))]
     Figment(Box<figment::Error>),
     /// A value parsed but is not acceptable.
     #[error("{key}: {reason}")]
@@ -150,6 +163,33 @@ pub enum ConfigError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// `FILE: KEY: REASON` for every error figment collected, with absolute file paths (figment's
+/// own Display makes them relative to the current directory, which means nothing in a journal).
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let source = match e.metadata.as_ref() {
+                Some(md) => match &md.source {
+                    Some(figment::Source::File(path)) => path.display().to_string(),
+                    _ if md.name.contains("environment") => format!(
+                        "environment variable CAXTON_{}",
+                        e.path.join("__").to_ascii_uppercase()
+                    ),
+                    _ => md.name.to_string(),
+                },
+                None => "configuration".to_string(),
+            };
+            if e.path.is_empty() {
+                format!("{source}: {}", e.kind)
+            } else {
+                format!("{source}: {}: {}", e.path.join("."), e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The files that make up the configuration, in the order they apply.
@@ -179,6 +219,7 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 
 /// The figment for `dir`: defaults < caxton.yaml < conf.d/*.yaml < environment.
 pub fn figment(dir: &Path) -> Result<Figment, ConfigError> {
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut fig = Figment::from(Serialized::defaults(Settings::default()));
     for file in config_files(dir)? {
         if file.exists() {
@@ -216,6 +257,7 @@ impl Settings {
             &mut self.state_dir,
             &mut self.models.bundled_dir,
             &mut self.models.package_dir,
+            &mut self.models.trusted_keys_dir,
         ] {
             if p.is_relative() {
                 *p = lexically_normal(&dir.join(&*p));
@@ -258,6 +300,12 @@ impl Settings {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
             }
+        }
+        if self.models.validation_interval.0 < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "models.validation_interval",
+                "must be at least 1s".into(),
+            ));
         }
         if self.limits.max_body_bytes.0 < 1024 {
             return Err(invalid(
@@ -477,7 +525,7 @@ mod tests {
         );
         assert_eq!(find("log.level").source, dropin.display().to_string());
         assert_eq!(find("socket.path").source, "default");
-        assert_eq!(all.len(), 12);
+        assert_eq!(all.len(), 16);
     }
 
     #[test]

@@ -63,6 +63,55 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A duration written as `30s`, `10m`, `2h`, `1d` or `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration(pub std::time::Duration);
+
+impl FromStr for Duration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim())
+            .map(Duration)
+            .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 30s, 10m, 2h"))
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 30s, 10m or 2h")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                Err(E::custom(format!(
+                    "{v} has no unit; write e.g. {v}s or {v}m"
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                Err(E::custom(format!("{v} has no unit; write e.g. 30s or 10m")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A Unix permission mode in octal: `"0660"`, `0660` or `0o660`.
 ///
 /// A YAML scalar with a leading zero reaches us as text and is read as octal, as people
@@ -130,6 +179,17 @@ mod tests {
         assert!("lots".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(2 << 20).to_string(), "2MiB");
         assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!("10m".parse::<Duration>().unwrap().0.as_secs(), 600);
+        assert_eq!("1h 30m".parse::<Duration>().unwrap().0.as_secs(), 5400);
+        assert!("soon".parse::<Duration>().is_err());
+        assert_eq!(
+            Duration(std::time::Duration::from_secs(86400)).to_string(),
+            "1day"
+        );
     }
 
     #[test]

@@ -98,6 +98,14 @@ pub enum PackageError {
     /// The sidecar `.sha256` is unreadable, malformed or does not match.
     #[error("sidecar checksum: {0}")]
     Sidecar(String),
+    /// The signature is missing, malformed, or not by a trusted key, or the keys are broken.
+    #[error("signature: {reason}")]
+    Signature {
+        /// `signature_missing`, `signature_invalid`, `signature_untrusted` or `trusted_key_error`.
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The package verified but its content cannot run (config.json disagrees with the
     /// manifest, the tokenizer does not parse, ...).
     #[error("unusable model: {0}")]
@@ -146,6 +154,7 @@ impl PackageError {
             PackageError::SizeMismatch { .. } => "size_mismatch",
             PackageError::HashMismatch { .. } => "sha256_mismatch",
             PackageError::Sidecar(_) => "sidecar_mismatch",
+            PackageError::Signature { kind, .. } => kind,
             PackageError::Unusable(_) => "unusable_model",
         }
     }

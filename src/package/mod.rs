@@ -4,6 +4,8 @@
 pub mod error;
 pub mod manifest;
 pub mod pack;
+pub mod settle;
+pub mod signature;
 pub mod store;
 pub mod verify;
 

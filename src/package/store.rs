@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::PackageError;
 use super::manifest::{MANIFEST_NAME, Manifest};
+use super::signature::SignaturePolicy;
 use super::verify::{EntrySink, check_sidecar, verify_reader};
 
 /// Prefix of staging directories; anything with it is a leftover of an interrupted install.
@@ -57,14 +58,36 @@ impl Store {
         Ok(Store { root })
     }
 
-    /// Verifies `package` and makes it available in the store; a package already stored under
-    /// the same digest is not unpacked again.
-    pub fn install(&self, package: &Path) -> Result<StoredPackage, PackageError> {
+    /// Verifies `package` (sidecar and signature included) and makes it available in the store.
+    /// A package already stored under the same digest is not unpacked again, but its entry is
+    /// re-hashed against its manifest and rebuilt from the package if it was damaged.
+    pub fn install(
+        &self,
+        package: &Path,
+        policy: &SignaturePolicy,
+    ) -> Result<StoredPackage, PackageError> {
         let sha = sha256_file(package)?;
         check_sidecar(package, &sha)?;
+        policy.check(package)?;
         let dir = self.root.join(&sha);
         if dir.is_dir() {
-            return self.open_entry(&dir, &sha);
+            match self
+                .open_entry(&dir, &sha)
+                .and_then(|stored| stored.validate().map(|()| stored))
+            {
+                Ok(stored) => return Ok(stored),
+                Err(e) => {
+                    tracing::warn!(
+                        caxton_event = "store_entry_corrupt",
+                        caxton_file = %package.display(),
+                        caxton_reason = e.kind(),
+                        "store entry {} is damaged ({e}); rebuilding it from {}",
+                        dir.display(),
+                        package.display()
+                    );
+                    fs::remove_dir_all(&dir).map_err(|e| PackageError::io("remove", &dir, e))?;
+                }
+            }
         }
 
         static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -121,6 +144,30 @@ impl Store {
         })
     }
 
+    /// Removes store entries whose digest is not in `keep` (packages replaced or removed).
+    /// Loaded models keep working: they hold their weights in memory, not the files.
+    pub fn retain(&self, keep: &[String]) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(STAGING_PREFIX) || keep.contains(&name) {
+                continue;
+            }
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if let Err(e) = fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(
+                        "cannot remove unused store entry {}: {e}",
+                        entry.path().display()
+                    );
+                } else {
+                    tracing::debug!("removed unused store entry {name}");
+                }
+            }
+        }
+    }
+
     fn open_entry(&self, dir: &Path, sha: &str) -> Result<StoredPackage, PackageError> {
         let path = dir.join(MANIFEST_NAME);
         let bytes = fs::read(&path).map_err(|e| PackageError::io("read", &path, e))?;
@@ -135,6 +182,43 @@ impl Store {
 }
 
 impl StoredPackage {
+    /// Re-hashes every file of the entry against the manifest, streaming.
+    pub fn validate(&self) -> Result<(), PackageError> {
+        for entry in &self.manifest.files {
+            let path = self.dir.join(&entry.path);
+            let mut file = File::open(&path).map_err(|e| PackageError::io("open", &path, e))?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut size = 0u64;
+            loop {
+                let n = file
+                    .read(&mut buf)
+                    .map_err(|e| PackageError::io("read", &path, e))?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                hasher.update(&buf[..n]);
+            }
+            let actual = hex::encode(hasher.finalize());
+            if size != entry.size {
+                return Err(PackageError::SizeMismatch {
+                    entry: format!("{} (store copy)", entry.path),
+                    declared: entry.size,
+                    actual: size,
+                });
+            }
+            if actual != entry.sha256 {
+                return Err(PackageError::HashMismatch {
+                    entry: format!("{} (store copy)", entry.path),
+                    expected: entry.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Reads one file of the package, checking its size and sha256 against the manifest as
     /// it reads: the only way model bytes reach the engine, so a store damaged after
     /// verification is caught before anything uses it.
