@@ -115,6 +115,9 @@ pub enum LoadError {
 pub struct ScanResult {
     winners: BTreeMap<String, (StoredPackage, Candidate)>,
     rejected: Vec<Rejection>,
+    /// Store digests of every verified package, winners and superseded versions alike (the
+    /// latter are the fallback when a winner is removed).
+    verified: Vec<String>,
 }
 
 impl ScanResult {
@@ -128,18 +131,18 @@ impl ScanResult {
         self.winners.keys().cloned().collect()
     }
 
-    /// Store digests of the winning packages.
+    /// Store digests of every verified package: what the store must keep.
     pub fn digests(&self) -> Vec<String> {
-        self.winners
-            .values()
-            .map(|(p, _)| p.package_sha256.clone())
-            .collect()
+        self.verified.clone()
     }
 }
 
 /// What identifies a version of a package file and its sidecars without reading them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<Option<(u64, i64, i64, u64, i64, i64)>>);
+struct Stamp(Vec<Option<FileId>>);
+
+/// Size, mtime (s, ns), inode, ctime (s, ns): changes whenever the file is rewritten or replaced.
+type FileId = (u64, i64, i64, u64, i64, i64);
 
 impl Stamp {
     fn of(file: &Path) -> Option<Stamp> {
@@ -243,6 +246,7 @@ impl Registry {
     ) -> ScanResult {
         let mut winners: BTreeMap<String, (StoredPackage, Candidate)> = BTreeMap::new();
         let mut rejected = Vec::new();
+        let mut verified = Vec::new();
         let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
         let mut next_cache = HashMap::new();
         for c in candidates {
@@ -276,9 +280,16 @@ impl Registry {
                     }
                 },
             };
-            next_cache.insert(c.file.clone(), (stamp, verdict.clone()));
+            // An I/O failure (a full disk, say) is not a property of the file: try it again at the
+            // next scan instead of remembering it.
+            if !matches!(&verdict, Err(r) if r.kind == "io_error") {
+                next_cache.insert(c.file.clone(), (stamp, verdict.clone()));
+            }
             let pkg = match verdict {
-                Ok(pkg) => pkg,
+                Ok(pkg) => {
+                    verified.push(pkg.package_sha256.clone());
+                    pkg
+                }
                 Err(r) => {
                     rejected.push(r);
                     continue;
@@ -312,7 +323,11 @@ impl Registry {
             }
         }
         *cache = next_cache;
-        ScanResult { winners, rejected }
+        ScanResult {
+            winners,
+            rejected,
+            verified,
+        }
     }
 
     /// Makes a scan's result the registry's view, keeping loaded engines whose package is

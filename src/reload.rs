@@ -144,6 +144,9 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     let candidates = candidates(&new);
     let state_dir = new.state_dir.clone();
     let policy = crate::sideload::policy(&new);
+    if let Some(Err(reason)) = &policy.required {
+        return refuse(state, &format!("models.trusted_keys_dir: {reason}"));
+    }
     let registry = state.registry.clone();
     let scanned = tokio::task::spawn_blocking(move || {
         crate::package::Store::open(&state_dir)

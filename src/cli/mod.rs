@@ -77,10 +77,69 @@ pub enum Command {
     },
     /// Check a package offline with the daemon's rules; exit 1 naming the reason if it fails.
     Verify {
+        /// Require a minisign signature (FILE.minisig) by this public key; repeatable.
+        #[arg(long = "key", value_name = "PUB")]
+        keys: Vec<PathBuf>,
         /// Package files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// List every model and package the daemon knows, with state and reason for rejections.
+    Models {
+        /// Print the daemon's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A plain-text table of `GET /api/models`.
+fn models_table(v: &serde_json::Value) -> String {
+    let rows: Vec<[String; 6]> = v["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    let text = |k: &str| match &m[k] {
+                        serde_json::Value::Null => "-".to_string(),
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    let memory = m["memory_bytes"]
+                        .as_u64()
+                        .map_or("-".to_string(), |b| format!("{} MiB", b >> 20));
+                    let detail = if m["state"] == "rejected" {
+                        format!("{} ({})", text("file"), text("reason"))
+                    } else {
+                        text("file")
+                    };
+                    [
+                        text("id"),
+                        text("version"),
+                        text("state"),
+                        text("source"),
+                        memory,
+                        detail,
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let header = ["ID", "VERSION", "STATE", "SOURCE", "MEMORY", "FILE"].map(str::to_string);
+    let mut widths = [0usize; 5];
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        for (w, cell) in widths.iter().zip(row.iter()) {
+            out.push_str(&format!("{cell:w$}  "));
+        }
+        out.push_str(&row[5]);
+        out.push('\n');
+    }
+    out
 }
 
 /// Entry point of the `caxton` binary.
@@ -200,10 +259,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { files } => {
+        Command::Models { json } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (status, bytes) = runtime.block_on(client::request(
+                &cli.socket,
+                Method::GET,
+                "/api/models",
+                None,
+            ))?;
+            if !status.is_success() {
+                bail!("{}: {}", status, client::error_message(&bytes));
+            }
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", models_table(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { keys, files } => {
+            let policy = if keys.is_empty() {
+                crate::package::signature::SignaturePolicy::none()
+            } else {
+                crate::package::signature::SignaturePolicy {
+                    required: Some(crate::package::signature::TrustedKeys::from_files(&keys)),
+                }
+            };
+            if let Some(Err(reason)) = &policy.required {
+                bail!("{reason}");
+            }
             let mut ok = true;
             for file in files {
-                match verify_file(&file, &mut DiscardSink) {
+                match verify_file(&file, &mut DiscardSink)
+                    .and_then(|v| policy.check(&file).map(|()| v))
+                {
                     Ok(v) => println!(
                         "{}: ok: {} version {}, {} files, sha256 {}",
                         file.display(),

@@ -57,19 +57,7 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         setup(dir.path());
         let stderr = dir.path().join("caxtond.log");
-        let log = std::fs::File::create(&stderr).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caxtond"));
-        cmd.arg("--config-dir")
-            .arg(dir.path())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn caxtond");
+        let child = Self::spawn_child(dir.path(), &stderr, env);
         Daemon {
             child: Some(child),
             socket: dir.path().join("caxton.sock"),
@@ -80,6 +68,32 @@ impl Daemon {
                 .build()
                 .expect("runtime"),
         }
+    }
+
+    /// Starts a new daemon process in the same directory (the previous one must be gone).
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "the previous daemon is still running");
+        self.child = Some(Self::spawn_child(self.dir.path(), &self.stderr, &[]));
+    }
+
+    fn spawn_child(dir: &Path, stderr: &Path, env: &[(&str, &str)]) -> Child {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(stderr)
+            .expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caxtond"));
+        cmd.arg("--config-dir")
+            .arg(dir)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn caxtond")
     }
 
     /// The daemon's log so far.
@@ -268,6 +282,11 @@ pub fn max_inputs(d: &Daemon) -> u64 {
 /// Copies the bundled package under another model id (same weights), for tests that need a
 /// second model.
 pub fn bundled_copy_with_id(dst: &Path, id: &str) {
+    bundled_copy(dst, id, "1");
+}
+
+/// Copies the bundled package with another id and version.
+pub fn bundled_copy(dst: &Path, id: &str, version: &str) {
     let src = bundled_dir().join("all-MiniLM-L6-v2.tar.zst");
     let mut archive = tar::Archive::new(
         zstd::Decoder::new(std::fs::File::open(src).expect("open")).expect("zstd"),
@@ -283,6 +302,7 @@ pub fn bundled_copy_with_id(dst: &Path, id: &str) {
             data = String::from_utf8(data)
                 .expect("utf-8")
                 .replace("id: all-MiniLM-L6-v2", &format!("id: {id}"))
+                .replace("version: '1'", &format!("version: '{version}'"))
                 .into_bytes();
         }
         let mut header = entry.header().clone();
@@ -351,6 +371,26 @@ impl NotifySocket {
             }
         }
     }
+}
+
+/// The `/api/models` entry for model `id`.
+pub fn model_entry(d: &Daemon, id: &str) -> Option<Value> {
+    let (_, v) = d.request("GET", "/api/models", "");
+    v["data"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id)
+        .cloned()
+}
+
+/// The `/api/models` rejection entry for a package file named `name`.
+pub fn rejection(d: &Daemon, name: &str) -> Option<Value> {
+    let (_, v) = d.request("GET", "/api/models", "");
+    v["data"]
+        .as_array()?
+        .iter()
+        .find(|m| m["state"] == "rejected" && m["file"].as_str().is_some_and(|f| f.ends_with(name)))
+        .cloned()
 }
 
 /// Cosine similarity.
