@@ -2,7 +2,7 @@
 //! carry the same id), which were rejected and why, and the loaded engines. Loading is lazy
 //! and single-flight: concurrent requests for a model that is loading wait for that one load.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -118,6 +118,7 @@ pub struct ScanResult {
     /// Store digests of every verified package, winners and superseded versions alike (the
     /// latter are the fallback when a winner is removed).
     verified: Vec<String>,
+    cache: HashMap<PathBuf, (Option<Stamp>, Verdict)>,
 }
 
 impl ScanResult {
@@ -174,6 +175,8 @@ type Verdict = Result<StoredPackage, Rejection>;
 pub struct Registry {
     options: EngineOptions,
     verdicts: Mutex<HashMap<PathBuf, (Option<Stamp>, Verdict)>>,
+    /// Files still being written into the package directory: every scan leaves them alone.
+    pending: Mutex<HashSet<PathBuf>>,
     batch: Arc<RwLock<BatchLimits>>,
     models: RwLock<BTreeMap<String, Arc<ModelSlot>>>,
     rejected: RwLock<Vec<Rejection>>,
@@ -214,6 +217,7 @@ impl Registry {
             models: RwLock::new(BTreeMap::new()),
             rejected: RwLock::new(Vec::new()),
             verdicts: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashSet::new()),
         }
     }
 
@@ -247,9 +251,20 @@ impl Registry {
         let mut winners: BTreeMap<String, (StoredPackage, Candidate)> = BTreeMap::new();
         let mut rejected = Vec::new();
         let mut verified = Vec::new();
-        let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        // Verdicts only enter the cache when this scan is committed, so a refused reload (say,
+        // one that dropped require_signature) leaves no verdicts made under its policy behind.
+        let mut cache = self
+            .verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut next_cache = HashMap::new();
-        for c in candidates {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for c in candidates.iter().filter(|c| !pending.contains(&c.file)) {
             let stamp = Stamp::of(&c.file);
             let cached = cache
                 .remove(&c.file)
@@ -322,8 +337,9 @@ impl Registry {
                 winners.insert(id, (pkg, c.clone()));
             }
         }
-        *cache = next_cache;
+        drop(cache);
         ScanResult {
+            cache: next_cache,
             winners,
             rejected,
             verified,
@@ -333,6 +349,7 @@ impl Registry {
     /// Makes a scan's result the registry's view, keeping loaded engines whose package is
     /// unchanged.
     pub fn commit(&self, scan: ScanResult) {
+        *self.verdicts.lock().unwrap_or_else(|p| p.into_inner()) = scan.cache;
         let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
         let mut next = BTreeMap::new();
         for (id, (pkg, c)) in scan.winners {
@@ -350,6 +367,11 @@ impl Registry {
         }
         *models = next;
         *self.rejected.write().unwrap_or_else(|p| p.into_inner()) = scan.rejected;
+    }
+
+    /// Records which files are still being written (see [`crate::package::settle`]).
+    pub fn set_pending(&self, files: HashSet<PathBuf>) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = files;
     }
 
     /// Changes forward-pass limits for every model, loaded or not.
@@ -395,7 +417,15 @@ impl Registry {
         let slot = self
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
-        slot.acquire(self.options, self.batch.clone()).await
+        // A spawned task finishes the load even if this request goes away meanwhile, so the
+        // slot never stays "loading" with the result thrown away.
+        let (options, batch) = (self.options, self.batch.clone());
+        tokio::spawn(async move { slot.acquire(options, batch).await })
+            .await
+            .map_err(|e| LoadError::Failed {
+                id: id.to_string(),
+                reason: format!("the load task failed: {e}"),
+            })?
     }
 }
 

@@ -55,11 +55,16 @@ pub async fn run(
     let state = Arc::new(AppState::new(settings, registry, reloader.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(async {
+    let app = api::router(state.clone()).into_make_service_with_connect_info::<api::peer::Peer>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
         let _ = stop_rx.await;
     });
     let server = tokio::spawn(async move { server.await });
 
+    // Handle SIGHUP from the start: its default action would kill the daemon mid start-up.
+    if let Err(e) = reload::on_sighup(state.clone(), reloader.clone()) {
+        tracing::warn!("cannot handle SIGHUP: {e}");
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
         result = start(&state, &reloader) => {
@@ -75,9 +80,6 @@ pub async fn run(
                     None
                 }
             };
-            if let Err(e) = reload::on_sighup(state.clone(), reloader.clone()) {
-                tracing::warn!("cannot handle SIGHUP: {e}");
-            }
             if let Err(e) = crate::sideload::spawn(state.clone(), reloader.clone()) {
                 tracing::warn!("cannot watch for side-loaded packages, they are picked up on reload only: {e}");
             }

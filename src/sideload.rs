@@ -2,7 +2,6 @@
 //! directory being created, deleted or recreated), verifies a dropped file once it is complete,
 //! and re-validates the store on `models.validation_interval`. Every change ends in a rescan.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,23 +32,14 @@ pub fn policy(settings: &Settings) -> SignaturePolicy {
 
 /// Verifies the package directories again and puts the result in force, leaving files that are
 /// still being written alone. `force` re-reads files whose stamp did not change.
-pub async fn rescan(
-    state: &Arc<AppState>,
-    reloader: &Reloader,
-    pending: HashSet<PathBuf>,
-    force: bool,
-) {
+pub async fn rescan(state: &Arc<AppState>, reloader: &Reloader, force: bool) {
     let _exclusive = reloader.exclusive().await;
     let settings = state.settings();
     let registry = state.registry.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let store = Store::open(&settings.state_dir)
             .map_err(|e| format!("cannot open the model store: {e}"))?;
-        let found: Vec<_> = candidates(&settings)
-            .into_iter()
-            .filter(|c| !pending.contains(&c.file))
-            .collect();
-        registry.scan(&store, &found, &policy(&settings), force);
+        registry.scan(&store, &candidates(&settings), &policy(&settings), force);
         Ok(())
     })
     .await;
@@ -180,8 +170,9 @@ pub fn spawn(state: Arc<AppState>, reloader: Reloader) -> notify::Result<()> {
                     rescan_now = true;
                 }
             }
+            watch_state.registry.set_pending(settler.pending());
             if rescan_now {
-                rescan(&watch_state, &watch_reloader, settler.pending(), false).await;
+                rescan(&watch_state, &watch_reloader, false).await;
             }
         }
     });
@@ -194,7 +185,7 @@ pub fn spawn(state: Arc<AppState>, reloader: Reloader) -> notify::Result<()> {
                 caxton_event = "store_revalidation",
                 "re-validating the model store"
             );
-            rescan(&state, &reloader, HashSet::new(), true).await;
+            rescan(&state, &reloader, true).await;
         }
     });
     Ok(())

@@ -135,6 +135,49 @@ fn sighup_and_caxton_reload_apply_and_report() {
     );
 }
 
+#[test]
+fn reload_is_for_administrators_only() {
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start_with(
+        |dir| {
+            write_config(dir, "");
+            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
+            std::fs::write(
+                dir.join("conf.d/10-mode.yaml"),
+                "socket:\n  mode: \"0666\"\n",
+            )
+            .expect("write");
+        },
+        &[],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
+        .arg("reload")
+        .env("CAXTON_SOCKET", &d.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run caxton reload as nobody");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("POST /api/reload is for administrators; uid 65534 is not root"),
+        "{err}"
+    );
+    // Anyone may embed.
+    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
+        .args(["embed", "hi"])
+        .env("CAXTON_SOCKET", &d.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run caxton embed as nobody");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn assert_refused(d: &Daemon, file: &Path, content: &str, expect: &[&str]) {
     let before = d.log().matches("config_rejected").count();
     std::fs::write(file, content).expect("write");

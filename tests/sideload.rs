@@ -3,6 +3,8 @@
 //! signatures; store re-validation; kill -9 during unpacking.
 
 mod common;
+#[path = "common/hostile.rs"]
+mod hostile;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -403,4 +405,57 @@ fn caxton_models_lists_states_and_caxton_verify_checks_signatures() {
     let out = verify(&keys.path().join("other.pub"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("rejected (signature_untrusted)"));
+}
+
+fn vm_hwm_kib(d: &Daemon) -> u64 {
+    let pid = d.child.as_ref().expect("child").id();
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn every_hostile_package_is_rejected_while_the_daemon_keeps_serving() {
+    let d = start("");
+    let peak_before = vm_hwm_kib(&d);
+    let corpus = hostile::corpus();
+    for (name, bytes, _) in &corpus {
+        let tmp = d.dir.path().join(format!("{name}.part"));
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, packages(&d).join(format!("{name}.tar.zst"))).expect("rename");
+    }
+    for (name, _, expected) in &corpus {
+        let file = format!("{name}.tar.zst");
+        wait_until(&d, &file, || rejection(&d, &file).is_some());
+        let r = rejection(&d, &file).expect("rejection");
+        assert_eq!(r["reason_code"], *expected, "{name}: {r}");
+        assert!(
+            d.log().contains(&format!("{file} rejected")),
+            "{name} is logged"
+        );
+    }
+    assert_eq!(d.request("GET", "/health", "").0, 200);
+    assert_eq!(embed_with(&d, "all-MiniLM-L6-v2").0, 200);
+    // Nothing was written outside the daemon's directories.
+    assert!(!d.dir.path().join("escape").exists());
+    assert!(!Path::new("/tmp/caxton-absolute-escape").exists());
+    let store_entries: Vec<_> = std::fs::read_dir(d.dir.path().join("state/store"))
+        .expect("store")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        store_entries.len(),
+        1,
+        "only the bundled model is stored: {store_entries:?}"
+    );
+    // The 1 GiB bomb and the rest did not make the daemon's memory balloon.
+    let grew = vm_hwm_kib(&d).saturating_sub(peak_before);
+    assert!(
+        grew < 64 * 1024,
+        "peak RSS grew by {grew} KiB while rejecting the corpus"
+    );
 }

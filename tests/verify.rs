@@ -5,97 +5,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "common/hostile.rs"]
+mod hostile;
+
 use caxton::package::PackageError;
 use caxton::package::verify::{DiscardSink, verify_file};
-use sha2::{Digest, Sha256};
-
-const CONFIG: &[u8] = b"{\"hidden_size\": 4}";
-const TOKENIZER: &[u8] = b"{}";
-const WEIGHTS: &[u8] = b"0123456789";
-
-fn sha(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-fn manifest_for(files: &[(&str, &[u8])]) -> String {
-    let mut m = String::from(
-        "format: 1\nid: tiny\nversion: \"1\"\narchitecture: bert\ndimensions: 4\nmax_seq_length: 16\npooling: mean\nnormalize: true\nfiles:\n",
-    );
-    for (name, bytes) in files {
-        m.push_str(&format!(
-            "  - {{path: {name}, size: {}, sha256: \"{}\"}}\n",
-            bytes.len(),
-            sha(bytes)
-        ));
-    }
-    m
-}
-
-fn good_files() -> Vec<(&'static str, &'static [u8])> {
-    vec![
-        ("config.json", CONFIG),
-        ("tokenizer.json", TOKENIZER),
-        ("model.safetensors", WEIGHTS),
-    ]
-}
-
-/// A tar entry written with a raw header, so names and types the tar crate would refuse can be
-/// produced.
-struct Entry {
-    name: String,
-    kind: tar::EntryType,
-    data: Vec<u8>,
-    /// Size written in the header when it should lie about the data.
-    header_size: Option<u64>,
-    link: Option<String>,
-}
-
-fn file(name: &str, data: &[u8]) -> Entry {
-    Entry {
-        name: name.into(),
-        kind: tar::EntryType::Regular,
-        data: data.to_vec(),
-        header_size: None,
-        link: None,
-    }
-}
-
-fn tar_bytes(entries: &[Entry]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in entries {
-        let mut h = tar::Header::new_old();
-        {
-            let raw = h.as_old_mut();
-            raw.name[..e.name.len()].copy_from_slice(e.name.as_bytes());
-            if let Some(link) = &e.link {
-                raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
-            }
-        }
-        h.set_mode(0o644);
-        h.set_size(e.header_size.unwrap_or(e.data.len() as u64));
-        h.set_entry_type(e.kind);
-        h.set_cksum();
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(&e.data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.extend_from_slice(&[0u8; 1024]);
-    out
-}
-
-fn zstd(bytes: &[u8]) -> Vec<u8> {
-    zstd::encode_all(bytes, 3).expect("zstd")
-}
-
-fn package(entries: Vec<Entry>) -> Vec<u8> {
-    zstd(&tar_bytes(&entries))
-}
-
-fn standard(manifest: &str, files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut entries = vec![file("manifest.yaml", manifest.as_bytes())];
-    entries.extend(files.iter().map(|(n, d)| file(n, d)));
-    package(entries)
-}
+use hostile::*;
 
 fn write(dir: &Path, bytes: &[u8]) -> PathBuf {
     let p = dir.join("pkg.tar.zst");
@@ -111,6 +26,13 @@ fn verdict(bytes: &[u8]) -> Result<(), PackageError> {
 fn kind(bytes: &[u8]) -> (&'static str, String) {
     let e = verdict(bytes).expect_err("must be refused");
     (e.kind(), e.to_string())
+}
+
+#[test]
+fn every_package_of_the_hostile_corpus_is_refused_with_its_own_reason() {
+    for (name, bytes, expected) in corpus() {
+        assert_eq!(kind(&bytes).0, expected, "{name}");
+    }
 }
 
 #[test]
@@ -260,6 +182,18 @@ fn the_manifest_must_come_first_and_be_valid() {
         )
     );
 
+    let (k, msg) = kind(&standard(
+        &m.replace("dimensions: 4", "dimensions: 8"),
+        &files,
+    ));
+    assert_eq!(
+        (k, msg.as_str()),
+        (
+            "manifest_invalid",
+            "invalid manifest: dimensions: the manifest says 8, config.json hidden_size is 4"
+        )
+    );
+
     let huge = format!("{m}# {}\n", "x".repeat(70_000));
     let (k, msg) = kind(&standard(&huge, &files));
     assert_eq!(k, "manifest_invalid");
@@ -356,6 +290,21 @@ fn the_sidecar_checksum_must_match_when_present() {
             .contains("is for other.tar.zst, not pkg.tar.zst"),
         "{e}"
     );
+}
+
+#[test]
+fn a_fifo_sidecar_is_refused_without_hanging() {
+    let files = good_files();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = write(dir.path(), &standard(&manifest_for(&files), &files));
+    nix::unistd::mkfifo(
+        &dir.path().join("pkg.tar.zst.sha256"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .expect("mkfifo");
+    let e = verify_file(&p, &mut DiscardSink).expect_err("a FIFO is not a sidecar");
+    assert_eq!(e.kind(), "sidecar_mismatch");
+    assert!(e.to_string().contains("is not a regular file"), "{e}");
 }
 
 #[test]

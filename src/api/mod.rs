@@ -5,6 +5,7 @@ mod embed;
 pub mod error;
 mod input;
 mod openai;
+pub mod peer;
 mod status;
 mod tei;
 

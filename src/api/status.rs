@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{AppState, Health};
+use super::peer::Peer;
+use super::{ApiError, AppState, Health};
 
 /// `GET /health`: 200 when serving, 503 while starting or when no model can serve.
 pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
@@ -66,20 +67,43 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-/// `POST /api/reload`: re-reads the configuration directory and answers once the new
-/// configuration is applied (200) or refused (422, the old one stays in force).
-pub async fn reload(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+/// `POST /api/reload` (admin): re-reads the configuration directory and answers once the new
+/// configuration is applied (200 with what changed) or refused (422 `config_rejected`; the old
+/// one stays in force).
+pub async fn reload(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &peer, "POST /api/reload")?;
     let outcome = state
         .reloader
         .reload(&state, crate::reload::Trigger::Api)
         .await;
-    let status = if outcome.applied {
-        StatusCode::OK
+    if outcome.applied {
+        Ok(Json(serde_json::to_value(&outcome).unwrap_or(Value::Null)))
     } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    (
-        status,
-        Json(serde_json::to_value(&outcome).unwrap_or(Value::Null)),
-    )
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "config_rejected",
+            format!(
+                "configuration refused, the running configuration stays: {}",
+                outcome.message
+            ),
+        ))
+    }
+}
+
+/// 403 unless the peer is an admin (root, the daemon's user, or in `socket.admin_group`).
+pub fn require_admin(state: &AppState, peer: &Peer, what: &str) -> Result<(), ApiError> {
+    if peer.is_admin(&state.settings()) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "{what} is for administrators; uid {} is not root, the daemon's user, or in socket.admin_group",
+            peer.uid
+        ),
+    ))
 }

@@ -231,17 +231,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None,
             ))?;
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let message = v["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| client::error_message(&bytes));
             if status.is_success() && v["applied"] == true {
-                println!("{message}");
+                println!(
+                    "{}",
+                    v["message"].as_str().unwrap_or("configuration applied")
+                );
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!(
-                    "caxton: configuration refused, the running configuration stays: {message}"
-                );
+                eprintln!("caxton: {}", client::error_message(&bytes));
                 Ok(ExitCode::FAILURE)
             }
         }

@@ -39,6 +39,9 @@ pub struct SocketSettings {
     pub path: PathBuf,
     /// Permission bits of the socket file.
     pub mode: Mode,
+    /// Group whose members may use admin endpoints besides root and the daemon's user; empty
+    /// for none.
+    pub admin_group: String,
 }
 
 /// Model sources.
@@ -103,6 +106,7 @@ impl Default for SocketSettings {
         SocketSettings {
             path: PathBuf::from("/run/caxton/caxton.sock"),
             mode: Mode(0o660),
+            admin_group: String::new(),
         }
     }
 }
@@ -217,6 +221,23 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     Ok(files)
 }
 
+/// A key given twice in one mapping would silently lose the first value (figment keeps the
+/// last); refuse the file instead, naming the key and line.
+fn reject_duplicate_keys(file: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Io {
+        path: file.to_path_buf(),
+        source: e,
+    })?;
+    match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        Err(e) if e.to_string().contains("duplicate") => Err(ConfigError::Invalid {
+            key: file.display().to_string(),
+            reason: e.to_string(),
+        }),
+        // Other syntax errors are reported by figment with the same file and line.
+        _ => Ok(()),
+    }
+}
+
 /// The figment for `dir`: defaults < caxton.yaml < conf.d/*.yaml < environment.
 pub fn figment(dir: &Path) -> Result<Figment, ConfigError> {
     let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
@@ -228,6 +249,7 @@ pub fn figment(dir: &Path) -> Result<Figment, ConfigError> {
                 path: file.clone(),
                 source: e,
             })?;
+            reject_duplicate_keys(&file)?;
             fig = fig.merge(Yaml::file_exact(&file));
         }
     }
@@ -525,7 +547,18 @@ mod tests {
         );
         assert_eq!(find("log.level").source, dropin.display().to_string());
         assert_eq!(find("socket.path").source, "default");
-        assert_eq!(all.len(), 16);
+        assert_eq!(all.len(), 17);
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let e = load("socket:\n  mode: \"0600\"\nsocket:\n  path: /tmp/x.sock\n")
+            .expect_err("duplicate")
+            .to_string();
+        assert!(
+            e.contains("caxton.yaml") && e.contains("duplicate") && e.contains("socket"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,7 +84,16 @@ fn run(
         if jobs.is_empty() {
             continue;
         }
-        let results = embed_jobs(&encoder, pooling, limits, &jobs);
+        // Whatever panics inside a batch fails that batch, never the engine thread.
+        let results = catch_unwind(AssertUnwindSafe(|| {
+            embed_jobs(&encoder, pooling, limits, &jobs)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(caxton_event = "engine_error", "a batch panicked");
+            jobs.iter()
+                .map(|_| Err(EngineError::Failed("the batch panicked".into())))
+                .collect()
+        });
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.reply.send(result);
         }

@@ -12,6 +12,13 @@ pub const FORMAT: u32 = 1;
 /// the verifier allocate without bound.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 
+/// Largest file a manifest may declare. The biggest models Caxton targets are about 1 GiB;
+/// the cap keeps size arithmetic far from overflow and a hostile manifest from claiming terabytes.
+pub const MAX_FILE_BYTES: u64 = 32 << 30;
+
+/// Largest total a manifest may declare.
+pub const MAX_TOTAL_BYTES: u64 = 64 << 30;
+
 /// Files the engine needs; a package without them cannot serve and is refused at verification.
 pub const REQUIRED_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 
@@ -196,6 +203,15 @@ impl Manifest {
                     format!("{:?} is listed twice", f.path),
                 ));
             }
+            if f.size > MAX_FILE_BYTES {
+                return Err(invalid(
+                    format!("files[{i}].size"),
+                    format!(
+                        "{} bytes is more than the {MAX_FILE_BYTES} a file may have",
+                        f.size
+                    ),
+                ));
+            }
             if f.sha256.len() != 64
                 || !f
                     .sha256
@@ -207,6 +223,12 @@ impl Manifest {
                     "must be 64 lower-case hex digits",
                 ));
             }
+        }
+        if self.declared_bytes() > MAX_TOTAL_BYTES {
+            return Err(invalid(
+                "files",
+                format!("the files add up to more than {MAX_TOTAL_BYTES} bytes"),
+            ));
         }
         for required in REQUIRED_FILES {
             if !seen.contains(required) {
@@ -226,7 +248,9 @@ impl Manifest {
 
     /// Sum of the declared file sizes: the most the verifier will decompress for the payload.
     pub fn declared_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .fold(0u64, |acc, f| acc.saturating_add(f.size))
     }
 
     /// Serialises the manifest as `caxton pack` writes it.

@@ -12,3 +12,28 @@ pub mod verify;
 pub use error::PackageError;
 pub use manifest::{Architecture, Manifest, Pooling};
 pub use store::{Store, StoredPackage};
+
+/// Largest package file accepted, checked before a byte is read: a sparse or endless file
+/// cannot keep the verifier (and the scan lock) busy without bound.
+pub const MAX_PACKAGE_BYTES: u64 = manifest::MAX_TOTAL_BYTES;
+
+/// Opens `path` for reading without blocking (a FIFO dropped in place of a file cannot hang
+/// the scan) and only if it is a regular file.
+pub fn open_regular(path: &std::path::Path) -> Result<std::fs::File, PackageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| PackageError::io("open", path, e))?;
+    let md = file
+        .metadata()
+        .map_err(|e| PackageError::io("stat", path, e))?;
+    if !md.is_file() {
+        return Err(PackageError::Malformed(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
+}

@@ -1,7 +1,6 @@
 //! Minisign signatures: trusted keys from `models.trusted_keys_dir` and the streaming check of
 //! a package against its detached `NAME.tar.zst.minisig`.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -31,16 +30,60 @@ impl SignaturePolicy {
         }
     }
 
-    /// Checks `package` under this policy.
+    /// Checks `package` under this policy, reading it from its path.
     pub fn check(&self, package: &Path) -> Result<(), PackageError> {
-        match &self.required {
-            None => Ok(()),
-            Some(Err(reason)) => Err(PackageError::Signature {
-                kind: "trusted_key_error",
-                reason: reason.clone(),
-            }),
-            Some(Ok(keys)) => keys.check(package),
+        let mut file = super::open_regular(package)?;
+        self.stream_check(package, &mut file, |_| {})
+    }
+
+    /// Reads `reader` (the bytes of `package`) to the end once, handing every chunk to
+    /// `on_chunk` and, when signatures are required, to a minisign verifier per trusted key:
+    /// one pass serves both the digest and the signature, so they are of the same bytes.
+    pub fn stream_check(
+        &self,
+        package: &Path,
+        reader: &mut dyn Read,
+        mut on_chunk: impl FnMut(&[u8]),
+    ) -> Result<(), PackageError> {
+        let keys = match &self.required {
+            None => return read_all(package, reader, &mut on_chunk),
+            Some(Err(reason)) => {
+                return Err(PackageError::Signature {
+                    kind: "trusted_key_error",
+                    reason: reason.clone(),
+                });
+            }
+            Some(Ok(keys)) => keys,
+        };
+        let signature = read_signature(package)?;
+        let mut verifiers = Vec::new();
+        let mut last = String::new();
+        for (path, key) in &keys.keys {
+            match key.verify_stream(&signature) {
+                Ok(v) => verifiers.push((path, v)),
+                Err(e) => last = format!("{}: {e}", path.display()),
+            }
         }
+        read_all(package, reader, &mut |chunk: &[u8]| {
+            on_chunk(chunk);
+            for (_, v) in verifiers.iter_mut() {
+                v.update(chunk);
+            }
+        })?;
+        for (path, mut v) in verifiers {
+            match v.finalize() {
+                Ok(()) => return Ok(()),
+                Err(e) => last = format!("{}: {e}", path.display()),
+            }
+        }
+        Err(PackageError::Signature {
+            kind: "signature_untrusted",
+            reason: format!(
+                "{} does not verify against any trusted key in {} (last: {last})",
+                signature_path(package).display(),
+                keys.dir.display()
+            ),
+        })
     }
 }
 
@@ -111,67 +154,49 @@ impl TrustedKeys {
                 .unwrap_or_default(),
         })
     }
-
-    /// Verifies `PACKAGE.minisig` over `package`, streaming the file once per candidate key.
-    pub fn check(&self, package: &Path) -> Result<(), PackageError> {
-        let sig_path = signature_path(package);
-        let text = match std::fs::read_to_string(&sig_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(PackageError::Signature {
-                    kind: "signature_missing",
-                    reason: format!(
-                        "unsigned: {} is missing and models.require_signature is true",
-                        sig_path.display()
-                    ),
-                });
-            }
-            Err(e) => return Err(PackageError::io("read", &sig_path, e)),
-        };
-        let signature = Signature::decode(&text).map_err(|e| PackageError::Signature {
-            kind: "signature_invalid",
-            reason: format!("{} is not a minisign signature: {e}", sig_path.display()),
-        })?;
-        let mut last = String::new();
-        for (path, key) in &self.keys {
-            match verify_with(key, &signature, package) {
-                Ok(()) => return Ok(()),
-                Err(VerifyFailure::Io(e)) => return Err(PackageError::io("read", package, e)),
-                Err(VerifyFailure::Bad(e)) => last = format!("{}: {e}", path.display()),
-            }
-        }
-        Err(PackageError::Signature {
-            kind: "signature_untrusted",
-            reason: format!(
-                "{} does not verify against any trusted key in {} (last: {last})",
-                sig_path.display(),
-                self.dir.display()
-            ),
-        })
-    }
 }
 
-enum VerifyFailure {
-    Io(std::io::Error),
-    Bad(String),
-}
-
-fn verify_with(key: &PublicKey, sig: &Signature, package: &Path) -> Result<(), VerifyFailure> {
-    let mut verifier = key
-        .verify_stream(sig)
-        .map_err(|e| VerifyFailure::Bad(e.to_string()))?;
-    let mut file = File::open(package).map_err(VerifyFailure::Io)?;
+fn read_all(
+    package: &Path,
+    reader: &mut dyn Read,
+    on_chunk: &mut dyn FnMut(&[u8]),
+) -> Result<(), PackageError> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = file.read(&mut buf).map_err(VerifyFailure::Io)?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| PackageError::io("read", package, e))?;
         if n == 0 {
-            break;
+            return Ok(());
         }
-        verifier.update(&buf[..n]);
+        on_chunk(&buf[..n]);
     }
-    verifier
-        .finalize()
-        .map_err(|e| VerifyFailure::Bad(e.to_string()))
+}
+
+/// Reads and decodes `PACKAGE.minisig`: a regular file of at most 4 KiB.
+fn read_signature(package: &Path) -> Result<Signature, PackageError> {
+    let sig_path = signature_path(package);
+    let file = match super::open_regular(&sig_path) {
+        Ok(f) => f,
+        Err(PackageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PackageError::Signature {
+                kind: "signature_missing",
+                reason: format!(
+                    "unsigned: {} is missing and models.require_signature is true",
+                    sig_path.display()
+                ),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    file.take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| PackageError::io("read", &sig_path, e))?;
+    Signature::decode(&text).map_err(|e| PackageError::Signature {
+        kind: "signature_invalid",
+        reason: format!("{} is not a minisign signature: {e}", sig_path.display()),
+    })
 }
 
 /// `FILE.tar.zst.minisig` for `FILE.tar.zst`.

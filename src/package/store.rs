@@ -2,7 +2,7 @@
 //! directory per package keyed by the package's sha256, made visible only by an atomic rename.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,14 +61,32 @@ impl Store {
     /// Verifies `package` (sidecar and signature included) and makes it available in the store.
     /// A package already stored under the same digest is not unpacked again, but its entry is
     /// re-hashed against its manifest and rebuilt from the package if it was damaged.
+    ///
+    /// The file is opened once and every pass reads that one descriptor: the digest and the
+    /// signature are computed in the same pass, and the unpacking pass must reproduce the
+    /// digest, so swapping or rewriting the file meanwhile cannot slip other bytes through.
     pub fn install(
         &self,
         package: &Path,
         policy: &SignaturePolicy,
     ) -> Result<StoredPackage, PackageError> {
-        let sha = sha256_file(package)?;
+        let mut file = super::open_regular(package)?;
+        let size = file
+            .metadata()
+            .map_err(|e| PackageError::io("stat", package, e))?
+            .len();
+        if size > super::MAX_PACKAGE_BYTES {
+            return Err(PackageError::Malformed(format!(
+                "{} is {size} bytes, more than the {} a package may have",
+                package.display(),
+                super::MAX_PACKAGE_BYTES
+            )));
+        }
+        check_magic(&mut file, package)?;
+        let mut hasher = Sha256::new();
+        policy.stream_check(package, &mut file, |chunk| hasher.update(chunk))?;
+        let sha = hex::encode(hasher.finalize());
         check_sidecar(package, &sha)?;
-        policy.check(package)?;
         let dir = self.root.join(&sha);
         if dir.is_dir() {
             match self
@@ -97,7 +115,9 @@ impl Store {
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         fs::create_dir(&staging).map_err(|e| PackageError::io("create", &staging, e))?;
-        let result = self.unpack_into(package, &sha, &staging, &dir);
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| PackageError::io("rewind", package, e))?;
+        let result = self.unpack_into(file, size, &sha, &staging, &dir);
         if result.is_err() {
             let _ = fs::remove_dir_all(&staging);
         }
@@ -106,16 +126,12 @@ impl Store {
 
     fn unpack_into(
         &self,
-        package: &Path,
+        file: File,
+        size: u64,
         sha: &str,
         staging: &Path,
         dir: &Path,
     ) -> Result<StoredPackage, PackageError> {
-        let file = File::open(package).map_err(|e| PackageError::io("open", package, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| PackageError::io("stat", package, e))?
-            .len();
         let mut sink = DirSink {
             root: staging.to_path_buf(),
         };
@@ -272,6 +288,25 @@ pub fn sha256_file(path: &Path) -> Result<String, PackageError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Space left free on the store's filesystem after an unpack.
+const FREE_SPACE_MARGIN: u64 = 64 << 20;
+
+/// Refuses a file that is not zstd before hashing all of it.
+fn check_magic(file: &mut File, package: &Path) -> Result<(), PackageError> {
+    let mut head = [0u8; 4];
+    let n = file
+        .read(&mut head)
+        .map_err(|e| PackageError::io("read", package, e))?;
+    if head[..n] != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(PackageError::NotZstd(
+            "the file does not start with the zstd magic number".into(),
+        ));
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| PackageError::io("rewind", package, e))?;
+    Ok(())
+}
+
 /// Writes verified entries into a staging directory, each file fsynced once complete.
 struct DirSink {
     root: PathBuf,
@@ -280,7 +315,22 @@ struct DirSink {
 impl EntrySink for DirSink {
     type Writer = BufWriter<File>;
 
-    fn start(&mut self, path: &str) -> io::Result<BufWriter<File>> {
+    fn start(&mut self, path: &str, size: u64) -> io::Result<BufWriter<File>> {
+        // Refuse before writing rather than fill the disk the rest of the device needs.
+        let stat = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        // fsblkcnt_t and c_ulong are 32-bit on some targets (armv7 edge boards).
+        #[allow(clippy::useless_conversion)]
+        let free =
+            u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+        if free < size.saturating_add(FREE_SPACE_MARGIN) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{size} bytes to unpack but only {free} free in {} (keeping {FREE_SPACE_MARGIN} spare); free some space, the package is tried again at the next scan",
+                    self.root.display()
+                ),
+            ));
+        }
         let target = self.root.join(path);
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent)?;
@@ -289,6 +339,10 @@ impl EntrySink for DirSink {
             1 << 16,
             File::options().write(true).create_new(true).open(target)?,
         ))
+    }
+
+    fn location(&self, path: &str) -> PathBuf {
+        self.root.join(path)
     }
 
     fn finish(&mut self, _path: &str, writer: BufWriter<File>) -> io::Result<()> {

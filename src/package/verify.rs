@@ -20,8 +20,13 @@ use super::manifest::{MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, check_entry_p
 pub trait EntrySink {
     /// Writer for one entry.
     type Writer: Write;
-    /// Starts an entry at `path` (already checked to be a safe relative path from the manifest).
-    fn start(&mut self, path: &str) -> io::Result<Self::Writer>;
+    /// Starts an entry at `path` (already checked to be a safe relative path from the manifest)
+    /// that will receive `size` bytes.
+    fn start(&mut self, path: &str, size: u64) -> io::Result<Self::Writer>;
+    /// Where an entry's bytes go, for error messages.
+    fn location(&self, path: &str) -> PathBuf {
+        PathBuf::from(path)
+    }
     /// Called once the entry's size and sha256 matched the manifest.
     fn finish(&mut self, path: &str, writer: Self::Writer) -> io::Result<()>;
 }
@@ -31,7 +36,7 @@ pub struct DiscardSink;
 
 impl EntrySink for DiscardSink {
     type Writer = io::Sink;
-    fn start(&mut self, _path: &str) -> io::Result<io::Sink> {
+    fn start(&mut self, _path: &str, _size: u64) -> io::Result<io::Sink> {
         Ok(io::sink())
     }
     fn finish(&mut self, _path: &str, _writer: io::Sink) -> io::Result<()> {
@@ -145,6 +150,7 @@ fn walk_entries<R: Read, S: EntrySink>(
     let entries = archive.entries().map_err(PackageError::from_stream)?;
     let mut manifest: Option<Manifest> = None;
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut config_json: Vec<u8> = Vec::new();
 
     for entry in entries {
         let mut entry = entry.map_err(PackageError::from_stream)?;
@@ -175,15 +181,11 @@ fn walk_entries<R: Read, S: EntrySink>(
                 .map_err(PackageError::from_stream)?;
             let parsed = Manifest::parse(&bytes)
                 .map_err(|e| PackageError::ManifestInvalid(e.to_string()))?;
-            // From here on the decompression budget is exactly what the manifest declares.
-            budget.set(
-                budget.get()
-                    + parsed
-                        .files
-                        .iter()
-                        .map(|f| HEADER_ALLOWANCE + round_up(f.size))
-                        .sum::<u64>(),
-            );
+            // The budget grows entry by entry: room for the next header now, room for an entry's
+            // data only once its header matched the manifest. So an unlisted entry, or a GNU
+            // long-name / PAX header the tar crate would read into memory, never gets more than
+            // HEADER_ALLOWANCE bytes, whatever the manifest declares for other files.
+            budget.set(budget.get() + HEADER_ALLOWANCE);
             manifest = Some(parsed);
             continue;
         };
@@ -198,9 +200,17 @@ fn walk_entries<R: Read, S: EntrySink>(
                 actual: header_size,
             });
         }
+        budget.set(budget.get() + round_up(declared.size) + HEADER_ALLOWANCE);
+        let keep_config = name == "config.json";
+        if keep_config && declared.size > MAX_CONFIG_BYTES {
+            return Err(PackageError::ManifestInvalid(format!(
+                "config.json is {} bytes; the limit is {MAX_CONFIG_BYTES}",
+                declared.size
+            )));
+        }
         let mut writer = sink
-            .start(&name)
-            .map_err(|e| PackageError::io("write", Path::new(&name), e))?;
+            .start(&name, declared.size)
+            .map_err(|e| PackageError::io("write", &sink.location(&name), e))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut got = 0u64;
@@ -211,9 +221,12 @@ fn walk_entries<R: Read, S: EntrySink>(
             }
             got += n as u64;
             hasher.update(&buf[..n]);
+            if keep_config {
+                config_json.extend_from_slice(&buf[..n]);
+            }
             writer
                 .write_all(&buf[..n])
-                .map_err(|e| PackageError::io("write", Path::new(&name), e))?;
+                .map_err(|e| PackageError::io("write", &sink.location(&name), e))?;
         }
         if got != declared.size {
             return Err(PackageError::Truncated(format!(
@@ -230,7 +243,7 @@ fn walk_entries<R: Read, S: EntrySink>(
             });
         }
         sink.finish(&name, writer)
-            .map_err(|e| PackageError::io("write", Path::new(&name), e))?;
+            .map_err(|e| PackageError::io("write", &sink.location(&name), e))?;
     }
 
     let Some(manifest) = manifest else {
@@ -245,7 +258,47 @@ fn walk_entries<R: Read, S: EntrySink>(
     if !missing.is_empty() {
         return Err(PackageError::MissingEntries { entries: missing });
     }
+    check_model_config(&manifest, &config_json)?;
     Ok(manifest)
+}
+
+/// `config.json` is read into memory to check it against the manifest; it is small in every
+/// real model, so anything larger is refused rather than buffered.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The (verified) `config.json` must describe the model the manifest declares: the same width
+/// and an architecture the manifest's `architecture` covers.
+fn check_model_config(manifest: &Manifest, bytes: &[u8]) -> Result<(), PackageError> {
+    #[derive(serde::Deserialize)]
+    struct ModelConfig {
+        model_type: Option<String>,
+        hidden_size: Option<usize>,
+    }
+    let config: ModelConfig = serde_json::from_slice(bytes).map_err(|e| {
+        PackageError::ManifestInvalid(format!("config.json is not valid JSON: {e}"))
+    })?;
+    match config.hidden_size {
+        Some(h) if h == manifest.dimensions => {}
+        Some(h) => {
+            return Err(PackageError::ManifestInvalid(format!(
+                "dimensions: the manifest says {}, config.json hidden_size is {h}",
+                manifest.dimensions
+            )));
+        }
+        None => {
+            return Err(PackageError::ManifestInvalid(
+                "config.json has no hidden_size".into(),
+            ));
+        }
+    }
+    let expected = manifest.architecture.as_str();
+    if config.model_type.as_deref() != Some(expected) {
+        return Err(PackageError::ManifestInvalid(format!(
+            "architecture: the manifest says {expected}, config.json model_type is {:?}",
+            config.model_type.unwrap_or_default()
+        )));
+    }
+    Ok(())
 }
 
 fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, PackageError> {
@@ -277,7 +330,7 @@ fn check_entry_type<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<()
 /// Checks `PATH.sha256` (sha256sum format) against the package digest when the sidecar exists.
 pub fn check_sidecar(package: &Path, package_sha256: &str) -> Result<(), PackageError> {
     let sidecar = sidecar_path(package);
-    let text = match std::fs::File::open(&sidecar) {
+    let text = match super::open_regular(&sidecar) {
         Ok(f) => {
             let mut text = String::new();
             f.take(4096)
@@ -285,8 +338,10 @@ pub fn check_sidecar(package: &Path, package_sha256: &str) -> Result<(), Package
                 .map_err(|e| PackageError::io("read", &sidecar, e))?;
             text
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(PackageError::io("read", &sidecar, e)),
+        Err(PackageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(());
+        }
+        Err(e) => return Err(PackageError::Sidecar(e.to_string())),
     };
     let mut words = text.split_whitespace();
     let expected = words.next().unwrap_or("").to_ascii_lowercase();
@@ -362,7 +417,8 @@ impl std::fmt::Display for BudgetExceeded {
 impl std::error::Error for BudgetExceeded {}
 
 /// Refuses to yield more decompressed bytes than the shared budget allows, which is what stops
-/// a zstd bomb: the budget only grows by what the (size-limited) manifest declares.
+/// a zstd bomb: the budget only grows by what the (size-capped) manifest declares for entries
+/// whose headers matched it.
 struct BoundedReader<R> {
     inner: R,
     remaining: Rc<Cell<u64>>,
