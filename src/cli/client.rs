@@ -42,6 +42,19 @@ pub async fn request(
     Ok((status, body))
 }
 
+/// [`request`] for synchronous callers: runs it on a single-threaded runtime of its own.
+pub fn blocking_request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(request(socket, method, path, body))
+}
+
 /// The `message` of an error body, or the raw body.
 pub fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)

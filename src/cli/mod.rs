@@ -158,15 +158,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Embed { model, texts } => {
             let body = serde_json::json!({"input": texts, "model": model});
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (status, bytes) = runtime.block_on(client::request(
+            let (status, bytes) = client::blocking_request(
                 &cli.socket,
                 Method::POST,
                 "/v1/embeddings",
                 Some(serde_json::to_vec(&body)?),
-            ))?;
+            )?;
             if !status.is_success() {
                 bail!("{}: {}", status, client::error_message(&bytes));
             }
@@ -221,15 +218,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (status, bytes) = runtime.block_on(client::request(
-                &cli.socket,
-                Method::POST,
-                "/api/reload",
-                None,
-            ))?;
+            let (status, bytes) =
+                client::blocking_request(&cli.socket, Method::POST, "/api/reload", None)?;
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             if status.is_success() && v["applied"] == true {
                 println!(
@@ -257,15 +247,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Models { json } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (status, bytes) = runtime.block_on(client::request(
-                &cli.socket,
-                Method::GET,
-                "/api/models",
-                None,
-            ))?;
+            let (status, bytes) =
+                client::blocking_request(&cli.socket, Method::GET, "/api/models", None)?;
             if !status.is_success() {
                 bail!("{}: {}", status, client::error_message(&bytes));
             }
