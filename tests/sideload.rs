@@ -393,6 +393,11 @@ fn caxton_models_lists_states_and_caxton_verify_checks_signatures() {
     let out = verify(&keys.path().join("k.pub"));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("rejected (signature_missing)"));
+    let sig = PathBuf::from(format!("{}.minisig", pkg.display()));
+    std::fs::write(&sig, "untrusted comment: not really\nAAAA\n").expect("write");
+    let out = verify(&keys.path().join("k.pub"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rejected (signature_invalid)"));
     sign(&kp, &pkg);
     let out = verify(&keys.path().join("k.pub"));
     assert!(
