@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod logging;
+pub mod memory;
 pub mod package;
 pub mod registry;
 pub mod reload;

@@ -412,6 +412,44 @@ impl Registry {
             .clone()
     }
 
+    /// Unloads `id` from memory (the package stays). Requests already holding the model finish
+    /// first: the engine thread stops, and its memory is trimmed, when the last one is done.
+    /// Returns the bytes the model held, or `None` if it was not loaded.
+    pub async fn unload(&self, id: &str, reason: &str) -> Result<Option<u64>, LoadError> {
+        let slot = self
+            .get(id)
+            .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
+        let model = slot.loaded.lock().await.take();
+        let Some(model) = model else {
+            return Ok(None);
+        };
+        let bytes = model.weight_bytes;
+        {
+            let mut u = slot.usage();
+            u.state = Some(ModelState::Available);
+            u.memory_bytes = None;
+        }
+        drop(model);
+        tracing::info!(
+            caxton_event = "model_unloaded",
+            caxton_model = %id,
+            caxton_reason = reason,
+            memory_bytes = bytes,
+            "model {id} unloaded ({reason}); {} MiB released once in-flight requests finish",
+            bytes >> 20
+        );
+        Ok(Some(bytes))
+    }
+
+    /// Ids of the models in memory.
+    pub fn loaded_ids(&self) -> Vec<String> {
+        self.models()
+            .into_iter()
+            .filter(|m| m.state == ModelState::Loaded)
+            .map(|m| m.id)
+            .collect()
+    }
+
     /// The loaded model for `id`, loading it first if needed.
     pub async fn acquire(&self, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
         let slot = self

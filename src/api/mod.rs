@@ -4,6 +4,7 @@
 mod embed;
 pub mod error;
 mod input;
+mod memory;
 mod openai;
 pub mod peer;
 mod status;
@@ -104,6 +105,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(status::health))
         .route("/api/models", get(status::models))
         .route("/api/reload", post(status::reload))
+        .route("/api/memory/status", get(memory::status))
+        .route("/api/memory/flush", post(memory::flush))
+        .route("/api/memory/models/{id}/load", post(memory::load))
+        .route(
+            "/api/memory/models/{id}",
+            axum::routing::delete(memory::unload),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // The limit is live configuration, enforced by `input::read_body`.

@@ -84,12 +84,37 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Show memory: model memory in use, the process and its cgroup, loaded models.
+    Status {
+        /// Print the daemon's JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a model into memory now (admin).
+    Load {
+        /// Model id.
+        id: String,
+    },
+    /// Unload a model from memory now; its package stays (admin).
+    Unload {
+        /// Model id.
+        id: String,
+    },
     /// List every model and package the daemon knows, with state and reason for rejections.
     Models {
         /// Print the daemon's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// One request without a body whose answer must be a 2xx JSON document.
+fn call(socket: &std::path::Path, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, bytes) = client::blocking_request(socket, method, path, None)?;
+    if !status.is_success() {
+        bail!("{}: {}", status, client::error_message(&bytes));
+    }
+    serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")
 }
 
 /// A plain-text table of `GET /api/models`.
@@ -246,14 +271,92 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models { json } => {
-            let (status, bytes) =
-                client::blocking_request(&cli.socket, Method::GET, "/api/models", None)?;
-            if !status.is_success() {
-                bail!("{}: {}", status, client::error_message(&bytes));
+        Command::Status { json } => {
+            let v = call(&cli.socket, Method::GET, "/api/memory/status")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
             }
-            let v: serde_json::Value =
-                serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
+            let mib = |v: &serde_json::Value| {
+                v.as_u64()
+                    .map_or("-".to_string(), |b| format!("{} MiB", b >> 20))
+            };
+            println!("model memory: {}", mib(&v["model_memory_bytes"]));
+            println!(
+                "process:      rss {}, peak {}",
+                mib(&v["process"]["rss_bytes"]),
+                mib(&v["process"]["peak_rss_bytes"])
+            );
+            match v["cgroup"].as_object() {
+                Some(c) => println!(
+                    "cgroup {}:    usage {}, max {}, high {} ({})",
+                    c["version"].as_str().unwrap_or("?"),
+                    mib(&c["usage_bytes"]),
+                    c["max_bytes"]
+                        .as_u64()
+                        .map_or("none".into(), |b| format!("{} MiB", b >> 20)),
+                    c["high_bytes"]
+                        .as_u64()
+                        .map_or("none".into(), |b| format!("{} MiB", b >> 20)),
+                    c["path"].as_str().unwrap_or("?")
+                ),
+                None => println!("cgroup:       not readable"),
+            }
+            let loaded: Vec<String> = v["loaded"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|m| {
+                            format!(
+                                "{} ({})",
+                                m["id"].as_str().unwrap_or("?"),
+                                mib(&m["memory_bytes"])
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "loaded:       {}",
+                if loaded.is_empty() {
+                    "none".to_string()
+                } else {
+                    loaded.join(", ")
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load { id } => {
+            let v = call(
+                &cli.socket,
+                Method::POST,
+                &format!("/api/memory/models/{id}/load"),
+            )?;
+            println!(
+                "{id}: loaded, {} MiB, {} ms",
+                v["memory_bytes"].as_u64().unwrap_or(0) >> 20,
+                v["load_ms"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unload { id } => {
+            let v = call(
+                &cli.socket,
+                Method::DELETE,
+                &format!("/api/memory/models/{id}"),
+            )?;
+            if v["unloaded"] == true {
+                println!(
+                    "{id}: unloaded, {} MiB released",
+                    v["bytes_released"].as_u64().unwrap_or(0) >> 20
+                );
+            } else {
+                println!("{id}: was not loaded");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models { json } => {
+            let v = call(&cli.socket, Method::GET, "/api/models")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

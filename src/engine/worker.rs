@@ -98,6 +98,11 @@ fn run(
             let _ = job.reply.send(result);
         }
     }
+    // Every handle is gone: the model is unloaded. Free the weights now and hand the memory
+    // back to the kernel, so RSS and the cgroup's usage really fall.
+    drop(encoder);
+    crate::memory::trim();
+    tracing::debug!("engine thread stopped, memory trimmed");
 }
 
 /// Embeds every text of `jobs`, batching across jobs, and returns one result per job.

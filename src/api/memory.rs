@@ -1,0 +1,89 @@
+//! Memory management endpoints: `GET /api/memory/status`, and the admin-only
+//! `POST /api/memory/models/{id}/load`, `DELETE /api/memory/models/{id}` and
+//! `POST /api/memory/flush`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use serde_json::{Value, json};
+
+use super::peer::Peer;
+use super::status::require_admin;
+use super::{ApiError, AppState};
+
+/// `GET /api/memory/status`: model memory, the process and its cgroup, loaded models.
+pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let models = state.registry.models();
+    let loaded: Vec<Value> = models
+        .iter()
+        .filter(|m| m.state == crate::registry::ModelState::Loaded)
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "memory_bytes": m.memory_bytes,
+                "last_use": m.last_use.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                "use_count": m.use_count,
+            })
+        })
+        .collect();
+    let in_use: u64 = models.iter().filter_map(|m| m.memory_bytes).sum();
+    let (rss, peak) = crate::memory::process_rss();
+    Json(json!({
+        // No budget or pressure source yet: the memory-policy work adds them.
+        "budget_bytes": null,
+        "pressure": null,
+        "model_memory_bytes": in_use,
+        "process": {"rss_bytes": rss, "peak_rss_bytes": peak},
+        "cgroup": crate::memory::cgroup::current(),
+        "loaded": loaded,
+    }))
+}
+
+/// `POST /api/memory/models/{id}/load` (admin): loads the model now.
+pub async fn load(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &peer, "POST /api/memory/models/{id}/load")?;
+    let model = state.registry.acquire(&id).await?;
+    Ok(Json(json!({
+        "id": id,
+        "state": "loaded",
+        "memory_bytes": model.weight_bytes,
+        "load_ms": model.load_time.as_millis() as u64,
+    })))
+}
+
+/// `DELETE /api/memory/models/{id}` (admin): unloads the model now; the package stays.
+pub async fn unload(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &peer, "DELETE /api/memory/models/{id}")?;
+    let released = state.registry.unload(&id, "explicit").await?;
+    Ok(Json(json!({
+        "id": id,
+        "unloaded": released.is_some(),
+        "bytes_released": released.unwrap_or(0),
+    })))
+}
+
+/// `POST /api/memory/flush` (admin): unloads every loaded model.
+pub async fn flush(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &peer, "POST /api/memory/flush")?;
+    let mut unloaded = Vec::new();
+    let mut bytes = 0u64;
+    for id in state.registry.loaded_ids() {
+        if let Some(b) = state.registry.unload(&id, "flush").await? {
+            unloaded.push(json!({"id": id, "bytes_released": b}));
+            bytes += b;
+        }
+    }
+    Ok(Json(json!({"unloaded": unloaded, "bytes_released": bytes})))
+}

@@ -1,0 +1,27 @@
+//! Memory: what the daemon's models and process hold, the cgroup it runs in, and handing freed
+//! memory back to the system. (Budgets, pressure sources and shedding build on this.)
+
+pub mod cgroup;
+
+/// Resident and peak resident set of this process, in bytes, from `/proc/self/status`.
+pub fn process_rss() -> (Option<u64>, Option<u64>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Returns freed heap memory to the kernel. glibc keeps freed memory in its arenas, so dropping
+/// a model's tensors alone does not lower RSS or the cgroup's usage; `malloc_trim` does.
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

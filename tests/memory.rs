@@ -1,0 +1,171 @@
+//! Issue 5 (first slice): explicit load, unload and flush over the API, admin-only; memory
+//! status; and memory really handed back to the kernel after an unload.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, model_entry, write_config};
+
+const MODEL: &str = "all-MiniLM-L6-v2";
+
+fn rss_bytes(d: &Daemon) -> u64 {
+    let pid = d.child.as_ref().expect("child").id();
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+fn unloading_hands_the_model_memory_back() {
+    let d = Daemon::start();
+    assert_eq!(d.embed(&["warm the model up"]).0.len(), 1);
+    let held = model_entry(&d, MODEL).expect("entry")["memory_bytes"]
+        .as_u64()
+        .expect("memory_bytes");
+    let before = rss_bytes(&d);
+
+    let started = Instant::now();
+    let (s, v) = d.request("DELETE", &format!("/api/memory/models/{MODEL}"), "");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["unloaded"], true);
+    assert_eq!(v["bytes_released"].as_u64(), Some(held));
+    // The engine thread stops and trims once no request holds the model; poll for the drop.
+    let deadline = started + Duration::from_secs(30);
+    let mut after = rss_bytes(&d);
+    while before.saturating_sub(after) < held * 9 / 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        after = rss_bytes(&d);
+    }
+    let returned = before.saturating_sub(after);
+    println!(
+        "model held {} MiB; RSS {} -> {} MiB; returned {:.0}% of it in {:?}",
+        held >> 20,
+        before >> 20,
+        after >> 20,
+        100.0 * returned as f64 / held as f64,
+        started.elapsed()
+    );
+    assert!(
+        returned >= held * 9 / 10,
+        "only {returned} of {held} bytes came back"
+    );
+    assert_eq!(model_entry(&d, MODEL).expect("entry")["state"], "available");
+
+    // The next request loads it again.
+    assert_eq!(d.embed(&["back again"]).0.len(), 1);
+    assert_eq!(model_entry(&d, MODEL).expect("entry")["state"], "loaded");
+}
+
+#[test]
+fn load_flush_and_status() {
+    let d = Daemon::start();
+    let (s, v) = d.request("POST", "/api/memory/flush", "");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["unloaded"][0]["id"], MODEL);
+    assert!(v["bytes_released"].as_u64().expect("bytes") > 80_000_000);
+    let (_, v) = d.request("POST", "/api/memory/flush", "");
+    assert_eq!(v["unloaded"].as_array().map(Vec::len), Some(0));
+    let (_, v) = d.request("DELETE", &format!("/api/memory/models/{MODEL}"), "");
+    assert_eq!(
+        (v["unloaded"].as_bool(), v["bytes_released"].as_u64()),
+        (Some(false), Some(0))
+    );
+
+    let (s, v) = d.request("GET", "/api/memory/status", "");
+    assert_eq!(s, 200);
+    assert_eq!(v["model_memory_bytes"], 0);
+    assert_eq!(v["loaded"].as_array().map(Vec::len), Some(0));
+    assert!(v["process"]["rss_bytes"].as_u64().expect("rss") > 0);
+
+    let (s, v) = d.request("POST", &format!("/api/memory/models/{MODEL}/load"), "");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "loaded");
+    let (_, v) = d.request("GET", "/api/memory/status", "");
+    assert_eq!(v["loaded"][0]["id"], MODEL);
+    assert!(v["model_memory_bytes"].as_u64().expect("bytes") > 80_000_000);
+
+    let (s, v) = d.request("POST", "/api/memory/models/nope/load", "");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let (s, v) = d.request("DELETE", "/api/memory/models/nope", "");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
+        .arg("status")
+        .env("CAXTON_SOCKET", &d.socket)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("loaded:       {MODEL} (86 MiB)")),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
+        .args(["unload", MODEL])
+        .env("CAXTON_SOCKET", &d.socket)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{MODEL}: unloaded, 86 MiB released")
+    );
+}
+
+#[test]
+fn management_is_for_administrators_only() {
+    use std::os::unix::process::CommandExt;
+    let d = Daemon::start_with(
+        |dir| {
+            write_config(dir, "");
+            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
+            std::fs::write(
+                dir.join("conf.d/10-mode.yaml"),
+                "socket:\n  mode: \"0666\"\n",
+            )
+            .expect("write");
+        },
+        &[],
+    );
+    for args in [vec!["unload", MODEL], vec!["load", MODEL]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
+            .args(&args)
+            .env("CAXTON_SOCKET", &d.socket)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run as nobody");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("403 Forbidden") && err.contains("is for administrators"),
+            "{err}"
+        );
+    }
+    // Reading status is for everyone.
+    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
+        .arg("status")
+        .env("CAXTON_SOCKET", &d.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(model_entry(&d, MODEL).expect("entry")["state"], "loaded");
+}
