@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod engine;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod package;
 pub mod registry;
 pub mod reload;

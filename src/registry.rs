@@ -430,6 +430,10 @@ impl Registry {
             u.memory_bytes = None;
         }
         drop(model);
+        let m = crate::metrics::get();
+        let label = crate::metrics::Metrics::model(id);
+        m.memory.get_or_create(&label).set(0);
+        m.unloads.get_or_create(&label).inc();
         tracing::info!(
             caxton_event = "model_unloaded",
             caxton_model = %id,
@@ -530,6 +534,14 @@ impl ModelSlot {
                     u.state = Some(ModelState::Loaded);
                     u.memory_bytes = Some(model.weight_bytes);
                 }
+                let m = crate::metrics::get();
+                let label = crate::metrics::Metrics::model(&id);
+                m.load_time
+                    .get_or_create(&label)
+                    .set(model.load_time.as_secs_f64());
+                m.memory
+                    .get_or_create(&label)
+                    .set(model.weight_bytes as i64);
                 *loaded = Some(model.clone());
                 Ok(model)
             }
@@ -551,6 +563,12 @@ impl ModelSlot {
 }
 
 fn report_rejection(file: &Path, e: &PackageError) {
+    crate::metrics::get()
+        .validation_failures
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: e.kind().to_string(),
+        })
+        .inc();
     tracing::error!(
         caxton_event = "package_rejected",
         caxton_file = %file.display(),

@@ -169,3 +169,66 @@ fn management_is_for_administrators_only() {
     );
     assert_eq!(model_entry(&d, MODEL).expect("entry")["state"], "loaded");
 }
+
+#[test]
+fn metrics_count_requests_batches_loads_and_rejections() {
+    let d = Daemon::start_with(
+        |dir| {
+            write_config(dir, "");
+            std::fs::create_dir(dir.join("packages")).expect("mkdir");
+            std::fs::write(dir.join("packages/junk.tar.zst"), "not a package").expect("write");
+        },
+        &[],
+    );
+    d.embed(&["one", "two", "three"]);
+    d.request("POST", "/v1/embeddings", "{");
+    let (s, body) = d.raw_request("GET", "/metrics", None).expect("metrics");
+    assert_eq!(s, 200);
+    let text = String::from_utf8(body).expect("utf-8");
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(
+        value(r#"caxton_requests_total{endpoint="/v1/embeddings",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"caxton_requests_total{endpoint="/v1/embeddings",status="400"}"#),
+        1.0
+    );
+    assert_eq!(value("caxton_embedded_texts_total"), 3.0);
+    assert!(value("caxton_batches_total") >= 1.0);
+    assert!(
+        value(&format!(
+            r#"caxton_model_load_time_seconds{{model="{MODEL}"}}"#
+        )) > 0.0
+    );
+    assert_eq!(
+        value(&format!(
+            r#"caxton_model_memory_usage_bytes{{model="{MODEL}"}}"#
+        )),
+        90_854_912.0
+    );
+    assert_eq!(
+        value(r#"caxton_model_validation_failures_total{reason="not_zstd"}"#),
+        1.0
+    );
+
+    d.request("DELETE", &format!("/api/memory/models/{MODEL}"), "");
+    let (_, body) = d.raw_request("GET", "/metrics", None).expect("metrics");
+    let text = String::from_utf8(body).expect("utf-8");
+    assert!(
+        text.contains(&format!(
+            "caxton_model_memory_usage_bytes{{model=\"{MODEL}\"}} 0"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "caxton_models_unloaded_total{{model=\"{MODEL}\"}} 1"
+        )),
+        "{text}"
+    );
+}

@@ -86,6 +86,7 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
     let normalized = req.normalize.unwrap_or(model.package.manifest.normalize);
     let vectors = model.embed(encoded, normalized).await?;
     slot.touch();
+    crate::metrics::get().texts.inc_by(vectors.len() as u64);
     Ok(Embedded {
         model: id,
         normalized,

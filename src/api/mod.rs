@@ -112,11 +112,42 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/memory/models/{id}",
             axum::routing::delete(memory::unload),
         )
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(count_requests))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // The limit is live configuration, enforced by `input::read_body`.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus / OpenMetrics text.
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::get().encode(),
+    )
+}
+
+/// Counts every routed request by its route template and status.
+async fn count_requests(
+    matched: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let endpoint = matched.as_str().to_string();
+    let response = next.run(request).await;
+    crate::metrics::get()
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            endpoint,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

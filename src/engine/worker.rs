@@ -132,6 +132,7 @@ fn embed_jobs(
                 &jobs[j].texts[t]
             })
             .collect();
+        crate::metrics::get().batches.inc();
         let outcome = catch_unwind(AssertUnwindSafe(|| encoder.forward(&texts)))
             .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
         let hidden = match outcome {
