@@ -28,11 +28,19 @@ pub fn batch_limits(settings: &Settings) -> BatchLimits {
 pub fn status_line(state: &AppState) -> String {
     match state.health() {
         Health::Starting => "starting".into(),
-        Health::Serving => format!(
-            "serving; default {}; {} model(s) verified",
-            state.settings().models.default,
-            state.registry.ids().len()
-        ),
+        Health::Serving => {
+            let loaded = state.registry.loaded_ids();
+            format!(
+                "serving; default {}; {} model(s) verified; loaded: {}",
+                state.settings().models.default,
+                state.registry.ids().len(),
+                if loaded.is_empty() {
+                    "none".to_string()
+                } else {
+                    loaded.join(", ")
+                }
+            )
+        }
         Health::Unavailable(reason) => format!("unavailable: {reason}"),
     }
 }

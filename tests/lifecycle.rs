@@ -17,6 +17,7 @@ fn notifies_ready_and_stopping_and_exits_0_on_sigterm() {
     let mut d = Daemon::spawn(|dir| write_config(dir, ""), &[("NOTIFY_SOCKET", &path)]);
     let ready = notify.wait_for("READY=1");
     assert!(ready.contains("STATUS=serving"), "{ready}");
+    assert!(ready.contains("loaded: all-MiniLM-L6-v2"), "{ready}");
     // READY means the socket accepts and the default model's package verified.
     let (s, _) = d.request("GET", "/health", "");
     assert_eq!(s, 200);

@@ -48,6 +48,7 @@ pub async fn load(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &peer, "POST /api/memory/models/{id}/load")?;
     let model = state.registry.acquire(&id).await?;
+    crate::systemd::status(&crate::server::status_line(&state));
     Ok(Json(json!({
         "id": id,
         "state": "loaded",
@@ -64,6 +65,7 @@ pub async fn unload(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &peer, "DELETE /api/memory/models/{id}")?;
     let released = state.registry.unload(&id, "explicit").await?;
+    crate::systemd::status(&crate::server::status_line(&state));
     Ok(Json(json!({
         "id": id,
         "unloaded": released.is_some(),
@@ -85,5 +87,6 @@ pub async fn flush(
             bytes += b;
         }
     }
+    crate::systemd::status(&crate::server::status_line(&state));
     Ok(Json(json!({"unloaded": unloaded, "bytes_released": bytes})))
 }
