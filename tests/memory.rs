@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, model_entry, write_config};
@@ -101,22 +100,14 @@ fn load_flush_and_status() {
         (404, Some("model_not_found"))
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
-        .arg("status")
-        .env("CAXTON_SOCKET", &d.socket)
-        .output()
-        .expect("run");
+    let out = common::caxton(&d, &["status"], None);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!("loaded:       {MODEL} (86 MiB)")),
         "{text}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
-        .args(["unload", MODEL])
-        .env("CAXTON_SOCKET", &d.socket)
-        .output()
-        .expect("run");
+    let out = common::caxton(&d, &["unload", MODEL], None);
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -126,27 +117,9 @@ fn load_flush_and_status() {
 
 #[test]
 fn management_is_for_administrators_only() {
-    use std::os::unix::process::CommandExt;
-    let d = Daemon::start_with(
-        |dir| {
-            write_config(dir, "");
-            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
-            std::fs::write(
-                dir.join("conf.d/10-mode.yaml"),
-                "socket:\n  mode: \"0666\"\n",
-            )
-            .expect("write");
-        },
-        &[],
-    );
-    for args in [vec!["unload", MODEL], vec!["load", MODEL]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
-            .args(&args)
-            .env("CAXTON_SOCKET", &d.socket)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .expect("run as nobody");
+    let d = common::start_open_socket();
+    for args in [["unload", MODEL], ["load", MODEL]] {
+        let out = common::caxton(&d, &args, Some(65534));
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -155,13 +128,7 @@ fn management_is_for_administrators_only() {
         );
     }
     // Reading status is for everyone.
-    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
-        .arg("status")
-        .env("CAXTON_SOCKET", &d.socket)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run as nobody");
+    let out = common::caxton(&d, &["status"], Some(65534));
     assert!(
         out.status.success(),
         "{}",

@@ -139,26 +139,8 @@ fn sighup_and_caxton_reload_apply_and_report() {
 
 #[test]
 fn reload_is_for_administrators_only() {
-    use std::os::unix::process::CommandExt;
-    let d = Daemon::start_with(
-        |dir| {
-            write_config(dir, "");
-            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
-            std::fs::write(
-                dir.join("conf.d/10-mode.yaml"),
-                "socket:\n  mode: \"0666\"\n",
-            )
-            .expect("write");
-        },
-        &[],
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
-        .arg("reload")
-        .env("CAXTON_SOCKET", &d.socket)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run caxton reload as nobody");
+    let d = common::start_open_socket();
+    let out = common::caxton(&d, &["reload"], Some(65534));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -166,13 +148,7 @@ fn reload_is_for_administrators_only() {
         "{err}"
     );
     // Anyone may embed.
-    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
-        .args(["embed", "hi"])
-        .env("CAXTON_SOCKET", &d.socket)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run caxton embed as nobody");
+    let out = common::caxton(&d, &["embed", "hi"], Some(65534));
     assert!(
         out.status.success(),
         "{}",

@@ -95,14 +95,7 @@ fn content_that_differs_from_the_manifest_is_refused() {
 
 #[test]
 fn unsafe_entries_are_refused() {
-    let files = good_files();
-    let m = manifest_for(&files);
-    let with = |e: Entry| {
-        let mut entries = vec![file("manifest.yaml", m.as_bytes())];
-        entries.extend(files.iter().map(|(n, d)| file(n, d)));
-        entries.push(e);
-        package(entries)
-    };
+    let with = with_extra;
     let (k, msg) = kind(&with(file("../escape", b"x")));
     assert_eq!(
         (k, msg.as_str()),

@@ -393,6 +393,33 @@ pub fn rejection(d: &Daemon, name: &str) -> Option<Value> {
         .cloned()
 }
 
+/// A daemon whose socket anyone may connect to (mode 0666), for testing the admin checks.
+pub fn start_open_socket() -> Daemon {
+    Daemon::start_with(
+        |dir| {
+            write_config(dir, "");
+            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
+            std::fs::write(
+                dir.join("conf.d/10-mode.yaml"),
+                "socket:\n  mode: \"0666\"\n",
+            )
+            .expect("write");
+        },
+        &[],
+    )
+}
+
+/// Runs `caxton ARGS` against `d`, as user and group `as_user` when given.
+pub fn caxton(d: &Daemon, args: &[&str], as_user: Option<u32>) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_caxton"));
+    cmd.args(args).env("CAXTON_SOCKET", &d.socket);
+    if let Some(id) = as_user {
+        cmd.uid(id).gid(id);
+    }
+    cmd.output().expect("run caxton")
+}
+
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "vector lengths differ");
