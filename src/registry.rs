@@ -459,6 +459,10 @@ impl Registry {
         let slot = self
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
+        // The common case, on every request: already loaded.
+        if let Some(model) = slot.loaded.lock().await.as_ref() {
+            return Ok(model.clone());
+        }
         // A spawned task finishes the load even if this request goes away meanwhile, so the
         // slot never stays "loading" with the result thrown away.
         let (options, batch) = (self.options, self.batch.clone());

@@ -44,11 +44,7 @@ fn a_well_formed_package_verifies() {
 fn content_that_differs_from_the_manifest_is_refused() {
     let files = good_files();
     let m = manifest_for(&files);
-    let tampered = [
-        ("config.json", CONFIG),
-        ("tokenizer.json", TOKENIZER),
-        ("model.safetensors", b"0123456780" as &[u8]),
-    ];
+    let tampered = with_weights(b"0123456780");
     let (k, msg) = kind(&standard(&m, &tampered));
     assert_eq!(k, "sha256_mismatch");
     assert!(
@@ -56,11 +52,7 @@ fn content_that_differs_from_the_manifest_is_refused() {
         "{msg}"
     );
 
-    let longer = [
-        ("config.json", CONFIG),
-        ("tokenizer.json", TOKENIZER),
-        ("model.safetensors", b"01234567890" as &[u8]),
-    ];
+    let longer = with_weights(b"01234567890");
     let (k, msg) = kind(&standard(&m, &longer));
     assert_eq!(k, "size_mismatch");
     assert_eq!(

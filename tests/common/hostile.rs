@@ -151,20 +151,21 @@ pub fn special(name: &str, kind: tar::EntryType) -> Entry {
     }
 }
 
+/// The good files, but with other weights than the manifest lists.
+pub fn with_weights(weights: &'static [u8]) -> [(&'static str, &'static [u8]); 3] {
+    [
+        ("config.json", CONFIG),
+        ("tokenizer.json", TOKENIZER),
+        ("model.safetensors", weights),
+    ]
+}
+
 /// The hostile corpus: (file name, package bytes, the rejection kind it must get).
 pub fn corpus() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let files = good_files();
     let m = manifest_for(&files);
-    let tampered = [
-        ("config.json", CONFIG),
-        ("tokenizer.json", TOKENIZER),
-        ("model.safetensors", b"0123456780" as &[u8]),
-    ];
-    let longer = [
-        ("config.json", CONFIG),
-        ("tokenizer.json", TOKENIZER),
-        ("model.safetensors", b"01234567890" as &[u8]),
-    ];
+    let tampered = with_weights(b"0123456780");
+    let longer = with_weights(b"01234567890");
     let mut extra = files.clone();
     extra.push(("notes.txt", b"hi"));
     let mut dup = files.clone();
