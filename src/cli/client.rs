@@ -15,6 +15,17 @@ pub async fn request(
     path: &str,
     body: Option<Vec<u8>>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
+    let (status, _, body) = request_with_headers(socket, method, path, body).await?;
+    Ok((status, body))
+}
+
+/// [`request`], also returning the response headers (`Retry-After` on a 503, say).
+pub async fn request_with_headers(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(StatusCode, hyper::HeaderMap, Bytes)> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| {
@@ -38,8 +49,9 @@ pub async fn request(
         .await
         .context("caxtond did not answer")?;
     let status = response.status();
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
+    Ok((status, headers, body))
 }
 
 /// [`request`] for synchronous callers: runs it on a single-threaded runtime of its own.

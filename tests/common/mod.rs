@@ -54,10 +54,16 @@ impl Daemon {
 
     /// Spawns without waiting.
     pub fn spawn(setup: impl FnOnce(&Path), env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_in(setup, env, &[])
+    }
+
+    /// Spawns without waiting, inside the cgroups whose `cgroup.procs` files are given (the
+    /// process joins them before it execs caxtond, so every byte is charged there).
+    pub fn spawn_in(setup: impl FnOnce(&Path), env: &[(&str, &str)], procs: &[PathBuf]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         setup(dir.path());
         let stderr = dir.path().join("caxtond.log");
-        let child = Self::spawn_child(dir.path(), &stderr, env);
+        let child = Self::spawn_child(dir.path(), &stderr, env, procs);
         Daemon {
             child: Some(child),
             socket: dir.path().join("caxton.sock"),
@@ -73,16 +79,32 @@ impl Daemon {
     /// Starts a new daemon process in the same directory (the previous one must be gone).
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "the previous daemon is still running");
-        self.child = Some(Self::spawn_child(self.dir.path(), &self.stderr, &[]));
+        self.child = Some(Self::spawn_child(self.dir.path(), &self.stderr, &[], &[]));
     }
 
-    fn spawn_child(dir: &Path, stderr: &Path, env: &[(&str, &str)]) -> Child {
+    fn spawn_child(dir: &Path, stderr: &Path, env: &[(&str, &str)], procs: &[PathBuf]) -> Child {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(stderr)
             .expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_caxtond"));
+        let bin = env!("CARGO_BIN_EXE_caxtond");
+        let mut cmd = if procs.is_empty() {
+            Command::new(bin)
+        } else {
+            // The shell moves itself into the cgroups, then becomes caxtond (same pid).
+            let mut script = String::new();
+            for (i, _) in procs.iter().enumerate() {
+                script.push_str(&format!("echo $$ > \"$TEST_CGROUP_PROCS_{i}\" && "));
+            }
+            script.push_str("exec \"$0\" \"$@\"");
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(script).arg(bin);
+            for (i, p) in procs.iter().enumerate() {
+                c.env(format!("TEST_CGROUP_PROCS_{i}"), p);
+            }
+            c
+        };
         cmd.arg("--config-dir")
             .arg(dir)
             .env_remove("NOTIFY_SOCKET")
@@ -182,6 +204,28 @@ impl Daemon {
             body,
         ))?;
         Ok((status.as_u16(), bytes.to_vec()))
+    }
+
+    /// One request returning status, headers (lower-case names) and raw body.
+    pub fn try_request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, std::collections::HashMap<String, String>, Vec<u8>)> {
+        let method = hyper::Method::from_bytes(method.as_bytes())?;
+        let (status, headers, bytes) =
+            self.rt.block_on(caxton::cli::client::request_with_headers(
+                &self.socket,
+                method,
+                path,
+                body.map(|b| b.as_bytes().to_vec()),
+            ))?;
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        Ok((status.as_u16(), headers, bytes.to_vec()))
     }
 
     /// One request that must reach the daemon.
