@@ -50,6 +50,14 @@ pub struct Metrics {
     pub validation_failures: Family<ReasonLabel, Counter>,
     /// `caxton_models_unloaded_total{model}`.
     pub unloads: Family<ModelLabel, Counter>,
+    /// `caxton_models_shed_total{model}`: unloads to free memory (pressure or room).
+    pub sheds: Family<ModelLabel, Counter>,
+    /// `caxton_model_loads_refused_total`: loads refused for lack of memory.
+    pub admission_refusals: Counter,
+    /// `caxton_memory_budget_bytes`.
+    pub budget: Gauge,
+    /// `caxton_memory_pressure_level`: 0 normal, 1 pressure, 2 critical.
+    pub pressure_level: Gauge,
 }
 
 impl Metrics {
@@ -63,6 +71,10 @@ impl Metrics {
             memory: Family::default(),
             validation_failures: Family::default(),
             unloads: Family::default(),
+            sheds: Family::default(),
+            admission_refusals: Counter::default(),
+            budget: Gauge::default(),
+            pressure_level: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -88,6 +100,26 @@ impl Metrics {
             m.validation_failures.clone(),
         );
         registry.register("caxton_models_unloaded", "Model unloads", m.unloads.clone());
+        registry.register(
+            "caxton_models_shed",
+            "Models unloaded to free memory (pressure, or room for another model)",
+            m.sheds.clone(),
+        );
+        registry.register(
+            "caxton_model_loads_refused",
+            "Model loads refused because memory did not allow them",
+            m.admission_refusals.clone(),
+        );
+        registry.register(
+            "caxton_memory_budget_bytes",
+            "Bytes the loaded models may hold together",
+            m.budget.clone(),
+        );
+        registry.register(
+            "caxton_memory_pressure_level",
+            "Last pressure reading: 0 normal, 1 pressure, 2 critical",
+            m.pressure_level.clone(),
+        );
         Metrics { registry, ..m }
     }
 

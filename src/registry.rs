@@ -5,11 +5,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::config::MemorySettings;
 use crate::engine::{BatchLimits, EngineOptions, LoadedModel};
+use crate::memory::governor::Governor;
+use crate::memory::policy::{self, Resident};
 use crate::package::manifest::compare_versions;
 use crate::package::signature::SignaturePolicy;
 use crate::package::{PackageError, Store, StoredPackage};
@@ -54,6 +57,8 @@ pub struct Rejection {
 struct Usage {
     state: Option<ModelState>,
     last_use: Option<SystemTime>,
+    /// `last_use` (or the load, if later) on the monotonic clock, for idle expiry and recency.
+    last_use_at: Option<Instant>,
     use_count: u64,
     memory_bytes: Option<u64>,
 }
@@ -89,10 +94,18 @@ pub struct ModelInfo {
     pub max_seq_length: usize,
     /// Bytes held in memory when loaded.
     pub memory_bytes: Option<u64>,
+    /// Bytes it is expected to take when loaded (measured at its last load, else estimated).
+    pub expected_bytes: u64,
     /// Last time a request used it.
     pub last_use: Option<SystemTime>,
     /// Requests served.
     pub use_count: u64,
+    /// 1 (most valuable) to 5 (shed first).
+    pub priority: u8,
+    /// Never unloaded by idleness, budget or pressure.
+    pub pinned: bool,
+    /// Loaded at start and after reloads.
+    pub preload: bool,
 }
 
 /// Why a model could not serve.
@@ -108,6 +121,16 @@ pub enum LoadError {
         id: String,
         /// Why.
         reason: String,
+    },
+    /// Memory does not allow the load now.
+    #[error("{reason}")]
+    NoMemory {
+        /// Model id.
+        id: String,
+        /// Why, with the numbers.
+        reason: String,
+        /// When a retry may succeed.
+        retry_after: Duration,
     },
 }
 
@@ -180,6 +203,8 @@ pub struct Registry {
     batch: Arc<RwLock<BatchLimits>>,
     models: RwLock<BTreeMap<String, Arc<ModelSlot>>>,
     rejected: RwLock<Vec<Rejection>>,
+    /// The memory policy's state: budget, rules, shedding.
+    pub governor: Arc<Governor>,
 }
 
 /// A package found on disk.
@@ -209,9 +234,10 @@ pub fn find_packages(dir: &Path, source: Source) -> Vec<Candidate> {
 }
 
 impl Registry {
-    /// An empty registry whose models will run with `options`.
-    pub fn new(options: EngineOptions) -> Registry {
+    /// An empty registry whose models will run with `options` under `memory`'s rules.
+    pub fn new(options: EngineOptions, memory: &MemorySettings) -> Registry {
         Registry {
+            governor: Arc::new(Governor::new(memory)),
             batch: Arc::new(RwLock::new(options.batch)),
             options,
             models: RwLock::new(BTreeMap::new()),
@@ -401,7 +427,7 @@ impl Registry {
     /// Status of every verified model.
     pub fn models(&self) -> Vec<ModelInfo> {
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
-        models.values().map(|s| s.info()).collect()
+        models.values().map(|s| s.info(&self.governor)).collect()
     }
 
     /// Packages refused at the last scan.
@@ -416,6 +442,16 @@ impl Registry {
     /// first: the engine thread stops, and its memory is trimmed, when the last one is done.
     /// Returns the bytes the model held, or `None` if it was not loaded.
     pub async fn unload(&self, id: &str, reason: &str) -> Result<Option<u64>, LoadError> {
+        Ok(self.unload_model(id, reason).await?.map(|(bytes, _)| bytes))
+    }
+
+    /// [`Registry::unload`], also returning the signal that turns `true` once the memory is
+    /// really freed.
+    async fn unload_model(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<Option<(u64, tokio::sync::watch::Receiver<bool>)>, LoadError> {
         let slot = self
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
@@ -423,12 +459,12 @@ impl Registry {
         let Some(model) = model else {
             return Ok(None);
         };
-        let bytes = model.weight_bytes;
-        {
+        let freed = model.freed();
+        let bytes = {
             let mut u = slot.usage();
             u.state = Some(ModelState::Available);
-            u.memory_bytes = None;
-        }
+            u.memory_bytes.take().unwrap_or(model.weight_bytes)
+        };
         drop(model);
         let m = crate::metrics::get();
         let label = crate::metrics::Metrics::model(id);
@@ -442,7 +478,62 @@ impl Registry {
             "model {id} unloaded ({reason}); {} MiB released once in-flight requests finish",
             bytes >> 20
         );
-        Ok(Some(bytes))
+        Ok(Some((bytes, freed)))
+    }
+
+    /// Unloads `id` to free memory (`pressure`, or room for another model): a `model_shed`
+    /// journal line and metric. A pressure shed also caps model memory at what is left until
+    /// the episode ends. Returns the bytes released and the freed signal.
+    pub async fn shed(
+        &self,
+        id: &str,
+        reason: &str,
+        pressure: bool,
+    ) -> Option<(u64, tokio::sync::watch::Receiver<bool>)> {
+        let (bytes, freed) = self.unload_model(id, "shed").await.ok().flatten()?;
+        self.governor
+            .note_shed(pressure.then(|| self.model_memory()));
+        crate::metrics::get()
+            .sheds
+            .get_or_create(&crate::metrics::Metrics::model(id))
+            .inc();
+        tracing::warn!(
+            caxton_event = "model_shed",
+            caxton_model = %id,
+            caxton_reason = reason,
+            bytes_released = bytes,
+            "model {id} shed to free memory ({reason}); {} MiB released",
+            bytes >> 20
+        );
+        Some((bytes, freed))
+    }
+
+    /// Bytes held by the loaded models.
+    pub fn model_memory(&self) -> u64 {
+        self.models().iter().filter_map(|m| m.memory_bytes).sum()
+    }
+
+    /// The loaded models as the memory policy sees them.
+    pub fn residents(&self) -> Vec<Resident> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models
+            .values()
+            .filter_map(|slot| {
+                let u = slot.usage().clone();
+                let bytes = u.memory_bytes?;
+                let id = &slot.package.manifest.id;
+                let rules = self.governor.rules(id);
+                Some(Resident {
+                    id: id.clone(),
+                    priority: rules.priority,
+                    pinned: rules.pinned,
+                    last_use: u
+                        .last_use_at
+                        .map_or(Duration::ZERO, |t| self.governor.clock(t)),
+                    bytes,
+                })
+            })
+            .collect()
     }
 
     /// Ids of the models in memory.
@@ -454,8 +545,8 @@ impl Registry {
             .collect()
     }
 
-    /// The loaded model for `id`, loading it first if needed.
-    pub async fn acquire(&self, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
+    /// The loaded model for `id`, loading it first if memory allows.
+    pub async fn acquire(self: &Arc<Self>, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
         let slot = self
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
@@ -465,14 +556,124 @@ impl Registry {
         }
         // A spawned task finishes the load even if this request goes away meanwhile, so the
         // slot never stays "loading" with the result thrown away.
-        let (options, batch) = (self.options, self.batch.clone());
-        tokio::spawn(async move { slot.acquire(options, batch).await })
+        let this = self.clone();
+        tokio::spawn(async move { this.admit_and_load(slot).await })
             .await
             .map_err(|e| LoadError::Failed {
                 id: id.to_string(),
                 reason: format!("the load task failed: {e}"),
             })?
     }
+
+    /// Loads `slot` if it fits the budget, first shedding lower-value models to make room.
+    /// Loads run one at a time, so every decision sees all memory already committed.
+    async fn admit_and_load(&self, slot: Arc<ModelSlot>) -> Result<Arc<LoadedModel>, LoadError> {
+        let _admission = self.governor.admission.lock().await;
+        if let Some(model) = slot.loaded.lock().await.as_ref() {
+            return Ok(model.clone());
+        }
+        let id = slot.package.manifest.id.clone();
+        let refuse = |reason: String| {
+            crate::metrics::get().admission_refusals.inc();
+            tracing::warn!(
+                caxton_event = "model_load_refused",
+                caxton_model = %id,
+                caxton_reason = "memory",
+                "{reason}"
+            );
+            LoadError::NoMemory {
+                id: id.clone(),
+                reason,
+                retry_after: self.governor.retry_after(),
+            }
+        };
+        if self.governor.critical() {
+            let why = self
+                .governor
+                .pressure()
+                .reading
+                .map(|r| r.why)
+                .unwrap_or_default();
+            return Err(refuse(format!(
+                "model {id} cannot be loaded now: memory is critically short ({why}); retry later"
+            )));
+        }
+        let need = self.governor.footprint(&slot.package);
+        let rules = self.governor.rules(&id);
+        let victims = policy::admit(
+            &id,
+            rules.priority,
+            need,
+            &self.residents(),
+            self.governor.limits(),
+            self.governor.retry_after(),
+        )
+        .map_err(|r| refuse(r.reason))?;
+        let mut pending = Vec::new();
+        for victim in victims {
+            let reason = format!("making room for {id}");
+            if let Some((_, freed)) = self.shed(&victim, &reason, false).await {
+                pending.push(freed);
+            }
+        }
+        // The memory of a shed model is free once its in-flight requests finish; loading
+        // before then would briefly hold both.
+        for mut freed in pending {
+            let wait = freed.wait_for(|&done| done);
+            if tokio::time::timeout(SHED_WAIT, wait).await.is_err() {
+                tracing::warn!(
+                    "a model shed for {id} still serves in-flight requests after {SHED_WAIT:?}; loading anyway"
+                );
+            }
+        }
+        let model = slot.acquire(self.options, self.batch.clone()).await?;
+        let took = model_bytes(&slot, &model);
+        self.governor.remember(&slot.package, took);
+        if took > need {
+            self.rebalance(&id, rules.priority, took).await;
+        }
+        Ok(model)
+    }
+
+    /// After a load that took more than its estimate: sheds lower-value models until model
+    /// memory is back within the budget, so an estimate's error does not become an overrun.
+    async fn rebalance(&self, id: &str, priority: u8, took: u64) {
+        let others: Vec<Resident> = self
+            .residents()
+            .into_iter()
+            .filter(|r| r.id != id)
+            .collect();
+        match policy::admit(
+            id,
+            priority,
+            took,
+            &others,
+            self.governor.limits(),
+            Duration::ZERO,
+        ) {
+            Ok(victims) => {
+                for victim in victims {
+                    let reason = format!("{id} took more memory than estimated");
+                    self.shed(&victim, &reason, false).await;
+                }
+            }
+            Err(_) => tracing::warn!(
+                caxton_event = "memory_over_budget",
+                caxton_model = %id,
+                "model {id} took {} MiB, more than estimated, and model memory ({} MiB) is over the budget ({} MiB) with nothing of lower value to shed",
+                took >> 20,
+                self.model_memory() >> 20,
+                self.governor.budget().bytes >> 20
+            ),
+        }
+    }
+}
+
+/// How long admission waits for shed models' in-flight requests to finish.
+const SHED_WAIT: Duration = Duration::from_secs(5);
+
+fn model_bytes(slot: &ModelSlot, model: &LoadedModel) -> u64 {
+    slot.usage().memory_bytes.unwrap_or(model.weight_bytes)
 }
 
 impl ModelSlot {
@@ -480,10 +681,17 @@ impl ModelSlot {
         self.usage.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn info(&self) -> ModelInfo {
+    fn info(&self, governor: &Governor) -> ModelInfo {
         let u = self.usage().clone();
         let m = &self.package.manifest;
+        let rules = governor.rules(&m.id);
         ModelInfo {
+            expected_bytes: u
+                .memory_bytes
+                .unwrap_or_else(|| governor.footprint(&self.package)),
+            priority: rules.priority,
+            pinned: rules.pinned,
+            preload: rules.preload,
             id: m.id.clone(),
             version: m.version.clone(),
             source: self.source,
@@ -501,6 +709,7 @@ impl ModelSlot {
     pub fn touch(&self) {
         let mut u = self.usage();
         u.last_use = Some(SystemTime::now());
+        u.last_use_at = Some(Instant::now());
         u.use_count += 1;
     }
 
@@ -516,36 +725,47 @@ impl ModelSlot {
         self.usage().state = Some(ModelState::Loading);
         let package = self.package.clone();
         let id = package.manifest.id.clone();
-        let result =
-            tokio::task::spawn_blocking(move || LoadedModel::load(&package, options, batch))
-                .await
-                .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
-                .and_then(|r| r);
+        // What the load really takes is the growth of the process (weights, tokenizer tables,
+        // the engine thread); loads are serialised by admission, so little else moves it.
+        let result = tokio::task::spawn_blocking(move || {
+            let before = crate::memory::process_rss().0;
+            LoadedModel::load(&package, options, batch).map(|m| {
+                let grown = crate::memory::process_rss()
+                    .0
+                    .zip(before)
+                    .map_or(0, |(a, b)| a.saturating_sub(b));
+                (m, grown)
+            })
+        })
+        .await
+        .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
+        .and_then(|r| r);
         match result {
-            Ok(model) => {
+            Ok((model, grown)) => {
                 let model = Arc::new(model);
+                let bytes = grown.max(model.weight_bytes);
                 tracing::info!(
                     caxton_event = "model_loaded",
                     caxton_model = %id,
                     load_ms = model.load_time.as_millis() as u64,
-                    memory_bytes = model.weight_bytes,
-                    "model {id} loaded in {:.0?} ({} MiB of weights)",
+                    memory_bytes = bytes,
+                    "model {id} loaded in {:.0?} ({} MiB in memory, {} MiB of it weights)",
                     model.load_time,
+                    bytes >> 20,
                     model.weight_bytes >> 20
                 );
                 {
                     let mut u = self.usage();
                     u.state = Some(ModelState::Loaded);
-                    u.memory_bytes = Some(model.weight_bytes);
+                    u.memory_bytes = Some(bytes);
+                    u.last_use_at = Some(Instant::now());
                 }
                 let m = crate::metrics::get();
                 let label = crate::metrics::Metrics::model(&id);
                 m.load_time
                     .get_or_create(&label)
                     .set(model.load_time.as_secs_f64());
-                m.memory
-                    .get_or_create(&label)
-                    .set(model.weight_bytes as i64);
+                m.memory.get_or_create(&label).set(bytes as i64);
                 *loaded = Some(model.clone());
                 Ok(model)
             }

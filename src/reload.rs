@@ -195,6 +195,8 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     state
         .registry
         .set_batch_limits(crate::server::batch_limits(&new));
+    state.registry.governor.configure(&new.memory);
+    state.registry.governor.request_preload();
     let default = new.models.default.clone();
     state.set_settings(new);
     if !matches!(state.health(), Health::Starting) {
@@ -206,11 +208,14 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
         "configuration reloaded; changed: {}",
         if changed.is_empty() { "nothing".to_string() } else { changed.join(", ") }
     );
-    // Warm the (possibly new) default model in the background, as at start-up.
-    let warm = state.clone();
-    tokio::spawn(async move {
-        let _ = warm.registry.acquire(&default).await;
-    });
+    // Warm the (possibly new) default model in the background, as at start-up, unless memory
+    // pressure forbids background loads; the first request loads it then.
+    if !state.registry.governor.under_pressure() {
+        let warm = state.clone();
+        tokio::spawn(async move {
+            let _ = warm.registry.acquire(&default).await;
+        });
+    }
     let message = if restart_required.is_empty() {
         "configuration applied".to_string()
     } else {

@@ -30,14 +30,32 @@ pub fn status_line(state: &AppState) -> String {
         Health::Starting => "starting".into(),
         Health::Serving => {
             let loaded = state.registry.loaded_ids();
+            let gov = &state.registry.governor;
+            let pressure = gov.pressure();
+            let level = pressure
+                .reading
+                .as_ref()
+                .map_or("unknown", |r| match r.level {
+                    crate::memory::policy::Level::Normal => "normal",
+                    crate::memory::policy::Level::Pressure => "pressure",
+                    crate::memory::policy::Level::Critical => "critical",
+                });
             format!(
-                "serving; default {}; {} model(s) verified; loaded: {}",
+                "serving; default {}; {} model(s) verified; loaded: {} ({} of {} MiB); memory {level} ({}){}",
                 state.settings().models.default,
                 state.registry.ids().len(),
                 if loaded.is_empty() {
                     "none".to_string()
                 } else {
                     loaded.join(", ")
+                },
+                state.registry.model_memory() >> 20,
+                gov.budget().bytes >> 20,
+                pressure.source.as_str(),
+                if pressure.episode {
+                    ", shedding episode"
+                } else {
+                    ""
                 }
             )
         }
@@ -58,7 +76,7 @@ pub async fn run(
         batch: batch_limits(&settings),
         queue: settings.limits.queue_depth,
     };
-    let registry = Arc::new(Registry::new(options));
+    let registry = Arc::new(Registry::new(options, &settings.memory));
     let reloader = Reloader::new(config_dir);
     let state = Arc::new(AppState::new(settings, registry, reloader.clone()));
 
@@ -88,6 +106,7 @@ pub async fn run(
                     None
                 }
             };
+            crate::memory::monitor::spawn(state.clone());
             if let Err(e) = crate::sideload::spawn(state.clone(), reloader.clone()) {
                 tracing::warn!("cannot watch for side-loaded packages, they are picked up on reload only: {e}");
             }

@@ -100,18 +100,23 @@ fn load_flush_and_status() {
         (404, Some("model_not_found"))
     );
 
+    // What the model holds is measured at load: its weights (86 MiB in f32) and more.
+    let held = model_entry(&d, MODEL).expect("entry")["memory_bytes"]
+        .as_u64()
+        .expect("memory_bytes");
+    assert!(held >= 90_854_912, "{held}");
     let out = common::caxton(&d, &["status"], None);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("loaded:       {MODEL} (86 MiB)")),
+        text.contains(&format!("loaded:       {MODEL} ({} MiB)", held >> 20)),
         "{text}"
     );
     let out = common::caxton(&d, &["unload", MODEL], None);
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("{MODEL}: unloaded, 86 MiB released")
+        format!("{MODEL}: unloaded, {} MiB released", held >> 20)
     );
 }
 
@@ -172,11 +177,14 @@ fn metrics_count_requests_batches_loads_and_rejections() {
             r#"caxton_model_load_time_seconds{{model="{MODEL}"}}"#
         )) > 0.0
     );
+    let held = model_entry(&d, MODEL).expect("entry")["memory_bytes"]
+        .as_u64()
+        .expect("memory_bytes");
     assert_eq!(
         value(&format!(
             r#"caxton_model_memory_usage_bytes{{model="{MODEL}"}}"#
         )),
-        90_854_912.0
+        held as f64
     );
     assert_eq!(
         value(r#"caxton_model_validation_failures_total{reason="not_zstd"}"#),

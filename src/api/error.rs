@@ -102,6 +102,11 @@ impl From<LoadError> for ApiError {
                 format!("{e}; see the daemon's journal, then replace the package"),
                 30,
             ),
+            LoadError::NoMemory {
+                reason,
+                retry_after,
+                ..
+            } => ApiError::unavailable("insufficient_memory", reason, retry_after.as_secs().max(1)),
         }
     }
 }

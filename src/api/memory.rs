@@ -22,6 +22,8 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             json!({
                 "id": m.id,
                 "memory_bytes": m.memory_bytes,
+                "priority": m.priority,
+                "pinned": m.pinned,
                 "last_use": m.last_use.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
                 "use_count": m.use_count,
             })
@@ -29,10 +31,15 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         .collect();
     let in_use: u64 = models.iter().filter_map(|m| m.memory_bytes).sum();
     let (rss, peak) = crate::memory::process_rss();
+    let gov = &state.registry.governor;
+    let budget = gov.budget();
+    let settings = gov.settings();
     Json(json!({
-        // No budget or pressure source yet: the memory-policy work adds them.
-        "budget_bytes": null,
-        "pressure": null,
+        "budget_bytes": budget.bytes,
+        "budget_from": budget.from,
+        "max_loaded_models": settings.max_loaded_models,
+        "pressure": gov.pressure(),
+        "models_shed": gov.sheds(),
         "model_memory_bytes": in_use,
         "process": {"rss_bytes": rss, "peak_rss_bytes": peak},
         "cgroup": crate::memory::cgroup::current(),
@@ -73,7 +80,7 @@ pub async fn unload(
     })))
 }
 
-/// `POST /api/memory/flush` (admin): unloads every loaded model.
+/// `POST /api/memory/flush` (admin): unloads every loaded model that is not pinned.
 pub async fn flush(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
@@ -81,12 +88,19 @@ pub async fn flush(
     require_admin(&state, &peer, "POST /api/memory/flush")?;
     let mut unloaded = Vec::new();
     let mut bytes = 0u64;
+    let mut kept = Vec::new();
     for id in state.registry.loaded_ids() {
+        if state.registry.governor.rules(&id).pinned {
+            kept.push(id);
+            continue;
+        }
         if let Some(b) = state.registry.unload(&id, "flush").await? {
             unloaded.push(json!({"id": id, "bytes_released": b}));
             bytes += b;
         }
     }
     crate::systemd::status(&crate::server::status_line(&state));
-    Ok(Json(json!({"unloaded": unloaded, "bytes_released": bytes})))
+    Ok(Json(
+        json!({"unloaded": unloaded, "bytes_released": bytes, "kept_pinned": kept}),
+    ))
 }

@@ -49,6 +49,10 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "dimensions": m.dimensions,
                 "max_seq_length": m.max_seq_length,
                 "memory_bytes": m.memory_bytes,
+                "expected_memory_bytes": m.expected_bytes,
+                "priority": m.priority,
+                "pinned": m.pinned,
+                "preload": m.preload,
                 "last_use": m.last_use.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
                 "use_count": m.use_count,
             })

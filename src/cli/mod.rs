@@ -281,7 +281,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 v.as_u64()
                     .map_or("-".to_string(), |b| format!("{} MiB", b >> 20))
             };
-            println!("model memory: {}", mib(&v["model_memory_bytes"]));
+            println!(
+                "model memory: {} of a {} budget ({})",
+                mib(&v["model_memory_bytes"]),
+                mib(&v["budget_bytes"]),
+                v["budget_from"].as_str().unwrap_or("?")
+            );
+            let p = &v["pressure"];
+            println!(
+                "pressure:     {} from {} ({}){}; {} model(s) shed since start",
+                p["reading"]["level"].as_str().unwrap_or("not read yet"),
+                p["source"].as_str().unwrap_or("?"),
+                p["detail"].as_str().unwrap_or("?"),
+                if p["episode"].as_bool() == Some(true) {
+                    format!(
+                        ", episode going on: model memory held at {}",
+                        mib(&p["ceiling_bytes"])
+                    )
+                } else {
+                    String::new()
+                },
+                v["models_shed"].as_u64().unwrap_or(0)
+            );
+            if let Some(why) = p["reading"]["why"].as_str() {
+                println!("              {why}");
+            }
             println!(
                 "process:      rss {}, peak {}",
                 mib(&v["process"]["rss_bytes"]),

@@ -2,6 +2,7 @@
 //! lexical order) and `CAXTON_<SECTION>__<KEY>` environment variables, merged with figment and
 //! validated into a typed [`Settings`]. Every section refuses unknown keys.
 
+pub mod memory;
 pub mod units;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
 
+pub use memory::{
+    Budget, MemorySettings, ModelMemorySettings, PressureSettings, PressureSourceSetting,
+};
 pub use units::{ByteSize, Duration, Mode};
 
 /// Default configuration directory.
@@ -27,6 +31,8 @@ pub struct Settings {
     pub models: ModelSettings,
     /// Request limits.
     pub limits: LimitSettings,
+    /// Memory budget, model lifecycle and pressure shedding.
+    pub memory: MemorySettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -96,6 +102,7 @@ impl Default for Settings {
             state_dir: PathBuf::from("/var/lib/caxton"),
             models: ModelSettings::default(),
             limits: LimitSettings::default(),
+            memory: MemorySettings::default(),
             log: LogSettings::default(),
         }
     }
@@ -335,6 +342,9 @@ impl Settings {
                 "must be at least 1KiB".into(),
             ));
         }
+        if let Err((key, reason)) = self.memory.validate() {
+            return Err(invalid(&key, reason));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -391,7 +401,10 @@ pub fn explain(dir: &Path) -> Result<Vec<Explained>, ConfigError> {
 }
 
 fn collect(v: &serde_yaml::Value, prefix: &str, fig: &Figment, out: &mut Vec<Explained>) {
-    if let serde_yaml::Value::Mapping(m) = v {
+    // An empty mapping (memory.models with no rules) is shown as a value of its own.
+    if let serde_yaml::Value::Mapping(m) = v
+        && !m.is_empty()
+    {
         for (k, v) in m {
             let key = format!("{prefix}{}", k.as_str().unwrap_or_default());
             collect(v, &format!("{key}."), fig, out);
@@ -547,7 +560,7 @@ mod tests {
         );
         assert_eq!(find("log.level").source, dropin.display().to_string());
         assert_eq!(find("socket.path").source, "default");
-        assert_eq!(all.len(), 17);
+        assert_eq!(all.len(), 29);
     }
 
     #[test]

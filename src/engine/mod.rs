@@ -59,6 +59,7 @@ pub struct LoadedModel {
     /// Bytes the weights occupy in memory (f32).
     pub weight_bytes: u64,
     worker: worker::Worker,
+    freed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LoadedModel {
@@ -83,15 +84,24 @@ impl LoadedModel {
                 bert::BertEncoder::load(&config, weights, m).map_err(PackageError::Unusable)?
             }
         };
-        let worker = worker::Worker::spawn(&m.id, encoder, m.pooling, limits, options.queue)
-            .map_err(|e| PackageError::Unusable(format!("cannot start the engine thread: {e}")))?;
+        let (worker, freed) =
+            worker::Worker::spawn(&m.id, encoder, m.pooling, limits, options.queue).map_err(
+                |e| PackageError::Unusable(format!("cannot start the engine thread: {e}")),
+            )?;
         Ok(LoadedModel {
             package: package.clone(),
             tokenizer: Arc::new(tokenizer),
             load_time: started.elapsed(),
             weight_bytes,
             worker,
+            freed,
         })
+    }
+
+    /// Turns `true` once the engine thread has stopped and the model's memory is freed
+    /// (after the last handle to the model is dropped and in-flight jobs are answered).
+    pub fn freed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.freed.clone()
     }
 
     /// The model id.
@@ -113,6 +123,46 @@ impl LoadedModel {
         })?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
+}
+
+/// Memory not in the weights that a loaded model holds: the engine thread's stack, per-model
+/// buffers and allocator slack (all-MiniLM-L6-v2 measures 98 MiB for 86.6 MiB of weights).
+const ENGINE_OVERHEAD: u64 = 12 << 20;
+
+/// Bytes `package` is expected to take once loaded, before it ever was: the weights widened
+/// to f32 (read from the safetensors header alone), the tokenizer and a fixed overhead.
+pub fn estimate_bytes(package: &StoredPackage) -> u64 {
+    let m = &package.manifest;
+    let weights = m.file("model.safetensors").map_or(0, |f| {
+        safetensors_header_f32_bytes(&package.dir.join(&f.path)).unwrap_or(f.size * 2)
+    });
+    let tokenizer = m.file("tokenizer.json").map_or(0, |f| f.size);
+    weights + tokenizer * 4 + ENGINE_OVERHEAD
+}
+
+/// f32 bytes of the tensors a safetensors file declares, from its JSON header only.
+fn safetensors_header_f32_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    // safetensors itself caps headers at 100 MB.
+    if len > 100_000_000 {
+        return None;
+    }
+    let mut header = vec![0u8; usize::try_from(len).ok()?];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).ok()?;
+    Some(
+        header
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .filter_map(|(_, v)| v.get("shape")?.as_array().cloned())
+            .map(|shape| shape.iter().filter_map(|d| d.as_u64()).product::<u64>() * 4)
+            .sum(),
+    )
 }
 
 /// Bytes the tensors of a safetensors file take once widened to f32.

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::EngineError;
 use super::batch::{BatchLimits, plan};
@@ -37,18 +37,20 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the engine thread for `encoder`. `queue` jobs may wait; more are refused as busy.
+    /// The receiver turns `true` once the thread has stopped and freed the model's memory.
     pub fn spawn(
         name: &str,
         encoder: BertEncoder,
         pooling: Pooling,
         limits: Arc<RwLock<BatchLimits>>,
         queue: usize,
-    ) -> std::io::Result<Worker> {
+    ) -> std::io::Result<(Worker, watch::Receiver<bool>)> {
         let (tx, rx) = sync_channel(queue);
+        let (freed_tx, freed_rx) = watch::channel(false);
         std::thread::Builder::new()
             .name(format!("engine:{name}"))
-            .spawn(move || run(rx, encoder, pooling, limits))?;
-        Ok(Worker { tx })
+            .spawn(move || run(rx, encoder, pooling, limits, freed_tx))?;
+        Ok((Worker { tx }, freed_rx))
     }
 
     /// Queues a job, or refuses it at once when the queue is full.
@@ -65,6 +67,7 @@ fn run(
     encoder: BertEncoder,
     pooling: Pooling,
     shared: Arc<RwLock<BatchLimits>>,
+    freed: watch::Sender<bool>,
 ) {
     while let Ok(first) = rx.recv() {
         let limits = *shared.read().unwrap_or_else(|p| p.into_inner());
@@ -102,6 +105,7 @@ fn run(
     // back to the kernel, so RSS and the cgroup's usage really fall.
     drop(encoder);
     crate::memory::trim();
+    let _ = freed.send(true);
     tracing::debug!("engine thread stopped, memory trimmed");
 }
 

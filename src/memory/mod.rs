@@ -1,7 +1,13 @@
-//! Memory: what the daemon's models and process hold, the cgroup it runs in, and handing freed
-//! memory back to the system. (Budgets, pressure sources and shedding build on this.)
+//! Memory: what the daemon's models and process hold, the cgroup it runs in, the budget and
+//! the policy that keeps models within it, pressure sources and shedding, and handing freed
+//! memory back to the system.
 
+pub mod budget;
 pub mod cgroup;
+pub mod governor;
+pub mod monitor;
+pub mod policy;
+pub mod pressure;
 
 /// Resident and peak resident set of this process, in bytes, from `/proc/self/status`.
 pub fn process_rss() -> (Option<u64>, Option<u64>) {

@@ -1,0 +1,267 @@
+//! The `memory` section: how much the models may use, per-model lifecycle rules, and when
+//! memory pressure sheds models.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use super::units::{ByteSize, Duration};
+
+/// Memory budget, lifecycle and pressure settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySettings {
+    /// Bytes the loaded models may hold together, or `auto` (from the cgroup limit, else a
+    /// share of physical memory).
+    pub budget: Budget,
+    /// Most models in memory at once.
+    pub max_loaded_models: usize,
+    /// A model unused this long is unloaded; `0s` keeps models until pressure or a budget
+    /// needs the room. Per-model `max_idle` overrides it.
+    pub max_idle: Duration,
+    /// When memory pressure sheds models.
+    pub pressure: PressureSettings,
+    /// Per-model rules, by model id.
+    pub models: BTreeMap<String, ModelMemorySettings>,
+}
+
+/// The memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Derived at start and on reload from the daemon's cgroup, else physical memory.
+    Auto,
+    /// A fixed number of bytes.
+    Bytes(ByteSize),
+}
+
+/// Which pressure source to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PressureSourceSetting {
+    /// The best one available, in the order below.
+    Auto,
+    /// systemd's `$MEMORY_PRESSURE_WATCH` / `$MEMORY_PRESSURE_WRITE` (`MemoryPressureWatch=`).
+    Systemd,
+    /// A PSI trigger on the daemon's cgroup v2 `memory.pressure`.
+    Psi,
+    /// Polling the daemon's cgroup v2 files.
+    CgroupV2,
+    /// Polling the daemon's cgroup v1 memory controller.
+    CgroupV1,
+    /// System-wide `/proc/pressure/memory` and available memory.
+    System,
+    /// No pressure monitoring (the budget still applies).
+    Off,
+}
+
+/// Thresholds and timings of pressure shedding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PressureSettings {
+    /// Which source to watch.
+    pub source: PressureSourceSetting,
+    /// How often readings are taken (triggers wake the monitor at once).
+    pub interval: Duration,
+    /// PSI `some avg10` (percent of time stalled on memory) at or above which memory is
+    /// under pressure.
+    pub psi_avg10: f64,
+    /// Usage as a share of the soft limit (cgroup `memory.high`, else the hard limit, else
+    /// physical memory) at or above which memory is under pressure.
+    pub shed_at: f64,
+    /// Usage as a share of the hard limit at or above which every unpinned model is unloaded
+    /// at once.
+    pub unload_all_at: f64,
+    /// Pressure must last this long before the first model is shed (triggers count as
+    /// already lasting).
+    pub persist: Duration,
+    /// While pressure lasts, at most one model is shed per this interval.
+    pub cooldown: Duration,
+    /// Pressure is over once none was seen this long; until then models are not loaded back
+    /// in the background and no load may grow model memory past what it was after shedding.
+    pub calm: Duration,
+}
+
+/// Lifecycle rules of one model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelMemorySettings {
+    /// 1 (most valuable) to 5 (shed first).
+    pub priority: u8,
+    /// Never unloaded by idleness, budget or pressure (explicit unload still works).
+    pub pinned: bool,
+    /// Loaded at start and after reloads, not only on first use.
+    pub preload: bool,
+    /// Overrides `memory.max_idle` for this model.
+    pub max_idle: Option<Duration>,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        MemorySettings {
+            budget: Budget::Auto,
+            max_loaded_models: 4,
+            max_idle: Duration(std::time::Duration::from_secs(30 * 60)),
+            pressure: PressureSettings::default(),
+            models: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for PressureSettings {
+    fn default() -> Self {
+        PressureSettings {
+            source: PressureSourceSetting::Auto,
+            interval: Duration(std::time::Duration::from_secs(1)),
+            psi_avg10: 10.0,
+            shed_at: 0.9,
+            unload_all_at: 0.97,
+            persist: Duration(std::time::Duration::from_secs(3)),
+            cooldown: Duration(std::time::Duration::from_secs(5)),
+            calm: Duration(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+impl Default for ModelMemorySettings {
+    fn default() -> Self {
+        ModelMemorySettings {
+            priority: DEFAULT_PRIORITY,
+            pinned: false,
+            preload: false,
+            max_idle: None,
+        }
+    }
+}
+
+/// Priority of a model the configuration does not name.
+pub const DEFAULT_PRIORITY: u8 = 3;
+
+impl MemorySettings {
+    /// The rules for `id` (defaults when the configuration does not name it).
+    pub fn model(&self, id: &str) -> ModelMemorySettings {
+        self.models.get(id).cloned().unwrap_or_default()
+    }
+
+    /// How long `id` may stay unused before it is unloaded; `None` for never.
+    pub fn idle_limit(&self, id: &str) -> Option<std::time::Duration> {
+        let limit = self.model(id).max_idle.unwrap_or(self.max_idle).0;
+        (!limit.is_zero()).then_some(limit)
+    }
+
+    /// Checks the rules serde cannot express: `(key, reason)` of the first violation.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let p = &self.pressure;
+        if self.max_loaded_models == 0 {
+            return Err((
+                "memory.max_loaded_models".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if let Budget::Bytes(b) = self.budget
+            && b.0 < 16 << 20
+        {
+            return Err((
+                "memory.budget".into(),
+                format!("{b} cannot hold any model; give at least 16MiB, or auto"),
+            ));
+        }
+        if !(p.psi_avg10 > 0.0 && p.psi_avg10 <= 100.0) {
+            return Err((
+                "memory.pressure.psi_avg10".into(),
+                format!(
+                    "{} is not a percentage above 0 and at most 100",
+                    p.psi_avg10
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("memory.pressure.shed_at", p.shed_at),
+            ("memory.pressure.unload_all_at", p.unload_all_at),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err((
+                    key.into(),
+                    format!("{v} is not a share of the limit above 0 and at most 1 (0.9 = 90%)"),
+                ));
+            }
+        }
+        if p.unload_all_at < p.shed_at {
+            return Err((
+                "memory.pressure.unload_all_at".into(),
+                format!(
+                    "{} is below memory.pressure.shed_at ({}); unloading everything must come after shedding",
+                    p.unload_all_at, p.shed_at
+                ),
+            ));
+        }
+        if p.interval.0 < std::time::Duration::from_millis(100) {
+            return Err((
+                "memory.pressure.interval".into(),
+                "must be at least 100ms".into(),
+            ));
+        }
+        for (id, m) in &self.models {
+            if !crate::package::manifest::is_valid_id(id) {
+                return Err((
+                    format!("memory.models.{id}"),
+                    format!("{id:?} is not a model id (1 to 128 of [A-Za-z0-9._-])"),
+                ));
+            }
+            if !(1..=5).contains(&m.priority) {
+                return Err((
+                    format!("memory.models.{id}.priority"),
+                    format!(
+                        "{} is out of range; 1 is the most valuable, 5 is shed first",
+                        m.priority
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Budget::Auto => f.write_str("auto"),
+            Budget::Bytes(b) => b.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Budget {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Budget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Budget;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("auto, or a size such as 512MiB")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Budget, E> {
+                Ok(Budget::Bytes(ByteSize(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Budget, E> {
+                u64::try_from(v)
+                    .map(|v| Budget::Bytes(ByteSize(v)))
+                    .map_err(|_| E::custom(format!("{v} is negative; a budget cannot be")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Budget, E> {
+                if v.trim() == "auto" {
+                    return Ok(Budget::Auto);
+                }
+                v.parse::<ByteSize>().map(Budget::Bytes).map_err(|e| {
+                    E::custom(format!("{e}, or auto to derive it from the memory limit"))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

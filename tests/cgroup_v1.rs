@@ -1,0 +1,236 @@
+//! Issue 5 on a real kernel: the daemon runs inside a cgroup v1 memory group made by the test,
+//! with a hard limit. Models are requested in turn until the limit bites; the daemon must never
+//! be OOM-killed, every request must get 200 or a clean 503 with Retry-After, and memory must
+//! come back when models go. Skips, saying why, where no memory cgroup can be made (not root,
+//! or a cgroup v2 machine: the VM test covers v2 with real PSI).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, bundled_copy_with_id, wait_until, write_config};
+use serde_json::Value;
+
+const V1_ROOT: &str = "/sys/fs/cgroup/memory";
+
+/// A child memory group removed (after its processes are gone) on drop.
+struct Group(PathBuf);
+
+impl Group {
+    fn create(name: &str, limit: u64) -> Option<Group> {
+        let root = Path::new(V1_ROOT);
+        if !root.join("memory.limit_in_bytes").exists() {
+            eprintln!("SKIP: no cgroup v1 memory hierarchy at {V1_ROOT}");
+            return None;
+        }
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            eprintln!("SKIP: cannot create {} ({e}); run as root", dir.display());
+            return None;
+        }
+        let g = Group(dir);
+        g.write("memory.limit_in_bytes", &limit.to_string());
+        Some(g)
+    }
+
+    fn write(&self, file: &str, value: &str) {
+        std::fs::write(self.0.join(file), value)
+            .unwrap_or_else(|e| panic!("write {value} to {}/{file}: {e}", self.0.display()));
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file)).expect("read cgroup file")
+    }
+
+    fn number(&self, file: &str) -> u64 {
+        self.read(file).trim().parse().expect("number")
+    }
+
+    fn stat(&self, key: &str) -> u64 {
+        self.read("memory.stat")
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Usage less page cache: what reclaim cannot simply drop.
+    fn working_set(&self) -> u64 {
+        self.number("memory.usage_in_bytes")
+            .saturating_sub(self.stat("total_active_file") + self.stat("total_inactive_file"))
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.read("memory.oom_control")
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // The daemon is killed by its own Drop first (declared after the group in each test).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn start_in(group: &Group, ids: &[&str], memory: &str) -> Daemon {
+    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    let memory = memory.to_string();
+    let d = Daemon::spawn_in(
+        move |dir| {
+            write_config(dir, &memory);
+            std::fs::create_dir_all(dir.join("packages")).expect("mkdir");
+            for id in &ids {
+                bundled_copy_with_id(&dir.join(format!("packages/{id}.tar.zst")), id);
+            }
+        },
+        &[],
+        &[group.0.join("cgroup.procs")],
+    );
+    d.wait_health(200);
+    let pid = d.child.as_ref().expect("child").id();
+    assert!(
+        group
+            .read("cgroup.procs")
+            .lines()
+            .any(|l| l.trim() == pid.to_string()),
+        "caxtond ({pid}) is not in {}",
+        group.0.display()
+    );
+    d
+}
+
+fn embed_with(d: &Daemon, model: &str) -> (u16, Value, Option<String>) {
+    let body =
+        serde_json::json!({"model": model, "input": ["a short text", "another one"]}).to_string();
+    let (status, head, body) = d
+        .try_request_with_headers("POST", "/v1/embeddings", Some(&body))
+        .expect("request");
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        head.get("retry-after").cloned(),
+    )
+}
+
+#[test]
+fn under_a_hard_limit_models_are_admitted_shed_or_refused_but_never_oom_killed() {
+    const LIMIT: u64 = 400 << 20;
+    let Some(group) = Group::create("caxton-test-admit", LIMIT) else {
+        return;
+    };
+    let ids = ["m-1", "m-2", "m-3", "m-4"];
+    let d = start_in(
+        &group,
+        &ids,
+        "memory:\n  pressure:\n    source: cgroup-v1\n",
+    );
+    let (_, v) = d.request("GET", "/api/memory/status", "");
+    assert_eq!(v["budget_bytes"], LIMIT * 3 / 4, "{v}");
+    assert!(
+        v["budget_from"].as_str().is_some_and(
+            |s| s.starts_with("auto: 75% of cgroup v1 memory.limit_in_bytes (400 MiB)")
+        ),
+        "{v}"
+    );
+    assert_eq!(v["pressure"]["source"], "cgroup-v1", "{v}");
+
+    let mut peak_working = 0;
+    for round in 0..2 {
+        for id in ids {
+            let (s, v, retry) = embed_with(&d, id);
+            match s {
+                200 => {}
+                503 => {
+                    assert_eq!(v["error"]["code"], "insufficient_memory", "{v}");
+                    assert!(retry.is_some(), "a 503 without Retry-After: {v}");
+                }
+                other => panic!("round {round}, {id}: unexpected {other}: {v}"),
+            }
+            d.assert_running();
+            peak_working = peak_working.max(group.working_set());
+            let (_, st) = d.request("GET", "/api/memory/status", "");
+            let in_use = st["model_memory_bytes"].as_u64().expect("bytes");
+            assert!(
+                in_use <= LIMIT * 3 / 4,
+                "model memory {in_use} over the budget: {st}"
+            );
+        }
+    }
+    assert_eq!(group.oom_kills(), 0, "OOM kills in the group");
+    assert!(
+        peak_working < LIMIT,
+        "working set {peak_working} reached the limit"
+    );
+    // Three copies do not fit in 300 MiB with the runtime: shedding made room.
+    assert!(
+        d.log().contains("caxton_event=\"model_shed\""),
+        "{}",
+        d.log()
+    );
+
+    let before = group.number("memory.usage_in_bytes");
+    let (s, v) = d.request("POST", "/api/memory/flush", "");
+    assert_eq!(s, 200, "{v}");
+    let released = v["bytes_released"].as_u64().expect("bytes");
+    assert!(released > 150 << 20, "{v}");
+    let started = Instant::now();
+    wait_until(&d, "the cgroup's usage to fall", || {
+        before.saturating_sub(group.number("memory.usage_in_bytes")) >= released * 9 / 10
+    });
+    let after = group.number("memory.usage_in_bytes");
+    println!(
+        "cgroup v1: peak working set {} MiB of {} MiB; flush released {} MiB; usage {} -> {} MiB ({:.0}% returned) in {:?}",
+        peak_working >> 20,
+        LIMIT >> 20,
+        released >> 20,
+        before >> 20,
+        after >> 20,
+        100.0 * before.saturating_sub(after) as f64 / released as f64,
+        started.elapsed()
+    );
+}
+
+#[test]
+fn usage_near_the_limit_sheds_without_waiting_for_the_oom_killer() {
+    const LIMIT: u64 = 600 << 20;
+    let Some(group) = Group::create("caxton-test-shed", LIMIT) else {
+        return;
+    };
+    // A budget above the limit, so only pressure (working set >= 40% of 600 MiB) stops growth.
+    let d = start_in(
+        &group,
+        &["m-1", "m-2"],
+        "memory:\n  budget: 4GiB\n  pressure:\n    source: cgroup-v1\n    shed_at: 0.4\n    persist: 1s\n    cooldown: 1s\n    calm: 3s\n    interval: 200ms\n",
+    );
+    assert_eq!(embed_with(&d, "m-1").0, 200);
+    let started = Instant::now();
+    assert_eq!(embed_with(&d, "m-2").0, 200);
+    // Two models hold about 210 MiB of working set, three about 310 MiB: 240 MiB is crossed.
+    wait_until(&d, "a model shed under pressure", || {
+        d.log().contains("caxton_event=\"model_shed\"")
+    });
+    let shed_after = started.elapsed();
+    let log = d.log();
+    assert!(
+        log.contains("shed to free memory (pressure: working set ")
+            && log.contains("of the limit 600 MiB"),
+        "{log}"
+    );
+    wait_until(&d, "the working set back under the threshold", || {
+        group.working_set() < LIMIT * 2 / 5
+    });
+    assert_eq!(group.oom_kills(), 0);
+    d.assert_running();
+    println!(
+        "cgroup v1 pressure: shed {:?} after the load that crossed 40% of {} MiB; working set now {} MiB",
+        shed_after,
+        LIMIT >> 20,
+        group.working_set() >> 20
+    );
+}
