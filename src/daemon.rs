@@ -63,10 +63,29 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings, config_dir: PathBuf) -> anyhow::Result<()> {
-    let (listener, _owned) = crate::socket::bind(&settings.socket.path, settings.socket.mode)?;
+    // A socket from systemd (caxton.socket) is systemd's: used as is, never unlinked.
+    let (listener, _owned, activated) = match crate::socket::from_systemd()? {
+        Some((listener, path)) => {
+            let path = path.unwrap_or_default();
+            tracing::info!("serving on the socket systemd passed ({})", path.display());
+            if path != settings.socket.path {
+                tracing::warn!(
+                    "systemd passed a socket at {} but socket.path is {}; serving on the former (set ListenStream= in caxton.socket to match)",
+                    path.display(),
+                    settings.socket.path.display()
+                );
+            }
+            (listener, None, true)
+        }
+        None => {
+            let (listener, owned) =
+                crate::socket::bind(&settings.socket.path, settings.socket.mode)?;
+            (listener, Some(owned), false)
+        }
+    };
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let shutdown = shutdown_signal()?;
-    crate::server::run(listener, settings, config_dir, shutdown).await
+    crate::server::run(listener, activated, settings, config_dir, shutdown).await
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

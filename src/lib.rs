@@ -20,3 +20,4 @@ pub mod server;
 pub mod sideload;
 pub mod socket;
 pub mod systemd;
+pub mod watchdog;

@@ -536,6 +536,21 @@ impl Registry {
             .collect()
     }
 
+    /// The models in memory (a model being loaded is not among them yet).
+    pub fn loaded_models(&self) -> Vec<Arc<LoadedModel>> {
+        let slots: Vec<Arc<ModelSlot>> = self
+            .models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .filter_map(|s| s.loaded.try_lock().ok().and_then(|m| m.clone()))
+            .collect()
+    }
+
     /// Ids of the models in memory.
     pub fn loaded_ids(&self) -> Vec<String> {
         self.models()

@@ -171,7 +171,13 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     if let Err(e) = crate::logging::set_level(&new.log.level) {
         return refuse(state, &format!("log.level: {e}"));
     }
-    if new.socket.mode != old.socket.mode
+    if new.socket.mode != old.socket.mode && state.socket_activated {
+        tracing::warn!(
+            caxton_event = "config_not_applied",
+            caxton_key = "socket.mode",
+            "socket.mode changed, but the socket belongs to caxton.socket; set SocketMode= there"
+        );
+    } else if new.socket.mode != old.socket.mode
         && let Err(e) = std::fs::set_permissions(
             &new.socket.path,
             std::os::unix::fs::PermissionsExt::from_mode(new.socket.mode.0),

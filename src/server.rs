@@ -64,10 +64,11 @@ pub fn status_line(state: &AppState) -> String {
 }
 
 /// Serves on `listener` with `settings` (read from `config_dir`, which is watched for changes)
-/// until `shutdown` resolves, then drains and returns. Socket activation and tests hand in
-/// their own listener.
+/// until `shutdown` resolves, then drains and returns. `socket_activated`: the listener came
+/// from systemd, which owns the socket file.
 pub async fn run(
     listener: UnixListener,
+    socket_activated: bool,
     settings: Settings,
     config_dir: PathBuf,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -78,7 +79,9 @@ pub async fn run(
     };
     let registry = Arc::new(Registry::new(options, &settings.memory));
     let reloader = Reloader::new(config_dir);
-    let state = Arc::new(AppState::new(settings, registry, reloader.clone()));
+    let mut state = AppState::new(settings, registry, reloader.clone());
+    state.socket_activated = socket_activated;
+    let state = Arc::new(state);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(state.clone()).into_make_service_with_connect_info::<api::peer::Peer>();
@@ -107,6 +110,7 @@ pub async fn run(
                 }
             };
             crate::memory::monitor::spawn(state.clone());
+            crate::watchdog::spawn(state.clone());
             if let Err(e) = crate::sideload::spawn(state.clone(), reloader.clone()) {
                 tracing::warn!("cannot watch for side-loaded packages, they are picked up on reload only: {e}");
             }

@@ -43,6 +43,53 @@ impl Drop for OwnedSocket {
     }
 }
 
+/// The listening socket systemd handed over (`LISTEN_FDS`/`LISTEN_PID`, from `caxton.socket`),
+/// if any, with the path it is bound to. Such a socket belongs to systemd: it is never
+/// unlinked or chmodded by the daemon.
+pub fn from_systemd() -> Result<Option<(UnixListener, Option<PathBuf>)>, SocketError> {
+    use nix::sys::socket::{
+        AddressFamily, SockaddrLike, UnixAddr, getsockname, getsockopt, sockopt,
+    };
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let activation_err = |reason: String| SocketError::Io {
+        op: "use",
+        path: PathBuf::from("the socket passed by systemd (LISTEN_FDS)"),
+        source: io::Error::new(io::ErrorKind::InvalidInput, reason),
+    };
+    let fds: Vec<i32> = sd_notify::listen_fds()
+        .map_err(|e| activation_err(e.to_string()))?
+        .collect();
+    let fd = match fds.as_slice() {
+        [] => return Ok(None),
+        [fd] => *fd,
+        more => {
+            return Err(activation_err(format!(
+                "systemd passed {} sockets; caxton.socket must have exactly one ListenStream=",
+                more.len()
+            )));
+        }
+    };
+    // SAFETY: sd_listen_fds hands this descriptor to us alone; nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr: UnixAddr =
+        getsockname(fd).map_err(|e| activation_err(format!("getsockname: {e}")))?;
+    if addr.family() != Some(AddressFamily::Unix) {
+        return Err(activation_err(
+            "it is not a Unix socket; caxton.socket must use ListenStream=/path".into(),
+        ));
+    }
+    if !getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false) {
+        return Err(activation_err(
+            "it is not a listening stream socket; caxton.socket must use ListenStream=".into(),
+        ));
+    }
+    let listener = UnixListener::from(owned);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| activation_err(format!("cannot make it non-blocking: {e}")))?;
+    Ok(Some((listener, addr.path().map(Path::to_path_buf))))
+}
+
 /// Binds `path` with `mode`, creating the parent directory if needed.
 pub fn bind(path: &Path, mode: Mode) -> Result<(UnixListener, OwnedSocket), SocketError> {
     let io_err = |op, source| SocketError::Io {

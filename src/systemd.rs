@@ -19,6 +19,11 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// `WATCHDOG=1`.
+pub fn watchdog() {
+    send(&[NotifyState::Watchdog]);
+}
+
 /// `STOPPING=1`.
 pub fn stopping() {
     send(&[

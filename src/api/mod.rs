@@ -38,6 +38,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Applies configuration changes (`POST /api/reload`).
     pub reloader: crate::reload::Reloader,
+    /// The socket came from systemd (`caxton.socket`): its file and mode are systemd's.
+    pub socket_activated: bool,
     settings: RwLock<Arc<Settings>>,
     health: RwLock<Health>,
 }
@@ -52,6 +54,7 @@ impl AppState {
         AppState {
             registry,
             reloader,
+            socket_activated: false,
             settings: RwLock::new(Arc::new(settings)),
             health: RwLock::new(Health::Starting),
         }

@@ -104,6 +104,26 @@ impl LoadedModel {
         self.freed.clone()
     }
 
+    /// Whether the engine thread answers: an empty job makes the round trip within `timeout`,
+    /// or, when it waits behind queued work, the thread finished a batch within `timeout`.
+    pub async fn alive(&self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.embed(Vec::new(), false)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(EngineError::Busy)) | Err(_) if self.worker.since_heartbeat() < timeout => {
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!(
+                "the engine of {} failed a round trip: {e}",
+                self.id()
+            )),
+            Err(_) => Err(format!(
+                "the engine of {} did not answer within {timeout:?} and has not finished a batch for {:?}",
+                self.id(),
+                self.worker.since_heartbeat()
+            )),
+        }
+    }
+
     /// The model id.
     pub fn id(&self) -> &str {
         &self.package.manifest.id

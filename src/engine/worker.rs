@@ -3,8 +3,10 @@
 //! pass ever runs on a tokio worker.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
@@ -33,6 +35,16 @@ pub struct Job {
 #[derive(Clone)]
 pub struct Worker {
     tx: SyncSender<Job>,
+    heartbeat: Arc<AtomicU64>,
+}
+
+/// How often an idle engine thread wakes to show it is alive.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the first call, process-wide: the heartbeat's clock.
+fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl Worker {
@@ -47,10 +59,18 @@ impl Worker {
     ) -> std::io::Result<(Worker, watch::Receiver<bool>)> {
         let (tx, rx) = sync_channel(queue);
         let (freed_tx, freed_rx) = watch::channel(false);
+        let heartbeat = Arc::new(AtomicU64::new(clock_ms()));
+        let beat = heartbeat.clone();
         std::thread::Builder::new()
             .name(format!("engine:{name}"))
-            .spawn(move || run(rx, encoder, pooling, limits, freed_tx))?;
-        Ok((Worker { tx }, freed_rx))
+            .spawn(move || run(rx, encoder, pooling, limits, freed_tx, &beat))?;
+        Ok((Worker { tx, heartbeat }, freed_rx))
+    }
+
+    /// How long since the engine thread last finished a batch or woke idle: it wakes at least
+    /// every second, so a large value means it is stuck.
+    pub fn since_heartbeat(&self) -> Duration {
+        Duration::from_millis(clock_ms().saturating_sub(self.heartbeat.load(Ordering::Relaxed)))
     }
 
     /// Queues a job, or refuses it at once when the queue is full.
@@ -68,8 +88,15 @@ fn run(
     pooling: Pooling,
     shared: Arc<RwLock<BatchLimits>>,
     freed: watch::Sender<bool>,
+    heartbeat: &AtomicU64,
 ) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        heartbeat.store(clock_ms(), Ordering::Relaxed);
+        let first = match rx.recv_timeout(TICK) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let limits = *shared.read().unwrap_or_else(|p| p.into_inner());
         let mut jobs = vec![first];
         let mut queued = jobs[0].texts.len();

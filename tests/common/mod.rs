@@ -63,7 +63,26 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         setup(dir.path());
         let stderr = dir.path().join("caxtond.log");
-        let child = Self::spawn_child(dir.path(), &stderr, env, procs);
+        let child = Self::spawn_child(dir.path(), &stderr, env, procs, None);
+        Self::around(child, dir, stderr)
+    }
+
+    /// Spawns without waiting, handing `listener` over as systemd's socket activation does:
+    /// as fd 3, with `LISTEN_FDS=1` and `LISTEN_PID` set to caxtond's pid.
+    pub fn spawn_activated(
+        setup: impl FnOnce(&Path),
+        env: &[(&str, &str)],
+        listener: &std::os::unix::net::UnixListener,
+    ) -> Daemon {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().expect("tempdir");
+        setup(dir.path());
+        let stderr = dir.path().join("caxtond.log");
+        let child = Self::spawn_child(dir.path(), &stderr, env, &[], Some(listener.as_raw_fd()));
+        Self::around(child, dir, stderr)
+    }
+
+    fn around(child: Child, dir: tempfile::TempDir, stderr: PathBuf) -> Daemon {
         Daemon {
             child: Some(child),
             socket: dir.path().join("caxton.sock"),
@@ -79,21 +98,37 @@ impl Daemon {
     /// Starts a new daemon process in the same directory (the previous one must be gone).
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "the previous daemon is still running");
-        self.child = Some(Self::spawn_child(self.dir.path(), &self.stderr, &[], &[]));
+        self.child = Some(Self::spawn_child(
+            self.dir.path(),
+            &self.stderr,
+            &[],
+            &[],
+            None,
+        ));
     }
 
-    fn spawn_child(dir: &Path, stderr: &Path, env: &[(&str, &str)], procs: &[PathBuf]) -> Child {
+    fn spawn_child(
+        dir: &Path,
+        stderr: &Path,
+        env: &[(&str, &str)],
+        procs: &[PathBuf],
+        listen: Option<std::os::fd::RawFd>,
+    ) -> Child {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(stderr)
             .expect("log file");
         let bin = env!("CARGO_BIN_EXE_caxtond");
-        let mut cmd = if procs.is_empty() {
+        let mut cmd = if procs.is_empty() && listen.is_none() {
             Command::new(bin)
         } else {
-            // The shell moves itself into the cgroups, then becomes caxtond (same pid).
+            // The shell moves itself into the cgroups and names itself as LISTEN_PID, then
+            // becomes caxtond (same pid).
             let mut script = String::new();
+            if listen.is_some() {
+                script.push_str("export LISTEN_PID=$$ LISTEN_FDS=1 && ");
+            }
             for (i, _) in procs.iter().enumerate() {
                 script.push_str(&format!("echo $$ > \"$TEST_CGROUP_PROCS_{i}\" && "));
             }
@@ -105,8 +140,30 @@ impl Daemon {
             }
             c
         };
+        if let Some(fd) = listen {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: dup2 is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // dup2 onto itself keeps close-on-exec; clear it then.
+                    let ok = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0) >= 0
+                    } else {
+                        libc::dup2(fd, 3) >= 0
+                    };
+                    if !ok {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.arg("--config-dir")
             .arg(dir)
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("MEMORY_PRESSURE_WATCH")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -396,6 +453,23 @@ impl NotifySocket {
                 self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
                 self.seen.push('\n');
             }
+        }
+    }
+
+    /// Drops whatever datagrams are queued.
+    pub fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        self.sock.set_nonblocking(true).expect("nonblocking");
+        while self.sock.recv(&mut buf).is_ok() {}
+        self.sock.set_nonblocking(false).expect("blocking");
+    }
+
+    /// One datagram, or nothing within the read timeout (200 ms).
+    pub fn receive(&mut self) -> String {
+        let mut buf = [0u8; 4096];
+        match self.sock.recv(&mut buf) {
+            Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(_) => String::new(),
         }
     }
 
