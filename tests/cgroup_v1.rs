@@ -1,8 +1,10 @@
 //! Issue 5 on a real kernel: the daemon runs inside a cgroup v1 memory group made by the test,
 //! with a hard limit. Models are requested in turn until the limit bites; the daemon must never
 //! be OOM-killed, every request must get 200 or a clean 503 with Retry-After, and memory must
-//! come back when models go. Skips, saying why, where no memory cgroup can be made (not root,
-//! or a cgroup v2 machine: the VM test covers v2 with real PSI).
+//! come back when models go. Also: the kernel accepts our PSI trigger on the daemon's own
+//! cgroup v2 group (the unified hierarchy of this hybrid machine). Skips, saying why, where no
+//! such cgroup can be made (not root, or no v1 hierarchy: the VM test covers v2 with real PSI
+//! stalls).
 
 mod common;
 
@@ -240,5 +242,52 @@ fn usage_near_the_limit_sheds_without_waiting_for_the_oom_killer() {
         shed_after,
         LIMIT >> 20,
         group.working_set() >> 20
+    );
+}
+
+/// A cgroup v2 group in the unified hierarchy (hybrid machines mount it at
+/// /sys/fs/cgroup/unified), removed on drop.
+struct UnifiedGroup(PathBuf);
+
+impl Drop for UnifiedGroup {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn the_kernel_accepts_our_psi_trigger_on_the_daemons_own_cgroup() {
+    let Some(base) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("memory.pressure").exists())
+    else {
+        eprintln!("SKIP: no cgroup v2 hierarchy with PSI (memory.pressure) here");
+        return;
+    };
+    let dir = base.join(format!("caxton-test-psi-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir(&dir) {
+        eprintln!("SKIP: cannot create {} ({e}); run as root", dir.display());
+        return;
+    }
+    let group = UnifiedGroup(dir);
+    let d = Daemon::spawn_in(
+        |dir| write_config(dir, "memory:\n  pressure:\n    source: psi\n"),
+        &[],
+        &[group.0.join("cgroup.procs")],
+    );
+    d.wait_health(200);
+    let (_, v) = d.request("GET", "/api/memory/status", "");
+    assert_eq!(v["pressure"]["source"], "psi", "{v}");
+    assert_eq!(
+        v["pressure"]["detail"],
+        format!(
+            "PSI trigger (some 200ms per 2s) on {}",
+            group.0.join("memory.pressure").display()
+        ),
+        "{v}"
     );
 }
