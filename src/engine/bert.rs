@@ -24,15 +24,18 @@ pub struct Hidden {
 }
 
 impl BertEncoder {
-    /// Builds the model from `config.json` and safetensors bytes (already verified). Weights
-    /// stored as f16 are widened to f32: the engine computes in f32.
+    /// Builds the model from `config.json` and safetensors bytes (already verified) of the
+    /// manifest's architecture (BERT, or a relative mapped onto BERT by [`super::convert`]).
+    /// Weights stored as f16 are widened to f32: the engine computes in f32.
     pub fn load(config_json: &[u8], weights: Vec<u8>, manifest: &Manifest) -> Result<Self, String> {
-        let config: Config =
-            serde_json::from_slice(config_json).map_err(|e| format!("config.json: {e}"))?;
-        check_config(&config, manifest)?;
         let device = Device::Cpu;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
+        let tensors = candle_core::safetensors::load_buffer(&weights, &device)
             .map_err(|e| format!("model.safetensors: {e}"))?;
+        drop(weights);
+        let (config, tensors) =
+            super::convert::to_bert(manifest.architecture, config_json, tensors)?;
+        check_config(&config, manifest)?;
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
         let model = BertModel::load(vb, &config).map_err(|e| format!("model.safetensors: {e}"))?;
         Ok(BertEncoder {
             model,

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod bert;
+pub mod convert;
 pub mod pool;
 pub mod tokenize;
 pub mod worker;
@@ -80,7 +81,7 @@ impl LoadedModel {
         let weights = package.read_verified("model.safetensors")?;
         let weight_bytes = f32_weight_bytes(&weights);
         let encoder = match m.architecture {
-            Architecture::Bert => {
+            Architecture::Bert | Architecture::DistilBert | Architecture::XlmRoberta => {
                 bert::BertEncoder::load(&config, weights, m).map_err(PackageError::Unusable)?
             }
         };

@@ -56,6 +56,13 @@ pub struct Manifest {
 pub enum Architecture {
     /// BERT-family encoders (MiniLM, bge, e5, ...), run with candle-transformers' BERT.
     Bert,
+    /// DistilBERT (msmarco-distilbert, ...), mapped onto the BERT encoder.
+    #[serde(rename = "distilbert")]
+    DistilBert,
+    /// XLM-RoBERTa (paraphrase-multilingual-*, multilingual e5 large, ...), mapped onto the
+    /// BERT encoder with RoBERTa's position offset.
+    #[serde(rename = "xlm-roberta")]
+    XlmRoberta,
 }
 
 impl Architecture {
@@ -63,6 +70,8 @@ impl Architecture {
     pub fn as_str(self) -> &'static str {
         match self {
             Architecture::Bert => "bert",
+            Architecture::DistilBert => "distilbert",
+            Architecture::XlmRoberta => "xlm-roberta",
         }
     }
 }
@@ -330,7 +339,12 @@ mod tests {
     #[test]
     fn refuses_unsupported_architecture_and_pooling() {
         let e = err_of(&good().replace("architecture: bert", "architecture: gpt2"));
-        assert!(e.contains("unknown variant `gpt2`"), "{e}");
+        assert!(
+            e.contains(
+                "unknown variant `gpt2`, expected one of `bert`, `distilbert`, `xlm-roberta`"
+            ),
+            "{e}"
+        );
         let e = err_of(&good().replace("pooling: mean", "pooling: max"));
         assert!(e.contains("unknown variant `max`"), "{e}");
     }

@@ -49,8 +49,11 @@ pub struct PackSummary {
 #[derive(Deserialize)]
 struct HfConfig {
     model_type: Option<String>,
+    /// DistilBERT calls it `dim`.
+    #[serde(alias = "dim")]
     hidden_size: usize,
     max_position_embeddings: Option<usize>,
+    pad_token_id: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -101,9 +104,11 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let config: HfConfig = read_json(&dir.join("config.json"))?;
     let architecture = match config.model_type.as_deref() {
         Some("bert") => Architecture::Bert,
+        Some("distilbert") => Architecture::DistilBert,
+        Some("xlm-roberta") => Architecture::XlmRoberta,
         other => {
             return Err(unusable(format!(
-                "config.json: model_type {other:?} is not supported (supported: bert)"
+                "config.json: model_type {other:?} is not supported (supported: bert, distilbert, xlm-roberta)"
             )));
         }
     };
@@ -152,7 +157,11 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     }
     let pooling = pooling.ok_or_else(|| unusable("modules.json: no Pooling module"))?;
     let st: StConfig = read_json(&dir.join("sentence_bert_config.json"))?;
-    let max_positions = config.max_position_embeddings.unwrap_or(512);
+    let mut max_positions = config.max_position_embeddings.unwrap_or(512);
+    if architecture == Architecture::XlmRoberta {
+        // RoBERTa's positions start after pad_token_id.
+        max_positions = max_positions.saturating_sub(config.pad_token_id.unwrap_or(1) + 1);
+    }
     let max_seq_length = st
         .max_seq_length
         .unwrap_or(max_positions)

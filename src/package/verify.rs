@@ -272,6 +272,8 @@ fn check_model_config(manifest: &Manifest, bytes: &[u8]) -> Result<(), PackageEr
     #[derive(serde::Deserialize)]
     struct ModelConfig {
         model_type: Option<String>,
+        /// DistilBERT calls it `dim`.
+        #[serde(alias = "dim")]
         hidden_size: Option<usize>,
     }
     let config: ModelConfig = serde_json::from_slice(bytes).map_err(|e| {
