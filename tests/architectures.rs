@@ -30,7 +30,7 @@ fn fixture(arch: &str) -> PathBuf {
 }
 
 /// generate.py's `fill`: splitmix64, top 24 bits to [-0.15, 0.15) in f64, +1 for norm
-/// weights, stored as f32, parameters in name order.
+/// weights, x10 for MPNet's relative attention bias, stored as f32, parameters in name order.
 fn weights(r: &Reference) -> Vec<u8> {
     let mut state = r.seed;
     let mut next = || {
@@ -50,6 +50,9 @@ fn weights(r: &Reference) -> Vec<u8> {
             let mut v = ((next() >> 40) as f64 / (1u64 << 24) as f64) * 0.3 - 0.15;
             if norm {
                 v += 1.0;
+            }
+            if name.contains("relative_attention_bias") {
+                v *= 10.0;
             }
             bytes.extend_from_slice(&(v as f32).to_le_bytes());
         }
@@ -180,4 +183,9 @@ fn distilbert_matches_transformers() {
 #[test]
 fn xlm_roberta_matches_transformers() {
     check("xlm-roberta", Architecture::XlmRoberta);
+}
+
+#[test]
+fn mpnet_matches_transformers() {
+    check("mpnet", Architecture::Mpnet);
 }

@@ -4,6 +4,8 @@
 pub mod batch;
 pub mod bert;
 pub mod convert;
+pub mod encoder;
+pub mod mpnet;
 pub mod pool;
 pub mod tokenize;
 pub mod worker;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::package::{Architecture, PackageError, StoredPackage};
+use crate::package::{PackageError, StoredPackage};
 pub use batch::BatchLimits;
 pub use tokenize::{Encoded, TextTokenizer};
 
@@ -80,11 +82,8 @@ impl LoadedModel {
         let config = package.read_verified("config.json")?;
         let weights = package.read_verified("model.safetensors")?;
         let weight_bytes = f32_weight_bytes(&weights);
-        let encoder = match m.architecture {
-            Architecture::Bert | Architecture::DistilBert | Architecture::XlmRoberta => {
-                bert::BertEncoder::load(&config, weights, m).map_err(PackageError::Unusable)?
-            }
-        };
+        let encoder =
+            encoder::Encoder::load(&config, weights, m).map_err(PackageError::Unusable)?;
         let (worker, freed) =
             worker::Worker::spawn(&m.id, encoder, m.pooling, limits, options.queue).map_err(
                 |e| PackageError::Unusable(format!("cannot start the engine thread: {e}")),

@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::EngineError;
 use super::batch::{BatchLimits, plan};
-use super::bert::BertEncoder;
+use super::encoder::Encoder;
 use super::pool::{l2_normalize, pool};
 use super::tokenize::Encoded;
 use crate::package::Pooling;
@@ -52,7 +52,7 @@ impl Worker {
     /// The receiver turns `true` once the thread has stopped and freed the model's memory.
     pub fn spawn(
         name: &str,
-        encoder: BertEncoder,
+        encoder: Encoder,
         pooling: Pooling,
         limits: Arc<RwLock<BatchLimits>>,
         queue: usize,
@@ -84,7 +84,7 @@ impl Worker {
 
 fn run(
     rx: Receiver<Job>,
-    encoder: BertEncoder,
+    encoder: Encoder,
     pooling: Pooling,
     shared: Arc<RwLock<BatchLimits>>,
     freed: watch::Sender<bool>,
@@ -138,7 +138,7 @@ fn run(
 
 /// Embeds every text of `jobs`, batching across jobs, and returns one result per job.
 fn embed_jobs(
-    encoder: &BertEncoder,
+    encoder: &Encoder,
     pooling: Pooling,
     limits: BatchLimits,
     jobs: &[Job],

@@ -63,6 +63,8 @@ pub enum Architecture {
     /// BERT encoder with RoBERTa's position offset.
     #[serde(rename = "xlm-roberta")]
     XlmRoberta,
+    /// MPNet (all-mpnet-base-v2, ...), with its relative position bias.
+    Mpnet,
 }
 
 impl Architecture {
@@ -72,6 +74,7 @@ impl Architecture {
             Architecture::Bert => "bert",
             Architecture::DistilBert => "distilbert",
             Architecture::XlmRoberta => "xlm-roberta",
+            Architecture::Mpnet => "mpnet",
         }
     }
 }
@@ -341,7 +344,7 @@ mod tests {
         let e = err_of(&good().replace("architecture: bert", "architecture: gpt2"));
         assert!(
             e.contains(
-                "unknown variant `gpt2`, expected one of `bert`, `distilbert`, `xlm-roberta`"
+                "unknown variant `gpt2`, expected one of `bert`, `distilbert`, `xlm-roberta`, `mpnet`"
             ),
             "{e}"
         );

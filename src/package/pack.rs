@@ -106,9 +106,10 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         Some("bert") => Architecture::Bert,
         Some("distilbert") => Architecture::DistilBert,
         Some("xlm-roberta") => Architecture::XlmRoberta,
+        Some("mpnet") => Architecture::Mpnet,
         other => {
             return Err(unusable(format!(
-                "config.json: model_type {other:?} is not supported (supported: bert, distilbert, xlm-roberta)"
+                "config.json: model_type {other:?} is not supported (supported: bert, distilbert, xlm-roberta, mpnet)"
             )));
         }
     };
@@ -158,8 +159,8 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let pooling = pooling.ok_or_else(|| unusable("modules.json: no Pooling module"))?;
     let st: StConfig = read_json(&dir.join("sentence_bert_config.json"))?;
     let mut max_positions = config.max_position_embeddings.unwrap_or(512);
-    if architecture == Architecture::XlmRoberta {
-        // RoBERTa's positions start after pad_token_id.
+    if matches!(architecture, Architecture::XlmRoberta | Architecture::Mpnet) {
+        // RoBERTa's (and MPNet's) positions start after pad_token_id.
         max_positions = max_positions.saturating_sub(config.pad_token_id.unwrap_or(1) + 1);
     }
     let max_seq_length = st

