@@ -3,6 +3,9 @@ if command -v systemd-sysusers >/dev/null 2>&1; then
   systemd-sysusers caxton.conf || :
 fi
 if [ -d /run/systemd/system ]; then
+  systemd-tmpfiles --create caxton.conf || :
+fi
+if [ -d /run/systemd/system ]; then
   systemctl daemon-reload || :
   if [ "$1" -eq 1 ]; then
     systemctl enable --now caxton.socket caxton.service || :
