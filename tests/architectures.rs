@@ -88,6 +88,12 @@ fn model_folder(arch: &str, r: &Reference, dir: &Path) {
     )
     .expect("pooling");
     std::fs::write(dir.join("model.safetensors"), weights(r)).expect("weights");
+    // Prompts as sentence-transformers saves them (empty ones mean none).
+    std::fs::write(
+        dir.join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "document": ""}, "default_prompt_name": "query"}"#,
+    )
+    .expect("st config");
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -115,12 +121,19 @@ fn check(arch: &str, expected: Architecture) {
             version: "1".into(),
             weights: WeightStorage::AsIs,
             level: 3,
+            prompts: Vec::new(),
+            default_prompt: None,
         },
         &package,
     )
     .expect("caxton pack recognises the folder");
     assert_eq!(summary.manifest.architecture, expected);
     assert_eq!(summary.manifest.max_seq_length, 32);
+    assert_eq!(
+        summary.manifest.prompts,
+        [("query".to_string(), "query: ".to_string())].into()
+    );
+    assert_eq!(summary.manifest.default_prompt.as_deref(), Some("query"));
 
     let store = Store::open(&tmp.path().join("state")).expect("store");
     let stored = store

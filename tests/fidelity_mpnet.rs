@@ -57,6 +57,8 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
             version: "1".into(),
             weights: WeightStorage::AsIs,
             level: 1,
+            prompts: Vec::new(),
+            default_prompt: None,
         },
         &package,
     )

@@ -17,6 +17,8 @@ pub struct EmbedRequest {
     pub truncate: bool,
     /// Override the model's normalisation.
     pub normalize: Option<bool>,
+    /// One of the model's prompts to put before every text (else its default prompt).
+    pub prompt_name: Option<String>,
 }
 
 /// Vectors and accounting for a request.
@@ -53,8 +55,41 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         ));
     };
     let model = state.registry.acquire(&id).await?;
+    let manifest = &model.package.manifest;
+    let prompt = match req
+        .prompt_name
+        .as_ref()
+        .or(manifest.default_prompt.as_ref())
+    {
+        None => None,
+        Some(name) => Some(manifest.prompts.get(name).cloned().ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_prompt",
+                format!(
+                    "model {id} has no prompt {name:?}; {}",
+                    if manifest.prompts.is_empty() {
+                        "it has none, leave prompt_name out".to_string()
+                    } else {
+                        format!(
+                            "its prompts: {}",
+                            manifest
+                                .prompts
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                ),
+            )
+        })?),
+    };
     let tokenizer = model.tokenizer.clone();
-    let texts = req.texts;
+    let texts = match prompt {
+        // As sentence-transformers does: the prompt is part of the text, tokens and all.
+        Some(p) => req.texts.into_iter().map(|t| format!("{p}{t}")).collect(),
+        None => req.texts,
+    };
     let encoded: Vec<Encoded> = tokio::task::spawn_blocking(move || {
         texts
             .iter()

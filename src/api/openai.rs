@@ -22,6 +22,8 @@ struct EmbeddingsRequest {
     model: Option<String>,
     encoding_format: Option<String>,
     dimensions: Option<i64>,
+    /// Extension (as text-embeddings-inference's): one of the model's prompts.
+    prompt_name: Option<String>,
     /// Accepted for compatibility; OpenAI uses it for abuse monitoring, we have no use for it.
     #[allow(dead_code)]
     user: Option<String>,
@@ -60,6 +62,7 @@ pub async fn embeddings(
             texts: inputs,
             truncate: true,
             normalize: None,
+            prompt_name: req.prompt_name,
         },
     )
     .await?;

@@ -19,6 +19,7 @@ struct EmbedBody {
     inputs: Value,
     normalize: Option<bool>,
     truncate: Option<bool>,
+    prompt_name: Option<String>,
 }
 
 /// `POST /embed`: `{"inputs": str or [str], "normalize"?, "truncate"?}` → `[[f32...]...]`.
@@ -38,6 +39,7 @@ pub async fn embed_handler(
             texts: inputs,
             truncate: req.truncate.unwrap_or(true),
             normalize: req.normalize,
+            prompt_name: req.prompt_name,
         },
     )
     .await?;

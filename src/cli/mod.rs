@@ -64,6 +64,13 @@ pub enum Command {
         /// zstd compression level (1-22).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
         level: i32,
+        /// A prompt requests can name with prompt_name, as NAME=TEXT (e.g. query="query: ");
+        /// repeatable; adds to those in config_sentence_transformers.json.
+        #[arg(long = "prompt", value_parser = parse_prompt)]
+        prompts: Vec<(String, String)>,
+        /// The prompt applied when a request names none.
+        #[arg(long)]
+        default_prompt: Option<String>,
     },
     /// Ask the daemon to re-read its configuration and wait for the outcome; exit 1 if the
     /// new configuration was refused (the running one stays).
@@ -167,6 +174,13 @@ fn models_table(v: &serde_json::Value) -> String {
     out
 }
 
+/// `NAME=TEXT` of `--prompt`.
+fn parse_prompt(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .ok_or_else(|| format!("{s:?} is not NAME=TEXT, e.g. query=\"query: \""))
+}
+
 /// Entry point of the `caxton` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -210,8 +224,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             version,
             f16,
             level,
+            prompts,
+            default_prompt,
         } => {
             let opts = PackOptions {
+                prompts,
+                default_prompt,
                 model_dir,
                 id,
                 version,

@@ -1,5 +1,7 @@
 //! The package manifest (`manifest.yaml`): its schema, parsing and validation.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Name of the manifest entry, which must be the first entry of every package.
@@ -46,9 +48,19 @@ pub struct Manifest {
     pub pooling: Pooling,
     /// Whether vectors are L2-normalised by default.
     pub normalize: bool,
+    /// Named prompts put before a text ahead of tokenization, as sentence-transformers does
+    /// (e5's `query: ` and `passage: `); a request picks one with `prompt_name`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt used when a request names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt: Option<String>,
     /// Every other entry of the package, and nothing else.
     pub files: Vec<FileEntry>,
 }
+
+/// Longest prompt text accepted, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 1024;
 
 /// Architectures the engine can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +179,36 @@ impl Manifest {
 
     /// Checks every rule a parsed manifest must follow.
     pub fn validate(&self) -> Result<(), ManifestError> {
+        for (name, text) in &self.prompts {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(invalid(
+                    "prompts",
+                    format!("prompt name {name:?} is not 1 to 64 of [A-Za-z0-9._-]"),
+                ));
+            }
+            if text.len() > MAX_PROMPT_BYTES {
+                return Err(invalid(
+                    "prompts",
+                    format!(
+                        "prompt {name:?} is {} bytes; at most {MAX_PROMPT_BYTES}",
+                        text.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(d) = &self.default_prompt
+            && !self.prompts.contains_key(d)
+        {
+            return Err(invalid(
+                "default_prompt",
+                format!("{d:?} is not one of the manifest's prompts"),
+            ));
+        }
         if self.format != FORMAT {
             return Err(invalid(
                 "format",
@@ -350,6 +392,26 @@ mod tests {
         );
         let e = err_of(&good().replace("pooling: mean", "pooling: max"));
         assert!(e.contains("unknown variant `max`"), "{e}");
+    }
+
+    #[test]
+    fn prompts_need_sane_names_and_an_existing_default() {
+        let with = |extra: &str| good().replace("files:", &format!("{extra}files:"));
+        let m = Manifest::parse(
+            with("prompts:\n  query: 'query: '\ndefault_prompt: query\n").as_bytes(),
+        )
+        .expect("valid");
+        assert_eq!(m.prompts["query"], "query: ");
+        assert_eq!(
+            err_of(&with(
+                "prompts:\n  query: 'query: '\ndefault_prompt: passage\n"
+            )),
+            "default_prompt: \"passage\" is not one of the manifest's prompts"
+        );
+        assert_eq!(
+            err_of(&with("prompts:\n  'a b': 'x'\n")),
+            "prompts: prompt name \"a b\" is not 1 to 64 of [A-Za-z0-9._-]"
+        );
     }
 
     #[test]

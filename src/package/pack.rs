@@ -33,6 +33,12 @@ pub struct PackOptions {
     pub weights: WeightStorage,
     /// zstd level (1–22).
     pub level: i32,
+    /// Prompts to add or override (name, text), over those of
+    /// `config_sentence_transformers.json`.
+    pub prompts: Vec<(String, String)>,
+    /// The prompt used when a request names none (default: the folder's
+    /// `default_prompt_name`).
+    pub default_prompt: Option<String>,
 }
 
 /// What was written.
@@ -80,6 +86,14 @@ struct StPooling {
 #[derive(Deserialize)]
 struct StConfig {
     max_seq_length: Option<usize>,
+}
+
+/// The parts of `config_sentence_transformers.json` a package carries.
+#[derive(Deserialize, Default)]
+struct StModelConfig {
+    #[serde(default)]
+    prompts: std::collections::BTreeMap<String, String>,
+    default_prompt_name: Option<String>,
 }
 
 fn unusable(msg: impl Into<String>) -> PackageError {
@@ -238,7 +252,23 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         ("tokenizer.json", read("tokenizer.json")?),
         ("model.safetensors", weights),
     ];
+    let st_model: StModelConfig = if dir.join("config_sentence_transformers.json").exists() {
+        read_json(&dir.join("config_sentence_transformers.json"))?
+    } else {
+        StModelConfig::default()
+    };
+    let mut prompts = st_model.prompts;
+    // sentence-transformers writes empty prompts for models without any.
+    prompts.retain(|_, text| !text.is_empty());
+    prompts.extend(opts.prompts.iter().cloned());
+    // A folder's default naming no prompt is ignored; one given on the command line must
+    // exist (the manifest check says so).
+    let default_prompt = opts.default_prompt.clone().or(st_model
+        .default_prompt_name
+        .filter(|d| prompts.contains_key(d)));
     let manifest = Manifest {
+        prompts,
+        default_prompt,
         format: FORMAT,
         id,
         version: opts.version.clone(),

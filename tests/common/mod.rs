@@ -388,6 +388,15 @@ pub fn bundled_copy_with_id(dst: &Path, id: &str) {
 
 /// Copies the bundled package with another id and version.
 pub fn bundled_copy(dst: &Path, id: &str, version: &str) {
+    let (id, version) = (id.to_string(), version.to_string());
+    bundled_copy_edit(dst, move |m| {
+        m.replace("id: all-MiniLM-L6-v2", &format!("id: {id}"))
+            .replace("version: '1'", &format!("version: '{version}'"))
+    });
+}
+
+/// Copies the bundled package with its manifest text rewritten by `edit`.
+pub fn bundled_copy_edit(dst: &Path, edit: impl Fn(String) -> String) {
     let src = bundled_dir().join("all-MiniLM-L6-v2.tar.zst");
     let mut archive = tar::Archive::new(
         zstd::Decoder::new(std::fs::File::open(src).expect("open")).expect("zstd"),
@@ -400,11 +409,7 @@ pub fn bundled_copy(dst: &Path, id: &str, version: &str) {
         let mut data = Vec::new();
         entry.read_to_end(&mut data).expect("read");
         if path == Path::new("manifest.yaml") {
-            data = String::from_utf8(data)
-                .expect("utf-8")
-                .replace("id: all-MiniLM-L6-v2", &format!("id: {id}"))
-                .replace("version: '1'", &format!("version: '{version}'"))
-                .into_bytes();
+            data = edit(String::from_utf8(data).expect("utf-8")).into_bytes();
         }
         let mut header = entry.header().clone();
         header.set_size(data.len() as u64);
