@@ -184,6 +184,44 @@ fn check(arch: &str, expected: Architecture) {
 }
 
 #[test]
+fn pack_warns_when_a_folder_claims_a_known_id_it_is_not() {
+    let r: Reference = serde_json::from_slice(
+        &std::fs::read(fixture("bert").join("reference.json")).expect("reference.json"),
+    )
+    .expect("reference JSON");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let folder = tmp.path().join("fake");
+    std::fs::create_dir(&folder).expect("mkdir");
+    model_folder("bert", &r, &folder);
+    let summary = pack(
+        &PackOptions {
+            model_dir: folder,
+            id: Some("all-MiniLM-L6-v2".into()),
+            version: "1".into(),
+            weights: WeightStorage::AsIs,
+            level: 1,
+            prompts: Vec::new(),
+            default_prompt: None,
+        },
+        &tmp.path().join("fake.tar.zst"),
+    )
+    .expect("packs anyway");
+    assert_eq!(summary.warnings.len(), 2, "{:?}", summary.warnings);
+    assert_eq!(
+        summary.warnings[0],
+        "all-MiniLM-L6-v2 has 384 dimensions, but this folder has 32"
+    );
+    assert!(
+        summary.warnings[1].starts_with(&format!(
+            "model.safetensors (sha256 {}) is not the known all-MiniLM-L6-v2 release",
+            summary.source_weights_sha256
+        )),
+        "{:?}",
+        summary.warnings
+    );
+}
+
+#[test]
 fn bert_matches_transformers() {
     check("bert", Architecture::Bert);
 }

@@ -74,6 +74,8 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         ("all-mpnet-base-v2", Architecture::Mpnet, 768, 384)
     );
     assert!(m.normalize);
+    // The folder is the known release: caxton pack has nothing to warn about.
+    assert_eq!(summary.warnings, Vec::<String>::new());
 
     let store = Store::open(&tmp.path().join("state")).expect("store");
     let stored = store

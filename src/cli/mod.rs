@@ -258,6 +258,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 summary.package_size,
                 summary.package_sha256
             );
+            let known = crate::package::known::KNOWN.iter().any(|k| {
+                k.id == m.id && k.weights_sha256 == Some(summary.source_weights_sha256.as_str())
+            });
+            println!(
+                "source weights sha256 {}{}",
+                summary.source_weights_sha256,
+                if known { " (the known release)" } else { "" }
+            );
+            for w in &summary.warnings {
+                eprintln!("caxton pack: warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload => {

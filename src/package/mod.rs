@@ -2,6 +2,7 @@
 //! `caxton pack`.
 
 pub mod error;
+pub mod known;
 pub mod manifest;
 pub mod pack;
 pub mod settle;

@@ -50,6 +50,10 @@ pub struct PackSummary {
     pub package_sha256: String,
     /// Size of the package file.
     pub package_size: u64,
+    /// sha256 of the folder's `model.safetensors` as given (before any f16 conversion).
+    pub source_weights_sha256: String,
+    /// How the folder differs from the known release of its id (see [`super::known`]).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +247,7 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         std::fs::read(&p).map_err(|e| PackageError::io("read", &p, e))
     };
     let weights = read("model.safetensors")?;
+    let source_weights_sha256 = hex::encode(Sha256::digest(&weights));
     let weights = match opts.weights {
         WeightStorage::AsIs => weights,
         WeightStorage::F16 => weights_to_f16(&weights)?,
@@ -309,12 +314,20 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
     drop(out);
     std::fs::rename(&tmp, output).map_err(|e| PackageError::io("rename into", output, e))?;
 
+    let warnings = super::known::differences(
+        &manifest.id,
+        manifest.architecture,
+        manifest.dimensions,
+        &source_weights_sha256,
+    );
     Ok(PackSummary {
         manifest,
         package_sha256: super::store::sha256_file(output)?,
         package_size: std::fs::metadata(output)
             .map_err(|e| PackageError::io("stat", output, e))?
             .len(),
+        source_weights_sha256,
+        warnings,
     })
 }
 
