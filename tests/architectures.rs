@@ -207,6 +207,22 @@ fn pack_warns_when_a_folder_claims_a_known_id_it_is_not() {
     )
     .expect("packs anyway");
     assert_eq!(summary.warnings.len(), 2, "{:?}", summary.warnings);
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(caxton::package::pack::provenance_path(
+            &tmp.path().join("fake.tar.zst"),
+        ))
+        .expect("provenance record"),
+    )
+    .expect("JSON");
+    assert_eq!(record["known_release"], false);
+    assert_eq!(
+        record["source_weights_sha256"],
+        summary.source_weights_sha256
+    );
+    assert_eq!(
+        record["differences_from_known_release"][0],
+        summary.warnings[0]
+    );
     assert_eq!(
         summary.warnings[0],
         "all-MiniLM-L6-v2 has 384 dimensions, but this folder has 32"

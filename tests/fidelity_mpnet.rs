@@ -74,8 +74,17 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         ("all-mpnet-base-v2", Architecture::Mpnet, 768, 384)
     );
     assert!(m.normalize);
-    // The folder is the known release: caxton pack has nothing to warn about.
+    // The folder is the known release: caxton pack has nothing to warn about, and records so.
     assert_eq!(summary.warnings, Vec::<String>::new());
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(caxton::package::pack::provenance_path(&package)).expect("provenance"),
+    )
+    .expect("JSON");
+    assert_eq!(record["known_release"], true);
+    assert_eq!(
+        record["source_weights_sha256"],
+        "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+    );
 
     let store = Store::open(&tmp.path().join("state")).expect("store");
     let stored = store

@@ -229,7 +229,22 @@ fn weights_to_f16(bytes: &[u8]) -> Result<Vec<u8>, PackageError> {
     safetensors::serialize(views, metadata.metadata().clone()).map_err(bad)
 }
 
-/// Builds a package at `output` from `opts.model_dir`.
+/// Where `caxton pack` records how a package was made: next to it, outside the package, so
+/// the package's bytes depend only on the model (packing stays reproducible).
+pub fn provenance_path(package: &Path) -> PathBuf {
+    let mut name = package.as_os_str().to_owned();
+    name.push(".provenance.json");
+    PathBuf::from(name)
+}
+
+fn write_provenance(package: &Path, record: &serde_json::Value) -> Result<(), PackageError> {
+    let path = provenance_path(package);
+    let text = serde_json::to_string_pretty(record)
+        .map_err(|e| unusable(format!("provenance record: {e}")))?;
+    std::fs::write(&path, text + "\n").map_err(|e| PackageError::io("write", &path, e))
+}
+
+/// Builds a package at `output` from `opts.model_dir`, and its provenance record beside it.
 pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageError> {
     let dir = &opts.model_dir;
     let inferred = infer(dir)?;
@@ -320,9 +335,29 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         manifest.dimensions,
         &source_weights_sha256,
     );
+    let package_sha256 = super::store::sha256_file(output)?;
+    write_provenance(
+        output,
+        &serde_json::json!({
+            "packed_by": concat!("caxton pack ", env!("CARGO_PKG_VERSION")),
+            "source_dir": std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            "source_weights_sha256": source_weights_sha256,
+            "known_release": super::known::KNOWN
+                .iter()
+                .find(|k| k.id == manifest.id)
+                .and_then(|k| k.weights_sha256)
+                .map(|w| w == source_weights_sha256),
+            "weights_storage": match opts.weights {
+                WeightStorage::AsIs => "as-is",
+                WeightStorage::F16 => "f16",
+            },
+            "differences_from_known_release": warnings,
+            "package_sha256": package_sha256,
+        }),
+    )?;
     Ok(PackSummary {
         manifest,
-        package_sha256: super::store::sha256_file(output)?,
+        package_sha256,
         package_size: std::fs::metadata(output)
             .map_err(|e| PackageError::io("stat", output, e))?
             .len(),
