@@ -5,13 +5,12 @@
 //! with `caxton pack` (which must recognise the architecture), verified into a store, loaded
 //! and run alone and in padded batches.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+mod common;
 
-use caxton::engine::{BatchLimits, EngineOptions, LoadedModel};
+use std::path::{Path, PathBuf};
+
+use caxton::package::Architecture;
 use caxton::package::pack::{PackOptions, WeightStorage, pack};
-use caxton::package::signature::SignaturePolicy;
-use caxton::package::{Architecture, Store};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -96,13 +95,6 @@ fn model_folder(arch: &str, r: &Reference, dir: &Path) {
     .expect("st config");
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
 fn check(arch: &str, expected: Architecture) {
     let r: Reference = serde_json::from_slice(
         &std::fs::read(fixture(arch).join("reference.json")).expect("reference.json"),
@@ -135,46 +127,13 @@ fn check(arch: &str, expected: Architecture) {
     );
     assert_eq!(summary.manifest.default_prompt.as_deref(), Some("query"));
 
-    let store = Store::open(&tmp.path().join("state")).expect("store");
-    let stored = store
-        .install(&package, &SignaturePolicy::none())
-        .expect("verified");
-    let model = LoadedModel::load(
-        &stored,
-        EngineOptions::default(),
-        Arc::new(RwLock::new(BatchLimits::default())),
-    )
-    .expect("loads");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let encoded: Vec<_> = r
-        .texts
-        .iter()
-        .map(|t| model.tokenizer.encode(t).expect("tokenize"))
-        .collect();
-    let tokens: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
+    let run = common::engine::run_package(&package, &tmp.path().join("state"), &r.texts);
     assert_eq!(
-        tokens, r.tokens,
+        run.tokens, r.tokens,
         "{arch}: token counts differ from the reference tokenizer"
     );
-
-    let mut worst = 1.0f64;
-    for (e, want) in encoded.iter().zip(&r.vectors) {
-        let got = rt
-            .block_on(model.embed(vec![e.clone()], true))
-            .expect("embed");
-        worst = worst.min(cosine(&got[0], want));
-    }
-    let batched = rt
-        .block_on(model.embed(encoded.clone(), true))
-        .expect("embed");
-    let worst_batched = batched
-        .iter()
-        .zip(&r.vectors)
-        .map(|(g, w)| cosine(g, w))
-        .fold(1.0f64, f64::min);
+    let worst = common::engine::min_cosine(&run.singles, &r.vectors);
+    let worst_batched = common::engine::min_cosine(&run.batched, &r.vectors);
     println!("{arch}: min cosine vs transformers: single {worst:.9}, batched {worst_batched:.9}");
     assert!(worst >= 0.9999, "{arch}: single-text min cosine {worst}");
     assert!(

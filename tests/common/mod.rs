@@ -2,6 +2,8 @@
 //! config directory and talks to it like a client.
 #![allow(dead_code)]
 
+pub mod engine;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,67 @@
+//! In-process runs of a package, for fidelity tests that compare vectors with a reference
+//! implementation without a daemon in between.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use caxton::engine::{BatchLimits, EngineOptions, LoadedModel};
+use caxton::package::Store;
+use caxton::package::signature::SignaturePolicy;
+
+/// What a model made of a list of texts.
+pub struct Run {
+    /// Tokens per text after truncation, special tokens included.
+    pub tokens: Vec<usize>,
+    /// Each text embedded on its own (normalised).
+    pub singles: Vec<Vec<f32>>,
+    /// All texts in one job, batched and padded by the engine (normalised).
+    pub batched: Vec<Vec<f32>>,
+}
+
+/// Verifies `package` into a store under `state`, loads it, and embeds `texts` alone and
+/// together.
+pub fn run_package(package: &Path, state: &Path, texts: &[String]) -> Run {
+    let store = Store::open(state).expect("store");
+    let stored = store
+        .install(package, &SignaturePolicy::none())
+        .expect("verified");
+    let model = LoadedModel::load(
+        &stored,
+        EngineOptions::default(),
+        Arc::new(RwLock::new(BatchLimits::default())),
+    )
+    .expect("loads");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let encoded: Vec<_> = texts
+        .iter()
+        .map(|t| model.tokenizer.encode(t).expect("tokenize"))
+        .collect();
+    let singles = encoded
+        .iter()
+        .map(|e| {
+            rt.block_on(model.embed(vec![e.clone()], true))
+                .expect("embed")
+                .remove(0)
+        })
+        .collect();
+    let batched = rt
+        .block_on(model.embed(encoded.clone(), true))
+        .expect("embed");
+    Run {
+        tokens: encoded.iter().map(|e| e.len()).collect(),
+        singles,
+        batched,
+    }
+}
+
+/// The smallest cosine between paired vectors.
+pub fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector counts differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| super::cosine(x, y))
+        .fold(1.0, f64::min)
+}
