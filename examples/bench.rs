@@ -128,7 +128,17 @@ impl Drop for Daemon {
 
 fn main() -> anyhow::Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let package = repo.join("bundled-models/all-MiniLM-L6-v2.tar.zst");
+    // `--package FILE` benchmarks another model (the daemon serves it as its default).
+    let args: Vec<String> = std::env::args().collect();
+    let package = match args.iter().position(|a| a == "--package") {
+        Some(i) => PathBuf::from(args.get(i + 1).context("--package needs a FILE")?),
+        None => repo.join("bundled-models/all-MiniLM-L6-v2.tar.zst"),
+    };
+    let package = std::path::absolute(&package)?;
+    let packages_dir = package
+        .parent()
+        .context("the package has no directory")?
+        .to_path_buf();
     let exe = std::env::current_exe()?;
     let caxtond = exe
         .parent()
@@ -186,6 +196,20 @@ fn main() -> anyhow::Result<()> {
         Default::default(),
     )?;
     let load = t.elapsed();
+    let (model_id, storage) = {
+        let m = &model.package.manifest;
+        let f16 = std::fs::read(model.package.dir.join("model.safetensors"))
+            .ok()
+            .and_then(|b| {
+                safetensors::SafeTensors::deserialize(&b).ok().map(|st| {
+                    st.tensors()
+                        .iter()
+                        .any(|(_, v)| v.dtype() == safetensors::Dtype::F16)
+                })
+            })
+            .unwrap_or(false);
+        (m.id.clone(), if f16 { "f16" } else { "f32" })
+    };
     drop(model);
 
     // The daemon over its socket.
@@ -193,10 +217,10 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         dir.join("caxton.yaml"),
         format!(
-            "socket:\n  path: {}\nstate_dir: {}\nmodels:\n  bundled_dir: {}\n  package_dir: {}\nlog:\n  level: warn\n",
+            "socket:\n  path: {}\nstate_dir: {}\nmodels:\n  bundled_dir: {}\n  package_dir: {}\n  default: {model_id}\nlog:\n  level: warn\n",
             dir.join("caxton.sock").display(),
             dir.join("state").display(),
-            repo.join("bundled-models").display(),
+            packages_dir.display(),
             dir.join("packages").display()
         ),
     )?;
@@ -260,7 +284,8 @@ fn main() -> anyhow::Result<()> {
     let peak = status_kib(pid, "VmHWM:");
 
     println!(
-        "caxton benchmark: all-MiniLM-L6-v2 (bundled, f16 storage, f32 compute), {} CPUs",
+        "caxton benchmark: {model_id} ({storage} storage, f32 compute, {} bytes package), {} CPUs",
+        size as u64,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
