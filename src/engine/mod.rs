@@ -104,24 +104,16 @@ impl LoadedModel {
         self.freed.clone()
     }
 
-    /// Whether the engine thread answers: an empty job makes the round trip within `timeout`,
-    /// or, when it waits behind queued work, the thread finished a batch within `timeout`.
+    /// Whether the engine thread answers: an empty job makes the round trip within `timeout`;
+    /// or, queued behind work, the thread finished a forward pass within `timeout`, or is in
+    /// one that has run less than [`PASS_LIMIT`] (a pass is bounded by
+    /// `limits.max_batch_tokens`; slow CPUs take tens of seconds for a full one).
     pub async fn alive(&self, timeout: Duration) -> Result<(), String> {
-        match tokio::time::timeout(timeout, self.embed(Vec::new(), false)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(EngineError::Busy)) | Err(_) if self.worker.since_heartbeat() < timeout => {
-                Ok(())
-            }
-            Ok(Err(e)) => Err(format!(
-                "the engine of {} failed a round trip: {e}",
-                self.id()
-            )),
-            Err(_) => Err(format!(
-                "the engine of {} did not answer within {timeout:?} and has not finished a batch for {:?}",
-                self.id(),
-                self.worker.since_heartbeat()
-            )),
-        }
+        let answered = tokio::time::timeout(timeout, self.embed(Vec::new(), false))
+            .await
+            .ok()
+            .map(|r| r.map(|_| ()));
+        judge_liveness(self.id(), answered, self.worker.activity(), timeout)
     }
 
     /// The model id.
@@ -144,6 +136,35 @@ impl LoadedModel {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 }
+
+/// The watchdog's verdict on one engine: `answered` is the empty job's outcome (`None`: no
+/// answer within `timeout`).
+fn judge_liveness(
+    id: &str,
+    answered: Option<Result<(), EngineError>>,
+    activity: worker::Activity,
+    timeout: Duration,
+) -> Result<(), String> {
+    use worker::Activity;
+    match (answered, activity) {
+        // Unloaded while the ping waited: gone, not wedged.
+        (Some(Ok(())), _) | (Some(Err(EngineError::Stopped)), _) => Ok(()),
+        (Some(Err(e)), _) if !matches!(e, EngineError::Busy) => {
+            Err(format!("the engine of {id} failed a round trip: {e}"))
+        }
+        (_, Activity::Looping(since)) if since < timeout => Ok(()),
+        (_, Activity::InPass(running)) if running < PASS_LIMIT => Ok(()),
+        (_, Activity::InPass(running)) => Err(format!(
+            "the engine of {id} has been in one forward pass for {running:?}"
+        )),
+        (_, Activity::Looping(since)) => Err(format!(
+            "the engine of {id} did not answer within {timeout:?} and has shown no sign of life for {since:?}"
+        )),
+    }
+}
+
+/// A forward pass running longer than this is taken for a wedged engine by the watchdog.
+pub const PASS_LIMIT: Duration = Duration::from_secs(120);
 
 /// Memory not in the weights that a loaded model holds: the engine thread's stack, per-model
 /// buffers and allocator slack (all-MiniLM-L6-v2 measures 98 MiB for 86.6 MiB of weights).
@@ -195,4 +216,64 @@ fn f32_weight_bytes(safetensors: &[u8]) -> u64 {
                 .sum()
         })
         .unwrap_or(safetensors.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker::Activity;
+    use super::*;
+
+    const T: Duration = Duration::from_secs(7);
+
+    #[test]
+    fn a_long_forward_pass_is_alive_until_the_pass_limit() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            judge_liveness("m", Some(Ok(())), Activity::Looping(s(999)), T),
+            Ok(())
+        );
+        // Queued behind a 60 s pass on a slow CPU: alive.
+        assert_eq!(
+            judge_liveness("m", None, Activity::InPass(s(60)), T),
+            Ok(())
+        );
+        assert_eq!(
+            judge_liveness(
+                "m",
+                Some(Err(EngineError::Busy)),
+                Activity::Looping(s(2)),
+                T
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            judge_liveness("m", None, Activity::InPass(s(121)), T),
+            Err("the engine of m has been in one forward pass for 121s".into())
+        );
+        assert_eq!(
+            judge_liveness("m", None, Activity::Looping(s(30)), T),
+            Err(
+                "the engine of m did not answer within 7s and has shown no sign of life for 30s"
+                    .into()
+            )
+        );
+        assert_eq!(
+            judge_liveness(
+                "m",
+                Some(Err(EngineError::Stopped)),
+                Activity::Looping(s(99)),
+                T
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            judge_liveness(
+                "m",
+                Some(Err(EngineError::Failed("boom".into()))),
+                Activity::Looping(s(0)),
+                T
+            ),
+            Err("the engine of m failed a round trip: boom".into())
+        );
+    }
 }

@@ -35,7 +35,25 @@ pub struct Job {
 #[derive(Clone)]
 pub struct Worker {
     tx: SyncSender<Job>,
-    heartbeat: Arc<AtomicU64>,
+    beat: Arc<Beat>,
+}
+
+/// What the engine thread last showed of itself, for the watchdog.
+#[derive(Default)]
+struct Beat {
+    /// When it last woke idle or finished a forward pass (clock_ms).
+    last: AtomicU64,
+    /// When the forward pass under way began (clock_ms + 1; 0 when none is).
+    pass_started: AtomicU64,
+}
+
+/// What the engine thread is doing, as far as the watchdog can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Waiting for or between jobs; it last showed it was alive this long ago.
+    Looping(Duration),
+    /// Inside one forward pass for this long.
+    InPass(Duration),
 }
 
 /// How often an idle engine thread wakes to show it is alive.
@@ -59,18 +77,25 @@ impl Worker {
     ) -> std::io::Result<(Worker, watch::Receiver<bool>)> {
         let (tx, rx) = sync_channel(queue);
         let (freed_tx, freed_rx) = watch::channel(false);
-        let heartbeat = Arc::new(AtomicU64::new(clock_ms()));
-        let beat = heartbeat.clone();
+        let beat = Arc::new(Beat::default());
+        beat.last.store(clock_ms(), Ordering::Relaxed);
+        let thread_beat = beat.clone();
         std::thread::Builder::new()
             .name(format!("engine:{name}"))
-            .spawn(move || run(rx, encoder, pooling, limits, freed_tx, &beat))?;
-        Ok((Worker { tx, heartbeat }, freed_rx))
+            .spawn(move || run(rx, encoder, pooling, limits, freed_tx, &thread_beat))?;
+        Ok((Worker { tx, beat }, freed_rx))
     }
 
-    /// How long since the engine thread last finished a batch or woke idle: it wakes at least
-    /// every second, so a large value means it is stuck.
-    pub fn since_heartbeat(&self) -> Duration {
-        Duration::from_millis(clock_ms().saturating_sub(self.heartbeat.load(Ordering::Relaxed)))
+    /// What the engine thread is doing: it wakes at least every second when idle and marks
+    /// every forward pass, so a long `Looping` or an endless `InPass` means it is stuck.
+    pub fn activity(&self) -> Activity {
+        let now = clock_ms();
+        match self.beat.pass_started.load(Ordering::Relaxed) {
+            0 => Activity::Looping(Duration::from_millis(
+                now.saturating_sub(self.beat.last.load(Ordering::Relaxed)),
+            )),
+            started => Activity::InPass(Duration::from_millis(now.saturating_sub(started - 1))),
+        }
     }
 
     /// Queues a job, or refuses it at once when the queue is full.
@@ -88,10 +113,10 @@ fn run(
     pooling: Pooling,
     shared: Arc<RwLock<BatchLimits>>,
     freed: watch::Sender<bool>,
-    heartbeat: &AtomicU64,
+    beat: &Beat,
 ) {
     loop {
-        heartbeat.store(clock_ms(), Ordering::Relaxed);
+        beat.last.store(clock_ms(), Ordering::Relaxed);
         let first = match rx.recv_timeout(TICK) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -116,7 +141,7 @@ fn run(
         }
         // Whatever panics inside a batch fails that batch, never the engine thread.
         let results = catch_unwind(AssertUnwindSafe(|| {
-            embed_jobs(&encoder, pooling, limits, &jobs)
+            embed_jobs(&encoder, pooling, limits, &jobs, beat)
         }))
         .unwrap_or_else(|_| {
             tracing::error!(caxton_event = "engine_error", "a batch panicked");
@@ -142,6 +167,7 @@ fn embed_jobs(
     pooling: Pooling,
     limits: BatchLimits,
     jobs: &[Job],
+    beat: &Beat,
 ) -> Vec<JobResult> {
     let refs: Vec<(usize, usize)> = jobs
         .iter()
@@ -164,8 +190,11 @@ fn embed_jobs(
             })
             .collect();
         crate::metrics::get().batches.inc();
+        beat.pass_started.store(clock_ms() + 1, Ordering::Relaxed);
         let outcome = catch_unwind(AssertUnwindSafe(|| encoder.forward(&texts)))
             .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
+        beat.pass_started.store(0, Ordering::Relaxed);
+        beat.last.store(clock_ms(), Ordering::Relaxed);
         let hidden = match outcome {
             Ok(h) => h,
             Err(msg) => {
