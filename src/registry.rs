@@ -510,7 +510,8 @@ impl Registry {
 
     /// Bytes held by the loaded models.
     pub fn model_memory(&self) -> u64 {
-        self.models().iter().filter_map(|m| m.memory_bytes).sum()
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models.values().filter_map(|s| s.usage().memory_bytes).sum()
     }
 
     /// The loaded models as the memory policy sees them.
@@ -553,10 +554,11 @@ impl Registry {
 
     /// Ids of the models in memory.
     pub fn loaded_ids(&self) -> Vec<String> {
-        self.models()
-            .into_iter()
-            .filter(|m| m.state == ModelState::Loaded)
-            .map(|m| m.id)
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models
+            .iter()
+            .filter(|(_, s)| s.usage().state == Some(ModelState::Loaded))
+            .map(|(id, _)| id.clone())
             .collect()
     }
 

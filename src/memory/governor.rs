@@ -41,6 +41,8 @@ pub struct Governor {
     pressure: RwLock<PressureStatus>,
     /// Bytes each package really took when loaded, by package sha256.
     measured: Mutex<HashMap<String, u64>>,
+    /// Estimates from package headers, by package sha256 (status pages ask every second).
+    estimates: Mutex<HashMap<String, u64>>,
     /// Largest ratio of measured to estimated bytes seen: estimates of packages never loaded
     /// are scaled by it, so one low estimate is not repeated.
     correction: Mutex<f64>,
@@ -71,6 +73,7 @@ impl Governor {
                 ceiling_bytes: None,
             }),
             measured: Mutex::new(HashMap::new()),
+            estimates: Mutex::new(HashMap::new()),
             correction: Mutex::new(1.0),
             admission: tokio::sync::Mutex::new(()),
             sheds: AtomicU64::new(0),
@@ -248,12 +251,19 @@ impl Governor {
         if let Some(&b) = lock(&self.measured).get(&package.package_sha256) {
             return b;
         }
-        (crate::engine::estimate_bytes(package) as f64 * *lock(&self.correction)) as u64
+        (self.estimate(package) as f64 * *lock(&self.correction)) as u64
+    }
+
+    /// The package-based estimate, read from its safetensors header once per package.
+    fn estimate(&self, package: &StoredPackage) -> u64 {
+        *lock(&self.estimates)
+            .entry(package.package_sha256.clone())
+            .or_insert_with(|| crate::engine::estimate_bytes(package))
     }
 
     /// Remembers what `package` really took, and how far off its estimate was.
     pub fn remember(&self, package: &StoredPackage, bytes: u64) {
-        let estimate = crate::engine::estimate_bytes(package).max(1);
+        let estimate = self.estimate(package).max(1);
         let ratio = (bytes as f64 / estimate as f64).clamp(1.0, 4.0);
         let mut c = lock(&self.correction);
         *c = c.max(ratio);
