@@ -747,6 +747,9 @@ impl ModelSlot {
         let result = tokio::task::spawn_blocking(move || {
             let before = crate::memory::process_rss().0;
             LoadedModel::load(&package, options, batch).map(|m| {
+                // Loading widens f16 weights through temporary copies; hand those back before
+                // measuring, or they count as the model's (and stay resident).
+                crate::memory::trim();
                 let grown = crate::memory::process_rss()
                     .0
                     .zip(before)
