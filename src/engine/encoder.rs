@@ -35,7 +35,15 @@ impl Encoder {
         }
     }
 
-    /// One forward pass over `texts`, padded to the longest.
+    /// Frees the buffers a forward pass keeps for the next (called when the engine is idle).
+    pub fn release_workspace(&self) {
+        match self {
+            Encoder::Bert(e) => e.release_workspace(),
+            Encoder::Mpnet(_) => {}
+        }
+    }
+
+    /// One forward pass over `texts`.
     pub fn forward(&self, texts: &[&Encoded]) -> Result<Hidden, String> {
         match self {
             Encoder::Bert(e) => e.forward(texts),

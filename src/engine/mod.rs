@@ -5,6 +5,7 @@ pub mod batch;
 pub mod bert;
 pub mod convert;
 pub mod encoder;
+pub mod kernels;
 pub mod mpnet;
 pub mod pool;
 pub mod tokenize;

@@ -240,7 +240,8 @@ impl MpnetEncoder {
             x.flatten_all()?.to_vec1::<f32>()
         };
         let data = run().map_err(|e| format!("forward pass failed: {e}"))?;
-        Ok(Hidden { data, seq })
+        let starts = (0..n).map(|k| k * seq).collect();
+        Ok(Hidden { data, starts })
     }
 
     fn layer(

@@ -115,11 +115,19 @@ fn run(
     freed: watch::Sender<bool>,
     beat: &Beat,
 ) {
+    // Whether the pass buffers are held; they go back after a quiet tick.
+    let mut holding = false;
     loop {
         beat.last.store(clock_ms(), Ordering::Relaxed);
         let first = match rx.recv_timeout(TICK) {
             Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => {
+                if std::mem::take(&mut holding) {
+                    encoder.release_workspace();
+                    crate::memory::trim();
+                }
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let limits = *shared.read().unwrap_or_else(|p| p.into_inner());
@@ -139,6 +147,7 @@ fn run(
         if jobs.is_empty() {
             continue;
         }
+        holding = true;
         // Whatever panics inside a batch fails that batch, never the engine thread.
         let results = catch_unwind(AssertUnwindSafe(|| {
             embed_jobs(&encoder, pooling, limits, &jobs, beat)
@@ -205,11 +214,11 @@ fn embed_jobs(
                     .collect();
             }
         };
-        let row = hidden.seq * dim;
         for (k, &i) in group.iter().enumerate() {
             let (j, t) = refs[i];
+            let start = hidden.starts[k] * dim;
             let mut v = pool(
-                &hidden.data[k * row..(k + 1) * row],
+                &hidden.data[start..start + lengths[i] * dim],
                 dim,
                 lengths[i],
                 pooling,
