@@ -27,7 +27,7 @@ pub fn to_bert(
         }
         Architecture::DistilBert => distilbert(config_json, tensors),
         Architecture::XlmRoberta => xlm_roberta(config_json, tensors),
-        Architecture::Mpnet => Err("mpnet has its own encoder (engine::mpnet), not BERT's".into()),
+        Architecture::Mpnet => super::mpnet::to_bert(config_json, tensors),
     }
 }
 

@@ -2,7 +2,6 @@
 //! from a verified stored package into a [`LoadedModel`].
 
 pub mod batch;
-pub mod bert;
 pub mod convert;
 pub mod encoder;
 pub mod kernels;

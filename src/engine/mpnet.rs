@@ -1,18 +1,21 @@
-//! MPNet (all-mpnet-base-v2 and kin) on candle, written from the architecture since
-//! candle-transformers has none: BERT's layer with a T5-style relative position bias shared by
-//! every layer and added to the attention scores, RoBERTa's position ids (counted from
-//! `pad_token_id + 1`), no token types, erf GELU.
+//! MPNet checkpoints (all-mpnet-base-v2 and kin) mapped onto the one transformer encoder:
+//! BERT's layer with other tensor names, no token types, RoBERTa's position ids (counted from
+//! `pad_token_id + 1`), and a T5-style relative position bias shared by every layer and added
+//! to the attention scores, which the encoder applies when the checkpoint carries it.
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::bert::{Config, PositionEmbeddingType};
 use serde::Deserialize;
 
-use super::bert::Hidden;
-use super::tokenize::Encoded;
-use crate::package::Manifest;
+type Tensors = HashMap<String, Tensor>;
+
+/// Where the mapped checkpoint keeps MPNet's `[buckets, heads]` relative attention bias.
+pub const RELATIVE_BIAS: &str = "encoder.relative_attention_bias.weight";
 
 #[derive(Debug, Clone, Deserialize)]
-struct Config {
+struct MpnetConfig {
     vocab_size: usize,
     hidden_size: usize,
     num_hidden_layers: usize,
@@ -23,10 +26,8 @@ struct Config {
     max_position_embeddings: usize,
     #[serde(default = "default_eps")]
     layer_norm_eps: f64,
-    #[serde(default = "default_buckets")]
-    relative_attention_num_buckets: usize,
     #[serde(default = "one")]
-    pad_token_id: u32,
+    pad_token_id: usize,
 }
 
 fn default_act() -> String {
@@ -35,10 +36,7 @@ fn default_act() -> String {
 fn default_eps() -> f64 {
     1e-5
 }
-fn default_buckets() -> usize {
-    32
-}
-fn one() -> u32 {
+fn one() -> usize {
     1
 }
 
@@ -48,7 +46,7 @@ const MAX_DISTANCE: i64 = 128;
 /// The bucket of a key `rel` tokens after (negative: before) the query, as MPNet (after T5)
 /// assigns them: exact buckets for near tokens, logarithmic ones further out, half of the
 /// buckets for each direction.
-fn bucket(rel: i64, num_buckets: usize) -> usize {
+pub fn bucket(rel: i64, num_buckets: usize) -> usize {
     let half = (num_buckets / 2) as i64;
     let n = -rel;
     let mut ret = if n < 0 { half } else { 0 };
@@ -65,212 +63,86 @@ fn bucket(rel: i64, num_buckets: usize) -> usize {
     ret as usize
 }
 
-struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
-    output_norm: LayerNorm,
-}
-
-/// A loaded MPNet encoder.
-pub struct MpnetEncoder {
-    words: Embedding,
-    positions: Embedding,
-    embeddings_norm: LayerNorm,
-    layers: Vec<Layer>,
-    /// `[buckets, heads]`.
-    relative_bias: Tensor,
-    heads: usize,
-    head_dim: usize,
-    hidden: usize,
-    buckets: usize,
-    pad: u32,
-    device: Device,
-}
-
-impl MpnetEncoder {
-    /// Builds the model from `config.json` and safetensors bytes (already verified); f16
-    /// weights are widened to f32.
-    pub fn load(config_json: &[u8], weights: Vec<u8>, manifest: &Manifest) -> Result<Self, String> {
-        let c: Config =
-            serde_json::from_slice(config_json).map_err(|e| format!("config.json: {e}"))?;
-        if c.hidden_act != "gelu" {
-            return Err(format!(
-                "config.json: hidden_act {:?} is not supported for mpnet (gelu)",
-                c.hidden_act
-            ));
-        }
-        if c.hidden_size != manifest.dimensions {
-            return Err(format!(
-                "config.json hidden_size {} differs from the manifest's dimensions {}",
-                c.hidden_size, manifest.dimensions
-            ));
-        }
-        let positions_usable = c
-            .max_position_embeddings
-            .saturating_sub(c.pad_token_id as usize + 1);
-        if manifest.max_seq_length > positions_usable {
-            return Err(format!(
-                "the manifest's max_seq_length {} exceeds the {positions_usable} positions config.json allows",
-                manifest.max_seq_length
-            ));
-        }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
-            return Err(format!(
-                "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
-                c.hidden_size, c.num_attention_heads
-            ));
-        }
-        let device = Device::Cpu;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(|e| format!("model.safetensors: {e}"))?;
-        let vb = if vb.contains_tensor("mpnet.embeddings.word_embeddings.weight") {
-            vb.pp("mpnet")
-        } else {
-            vb
-        };
-        let err = |e: candle_core::Error| format!("model.safetensors: {e}");
-        let h = c.hidden_size;
-        let e = vb.pp("embeddings");
-        let words = candle_nn::embedding(c.vocab_size, h, e.pp("word_embeddings")).map_err(err)?;
-        let positions =
-            candle_nn::embedding(c.max_position_embeddings, h, e.pp("position_embeddings"))
-                .map_err(err)?;
-        let embeddings_norm =
-            candle_nn::layer_norm(h, c.layer_norm_eps, e.pp("LayerNorm")).map_err(err)?;
-        let enc = vb.pp("encoder");
-        let relative_bias = enc
-            .pp("relative_attention_bias")
-            .get(
-                (c.relative_attention_num_buckets, c.num_attention_heads),
-                "weight",
-            )
-            .map_err(err)?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let l = enc.pp("layer").pp(i.to_string());
-            let a = l.pp("attention");
-            layers.push(Layer {
-                q: candle_nn::linear(h, h, a.pp("attn").pp("q")).map_err(err)?,
-                k: candle_nn::linear(h, h, a.pp("attn").pp("k")).map_err(err)?,
-                v: candle_nn::linear(h, h, a.pp("attn").pp("v")).map_err(err)?,
-                o: candle_nn::linear(h, h, a.pp("attn").pp("o")).map_err(err)?,
-                attention_norm: candle_nn::layer_norm(h, c.layer_norm_eps, a.pp("LayerNorm"))
-                    .map_err(err)?,
-                intermediate: candle_nn::linear(
-                    h,
-                    c.intermediate_size,
-                    l.pp("intermediate").pp("dense"),
-                )
-                .map_err(err)?,
-                output: candle_nn::linear(c.intermediate_size, h, l.pp("output").pp("dense"))
-                    .map_err(err)?,
-                output_norm: candle_nn::layer_norm(
-                    h,
-                    c.layer_norm_eps,
-                    l.pp("output").pp("LayerNorm"),
-                )
-                .map_err(err)?,
-            });
-        }
-        Ok(MpnetEncoder {
-            words,
-            positions,
-            embeddings_norm,
-            layers,
-            relative_bias,
-            heads: c.num_attention_heads,
-            head_dim: h / c.num_attention_heads,
-            hidden: h,
-            buckets: c.relative_attention_num_buckets,
-            pad: c.pad_token_id,
-            device,
-        })
+/// The BERT configuration and tensors equivalent to an MPNet checkpoint (plus
+/// [`RELATIVE_BIAS`]).
+pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors), String> {
+    let c: MpnetConfig =
+        serde_json::from_slice(config_json).map_err(|e| format!("config.json: {e}"))?;
+    if c.hidden_act != "gelu" {
+        return Err(format!(
+            "config.json: hidden_act {:?} is not supported for mpnet (gelu)",
+            c.hidden_act
+        ));
     }
-
-    /// Width of the token vectors.
-    pub fn hidden_size(&self) -> usize {
-        self.hidden
+    let offset = c.pad_token_id + 1;
+    if c.max_position_embeddings <= offset {
+        return Err(format!(
+            "config.json: max_position_embeddings {} leaves no positions after pad_token_id {}",
+            c.max_position_embeddings, c.pad_token_id
+        ));
     }
-
-    /// Runs one forward pass over `texts`, padded to the longest with masked attention.
-    pub fn forward(&self, texts: &[&Encoded]) -> Result<Hidden, String> {
-        let seq = texts.iter().map(|t| t.len()).max().unwrap_or(0);
-        let n = texts.len();
-        let mut ids = vec![self.pad; n * seq];
-        let mut positions = vec![self.pad; n * seq];
-        let mut mask = vec![f32::MIN; n * seq];
-        for (row, t) in texts.iter().enumerate() {
-            let base = row * seq;
-            ids[base..base + t.len()].copy_from_slice(&t.ids);
-            for (i, p) in positions[base..base + t.len()].iter_mut().enumerate() {
-                *p = self.pad + 1 + i as u32;
+    let config = Config {
+        vocab_size: c.vocab_size,
+        hidden_size: c.hidden_size,
+        num_hidden_layers: c.num_hidden_layers,
+        num_attention_heads: c.num_attention_heads,
+        intermediate_size: c.intermediate_size,
+        hidden_act: candle_transformers::models::bert::HiddenAct::Gelu,
+        hidden_dropout_prob: 0.0,
+        max_position_embeddings: c.max_position_embeddings - offset,
+        type_vocab_size: 1,
+        initializer_range: 0.02,
+        layer_norm_eps: c.layer_norm_eps,
+        pad_token_id: c.pad_token_id,
+        position_embedding_type: PositionEmbeddingType::Absolute,
+        use_cache: false,
+        classifier_dropout: None,
+        model_type: Some("mpnet".into()),
+    };
+    let renames: [(&str, &str); 5] = [
+        ("attention.attn.q.", "attention.self.query."),
+        ("attention.attn.k.", "attention.self.key."),
+        ("attention.attn.v.", "attention.self.value."),
+        ("attention.attn.o.", "attention.output.dense."),
+        ("attention.LayerNorm.", "attention.output.LayerNorm."),
+    ];
+    let mut out = Tensors::new();
+    for (name, t) in tensors {
+        let name = name.strip_prefix("mpnet.").unwrap_or(&name).to_string();
+        let name = match name.strip_prefix("encoder.layer.") {
+            Some(rest) => {
+                let (layer, tail) = rest
+                    .split_once('.')
+                    .ok_or_else(|| format!("model.safetensors: unexpected tensor {name}"))?;
+                let tail = renames
+                    .iter()
+                    .find_map(|(from, to)| tail.strip_prefix(from).map(|r| format!("{to}{r}")))
+                    .unwrap_or_else(|| tail.to_string());
+                format!("encoder.layer.{layer}.{tail}")
             }
-            mask[base..base + t.len()].fill(0.0);
-        }
-        let mut rel = Vec::with_capacity(seq * seq);
-        for q in 0..seq as i64 {
-            for k in 0..seq as i64 {
-                rel.push(bucket(k - q, self.buckets) as u32);
-            }
-        }
-        let run = || -> candle_core::Result<Vec<f32>> {
-            let ids = Tensor::from_vec(ids, (n, seq), &self.device)?;
-            let positions = Tensor::from_vec(positions, (n, seq), &self.device)?;
-            let x = (self.words.forward(&ids)? + self.positions.forward(&positions)?)?;
-            let mut x = self.embeddings_norm.forward(&x)?;
-            // [seq*seq] buckets → [seq, seq, heads] → [1, heads, seq, seq], plus the padding
-            // mask [n, 1, 1, seq]: added to every layer's scores.
-            let rel = Tensor::from_vec(rel, seq * seq, &self.device)?;
-            let bias = self
-                .relative_bias
-                .index_select(&rel, 0)?
-                .reshape((seq, seq, self.heads))?
-                .permute((2, 0, 1))?
-                .unsqueeze(0)?;
-            let mask = Tensor::from_vec(mask, (n, 1, 1, seq), &self.device)?;
-            let bias = bias.broadcast_add(&mask)?.contiguous()?;
-            for layer in &self.layers {
-                x = self.layer(layer, &x, &bias, n, seq)?;
-            }
-            x.flatten_all()?.to_vec1::<f32>()
+            None => name,
         };
-        let data = run().map_err(|e| format!("forward pass failed: {e}"))?;
-        let starts = (0..n).map(|k| k * seq).collect();
-        Ok(Hidden { data, starts })
+        out.insert(name, t);
     }
-
-    fn layer(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        bias: &Tensor,
-        n: usize,
-        seq: usize,
-    ) -> candle_core::Result<Tensor> {
-        let heads = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((n, seq, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads(l.q.forward(x)?)?;
-        let k = heads(l.k.forward(x)?)?;
-        let v = heads(l.v.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = scores.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((n, seq, self.hidden))?;
-        let a = l.attention_norm.forward(&(l.o.forward(&context)? + x)?)?;
-        let i = l.intermediate.forward(&a)?.gelu_erf()?;
-        l.output_norm.forward(&(l.output.forward(&i)? + a)?)
+    // Real tokens' positions start at pad_token_id + 1: dropping the rows before makes the
+    // encoder's positions 0, 1, ... land on the same embeddings (as for XLM-RoBERTa).
+    let key = "embeddings.position_embeddings.weight";
+    let positions = out
+        .remove(key)
+        .ok_or_else(|| format!("model.safetensors: no {key}"))?;
+    let kept = positions
+        .narrow(0, offset, c.max_position_embeddings - offset)
+        .and_then(|t| t.contiguous())
+        .map_err(|e| format!("model.safetensors: {key}: {e}"))?;
+    out.insert(key.into(), kept);
+    // No token types in MPNet: a single zero type embedding adds nothing.
+    let zeros =
+        Tensor::zeros((1, c.hidden_size), DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+    out.insert("embeddings.token_type_embeddings.weight".into(), zeros);
+    if !out.contains_key(RELATIVE_BIAS) {
+        return Err(format!("model.safetensors: no {RELATIVE_BIAS}"));
     }
+    Ok((config, out))
 }
 
 #[cfg(test)]
