@@ -88,18 +88,29 @@ fn singles_and_mixed_batches_match_sentence_transformers() {
 }
 
 #[test]
-fn concurrent_requests_are_batched_without_changing_vectors() {
+fn sixty_four_concurrent_clients_are_batched_without_changing_vectors() {
     let reference = reference();
     let daemon = Daemon::start();
-    let texts: Vec<String> = reference.texts.iter().take(48).cloned().collect();
+    let clients = 64;
+    let texts: Vec<String> = reference
+        .texts
+        .iter()
+        .cycle()
+        .take(clients)
+        .cloned()
+        .collect();
+    let batches_before = batches(&daemon);
     // Fire all requests at once from separate threads so the engine sees them queued together.
     let socket = daemon.socket.clone();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(clients));
     let handles: Vec<_> = texts
         .iter()
         .cloned()
         .map(|t| {
             let socket = socket.clone();
+            let start = start.clone();
             std::thread::spawn(move || {
+                start.wait();
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -126,7 +137,25 @@ fn concurrent_requests_are_batched_without_changing_vectors() {
         .collect();
     for (i, h) in handles.into_iter().enumerate() {
         let v = h.join().expect("thread");
-        let c = cosine(&v, &reference.vectors[i]);
+        let c = cosine(&v, &reference.vectors[i % reference.vectors.len()]);
         assert!(c >= 0.9999, "text {i}: cosine {c}");
     }
+    // Requests that queued while a pass ran shared the next one.
+    let passes = batches(&daemon) - batches_before;
+    assert!(
+        passes < clients as u64,
+        "{clients} concurrent single-text requests took {passes} forward passes"
+    );
+}
+
+/// `caxton_batches_total`: forward passes the daemon has run.
+fn batches(daemon: &Daemon) -> u64 {
+    let (status, body) = daemon
+        .raw_request("GET", "/metrics", None)
+        .expect("metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).expect("utf-8");
+    text.lines()
+        .find_map(|l| l.strip_prefix("caxton_batches_total ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no caxton_batches_total in:\n{text}"))
 }
