@@ -274,8 +274,8 @@ impl Encoder {
     fn embed(&self, texts: &[&Encoded], starts: &[usize], x: &mut [f32]) {
         let h = self.hidden;
         for (t, &start) in texts.iter().zip(starts) {
-            let rows = x[start * h..(start + t.len()) * h].par_chunks_mut(h);
-            rows.enumerate().for_each(|(pos, row)| {
+            let rows = x[start * h..(start + t.len()) * h].chunks_exact_mut(h);
+            for (pos, row) in rows.enumerate() {
                 let (id, ty) = (t.ids[pos] as usize, t.type_ids[pos] as usize);
                 let word = &self.words[id * h..(id + 1) * h];
                 let position = &self.positions[pos * h..(pos + 1) * h];
@@ -284,10 +284,10 @@ impl Encoder {
                 for (v, t) in row.iter_mut().zip(token_type) {
                     *v += t;
                 }
-                let norm = &self.embeddings_norm;
-                kernels::layer_norm(row, &norm.gamma, &norm.beta, self.eps);
-            });
+            }
         }
+        let norm = &self.embeddings_norm;
+        kernels::layer_norm_rows(x, h, &norm.gamma, &norm.beta, self.eps);
     }
 
     /// Scaled dot-product attention of every head of every text over that text's own tokens:
@@ -302,61 +302,67 @@ impl Encoder {
         assert!(qkv.len() >= rows * stride && context.len() >= rows * h);
         let out = Shared(context.as_mut_ptr());
         let qkv = Shared(qkv.as_ptr() as *mut f32);
-        (0..starts.len() * self.heads)
-            .into_par_iter()
-            .for_each(move |task| {
-                let (out, qkv) = (out, qkv);
-                let (text, head) = (task / self.heads, task % self.heads);
-                let (start, len) = (starts[text], lens[text]);
-                SCORES.with_borrow_mut(|scores| {
-                    grow(scores, len * len);
-                    let scores = &mut scores[..len * len];
-                    // SAFETY: every offset below stays inside the text's rows of `qkv`
-                    // (`rows × 3h`, asserted above) and of `context` (`rows × h`); each task
-                    // writes only its own text's rows in its own head's `d` columns, so no two
-                    // tasks write the same element.
-                    unsafe {
-                        let q = qkv.0.add(start * stride + head * d);
-                        let k = q.add(h);
-                        let v = q.add(2 * h);
-                        // scores = scale · Q Kᵀ: Kᵀ(i, j) is K(j, i).
-                        kernels::matmul(
-                            (len, len, d),
-                            Mat::row_major(scores.as_mut_ptr(), len),
-                            Mat::row_major(q, stride),
-                            Mat {
-                                ptr: k,
-                                row: 1,
-                                col: stride as isize,
-                            },
-                            scale,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                        if let Some(rel) = &self.relative {
-                            // Row i needs the bias of keys j - i = -i, ..., len - 1 - i.
-                            let span = 2 * self.max_positions - 1;
-                            let centre = head * span + self.max_positions - 1;
-                            for (i, row) in scores.chunks_exact_mut(len).enumerate() {
-                                let bias = &rel[centre - i..centre - i + len];
-                                row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
-                            }
+        let run = move |task: usize| {
+            let (out, qkv) = (out, qkv);
+            let (text, head) = (task / self.heads, task % self.heads);
+            let (start, len) = (starts[text], lens[text]);
+            SCORES.with_borrow_mut(|scores| {
+                grow(scores, len * len);
+                let scores = &mut scores[..len * len];
+                // SAFETY: every offset below stays inside the text's rows of `qkv`
+                // (`rows × 3h`, asserted above) and of `context` (`rows × h`); each task
+                // writes only its own text's rows in its own head's `d` columns, so no two
+                // tasks write the same element.
+                unsafe {
+                    let q = qkv.0.add(start * stride + head * d);
+                    let k = q.add(h);
+                    let v = q.add(2 * h);
+                    // scores = scale · Q Kᵀ: Kᵀ(i, j) is K(j, i).
+                    kernels::matmul(
+                        (len, len, d),
+                        Mat::row_major(scores.as_mut_ptr(), len),
+                        Mat::row_major(q, stride),
+                        Mat {
+                            ptr: k,
+                            row: 1,
+                            col: stride as isize,
+                        },
+                        scale,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    if let Some(rel) = &self.relative {
+                        // Row i needs the bias of keys j - i = -i, ..., len - 1 - i.
+                        let span = 2 * self.max_positions - 1;
+                        let centre = head * span + self.max_positions - 1;
+                        for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+                            let bias = &rel[centre - i..centre - i + len];
+                            row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
                         }
-                        for row in scores.chunks_exact_mut(len) {
-                            kernels::softmax(row);
-                        }
-                        kernels::matmul(
-                            (len, d, len),
-                            Mat::row_major(out.0.add(start * h + head * d), h),
-                            Mat::row_major(scores.as_mut_ptr(), len),
-                            Mat::row_major(v, stride),
-                            1.0,
-                            false,
-                            gemm::Parallelism::None,
-                        );
                     }
-                });
+                    for row in scores.chunks_exact_mut(len) {
+                        kernels::softmax(row);
+                    }
+                    kernels::matmul(
+                        (len, d, len),
+                        Mat::row_major(out.0.add(start * h + head * d), h),
+                        Mat::row_major(scores.as_mut_ptr(), len),
+                        Mat::row_major(v, stride),
+                        1.0,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             });
+        };
+        // A short text's heads are too little work to hand to the pool.
+        let work: usize = lens.iter().map(|l| l * l).sum::<usize>() * h;
+        let tasks = starts.len() * self.heads;
+        if work < kernels::PARALLEL_MIN * 64 {
+            (0..tasks).for_each(run);
+        } else {
+            (0..tasks).into_par_iter().for_each(run);
+        }
     }
 }
 
