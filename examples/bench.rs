@@ -3,7 +3,13 @@
 //!
 //! Workloads (as in the speed issue): 1,000 short texts (~19 tokens) sent 32 per request
 //! sorted by length; 256 texts of 256 tokens sent 16 per request; single short texts one at a
-//! time over one keep-alive connection for latency.
+//! time over one keep-alive connection for latency; the 1,000 short texts again, one per
+//! request, from 64 concurrent clients (64 keep-alive connections), which the engine batches.
+//!
+//! Flags: `--package FILE` benchmarks another model; `--json FILE` also writes every figure
+//! (and Caxton's vectors of a few check texts) as one JSON object; `--texts FILE` writes the
+//! exact workload texts as JSON, so a peer (`bench/compare`) runs the same inputs; `--quick`
+//! runs smaller workloads (320 short texts, 32 long, 50 single).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +19,7 @@ use anyhow::{Context, bail};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use serde_json::json;
 
 const WORDS: &[&str] = &[
     "the",
@@ -89,7 +96,29 @@ impl Conn {
 
     /// Embeds `texts`, returning the prompt tokens.
     async fn embed(&mut self, texts: &[String]) -> anyhow::Result<u64> {
-        let body = serde_json::to_vec(&serde_json::json!({ "input": texts }))?;
+        let v = self.request(texts).await?;
+        v["usage"]["prompt_tokens"].as_u64().context("no usage")
+    }
+
+    /// Embeds `texts`, returning the vectors.
+    async fn vectors(&mut self, texts: &[String]) -> anyhow::Result<Vec<Vec<f64>>> {
+        let v = self.request(texts).await?;
+        let data = v["data"].as_array().context("no data")?;
+        data.iter()
+            .map(|d| {
+                d["embedding"]
+                    .as_array()
+                    .context("no embedding")?
+                    .iter()
+                    .map(|x| x.as_f64().context("not a number"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// POSTs `texts` to `/v1/embeddings`; any non-2xx answer is an error.
+    async fn request(&mut self, texts: &[String]) -> anyhow::Result<serde_json::Value> {
+        let body = serde_json::to_vec(&json!({ "input": texts }))?;
         let req = hyper::Request::post("/v1/embeddings")
             .header(hyper::header::HOST, "localhost")
             .body(Full::new(Bytes::from(body)))?;
@@ -99,9 +128,63 @@ impl Conn {
         if !status.is_success() {
             bail!("{status}: {}", String::from_utf8_lossy(&bytes));
         }
-        let v: serde_json::Value = serde_json::from_slice(&bytes)?;
-        v["usage"]["prompt_tokens"].as_u64().context("no usage")
+        Ok(serde_json::from_slice(&bytes)?)
     }
+}
+
+/// `clients` keep-alive connections, each sending its share of `texts` (round robin) one text
+/// per request, all at once. Returns the wall time and the failed requests (non-2xx answers
+/// and transport errors; a client whose connection broke reconnects).
+async fn concurrent(
+    socket: &Path,
+    texts: &[String],
+    clients: usize,
+) -> anyhow::Result<(Duration, u64)> {
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(Conn::open(socket).await?);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let t = Instant::now();
+    for (k, mut conn) in conns.into_iter().enumerate() {
+        let mine: Vec<String> = texts.iter().skip(k).step_by(clients).cloned().collect();
+        let socket = socket.to_path_buf();
+        tasks.spawn(async move {
+            let mut errors = 0u64;
+            for text in mine {
+                if conn.embed(&[text]).await.is_err() {
+                    errors += 1;
+                    if conn.sender.is_closed() {
+                        match Conn::open(&socket).await {
+                            Ok(c) => conn = c,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                }
+            }
+            errors
+        });
+    }
+    let mut errors = 0;
+    while let Some(done) = tasks.join_next().await {
+        errors += done?;
+    }
+    Ok((t.elapsed(), errors))
+}
+
+/// `n` with a thousands separator, as the human output has always printed it.
+fn thousands(n: usize) -> String {
+    if n >= 1000 {
+        format!("{},{:03}", n / 1000, n % 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -128,12 +211,26 @@ impl Drop for Daemon {
 
 fn main() -> anyhow::Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    // `--package FILE` benchmarks another model (the daemon serves it as its default).
-    let args: Vec<String> = std::env::args().collect();
-    let package = match args.iter().position(|a| a == "--package") {
-        Some(i) => PathBuf::from(args.get(i + 1).context("--package needs a FILE")?),
-        None => repo.join("bundled-models/all-MiniLM-L6-v2.tar.zst"),
-    };
+    let (mut package, mut json_out, mut texts_out, mut quick) = (None, None, None, false);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut file = || {
+            args.next()
+                .map(PathBuf::from)
+                .with_context(|| format!("{arg} needs a FILE"))
+        };
+        match arg.as_str() {
+            // Another model (the daemon serves it as its default).
+            "--package" => package = Some(file()?),
+            "--json" => json_out = Some(file()?),
+            "--texts" => texts_out = Some(file()?),
+            "--quick" => quick = true,
+            _ => bail!(
+                "unknown argument {arg}; usage: bench [--package FILE] [--json FILE] [--texts FILE] [--quick]"
+            ),
+        }
+    }
+    let package = package.unwrap_or_else(|| repo.join("bundled-models/all-MiniLM-L6-v2.tar.zst"));
     let package = std::path::absolute(&package)?;
     let packages_dir = package
         .parent()
@@ -230,7 +327,7 @@ fn main() -> anyhow::Result<()> {
         .arg(dir)
         .stdout(Stdio::null())
         .spawn()?;
-    let daemon = Daemon(child);
+    let mut daemon = Daemon(child);
     let pid = daemon.0.id();
     let socket = dir.join("caxton.sock");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -243,6 +340,9 @@ fn main() -> anyhow::Result<()> {
             {
                 break;
             }
+            if let Some(status) = daemon.0.try_wait()? {
+                bail!("caxtond exited ({status}) before serving");
+            }
             if started.elapsed() > Duration::from_secs(120) {
                 bail!("caxtond did not serve within 120 s");
             }
@@ -253,35 +353,78 @@ fn main() -> anyhow::Result<()> {
     let ready = started.elapsed();
     let idle_rss = status_kib(pid, "VmRSS:");
 
-    let mut short: Vec<String> = (0..1000).map(|i| text(i, 10 + (i as usize % 12))).collect();
+    let (n_short, n_long, n_single) = if quick {
+        (320, 32, 50)
+    } else {
+        (1000, 256, 300)
+    };
+    let (short_batch, long_batch, clients) = (32, 16, 64);
+    let mut short: Vec<String> = (0..n_short)
+        .map(|i| text(i, 10 + (i as usize % 12)))
+        .collect();
     short.sort_by_key(String::len);
-    let long: Vec<String> = (0..256).map(|i| text(10_000 + i, 400)).collect();
+    let long: Vec<String> = (0..n_long).map(|i| text(10_000 + i, 400)).collect();
+    let single: Vec<String> = (0..n_single).map(|i| text(50_000 + i, 12)).collect();
+    if let Some(path) = &texts_out {
+        let texts = json!({
+            "short": short, "short_batch": short_batch,
+            "long": long, "long_batch": long_batch,
+            "single": single, "concurrent_clients": clients,
+        });
+        std::fs::write(path, serde_json::to_vec(&texts)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
 
     let (short_s, short_tokens, long_s, long_tokens, latencies) = rt.block_on(async {
         let mut c = Conn::open(&socket).await?;
         let t = Instant::now();
         let mut short_tokens = 0;
-        for chunk in short.chunks(32) {
+        for chunk in short.chunks(short_batch) {
             short_tokens += c.embed(chunk).await?;
         }
         let short_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut long_tokens = 0;
-        for chunk in long.chunks(16) {
+        for chunk in long.chunks(long_batch) {
             long_tokens += c.embed(chunk).await?;
         }
         let long_s = t.elapsed().as_secs_f64();
         let mut latencies = Vec::new();
-        for i in 0..300u64 {
-            let one = [text(50_000 + i, 12)];
+        for one in single.chunks(1) {
             let t = Instant::now();
-            c.embed(&one).await?;
+            c.embed(one).await?;
             latencies.push(t.elapsed());
         }
         latencies.sort();
         anyhow::Ok((short_s, short_tokens, long_s, long_tokens, latencies))
     })?;
     let peak = status_kib(pid, "VmHWM:");
+    let (concurrent_time, concurrent_errors) = rt.block_on(concurrent(&socket, &short, clients))?;
+    let concurrent_s = concurrent_time.as_secs_f64();
+    let peak_concurrent = status_kib(pid, "VmHWM:");
+    // Caxton's vectors of a few texts (a single one, the longest short one, a truncated long
+    // one), for a peer to check that it computes the same thing.
+    let check_texts = [
+        single[0].clone(),
+        short[short.len() - 1].clone(),
+        long[0].clone(),
+    ];
+    let check_vectors = rt.block_on(async {
+        let mut c = Conn::open(&socket).await?;
+        let mut out = Vec::new();
+        for t in &check_texts {
+            out.extend(c.vectors(std::slice::from_ref(t)).await?);
+        }
+        // Batched (padded) and alone must agree, or the batch figures measure something else.
+        let batched = c.vectors(&check_texts).await?;
+        for (a, b) in out.iter().zip(&batched) {
+            let cos = cosine(a, b);
+            if cos < 0.9999 {
+                bail!("a text embedded alone and in a batch differs: cosine {cos}");
+            }
+        }
+        anyhow::Ok(out)
+    })?;
 
     println!(
         "caxton benchmark: {model_id} ({storage} storage, f32 compute, {} bytes package), {} CPUs",
@@ -311,15 +454,21 @@ fn main() -> anyhow::Result<()> {
         "  daemon start to first embedding       {:>8.0} ms",
         ready.as_secs_f64() * 1e3
     );
+    let short_rate = short.len() as f64 / short_s;
     println!(
-        "  1,000 short texts, batch 32           {:>8.1} texts/s  {:>8.0} tokens/s  ({:.1} tokens/text)",
-        1000.0 / short_s,
+        "  {:<37}{:>8.1} texts/s  {:>8.0} tokens/s  ({:.1} tokens/text)",
+        format!(
+            "{} short texts, batch {short_batch}",
+            thousands(short.len())
+        ),
+        short_rate,
         short_tokens as f64 / short_s,
-        short_tokens as f64 / 1000.0
+        short_tokens as f64 / short.len() as f64
     );
     println!(
-        "  256 texts x 256 tokens, batch 16      {:>8.1} texts/s  {:>8.0} tokens/s",
-        256.0 / long_s,
+        "  {:<37}{:>8.1} texts/s  {:>8.0} tokens/s",
+        format!("{} texts x 256 tokens, batch {long_batch}", long.len()),
+        long.len() as f64 / long_s,
         long_tokens as f64 / long_s
     );
     println!(
@@ -327,6 +476,13 @@ fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.len()
+    );
+    let concurrent_rate = short.len() as f64 / concurrent_s;
+    println!(
+        "  {:<37}{:>8.1} texts/s  (ratio to batch-{short_batch}: {:.2}, goal >= 0.9)  errors {concurrent_errors}",
+        format!("{clients} clients, single texts"),
+        concurrent_rate,
+        concurrent_rate / short_rate
     );
     println!(
         "  daemon RSS idle with model loaded     {:>8.0} MB",
@@ -336,5 +492,60 @@ fn main() -> anyhow::Result<()> {
         "  daemon peak RSS (VmHWM)               {:>8.0} MB",
         peak as f64 / 1024.0
     );
+    println!(
+        "  {:<37}{:>8.0} MB",
+        format!("daemon peak RSS after {clients} clients"),
+        peak_concurrent as f64 / 1024.0
+    );
+
+    if let Some(path) = &json_out {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let check: Vec<_> = check_texts
+            .iter()
+            .zip(&check_vectors)
+            .map(|(t, v)| json!({ "text": t, "embedding": v }))
+            .collect();
+        let figures = json!({
+            "implementation": "caxton",
+            "model_id": model_id,
+            "storage": storage,
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "package_bytes": size as u64,
+            "verify_ms": ours * 1e3,
+            "verify_mb_per_s": size / ours / 1e6,
+            "zstd_sha256_ms": pipe * 1e3,
+            "verify_ratio": pipe / ours,
+            "unpack_verify_ms": ms(verify),
+            "load_ms": ms(load),
+            "start_ms": ms(ready),
+            "short_texts": short.len(),
+            "short_batch": short_batch,
+            "short_tokens": short_tokens,
+            "short_s": short_s,
+            "short_texts_per_s": short_rate,
+            "short_tokens_per_s": short_tokens as f64 / short_s,
+            "long_texts": long.len(),
+            "long_batch": long_batch,
+            "long_tokens": long_tokens,
+            "long_s": long_s,
+            "long_texts_per_s": long.len() as f64 / long_s,
+            "long_tokens_per_s": long_tokens as f64 / long_s,
+            "single_n": latencies.len(),
+            "single_p50_ms": ms(percentile(&latencies, 0.5)),
+            "single_p99_ms": ms(percentile(&latencies, 0.99)),
+            "idle_rss_mb": idle_rss as f64 / 1024.0,
+            "peak_rss_mb": peak as f64 / 1024.0,
+            "concurrent_clients": clients,
+            "concurrent_texts": short.len(),
+            "concurrent_s": concurrent_s,
+            "concurrent_texts_per_s": concurrent_rate,
+            "concurrent_ratio": concurrent_rate / short_rate,
+            "concurrent_errors": concurrent_errors,
+            "peak_rss_concurrent_mb": peak_concurrent as f64 / 1024.0,
+            "check": check,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }

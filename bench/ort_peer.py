@@ -1,0 +1,436 @@
+#!/usr/bin/env python3
+"""The ONNX Runtime peer of the Caxton benchmark (driven by bench/compare).
+
+    ort_peer.py export  --package PKG.tar.zst --out DIR
+        Unpacks the package into DIR/package, loads config.json + model.safetensors (f16 in
+        the package) into transformers' BertModel in float32 with eager attention, exports it
+        with torch's legacy exporter (dynamo=False; dynamic batch and sequence axes), fuses it
+        with onnxruntime.transformers.optimizer (bert, 12 heads, hidden 384) and writes
+        DIR/model.onnx plus DIR/export.json (what was fused, versions, the package's sha256).
+        A second call with the same package and versions does nothing.
+
+    ort_peer.py run --model DIR --texts TEXTS.json --caxton CAXTON.json --json OUT.json
+        One measured run in this (fresh) process: the workloads of examples/bench.rs on the
+        texts it wrote (same texts, order and batch sizes), 2 intra-op threads. Tokenization,
+        the run, mean pooling and L2 normalisation are all inside the timed region. Checks its
+        vectors against Caxton's (cosine >= 0.999) and its token counts against Caxton's usage.
+
+    ort_peer.py summary --caxton A1.json A2.json ... --ort B1.json B2.json ...
+        Prints the table of medians and ratios.
+
+Only `export` imports torch and transformers; `run` imports numpy, tokenizers and onnxruntime,
+so its peak RSS is that of a plain ORT embedding process.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import statistics
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+THREADS = 2
+COSINE_MIN = 0.999
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(path):
+    """The few scalar keys of manifest.yaml we need (no YAML dependency)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith((" ", "-")) or ":" not in line:
+            continue
+        key, _, value = line.partition(":")
+        out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def unpack(package, dest):
+    """Unpacks the package (zstd-compressed tar) with the `zstd` tool, regular files only."""
+    import subprocess
+
+    dest.mkdir(parents=True, exist_ok=True)
+    zstd = subprocess.Popen(["zstd", "-dc", str(package)], stdout=subprocess.PIPE)
+    with tarfile.open(fileobj=zstd.stdout, mode="r|") as tar:
+        for member in tar:
+            name = Path(member.name)
+            if not member.isfile() or name.is_absolute() or ".." in name.parts:
+                raise SystemExit(f"unexpected entry in {package}: {member.name}")
+            with open(dest / name.name, "wb") as f:
+                f.write(tar.extractfile(member).read())
+    if zstd.wait() != 0:
+        raise SystemExit(f"zstd -dc {package} failed")
+
+
+def cmd_export(args):
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    out = Path(args.out)
+    package = Path(args.package)
+    stamp = {
+        "package_sha256": sha256_file(package),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    info_path = out / "export.json"
+    if info_path.exists() and (out / "model.onnx").exists():
+        info = json.loads(info_path.read_text())
+        if info.get("stamp") == stamp:
+            print(
+                f"  ONNX model cached: {out / 'model.onnx'} "
+                f"({info['attention_nodes']} fused Attention nodes)"
+            )
+            return
+    pkg = out / "package"
+    unpack(package, pkg)
+    manifest = read_manifest(pkg / "manifest.yaml")
+    if manifest.get("architecture") != "bert":
+        raise SystemExit(f"the ORT peer exports bert only, not {manifest.get('architecture')}")
+
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig.from_json_file(str(pkg / "config.json"))
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    state = {k: v.float() for k, v in load_file(str(pkg / "model.safetensors")).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # position_ids is a non-persistent buffer in recent transformers and the pooler does not
+    # touch the token states that are mean-pooled; anything else is an error.
+    unexpected = [
+        k for k in unexpected if not (k.endswith("position_ids") or k.startswith("pooler."))
+    ]
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise SystemExit(f"weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
+    attn = getattr(model.config, "_attn_implementation", None)
+    if attn != "eager":
+        raise SystemExit(f"BertModel uses {attn} attention, not eager")
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+            ).last_hidden_state
+
+    wrapped = Wrapped(model).eval()
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    types = torch.zeros_like(ids)
+    raw = out / "model-raw.onnx"
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
+    t = time.perf_counter()
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapped,
+            (ids, mask, types),
+            str(raw),
+            dynamo=False,
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+            do_constant_folding=True,
+        )
+        # Checked on another shape than the traced one: the axes must really be dynamic.
+        check_ids = torch.tensor(
+            [[101, 2023, 2003, 1037, 3231, 6251, 102], [101, 7592, 102, 0, 0, 0, 0],
+             [101, 1996, 4937, 2938, 102, 0, 0]], dtype=torch.int64)
+        check_mask = (check_ids != 0).to(torch.int64)
+        check_types = torch.zeros_like(check_ids)
+        reference = wrapped(check_ids, check_mask, check_types).numpy()
+    export_s = time.perf_counter() - t
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    t = time.perf_counter()
+    opt = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=384)
+    tmp = out / "model.onnx.tmp"
+    opt.save_model_to_file(str(tmp))
+    optimize_s = time.perf_counter() - t
+    graph = onnx.load(str(tmp))
+    ops = {}
+    for node in graph.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+
+    # The fused graph must compute what torch computes.
+    import numpy as np
+
+    sess = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": check_ids.numpy(), "attention_mask": check_mask.numpy(),
+            "token_type_ids": check_types.numpy()}
+    got = sess.run(None, feed)[0]
+    valid = check_mask.numpy().astype(bool)
+    max_diff = float(np.abs(got - reference)[valid].max())
+    if max_diff > 1e-3:
+        raise SystemExit(f"the optimized graph differs from torch by {max_diff}")
+    os.replace(tmp, out / "model.onnx")
+    raw.unlink()
+    info = {
+        "stamp": stamp,
+        "attention_nodes": ops.get("Attention", 0),
+        "fused_operators": fused,
+        "node_counts": ops,
+        "export_s": export_s,
+        "optimize_s": optimize_s,
+        "max_abs_diff_vs_torch": max_diff,
+        "max_seq_length": int(manifest["max_seq_length"]),
+    }
+    info_path.write_text(json.dumps(info, indent=1))
+    print(
+        f"  exported {out / 'model.onnx'}: {ops.get('Attention', 0)} fused Attention nodes, "
+        f"fused {fused}; export {export_s:.1f} s, optimize {optimize_s:.1f} s, "
+        f"max |ORT - torch| {max_diff:.2e}"
+    )
+
+
+def rss_mb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(sorted_values, p):
+    return sorted_values[round((len(sorted_values) - 1) * p)]
+
+
+def cmd_run(args):
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    model_dir = Path(args.model)
+    workload = json.loads(Path(args.texts).read_text())
+    caxton = json.loads(Path(args.caxton).read_text()) if args.caxton else None
+    max_len = json.loads((model_dir / "export.json").read_text())["max_seq_length"]
+
+    t = time.perf_counter()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(
+        str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+    )
+    session_s = time.perf_counter() - t
+    tokenizer = Tokenizer.from_file(str(model_dir / "package" / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_len)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest
+    load_s = time.perf_counter() - t
+
+    def embed(texts):
+        """Vectors and real (non-padding) token count, as Caxton's usage.prompt_tokens."""
+        encs = tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encs], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+        types = np.array([e.type_ids for e in encs], dtype=np.int64)
+        hidden = session.run(
+            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        )[0]
+        m = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return pooled / np.maximum(norms, 1e-12), int(mask.sum())
+
+    embed(["warm up"])  # as the Caxton side: one single-text request before measuring
+    idle_rss = rss_mb()
+
+    short, long_, single = workload["short"], workload["long"], workload["single"]
+    sb, lb = workload["short_batch"], workload["long_batch"]
+    t = time.perf_counter()
+    short_tokens = sum(embed(short[i : i + sb])[1] for i in range(0, len(short), sb))
+    short_s = time.perf_counter() - t
+    t = time.perf_counter()
+    long_tokens = sum(embed(long_[i : i + lb])[1] for i in range(0, len(long_), lb))
+    long_s = time.perf_counter() - t
+    latencies = []
+    for text in single:
+        t = time.perf_counter()
+        embed([text])
+        latencies.append(time.perf_counter() - t)
+    latencies.sort()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    result = {
+        "implementation": "onnxruntime",
+        "onnxruntime": ort.__version__,
+        "threads": THREADS,
+        "load_ms": load_s * 1e3,
+        "session_ms": session_s * 1e3,
+        "short_texts": len(short),
+        "short_tokens": short_tokens,
+        "short_s": short_s,
+        "short_texts_per_s": len(short) / short_s,
+        "short_tokens_per_s": short_tokens / short_s,
+        "long_texts": len(long_),
+        "long_tokens": long_tokens,
+        "long_s": long_s,
+        "long_texts_per_s": len(long_) / long_s,
+        "long_tokens_per_s": long_tokens / long_s,
+        "single_n": len(latencies),
+        "single_p50_ms": percentile(latencies, 0.5) * 1e3,
+        "single_p99_ms": percentile(latencies, 0.99) * 1e3,
+        "idle_rss_mb": idle_rss,
+        "peak_rss_mb": peak_mb,
+    }
+
+    problems = []
+    if caxton is not None:
+        # Identical outputs, else the comparison means nothing.
+        cosines = []
+        for check in caxton["check"]:
+            ours = embed([check["text"]])[0][0]
+            theirs = np.asarray(check["embedding"], dtype=np.float64)
+            cos = float(ours @ theirs / (np.linalg.norm(ours) * np.linalg.norm(theirs)))
+            cosines.append(cos)
+        result["check_min_cosine"] = min(cosines)
+        if min(cosines) < COSINE_MIN:
+            problems.append(f"vectors differ from Caxton's: cosines {cosines}")
+        for key in ("short_tokens", "long_tokens"):
+            if caxton.get(key) != result[key]:
+                problems.append(f"{key}: ORT {result[key]}, Caxton {caxton.get(key)}")
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    r = result
+    print(f"onnxruntime {ort.__version__} peer: {THREADS} intra-op threads, fused graph, in-process")
+    print(f"  session + tokenizer load              {r['load_ms']:>8.0f} ms")
+    print(f"  {f'{len(short):,} short texts, batch {sb}':<37}{r['short_texts_per_s']:>8.1f} texts/s"
+          f"  {r['short_tokens_per_s']:>8.0f} tokens/s  ({short_tokens / len(short):.1f} tokens/text)")
+    print(f"  {f'{len(long_)} texts x 256 tokens, batch {lb}':<37}{r['long_texts_per_s']:>8.1f} texts/s"
+          f"  {r['long_tokens_per_s']:>8.0f} tokens/s")
+    print(f"  single short text in-process          p50 {r['single_p50_ms']:.2f} ms  "
+          f"p99 {r['single_p99_ms']:.2f} ms  (n={len(latencies)})")
+    print(f"  RSS idle with model loaded            {r['idle_rss_mb']:>8.0f} MB")
+    print(f"  peak RSS (ru_maxrss)                  {r['peak_rss_mb']:>8.0f} MB")
+    if "check_min_cosine" in r:
+        print(f"  vectors vs caxton's                   min cosine {r['check_min_cosine']:.7f}")
+    if problems:
+        raise SystemExit("ORT peer: " + "; ".join(problems))
+
+
+def median(runs, key):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def cmd_summary(args):
+    cax = [json.loads(Path(p).read_text()) for p in args.caxton]
+    ort = [json.loads(Path(p).read_text()) for p in args.ort]
+    export = json.loads(Path(args.export).read_text()) if args.export else {}
+    keys = ("short_texts_per_s", "short_tokens_per_s", "long_tokens_per_s", "single_p50_ms",
+            "single_p99_ms", "peak_rss_mb", "load_ms", "concurrent_texts_per_s")
+    if len(cax) != len(ort):
+        raise SystemExit(f"{len(cax)} caxton runs but {len(ort)} ORT runs")
+    c = {k: median(cax, k) for k in keys}
+    o = {k: median(ort, k) for k in keys}
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
+
+    # (heading, unit, cell of a figures row, cell of the ratio row)
+    columns = [
+        (f"{cax[0]['short_texts']:,} short, batch {cax[0]['short_batch']}",
+         "texts/s (tokens/s)",
+         lambda r: f"{r['short_texts_per_s']:.1f} ({r['short_tokens_per_s']:.0f})",
+         f"{ratio(c['short_texts_per_s'], o['short_texts_per_s']):.2f}"),
+        (f"{cax[0]['long_texts']} x 256 tok, b{cax[0]['long_batch']}", "tokens/s",
+         lambda r: f"{r['long_tokens_per_s']:.0f}",
+         f"{ratio(c['long_tokens_per_s'], o['long_tokens_per_s']):.2f}"),
+        ("single p50 / p99", "ms",
+         lambda r: f"{r['single_p50_ms']:.2f} / {r['single_p99_ms']:.2f}",
+         f"{ratio(o['single_p50_ms'], c['single_p50_ms']):.2f} / "
+         f"{ratio(o['single_p99_ms'], c['single_p99_ms']):.2f}"),
+        ("peak RSS", "MB", lambda r: f"{r['peak_rss_mb']:.0f}",
+         f"{ratio(o['peak_rss_mb'], c['peak_rss_mb']):.2f}"),
+        ("load", "ms", lambda r: f"{r['load_ms']:.0f}", f"{ratio(o['load_ms'], c['load_ms']):.2f}"),
+    ]
+    widths = [max(len(col[0]), len(col[1]), 10) + 3 for col in columns]
+
+    def line(name, cells):
+        return f"{name:<28}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths))
+
+    print()
+    print(f"medians of {len(cax)} interleaved round(s) (A B A B), {THREADS} threads each; "
+          f"onnxruntime {ort[0].get('onnxruntime')}, fused graph with "
+          f"{export.get('attention_nodes', '?')} Attention nodes")
+    print(line("", [col[0] for col in columns]))
+    print(line("", [col[1] for col in columns]))
+    print(line("caxton", [col[2](c) for col in columns]))
+    print(line("onnxruntime", [col[2](o) for col in columns]))
+    print(line("ratio (> 1: caxton better)", [col[3] for col in columns]))
+    if len(cax) > 1:
+        print("per round:")
+        for i, (a, b) in enumerate(zip(cax, ort), 1):
+            print(line(f"  {i} caxton", [col[2](a) for col in columns]))
+            print(line(f"  {i} onnxruntime", [col[2](b) for col in columns]))
+    print("throughput ratios are caxton/ORT, latency, RSS and load ratios ORT/caxton. caxton's")
+    print("figures include HTTP over the Unix socket, its RSS is the daemon's VmHWM, its load the")
+    print("in-process model load; ORT runs in-process in a fresh Python process, its RSS is the")
+    print("process's ru_maxrss, its load session creation plus the tokenizer.")
+    conc = c["concurrent_texts_per_s"]
+    conc_ratio = median(cax, "concurrent_ratio")  # per round, then the median
+    errors = sum(r.get("concurrent_errors", 0) for r in cax)
+    clients = cax[0].get("concurrent_clients", 64)
+    print(
+        f"caxton, {clients} clients, single texts: {conc:.1f} texts/s (ratio to batch-"
+        f"{cax[0]['short_batch']}: {conc_ratio:.2f}, goal >= 0.9; median of the rounds' ratios), "
+        f"errors {errors} in all rounds"
+    )
+    print(
+        f"vectors checked against caxton's: min cosine "
+        f"{min(r.get('check_min_cosine', float('nan')) for r in ort):.7f}; token counts equal"
+    )
+    if errors:
+        print(f"error: {errors} of caxton's concurrent requests failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("--package", required=True)
+    e.add_argument("--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--model", required=True)
+    r.add_argument("--texts", required=True)
+    r.add_argument("--caxton")
+    r.add_argument("--json", required=True)
+    s = sub.add_parser("summary")
+    s.add_argument("--caxton", nargs="+", required=True)
+    s.add_argument("--ort", nargs="+", required=True)
+    s.add_argument("--export")
+    args = p.parse_args()
+    return {"export": cmd_export, "run": cmd_run, "summary": cmd_summary}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
