@@ -154,7 +154,7 @@ impl Encoder {
             let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
             let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
             layers.push(Layer {
-                qkv: Linear::concat(vec![q, k, v]),
+                qkv: Linear::concat(&[q, k, v]),
                 attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
                 attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
                 intermediate: w.linear(&format!("{p}.intermediate.dense"), i, h)?,
@@ -426,7 +426,7 @@ impl Weights {
     fn linear(&mut self, prefix: &str, outputs: usize, inputs: usize) -> Result<Linear, String> {
         let weight = self.take(&format!("{prefix}.weight"), &[outputs, inputs])?;
         let bias = self.take(&format!("{prefix}.bias"), &[outputs])?;
-        Ok(Linear::from_torch(weight, bias, outputs, inputs))
+        Ok(Linear::from_torch(&weight, bias, outputs, inputs))
     }
 }
 
