@@ -42,7 +42,8 @@ fn activation(name: &str) -> Result<HiddenAct, String> {
     }
 }
 
-fn strip_prefix(tensors: Tensors, prefix: &str) -> Tensors {
+/// The tensors with `prefix` taken off the names that have it.
+pub(super) fn strip_prefix(tensors: Tensors, prefix: &str) -> Tensors {
     tensors
         .into_iter()
         .map(|(k, v)| match k.strip_prefix(prefix) {
@@ -107,9 +108,25 @@ fn distilbert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors),
         ("ffn.lin2.", "output.dense."),
         ("output_layer_norm.", "output.LayerNorm."),
     ];
+    let mut out = rename_layers(
+        strip_prefix(tensors, "distilbert."),
+        "transformer.layer.",
+        &renames,
+    )?;
+    add_zero_token_types(&mut out, c.dim)?;
+    Ok((config, out))
+}
+
+/// Renames the tensors of layer `i` under `layers` (e.g. `transformer.layer.`) to BERT's
+/// `encoder.layer.i.`, each name's tail through the first matching `(from, to)` prefix.
+pub(super) fn rename_layers(
+    tensors: Tensors,
+    layers: &str,
+    renames: &[(&str, &str)],
+) -> Result<Tensors, String> {
     let mut out = Tensors::new();
-    for (name, t) in strip_prefix(tensors, "distilbert.") {
-        let name = match name.strip_prefix("transformer.layer.") {
+    for (name, t) in tensors {
+        let name = match name.strip_prefix(layers) {
             Some(rest) => {
                 let (layer, tail) = rest
                     .split_once('.')
@@ -124,10 +141,42 @@ fn distilbert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors),
         };
         out.insert(name, t);
     }
-    // No token types in DistilBERT: a single zero type embedding adds nothing.
-    let zeros = Tensor::zeros((1, c.dim), DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
-    out.insert("embeddings.token_type_embeddings.weight".into(), zeros);
-    Ok((config, out))
+    Ok(out)
+}
+
+/// For checkpoints without token types: a single zero type embedding adds nothing.
+pub(super) fn add_zero_token_types(tensors: &mut Tensors, hidden: usize) -> Result<(), String> {
+    let zeros = Tensor::zeros((1, hidden), DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+    tensors.insert("embeddings.token_type_embeddings.weight".into(), zeros);
+    Ok(())
+}
+
+/// RoBERTa-style checkpoints number real tokens' positions from `pad_token_id + 1`; dropping
+/// the position rows before that makes the encoder's positions 0, 1, ... land on the same
+/// embeddings. (Padding's own position row only ever served padding, which never reaches the
+/// encoder.) Returns the positions left.
+pub(super) fn drop_leading_positions(
+    tensors: &mut Tensors,
+    max_position_embeddings: usize,
+    pad_token_id: usize,
+) -> Result<usize, String> {
+    let offset = pad_token_id + 1;
+    if max_position_embeddings <= offset {
+        return Err(format!(
+            "config.json: max_position_embeddings {max_position_embeddings} leaves no positions after pad_token_id {pad_token_id}"
+        ));
+    }
+    let key = "embeddings.position_embeddings.weight";
+    let positions = tensors
+        .remove(key)
+        .ok_or_else(|| format!("model.safetensors: no {key}"))?;
+    let left = max_position_embeddings - offset;
+    let kept = positions
+        .narrow(0, offset, left)
+        .and_then(|t| t.contiguous())
+        .map_err(|e| format!("model.safetensors: {key}: {e}"))?;
+    tensors.insert(key.into(), kept);
+    Ok(left)
 }
 
 #[derive(Deserialize)]
@@ -169,16 +218,8 @@ fn xlm_roberta(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
             c.position_embedding_type
         ));
     }
-    // RoBERTa numbers real tokens' positions from pad_token_id + 1; dropping the rows before
-    // that makes BERT's positions 0, 1, ... land on the same embeddings. (Padding's own
-    // position row only ever served padding, which attention and pooling mask out.)
-    let offset = c.pad_token_id + 1;
-    if c.max_position_embeddings <= offset {
-        return Err(format!(
-            "config.json: max_position_embeddings {} leaves no positions after pad_token_id {}",
-            c.max_position_embeddings, c.pad_token_id
-        ));
-    }
+    let mut out = strip_prefix(strip_prefix(tensors, "roberta."), "xlm_roberta.");
+    let positions = drop_leading_positions(&mut out, c.max_position_embeddings, c.pad_token_id)?;
     let config = Config {
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -187,7 +228,7 @@ fn xlm_roberta(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
         intermediate_size: c.intermediate_size,
         hidden_act: activation(&c.hidden_act)?,
         hidden_dropout_prob: 0.0,
-        max_position_embeddings: c.max_position_embeddings - offset,
+        max_position_embeddings: positions,
         type_vocab_size: c.type_vocab_size,
         initializer_range: 0.02,
         layer_norm_eps: c.layer_norm_eps,
@@ -197,15 +238,5 @@ fn xlm_roberta(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
         classifier_dropout: None,
         model_type: Some("xlm-roberta".into()),
     };
-    let mut out = strip_prefix(strip_prefix(tensors, "roberta."), "xlm_roberta.");
-    let key = "embeddings.position_embeddings.weight";
-    let positions = out
-        .remove(key)
-        .ok_or_else(|| format!("model.safetensors: no {key}"))?;
-    let kept = positions
-        .narrow(0, offset, c.max_position_embeddings - offset)
-        .and_then(|t| t.contiguous())
-        .map_err(|e| format!("model.safetensors: {key}: {e}"))?;
-    out.insert(key.into(), kept);
     Ok((config, out))
 }

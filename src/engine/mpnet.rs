@@ -5,9 +5,11 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use candle_transformers::models::bert::{Config, PositionEmbeddingType};
 use serde::Deserialize;
+
+use super::convert::{add_zero_token_types, drop_leading_positions, rename_layers, strip_prefix};
 
 type Tensors = HashMap<String, Tensor>;
 
@@ -74,13 +76,16 @@ pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
             c.hidden_act
         ));
     }
-    let offset = c.pad_token_id + 1;
-    if c.max_position_embeddings <= offset {
-        return Err(format!(
-            "config.json: max_position_embeddings {} leaves no positions after pad_token_id {}",
-            c.max_position_embeddings, c.pad_token_id
-        ));
-    }
+    let renames: [(&str, &str); 5] = [
+        ("attention.attn.q.", "attention.self.query."),
+        ("attention.attn.k.", "attention.self.key."),
+        ("attention.attn.v.", "attention.self.value."),
+        ("attention.attn.o.", "attention.output.dense."),
+        ("attention.LayerNorm.", "attention.output.LayerNorm."),
+    ];
+    let mut out = rename_layers(strip_prefix(tensors, "mpnet."), "encoder.layer.", &renames)?;
+    let positions = drop_leading_positions(&mut out, c.max_position_embeddings, c.pad_token_id)?;
+    add_zero_token_types(&mut out, c.hidden_size)?;
     let config = Config {
         vocab_size: c.vocab_size,
         hidden_size: c.hidden_size,
@@ -89,7 +94,7 @@ pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
         intermediate_size: c.intermediate_size,
         hidden_act: candle_transformers::models::bert::HiddenAct::Gelu,
         hidden_dropout_prob: 0.0,
-        max_position_embeddings: c.max_position_embeddings - offset,
+        max_position_embeddings: positions,
         type_vocab_size: 1,
         initializer_range: 0.02,
         layer_norm_eps: c.layer_norm_eps,
@@ -99,46 +104,6 @@ pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
         classifier_dropout: None,
         model_type: Some("mpnet".into()),
     };
-    let renames: [(&str, &str); 5] = [
-        ("attention.attn.q.", "attention.self.query."),
-        ("attention.attn.k.", "attention.self.key."),
-        ("attention.attn.v.", "attention.self.value."),
-        ("attention.attn.o.", "attention.output.dense."),
-        ("attention.LayerNorm.", "attention.output.LayerNorm."),
-    ];
-    let mut out = Tensors::new();
-    for (name, t) in tensors {
-        let name = name.strip_prefix("mpnet.").unwrap_or(&name).to_string();
-        let name = match name.strip_prefix("encoder.layer.") {
-            Some(rest) => {
-                let (layer, tail) = rest
-                    .split_once('.')
-                    .ok_or_else(|| format!("model.safetensors: unexpected tensor {name}"))?;
-                let tail = renames
-                    .iter()
-                    .find_map(|(from, to)| tail.strip_prefix(from).map(|r| format!("{to}{r}")))
-                    .unwrap_or_else(|| tail.to_string());
-                format!("encoder.layer.{layer}.{tail}")
-            }
-            None => name,
-        };
-        out.insert(name, t);
-    }
-    // Real tokens' positions start at pad_token_id + 1: dropping the rows before makes the
-    // encoder's positions 0, 1, ... land on the same embeddings (as for XLM-RoBERTa).
-    let key = "embeddings.position_embeddings.weight";
-    let positions = out
-        .remove(key)
-        .ok_or_else(|| format!("model.safetensors: no {key}"))?;
-    let kept = positions
-        .narrow(0, offset, c.max_position_embeddings - offset)
-        .and_then(|t| t.contiguous())
-        .map_err(|e| format!("model.safetensors: {key}: {e}"))?;
-    out.insert(key.into(), kept);
-    // No token types in MPNet: a single zero type embedding adds nothing.
-    let zeros =
-        Tensor::zeros((1, c.hidden_size), DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
-    out.insert("embeddings.token_type_embeddings.weight".into(), zeros);
     if !out.contains_key(RELATIVE_BIAS) {
         return Err(format!("model.safetensors: no {RELATIVE_BIAS}"));
     }
@@ -148,6 +113,65 @@ pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{DType, Device};
+
+    fn config(act: &str, positions: usize) -> Vec<u8> {
+        format!(
+            r#"{{"vocab_size": 10, "hidden_size": 4, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 8, "hidden_act": "{act}",
+                "max_position_embeddings": {positions}, "pad_token_id": 1}}"#
+        )
+        .into_bytes()
+    }
+
+    fn positions(rows: usize) -> Tensors {
+        let t = Tensor::zeros((rows, 4), DType::F32, &Device::Cpu).expect("zeros");
+        Tensors::from([("mpnet.embeddings.position_embeddings.weight".to_string(), t)])
+    }
+
+    fn error(config_json: &[u8], tensors: Tensors) -> String {
+        match to_bert(config_json, tensors) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn refuses_what_the_encoder_cannot_run() {
+        assert_eq!(
+            error(&config("relu", 10), positions(10)),
+            r#"config.json: hidden_act "relu" is not supported for mpnet (gelu)"#
+        );
+        assert_eq!(
+            error(&config("gelu", 2), positions(2)),
+            "config.json: max_position_embeddings 2 leaves no positions after pad_token_id 1"
+        );
+        assert_eq!(
+            error(&config("gelu", 10), positions(10)),
+            "model.safetensors: no encoder.relative_attention_bias.weight"
+        );
+    }
+
+    #[test]
+    fn maps_names_and_drops_the_padding_positions() {
+        let mut tensors = positions(10);
+        let bias = Tensor::zeros((32, 2), DType::F32, &Device::Cpu).expect("zeros");
+        tensors.insert(format!("mpnet.{RELATIVE_BIAS}"), bias.clone());
+        tensors.insert("mpnet.encoder.layer.0.attention.attn.q.weight".into(), bias);
+        let (c, out) = to_bert(&config("gelu", 10), tensors).expect("mapped");
+        assert_eq!(c.max_position_embeddings, 8);
+        let dims = |name: &str| out.get(name).map(|t| t.dims().to_vec());
+        assert_eq!(
+            dims("embeddings.position_embeddings.weight"),
+            Some(vec![8, 4])
+        );
+        assert_eq!(
+            dims("embeddings.token_type_embeddings.weight"),
+            Some(vec![1, 4])
+        );
+        assert!(out.contains_key("encoder.layer.0.attention.self.query.weight"));
+        assert!(out.contains_key(RELATIVE_BIAS));
+    }
 
     #[test]
     fn buckets_match_transformers() {
