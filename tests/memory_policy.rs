@@ -81,11 +81,10 @@ fn the_budget_sheds_lower_value_models_and_refuses_what_cannot_fit() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(loaded(&d), [MODEL, "m-b"]);
     assert_eq!(state(&d, "m-a"), "available");
-    assert!(
-        d.log().contains("caxton_event=\"model_shed\"") && d.log().contains("making room for m-b"),
-        "{}",
-        d.log()
-    );
+    // The daemon's output is read back by a thread: wait for the line rather than race it.
+    wait_until(&d, "the shed logged", || {
+        d.log().contains("caxton_event=\"model_shed\"") && d.log().contains("making room for m-b")
+    });
     // m-low (priority 5) may shed nothing of higher value: a clean 503 with Retry-After.
     let (s, v, retry) = embed_with(&d, "m-low");
     assert_eq!(
@@ -157,11 +156,10 @@ fn idle_models_unload_preloads_load_and_flush_keeps_pinned() {
     wait_until(&d, "m-idle unloaded when idle", || {
         state(&d, "m-idle") == "available"
     });
-    assert!(
-        d.log().contains("model m-idle unloaded (idle)"),
-        "{}",
-        d.log()
-    );
+    // The state flips before the journal line is written and read back: wait for it too.
+    wait_until(&d, "the idle unload logged", || {
+        d.log().contains("model m-idle unloaded (idle)")
+    });
     // max_idle 0s: the default stays.
     assert_eq!(state(&d, MODEL), "loaded");
     let (s, v) = d.request("POST", "/api/memory/flush", "");
