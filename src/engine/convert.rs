@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use crate::package::Architecture;
 
-type Tensors = HashMap<String, Tensor>;
+/// A checkpoint's tensors by name.
+pub(super) type Tensors = HashMap<String, Tensor>;
 
 /// The BERT configuration and tensors equivalent to a checkpoint of `architecture`.
 pub fn to_bert(

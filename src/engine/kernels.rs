@@ -219,17 +219,12 @@ fn axpy_rows(x: &[f32], rows: usize, l: &Linear, first: usize, count: usize, blo
         fn avx2(x: &[f32], rows: usize, l: &Linear, first: usize, count: usize, b: &mut [f32]) {
             axpy_rows_generic::<8, true>(x, rows, l, first, count, b)
         }
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512dq")
-            && std::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the CPU has every feature the function was compiled for.
-            return unsafe { avx512(x, rows, l, first, count, block) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        match isa() {
+            // SAFETY: `isa` found every feature the function was compiled for.
+            Isa::Avx512 => return unsafe { avx512(x, rows, l, first, count, block) },
             // SAFETY: as above.
-            return unsafe { avx2(x, rows, l, first, count, block) };
+            Isa::Avx2 => return unsafe { avx2(x, rows, l, first, count, block) },
+            Isa::Baseline => {}
         }
     }
     // aarch64 always has fused multiply-add.
@@ -308,6 +303,36 @@ pub fn parallelism(work: usize) -> gemm::Parallelism {
     }
 }
 
+/// The instruction sets the kernels are compiled for, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum Isa {
+    /// AVX-512 F/BW/DQ/VL (with AVX2 and FMA).
+    Avx512,
+    /// AVX2 with FMA.
+    Avx2,
+    /// Whatever the target guarantees (SSE2 on x86-64, NEON on aarch64).
+    Baseline,
+}
+
+/// The best [`Isa`] this CPU runs (std caches the detection).
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            return Isa::Avx512;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Baseline
+}
+
 /// Compiles `$generic` (an `#[inline(always)]` fn) again for AVX-512 and AVX2+FMA and calls
 /// the best the CPU offers.
 macro_rules! simd {
@@ -320,17 +345,12 @@ macro_rules! simd {
                 fn avx512($($arg: $ty),*) $(-> $ret)? { $generic($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) $(-> $ret)? { $generic($($arg),*) }
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512dq")
-                    && std::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: the CPU has every feature the function was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                match isa() {
+                    // SAFETY: `isa` found every feature the function was compiled for.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Baseline => {}
                 }
             }
             $generic($($arg),*)

@@ -3,15 +3,12 @@
 //! `pad_token_id + 1`), and a T5-style relative position bias shared by every layer and added
 //! to the attention scores, which the encoder applies when the checkpoint carries it.
 
-use std::collections::HashMap;
-
-use candle_core::Tensor;
 use candle_transformers::models::bert::{Config, PositionEmbeddingType};
 use serde::Deserialize;
 
-use super::convert::{add_zero_token_types, drop_leading_positions, rename_layers, strip_prefix};
-
-type Tensors = HashMap<String, Tensor>;
+use super::convert::{
+    Tensors, add_zero_token_types, drop_leading_positions, rename_layers, strip_prefix,
+};
 
 /// Where the mapped checkpoint keeps MPNet's `[buckets, heads]` relative attention bias.
 pub const RELATIVE_BIAS: &str = "encoder.relative_attention_bias.weight";
@@ -113,7 +110,7 @@ pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::{DType, Device, Tensor};
 
     fn config(act: &str, positions: usize) -> Vec<u8> {
         format!(
