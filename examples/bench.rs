@@ -9,7 +9,9 @@
 //! Flags: `--package FILE` benchmarks another model; `--json FILE` also writes every figure
 //! (and Caxton's vectors of a few check texts) as one JSON object; `--texts FILE` writes the
 //! exact workload texts as JSON, so a peer (`bench/compare`) runs the same inputs; `--quick`
-//! runs smaller workloads (320 short texts, 32 long, 50 single).
+//! runs smaller workloads (320 short texts, 32 long, 50 single); `--precision bf16` runs the
+//! model's linear layers in bf16 (`models.precision`; f32 on CPUs without AMX, as the first
+//! line then says).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -212,6 +214,7 @@ impl Drop for Daemon {
 fn main() -> anyhow::Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let (mut package, mut json_out, mut texts_out, mut quick) = (None, None, None, false);
+    let mut precision = caxton::engine::Precision::F32;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut file = || {
@@ -225,8 +228,15 @@ fn main() -> anyhow::Result<()> {
             "--json" => json_out = Some(file()?),
             "--texts" => texts_out = Some(file()?),
             "--quick" => quick = true,
+            "--precision" => {
+                precision = match args.next().as_deref() {
+                    Some("f32") => caxton::engine::Precision::F32,
+                    Some("bf16") => caxton::engine::Precision::Bf16,
+                    other => bail!("--precision takes f32 or bf16, not {other:?}"),
+                }
+            }
             _ => bail!(
-                "unknown argument {arg}; usage: bench [--package FILE] [--json FILE] [--texts FILE] [--quick]"
+                "unknown argument {arg}; usage: bench [--package FILE] [--json FILE] [--texts FILE] [--quick] [--precision f32|bf16]"
             ),
         }
     }
@@ -291,7 +301,9 @@ fn main() -> anyhow::Result<()> {
         &stored,
         caxton::engine::EngineOptions::default(),
         Default::default(),
+        precision,
     )?;
+    let compute = model.precision;
     let load = t.elapsed();
     let (model_id, storage) = {
         let m = &model.package.manifest;
@@ -314,7 +326,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         dir.join("caxton.yaml"),
         format!(
-            "socket:\n  path: {}\nstate_dir: {}\nmodels:\n  bundled_dir: {}\n  package_dir: {}\n  default: {model_id}\nlog:\n  level: warn\n",
+            "socket:\n  path: {}\nstate_dir: {}\nmodels:\n  bundled_dir: {}\n  package_dir: {}\n  default: {model_id}\n  precision: {{{model_id}: {precision}}}\nlog:\n  level: warn\n",
             dir.join("caxton.sock").display(),
             dir.join("state").display(),
             packages_dir.display(),
@@ -427,7 +439,7 @@ fn main() -> anyhow::Result<()> {
     })?;
 
     println!(
-        "caxton benchmark: {model_id} ({storage} storage, f32 compute, {} bytes package), {} CPUs",
+        "caxton benchmark: {model_id} ({storage} storage, {compute} compute, {} bytes package), {} CPUs",
         size as u64,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -509,6 +521,7 @@ fn main() -> anyhow::Result<()> {
             "implementation": "caxton",
             "model_id": model_id,
             "storage": storage,
+            "precision": compute.name(),
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "package_bytes": size as u64,
             "verify_ms": ours * 1e3,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::config::MemorySettings;
-use crate::engine::{BatchLimits, EngineOptions, LoadedModel};
+use crate::engine::{BatchLimits, EngineOptions, LoadedModel, Precision};
 use crate::memory::governor::Governor;
 use crate::memory::policy::{self, Resident};
 use crate::package::manifest::compare_versions;
@@ -61,6 +61,8 @@ struct Usage {
     last_use_at: Option<Instant>,
     use_count: u64,
     memory_bytes: Option<u64>,
+    /// What the loaded model computes in.
+    precision: Option<Precision>,
 }
 
 /// One verified model.
@@ -106,6 +108,10 @@ pub struct ModelInfo {
     pub pinned: bool,
     /// Loaded at start and after reloads.
     pub preload: bool,
+    /// Configured precision of its linear layers.
+    pub precision: Precision,
+    /// The precision it runs in, when loaded (f32 where the CPU cannot run bf16).
+    pub loaded_precision: Option<Precision>,
 }
 
 /// Why a model could not serve.
@@ -201,6 +207,8 @@ pub struct Registry {
     /// Files still being written into the package directory: every scan leaves them alone.
     pending: Mutex<HashSet<PathBuf>>,
     batch: Arc<RwLock<BatchLimits>>,
+    /// `models.precision`: each model's configured precision (f32 when absent).
+    precision: RwLock<BTreeMap<String, Precision>>,
     models: RwLock<BTreeMap<String, Arc<ModelSlot>>>,
     rejected: RwLock<Vec<Rejection>>,
     /// The memory policy's state: budget, rules, shedding.
@@ -239,6 +247,7 @@ impl Registry {
         Registry {
             governor: Arc::new(Governor::new(memory)),
             batch: Arc::new(RwLock::new(options.batch)),
+            precision: RwLock::new(BTreeMap::new()),
             options,
             models: RwLock::new(BTreeMap::new()),
             rejected: RwLock::new(Vec::new()),
@@ -405,6 +414,35 @@ impl Registry {
         *self.batch.write().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
+    /// Sets each model's precision (`models.precision`); returns the loaded models whose
+    /// precision this changes, which run the old one until they are loaded again.
+    pub fn set_precision(&self, precision: BTreeMap<String, Precision>) -> Vec<String> {
+        let stale = self
+            .models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(id, slot)| {
+                let configured = precision.get(*id).copied().unwrap_or_default();
+                slot.usage().state == Some(ModelState::Loaded)
+                    && configured != self.precision_of(id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        *self.precision.write().unwrap_or_else(|p| p.into_inner()) = precision;
+        stale
+    }
+
+    /// The configured precision of `id`.
+    pub fn precision_of(&self, id: &str) -> Precision {
+        self.precision
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// The slot for `id`, if a verified package carries it.
     pub fn get(&self, id: &str) -> Option<Arc<ModelSlot>> {
         self.models
@@ -427,7 +465,10 @@ impl Registry {
     /// Status of every verified model.
     pub fn models(&self) -> Vec<ModelInfo> {
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
-        models.values().map(|s| s.info(&self.governor)).collect()
+        models
+            .values()
+            .map(|s| s.info(&self.governor, self.precision_of(&s.package.manifest.id)))
+            .collect()
     }
 
     /// Packages refused at the last scan.
@@ -463,6 +504,7 @@ impl Registry {
         let bytes = {
             let mut u = slot.usage();
             u.state = Some(ModelState::Available);
+            u.precision = None;
             u.memory_bytes.take().unwrap_or(model.weight_bytes)
         };
         drop(model);
@@ -643,7 +685,10 @@ impl Registry {
                 );
             }
         }
-        let model = slot.acquire(self.options, self.batch.clone()).await?;
+        let precision = self.precision_of(&id);
+        let model = slot
+            .acquire(self.options, self.batch.clone(), precision)
+            .await?;
         let took = model_bytes(&slot, &model);
         self.governor.remember(&slot.package, took);
         if took > need {
@@ -698,7 +743,7 @@ impl ModelSlot {
         self.usage.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn info(&self, governor: &Governor) -> ModelInfo {
+    fn info(&self, governor: &Governor, precision: Precision) -> ModelInfo {
         let u = self.usage().clone();
         let m = &self.package.manifest;
         let rules = governor.rules(&m.id);
@@ -709,6 +754,8 @@ impl ModelSlot {
             priority: rules.priority,
             pinned: rules.pinned,
             preload: rules.preload,
+            precision,
+            loaded_precision: u.precision,
             id: m.id.clone(),
             version: m.version.clone(),
             source: self.source,
@@ -734,6 +781,7 @@ impl ModelSlot {
         &self,
         options: EngineOptions,
         batch: Arc<RwLock<BatchLimits>>,
+        precision: Precision,
     ) -> Result<Arc<LoadedModel>, LoadError> {
         let mut loaded = self.loaded.lock().await;
         if let Some(model) = loaded.as_ref() {
@@ -746,7 +794,7 @@ impl ModelSlot {
         // the engine thread); loads are serialised by admission, so little else moves it.
         let result = tokio::task::spawn_blocking(move || {
             let before = crate::memory::process_rss().0;
-            LoadedModel::load(&package, options, batch).map(|m| {
+            LoadedModel::load(&package, options, batch, precision).map(|m| {
                 // Loading widens f16 weights through temporary copies; hand those back before
                 // measuring, or they count as the model's (and stay resident).
                 crate::memory::trim();
@@ -764,19 +812,30 @@ impl ModelSlot {
             Ok((model, grown)) => {
                 let model = Arc::new(model);
                 let bytes = grown.max(model.weight_bytes);
+                if let Some(reason) = &model.precision_fallback {
+                    tracing::warn!(
+                        caxton_event = "precision_fallback",
+                        caxton_model = %id,
+                        caxton_reason = %reason,
+                        "model {id} is configured for {precision} (models.precision) but runs f32: {reason}"
+                    );
+                }
                 tracing::info!(
                     caxton_event = "model_loaded",
                     caxton_model = %id,
                     load_ms = model.load_time.as_millis() as u64,
                     memory_bytes = bytes,
-                    "model {id} loaded in {:.0?} ({} MiB in memory, {} MiB of it weights)",
+                    precision = model.precision.name(),
+                    "model {id} loaded in {:.0?} ({} MiB in memory, {} MiB of it {} weights)",
                     model.load_time,
                     bytes >> 20,
-                    model.weight_bytes >> 20
+                    model.weight_bytes >> 20,
+                    model.precision
                 );
                 {
                     let mut u = self.usage();
                     u.state = Some(ModelState::Loaded);
+                    u.precision = Some(model.precision);
                     u.memory_bytes = Some(bytes);
                     u.last_use_at = Some(Instant::now());
                 }

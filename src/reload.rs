@@ -202,6 +202,15 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
         .registry
         .set_batch_limits(crate::server::batch_limits(&new));
     state.registry.governor.configure(&new.memory);
+    // A model loaded in the old precision is unloaded; the next request (or the preload
+    // below, for preload models) loads it in the new one.
+    for id in state.registry.set_precision(new.models.precision.clone()) {
+        let precision = state.registry.precision_of(&id);
+        let reason = format!("models.precision.{id} changed to {precision}");
+        if let Err(e) = state.registry.unload(&id, &reason).await {
+            tracing::warn!("cannot unload {id} after its precision changed: {e}");
+        }
+    }
     state.registry.governor.request_preload();
     let default = new.models.default.clone();
     state.set_settings(new);

@@ -78,6 +78,7 @@ pub async fn run(
         queue: settings.limits.queue_depth,
     };
     let registry = Arc::new(Registry::new(options, &settings.memory));
+    registry.set_precision(settings.models.precision.clone());
     let reloader = Reloader::new(config_dir);
     let mut state = AppState::new(settings, registry, reloader.clone());
     state.socket_activated = socket_activated;

@@ -9,6 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use caxton::engine::Precision;
 use caxton::package::Architecture;
 use caxton::package::pack::{PackOptions, WeightStorage, pack};
 use serde::Deserialize;
@@ -127,7 +128,12 @@ fn check(arch: &str, expected: Architecture) {
     );
     assert_eq!(summary.manifest.default_prompt.as_deref(), Some("query"));
 
-    let run = common::engine::run_package(&package, &tmp.path().join("state"), &r.texts);
+    let run = common::engine::run_package(
+        &package,
+        &tmp.path().join("state"),
+        &r.texts,
+        Precision::F32,
+    );
     assert_eq!(
         run.tokens, r.tokens,
         "{arch}: token counts differ from the reference tokenizer"
@@ -139,6 +145,31 @@ fn check(arch: &str, expected: Architecture) {
     assert!(
         worst_batched >= 0.9999,
         "{arch}: batched min cosine {worst_batched}"
+    );
+
+    // bf16 linear layers: within the 0.999 of the reference, and still independent
+    // of what else shares the forward pass.
+    let bf16 = common::engine::run_package(
+        &package,
+        &tmp.path().join("state-bf16"),
+        &r.texts,
+        Precision::Bf16,
+    );
+    let ran = if common::engine::bf16_runs_here() {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    assert_eq!(bf16.precision, ran);
+    let worst = common::engine::min_cosine(&bf16.singles, &r.vectors);
+    let batched_vs_single = common::engine::min_cosine(&bf16.batched, &bf16.singles);
+    println!(
+        "{arch} ({ran}): min cosine vs transformers {worst:.9}, batched vs single {batched_vs_single:.9}"
+    );
+    assert!(worst >= 0.999, "{arch} in {ran}: min cosine {worst}");
+    assert!(
+        batched_vs_single >= 0.99999,
+        "{arch} in {ran}: batched vs single {batched_vs_single}"
     );
 }
 

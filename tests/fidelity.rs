@@ -87,6 +87,65 @@ fn singles_and_mixed_batches_match_sentence_transformers() {
     assert!(min_batch >= 0.99999, "batched vs single: {min_batch}");
 }
 
+/// `models.precision: bf16` over the socket: every reference text within cosine 0.999 of
+/// sentence-transformers, batches equal to singles, and the model says what it runs in (f32,
+/// with the reason logged, on a CPU without AMX).
+#[test]
+fn bf16_stays_within_0_999_of_sentence_transformers() {
+    let reference = reference();
+    let daemon = Daemon::start_with(
+        |dir| common::write_config(dir, "  precision:\n    all-MiniLM-L6-v2: bf16\n"),
+        &[],
+    );
+    let mut singles = Vec::new();
+    let mut worst = (1.0f64, 0usize);
+    for (i, text) in reference.texts.iter().enumerate() {
+        let (v, tokens) = daemon.embed(&[text]);
+        assert_eq!(tokens, reference.token_counts[i], "token count of text {i}");
+        let c = cosine(&v[0], &reference.vectors[i]);
+        if c < worst.0 {
+            worst = (c, i);
+        }
+        singles.push(v.into_iter().next().expect("one vector"));
+    }
+    let expected = caxton::engine::Precision::Bf16.on_this_machine().0.name();
+    let entry = common::model_entry(&daemon, "all-MiniLM-L6-v2").expect("entry");
+    assert_eq!(entry["precision"], "bf16");
+    assert_eq!(entry["loaded_precision"], expected, "{entry}");
+    if expected == "f32" {
+        assert!(
+            daemon.log().contains("precision_fallback"),
+            "{}",
+            daemon.log()
+        );
+    }
+    println!(
+        "{expected}: min cosine vs sentence-transformers: {:.7} (text {})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 >= 0.999,
+        "text {} has cosine {} against the reference in {expected}",
+        worst.1,
+        worst.0
+    );
+
+    // All texts, 32 per request, scrambled: each equals its single-text vector.
+    let order: Vec<usize> = (0..reference.texts.len())
+        .map(|i| (i * 37) % reference.texts.len())
+        .collect();
+    let mut min_batch = 1.0f64;
+    for chunk in order.chunks(32) {
+        let texts: Vec<&str> = chunk.iter().map(|&i| reference.texts[i].as_str()).collect();
+        let (vectors, _) = daemon.embed(&texts);
+        for (v, &i) in vectors.iter().zip(chunk) {
+            min_batch = min_batch.min(cosine(v, &singles[i]));
+        }
+    }
+    println!("{expected}: min cosine batched vs single: {min_batch:.8}");
+    assert!(min_batch >= 0.99999, "batched vs single: {min_batch}");
+}
+
 #[test]
 fn sixty_four_concurrent_clients_are_batched_without_changing_vectors() {
     let reference = reference();

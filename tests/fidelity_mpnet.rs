@@ -7,6 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use caxton::engine::Precision;
 use caxton::package::Architecture;
 use caxton::package::pack::{PackOptions, WeightStorage, pack};
 use serde::Deserialize;
@@ -78,7 +79,12 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
     );
 
-    let run = common::engine::run_package(&package, &tmp.path().join("state"), &r.texts);
+    let run = common::engine::run_package(
+        &package,
+        &tmp.path().join("state"),
+        &r.texts,
+        Precision::F32,
+    );
     assert_eq!(
         run.tokens, r.token_counts,
         "token counts differ from sentence-transformers"
@@ -92,5 +98,25 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
     assert!(
         batched_vs_single >= 0.99999,
         "batched vs single {batched_vs_single}"
+    );
+
+    // bf16 linear layers (f32 where the CPU has no AMX).
+    let bf16 = common::engine::run_package(
+        &package,
+        &tmp.path().join("state-bf16"),
+        &r.texts,
+        Precision::Bf16,
+    );
+    let ran = bf16.precision;
+    assert_eq!(ran == Precision::Bf16, common::engine::bf16_runs_here());
+    let vs_reference = common::engine::min_cosine(&bf16.singles, &r.vectors);
+    let batched_vs_single = common::engine::min_cosine(&bf16.batched, &bf16.singles);
+    println!(
+        "all-mpnet-base-v2 ({ran}): min cosine vs sentence-transformers {vs_reference:.9}; batched vs single {batched_vs_single:.9}"
+    );
+    assert!(vs_reference >= 0.999, "{ran}: min cosine {vs_reference}");
+    assert!(
+        batched_vs_single >= 0.99999,
+        "{ran}: batched vs single {batched_vs_single}"
     );
 }

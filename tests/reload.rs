@@ -221,6 +221,16 @@ fn bad_changes_are_refused_whole_and_the_next_good_one_applies() {
         "limits:\n  max_inputs: 0\n",
         &["limits.max_inputs: must be at least 1"],
     );
+    assert_refused(
+        &d,
+        &f,
+        "models:\n  precision:\n    all-MiniLM-L6-v2: int8\n",
+        &[
+            &name,
+            "models.precision.all-MiniLM-L6-v2",
+            "\"int8\" is not a precision; use f32 or bf16",
+        ],
+    );
 
     // An unreadable drop-in (a directory named like one).
     let before = d.log().matches("config_rejected").count();
@@ -303,4 +313,52 @@ fn reload_follows_the_systemd_protocol_and_status_reports_a_refusal() {
     std::fs::write(conf_d(&d).join("50-bad.yaml"), "limits:\n  max_inputz: 1\n").expect("write");
     notify.wait_containing("configuration refused: ");
     assert!(notify.seen.contains("max_inputz"), "{:?}", notify.seen);
+}
+
+/// `models.precision` applies live: the loaded model is unloaded and comes back in the new
+/// precision (bf16, or f32 with the reason logged on a CPU without AMX), and back again.
+#[test]
+fn changing_a_models_precision_reloads_it_in_the_new_one() {
+    let d = start("");
+    let id = "all-MiniLM-L6-v2";
+    let (before, _) = d.embed(&["the pump station reports low pressure"]);
+    let entry = common::model_entry(&d, id).expect("entry");
+    assert_eq!(entry["precision"], "f32");
+    assert_eq!(entry["loaded_precision"], "f32");
+
+    let drop_in = conf_d(&d).join("50-precision.yaml");
+    std::fs::write(&drop_in, format!("models:\n  precision:\n    {id}: bf16\n")).expect("write");
+    wait_until(&d, "the unload for the new precision", || {
+        d.log().contains(&format!(
+            "model {id} unloaded (models.precision.{id} changed to bf16)"
+        ))
+    });
+    let (after, _) = d.embed(&["the pump station reports low pressure"]);
+    let bf16 = caxton::engine::Precision::Bf16.on_this_machine().0.name();
+    let entry = common::model_entry(&d, id).expect("entry");
+    assert_eq!(entry["precision"], "bf16");
+    assert_eq!(entry["loaded_precision"], bf16);
+    if bf16 == "bf16" {
+        assert!(d.log().contains("MiB of it bf16 weights"), "{}", d.log());
+    } else {
+        assert!(d.log().contains("precision_fallback"), "{}", d.log());
+    }
+    let c = common::cosine(&before[0], &after[0]);
+    assert!(c >= 0.999, "bf16 against f32: cosine {c}");
+
+    std::fs::remove_file(&drop_in).expect("rm");
+    wait_until(&d, "the unload back to f32", || {
+        d.log().contains(&format!(
+            "model {id} unloaded (models.precision.{id} changed to f32)"
+        ))
+    });
+    let (again, _) = d.embed(&["the pump station reports low pressure"]);
+    assert_eq!(
+        again, before,
+        "back in f32, the vector is the f32 one again"
+    );
+    assert_eq!(
+        common::model_entry(&d, id).expect("entry")["loaded_precision"],
+        "f32"
+    );
 }

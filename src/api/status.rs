@@ -53,6 +53,8 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "priority": m.priority,
                 "pinned": m.pinned,
                 "preload": m.preload,
+                "precision": m.precision,
+                "loaded_precision": m.loaded_precision,
                 "last_use": m.last_use.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
                 "use_count": m.use_count,
             })

@@ -5,12 +5,14 @@
 pub mod memory;
 pub mod units;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::engine::Precision;
 pub use memory::{
     Budget, MemorySettings, ModelMemorySettings, PressureSettings, PressureSourceSetting,
 };
@@ -69,6 +71,8 @@ pub struct ModelSettings {
     /// How long a dropped file must stay unchanged before it is verified when no
     /// close-after-write or rename told us it is complete.
     pub settle_time: Duration,
+    /// Precision of each model's linear layers, by id (others run f32).
+    pub precision: BTreeMap<String, Precision>,
 }
 
 /// Limits that protect the daemon from oversized requests.
@@ -128,6 +132,7 @@ impl Default for ModelSettings {
             trusted_keys_dir: PathBuf::from("/etc/caxton/keys"),
             validation_interval: Duration(std::time::Duration::from_secs(24 * 3600)),
             settle_time: Duration(std::time::Duration::from_secs(10)),
+            precision: BTreeMap::new(),
         }
     }
 }
@@ -560,7 +565,7 @@ mod tests {
         );
         assert_eq!(find("log.level").source, dropin.display().to_string());
         assert_eq!(find("socket.path").source, "default");
-        assert_eq!(all.len(), 29);
+        assert_eq!(all.len(), 30);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
+use super::Precision;
 use super::kernels::{self, Activation, Linear, Mat};
 use super::tokenize::Encoded;
 use crate::package::Manifest;
@@ -39,6 +40,18 @@ struct Layer {
     intermediate: Linear,
     output: Linear,
     output_norm: Norm,
+}
+
+impl Layer {
+    #[cfg(target_arch = "x86_64")]
+    fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.qkv,
+            &mut self.attention_out,
+            &mut self.intermediate,
+            &mut self.output,
+        ]
+    }
 }
 
 struct Norm {
@@ -92,15 +105,56 @@ unsafe impl Sync for Shared {}
 impl Encoder {
     /// Builds the model from `config.json` and safetensors bytes (already verified) of the
     /// manifest's architecture (BERT, or one mapped onto it by [`super::convert`]).
-    /// Weights stored as f16 or bf16 are widened to f32: the engine computes in f32.
-    pub fn load(config_json: &[u8], weights: Vec<u8>, manifest: &Manifest) -> Result<Self, String> {
+    /// Weights stored as f16 or bf16 are widened to f32; with [`Precision::Bf16`] (which the
+    /// caller has checked this CPU runs) the linear layers' weights are then rounded to bf16.
+    pub fn load(
+        config_json: &[u8],
+        weights: Vec<u8>,
+        manifest: &Manifest,
+        precision: Precision,
+    ) -> Result<Self, String> {
         let tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu)
             .map_err(|e| format!("model.safetensors: {e}"))?;
         drop(weights);
         let (config, tensors) =
             super::convert::to_bert(manifest.architecture, config_json, tensors)?;
         check_config(&config, manifest)?;
-        Self::from_tensors(&config, tensors)
+        let mut encoder = Self::from_tensors(&config, tensors)?;
+        match precision {
+            Precision::F32 => {}
+            #[cfg(target_arch = "x86_64")]
+            Precision::Bf16 => {
+                for layer in &mut encoder.layers {
+                    for linear in layer.linears_mut() {
+                        linear.to_bf16();
+                    }
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Precision::Bf16 => return Err("bf16 needs Intel AMX (x86-64)".into()),
+        }
+        Ok(encoder)
+    }
+
+    /// Bytes of the weights in memory.
+    pub fn weight_bytes(&self) -> u64 {
+        let norm = |n: &Norm| n.gamma.len() + n.beta.len();
+        let mut floats = self.words.len() + self.positions.len() + self.token_types.len();
+        floats += norm(&self.embeddings_norm) + self.relative.as_ref().map_or(0, Vec::len);
+        let mut bytes = floats * 4;
+        for layer in &self.layers {
+            bytes += (norm(&layer.attention_norm) + norm(&layer.output_norm)) * 4;
+            bytes += [
+                &layer.qkv,
+                &layer.attention_out,
+                &layer.intermediate,
+                &layer.output,
+            ]
+            .iter()
+            .map(|l| l.bytes())
+            .sum::<usize>();
+        }
+        bytes as u64
     }
 
     fn from_tensors(c: &Config, tensors: HashMap<String, Tensor>) -> Result<Self, String> {

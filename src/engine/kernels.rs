@@ -9,18 +9,26 @@
 
 use rayon::prelude::*;
 
-/// A linear layer `y = x·Wᵀ + b`, `W` stored transposed (`[inputs, outputs]` row-major): the
-/// layout gemm runs fastest from here (up to 30% faster than PyTorch's `[outputs, inputs]` at
-/// 608 rows), and the one the few-row kernel reads a row of per input.
+/// A linear layer `y = x·Wᵀ + b`, in f32 or (on CPUs with AMX) with bf16 weights.
 pub struct Linear {
-    /// `Wᵀ`, `inputs × outputs`, row-major.
-    pub weight_t: Vec<f32>,
+    weights: Weights,
     /// `outputs` biases.
     pub bias: Vec<f32>,
     /// Width of an input row.
     pub inputs: usize,
     /// Width of an output row.
     pub outputs: usize,
+}
+
+/// How a [`Linear`] holds its weights.
+enum Weights {
+    /// `Wᵀ` (`[inputs, outputs]` row-major): the layout gemm runs fastest from here (up to
+    /// 30% faster than PyTorch's `[outputs, inputs]` at 608 rows), and the one the few-row
+    /// kernel reads a row of per input.
+    F32(Vec<f32>),
+    /// Rounded to bf16 and packed in AMX tiles.
+    #[cfg(target_arch = "x86_64")]
+    Bf16(super::amx::Packed),
 }
 
 /// Up to this many rows, [`Linear::forward`] runs [`small_rows`] instead of `gemm`, which
@@ -41,7 +49,7 @@ impl Linear {
             }
         }
         Linear {
-            weight_t,
+            weights: Weights::F32(weight_t),
             bias,
             inputs,
             outputs,
@@ -49,38 +57,100 @@ impl Linear {
     }
 
     /// Several layers over the same input as one (e.g. query, key and value): their outputs
-    /// side by side, so one GEMM does the work of three.
+    /// side by side, so one GEMM does the work of three. The parts are f32 (concatenate
+    /// before [`Linear::to_bf16`]).
     pub fn concat(parts: &[Linear]) -> Linear {
         let inputs = parts.first().map_or(0, |p| p.inputs);
         let outputs: usize = parts.iter().map(|p| p.outputs).sum();
         let mut weight_t = Vec::with_capacity(inputs * outputs);
         for i in 0..inputs {
             for p in parts {
-                weight_t.extend_from_slice(&p.weight_t[i * p.outputs..(i + 1) * p.outputs]);
+                let wt = p.f32_weights();
+                assert_eq!(
+                    wt.len(),
+                    inputs * p.outputs,
+                    "concat of packed or uneven layers"
+                );
+                weight_t.extend_from_slice(&wt[i * p.outputs..(i + 1) * p.outputs]);
             }
         }
         let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
         Linear {
-            weight_t,
+            weights: Weights::F32(weight_t),
             bias,
             inputs,
             outputs,
         }
     }
 
+    /// `Wᵀ` of an f32 layer; empty once packed.
+    fn f32_weights(&self) -> &[f32] {
+        match &self.weights {
+            Weights::F32(wt) => wt,
+            #[cfg(target_arch = "x86_64")]
+            Weights::Bf16(_) => &[],
+        }
+    }
+
+    /// Rounds the weights to bf16 and packs them for AMX, dropping the f32 copy. Only when
+    /// [`super::amx::available`] is `Ok`.
+    #[cfg(target_arch = "x86_64")]
+    pub fn to_bf16(&mut self) {
+        if let Weights::F32(wt) = &self.weights {
+            let packed = super::amx::Packed::new(wt, self.inputs, self.outputs);
+            self.weights = Weights::Bf16(packed);
+        }
+    }
+
+    /// Bytes of the weights and bias in memory.
+    pub fn bytes(&self) -> usize {
+        let weights = match &self.weights {
+            Weights::F32(wt) => wt.len() * 4,
+            #[cfg(target_arch = "x86_64")]
+            Weights::Bf16(p) => p.bytes(),
+        };
+        weights + self.bias.len() * 4
+    }
+
     /// `out = x·Wᵀ + b (+ residual)` for `rows` rows; `out` must hold `rows × outputs`.
     pub fn forward(&self, x: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) {
         let (k, n) = (self.inputs, self.outputs);
-        assert!(x.len() >= rows * k && out.len() >= rows * n);
-        assert!(self.weight_t.len() == n * k && self.bias.len() == n);
+        assert!(x.len() >= rows * k && out.len() >= rows * n && self.bias.len() == n);
         let x = &x[..rows * k];
         let out = &mut out[..rows * n];
         let residual = residual.map(|r| &r[..rows * n]);
+        let wt = match &self.weights {
+            Weights::F32(wt) => wt,
+            #[cfg(target_arch = "x86_64")]
+            Weights::Bf16(packed) => {
+                self.prefill(residual, out);
+                packed.accumulate(x, rows, out);
+                return;
+            }
+        };
+        assert!(wt.len() == n * k);
         if rows <= SMALL_ROWS {
             small_rows(x, rows, self, residual, out);
             return;
         }
-        // The bias (and residual) go in first; the GEMM then accumulates onto them.
+        self.prefill(residual, out);
+        // SAFETY: the slices above are exactly `rows × k`, `k × n` and `rows × n`.
+        unsafe {
+            matmul(
+                (rows, n, k),
+                Mat::row_major(out.as_mut_ptr(), n),
+                Mat::row_major(x.as_ptr() as *mut f32, k),
+                Mat::row_major(wt.as_ptr() as *mut f32, n),
+                1.0,
+                true,
+                parallelism(rows * n * k),
+            );
+        }
+    }
+
+    /// Fills `out` with the bias (and residual), which the product then accumulates onto.
+    fn prefill(&self, residual: Option<&[f32]>, out: &mut [f32]) {
+        let n = self.outputs;
         match residual {
             Some(r) => out
                 .par_chunks_mut(n)
@@ -89,18 +159,6 @@ impl Linear {
             None => out
                 .par_chunks_mut(n)
                 .for_each(|o| o.copy_from_slice(&self.bias)),
-        }
-        // SAFETY: the slices above are exactly `rows × k`, `k × n` and `rows × n`.
-        unsafe {
-            matmul(
-                (rows, n, k),
-                Mat::row_major(out.as_mut_ptr(), n),
-                Mat::row_major(x.as_ptr() as *mut f32, k),
-                Mat::row_major(self.weight_t.as_ptr() as *mut f32, n),
-                1.0,
-                true,
-                parallelism(rows * n * k),
-            );
         }
     }
 }
@@ -154,7 +212,7 @@ fn axpy_rows_generic<const L: usize, const FMA: bool>(
     block: &mut [f32],
 ) {
     let (k, n) = (l.inputs, l.outputs);
-    let wt = &l.weight_t;
+    let wt = l.f32_weights();
     let mut r = 0;
     while r < rows {
         let take = (rows - r).min(4);

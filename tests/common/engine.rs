@@ -4,12 +4,14 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use caxton::engine::{BatchLimits, EngineOptions, LoadedModel};
+use caxton::engine::{BatchLimits, EngineOptions, LoadedModel, Precision};
 use caxton::package::Store;
 use caxton::package::signature::SignaturePolicy;
 
 /// What a model made of a list of texts.
 pub struct Run {
+    /// The precision the model ran in (bf16 falls back to f32 without AMX).
+    pub precision: Precision,
     /// Tokens per text after truncation, special tokens included.
     pub tokens: Vec<usize>,
     /// Each text embedded on its own (normalised).
@@ -18,9 +20,9 @@ pub struct Run {
     pub batched: Vec<Vec<f32>>,
 }
 
-/// Verifies `package` into a store under `state`, loads it, and embeds `texts` alone and
-/// together.
-pub fn run_package(package: &Path, state: &Path, texts: &[String]) -> Run {
+/// Verifies `package` into a store under `state`, loads it in `precision`, and embeds `texts`
+/// alone and together.
+pub fn run_package(package: &Path, state: &Path, texts: &[String], precision: Precision) -> Run {
     let store = Store::open(state).expect("store");
     let stored = store
         .install(package, &SignaturePolicy::none())
@@ -29,6 +31,7 @@ pub fn run_package(package: &Path, state: &Path, texts: &[String]) -> Run {
         &stored,
         EngineOptions::default(),
         Arc::new(RwLock::new(BatchLimits::default())),
+        precision,
     )
     .expect("loads");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -51,9 +54,22 @@ pub fn run_package(package: &Path, state: &Path, texts: &[String]) -> Run {
         .block_on(model.embed(encoded.clone(), true))
         .expect("embed");
     Run {
+        precision: model.precision,
         tokens: encoded.iter().map(|e| e.len()).collect(),
         singles,
         batched,
+    }
+}
+
+/// Whether this machine runs bf16 (Intel AMX); the reason when not, printed so a test log
+/// says which of its checks ran.
+pub fn bf16_runs_here() -> bool {
+    match Precision::Bf16.on_this_machine() {
+        (Precision::Bf16, _) => true,
+        (_, reason) => {
+            println!("bf16 falls back to f32 here: {reason:?}");
+            false
+        }
     }
 }
 
