@@ -6,8 +6,8 @@
 //! precision path is AMX or nothing: `vdpbf16ps` is slower here than plain f32).
 //!
 //! Weights are rounded to bf16 once, at load, and packed tile by tile ([`Packed`]); each call
-//! rounds its input rows to bf16 and accumulates in f32 onto the output, which the caller has
-//! filled with the bias (and residual), as for the f32 path.
+//! rounds its input rows to bf16 and accumulates in f32, starting from the bias or from what
+//! the output holds (bias and residual, filled in by the caller).
 //!
 //! Rust has no stable AMX intrinsics, so the tile instructions are inline assembly. Linux
 //! hands the 8 KiB tile state to a process only on request (`arch_prctl`), which
@@ -142,11 +142,13 @@ impl Packed {
         self.tiles.len() * 2
     }
 
-    /// `out += x·Wᵀ` for `rows` rows of `x` (`rows × inputs`) into `out` (`rows × outputs`).
-    /// [`available`] must have returned `Ok`.
-    pub fn accumulate(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+    /// `out = x·Wᵀ + bias` for `rows` rows of `x` (`rows × inputs`) into `out`
+    /// (`rows × outputs`), or `out += x·Wᵀ` without a bias. [`available`] must have returned
+    /// `Ok`.
+    pub fn forward(&self, x: &[f32], rows: usize, bias: Option<&[f32]>, out: &mut [f32]) {
         let (k, n) = (self.inputs, self.outputs);
         assert!(x.len() >= rows * k && out.len() >= rows * n);
+        assert!(bias.is_none_or(|b| b.len() == n));
         assert!(
             available().is_ok(),
             "AMX used without checking amx::available"
@@ -159,7 +161,8 @@ impl Packed {
         let threads = rayon::current_num_threads();
         let pairs = self.column_blocks / 2;
         let chunks = rows.div_ceil(CHUNK_ROWS);
-        let groups = if threads > 1 && rows * n * k >= 1 << 17 {
+        let parallel = threads > 1 && rows * n * k >= SERIAL_MAX;
+        let groups = if parallel {
             (2 * threads).div_ceil(chunks).min(pairs)
         } else {
             1
@@ -180,13 +183,13 @@ impl Packed {
                 );
                 // SAFETY: tasks write disjoint (rows, columns) blocks of `out`, which
                 // outlives them; `available()` is Ok.
-                unsafe { self.run(a, rows_here, out_ptr.offset(first_row * n), columns) };
+                unsafe { self.run(a, rows_here, bias, out_ptr.offset(first_row * n), columns) };
             });
         };
-        if chunks * groups == 1 {
-            run(0);
-        } else {
+        if parallel {
             (0..chunks * groups).into_par_iter().for_each(run);
+        } else {
+            (0..chunks * groups).for_each(run);
         }
     }
 
@@ -195,72 +198,124 @@ impl Packed {
     /// # Safety
     /// `out` points at `rows × outputs` f32s that no one else touches in these columns, and
     /// `available()` is `Ok`.
-    unsafe fn run(&self, a: &Rounded, rows: usize, out: OutPtr, pairs: std::ops::Range<usize>) {
-        let n = self.outputs;
-        let config = TileConfig::new();
-        // SAFETY: `config` is a valid palette-1 configuration; tile state was granted.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack)) };
-        let mut edge = Edge([0f32; BLOCK_ROWS * BLOCK_COLS]);
-        let b_stride = self.depth_tiles * TILE_BYTES;
-        for pair in pairs {
-            let col = pair * BLOCK_COLS;
-            // SAFETY: `pair` < column_blocks / 2, so both blocks lie inside `tiles`.
-            let b = unsafe { (self.tiles.as_ptr() as *const u8).add(2 * pair * b_stride) };
-            for row in (0..rows).step_by(BLOCK_ROWS) {
-                let a_ptr = a.row(row);
-                let depth = self.depth_tiles;
-                if row + BLOCK_ROWS <= rows && col + BLOCK_COLS <= n {
-                    // SAFETY: the 32×32 block lies inside `out`.
-                    unsafe {
-                        block(
-                            a_ptr,
-                            a.stride,
-                            b,
-                            b_stride,
-                            out.at(row * n + col),
-                            n * 4,
-                            depth,
-                        )
-                    };
-                    continue;
+    unsafe fn run(
+        &self,
+        a: &Rounded,
+        rows: usize,
+        bias: Option<&[f32]>,
+        out: OutPtr,
+        pairs: std::ops::Range<usize>,
+    ) {
+        let whole = rows / BLOCK_ROWS * BLOCK_ROWS;
+        if whole > 0 {
+            // SAFETY: tile state was granted (`available`).
+            unsafe { TileConfig::new(ROWS, ROWS).load() };
+            for pair in pairs.clone() {
+                for row in (0..whole).step_by(BLOCK_ROWS) {
+                    // SAFETY: rows `row..row + 32` exist in `a` and `out`.
+                    unsafe { self.block(a, row, BLOCK_ROWS, bias, out, pair) };
                 }
-                // A ragged edge goes through a full-size buffer.
-                let r_count = (rows - row).min(BLOCK_ROWS);
-                let c_count = (n - col).min(BLOCK_COLS);
-                edge.0.fill(0.0);
-                for r in 0..r_count {
-                    for c in 0..c_count {
-                        // SAFETY: inside `out`'s rows and this task's columns.
-                        edge.0[r * BLOCK_COLS + c] = unsafe { *out.at((row + r) * n + col + c) };
-                    }
-                }
-                let c = edge.0.as_mut_ptr();
-                // SAFETY: `edge` is a full 32×32 block.
-                unsafe { block(a_ptr, a.stride, b, b_stride, c, BLOCK_COLS * 4, depth) };
-                for r in 0..r_count {
-                    for c in 0..c_count {
-                        // SAFETY: as above.
-                        unsafe { *out.at((row + r) * n + col + c) = edge.0[r * BLOCK_COLS + c] };
-                    }
-                }
+            }
+        }
+        // The last rows: tiles configured with fewer rows read and write only those, so
+        // neither the input nor the output needs padding rows.
+        let tail = rows - whole;
+        if tail > 0 {
+            let upper = tail.min(ROWS);
+            // SAFETY: as above.
+            unsafe { TileConfig::new(upper, (tail - upper).max(1)).load() };
+            for pair in pairs {
+                // SAFETY: rows `whole..rows` exist in `a` and `out`.
+                unsafe { self.block(a, whole, tail, bias, out, pair) };
             }
         }
         // SAFETY: releases the tiles this thread configured.
         unsafe { asm!("tilerelease", options(nostack)) };
     }
+
+    /// Rows `row..row + count` (`count` ≤ 32, matching the loaded tile configuration) of
+    /// column-block pair `pair`, straight into `out`, or through a buffer at a ragged right
+    /// edge. The output tiles start from the bias (every row loads the same 64 bytes: a
+    /// zero stride) or from `out`.
+    ///
+    /// # Safety
+    /// As for [`Packed::run`]; those rows exist in `a` and `out`.
+    unsafe fn block(
+        &self,
+        a: &Rounded,
+        row: usize,
+        count: usize,
+        bias: Option<&[f32]>,
+        out: OutPtr,
+        pair: usize,
+    ) {
+        let n = self.outputs;
+        let col = pair * BLOCK_COLS;
+        let depth = self.depth_tiles;
+        let b_stride = depth * TILE_BYTES;
+        // SAFETY: `pair` < column_blocks / 2, so both column blocks lie inside `tiles`.
+        let b = unsafe { (self.tiles.as_ptr() as *const u8).add(2 * pair * b_stride) };
+        let a_ptr = a.row(row);
+        let product = |from: (*const f32, usize), c: *mut f32, c_stride: usize| {
+            let init = Init {
+                ptr: from.0,
+                stride: from.1,
+            };
+            // SAFETY: the caller's rows and this pair's columns lie inside `c` and `init`.
+            unsafe {
+                if count > ROWS {
+                    tiles_32(a_ptr, a.stride, b, b_stride, init, c, c_stride, depth)
+                } else {
+                    tiles_16(a_ptr, a.stride, b, b_stride, init, c, c_stride, depth)
+                }
+            }
+        };
+        if col + BLOCK_COLS <= n {
+            // SAFETY: inside `out`.
+            let c = unsafe { out.at(row * n + col) };
+            let from = match bias {
+                Some(b) => (b[col..].as_ptr(), 0),
+                None => (c as *const f32, n * 4),
+            };
+            product(from, c, n * 4);
+            return;
+        }
+        let columns = n - col;
+        let mut edge = Edge([0f32; BLOCK_ROWS * BLOCK_COLS]);
+        for r in 0..count {
+            for c in 0..columns {
+                edge.0[r * BLOCK_COLS + c] = match bias {
+                    Some(b) => b[col + c],
+                    // SAFETY: inside `out`'s rows and this task's columns.
+                    None => unsafe { *out.at((row + r) * n + col + c) },
+                };
+            }
+        }
+        let c = edge.0.as_mut_ptr();
+        product((c as *const f32, BLOCK_COLS * 4), c, BLOCK_COLS * 4);
+        for r in 0..count {
+            for c in 0..columns {
+                // SAFETY: as above.
+                unsafe { *out.at((row + r) * n + col + c) = edge.0[r * BLOCK_COLS + c] };
+            }
+        }
+    }
 }
 
-/// One 32×32 block of the output: `c += a·b`, where `a` is 32 rounded input rows and `b`
-/// two packed column blocks `b_stride` bytes apart, over `depth_tiles` slices.
+/// `c += a·b` for up to 32 rows × 32 columns: `a` holds the rounded input rows, `b` two
+/// packed column blocks `b_stride` bytes apart, over `depth_tiles` slices. Rows past the
+/// 16th come from the second row of tiles (as many as the configuration gives them).
 ///
 /// # Safety
-/// The tiles are configured; `a`, `b` and `c` cover the rows, slices and 32×32 floats read.
+/// The tiles are configured; `a`, `b` and `c` cover the rows, slices and columns read.
 #[inline(always)]
-unsafe fn block(
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles_32(
     a: *const u8,
     a_stride: usize,
     b: *const u8,
     b_stride: usize,
+    init: Init,
     c: *mut f32,
     c_stride: usize,
     depth_tiles: usize,
@@ -269,10 +324,10 @@ unsafe fn block(
     // tmm6, 7: the two column blocks' weights.
     unsafe {
         asm!(
-            "tileloadd tmm0, [{c} + {cs}*1]",
-            "tileloadd tmm1, [{c} + {cs}*1 + 64]",
-            "tileloadd tmm2, [{c2} + {cs}*1]",
-            "tileloadd tmm3, [{c2} + {cs}*1 + 64]",
+            "tileloadd tmm0, [{i} + {is}*1]",
+            "tileloadd tmm1, [{i} + {is}*1 + 64]",
+            "tileloadd tmm2, [{i2} + {is}*1]",
+            "tileloadd tmm3, [{i2} + {is}*1 + 64]",
             "2:",
             "tileloadd tmm4, [{a} + {as}*1]",
             "tileloadd tmm5, [{a2} + {as}*1]",
@@ -292,6 +347,9 @@ unsafe fn block(
             "tilestored [{c} + {cs}*1 + 64], tmm1",
             "tilestored [{c2} + {cs}*1], tmm2",
             "tilestored [{c2} + {cs}*1 + 64], tmm3",
+            i = in(reg) init.ptr,
+            i2 = in(reg) init.ptr.byte_add(ROWS * init.stride),
+            is = in(reg) init.stride,
             c = in(reg) c,
             c2 = in(reg) c.byte_add(ROWS * c_stride),
             cs = in(reg) c_stride,
@@ -308,6 +366,61 @@ unsafe fn block(
     }
 }
 
+/// [`tiles_32`] for at most 16 rows (a single text): half the tile work.
+///
+/// # Safety
+/// As for [`tiles_32`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles_16(
+    a: *const u8,
+    a_stride: usize,
+    b: *const u8,
+    b_stride: usize,
+    init: Init,
+    c: *mut f32,
+    c_stride: usize,
+    depth_tiles: usize,
+) {
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{i} + {is}*1]",
+            "tileloadd tmm1, [{i} + {is}*1 + 64]",
+            "2:",
+            "tileloadd tmm4, [{a} + {as}*1]",
+            "tileloadd tmm6, [{b} + {bs}*1]",
+            "tileloadd tmm7, [{b2} + {bs}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "add {a}, 64",
+            "add {b}, {tile}",
+            "add {b2}, {tile}",
+            "dec {k}",
+            "jnz 2b",
+            "tilestored [{c} + {cs}*1], tmm0",
+            "tilestored [{c} + {cs}*1 + 64], tmm1",
+            i = in(reg) init.ptr,
+            is = in(reg) init.stride,
+            c = in(reg) c,
+            cs = in(reg) c_stride,
+            a = inout(reg) a => _,
+            as = in(reg) a_stride,
+            b = inout(reg) b => _,
+            b2 = inout(reg) b.add(b_stride) => _,
+            bs = in(reg) 2 * 2 * COLS,
+            tile = const TILE_BYTES,
+            k = inout(reg) depth_tiles => _,
+            options(nostack),
+        );
+    }
+}
+
+/// Multiply-adds up to which a product stays on the calling thread. With AMX a few texts'
+/// products take microseconds, less than waking the pool: one 14-token text took 1.5
+/// against 2.2 ms per pass on one thread, 4 texts 3.9 against 5.4 ms; 8 texts (112 rows)
+/// ran faster on two (9.4 against 10.3 ms).
+const SERIAL_MAX: usize = 1 << 25;
+
 /// Rows of input a task rounds and keeps in cache: 128 rows of 1,536 bf16 are 384 KiB.
 const CHUNK_ROWS: usize = 128;
 
@@ -319,7 +432,7 @@ thread_local! {
     };
 }
 
-/// Input rows rounded to bf16, padded with zeros to whole blocks of rows and whole slices.
+/// Input rows rounded to bf16, padded with zeros to whole slices.
 struct Rounded {
     data: Vec<u16>,
     /// Bytes from one row to the next.
@@ -331,11 +444,14 @@ impl Rounded {
     fn fill(&mut self, x: &[f32], k: usize, depth_tiles: usize) {
         let width = depth_tiles * DEPTH;
         let rows = x.len() / k;
-        self.data.clear();
-        self.data
-            .resize(rows.next_multiple_of(BLOCK_ROWS) * width, 0);
+        // Tiles read only the configured rows, so no padding rows; the depth past `k` must
+        // be zeros.
+        if self.data.len() < rows * width {
+            self.data.resize(rows * width, 0);
+        }
         for (dst, src) in self.data.chunks_exact_mut(width).zip(x.chunks_exact(k)) {
             round_row(&mut dst[..k], src);
+            dst[k..].fill(0);
         }
         self.stride = width * 2;
     }
@@ -358,20 +474,38 @@ fn round_row(dst: &mut [u16], src: &[f32]) {
     unsafe { avx512(dst, src) }
 }
 
-/// Tile configuration (palette 1): all 8 tiles 16 rows × 64 bytes.
+/// Tile configuration (palette 1): every tile 64 bytes wide; the output and input tiles
+/// of the upper 16 rows (tmm0, 1, 4) get `upper` rows, those of the lower 16 (tmm2, 3, 5)
+/// `lower`, the weight tiles (tmm6, 7) 16 rows of depth pairs.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
 impl TileConfig {
-    fn new() -> TileConfig {
+    fn new(upper: usize, lower: usize) -> TileConfig {
         let mut c = [0u8; 64];
         c[0] = 1;
-        for t in 0..8 {
+        let rows = [upper, upper, lower, lower, upper, lower, ROWS, ROWS];
+        for (t, r) in rows.into_iter().enumerate() {
             c[16 + 2 * t] = 64;
-            c[48 + t] = ROWS as u8;
+            c[48 + t] = r as u8;
         }
         TileConfig(c)
     }
+
+    /// Makes this the calling thread's tile configuration (which zeroes every tile).
+    ///
+    /// # Safety
+    /// The process holds the tile state (`available`).
+    unsafe fn load(&self) {
+        unsafe { asm!("ldtilecfg [{}]", in(reg) self.0.as_ptr(), options(nostack)) };
+    }
+}
+
+/// Where output tiles start from: rows `stride` bytes apart (0: the same row, a bias).
+#[derive(Clone, Copy)]
+struct Init {
+    ptr: *const f32,
+    stride: usize,
 }
 
 #[repr(C, align(64))]
@@ -379,7 +513,7 @@ struct Edge([f32; BLOCK_ROWS * BLOCK_COLS]);
 
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint columns (see `Packed::accumulate`).
+// SAFETY: tasks write disjoint blocks (see `Packed::forward`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
@@ -424,10 +558,14 @@ mod tests {
             eprintln!("skipped: {reason}");
             return;
         }
+        // Single rows, a tail of ≤ 16 and one of 17–31 rows, two row chunks, ragged depth
+        // and columns.
         for &(rows, k, n) in &[
             (1, 384, 384),
             (14, 384, 1536),
             (37, 70, 45),
+            (50, 96, 64),
+            (150, 64, 40),
             (100, 1536, 384),
         ] {
             let x: Vec<f32> = (0..rows * k)
@@ -437,20 +575,28 @@ mod tests {
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) / 90.0)
                 .collect();
             let init: Vec<f32> = (0..rows * n).map(|i| (i % 7) as f32 - 3.0).collect();
+            let bias: Vec<f32> = (0..n).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
             let packed = Packed::new(&w, k, n);
-            let mut out = init.clone();
-            packed.accumulate(&x, rows, &mut out);
+            // Onto what `out` holds, and from the bias (over a buffer of NaNs it must ignore).
+            let mut onto = init.clone();
+            packed.forward(&x, rows, None, &mut onto);
+            let mut from_bias = vec![f32::NAN; rows * n];
+            packed.forward(&x, rows, Some(&bias), &mut from_bias);
             for r in 0..rows {
                 for c in 0..n {
-                    let want: f64 = init[r * n + c] as f64
-                        + (0..k)
-                            .map(|i| round(x[r * k + i]) as f64 * round(w[i * n + c]) as f64)
-                            .sum::<f64>();
-                    let got = out[r * n + c] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-3 * (1.0 + want.abs()),
-                        "({rows}×{k}→{n}) [{r}, {c}]: {got} vs {want}"
-                    );
+                    let dot: f64 = (0..k)
+                        .map(|i| round(x[r * k + i]) as f64 * round(w[i * n + c]) as f64)
+                        .sum();
+                    for (got, start, how) in [
+                        (onto[r * n + c], init[r * n + c], "onto"),
+                        (from_bias[r * n + c], bias[c], "bias"),
+                    ] {
+                        let want = start as f64 + dot;
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                            "{how} ({rows}×{k}→{n}) [{r}, {c}]: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -412,13 +412,17 @@ impl Encoder {
         // A short text's heads are too little work to hand to the pool.
         let work: usize = lens.iter().map(|l| l * l).sum::<usize>() * h;
         let tasks = starts.len() * self.heads;
-        if work < kernels::PARALLEL_MIN * 64 {
+        if work < ATTENTION_PARALLEL_MIN {
             (0..tasks).for_each(run);
         } else {
             (0..tasks).into_par_iter().for_each(run);
         }
     }
 }
+
+/// Attention work (query × key × width, summed over texts) below which one thread does
+/// every (text, head): a short text's heads are too little to hand to the pool.
+const ATTENTION_PARALLEL_MIN: usize = 1 << 21;
 
 /// MPNet's `[buckets, heads]` bias table unrolled per head over every relative position a
 /// pass can meet, so attention adds a contiguous slice per query instead of looking up
