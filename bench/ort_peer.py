@@ -341,35 +341,48 @@ def median(runs, key):
 
 
 def cmd_summary(args):
+    import numpy as np
+
     cax = [json.loads(Path(p).read_text()) for p in args.caxton]
+    bf16 = [json.loads(Path(p).read_text()) for p in args.caxton_bf16]
     ort = [json.loads(Path(p).read_text()) for p in args.ort]
     export = json.loads(Path(args.export).read_text()) if args.export else {}
     keys = ("short_texts_per_s", "short_tokens_per_s", "long_tokens_per_s", "single_p50_ms",
             "single_p99_ms", "peak_rss_mb", "load_ms", "concurrent_texts_per_s")
-    if len(cax) != len(ort):
-        raise SystemExit(f"{len(cax)} caxton runs but {len(ort)} ORT runs")
-    c = {k: median(cax, k) for k in keys}
+    if len(cax) != len(ort) or (bf16 and len(bf16) != len(ort)):
+        raise SystemExit(f"{len(cax)} caxton runs, {len(bf16)} bf16 runs, {len(ort)} ORT runs")
     o = {k: median(ort, k) for k in keys}
 
     def ratio(a, b):
         return a / b if b else float("nan")
 
-    # (heading, unit, cell of a figures row, cell of the ratio row)
+    def ratios(c):
+        return [
+            f"{ratio(c['short_texts_per_s'], o['short_texts_per_s']):.2f}",
+            f"{ratio(c['long_tokens_per_s'], o['long_tokens_per_s']):.2f}",
+            f"{ratio(o['single_p50_ms'], c['single_p50_ms']):.2f} / "
+            f"{ratio(o['single_p99_ms'], c['single_p99_ms']):.2f}",
+            f"{ratio(o['peak_rss_mb'], c['peak_rss_mb']):.2f}",
+            f"{ratio(o['load_ms'], c['load_ms']):.2f}",
+        ]
+
+    # Each Caxton variant's medians, named by the precision it really ran (bf16 runs f32
+    # on a CPU without AMX).
+    variants = [(f"caxton {runs[0].get('precision', 'f32')}", runs, {k: median(runs, k) for k in keys})
+                for runs in (cax, bf16) if runs]
+    c = variants[0][2]
+
+    # (heading, unit, cell of a figures row)
     columns = [
         (f"{cax[0]['short_texts']:,} short, batch {cax[0]['short_batch']}",
          "texts/s (tokens/s)",
-         lambda r: f"{r['short_texts_per_s']:.1f} ({r['short_tokens_per_s']:.0f})",
-         f"{ratio(c['short_texts_per_s'], o['short_texts_per_s']):.2f}"),
+         lambda r: f"{r['short_texts_per_s']:.1f} ({r['short_tokens_per_s']:.0f})"),
         (f"{cax[0]['long_texts']} x 256 tok, b{cax[0]['long_batch']}", "tokens/s",
-         lambda r: f"{r['long_tokens_per_s']:.0f}",
-         f"{ratio(c['long_tokens_per_s'], o['long_tokens_per_s']):.2f}"),
+         lambda r: f"{r['long_tokens_per_s']:.0f}"),
         ("single p50 / p99", "ms",
-         lambda r: f"{r['single_p50_ms']:.2f} / {r['single_p99_ms']:.2f}",
-         f"{ratio(o['single_p50_ms'], c['single_p50_ms']):.2f} / "
-         f"{ratio(o['single_p99_ms'], c['single_p99_ms']):.2f}"),
-        ("peak RSS", "MB", lambda r: f"{r['peak_rss_mb']:.0f}",
-         f"{ratio(o['peak_rss_mb'], c['peak_rss_mb']):.2f}"),
-        ("load", "ms", lambda r: f"{r['load_ms']:.0f}", f"{ratio(o['load_ms'], c['load_ms']):.2f}"),
+         lambda r: f"{r['single_p50_ms']:.2f} / {r['single_p99_ms']:.2f}"),
+        ("peak RSS", "MB", lambda r: f"{r['peak_rss_mb']:.0f}"),
+        ("load", "ms", lambda r: f"{r['load_ms']:.0f}"),
     ]
     widths = [max(len(col[0]), len(col[1]), 10) + 3 for col in columns]
 
@@ -377,40 +390,59 @@ def cmd_summary(args):
         return f"{name:<28}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths))
 
     print()
-    print(f"medians of {len(cax)} interleaved round(s) (A B A B), {THREADS} threads each; "
+    print(f"medians of {len(cax)} interleaved round(s), {THREADS} threads each; "
           f"onnxruntime {ort[0].get('onnxruntime')}, fused graph with "
           f"{export.get('attention_nodes', '?')} Attention nodes")
     print(line("", [col[0] for col in columns]))
     print(line("", [col[1] for col in columns]))
-    print(line("caxton", [col[2](c) for col in columns]))
+    for name, _, med in variants:
+        print(line(name, [col[2](med) for col in columns]))
     print(line("onnxruntime", [col[2](o) for col in columns]))
-    print(line("ratio (> 1: caxton better)", [col[3] for col in columns]))
+    for name, _, med in variants:
+        print(line(f"ratio {name} / ORT", ratios(med)))
     if len(cax) > 1:
         print("per round:")
-        for i, (a, b) in enumerate(zip(cax, ort), 1):
-            print(line(f"  {i} caxton", [col[2](a) for col in columns]))
-            print(line(f"  {i} onnxruntime", [col[2](b) for col in columns]))
+        for i in range(len(cax)):
+            for name, runs, _ in variants:
+                print(line(f"  {i + 1} {name}", [col[2](runs[i]) for col in columns]))
+            print(line(f"  {i + 1} onnxruntime", [col[2](ort[i]) for col in columns]))
     print("throughput ratios are caxton/ORT, latency, RSS and load ratios ORT/caxton. caxton's")
     print("figures include HTTP over the Unix socket, its RSS is the daemon's VmHWM, its load the")
     print("in-process model load; ORT runs in-process in a fresh Python process, its RSS is the")
     print("process's ru_maxrss, its load session creation plus the tokenizer.")
-    conc = c["concurrent_texts_per_s"]
-    conc_ratio = median(cax, "concurrent_ratio")  # per round, then the median
-    errors = sum(r.get("concurrent_errors", 0) for r in cax)
-    clients = cax[0].get("concurrent_clients", 64)
+    errors = 0
+    for name, runs, med in variants:
+        conc = med["concurrent_texts_per_s"]
+        conc_ratio = median(runs, "concurrent_ratio")  # per round, then the median
+        errs = sum(r.get("concurrent_errors", 0) for r in runs)
+        errors += errs
+        clients = runs[0].get("concurrent_clients", 64)
+        print(
+            f"{name}, {clients} clients, single texts: {conc:.1f} texts/s (ratio to batch-"
+            f"{runs[0]['short_batch']}: {conc_ratio:.2f}, goal >= 0.9; median of the rounds' "
+            f"ratios), errors {errs} in all rounds"
+        )
     print(
-        f"caxton, {clients} clients, single texts: {conc:.1f} texts/s (ratio to batch-"
-        f"{cax[0]['short_batch']}: {conc_ratio:.2f}, goal >= 0.9; median of the rounds' ratios), "
-        f"errors {errors} in all rounds"
-    )
-    print(
-        f"vectors checked against caxton's: min cosine "
+        f"ORT's vectors checked against caxton f32's: min cosine "
         f"{min(r.get('check_min_cosine', float('nan')) for r in ort):.7f}; token counts equal"
     )
+    status = 0
+    if bf16:
+        # The reduced-precision vectors against the f32 ones, text by text.
+        cosines = []
+        for a, b in zip(cax, bf16):
+            for x, y in zip(a["check"], b["check"]):
+                u = np.asarray(x["embedding"], dtype=np.float64)
+                v = np.asarray(y["embedding"], dtype=np.float64)
+                cosines.append(float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v))))
+        print(f"{variants[1][0]} vectors against caxton f32's: min cosine {min(cosines):.7f}")
+        if min(cosines) < COSINE_MIN:
+            print(f"error: bf16 vectors differ from f32 ones: {cosines}", file=sys.stderr)
+            status = 1
     if errors:
         print(f"error: {errors} of caxton's concurrent requests failed", file=sys.stderr)
         return 1
-    return 0
+    return status
 
 
 def main():
@@ -426,6 +458,7 @@ def main():
     r.add_argument("--json", required=True)
     s = sub.add_parser("summary")
     s.add_argument("--caxton", nargs="+", required=True)
+    s.add_argument("--caxton-bf16", nargs="+", default=[])
     s.add_argument("--ort", nargs="+", required=True)
     s.add_argument("--export")
     args = p.parse_args()
