@@ -166,8 +166,16 @@ fn models_table(v: &serde_json::Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    let header = ["ID", "VERSION", "STATE", "SOURCE", "MEMORY", "PRECISION", "FILE"]
-        .map(str::to_string);
+    let header = [
+        "ID",
+        "VERSION",
+        "STATE",
+        "SOURCE",
+        "MEMORY",
+        "PRECISION",
+        "FILE",
+    ]
+    .map(str::to_string);
     let mut widths = [0usize; 6];
     for row in std::iter::once(&header).chain(rows.iter()) {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
@@ -486,11 +494,24 @@ mod tests {
         let table = models_table(&v);
         let lines: Vec<Vec<&str>> = table
             .lines()
-            .map(|l| l.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect())
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
             .collect();
         assert_eq!(
             lines[0],
-            ["ID", "VERSION", "STATE", "SOURCE", "MEMORY", "PRECISION", "FILE"]
+            [
+                "ID",
+                "VERSION",
+                "STATE",
+                "SOURCE",
+                "MEMORY",
+                "PRECISION",
+                "FILE"
+            ]
         );
         assert_eq!(lines[1][5], "bf16");
         assert_eq!(lines[2][5], "f32 (bf16 configured)");

@@ -119,21 +119,7 @@ impl Encoder {
         let (config, tensors) =
             super::convert::to_bert(manifest.architecture, config_json, tensors)?;
         check_config(&config, manifest)?;
-        let mut encoder = Self::from_tensors(&config, tensors)?;
-        match precision {
-            Precision::F32 => {}
-            #[cfg(target_arch = "x86_64")]
-            Precision::Bf16 => {
-                for layer in &mut encoder.layers {
-                    for linear in layer.linears_mut() {
-                        linear.to_bf16();
-                    }
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            Precision::Bf16 => return Err("bf16 needs Intel AMX (x86-64)".into()),
-        }
-        Ok(encoder)
+        Self::from_tensors(&config, tensors, precision)
     }
 
     /// Bytes of the weights in memory.
@@ -157,7 +143,11 @@ impl Encoder {
         bytes as u64
     }
 
-    fn from_tensors(c: &Config, tensors: HashMap<String, Tensor>) -> Result<Self, String> {
+    fn from_tensors(
+        c: &Config,
+        tensors: HashMap<String, Tensor>,
+        precision: Precision,
+    ) -> Result<Self, String> {
         let mut w = Weights(tensors);
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let activation = match c.hidden_act {
@@ -207,14 +197,25 @@ impl Encoder {
             let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
             let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
             let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
-            layers.push(Layer {
+            let mut layer = Layer {
                 qkv: Linear::concat(&[q, k, v]),
                 attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
                 attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
                 intermediate: w.linear(&format!("{p}.intermediate.dense"), i, h)?,
                 output: w.linear(&format!("{p}.output.dense"), h, i)?,
                 output_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
-            });
+            };
+            // Layer by layer, so the next layer's f32 copies reuse the memory this one's
+            // free: rounding all layers at the end left their f32 copies' 21 MB (MiniLM)
+            // resident in the loader thread's malloc arena, trim or no trim.
+            match precision {
+                Precision::F32 => {}
+                #[cfg(target_arch = "x86_64")]
+                Precision::Bf16 => layer.linears_mut().into_iter().for_each(Linear::to_bf16),
+                #[cfg(not(target_arch = "x86_64"))]
+                Precision::Bf16 => return Err("bf16 needs Intel AMX (x86-64)".into()),
+            }
+            layers.push(layer);
         }
         Ok(Encoder {
             words,
