@@ -21,13 +21,9 @@ fn reference() -> Reference {
     serde_json::from_slice(&std::fs::read(path).expect("reference file")).expect("reference JSON")
 }
 
-#[test]
-fn singles_and_mixed_batches_match_sentence_transformers() {
-    let reference = reference();
-    assert!(reference.texts.len() >= 100);
-    let daemon = Daemon::start();
-
-    // One text per request: vector and token count against the reference.
+/// Every reference text in a request of its own: its vector, after checking its token count
+/// against the reference; and the smallest cosine to the reference vectors, with its text.
+fn singles(daemon: &Daemon, reference: &Reference) -> (Vec<Vec<f32>>, (f64, usize)) {
     let mut singles = Vec::new();
     let mut worst = (1.0f64, 0usize);
     for (i, text) in reference.texts.iter().enumerate() {
@@ -42,6 +38,16 @@ fn singles_and_mixed_batches_match_sentence_transformers() {
         }
         singles.push(v.into_iter().next().expect("one vector"));
     }
+    (singles, worst)
+}
+
+#[test]
+fn singles_and_mixed_batches_match_sentence_transformers() {
+    let reference = reference();
+    assert!(reference.texts.len() >= 100);
+    let daemon = Daemon::start();
+
+    let (singles, worst) = singles(&daemon, &reference);
     println!(
         "min cosine vs sentence-transformers: {:.7} (text {})",
         worst.0, worst.1
@@ -97,17 +103,7 @@ fn bf16_stays_within_0_999_of_sentence_transformers() {
         |dir| common::write_config(dir, "  precision:\n    all-MiniLM-L6-v2: bf16\n"),
         &[],
     );
-    let mut singles = Vec::new();
-    let mut worst = (1.0f64, 0usize);
-    for (i, text) in reference.texts.iter().enumerate() {
-        let (v, tokens) = daemon.embed(&[text]);
-        assert_eq!(tokens, reference.token_counts[i], "token count of text {i}");
-        let c = cosine(&v[0], &reference.vectors[i]);
-        if c < worst.0 {
-            worst = (c, i);
-        }
-        singles.push(v.into_iter().next().expect("one vector"));
-    }
+    let (singles, worst) = singles(&daemon, &reference);
     let expected = caxton::engine::Precision::Bf16.on_this_machine().0.name();
     let entry = common::model_entry(&daemon, "all-MiniLM-L6-v2").expect("entry");
     assert_eq!(entry["precision"], "bf16");
