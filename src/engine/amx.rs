@@ -53,8 +53,12 @@ fn enable() -> Result<(), String> {
         palette.ebx >> 16,
         palette.ecx & 0xffff,
     );
-    if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")) {
-        return Err("this CPU has AMX but no AVX-512".into());
+    // The input rounding is compiled for AVX-512, which every AMX CPU so far has.
+    let avx512 = std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl");
+    if !avx512 {
+        return Err("this CPU has AMX but not AVX-512 F/BW/VL".into());
     }
     if row_bytes < 64 || names < 8 || max_rows < ROWS as u32 {
         return Err(format!(
