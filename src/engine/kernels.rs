@@ -595,8 +595,8 @@ pub enum Activation {
 /// Below this many elements, row-wise work stays on the calling thread: handing it to the
 /// pool and waiting costs more than doing it (it dominated a one-text pass). Waking a
 /// sleeping pool thread costs tens of microseconds in a VM; GELU over 43k floats takes about
-/// as long. With bf16, 2, 4 and 8 texts of 14 tokens took 2.2, 3.9 and 10.3 ms at 1 << 17
-/// against 3.2, 5.4 and 9.4 ms at 1 << 15.
+/// as long. With bf16, passes over 2, 4 and 8 texts of 14 tokens took 2.2, 3.9 and 10.3 ms
+/// at 1 << 17 against 5.1, 8.9 and 14.5 ms at 1 << 15.
 pub const PARALLEL_MIN: usize = 1 << 17;
 
 /// Runs `f` on every `width`-wide chunk of `x`: on the pool when there is enough work.
