@@ -22,8 +22,9 @@ fn reference() -> Reference {
 }
 
 /// Every reference text in a request of its own: its vector, after checking its token count
-/// against the reference; and the smallest cosine to the reference vectors, with its text.
-fn singles(daemon: &Daemon, reference: &Reference) -> (Vec<Vec<f32>>, (f64, usize)) {
+/// against the reference and that the smallest cosine to the reference vectors is at least
+/// `min_cosine` (printed with `label`).
+fn singles(daemon: &Daemon, reference: &Reference, min_cosine: f64, label: &str) -> Vec<Vec<f32>> {
     let mut singles = Vec::new();
     let mut worst = (1.0f64, 0usize);
     for (i, text) in reference.texts.iter().enumerate() {
@@ -38,7 +39,22 @@ fn singles(daemon: &Daemon, reference: &Reference) -> (Vec<Vec<f32>>, (f64, usiz
         }
         singles.push(v.into_iter().next().expect("one vector"));
     }
-    (singles, worst)
+    println!(
+        "{label}min cosine vs sentence-transformers: {:.7} (text {})",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 >= min_cosine,
+        "{label}text {} has cosine {} against the reference",
+        worst.1,
+        worst.0
+    );
+    singles
+}
+
+/// The reference texts' indices in a fixed scrambled order, so batches mix lengths.
+fn scrambled(n: usize) -> Vec<usize> {
+    (0..n).map(|i| (i * 37) % n).collect()
 }
 
 #[test]
@@ -47,22 +63,10 @@ fn singles_and_mixed_batches_match_sentence_transformers() {
     assert!(reference.texts.len() >= 100);
     let daemon = Daemon::start();
 
-    let (singles, worst) = singles(&daemon, &reference);
-    println!(
-        "min cosine vs sentence-transformers: {:.7} (text {})",
-        worst.0, worst.1
-    );
-    assert!(
-        worst.0 >= 0.9999,
-        "text {} has cosine {} against the reference",
-        worst.1,
-        worst.0
-    );
+    let singles = singles(&daemon, &reference, 0.9999, "");
 
     // Mixed-length batches in a scrambled order: long and short texts share forward passes.
-    let order: Vec<usize> = (0..reference.texts.len())
-        .map(|i| (i * 37) % reference.texts.len())
-        .collect();
+    let order = scrambled(reference.texts.len());
     let mut start = 0;
     let mut min_batch = 1.0f64;
     for size in [2usize, 7, 32, 50, 64].iter().cycle() {
@@ -103,8 +107,8 @@ fn bf16_stays_within_0_999_of_sentence_transformers() {
         |dir| common::write_config(dir, "  precision:\n    all-MiniLM-L6-v2: bf16\n"),
         &[],
     );
-    let (singles, worst) = singles(&daemon, &reference);
     let expected = caxton::engine::Precision::Bf16.on_this_machine().0.name();
+    let singles = singles(&daemon, &reference, 0.999, &format!("{expected}: "));
     let entry = common::model_entry(&daemon, "all-MiniLM-L6-v2").expect("entry");
     assert_eq!(entry["precision"], "bf16");
     assert_eq!(entry["loaded_precision"], expected, "{entry}");
@@ -115,21 +119,9 @@ fn bf16_stays_within_0_999_of_sentence_transformers() {
             daemon.log()
         );
     }
-    println!(
-        "{expected}: min cosine vs sentence-transformers: {:.7} (text {})",
-        worst.0, worst.1
-    );
-    assert!(
-        worst.0 >= 0.999,
-        "text {} has cosine {} against the reference in {expected}",
-        worst.1,
-        worst.0
-    );
 
     // All texts, 32 per request, scrambled: each equals its single-text vector.
-    let order: Vec<usize> = (0..reference.texts.len())
-        .map(|i| (i * 37) % reference.texts.len())
-        .collect();
+    let order = scrambled(reference.texts.len());
     let mut min_batch = 1.0f64;
     for chunk in order.chunks(32) {
         let texts: Vec<&str> = chunk.iter().map(|&i| reference.texts[i].as_str()).collect();
