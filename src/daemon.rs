@@ -42,6 +42,7 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::logging::init(&settings.log.level);
+    crate::memory::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

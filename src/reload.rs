@@ -202,6 +202,7 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
         .registry
         .set_batch_limits(crate::server::batch_limits(&new));
     state.registry.governor.configure(&new.memory);
+    state.registry.set_default(&new.models.default);
     // A model loaded in the old precision is unloaded; the next request (or the preload
     // below, for preload models) loads it in the new one.
     for id in state.registry.set_precision(new.models.precision.clone()) {

@@ -79,6 +79,7 @@ pub async fn run(
     };
     let registry = Arc::new(Registry::new(options, &settings.memory));
     registry.set_precision(settings.models.precision.clone());
+    registry.set_default(&settings.models.default);
     let reloader = Reloader::new(config_dir);
     let mut state = AppState::new(settings, registry, reloader.clone());
     state.socket_activated = socket_activated;

@@ -68,7 +68,7 @@ fn the_budget_sheds_lower_value_models_and_refuses_what_cannot_fit() {
     // Each copy of MiniLM takes about 100 MiB: two fit in 250 MiB, three do not.
     let d = daemon(
         &["m-a", "m-b", "m-low"],
-        "memory:\n  budget: 250MiB\n  models:\n    all-MiniLM-L6-v2: {priority: 1, pinned: true}\n    m-low: {priority: 5}\n",
+        "memory:\n  budget: 250MiB\n  min_residency: 0s\n  models:\n    all-MiniLM-L6-v2: {priority: 1, pinned: true}\n    m-low: {priority: 5}\n",
         &[],
     );
     let (_, v) = d.request("GET", "/api/memory/status", "");
@@ -135,7 +135,11 @@ fn a_budget_too_small_for_the_default_model_says_so() {
 
 #[test]
 fn max_loaded_models_sheds_the_least_recently_used() {
-    let d = daemon(&["m-a", "m-b"], "memory:\n  max_loaded_models: 2\n", &[]);
+    let d = daemon(
+        &["m-a", "m-b"],
+        "memory:\n  max_loaded_models: 2\n  min_residency: 0s\n",
+        &[],
+    );
     assert_eq!(embed_with(&d, "m-a").0, 200);
     assert_eq!(embed_with(&d, MODEL).0, 200);
     // The default was used last: m-a goes.
@@ -223,7 +227,7 @@ fn a_systemd_pressure_trigger_sheds_lowest_value_first_with_hysteresis() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
     let d = daemon(
         &["m-a", "m-low"],
-        "memory:\n  pressure:\n    cooldown: 2s\n    calm: 4s\n    interval: 200ms\n  models:\n    all-MiniLM-L6-v2: {pinned: true}\n    m-low: {priority: 5}\n",
+        "memory:\n  min_residency: 0s\n  pressure:\n    cooldown: 2s\n    calm: 4s\n    interval: 200ms\n  models:\n    all-MiniLM-L6-v2: {pinned: true}\n    m-low: {priority: 5}\n",
         &[
             ("MEMORY_PRESSURE_WATCH", fifo.to_str().expect("utf-8")),
             ("MEMORY_PRESSURE_WRITE", "c29tZSAyMDAwMDAgMjAwMDAwMAA="),

@@ -1,4 +1,5 @@
-//! Memory management endpoints: `GET /api/memory/status`, and the admin-only
+//! Memory management endpoints: `GET /api/memory/status` (the budget, the binding limit and
+//! its room, pressure, loads and the load queue), and the admin-only
 //! `POST /api/memory/models/{id}/load`, `DELETE /api/memory/models/{id}` and
 //! `POST /api/memory/flush`.
 
@@ -34,13 +35,39 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let gov = &state.registry.governor;
     let budget = gov.budget();
     let settings = gov.settings();
+    let (loads, loads_minute) = gov.loads();
+    let (waiting, queue_refused) = gov.queue();
+    let releasing: Vec<Value> = gov
+        .releasing_models()
+        .into_iter()
+        .map(|(id, bytes)| json!({"id": id, "bytes": bytes}))
+        .collect();
+    let levels = crate::memory::hierarchy::read(&crate::memory::hierarchy::Paths::system());
+    let limit =
+        crate::memory::hierarchy::Assessment::of(&levels, gov.thresholds(&settings)).map(|a| {
+            let l = &levels[a.binding];
+            json!({
+                "from": l.describe(),
+                "path": l.path,
+                "kind": l.kind,
+                "soft_bytes": l.soft_bytes,
+                "hard_bytes": l.hard_bytes,
+                "working_set_bytes": l.working_set_bytes,
+                "room_bytes": a.room_bytes,
+            })
+        });
     Json(json!({
         "budget_bytes": budget.bytes,
         "budget_from": budget.from,
         "max_loaded_models": settings.max_loaded_models,
+        "limit": limit,
+        "levels": levels,
         "pressure": gov.pressure(),
         "models_shed": gov.sheds(),
         "model_memory_bytes": in_use,
+        "releasing": releasing,
+        "loads": {"total": loads, "last_minute": loads_minute},
+        "load_queue": {"waiting": waiting, "refused": queue_refused},
         "process": {"rss_bytes": rss, "peak_rss_bytes": peak},
         "cgroup": crate::memory::cgroup::current(),
         "loaded": loaded,

@@ -335,19 +335,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mib(&v["budget_bytes"]),
                 v["budget_from"].as_str().unwrap_or("?")
             );
+            if let Some(l) = v["limit"].as_object() {
+                println!(
+                    "limit:        {}; working set {}, room for loads {}",
+                    l["from"].as_str().unwrap_or("?"),
+                    mib(&l["working_set_bytes"]),
+                    l["room_bytes"]
+                        .as_i64()
+                        .map_or("-".into(), |r| format!("{} MiB", r.max(0) >> 20))
+                );
+            }
+            println!(
+                "loads:        {} since start, {} in the last minute; {} request(s) waiting for loads, {} refused by the queue",
+                v["loads"]["total"].as_u64().unwrap_or(0),
+                v["loads"]["last_minute"].as_u64().unwrap_or(0),
+                v["load_queue"]["waiting"].as_u64().unwrap_or(0),
+                v["load_queue"]["refused"].as_u64().unwrap_or(0)
+            );
             let p = &v["pressure"];
             println!(
                 "pressure:     {} from {} ({}){}; {} model(s) shed since start",
                 p["reading"]["level"].as_str().unwrap_or("not read yet"),
                 p["source"].as_str().unwrap_or("?"),
                 p["detail"].as_str().unwrap_or("?"),
-                if p["episode"].as_bool() == Some(true) {
-                    format!(
-                        ", episode going on: model memory held at {}",
-                        mib(&p["ceiling_bytes"])
-                    )
-                } else {
-                    String::new()
+                match (p["episode"].as_bool(), p["ceiling_bytes"].as_u64()) {
+                    (Some(true), Some(c)) =>
+                        format!(", episode going on: model memory held at {} MiB", c >> 20),
+                    (Some(true), None) => ", episode going on: no background loads".into(),
+                    _ => String::new(),
                 },
                 v["models_shed"].as_u64().unwrap_or(0)
             );

@@ -20,10 +20,41 @@ pub struct MemorySettings {
     /// A model unused this long is unloaded; `0s` keeps models until pressure or a budget
     /// needs the room. Per-model `max_idle` overrides it.
     pub max_idle: Duration,
+    /// A model stays loaded at least this long before another model's load may evict it or
+    /// pressure short of critical may shed it, so concurrent clients of different models
+    /// take turns instead of evicting each other's model on every request.
+    pub min_residency: Duration,
+    /// Bytes kept free below the pressure threshold of the binding limit when admitting a
+    /// load and when shedding: room for forward passes' activations, so a load never brings
+    /// on the pressure that would shed it.
+    pub reserve: ByteSize,
+    /// Requests waiting for their model to load.
+    pub load_queue: LoadQueueSettings,
     /// When memory pressure sheds models.
     pub pressure: PressureSettings,
     /// Per-model rules, by model id.
     pub models: BTreeMap<String, ModelMemorySettings>,
+}
+
+/// The queue of requests whose model must load first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadQueueSettings {
+    /// Longest a request waits for its model to load (for room to be made, shed memory to
+    /// come back, or the loads ahead of it) before it is answered 503 with `Retry-After`;
+    /// `0s` answers at once.
+    pub max_wait: Duration,
+    /// Most requests waiting at once; more are answered 503 at once.
+    pub max_waiting: usize,
+}
+
+impl Default for LoadQueueSettings {
+    fn default() -> Self {
+        LoadQueueSettings {
+            max_wait: Duration(std::time::Duration::from_secs(20)),
+            max_waiting: 256,
+        }
+    }
 }
 
 /// The memory budget.
@@ -102,6 +133,9 @@ impl Default for MemorySettings {
             budget: Budget::Auto,
             max_loaded_models: 4,
             max_idle: Duration(std::time::Duration::from_secs(30 * 60)),
+            min_residency: Duration(std::time::Duration::from_secs(10)),
+            reserve: ByteSize(32 << 20),
+            load_queue: LoadQueueSettings::default(),
             pressure: PressureSettings::default(),
             models: BTreeMap::new(),
         }
@@ -164,6 +198,12 @@ impl MemorySettings {
             return Err((
                 "memory.budget".into(),
                 format!("{b} cannot hold any model; give at least 16MiB, or auto"),
+            ));
+        }
+        if self.load_queue.max_waiting == 0 {
+            return Err((
+                "memory.load_queue.max_waiting".into(),
+                "must be at least 1".into(),
             ));
         }
         if !(p.psi_avg10 > 0.0 && p.psi_avg10 <= 100.0) {

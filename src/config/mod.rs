@@ -565,7 +565,7 @@ mod tests {
         );
         assert_eq!(find("log.level").source, dropin.display().to_string());
         assert_eq!(find("socket.path").source, "default");
-        assert_eq!(all.len(), 30);
+        assert_eq!(all.len(), 34);
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The memory budget in force: a fixed size from the configuration, or `auto`, derived from
-//! the limit of the daemon's own cgroup (the service's `MemoryHigh=`/`MemoryMax=`), else from
-//! physical memory.
+//! the lowest limit of the daemon's cgroup and its ancestors (the service's
+//! `MemoryHigh=`/`MemoryMax=`, or a slice's), else from physical memory.
 
 use serde::Serialize;
 
-use super::cgroup::CgroupMemory;
+use super::hierarchy::{Kind, Level, lowest_limit};
 use crate::config::Budget;
 
 /// Share of the cgroup limit the models may take: the rest is the runtime, tokenizers, and
@@ -22,34 +22,33 @@ pub struct Resolved {
     pub from: String,
 }
 
-/// Resolves `setting` against the daemon's cgroup and the machine's physical memory.
-pub fn resolve(setting: Budget, cgroup: Option<&CgroupMemory>, physical: u64) -> Resolved {
+/// Resolves `setting` against the levels that bind the daemon (see
+/// [`super::hierarchy::read`]) and the machine's physical memory.
+pub fn resolve(setting: Budget, levels: &[Level], physical: u64) -> Resolved {
     if let Budget::Bytes(b) = setting {
         return Resolved {
             bytes: b.0,
             from: format!("memory.budget {b}"),
         };
     }
-    let limit = cgroup.and_then(|c| {
-        let (name, v) = match (c.high_bytes, c.max_bytes) {
-            (Some(h), _) => ("memory.high", h),
-            (None, Some(m)) if c.version == "v1" => ("memory.limit_in_bytes", m),
-            (None, Some(m)) => ("memory.max", m),
-            (None, None) => return None,
-        };
-        Some((
-            format!("{} {name}", c.version),
-            c.path.display().to_string(),
-            v,
-        ))
-    });
-    match limit {
-        Some((name, path, v)) if v < physical => Resolved {
+    let cgroups: Vec<Level> = levels
+        .iter()
+        .filter(|l| l.kind != Kind::System)
+        .cloned()
+        .collect();
+    match lowest_limit(&cgroups).and_then(|l| Some((l, l.soft_bytes?))) {
+        Some((l, v)) if v < physical => Resolved {
             bytes: (v as f64 * CGROUP_SHARE) as u64,
             from: format!(
-                "auto: {:.0}% of cgroup {name} ({} MiB) in {path}",
+                "auto: {:.0}% of cgroup {} {} ({} MiB) in {}",
                 CGROUP_SHARE * 100.0,
-                v >> 20
+                match l.kind {
+                    Kind::V2 => "v2",
+                    _ => "v1",
+                },
+                l.soft_name(),
+                v >> 20,
+                l.path.display()
             ),
         },
         _ => Resolved {
@@ -77,52 +76,64 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
-    fn cg(version: &'static str, high: Option<u64>, max: Option<u64>) -> CgroupMemory {
-        CgroupMemory {
-            version,
-            path: "/sys/fs/cgroup/caxton".into(),
-            usage_bytes: Some(0),
-            max_bytes: max,
-            high_bytes: high,
+    fn level(kind: Kind, path: &str, high: Option<u64>, max: Option<u64>) -> Level {
+        Level {
+            kind,
+            path: path.into(),
+            own: false,
+            soft_bytes: match (high, max) {
+                (Some(h), Some(m)) => Some(h.min(m)),
+                (h, m) => h.or(m),
+            },
+            hard_bytes: max,
+            working_set_bytes: 0,
+            oom_kills: None,
         }
     }
 
     #[test]
     fn a_fixed_budget_is_taken_as_given() {
-        let r = resolve(Budget::Bytes(ByteSize(512 << 20)), None, 8 * GIB);
+        let r = resolve(Budget::Bytes(ByteSize(512 << 20)), &[], 8 * GIB);
         assert_eq!(r.bytes, 512 << 20);
         assert_eq!(r.from, "memory.budget 512MiB");
     }
 
     #[test]
-    fn auto_prefers_memory_high_then_the_hard_limit_then_physical_memory() {
-        let r = resolve(
-            Budget::Auto,
-            Some(&cg("v2", Some(GIB), Some(2 * GIB))),
-            8 * GIB,
-        );
+    fn auto_takes_the_lowest_limit_up_the_tree_then_physical_memory() {
+        let own = level(Kind::V2, "/sys/fs/cgroup/caxton", Some(GIB), Some(2 * GIB));
+        let r = resolve(Budget::Auto, std::slice::from_ref(&own), 8 * GIB);
         assert_eq!(r.bytes, 3 * GIB / 4);
         assert_eq!(
             r.from,
             "auto: 75% of cgroup v2 memory.high (1024 MiB) in /sys/fs/cgroup/caxton"
         );
-        let r = resolve(Budget::Auto, Some(&cg("v2", None, Some(2 * GIB))), 8 * GIB);
-        assert_eq!(r.bytes, 3 * GIB / 2);
-        let r = resolve(Budget::Auto, Some(&cg("v1", None, Some(GIB))), 8 * GIB);
+        // A parent's lower limit binds: the slice's, not the service's.
+        let slice = level(Kind::V2, "/sys/fs/cgroup/edge.slice", None, Some(GIB / 2));
+        let r = resolve(Budget::Auto, &[own.clone(), slice], 8 * GIB);
+        assert_eq!(r.bytes, 3 * GIB / 8);
+        assert_eq!(
+            r.from,
+            "auto: 75% of cgroup v2 memory.max (512 MiB) in /sys/fs/cgroup/edge.slice"
+        );
+        let v1 = level(Kind::V1, "/sys/fs/cgroup/memory/x", None, Some(GIB));
+        let r = resolve(Budget::Auto, &[v1], 8 * GIB);
         assert!(
             r.from
                 .contains("cgroup v1 memory.limit_in_bytes (1024 MiB)"),
             "{}",
             r.from
         );
-        let r = resolve(Budget::Auto, Some(&cg("v2", None, None)), 8 * GIB);
+        let none = level(Kind::V2, "/sys/fs/cgroup/caxton", None, None);
+        let system = level(Kind::System, "/proc/meminfo", None, Some(8 * GIB));
+        let r = resolve(Budget::Auto, &[none, system], 8 * GIB);
         assert_eq!(r.bytes, 4 * GIB);
         assert_eq!(
             r.from,
             "auto: 50% of physical memory (8192 MiB); no cgroup limit below it"
         );
         // A limit above physical memory limits nothing.
-        let r = resolve(Budget::Auto, Some(&cg("v2", None, Some(64 * GIB))), 8 * GIB);
+        let big = level(Kind::V2, "/sys/fs/cgroup/caxton", None, Some(64 * GIB));
+        let r = resolve(Budget::Auto, &[big], 8 * GIB);
         assert_eq!(r.bytes, 4 * GIB);
     }
 }

@@ -1,16 +1,18 @@
 //! The memory governor: the running state of the policy. It holds the budget in force, the
 //! per-model rules, the shedder's episode state, what each model really took when it loaded,
-//! and the last pressure reading, and it serialises loads so admission decisions never race.
+//! the memory of unloaded models that is not back yet, the last pressure reading and the
+//! load queue's counters, and it serialises loads so admission decisions never race.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::budget::{self, Resolved};
-use super::policy::{Level, Limits, Shedder, Timings};
+use super::hierarchy::{self, Assessment, Paths, Thresholds};
+use super::policy::{Level, Limits, Observation, Shedder, Timings, Trend};
 use super::pressure::{Reading, SourceKind};
 use crate::config::{MemorySettings, ModelMemorySettings};
 use crate::package::StoredPackage;
@@ -38,6 +40,8 @@ pub struct Governor {
     settings: RwLock<MemorySettings>,
     budget: RwLock<Resolved>,
     shedder: Mutex<Shedder>,
+    /// Growth of the binding level's working set.
+    trend: Mutex<Trend>,
     pressure: RwLock<PressureStatus>,
     /// Bytes each package really took when loaded, by package sha256.
     measured: Mutex<HashMap<String, u64>>,
@@ -46,10 +50,37 @@ pub struct Governor {
     /// Largest ratio of measured to estimated bytes seen: estimates of packages never loaded
     /// are scaled by it, so one low estimate is not repeated.
     correction: Mutex<f64>,
-    /// Held for the whole of each load, so admission sees every byte already committed.
-    pub admission: tokio::sync::Mutex<()>,
+    /// Held for the whole of each load, so admission sees every byte already committed. A
+    /// fair (FIFO) lock: requests waiting for loads queue on it in arrival order.
+    pub admission: Arc<tokio::sync::Mutex<()>>,
+    /// Models unloaded whose memory is not back yet (in-flight requests still hold them, or
+    /// the engine thread is still freeing): counted as held until their signal turns true.
+    releasing: Mutex<Vec<Releasing>>,
+    /// When each load of the last minute finished.
+    recent_loads: Mutex<VecDeque<Instant>>,
+    loads: AtomicU64,
+    /// Requests waiting in the load queue now.
+    waiting: AtomicUsize,
+    /// Requests answered 503 because the queue was full or their wait ran out.
+    queue_refusals: AtomicU64,
     sheds: AtomicU64,
     preload_requested: AtomicBool,
+}
+
+/// An unloaded model whose memory is on its way back.
+struct Releasing {
+    id: String,
+    bytes: u64,
+    freed: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A place in the load queue; leaving it (drop) frees the place.
+pub struct QueuePlace<'a>(&'a Governor);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,6 +95,7 @@ impl Governor {
             settings: RwLock::new(settings.clone()),
             budget: RwLock::new(Self::resolve(settings)),
             shedder: Mutex::new(Shedder::default()),
+            trend: Mutex::new(Trend::default()),
             pressure: RwLock::new(PressureStatus {
                 source: SourceKind::Off,
                 detail: "not started".into(),
@@ -75,7 +107,12 @@ impl Governor {
             measured: Mutex::new(HashMap::new()),
             estimates: Mutex::new(HashMap::new()),
             correction: Mutex::new(1.0),
-            admission: tokio::sync::Mutex::new(()),
+            admission: Arc::new(tokio::sync::Mutex::new(())),
+            releasing: Mutex::new(Vec::new()),
+            recent_loads: Mutex::new(VecDeque::new()),
+            loads: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            queue_refusals: AtomicU64::new(0),
             sheds: AtomicU64::new(0),
             preload_requested: AtomicBool::new(false),
         };
@@ -87,7 +124,7 @@ impl Governor {
     fn resolve(settings: &MemorySettings) -> Resolved {
         budget::resolve(
             settings.budget,
-            super::cgroup::current().as_ref(),
+            &hierarchy::read(&Paths::system()),
             budget::physical_memory(),
         )
     }
@@ -134,13 +171,106 @@ impl Governor {
         t.saturating_duration_since(self.started)
     }
 
-    /// The bounds a load must fit.
+    /// The bounds a load must fit, with the room read now from the cgroup tree (what other
+    /// processes use counts) and the memory of unloaded models that is not back yet.
     pub fn limits(&self) -> Limits {
+        let settings = self.settings();
         Limits {
             budget: self.budget().bytes,
-            max_models: self.settings().max_loaded_models,
+            max_models: settings.max_loaded_models,
             ceiling: lock(&self.shedder).ceiling(),
+            room: self.room(&settings),
+            releasing: self.releasing_bytes(),
+            now: self.now(),
+            min_residency: settings.min_residency.0,
         }
+    }
+
+    /// Room at the binding level of the cgroup tree, and that level in words.
+    fn room(&self, settings: &MemorySettings) -> Option<(i64, String)> {
+        let levels = hierarchy::read(&Paths::system());
+        let a = Assessment::of(&levels, self.thresholds(settings))?;
+        Some((a.room_bytes, levels[a.binding].describe()))
+    }
+
+    /// The thresholds of the settings in force.
+    pub fn thresholds(&self, settings: &MemorySettings) -> Thresholds {
+        Thresholds {
+            shed_at: settings.pressure.shed_at,
+            unload_all_at: settings.pressure.unload_all_at,
+            reserve: settings.reserve.0,
+        }
+    }
+
+    /// Records an unloaded model whose memory comes back when `freed` turns true.
+    pub fn releasing(&self, id: &str, bytes: u64, freed: tokio::sync::watch::Receiver<bool>) {
+        lock(&self.releasing).push(Releasing {
+            id: id.to_string(),
+            bytes,
+            freed,
+        });
+    }
+
+    /// Bytes of unloaded models not back yet.
+    pub fn releasing_bytes(&self) -> u64 {
+        let mut r = lock(&self.releasing);
+        r.retain(|m| !*m.freed.borrow());
+        r.iter().map(|m| m.bytes).sum()
+    }
+
+    /// The unloaded models whose memory is not back yet, with their bytes.
+    pub fn releasing_models(&self) -> Vec<(String, u64)> {
+        let mut r = lock(&self.releasing);
+        r.retain(|m| !*m.freed.borrow());
+        r.iter().map(|m| (m.id.clone(), m.bytes)).collect()
+    }
+
+    /// Records a finished load.
+    pub fn note_load(&self) {
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let mut recent = lock(&self.recent_loads);
+        recent.push_back(Instant::now());
+        while recent
+            .front()
+            .is_some_and(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            recent.pop_front();
+        }
+    }
+
+    /// Loads since start, and in the last minute.
+    pub fn loads(&self) -> (u64, usize) {
+        let recent = lock(&self.recent_loads);
+        let minute = recent
+            .iter()
+            .filter(|t| t.elapsed() <= Duration::from_secs(60))
+            .count();
+        (self.loads.load(Ordering::Relaxed), minute)
+    }
+
+    /// Takes a place in the load queue, or `None` when `memory.load_queue.max_waiting`
+    /// requests already wait.
+    pub fn enter_queue(&self) -> Option<QueuePlace<'_>> {
+        let max = self.settings().load_queue.max_waiting;
+        let taken = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            });
+        taken.ok().map(|_| QueuePlace(self))
+    }
+
+    /// Records a request refused by the queue (full, or its wait ran out).
+    pub fn note_queue_refusal(&self) {
+        self.queue_refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests waiting in the load queue now, and refused by it since start.
+    pub fn queue(&self) -> (usize, u64) {
+        (
+            self.waiting.load(Ordering::Relaxed),
+            self.queue_refusals.load(Ordering::Relaxed),
+        )
     }
 
     /// The shedder's timings from the settings.
@@ -181,8 +311,24 @@ impl Governor {
     /// Feeds one reading to the shedder.
     pub fn observe(&self, reading: &Reading, triggered: bool) -> super::policy::Shed {
         let t = self.timings();
+        let now = self.now();
+        let imminent = match (reading.working_set_bytes, reading.hard_limit_bytes) {
+            (Some(ws), Some(hard)) => {
+                let mut trend = lock(&self.trend);
+                trend.push(now, ws);
+                let critical = (hard as f64 * self.settings().pressure.unload_all_at) as u64;
+                trend.time_to(critical).is_some_and(|d| d < t.persist)
+            }
+            _ => false,
+        };
         let mut shedder = lock(&self.shedder);
-        let shed = shedder.observe(self.now(), reading.level, triggered, t);
+        let o = Observation {
+            usage: reading.usage_level,
+            stall: reading.stall,
+            triggered,
+            imminent,
+        };
+        let shed = shedder.observe(now, o, t);
         let mut p = self.pressure.write().unwrap_or_else(|p| p.into_inner());
         p.reading = Some(reading.clone());
         p.episode = shedder.active();
@@ -261,12 +407,17 @@ impl Governor {
             .or_insert_with(|| crate::engine::estimate_bytes(package))
     }
 
-    /// Remembers what `package` really took, and how far off its estimate was.
-    pub fn remember(&self, package: &StoredPackage, bytes: u64) {
+    /// Remembers what `package` really took, and how far off its estimate was; returns what
+    /// to count for it. A reload into memory the heap kept from an earlier unload grows the
+    /// process less than the model takes, so the largest measurement stands.
+    pub fn remember(&self, package: &StoredPackage, bytes: u64) -> u64 {
         let estimate = self.estimate(package).max(1);
         let ratio = (bytes as f64 / estimate as f64).clamp(1.0, 4.0);
         let mut c = lock(&self.correction);
         *c = c.max(ratio);
-        lock(&self.measured).insert(package.package_sha256.clone(), bytes);
+        let mut measured = lock(&self.measured);
+        let m = measured.entry(package.package_sha256.clone()).or_insert(0);
+        *m = (*m).max(bytes);
+        *m
     }
 }

@@ -5,7 +5,9 @@
 pub mod budget;
 pub mod cgroup;
 pub mod governor;
+pub mod hierarchy;
 pub mod monitor;
+pub mod notify;
 pub mod policy;
 pub mod pressure;
 
@@ -29,5 +31,18 @@ pub fn trim() {
     // SAFETY: malloc_trim has no preconditions; it only releases free memory.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Caps glibc's malloc arenas at two. By default every thread that allocates may get an arena
+/// of its own (up to eight per core); tokenization on the blocking pool and loads on loader
+/// threads then scatter freed memory over many arenas, where `malloc_trim` cannot return what
+/// small live allocations pin, and RSS drifts above what the models hold. Call before any
+/// thread starts.
+pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

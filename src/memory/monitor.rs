@@ -1,13 +1,20 @@
 //! The memory monitor: a task that takes a pressure reading every `memory.pressure.interval`
-//! (or at once when a trigger fires), sheds models as the shedder decides, unloads idle
-//! models, and loads `preload` models in the background when no pressure episode forbids it.
+//! (sooner as room shrinks, and at once when a trigger or a kernel notification fires), sheds
+//! models as the shedder decides (as many as bring the working set back, not all), unloads
+//! idle models, and loads `preload` models in the background when no pressure episode
+//! forbids it.
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use super::hierarchy::Thresholds;
+use super::notify::{self, KernelWatch};
 use super::policy::{self, Shed};
 use super::pressure::{self, Paths, Probe, SourceKind};
 use crate::api::AppState;
 use crate::config::PressureSourceSetting;
+use crate::config::memory::DEFAULT_PRIORITY;
 
 /// Starts the monitor for the daemon's registry.
 pub fn spawn(state: Arc<AppState>) {
@@ -38,15 +45,37 @@ fn select(setting: PressureSourceSetting) -> Probe {
     probe
 }
 
+/// Polling speeds up as room shrinks, as earlyoom does: the time to the pressure threshold
+/// at this fill rate is the next interval (within 100 ms and `memory.pressure.interval`).
+const FILL_RATE: f64 = 256.0 * (1 << 20) as f64;
+/// The fastest poll.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The wait before the next reading: shorter the closer the binding level is to its threshold.
+fn next_interval(
+    reading: Option<&pressure::Reading>,
+    reserve: u64,
+    interval: Duration,
+) -> Duration {
+    let Some(room) = reading.and_then(|r| r.room_bytes) else {
+        return interval;
+    };
+    let to_threshold = (room + reserve as i64).max(0) as f64;
+    Duration::from_secs_f64(to_threshold / FILL_RATE).clamp(MIN_INTERVAL.min(interval), interval)
+}
+
 async fn run(state: Arc<AppState>) {
     let registry = state.registry.clone();
     let gov = registry.governor.clone();
     let mut setting = None;
     let mut probe: Option<Probe> = None;
+    let mut watch: Option<KernelWatch> = None;
+    let mut watch_failed: Option<notify::Key> = None;
     let mut seen_triggers = 0;
     let mut preload_due = true;
     let mut status = String::new();
     let mut idle_warned = false;
+    let mut last: Option<pressure::Reading> = None;
     loop {
         let settings = gov.settings();
         if setting != Some(settings.pressure.source) || probe.is_none() {
@@ -57,22 +86,31 @@ async fn run(state: Arc<AppState>) {
         }
         let Some(p) = probe.as_mut() else { continue };
 
-        let interval = settings.pressure.interval.0;
-        match p.events() {
-            Some(events) => {
-                let _ = tokio::time::timeout(interval, events.notify.notified()).await;
-            }
-            None => tokio::time::sleep(interval).await,
+        let wait = next_interval(
+            last.as_ref(),
+            settings.reserve.0,
+            settings.pressure.interval.0,
+        );
+        let trigger = p.events();
+        let kernel = watch.as_ref().map(|w| w.events.clone());
+        tokio::select! {
+            _ = async { match &trigger { Some(t) => t.notify.notified().await, None => std::future::pending().await } } => {}
+            _ = async { match &kernel { Some(k) => k.notify.notified().await, None => std::future::pending().await } } => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        let triggers = p
-            .events()
-            .map_or(0, |e| e.count.load(std::sync::atomic::Ordering::Relaxed));
+        let triggers = trigger.map_or(0, |e| e.count.load(std::sync::atomic::Ordering::Relaxed));
         let triggered = triggers > seen_triggers;
         seen_triggers = triggers;
         gov.set_triggers(triggers);
 
         if p.kind != SourceKind::Off {
-            let reading = p.read(&settings.pressure);
+            let reading = p.read(&settings.pressure, settings.reserve.0);
+            rearm(
+                &mut watch,
+                &mut watch_failed,
+                &reading,
+                gov.thresholds(&settings),
+            );
             let was_active = gov.under_pressure();
             let decision = gov.observe(&reading, triggered);
             let why = match (triggered, reading.level) {
@@ -83,24 +121,52 @@ async fn run(state: Arc<AppState>) {
                 (true, _) => format!("{} trigger fired; {}", p.kind.as_str(), reading.why),
                 (false, _) => reading.why.clone(),
             };
-            let victims: Vec<String> = {
-                let residents = registry.residents();
-                let order = policy::shed_order(&residents);
-                match decision {
-                    Shed::Nothing => Vec::new(),
-                    Shed::One => order.first().map(|r| r.id.clone()).into_iter().collect(),
-                    Shed::All => order.iter().map(|r| r.id.clone()).collect(),
+            let residents = registry.residents();
+            let now = gov.now();
+            let min_residency = settings.min_residency.0;
+            let victims: Vec<String> = match decision {
+                Shed::Nothing => Vec::new(),
+                Shed::Excess { critical } => {
+                    // Memory already on its way back counts against the excess.
+                    let excess = reading.excess_bytes.saturating_sub(gov.releasing_bytes());
+                    policy::shed_for_excess(excess, &residents, now, min_residency, critical)
+                }
+                Shed::Signal => {
+                    policy::shed_for_signal(&residents, now, min_residency, DEFAULT_PRIORITY)
+                        .into_iter()
+                        .collect()
                 }
             };
-            if decision != Shed::Nothing && victims.is_empty() && !idle_warned {
-                tracing::warn!(
-                    caxton_event = "pressure_nothing_to_shed",
-                    "memory is under pressure ({why}) but no unpinned model is loaded to shed"
-                );
+            let wanted = match decision {
+                Shed::Nothing => false,
+                Shed::Excess { .. } => reading.excess_bytes > gov.releasing_bytes(),
+                Shed::Signal => true,
+            };
+            if wanted && victims.is_empty() && !idle_warned {
+                if policy::shed_order(&residents).is_empty() {
+                    tracing::warn!(
+                        caxton_event = "pressure_nothing_to_shed",
+                        "memory is under pressure ({why}) but no unpinned model is loaded to shed"
+                    );
+                } else {
+                    tracing::warn!(
+                        caxton_event = "pressure_nothing_to_shed",
+                        "memory is under pressure ({why}) but no model may be shed for it: the default model and priorities 1-2 stay for a stall signal alone, and models loaded less than memory.min_residency ago stay until memory is critical"
+                    );
+                }
                 idle_warned = true;
             }
+            // A stall of the daemon's own cgroup caps model memory until calm; a host-wide
+            // one (other processes' stalls) is one signal among others and caps nothing.
+            // systemd's watch is always the unit's own cgroup.
+            let own = if triggered {
+                p.kind == SourceKind::Systemd || !reading.psi_host_wide
+            } else {
+                !reading.psi_host_wide
+            };
+            let cap = decision == Shed::Signal && own;
             for id in victims {
-                registry.shed(&id, &format!("pressure: {why}"), true).await;
+                registry.shed(&id, &format!("pressure: {why}"), cap).await;
             }
             if !gov.under_pressure() {
                 idle_warned = false;
@@ -112,6 +178,7 @@ async fn run(state: Arc<AppState>) {
                     preload_due = true;
                 }
             }
+            last = Some(reading);
         }
 
         let now = gov.now();
@@ -149,6 +216,42 @@ async fn run(state: Arc<AppState>) {
         if line != status {
             crate::systemd::status(&line);
             status = line;
+        }
+    }
+}
+
+/// Keeps the kernel's notifications armed at the thresholds of the levels just read; a
+/// failure is logged once per change of what it was armed for.
+fn rearm(
+    watch: &mut Option<KernelWatch>,
+    failed: &mut Option<notify::Key>,
+    reading: &pressure::Reading,
+    t: Thresholds,
+) {
+    let key = notify::key(&reading.levels, t);
+    if watch.as_ref().is_some_and(|w| w.is_for(&key)) || failed.as_ref() == Some(&key) {
+        return;
+    }
+    *watch = None;
+    if key.is_empty() {
+        return;
+    }
+    match KernelWatch::start(key.clone()) {
+        Ok(w) => {
+            tracing::info!(
+                caxton_event = "memory_notifications",
+                "kernel memory notifications armed: {}",
+                w.detail
+            );
+            *failed = None;
+            *watch = Some(w);
+        }
+        Err(e) => {
+            tracing::info!(
+                caxton_event = "memory_notifications_unavailable",
+                "kernel memory notifications are not available ({e}); polling alone watches memory"
+            );
+            *failed = Some(key);
         }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use super::hierarchy::{self, Assessment, Thresholds};
 use super::policy::Level;
 use crate::config::{PressureSettings, PressureSourceSetting};
 
@@ -50,27 +51,7 @@ impl SourceKind {
     }
 }
 
-/// Where the readers look: the real system, or a fixture tree in tests.
-#[derive(Debug, Clone)]
-pub struct Paths {
-    /// Text of `/proc/self/cgroup`.
-    pub proc_self_cgroup: PathBuf,
-    /// Where the cgroup filesystem is mounted.
-    pub cgroup_root: PathBuf,
-    /// System-wide PSI file.
-    pub proc_pressure: PathBuf,
-}
-
-impl Paths {
-    /// The running system's paths.
-    pub fn system() -> Paths {
-        Paths {
-            proc_self_cgroup: "/proc/self/cgroup".into(),
-            cgroup_root: "/sys/fs/cgroup".into(),
-            proc_pressure: "/proc/pressure/memory".into(),
-        }
-    }
-}
+pub use super::hierarchy::Paths;
 
 /// systemd's memory pressure protocol: the path to watch and the bytes to write to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,18 +92,33 @@ pub const PSI_TRIGGER: &[u8] = b"some 200000 2000000";
 /// One reading of memory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Reading {
-    /// The grade.
+    /// The grade: the worse of the usage grade and a stall.
     pub level: Level,
+    /// The grade of the working sets against the limits (and OOM kills) alone.
+    pub usage_level: Level,
+    /// Memory stalls now: PSI `some avg10` at or past its threshold with the total growing.
+    pub stall: bool,
+    /// Whether the PSI file read is the whole host's (the root cgroup's, or
+    /// `/proc/pressure/memory`): other processes' stalls show in it.
+    pub psi_host_wide: bool,
     /// Why, in words (the numbers that decided it).
     pub why: String,
     /// PSI `some avg10`, percent.
     pub psi_some_avg10: Option<f64>,
-    /// Bytes in use that reclaim cannot simply drop (usage minus file cache).
+    /// Working set (usage less file cache) of the binding level.
     pub working_set_bytes: Option<u64>,
-    /// Limit at which pressure starts (`memory.high`, else the hard limit, else RAM).
+    /// Where pressure starts at the binding level (`memory.high`, else the hard limit).
     pub soft_limit_bytes: Option<u64>,
-    /// Hard limit (`memory.max`, `memory.limit_in_bytes`, else RAM).
+    /// Hard limit of the binding level.
     pub hard_limit_bytes: Option<u64>,
+    /// The binding level in words: the cgroup (or the machine) with the least room.
+    pub limit_from: Option<String>,
+    /// Room a load may take at the binding level (see [`super::hierarchy::Assessment`]).
+    pub room_bytes: Option<i64>,
+    /// Bytes to free to bring every level back under its threshold by `memory.reserve`.
+    pub excess_bytes: u64,
+    /// Every level read: the daemon's cgroup, its limited ancestors, the machine.
+    pub levels: Vec<hierarchy::Level>,
 }
 
 /// Counts trigger firings and wakes the monitor.
@@ -140,13 +136,6 @@ struct Trigger {
     _stop: OwnedFd,
 }
 
-#[derive(Debug, Clone)]
-enum MemoryFiles {
-    V2(PathBuf),
-    V1(PathBuf),
-    System,
-}
-
 /// The chosen pressure source and the state needed between readings.
 pub struct Probe {
     /// Which source.
@@ -154,79 +143,56 @@ pub struct Probe {
     /// What it watches, in words.
     pub detail: String,
     psi_file: Option<PathBuf>,
-    memory: Option<MemoryFiles>,
+    psi_host_wide: bool,
+    paths: Paths,
     trigger: Option<Trigger>,
     last_psi_total: Option<u64>,
     last_oom: Option<u64>,
-    system: Option<sysinfo::System>,
-}
-
-/// The daemon's cgroup directories: `(v2 dir, v1 memory dir)`, either may be missing.
-fn cgroup_dirs(paths: &Paths) -> (Option<PathBuf>, Option<PathBuf>) {
-    let text = std::fs::read_to_string(&paths.proc_self_cgroup).unwrap_or_default();
-    let root = &paths.cgroup_root;
-    let mut v1 = None;
-    let mut v2 = None;
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(rel)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let rel = rel.trim_start_matches('/');
-        if controllers.is_empty() {
-            // Unified hierarchy: at the root, or at root/unified on hybrid systems.
-            let base = if root.join("cgroup.controllers").exists() {
-                root.to_path_buf()
-            } else {
-                root.join("unified")
-            };
-            let dir = base.join(rel);
-            if dir.join("cgroup.procs").exists() || dir.join("memory.pressure").exists() {
-                v2 = Some(dir);
-            }
-        } else if controllers.split(',').any(|c| c == "memory") {
-            let dir = root.join("memory").join(rel);
-            if dir.join("memory.usage_in_bytes").exists() {
-                v1 = Some(dir);
-            }
-        }
-    }
-    (v2, v1)
 }
 
 impl Probe {
     /// Picks the source `setting` asks for, or the best available for `auto`; a requested
     /// source that is not available falls back to the best one, and the returned warning
-    /// says why.
+    /// says why. Whatever the source, every reading grades the daemon's cgroup, its limited
+    /// ancestors and the machine ([`super::hierarchy::read`]).
     pub fn select(
         setting: PressureSourceSetting,
         paths: &Paths,
         watch: Option<Watch>,
     ) -> (Probe, Option<String>) {
         use PressureSourceSetting as S;
-        let (v2, v1) = cgroup_dirs(paths);
-        let v2_memory = v2
-            .clone()
-            .filter(|d| d.join("memory.current").exists())
-            .map(MemoryFiles::V2);
-        let v1_memory = v1.clone().map(MemoryFiles::V1);
-        // Usage is read from whichever memory controller holds us, whatever wakes us.
-        let usage = v2_memory.clone().or(v1_memory.clone());
+        let dirs = hierarchy::dirs(paths);
+        let v2 = dirs.v2.clone();
         let v2_psi = v2
             .as_ref()
             .map(|d| d.join("memory.pressure"))
             .filter(|p| p.exists());
+        let new = |kind, detail, psi_file: Option<PathBuf>, trigger| {
+            // The root group's PSI (a daemon in "0::/", as on hybrid v1 hosts) and
+            // /proc/pressure/memory count every process of the host.
+            let host_wide = psi_file.as_ref().is_some_and(|f| {
+                *f == paths.proc_pressure || f.parent() == Some(dirs.v2_root.as_path())
+            });
+            Probe {
+                kind,
+                detail,
+                psi_file,
+                psi_host_wide: host_wide,
+                paths: paths.clone(),
+                trigger,
+                last_psi_total: None,
+                last_oom: None,
+            }
+        };
 
         let systemd = |watch: Option<Watch>| -> Result<Probe, String> {
             let w = watch.ok_or("$MEMORY_PRESSURE_WATCH is not set (MemoryPressureWatch= needs systemd 254 or later)")?;
             let trigger = Trigger::start(&w.path, &w.write)?;
             let is_psi = w.path.file_name().is_some_and(|n| n == "memory.pressure");
-            Ok(Probe::new(
+            Ok(new(
                 SourceKind::Systemd,
                 format!("systemd MemoryPressureWatch on {}", w.path.display()),
                 is_psi.then(|| w.path.clone()).or(v2_psi.clone()),
-                usage.clone(),
                 Some(trigger),
             ))
         };
@@ -235,45 +201,41 @@ impl Probe {
                 .clone()
                 .ok_or("the daemon's cgroup v2 has no memory.pressure")?;
             let trigger = Trigger::start(&file, PSI_TRIGGER)?;
-            Ok(Probe::new(
+            Ok(new(
                 SourceKind::Psi,
                 format!("PSI trigger (some 200ms per 2s) on {}", file.display()),
                 Some(file),
-                usage.clone(),
                 Some(trigger),
             ))
         };
         let cgroup_v2 = || -> Result<Probe, String> {
-            let Some(MemoryFiles::V2(dir)) = v2_memory.clone() else {
+            let Some(dir) = v2.clone().filter(|d| d.join("memory.current").exists()) else {
                 return Err("the daemon is in no cgroup v2 with the memory controller".into());
             };
-            Ok(Probe::new(
+            Ok(new(
                 SourceKind::CgroupV2,
                 format!("polling {}", dir.display()),
                 v2_psi.clone(),
-                Some(MemoryFiles::V2(dir)),
                 None,
             ))
         };
         let cgroup_v1 = || -> Result<Probe, String> {
-            let Some(MemoryFiles::V1(dir)) = v1_memory.clone() else {
+            let Some(dir) = dirs.v1.clone() else {
                 return Err("the daemon is in no cgroup v1 memory controller".into());
             };
-            Ok(Probe::new(
+            Ok(new(
                 SourceKind::CgroupV1,
                 format!("polling {}", dir.display()),
                 None,
-                Some(MemoryFiles::V1(dir)),
                 None,
             ))
         };
         let system = || {
             let psi = Some(paths.proc_pressure.clone()).filter(|p| p.exists());
-            Probe::new(
+            new(
                 SourceKind::System,
                 "system-wide available memory and /proc/pressure/memory".into(),
                 psi,
-                Some(MemoryFiles::System),
                 None,
             )
         };
@@ -288,10 +250,9 @@ impl Probe {
             S::Auto => return (auto(watch), None),
             S::Off => {
                 return (
-                    Probe::new(
+                    new(
                         SourceKind::Off,
                         "memory.pressure.source is off".into(),
-                        None,
                         None,
                         None,
                     ),
@@ -320,35 +281,21 @@ impl Probe {
         }
     }
 
-    fn new(
-        kind: SourceKind,
-        detail: String,
-        psi_file: Option<PathBuf>,
-        memory: Option<MemoryFiles>,
-        trigger: Option<Trigger>,
-    ) -> Probe {
-        Probe {
-            kind,
-            detail,
-            psi_file,
-            memory,
-            trigger,
-            last_psi_total: None,
-            last_oom: None,
-            system: None,
-        }
-    }
-
     /// The trigger's event counter and wake-up, if the source has a trigger.
     pub fn events(&self) -> Option<Arc<TriggerEvents>> {
         self.trigger.as_ref().map(|t| t.events.clone())
     }
 
-    /// Takes one reading and grades it against the thresholds.
-    pub fn read(&mut self, t: &PressureSettings) -> Reading {
-        let mut why = Vec::new();
-        let mut level = Level::Normal;
+    /// Where the probe reads, for the kernel's usage notifications.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
 
+    /// Takes one reading and grades it against the thresholds, with `reserve` bytes kept
+    /// below each pressure threshold.
+    pub fn read(&mut self, t: &PressureSettings, reserve: u64) -> Reading {
+        let mut why = Vec::new();
+        let mut stall = false;
         let mut avg10 = None;
         if let Some(text) = self
             .psi_file
@@ -362,127 +309,68 @@ impl Probe {
             let stalling = self.last_psi_total.is_some_and(|last| total > last);
             self.last_psi_total = Some(total);
             if a >= t.psi_avg10 && stalling {
-                level = Level::Pressure;
-                why.push(format!("PSI some avg10 {a:.1}% >= {:.1}%", t.psi_avg10));
+                stall = true;
+                why.push(format!(
+                    "{}PSI some avg10 {a:.1}% >= {:.1}%",
+                    if self.psi_host_wide { "host-wide " } else { "" },
+                    t.psi_avg10
+                ));
             }
         }
 
-        let usage = self.memory.clone().and_then(|m| self.read_usage(&m));
-        let (mut working, mut soft, mut hard) = (None, None, None);
-        if let Some(u) = usage {
-            working = Some(u.working);
-            soft = u.high.or(u.max);
-            hard = u.max;
-            if let Some(oom) = u.oom_kills {
-                if self.last_oom.is_some_and(|last| oom > last) {
-                    level = Level::Critical;
-                    why.push(format!("{} OOM kill(s) in the cgroup", oom));
-                }
-                self.last_oom = Some(oom);
+        let levels = hierarchy::read(&self.paths);
+        let mut usage_level = Level::Normal;
+        let oom: Option<u64> = levels
+            .iter()
+            .filter_map(|l| l.oom_kills)
+            .reduce(|a, b| a + b);
+        if let Some(oom) = oom {
+            if let Some(last) = self.last_oom.filter(|&last| oom > last) {
+                usage_level = Level::Critical;
+                why.push(format!("{} OOM kill(s) in the cgroup", oom - last));
             }
-            if let Some(h) = hard
-                && u.working as f64 >= t.unload_all_at * h as f64
-            {
-                level = Level::Critical;
-                why.push(format!(
-                    "working set {} MiB >= {:.0}% of the hard limit {} MiB",
-                    u.working >> 20,
-                    t.unload_all_at * 100.0,
-                    h >> 20
-                ));
-            } else if let Some(s) = soft
-                && u.working as f64 >= t.shed_at * s as f64
-            {
-                level = level.max(Level::Pressure);
-                why.push(format!(
-                    "working set {} MiB >= {:.0}% of the limit {} MiB",
-                    u.working >> 20,
-                    t.shed_at * 100.0,
-                    s >> 20
-                ));
+            self.last_oom = Some(oom);
+        }
+        let thresholds = Thresholds {
+            shed_at: t.shed_at,
+            unload_all_at: t.unload_all_at,
+            reserve,
+        };
+        let assessment = Assessment::of(&levels, thresholds);
+        if let Some(a) = &assessment {
+            if !a.critical.is_empty() {
+                usage_level = Level::Critical;
+                why.extend(a.critical.iter().cloned());
+            } else if !a.pressed.is_empty() {
+                usage_level = usage_level.max(Level::Pressure);
+                why.extend(a.pressed.iter().cloned());
             }
         }
+        let binding = assessment.as_ref().map(|a| &levels[a.binding]);
         Reading {
-            level,
+            level: if stall {
+                usage_level.max(Level::Pressure)
+            } else {
+                usage_level
+            },
+            usage_level,
+            stall,
+            psi_host_wide: self.psi_host_wide,
             why: if why.is_empty() {
                 "no pressure".into()
             } else {
                 why.join("; ")
             },
             psi_some_avg10: avg10,
-            working_set_bytes: working,
-            soft_limit_bytes: soft,
-            hard_limit_bytes: hard,
+            working_set_bytes: binding.map(|l| l.working_set_bytes),
+            soft_limit_bytes: binding.and_then(|l| l.soft_bytes),
+            hard_limit_bytes: binding.and_then(|l| l.hard_bytes),
+            limit_from: binding.map(hierarchy::Level::describe),
+            room_bytes: assessment.as_ref().map(|a| a.room_bytes),
+            excess_bytes: assessment.as_ref().map_or(0, |a| a.excess_bytes),
+            levels,
         }
     }
-
-    fn read_usage(&mut self, files: &MemoryFiles) -> Option<Usage> {
-        match files {
-            MemoryFiles::V2(dir) => {
-                let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
-                let cache = stat_field(&stat, "active_file") + stat_field(&stat, "inactive_file");
-                let current = read_limit(&dir.join("memory.current"))?;
-                let events = std::fs::read_to_string(dir.join("memory.events")).ok();
-                Some(Usage {
-                    working: current.saturating_sub(cache),
-                    high: read_limit(&dir.join("memory.high")),
-                    max: read_limit(&dir.join("memory.max")),
-                    oom_kills: events.map(|e| stat_field(&e, "oom_kill")),
-                })
-            }
-            MemoryFiles::V1(dir) => {
-                let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
-                let cache = stat_field(&stat, "total_active_file")
-                    + stat_field(&stat, "total_inactive_file");
-                let usage = read_limit(&dir.join("memory.usage_in_bytes"))?;
-                let oom = std::fs::read_to_string(dir.join("memory.oom_control")).ok();
-                Some(Usage {
-                    working: usage.saturating_sub(cache),
-                    high: None,
-                    max: read_limit(&dir.join("memory.limit_in_bytes"))
-                        .filter(|&l| l < V1_UNLIMITED),
-                    oom_kills: oom.map(|o| stat_field(&o, "oom_kill")),
-                })
-            }
-            MemoryFiles::System => {
-                let sys = self.system.get_or_insert_with(sysinfo::System::new);
-                sys.refresh_memory();
-                let total = sys.total_memory();
-                Some(Usage {
-                    working: total.saturating_sub(sys.available_memory()),
-                    high: None,
-                    max: Some(total),
-                    oom_kills: None,
-                })
-            }
-        }
-    }
-}
-
-struct Usage {
-    working: u64,
-    high: Option<u64>,
-    max: Option<u64>,
-    oom_kills: Option<u64>,
-}
-
-/// v1 reports "no limit" as a huge page-aligned number rather than `max`.
-const V1_UNLIMITED: u64 = 1 << 62;
-
-fn read_limit(path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.trim().parse().ok()
-}
-
-/// The value of `key` in a `key value` per line file (memory.stat, memory.events); 0 when
-/// absent.
-fn stat_field(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == key).then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0)
 }
 
 /// `(avg10, total)` of the `some` line of a PSI file.
@@ -639,6 +527,7 @@ mod tests {
                 proc_self_cgroup: self.dir.path().join("proc_self_cgroup"),
                 cgroup_root: self.dir.path().join("cgroup"),
                 proc_pressure: self.dir.path().join("proc_pressure_memory"),
+                proc_meminfo: self.dir.path().join("meminfo"),
             }
         }
         fn file(&self, rel: &str, text: &str) {
@@ -678,7 +567,7 @@ mod tests {
         let (mut p, warning) = Probe::select(PressureSourceSetting::CgroupV2, &t.paths(), None);
         assert_eq!((p.kind, warning), (SourceKind::CgroupV2, None));
         // 600 MiB charged, 100 MiB of it file cache: 500 of 768 MiB high.
-        let r = p.read(&settings);
+        let r = p.read(&settings, 0);
         assert_eq!(r.level, Level::Normal, "{r:?}");
         assert_eq!(r.working_set_bytes, Some(500 << 20));
         assert_eq!(
@@ -686,19 +575,52 @@ mod tests {
             (Some(768 << 20), Some(1 << 30))
         );
         t.file(&format!("{g}/memory.current"), &format!("{}", 800u64 << 20));
-        let r = p.read(&settings);
+        let r = p.read(&settings, 0);
         assert_eq!(r.level, Level::Pressure);
-        assert_eq!(r.why, "working set 700 MiB >= 90% of the limit 768 MiB");
+        assert_eq!(
+            r.why,
+            format!(
+                "working set 700 MiB >= 90% of cgroup v2 {} (memory.high 768 MiB)",
+                t.dir.path().join(g).display()
+            )
+        );
         t.file(
             &format!("{g}/memory.current"),
             &format!("{}", 1100u64 << 20),
         );
-        let r = p.read(&settings);
+        let r = p.read(&settings, 0);
         assert_eq!(r.level, Level::Critical);
         assert_eq!(
             r.why,
-            "working set 1000 MiB >= 97% of the hard limit 1024 MiB"
+            format!(
+                "working set 1000 MiB >= 97% of the hard limit 1024 MiB of cgroup v2 {}",
+                t.dir.path().join(g).display()
+            )
         );
+        assert_eq!(r.usage_level, Level::Critical);
+        assert!(!r.stall && !r.psi_host_wide);
+    }
+
+    #[test]
+    fn psi_of_the_root_group_is_marked_host_wide() {
+        // A hybrid v1 host: the daemon sits at the root of the unified hierarchy.
+        let t = Tree::new("4:memory:/caxton\n0::/\n");
+        t.file("cgroup/unified/cgroup.procs", "");
+        t.file("cgroup/unified/memory.pressure", "");
+        t.file("cgroup/memory/caxton/memory.usage_in_bytes", "1000");
+        let (mut p, _) = Probe::select(PressureSourceSetting::Auto, &t.paths(), None);
+        assert_eq!(p.kind, SourceKind::Psi);
+        // Written after the trigger, which a fixture file takes as plain text.
+        t.file("cgroup/unified/memory.pressure", &psi(30.0, 10));
+        p.read(&PressureSettings::default(), 0);
+        t.file("cgroup/unified/memory.pressure", &psi(30.0, 20));
+        let r = p.read(&PressureSettings::default(), 0);
+        assert_eq!(
+            (r.level, r.usage_level, r.stall),
+            (Level::Pressure, Level::Normal, true)
+        );
+        assert!(r.psi_host_wide);
+        assert_eq!(r.why, "host-wide PSI some avg10 30.0% >= 10.0%");
     }
 
     #[test]
@@ -706,12 +628,12 @@ mod tests {
         let t = v2_tree();
         let g = "cgroup/system.slice/caxton.service";
         let (mut p, _) = Probe::select(PressureSourceSetting::CgroupV2, &t.paths(), None);
-        assert_eq!(p.read(&PressureSettings::default()).level, Level::Normal);
+        assert_eq!(p.read(&PressureSettings::default(), 0).level, Level::Normal);
         t.file(
             &format!("{g}/memory.events"),
             "high 3\nmax 9\noom 1\noom_kill 1\n",
         );
-        let r = p.read(&PressureSettings::default());
+        let r = p.read(&PressureSettings::default(), 0);
         assert_eq!(
             (r.level, r.why.as_str()),
             (Level::Critical, "1 OOM kill(s) in the cgroup")
@@ -726,16 +648,16 @@ mod tests {
         let s = PressureSettings::default();
         t.file(&format!("{g}/memory.pressure"), &psi(25.0, 1000));
         // The first reading has nothing to compare the total with.
-        assert_eq!(p.read(&s).level, Level::Normal);
+        assert_eq!(p.read(&s, 0).level, Level::Normal);
         t.file(&format!("{g}/memory.pressure"), &psi(25.0, 5000));
-        let r = p.read(&s);
+        let r = p.read(&s, 0);
         assert_eq!(
             (r.level, r.why.as_str()),
             (Level::Pressure, "PSI some avg10 25.0% >= 10.0%")
         );
         assert_eq!(r.psi_some_avg10, Some(25.0));
         // avg10 still high, but the stall is over.
-        assert_eq!(p.read(&s).level, Level::Normal);
+        assert_eq!(p.read(&s, 0).level, Level::Normal);
     }
 
     #[test]
@@ -763,7 +685,7 @@ mod tests {
         );
         let (mut p, w) = Probe::select(PressureSourceSetting::Auto, &t.paths(), None);
         assert_eq!((p.kind, w), (SourceKind::CgroupV1, None));
-        let r = p.read(&PressureSettings::default());
+        let r = p.read(&PressureSettings::default(), 0);
         // 270 of 300 MiB = 90%.
         assert_eq!(
             (r.level, r.working_set_bytes),
@@ -773,7 +695,7 @@ mod tests {
             "cgroup/memory/caxton/memory.limit_in_bytes",
             "9223372036854771712",
         );
-        let r = p.read(&PressureSettings::default());
+        let r = p.read(&PressureSettings::default(), 0);
         assert_eq!((r.level, r.hard_limit_bytes), (Level::Normal, None));
     }
 
@@ -802,11 +724,12 @@ mod tests {
         );
         let nothing = Tree::new("0::/gone\n");
         nothing.file("proc_pressure_memory", &psi(0.0, 0));
+        nothing.file("meminfo", "MemTotal: 1024 kB\nMemAvailable: 512 kB\n");
         let (p, _) = Probe::select(PressureSourceSetting::Auto, &nothing.paths(), None);
         assert_eq!(p.kind, SourceKind::System);
         let r = {
             let mut p = p;
-            p.read(&PressureSettings::default())
+            p.read(&PressureSettings::default(), 0)
         };
         assert!(r.hard_limit_bytes.is_some_and(|total| total > 0), "{r:?}");
     }

@@ -2,6 +2,7 @@
 //! config directory and talks to it like a client.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod engine;
 
 use std::io::Read;

@@ -1,6 +1,9 @@
 //! The registry of models: which packages were found, which verified (and which won when two
 //! carry the same id), which were rejected and why, and the loaded engines. Loading is lazy
-//! and single-flight: concurrent requests for a model that is loading wait for that one load.
+//! and single-flight: concurrent requests for a model that is loading wait for that one load;
+//! how a load is admitted, queued and made room for is in [`admission`].
+
+mod admission;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use serde::Serialize;
 use crate::config::MemorySettings;
 use crate::engine::{BatchLimits, EngineOptions, LoadedModel, Precision};
 use crate::memory::governor::Governor;
-use crate::memory::policy::{self, Resident};
+use crate::memory::policy::Resident;
 use crate::package::manifest::compare_versions;
 use crate::package::signature::SignaturePolicy;
 use crate::package::{PackageError, Store, StoredPackage};
@@ -59,6 +62,8 @@ struct Usage {
     last_use: Option<SystemTime>,
     /// `last_use` (or the load, if later) on the monotonic clock, for idle expiry and recency.
     last_use_at: Option<Instant>,
+    /// When the load in memory finished, for `memory.min_residency`.
+    loaded_at: Option<Instant>,
     use_count: u64,
     memory_bytes: Option<u64>,
     /// What the loaded model computes in.
@@ -211,6 +216,10 @@ pub struct Registry {
     precision: RwLock<BTreeMap<String, Precision>>,
     models: RwLock<BTreeMap<String, Arc<ModelSlot>>>,
     rejected: RwLock<Vec<Rejection>>,
+    /// `models.default`: among models of its priority it is shed last.
+    default: RwLock<String>,
+    /// Woken whenever a model finishes loading, so requests queued for it stop waiting.
+    loaded_event: tokio::sync::Notify,
     /// The memory policy's state: budget, rules, shedding.
     pub governor: Arc<Governor>,
 }
@@ -251,6 +260,8 @@ impl Registry {
             options,
             models: RwLock::new(BTreeMap::new()),
             rejected: RwLock::new(Vec::new()),
+            default: RwLock::new(String::new()),
+            loaded_event: tokio::sync::Notify::new(),
             verdicts: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashSet::new()),
         }
@@ -433,6 +444,11 @@ impl Registry {
         stale
     }
 
+    /// Sets `models.default`, the model shed last among those of its priority.
+    pub fn set_default(&self, id: &str) {
+        *self.default.write().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+    }
+
     /// The configured precision of `id`.
     pub fn precision_of(&self, id: &str) -> Precision {
         self.precision
@@ -505,9 +521,13 @@ impl Registry {
             let mut u = slot.usage();
             u.state = Some(ModelState::Available);
             u.precision = None;
+            u.loaded_at = None;
             u.memory_bytes.take().unwrap_or(model.weight_bytes)
         };
         drop(model);
+        // Until the engine thread has freed it, the model's memory is still held: admission
+        // counts it and waits for it instead of loading into memory that is not back.
+        self.governor.releasing(id, bytes, freed.clone());
         let m = crate::metrics::get();
         let label = crate::metrics::Metrics::model(id);
         m.memory.get_or_create(&label).set(0);
@@ -517,37 +537,10 @@ impl Registry {
             caxton_model = %id,
             caxton_reason = reason,
             memory_bytes = bytes,
-            "model {id} unloaded ({reason}); {} MiB released once in-flight requests finish",
+            "model {id} unloaded ({reason}); {} MiB held until its in-flight requests finish",
             bytes >> 20
         );
         Ok(Some((bytes, freed)))
-    }
-
-    /// Unloads `id` to free memory (`pressure`, or room for another model): a `model_shed`
-    /// journal line and metric. A pressure shed also caps model memory at what is left until
-    /// the episode ends. Returns the bytes released and the freed signal.
-    pub async fn shed(
-        &self,
-        id: &str,
-        reason: &str,
-        pressure: bool,
-    ) -> Option<(u64, tokio::sync::watch::Receiver<bool>)> {
-        let (bytes, freed) = self.unload_model(id, "shed").await.ok().flatten()?;
-        self.governor
-            .note_shed(pressure.then(|| self.model_memory()));
-        crate::metrics::get()
-            .sheds
-            .get_or_create(&crate::metrics::Metrics::model(id))
-            .inc();
-        tracing::warn!(
-            caxton_event = "model_shed",
-            caxton_model = %id,
-            caxton_reason = reason,
-            bytes_released = bytes,
-            "model {id} shed to free memory ({reason}); {} MiB released",
-            bytes >> 20
-        );
-        Some((bytes, freed))
     }
 
     /// Bytes held by the loaded models.
@@ -558,6 +551,11 @@ impl Registry {
 
     /// The loaded models as the memory policy sees them.
     pub fn residents(&self) -> Vec<Resident> {
+        let default = self
+            .default
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         models
             .values()
@@ -570,6 +568,10 @@ impl Registry {
                     id: id.clone(),
                     priority: rules.priority,
                     pinned: rules.pinned,
+                    default: *id == *default,
+                    loaded_at: u
+                        .loaded_at
+                        .map_or(Duration::ZERO, |t| self.governor.clock(t)),
                     last_use: u
                         .last_use_at
                         .map_or(Duration::ZERO, |t| self.governor.clock(t)),
@@ -603,139 +605,6 @@ impl Registry {
             .map(|(id, _)| id.clone())
             .collect()
     }
-
-    /// The loaded model for `id`, loading it first if memory allows.
-    pub async fn acquire(self: &Arc<Self>, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
-        let slot = self
-            .get(id)
-            .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
-        // The common case, on every request: already loaded.
-        if let Some(model) = slot.loaded.lock().await.as_ref() {
-            return Ok(model.clone());
-        }
-        // A spawned task finishes the load even if this request goes away meanwhile, so the
-        // slot never stays "loading" with the result thrown away.
-        let this = self.clone();
-        tokio::spawn(async move { this.admit_and_load(slot).await })
-            .await
-            .map_err(|e| LoadError::Failed {
-                id: id.to_string(),
-                reason: format!("the load task failed: {e}"),
-            })?
-    }
-
-    /// Loads `slot` if it fits the budget, first shedding lower-value models to make room.
-    /// Loads run one at a time, so every decision sees all memory already committed.
-    async fn admit_and_load(&self, slot: Arc<ModelSlot>) -> Result<Arc<LoadedModel>, LoadError> {
-        let _admission = self.governor.admission.lock().await;
-        if let Some(model) = slot.loaded.lock().await.as_ref() {
-            return Ok(model.clone());
-        }
-        let id = slot.package.manifest.id.clone();
-        let refuse = |reason: String| {
-            crate::metrics::get().admission_refusals.inc();
-            tracing::warn!(
-                caxton_event = "model_load_refused",
-                caxton_model = %id,
-                caxton_reason = "memory",
-                "{reason}"
-            );
-            LoadError::NoMemory {
-                id: id.clone(),
-                reason,
-                retry_after: self.governor.retry_after(),
-            }
-        };
-        if self.governor.critical() {
-            let why = self
-                .governor
-                .pressure()
-                .reading
-                .map(|r| r.why)
-                .unwrap_or_default();
-            return Err(refuse(format!(
-                "model {id} cannot be loaded now: memory is critically short ({why}); retry later"
-            )));
-        }
-        let need = self.governor.footprint(&slot.package);
-        let rules = self.governor.rules(&id);
-        let victims = policy::admit(
-            &id,
-            rules.priority,
-            need,
-            &self.residents(),
-            self.governor.limits(),
-            self.governor.retry_after(),
-        )
-        .map_err(|r| refuse(r.reason))?;
-        let mut pending = Vec::new();
-        for victim in victims {
-            let reason = format!("making room for {id}");
-            if let Some((_, freed)) = self.shed(&victim, &reason, false).await {
-                pending.push(freed);
-            }
-        }
-        // The memory of a shed model is free once its in-flight requests finish; loading
-        // before then would briefly hold both.
-        for mut freed in pending {
-            let wait = freed.wait_for(|&done| done);
-            if tokio::time::timeout(SHED_WAIT, wait).await.is_err() {
-                tracing::warn!(
-                    "a model shed for {id} still serves in-flight requests after {SHED_WAIT:?}; loading anyway"
-                );
-            }
-        }
-        let precision = self.precision_of(&id);
-        let model = slot
-            .acquire(self.options, self.batch.clone(), precision)
-            .await?;
-        let took = model_bytes(&slot, &model);
-        self.governor.remember(&slot.package, took);
-        if took > need {
-            self.rebalance(&id, rules.priority, took).await;
-        }
-        Ok(model)
-    }
-
-    /// After a load that took more than its estimate: sheds lower-value models until model
-    /// memory is back within the budget, so an estimate's error does not become an overrun.
-    async fn rebalance(&self, id: &str, priority: u8, took: u64) {
-        let others: Vec<Resident> = self
-            .residents()
-            .into_iter()
-            .filter(|r| r.id != id)
-            .collect();
-        match policy::admit(
-            id,
-            priority,
-            took,
-            &others,
-            self.governor.limits(),
-            Duration::ZERO,
-        ) {
-            Ok(victims) => {
-                for victim in victims {
-                    let reason = format!("{id} took more memory than estimated");
-                    self.shed(&victim, &reason, false).await;
-                }
-            }
-            Err(_) => tracing::warn!(
-                caxton_event = "memory_over_budget",
-                caxton_model = %id,
-                "model {id} took {} MiB, more than estimated, and model memory ({} MiB) is over the budget ({} MiB) with nothing of lower value to shed",
-                took >> 20,
-                self.model_memory() >> 20,
-                self.governor.budget().bytes >> 20
-            ),
-        }
-    }
-}
-
-/// How long admission waits for shed models' in-flight requests to finish.
-const SHED_WAIT: Duration = Duration::from_secs(5);
-
-fn model_bytes(slot: &ModelSlot, model: &LoadedModel) -> u64 {
-    slot.usage().memory_bytes.unwrap_or(model.weight_bytes)
 }
 
 impl ModelSlot {
@@ -766,6 +635,18 @@ impl ModelSlot {
             memory_bytes: u.memory_bytes,
             last_use: u.last_use,
             use_count: u.use_count,
+        }
+    }
+
+    /// Corrects what the loaded model is counted as holding (see [`Governor::remember`]).
+    fn set_memory(&self, bytes: u64) {
+        let mut u = self.usage();
+        if u.memory_bytes.is_some() {
+            u.memory_bytes = Some(bytes);
+            crate::metrics::get()
+                .memory
+                .get_or_create(&crate::metrics::Metrics::model(&self.package.manifest.id))
+                .set(bytes as i64);
         }
     }
 
@@ -838,6 +719,7 @@ impl ModelSlot {
                     u.precision = Some(model.precision);
                     u.memory_bytes = Some(bytes);
                     u.last_use_at = Some(Instant::now());
+                    u.loaded_at = Some(Instant::now());
                 }
                 let m = crate::metrics::get();
                 let label = crate::metrics::Metrics::model(&id);

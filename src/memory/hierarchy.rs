@@ -1,0 +1,588 @@
+//! The memory limits that bind the daemon: its own cgroup, every ancestor up to the root (a
+//! limit on a slice or a parent group binds as hard as one on the service), and the machine's
+//! memory. Each level is read with what is charged to it, so a co-tenant's memory counts: the
+//! room for a load is what the tightest level has left, not what the daemon alone holds.
+//!
+//! Reading is separate from the arithmetic: [`read`] walks the cgroup filesystem (fixture trees
+//! in tests), [`Assessment::of`] is a pure function of the levels it found.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Where the readers look: the running system, or a fixture tree in tests.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Text of `/proc/self/cgroup`.
+    pub proc_self_cgroup: PathBuf,
+    /// Where the cgroup filesystem is mounted.
+    pub cgroup_root: PathBuf,
+    /// System-wide PSI file.
+    pub proc_pressure: PathBuf,
+    /// `/proc/meminfo`, for the machine's total and available memory.
+    pub proc_meminfo: PathBuf,
+}
+
+impl Paths {
+    /// The running system's paths.
+    pub fn system() -> Paths {
+        Paths {
+            proc_self_cgroup: "/proc/self/cgroup".into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
+            proc_pressure: "/proc/pressure/memory".into(),
+            proc_meminfo: "/proc/meminfo".into(),
+        }
+    }
+}
+
+/// What kind of level a [`Level`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A cgroup v2 group (`memory.max`, `memory.high`, `memory.current`).
+    V2,
+    /// A cgroup v1 memory group (`memory.limit_in_bytes`, `memory.usage_in_bytes`).
+    V1,
+    /// An ancestor the daemon cannot see (outside its cgroup namespace) whose limit shows only
+    /// in v1's `hierarchical_memory_limit`; its usage is not readable, so ours stands in.
+    V1Hidden,
+    /// The machine: total memory, and what is not available.
+    System,
+}
+
+/// One level that can bind the daemon's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Level {
+    /// Which kind.
+    pub kind: Kind,
+    /// The cgroup directory, or `/proc/meminfo` for the machine.
+    pub path: PathBuf,
+    /// Whether this is the daemon's own group (or the machine when there is none).
+    pub own: bool,
+    /// Where pressure starts: `memory.high`, else the hard limit.
+    pub soft_bytes: Option<u64>,
+    /// The limit past which the kernel reclaims hard and then kills.
+    pub hard_bytes: Option<u64>,
+    /// Charged memory that reclaim cannot simply drop: usage less file cache.
+    pub working_set_bytes: u64,
+    /// The OOM kills the kernel counted in this group (`None` where it does not say).
+    pub oom_kills: Option<u64>,
+}
+
+impl Level {
+    /// The file that sets the soft limit, for messages.
+    pub fn soft_name(&self) -> &'static str {
+        match self.kind {
+            Kind::V2 if self.soft_bytes != self.hard_bytes => "memory.high",
+            Kind::V2 => "memory.max",
+            Kind::V1 => "memory.limit_in_bytes",
+            Kind::V1Hidden => "hierarchical_memory_limit",
+            Kind::System => "MemTotal",
+        }
+    }
+
+    /// The level's name: `cgroup v1 /sys/fs/cgroup/memory/x`.
+    pub fn name(&self) -> String {
+        let what = match self.kind {
+            Kind::V2 => "cgroup v2",
+            Kind::V1 => "cgroup v1",
+            Kind::V1Hidden => "a cgroup v1 ancestor outside the daemon's view, above",
+            Kind::System => "system memory",
+        };
+        format!("{what} {}", self.path.display())
+    }
+
+    /// The level in words: `cgroup v1 /sys/fs/cgroup/memory/x (memory.limit_in_bytes 314 MiB)`.
+    pub fn describe(&self) -> String {
+        match self.soft_bytes {
+            Some(s) => format!("{} ({} {} MiB)", self.name(), self.soft_name(), s >> 20),
+            None => format!("{} (no limit)", self.name()),
+        }
+    }
+}
+
+/// v1 reports "no limit" as a huge page-aligned number rather than `max`.
+const V1_UNLIMITED: u64 = 1 << 62;
+
+fn read_text(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// A number file; `max` and v1's huge "unlimited" are `None`.
+fn read_limit(path: &Path) -> Option<u64> {
+    let text = read_text(path)?;
+    let text = text.trim();
+    if text == "max" {
+        return None;
+    }
+    text.parse().ok().filter(|&v| v < V1_UNLIMITED)
+}
+
+/// The value of `key` in a `key value` per line file (memory.stat, memory.events); 0 when
+/// absent.
+pub fn stat_field(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// The daemon's cgroup directories: `(v2 dir, v1 memory dir)`, either may be missing, and the
+/// root of the v2 and v1 memory hierarchies they sit in.
+#[derive(Debug, Clone, Default)]
+pub struct Dirs {
+    /// The daemon's group in the unified hierarchy.
+    pub v2: Option<PathBuf>,
+    /// Where the unified hierarchy is mounted.
+    pub v2_root: PathBuf,
+    /// The daemon's group in the v1 memory hierarchy.
+    pub v1: Option<PathBuf>,
+    /// Where the v1 memory hierarchy is mounted.
+    pub v1_root: PathBuf,
+}
+
+/// Finds the daemon's groups from `/proc/self/cgroup`.
+pub fn dirs(paths: &Paths) -> Dirs {
+    let text = read_text(&paths.proc_self_cgroup).unwrap_or_default();
+    let root = &paths.cgroup_root;
+    // Unified hierarchy: at the root, or at root/unified on hybrid systems.
+    let v2_root = if root.join("cgroup.controllers").exists() {
+        root.to_path_buf()
+    } else {
+        root.join("unified")
+    };
+    let v1_root = root.join("memory");
+    let mut d = Dirs {
+        v2_root: v2_root.clone(),
+        v1_root: v1_root.clone(),
+        ..Dirs::default()
+    };
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(rel)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let rel = rel.trim_start_matches('/');
+        if controllers.is_empty() {
+            let dir = v2_root.join(rel);
+            if dir.join("cgroup.procs").exists() || dir.join("memory.pressure").exists() {
+                d.v2 = Some(dir);
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let dir = v1_root.join(rel);
+            if dir.join("memory.usage_in_bytes").exists() {
+                d.v1 = Some(dir);
+            }
+        }
+    }
+    d
+}
+
+/// `dir` and its ancestors up to and including `root`, nearest first.
+fn up_to(dir: &Path, root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if !d.starts_with(root) {
+            break;
+        }
+        out.push(d.to_path_buf());
+        if d == root {
+            break;
+        }
+        cur = d.parent();
+    }
+    out
+}
+
+fn v1_level(dir: &Path, own: bool) -> Option<Level> {
+    let usage = read_limit(&dir.join("memory.usage_in_bytes"))?;
+    let stat = read_text(&dir.join("memory.stat")).unwrap_or_default();
+    // total_* are hierarchical: the group and everything under it.
+    let cache = stat_field(&stat, "total_active_file") + stat_field(&stat, "total_inactive_file");
+    let limit = read_limit(&dir.join("memory.limit_in_bytes"));
+    let oom = read_text(&dir.join("memory.oom_control")).map(|o| stat_field(&o, "oom_kill"));
+    Some(Level {
+        kind: Kind::V1,
+        path: dir.to_path_buf(),
+        own,
+        soft_bytes: limit,
+        hard_bytes: limit,
+        working_set_bytes: usage.saturating_sub(cache),
+        oom_kills: oom,
+    })
+}
+
+fn v2_level(dir: &Path, own: bool) -> Option<Level> {
+    let current = read_limit(&dir.join("memory.current"))?;
+    let stat = read_text(&dir.join("memory.stat")).unwrap_or_default();
+    let cache = stat_field(&stat, "active_file") + stat_field(&stat, "inactive_file");
+    let max = read_limit(&dir.join("memory.max"));
+    let high = read_limit(&dir.join("memory.high"));
+    let events = read_text(&dir.join("memory.events")).map(|e| stat_field(&e, "oom_kill"));
+    Some(Level {
+        kind: Kind::V2,
+        path: dir.to_path_buf(),
+        own,
+        soft_bytes: match (high, max) {
+            (Some(h), Some(m)) => Some(h.min(m)),
+            (h, m) => h.or(m),
+        },
+        hard_bytes: max,
+        working_set_bytes: current.saturating_sub(cache),
+        oom_kills: events,
+    })
+}
+
+/// The machine's total and available memory from `/proc/meminfo`.
+fn system_level(paths: &Paths, own: bool) -> Option<Level> {
+    let text = read_text(&paths.proc_meminfo)?;
+    let kib = |key: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|v| v * 1024)
+    };
+    let total = kib("MemTotal:")?;
+    let available = kib("MemAvailable:")?;
+    Some(Level {
+        kind: Kind::System,
+        path: paths.proc_meminfo.clone(),
+        own,
+        soft_bytes: Some(total),
+        hard_bytes: Some(total),
+        working_set_bytes: total.saturating_sub(available),
+        oom_kills: None,
+    })
+}
+
+/// Every level that can bind the daemon, its own group first (always present when readable,
+/// limited or not), then each limited ancestor, then the machine. The v1 memory controller
+/// wins where both hierarchies exist (hybrid hosts bind memory to v1).
+pub fn read(paths: &Paths) -> Vec<Level> {
+    let d = dirs(paths);
+    let mut levels = Vec::new();
+    if let Some(own) = &d.v1 {
+        for (i, dir) in up_to(own, &d.v1_root).iter().enumerate() {
+            if let Some(l) = v1_level(dir, i == 0)
+                && (i == 0 || l.soft_bytes.is_some())
+            {
+                levels.push(l);
+            }
+        }
+        // An ancestor outside our view still shows in the hierarchical limit.
+        let stat = read_text(&own.join("memory.stat")).unwrap_or_default();
+        let hierarchical = stat_field(&stat, "hierarchical_memory_limit");
+        let seen = levels.iter().filter_map(|l| l.soft_bytes).min();
+        if hierarchical > 0
+            && hierarchical < V1_UNLIMITED
+            && seen.is_none_or(|s| hierarchical < s)
+            && let Some(own_level) = levels.first()
+        {
+            levels.push(Level {
+                kind: Kind::V1Hidden,
+                path: own.clone(),
+                own: false,
+                soft_bytes: Some(hierarchical),
+                hard_bytes: Some(hierarchical),
+                working_set_bytes: own_level.working_set_bytes,
+                oom_kills: None,
+            });
+        }
+    } else if let Some(own) = d.v2.as_ref().filter(|o| o.join("memory.current").exists()) {
+        for (i, dir) in up_to(own, &d.v2_root).iter().enumerate() {
+            if let Some(l) = v2_level(dir, i == 0)
+                && (i == 0 || l.soft_bytes.is_some())
+            {
+                levels.push(l);
+            }
+        }
+    }
+    let own = levels.is_empty();
+    if let Some(s) = system_level(paths, own) {
+        levels.push(s);
+    }
+    levels
+}
+
+/// Thresholds the arithmetic needs, from `memory.pressure` and `memory.reserve`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Share of the soft limit at which pressure starts.
+    pub shed_at: f64,
+    /// Share of the hard limit at which memory is critical.
+    pub unload_all_at: f64,
+    /// Bytes kept free below the pressure threshold for forward passes' activations.
+    pub reserve: u64,
+}
+
+/// What the levels say together.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Assessment {
+    /// Index of the binding level: the one with the least room.
+    pub binding: usize,
+    /// Bytes a load may still take at the binding level: its pressure threshold, less its
+    /// working set, less the reserve. Negative when already past.
+    pub room_bytes: i64,
+    /// Bytes to free to bring every level back to the reserve below its threshold; 0 while no
+    /// level is at its threshold.
+    pub excess_bytes: u64,
+    /// The levels at their pressure threshold, in words.
+    pub pressed: Vec<String>,
+    /// The levels at their critical threshold, in words.
+    pub critical: Vec<String>,
+}
+
+impl Assessment {
+    /// Grades `levels` against `t`. Levels without a limit bind nothing.
+    pub fn of(levels: &[Level], t: Thresholds) -> Option<Assessment> {
+        let mut best: Option<(usize, i64)> = None;
+        let mut excess = 0u64;
+        let mut pressed = Vec::new();
+        let mut critical = Vec::new();
+        for (i, l) in levels.iter().enumerate() {
+            let Some(soft) = l.soft_bytes else { continue };
+            let threshold = (soft as f64 * t.shed_at) as u64;
+            let ws = l.working_set_bytes;
+            let room = threshold as i64 - ws as i64 - t.reserve as i64;
+            if best.is_none_or(|(_, r)| room < r) {
+                best = Some((i, room));
+            }
+            if ws >= threshold {
+                excess = excess.max((ws + t.reserve).saturating_sub(threshold));
+                pressed.push(format!(
+                    "working set {} MiB >= {:.0}% of {}",
+                    ws >> 20,
+                    t.shed_at * 100.0,
+                    l.describe()
+                ));
+            }
+            if let Some(hard) = l.hard_bytes
+                && ws as f64 >= t.unload_all_at * hard as f64
+            {
+                critical.push(format!(
+                    "working set {} MiB >= {:.0}% of the hard limit {} MiB of {}",
+                    ws >> 20,
+                    t.unload_all_at * 100.0,
+                    hard >> 20,
+                    l.name()
+                ));
+            }
+        }
+        let (binding, room_bytes) = best?;
+        Some(Assessment {
+            binding,
+            room_bytes,
+            excess_bytes: excess,
+            pressed,
+            critical,
+        })
+    }
+}
+
+/// The lowest limit of all levels (the one an `auto` budget derives from), if any is set.
+pub fn lowest_limit(levels: &[Level]) -> Option<&Level> {
+    levels
+        .iter()
+        .filter(|l| l.soft_bytes.is_some())
+        .min_by_key(|l| l.soft_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+
+    struct Tree(tempfile::TempDir);
+
+    impl Tree {
+        fn new(proc_cgroup: &str) -> Tree {
+            let t = Tree(tempfile::tempdir().expect("tempdir"));
+            t.file("proc_self_cgroup", proc_cgroup);
+            t.file(
+                "meminfo",
+                &format!(
+                    "MemTotal: {} kB\nMemFree: 1 kB\nMemAvailable: {} kB\n",
+                    8192 * 1024,
+                    6144 * 1024
+                ),
+            );
+            t
+        }
+        fn file(&self, rel: &str, text: &str) {
+            write(&self.0.path().join(rel), text);
+        }
+        fn paths(&self) -> Paths {
+            Paths {
+                proc_self_cgroup: self.0.path().join("proc_self_cgroup"),
+                cgroup_root: self.0.path().join("cgroup"),
+                proc_pressure: self.0.path().join("pressure"),
+                proc_meminfo: self.0.path().join("meminfo"),
+            }
+        }
+        fn v1(&self, rel: &str, usage_mib: u64, cache_mib: u64, limit: Option<u64>) {
+            let g = format!("cgroup/memory/{rel}");
+            self.file(
+                &format!("{g}/memory.usage_in_bytes"),
+                &(usage_mib * MIB).to_string(),
+            );
+            self.file(
+                &format!("{g}/memory.stat"),
+                &format!(
+                    "cache 0\nhierarchical_memory_limit 9223372036854771712\ntotal_active_file {}\ntotal_inactive_file 0\n",
+                    cache_mib * MIB
+                ),
+            );
+            self.file(
+                &format!("{g}/memory.limit_in_bytes"),
+                &limit.map_or("9223372036854771712".into(), |l| (l * MIB).to_string()),
+            );
+            self.file(
+                &format!("{g}/memory.oom_control"),
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+            );
+        }
+        fn v2(&self, rel: &str, current_mib: u64, high: Option<u64>, max: Option<u64>) {
+            let g = format!("cgroup/{rel}");
+            self.file(&format!("{g}/cgroup.procs"), "");
+            self.file(
+                &format!("{g}/memory.current"),
+                &(current_mib * MIB).to_string(),
+            );
+            self.file(&format!("{g}/memory.stat"), "anon 1\nactive_file 0\n");
+            let lim = |v: Option<u64>| v.map_or("max".into(), |v| (v * MIB).to_string());
+            self.file(&format!("{g}/memory.high"), &lim(high));
+            self.file(&format!("{g}/memory.max"), &lim(max));
+        }
+    }
+
+    const T: Thresholds = Thresholds {
+        shed_at: 0.9,
+        unload_all_at: 0.97,
+        reserve: 20 * MIB,
+    };
+
+    #[test]
+    fn a_v1_parent_limit_binds_with_the_co_tenants_usage() {
+        // The daemon's group has no limit; its parent has 314 MiB and holds a co-tenant too.
+        let t = Tree::new("4:memory:/slice/caxton\n0::/\n");
+        t.v1("", 5000, 1000, None);
+        t.v1("slice", 250, 10, Some(314));
+        t.v1("slice/caxton", 130, 4, None);
+        let levels = read(&t.paths());
+        let kinds: Vec<(Kind, bool, Option<u64>)> = levels
+            .iter()
+            .map(|l| (l.kind, l.own, l.soft_bytes.map(|b| b / MIB)))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (Kind::V1, true, None),
+                (Kind::V1, false, Some(314)),
+                (Kind::System, false, Some(8192))
+            ]
+        );
+        assert_eq!(levels[0].working_set_bytes, 126 * MIB);
+        let a = Assessment::of(&levels, T).expect("a limit");
+        assert_eq!(a.binding, 1);
+        // 90% of 314 MiB is 282.6 MiB; less 240 MiB charged to the parent, less the reserve.
+        assert_eq!(
+            a.room_bytes,
+            (314 * MIB * 9 / 10) as i64 - (240 + 20) as i64 * MIB as i64
+        );
+        assert_eq!(a.excess_bytes, 0);
+        assert!(a.pressed.is_empty() && a.critical.is_empty());
+        assert_eq!(
+            lowest_limit(&levels).map(|l| l.path.clone()),
+            Some(t.0.path().join("cgroup/memory/slice"))
+        );
+    }
+
+    #[test]
+    fn past_the_threshold_the_excess_brings_back_the_reserve_and_the_hard_limit_is_critical() {
+        let t = Tree::new("4:memory:/caxton\n");
+        t.v1("caxton", 300, 0, Some(314));
+        let levels = read(&t.paths());
+        let a = Assessment::of(&levels, T).expect("a limit");
+        let threshold = (314.0 * MIB as f64 * 0.9) as u64;
+        assert_eq!(a.excess_bytes, 300 * MIB + 20 * MIB - threshold);
+        assert!(a.room_bytes < 0);
+        assert_eq!(a.pressed.len(), 1, "{a:?}");
+        assert!(
+            a.pressed[0].starts_with("working set 300 MiB >= 90% of cgroup v1 ")
+                && a.pressed[0].ends_with("(memory.limit_in_bytes 314 MiB)"),
+            "{a:?}"
+        );
+        assert!(a.critical.is_empty(), "300 < 97% of 314: {a:?}");
+        t.v1("caxton", 306, 0, Some(314));
+        let a = Assessment::of(&read(&t.paths()), T).expect("a limit");
+        assert_eq!(a.critical.len(), 1, "{a:?}");
+    }
+
+    #[test]
+    fn a_hidden_v1_ancestor_shows_through_the_hierarchical_limit() {
+        let t = Tree::new("4:memory:/caxton\n");
+        t.v1("caxton", 100, 0, None);
+        t.file(
+            "cgroup/memory/caxton/memory.stat",
+            &format!("hierarchical_memory_limit {}\n", 200 * MIB),
+        );
+        let levels = read(&t.paths());
+        assert_eq!(levels[1].kind, Kind::V1Hidden);
+        assert_eq!(levels[1].soft_bytes, Some(200 * MIB));
+        assert_eq!(levels[1].working_set_bytes, 100 * MIB);
+        let a = Assessment::of(&levels, T).expect("limit");
+        assert_eq!(a.binding, 1);
+    }
+
+    #[test]
+    fn v2_takes_the_tighter_of_high_and_max_at_every_ancestor() {
+        let t = Tree::new("0::/devices.slice/caxton.service\n");
+        t.file("cgroup/cgroup.controllers", "memory\n");
+        t.v2("devices.slice", 700, None, Some(1024));
+        t.v2("devices.slice/caxton.service", 300, Some(512), Some(600));
+        let levels = read(&t.paths());
+        assert_eq!(levels.len(), 3, "{levels:?}");
+        assert_eq!(
+            (levels[0].soft_bytes, levels[0].hard_bytes),
+            (Some(512 * MIB), Some(600 * MIB))
+        );
+        assert_eq!(levels[0].soft_name(), "memory.high");
+        assert_eq!(levels[1].soft_name(), "memory.max");
+        let a = Assessment::of(&levels, T).expect("limit");
+        // Own: 460.8 - 300 - 20 = 140.8 MiB; parent: 921.6 - 700 - 20 = 201.6 MiB.
+        assert_eq!(a.binding, 0);
+        t.v2("devices.slice", 850, None, Some(1024));
+        let a = Assessment::of(&read(&t.paths()), T).expect("limit");
+        assert_eq!(
+            a.binding, 1,
+            "a co-tenant in the slice makes the slice bind"
+        );
+    }
+
+    #[test]
+    fn without_any_cgroup_the_machine_binds() {
+        let t = Tree::new("0::/nowhere\n");
+        let levels = read(&t.paths());
+        assert_eq!(levels.len(), 1);
+        assert_eq!((levels[0].kind, levels[0].own), (Kind::System, true));
+        assert_eq!(levels[0].working_set_bytes, 2048 * MIB);
+        let a = Assessment::of(&levels, T).expect("limit");
+        assert_eq!(a.binding, 0);
+    }
+}

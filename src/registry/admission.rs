@@ -1,0 +1,261 @@
+//! How a request gets its model into memory when it is not there: a bounded, fair queue, then
+//! admission against the budget and the real room left under the binding cgroup limit, then
+//! shedding what must go and waiting until its memory is really back before loading.
+//!
+//! Requests for a model that is not loaded queue on the governor's admission lock, which is
+//! FIFO; a queued request leaves at once when another load brings its model in. The request
+//! at the head holds the lock while it waits for room, so loads never overlap and never
+//! decide on the same free memory. A wait ends at `memory.load_queue.max_wait` with 503 and
+//! `Retry-After`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{LoadError, ModelSlot, Registry};
+use crate::engine::LoadedModel;
+use crate::memory::policy::{self, Resident};
+
+/// How often the head of the queue looks again while it waits for room.
+const RECHECK: Duration = Duration::from_millis(200);
+
+impl Registry {
+    /// The loaded model for `id`, loading it first if memory allows: waiting in the load
+    /// queue while it does not, until `memory.load_queue.max_wait`.
+    pub async fn acquire(self: &Arc<Self>, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
+        let slot = self
+            .get(id)
+            .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
+        // The common case, on every request: already loaded.
+        if let Some(model) = slot.loaded.lock().await.as_ref() {
+            return Ok(model.clone());
+        }
+        let queue = self.governor.settings().load_queue;
+        let deadline = Instant::now() + queue.max_wait.0;
+        let Some(place) = self.governor.enter_queue() else {
+            self.governor.note_queue_refusal();
+            return Err(self.refuse(
+                id,
+                format!(
+                    "model {id} is not loaded and {} requests already wait for models to load (memory.load_queue.max_waiting); retry later",
+                    queue.max_waiting
+                ),
+                self.governor.retry_after(),
+            ));
+        };
+        let lock = self.governor.admission.clone().lock_owned();
+        tokio::pin!(lock);
+        let guard = loop {
+            // Registered before the check, so a load finishing in between still wakes us.
+            let loaded = self.loaded_event.notified();
+            tokio::pin!(loaded);
+            loaded.as_mut().enable();
+            if let Some(model) = slot.loaded.lock().await.as_ref() {
+                return Ok(model.clone());
+            }
+            tokio::select! {
+                biased;
+                guard = &mut lock => break guard,
+                _ = &mut loaded => continue,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.governor.note_queue_refusal();
+                    return Err(self.refuse(
+                        id,
+                        format!(
+                            "model {id} waited {} (memory.load_queue.max_wait) behind other loads and is still not loaded; retry later",
+                            humantime::format_duration(queue.max_wait.0)
+                        ),
+                        self.governor.retry_after(),
+                    ));
+                }
+            }
+        };
+        drop(place);
+        // A spawned task finishes the load even if this request goes away meanwhile, so the
+        // slot never stays "loading" with the result thrown away.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _admission = guard;
+            this.admit_and_load(slot, deadline).await
+        })
+        .await
+        .map_err(|e| LoadError::Failed {
+            id: id.to_string(),
+            reason: format!("the load task failed: {e}"),
+        })?
+    }
+
+    /// A refusal for lack of memory, counted and logged.
+    fn refuse(&self, id: &str, reason: String, retry_after: Duration) -> LoadError {
+        crate::metrics::get().admission_refusals.inc();
+        tracing::warn!(
+            caxton_event = "model_load_refused",
+            caxton_model = %id,
+            caxton_reason = "memory",
+            "{reason}"
+        );
+        LoadError::NoMemory {
+            id: id.to_string(),
+            reason,
+            retry_after,
+        }
+    }
+
+    /// Loads `slot` once it fits: sheds lower-value models past their residency to make
+    /// room, waits until their memory is back in the working set, and decides again on fresh
+    /// readings; waits while waiting may help, until `deadline`. The caller holds the
+    /// admission lock.
+    async fn admit_and_load(
+        &self,
+        slot: Arc<ModelSlot>,
+        deadline: Instant,
+    ) -> Result<Arc<LoadedModel>, LoadError> {
+        if let Some(model) = slot.loaded.lock().await.as_ref() {
+            return Ok(model.clone());
+        }
+        let id = slot.package.manifest.id.clone();
+        let need = self.governor.footprint(&slot.package);
+        let rules = self.governor.rules(&id);
+        loop {
+            let refusal = if self.governor.critical() {
+                let why = self
+                    .governor
+                    .pressure()
+                    .reading
+                    .map(|r| r.why)
+                    .unwrap_or_default();
+                policy::Refusal {
+                    reason: format!(
+                        "model {id} cannot be loaded now: memory is critically short ({why}); retry later"
+                    ),
+                    retry_after: self.governor.retry_after(),
+                    wait: true,
+                }
+            } else {
+                match policy::admit(
+                    &id,
+                    rules.priority,
+                    need,
+                    &self.residents(),
+                    &self.governor.limits(),
+                    self.governor.retry_after(),
+                ) {
+                    Ok(victims) if victims.is_empty() => break,
+                    Ok(victims) => {
+                        self.make_room(&id, &victims, deadline).await?;
+                        // Decide again on what the cgroup now shows.
+                        continue;
+                    }
+                    Err(r) => r,
+                }
+            };
+            if !refusal.wait || Instant::now() + RECHECK > deadline {
+                return Err(self.refuse(&id, refusal.reason, refusal.retry_after));
+            }
+            tokio::time::sleep(RECHECK.min(refusal.retry_after)).await;
+        }
+        let precision = self.precision_of(&id);
+        let model = slot
+            .acquire(self.options, self.batch.clone(), precision)
+            .await?;
+        self.governor.note_load();
+        self.loaded_event.notify_waiters();
+        let grown = slot.usage().memory_bytes.unwrap_or(model.weight_bytes);
+        let took = self.governor.remember(&slot.package, grown);
+        if took != grown {
+            slot.set_memory(took);
+        }
+        if took > need {
+            self.rebalance(&id, rules.priority, took).await;
+        }
+        Ok(model)
+    }
+
+    /// Sheds `victims` for `id` and waits, until `deadline`, for their in-flight requests to
+    /// finish and their memory to be freed; a shed is done only then.
+    async fn make_room(
+        &self,
+        id: &str,
+        victims: &[String],
+        deadline: Instant,
+    ) -> Result<(), LoadError> {
+        let mut pending = Vec::new();
+        for victim in victims {
+            let reason = format!("making room for {id}");
+            if let Some((_, freed)) = self.shed(victim, &reason, false).await {
+                pending.push(freed);
+            }
+        }
+        for mut freed in pending {
+            let back = tokio::time::timeout_at(deadline, freed.wait_for(|&done| done)).await;
+            if back.is_err() {
+                return Err(self.refuse(
+                    id,
+                    format!(
+                        "model {id} cannot be loaded yet: the models shed to make room for it ({}) still serve in-flight requests, and their memory is not back; retry shortly",
+                        victims.join(", ")
+                    ),
+                    Duration::from_secs(1),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a load that took more than its estimate: sheds lower-value models until model
+    /// memory is back within the budget, so an estimate's error does not become an overrun.
+    async fn rebalance(&self, id: &str, priority: u8, took: u64) {
+        let others: Vec<Resident> = self
+            .residents()
+            .into_iter()
+            .filter(|r| r.id != id)
+            .collect();
+        let mut limits = self.governor.limits();
+        // The room reading already includes the model just loaded.
+        limits.room = None;
+        match policy::admit(id, priority, took, &others, &limits, Duration::ZERO) {
+            Ok(victims) => {
+                for victim in victims {
+                    let reason = format!("{id} took more memory than estimated");
+                    self.shed(&victim, &reason, false).await;
+                }
+            }
+            Err(_) => tracing::warn!(
+                caxton_event = "memory_over_budget",
+                caxton_model = %id,
+                "model {id} took {} MiB, more than estimated, and model memory ({} MiB) is over the budget ({} MiB) with nothing of lower value to shed",
+                took >> 20,
+                self.model_memory() >> 20,
+                self.governor.budget().bytes >> 20
+            ),
+        }
+    }
+
+    /// Unloads `id` to free memory (`pressure`, or room for another model): a `model_shed`
+    /// journal line and metric. A shed for a stall signal (`signal`) also caps model memory
+    /// at what is left until the episode ends. Returns the bytes that will come back and the
+    /// signal that turns `true` once they have.
+    pub async fn shed(
+        &self,
+        id: &str,
+        reason: &str,
+        signal: bool,
+    ) -> Option<(u64, tokio::sync::watch::Receiver<bool>)> {
+        let (bytes, freed) = self.unload_model(id, "shed").await.ok().flatten()?;
+        self.governor.note_shed(signal.then(|| self.model_memory()));
+        crate::metrics::get()
+            .sheds
+            .get_or_create(&crate::metrics::Metrics::model(id))
+            .inc();
+        tracing::warn!(
+            caxton_event = "model_shed",
+            caxton_model = %id,
+            caxton_reason = reason,
+            bytes_released = bytes,
+            "model {id} shed to free memory ({reason}); {} MiB come back once its in-flight requests finish",
+            bytes >> 20
+        );
+        Some((bytes, freed))
+    }
+}
