@@ -79,11 +79,31 @@ fn status(d: &Daemon) -> Value {
     d.request("GET", "/api/memory/status", "").1
 }
 
-/// The daemon's RSS less its model memory: what it holds with no model loaded.
+/// What the daemon holds with no model loaded once it has served: a few full requests, then
+/// every model flushed and its memory back (the pass buffers go after a quiet second).
 fn base(d: &Daemon) -> u64 {
-    let s = status(d);
-    s["process"]["rss_bytes"].as_u64().expect("rss")
-        - s["model_memory_bytes"].as_u64().expect("bytes")
+    let texts: Vec<String> = (0..16).map(|i| format!("warm-up text {i}")).collect();
+    for _ in 0..3 {
+        let body = serde_json::json!({"input": texts}).to_string();
+        assert_eq!(d.request("POST", "/v1/embeddings", &body).0, 200);
+    }
+    let (s, v) = d.request("POST", "/api/memory/flush", "");
+    assert_eq!(s, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = u64::MAX;
+    loop {
+        let s = status(d);
+        let rss = s["process"]["rss_bytes"].as_u64().expect("rss");
+        let settled =
+            s["releasing"].as_array().is_some_and(|r| r.is_empty()) && s["model_memory_bytes"] == 0;
+        // Settled, and no longer falling.
+        if settled && rss >= last {
+            return rss;
+        }
+        last = rss;
+        assert!(Instant::now() < deadline, "the flush never settled: {s}");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
 }
 
 /// What the clients got.
@@ -229,6 +249,9 @@ fn exercise(
     };
     let s = status(d);
     let shed = d.log().matches("caxton_event=\"model_shed\"").count();
+    if std::env::var_os("CONTENTION_TEST_LOG").is_some() {
+        eprintln!("{}", d.log());
+    }
     println!(
         "{name}: {:.0} s, {} answers: {} 200, 503 {:?}; {} loads ({} in the last minute), {} sheds; peak working set {} of {} MiB in {}; rss {} MiB = base {} + models {} MiB",
         started.elapsed().as_secs_f64(),

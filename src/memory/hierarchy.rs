@@ -244,7 +244,6 @@ fn system_level(paths: &Paths, own: bool) -> Option<Level> {
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(key)?
-                    .trim()
                     .split_whitespace()
                     .next()?
                     .parse::<u64>()

@@ -34,15 +34,18 @@ pub fn trim() {
     }
 }
 
-/// Caps glibc's malloc arenas at two. By default every thread that allocates may get an arena
-/// of its own (up to eight per core); tokenization on the blocking pool and loads on loader
-/// threads then scatter freed memory over many arenas, where `malloc_trim` cannot return what
-/// small live allocations pin, and RSS drifts above what the models hold. Call before any
-/// thread starts.
+/// Makes freed model memory really go back. glibc lets every thread that allocates take an
+/// arena of its own (up to eight per core), and raises its mmap threshold to the size of the
+/// largest mapped block freed (up to 32 MiB): after the first unload, weight tensors land on
+/// arena heaps, interleaved with the next model's and the runtime's small allocations, where
+/// `malloc_trim` cannot return what they pin, and RSS drifts tens of MiB above what the models
+/// hold. Two arenas, and a fixed 1 MiB threshold (tensors are mapped and unmapped whole), keep
+/// RSS at the daemon's base plus its models. Call before any thread starts.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before other threads exist.
+    // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

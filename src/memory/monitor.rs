@@ -126,10 +126,10 @@ async fn run(state: Arc<AppState>) {
             let min_residency = settings.min_residency.0;
             let victims: Vec<String> = match decision {
                 Shed::Nothing => Vec::new(),
-                Shed::Excess { critical } => {
+                Shed::Excess { urgent } => {
                     // Memory already on its way back counts against the excess.
                     let excess = reading.excess_bytes.saturating_sub(gov.releasing_bytes());
-                    policy::shed_for_excess(excess, &residents, now, min_residency, critical)
+                    policy::shed_for_excess(excess, &residents, now, min_residency, urgent)
                 }
                 Shed::Signal => {
                     policy::shed_for_signal(&residents, now, min_residency, DEFAULT_PRIORITY)
@@ -151,7 +151,7 @@ async fn run(state: Arc<AppState>) {
                 } else {
                     tracing::warn!(
                         caxton_event = "pressure_nothing_to_shed",
-                        "memory is under pressure ({why}) but no model may be shed for it: the default model and priorities 1-2 stay for a stall signal alone, and models loaded less than memory.min_residency ago stay until memory is critical"
+                        "memory is under pressure ({why}) but no model may be shed for it: the default model and priorities 1-2 stay for a stall signal alone, and models loaded less than memory.min_residency ago stay until memory is critical or about to be"
                     );
                 }
                 idle_warned = true;

@@ -256,14 +256,14 @@ enum Bound {
 }
 
 /// The models to shed so that `excess` bytes come back (lowest value first, models still in
-/// their residency skipped unless `critical`): as few as cover it, never more. Pinned models
+/// their residency skipped unless `urgent`): as few as cover it, never more. Pinned models
 /// never go, and the default and more valuable models go only when the rest does not cover it.
 pub fn shed_for_excess(
     excess: u64,
     loaded: &[Resident],
     now: Duration,
     min_residency: Duration,
-    critical: bool,
+    urgent: bool,
 ) -> Vec<String> {
     let mut freed = 0;
     let mut victims = Vec::new();
@@ -271,7 +271,7 @@ pub fn shed_for_excess(
         if freed >= excess {
             break;
         }
-        if !critical && m.resident_for(now, min_residency).is_some() {
+        if !urgent && m.resident_for(now, min_residency).is_some() {
             continue;
         }
         freed += m.bytes;
@@ -328,11 +328,11 @@ pub enum Level {
 pub enum Shed {
     /// Nothing.
     Nothing,
-    /// Shed what the reading's excess asks for ([`shed_for_excess`]); `critical` overrides
+    /// Shed what the reading's excess asks for ([`shed_for_excess`]); `urgent` overrides
     /// `memory.min_residency`.
     Excess {
-        /// Whether memory is critical.
-        critical: bool,
+        /// Memory is critical, or will be within `persist` at its current growth.
+        urgent: bool,
     },
     /// A stall signal without a limit near: shed one model of low value
     /// ([`shed_for_signal`]).
@@ -438,7 +438,7 @@ impl Shedder {
         self.last_pressure = Some(now);
         if o.usage == Level::Critical {
             self.last_shed = Some(now);
-            return Shed::Excess { critical: true };
+            return Shed::Excess { urgent: true };
         }
         let lasted = o.triggered || o.imminent || now.saturating_sub(streak) >= t.persist;
         let spaced = self
@@ -449,7 +449,7 @@ impl Shedder {
         }
         self.last_shed = Some(now);
         if o.usage == Level::Pressure {
-            Shed::Excess { critical: false }
+            Shed::Excess { urgent: o.imminent }
         } else {
             Shed::Signal
         }
@@ -796,7 +796,7 @@ mod tests {
     fn pressure_must_persist_then_sheds_are_spaced() {
         let mut sh = Shedder::default();
         let p = usage(Level::Pressure);
-        let excess = Shed::Excess { critical: false };
+        let excess = Shed::Excess { urgent: false };
         assert_eq!(sh.observe(s(0), p, T), Shed::Nothing);
         assert_eq!(sh.observe(s(2), p, T), Shed::Nothing);
         assert_eq!(sh.observe(s(3), p, T), excess);
@@ -824,7 +824,7 @@ mod tests {
         };
         assert_eq!(
             Shedder::default().observe(s(0), both, T),
-            Shed::Excess { critical: false }
+            Shed::Excess { urgent: false }
         );
     }
 
@@ -846,15 +846,15 @@ mod tests {
         let mut sh = Shedder::default();
         let mut o = usage(Level::Pressure);
         o.imminent = true;
-        assert_eq!(sh.observe(s(0), o, T), Shed::Excess { critical: false });
+        assert_eq!(sh.observe(s(0), o, T), Shed::Excess { urgent: true });
     }
 
     #[test]
     fn critical_sheds_at_once_and_without_cooldown() {
         let mut sh = Shedder::default();
         let c = usage(Level::Critical);
-        assert_eq!(sh.observe(s(0), c, T), Shed::Excess { critical: true });
-        assert_eq!(sh.observe(s(0), c, T), Shed::Excess { critical: true });
+        assert_eq!(sh.observe(s(0), c, T), Shed::Excess { urgent: true });
+        assert_eq!(sh.observe(s(0), c, T), Shed::Excess { urgent: true });
     }
 
     #[test]
