@@ -50,6 +50,10 @@ pub struct Metrics {
     pub validation_failures: Family<ReasonLabel, Counter>,
     /// `caxton_models_unloaded_total{model}`.
     pub unloads: Family<ModelLabel, Counter>,
+    /// `caxton_model_loads_total{model}`: loads finished (a bound on thrashing to watch).
+    pub loads: Family<ModelLabel, Counter>,
+    /// `caxton_load_queue_waiting`: requests waiting for their model to load.
+    pub queue_waiting: Gauge,
     /// `caxton_models_shed_total{model}`: unloads to free memory (pressure or room).
     pub sheds: Family<ModelLabel, Counter>,
     /// `caxton_model_loads_refused_total`: loads refused for lack of memory.
@@ -71,6 +75,8 @@ impl Metrics {
             memory: Family::default(),
             validation_failures: Family::default(),
             unloads: Family::default(),
+            loads: Family::default(),
+            queue_waiting: Gauge::default(),
             sheds: Family::default(),
             admission_refusals: Counter::default(),
             budget: Gauge::default(),
@@ -100,6 +106,16 @@ impl Metrics {
             m.validation_failures.clone(),
         );
         registry.register("caxton_models_unloaded", "Model unloads", m.unloads.clone());
+        registry.register(
+            "caxton_model_loads",
+            "Model loads finished",
+            m.loads.clone(),
+        );
+        registry.register(
+            "caxton_load_queue_waiting",
+            "Requests waiting for their model to load",
+            m.queue_waiting.clone(),
+        );
         registry.register(
             "caxton_models_shed",
             "Models unloaded to free memory (pressure, or room for another model)",

@@ -177,11 +177,20 @@ async fn start(state: &Arc<AppState>, reloader: &Reloader) -> Result<(), String>
         return Ok(());
     }
     systemd::status(&format!("loading {default}"));
-    state
-        .registry
-        .acquire(default)
-        .await
-        .map_err(|e| e.to_string())?;
+    match state.registry.acquire(default).await {
+        Ok(_) => {}
+        // Memory held by others now may be free soon: serve, and load on the first request.
+        Err(crate::registry::LoadError::NoMemory {
+            reason,
+            lasting: false,
+            ..
+        }) => tracing::warn!(
+            caxton_event = "default_model_deferred",
+            caxton_model = %default,
+            "the default model {default} is not loaded at start: {reason}; the first request for it will load it"
+        ),
+        Err(e) => return Err(e.to_string()),
+    }
     state.set_health(Health::Serving);
     Ok(())
 }

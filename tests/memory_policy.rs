@@ -298,3 +298,86 @@ fn a_systemd_pressure_trigger_sheds_lowest_value_first_with_hysteresis() {
     });
     assert_eq!(embed_with(&d, "m-low").0, 200);
 }
+
+/// Issue 15: a request whose model cannot load waits in the queue, no longer than
+/// `memory.load_queue.max_wait`, and the queue holds at most `max_waiting` requests; both
+/// refusals are 503 `insufficient_memory` with a `Retry-After` that says when to come back.
+#[test]
+fn the_load_queue_bounds_waits_and_length_with_retry_after() {
+    // Two models fit in 250 MiB; a third must evict m-a, which stays resident for a minute.
+    let d = daemon(
+        &["m-a", "m-b", "m-c"],
+        "memory:\n  budget: 250MiB\n  min_residency: 60s\n  load_queue:\n    max_wait: 3s\n    max_waiting: 1\n  models:\n    all-MiniLM-L6-v2: {pinned: true}\n",
+        &[],
+    );
+    assert_eq!(embed_with(&d, "m-a").0, 200);
+    let started = std::time::Instant::now();
+    let (s, v, retry) = embed_with(&d, "m-b");
+    let waited = started.elapsed();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("insufficient_memory")),
+        "{v}"
+    );
+    let msg = v["error"]["message"].as_str().expect("message");
+    assert!(
+        msg.starts_with("model m-b cannot be loaded now: it needs about ")
+            && msg.contains("the budget of 250 MiB has")
+            && msg.contains(
+                "and the models that could make room loaded less than memory.min_residency (1m) ago, for "
+            )
+            && msg.contains("m-a "),
+        "{msg}"
+    );
+    // It waited for its max_wait, not for the minute, and Retry-After says what is left of it.
+    assert!(
+        waited >= Duration::from_secs(2),
+        "answered after {waited:?}"
+    );
+    let retry: u64 = retry.expect("Retry-After").parse().expect("seconds");
+    assert!((40..=60).contains(&retry), "Retry-After {retry}");
+
+    // One request at the head (holding the admission lock while it waits for room) and one
+    // queued behind it fill a queue of one: a third is refused at once.
+    let client = |id: &'static str| {
+        let socket = d.socket.clone();
+        std::thread::spawn(move || {
+            let body = serde_json::json!({"model": id, "input": "hello"}).to_string();
+            caxton::cli::client::blocking_request(
+                &socket,
+                hyper::Method::POST,
+                "/v1/embeddings",
+                Some(body.into_bytes()),
+            )
+            .map(|(s, _)| s.as_u16())
+        })
+    };
+    let queue = |key: &str| {
+        let (_, v) = d.request("GET", "/api/memory/status", "");
+        v["load_queue"][key].clone()
+    };
+    let head = client("m-b");
+    wait_until(&d, "m-b's load at the head of the queue", || {
+        queue("admitting") == "m-b"
+    });
+    let behind = client("m-c");
+    wait_until(&d, "m-c queued behind it", || queue("waiting") == 1);
+    let (s, v, retry) = embed_with(&d, "m-c");
+    assert_eq!(
+        (s, v["error"]["message"].as_str()),
+        (
+            503,
+            Some(
+                "model m-c is not loaded and 1 requests already wait for models to load (memory.load_queue.max_waiting); retry later"
+            )
+        ),
+        "{v}"
+    );
+    assert!(retry.is_some());
+    for t in [head, behind] {
+        assert_eq!(t.join().expect("client").expect("answer"), 503);
+    }
+    let (_, v) = d.request("GET", "/api/memory/status", "");
+    assert!(v["load_queue"]["refused"].as_u64() >= Some(1), "{v}");
+    assert_eq!(loaded(&d), [MODEL, "m-a"]);
+}

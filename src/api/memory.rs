@@ -67,7 +67,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "model_memory_bytes": in_use,
         "releasing": releasing,
         "loads": {"total": loads, "last_minute": loads_minute},
-        "load_queue": {"waiting": waiting, "refused": queue_refused},
+        "load_queue": {"waiting": waiting, "refused": queue_refused, "admitting": gov.admitting()},
         "process": {"rss_bytes": rss, "peak_rss_bytes": peak},
         "cgroup": crate::memory::cgroup::current(),
         "loaded": loaded,

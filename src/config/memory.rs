@@ -200,6 +200,34 @@ impl MemorySettings {
                 format!("{b} cannot hold any model; give at least 16MiB, or auto"),
             ));
         }
+        for (key, value, max) in [
+            ("memory.min_residency", self.min_residency.0, 24 * 3600),
+            (
+                "memory.load_queue.max_wait",
+                self.load_queue.max_wait.0,
+                3600,
+            ),
+        ] {
+            if value > std::time::Duration::from_secs(max) {
+                return Err((
+                    key.into(),
+                    format!(
+                        "{} is too long; at most {}",
+                        humantime::format_duration(value),
+                        humantime::format_duration(std::time::Duration::from_secs(max))
+                    ),
+                ));
+            }
+        }
+        if self.reserve.0 >= 1 << 40 {
+            return Err((
+                "memory.reserve".into(),
+                format!(
+                    "{} is not a reserve a device has; give less than 1TiB",
+                    self.reserve
+                ),
+            ));
+        }
         if self.load_queue.max_waiting == 0 {
             return Err((
                 "memory.load_queue.max_waiting".into(),
@@ -303,5 +331,49 @@ impl<'de> Deserialize<'de> for Budget {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(edit: impl FnOnce(&mut MemorySettings)) -> (String, String) {
+        let mut s = MemorySettings::default();
+        edit(&mut s);
+        s.validate().expect_err("refused")
+    }
+
+    #[test]
+    fn the_load_queue_and_residency_are_checked() {
+        assert_eq!(
+            refused(|s| s.load_queue.max_waiting = 0),
+            (
+                "memory.load_queue.max_waiting".into(),
+                "must be at least 1".into()
+            )
+        );
+        assert_eq!(
+            refused(|s| s.load_queue.max_wait = Duration(std::time::Duration::from_secs(7200))),
+            (
+                "memory.load_queue.max_wait".into(),
+                "2h is too long; at most 1h".into()
+            )
+        );
+        assert_eq!(
+            refused(|s| s.min_residency = Duration(std::time::Duration::from_secs(2 * 86_400))),
+            (
+                "memory.min_residency".into(),
+                "2days is too long; at most 1day".into()
+            )
+        );
+        assert_eq!(
+            refused(|s| s.reserve = ByteSize(1 << 40)),
+            (
+                "memory.reserve".into(),
+                "1024GiB is not a reserve a device has; give less than 1TiB".into()
+            )
+        );
+        assert_eq!(MemorySettings::default().validate(), Ok(()));
     }
 }

@@ -61,6 +61,8 @@ pub struct Governor {
     loads: AtomicU64,
     /// Requests waiting in the load queue now.
     waiting: AtomicUsize,
+    /// The model whose load holds the admission lock (waiting for room, or loading).
+    admitting: Mutex<Option<String>>,
     /// Requests answered 503 because the queue was full or their wait ran out.
     queue_refusals: AtomicU64,
     sheds: AtomicU64,
@@ -79,7 +81,8 @@ pub struct QueuePlace<'a>(&'a Governor);
 
 impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        let n = self.0.waiting.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::metrics::get().queue_waiting.set(n as i64);
     }
 }
 
@@ -112,6 +115,7 @@ impl Governor {
             recent_loads: Mutex::new(VecDeque::new()),
             loads: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
+            admitting: Mutex::new(None),
             queue_refusals: AtomicU64::new(0),
             sheds: AtomicU64::new(0),
             preload_requested: AtomicBool::new(false),
@@ -175,22 +179,29 @@ impl Governor {
     /// processes use counts) and the memory of unloaded models that is not back yet.
     pub fn limits(&self) -> Limits {
         let settings = self.settings();
+        let room = self.room(&settings);
         Limits {
             budget: self.budget().bytes,
             max_models: settings.max_loaded_models,
             ceiling: lock(&self.shedder).ceiling(),
-            room: self.room(&settings),
+            room: room.as_ref().map(|(r, from, _)| (*r, from.clone())),
+            peak_room: room.map(|(_, _, p)| p),
             releasing: self.releasing_bytes(),
             now: self.now(),
             min_residency: settings.min_residency.0,
         }
     }
 
-    /// Room at the binding level of the cgroup tree, and that level in words.
-    fn room(&self, settings: &MemorySettings) -> Option<(i64, String)> {
+    /// Room at the binding level of the cgroup tree, that level in words, and the room for a
+    /// brief peak.
+    fn room(&self, settings: &MemorySettings) -> Option<(i64, String, i64)> {
         let levels = hierarchy::read(&Paths::system());
         let a = Assessment::of(&levels, self.thresholds(settings))?;
-        Some((a.room_bytes, levels[a.binding].describe()))
+        Some((
+            a.room_bytes,
+            levels[a.binding].describe(),
+            a.peak_room_bytes,
+        ))
     }
 
     /// The thresholds of the settings in force.
@@ -257,7 +268,19 @@ impl Governor {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             });
-        taken.ok().map(|_| QueuePlace(self))
+        let n = taken.ok()? + 1;
+        crate::metrics::get().queue_waiting.set(n as i64);
+        Some(QueuePlace(self))
+    }
+
+    /// Records which model's load holds the admission lock (`None` when it is released).
+    pub fn set_admitting(&self, id: Option<&str>) {
+        *lock(&self.admitting) = id.map(str::to_owned);
+    }
+
+    /// The model whose load holds the admission lock.
+    pub fn admitting(&self) -> Option<String> {
+        lock(&self.admitting).clone()
     }
 
     /// Records a request refused by the queue (full, or its wait ran out).
@@ -312,10 +335,14 @@ impl Governor {
     pub fn observe(&self, reading: &Reading, triggered: bool) -> super::policy::Shed {
         let t = self.timings();
         let now = self.now();
-        let imminent = match (reading.working_set_bytes, reading.hard_limit_bytes) {
-            (Some(ws), Some(hard)) => {
+        let imminent = match (
+            reading.working_set_bytes,
+            reading.hard_limit_bytes,
+            &reading.limit_from,
+        ) {
+            (Some(ws), Some(hard), Some(level)) => {
                 let mut trend = lock(&self.trend);
-                trend.push(now, ws);
+                trend.push(now, ws, level);
                 let critical = (hard as f64 * self.settings().pressure.unload_all_at) as u64;
                 trend.time_to(critical).is_some_and(|d| d < t.persist)
             }
@@ -419,5 +446,82 @@ impl Governor {
         let m = measured.entry(package.package_sha256.clone()).or_insert(0);
         *m = (*m).max(bytes);
         *m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn governor(max_waiting: usize) -> Governor {
+        let mut s = MemorySettings::default();
+        s.load_queue.max_waiting = max_waiting;
+        Governor::new(&s)
+    }
+
+    #[test]
+    fn the_load_queue_is_bounded_and_a_place_comes_back_when_left() {
+        let g = governor(2);
+        let a = g.enter_queue().expect("first place");
+        let b = g.enter_queue().expect("second place");
+        assert!(
+            g.enter_queue().is_none(),
+            "a third request past max_waiting"
+        );
+        assert_eq!(g.queue().0, 2);
+        drop(a);
+        let c = g.enter_queue().expect("a place freed by one that left");
+        g.note_queue_refusal();
+        assert_eq!(g.queue(), (2, 1));
+        drop((b, c));
+        assert_eq!(g.queue().0, 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_admission_lock_serves_waiters_in_arrival_order() {
+        let g = Arc::new(governor(8));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let head = g.admission.clone().lock_owned().await;
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (lock, order) = (g.admission.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _turn = lock.lock_owned().await;
+                lock_order(&order).push(i);
+                // Holding the lock across a yield: the next in line must still wait.
+                tokio::task::yield_now().await;
+            }));
+            // Each waiter is queued before the next one is spawned.
+            tokio::task::yield_now().await;
+        }
+        drop(head);
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(*lock_order(&order), [0, 1, 2, 3, 4]);
+    }
+
+    fn lock_order(m: &Mutex<Vec<usize>>) -> MutexGuard<'_, Vec<usize>> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[test]
+    fn unloaded_memory_counts_until_its_engine_has_freed_it() {
+        let g = governor(1);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        g.releasing("m-1", 96 << 20, rx);
+        assert_eq!(g.releasing_bytes(), 96 << 20);
+        assert_eq!(g.releasing_models(), [("m-1".to_string(), 96 << 20)]);
+        tx.send(true).expect("send");
+        assert_eq!(g.releasing_bytes(), 0);
+        assert!(g.releasing_models().is_empty());
+    }
+
+    #[test]
+    fn loads_are_counted_over_the_last_minute() {
+        let g = governor(1);
+        g.note_load();
+        g.note_load();
+        assert_eq!(g.loads(), (2, 2));
     }
 }

@@ -297,7 +297,9 @@ pub fn read(paths: &Paths) -> Vec<Level> {
                 oom_kills: None,
             });
         }
-    } else if let Some(own) = d.v2.as_ref().filter(|o| o.join("memory.current").exists()) {
+    } else if let Some(own) = &d.v2 {
+        // Even where the daemon's own group has no memory controller (not delegated), a
+        // limited ancestor binds it.
         for (i, dir) in up_to(own, &d.v2_root).iter().enumerate() {
             if let Some(l) = v2_level(dir, i == 0)
                 && (i == 0 || l.soft_bytes.is_some())
@@ -332,6 +334,9 @@ pub struct Assessment {
     /// Bytes a load may still take at the binding level: its pressure threshold, less its
     /// working set, less the reserve. Negative when already past.
     pub room_bytes: i64,
+    /// Bytes a brief peak (a load's transient copies) may take: the least room below any
+    /// level's critical threshold, less the reserve. Negative when already past.
+    pub peak_room_bytes: i64,
     /// Bytes to free to bring every level back to the reserve below its threshold; 0 while no
     /// level is at its threshold.
     pub excess_bytes: u64,
@@ -345,6 +350,7 @@ impl Assessment {
     /// Grades `levels` against `t`. Levels without a limit bind nothing.
     pub fn of(levels: &[Level], t: Thresholds) -> Option<Assessment> {
         let mut best: Option<(usize, i64)> = None;
+        let mut peak_room = i64::MAX;
         let mut excess = 0u64;
         let mut pressed = Vec::new();
         let mut critical = Vec::new();
@@ -365,6 +371,10 @@ impl Assessment {
                     l.describe()
                 ));
             }
+            if let Some(hard) = l.hard_bytes {
+                let critical = (hard as f64 * t.unload_all_at) as i64;
+                peak_room = peak_room.min(critical - ws as i64 - t.reserve as i64);
+            }
             if let Some(hard) = l.hard_bytes
                 && ws as f64 >= t.unload_all_at * hard as f64
             {
@@ -381,6 +391,7 @@ impl Assessment {
         Some(Assessment {
             binding,
             room_bytes,
+            peak_room_bytes: peak_room.max(room_bytes),
             excess_bytes: excess,
             pressed,
             critical,
@@ -503,6 +514,11 @@ mod tests {
         assert_eq!(
             a.room_bytes,
             (314 * MIB * 9 / 10) as i64 - (240 + 20) as i64 * MIB as i64
+        );
+        // A load's brief peak may go up to the critical threshold, 97%, less the reserve.
+        assert_eq!(
+            a.peak_room_bytes,
+            (314.0 * MIB as f64 * 0.97) as i64 - (240 + 20) as i64 * MIB as i64
         );
         assert_eq!(a.excess_bytes, 0);
         assert!(a.pressed.is_empty() && a.critical.is_empty());

@@ -76,6 +76,7 @@ async fn run(state: Arc<AppState>) {
     let mut status = String::new();
     let mut idle_warned = false;
     let mut last: Option<pressure::Reading> = None;
+    let mut last_read = tokio::time::Instant::now();
     loop {
         let settings = gov.settings();
         if setting != Some(settings.pressure.source) || probe.is_none() {
@@ -93,11 +94,16 @@ async fn run(state: Arc<AppState>) {
         );
         let trigger = p.events();
         let kernel = watch.as_ref().map(|w| w.events.clone());
-        tokio::select! {
-            _ = async { match &trigger { Some(t) => t.notify.notified().await, None => std::future::pending().await } } => {}
-            _ = async { match &kernel { Some(k) => k.notify.notified().await, None => std::future::pending().await } } => {}
-            _ = tokio::time::sleep(wait) => {}
+        let woken_by_kernel = tokio::select! {
+            _ = async { match &trigger { Some(t) => t.notify.notified().await, None => std::future::pending().await } } => false,
+            _ = async { match &kernel { Some(k) => k.notify.notified().await, None => std::future::pending().await } } => true,
+            _ = tokio::time::sleep(wait) => false,
+        };
+        // memory.events changes on every throttling event: readings stay MIN_INTERVAL apart.
+        if woken_by_kernel {
+            tokio::time::sleep_until(last_read + MIN_INTERVAL).await;
         }
+        last_read = tokio::time::Instant::now();
         let triggers = trigger.map_or(0, |e| e.count.load(std::sync::atomic::Ordering::Relaxed));
         let triggered = triggers > seen_triggers;
         seen_triggers = triggers;
@@ -194,7 +200,9 @@ async fn run(state: Arc<AppState>) {
             let _ = registry.unload(&m.id, "idle").await;
         }
 
-        if (preload_due || gov.take_preload_request()) && !gov.under_pressure() {
+        // Background loads never stand in the queue in front of requests.
+        let queue_busy = gov.queue().0 > 0 || gov.admitting().is_some();
+        if !gov.under_pressure() && !queue_busy && (preload_due || gov.take_preload_request()) {
             preload_due = false;
             for id in registry.ids() {
                 if gov.rules(&id).preload {

@@ -29,7 +29,10 @@ pub struct Resident {
 impl Resident {
     /// Whether `memory.min_residency` still protects it at `now`; the time left if so.
     fn resident_for(&self, now: Duration, min_residency: Duration) -> Option<Duration> {
-        let left = (self.loaded_at + min_residency).saturating_sub(now);
+        let left = self
+            .loaded_at
+            .saturating_add(min_residency)
+            .saturating_sub(now);
         (!left.is_zero()).then_some(left)
     }
 }
@@ -63,6 +66,8 @@ pub struct Limits {
     /// co-tenants included, less the reserve), and that level in words; `None` when no level
     /// could be read.
     pub room: Option<(i64, String)>,
+    /// Room below the critical threshold of every level, for a load's brief peak.
+    pub peak_room: Option<i64>,
     /// Bytes of shed models whose memory is not back yet: still held.
     pub releasing: u64,
     /// Now, on the policy's clock.
@@ -112,7 +117,8 @@ pub fn admit(
         });
     }
     let room = limits.room.as_ref().map(|(r, _)| *r);
-    let mut used: u64 = loaded.iter().map(|m| m.bytes).sum::<u64>() + limits.releasing;
+    let held: u64 = loaded.iter().map(|m| m.bytes).sum::<u64>() + limits.releasing;
+    let mut used = held;
     let mut count = loaded.len();
     let mut gained: i64 = 0;
     let bound = |used: u64, count: usize, gained: i64| -> Option<Bound> {
@@ -196,7 +202,7 @@ pub fn admit(
             "it needs about {} MiB and the budget of {} MiB has {} MiB free",
             mib(need),
             mib(limits.budget),
-            mib(limits.budget.saturating_sub(used))
+            mib(limits.budget.saturating_sub(held))
         ),
         Bound::Room => {
             let (r, from) = limits.room.clone().unwrap_or_default();
@@ -344,14 +350,20 @@ pub enum Shed {
 #[derive(Debug, Clone, Default)]
 pub struct Trend {
     samples: std::collections::VecDeque<(Duration, u64)>,
+    /// The level the samples are of: another level's working set is no growth.
+    level: Option<String>,
 }
 
 /// How far back the trend looks.
 const TREND_WINDOW: Duration = Duration::from_secs(2);
 
 impl Trend {
-    /// Adds the working set `bytes` read at `now`.
-    pub fn push(&mut self, now: Duration, bytes: u64) {
+    /// Adds the working set `bytes` of `level` read at `now`; a change of level starts over.
+    pub fn push(&mut self, now: Duration, bytes: u64, level: &str) {
+        if self.level.as_deref() != Some(level) {
+            self.samples.clear();
+            self.level = Some(level.to_string());
+        }
         self.samples.push_back((now, bytes));
         while self
             .samples
@@ -516,6 +528,7 @@ mod tests {
             max_models: 4,
             ceiling: None,
             room: None,
+            peak_room: None,
             releasing: 0,
             now: s(100),
             min_residency: s(10),
@@ -832,17 +845,23 @@ mod tests {
     fn growth_toward_the_critical_threshold_sheds_without_waiting_to_persist() {
         let mut trend = Trend::default();
         let ms = Duration::from_millis;
-        trend.push(ms(0), 200 * MIB);
+        trend.push(ms(0), 200 * MIB, "a");
         assert_eq!(trend.time_to(300 * MIB), None, "one sample tells nothing");
-        trend.push(ms(500), 204 * MIB);
-        trend.push(ms(1000), 208 * MIB);
+        trend.push(ms(500), 204 * MIB, "a");
+        trend.push(ms(1000), 208 * MIB, "a");
         // 8 MiB/s: 92 MiB to go is 11.5 s.
         assert_eq!(
             trend.time_to(300 * MIB),
             Some(Duration::from_millis(11_500))
         );
-        trend.push(ms(3000), 208 * MIB);
+        trend.push(ms(3000), 208 * MIB, "a");
         assert_eq!(trend.time_to(300 * MIB), None, "flat over the window");
+        trend.push(ms(3500), 4096 * MIB, "the parent");
+        assert_eq!(
+            trend.time_to(8192 * MIB),
+            None,
+            "another level is no growth"
+        );
         let mut sh = Shedder::default();
         let mut o = usage(Level::Pressure);
         o.imminent = true;

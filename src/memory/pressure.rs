@@ -147,7 +147,9 @@ pub struct Probe {
     paths: Paths,
     trigger: Option<Trigger>,
     last_psi_total: Option<u64>,
-    last_oom: Option<u64>,
+    /// OOM kills last counted, per level: a level that appears brings its old count, and v2
+    /// counts a kill at every ancestor, so each is compared with itself.
+    last_oom: std::collections::HashMap<PathBuf, u64>,
 }
 
 impl Probe {
@@ -169,9 +171,12 @@ impl Probe {
             .filter(|p| p.exists());
         let new = |kind, detail, psi_file: Option<PathBuf>, trigger| {
             // The root group's PSI (a daemon in "0::/", as on hybrid v1 hosts) and
-            // /proc/pressure/memory count every process of the host.
+            // /proc/pressure/memory count every process of the host. Inside a cgroup
+            // namespace "0::/" is the container's own group, which has a memory.max.
             let host_wide = psi_file.as_ref().is_some_and(|f| {
-                *f == paths.proc_pressure || f.parent() == Some(dirs.v2_root.as_path())
+                *f == paths.proc_pressure
+                    || (f.parent() == Some(dirs.v2_root.as_path())
+                        && !dirs.v2_root.join("memory.max").exists())
             });
             Probe {
                 kind,
@@ -181,7 +186,7 @@ impl Probe {
                 paths: paths.clone(),
                 trigger,
                 last_psi_total: None,
-                last_oom: None,
+                last_oom: std::collections::HashMap::new(),
             }
         };
 
@@ -320,16 +325,24 @@ impl Probe {
 
         let levels = hierarchy::read(&self.paths);
         let mut usage_level = Level::Normal;
-        let oom: Option<u64> = levels
-            .iter()
-            .filter_map(|l| l.oom_kills)
-            .reduce(|a, b| a + b);
-        if let Some(oom) = oom {
-            if let Some(last) = self.last_oom.filter(|&last| oom > last) {
-                usage_level = Level::Critical;
-                why.push(format!("{} OOM kill(s) in the cgroup", oom - last));
+        // The nearest level that counted new kills says how many (v2 repeats them above).
+        let mut killed = None;
+        for l in &levels {
+            let Some(n) = l.oom_kills else { continue };
+            let last = self.last_oom.insert(l.path.clone(), n);
+            if killed.is_none()
+                && let Some(last) = last.filter(|&last| n > last)
+            {
+                killed = Some((n - last, l.path.clone()));
             }
-            self.last_oom = Some(oom);
+        }
+        if let Some((n, path)) = killed {
+            usage_level = Level::Critical;
+            why.push(if levels.first().is_some_and(|l| l.path == path) {
+                format!("{n} OOM kill(s) in the cgroup")
+            } else {
+                format!("{n} OOM kill(s) in {}", path.display())
+            });
         }
         let thresholds = Thresholds {
             shed_at: t.shed_at,

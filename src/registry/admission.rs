@@ -19,6 +19,14 @@ use crate::memory::policy::{self, Resident};
 
 /// How often the head of the queue looks again while it waits for room.
 const RECHECK: Duration = Duration::from_millis(200);
+/// How long a load that shed models waits for their in-flight requests, whatever its deadline.
+const SHED_WAIT: Duration = Duration::from_secs(10);
+
+/// The model in `slot` if it is loaded now; `None` while it is not, or is being loaded or
+/// unloaded (the queue's loaded-event wakes waiters when a load ends).
+fn loaded_now(slot: &ModelSlot) -> Option<Arc<LoadedModel>> {
+    slot.loaded.try_lock().ok().and_then(|m| m.clone())
+}
 
 impl Registry {
     /// The loaded model for `id`, loading it first if memory allows: waiting in the load
@@ -28,11 +36,12 @@ impl Registry {
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
         // The common case, on every request: already loaded.
-        if let Some(model) = slot.loaded.lock().await.as_ref() {
-            return Ok(model.clone());
+        if let Some(model) = loaded_now(&slot) {
+            return Ok(model);
         }
         let queue = self.governor.settings().load_queue;
-        let deadline = Instant::now() + queue.max_wait.0;
+        let now = Instant::now();
+        let deadline = now.checked_add(queue.max_wait.0).unwrap_or(now);
         let Some(place) = self.governor.enter_queue() else {
             self.governor.note_queue_refusal();
             return Err(self.refuse(
@@ -42,6 +51,7 @@ impl Registry {
                     queue.max_waiting
                 ),
                 self.governor.retry_after(),
+                false,
             ));
         };
         let lock = self.governor.admission.clone().lock_owned();
@@ -51,8 +61,8 @@ impl Registry {
             let loaded = self.loaded_event.notified();
             tokio::pin!(loaded);
             loaded.as_mut().enable();
-            if let Some(model) = slot.loaded.lock().await.as_ref() {
-                return Ok(model.clone());
+            if let Some(model) = loaded_now(&slot) {
+                return Ok(model);
             }
             tokio::select! {
                 biased;
@@ -67,6 +77,7 @@ impl Registry {
                             humantime::format_duration(queue.max_wait.0)
                         ),
                         self.governor.retry_after(),
+                        false,
                     ));
                 }
             }
@@ -77,7 +88,10 @@ impl Registry {
         let this = self.clone();
         tokio::spawn(async move {
             let _admission = guard;
-            this.admit_and_load(slot, deadline).await
+            this.governor.set_admitting(Some(&slot.package.manifest.id));
+            let result = this.admit_and_load(slot, deadline).await;
+            this.governor.set_admitting(None);
+            result
         })
         .await
         .map_err(|e| LoadError::Failed {
@@ -86,8 +100,8 @@ impl Registry {
         })?
     }
 
-    /// A refusal for lack of memory, counted and logged.
-    fn refuse(&self, id: &str, reason: String, retry_after: Duration) -> LoadError {
+    /// A refusal for lack of memory, counted and logged; `lasting` when no wait would help.
+    fn refuse(&self, id: &str, reason: String, retry_after: Duration, lasting: bool) -> LoadError {
         crate::metrics::get().admission_refusals.inc();
         tracing::warn!(
             caxton_event = "model_load_refused",
@@ -99,6 +113,7 @@ impl Registry {
             id: id.to_string(),
             reason,
             retry_after,
+            lasting,
         }
     }
 
@@ -116,6 +131,17 @@ impl Registry {
         }
         let id = slot.package.manifest.id.clone();
         let need = self.governor.footprint(&slot.package);
+        // While it loads, the model also holds its weights file as read (f16 ones are widened
+        // from it): room is needed for that peak, not only for what stays.
+        let peak = need
+            + slot
+                .package
+                .manifest
+                .files
+                .iter()
+                .filter(|f| f.path.ends_with(".safetensors"))
+                .map(|f| f.size)
+                .sum::<u64>();
         let rules = self.governor.rules(&id);
         loop {
             let refusal = if self.governor.critical() {
@@ -133,12 +159,19 @@ impl Registry {
                     wait: true,
                 }
             } else {
+                let mut limits = self.governor.limits();
+                // What stays must fit below the pressure threshold; the load's peak only below
+                // the critical one (it lasts a fraction of a second).
+                let transient = peak.saturating_sub(need) as i64;
+                if let (Some((r, _)), Some(p)) = (limits.room.as_mut(), limits.peak_room) {
+                    *r = (*r).min(p - transient);
+                }
                 match policy::admit(
                     &id,
                     rules.priority,
                     need,
                     &self.residents(),
-                    &self.governor.limits(),
+                    &limits,
                     self.governor.retry_after(),
                 ) {
                     Ok(victims) if victims.is_empty() => break,
@@ -150,8 +183,10 @@ impl Registry {
                     Err(r) => r,
                 }
             };
-            if !refusal.wait || Instant::now() + RECHECK > deadline {
-                return Err(self.refuse(&id, refusal.reason, refusal.retry_after));
+            // Waiting past the deadline helps nobody, and would hold up the queue behind.
+            let now = Instant::now();
+            if !refusal.wait || now + RECHECK.max(refusal.retry_after) > deadline {
+                return Err(self.refuse(&id, refusal.reason, refusal.retry_after, !refusal.wait));
             }
             tokio::time::sleep(RECHECK.min(refusal.retry_after)).await;
         }
@@ -160,6 +195,10 @@ impl Registry {
             .acquire(self.options, self.batch.clone(), precision)
             .await?;
         self.governor.note_load();
+        crate::metrics::get()
+            .loads
+            .get_or_create(&crate::metrics::Metrics::model(&id))
+            .inc();
         self.loaded_event.notify_waiters();
         let grown = slot.usage().memory_bytes.unwrap_or(model.weight_bytes);
         let took = self.governor.remember(&slot.package, grown);
@@ -187,16 +226,21 @@ impl Registry {
                 pending.push(freed);
             }
         }
+        // Once models are shed for this load, it is seen through even past the request's
+        // deadline (this task outlives the request): giving up now would cost the shed
+        // models' clients for nothing.
+        let until = deadline.max(Instant::now() + SHED_WAIT);
         for mut freed in pending {
-            let back = tokio::time::timeout_at(deadline, freed.wait_for(|&done| done)).await;
+            let back = tokio::time::timeout_at(until, freed.wait_for(|&done| done)).await;
             if back.is_err() {
                 return Err(self.refuse(
                     id,
                     format!(
-                        "model {id} cannot be loaded yet: the models shed to make room for it ({}) still serve in-flight requests, and their memory is not back; retry shortly",
+                        "model {id} cannot be loaded yet: the models shed to make room for it ({}) still serve in-flight requests after {SHED_WAIT:?}, and their memory is not back; retry shortly",
                         victims.join(", ")
                     ),
                     Duration::from_secs(1),
+                    false,
                 ));
             }
         }
@@ -221,13 +265,12 @@ impl Registry {
                     self.shed(&victim, &reason, false).await;
                 }
             }
-            Err(_) => tracing::warn!(
+            Err(r) => tracing::warn!(
                 caxton_event = "memory_over_budget",
                 caxton_model = %id,
-                "model {id} took {} MiB, more than estimated, and model memory ({} MiB) is over the budget ({} MiB) with nothing of lower value to shed",
+                "model {id} took {} MiB, more than estimated, and nothing may be shed for it now: {}",
                 took >> 20,
-                self.model_memory() >> 20,
-                self.governor.budget().bytes >> 20
+                r.reason
             ),
         }
     }

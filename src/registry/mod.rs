@@ -142,6 +142,9 @@ pub enum LoadError {
         reason: String,
         /// When a retry may succeed.
         retry_after: Duration,
+        /// No wait would help (the model is larger than the budget, or only models of
+        /// higher priority hold the memory): a change of configuration is needed.
+        lasting: bool,
     },
 }
 
@@ -519,15 +522,18 @@ impl Registry {
         let freed = model.freed();
         let bytes = {
             let mut u = slot.usage();
+            let bytes = u.memory_bytes.unwrap_or(model.weight_bytes);
+            // Until the engine thread has freed it, the model's memory is still held:
+            // admission counts it (from before it stops counting as loaded) and waits for it
+            // instead of loading into memory that is not back.
+            self.governor.releasing(id, bytes, freed.clone());
             u.state = Some(ModelState::Available);
             u.precision = None;
             u.loaded_at = None;
-            u.memory_bytes.take().unwrap_or(model.weight_bytes)
+            u.memory_bytes = None;
+            bytes
         };
         drop(model);
-        // Until the engine thread has freed it, the model's memory is still held: admission
-        // counts it and waits for it instead of loading into memory that is not back.
-        self.governor.releasing(id, bytes, freed.clone());
         let m = crate::metrics::get();
         let label = crate::metrics::Metrics::model(id);
         m.memory.get_or_create(&label).set(0);
