@@ -299,18 +299,27 @@ fn four_models_asked_by_six_clients_take_turns_without_an_oom_kill() {
     );
 }
 
-/// The co-tenant's peak: room for the daemon (as it is now, with its default model loaded)
-/// and that one model under the pressure threshold, less the reserve.
-fn cotenant_peak(d: &Daemon) -> u64 {
+/// Starts the co-tenant in `group`: growing at 8 MiB/s to what leaves room for the daemon
+/// (as it is now, with its default model loaded) and that one model under the pressure
+/// threshold, less the reserve; holding 10 s, freeing, quiet 5 s, again. `None` when python3
+/// is missing (said).
+fn cotenant_beside(d: &Daemon, group: &Group) -> Option<CoTenant> {
     let rss = status(d)["process"]["rss_bytes"].as_u64().expect("rss");
-    ((LIMIT as f64 * 0.9) as u64)
+    let peak = ((LIMIT as f64 * 0.9) as u64)
         .checked_sub(rss + 40 * MIB)
         .unwrap_or_else(|| {
             panic!(
                 "the daemon alone ({} MiB) leaves no room for a co-tenant",
                 rss / MIB
             )
-        })
+        });
+    CoTenant::start(
+        group,
+        RATE,
+        peak,
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+    )
 }
 
 #[test]
@@ -320,14 +329,7 @@ fn a_co_tenant_in_the_same_cgroup_is_made_room_for_not_run_into() {
         return;
     };
     let d = start(&group, &["m-1"]);
-    let peak = cotenant_peak(&d);
-    let Some(mut cotenant) = CoTenant::start(
-        &group,
-        RATE,
-        peak,
-        Duration::from_secs(10),
-        Duration::from_secs(5),
-    ) else {
+    let Some(mut cotenant) = cotenant_beside(&d, &group) else {
         return;
     };
     exercise(
@@ -380,14 +382,7 @@ fn a_limit_on_the_parent_binds_the_daemon_and_its_sibling_co_tenant() {
             .any(|l| l.starts_with("limit:") && l.contains(&parent.dir.display().to_string())),
         "{text}"
     );
-    let peak = cotenant_peak(&d);
-    let Some(mut cotenant) = CoTenant::start(
-        &sibling,
-        RATE,
-        peak,
-        Duration::from_secs(10),
-        Duration::from_secs(5),
-    ) else {
+    let Some(mut cotenant) = cotenant_beside(&d, &sibling) else {
         return;
     };
     exercise(
