@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use tokio::sync::mpsc;
 
-use crate::api::{AppState, Health};
 use crate::config::Settings;
-use crate::registry::{Source, find_packages};
+use crate::registry::{candidates, signature_policy};
+use crate::state::{AppState, Health, Outcome, ReloadRequest, Trigger};
 use crate::systemd;
 
 /// Keys that only take effect at the next start; a change is logged as such and not applied.
@@ -21,86 +21,60 @@ const QUIET: Duration = Duration::from_millis(200);
 /// A burst longer than this reloads anyway, so a steady trickle of writes cannot starve it.
 const MAX_DELAY: Duration = Duration::from_secs(2);
 
-/// What asked for the reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// A file in the config directory changed.
-    FileChange,
-    /// SIGHUP (e.g. `systemctl reload` with a kill-based ExecReload).
-    Sighup,
-    /// `POST /api/reload` (`caxton reload`).
-    Api,
-}
-
-/// The result of one reload, as `POST /api/reload` returns it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
-    /// Whether the new configuration is in force.
-    pub applied: bool,
-    /// What happened, in a sentence.
-    pub message: String,
-    /// Keys whose value changed and was applied.
-    pub changed: Vec<String>,
-    /// Keys that changed but need a restart.
-    pub restart_required: Vec<String>,
-}
-
-/// Serialises reloads and remembers the directory they read.
-#[derive(Clone)]
-pub struct Reloader {
+/// Answers the reload requests of `POST /api/reload` (sent through [`AppState::reload`]) for
+/// the config directory `dir`, each as it comes.
+pub fn serve(
+    state: Arc<AppState>,
     dir: PathBuf,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    mut requests: mpsc::UnboundedReceiver<ReloadRequest>,
+) {
+    tokio::spawn(async move {
+        while let Some(request) = requests.recv().await {
+            // Each in a task of its own, so a client that hangs up cannot cut a reload short;
+            // the scan lock keeps them one at a time.
+            let (state, dir) = (state.clone(), dir.clone());
+            tokio::spawn(async move {
+                let outcome = reload(&state, &dir, request.trigger).await;
+                let _ = request.reply.send(outcome);
+            });
+        }
+    });
 }
 
-impl Reloader {
-    /// A reloader for the config directory `dir`.
-    pub fn new(dir: PathBuf) -> Reloader {
-        Reloader {
-            dir,
-            lock: Arc::new(tokio::sync::Mutex::new(())),
-        }
-    }
-
-    /// Held while start-up verifies packages, so a reload cannot race it.
-    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.lock.lock().await
-    }
-
-    /// Re-reads the configuration and applies it or refuses it whole.
-    pub async fn reload(&self, state: &Arc<AppState>, trigger: Trigger) -> Outcome {
-        let _guard = self.lock.lock().await;
-        let dir = self.dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || Settings::load(&dir))
-            .await
-            .map_err(|e| format!("the config loader panicked: {e}"));
-        let new = match loaded {
-            Ok(Ok(new)) => new,
-            Ok(Err(e)) => return refuse(state, &e.to_string()),
-            Err(e) => return refuse(state, &e),
+/// Re-reads the configuration in `dir` and applies it or refuses it whole.
+async fn reload(state: &Arc<AppState>, dir: &Path, trigger: Trigger) -> Outcome {
+    let _exclusive = state.exclusive_scan().await;
+    let dir = dir.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || Settings::load(&dir))
+        .await
+        .map_err(|e| format!("the config loader panicked: {e}"));
+    let new = match loaded {
+        Ok(Ok(new)) => new,
+        Ok(Err(e)) => return refuse(state, &e.to_string()),
+        Err(e) => return refuse(state, &e),
+    };
+    let old = state.settings();
+    if trigger == Trigger::FileChange && *old == new {
+        tracing::debug!("configuration files changed but the effective configuration did not");
+        return Outcome {
+            applied: true,
+            message: "configuration unchanged".into(),
+            changed: Vec::new(),
+            restart_required: Vec::new(),
         };
-        let old = state.settings();
-        if trigger == Trigger::FileChange && *old == new {
-            tracing::debug!("configuration files changed but the effective configuration did not");
-            return Outcome {
-                applied: true,
-                message: "configuration unchanged".into(),
-                changed: Vec::new(),
-                restart_required: Vec::new(),
-            };
-        }
-        systemd::reloading();
-        let outcome = apply(state, &old, new).await;
-        let status = crate::server::status_line(state);
-        if outcome.applied {
-            systemd::ready(&status);
-        } else {
-            systemd::ready(&format!(
-                "{status}; configuration refused: {}",
-                outcome.message
-            ));
-        }
-        outcome
     }
+    systemd::reloading();
+    let outcome = apply(state, &old, new).await;
+    let status = state.status_line();
+    if outcome.applied {
+        systemd::ready(&status);
+    } else {
+        systemd::ready(&format!(
+            "{status}; configuration refused: {}",
+            outcome.message
+        ));
+    }
+    outcome
 }
 
 fn refuse(state: &Arc<AppState>, reason: &str) -> Outcome {
@@ -111,14 +85,9 @@ fn refuse(state: &Arc<AppState>, reason: &str) -> Outcome {
     );
     systemd::status(&format!(
         "{}; configuration refused: {reason}",
-        crate::server::status_line(state)
+        state.status_line()
     ));
-    Outcome {
-        applied: false,
-        message: reason.to_string(),
-        changed: Vec::new(),
-        restart_required: Vec::new(),
-    }
+    Outcome::refused(reason)
 }
 
 async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outcome {
@@ -143,7 +112,7 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     // refused change leaves the registry as it was.
     let candidates = candidates(&new);
     let state_dir = new.state_dir.clone();
-    let policy = crate::sideload::policy(&new);
+    let policy = signature_policy(&new);
     if let Some(Err(reason)) = &policy.required {
         return refuse(state, &format!("models.trusted_keys_dir: {reason}"));
     }
@@ -200,7 +169,7 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     }
     state
         .registry
-        .set_batch_limits(crate::server::batch_limits(&new));
+        .set_batch_limits(crate::state::batch_limits(&new));
     state.registry.governor.configure(&new.memory);
     state.registry.set_default(&new.models.default);
     // A model loaded in the old precision is unloaded; the next request (or the preload
@@ -248,16 +217,6 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     }
 }
 
-/// Package files in the configured directories.
-pub fn candidates(settings: &Settings) -> Vec<crate::registry::Candidate> {
-    let mut c = find_packages(&settings.models.bundled_dir, Source::Bundled);
-    c.extend(find_packages(
-        &settings.models.package_dir,
-        Source::SideLoaded,
-    ));
-    c
-}
-
 /// Dotted keys whose values differ between two configurations.
 pub fn changed_keys(old: &Settings, new: &Settings) -> Vec<String> {
     fn leaves(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<(String, serde_yaml::Value)>) {
@@ -294,12 +253,8 @@ fn relevant(dir: &Path, path: &Path) -> bool {
 
 /// Watches the config directory and reloads after each quiet burst of relevant changes. The
 /// returned watcher must be kept alive.
-pub fn watch(
-    state: Arc<AppState>,
-    reloader: Reloader,
-) -> notify::Result<notify::RecommendedWatcher> {
+pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let dir = reloader.dir.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let watch_dir = dir.clone();
     let mut watcher =
@@ -321,20 +276,20 @@ pub fn watch(
                     _ => break,
                 }
             }
-            reloader.reload(&state, Trigger::FileChange).await;
+            reload(&state, &dir, Trigger::FileChange).await;
         }
     });
     Ok(watcher)
 }
 
 /// Reloads on every SIGHUP.
-pub fn on_sighup(state: Arc<AppState>, reloader: Reloader) -> std::io::Result<()> {
+pub fn on_sighup(state: Arc<AppState>, dir: PathBuf) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading the configuration");
-            reloader.reload(&state, Trigger::Sighup).await;
+            reload(&state, &dir, Trigger::Sighup).await;
         }
     });
     Ok(())

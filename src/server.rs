@@ -1,5 +1,6 @@
-//! The daemon's life: serve HTTP on a listener it is handed, verify packages, load the
-//! default model, report readiness, apply configuration changes, and on shutdown finish
+//! The daemon's life: assembles the shared state and the tasks that work on it (HTTP, reloads,
+//! side-loading, the memory monitor, the watchdog), serves on a listener it is handed,
+//! verifies packages, loads the default model, reports readiness, and on shutdown finishes
 //! in-flight requests.
 
 use std::future::Future;
@@ -8,60 +9,14 @@ use std::sync::Arc;
 
 use tokio::net::UnixListener;
 
-use crate::api::{self, AppState, Health};
+use crate::api;
 use crate::config::Settings;
-use crate::engine::{BatchLimits, EngineOptions};
+use crate::engine::EngineOptions;
 use crate::package::Store;
-use crate::registry::Registry;
-use crate::reload::{self, Reloader};
+use crate::registry::{Registry, candidates, signature_policy};
+use crate::reload;
+use crate::state::{AppState, Health, batch_limits};
 use crate::systemd;
-
-/// Forward-pass limits from the configuration.
-pub fn batch_limits(settings: &Settings) -> BatchLimits {
-    BatchLimits {
-        max_texts: settings.limits.max_batch_texts,
-        max_tokens: settings.limits.max_batch_tokens,
-    }
-}
-
-/// The one-line state for systemd's `STATUS=`.
-pub fn status_line(state: &AppState) -> String {
-    match state.health() {
-        Health::Starting => "starting".into(),
-        Health::Serving => {
-            let loaded = state.registry.loaded_ids();
-            let gov = &state.registry.governor;
-            let pressure = gov.pressure();
-            let level = pressure
-                .reading
-                .as_ref()
-                .map_or("unknown", |r| match r.level {
-                    crate::memory::policy::Level::Normal => "normal",
-                    crate::memory::policy::Level::Pressure => "pressure",
-                    crate::memory::policy::Level::Critical => "critical",
-                });
-            format!(
-                "serving; default {}; {} model(s) verified; loaded: {} ({} of {} MiB); memory {level} ({}){}",
-                state.settings().models.default,
-                state.registry.ids().len(),
-                if loaded.is_empty() {
-                    "none".to_string()
-                } else {
-                    loaded.join(", ")
-                },
-                state.registry.model_memory() >> 20,
-                gov.budget().bytes >> 20,
-                pressure.source.as_str(),
-                if pressure.episode {
-                    ", shedding episode"
-                } else {
-                    ""
-                }
-            )
-        }
-        Health::Unavailable(reason) => format!("unavailable: {reason}"),
-    }
-}
 
 /// Serves on `listener` with `settings` (read from `config_dir`, which is watched for changes)
 /// until `shutdown` resolves, then drains and returns. `socket_activated`: the listener came
@@ -80,10 +35,9 @@ pub async fn run(
     let registry = Arc::new(Registry::new(options, &settings.memory));
     registry.set_precision(settings.models.precision.clone());
     registry.set_default(&settings.models.default);
-    let reloader = Reloader::new(config_dir);
-    let mut state = AppState::new(settings, registry, reloader.clone());
-    state.socket_activated = socket_activated;
+    let (state, reload_requests) = AppState::new(settings, registry, socket_activated);
     let state = Arc::new(state);
+    reload::serve(state.clone(), config_dir.clone(), reload_requests);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = api::router(state.clone()).into_make_service_with_connect_info::<api::peer::Peer>();
@@ -93,30 +47,30 @@ pub async fn run(
     let server = tokio::spawn(async move { server.await });
 
     // Handle SIGHUP from the start: its default action would kill the daemon mid start-up.
-    if let Err(e) = reload::on_sighup(state.clone(), reloader.clone()) {
+    if let Err(e) = reload::on_sighup(state.clone(), config_dir.clone()) {
         tracing::warn!("cannot handle SIGHUP: {e}");
     }
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
-        result = start(&state, &reloader) => {
+        result = start(&state) => {
             if let Err(reason) = result {
                 tracing::error!(caxton_event = "unavailable", "{reason}");
                 state.set_health(Health::Unavailable(reason));
             }
             // Keep the watcher alive until shutdown.
-            let _watcher = match reload::watch(state.clone(), reloader.clone()) {
+            let _watcher = match reload::watch(state.clone(), config_dir.clone()) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     tracing::warn!("cannot watch the configuration directory, changes apply on SIGHUP or caxton reload only: {e}");
                     None
                 }
             };
-            crate::memory::monitor::spawn(state.clone());
+            crate::monitor::spawn(state.clone());
             crate::watchdog::spawn(state.clone());
-            if let Err(e) = crate::sideload::spawn(state.clone(), reloader.clone()) {
+            if let Err(e) = crate::sideload::spawn(state.clone()) {
                 tracing::warn!("cannot watch for side-loaded packages, they are picked up on reload only: {e}");
             }
-            let status = status_line(&state);
+            let status = state.status_line();
             systemd::ready(&status);
             tracing::info!(caxton_event = "ready", "caxtond ready on {}: {status}", state.settings().socket.path.display());
             shutdown.as_mut().await;
@@ -136,14 +90,14 @@ pub async fn run(
 }
 
 /// Verifies every package and loads the default model. An error means no model can serve.
-async fn start(state: &Arc<AppState>, reloader: &Reloader) -> Result<(), String> {
-    let _exclusive = reloader.exclusive().await;
+async fn start(state: &Arc<AppState>) -> Result<(), String> {
+    let _exclusive = state.exclusive_scan().await;
     let settings = state.settings();
     systemd::status("verifying model packages");
     let state_dir = settings.state_dir.clone();
-    let candidates = reload::candidates(&settings);
+    let candidates = candidates(&settings);
     let registry = state.registry.clone();
-    let policy = crate::sideload::policy(&settings);
+    let policy = signature_policy(&settings);
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         let store =
             Store::open(&state_dir).map_err(|e| format!("cannot open the model store: {e}"))?;

@@ -9,37 +9,31 @@ use std::time::{Duration, Instant};
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 
-use crate::api::{AppState, Health};
-use crate::config::Settings;
 use crate::package::Store;
 use crate::package::settle::{Change, Settler, package_of};
-use crate::package::signature::SignaturePolicy;
-use crate::reload::{Reloader, candidates};
+use crate::registry::{candidates, signature_policy};
+use crate::state::{AppState, Health};
 
 /// How long a closed or renamed-in file must see no further event before it is verified.
 const QUIET: Duration = Duration::from_millis(500);
 /// How often pending files and the directory itself are looked at.
 const TICK: Duration = Duration::from_millis(250);
 
-/// The signature policy the configuration asks for.
-pub fn policy(settings: &Settings) -> SignaturePolicy {
-    if settings.models.require_signature {
-        SignaturePolicy::require(&settings.models.trusted_keys_dir)
-    } else {
-        SignaturePolicy::none()
-    }
-}
-
 /// Verifies the package directories again and puts the result in force, leaving files that are
 /// still being written alone. `force` re-reads files whose stamp did not change.
-pub async fn rescan(state: &Arc<AppState>, reloader: &Reloader, force: bool) {
-    let _exclusive = reloader.exclusive().await;
+pub async fn rescan(state: &Arc<AppState>, force: bool) {
+    let _exclusive = state.exclusive_scan().await;
     let settings = state.settings();
     let registry = state.registry.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let store = Store::open(&settings.state_dir)
             .map_err(|e| format!("cannot open the model store: {e}"))?;
-        registry.scan(&store, &candidates(&settings), &policy(&settings), force);
+        registry.scan(
+            &store,
+            &candidates(&settings),
+            &signature_policy(&settings),
+            force,
+        );
         Ok(())
     })
     .await;
@@ -76,7 +70,7 @@ pub fn refresh_health(state: &AppState) {
         }
         state.set_health(Health::Serving);
     }
-    crate::systemd::status(&crate::server::status_line(state));
+    state.report_status();
 }
 
 fn classify(kind: &EventKind) -> Option<Change> {
@@ -110,7 +104,7 @@ fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
 }
 
 /// Starts the package-directory watcher and the periodic re-validation.
-pub fn spawn(state: Arc<AppState>, reloader: Reloader) -> notify::Result<()> {
+pub fn spawn(state: Arc<AppState>) -> notify::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PathBuf, Change)>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -127,7 +121,6 @@ pub fn spawn(state: Arc<AppState>, reloader: Reloader) -> notify::Result<()> {
         })?;
 
     let watch_state = state.clone();
-    let watch_reloader = reloader.clone();
     tokio::spawn(async move {
         let mut watched: Option<(PathBuf, (u64, u64))> = None;
         let mut settler = Settler::new(QUIET, watch_state.settings().models.settle_time.0);
@@ -172,7 +165,7 @@ pub fn spawn(state: Arc<AppState>, reloader: Reloader) -> notify::Result<()> {
             }
             watch_state.registry.set_pending(settler.pending());
             if rescan_now {
-                rescan(&watch_state, &watch_reloader, false).await;
+                rescan(&watch_state, false).await;
             }
         }
     });
@@ -185,7 +178,7 @@ pub fn spawn(state: Arc<AppState>, reloader: Reloader) -> notify::Result<()> {
                 caxton_event = "store_revalidation",
                 "re-validating the model store"
             );
-            rescan(&state, &reloader, true).await;
+            rescan(&state, true).await;
         }
     });
     Ok(())

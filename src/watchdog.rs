@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 /// Starts the watchdog loop when systemd asked for one (`WATCHDOG_USEC` for this pid).
 pub fn spawn(state: Arc<AppState>) {

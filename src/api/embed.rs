@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::AppState;
 use super::error::ApiError;
 use crate::engine::Encoded;
+use crate::state::AppState;
 
 /// One embedding request, whatever API it came through.
 pub struct EmbedRequest {
@@ -35,7 +35,7 @@ pub struct Embedded {
 
 /// Runs `req` through the named (or default) model.
 pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded, ApiError> {
-    state.check_serving()?;
+    super::check_serving(state)?;
     let id = req
         .model
         .unwrap_or_else(|| state.settings().models.default.clone());

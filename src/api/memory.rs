@@ -9,9 +9,10 @@ use axum::Json;
 use axum::extract::{ConnectInfo, Path, State};
 use serde_json::{Value, json};
 
+use super::ApiError;
 use super::peer::Peer;
 use super::status::require_admin;
-use super::{ApiError, AppState};
+use crate::state::AppState;
 
 /// `GET /api/memory/status`: model memory, the process and its cgroup, loaded models.
 pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -82,7 +83,7 @@ pub async fn load(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &peer, "POST /api/memory/models/{id}/load")?;
     let model = state.registry.acquire(&id).await?;
-    crate::systemd::status(&crate::server::status_line(&state));
+    state.report_status();
     Ok(Json(json!({
         "id": id,
         "state": "loaded",
@@ -99,7 +100,7 @@ pub async fn unload(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &peer, "DELETE /api/memory/models/{id}")?;
     let released = state.registry.unload(&id, "explicit").await?;
-    crate::systemd::status(&crate::server::status_line(&state));
+    state.report_status();
     Ok(Json(json!({
         "id": id,
         "unloaded": released.is_some(),
@@ -126,7 +127,7 @@ pub async fn flush(
             bytes += b;
         }
     }
-    crate::systemd::status(&crate::server::status_line(&state));
+    state.report_status();
     Ok(Json(
         json!({"unloaded": unloaded, "bytes_released": bytes, "kept_pinned": kept}),
     ))

@@ -1,4 +1,4 @@
-//! The HTTP API over the Unix socket: routes, shared state and health. Handlers never touch
+//! The HTTP API over the Unix socket: routes, and errors as HTTP. Handlers never touch
 //! candle; they talk to the registry and to engine threads through channels.
 
 mod embed;
@@ -10,92 +10,25 @@ pub mod peer;
 mod status;
 mod tei;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use crate::config::Settings;
-use crate::registry::Registry;
+use crate::state::{AppState, Health};
 pub use error::ApiError;
 
-/// Whether the daemon can serve, as `/health` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Health {
-    /// Verifying packages; requests get 503.
-    Starting,
-    /// Serving.
-    Serving,
-    /// Up, but no model can serve; the reason says why.
-    Unavailable(String),
-}
-
-/// State shared by all handlers.
-pub struct AppState {
-    /// Known models.
-    pub registry: Arc<Registry>,
-    /// Applies configuration changes (`POST /api/reload`).
-    pub reloader: crate::reload::Reloader,
-    /// The socket came from systemd (`caxton.socket`): its file and mode are systemd's.
-    pub socket_activated: bool,
-    settings: RwLock<Arc<Settings>>,
-    health: RwLock<Health>,
-}
-
-impl AppState {
-    /// New state, starting.
-    pub fn new(
-        settings: Settings,
-        registry: Arc<Registry>,
-        reloader: crate::reload::Reloader,
-    ) -> Self {
-        AppState {
-            registry,
-            reloader,
-            socket_activated: false,
-            settings: RwLock::new(Arc::new(settings)),
-            health: RwLock::new(Health::Starting),
-        }
-    }
-
-    /// The configuration in force; a reload swaps it, requests in flight keep the one they
-    /// started with.
-    pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Puts a new configuration in force.
-    pub fn set_settings(&self, settings: Settings) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
-    }
-
-    /// Current health.
-    pub fn health(&self) -> Health {
-        self.health
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Sets the health.
-    pub fn set_health(&self, h: Health) {
-        *self.health.write().unwrap_or_else(|p| p.into_inner()) = h;
-    }
-
-    fn check_serving(&self) -> Result<(), ApiError> {
-        match self.health() {
-            Health::Starting => Err(ApiError::unavailable(
-                "starting",
-                "caxtond is starting (verifying model packages); retry in a moment",
-                1,
-            )),
-            _ => Ok(()),
-        }
+/// 503 while the daemon starts (verifies its packages); the embedding endpoints call it first.
+fn check_serving(state: &AppState) -> Result<(), ApiError> {
+    match state.health() {
+        Health::Starting => Err(ApiError::unavailable(
+            "starting",
+            "caxtond is starting (verifying model packages); retry in a moment",
+            1,
+        )),
+        _ => Ok(()),
     }
 }
 

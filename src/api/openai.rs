@@ -9,11 +9,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::embed::{EmbedRequest, embed};
 use super::error::ApiError;
 use super::input::{parse_body, texts};
 use crate::engine::pool::l2_normalize;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,8 +8,9 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use super::ApiError;
 use super::peer::Peer;
-use super::{ApiError, AppState, Health};
+use crate::state::{AppState, Health, Trigger};
 
 /// `GET /health`: 200 when serving, 503 while starting or when no model can serve.
 pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
@@ -81,10 +82,7 @@ pub async fn reload(
     ConnectInfo(peer): ConnectInfo<Peer>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &peer, "POST /api/reload")?;
-    let outcome = state
-        .reloader
-        .reload(&state, crate::reload::Trigger::Api)
-        .await;
+    let outcome = state.reload(Trigger::Api).await;
     if outcome.applied {
         Ok(Json(serde_json::to_value(&outcome).unwrap_or(Value::Null)))
     } else {

@@ -8,10 +8,10 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::AppState;
 use super::embed::{EmbedRequest, embed};
 use super::error::ApiError;
 use super::input::{parse_body, texts};
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

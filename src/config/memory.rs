@@ -270,7 +270,7 @@ impl MemorySettings {
             ));
         }
         for (id, m) in &self.models {
-            if !crate::package::manifest::is_valid_id(id) {
+            if !super::is_valid_model_id(id) {
                 return Err((
                     format!("memory.models.{id}"),
                     format!("{id:?} is not a model id (1 to 128 of [A-Za-z0-9._-])"),

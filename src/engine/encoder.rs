@@ -1,7 +1,7 @@
 //! The transformer encoder every supported architecture runs on: BERT's, onto which
-//! [`super::convert`] maps DistilBERT, XLM-RoBERTa and (with its relative position bias)
+//! [`super::checkpoint`] maps DistilBERT, XLM-RoBERTa and (with its relative position bias)
 //! MPNet. Weights in, texts of token ids in, token vectors out; knows nothing about requests,
-//! pooling or threads beyond the shared compute pool.
+//! pooling or threads beyond the shared compute pool. One thing: the forward pass.
 //!
 //! Our own forward pass on [`super::kernels`] rather than candle's `BertModel`, for speed:
 //! - texts are packed back to back, never padded: the linear layers only ever see real tokens,
@@ -104,7 +104,7 @@ unsafe impl Sync for Shared {}
 
 impl Encoder {
     /// Builds the model from `config.json` and safetensors bytes (already verified) of the
-    /// manifest's architecture (BERT, or one mapped onto it by [`super::convert`]).
+    /// manifest's architecture (BERT, or one mapped onto it by [`super::checkpoint`]).
     /// Weights stored as f16 or bf16 are widened to f32; with [`Precision::Bf16`] (which the
     /// caller has checked this CPU runs) the linear layers' weights are then rounded to bf16.
     pub fn load(
@@ -117,7 +117,7 @@ impl Encoder {
             .map_err(|e| format!("model.safetensors: {e}"))?;
         drop(weights);
         let (config, tensors) =
-            super::convert::to_bert(manifest.architecture, config_json, tensors)?;
+            super::checkpoint::to_bert(manifest.architecture, config_json, tensors)?;
         check_config(&config, manifest)?;
         Self::from_tensors(&config, tensors, precision)
     }
@@ -167,7 +167,7 @@ impl Encoder {
         let embeddings_norm = w.norm("embeddings.LayerNorm", h)?;
         let relative = match w
             .0
-            .get(super::mpnet::RELATIVE_BIAS)
+            .get(super::checkpoint::mpnet::RELATIVE_BIAS)
             .map(|t| t.dims().to_vec())
         {
             Some(dims) => {
@@ -175,11 +175,11 @@ impl Encoder {
                 if buckets < 4 {
                     return Err(format!(
                         "model.safetensors: {} has {buckets} buckets; MPNet needs at least 4",
-                        super::mpnet::RELATIVE_BIAS
+                        super::checkpoint::mpnet::RELATIVE_BIAS
                     ));
                 }
                 let table = w.take(
-                    super::mpnet::RELATIVE_BIAS,
+                    super::checkpoint::mpnet::RELATIVE_BIAS,
                     &[buckets, c.num_attention_heads],
                 )?;
                 Some(relative_rows(
@@ -434,7 +434,7 @@ fn relative_rows(table: &[f32], buckets: usize, heads: usize, positions: usize) 
     for head in 0..heads {
         for (i, v) in rows[head * span..(head + 1) * span].iter_mut().enumerate() {
             let rel = i as i64 - (positions as i64 - 1);
-            *v = table[super::mpnet::bucket(rel, buckets) * heads + head];
+            *v = table[super::checkpoint::mpnet::bucket(rel, buckets) * heads + head];
         }
     }
     rows

@@ -1,13 +1,10 @@
 //! The embedding engine: tokenizer, model, pooling and the batching worker thread, assembled
 //! from a verified stored package into a [`LoadedModel`].
 
-#[cfg(target_arch = "x86_64")]
-pub mod amx;
 pub mod batch;
-pub mod convert;
+pub mod checkpoint;
 pub mod encoder;
 pub mod kernels;
-pub mod mpnet;
 pub mod pool;
 pub mod tokenize;
 pub mod worker;
@@ -35,27 +32,9 @@ pub enum EngineError {
     Failed(String),
 }
 
-/// The arithmetic of a model's linear layers (`models.precision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
-pub enum Precision {
-    /// f32 throughout: the reference.
-    #[default]
-    F32,
-    /// Linear layers multiply bf16-rounded weights and inputs with f32 accumulation, on Intel
-    /// AMX; attention, normalisation and activations stay f32.
-    Bf16,
-}
+pub use crate::config::Precision;
 
 impl Precision {
-    /// The config spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        }
-    }
-
     /// What a model configured for `self` runs in on this machine, with the reason when that
     /// differs (bf16 without AMX runs f32: AVX-512's own bf16 dot product measured slower here
     /// than its f32 FMAs, and without it there is nothing to gain).
@@ -70,27 +49,9 @@ impl Precision {
     }
 }
 
-impl TryFrom<String> for Precision {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, String> {
-        match s.as_str() {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("{s:?} is not a precision; use f32 or bf16")),
-        }
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 fn bf16_support() -> Result<(), String> {
     #[cfg(target_arch = "x86_64")]
-    return amx::available();
+    return kernels::amx::available();
     #[cfg(not(target_arch = "x86_64"))]
     Err(format!(
         "bf16 runs on Intel AMX, and this is an {} CPU",

@@ -1,7 +1,8 @@
 //! The memory governor: the running state of the policy. It holds the budget in force, the
 //! per-model rules, the shedder's episode state, what each model really took when it loaded,
 //! the memory of unloaded models that is not back yet, the last pressure reading and the
-//! load queue's counters, and it serialises loads so admission decisions never race.
+//! load queue's counters, and it serialises loads so admission decisions never race. One
+//! concern (the policy's state), at length mostly for its tests.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +16,6 @@ use super::hierarchy::{self, Assessment, Paths, Thresholds};
 use super::policy::{Level, Limits, Observation, Shedder, Timings, Trend};
 use super::pressure::{Reading, SourceKind};
 use crate::config::{MemorySettings, ModelMemorySettings};
-use crate::package::StoredPackage;
 
 /// What the pressure monitor last saw, for `/api/memory/status` and `STATUS=`.
 #[derive(Debug, Clone, Serialize)]
@@ -419,31 +419,33 @@ impl Governor {
         self.sheds.load(Ordering::Relaxed)
     }
 
-    /// Bytes `package` will take once loaded: what it took last time, else an estimate.
-    pub fn footprint(&self, package: &StoredPackage) -> u64 {
-        if let Some(&b) = lock(&self.measured).get(&package.package_sha256) {
+    /// Bytes the package with digest `sha256` will take once loaded: what it took last time,
+    /// else `estimate` (asked once per package) scaled by how far estimates have been off.
+    pub fn footprint(&self, sha256: &str, estimate: impl FnOnce() -> u64) -> u64 {
+        if let Some(&b) = lock(&self.measured).get(sha256) {
             return b;
         }
-        (self.estimate(package) as f64 * *lock(&self.correction)) as u64
+        (self.estimate(sha256, estimate) as f64 * *lock(&self.correction)) as u64
     }
 
-    /// The package-based estimate, read from its safetensors header once per package.
-    fn estimate(&self, package: &StoredPackage) -> u64 {
+    /// The package-based estimate, made once per package.
+    fn estimate(&self, sha256: &str, estimate: impl FnOnce() -> u64) -> u64 {
         *lock(&self.estimates)
-            .entry(package.package_sha256.clone())
-            .or_insert_with(|| crate::engine::estimate_bytes(package))
+            .entry(sha256.to_string())
+            .or_insert_with(estimate)
     }
 
-    /// Remembers what `package` really took, and how far off its estimate was; returns what
-    /// to count for it. A reload into memory the heap kept from an earlier unload grows the
-    /// process less than the model takes, so the largest measurement stands.
-    pub fn remember(&self, package: &StoredPackage, bytes: u64) -> u64 {
-        let estimate = self.estimate(package).max(1);
+    /// Remembers what the package with digest `sha256` really took, and how far off its
+    /// estimate was; returns what to count for it. A reload into memory the heap kept from an
+    /// earlier unload grows the process less than the model takes, so the largest measurement
+    /// stands.
+    pub fn remember(&self, sha256: &str, estimate: impl FnOnce() -> u64, bytes: u64) -> u64 {
+        let estimate = self.estimate(sha256, estimate).max(1);
         let ratio = (bytes as f64 / estimate as f64).clamp(1.0, 4.0);
         let mut c = lock(&self.correction);
         *c = c.max(ratio);
         let mut measured = lock(&self.measured);
-        let m = measured.entry(package.package_sha256.clone()).or_insert(0);
+        let m = measured.entry(sha256.to_string()).or_insert(0);
         *m = (*m).max(bytes);
         *m
     }

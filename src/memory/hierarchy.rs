@@ -4,7 +4,8 @@
 //! room for a load is what the tightest level has left, not what the daemon alone holds.
 //!
 //! Reading is separate from the arithmetic: [`read`] walks the cgroup filesystem (fixture trees
-//! in tests), [`Assessment::of`] is a pure function of the levels it found.
+//! in tests), [`Assessment::of`] is a pure function of the levels it found. One concern, at
+//! length mostly for its fixture tests.
 
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,6 @@ pub mod budget;
 pub mod cgroup;
 pub mod governor;
 pub mod hierarchy;
-pub mod monitor;
 pub mod notify;
 pub mod policy;
 pub mod pressure;

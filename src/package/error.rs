@@ -112,6 +112,19 @@ pub enum PackageError {
     Unusable(String),
 }
 
+/// Marker carried in the io::Error when the decompressed stream passes its budget, so the
+/// error can be told apart from a corrupt stream.
+#[derive(Debug)]
+pub(crate) struct BudgetExceeded;
+
+impl std::fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("decompressed data exceeds what the manifest declares")
+    }
+}
+
+impl std::error::Error for BudgetExceeded {}
+
 impl PackageError {
     /// Wraps an OS error with the operation and file.
     pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
@@ -125,7 +138,7 @@ impl PackageError {
     /// Classifies an error raised while reading the decompressed stream.
     pub(crate) fn from_stream(e: io::Error) -> Self {
         if e.get_ref()
-            .is_some_and(|inner| inner.is::<super::verify::BudgetExceeded>())
+            .is_some_and(|inner| inner.is::<BudgetExceeded>())
         {
             return PackageError::DecompressionBound;
         }

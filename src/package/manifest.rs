@@ -130,14 +130,6 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ManifestError
     }
 }
 
-/// Whether `id` is a valid model id: 1 to 128 of `[A-Za-z0-9._-]`.
-pub fn is_valid_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// Checks that `path` is a plain relative path: no absolute root, no `.`/`..` or empty
 /// components, no backslashes or control characters. Returns the reason when it is not.
 pub fn check_entry_path(path: &str) -> Result<(), &'static str> {
@@ -218,7 +210,7 @@ impl Manifest {
                 ),
             ));
         }
-        if !is_valid_id(&self.id) {
+        if !crate::config::is_valid_model_id(&self.id) {
             return Err(invalid(
                 "id",
                 format!("{:?} is not 1 to 128 of [A-Za-z0-9._-]", self.id),

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
-use super::error::PackageError;
+use super::error::{BudgetExceeded, PackageError};
 use super::manifest::{MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, check_entry_path};
 
 /// Where verified entry bytes go. Bytes reach a sink only after the entry's header checks
@@ -404,19 +404,6 @@ impl<R: Read> Read for HashingReader<R> {
         Ok(n)
     }
 }
-
-/// Marker carried in the io::Error when the decompressed stream passes its budget, so the
-/// error can be told apart from a corrupt stream.
-#[derive(Debug)]
-pub(crate) struct BudgetExceeded;
-
-impl std::fmt::Display for BudgetExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("decompressed data exceeds what the manifest declares")
-    }
-}
-
-impl std::error::Error for BudgetExceeded {}
 
 /// Refuses to yield more decompressed bytes than the shared budget allows, which is what stops
 /// a zstd bomb: the budget only grows by what the (size-capped) manifest declares for entries

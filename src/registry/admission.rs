@@ -130,7 +130,7 @@ impl Registry {
             return Ok(model.clone());
         }
         let id = slot.package.manifest.id.clone();
-        let need = self.governor.footprint(&slot.package);
+        let need = slot.footprint(&self.governor);
         // While it loads, the model also holds its weights file as read (f16 ones are widened
         // from it): room is needed for that peak, not only for what stays.
         let peak = need
@@ -201,7 +201,7 @@ impl Registry {
             .inc();
         self.loaded_event.notify_waiters();
         let grown = slot.usage().memory_bytes.unwrap_or(model.weight_bytes);
-        let took = self.governor.remember(&slot.package, grown);
+        let took = slot.remember(&self.governor, grown);
         if took != grown {
             slot.set_memory(took);
         }

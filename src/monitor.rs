@@ -1,20 +1,19 @@
-//! The memory monitor: a task that takes a pressure reading every `memory.pressure.interval`
+//! The memory monitor: the daemon task that takes a pressure reading every `memory.pressure.interval`
 //! (sooner as room shrinks, and at once when a trigger or a kernel notification fires), sheds
 //! models as the shedder decides (as many as bring the working set back, not all), unloads
 //! idle models, and loads `preload` models in the background when no pressure episode
 //! forbids it.
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
-use super::hierarchy::Thresholds;
-use super::notify::{self, KernelWatch};
-use super::policy::{self, Shed};
-use super::pressure::{self, Paths, Probe, SourceKind};
-use crate::api::AppState;
 use crate::config::PressureSourceSetting;
 use crate::config::memory::DEFAULT_PRIORITY;
+use crate::memory::hierarchy::Thresholds;
+use crate::memory::notify::{self, KernelWatch};
+use crate::memory::policy::{self, Shed};
+use crate::memory::pressure::{self, Paths, Probe, SourceKind};
+use crate::state::AppState;
 
 /// Starts the monitor for the daemon's registry.
 pub fn spawn(state: Arc<AppState>) {
@@ -220,7 +219,7 @@ async fn run(state: Arc<AppState>) {
             }
         }
 
-        let line = crate::server::status_line(&state);
+        let line = state.status_line();
         if line != status {
             crate::systemd::status(&line);
             status = line;

@@ -6,7 +6,7 @@
 use candle_transformers::models::bert::{Config, PositionEmbeddingType};
 use serde::Deserialize;
 
-use super::convert::{
+use super::tensors::{
     Tensors, add_zero_token_types, drop_leading_positions, rename_layers, strip_prefix,
 };
 

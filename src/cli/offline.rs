@@ -1,0 +1,96 @@
+//! The commands that work without the daemon, with the code it uses: `pack`, `verify`,
+//! `config`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use crate::package::pack::{PackOptions, pack};
+use crate::package::verify::{DiscardSink, verify_file};
+
+/// `caxton pack MODEL_DIR -o FILE`.
+pub(super) fn pack_folder(opts: PackOptions, output: &Path) -> anyhow::Result<ExitCode> {
+    let summary =
+        pack(&opts, output).with_context(|| format!("cannot pack {}", opts.model_dir.display()))?;
+    let m = &summary.manifest;
+    println!(
+        "{}: {} version {} ({}, {} dimensions, {} pooling), {} bytes, sha256 {}",
+        output.display(),
+        m.id,
+        m.version,
+        m.architecture.as_str(),
+        m.dimensions,
+        if m.pooling == crate::package::Pooling::Mean {
+            "mean"
+        } else {
+            "cls"
+        },
+        summary.package_size,
+        summary.package_sha256
+    );
+    let known = crate::package::known::KNOWN
+        .iter()
+        .any(|k| k.id == m.id && k.weights_sha256 == Some(summary.source_weights_sha256.as_str()));
+    println!(
+        "source weights sha256 {}{}",
+        summary.source_weights_sha256,
+        if known { " (the known release)" } else { "" }
+    );
+    for w in &summary.warnings {
+        eprintln!("caxton pack: warning: {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `caxton config`: every effective value and what set it.
+pub(super) fn config(config_dir: &Path) -> anyhow::Result<ExitCode> {
+    let all = crate::config::explain(config_dir)
+        .with_context(|| format!("invalid configuration in {}", config_dir.display()))?;
+    let width = all
+        .iter()
+        .map(|e| e.key.len() + e.value.len() + 3)
+        .max()
+        .unwrap_or(0);
+    for e in all {
+        let line = format!("{} = {}", e.key, e.value);
+        println!("{line:width$}  # {}", e.source);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `caxton verify [--key PUB]... FILE...`: exit 1 when any file is rejected.
+pub(super) fn verify(keys: &[PathBuf], files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let policy = if keys.is_empty() {
+        crate::package::signature::SignaturePolicy::none()
+    } else {
+        crate::package::signature::SignaturePolicy {
+            required: Some(crate::package::signature::TrustedKeys::from_files(keys)),
+        }
+    };
+    if let Some(Err(reason)) = &policy.required {
+        bail!("{reason}");
+    }
+    let mut ok = true;
+    for file in files {
+        match verify_file(&file, &mut DiscardSink).and_then(|v| policy.check(&file).map(|()| v)) {
+            Ok(v) => println!(
+                "{}: ok: {} version {}, {} files, sha256 {}",
+                file.display(),
+                v.manifest.id,
+                v.manifest.version,
+                v.manifest.files.len(),
+                v.package_sha256
+            ),
+            Err(e) => {
+                ok = false;
+                eprintln!("{}: rejected ({}): {e}", file.display(), e.kind());
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

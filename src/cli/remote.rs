@@ -1,0 +1,91 @@
+//! The commands that talk to the daemon over its socket: `embed`, `reload`, `load`, `unload`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use hyper::Method;
+
+use super::client;
+
+/// One request without a body whose answer must be a 2xx JSON document.
+pub(super) fn call(socket: &Path, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, bytes) = client::blocking_request(socket, method, path, None)?;
+    if !status.is_success() {
+        bail!("{}: {}", status, client::error_message(&bytes));
+    }
+    serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")
+}
+
+/// `caxton embed`: the vectors as JSON, one array per text.
+pub(super) fn embed(
+    socket: &Path,
+    model: Option<String>,
+    texts: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({"input": texts, "model": model});
+    let (status, bytes) = client::blocking_request(
+        socket,
+        Method::POST,
+        "/v1/embeddings",
+        Some(serde_json::to_vec(&body)?),
+    )?;
+    if !status.is_success() {
+        bail!("{}: {}", status, client::error_message(&bytes));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
+    let vectors: Vec<&serde_json::Value> = v["data"]
+        .as_array()
+        .context("caxtond's answer has no data")?
+        .iter()
+        .map(|d| &d["embedding"])
+        .collect();
+    println!("{}", serde_json::to_string(&vectors)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `caxton reload`: exit 1 when the daemon refused the new configuration.
+pub(super) fn reload(socket: &Path) -> anyhow::Result<ExitCode> {
+    let (status, bytes) = client::blocking_request(socket, Method::POST, "/api/reload", None)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if status.is_success() && v["applied"] == true {
+        println!(
+            "{}",
+            v["message"].as_str().unwrap_or("configuration applied")
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("caxton: {}", client::error_message(&bytes));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `caxton load ID`.
+pub(super) fn load(socket: &Path, id: &str) -> anyhow::Result<ExitCode> {
+    let v = call(
+        socket,
+        Method::POST,
+        &format!("/api/memory/models/{id}/load"),
+    )?;
+    println!(
+        "{id}: loaded, {} MiB, {} ms",
+        v["memory_bytes"].as_u64().unwrap_or(0) >> 20,
+        v["load_ms"]
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `caxton unload ID`.
+pub(super) fn unload(socket: &Path, id: &str) -> anyhow::Result<ExitCode> {
+    let v = call(socket, Method::DELETE, &format!("/api/memory/models/{id}"))?;
+    if v["unloaded"] == true {
+        println!(
+            "{id}: unloaded, {} MiB released",
+            v["bytes_released"].as_u64().unwrap_or(0) >> 20
+        );
+    } else {
+        println!("{id}: was not loaded");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,104 @@
+//! `caxton status`: memory as the daemon sees it, in a few lines or as its JSON.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use hyper::Method;
+
+use super::remote::call;
+
+/// `caxton status [--json]`.
+pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let v = call(socket, Method::GET, "/api/memory/status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mib = |v: &serde_json::Value| {
+        v.as_u64()
+            .map_or("-".to_string(), |b| format!("{} MiB", b >> 20))
+    };
+    println!(
+        "model memory: {} of a {} budget ({})",
+        mib(&v["model_memory_bytes"]),
+        mib(&v["budget_bytes"]),
+        v["budget_from"].as_str().unwrap_or("?")
+    );
+    if let Some(l) = v["limit"].as_object() {
+        println!(
+            "limit:        {}; working set {}, room for loads {}",
+            l["from"].as_str().unwrap_or("?"),
+            mib(&l["working_set_bytes"]),
+            l["room_bytes"]
+                .as_i64()
+                .map_or("-".into(), |r| format!("{} MiB", r.max(0) >> 20))
+        );
+    }
+    println!(
+        "loads:        {} since start, {} in the last minute; {} request(s) waiting for loads, {} refused by the queue",
+        v["loads"]["total"].as_u64().unwrap_or(0),
+        v["loads"]["last_minute"].as_u64().unwrap_or(0),
+        v["load_queue"]["waiting"].as_u64().unwrap_or(0),
+        v["load_queue"]["refused"].as_u64().unwrap_or(0)
+    );
+    let p = &v["pressure"];
+    println!(
+        "pressure:     {} from {} ({}){}; {} model(s) shed since start",
+        p["reading"]["level"].as_str().unwrap_or("not read yet"),
+        p["source"].as_str().unwrap_or("?"),
+        p["detail"].as_str().unwrap_or("?"),
+        match (p["episode"].as_bool(), p["ceiling_bytes"].as_u64()) {
+            (Some(true), Some(c)) =>
+                format!(", episode going on: model memory held at {} MiB", c >> 20),
+            (Some(true), None) => ", episode going on: no background loads".into(),
+            _ => String::new(),
+        },
+        v["models_shed"].as_u64().unwrap_or(0)
+    );
+    if let Some(why) = p["reading"]["why"].as_str() {
+        println!("              {why}");
+    }
+    println!(
+        "process:      rss {}, peak {}",
+        mib(&v["process"]["rss_bytes"]),
+        mib(&v["process"]["peak_rss_bytes"])
+    );
+    match v["cgroup"].as_object() {
+        Some(c) => println!(
+            "cgroup {}:    usage {}, max {}, high {} ({})",
+            c["version"].as_str().unwrap_or("?"),
+            mib(&c["usage_bytes"]),
+            c["max_bytes"]
+                .as_u64()
+                .map_or("none".into(), |b| format!("{} MiB", b >> 20)),
+            c["high_bytes"]
+                .as_u64()
+                .map_or("none".into(), |b| format!("{} MiB", b >> 20)),
+            c["path"].as_str().unwrap_or("?")
+        ),
+        None => println!("cgroup:       not readable"),
+    }
+    let loaded: Vec<String> = v["loaded"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    format!(
+                        "{} ({})",
+                        m["id"].as_str().unwrap_or("?"),
+                        mib(&m["memory_bytes"])
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "loaded:       {}",
+        if loaded.is_empty() {
+            "none".to_string()
+        } else {
+            loaded.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

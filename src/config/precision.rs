@@ -1,0 +1,42 @@
+//! `models.precision`: the arithmetic a model's linear layers run in, as configured. Whether
+//! this machine can run it is the engine's question (`Precision::on_this_machine`).
+
+/// The arithmetic of a model's linear layers (`models.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Precision {
+    /// f32 throughout: the reference.
+    #[default]
+    F32,
+    /// Linear layers multiply bf16-rounded weights and inputs with f32 accumulation, on Intel
+    /// AMX; attention, normalisation and activations stay f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl TryFrom<String> for Precision {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("{s:?} is not a precision; use f32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,82 @@
+//! Renaming a checkpoint's tensors into BERT's names: prefixes, per-layer names, a zero
+//! token-type row for models without token types, and RoBERTa-style position offsets.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+
+/// A checkpoint's tensors by name.
+pub type Tensors = HashMap<String, Tensor>;
+
+/// The tensors with `prefix` taken off the names that have it.
+pub(super) fn strip_prefix(tensors: Tensors, prefix: &str) -> Tensors {
+    tensors
+        .into_iter()
+        .map(|(k, v)| match k.strip_prefix(prefix) {
+            Some(rest) => (rest.to_string(), v),
+            None => (k, v),
+        })
+        .collect()
+}
+
+/// Renames the tensors of layer `i` under `layers` (e.g. `transformer.layer.`) to BERT's
+/// `encoder.layer.i.`, each name's tail through the first matching `(from, to)` prefix.
+pub(super) fn rename_layers(
+    tensors: Tensors,
+    layers: &str,
+    renames: &[(&str, &str)],
+) -> Result<Tensors, String> {
+    let mut out = Tensors::new();
+    for (name, t) in tensors {
+        let name = match name.strip_prefix(layers) {
+            Some(rest) => {
+                let (layer, tail) = rest
+                    .split_once('.')
+                    .ok_or_else(|| format!("model.safetensors: unexpected tensor {name}"))?;
+                let tail = renames
+                    .iter()
+                    .find_map(|(from, to)| tail.strip_prefix(from).map(|r| format!("{to}{r}")))
+                    .unwrap_or_else(|| tail.to_string());
+                format!("encoder.layer.{layer}.{tail}")
+            }
+            None => name,
+        };
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// For checkpoints without token types: a single zero type embedding adds nothing.
+pub(super) fn add_zero_token_types(tensors: &mut Tensors, hidden: usize) -> Result<(), String> {
+    let zeros = Tensor::zeros((1, hidden), DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+    tensors.insert("embeddings.token_type_embeddings.weight".into(), zeros);
+    Ok(())
+}
+
+/// RoBERTa-style checkpoints number real tokens' positions from `pad_token_id + 1`; dropping
+/// the position rows before that makes the encoder's positions 0, 1, ... land on the same
+/// embeddings. (Padding's own position row only ever served padding, which never reaches the
+/// encoder.) Returns the positions left.
+pub(super) fn drop_leading_positions(
+    tensors: &mut Tensors,
+    max_position_embeddings: usize,
+    pad_token_id: usize,
+) -> Result<usize, String> {
+    let offset = pad_token_id + 1;
+    if max_position_embeddings <= offset {
+        return Err(format!(
+            "config.json: max_position_embeddings {max_position_embeddings} leaves no positions after pad_token_id {pad_token_id}"
+        ));
+    }
+    let key = "embeddings.position_embeddings.weight";
+    let positions = tensors
+        .remove(key)
+        .ok_or_else(|| format!("model.safetensors: no {key}"))?;
+    let left = max_position_embeddings - offset;
+    let kept = positions
+        .narrow(0, offset, left)
+        .and_then(|t| t.contiguous())
+        .map_err(|e| format!("model.safetensors: {key}: {e}"))?;
+    tensors.insert(key.into(), kept);
+    Ok(left)
+}

@@ -1,0 +1,284 @@
+//! The catalogue of packages: which files the configuration points at, their verification
+//! into the store (with a verdict cache keyed by file stamps, so an unchanged file is not read
+//! again), and which version of each id wins.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::slot::ModelSlot;
+use super::{Registry, Rejection, Source};
+use crate::config::Settings;
+use crate::package::manifest::compare_versions;
+use crate::package::signature::SignaturePolicy;
+use crate::package::{PackageError, Store, StoredPackage};
+
+/// A package found on disk.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The file.
+    pub file: PathBuf,
+    /// Where it was found.
+    pub source: Source,
+}
+
+/// Lists `*.tar.zst` files in `dir` in name order; a missing directory has none.
+pub fn find_packages(dir: &Path, source: Source) -> Vec<Candidate> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.to_string_lossy().ends_with(".tar.zst"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| Candidate { file, source })
+        .collect()
+}
+
+/// Package files in the configured directories: bundled first, then side-loaded.
+pub fn candidates(settings: &Settings) -> Vec<Candidate> {
+    let mut c = find_packages(&settings.models.bundled_dir, Source::Bundled);
+    c.extend(find_packages(
+        &settings.models.package_dir,
+        Source::SideLoaded,
+    ));
+    c
+}
+
+/// The signature policy the configuration asks for.
+pub fn signature_policy(settings: &Settings) -> SignaturePolicy {
+    if settings.models.require_signature {
+        SignaturePolicy::require(&settings.models.trusted_keys_dir)
+    } else {
+        SignaturePolicy::none()
+    }
+}
+
+/// The outcome of verifying a set of package files, not yet in force.
+pub struct ScanResult {
+    winners: BTreeMap<String, (StoredPackage, Candidate)>,
+    rejected: Vec<Rejection>,
+    /// Store digests of every verified package, winners and superseded versions alike (the
+    /// latter are the fallback when a winner is removed).
+    verified: Vec<String>,
+    cache: HashMap<PathBuf, (Option<Stamp>, Verdict)>,
+}
+
+impl ScanResult {
+    /// Whether a verified package carries `id`.
+    pub fn has(&self, id: &str) -> bool {
+        self.winners.contains_key(id)
+    }
+
+    /// Ids of the verified models.
+    pub fn ids(&self) -> Vec<String> {
+        self.winners.keys().cloned().collect()
+    }
+
+    /// Store digests of every verified package: what the store must keep.
+    pub fn digests(&self) -> Vec<String> {
+        self.verified.clone()
+    }
+}
+
+/// What identifies a version of a package file and its sidecars without reading them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stamp(Vec<Option<FileId>>);
+
+/// Size, mtime (s, ns), inode, ctime (s, ns): changes whenever the file is rewritten or replaced.
+type FileId = (u64, i64, i64, u64, i64, i64);
+
+impl Stamp {
+    fn of(file: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let one = |p: &Path| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ino(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                )
+            })
+        };
+        let main = one(file)?;
+        Some(Stamp(vec![
+            Some(main),
+            one(&crate::package::verify::sidecar_path(file)),
+            one(&crate::package::signature::signature_path(file)),
+        ]))
+    }
+}
+
+pub(super) type Verdict = Result<StoredPackage, Rejection>;
+
+impl Registry {
+    /// Verifies every candidate into `store` and replaces the registry's view with the result.
+    /// Blocking (hashing, decompression): call from a blocking context.
+    pub fn scan(
+        &self,
+        store: &Store,
+        candidates: &[Candidate],
+        policy: &SignaturePolicy,
+        force: bool,
+    ) {
+        let scan = self.verify_all(store, candidates, policy, force);
+        let keep = scan.digests();
+        self.commit(scan);
+        store.retain(&keep);
+    }
+
+    /// Verifies every candidate into `store` and picks the winner of each id, changing nothing
+    /// in the registry's view. A file whose stamp (size, times, inode of it and its sidecars)
+    /// is unchanged since the last scan keeps its verdict without being read again, so a
+    /// rejection is logged once, not on every rescan; `force` re-verifies everything (start-up,
+    /// reload, periodic re-validation). Blocking.
+    pub fn verify_all(
+        &self,
+        store: &Store,
+        candidates: &[Candidate],
+        policy: &SignaturePolicy,
+        force: bool,
+    ) -> ScanResult {
+        let mut winners: BTreeMap<String, (StoredPackage, Candidate)> = BTreeMap::new();
+        let mut rejected = Vec::new();
+        let mut verified = Vec::new();
+        // Verdicts only enter the cache when this scan is committed, so a refused reload (say,
+        // one that dropped require_signature) leaves no verdicts made under its policy behind.
+        let mut cache = self
+            .verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut next_cache = HashMap::new();
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for c in candidates.iter().filter(|c| !pending.contains(&c.file)) {
+            let stamp = Stamp::of(&c.file);
+            let cached = cache
+                .remove(&c.file)
+                .filter(|(s, _)| !force && stamp.is_some() && *s == stamp);
+            let verdict = match cached {
+                Some((_, verdict)) => verdict,
+                None => match store.install(&c.file, policy) {
+                    Ok(pkg) => {
+                        tracing::info!(
+                            caxton_event = "package_verified",
+                            caxton_model = %pkg.manifest.id,
+                            caxton_file = %c.file.display(),
+                            "package {} verified: {} version {}",
+                            c.file.display(),
+                            pkg.manifest.id,
+                            pkg.manifest.version
+                        );
+                        Ok(pkg)
+                    }
+                    Err(e) => {
+                        report_rejection(&c.file, &e);
+                        Err(Rejection {
+                            file: c.file.clone(),
+                            source: c.source,
+                            kind: e.kind(),
+                            reason: e.to_string(),
+                        })
+                    }
+                },
+            };
+            // An I/O failure (a full disk, say) is not a property of the file: try it again at the
+            // next scan instead of remembering it.
+            if !matches!(&verdict, Err(r) if r.kind == "io_error") {
+                next_cache.insert(c.file.clone(), (stamp, verdict.clone()));
+            }
+            let pkg = match verdict {
+                Ok(pkg) => {
+                    verified.push(pkg.package_sha256.clone());
+                    pkg
+                }
+                Err(r) => {
+                    rejected.push(r);
+                    continue;
+                }
+            };
+            let id = pkg.manifest.id.clone();
+            let replaces = match winners.get(&id) {
+                None => true,
+                Some((other, other_c)) => {
+                    let newer =
+                        compare_versions(&pkg.manifest.version, &other.manifest.version).is_gt();
+                    let ((win, win_c), (lose, lose_c)) = if newer {
+                        ((&pkg, c), (other, other_c))
+                    } else {
+                        ((other, other_c), (&pkg, c))
+                    };
+                    tracing::info!(
+                        caxton_event = "package_superseded",
+                        caxton_model = %id,
+                        "{id}: version {} from {} wins over version {} from {}",
+                        win.manifest.version,
+                        win_c.file.display(),
+                        lose.manifest.version,
+                        lose_c.file.display()
+                    );
+                    newer
+                }
+            };
+            if replaces {
+                winners.insert(id, (pkg, c.clone()));
+            }
+        }
+        drop(cache);
+        ScanResult {
+            cache: next_cache,
+            winners,
+            rejected,
+            verified,
+        }
+    }
+
+    /// Makes a scan's result the registry's view, keeping loaded engines whose package is
+    /// unchanged.
+    pub fn commit(&self, scan: ScanResult) {
+        *self.verdicts.lock().unwrap_or_else(|p| p.into_inner()) = scan.cache;
+        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = BTreeMap::new();
+        for (id, (pkg, c)) in scan.winners {
+            let slot = match models.remove(&id) {
+                Some(slot) if slot.package.package_sha256 == pkg.package_sha256 => slot,
+                _ => Arc::new(ModelSlot::new(pkg, c.file, c.source)),
+            };
+            next.insert(id, slot);
+        }
+        *models = next;
+        *self.rejected.write().unwrap_or_else(|p| p.into_inner()) = scan.rejected;
+    }
+
+    /// Records which files are still being written (see [`crate::package::settle`]).
+    pub fn set_pending(&self, files: HashSet<PathBuf>) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = files;
+    }
+}
+
+fn report_rejection(file: &Path, e: &PackageError) {
+    crate::metrics::get()
+        .validation_failures
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: e.kind().to_string(),
+        })
+        .inc();
+    tracing::error!(
+        caxton_event = "package_rejected",
+        caxton_file = %file.display(),
+        caxton_reason = e.kind(),
+        "package {} rejected: {e}. It is left untouched and will not be loaded; replace it with a good package.",
+        file.display()
+    );
+}

@@ -1,0 +1,126 @@
+//! What is in memory: unloading (the memory counts as held until the engine thread has freed
+//! it), the bytes the loaded models hold, and the residents the memory policy weighs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::slot::ModelSlot;
+use super::{LoadError, ModelState, Registry};
+use crate::engine::LoadedModel;
+use crate::memory::policy::Resident;
+
+impl Registry {
+    /// Unloads `id` from memory (the package stays). Requests already holding the model finish
+    /// first: the engine thread stops, and its memory is trimmed, when the last one is done.
+    /// Returns the bytes the model held, or `None` if it was not loaded.
+    pub async fn unload(&self, id: &str, reason: &str) -> Result<Option<u64>, LoadError> {
+        Ok(self.unload_model(id, reason).await?.map(|(bytes, _)| bytes))
+    }
+
+    /// [`Registry::unload`], also returning the signal that turns `true` once the memory is
+    /// really freed.
+    pub(super) async fn unload_model(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<Option<(u64, tokio::sync::watch::Receiver<bool>)>, LoadError> {
+        let slot = self
+            .get(id)
+            .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
+        let model = slot.loaded.lock().await.take();
+        let Some(model) = model else {
+            return Ok(None);
+        };
+        let freed = model.freed();
+        let bytes = {
+            let mut u = slot.usage();
+            let bytes = u.memory_bytes.unwrap_or(model.weight_bytes);
+            // Until the engine thread has freed it, the model's memory is still held:
+            // admission counts it (from before it stops counting as loaded) and waits for it
+            // instead of loading into memory that is not back.
+            self.governor.releasing(id, bytes, freed.clone());
+            u.state = Some(ModelState::Available);
+            u.precision = None;
+            u.loaded_at = None;
+            u.memory_bytes = None;
+            bytes
+        };
+        drop(model);
+        let m = crate::metrics::get();
+        let label = crate::metrics::Metrics::model(id);
+        m.memory.get_or_create(&label).set(0);
+        m.unloads.get_or_create(&label).inc();
+        tracing::info!(
+            caxton_event = "model_unloaded",
+            caxton_model = %id,
+            caxton_reason = reason,
+            memory_bytes = bytes,
+            "model {id} unloaded ({reason}); {} MiB held until its in-flight requests finish",
+            bytes >> 20
+        );
+        Ok(Some((bytes, freed)))
+    }
+
+    /// Bytes held by the loaded models.
+    pub fn model_memory(&self) -> u64 {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models.values().filter_map(|s| s.usage().memory_bytes).sum()
+    }
+
+    /// The loaded models as the memory policy sees them.
+    pub fn residents(&self) -> Vec<Resident> {
+        let default = self
+            .default
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models
+            .values()
+            .filter_map(|slot| {
+                let u = slot.usage().clone();
+                let bytes = u.memory_bytes?;
+                let id = &slot.package.manifest.id;
+                let rules = self.governor.rules(id);
+                Some(Resident {
+                    id: id.clone(),
+                    priority: rules.priority,
+                    pinned: rules.pinned,
+                    default: *id == *default,
+                    loaded_at: u
+                        .loaded_at
+                        .map_or(Duration::ZERO, |t| self.governor.clock(t)),
+                    last_use: u
+                        .last_use_at
+                        .map_or(Duration::ZERO, |t| self.governor.clock(t)),
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
+    /// The models in memory (a model being loaded is not among them yet).
+    pub fn loaded_models(&self) -> Vec<Arc<LoadedModel>> {
+        let slots: Vec<Arc<ModelSlot>> = self
+            .models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .filter_map(|s| s.loaded.try_lock().ok().and_then(|m| m.clone()))
+            .collect()
+    }
+
+    /// Ids of the models in memory.
+    pub fn loaded_ids(&self) -> Vec<String> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models
+            .iter()
+            .filter(|(_, s)| s.usage().state == Some(ModelState::Loaded))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,204 @@
+//! One verified model: its package, its usage, and its lazy, single-flight load (concurrent
+//! requests for a model that is loading wait for that one load).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime};
+
+use super::{LoadError, ModelInfo, ModelState, Source};
+use crate::engine::{BatchLimits, EngineOptions, LoadedModel, Precision};
+use crate::memory::governor::Governor;
+use crate::package::{PackageError, StoredPackage};
+
+/// Usage numbers kept per model.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Usage {
+    pub(super) state: Option<ModelState>,
+    pub(super) last_use: Option<SystemTime>,
+    /// `last_use` (or the load, if later) on the monotonic clock, for idle expiry and recency.
+    pub(super) last_use_at: Option<Instant>,
+    /// When the load in memory finished, for `memory.min_residency`.
+    pub(super) loaded_at: Option<Instant>,
+    pub(super) use_count: u64,
+    pub(super) memory_bytes: Option<u64>,
+    /// What the loaded model computes in.
+    pub(super) precision: Option<Precision>,
+}
+
+/// One verified model.
+pub struct ModelSlot {
+    /// The stored package.
+    pub package: StoredPackage,
+    /// The package file it came from.
+    pub file: PathBuf,
+    /// Where that file was found.
+    pub source: Source,
+    pub(super) loaded: tokio::sync::Mutex<Option<Arc<LoadedModel>>>,
+    pub(super) usage: Mutex<Usage>,
+}
+
+impl ModelSlot {
+    /// A verified model found in `file`, not loaded.
+    pub(super) fn new(package: StoredPackage, file: PathBuf, source: Source) -> ModelSlot {
+        ModelSlot {
+            package,
+            file,
+            source,
+            loaded: tokio::sync::Mutex::new(None),
+            usage: Mutex::new(Usage::default()),
+        }
+    }
+
+    pub(super) fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn info(&self, governor: &Governor, precision: Precision) -> ModelInfo {
+        let u = self.usage().clone();
+        let m = &self.package.manifest;
+        let rules = governor.rules(&m.id);
+        ModelInfo {
+            expected_bytes: u.memory_bytes.unwrap_or_else(|| self.footprint(governor)),
+            priority: rules.priority,
+            pinned: rules.pinned,
+            preload: rules.preload,
+            precision,
+            loaded_precision: u.precision,
+            id: m.id.clone(),
+            version: m.version.clone(),
+            source: self.source,
+            state: u.state.unwrap_or(ModelState::Available),
+            file: self.file.clone(),
+            dimensions: m.dimensions,
+            max_seq_length: m.max_seq_length,
+            memory_bytes: u.memory_bytes,
+            last_use: u.last_use,
+            use_count: u.use_count,
+        }
+    }
+
+    /// Bytes this model will take once loaded (see [`Governor::footprint`]).
+    pub(super) fn footprint(&self, governor: &Governor) -> u64 {
+        governor.footprint(&self.package.package_sha256, || {
+            crate::engine::estimate_bytes(&self.package)
+        })
+    }
+
+    /// Records that this model's load took `bytes`; returns what to count for it (see
+    /// [`Governor::remember`]).
+    pub(super) fn remember(&self, governor: &Governor, bytes: u64) -> u64 {
+        governor.remember(
+            &self.package.package_sha256,
+            || crate::engine::estimate_bytes(&self.package),
+            bytes,
+        )
+    }
+
+    /// Corrects what the loaded model is counted as holding (see [`Governor::remember`]).
+    pub(super) fn set_memory(&self, bytes: u64) {
+        let mut u = self.usage();
+        if u.memory_bytes.is_some() {
+            u.memory_bytes = Some(bytes);
+            crate::metrics::get()
+                .memory
+                .get_or_create(&crate::metrics::Metrics::model(&self.package.manifest.id))
+                .set(bytes as i64);
+        }
+    }
+
+    /// Records one request served.
+    pub fn touch(&self) {
+        let mut u = self.usage();
+        u.last_use = Some(SystemTime::now());
+        u.last_use_at = Some(Instant::now());
+        u.use_count += 1;
+    }
+
+    pub(super) async fn acquire(
+        &self,
+        options: EngineOptions,
+        batch: Arc<RwLock<BatchLimits>>,
+        precision: Precision,
+    ) -> Result<Arc<LoadedModel>, LoadError> {
+        let mut loaded = self.loaded.lock().await;
+        if let Some(model) = loaded.as_ref() {
+            return Ok(model.clone());
+        }
+        self.usage().state = Some(ModelState::Loading);
+        let package = self.package.clone();
+        let id = package.manifest.id.clone();
+        // What the load really takes is the growth of the process (weights, tokenizer tables,
+        // the engine thread); loads are serialised by admission, so little else moves it.
+        let result = tokio::task::spawn_blocking(move || {
+            let before = crate::memory::process_rss().0;
+            LoadedModel::load(&package, options, batch, precision).map(|m| {
+                // Loading widens f16 weights through temporary copies; hand those back before
+                // measuring, or they count as the model's (and stay resident).
+                crate::memory::trim();
+                let grown = crate::memory::process_rss()
+                    .0
+                    .zip(before)
+                    .map_or(0, |(a, b)| a.saturating_sub(b));
+                (m, grown)
+            })
+        })
+        .await
+        .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
+        .and_then(|r| r);
+        match result {
+            Ok((model, grown)) => {
+                let model = Arc::new(model);
+                let bytes = grown.max(model.weight_bytes);
+                if let Some(reason) = &model.precision_fallback {
+                    tracing::warn!(
+                        caxton_event = "precision_fallback",
+                        caxton_model = %id,
+                        caxton_reason = %reason,
+                        "model {id} is configured for {precision} (models.precision) but runs f32: {reason}"
+                    );
+                }
+                tracing::info!(
+                    caxton_event = "model_loaded",
+                    caxton_model = %id,
+                    load_ms = model.load_time.as_millis() as u64,
+                    memory_bytes = bytes,
+                    precision = model.precision.name(),
+                    "model {id} loaded in {:.0?} ({} MiB in memory, {} MiB of it {} weights)",
+                    model.load_time,
+                    bytes >> 20,
+                    model.weight_bytes >> 20,
+                    model.precision
+                );
+                {
+                    let mut u = self.usage();
+                    u.state = Some(ModelState::Loaded);
+                    u.precision = Some(model.precision);
+                    u.memory_bytes = Some(bytes);
+                    u.last_use_at = Some(Instant::now());
+                    u.loaded_at = Some(Instant::now());
+                }
+                let m = crate::metrics::get();
+                let label = crate::metrics::Metrics::model(&id);
+                m.load_time
+                    .get_or_create(&label)
+                    .set(model.load_time.as_secs_f64());
+                m.memory.get_or_create(&label).set(bytes as i64);
+                *loaded = Some(model.clone());
+                Ok(model)
+            }
+            Err(e) => {
+                self.usage().state = Some(ModelState::Available);
+                tracing::error!(
+                    caxton_event = "model_load_failed",
+                    caxton_model = %id,
+                    caxton_reason = e.kind(),
+                    "model {id} failed to load: {e}"
+                );
+                Err(LoadError::Failed {
+                    id,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+}
