@@ -4,6 +4,7 @@
 use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 use serde::Deserialize;
 
+use super::roberta::Shape;
 use super::tensors::{
     Tensors, add_zero_token_types, drop_leading_positions, rename_layers, strip_prefix,
 };
@@ -88,29 +89,17 @@ pub(super) fn distilbert(
 
 #[derive(Deserialize)]
 struct XlmRobertaConfig {
-    vocab_size: usize,
-    hidden_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    intermediate_size: usize,
+    #[serde(flatten)]
+    shape: Shape,
     hidden_act: String,
-    max_position_embeddings: usize,
     #[serde(default = "one")]
     type_vocab_size: usize,
-    #[serde(default = "default_eps")]
-    layer_norm_eps: f64,
-    #[serde(default = "one")]
-    pad_token_id: usize,
     #[serde(default)]
     position_embedding_type: Option<String>,
 }
 
 fn one() -> usize {
     1
-}
-
-fn default_eps() -> f64 {
-    1e-5
 }
 
 pub(super) fn xlm_roberta(
@@ -129,24 +118,16 @@ pub(super) fn xlm_roberta(
         ));
     }
     let mut out = strip_prefix(strip_prefix(tensors, "roberta."), "xlm_roberta.");
-    let positions = drop_leading_positions(&mut out, c.max_position_embeddings, c.pad_token_id)?;
-    let config = Config {
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        num_hidden_layers: c.num_hidden_layers,
-        num_attention_heads: c.num_attention_heads,
-        intermediate_size: c.intermediate_size,
-        hidden_act: activation(&c.hidden_act)?,
-        hidden_dropout_prob: 0.0,
-        max_position_embeddings: positions,
-        type_vocab_size: c.type_vocab_size,
-        initializer_range: 0.02,
-        layer_norm_eps: c.layer_norm_eps,
-        pad_token_id: c.pad_token_id,
-        position_embedding_type: PositionEmbeddingType::Absolute,
-        use_cache: false,
-        classifier_dropout: None,
-        model_type: Some("xlm-roberta".into()),
-    };
+    let positions = drop_leading_positions(
+        &mut out,
+        c.shape.max_position_embeddings,
+        c.shape.pad_token_id,
+    )?;
+    let config = c.shape.to_bert(
+        activation(&c.hidden_act)?,
+        positions,
+        c.type_vocab_size,
+        "xlm-roberta",
+    );
     Ok((config, out))
 }

@@ -7,6 +7,7 @@
 
 mod bert_family;
 pub mod mpnet;
+mod roberta;
 mod tensors;
 
 use candle_transformers::models::bert::Config;

@@ -3,9 +3,10 @@
 //! `pad_token_id + 1`), and a T5-style relative position bias shared by every layer and added
 //! to the attention scores, which the encoder applies when the checkpoint carries it.
 
-use candle_transformers::models::bert::{Config, PositionEmbeddingType};
+use candle_transformers::models::bert::{Config, HiddenAct};
 use serde::Deserialize;
 
+use super::roberta::Shape;
 use super::tensors::{
     Tensors, add_zero_token_types, drop_leading_positions, rename_layers, strip_prefix,
 };
@@ -15,28 +16,14 @@ pub const RELATIVE_BIAS: &str = "encoder.relative_attention_bias.weight";
 
 #[derive(Debug, Clone, Deserialize)]
 struct MpnetConfig {
-    vocab_size: usize,
-    hidden_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    intermediate_size: usize,
+    #[serde(flatten)]
+    shape: Shape,
     #[serde(default = "default_act")]
     hidden_act: String,
-    max_position_embeddings: usize,
-    #[serde(default = "default_eps")]
-    layer_norm_eps: f64,
-    #[serde(default = "one")]
-    pad_token_id: usize,
 }
 
 fn default_act() -> String {
     "gelu".into()
-}
-fn default_eps() -> f64 {
-    1e-5
-}
-fn one() -> usize {
-    1
 }
 
 /// MPNet's relative positions saturate at this distance.
@@ -81,26 +68,13 @@ pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
         ("attention.LayerNorm.", "attention.output.LayerNorm."),
     ];
     let mut out = rename_layers(strip_prefix(tensors, "mpnet."), "encoder.layer.", &renames)?;
-    let positions = drop_leading_positions(&mut out, c.max_position_embeddings, c.pad_token_id)?;
-    add_zero_token_types(&mut out, c.hidden_size)?;
-    let config = Config {
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        num_hidden_layers: c.num_hidden_layers,
-        num_attention_heads: c.num_attention_heads,
-        intermediate_size: c.intermediate_size,
-        hidden_act: candle_transformers::models::bert::HiddenAct::Gelu,
-        hidden_dropout_prob: 0.0,
-        max_position_embeddings: positions,
-        type_vocab_size: 1,
-        initializer_range: 0.02,
-        layer_norm_eps: c.layer_norm_eps,
-        pad_token_id: c.pad_token_id,
-        position_embedding_type: PositionEmbeddingType::Absolute,
-        use_cache: false,
-        classifier_dropout: None,
-        model_type: Some("mpnet".into()),
-    };
+    let positions = drop_leading_positions(
+        &mut out,
+        c.shape.max_position_embeddings,
+        c.shape.pad_token_id,
+    )?;
+    add_zero_token_types(&mut out, c.shape.hidden_size)?;
+    let config = c.shape.to_bert(HiddenAct::Gelu, positions, 1, "mpnet");
     if !out.contains_key(RELATIVE_BIAS) {
         return Err(format!("model.safetensors: no {RELATIVE_BIAS}"));
     }
