@@ -11,7 +11,8 @@
 //! exact workload texts as JSON, so a peer (`bench/compare`) runs the same inputs; `--quick`
 //! runs smaller workloads (320 short texts, 32 long, 50 single); `--precision bf16` runs the
 //! model's linear layers in bf16 (`models.precision`; f32 on CPUs without AMX, as the first
-//! line then says).
+//! line then says), `--precision int8` in int8. `CAXTON_ISA` (portable, avx2, avx-vnni)
+//! caps the kernels, as for the daemon.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -229,14 +230,12 @@ fn main() -> anyhow::Result<()> {
             "--texts" => texts_out = Some(file()?),
             "--quick" => quick = true,
             "--precision" => {
-                precision = match args.next().as_deref() {
-                    Some("f32") => caxton::engine::Precision::F32,
-                    Some("bf16") => caxton::engine::Precision::Bf16,
-                    other => bail!("--precision takes f32 or bf16, not {other:?}"),
-                }
+                let name = args.next().unwrap_or_default();
+                precision = caxton::engine::Precision::try_from(name.clone())
+                    .map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
             }
             _ => bail!(
-                "unknown argument {arg}; usage: bench [--package FILE] [--json FILE] [--texts FILE] [--quick] [--precision f32|bf16]"
+                "unknown argument {arg}; usage: bench [--package FILE] [--json FILE] [--texts FILE] [--quick] [--precision f32|bf16|int8]"
             ),
         }
     }
@@ -304,6 +303,7 @@ fn main() -> anyhow::Result<()> {
         precision,
     )?;
     let compute = model.precision;
+    let kernel = model.kernel;
     let load = t.elapsed();
     let (model_id, storage) = {
         let m = &model.package.manifest;
@@ -439,7 +439,7 @@ fn main() -> anyhow::Result<()> {
     })?;
 
     println!(
-        "caxton benchmark: {model_id} ({storage} storage, {compute} compute, {} bytes package), {} CPUs",
+        "caxton benchmark: {model_id} ({storage} storage, {compute} compute on the {kernel} kernel, {} bytes package), {} CPUs",
         size as u64,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -522,6 +522,7 @@ fn main() -> anyhow::Result<()> {
             "model_id": model_id,
             "storage": storage,
             "precision": compute.name(),
+            "kernel": kernel,
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "package_bytes": size as u64,
             "verify_ms": ours * 1e3,

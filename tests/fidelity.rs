@@ -97,28 +97,29 @@ fn singles_and_mixed_batches_match_sentence_transformers() {
     assert!(min_batch >= 0.99999, "batched vs single: {min_batch}");
 }
 
-/// `models.precision: bf16` over the socket: every reference text within cosine 0.999 of
-/// sentence-transformers, batches equal to singles, and the model says what it runs in (f32,
-/// with the reason logged, on a CPU without AMX).
-#[test]
-fn bf16_stays_within_0_999_of_sentence_transformers() {
+/// The daemon with `models.precision: PRECISION` for the bundled model (and `env`): every
+/// reference text within `min_cosine` of sentence-transformers, batches of 32 equal to singles
+/// (0.99999), and `GET /api/models` saying what it runs in and on which kernel. Returns the
+/// daemon and the entry.
+fn precision_holds(
+    precision: &str,
+    env: &[(&str, &str)],
+    min_cosine: f64,
+    label: &str,
+) -> (Daemon, serde_json::Value) {
     let reference = reference();
     let daemon = Daemon::start_with(
-        |dir| common::write_config(dir, "  precision:\n    all-MiniLM-L6-v2: bf16\n"),
-        &[],
+        |dir| {
+            common::write_config(
+                dir,
+                &format!("  precision:\n    all-MiniLM-L6-v2: {precision}\n"),
+            )
+        },
+        env,
     );
-    let expected = caxton::engine::Precision::Bf16.on_this_machine().0.name();
-    let singles = singles(&daemon, &reference, 0.999, &format!("{expected}: "));
+    let singles = singles(&daemon, &reference, min_cosine, &format!("{label}: "));
     let entry = common::model_entry(&daemon, "all-MiniLM-L6-v2").expect("entry");
-    assert_eq!(entry["precision"], "bf16");
-    assert_eq!(entry["loaded_precision"], expected, "{entry}");
-    if expected == "f32" {
-        assert!(
-            daemon.log().contains("precision_fallback"),
-            "{}",
-            daemon.log()
-        );
-    }
+    assert_eq!(entry["precision"], precision);
 
     // All texts, 32 per request, scrambled: each equals its single-text vector.
     let order = scrambled(reference.texts.len());
@@ -130,8 +131,59 @@ fn bf16_stays_within_0_999_of_sentence_transformers() {
             min_batch = min_batch.min(cosine(v, &singles[i]));
         }
     }
-    println!("{expected}: min cosine batched vs single: {min_batch:.8}");
-    assert!(min_batch >= 0.99999, "batched vs single: {min_batch}");
+    println!("{label}: min cosine batched vs single: {min_batch:.8}");
+    assert!(
+        min_batch >= 0.99999,
+        "{label}: batched vs single: {min_batch}"
+    );
+    (daemon, entry)
+}
+
+/// `models.precision: bf16`: within 0.999 of sentence-transformers, and the model says what
+/// it runs in (f32, with the reason logged, on a CPU without AMX).
+#[test]
+fn bf16_stays_within_0_999_of_sentence_transformers() {
+    let expected = caxton::engine::Precision::Bf16.on_this_machine().0.name();
+    let (daemon, entry) = precision_holds("bf16", &[], 0.999, expected);
+    assert_eq!(entry["loaded_precision"], expected, "{entry}");
+    if expected == "f32" {
+        assert!(
+            daemon.log().contains("precision_fallback"),
+            "{}",
+            daemon.log()
+        );
+    }
+}
+
+/// `models.precision: int8` on the best kernel this CPU has, then forced down to AVX2 and to
+/// the portable kernel (`CAXTON_ISA`), so every x86 path is proved on any machine that has
+/// it: each within 0.999 of sentence-transformers, batches equal to singles, and the kernel
+/// named in `GET /api/models` and the journal.
+#[test]
+fn int8_stays_within_0_999_of_sentence_transformers_on_every_kernel() {
+    let best = caxton::engine::kernels::int8::Kernel::best().name();
+    let mut runs = vec![(best, vec![])];
+    let here: Vec<&str> = caxton::engine::kernels::int8::Kernel::here()
+        .iter()
+        .map(|k| k.name())
+        .collect();
+    for forced in ["avx-vnni", "avx2", "portable"] {
+        if forced != best && here.contains(&forced) {
+            runs.push((forced, vec![("CAXTON_ISA", forced)]));
+        }
+    }
+    for (kernel, env) in runs {
+        let (daemon, entry) = precision_holds("int8", &env, 0.999, &format!("int8 {kernel}"));
+        assert_eq!(entry["loaded_precision"], "int8", "{entry}");
+        assert_eq!(entry["kernel"], kernel, "{entry}");
+        assert!(
+            daemon
+                .log()
+                .contains(&format!("int8 on the {kernel} kernel")),
+            "{}",
+            daemon.log()
+        );
+    }
 }
 
 #[test]

@@ -224,11 +224,11 @@ fn bad_changes_are_refused_whole_and_the_next_good_one_applies() {
     assert_refused(
         &d,
         &f,
-        "models:\n  precision:\n    all-MiniLM-L6-v2: int8\n",
+        "models:\n  precision:\n    all-MiniLM-L6-v2: int4\n",
         &[
             &name,
             "models.precision.all-MiniLM-L6-v2",
-            "\"int8\" is not a precision; use f32 or bf16",
+            "\"int4\" is not a precision; use f32, bf16 or int8",
         ],
     );
 

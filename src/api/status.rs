@@ -56,6 +56,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "preload": m.preload,
                 "precision": m.precision,
                 "loaded_precision": m.loaded_precision,
+                "kernel": m.kernel,
                 "last_use": m.last_use.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
                 "use_count": m.use_count,
             })

@@ -11,6 +11,10 @@ pub enum Precision {
     /// Linear layers multiply bf16-rounded weights and inputs with f32 accumulation, on Intel
     /// AMX; attention, normalisation and activations stay f32.
     Bf16,
+    /// Linear layers multiply int8 weights (a scale per output and block of 32 inputs) by
+    /// int16 activations (a scale per token) with int32 sums; the rest stays f32. Runs on
+    /// every CPU (AVX-512 VNNI, AVX-VNNI, AVX2 or portable kernels).
+    Int8,
 }
 
 impl Precision {
@@ -19,6 +23,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -30,7 +35,8 @@ impl TryFrom<String> for Precision {
         match s.as_str() {
             "f32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("{s:?} is not a precision; use f32 or bf16")),
+            "int8" => Ok(Precision::Int8),
+            _ => Err(format!("{s:?} is not a precision; use f32, bf16 or int8")),
         }
     }
 }

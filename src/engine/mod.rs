@@ -41,6 +41,7 @@ impl Precision {
     pub fn on_this_machine(self) -> (Precision, Option<String>) {
         match self {
             Precision::F32 => (Precision::F32, None),
+            Precision::Int8 => (Precision::Int8, None),
             Precision::Bf16 => match bf16_support() {
                 Ok(()) => (Precision::Bf16, None),
                 Err(reason) => (Precision::F32, Some(reason)),
@@ -91,6 +92,8 @@ pub struct LoadedModel {
     pub precision: Precision,
     /// Why that is not the configured precision, when it is not.
     pub precision_fallback: Option<String>,
+    /// The kernels its linear layers run on ([`kernels::kernel_name`]).
+    pub kernel: &'static str,
     worker: worker::Worker,
     freed: tokio::sync::watch::Receiver<bool>,
 }
@@ -128,6 +131,7 @@ impl LoadedModel {
             weight_bytes,
             precision,
             precision_fallback,
+            kernel: kernels::kernel_name(precision),
             worker,
             freed,
         })

@@ -41,6 +41,7 @@ impl Registry {
             self.governor.releasing(id, bytes, freed.clone());
             u.state = Some(ModelState::Available);
             u.precision = None;
+            u.kernel = None;
             u.loaded_at = None;
             u.memory_bytes = None;
             bytes

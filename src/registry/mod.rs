@@ -94,6 +94,8 @@ pub struct ModelInfo {
     pub precision: Precision,
     /// The precision it runs in, when loaded (f32 where the CPU cannot run bf16).
     pub loaded_precision: Option<Precision>,
+    /// The kernels it runs on, when loaded (`avx512-vnni`, `avx2`, `amx`, ...).
+    pub kernel: Option<&'static str>,
 }
 
 /// Why a model could not serve.

@@ -23,6 +23,8 @@ pub(super) struct Usage {
     pub(super) memory_bytes: Option<u64>,
     /// What the loaded model computes in.
     pub(super) precision: Option<Precision>,
+    /// What its linear layers run on.
+    pub(super) kernel: Option<&'static str>,
 }
 
 /// One verified model.
@@ -64,6 +66,7 @@ impl ModelSlot {
             preload: rules.preload,
             precision,
             loaded_precision: u.precision,
+            kernel: u.kernel,
             id: m.id.clone(),
             version: m.version.clone(),
             source: self.source,
@@ -163,16 +166,19 @@ impl ModelSlot {
                     load_ms = model.load_time.as_millis() as u64,
                     memory_bytes = bytes,
                     precision = model.precision.name(),
-                    "model {id} loaded in {:.0?} ({} MiB in memory, {} MiB of it {} weights)",
+                    kernel = model.kernel,
+                    "model {id} loaded in {:.0?} ({} MiB in memory, {} MiB of it weights; {} on the {} kernel)",
                     model.load_time,
                     bytes >> 20,
                     model.weight_bytes >> 20,
-                    model.precision
+                    model.precision,
+                    model.kernel
                 );
                 {
                     let mut u = self.usage();
                     u.state = Some(ModelState::Loaded);
                     u.precision = Some(model.precision);
+                    u.kernel = Some(model.kernel);
                     u.memory_bytes = Some(bytes);
                     u.last_use_at = Some(Instant::now());
                     u.loaded_at = Some(Instant::now());

@@ -28,6 +28,9 @@ enum Weights {
     /// Rounded to bf16 and packed in AMX tiles.
     #[cfg(target_arch = "x86_64")]
     Bf16(super::amx::Packed),
+    /// Quantized to int8 in panels ([`super::int8`]); the last outputs may stay f32 in a
+    /// layer of their own.
+    Int8(super::int8::Packed, Option<Box<Linear>>),
 }
 
 /// Up to this many rows, [`Linear::forward`] runs [`small_rows`] instead of `gemm`, which
@@ -88,6 +91,7 @@ impl Linear {
             Weights::F32(wt) => wt,
             #[cfg(target_arch = "x86_64")]
             Weights::Bf16(_) => &[],
+            Weights::Int8(..) => &[],
         }
     }
 
@@ -101,12 +105,43 @@ impl Linear {
         }
     }
 
+    /// Quantizes the weights to int8 ([`super::int8`]), dropping the f32 copy.
+    pub fn to_int8(&mut self) {
+        self.to_int8_but_last(0);
+    }
+
+    /// Quantizes the weights of all outputs but the last `keep` to int8; those stay f32 (a
+    /// fused layer part of which is too sensitive for int8).
+    pub fn to_int8_but_last(&mut self, keep: usize) {
+        let Weights::F32(wt) = &self.weights else {
+            return;
+        };
+        let (k, n) = (self.inputs, self.outputs);
+        let m = n - keep.min(n);
+        let mut head = Vec::with_capacity(k * m);
+        let mut tail = Vec::with_capacity(k * (n - m));
+        for row in wt.chunks_exact(n) {
+            head.extend_from_slice(&row[..m]);
+            tail.extend_from_slice(&row[m..]);
+        }
+        let tail = (m < n).then(|| {
+            Box::new(Linear {
+                weights: Weights::F32(tail),
+                bias: self.bias[m..].to_vec(),
+                inputs: k,
+                outputs: n - m,
+            })
+        });
+        self.weights = Weights::Int8(super::int8::Packed::new(&head, k, m), tail);
+    }
+
     /// Bytes of the weights and bias in memory.
     pub fn bytes(&self) -> usize {
         let weights = match &self.weights {
             Weights::F32(wt) => wt.len() * 4,
             #[cfg(target_arch = "x86_64")]
             Weights::Bf16(p) => p.bytes(),
+            Weights::Int8(p, tail) => p.bytes() + tail.as_ref().map_or(0, |t| t.bytes()),
         };
         weights + self.bias.len() * 4
     }
@@ -129,6 +164,24 @@ impl Linear {
                         packed.forward(x, rows, None, out);
                     }
                     None => packed.forward(x, rows, Some(&self.bias), out),
+                }
+                return;
+            }
+            Weights::Int8(packed, tail) => {
+                let m = n - tail.as_ref().map_or(0, |t| t.outputs);
+                let kernel = super::int8::Kernel::best();
+                packed.forward_strided(kernel, x, rows, &self.bias[..m], residual, out, n);
+                if let Some(tail) = tail {
+                    let t = tail.outputs;
+                    let mut part = vec![0f32; rows * t];
+                    tail.forward(x, rows, None, &mut part);
+                    for (r, src) in part.chunks_exact(t).enumerate() {
+                        let dst = &mut out[r * n + m..(r + 1) * n];
+                        match residual {
+                            Some(res) => add_into(dst, src, &res[r * n + m..(r + 1) * n]),
+                            None => dst.copy_from_slice(src),
+                        }
+                    }
                 }
                 return;
             }
@@ -345,5 +398,34 @@ mod tests {
         let mut out = vec![0f32; 3];
         ab.forward(&[1.0, 1.0], 1, None, &mut out);
         assert_eq!(out, vec![3.5, 8.0, 13.0]);
+    }
+
+    #[test]
+    fn int8_with_an_f32_tail_keeps_the_tail_exact_and_the_rest_close() {
+        let (inputs, outputs, tail) = (70, 48, 16);
+        let w: Vec<f32> = (0..outputs * inputs)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let b: Vec<f32> = (0..outputs).map(|i| i as f32).collect();
+        let f32_layer = Linear::from_torch(&w, b.clone(), outputs, inputs);
+        let mut mixed = Linear::from_torch(&w, b, outputs, inputs);
+        mixed.to_int8_but_last(tail);
+        assert!(mixed.bytes() < f32_layer.bytes(), "{}", mixed.bytes());
+        for rows in [1, 5, SMALL_ROWS + 3] {
+            let x: Vec<f32> = (0..rows * inputs)
+                .map(|i| (i as f32 * 0.11).cos())
+                .collect();
+            let res: Vec<f32> = (0..rows * outputs).map(|i| i as f32 * 0.5).collect();
+            let (mut want, mut got) = (vec![0f32; rows * outputs], vec![0f32; rows * outputs]);
+            f32_layer.forward(&x, rows, Some(&res), &mut want);
+            mixed.forward(&x, rows, Some(&res), &mut got);
+            for r in 0..rows {
+                for o in 0..outputs {
+                    let (g, w) = (got[r * outputs + o], want[r * outputs + o]);
+                    let tol = if o >= outputs - tail { 1e-5 } else { 2e-2 };
+                    assert!(close(g, w, tol), "rows {rows} ({r}, {o}): {g} vs {w}");
+                }
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! x86-64 included) and still uses AVX2 or AVX-512 where the CPU has them. Hand-written
 //! kernels for one instruction set live in a file of their own ([`amx`]).
 
-/// The instruction sets the kernels are compiled for, best first.
+/// The instruction sets the f32 kernels are compiled for, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Isa {
@@ -21,23 +21,92 @@ enum Isa {
     Baseline,
 }
 
-/// The best [`Isa`] this CPU runs (std caches the detection).
+/// How far up the instruction sets the kernels may go: `CAXTON_ISA` (read once) caps what
+/// the CPU offers, so the lower paths can be run, tested and measured on a machine that has
+/// more. Ordered: a cap allows itself and everything below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cap {
+    /// Only the portable code.
+    Portable,
+    /// Up to AVX2 with FMA.
+    Avx2,
+    /// Up to AVX-VNNI (256-bit VNNI without AVX-512).
+    AvxVnni,
+    /// Everything (AVX-512, with VNNI where present).
+    Avx512,
+}
+
+impl Cap {
+    /// The spelling of `CAXTON_ISA`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cap::Portable => "portable",
+            Cap::Avx2 => "avx2",
+            Cap::AvxVnni => "avx-vnni",
+            Cap::Avx512 => "avx512",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Cap> {
+        [Cap::Portable, Cap::Avx2, Cap::AvxVnni, Cap::Avx512]
+            .into_iter()
+            .find(|c| c.name() == s)
+    }
+}
+
+/// The cap from `CAXTON_ISA`, read once; unset, or a value that names no cap (said once on
+/// stderr and in the journal), allows everything.
+pub fn cap() -> Cap {
+    static CAP: std::sync::OnceLock<Cap> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("CAXTON_ISA") {
+        Err(_) => Cap::Avx512,
+        Ok(v) => Cap::parse(v.trim()).unwrap_or_else(|| {
+            tracing::warn!(
+                "CAXTON_ISA={v:?} names no instruction set (portable, avx2, avx-vnni, avx512); ignored"
+            );
+            Cap::Avx512
+        }),
+    })
+}
+
+/// The best [`Isa`] this CPU runs within [`cap`] (std caches the detection).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f")
+        let cap = cap();
+        if cap >= Cap::Avx512
+            && std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512dq")
             && std::is_x86_feature_detected!("avx512vl")
         {
             return Isa::Avx512;
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if cap >= Cap::Avx2
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
             return Isa::Avx2;
         }
     }
     Isa::Baseline
+}
+
+/// The kernels a model's linear layers run on in `precision` on this machine (within
+/// `CAXTON_ISA`): `avx512`, `avx2` or `portable` for f32 (our own loops; gemm picks its own
+/// for large batches), `amx` for bf16, the int8 kernel's name for int8.
+pub fn kernel_name(precision: crate::config::Precision) -> &'static str {
+    use crate::config::Precision;
+    match precision {
+        Precision::F32 => match isa() {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Baseline => "portable",
+        },
+        Precision::Bf16 => "amx",
+        Precision::Int8 => int8::Kernel::best().name(),
+    }
 }
 
 /// Compiles `$generic` (an `#[inline(always)]` fn) again for AVX-512 and AVX2+FMA and calls
@@ -69,6 +138,7 @@ macro_rules! simd {
 pub mod amx;
 mod elementwise;
 mod gemm;
+pub mod int8;
 mod linear;
 
 pub use elementwise::{

@@ -1,0 +1,153 @@
+//! Every int8 kernel this CPU runs, on ragged shapes, against the product computed in f64
+//! from the same quantized weights and activations (exact up to the f32 sums of blocks), and
+//! against the f32 product within the quantization's error.
+
+use super::*;
+
+/// A deterministic pseudo-random value in [-1, 1).
+fn value(i: usize, salt: usize) -> f32 {
+    let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (salt as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// `Wᵀ` with a few large weights, so blocks get different scales.
+fn weights(inputs: usize, outputs: usize) -> Vec<f32> {
+    (0..inputs * outputs)
+        .map(|i| value(i, 1) * if i % 97 == 0 { 8.0 } else { 0.5 })
+        .collect()
+}
+
+/// Rows with an outlier channel, as LayerNorm outputs have.
+fn activations(rows: usize, inputs: usize) -> Vec<f32> {
+    (0..rows * inputs)
+        .map(|i| value(i, 2) * if i % inputs == 5 { 30.0 } else { 1.0 })
+        .collect()
+}
+
+/// What the kernels must compute: the quantized operands multiplied in f64.
+fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f32]>) -> Vec<f64> {
+    let (k, n) = (p.inputs, p.outputs);
+    let mut out = vec![0f64; rows * n];
+    for r in 0..rows {
+        let row = &x[r * k..(r + 1) * k];
+        let mut q = vec![0i16; k];
+        let s = quantize_row_generic(row, &mut q) as f64;
+        for o in 0..n {
+            let (panel, c) = (o / NR, o % NR);
+            let mut sum = 0f64;
+            for b in 0..p.blocks {
+                let mut block = 0i64;
+                for kk in 0..BLOCK {
+                    let i = b * BLOCK + kk;
+                    if i >= k {
+                        break;
+                    }
+                    let at =
+                        (panel * p.blocks + b) * PANEL_BLOCK + (kk / 2) * 2 * NR + c * 2 + kk % 2;
+                    block += i64::from(q[i]) * i64::from(p.weights[at]);
+                }
+                sum += block as f64 * f64::from(p.scales[(panel * p.blocks + b) * NR + c]);
+            }
+            out[r * n + o] = sum * s
+                + f64::from(bias[o])
+                + residual.map_or(0.0, |res| f64::from(res[r * n + o]));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
+    println!("int8 kernels here: {:?}", Kernel::here());
+    for (inputs, outputs) in [(37, 71), (384, 48), (64, 16), (1536, 40)] {
+        let wt = weights(inputs, outputs);
+        let p = Packed::new(&wt, inputs, outputs);
+        let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.25).collect();
+        for rows in [1, 3, 4, 5, 8, 9, 64 + 5] {
+            let x = activations(rows, inputs);
+            let res: Vec<f32> = (0..rows * outputs).map(|i| value(i, 3)).collect();
+            for residual in [None, Some(&res[..])] {
+                let want = exact(&p, &x, rows, &bias, residual);
+                for kernel in Kernel::here() {
+                    let mut out = vec![f32::NAN; rows * outputs];
+                    p.forward_with(kernel, &x, rows, &bias, residual, &mut out);
+                    for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{} {inputs}→{outputs}, {rows} rows, output {i}: {got} vs {want}",
+                            kernel.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_product_is_within_the_quantization_error_of_f32() {
+    let (inputs, outputs, rows) = (384, 64, 6);
+    let wt = weights(inputs, outputs);
+    let x = activations(rows, inputs);
+    let p = Packed::new(&wt, inputs, outputs);
+    let bias = vec![0f32; outputs];
+    let mut out = vec![0f32; rows * outputs];
+    p.forward(&x, rows, &bias, None, &mut out);
+    for r in 0..rows {
+        for o in 0..outputs {
+            let want: f64 = (0..inputs)
+                .map(|i| f64::from(x[r * inputs + i]) * f64::from(wt[i * outputs + o]))
+                .sum();
+            // Half a step of each weight (block max / 254) times the row's magnitudes.
+            let bound: f64 = (0..inputs)
+                .map(|i| f64::from(x[r * inputs + i].abs()) * 8.0 / 254.0)
+                .sum::<f64>()
+                + 1e-3;
+            let got = f64::from(out[r * outputs + o]);
+            assert!((got - want).abs() <= bound, "({r}, {o}): {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn a_row_of_zeros_gives_the_bias_and_rows_do_not_depend_on_each_other() {
+    let (inputs, outputs) = (40, 20);
+    let p = Packed::new(&weights(inputs, outputs), inputs, outputs);
+    let bias: Vec<f32> = (0..outputs).map(|o| o as f32).collect();
+    let mut x = activations(5, inputs);
+    x[2 * inputs..3 * inputs].fill(0.0);
+    for kernel in Kernel::here() {
+        let mut all = vec![0f32; 5 * outputs];
+        p.forward_with(kernel, &x, 5, &bias, None, &mut all);
+        assert_eq!(
+            &all[2 * outputs..3 * outputs],
+            &bias[..],
+            "{}",
+            kernel.name()
+        );
+        for r in 0..5 {
+            let mut one = vec![0f32; outputs];
+            p.forward_with(
+                kernel,
+                &x[r * inputs..(r + 1) * inputs],
+                1,
+                &bias,
+                None,
+                &mut one,
+            );
+            assert_eq!(
+                &all[r * outputs..(r + 1) * outputs],
+                &one[..],
+                "{} row {r}",
+                kernel.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn weights_take_a_quarter_of_f32_and_the_scales_an_eighth_more() {
+    let p = Packed::new(&weights(384, 1536), 384, 1536);
+    assert_eq!(p.bytes(), 384 * 1536 + 384 * 1536 / BLOCK * 4);
+}

@@ -1,0 +1,182 @@
+//! The x86-64 int8 tiles: AVX2 (`vpmaddwd` then `vpaddd`), AVX-VNNI and AVX-512 VNNI
+//! (`vpdpwssd`, which fuses the two). Each sign-extends a panel's int8 weights to int16 as it
+//! loads them (16 outputs × 2 inputs a register), multiplies them by a broadcast pair of a
+//! row's int16 activations, sums a block in int32, then adds it into f32 with the block's
+//! scales.
+
+use std::arch::x86_64::*;
+
+use super::{BLOCK, Kernel, MAX_ROWS, NR, PANEL_BLOCK};
+
+/// One tile with `kernel` (see `Packed::tile`).
+///
+/// # Safety
+/// The CPU must run `kernel`; `a` must hold `mr` rows of `blocks × BLOCK` int16 at stride
+/// `lda`, `w` and `ws` one panel's `blocks`, and `mr ≤ kernel.rows()`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tile(
+    kernel: Kernel,
+    a: *const i16,
+    lda: usize,
+    mr: usize,
+    w: &[i8],
+    ws: &[f32],
+    blocks: usize,
+    acc: &mut [[f32; NR]; MAX_ROWS],
+) {
+    debug_assert!(w.len() >= blocks * PANEL_BLOCK && ws.len() >= blocks * NR);
+    let (w, ws) = (w.as_ptr(), ws.as_ptr());
+    macro_rules! rows {
+        ($f:ident, $($m:literal),*) => {
+            match mr {
+                // SAFETY: the caller's contract, passed on.
+                $($m => unsafe { $f::<$m>(a, lda, w, ws, blocks, acc) },)*
+                _ => unreachable!("a tile of {mr} rows"),
+            }
+        };
+    }
+    match kernel {
+        Kernel::Avx512Vnni => rows!(avx512_vnni, 1, 2, 3, 4, 5, 6, 7, 8),
+        Kernel::AvxVnni => rows!(avx_vnni, 1, 2, 3, 4),
+        Kernel::Avx2 => rows!(avx2, 1, 2, 3, 4),
+        Kernel::Portable => unreachable!("the portable kernel is not x86"),
+    }
+}
+
+/// The pair of activations `(a[k], a[k + 1])` of a row as one int32, for a broadcast.
+#[inline(always)]
+unsafe fn pair(a: *const i16, at: usize) -> i32 {
+    // SAFETY: the caller reads inside its row.
+    unsafe { (a.add(at) as *const i32).read_unaligned() }
+}
+
+/// Half a panel's block row: 8 outputs × 2 inputs, sign-extended to int16.
+#[inline(always)]
+unsafe fn weights8(w: *const i8) -> __m256i {
+    // SAFETY: the caller reads inside the panel; an unaligned 16-byte load.
+    unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(w as *const __m128i)) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2<const M: usize>(
+    a: *const i16,
+    lda: usize,
+    w: *const i8,
+    ws: *const f32,
+    blocks: usize,
+    acc: &mut [[f32; NR]; MAX_ROWS],
+) {
+    let mut f = [[_mm256_setzero_ps(); 2]; M];
+    for b in 0..blocks {
+        let mut s = [[_mm256_setzero_si256(); 2]; M];
+        // SAFETY (the block): offsets stay inside the panel's block `b` and the rows' block
+        // `b`, as the caller guarantees.
+        unsafe {
+            let wb = w.add(b * PANEL_BLOCK);
+            for j in 0..BLOCK / 2 {
+                let w0 = weights8(wb.add(j * 2 * NR));
+                let w1 = weights8(wb.add(j * 2 * NR + NR));
+                for (r, s) in s.iter_mut().enumerate() {
+                    let av = _mm256_set1_epi32(pair(a, r * lda + b * BLOCK + 2 * j));
+                    s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(av, w0));
+                    s[1] = _mm256_add_epi32(s[1], _mm256_madd_epi16(av, w1));
+                }
+            }
+            let sc = [
+                _mm256_loadu_ps(ws.add(b * NR)),
+                _mm256_loadu_ps(ws.add(b * NR + 8)),
+            ];
+            for (f, s) in f.iter_mut().zip(&s) {
+                for h in 0..2 {
+                    f[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), sc[h], f[h]);
+                }
+            }
+        }
+    }
+    for (out, f) in acc.iter_mut().zip(&f) {
+        // SAFETY: `out` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), f[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), f[1]);
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn avx_vnni<const M: usize>(
+    a: *const i16,
+    lda: usize,
+    w: *const i8,
+    ws: *const f32,
+    blocks: usize,
+    acc: &mut [[f32; NR]; MAX_ROWS],
+) {
+    let mut f = [[_mm256_setzero_ps(); 2]; M];
+    for b in 0..blocks {
+        let mut s = [[_mm256_setzero_si256(); 2]; M];
+        // SAFETY: as in `avx2`.
+        unsafe {
+            let wb = w.add(b * PANEL_BLOCK);
+            for j in 0..BLOCK / 2 {
+                let w0 = weights8(wb.add(j * 2 * NR));
+                let w1 = weights8(wb.add(j * 2 * NR + NR));
+                for (r, s) in s.iter_mut().enumerate() {
+                    let av = _mm256_set1_epi32(pair(a, r * lda + b * BLOCK + 2 * j));
+                    s[0] = _mm256_dpwssd_avx_epi32(s[0], av, w0);
+                    s[1] = _mm256_dpwssd_avx_epi32(s[1], av, w1);
+                }
+            }
+            let sc = [
+                _mm256_loadu_ps(ws.add(b * NR)),
+                _mm256_loadu_ps(ws.add(b * NR + 8)),
+            ];
+            for (f, s) in f.iter_mut().zip(&s) {
+                for h in 0..2 {
+                    f[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), sc[h], f[h]);
+                }
+            }
+        }
+    }
+    for (out, f) in acc.iter_mut().zip(&f) {
+        // SAFETY: `out` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), f[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), f[1]);
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+unsafe fn avx512_vnni<const M: usize>(
+    a: *const i16,
+    lda: usize,
+    w: *const i8,
+    ws: *const f32,
+    blocks: usize,
+    acc: &mut [[f32; NR]; MAX_ROWS],
+) {
+    let mut f = [_mm512_setzero_ps(); M];
+    for b in 0..blocks {
+        let mut s = [_mm512_setzero_si512(); M];
+        // SAFETY: as in `avx2`; a 32-byte load is the block row's 16 outputs × 2 inputs.
+        unsafe {
+            let wb = w.add(b * PANEL_BLOCK);
+            for j in 0..BLOCK / 2 {
+                let wv =
+                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb.add(j * 2 * NR) as *const __m256i));
+                for (r, s) in s.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32(pair(a, r * lda + b * BLOCK + 2 * j));
+                    *s = _mm512_dpwssd_epi32(*s, av, wv);
+                }
+            }
+            let sc = _mm512_loadu_ps(ws.add(b * NR));
+            for (f, s) in f.iter_mut().zip(&s) {
+                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), sc, *f);
+            }
+        }
+    }
+    for (out, f) in acc.iter_mut().zip(&f) {
+        // SAFETY: `out` holds 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *f) };
+    }
+}
