@@ -69,7 +69,7 @@ struct Workspace {
 
 /// A loaded encoder.
 pub struct Encoder {
-    words: Vec<f32>,
+    words: Words,
     positions: Vec<f32>,
     token_types: Vec<f32>,
     embeddings_norm: Norm,
@@ -124,9 +124,9 @@ impl Encoder {
     /// Bytes of the weights in memory.
     pub fn weight_bytes(&self) -> u64 {
         let norm = |n: &Norm| n.gamma.len() + n.beta.len();
-        let mut floats = self.words.len() + self.positions.len() + self.token_types.len();
+        let mut floats = self.positions.len() + self.token_types.len();
         floats += norm(&self.embeddings_norm) + self.relative.as_ref().map_or(0, Vec::len);
-        let mut bytes = floats * 4;
+        let mut bytes = floats * 4 + self.words.bytes();
         for layer in &self.layers {
             bytes += (norm(&layer.attention_norm) + norm(&layer.output_norm)) * 4;
             bytes += [
@@ -155,6 +155,11 @@ impl Encoder {
             HiddenAct::Relu => Activation::Relu,
         };
         let words = w.take("embeddings.word_embeddings.weight", &[c.vocab_size, h])?;
+        // In int8 the word table goes too: it is half of MiniLM's weights.
+        let words = match precision {
+            Precision::Int8 => Words::int8(&words, h),
+            _ => Words::F32(words),
+        };
         let positions = w.take(
             "embeddings.position_embeddings.weight",
             &[c.max_position_embeddings, h],
@@ -341,10 +346,9 @@ impl Encoder {
             let rows = x[start * h..(start + t.len()) * h].chunks_exact_mut(h);
             for (pos, row) in rows.enumerate() {
                 let (id, ty) = (t.ids[pos] as usize, t.type_ids[pos] as usize);
-                let word = &self.words[id * h..(id + 1) * h];
                 let position = &self.positions[pos * h..(pos + 1) * h];
                 let token_type = &self.token_types[ty * h..(ty + 1) * h];
-                kernels::add_into(row, word, position);
+                self.words.add_row(id, h, position, row);
                 for (v, t) in row.iter_mut().zip(token_type) {
                     *v += t;
                 }
@@ -447,6 +451,48 @@ fn relative_rows(table: &[f32], buckets: usize, heads: usize, positions: usize) 
         }
     }
     rows
+}
+
+/// The word embedding table: f32, or int8 rows with a scale each (`models.precision: int8`).
+enum Words {
+    F32(Vec<f32>),
+    Int8 { rows: Vec<i8>, scales: Vec<f32> },
+}
+
+impl Words {
+    /// Each row quantized symmetrically, its largest magnitude → 127.
+    fn int8(table: &[f32], width: usize) -> Words {
+        let mut rows = Vec::with_capacity(table.len());
+        let mut scales = Vec::with_capacity(table.len() / width.max(1));
+        for row in table.chunks_exact(width) {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            scales.push(scale);
+            rows.extend(row.iter().map(|v| (v / scale).round_ties_even() as i8));
+        }
+        Words::Int8 { rows, scales }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Words::F32(t) => t.len() * 4,
+            Words::Int8 { rows, scales } => rows.len() + scales.len() * 4,
+        }
+    }
+
+    /// `out = word row id + other`.
+    fn add_row(&self, id: usize, width: usize, other: &[f32], out: &mut [f32]) {
+        match self {
+            Words::F32(t) => kernels::add_into(out, &t[id * width..(id + 1) * width], other),
+            Words::Int8 { rows, scales } => {
+                let s = scales[id];
+                let row = &rows[id * width..(id + 1) * width];
+                for ((o, &q), &b) in out.iter_mut().zip(row).zip(other) {
+                    *o = f32::from(q) * s + b;
+                }
+            }
+        }
+    }
 }
 
 /// Makes `v` at least `len` long (new room is zeroed; callers overwrite what they use).

@@ -366,8 +366,16 @@ fn quantize_rows(
     a.clear();
     a.resize(rows * lda, 0);
     scales.clear();
-    for (row, q) in x.chunks_exact(inputs).zip(a.chunks_exact_mut(lda)) {
-        scales.push(quantize_row(row, &mut q[..inputs]));
+    scales.resize(rows, 0.0);
+    let one = |((row, q), s): ((&[f32], &mut [i16]), &mut f32)| *s = quantize_row(row, &mut q[..inputs]);
+    let rows_iter = x.chunks_exact(inputs).zip(a.chunks_exact_mut(lda)).zip(scales.iter_mut());
+    if x.len() < super::PARALLEL_MIN {
+        rows_iter.for_each(one);
+    } else {
+        x.par_chunks_exact(inputs)
+            .zip(a.par_chunks_exact_mut(lda))
+            .zip(scales.par_iter_mut())
+            .for_each(one);
     }
 }
 
@@ -378,20 +386,43 @@ simd!(
 
 #[inline(always)]
 fn quantize_row_generic(x: &[f32], q: &mut [i16]) -> f32 {
-    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if max == 0.0 || !max.is_finite() {
-        // A NaN or infinity would poison the pass whatever we did; zeros keep it defined.
+    // Largest magnitude, and whether anything is not finite, in 16 lanes so it vectorises.
+    let (mut lanes, mut bad) = ([0f32; 16], [false; 16]);
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for ((l, b), &v) in lanes.iter_mut().zip(&mut bad).zip(c) {
+            let a = v.abs();
+            *l = if a > *l { a } else { *l };
+            *b |= !(a <= f32::MAX);
+        }
+    }
+    for &v in tail {
+        let a = v.abs();
+        lanes[0] = if a > lanes[0] { a } else { lanes[0] };
+        bad[0] |= !(a <= f32::MAX);
+    }
+    let max = lanes.iter().fold(0f32, |m, &l| if l > m { l } else { m });
+    if bad.iter().any(|&b| b) {
+        // A NaN or infinity poisons the f32 pass too; the row's NaN scale passes it on.
         q.fill(0);
-        return if max == 0.0 { 1.0 } else { f32::NAN };
+        return f32::NAN;
+    }
+    if max == 0.0 {
+        q.fill(0);
+        return 1.0;
     }
     let inv = A_MAX / max;
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = (v * inv).round_ties_even() as i16;
+        // SAFETY: every v is finite (checked above) and |v × inv| ≤ 32767, so the value is
+        // in range; the checked `as` conversion would not vectorise.
+        *q = unsafe { (v * inv).round_ties_even().to_int_unchecked::<i32>() } as i16;
     }
     max / A_MAX
 }
 
-/// The portable kernel: plain loops over int32 sums.
+/// The portable kernel: plain loops over int32 sums (what aarch64 runs until it has a NEON
+/// kernel of its own).
 fn tile_portable(
     a: &[i16],
     lda: usize,
