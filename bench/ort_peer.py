@@ -6,17 +6,26 @@
         the package) into transformers' BertModel in float32 with eager attention, exports it
         with torch's legacy exporter (dynamo=False; dynamic batch and sequence axes), fuses it
         with onnxruntime.transformers.optimizer (bert, 12 heads, hidden 384) and writes
-        DIR/model.onnx plus DIR/export.json (what was fused, versions, the package's sha256).
-        A second call with the same package and versions does nothing.
+        DIR/model.onnx, then DIR/model.int8.onnx: the same graph after
+        onnxruntime.quantization.quantize_dynamic (QInt8 weights per channel, activations
+        quantized per tensor at run time), plus DIR/export.json (what was fused, versions,
+        the package's sha256). A second call with the same package and versions does nothing.
 
-    ort_peer.py run --model DIR --texts TEXTS.json --caxton CAXTON.json --json OUT.json
+    ort_peer.py run --model DIR [--int8] --texts TEXTS.json --caxton CAXTON.json --json OUT.json
         One measured run in this (fresh) process: the workloads of examples/bench.rs on the
-        texts it wrote (same texts, order and batch sizes), 2 intra-op threads. Tokenization,
-        the run, mean pooling and L2 normalisation are all inside the timed region. Checks its
-        vectors against Caxton's (cosine >= 0.999) and its token counts against Caxton's usage.
+        texts it wrote (same texts, order and batch sizes), 2 intra-op threads, on model.onnx
+        (or model.int8.onnx). Tokenization, the run, mean pooling and L2 normalisation are all
+        inside the timed region. Checks its token counts against Caxton's usage and, in f32,
+        its vectors against Caxton f32's (cosine >= 0.999); records its vectors of the check
+        texts either way.
 
-    ort_peer.py summary --caxton A1.json A2.json ... --ort B1.json B2.json ...
-        Prints the table of medians and ratios.
+    ort_peer.py summary --caxton A1.json ... [--caxton-int8 ...] [--caxton-bf16 ...]
+                        --ort B1.json ... [--ort-int8 ...]
+        Prints the table of medians and ratios. Fails if Caxton int8's (or bf16's) vectors of
+        the check texts stray below cosine 0.999 of the f32 reference: ORT f32's vectors, from
+        transformers' BertModel with mean pooling and L2 normalisation, the computation
+        sentence-transformers does for this model (tests/fidelity.rs checks Caxton against
+        sentence-transformers' own vectors).
 
 Only `export` imports torch and transformers; `run` imports numpy, tokenizers and onnxruntime,
 so its peak RSS is that of a plain ORT embedding process.
@@ -89,7 +98,7 @@ def cmd_export(args):
         "onnxruntime": onnxruntime.__version__,
     }
     info_path = out / "export.json"
-    if info_path.exists() and (out / "model.onnx").exists():
+    if info_path.exists() and (out / "model.onnx").exists() and (out / "model.int8.onnx").exists():
         info = json.loads(info_path.read_text())
         if info.get("stamp") == stamp:
             print(
@@ -192,6 +201,21 @@ def cmd_export(args):
         raise SystemExit(f"the optimized graph differs from torch by {max_diff}")
     os.replace(tmp, out / "model.onnx")
     raw.unlink()
+
+    # ORT's dynamic int8, as fastembed-style deployments quantize: QInt8 weights per channel.
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    t = time.perf_counter()
+    quantize_dynamic(
+        str(out / "model.onnx"),
+        str(out / "model.int8.onnx.tmp"),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # The fused graph's contrib ops defeat shape inference on some MatMul outputs.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    os.replace(out / "model.int8.onnx.tmp", out / "model.int8.onnx")
+    quantize_s = time.perf_counter() - t
     info = {
         "stamp": stamp,
         "attention_nodes": ops.get("Attention", 0),
@@ -199,6 +223,7 @@ def cmd_export(args):
         "node_counts": ops,
         "export_s": export_s,
         "optimize_s": optimize_s,
+        "quantize_s": quantize_s,
         "max_abs_diff_vs_torch": max_diff,
         "max_seq_length": int(manifest["max_seq_length"]),
     }
@@ -237,9 +262,8 @@ def cmd_run(args):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(
-        str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
-    )
+    graph = "model.int8.onnx" if args.int8 else "model.onnx"
+    session = ort.InferenceSession(str(model_dir / graph), opts, providers=["CPUExecutionProvider"])
     session_s = time.perf_counter() - t
     tokenizer = Tokenizer.from_file(str(model_dir / "package" / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=max_len)
@@ -280,7 +304,8 @@ def cmd_run(args):
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     result = {
-        "implementation": "onnxruntime",
+        "implementation": "onnxruntime int8" if args.int8 else "onnxruntime",
+        "precision": "int8" if args.int8 else "f32",
         "onnxruntime": ort.__version__,
         "threads": THREADS,
         "load_ms": load_s * 1e3,
@@ -304,22 +329,26 @@ def cmd_run(args):
 
     problems = []
     if caxton is not None:
-        # Identical outputs, else the comparison means nothing.
-        cosines = []
-        for check in caxton["check"]:
-            ours = embed([check["text"]])[0][0]
-            theirs = np.asarray(check["embedding"], dtype=np.float64)
+        # In f32 identical outputs, else the comparison means nothing; in int8 what ORT's
+        # quantization costs, recorded.
+        cosines, check = [], []
+        for c in caxton["check"]:
+            ours = embed([c["text"]])[0][0]
+            check.append({"text": c["text"], "embedding": [float(v) for v in ours]})
+            theirs = np.asarray(c["embedding"], dtype=np.float64)
             cos = float(ours @ theirs / (np.linalg.norm(ours) * np.linalg.norm(theirs)))
             cosines.append(cos)
+        result["check"] = check
         result["check_min_cosine"] = min(cosines)
-        if min(cosines) < COSINE_MIN:
+        if min(cosines) < COSINE_MIN and not args.int8:
             problems.append(f"vectors differ from Caxton's: cosines {cosines}")
         for key in ("short_tokens", "long_tokens"):
             if caxton.get(key) != result[key]:
                 problems.append(f"{key}: ORT {result[key]}, Caxton {caxton.get(key)}")
     Path(args.json).write_text(json.dumps(result, indent=1))
     r = result
-    print(f"onnxruntime {ort.__version__} peer: {THREADS} intra-op threads, fused graph, in-process")
+    print(f"onnxruntime {ort.__version__} peer: {THREADS} intra-op threads, fused graph"
+          f"{' after quantize_dynamic (int8)' if args.int8 else ''}, in-process")
     print(f"  session + tokenizer load              {r['load_ms']:>8.0f} ms")
     print(f"  {f'{len(short):,} short texts, batch {sb}':<37}{r['short_texts_per_s']:>8.1f} texts/s"
           f"  {r['short_tokens_per_s']:>8.0f} tokens/s  ({short_tokens / len(short):.1f} tokens/text)")
@@ -330,7 +359,7 @@ def cmd_run(args):
     print(f"  RSS idle with model loaded            {r['idle_rss_mb']:>8.0f} MB")
     print(f"  peak RSS (ru_maxrss)                  {r['peak_rss_mb']:>8.0f} MB")
     if "check_min_cosine" in r:
-        print(f"  vectors vs caxton's                   min cosine {r['check_min_cosine']:.7f}")
+        print(f"  vectors vs caxton f32's               min cosine {r['check_min_cosine']:.7f}")
     if problems:
         raise SystemExit("ORT peer: " + "; ".join(problems))
 
@@ -340,23 +369,29 @@ def median(runs, key):
     return statistics.median(values) if values else float("nan")
 
 
-def cmd_summary(args):
+def cosine(x, y):
     import numpy as np
 
-    cax = [json.loads(Path(p).read_text()) for p in args.caxton]
-    bf16 = [json.loads(Path(p).read_text()) for p in args.caxton_bf16]
-    ort = [json.loads(Path(p).read_text()) for p in args.ort]
+    u = np.asarray(x, dtype=np.float64)
+    v = np.asarray(y, dtype=np.float64)
+    return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+
+def cmd_summary(args):
+    load = lambda paths: [json.loads(Path(p).read_text()) for p in paths]
+    cax, bf16, int8 = load(args.caxton), load(args.caxton_bf16), load(args.caxton_int8)
+    ort, ort8 = load(args.ort), load(args.ort_int8)
     export = json.loads(Path(args.export).read_text()) if args.export else {}
     keys = ("short_texts_per_s", "short_tokens_per_s", "long_tokens_per_s", "single_p50_ms",
             "single_p99_ms", "peak_rss_mb", "load_ms", "concurrent_texts_per_s")
-    if len(cax) != len(ort) or (bf16 and len(bf16) != len(ort)):
-        raise SystemExit(f"{len(cax)} caxton runs, {len(bf16)} bf16 runs, {len(ort)} ORT runs")
-    o = {k: median(ort, k) for k in keys}
+    for runs in (bf16, int8, ort, ort8):
+        if runs and len(runs) != len(cax):
+            raise SystemExit(f"{len(cax)} caxton f32 runs, but another variant has {len(runs)}")
 
     def ratio(a, b):
         return a / b if b else float("nan")
 
-    def ratios(c):
+    def ratios(c, o):
         return [
             f"{ratio(c['short_texts_per_s'], o['short_texts_per_s']):.2f}",
             f"{ratio(c['long_tokens_per_s'], o['long_tokens_per_s']):.2f}",
@@ -366,11 +401,18 @@ def cmd_summary(args):
             f"{ratio(o['load_ms'], c['load_ms']):.2f}",
         ]
 
-    # Each Caxton variant's medians, named by the precision it really ran (bf16 runs f32
-    # on a CPU without AMX).
-    variants = [(f"caxton {runs[0].get('precision', 'f32')}", runs, {k: median(runs, k) for k in keys})
-                for runs in (cax, bf16) if runs]
-    c = variants[0][2]
+    # Each variant's medians, named by what it really ran (bf16 runs f32 on a CPU without
+    # AMX) and, for Caxton, the kernel.
+    def name(runs):
+        r = runs[0]
+        if r.get("implementation", "caxton") != "caxton":
+            return r["implementation"]
+        kernel = f" ({r['kernel']})" if r.get("kernel") else ""
+        return f"caxton {r.get('precision', 'f32')}{kernel}"
+
+    variants = [(name(runs), runs, {k: median(runs, k) for k in keys})
+                for runs in (cax, int8, bf16, ort, ort8) if runs]
+    by = {id(runs): med for _, runs, med in variants}
 
     # (heading, unit, cell of a figures row)
     columns = [
@@ -386,58 +428,65 @@ def cmd_summary(args):
     ]
     widths = [max(len(col[0]), len(col[1]), 10) + 3 for col in columns]
 
-    def line(name, cells):
-        return f"{name:<28}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths))
+    def line(label, cells):
+        return f"{label:<48}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths))
 
     print()
+    if args.cpu:
+        print(f"CPU: {args.cpu}")
     print(f"medians of {len(cax)} interleaved round(s), {THREADS} threads each; "
           f"onnxruntime {ort[0].get('onnxruntime')}, fused graph with "
           f"{export.get('attention_nodes', '?')} Attention nodes")
     print(line("", [col[0] for col in columns]))
     print(line("", [col[1] for col in columns]))
-    for name, _, med in variants:
-        print(line(name, [col[2](med) for col in columns]))
-    print(line("onnxruntime", [col[2](o) for col in columns]))
-    for name, _, med in variants:
-        print(line(f"ratio {name} / ORT", ratios(med)))
+    for label, _, med in variants:
+        print(line(label, [col[2](med) for col in columns]))
+    # Caxton f32 against ORT f32; Caxton int8 against ORT int8 and ORT f32; bf16 against ORT f32.
+    pairs = [(cax, ort), (int8, ort8), (int8, ort), (bf16, ort)]
+    for a, b in pairs:
+        if a and b:
+            print(line(f"ratio {name(a)} / {name(b)}", ratios(by[id(a)], by[id(b)])))
     if len(cax) > 1:
         print("per round:")
         for i in range(len(cax)):
-            for name, runs, _ in variants:
-                print(line(f"  {i + 1} {name}", [col[2](runs[i]) for col in columns]))
-            print(line(f"  {i + 1} onnxruntime", [col[2](ort[i]) for col in columns]))
+            for label, runs, _ in variants:
+                print(line(f"  {i + 1} {label}", [col[2](runs[i]) for col in columns]))
     print("throughput ratios are caxton/ORT, latency, RSS and load ratios ORT/caxton. caxton's")
     print("figures include HTTP over the Unix socket, its RSS is the daemon's VmHWM, its load the")
     print("in-process model load; ORT runs in-process in a fresh Python process, its RSS is the")
     print("process's ru_maxrss, its load session creation plus the tokenizer.")
     errors = 0
-    for name, runs, med in variants:
+    for label, runs, med in variants:
+        if not label.startswith("caxton"):
+            continue
         conc = med["concurrent_texts_per_s"]
         conc_ratio = median(runs, "concurrent_ratio")  # per round, then the median
         errs = sum(r.get("concurrent_errors", 0) for r in runs)
         errors += errs
         clients = runs[0].get("concurrent_clients", 64)
         print(
-            f"{name}, {clients} clients, single texts: {conc:.1f} texts/s (ratio to batch-"
+            f"{label}, {clients} clients, single texts: {conc:.1f} texts/s (ratio to batch-"
             f"{runs[0]['short_batch']}: {conc_ratio:.2f}, goal >= 0.9; median of the rounds' "
             f"ratios), errors {errs} in all rounds"
         )
     print(
-        f"ORT's vectors checked against caxton f32's: min cosine "
+        f"ORT f32's vectors checked against caxton f32's: min cosine "
         f"{min(r.get('check_min_cosine', float('nan')) for r in ort):.7f}; token counts equal"
     )
     status = 0
-    if bf16:
-        # The reduced-precision vectors against the f32 ones, text by text.
-        cosines = []
-        for a, b in zip(cax, bf16):
-            for x, y in zip(a["check"], b["check"]):
-                u = np.asarray(x["embedding"], dtype=np.float64)
-                v = np.asarray(y["embedding"], dtype=np.float64)
-                cosines.append(float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v))))
-        print(f"{variants[1][0]} vectors against caxton f32's: min cosine {min(cosines):.7f}")
-        if min(cosines) < COSINE_MIN:
-            print(f"error: bf16 vectors differ from f32 ones: {cosines}", file=sys.stderr)
+    # Reduced precision against the f32 reference (ORT f32: transformers' BertModel, mean
+    # pooled and normalised, as sentence-transformers computes it), text by text.
+    for runs in (int8, bf16, ort8):
+        if not runs:
+            continue
+        pairs_ = [(x, y) for a, b in zip(runs, ort) for x, y in zip(a["check"], b["check"])]
+        if any(x["text"] != y["text"] for x, y in pairs_):
+            raise SystemExit(f"{name(runs)} and ORT f32 checked different texts")
+        cosines = [cosine(x["embedding"], y["embedding"]) for x, y in pairs_]
+        print(f"{name(runs)} vectors against the f32 reference: min cosine {min(cosines):.7f}")
+        if min(cosines) < COSINE_MIN and runs is not ort8:
+            print(f"error: {name(runs)} vectors stray from the f32 reference: {cosines}",
+                  file=sys.stderr)
             status = 1
     if errors:
         print(f"error: {errors} of caxton's concurrent requests failed", file=sys.stderr)
@@ -453,13 +502,17 @@ def main():
     e.add_argument("--out", required=True)
     r = sub.add_parser("run")
     r.add_argument("--model", required=True)
+    r.add_argument("--int8", action="store_true")
     r.add_argument("--texts", required=True)
     r.add_argument("--caxton")
     r.add_argument("--json", required=True)
     s = sub.add_parser("summary")
     s.add_argument("--caxton", nargs="+", required=True)
     s.add_argument("--caxton-bf16", nargs="+", default=[])
+    s.add_argument("--caxton-int8", nargs="+", default=[])
     s.add_argument("--ort", nargs="+", required=True)
+    s.add_argument("--ort-int8", nargs="+", default=[])
+    s.add_argument("--cpu", default="")
     s.add_argument("--export")
     args = p.parse_args()
     return {"export": cmd_export, "run": cmd_run, "summary": cmd_summary}[args.cmd](args)

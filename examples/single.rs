@@ -20,8 +20,12 @@ fn main() -> anyhow::Result<()> {
         Arc::new(RwLock::new(Default::default())),
         precision,
     )?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let text = model.tokenizer.encode("The quick brown fox jumps over the lazy dog near the river bank.")
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let text = model
+        .tokenizer
+        .encode("The quick brown fox jumps over the lazy dog near the river bank.")
         .map_err(anyhow::Error::msg)?;
     let mut times = Vec::new();
     for _ in 0..2000 {
@@ -30,6 +34,13 @@ fn main() -> anyhow::Result<()> {
         times.push(t.elapsed());
     }
     times.sort();
-    println!("{} on {}: {} tokens, p50 {:?} p10 {:?}", model.precision, model.kernel, text.len(), times[1000], times[200]);
+    println!(
+        "{} on {}: {} tokens, p50 {:?} p10 {:?}",
+        model.precision,
+        model.kernel,
+        text.len(),
+        times[1000],
+        times[200]
+    );
     Ok(())
 }

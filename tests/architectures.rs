@@ -171,6 +171,25 @@ fn check(arch: &str, expected: Architecture) {
         batched_vs_single >= 0.99999,
         "{arch} in {ran}: batched vs single {batched_vs_single}"
     );
+
+    // int8 linear layers (and word table): the same promise, on every CPU.
+    let int8 = common::engine::run_package(
+        &package,
+        &tmp.path().join("state-int8"),
+        &r.texts,
+        Precision::Int8,
+    );
+    assert_eq!(int8.precision, Precision::Int8);
+    let worst = common::engine::min_cosine(&int8.singles, &r.vectors);
+    let batched_vs_single = common::engine::min_cosine(&int8.batched, &int8.singles);
+    println!(
+        "{arch} (int8): min cosine vs transformers {worst:.9}, batched vs single {batched_vs_single:.9}"
+    );
+    assert!(worst >= 0.999, "{arch} in int8: min cosine {worst}");
+    assert!(
+        batched_vs_single >= 0.99999,
+        "{arch} in int8: batched vs single {batched_vs_single}"
+    );
 }
 
 #[test]

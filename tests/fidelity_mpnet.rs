@@ -119,4 +119,23 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         batched_vs_single >= 0.99999,
         "{ran}: batched vs single {batched_vs_single}"
     );
+
+    // int8 linear layers and word table, on every CPU.
+    let int8 = common::engine::run_package(
+        &package,
+        &tmp.path().join("state-int8"),
+        &r.texts,
+        Precision::Int8,
+    );
+    assert_eq!(int8.precision, Precision::Int8);
+    let vs_reference = common::engine::min_cosine(&int8.singles, &r.vectors);
+    let batched_vs_single = common::engine::min_cosine(&int8.batched, &int8.singles);
+    println!(
+        "all-mpnet-base-v2 (int8): min cosine vs sentence-transformers {vs_reference:.9}; batched vs single {batched_vs_single:.9}"
+    );
+    assert!(vs_reference >= 0.999, "int8: min cosine {vs_reference}");
+    assert!(
+        batched_vs_single >= 0.99999,
+        "int8: batched vs single {batched_vs_single}"
+    );
 }

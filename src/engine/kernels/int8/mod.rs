@@ -367,8 +367,12 @@ fn quantize_rows(
     a.resize(rows * lda, 0);
     scales.clear();
     scales.resize(rows, 0.0);
-    let one = |((row, q), s): ((&[f32], &mut [i16]), &mut f32)| *s = quantize_row(row, &mut q[..inputs]);
-    let rows_iter = x.chunks_exact(inputs).zip(a.chunks_exact_mut(lda)).zip(scales.iter_mut());
+    let one =
+        |((row, q), s): ((&[f32], &mut [i16]), &mut f32)| *s = quantize_row(row, &mut q[..inputs]);
+    let rows_iter = x
+        .chunks_exact(inputs)
+        .zip(a.chunks_exact_mut(lda))
+        .zip(scales.iter_mut());
     if x.len() < super::PARALLEL_MIN {
         rows_iter.for_each(one);
     } else {
