@@ -398,13 +398,13 @@ fn quantize_row_generic(x: &[f32], q: &mut [i16]) -> f32 {
         for ((l, b), &v) in lanes.iter_mut().zip(&mut bad).zip(c) {
             let a = v.abs();
             *l = if a > *l { a } else { *l };
-            *b |= !(a <= f32::MAX);
+            *b |= !a.is_finite();
         }
     }
     for &v in tail {
         let a = v.abs();
         lanes[0] = if a > lanes[0] { a } else { lanes[0] };
-        bad[0] |= !(a <= f32::MAX);
+        bad[0] |= !a.is_finite();
     }
     let max = lanes.iter().fold(0f32, |m, &l| if l > m { l } else { m });
     if bad.iter().any(|&b| b) {
