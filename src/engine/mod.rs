@@ -209,13 +209,17 @@ pub const PASS_LIMIT: Duration = Duration::from_secs(120);
 /// buffers and allocator slack (all-MiniLM-L6-v2 measures 98 MiB for 86.6 MiB of weights).
 const ENGINE_OVERHEAD: u64 = 12 << 20;
 
-/// Bytes `package` is expected to take once loaded, before it ever was: the weights widened
-/// to f32 (read from the safetensors header alone), the tokenizer and a fixed overhead.
-pub fn estimate_bytes(package: &StoredPackage) -> u64 {
+/// Bytes `package` is expected to take once loaded in `precision`, before it ever was: the
+/// weights widened to f32 (read from the safetensors header alone; a third of that in int8,
+/// whose scales and f32 parts add to the quarter), the tokenizer and a fixed overhead.
+pub fn estimate_bytes(package: &StoredPackage, precision: Precision) -> u64 {
     let m = &package.manifest;
-    let weights = m.file("model.safetensors").map_or(0, |f| {
+    let mut weights = m.file("model.safetensors").map_or(0, |f| {
         safetensors_header_f32_bytes(&package.dir.join(&f.path)).unwrap_or(f.size * 2)
     });
+    if precision == Precision::Int8 {
+        weights /= 3;
+    }
     let tokenizer = m.file("tokenizer.json").map_or(0, |f| f.size);
     weights + tokenizer * 4 + ENGINE_OVERHEAD
 }

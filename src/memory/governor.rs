@@ -43,9 +43,9 @@ pub struct Governor {
     /// Growth of the binding level's working set.
     trend: Mutex<Trend>,
     pressure: RwLock<PressureStatus>,
-    /// Bytes each package really took when loaded, by package sha256.
+    /// Bytes each package really took when loaded, by package sha256 and precision.
     measured: Mutex<HashMap<String, u64>>,
-    /// Estimates from package headers, by package sha256 (status pages ask every second).
+    /// Estimates from package headers, by package sha256 and precision (status pages ask every second).
     estimates: Mutex<HashMap<String, u64>>,
     /// Largest ratio of measured to estimated bytes seen: estimates of packages never loaded
     /// are scaled by it, so one low estimate is not repeated.
@@ -419,33 +419,34 @@ impl Governor {
         self.sheds.load(Ordering::Relaxed)
     }
 
-    /// Bytes the package with digest `sha256` will take once loaded: what it took last time,
-    /// else `estimate` (asked once per package) scaled by how far estimates have been off.
-    pub fn footprint(&self, sha256: &str, estimate: impl FnOnce() -> u64) -> u64 {
-        if let Some(&b) = lock(&self.measured).get(sha256) {
+    /// Bytes the model known as `key` (a package digest and precision) will take once
+    /// loaded: what it took last time, else `estimate` (asked once per key) scaled by how far
+    /// estimates have been off.
+    pub fn footprint(&self, key: &str, estimate: impl FnOnce() -> u64) -> u64 {
+        if let Some(&b) = lock(&self.measured).get(key) {
             return b;
         }
-        (self.estimate(sha256, estimate) as f64 * *lock(&self.correction)) as u64
+        (self.estimate(key, estimate) as f64 * *lock(&self.correction)) as u64
     }
 
-    /// The package-based estimate, made once per package.
-    fn estimate(&self, sha256: &str, estimate: impl FnOnce() -> u64) -> u64 {
+    /// The package-based estimate, made once per key.
+    fn estimate(&self, key: &str, estimate: impl FnOnce() -> u64) -> u64 {
         *lock(&self.estimates)
-            .entry(sha256.to_string())
+            .entry(key.to_string())
             .or_insert_with(estimate)
     }
 
-    /// Remembers what the package with digest `sha256` really took, and how far off its
-    /// estimate was; returns what to count for it. A reload into memory the heap kept from an
-    /// earlier unload grows the process less than the model takes, so the largest measurement
+    /// Remembers what the model known as `key` really took, and how far off its estimate
+    /// was; returns what to count for it. A reload into memory the heap kept from an earlier
+    /// unload grows the process less than the model takes, so the largest measurement
     /// stands.
-    pub fn remember(&self, sha256: &str, estimate: impl FnOnce() -> u64, bytes: u64) -> u64 {
-        let estimate = self.estimate(sha256, estimate).max(1);
+    pub fn remember(&self, key: &str, estimate: impl FnOnce() -> u64, bytes: u64) -> u64 {
+        let estimate = self.estimate(key, estimate).max(1);
         let ratio = (bytes as f64 / estimate as f64).clamp(1.0, 4.0);
         let mut c = lock(&self.correction);
         *c = c.max(ratio);
         let mut measured = lock(&self.measured);
-        let m = measured.entry(sha256.to_string()).or_insert(0);
+        let m = measured.entry(key.to_string()).or_insert(0);
         *m = (*m).max(bytes);
         *m
     }

@@ -130,7 +130,8 @@ impl Registry {
             return Ok(model.clone());
         }
         let id = slot.package.manifest.id.clone();
-        let need = slot.footprint(&self.governor);
+        let precision = self.precision_of(&id);
+        let need = slot.footprint(&self.governor, precision);
         // While it loads, the model also holds its weights file as read (f16 ones are widened
         // from it): room is needed for that peak, not only for what stays.
         let peak = need
@@ -190,7 +191,6 @@ impl Registry {
             }
             tokio::time::sleep(RECHECK.min(refusal.retry_after)).await;
         }
-        let precision = self.precision_of(&id);
         let model = slot
             .acquire(self.options, self.batch.clone(), precision)
             .await?;
@@ -201,7 +201,7 @@ impl Registry {
             .inc();
         self.loaded_event.notify_waiters();
         let grown = slot.usage().memory_bytes.unwrap_or(model.weight_bytes);
-        let took = slot.remember(&self.governor, grown);
+        let took = slot.remember(&self.governor, precision, grown);
         if took != grown {
             slot.set_memory(took);
         }

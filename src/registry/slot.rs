@@ -60,7 +60,9 @@ impl ModelSlot {
         let m = &self.package.manifest;
         let rules = governor.rules(&m.id);
         ModelInfo {
-            expected_bytes: u.memory_bytes.unwrap_or_else(|| self.footprint(governor)),
+            expected_bytes: u
+                .memory_bytes
+                .unwrap_or_else(|| self.footprint(governor, precision)),
             priority: rules.priority,
             pinned: rules.pinned,
             preload: rules.preload,
@@ -80,21 +82,26 @@ impl ModelSlot {
         }
     }
 
-    /// Bytes this model will take once loaded (see [`Governor::footprint`]).
-    pub(super) fn footprint(&self, governor: &Governor) -> u64 {
-        governor.footprint(&self.package.package_sha256, || {
-            crate::engine::estimate_bytes(&self.package)
+    /// Bytes this model will take once loaded in `precision` (see [`Governor::footprint`]).
+    pub(super) fn footprint(&self, governor: &Governor, precision: Precision) -> u64 {
+        governor.footprint(&self.footprint_key(precision), || {
+            crate::engine::estimate_bytes(&self.package, precision)
         })
     }
 
-    /// Records that this model's load took `bytes`; returns what to count for it (see
-    /// [`Governor::remember`]).
-    pub(super) fn remember(&self, governor: &Governor, bytes: u64) -> u64 {
+    /// Records that this model's load in `precision` took `bytes`; returns what to count for
+    /// it (see [`Governor::remember`]).
+    pub(super) fn remember(&self, governor: &Governor, precision: Precision, bytes: u64) -> u64 {
         governor.remember(
-            &self.package.package_sha256,
-            || crate::engine::estimate_bytes(&self.package),
+            &self.footprint_key(precision),
+            || crate::engine::estimate_bytes(&self.package, precision),
             bytes,
         )
+    }
+
+    /// Measurements are per package and precision: int8 takes a quarter of f32.
+    fn footprint_key(&self, precision: Precision) -> String {
+        format!("{}/{precision}", self.package.package_sha256)
     }
 
     /// Corrects what the loaded model is counted as holding (see [`Governor::remember`]).

@@ -135,30 +135,26 @@ impl Packed {
         let panels = outputs.div_ceil(NR);
         let mut weights = vec![0i8; panels * blocks * PANEL_BLOCK];
         let mut scales = vec![0f32; panels * blocks * NR];
-        for p in 0..panels {
-            for b in 0..blocks {
-                let ks = b * BLOCK..((b + 1) * BLOCK).min(inputs);
-                for c in 0..NR {
-                    let o = p * NR + c;
-                    if o >= outputs {
-                        continue;
-                    }
-                    let max = ks
-                        .clone()
-                        .map(|k| wt[k * outputs + o].abs())
-                        .fold(0f32, f32::max);
-                    if max == 0.0 {
-                        continue;
-                    }
-                    let scale = max / 127.0;
-                    scales[(p * blocks + b) * NR + c] = scale;
-                    for k in ks.clone() {
-                        let q = (wt[k * outputs + o] / scale).round_ties_even();
-                        let kk = k - b * BLOCK;
-                        let at =
-                            (p * blocks + b) * PANEL_BLOCK + (kk / 2) * 2 * NR + c * 2 + kk % 2;
-                        weights[at] = q.clamp(-127.0, 127.0) as i8;
-                    }
+        // Row by row of Wᵀ (contiguous reads: a column walk is a cache miss per weight).
+        let (mut max, mut inv) = (vec![0f32; outputs], vec![0f32; outputs]);
+        for b in 0..blocks {
+            let rows = wt[b * BLOCK * outputs..((b + 1) * BLOCK).min(inputs) * outputs]
+                .chunks_exact(outputs);
+            max.fill(0.0);
+            for row in rows.clone() {
+                for (m, &w) in max.iter_mut().zip(row) {
+                    *m = m.max(w.abs());
+                }
+            }
+            for (o, (&m, inv)) in max.iter().zip(&mut inv).enumerate() {
+                *inv = if m > 0.0 { 127.0 / m } else { 0.0 };
+                scales[((o / NR) * blocks + b) * NR + o % NR] = m / 127.0;
+            }
+            for (kk, row) in rows.enumerate() {
+                let at = b * PANEL_BLOCK + (kk / 2) * 2 * NR + kk % 2;
+                for (o, (&w, &inv)) in row.iter().zip(&inv).enumerate() {
+                    let q = (w * inv).round_ties_even().clamp(-127.0, 127.0);
+                    weights[(o / NR) * blocks * PANEL_BLOCK + at + (o % NR) * 2] = q as i8;
                 }
             }
         }
