@@ -200,8 +200,13 @@ fn embed_jobs(
             .collect();
         crate::metrics::get().batches.inc();
         beat.pass_started.store(clock_ms() + 1, Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| encoder.forward(&texts)))
-            .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
+        // The pass runs on a pool thread: its parallel steps are then that thread's own work,
+        // shared with the other threads, instead of jobs this thread hands over and sleeps
+        // on, one wake-up and one sleep per step.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            rayon::join(|| encoder.forward(&texts), || ()).0
+        }))
+        .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
         beat.pass_started.store(0, Ordering::Relaxed);
         beat.last.store(clock_ms(), Ordering::Relaxed);
         let hidden = match outcome {
