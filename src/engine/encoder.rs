@@ -256,8 +256,20 @@ impl Encoder {
     }
 
     /// Hands the buffers kept between passes back (the engine calls this once it is idle).
-    pub fn release_workspace(&self) {
+    /// Passes run on the pool's threads, whose scratch would otherwise outlive the model:
+    /// this frees it too, on each thread once it is free (`wait`: before returning, as an
+    /// unload must).
+    pub fn release_workspace(&self, wait: bool) {
         *self.workspace.lock().unwrap_or_else(|p| p.into_inner()) = Workspace::default();
+        fn scratch() {
+            SCORES.with_borrow_mut(|s| *s = Vec::new());
+            kernels::int8::release_thread_buffers();
+        }
+        if wait {
+            rayon::broadcast(|_| scratch());
+        } else {
+            rayon::spawn_broadcast(|_| scratch());
+        }
     }
 
     /// Runs one forward pass over `texts`, each attending only to its own tokens.

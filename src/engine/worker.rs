@@ -123,7 +123,7 @@ fn run(
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 if std::mem::take(&mut holding) {
-                    encoder.release_workspace();
+                    encoder.release_workspace(false);
                     crate::memory::trim();
                 }
                 continue;
@@ -162,8 +162,12 @@ fn run(
             let _ = job.reply.send(result);
         }
     }
-    // Every handle is gone: the model is unloaded. Free the weights now and hand the memory
-    // back to the kernel, so RSS and the cgroup's usage really fall.
+    // Every handle is gone: the model is unloaded. Free the weights (and the pool threads'
+    // scratch of its last passes) now and hand the memory back to the kernel, so RSS and the
+    // cgroup's usage really fall.
+    if holding {
+        encoder.release_workspace(true);
+    }
     drop(encoder);
     crate::memory::trim();
     let _ = freed.send(true);

@@ -225,8 +225,11 @@ impl Packed {
             kernel.name()
         );
         let lda = self.blocks * BLOCK;
-        ACTIVATIONS.with_borrow_mut(|(a, scales)| {
-            quantize_rows(&x[..rows * k], rows, k, lda, a, scales);
+        // Taken out of the thread's slot, not borrowed in it: while this thread waits for the
+        // parallel tiles it may run another pass's call, which finds the slot empty.
+        let (mut a, mut scales) = ACTIVATIONS.with_borrow_mut(std::mem::take);
+        {
+            quantize_rows(&x[..rows * k], rows, k, lda, &mut a, &mut scales);
             let out = Out(out.as_mut_ptr());
             let tile_rows = kernel.rows();
             // Tasks: (rows, panels) blocks, so a task's weights (4 panels) stay in L2 while
@@ -259,7 +262,8 @@ impl Packed {
             } else {
                 (0..tasks).into_par_iter().for_each(task);
             }
-        });
+        }
+        ACTIVATIONS.with_borrow_mut(|slot| *slot = (a, scales));
     }
 
     /// One tile: `acc[r][c]` = Σ over blocks of (int32 dot of row `r` with output `c` of panel
@@ -343,8 +347,18 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+/// Frees this thread's activation buffers (a large pass's are megabytes). The encoder calls
+/// it on every pool thread once its model is idle, as it frees its own pass buffers.
+pub fn release_thread_buffers() {
+    ACTIVATIONS.with_borrow_mut(|(a, s)| {
+        *a = Vec::new();
+        *s = Vec::new();
+    });
+}
+
 thread_local! {
-    /// The quantized activations of the call in progress and their row scales.
+    /// The quantized activations of the call in progress and their row scales, kept for the
+    /// next call on this thread (see [`release_thread_buffers`]).
     static ACTIVATIONS: std::cell::RefCell<(Vec<i16>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }

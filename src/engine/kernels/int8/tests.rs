@@ -151,3 +151,52 @@ fn weights_take_a_quarter_of_f32_and_the_scales_an_eighth_more() {
     let p = Packed::new(&weights(384, 1536), 384, 1536);
     assert_eq!(p.bytes(), 384 * 1536 + 384 * 1536 / BLOCK * 4);
 }
+
+/// Passes run on the pool's threads, and a thread waiting for its call's tiles runs other
+/// tasks, other calls among them: a call must not hold its thread's buffers borrowed while
+/// it waits (it did, and such a nested call panicked with "RefCell already borrowed").
+#[test]
+fn calls_running_on_the_pool_at_once_each_get_their_own_product() {
+    use rayon::prelude::*;
+    // Large enough to split into parallel tiles.
+    let (rows, inputs, outputs) = (128, 384, 384);
+    assert!(rows * inputs * outputs >= PARALLEL_MACS);
+    let p = Packed::new(&weights(inputs, outputs), inputs, outputs);
+    let bias = vec![0.25f32; outputs];
+    let inputs_of: Vec<Vec<f32>> = (0..16)
+        .map(|i| {
+            activations(rows, inputs)
+                .iter()
+                .map(|v| v * (i + 1) as f32)
+                .collect()
+        })
+        .collect();
+    let alone: Vec<Vec<f32>> = inputs_of
+        .iter()
+        .map(|x| {
+            let mut out = vec![0f32; rows * outputs];
+            p.forward(x, rows, &bias, None, &mut out);
+            out
+        })
+        .collect();
+    // More threads than cores: threads are preempted mid-call, so others wait on their
+    // tiles and, waiting, pick up other calls.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(8)
+        .build()
+        .expect("a thread pool");
+    pool.install(|| {
+        for _ in 0..20 {
+            let together: Vec<Vec<f32>> = inputs_of
+                .par_iter()
+                .map(|x| {
+                    let mut out = vec![0f32; rows * outputs];
+                    p.forward(x, rows, &bias, None, &mut out);
+                    out
+                })
+                .collect();
+            assert_eq!(together, alone);
+        }
+    });
+    release_thread_buffers();
+}
