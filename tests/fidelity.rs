@@ -156,8 +156,8 @@ fn bf16_stays_within_0_999_of_sentence_transformers() {
 }
 
 /// `models.precision: int8` on the best kernel this CPU has, then forced down to AVX2 and to
-/// the portable kernel (`CAXTON_ISA`), so every x86 path is proved on any machine that has
-/// it: each within 0.999 of sentence-transformers, batches equal to singles, and the kernel
+/// the portable kernel (`CAXTON_ISA`), so every path is proved on any machine that has it
+/// (NEON on aarch64): each within 0.999 of sentence-transformers, batches equal to singles, and the kernel
 /// named in `GET /api/models` and the journal.
 #[test]
 fn int8_stays_within_0_999_of_sentence_transformers_on_every_kernel() {
@@ -167,7 +167,7 @@ fn int8_stays_within_0_999_of_sentence_transformers_on_every_kernel() {
         .iter()
         .map(|k| k.name())
         .collect();
-    for forced in ["avx-vnni", "avx2", "portable"] {
+    for forced in ["avx-vnni", "avx2", "neon", "portable"] {
         if forced != best && here.contains(&forced) {
             runs.push((forced, vec![("CAXTON_ISA", forced)]));
         }

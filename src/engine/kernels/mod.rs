@@ -28,6 +28,8 @@ enum Isa {
 pub enum Cap {
     /// Only the portable code.
     Portable,
+    /// aarch64's NEON kernels (on x86-64, the same as `Portable`).
+    Neon,
     /// Up to AVX2 with FMA.
     Avx2,
     /// Up to AVX-VNNI (256-bit VNNI without AVX-512).
@@ -41,6 +43,7 @@ impl Cap {
     pub fn name(self) -> &'static str {
         match self {
             Cap::Portable => "portable",
+            Cap::Neon => "neon",
             Cap::Avx2 => "avx2",
             Cap::AvxVnni => "avx-vnni",
             Cap::Avx512 => "avx512",
@@ -48,9 +51,15 @@ impl Cap {
     }
 
     fn parse(s: &str) -> Option<Cap> {
-        [Cap::Portable, Cap::Avx2, Cap::AvxVnni, Cap::Avx512]
-            .into_iter()
-            .find(|c| c.name() == s)
+        [
+            Cap::Portable,
+            Cap::Neon,
+            Cap::Avx2,
+            Cap::AvxVnni,
+            Cap::Avx512,
+        ]
+        .into_iter()
+        .find(|c| c.name() == s)
     }
 }
 
@@ -62,7 +71,7 @@ pub fn cap() -> Cap {
         Err(_) => Cap::Avx512,
         Ok(v) => Cap::parse(v.trim()).unwrap_or_else(|| {
             tracing::warn!(
-                "CAXTON_ISA={v:?} names no instruction set (portable, avx2, avx-vnni, avx512); ignored"
+                "CAXTON_ISA={v:?} names no instruction set (portable, neon, avx2, avx-vnni, avx512); ignored"
             );
             Cap::Avx512
         }),
@@ -94,14 +103,16 @@ fn isa() -> Isa {
 }
 
 /// The kernels a model's linear layers run on in `precision` on this machine (within
-/// `CAXTON_ISA`): `avx512`, `avx2` or `portable` for f32 (our own loops; gemm picks its own
-/// for large batches), `amx` for bf16, the int8 kernel's name for int8.
+/// `CAXTON_ISA`): `avx512`, `avx2`, `neon` or `portable` for f32 (our own loops; gemm picks
+/// its own for large batches), `amx` for bf16, the int8 kernel's name for int8.
 pub fn kernel_name(precision: crate::config::Precision) -> &'static str {
     use crate::config::Precision;
     match precision {
         Precision::F32 => match isa() {
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
+            // aarch64's baseline is NEON, which the compiler vectorises our loops for.
+            Isa::Baseline if cfg!(target_arch = "aarch64") => "neon",
             Isa::Baseline => "portable",
         },
         Precision::Bf16 => "amx",

@@ -18,6 +18,8 @@
 //! activations. The kernels ([`x86`], and the portable one here) compute a tile of up to
 //! [`MAX_ROWS`] rows × one panel; this file cuts the work into tiles and threads.
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -48,6 +50,8 @@ pub enum Kernel {
     AvxVnni,
     /// AVX2: `vpmaddwd` + `vpaddd` on 8 outputs, 4 rows a tile.
     Avx2,
+    /// aarch64 NEON: `smlal` by lane on 4 outputs, 4 rows a tile.
+    Neon,
     /// Plain Rust, for every other CPU (the compiler vectorises it for the target).
     Portable,
 }
@@ -59,6 +63,7 @@ impl Kernel {
             Kernel::Avx512Vnni => "avx512-vnni",
             Kernel::AvxVnni => "avx-vnni",
             Kernel::Avx2 => "avx2",
+            Kernel::Neon => "neon",
             Kernel::Portable => "portable",
         }
     }
@@ -67,6 +72,8 @@ impl Kernel {
     fn rows(self) -> usize {
         match self {
             Kernel::Avx512Vnni => 8,
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => neon::ROWS,
             _ => 4,
         }
     }
@@ -88,13 +95,19 @@ impl Kernel {
             Kernel::Avx512Vnni => Cap::Avx512,
             Kernel::AvxVnni => Cap::AvxVnni,
             Kernel::Avx2 => Cap::Avx2,
+            Kernel::Neon => Cap::Neon,
             Kernel::Portable => Cap::Portable,
         }
     }
 
     /// Every kernel this CPU can run, best first, whatever the cap (tests run them all).
     pub fn here() -> Vec<Kernel> {
-        let mut k = Vec::new();
+        // aarch64 always has NEON.
+        let mut k = if cfg!(target_arch = "aarch64") {
+            vec![Kernel::Neon]
+        } else {
+            Vec::new()
+        };
         #[cfg(target_arch = "x86_64")]
         {
             use std::is_x86_feature_detected as has;
@@ -287,6 +300,9 @@ impl Packed {
             Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => unsafe {
                 x86::tile(kernel, a.as_ptr(), lda, mr, w, ws, self.blocks, acc)
             },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above; NEON is part of every aarch64 target.
+            Kernel::Neon => unsafe { neon::tile(a.as_ptr(), lda, mr, w, ws, self.blocks, acc) },
             _ => tile_portable(a, lda, mr, w, ws, self.blocks, acc),
         }
     }
@@ -435,8 +451,8 @@ fn quantize_row_generic(x: &[f32], q: &mut [i16]) -> f32 {
     max / A_MAX
 }
 
-/// The portable kernel: plain loops over int32 sums (what aarch64 runs until it has a NEON
-/// kernel of its own).
+/// The portable kernel: plain loops over int32 sums (for CPUs with neither AVX2 nor NEON, and
+/// the reference the others are tested against).
 fn tile_portable(
     a: &[i16],
     lda: usize,

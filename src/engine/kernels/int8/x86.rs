@@ -39,7 +39,7 @@ pub(super) unsafe fn tile(
         Kernel::Avx512Vnni => rows!(avx512_vnni, 1, 2, 3, 4, 5, 6, 7, 8),
         Kernel::AvxVnni => rows!(avx_vnni, 1, 2, 3, 4),
         Kernel::Avx2 => rows!(avx2, 1, 2, 3, 4),
-        Kernel::Portable => unreachable!("the portable kernel is not x86"),
+        Kernel::Neon | Kernel::Portable => unreachable!("the {} kernel is not x86", kernel.name()),
     }
 }
 
