@@ -161,16 +161,7 @@ fn check(arch: &str, expected: Architecture) {
         Precision::F32
     };
     assert_eq!(bf16.precision, ran);
-    let worst = common::engine::min_cosine(&bf16.singles, &r.vectors);
-    let batched_vs_single = common::engine::min_cosine(&bf16.batched, &bf16.singles);
-    println!(
-        "{arch} ({ran}): min cosine vs transformers {worst:.9}, batched vs single {batched_vs_single:.9}"
-    );
-    assert!(worst >= 0.999, "{arch} in {ran}: min cosine {worst}");
-    assert!(
-        batched_vs_single >= 0.99999,
-        "{arch} in {ran}: batched vs single {batched_vs_single}"
-    );
+    bf16.holds(&r.vectors, 0.999, arch);
 
     // int8 linear layers (and word table): the same promise, on every CPU.
     let int8 = common::engine::run_package(
@@ -180,16 +171,7 @@ fn check(arch: &str, expected: Architecture) {
         Precision::Int8,
     );
     assert_eq!(int8.precision, Precision::Int8);
-    let worst = common::engine::min_cosine(&int8.singles, &r.vectors);
-    let batched_vs_single = common::engine::min_cosine(&int8.batched, &int8.singles);
-    println!(
-        "{arch} (int8): min cosine vs transformers {worst:.9}, batched vs single {batched_vs_single:.9}"
-    );
-    assert!(worst >= 0.999, "{arch} in int8: min cosine {worst}");
-    assert!(
-        batched_vs_single >= 0.99999,
-        "{arch} in int8: batched vs single {batched_vs_single}"
-    );
+    int8.holds(&r.vectors, 0.999, arch);
 }
 
 #[test]

@@ -89,16 +89,7 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         run.tokens, r.token_counts,
         "token counts differ from sentence-transformers"
     );
-    let vs_reference = common::engine::min_cosine(&run.singles, &r.vectors);
-    let batched_vs_single = common::engine::min_cosine(&run.batched, &run.singles);
-    println!(
-        "all-mpnet-base-v2 (f32): min cosine vs sentence-transformers {vs_reference:.9}; batched vs single {batched_vs_single:.9}"
-    );
-    assert!(vs_reference >= 0.9999, "min cosine {vs_reference}");
-    assert!(
-        batched_vs_single >= 0.99999,
-        "batched vs single {batched_vs_single}"
-    );
+    run.holds(&r.vectors, 0.9999, "all-mpnet-base-v2");
 
     // bf16 linear layers, where the CPU has AMX; elsewhere bf16 falls back to the f32 run
     // above (tests/fidelity.rs checks the fallback), so it is not run twice.
@@ -110,16 +101,7 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
             Precision::Bf16,
         );
         assert_eq!(bf16.precision, Precision::Bf16);
-        let vs_reference = common::engine::min_cosine(&bf16.singles, &r.vectors);
-        let batched_vs_single = common::engine::min_cosine(&bf16.batched, &bf16.singles);
-        println!(
-            "all-mpnet-base-v2 (bf16): min cosine vs sentence-transformers {vs_reference:.9}; batched vs single {batched_vs_single:.9}"
-        );
-        assert!(vs_reference >= 0.999, "bf16: min cosine {vs_reference}");
-        assert!(
-            batched_vs_single >= 0.99999,
-            "bf16: batched vs single {batched_vs_single}"
-        );
+        bf16.holds(&r.vectors, 0.999, "all-mpnet-base-v2");
     }
 
     // int8 linear layers and word table, on every CPU.
@@ -130,14 +112,5 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         Precision::Int8,
     );
     assert_eq!(int8.precision, Precision::Int8);
-    let vs_reference = common::engine::min_cosine(&int8.singles, &r.vectors);
-    let batched_vs_single = common::engine::min_cosine(&int8.batched, &int8.singles);
-    println!(
-        "all-mpnet-base-v2 (int8): min cosine vs sentence-transformers {vs_reference:.9}; batched vs single {batched_vs_single:.9}"
-    );
-    assert!(vs_reference >= 0.999, "int8: min cosine {vs_reference}");
-    assert!(
-        batched_vs_single >= 0.99999,
-        "int8: batched vs single {batched_vs_single}"
-    );
+    int8.holds(&r.vectors, 0.999, "all-mpnet-base-v2");
 }

@@ -61,6 +61,27 @@ pub fn run_package(package: &Path, state: &Path, texts: &[String], precision: Pr
     }
 }
 
+impl Run {
+    /// Asserts the promise of a precision: every text within `min` cosine of `reference`
+    /// (embedded alone), and batches equal to singles (0.99999); prints both after `label`.
+    pub fn holds(&self, reference: &[Vec<f32>], min: f64, label: &str) {
+        let precision = self.precision;
+        let worst = min_cosine(&self.singles, reference);
+        let batched_vs_single = min_cosine(&self.batched, &self.singles);
+        println!(
+            "{label} ({precision}): min cosine vs the reference {worst:.9}; batched vs single {batched_vs_single:.9}"
+        );
+        assert!(
+            worst >= min,
+            "{label} in {precision}: min cosine {worst} < {min}"
+        );
+        assert!(
+            batched_vs_single >= 0.99999,
+            "{label} in {precision}: batched vs single {batched_vs_single}"
+        );
+    }
+}
+
 /// Whether this machine runs bf16 (Intel AMX); the reason when not, printed so a test log
 /// says which of its checks ran.
 pub fn bf16_runs_here() -> bool {
