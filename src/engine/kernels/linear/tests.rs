@@ -1,0 +1,82 @@
+use super::*;
+
+fn close(a: f32, b: f32, tol: f32) -> bool {
+    (a - b).abs() <= tol * (1.0 + b.abs())
+}
+
+#[test]
+fn linear_matches_a_naive_product_with_bias_and_residual() {
+    // 203 outputs: two whole panels and one of 11 (a tile's worth short, left-over outputs).
+    let (inputs, outputs) = (37, 203);
+    let w: Vec<f32> = (0..outputs * inputs)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    let b: Vec<f32> = (0..outputs).map(|i| i as f32).collect();
+    let lin = Linear::from_torch(&w, b.clone(), outputs, inputs);
+    // Few rows take the streaming path (including a partial group of a tile), more take gemm
+    // per panel, and a batch of enough blocks of rows per thread takes gemm per block.
+    let blocked = 2 * rayon::current_num_threads() * ROW_BLOCK + 5;
+    for rows in [1, 6, SMALL_ROWS, SMALL_ROWS + 3, blocked] {
+        let x: Vec<f32> = (0..rows * inputs)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        let res: Vec<f32> = (0..rows * outputs).map(|i| i as f32 * 0.5).collect();
+        for residual in [None, Some(&res[..])] {
+            let mut out = vec![f32::NAN; rows * outputs];
+            lin.forward(&x, rows, residual, &mut out);
+            for r in 0..rows {
+                for o in 0..outputs {
+                    let want = (0..inputs)
+                        .map(|i| x[r * inputs + i] * w[o * inputs + i])
+                        .sum::<f32>()
+                        + b[o]
+                        + residual.map_or(0.0, |res| res[r * outputs + o]);
+                    let got = out[r * outputs + o];
+                    assert!(
+                        close(got, want, 1e-5),
+                        "rows {rows} ({r}, {o}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn concat_puts_outputs_side_by_side() {
+    let a = Linear::from_torch(&[1.0, 2.0], vec![0.5], 1, 2);
+    let b = Linear::from_torch(&[3.0, 4.0, 5.0, 6.0], vec![1.0, 2.0], 2, 2);
+    let ab = Linear::concat(&[a, b]);
+    let mut out = vec![0f32; 3];
+    ab.forward(&[1.0, 1.0], 1, None, &mut out);
+    assert_eq!(out, vec![3.5, 8.0, 13.0]);
+}
+
+#[test]
+fn int8_with_an_f32_tail_keeps_the_tail_exact_and_the_rest_close() {
+    let (inputs, outputs, tail) = (70, 48, 16);
+    let w: Vec<f32> = (0..outputs * inputs)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    let b: Vec<f32> = (0..outputs).map(|i| i as f32).collect();
+    let f32_layer = Linear::from_torch(&w, b.clone(), outputs, inputs);
+    let mut mixed = Linear::from_torch(&w, b, outputs, inputs);
+    mixed.to_int8_but_last(tail);
+    assert!(mixed.bytes() < f32_layer.bytes(), "{}", mixed.bytes());
+    for rows in [1, 5, SMALL_ROWS + 3] {
+        let x: Vec<f32> = (0..rows * inputs)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        let res: Vec<f32> = (0..rows * outputs).map(|i| i as f32 * 0.5).collect();
+        let (mut want, mut got) = (vec![0f32; rows * outputs], vec![0f32; rows * outputs]);
+        f32_layer.forward(&x, rows, Some(&res), &mut want);
+        mixed.forward(&x, rows, Some(&res), &mut got);
+        for r in 0..rows {
+            for o in 0..outputs {
+                let (g, w) = (got[r * outputs + o], want[r * outputs + o]);
+                let tol = if o >= outputs - tail { 1e-5 } else { 2e-2 };
+                assert!(close(g, w, tol), "rows {rows} ({r}, {o}): {g} vs {w}");
+            }
+        }
+    }
+}
