@@ -154,9 +154,10 @@ mod tests {
     /// Every tile shape this CPU can run, whatever `CAXTON_ISA` says, so the AVX2 and portable
     /// tiles are proved on an AVX-512 machine too.
     fn runnable() -> Vec<(&'static str, TileFn)> {
-        let mut all: Vec<(&'static str, TileFn)> = vec![("portable", portable)];
+        let all: Vec<(&'static str, TileFn)> = vec![("portable", portable)];
         #[cfg(target_arch = "x86_64")]
-        {
+        let all = {
+            let mut all = all;
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU has AVX2 and FMA.
                 all.push(("avx2", |x, rows, k, w, width, b| unsafe {
@@ -173,7 +174,8 @@ mod tests {
                     avx512(x, rows, k, w, width, b)
                 }));
             }
-        }
+            all
+        };
         all
     }
 
