@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
 use super::panels::{Panel, Panels};
 use crate::engine::kernels::elementwise::add_into;
 #[cfg(target_arch = "x86_64")]
@@ -20,31 +21,28 @@ pub fn forward(
     out: &mut [f32],
 ) {
     let (k, n) = (panels.inputs(), bias.len());
-    debug_assert!(x.len() == rows * k && out.len() == rows * n);
-    let mut blocks = vec![0f32; rows * n];
-    // One task per panel; `blocks` holds each panel's outputs row by row.
-    let mut parts: Vec<(Panel<'_>, &mut [f32])> = Vec::new();
-    let mut rest = &mut blocks[..];
-    for panel in panels.iter() {
-        let (block, tail) = rest.split_at_mut(rows * panel.width);
-        parts.push((panel, block));
-        rest = tail;
-    }
-    parts
-        .par_iter_mut()
-        .for_each(|(panel, block)| tile_rows(x, rows, k, panel.data, panel.width, block));
-    // Scatter into place with the bias (and residual).
-    for (panel, block) in &parts {
+    assert!(x.len() == rows * k && out.len() == rows * n);
+    assert!(residual.is_none_or(|r| r.len() == rows * n));
+    let dst = SendPtr(out.as_mut_ptr());
+    let list: Vec<Panel<'_>> = panels.iter().collect();
+    // One task per panel. Each writes its own columns of `out` with the bias (and residual)
+    // as it finishes, so there is no batch-wide buffer to allocate and no serial pass after.
+    list.par_iter().for_each(|panel| {
         let (first, width) = (panel.first, panel.width);
+        let mut block = vec![0f32; rows * width];
+        tile_rows(x, rows, k, panel.data, width, &mut block);
         for (r, src) in block.chunks_exact(width).enumerate() {
-            let dst = &mut out[r * n + first..r * n + first + width];
+            // SAFETY: columns `first..first + width` of row `r` lie inside `out` (`rows × n`,
+            // checked above), and only this panel's task writes them.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * n + first), width) };
             add_into(dst, src, &bias[first..first + width]);
             if let Some(res) = residual {
                 let res = &res[r * n + first..r * n + first + width];
                 dst.iter_mut().zip(res).for_each(|(o, r)| *o += r);
             }
         }
-    }
+    });
 }
 
 /// `block[r·width + c] = x_r · w_c` for `rows` rows of `x` over one panel `w` (`k` rows of
