@@ -209,7 +209,7 @@ impl Linear {
         self.prefill(residual, out);
         // One product per panel and block of rows, each on one thread. A block's rows stay
         // in L2 while every panel passes over them; a product over all the rows per panel
-        // would stream the whole batch from memory once per panel (10% slower on 4,096 rows).
+        // would stream the whole batch from memory once per panel (4-10% slower on 4,096 rows).
         let threads = rayon::current_num_threads();
         let list: Vec<_> = panels.iter().collect();
         let dst = SendPtr(out.as_mut_ptr());
