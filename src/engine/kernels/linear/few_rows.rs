@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::SendPtr;
-use super::panels::{Panel, Panels};
+use super::panels::Panels;
 use crate::engine::kernels::elementwise::add_into;
 #[cfg(target_arch = "x86_64")]
 use crate::engine::kernels::{Isa, isa};
@@ -24,10 +24,9 @@ pub fn forward(
     assert!(x.len() == rows * k && out.len() == rows * n);
     assert!(residual.is_none_or(|r| r.len() == rows * n));
     let dst = SendPtr(out.as_mut_ptr());
-    let list: Vec<Panel<'_>> = panels.iter().collect();
     // One task per panel. Each writes its own columns of `out` with the bias (and residual)
     // as it finishes, so there is no batch-wide buffer to allocate and no serial pass after.
-    list.par_iter().for_each(|panel| {
+    panels.par_iter().for_each(|panel| {
         let (first, width) = (panel.first, panel.width);
         let mut block = vec![0f32; rows * width];
         tile_rows(x, rows, k, panel.data, width, &mut block);
@@ -68,7 +67,7 @@ fn tiles<const L: usize, const R: usize, const V: usize, const FMA: bool>(
         let mut c = 0;
         while c < tiled {
             let mut acc = [[[0f32; L]; V]; R];
-            for (kk, wrow) in w.chunks_exact(width).take(k).enumerate() {
+            for (kk, wrow) in w.chunks_exact(width).enumerate() {
                 let (wv, _) = wrow[c..c + V * L].as_chunks::<L>();
                 for i in 0..R {
                     let xv = xs[i][kk];

@@ -5,6 +5,8 @@
 //! hardware prefetcher crosses, and only two L1 sets for all of them. A batch runs `gemm` once
 //! per panel (and block of rows), reading the panel as a row-major matrix of its own width.
 
+use rayon::prelude::*;
+
 /// Outputs per panel: a whole number of every f32 tile width (32 and 16 floats) and of
 /// MiniLM's and MPNet's widths (384, 768, 1,152, 1,536, 2,304, 3,072). Measured on whole
 /// passes against 64: the same few-row speed, and batches of 256 × 256 tokens as fast as
@@ -61,6 +63,13 @@ impl Panels {
         (0..self.outputs)
             .step_by(WIDTH)
             .map(move |first| self.panel_at(first))
+    }
+
+    /// The panels as a parallel iterator (one task per panel, no list built per call).
+    pub fn par_iter(&self) -> impl IndexedParallelIterator<Item = Panel<'_>> + '_ {
+        (0..self.outputs.div_ceil(WIDTH))
+            .into_par_iter()
+            .map(move |p| self.panel_at(p * WIDTH))
     }
 
     /// The panel whose outputs start at `first` (a multiple of [`WIDTH`]).
