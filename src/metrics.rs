@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Label set for per-model metrics.
@@ -26,6 +27,24 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Label set for request durations: the route and the model that served (empty when none).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointModelLabels {
+    /// Route template, e.g. `/v1/embeddings`.
+    pub endpoint: String,
+    /// Model id, or empty for requests no model served.
+    pub model: String,
+}
+
+/// Label set for per-model failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelReasonLabels {
+    /// Model id.
+    pub model: String,
+    /// The failure's stable code (`unusable_model`, `self_test_failed`, ...).
+    pub reason: String,
+}
+
 /// Label set for package rejections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -38,12 +57,30 @@ pub struct Metrics {
     registry: Registry,
     /// `caxton_requests_total{endpoint,status}`.
     pub requests: Family<RequestLabels, Counter>,
-    /// `caxton_embedded_texts_total`.
-    pub texts: Counter,
+    /// `caxton_request_duration_seconds{endpoint,model}`.
+    pub request_duration: Family<EndpointModelLabels, Histogram, fn() -> Histogram>,
+    /// `caxton_embedded_texts_total{model}`.
+    pub texts: Family<ModelLabel, Counter>,
+    /// `caxton_embedded_tokens_total{model}`: tokens the model saw, special tokens included.
+    pub tokens: Family<ModelLabel, Counter>,
+    /// `caxton_batch_size{model}`: texts per forward pass.
+    pub batch_size: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    /// `caxton_engine_queue_depth{model}`: jobs waiting for the model's engine thread.
+    pub engine_queue: Family<ModelLabel, Gauge>,
     /// `caxton_batches_total`: forward passes run.
     pub batches: Counter,
     /// `caxton_model_load_time_seconds{model}`: duration of the last load.
     pub load_time: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    /// `caxton_model_load_duration_seconds{model}`: every load's duration.
+    pub load_duration: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    /// `caxton_model_load_failures_total{model,reason}`.
+    pub load_failures: Family<ModelReasonLabels, Counter>,
+    /// `caxton_model_cache_size_bytes`: bytes of the verified store on disk.
+    pub store_bytes: Gauge,
+    /// `caxton_model_cache_entries`: packages unpacked in the verified store.
+    pub store_entries: Gauge,
+    /// `caxton_model_cache_max_bytes`: `store.max_size` in force.
+    pub store_bound: Gauge,
     /// `caxton_model_memory_usage_bytes{model}`: weights held in memory (0 when unloaded).
     pub memory: Family<ModelLabel, Gauge>,
     /// `caxton_model_validation_failures_total{reason}`: packages rejected.
@@ -69,7 +106,16 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             requests: Family::default(),
-            texts: Counter::default(),
+            request_duration: Family::new_with_constructor(request_buckets),
+            texts: Family::default(),
+            tokens: Family::default(),
+            batch_size: Family::new_with_constructor(batch_buckets),
+            engine_queue: Family::default(),
+            load_duration: Family::new_with_constructor(load_buckets),
+            load_failures: Family::default(),
+            store_bytes: Gauge::default(),
+            store_entries: Gauge::default(),
+            store_bound: Gauge::default(),
             batches: Counter::default(),
             load_time: Family::default(),
             memory: Family::default(),
@@ -88,7 +134,56 @@ impl Metrics {
             "HTTP requests by endpoint and status",
             m.requests.clone(),
         );
-        registry.register("caxton_embedded_texts", "Texts embedded", m.texts.clone());
+        registry.register(
+            "caxton_request_duration_seconds",
+            "Time from request to response, by route and the model that served",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "caxton_embedded_texts",
+            "Texts embedded, by model",
+            m.texts.clone(),
+        );
+        registry.register(
+            "caxton_embedded_tokens",
+            "Tokens embedded (special tokens included), by model",
+            m.tokens.clone(),
+        );
+        registry.register(
+            "caxton_batch_size",
+            "Texts per forward pass, by model",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "caxton_engine_queue_depth",
+            "Jobs waiting for the model's engine thread",
+            m.engine_queue.clone(),
+        );
+        registry.register(
+            "caxton_model_load_duration_seconds",
+            "Duration of each model load (self-test included)",
+            m.load_duration.clone(),
+        );
+        registry.register(
+            "caxton_model_load_failures",
+            "Model loads that failed, by model and reason",
+            m.load_failures.clone(),
+        );
+        registry.register(
+            "caxton_model_cache_size_bytes",
+            "Bytes of the verified store (unpacked packages) on disk",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "caxton_model_cache_entries",
+            "Packages unpacked in the verified store",
+            m.store_entries.clone(),
+        );
+        registry.register(
+            "caxton_model_cache_max_bytes",
+            "The bound on the verified store (store.max_size)",
+            m.store_bound.clone(),
+        );
         registry.register("caxton_batches", "Forward passes run", m.batches.clone());
         registry.register(
             "caxton_model_load_time_seconds",
@@ -154,6 +249,25 @@ impl Metrics {
             model: id.to_string(),
         }
     }
+}
+
+/// Request durations: 1 ms (one short text) to 30 s (a full batch on a slow board).
+fn request_buckets() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+/// Texts per forward pass: powers of two up to the largest `limits.max_texts` one sets.
+fn batch_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 10,
+    ))
+}
+
+/// Load durations: 50 ms (a small int8 model) to 2 min (a large one on a slow board).
+fn load_buckets() -> Histogram {
+    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0])
 }
 
 /// The process-wide metrics.

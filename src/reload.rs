@@ -117,8 +117,10 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
         return refuse(state, &format!("models.trusted_keys_dir: {reason}"));
     }
     let registry = state.registry.clone();
+    let bound = new.store.max_size;
     let scanned = tokio::task::spawn_blocking(move || {
         crate::package::Store::open(&state_dir)
+            .map(|store| store.bounded(bound))
             .map(|store| registry.verify_all(&store, &candidates, &policy, true))
     })
     .await;
@@ -165,7 +167,7 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     let keep = scan.digests();
     state.registry.commit(scan);
     if let Ok(store) = crate::package::Store::open(&new.state_dir) {
-        store.retain(&keep);
+        store.bounded(new.store.max_size).retain(&keep);
     }
     state
         .registry

@@ -66,6 +66,7 @@ pub async fn run(
                 }
             };
             crate::monitor::spawn(state.clone());
+            spawn_usage_saver(state.clone());
             crate::watchdog::spawn(state.clone());
             if let Err(e) = crate::sideload::spawn(state.clone()) {
                 tracing::warn!("cannot watch for side-loaded packages, they are picked up on reload only: {e}");
@@ -85,8 +86,27 @@ pub async fn run(
     systemd::stopping();
     let _ = stop_tx.send(());
     server.await??;
+    // Usage of the last requests, which the periodic save has not written yet.
+    state.registry.save_usage();
     tracing::info!(caxton_event = "stopped", "stopped");
     Ok(())
+}
+
+/// How often changed usage is written to `state_dir/usage.json`. A crash loses at most this
+/// much of it; a clean stop writes it at once.
+const USAGE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Writes changed usage every [`USAGE_SAVE_INTERVAL`].
+fn spawn_usage_saver(state: Arc<AppState>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(USAGE_SAVE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let registry = state.registry.clone();
+            let _ = tokio::task::spawn_blocking(move || registry.save_usage()).await;
+        }
+    });
 }
 
 /// Verifies every package and loads the default model. An error means no model can serve.
@@ -98,9 +118,12 @@ async fn start(state: &Arc<AppState>) -> Result<(), String> {
     let candidates = candidates(&settings);
     let registry = state.registry.clone();
     let policy = signature_policy(&settings);
+    let bound = settings.store.max_size;
     tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let store =
-            Store::open(&state_dir).map_err(|e| format!("cannot open the model store: {e}"))?;
+        registry.restore_usage(&state_dir);
+        let store = Store::open(&state_dir)
+            .map_err(|e| format!("cannot open the model store: {e}"))?
+            .bounded(bound);
         registry.scan(&store, &candidates, &policy, true);
         Ok(())
     })

@@ -27,7 +27,8 @@ pub async fn rescan(state: &Arc<AppState>, force: bool) {
     let registry = state.registry.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<(), String> {
         let store = Store::open(&settings.state_dir)
-            .map_err(|e| format!("cannot open the model store: {e}"))?;
+            .map_err(|e| format!("cannot open the model store: {e}"))?
+            .bounded(settings.store.max_size);
         registry.scan(
             &store,
             &candidates(&settings),

@@ -114,7 +114,10 @@ fn load_flush_and_status() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("loaded:       {MODEL} ({} MiB)", held >> 20)),
+        text.contains(&format!(
+            "loaded:       {MODEL} ({} MiB, idle unload at ",
+            held >> 20
+        )),
         "{text}"
     );
     let out = common::caxton(&d, &["unload", MODEL], None);
@@ -159,56 +162,53 @@ fn metrics_count_requests_batches_loads_and_rejections() {
     );
     d.embed(&["one", "two", "three"]);
     d.request("POST", "/v1/embeddings", "{");
-    let (s, body) = d.raw_request("GET", "/metrics", None).expect("metrics");
-    assert_eq!(s, 200);
-    let text = String::from_utf8(body).expect("utf-8");
-    let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    // Parsed by Prometheus' own parser: the exposition must be valid, not only contain lines.
+    let samples = common::scrape(&d);
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        common::sample(&samples, name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in {samples:?}"))
     };
+    let model = [("model", MODEL)];
     assert_eq!(
-        value(r#"caxton_requests_total{endpoint="/v1/embeddings",status="200"}"#),
+        value(
+            "caxton_requests_total",
+            &[("endpoint", "/v1/embeddings"), ("status", "200")]
+        ),
         1.0
     );
     assert_eq!(
-        value(r#"caxton_requests_total{endpoint="/v1/embeddings",status="400"}"#),
+        value(
+            "caxton_requests_total",
+            &[("endpoint", "/v1/embeddings"), ("status", "400")]
+        ),
         1.0
     );
-    assert_eq!(value("caxton_embedded_texts_total"), 3.0);
-    assert!(value("caxton_batches_total") >= 1.0);
-    assert!(
-        value(&format!(
-            r#"caxton_model_load_time_seconds{{model="{MODEL}"}}"#
-        )) > 0.0
-    );
+    assert_eq!(value("caxton_embedded_texts_total", &model), 3.0);
+    assert!(value("caxton_batches_total", &[]) >= 1.0);
+    assert!(value("caxton_model_load_time_seconds", &model) > 0.0);
     let held = model_entry(&d, MODEL).expect("entry")["memory_bytes"]
         .as_u64()
         .expect("memory_bytes");
     assert_eq!(
-        value(&format!(
-            r#"caxton_model_memory_usage_bytes{{model="{MODEL}"}}"#
-        )),
+        value("caxton_model_memory_usage_bytes", &model),
         held as f64
     );
     assert_eq!(
-        value(r#"caxton_model_validation_failures_total{reason="not_zstd"}"#),
+        value(
+            "caxton_model_validation_failures_total",
+            &[("reason", "not_zstd")]
+        ),
         1.0
     );
 
     d.request("DELETE", &format!("/api/memory/models/{MODEL}"), "");
-    let (_, body) = d.raw_request("GET", "/metrics", None).expect("metrics");
-    let text = String::from_utf8(body).expect("utf-8");
-    assert!(
-        text.contains(&format!(
-            "caxton_model_memory_usage_bytes{{model=\"{MODEL}\"}} 0"
-        )),
-        "{text}"
+    let samples = common::scrape(&d);
+    assert_eq!(
+        common::sample(&samples, "caxton_model_memory_usage_bytes", &model),
+        Some(0.0)
     );
-    assert!(
-        text.contains(&format!(
-            "caxton_models_unloaded_total{{model=\"{MODEL}\"}} 1"
-        )),
-        "{text}"
+    assert_eq!(
+        common::sample(&samples, "caxton_models_unloaded_total", &model),
+        Some(1.0)
     );
 }

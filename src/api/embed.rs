@@ -54,6 +54,7 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
             ),
         ));
     };
+    super::served_by(&id);
     let model = state.registry.acquire(&id).await?;
     let manifest = &model.package.manifest;
     let prompt = match req
@@ -120,8 +121,14 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
     tracing::debug!(caxton_model = %id, texts = encoded.len(), tokens, "embedding request queued");
     let normalized = req.normalize.unwrap_or(model.package.manifest.normalize);
     let vectors = model.embed(encoded, normalized).await?;
-    slot.touch();
-    crate::metrics::get().texts.inc_by(vectors.len() as u64);
+    slot.touch(tokens as u64);
+    let metrics = crate::metrics::get();
+    let label = crate::metrics::Metrics::model(&id);
+    metrics
+        .texts
+        .get_or_create(&label)
+        .inc_by(vectors.len() as u64);
+    metrics.tokens.get_or_create(&label).inc_by(tokens as u64);
     Ok(Embedded {
         model: id,
         normalized,

@@ -97,10 +97,12 @@ impl From<LoadError> for ApiError {
             LoadError::Unknown(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string())
             }
-            LoadError::Failed { .. } => ApiError::unavailable(
+            LoadError::Failed { retry_after, .. } => ApiError::unavailable(
                 "model_load_failed",
-                format!("{e}; see the daemon's journal, then replace the package"),
-                30,
+                format!(
+                    "{e}; see the daemon's journal (CAXTON_EVENT=model_load_failed), then replace the package"
+                ),
+                retry_after.as_secs_f64().ceil().max(1.0) as u64,
             ),
             LoadError::NoMemory {
                 reason,

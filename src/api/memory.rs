@@ -11,26 +11,49 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::peer::Peer;
-use super::status::require_admin;
+use super::status::{require_admin, unix_secs};
 use crate::state::AppState;
 
 /// `GET /api/memory/status`: model memory, the process and its cgroup, loaded models.
 pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let models = state.registry.models();
+    let memory_settings = state.registry.governor.settings();
     let loaded: Vec<Value> = models
         .iter()
         .filter(|m| m.state == crate::registry::ModelState::Loaded)
         .map(|m| {
+            // When the monitor unloads it for idleness, if nobody uses it before (it looks
+            // every few seconds, so a little after); never for pinned models.
+            let expires_at = match memory_settings.idle_limit(&m.id) {
+                Some(limit) if !m.pinned => m.idle_since.map(|t| t + limit),
+                _ => None,
+            };
             json!({
                 "id": m.id,
                 "memory_bytes": m.memory_bytes,
                 "priority": m.priority,
                 "pinned": m.pinned,
-                "last_use": m.last_use.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                "last_use": unix_secs(m.last_use),
                 "use_count": m.use_count,
+                "expires_at": unix_secs(expires_at),
             })
         })
         .collect();
+    let failed: Vec<Value> = models
+        .iter()
+        .filter_map(|m| {
+            let f = m.failure.as_ref()?;
+            Some(json!({
+                "id": m.id,
+                "reason": f.reason,
+                "reason_code": f.reason_code,
+                "at": unix_secs(Some(f.at)),
+                "attempts": f.attempts,
+                "retry_at": unix_secs(Some(f.retry_at)),
+            }))
+        })
+        .collect();
+    let metrics = crate::metrics::get();
     let in_use: u64 = models.iter().filter_map(|m| m.memory_bytes).sum();
     let (rss, peak) = crate::memory::process_rss();
     let gov = &state.registry.governor;
@@ -44,6 +67,18 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         .map(|(id, bytes)| json!({"id": id, "bytes": bytes}))
         .collect();
     let levels = crate::memory::hierarchy::read(&crate::memory::hierarchy::Paths::system());
+    let room = |l: &crate::memory::hierarchy::Level| {
+        l.hard_bytes.map(|h| h.saturating_sub(l.working_set_bytes))
+    };
+    // What the process may still grow by before the tightest hard limit above it, and what
+    // the machine has available (MemAvailable).
+    let available = json!({
+        "process_bytes": levels.iter().filter_map(room).min(),
+        "system_bytes": levels
+            .iter()
+            .find(|l| l.kind == crate::memory::hierarchy::Kind::System)
+            .and_then(room),
+    });
     let limit =
         crate::memory::hierarchy::Assessment::of(&levels, gov.thresholds(&settings)).map(|a| {
             let l = &levels[a.binding];
@@ -70,8 +105,15 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "loads": {"total": loads, "last_minute": loads_minute},
         "load_queue": {"waiting": waiting, "refused": queue_refused, "admitting": gov.admitting()},
         "process": {"rss_bytes": rss, "peak_rss_bytes": peak},
+        "available": available,
         "cgroup": crate::memory::cgroup::current(),
+        "store": {
+            "bytes": metrics.store_bytes.get(),
+            "entries": metrics.store_entries.get(),
+            "max_bytes": metrics.store_bound.get(),
+        },
         "loaded": loaded,
+        "failed": failed,
     }))
 }
 
@@ -82,6 +124,9 @@ pub async fn load(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &peer, "POST /api/memory/models/{id}/load")?;
+    // An operator's explicit load is tried now, whatever the backoff of a failed one says.
+    state.registry.retry_now(&id);
+    super::served_by(&id);
     let model = state.registry.acquire(&id).await?;
     state.report_status();
     Ok(Json(json!({

@@ -68,15 +68,40 @@ async fn metrics() -> impl axum::response::IntoResponse {
     )
 }
 
-/// Counts every routed request by its route template and status.
+tokio::task_local! {
+    /// The model a request is for, once its handler knows it: the duration metric's label.
+    static SERVED_BY: std::cell::RefCell<String>;
+}
+
+/// Records that the request being handled is for model `id`.
+fn served_by(id: &str) {
+    let _ = SERVED_BY.try_with(|m| *m.borrow_mut() = id.to_string());
+}
+
+/// Counts every routed request by its route template and status, and times it by route and
+/// model.
 async fn count_requests(
     matched: axum::extract::MatchedPath,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let endpoint = matched.as_str().to_string();
-    let response = next.run(request).await;
-    crate::metrics::get()
+    let started = std::time::Instant::now();
+    let (model, response) = SERVED_BY
+        .scope(std::cell::RefCell::new(String::new()), async {
+            let response = next.run(request).await;
+            (SERVED_BY.with(|m| m.take()), response)
+        })
+        .await;
+    let metrics = crate::metrics::get();
+    metrics
+        .request_duration
+        .get_or_create(&crate::metrics::EndpointModelLabels {
+            endpoint: endpoint.clone(),
+            model,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    metrics
         .requests
         .get_or_create(&crate::metrics::RequestLabels {
             endpoint,

@@ -57,8 +57,16 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "precision": m.precision,
                 "loaded_precision": m.loaded_precision,
                 "kernel": m.kernel,
-                "last_use": m.last_use.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                "last_use": unix_secs(m.last_use),
                 "use_count": m.use_count,
+                "tokens": m.tokens,
+                "failure": m.failure.as_ref().map(|f| json!({
+                    "reason": f.reason,
+                    "reason_code": f.reason_code,
+                    "at": unix_secs(Some(f.at)),
+                    "attempts": f.attempts,
+                    "retry_at": unix_secs(Some(f.retry_at)),
+                })),
             })
         })
         .collect();
@@ -73,6 +81,12 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         })
     }));
     Json(json!({"object": "list", "data": data}))
+}
+
+/// A time as whole seconds since the Unix epoch, as every endpoint reports times.
+pub fn unix_secs(t: Option<std::time::SystemTime>) -> Option<u64> {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
 }
 
 /// `POST /api/reload` (admin): re-reads the configuration directory and answers once the new

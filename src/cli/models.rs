@@ -42,10 +42,14 @@ fn models_table(v: &serde_json::Value) -> String {
                         (serde_json::Value::String(l), _) => l.clone(),
                         _ => text("precision"),
                     };
-                    let detail = if m["state"] == "rejected" {
-                        format!("{} ({})", text("file"), text("reason"))
-                    } else {
-                        text("file")
+                    let detail = match m["state"].as_str() {
+                        Some("rejected") => format!("{} ({})", text("file"), text("reason")),
+                        Some("failed") => format!(
+                            "{} (load failed: {})",
+                            text("file"),
+                            m["failure"]["reason"].as_str().unwrap_or("?")
+                        ),
+                        _ => text("file"),
                     };
                     [
                         text("id"),
@@ -102,6 +106,9 @@ mod tests {
              "file": "c.tar.zst", "precision": "f32", "loaded_precision": null},
             {"id": null, "state": "rejected", "source": "side-loaded", "file": "d.tar.zst",
              "reason": "sha256 mismatch"},
+            {"id": "e", "version": "1", "state": "failed", "source": "side-loaded",
+             "file": "e.tar.zst", "precision": "f32", "loaded_precision": null,
+             "failure": {"reason": "self-test at load failed: value 0 of the vector is NaN"}},
         ]});
         let table = models_table(&v);
         let lines: Vec<Vec<&str>> = table
@@ -129,5 +136,10 @@ mod tests {
         assert_eq!(lines[2][5], "f32 (bf16 configured)");
         assert_eq!(lines[3][4..], ["-", "f32", "c.tar.zst"]);
         assert_eq!(lines[4][5..], ["-", "d.tar.zst (sha256 mismatch)"]);
+        assert_eq!(lines[5][2], "failed");
+        assert_eq!(
+            lines[5][6],
+            "e.tar.zst (load failed: self-test at load failed: value 0 of the vector is NaN)"
+        );
     }
 }

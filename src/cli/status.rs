@@ -59,9 +59,17 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("              {why}");
     }
     println!(
-        "process:      rss {}, peak {}",
+        "process:      rss {}, peak {}; {} available to it, {} to the system",
         mib(&v["process"]["rss_bytes"]),
-        mib(&v["process"]["peak_rss_bytes"])
+        mib(&v["process"]["peak_rss_bytes"]),
+        mib(&v["available"]["process_bytes"]),
+        mib(&v["available"]["system_bytes"])
+    );
+    println!(
+        "store:        {} in {} package(s), bound {} (store.max_size)",
+        mib(&v["store"]["bytes"]),
+        v["store"]["entries"].as_u64().unwrap_or(0),
+        mib(&v["store"]["max_bytes"])
     );
     match v["cgroup"].as_object() {
         Some(c) => println!(
@@ -84,9 +92,15 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
             a.iter()
                 .map(|m| {
                     format!(
-                        "{} ({})",
+                        "{} ({}{})",
                         m["id"].as_str().unwrap_or("?"),
-                        mib(&m["memory_bytes"])
+                        mib(&m["memory_bytes"]),
+                        m["expires_at"].as_u64().map_or(String::new(), |t| format!(
+                            ", idle unload at {}",
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
+                            )
+                        ))
                     )
                 })
                 .collect()
@@ -100,5 +114,19 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
             loaded.join(", ")
         }
     );
+    for f in v["failed"].as_array().into_iter().flatten() {
+        println!(
+            "failed:       {}: {} ({} attempt(s); next not before {})",
+            f["id"].as_str().unwrap_or("?"),
+            f["reason"].as_str().unwrap_or("?"),
+            f["attempts"].as_u64().unwrap_or(0),
+            f["retry_at"]
+                .as_u64()
+                .map_or("?".into(), |t| humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
+                )
+                .to_string())
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::units::{ByteSize, Duration};
 
@@ -307,30 +307,8 @@ impl Serialize for Budget {
 
 impl<'de> Deserialize<'de> for Budget {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = Budget;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("auto, or a size such as 512MiB")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Budget, E> {
-                Ok(Budget::Bytes(ByteSize(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Budget, E> {
-                u64::try_from(v)
-                    .map(|v| Budget::Bytes(ByteSize(v)))
-                    .map_err(|_| E::custom(format!("{v} is negative; a budget cannot be")))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Budget, E> {
-                if v.trim() == "auto" {
-                    return Ok(Budget::Auto);
-                }
-                v.parse::<ByteSize>().map(Budget::Bytes).map_err(|e| {
-                    E::custom(format!("{e}, or auto to derive it from the memory limit"))
-                })
-            }
-        }
-        d.deserialize_any(V)
+        super::units::auto_or_size(d, "to derive it from the memory limit")
+            .map(|size| size.map_or(Budget::Auto, Budget::Bytes))
     }
 }
 

@@ -6,6 +6,7 @@ mod explain;
 mod load;
 pub mod memory;
 mod precision;
+pub mod store;
 #[cfg(test)]
 mod tests;
 pub mod units;
@@ -21,6 +22,7 @@ pub use memory::{
     Budget, MemorySettings, ModelMemorySettings, PressureSettings, PressureSourceSetting,
 };
 pub use precision::Precision;
+pub use store::{StoreBound, StoreSettings};
 pub use units::{ByteSize, Duration, Mode};
 
 /// Default configuration directory.
@@ -40,6 +42,8 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Memory budget, model lifecycle and pressure shedding.
     pub memory: MemorySettings,
+    /// Disk kept by the verified store.
+    pub store: StoreSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -112,6 +116,7 @@ impl Default for Settings {
             models: ModelSettings::default(),
             limits: LimitSettings::default(),
             memory: MemorySettings::default(),
+            store: StoreSettings::default(),
             log: LogSettings::default(),
         }
     }

@@ -129,7 +129,37 @@ fn explain_names_the_source_of_each_value() {
     );
     assert_eq!(find("log.level").source, dropin.display().to_string());
     assert_eq!(find("socket.path").source, "default");
-    assert_eq!(all.len(), 34);
+    assert_eq!(all.len(), 35);
+}
+
+#[test]
+fn store_max_size_is_auto_or_a_size() {
+    use crate::config::StoreBound;
+    assert_eq!(load("").expect("default").store.max_size, StoreBound::Auto);
+    assert_eq!(
+        StoreBound::Auto.bytes(1000),
+        250,
+        "a quarter of the filesystem"
+    );
+    assert_eq!(
+        load("store:\n  max_size: 2GiB\n")
+            .expect("size")
+            .store
+            .max_size,
+        StoreBound::Bytes(ByteSize(2 << 30))
+    );
+    assert_eq!(StoreBound::Bytes(ByteSize(7)).bytes(1000), 7);
+    let e = load("store:\n  max_size: lots\n")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("store.max_size") && e.contains(", or auto for a quarter of the filesystem"),
+        "{e}"
+    );
+    let e = load("store:\n  max_size: -1\n")
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("-1 is negative; a size cannot be"), "{e}");
 }
 
 #[test]

@@ -67,6 +67,38 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Duration(pub std::time::Duration);
 
+/// A key that takes `auto` or a size: `None` for `auto`. `auto_means` ends the error message
+/// ("to derive it from the memory limit").
+pub(crate) fn auto_or_size<'de, D: Deserializer<'de>>(
+    d: D,
+    auto_means: &'static str,
+) -> Result<Option<ByteSize>, D::Error> {
+    struct V(&'static str);
+    impl de::Visitor<'_> for V {
+        type Value = Option<ByteSize>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("auto, or a size such as 512MiB")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(ByteSize(v)))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(|v| Some(ByteSize(v)))
+                .map_err(|_| E::custom(format!("{v} is negative; a size cannot be")))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            if v.trim() == "auto" {
+                return Ok(None);
+            }
+            v.parse::<ByteSize>()
+                .map(Some)
+                .map_err(|e| E::custom(format!("{e}, or auto {}", self.0)))
+        }
+    }
+    d.deserialize_any(V(auto_means))
+}
+
 impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

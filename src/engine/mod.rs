@@ -124,17 +124,46 @@ impl LoadedModel {
             worker::Worker::spawn(&m.id, encoder, m.pooling, limits, options.queue).map_err(
                 |e| PackageError::Unusable(format!("cannot start the engine thread: {e}")),
             )?;
-        Ok(LoadedModel {
+        let model = LoadedModel {
             package: package.clone(),
             tokenizer: Arc::new(tokenizer),
-            load_time: started.elapsed(),
+            load_time: Duration::ZERO,
             weight_bytes,
             precision,
             precision_fallback,
             kernel: kernels::kernel_name(precision),
             worker,
             freed,
+        };
+        model.self_test().map_err(PackageError::SelfTest)?;
+        Ok(LoadedModel {
+            load_time: started.elapsed(),
+            ..model
         })
+    }
+
+    /// Embeds one short text through the engine thread and checks the vector is one the
+    /// model may serve: weights that load but compute garbage are found here, not by a
+    /// client. Blocking.
+    fn self_test(&self) -> Result<(), String> {
+        let m = &self.package.manifest;
+        let text = self
+            .tokenizer
+            .encode(SELF_TEST_TEXT)
+            .map_err(|e| format!("the tokenizer cannot encode {SELF_TEST_TEXT:?}: {e}"))?;
+        let (reply, rx) = oneshot::channel();
+        self.worker
+            .submit(worker::Job {
+                texts: vec![text],
+                normalize: m.normalize,
+                reply,
+            })
+            .map_err(|e| format!("the engine thread took no job: {e}"))?;
+        let vectors = rx
+            .blocking_recv()
+            .map_err(|_| "the engine thread stopped".to_string())?
+            .map_err(|e| format!("embedding {SELF_TEST_TEXT:?} failed: {e}"))?;
+        check_self_test(&vectors, m.dimensions, m.normalize)
     }
 
     /// Turns `true` once the engine thread has stopped and the model's memory is freed
@@ -174,6 +203,39 @@ impl LoadedModel {
         })?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
+}
+
+/// The text embedded at every load.
+const SELF_TEST_TEXT: &str = "Caxton checks this model before it serves.";
+
+/// Whether `vectors`, the self-test's answer, is one finite vector of `dimensions` values, of
+/// unit length when `normalize`.
+fn check_self_test(vectors: &[Vec<f32>], dimensions: usize, normalize: bool) -> Result<(), String> {
+    let [v] = vectors else {
+        return Err(format!("{} vectors for one text", vectors.len()));
+    };
+    if v.len() != dimensions {
+        return Err(format!(
+            "the vector has {} values, the manifest's dimensions say {dimensions}",
+            v.len()
+        ));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(format!(
+            "value {i} of the vector is {} (the weights compute non-finite numbers)",
+            v[i]
+        ));
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if normalize && (norm - 1.0).abs() > 1e-3 {
+        return Err(format!(
+            "the vector's length is {norm}, not 1 as the manifest's normalize: true needs"
+        ));
+    }
+    if norm == 0.0 {
+        return Err("the vector is all zeros".into());
+    }
+    Ok(())
 }
 
 /// The watchdog's verdict on one engine: `answered` is the empty job's outcome (`None`: no
@@ -305,6 +367,40 @@ mod tests {
                 T
             ),
             Err("the engine of m failed a round trip: boom".into())
+        );
+    }
+
+    #[test]
+    fn the_self_test_refuses_every_kind_of_garbage_vector() {
+        let unit = vec![0.6, 0.8, 0.0];
+        assert_eq!(
+            check_self_test(std::slice::from_ref(&unit), 3, true),
+            Ok(())
+        );
+        assert_eq!(
+            check_self_test(&[vec![3.0, 4.0, 0.0]], 3, false),
+            Ok(()),
+            "unnormalized models may have any length"
+        );
+        assert_eq!(
+            check_self_test(&[], 3, true),
+            Err("0 vectors for one text".into())
+        );
+        assert_eq!(
+            check_self_test(std::slice::from_ref(&unit), 4, true),
+            Err("the vector has 3 values, the manifest's dimensions say 4".into())
+        );
+        assert_eq!(
+            check_self_test(&[vec![0.6, f32::NAN, 0.0]], 3, false),
+            Err("value 1 of the vector is NaN (the weights compute non-finite numbers)".into())
+        );
+        assert_eq!(
+            check_self_test(&[vec![3.0, 4.0, 0.0]], 3, true),
+            Err("the vector's length is 5, not 1 as the manifest's normalize: true needs".into())
+        );
+        assert_eq!(
+            check_self_test(&[vec![0.0; 3]], 3, false),
+            Err("the vector is all zeros".into())
         );
     }
 }

@@ -8,6 +8,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{oneshot, watch};
 
 use super::EngineError;
@@ -36,6 +38,8 @@ pub struct Job {
 pub struct Worker {
     tx: SyncSender<Job>,
     beat: Arc<Beat>,
+    /// `caxton_engine_queue_depth{model}`: up when a job is queued, down when taken.
+    depth: Gauge,
 }
 
 /// What the engine thread last showed of itself, for the watchdog.
@@ -80,10 +84,28 @@ impl Worker {
         let beat = Arc::new(Beat::default());
         beat.last.store(clock_ms(), Ordering::Relaxed);
         let thread_beat = beat.clone();
+        let metrics = crate::metrics::get();
+        let label = crate::metrics::Metrics::model(name);
+        let depth = metrics.engine_queue.get_or_create(&label).clone();
+        depth.set(0);
+        let meters = Meters {
+            depth: depth.clone(),
+            batch_size: metrics.batch_size.get_or_create(&label).clone(),
+        };
         std::thread::Builder::new()
             .name(format!("engine:{name}"))
-            .spawn(move || run(rx, encoder, pooling, limits, freed_tx, &thread_beat))?;
-        Ok((Worker { tx, beat }, freed_rx))
+            .spawn(move || {
+                run(
+                    rx,
+                    encoder,
+                    pooling,
+                    limits,
+                    freed_tx,
+                    &thread_beat,
+                    &meters,
+                )
+            })?;
+        Ok((Worker { tx, beat, depth }, freed_rx))
     }
 
     /// What the engine thread is doing: it wakes at least every second when idle and marks
@@ -100,11 +122,22 @@ impl Worker {
 
     /// Queues a job, or refuses it at once when the queue is full.
     pub fn submit(&self, job: Job) -> Result<(), EngineError> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => EngineError::Busy,
-            TrySendError::Disconnected(_) => EngineError::Stopped,
+        // Counted before the send, so the engine thread never takes a job not yet counted.
+        self.depth.inc();
+        self.tx.try_send(job).map_err(|e| {
+            self.depth.dec();
+            match e {
+                TrySendError::Full(_) => EngineError::Busy,
+                TrySendError::Disconnected(_) => EngineError::Stopped,
+            }
         })
     }
+}
+
+/// The engine thread's own metrics, labelled with its model once.
+struct Meters {
+    depth: Gauge,
+    batch_size: Histogram,
 }
 
 fn run(
@@ -114,13 +147,17 @@ fn run(
     shared: Arc<RwLock<BatchLimits>>,
     freed: watch::Sender<bool>,
     beat: &Beat,
+    meters: &Meters,
 ) {
     // Whether the pass buffers are held; they go back after a quiet tick.
     let mut holding = false;
     loop {
         beat.last.store(clock_ms(), Ordering::Relaxed);
         let first = match rx.recv_timeout(TICK) {
-            Ok(job) => job,
+            Ok(job) => {
+                meters.depth.dec();
+                job
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if std::mem::take(&mut holding) {
                     encoder.release_workspace(false);
@@ -137,6 +174,7 @@ fn run(
         while queued < limits.max_texts {
             match rx.try_recv() {
                 Ok(job) => {
+                    meters.depth.dec();
                     queued += job.texts.len();
                     jobs.push(job);
                 }
@@ -150,7 +188,7 @@ fn run(
         holding = true;
         // Whatever panics inside a batch fails that batch, never the engine thread.
         let results = catch_unwind(AssertUnwindSafe(|| {
-            embed_jobs(&encoder, pooling, limits, &jobs, beat)
+            embed_jobs(&encoder, pooling, limits, &jobs, beat, &meters.batch_size)
         }))
         .unwrap_or_else(|_| {
             tracing::error!(caxton_event = "engine_error", "a batch panicked");
@@ -181,6 +219,7 @@ fn embed_jobs(
     limits: BatchLimits,
     jobs: &[Job],
     beat: &Beat,
+    batch_size: &Histogram,
 ) -> Vec<JobResult> {
     let refs: Vec<(usize, usize)> = jobs
         .iter()
@@ -203,6 +242,7 @@ fn embed_jobs(
             })
             .collect();
         crate::metrics::get().batches.inc();
+        batch_size.observe(texts.len() as f64);
         beat.pass_started.store(clock_ms() + 1, Ordering::Relaxed);
         // The pass runs on a pool thread: its parallel steps are then that thread's own work,
         // shared with the other threads, instead of jobs this thread hands over and sleeps

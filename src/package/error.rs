@@ -110,6 +110,10 @@ pub enum PackageError {
     /// manifest, the tokenizer does not parse, ...).
     #[error("unusable model: {0}")]
     Unusable(String),
+    /// The model loaded but its first embedding, computed at load, is not a vector it may
+    /// serve (not finite, the wrong width, not unit length where the manifest normalizes).
+    #[error("self-test at load failed: {0}")]
+    SelfTest(String),
 }
 
 /// Marker carried in the io::Error when the decompressed stream passes its budget, so the
@@ -169,6 +173,7 @@ impl PackageError {
             PackageError::Sidecar(_) => "sidecar_mismatch",
             PackageError::Signature { kind, .. } => kind,
             PackageError::Unusable(_) => "unusable_model",
+            PackageError::SelfTest(_) => "self_test_failed",
         }
     }
 }

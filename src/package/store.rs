@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use super::error::PackageError;
 use super::manifest::{MANIFEST_NAME, Manifest};
 use super::signature::SignaturePolicy;
-use super::verify::{EntrySink, check_sidecar, verify_reader};
+use super::verify::{DiscardSink, EntrySink, check_sidecar, verify_reader};
+use crate::config::StoreBound;
 
 /// Prefix of staging directories; anything with it is a leftover of an interrupted install.
 const STAGING_PREFIX: &str = ".staging-";
@@ -20,6 +21,8 @@ const STAGING_PREFIX: &str = ".staging-";
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// `store.max_size`.
+    bound: StoreBound,
 }
 
 /// A package that verified and sits unpacked in the store.
@@ -55,7 +58,39 @@ impl Store {
                 }
             }
         }
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            bound: StoreBound::Auto,
+        })
+    }
+
+    /// The same store, kept within `bound` (`store.max_size`) by the scans that use it.
+    pub fn bounded(self, bound: StoreBound) -> Store {
+        Store { bound, ..self }
+    }
+
+    /// `store.max_size` in bytes: `auto` is a share of the filesystem holding the store.
+    pub fn bound_bytes(&self) -> u64 {
+        // fsblkcnt_t and c_ulong are 32-bit on some targets (armv7 edge boards).
+        #[allow(clippy::useless_conversion)]
+        let filesystem = nix::sys::statvfs::statvfs(&self.root).map_or(0, |s| {
+            u64::from(s.blocks()).saturating_mul(u64::from(s.fragment_size()))
+        });
+        let bytes = self.bound.bytes(filesystem);
+        crate::metrics::get().store_bound.set(bytes as i64);
+        bytes
+    }
+
+    /// Verifies `package` (sidecar and signature included) without unpacking it: a version
+    /// the store does not keep (superseded) is still checked and reported. When the store
+    /// already holds it, the stored entry is checked (and rebuilt if damaged) as by
+    /// [`Store::install`]. [`StoredPackage::is_stored`] tells which.
+    pub fn verify(
+        &self,
+        package: &Path,
+        policy: &SignaturePolicy,
+    ) -> Result<StoredPackage, PackageError> {
+        self.admit(package, policy, false)
     }
 
     /// Verifies `package` (sidecar and signature included) and makes it available in the store.
@@ -69,6 +104,15 @@ impl Store {
         &self,
         package: &Path,
         policy: &SignaturePolicy,
+    ) -> Result<StoredPackage, PackageError> {
+        self.admit(package, policy, true)
+    }
+
+    fn admit(
+        &self,
+        package: &Path,
+        policy: &SignaturePolicy,
+        unpack: bool,
     ) -> Result<StoredPackage, PackageError> {
         let mut file = super::open_regular(package)?;
         let size = file
@@ -108,6 +152,21 @@ impl Store {
             }
         }
 
+        if !unpack {
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| PackageError::io("rewind", package, e))?;
+            let verified = verify_reader(file, size, &mut DiscardSink)?;
+            if verified.package_sha256 != sha {
+                return Err(PackageError::Malformed(
+                    "the file changed while it was being verified".into(),
+                ));
+            }
+            return Ok(StoredPackage {
+                dir,
+                manifest: verified.manifest,
+                package_sha256: sha,
+            });
+        }
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let staging = self.root.join(format!(
             "{STAGING_PREFIX}{sha}-{}-{}",
@@ -160,8 +219,9 @@ impl Store {
         })
     }
 
-    /// Removes store entries whose digest is not in `keep` (packages replaced or removed).
-    /// Loaded models keep working: they hold their weights in memory, not the files.
+    /// Removes store entries whose digest is not in `keep`: packages removed, versions
+    /// superseded beyond one fallback, fallbacks past `store.max_size`. Loaded models keep
+    /// working: they hold their weights in memory, not the files.
     pub fn retain(&self, keep: &[String]) {
         let Ok(entries) = fs::read_dir(&self.root) else {
             return;
@@ -172,16 +232,57 @@ impl Store {
                 continue;
             }
             if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let what = self
+                    .open_entry(&entry.path(), &name)
+                    .map(|p| format!("{} version {}", p.manifest.id, p.manifest.version))
+                    .unwrap_or_else(|_| "an unreadable entry".into());
                 if let Err(e) = fs::remove_dir_all(entry.path()) {
                     tracing::warn!(
-                        "cannot remove unused store entry {}: {e}",
+                        "cannot remove unused store entry {} ({what}): {e}",
                         entry.path().display()
                     );
                 } else {
-                    tracing::debug!("removed unused store entry {name}");
+                    tracing::info!(
+                        caxton_event = "store_entry_removed",
+                        caxton_file = %entry.path().display(),
+                        "store entry {name} ({what}) removed: no package version the daemon keeps refers to it (package removed, superseded beyond one fallback, or a fallback past store.max_size)"
+                    );
                 }
             }
         }
+        self.measure();
+    }
+
+    /// Bytes on disk and number of the store's entries (staging directories left out); also
+    /// published as `caxton_model_cache_size_bytes` and `caxton_model_cache_entries`.
+    pub fn measure(&self) -> (u64, u64) {
+        fn bytes_under(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => bytes_under(&e.path()),
+                    Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        let (mut bytes, mut entries) = (0, 0);
+        if let Ok(list) = fs::read_dir(&self.root) {
+            for entry in list.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bytes += bytes_under(&entry.path());
+                    entries += 1;
+                }
+            }
+        }
+        let m = crate::metrics::get();
+        m.store_bytes.set(bytes as i64);
+        m.store_entries.set(entries as i64);
+        (bytes, entries)
     }
 
     fn open_entry(&self, dir: &Path, sha: &str) -> Result<StoredPackage, PackageError> {
@@ -198,6 +299,17 @@ impl Store {
 }
 
 impl StoredPackage {
+    /// Whether its files are unpacked in the store (a superseded version may be verified
+    /// without being kept there).
+    pub fn is_stored(&self) -> bool {
+        self.dir.join(MANIFEST_NAME).is_file()
+    }
+
+    /// Bytes its files take unpacked.
+    pub fn unpacked_bytes(&self) -> u64 {
+        self.manifest.files.iter().map(|f| f.size).sum()
+    }
+
     /// Re-hashes every file of the entry against the manifest, streaming.
     pub fn validate(&self) -> Result<(), PackageError> {
         for entry in &self.manifest.files {
@@ -326,8 +438,8 @@ impl EntrySink for DirSink {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
-                    "{size} bytes to unpack but only {free} free in {} (keeping {FREE_SPACE_MARGIN} spare); free some space, the package is tried again at the next scan",
-                    self.root.display()
+                    "not enough disk space to unpack {path}: it needs {size} bytes and {} has {free} bytes free, of which {FREE_SPACE_MARGIN} are kept spare for the rest of the device; free some space (or lower store.max_size), the package is tried again at the next scan",
+                    self.root.parent().unwrap_or(&self.root).display()
                 ),
             ));
         }

@@ -39,6 +39,9 @@ impl Registry {
         if let Some(model) = loaded_now(&slot) {
             return Ok(model);
         }
+        if let Some(refusal) = slot.backing_off() {
+            return Err(refusal);
+        }
         let queue = self.governor.settings().load_queue;
         let now = Instant::now();
         let deadline = now.checked_add(queue.max_wait.0).unwrap_or(now);
@@ -97,7 +100,16 @@ impl Registry {
         .map_err(|e| LoadError::Failed {
             id: id.to_string(),
             reason: format!("the load task failed: {e}"),
+            retry_after: super::slot::BACKOFF_BASE,
         })?
+    }
+
+    /// Forgets the backoff of `id`'s failed load, so the next acquire tries at once (an
+    /// operator asking for the load explicitly).
+    pub fn retry_now(&self, id: &str) {
+        if let Some(slot) = self.get(id) {
+            slot.clear_backoff();
+        }
     }
 
     /// A refusal for lack of memory, counted and logged; `lasting` when no wait would help.

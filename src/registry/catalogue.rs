@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::retention;
 use super::slot::ModelSlot;
 use super::{Registry, Rejection, Source};
 use crate::config::Settings;
@@ -62,8 +63,7 @@ pub fn signature_policy(settings: &Settings) -> SignaturePolicy {
 pub struct ScanResult {
     winners: BTreeMap<String, (StoredPackage, Candidate)>,
     rejected: Vec<Rejection>,
-    /// Store digests of every verified package, winners and superseded versions alike (the
-    /// latter are the fallback when a winner is removed).
+    /// Store digests to keep: the serving versions and the fallbacks within `store.max_size`.
     verified: Vec<String>,
     cache: HashMap<PathBuf, (Option<Stamp>, Verdict)>,
 }
@@ -134,8 +134,9 @@ impl Registry {
         store.retain(&keep);
     }
 
-    /// Verifies every candidate into `store` and picks the winner of each id, changing nothing
-    /// in the registry's view. A file whose stamp (size, times, inode of it and its sidecars)
+    /// Verifies every candidate and picks the version of each id that serves, changing nothing
+    /// in the registry's view; only what the store keeps is unpacked into it (see
+    /// [`super::retention`]). A file whose stamp (size, times, inode of it and its sidecars)
     /// is unchanged since the last scan keeps its verdict without being read again, so a
     /// rejection is logged once, not on every rescan; `force` re-verifies everything (start-up,
     /// reload, periodic re-validation). Blocking.
@@ -146,9 +147,7 @@ impl Registry {
         policy: &SignaturePolicy,
         force: bool,
     ) -> ScanResult {
-        let mut winners: BTreeMap<String, (StoredPackage, Candidate)> = BTreeMap::new();
         let mut rejected = Vec::new();
-        let mut verified = Vec::new();
         // Verdicts only enter the cache when this scan is committed, so a refused reload (say,
         // one that dropped require_signature) leaves no verdicts made under its policy behind.
         let mut cache = self
@@ -162,6 +161,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let mut by_id: BTreeMap<String, Vec<(StoredPackage, Candidate)>> = BTreeMap::new();
         for c in candidates.iter().filter(|c| !pending.contains(&c.file)) {
             let stamp = Stamp::of(&c.file);
             let cached = cache
@@ -169,7 +169,7 @@ impl Registry {
                 .filter(|(s, _)| !force && stamp.is_some() && *s == stamp);
             let verdict = match cached {
                 Some((_, verdict)) => verdict,
-                None => match store.install(&c.file, policy) {
+                None => match store.verify(&c.file, policy) {
                     Ok(pkg) => {
                         tracing::info!(
                             caxton_event = "package_verified",
@@ -182,15 +182,7 @@ impl Registry {
                         );
                         Ok(pkg)
                     }
-                    Err(e) => {
-                        report_rejection(&c.file, &e);
-                        Err(Rejection {
-                            file: c.file.clone(),
-                            source: c.source,
-                            kind: e.kind(),
-                            reason: e.to_string(),
-                        })
-                    }
+                    Err(e) => Err(rejection(c, &e)),
                 },
             };
             // An I/O failure (a full disk, say) is not a property of the file: try it again at the
@@ -198,49 +190,83 @@ impl Registry {
             if !matches!(&verdict, Err(r) if r.kind == "io_error") {
                 next_cache.insert(c.file.clone(), (stamp, verdict.clone()));
             }
-            let pkg = match verdict {
-                Ok(pkg) => {
-                    verified.push(pkg.package_sha256.clone());
-                    pkg
-                }
-                Err(r) => {
-                    rejected.push(r);
-                    continue;
-                }
-            };
-            let id = pkg.manifest.id.clone();
-            let replaces = match winners.get(&id) {
-                None => true,
-                Some((other, other_c)) => {
-                    let newer =
-                        compare_versions(&pkg.manifest.version, &other.manifest.version).is_gt();
-                    let ((win, win_c), (lose, lose_c)) = if newer {
-                        ((&pkg, c), (other, other_c))
-                    } else {
-                        ((other, other_c), (&pkg, c))
-                    };
-                    tracing::info!(
-                        caxton_event = "package_superseded",
-                        caxton_model = %id,
-                        "{id}: version {} from {} wins over version {} from {}",
-                        win.manifest.version,
-                        win_c.file.display(),
-                        lose.manifest.version,
-                        lose_c.file.display()
-                    );
-                    newer
-                }
-            };
-            if replaces {
-                winners.insert(id, (pkg, c.clone()));
+            match verdict {
+                Ok(pkg) => by_id
+                    .entry(pkg.manifest.id.clone())
+                    .or_default()
+                    .push((pkg, c.clone())),
+                Err(r) => rejected.push(r),
             }
         }
         drop(cache);
+
+        let mut winners = BTreeMap::new();
+        let mut serving = Vec::new();
+        let mut fallbacks = Vec::new();
+        for (id, mut versions) in by_id {
+            versions.sort_by(|(a, _), (b, _)| {
+                compare_versions(&b.manifest.version, &a.manifest.version)
+            });
+            let mut versions = versions.into_iter();
+            // The newest version that is in the store or can be unpacked into it now serves.
+            let mut winner = None;
+            for (pkg, c) in versions.by_ref() {
+                if pkg.is_stored() {
+                    winner = Some((pkg, c));
+                    break;
+                }
+                match store.install(&c.file, policy) {
+                    Ok(stored) => {
+                        winner = Some((stored, c));
+                        break;
+                    }
+                    Err(e) => {
+                        let r = rejection(&c, &e);
+                        match next_cache.get_mut(&c.file) {
+                            _ if r.kind == "io_error" => {
+                                next_cache.remove(&c.file);
+                            }
+                            Some(entry) => entry.1 = Err(r.clone()),
+                            None => {}
+                        }
+                        rejected.push(r);
+                    }
+                }
+            }
+            let Some((pkg, c)) = winner else {
+                continue;
+            };
+            let rest: Vec<_> = versions.collect();
+            for (lose, lose_c) in &rest {
+                tracing::info!(
+                    caxton_event = "package_superseded",
+                    caxton_model = %id,
+                    "{id}: version {} from {} wins over version {} from {}",
+                    pkg.manifest.version,
+                    c.file.display(),
+                    lose.manifest.version,
+                    lose_c.file.display()
+                );
+            }
+            if let Some((f, f_c)) = rest.iter().find(|(p, _)| p.is_stored()) {
+                use std::os::unix::fs::MetadataExt;
+                fallbacks.push(retention::Fallback {
+                    sha: f.package_sha256.clone(),
+                    bytes: f.unpacked_bytes(),
+                    arrived: std::fs::metadata(&f_c.file).map_or(0, |m| m.mtime()),
+                });
+            }
+            serving.push((pkg.package_sha256.clone(), pkg.unpacked_bytes()));
+            winners.insert(id, (pkg, c));
+        }
+        let bound = store.bound_bytes();
+        let kept = retention::retain(&serving, &fallbacks, bound);
+        warn_over_bound(kept.bytes, bound);
         ScanResult {
             cache: next_cache,
             winners,
             rejected,
-            verified,
+            verified: kept.keep,
         }
     }
 
@@ -249,14 +275,27 @@ impl Registry {
     pub fn commit(&self, scan: ScanResult) {
         *self.verdicts.lock().unwrap_or_else(|p| p.into_inner()) = scan.cache;
         let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = BTreeMap::new();
         for (id, (pkg, c)) in scan.winners {
             let slot = match models.remove(&id) {
                 Some(slot) if slot.package.package_sha256 == pkg.package_sha256 => slot,
-                _ => Arc::new(ModelSlot::new(pkg, c.file, c.source)),
+                // A new version keeps the model's usage: it is the same model to its clients.
+                Some(old) => Arc::new(ModelSlot::new(pkg, c.file, c.source, &old.record())),
+                None => Arc::new(ModelSlot::new(
+                    pkg,
+                    c.file,
+                    c.source,
+                    &remembered.remove(&id).unwrap_or_default(),
+                )),
             };
             next.insert(id, slot);
         }
+        // Models whose package went away: their usage waits for the package to come back.
+        for (id, slot) in models.iter() {
+            remembered.insert(id.clone(), slot.record());
+        }
+        drop(remembered);
         *models = next;
         *self.rejected.write().unwrap_or_else(|p| p.into_inner()) = scan.rejected;
     }
@@ -264,6 +303,36 @@ impl Registry {
     /// Records which files are still being written (see [`crate::package::settle`]).
     pub fn set_pending(&self, files: HashSet<PathBuf>) {
         *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = files;
+    }
+}
+
+/// Logs and counts `e`, the refusal of candidate `c`, and makes it the rejection reported.
+fn rejection(c: &Candidate, e: &PackageError) -> Rejection {
+    report_rejection(&c.file, e);
+    Rejection {
+        file: c.file.clone(),
+        source: c.source,
+        kind: e.kind(),
+        reason: e.to_string(),
+    }
+}
+
+/// Warns, once each time it starts, that the versions in use alone take more than
+/// `store.max_size`: nothing more can be removed without making a model unusable.
+fn warn_over_bound(bytes: u64, bound: u64) {
+    static OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let over = bytes > bound;
+    if over && !OVER.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            caxton_event = "store_over_bound",
+            bytes,
+            bound,
+            "the verified store needs {} MiB for the model versions that serve, more than store.max_size ({} MiB); they are kept (no fallback versions are); raise store.max_size or remove packages",
+            bytes >> 20,
+            bound >> 20
+        );
+    } else if !over {
+        OVER.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -8,7 +8,9 @@
 mod admission;
 mod catalogue;
 mod loaded;
+pub mod retention;
 mod slot;
+pub mod usage_file;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -44,6 +46,23 @@ pub enum ModelState {
     Loading,
     /// In memory and serving.
     Loaded,
+    /// Its last load failed; requests get 503 until the backoff ends, then it is tried again.
+    Failed,
+}
+
+/// A model's last failed load, as `GET /api/models` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureInfo {
+    /// What went wrong.
+    pub reason: String,
+    /// Stable name of the failure (the package error's kind).
+    pub reason_code: &'static str,
+    /// When the last attempt failed.
+    pub at: SystemTime,
+    /// Failed attempts in a row.
+    pub attempts: u32,
+    /// The next attempt is not made before this time.
+    pub retry_at: SystemTime,
 }
 
 /// A package that was refused, kept so it can be reported.
@@ -84,6 +103,12 @@ pub struct ModelInfo {
     pub last_use: Option<SystemTime>,
     /// Requests served.
     pub use_count: u64,
+    /// When it was last used or (if later) loaded: the start of its idle time.
+    pub idle_since: Option<SystemTime>,
+    /// Tokens embedded.
+    pub tokens: u64,
+    /// The last load failed, and the backoff before the next.
+    pub failure: Option<FailureInfo>,
     /// 1 (most valuable) to 5 (shed first).
     pub priority: u8,
     /// Never unloaded by idleness, budget or pressure.
@@ -111,6 +136,8 @@ pub enum LoadError {
         id: String,
         /// Why.
         reason: String,
+        /// Until the next attempt (the backoff).
+        retry_after: Duration,
     },
     /// Memory does not allow the load now.
     #[error("{reason}")]
@@ -144,6 +171,11 @@ pub struct Registry {
     loaded_event: tokio::sync::Notify,
     /// The memory policy's state: budget, rules, shedding.
     pub governor: Arc<Governor>,
+    /// Usage read from `state_dir` at start, and of models whose package is gone meanwhile:
+    /// given to a model's slot when its package appears, kept in the file until then.
+    remembered: Mutex<BTreeMap<String, usage_file::Record>>,
+    /// Where usage is kept, once [`Registry::restore_usage`] set it; and what was last written.
+    usage_store: Mutex<Option<(PathBuf, BTreeMap<String, usage_file::Record>)>>,
 }
 
 impl Registry {
@@ -160,6 +192,61 @@ impl Registry {
             loaded_event: tokio::sync::Notify::new(),
             verdicts: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashSet::new()),
+            remembered: Mutex::new(BTreeMap::new()),
+            usage_store: Mutex::new(None),
+        }
+    }
+
+    /// Reads the usage kept under `state_dir` (before the first scan, whose models take it)
+    /// and keeps it there from now on.
+    pub fn restore_usage(&self, state_dir: &std::path::Path) {
+        let path = usage_file::path(state_dir);
+        let records = usage_file::read(&path);
+        if !records.is_empty() {
+            tracing::info!(
+                caxton_event = "usage_restored",
+                "usage of {} models restored from {}",
+                records.len(),
+                path.display()
+            );
+        }
+        *self.remembered.lock().unwrap_or_else(|p| p.into_inner()) = records.clone();
+        *self.usage_store.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, records));
+    }
+
+    /// Every model's usage: the verified models', and what is remembered of the others.
+    pub fn usage_records(&self) -> BTreeMap<String, usage_file::Record> {
+        let mut records = self
+            .remembered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        for (id, slot) in models.iter() {
+            records.insert(id.clone(), slot.record());
+        }
+        records
+    }
+
+    /// Writes the usage file when usage changed since the last write; a failure is logged
+    /// (with the file and the reason) and tried again at the next call.
+    pub fn save_usage(&self) {
+        let records = self.usage_records();
+        let mut store = self.usage_store.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((path, written)) = store.as_mut() else {
+            return;
+        };
+        if *written == records {
+            return;
+        }
+        match usage_file::write(path, &records) {
+            Ok(()) => *written = records,
+            Err(e) => tracing::warn!(
+                caxton_event = "usage_state_unwritable",
+                caxton_file = %path.display(),
+                "cannot write model usage to {}: {e}; it is kept in memory and tried again",
+                path.display()
+            ),
         }
     }
 

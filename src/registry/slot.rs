@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::{LoadError, ModelInfo, ModelState, Source};
+use super::usage_file::Record;
+use super::{FailureInfo, LoadError, ModelInfo, ModelState, Source};
 use crate::engine::{BatchLimits, EngineOptions, LoadedModel, Precision};
 use crate::memory::governor::Governor;
 use crate::package::{PackageError, StoredPackage};
@@ -25,6 +26,32 @@ pub(super) struct Usage {
     pub(super) precision: Option<Precision>,
     /// What its linear layers run on.
     pub(super) kernel: Option<&'static str>,
+    /// Tokens embedded (persisted with the use count).
+    pub(super) tokens: u64,
+    /// The last load failed: no new attempt before its backoff ends.
+    pub(super) failure: Option<Failure>,
+}
+
+/// A failed load and the backoff it started.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub(super) reason: String,
+    pub(super) kind: &'static str,
+    pub(super) at: SystemTime,
+    /// Failed loads in a row.
+    pub(super) attempts: u32,
+    pub(super) retry_at: Instant,
+}
+
+/// The first wait after a failed load; each further failure doubles it, up to [`BACKOFF_CAP`].
+pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
+/// The longest wait between two attempts to load a model that keeps failing.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// The wait after `attempts` failed loads in a row.
+pub fn backoff(attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1 << doublings).min(BACKOFF_CAP)
 }
 
 /// One verified model.
@@ -40,14 +67,44 @@ pub struct ModelSlot {
 }
 
 impl ModelSlot {
-    /// A verified model found in `file`, not loaded.
-    pub(super) fn new(package: StoredPackage, file: PathBuf, source: Source) -> ModelSlot {
+    /// A verified model found in `file`, not loaded, with the usage `record` kept of it.
+    pub(super) fn new(
+        package: StoredPackage,
+        file: PathBuf,
+        source: Source,
+        record: &Record,
+    ) -> ModelSlot {
+        let last_use = record.last_use_time();
+        // The monotonic clock of a last use before this start, for recency: as long ago as
+        // the wall clock says, or unknown when that is before the machine's boot.
+        let last_use_at = last_use
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .and_then(|ago| Instant::now().checked_sub(ago));
         ModelSlot {
             package,
             file,
             source,
             loaded: tokio::sync::Mutex::new(None),
-            usage: Mutex::new(Usage::default()),
+            usage: Mutex::new(Usage {
+                use_count: record.use_count,
+                tokens: record.tokens,
+                last_use,
+                last_use_at,
+                ..Usage::default()
+            }),
+        }
+    }
+
+    /// Its usage as the usage file keeps it.
+    pub(super) fn record(&self) -> Record {
+        let u = self.usage();
+        Record {
+            use_count: u.use_count,
+            last_use: u
+                .last_use
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            tokens: u.tokens,
         }
     }
 
@@ -72,13 +129,30 @@ impl ModelSlot {
             id: m.id.clone(),
             version: m.version.clone(),
             source: self.source,
-            state: u.state.unwrap_or(ModelState::Available),
+            state: match (u.state, &u.failure) {
+                (Some(ModelState::Loading | ModelState::Loaded), _) => {
+                    u.state.unwrap_or(ModelState::Available)
+                }
+                (_, Some(_)) => ModelState::Failed,
+                (state, None) => state.unwrap_or(ModelState::Available),
+            },
+            failure: u.failure.as_ref().map(|f| FailureInfo {
+                reason: f.reason.clone(),
+                reason_code: f.kind,
+                at: f.at,
+                attempts: f.attempts,
+                retry_at: SystemTime::now() + f.retry_at.saturating_duration_since(Instant::now()),
+            }),
+            tokens: u.tokens,
             file: self.file.clone(),
             dimensions: m.dimensions,
             max_seq_length: m.max_seq_length,
             memory_bytes: u.memory_bytes,
             last_use: u.last_use,
             use_count: u.use_count,
+            idle_since: u
+                .last_use_at
+                .and_then(|t| SystemTime::now().checked_sub(t.elapsed())),
         }
     }
 
@@ -116,12 +190,40 @@ impl ModelSlot {
         }
     }
 
-    /// Records one request served.
-    pub fn touch(&self) {
+    /// Records one request served, of `tokens` tokens.
+    pub fn touch(&self, tokens: u64) {
         let mut u = self.usage();
         u.last_use = Some(SystemTime::now());
         u.last_use_at = Some(Instant::now());
         u.use_count += 1;
+        u.tokens += tokens;
+    }
+
+    /// While the backoff of a failed load runs: the error a request gets instead of another
+    /// attempt (503 with the time left).
+    pub(super) fn backing_off(&self) -> Option<LoadError> {
+        let u = self.usage();
+        let f = u.failure.as_ref()?;
+        let left = f.retry_at.checked_duration_since(Instant::now())?;
+        Some(LoadError::Failed {
+            id: self.package.manifest.id.clone(),
+            reason: format!(
+                "{} ({} failed attempt{} in a row; the next one is not before {}s from now)",
+                f.reason,
+                f.attempts,
+                if f.attempts == 1 { "" } else { "s" },
+                left.as_secs_f64().ceil()
+            ),
+            retry_after: left,
+        })
+    }
+
+    /// Forgets a failed load's backoff, so the next request tries at once (an operator's
+    /// explicit load).
+    pub(super) fn clear_backoff(&self) {
+        if let Some(f) = self.usage().failure.as_mut() {
+            f.retry_at = Instant::now();
+        }
     }
 
     pub(super) async fn acquire(
@@ -183,6 +285,7 @@ impl ModelSlot {
                 );
                 {
                     let mut u = self.usage();
+                    u.failure = None;
                     u.state = Some(ModelState::Loaded);
                     u.precision = Some(model.precision);
                     u.kernel = Some(model.kernel);
@@ -195,21 +298,48 @@ impl ModelSlot {
                 m.load_time
                     .get_or_create(&label)
                     .set(model.load_time.as_secs_f64());
+                m.load_duration
+                    .get_or_create(&label)
+                    .observe(model.load_time.as_secs_f64());
                 m.memory.get_or_create(&label).set(bytes as i64);
                 *loaded = Some(model.clone());
                 Ok(model)
             }
             Err(e) => {
-                self.usage().state = Some(ModelState::Available);
+                let wait = {
+                    let mut u = self.usage();
+                    u.state = Some(ModelState::Available);
+                    let attempts = u.failure.as_ref().map_or(0, |f| f.attempts) + 1;
+                    let wait = backoff(attempts);
+                    u.failure = Some(Failure {
+                        reason: e.to_string(),
+                        kind: e.kind(),
+                        at: SystemTime::now(),
+                        attempts,
+                        retry_at: Instant::now() + wait,
+                    });
+                    wait
+                };
+                crate::metrics::get()
+                    .load_failures
+                    .get_or_create(&crate::metrics::ModelReasonLabels {
+                        model: id.clone(),
+                        reason: e.kind().to_string(),
+                    })
+                    .inc();
+                // Once per attempt: requests during the backoff are refused without a line.
                 tracing::error!(
                     caxton_event = "model_load_failed",
                     caxton_model = %id,
                     caxton_reason = e.kind(),
-                    "model {id} failed to load: {e}"
+                    retry_after_s = wait.as_secs(),
+                    "model {id} failed to load: {e}; requests get 503 and the next attempt is not before {}s from now",
+                    wait.as_secs()
                 );
                 Err(LoadError::Failed {
                     id,
                     reason: e.to_string(),
+                    retry_after: wait,
                 })
             }
         }

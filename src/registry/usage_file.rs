@@ -1,0 +1,144 @@
+//! Usage kept across restarts and upgrades: each model's use count, last use and tokens in
+//! `state_dir/usage.json`, written atomically (a synced temporary file renamed over the old
+//! one), read back at start. A missing file is a first start; a corrupt one is logged and
+//! ignored: usage is advice to the memory policy and the operator, never a reason not to
+//! serve.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The file's format; a file of another format is ignored like a corrupt one.
+const FORMAT: u32 = 1;
+
+/// One model's usage as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Requests served.
+    pub use_count: u64,
+    /// Last request, in seconds since the Unix epoch.
+    pub last_use: Option<u64>,
+    /// Tokens embedded.
+    pub tokens: u64,
+}
+
+impl Record {
+    /// `last_use` as a time.
+    pub fn last_use_time(&self) -> Option<SystemTime> {
+        self.last_use
+            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageFile {
+    format: u32,
+    models: BTreeMap<String, Record>,
+}
+
+/// Where the usage of the daemon with `state_dir` is kept.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("usage.json")
+}
+
+/// The records in `path`: empty when it does not exist; empty, with a warning naming the file
+/// and the fault, when it cannot be read or parsed.
+pub fn read(path: &Path) -> BTreeMap<String, Record> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) => {
+            ignored(path, &format!("cannot read it: {e}"));
+            return BTreeMap::new();
+        }
+    };
+    match serde_json::from_slice::<UsageFile>(&bytes) {
+        Ok(f) if f.format == FORMAT => f.models,
+        Ok(f) => {
+            ignored(
+                path,
+                &format!("it has format {}, this caxtond reads {FORMAT}", f.format),
+            );
+            BTreeMap::new()
+        }
+        Err(e) => {
+            ignored(path, &format!("it is not valid usage JSON: {e}"));
+            BTreeMap::new()
+        }
+    }
+}
+
+fn ignored(path: &Path, why: &str) {
+    tracing::warn!(
+        caxton_event = "usage_state_ignored",
+        caxton_file = %path.display(),
+        "model usage in {} is ignored ({why}); use counts start from zero and the file is rewritten",
+        path.display()
+    );
+}
+
+/// Writes `models` to `path` atomically: readers see the old file or the new one, whole.
+pub fn write(path: &Path, models: &BTreeMap<String, Record>) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(&UsageFile {
+        format: FORMAT,
+        models: models.clone(),
+    })
+    .map_err(std::io::Error::other)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".usage-")
+        .tempfile_in(dir)?;
+    tmp.write_all(&body)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_a_write_and_a_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = path(dir.path());
+        let mut models = BTreeMap::new();
+        models.insert(
+            "m".to_string(),
+            Record {
+                use_count: 7,
+                last_use: Some(1_700_000_000),
+                tokens: 91,
+            },
+        );
+        write(&p, &models).expect("write");
+        assert_eq!(read(&p), models);
+        assert_eq!(
+            models["m"].last_use_time(),
+            UNIX_EPOCH.checked_add(Duration::from_secs(1_700_000_000))
+        );
+        // No temporary file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("usage.json")]);
+    }
+
+    #[test]
+    fn a_missing_corrupt_or_foreign_file_reads_as_no_usage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = path(dir.path());
+        assert!(read(&p).is_empty());
+        std::fs::write(&p, b"{\"format\": 1, \"models\": {\"m\": {\"use_count\": ").expect("w");
+        assert!(read(&p).is_empty());
+        std::fs::write(&p, b"{\"format\": 2, \"models\": {}}").expect("w");
+        assert!(read(&p).is_empty());
+        std::fs::write(&p, b"[]").expect("w");
+        assert!(read(&p).is_empty());
+    }
+}
