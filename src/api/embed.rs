@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::error::ApiError;
-use crate::engine::Encoded;
+use crate::engine::{Cut, Encoded};
 use crate::state::AppState;
 
 /// One embedding request, whatever API it came through.
@@ -15,6 +15,8 @@ pub struct EmbedRequest {
     pub texts: Vec<String>,
     /// Cut texts at the model's limit (true) or refuse them with 413 (false).
     pub truncate: bool,
+    /// Which end of an over-long text goes.
+    pub cut: Cut,
     /// Override the model's normalisation.
     pub normalize: Option<bool>,
     /// One of the model's prompts to put before every text (else its default prompt).
@@ -86,6 +88,7 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         })?),
     };
     let tokenizer = model.tokenizer.clone();
+    let cut = req.cut;
     let texts = match prompt {
         // As sentence-transformers does: the prompt is part of the text, tokens and all.
         Some(p) => req.texts.into_iter().map(|t| format!("{p}{t}")).collect(),
@@ -94,7 +97,7 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
     let encoded: Vec<Encoded> = tokio::task::spawn_blocking(move || {
         texts
             .iter()
-            .map(|t| tokenizer.encode(t))
+            .map(|t| tokenizer.encode_cut(t, cut))
             .collect::<Result<Vec<_>, _>>()
     })
     .await

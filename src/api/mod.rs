@@ -38,6 +38,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/embed", post(tei::embed_handler))
+        .route("/tokenize", post(tei::tokenize))
+        .route("/info", get(tei::info))
         .route("/health", get(status::health))
         .route("/api/models", get(status::models))
         .route("/api/reload", post(status::reload))

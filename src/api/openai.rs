@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::embed::{EmbedRequest, embed};
 use super::error::ApiError;
 use super::input::{parse_body, texts};
+use crate::engine::Cut;
 use crate::engine::pool::l2_normalize;
 use crate::state::AppState;
 
@@ -61,6 +62,7 @@ pub async fn embeddings(
             model: req.model,
             texts: inputs,
             truncate: true,
+            cut: Cut::End,
             normalize: None,
             prompt_name: req.prompt_name,
         },

@@ -1,4 +1,5 @@
-//! text-embeddings-inference-compatible `POST /embed` (default model).
+//! text-embeddings-inference-compatible endpoints on the default model: `POST /embed`,
+//! `POST /tokenize` and `GET /info`.
 
 use std::sync::Arc;
 
@@ -6,11 +7,12 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::embed::{EmbedRequest, embed};
 use super::error::ApiError;
 use super::input::{parse_body, texts};
+use crate::engine::{Cut, Token};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -19,18 +21,36 @@ struct EmbedBody {
     inputs: Value,
     normalize: Option<bool>,
     truncate: Option<bool>,
+    truncation_direction: Option<Value>,
     prompt_name: Option<String>,
 }
 
-/// `POST /embed`: `{"inputs": str or [str], "normalize"?, "truncate"?}` → `[[f32...]...]`.
-/// `truncate` defaults to true (as sentence-transformers behaves); false turns an over-long
-/// text into a 413.
+/// TEI's `truncation_direction`: `"Right"` (the default) cuts the end of an over-long text,
+/// `"Left"` its start. Lower case is accepted too.
+fn cut(value: Option<Value>) -> Result<Cut, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(Cut::End),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("right") => Ok(Cut::End),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("left") => Ok(Cut::Start),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_truncation_direction",
+            format!(
+                "`truncation_direction` is {other}; it must be \"Right\" (cut the end of an over-long text, the default) or \"Left\" (cut its start)"
+            ),
+        )),
+    }
+}
+
+/// `POST /embed`: `{"inputs": str or [str], "normalize"?, "truncate"?,
+/// "truncation_direction"?}` → `[[f32...]...]`. `truncate` defaults to true (as
+/// sentence-transformers behaves); false turns an over-long text into a 413.
 pub async fn embed_handler(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let settings = state.settings();
     let req: EmbedBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let cut = cut(req.truncation_direction)?;
     let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
     let out = embed(
         &state,
@@ -38,10 +58,127 @@ pub async fn embed_handler(
             model: None,
             texts: inputs,
             truncate: req.truncate.unwrap_or(true),
+            cut,
             normalize: req.normalize,
             prompt_name: req.prompt_name,
         },
     )
     .await?;
     Ok(Json(out.vectors))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizeBody {
+    inputs: Value,
+    add_special_tokens: Option<bool>,
+    prompt_name: Option<String>,
+}
+
+/// `POST /tokenize`: `{"inputs": str or [str], "add_special_tokens"?: bool, "prompt_name"?}`
+/// → one list per text of `{"id", "text", "special", "start", "stop"}` (byte offsets into
+/// the text as sent, the prompt excluded), untruncated, for clients that cut texts by tokens.
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Vec<Vec<Token>>>, ApiError> {
+    super::check_serving(&state)?;
+    let settings = state.settings();
+    let req: TokenizeBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
+    let id = settings.models.default.clone();
+    super::served_by(&id);
+    let model = state.registry.acquire(&id).await?;
+    let manifest = &model.package.manifest;
+    let prompt = match req.prompt_name {
+        None => String::new(),
+        Some(name) => manifest.prompts.get(&name).cloned().ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_prompt",
+                format!("model {id} has no prompt {name:?}"),
+            )
+        })?,
+    };
+    let special = req.add_special_tokens.unwrap_or(true);
+    let tokenizer = model.tokenizer.clone();
+    tokio::task::spawn_blocking(move || {
+        inputs
+            .iter()
+            .map(|text| {
+                let mut tokens = tokenizer.tokens(&format!("{prompt}{text}"), special)?;
+                // Offsets into the text the client sent: the prompt's tokens keep none.
+                for t in &mut tokens {
+                    match (t.start, t.stop) {
+                        (Some(a), Some(b)) if a >= prompt.len() => {
+                            t.start = Some(a - prompt.len());
+                            t.stop = Some(b - prompt.len());
+                        }
+                        _ => (t.start, t.stop) = (None, None),
+                    }
+                }
+                Ok(tokens)
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "tokenizer_error",
+            e.to_string(),
+        )
+    })?
+    .map(Json)
+    .map_err(|e| ApiError::bad_request("tokenizer_error", e))
+}
+
+/// `GET /info`: the default model as TEI describes it (`model_id`, `model_type`,
+/// `max_input_length`, batch limits, `version`), plus Caxton's `kind`, `dimensions`,
+/// `state` and `precision`. Answers without loading the model.
+pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let settings = state.settings();
+    let id = &settings.models.default;
+    let m = state
+        .registry
+        .models()
+        .into_iter()
+        .find(|m| &m.id == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("the default model {id:?} (models.default) has no verified package"),
+            )
+        })?;
+    let slot = state
+        .registry
+        .get(id)
+        .ok_or_else(|| ApiError::new(axum::http::StatusCode::NOT_FOUND, "model_not_found", id))?;
+    let manifest = &slot.package.manifest;
+    let precision = m.loaded_precision.unwrap_or(m.precision);
+    Ok(Json(json!({
+        "model_id": m.id,
+        "model_sha": slot.package.package_sha256,
+        "model_dtype": match precision.name() {
+            "f32" => "float32",
+            "bf16" => "bfloat16",
+            other => other,
+        },
+        "model_type": {"embedding": {"pooling": manifest.pooling}},
+        "prompts": manifest.prompts,
+        "default_prompt": manifest.default_prompt,
+        "max_concurrent_requests": settings.limits.queue_depth,
+        "max_input_length": m.max_seq_length,
+        "max_batch_tokens": settings.limits.max_batch_tokens,
+        "max_batch_requests": null,
+        "max_client_batch_size": settings.limits.max_inputs,
+        "auto_truncate": true,
+        "tokenization_workers": null,
+        "version": env!("CARGO_PKG_VERSION"),
+        "kind": "embedding",
+        "dimensions": m.dimensions,
+        "model_version": m.version,
+        "state": m.state,
+        "precision": precision,
+    })))
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::package::{PackageError, StoredPackage};
 pub use batch::BatchLimits;
-pub use tokenize::{Encoded, TextTokenizer};
+pub use tokenize::{Cut, Encoded, TextTokenizer, Token};
 
 /// Why the engine could not produce vectors.
 #[derive(Debug, Clone, thiserror::Error)]

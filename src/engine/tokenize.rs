@@ -26,9 +26,40 @@ impl Encoded {
     }
 }
 
+/// Which end of an over-long text is cut (TEI's `truncation_direction`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Cut {
+    /// Keep the beginning, cut the end (sentence-transformers' behaviour).
+    #[default]
+    End,
+    /// Keep the end, cut the beginning.
+    Start,
+}
+
+/// One token as `POST /tokenize` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Token {
+    /// Its id in the vocabulary.
+    pub id: u32,
+    /// The text it covers, or the special token itself.
+    pub text: String,
+    /// Whether the tokenizer added it (`[CLS]`, `[SEP]`, `<s>`, ...).
+    pub special: bool,
+    /// Byte offset of its first byte in the text (`None` for special tokens).
+    pub start: Option<usize>,
+    /// Byte offset one past its last byte.
+    pub stop: Option<usize>,
+}
+
 /// A tokenizer configured for one model.
 pub struct TextTokenizer {
+    /// Truncates at the end (the default).
     inner: Tokenizer,
+    /// Truncates at the start; built on first use (few clients ask for it).
+    from_start: std::sync::OnceLock<Result<Tokenizer, String>>,
+    /// No truncation, for `POST /tokenize`; built on first use.
+    whole: std::sync::OnceLock<Tokenizer>,
+    max_len: usize,
 }
 
 impl TextTokenizer {
@@ -45,13 +76,41 @@ impl TextTokenizer {
             }))
             .map_err(|e| format!("tokenizer.json: cannot truncate at {max_len}: {e}"))?;
         inner.with_padding(None);
-        Ok(TextTokenizer { inner })
+        Ok(TextTokenizer {
+            inner,
+            from_start: std::sync::OnceLock::new(),
+            whole: std::sync::OnceLock::new(),
+            max_len,
+        })
     }
 
-    /// Tokenizes one text, adding the model's special tokens.
+    /// Tokenizes one text, adding the model's special tokens; an over-long text loses its end.
     pub fn encode(&self, text: &str) -> Result<Encoded, String> {
-        let enc = self
-            .inner
+        self.encode_cut(text, Cut::End)
+    }
+
+    /// Tokenizes one text, adding the model's special tokens; an over-long text loses the
+    /// side `cut` says.
+    pub fn encode_cut(&self, text: &str, cut: Cut) -> Result<Encoded, String> {
+        let tokenizer = match cut {
+            Cut::End => &self.inner,
+            Cut::Start => self
+                .from_start
+                .get_or_init(|| {
+                    let mut t = self.inner.clone();
+                    t.with_truncation(Some(TruncationParams {
+                        max_length: self.max_len,
+                        strategy: TruncationStrategy::LongestFirst,
+                        stride: 0,
+                        direction: TruncationDirection::Left,
+                    }))
+                    .map_err(|e| format!("cannot truncate at the start: {e}"))?;
+                    Ok(t)
+                })
+                .as_ref()
+                .map_err(Clone::clone)?,
+        };
+        let enc = tokenizer
             .encode(text, true)
             .map_err(|e| format!("tokenization failed: {e}"))?;
         Ok(Encoded {
@@ -59,5 +118,45 @@ impl TextTokenizer {
             type_ids: enc.get_type_ids().to_vec(),
             truncated: !enc.get_overflowing().is_empty(),
         })
+    }
+
+    /// Every token of `text`, untruncated, with the model's special tokens when
+    /// `special_tokens`: what `POST /tokenize` answers.
+    pub fn tokens(&self, text: &str, special_tokens: bool) -> Result<Vec<Token>, String> {
+        let whole = self.whole.get_or_init(|| {
+            let mut t = self.inner.clone();
+            // Cannot fail: no truncation has no parameters to refuse.
+            let _ = t.with_truncation(None);
+            t
+        });
+        let enc = whole
+            .encode(text, special_tokens)
+            .map_err(|e| format!("tokenization failed: {e}"))?;
+        Ok(enc
+            .get_ids()
+            .iter()
+            .zip(enc.get_tokens())
+            .zip(enc.get_offsets())
+            .zip(enc.get_special_tokens_mask())
+            .map(|(((&id, token), &(start, stop)), &special)| {
+                let special = special == 1;
+                match text.get(start..stop).filter(|_| !special) {
+                    Some(covered) => Token {
+                        id,
+                        text: covered.to_string(),
+                        special,
+                        start: Some(start),
+                        stop: Some(stop),
+                    },
+                    None => Token {
+                        id,
+                        text: token.clone(),
+                        special,
+                        start: None,
+                        stop: None,
+                    },
+                }
+            })
+            .collect())
     }
 }
