@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Daemon, bundled_copy, model_entry, rejection, wait_until, write_config};
+use common::{Daemon, bundled_copy, embed_with, model_entry, rejection, wait_until, write_config};
 
 fn start(extra: &str) -> Daemon {
     let extra = format!("{extra}\n");
@@ -38,14 +38,6 @@ fn prepared(d: &Daemon, name: &str, id: &str, version: &str) -> PathBuf {
 
 fn count(d: &Daemon, needle: &str) -> usize {
     d.log().matches(needle).count()
-}
-
-fn embed_with(d: &Daemon, model: &str) -> (u16, serde_json::Value) {
-    d.request(
-        "POST",
-        "/v1/embeddings",
-        &format!(r#"{{"input": "hello", "model": "{model}"}}"#),
-    )
 }
 
 #[test]

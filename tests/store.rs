@@ -106,12 +106,7 @@ fn only_the_serving_version_and_one_fallback_are_unpacked() {
 }
 
 fn common_embed(d: &Daemon, model: &str) -> u16 {
-    d.request(
-        "POST",
-        "/v1/embeddings",
-        &format!(r#"{{"input": "hello", "model": "{model}"}}"#),
-    )
-    .0
+    common::embed_with(d, model).0
 }
 
 #[test]

@@ -94,21 +94,13 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         Some(p) => req.texts.into_iter().map(|t| format!("{p}{t}")).collect(),
         None => req.texts,
     };
-    let encoded: Vec<Encoded> = tokio::task::spawn_blocking(move || {
+    let encoded: Vec<Encoded> = tokenize_off_runtime(move || {
         texts
             .iter()
             .map(|t| tokenizer.encode_cut(t, cut))
             .collect::<Result<Vec<_>, _>>()
     })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "tokenizer_error",
-            e.to_string(),
-        )
-    })?
-    .map_err(|e| ApiError::bad_request("tokenizer_error", e))?;
+    .await?;
     if !req.truncate
         && let Some(i) = encoded.iter().position(|e| e.truncated)
     {
@@ -138,4 +130,21 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         vectors,
         tokens,
     })
+}
+
+/// Runs tokenization `work` off the async workers (long texts take milliseconds): its error
+/// is the request's fault (400), a panic the daemon's (500); both `tokenizer_error`.
+pub(super) async fn tokenize_off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "tokenizer_error",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| ApiError::bad_request("tokenizer_error", e))
 }

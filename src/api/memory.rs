@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::peer::Peer;
-use super::status::{require_admin, unix_secs};
+use super::status::{failure_json, require_admin, unix_secs};
 use crate::state::AppState;
 
 /// `GET /api/memory/status`: model memory, the process and its cgroup, loaded models.
@@ -42,15 +42,9 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let failed: Vec<Value> = models
         .iter()
         .filter_map(|m| {
-            let f = m.failure.as_ref()?;
-            Some(json!({
-                "id": m.id,
-                "reason": f.reason,
-                "reason_code": f.reason_code,
-                "at": unix_secs(Some(f.at)),
-                "attempts": f.attempts,
-                "retry_at": unix_secs(Some(f.retry_at)),
-            }))
+            let mut failure = failure_json(m.failure.as_ref()?);
+            failure["id"] = json!(m.id);
+            Some(failure)
         })
         .collect();
     let metrics = crate::metrics::get();

@@ -60,13 +60,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "last_use": unix_secs(m.last_use),
                 "use_count": m.use_count,
                 "tokens": m.tokens,
-                "failure": m.failure.as_ref().map(|f| json!({
-                    "reason": f.reason,
-                    "reason_code": f.reason_code,
-                    "at": unix_secs(Some(f.at)),
-                    "attempts": f.attempts,
-                    "retry_at": unix_secs(Some(f.retry_at)),
-                })),
+                "failure": m.failure.as_ref().map(failure_json),
             })
         })
         .collect();
@@ -81,6 +75,17 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
         })
     }));
     Json(json!({"object": "list", "data": data}))
+}
+
+/// A failed load as the status endpoints report it.
+pub fn failure_json(f: &crate::registry::FailureInfo) -> Value {
+    json!({
+        "reason": f.reason,
+        "reason_code": f.reason_code,
+        "at": unix_secs(Some(f.at)),
+        "attempts": f.attempts,
+        "retry_at": unix_secs(Some(f.retry_at)),
+    })
 }
 
 /// A time as whole seconds since the Unix epoch, as every endpoint reports times.

@@ -9,7 +9,7 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::embed::{EmbedRequest, embed};
+use super::embed::{EmbedRequest, embed, tokenize_off_runtime};
 use super::error::ApiError;
 use super::input::{parse_body, texts};
 use crate::engine::{Cut, Token};
@@ -101,7 +101,7 @@ pub async fn tokenize(
     };
     let special = req.add_special_tokens.unwrap_or(true);
     let tokenizer = model.tokenizer.clone();
-    tokio::task::spawn_blocking(move || {
+    tokenize_off_runtime(move || {
         inputs
             .iter()
             .map(|text| {
@@ -121,15 +121,7 @@ pub async fn tokenize(
             .collect::<Result<Vec<_>, String>>()
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "tokenizer_error",
-            e.to_string(),
-        )
-    })?
     .map(Json)
-    .map_err(|e| ApiError::bad_request("tokenizer_error", e))
 }
 
 /// `GET /info`: the default model as TEI describes it (`model_id`, `model_type`,

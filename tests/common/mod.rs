@@ -400,21 +400,37 @@ pub fn bundled_copy(dst: &Path, id: &str, version: &str) {
 
 /// Copies the bundled package with its manifest text rewritten by `edit`.
 pub fn bundled_copy_edit(dst: &Path, edit: impl Fn(String) -> String) {
+    let mut files = bundled_entries();
+    for (_, path, data) in &mut files {
+        if path == Path::new("manifest.yaml") {
+            *data = edit(String::from_utf8(data.clone()).expect("utf-8")).into_bytes();
+        }
+    }
+    write_package(dst, files);
+}
+
+/// Every entry of the bundled package: header, path, bytes.
+fn bundled_entries() -> Vec<(tar::Header, PathBuf, Vec<u8>)> {
     let src = bundled_dir().join("all-MiniLM-L6-v2.tar.zst");
     let mut archive = tar::Archive::new(
         zstd::Decoder::new(std::fs::File::open(src).expect("open")).expect("zstd"),
     );
-    let out = std::fs::File::create(dst).expect("create");
-    let mut builder = tar::Builder::new(zstd::Encoder::new(out, 1).expect("zstd").auto_finish());
+    let mut files = Vec::new();
     for entry in archive.entries().expect("entries") {
         let mut entry = entry.expect("entry");
         let path = entry.path().expect("path").into_owned();
         let mut data = Vec::new();
         entry.read_to_end(&mut data).expect("read");
-        if path == Path::new("manifest.yaml") {
-            data = edit(String::from_utf8(data).expect("utf-8")).into_bytes();
-        }
-        let mut header = entry.header().clone();
+        files.push((entry.header().clone(), path, data));
+    }
+    files
+}
+
+/// Writes `files` (in order) as a package at `dst`.
+fn write_package(dst: &Path, files: Vec<(tar::Header, PathBuf, Vec<u8>)>) {
+    let out = std::fs::File::create(dst).expect("create");
+    let mut builder = tar::Builder::new(zstd::Encoder::new(out, 1).expect("zstd").auto_finish());
+    for (mut header, path, data) in files {
         header.set_size(data.len() as u64);
         header.set_cksum();
         builder
@@ -564,18 +580,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// that verifies and loads, and computes NaN.
 pub fn bundled_copy_poisoned(dst: &Path, id: &str, tensor: &str) {
     use sha2::Digest;
-    let src = bundled_dir().join("all-MiniLM-L6-v2.tar.zst");
-    let mut archive = tar::Archive::new(
-        zstd::Decoder::new(std::fs::File::open(src).expect("open")).expect("zstd"),
-    );
-    let mut files: Vec<(tar::Header, PathBuf, Vec<u8>)> = Vec::new();
-    for entry in archive.entries().expect("entries") {
-        let mut entry = entry.expect("entry");
-        let path = entry.path().expect("path").into_owned();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).expect("read");
-        files.push((entry.header().clone(), path, data));
-    }
+    let mut files = bundled_entries();
     let weights = files
         .iter_mut()
         .find(|(_, p, _)| p == Path::new("model.safetensors"))
@@ -612,16 +617,7 @@ pub fn bundled_copy_poisoned(dst: &Path, id: &str, tensor: &str) {
         }
     }
     manifest.2 = (out.join("\n") + "\n").into_bytes();
-    let f = std::fs::File::create(dst).expect("create");
-    let mut builder = tar::Builder::new(zstd::Encoder::new(f, 1).expect("zstd").auto_finish());
-    for (mut header, path, data) in files {
-        header.set_size(data.len() as u64);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, &path, data.as_slice())
-            .expect("append");
-    }
-    builder.finish().expect("finish");
+    write_package(dst, files);
 }
 
 /// The daemon's `/metrics`, parsed by the Python `prometheus_client` OpenMetrics parser (the
@@ -685,4 +681,13 @@ pub fn sample(
                     .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|(_, _, v)| *v)
+}
+
+/// One text through `/v1/embeddings` with `model`: status and body.
+pub fn embed_with(d: &Daemon, model: &str) -> (u16, Value) {
+    d.request(
+        "POST",
+        "/v1/embeddings",
+        &format!(r#"{{"input": "hello", "model": "{model}"}}"#),
+    )
 }
