@@ -13,16 +13,7 @@ use std::time::Duration;
 use common::{Daemon, bundled_copy, embed_with, model_entry, rejection, wait_until, write_config};
 
 fn start(extra: &str) -> Daemon {
-    let extra = format!("{extra}\n");
-    Daemon::start_with(
-        move |dir| {
-            std::fs::create_dir(dir.join("packages")).expect("mkdir");
-            write_config(dir, "");
-            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
-            std::fs::write(dir.join("conf.d/50-test.yaml"), extra).expect("write");
-        },
-        &[],
-    )
+    common::start_with_dropin(extra)
 }
 
 fn packages(d: &Daemon) -> PathBuf {

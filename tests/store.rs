@@ -9,16 +9,7 @@ use std::path::{Path, PathBuf};
 use common::{Daemon, bundled_copy, model_entry, rejection, wait_until, write_config};
 
 fn start(extra: &str) -> Daemon {
-    let extra = format!("{extra}\n");
-    Daemon::start_with(
-        move |dir| {
-            std::fs::create_dir(dir.join("packages")).expect("mkdir");
-            write_config(dir, "");
-            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
-            std::fs::write(dir.join("conf.d/50-test.yaml"), extra).expect("write");
-        },
-        &[],
-    )
+    common::start_with_dropin(extra)
 }
 
 /// Drops version `version` of model `id` into the package directory (prepared beside it and

@@ -691,3 +691,18 @@ pub fn embed_with(d: &Daemon, model: &str) -> (u16, Value) {
         &format!(r#"{{"input": "hello", "model": "{model}"}}"#),
     )
 }
+
+/// Starts a daemon with an empty package directory and `extra` YAML as the drop-in
+/// `conf.d/50-test.yaml` (which a test may rewrite to reload).
+pub fn start_with_dropin(extra: &str) -> Daemon {
+    let extra = format!("{extra}\n");
+    Daemon::start_with(
+        move |dir| {
+            std::fs::create_dir(dir.join("packages")).expect("mkdir");
+            write_config(dir, "");
+            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
+            std::fs::write(dir.join("conf.d/50-test.yaml"), extra).expect("write");
+        },
+        &[],
+    )
+}
