@@ -4,6 +4,14 @@
 
 pub mod cgroups;
 pub mod engine;
+pub mod metrics;
+pub mod packages;
+
+// Each test target uses some of these; the rest would be unused imports there.
+#[allow(unused_imports)]
+pub use metrics::{sample, scrape};
+#[allow(unused_imports)]
+pub use packages::{bundled_copy, bundled_copy_edit, bundled_copy_poisoned, bundled_copy_with_id};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -383,63 +391,6 @@ pub fn max_inputs(d: &Daemon) -> u64 {
     n.parse().expect("a number")
 }
 
-/// Copies the bundled package under another model id (same weights), for tests that need a
-/// second model.
-pub fn bundled_copy_with_id(dst: &Path, id: &str) {
-    bundled_copy(dst, id, "1");
-}
-
-/// Copies the bundled package with another id and version.
-pub fn bundled_copy(dst: &Path, id: &str, version: &str) {
-    let (id, version) = (id.to_string(), version.to_string());
-    bundled_copy_edit(dst, move |m| {
-        m.replace("id: all-MiniLM-L6-v2", &format!("id: {id}"))
-            .replace("version: '1'", &format!("version: '{version}'"))
-    });
-}
-
-/// Copies the bundled package with its manifest text rewritten by `edit`.
-pub fn bundled_copy_edit(dst: &Path, edit: impl Fn(String) -> String) {
-    let mut files = bundled_entries();
-    for (_, path, data) in &mut files {
-        if path == Path::new("manifest.yaml") {
-            *data = edit(String::from_utf8(data.clone()).expect("utf-8")).into_bytes();
-        }
-    }
-    write_package(dst, files);
-}
-
-/// Every entry of the bundled package: header, path, bytes.
-fn bundled_entries() -> Vec<(tar::Header, PathBuf, Vec<u8>)> {
-    let src = bundled_dir().join("all-MiniLM-L6-v2.tar.zst");
-    let mut archive = tar::Archive::new(
-        zstd::Decoder::new(std::fs::File::open(src).expect("open")).expect("zstd"),
-    );
-    let mut files = Vec::new();
-    for entry in archive.entries().expect("entries") {
-        let mut entry = entry.expect("entry");
-        let path = entry.path().expect("path").into_owned();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).expect("read");
-        files.push((entry.header().clone(), path, data));
-    }
-    files
-}
-
-/// Writes `files` (in order) as a package at `dst`.
-fn write_package(dst: &Path, files: Vec<(tar::Header, PathBuf, Vec<u8>)>) {
-    let out = std::fs::File::create(dst).expect("create");
-    let mut builder = tar::Builder::new(zstd::Encoder::new(out, 1).expect("zstd").auto_finish());
-    for (mut header, path, data) in files {
-        header.set_size(data.len() as u64);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, &path, data.as_slice())
-            .expect("append");
-    }
-    builder.finish().expect("finish");
-}
-
 /// A datagram socket standing in for systemd's notify socket.
 pub struct NotifySocket {
     pub _dir: tempfile::TempDir,
@@ -573,114 +524,6 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
-}
-
-/// Copies the bundled package under `id` with every value of the safetensors tensor `tensor`
-/// (an f16 one) set to NaN, the manifest's size and sha256 of the weights updated: a package
-/// that verifies and loads, and computes NaN.
-pub fn bundled_copy_poisoned(dst: &Path, id: &str, tensor: &str) {
-    use sha2::Digest;
-    let mut files = bundled_entries();
-    let weights = files
-        .iter_mut()
-        .find(|(_, p, _)| p == Path::new("model.safetensors"))
-        .expect("model.safetensors");
-    let data = &mut weights.2;
-    let header_len = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) as usize;
-    let header: Value = serde_json::from_slice(&data[8..8 + header_len]).expect("header");
-    let info = &header[tensor];
-    assert_eq!(info["dtype"], "F16", "{tensor}: {info}");
-    let start = 8 + header_len + info["data_offsets"][0].as_u64().expect("offset") as usize;
-    let end = 8 + header_len + info["data_offsets"][1].as_u64().expect("offset") as usize;
-    for pair in data[start..end].chunks_exact_mut(2) {
-        pair.copy_from_slice(&0x7e00u16.to_le_bytes());
-    }
-    let (size, sha) = (data.len(), hex::encode(sha2::Sha256::digest(&data[..])));
-    let manifest = files
-        .iter_mut()
-        .find(|(_, p, _)| p == Path::new("manifest.yaml"))
-        .expect("manifest");
-    let text = String::from_utf8(manifest.2.clone()).expect("utf-8");
-    let mut out = Vec::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        if line == "- path: model.safetensors" {
-            out.push(line.to_string());
-            out.push(format!("  size: {size}"));
-            out.push(format!("  sha256: {sha}"));
-            lines.next();
-            lines.next();
-        } else if line.starts_with("id: ") {
-            out.push(format!("id: {id}"));
-        } else {
-            out.push(line.to_string());
-        }
-    }
-    manifest.2 = (out.join("\n") + "\n").into_bytes();
-    write_package(dst, files);
-}
-
-/// The daemon's `/metrics`, parsed by the Python `prometheus_client` OpenMetrics parser (the
-/// Debian package `python3-prometheus-client`; CI installs it): every sample as
-/// (name, labels, value). A parse error fails the test with the exposition.
-pub fn scrape(d: &Daemon) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
-    use std::io::Write;
-    let (status, _, body) = d
-        .try_request_with_headers("GET", "/metrics", None)
-        .expect("GET /metrics");
-    assert_eq!(status, 200);
-    const PARSE: &str = r#"
-import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-out = []
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        out.append([s.name, s.labels, s.value])
-print(json.dumps(out))
-"#;
-    // Debian's python3, where apt puts the parser (a pyenv python3 on PATH lacks it).
-    let python = ["/usr/bin/python3", "python3"]
-        .into_iter()
-        .find(|p| Path::new(p).exists() || !p.starts_with('/'))
-        .expect("python3");
-    let mut child = Command::new(python)
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (apt-get install python3-prometheus-client)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&body)
-        .expect("write the exposition");
-    let out = child.wait_with_output().expect("python3");
-    assert!(
-        out.status.success(),
-        "prometheus_client could not parse /metrics: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&body)
-    );
-    serde_json::from_slice(&out.stdout).expect("parser output")
-}
-
-/// The value of the sample `name` whose labels include every pair of `labels`.
-pub fn sample(
-    samples: &[(String, std::collections::BTreeMap<String, String>, f64)],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    samples
-        .iter()
-        .find(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| *v)
 }
 
 /// One text through `/v1/embeddings` with `model`: status and body.
