@@ -9,17 +9,6 @@ use common::{Daemon, model_entry, write_config};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 
-fn rss_bytes(d: &Daemon) -> u64 {
-    let pid = d.child.as_ref().expect("child").id();
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
 #[test]
 fn unloading_hands_the_model_memory_back() {
     let d = Daemon::start();
@@ -27,7 +16,7 @@ fn unloading_hands_the_model_memory_back() {
     let held = model_entry(&d, MODEL).expect("entry")["memory_bytes"]
         .as_u64()
         .expect("memory_bytes");
-    let before = rss_bytes(&d);
+    let before = common::rss_bytes(&d);
 
     let started = Instant::now();
     let (s, v) = d.request("DELETE", &format!("/api/memory/models/{MODEL}"), "");
@@ -36,10 +25,10 @@ fn unloading_hands_the_model_memory_back() {
     assert_eq!(v["bytes_released"].as_u64(), Some(held));
     // The engine thread stops and trims once no request holds the model; poll for the drop.
     let deadline = started + Duration::from_secs(30);
-    let mut after = rss_bytes(&d);
+    let mut after = common::rss_bytes(&d);
     while before.saturating_sub(after) < held * 9 / 10 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
-        after = rss_bytes(&d);
+        after = common::rss_bytes(&d);
     }
     let returned = before.saturating_sub(after);
     println!(

@@ -268,21 +268,9 @@ fn memory_status_shows_idle_deadlines_available_memory_and_the_store() {
     assert!(text.contains(", idle unload at 20"), "{text}");
 }
 
-/// Resident memory of `pid` in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
 #[test]
 fn an_unload_hands_back_nine_tenths_of_the_model_within_two_seconds() {
     let d = Daemon::start();
-    let pid = d.child.as_ref().expect("child").id();
     let (status, v) = d.request("DELETE", "/api/memory/models/all-MiniLM-L6-v2", "");
     assert_eq!(status, 200, "{v}");
     // The baseline: the daemon with no model, once the start-up's model is freed.
@@ -290,11 +278,11 @@ fn an_unload_hands_back_nine_tenths_of_the_model_within_two_seconds() {
         let (_, v) = d.request("GET", "/api/memory/status", "");
         v["releasing"] == serde_json::json!([])
     });
-    let base = rss(pid);
+    let base = common::rss_bytes(&d);
     let (status, v) = d.request("POST", "/api/memory/models/all-MiniLM-L6-v2/load", "");
     assert_eq!(status, 200, "{v}");
     d.embed(&["a pass, so the engine's buffers are in use too"]);
-    let loaded = rss(pid);
+    let loaded = common::rss_bytes(&d);
     let model = loaded.saturating_sub(base);
     assert!(model > 40 << 20, "the model takes {model} bytes");
 
@@ -302,10 +290,10 @@ fn an_unload_hands_back_nine_tenths_of_the_model_within_two_seconds() {
     let (status, v) = d.request("DELETE", "/api/memory/models/all-MiniLM-L6-v2", "");
     assert_eq!(status, 200, "{v}");
     let target = loaded - model * 9 / 10;
-    let mut now = rss(pid);
+    let mut now = common::rss_bytes(&d);
     while now > target && started.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(10));
-        now = rss(pid);
+        now = common::rss_bytes(&d);
     }
     let took = started.elapsed();
     assert!(

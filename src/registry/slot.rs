@@ -129,12 +129,11 @@ impl ModelSlot {
             id: m.id.clone(),
             version: m.version.clone(),
             source: self.source,
+            // A retry under way (loading) or a success (loaded) shows over the last failure.
             state: match (u.state, &u.failure) {
-                (Some(ModelState::Loading | ModelState::Loaded), _) => {
-                    u.state.unwrap_or(ModelState::Available)
-                }
+                (Some(state @ (ModelState::Loading | ModelState::Loaded)), _) => state,
                 (_, Some(_)) => ModelState::Failed,
-                (state, None) => state.unwrap_or(ModelState::Available),
+                _ => ModelState::Available,
             },
             failure: u.failure.as_ref().map(|f| FailureInfo {
                 reason: f.reason.clone(),

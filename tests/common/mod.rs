@@ -549,3 +549,15 @@ pub fn start_with_dropin(extra: &str) -> Daemon {
         &[],
     )
 }
+
+/// The daemon's resident memory (VmRSS) in bytes.
+pub fn rss_bytes(d: &Daemon) -> u64 {
+    let pid = d.child.as_ref().expect("child").id();
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
