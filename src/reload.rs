@@ -139,6 +139,9 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
             ),
         );
     }
+    if let Err(reason) = check_model_kinds(&scan, &new) {
+        return refuse(state, &reason);
+    }
     if let Err(e) = crate::logging::set_level(&new.log.level) {
         return refuse(state, &format!("log.level: {e}"));
     }
@@ -242,6 +245,43 @@ pub fn changed_keys(old: &Settings, new: &Settings) -> Vec<String> {
         .filter(|(x, y)| x != y)
         .map(|(_, (k, _))| k)
         .collect()
+}
+
+/// `models.default` must embed (it answers `/embed` and `/v1/embeddings`), and
+/// `models.default_reranker`, when set, must be a verified reranker.
+fn check_model_kinds(scan: &crate::registry::ScanResult, new: &Settings) -> Result<(), String> {
+    use crate::package::ModelKind;
+    if scan.kind(&new.models.default) == Some(ModelKind::Reranker) {
+        return Err(format!(
+            "models.default: {:?} is a reranker, and the default model answers embedding requests; name an embedding model (and the reranker in models.default_reranker)",
+            new.models.default
+        ));
+    }
+    if let Some(id) = &new.models.default_reranker {
+        let rerankers: Vec<String> = scan
+            .ids()
+            .into_iter()
+            .filter(|i| scan.kind(i) == Some(ModelKind::Reranker))
+            .collect();
+        match scan.kind(id) {
+            Some(ModelKind::Reranker) => {}
+            found => {
+                return Err(format!(
+                    "models.default_reranker: {}; verified rerankers: {}",
+                    match found {
+                        None => format!("no verified package has id {id:?}"),
+                        Some(_) => format!("{id:?} is an embedding model, not a reranker"),
+                    },
+                    if rerankers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        rerankers.join(", ")
+                    }
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether an event path concerns the configuration: the main file, a drop-in, or conf.d.

@@ -7,7 +7,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use common::fixtures::fixture;
 
 use caxton::engine::Precision;
 use caxton::package::Architecture;
@@ -21,53 +23,6 @@ struct Reference {
     texts: Vec<String>,
     tokens: Vec<usize>,
     vectors: Vec<Vec<f32>>,
-}
-
-fn fixture(arch: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/architectures")
-        .join(arch)
-}
-
-/// generate.py's `fill`: splitmix64, top 24 bits to [-0.15, 0.15) in f64, +1 for norm
-/// weights, x10 for MPNet's relative attention bias, stored as f32, parameters in name order.
-fn weights(r: &Reference) -> Vec<u8> {
-    let mut state = r.seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, shape) in &r.parameters {
-        let norm =
-            name.ends_with("weight") && (name.contains("LayerNorm") || name.contains("layer_norm"));
-        let n: usize = shape.iter().product();
-        let mut bytes = Vec::with_capacity(n * 4);
-        for _ in 0..n {
-            let mut v = ((next() >> 40) as f64 / (1u64 << 24) as f64) * 0.3 - 0.15;
-            if norm {
-                v += 1.0;
-            }
-            if name.contains("relative_attention_bias") {
-                v *= 10.0;
-            }
-            bytes.extend_from_slice(&(v as f32).to_le_bytes());
-        }
-        data.push((name.clone(), shape.clone(), bytes));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-        .iter()
-        .map(|(name, shape, bytes)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("view");
-            (name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize(views, None).expect("serialize")
 }
 
 /// The fixture as a sentence-transformers folder with its weights, in `dir`.
@@ -87,7 +42,11 @@ fn model_folder(arch: &str, r: &Reference, dir: &Path) {
         dir.join("1_Pooling/config.json"),
     )
     .expect("pooling");
-    std::fs::write(dir.join("model.safetensors"), weights(r)).expect("weights");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        common::fixtures::seeded_safetensors(r.seed, &r.parameters),
+    )
+    .expect("weights");
     // Prompts as sentence-transformers saves them (empty ones mean none).
     std::fs::write(
         dir.join("config_sentence_transformers.json"),

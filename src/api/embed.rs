@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::error::ApiError;
 use crate::engine::{Cut, Encoded};
+use crate::package::ModelKind;
 use crate::state::AppState;
 
 /// One embedding request, whatever API it came through.
@@ -41,21 +42,7 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
     let id = req
         .model
         .unwrap_or_else(|| state.settings().models.default.clone());
-    let Some(slot) = state.registry.get(&id) else {
-        let known = state.registry.ids();
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            "model_not_found",
-            format!(
-                "model {id:?} not found; available: {}",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        ));
-    };
+    let slot = super::model_slot(state, &id, ModelKind::Embedding)?;
     super::served_by(&id);
     let model = state.registry.acquire(&id).await?;
     let manifest = &model.package.manifest;
@@ -116,20 +103,23 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
     tracing::debug!(caxton_model = %id, texts = encoded.len(), tokens, "embedding request queued");
     let normalized = req.normalize.unwrap_or(model.package.manifest.normalize);
     let vectors = model.embed(encoded, normalized).await?;
-    slot.touch(tokens as u64);
-    let metrics = crate::metrics::get();
-    let label = crate::metrics::Metrics::model(&id);
-    metrics
-        .texts
-        .get_or_create(&label)
-        .inc_by(vectors.len() as u64);
-    metrics.tokens.get_or_create(&label).inc_by(tokens as u64);
+    account(&slot, vectors.len(), tokens);
     Ok(Embedded {
         model: id,
         normalized,
         vectors,
         tokens,
     })
+}
+
+/// Records a request served by `slot`: its usage (idle time, counts) and the texts and
+/// tokens metrics.
+pub(super) fn account(slot: &crate::registry::ModelSlot, texts: usize, tokens: usize) {
+    slot.touch(tokens as u64);
+    let metrics = crate::metrics::get();
+    let label = crate::metrics::Metrics::model(&slot.package.manifest.id);
+    metrics.texts.get_or_create(&label).inc_by(texts as u64);
+    metrics.tokens.get_or_create(&label).inc_by(tokens as u64);
 }
 
 /// Runs tokenization `work` off the async workers (long texts take milliseconds): its error

@@ -1,12 +1,14 @@
 //! The HTTP API over the Unix socket: routes, and errors as HTTP. Handlers never touch
 //! candle; they talk to the registry and to engine threads through channels.
 
+mod cohere;
 mod embed;
 pub mod error;
 mod input;
 mod memory;
 mod openai;
 pub mod peer;
+mod rerank;
 mod status;
 mod tei;
 
@@ -32,6 +34,46 @@ fn check_serving(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// The slot of model `id` for a request that needs a model of `kind`: 404 naming the models
+/// there are when none has the id, 400 when it is of the other kind.
+fn model_slot(
+    state: &AppState,
+    id: &str,
+    kind: crate::package::ModelKind,
+) -> Result<Arc<crate::registry::ModelSlot>, ApiError> {
+    use crate::package::ModelKind;
+    let Some(slot) = state.registry.get(id) else {
+        let known = state.registry.ids();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "model {id:?} not found; available: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    };
+    match (slot.package.manifest.kind, kind) {
+        (ModelKind::Reranker, ModelKind::Embedding) => Err(ApiError::bad_request(
+            "wrong_model_kind",
+            format!(
+                "model {id} is a reranker (a cross-encoder that scores query–document pairs), not an embedding model; send it to POST /rerank or POST /v1/rerank, or name an embedding model"
+            ),
+        )),
+        (ModelKind::Embedding, ModelKind::Reranker) => Err(ApiError::bad_request(
+            "wrong_model_kind",
+            format!(
+                "model {id} is an embedding model, not a reranker; send it to POST /v1/embeddings or POST /embed, or name a reranker (a cross-encoder package)"
+            ),
+        )),
+        _ => Ok(slot),
+    }
+}
+
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -39,6 +81,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/embed", post(tei::embed_handler))
         .route("/tokenize", post(tei::tokenize))
+        .route("/rerank", post(tei::rerank))
+        .route("/v1/rerank", post(cohere::rerank))
+        .route("/v2/rerank", post(cohere::rerank))
         .route("/info", get(tei::info))
         .route("/health", get(status::health))
         .route("/api/models", get(status::models))

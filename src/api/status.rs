@@ -47,6 +47,8 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "source": m.source,
                 "state": m.state,
                 "file": m.file,
+                "kind": m.kind,
+                "activation": m.activation,
                 "dimensions": m.dimensions,
                 "max_seq_length": m.max_seq_length,
                 "memory_bytes": m.memory_bytes,

@@ -1,5 +1,5 @@
-//! text-embeddings-inference-compatible endpoints on the default model: `POST /embed`,
-//! `POST /tokenize` and `GET /info`.
+//! text-embeddings-inference-compatible endpoints: `POST /embed`, `POST /tokenize` and
+//! `GET /info` on the default model, and `POST /rerank` on the default reranker.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::embed::{EmbedRequest, embed, tokenize_off_runtime};
 use super::error::ApiError;
 use super::input::{parse_body, texts};
+use super::rerank::{RerankRequest, query, rerank as rerank_pairs};
 use crate::engine::{Cut, Token};
 use crate::state::AppState;
 
@@ -27,7 +28,7 @@ struct EmbedBody {
 
 /// TEI's `truncation_direction`: `"Right"` (the default) cuts the end of an over-long text,
 /// `"Left"` its start. Lower case is accepted too.
-fn cut(value: Option<Value>) -> Result<Cut, ApiError> {
+pub(super) fn cut(value: Option<Value>) -> Result<Cut, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(Cut::End),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("right") => Ok(Cut::End),
@@ -65,6 +66,76 @@ pub async fn embed_handler(
     )
     .await?;
     Ok(Json(out.vectors))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerankBody {
+    query: String,
+    texts: Value,
+    raw_scores: Option<bool>,
+    return_text: Option<bool>,
+    truncate: Option<bool>,
+    truncation_direction: Option<Value>,
+    /// Caxton's: a reranker other than the default.
+    model: Option<String>,
+}
+
+/// One document's place, as TEI answers `/rerank`.
+#[derive(serde::Serialize)]
+pub struct Rank {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    score: f32,
+}
+
+/// `POST /rerank`: `{"query", "texts", "raw_scores"?, "return_text"?, "truncate"?,
+/// "truncation_direction"?, "model"?}` → `[{"index", "score", "text"?}]`, best first. Scores
+/// are the manifest's activation of the logit (sentence-transformers' `CrossEncoder.predict`),
+/// or the logit itself with `raw_scores`; `truncate` defaults to true (`/info`'s
+/// `auto_truncate`).
+pub async fn rerank(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Vec<Rank>>, ApiError> {
+    let settings = state.settings();
+    let req: RerankBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let cut = cut(req.truncation_direction)?;
+    let documents = texts("texts", req.texts, settings.limits.max_inputs)?;
+    let return_text = req.return_text.unwrap_or(false);
+    let out = rerank_pairs(
+        &state,
+        RerankRequest {
+            model: req.model,
+            query: query(req.query)?,
+            documents: documents.clone(),
+            field: "texts",
+            truncate: req.truncate.unwrap_or(true),
+            cut,
+        },
+    )
+    .await?;
+    let scores = if req.raw_scores.unwrap_or(false) {
+        &out.logits
+    } else {
+        &out.scores
+    };
+    let mut documents: Vec<Option<String>> = documents.into_iter().map(Some).collect();
+    Ok(Json(
+        out.ranking()
+            .into_iter()
+            .map(|i| Rank {
+                index: i,
+                text: if return_text {
+                    documents[i].take()
+                } else {
+                    None
+                },
+                score: scores[i],
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]

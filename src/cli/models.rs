@@ -20,7 +20,7 @@ pub(super) fn models(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// A plain-text table of `GET /api/models`.
 fn models_table(v: &serde_json::Value) -> String {
-    let rows: Vec<[String; 7]> = v["data"]
+    let rows: Vec<[String; 8]> = v["data"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -51,9 +51,14 @@ fn models_table(v: &serde_json::Value) -> String {
                         ),
                         _ => text("file"),
                     };
+                    let kind = match (m["kind"].as_str(), m["activation"].as_str()) {
+                        (Some(k), Some(a)) => format!("{k} ({a})"),
+                        _ => text("kind"),
+                    };
                     [
                         text("id"),
                         text("version"),
+                        kind,
                         text("state"),
                         text("source"),
                         memory,
@@ -67,6 +72,7 @@ fn models_table(v: &serde_json::Value) -> String {
     let header = [
         "ID",
         "VERSION",
+        "KIND",
         "STATE",
         "SOURCE",
         "MEMORY",
@@ -74,7 +80,7 @@ fn models_table(v: &serde_json::Value) -> String {
         "FILE",
     ]
     .map(str::to_string);
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for row in std::iter::once(&header).chain(rows.iter()) {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());
@@ -85,7 +91,7 @@ fn models_table(v: &serde_json::Value) -> String {
         for (w, cell) in widths.iter().zip(row.iter()) {
             out.push_str(&format!("{cell:w$}  "));
         }
-        out.push_str(&row[6]);
+        out.push_str(&row[7]);
         out.push('\n');
     }
     out
@@ -98,15 +104,15 @@ mod tests {
     #[test]
     fn the_models_table_says_what_each_model_runs_in() {
         let v = serde_json::json!({"data": [
-            {"id": "a", "version": "1", "state": "loaded", "source": "bundled", "file": "a.tar.zst",
+            {"id": "a", "version": "1", "kind": "embedding", "state": "loaded", "source": "bundled", "file": "a.tar.zst",
              "memory_bytes": 104857600u64, "precision": "bf16", "loaded_precision": "bf16"},
-            {"id": "b", "version": "1", "state": "loaded", "source": "bundled", "file": "b.tar.zst",
+            {"id": "b", "version": "1", "kind": "reranker", "activation": "sigmoid", "state": "loaded", "source": "bundled", "file": "b.tar.zst",
              "memory_bytes": 1048576u64, "precision": "bf16", "loaded_precision": "f32"},
-            {"id": "c", "version": "2", "state": "available", "source": "side-loaded",
+            {"id": "c", "version": "2", "kind": "embedding", "state": "available", "source": "side-loaded",
              "file": "c.tar.zst", "precision": "f32", "loaded_precision": null},
             {"id": null, "state": "rejected", "source": "side-loaded", "file": "d.tar.zst",
              "reason": "sha256 mismatch"},
-            {"id": "e", "version": "1", "state": "failed", "source": "side-loaded",
+            {"id": "e", "version": "1", "kind": "embedding", "state": "failed", "source": "side-loaded",
              "file": "e.tar.zst", "precision": "f32", "loaded_precision": null,
              "failure": {"reason": "self-test at load failed: value 0 of the vector is NaN"}},
         ]});
@@ -125,6 +131,7 @@ mod tests {
             [
                 "ID",
                 "VERSION",
+                "KIND",
                 "STATE",
                 "SOURCE",
                 "MEMORY",
@@ -132,13 +139,16 @@ mod tests {
                 "FILE"
             ]
         );
-        assert_eq!(lines[1][5], "bf16");
-        assert_eq!(lines[2][5], "f32 (bf16 configured)");
-        assert_eq!(lines[3][4..], ["-", "f32", "c.tar.zst"]);
-        assert_eq!(lines[4][5..], ["-", "d.tar.zst (sha256 mismatch)"]);
-        assert_eq!(lines[5][2], "failed");
+        assert_eq!(lines[1][2..4], ["embedding", "loaded"]);
+        assert_eq!(lines[1][6], "bf16");
+        assert_eq!(lines[2][2], "reranker (sigmoid)");
+        assert_eq!(lines[2][6], "f32 (bf16 configured)");
+        assert_eq!(lines[3][5..], ["-", "f32", "c.tar.zst"]);
+        assert_eq!(lines[4][2..4], ["-", "rejected"]);
+        assert_eq!(lines[4][6..], ["-", "d.tar.zst (sha256 mismatch)"]);
+        assert_eq!(lines[5][3], "failed");
         assert_eq!(
-            lines[5][6],
+            lines[5][7],
             "e.tar.zst (load failed: self-test at load failed: value 0 of the vector is NaN)"
         );
     }

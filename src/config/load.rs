@@ -114,6 +114,14 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(id) = &self.models.default_reranker
+            && !super::is_valid_model_id(id)
+        {
+            return Err(invalid(
+                "models.default_reranker",
+                format!("{id:?} is not a model id (1 to 128 of [A-Za-z0-9._-])"),
+            ));
+        }
         // sockaddr_un holds 108 bytes including the terminating NUL.
         if self.socket.path.as_os_str().len() > 107 {
             return Err(invalid(

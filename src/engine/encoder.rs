@@ -21,9 +21,10 @@ use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
 use super::Precision;
+use super::head::Head;
 use super::kernels::{self, Activation, Linear, Mat};
 use super::tokenize::Encoded;
-use crate::package::Manifest;
+use crate::package::{Manifest, ModelKind};
 
 /// Token vectors of one forward pass, one row of `hidden` floats per token.
 pub struct Hidden {
@@ -85,6 +86,8 @@ pub struct Encoder {
     /// MPNet's relative position bias: per head, the bias of a key `rel` tokens after the
     /// query at `rel + max_positions - 1`.
     relative: Option<Vec<f32>>,
+    /// A reranker's classification head, read by the engine thread after the pass.
+    head: Option<Head>,
     workspace: Mutex<Workspace>,
 }
 
@@ -115,10 +118,17 @@ impl Encoder {
         let tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu)
             .map_err(|e| format!("model.safetensors: {e}"))?;
         drop(weights);
-        let (config, tensors) =
+        let (config, mut tensors) =
             super::checkpoint::to_bert(manifest.architecture, config_json, tensors)?;
         check_config(&config, manifest)?;
-        Self::from_tensors(&config, tensors, precision)
+        let labels = match manifest.kind {
+            ModelKind::Embedding => None,
+            ModelKind::Reranker => {
+                super::checkpoint::head_tensors(manifest.architecture, &mut tensors)?;
+                manifest.labels
+            }
+        };
+        Self::from_tensors(&config, tensors, precision, labels)
     }
 
     /// Bytes of the weights in memory.
@@ -126,7 +136,7 @@ impl Encoder {
         let norm = |n: &Norm| n.gamma.len() + n.beta.len();
         let mut floats = self.positions.len() + self.token_types.len();
         floats += norm(&self.embeddings_norm) + self.relative.as_ref().map_or(0, Vec::len);
-        let mut bytes = floats * 4 + self.words.bytes();
+        let mut bytes = floats * 4 + self.words.bytes() + self.head.as_ref().map_or(0, Head::bytes);
         for layer in &self.layers {
             bytes += (norm(&layer.attention_norm) + norm(&layer.output_norm)) * 4;
             bytes += [
@@ -142,10 +152,13 @@ impl Encoder {
         bytes as u64
     }
 
+    /// `labels`: the outputs of a reranker's head (under [`super::head`]'s names), `None` for
+    /// an embedding model.
     fn from_tensors(
         c: &Config,
         tensors: HashMap<String, Tensor>,
         precision: Precision,
+        labels: Option<usize>,
     ) -> Result<Self, String> {
         let mut w = Weights(tensors);
         let (h, i) = (c.hidden_size, c.intermediate_size);
@@ -194,6 +207,13 @@ impl Encoder {
                 ))
             }
             None => None,
+        };
+        let head = match labels {
+            None => None,
+            Some(labels) => Some(Head::new(
+                w.linear(super::head::DENSE, h, h)?,
+                w.linear(super::head::OUT, labels, h)?,
+            )?),
         };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
@@ -246,6 +266,7 @@ impl Encoder {
             eps: c.layer_norm_eps as f32,
             activation,
             relative,
+            head,
             workspace: Mutex::new(Workspace::default()),
         })
     }
@@ -253,6 +274,11 @@ impl Encoder {
     /// Width of the token vectors.
     pub fn hidden_size(&self) -> usize {
         self.hidden
+    }
+
+    /// A reranker's classification head; `None` for an embedding model.
+    pub fn head(&self) -> Option<&Head> {
+        self.head.as_ref()
     }
 
     /// Hands the buffers kept between passes back (the engine calls this once it is idle).

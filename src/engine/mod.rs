@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod encoder;
+pub mod head;
 pub mod kernels;
 pub mod pool;
 pub mod tokenize;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::package::{PackageError, StoredPackage};
+use crate::package::{ModelKind, PackageError, StoredPackage};
 pub use batch::BatchLimits;
 pub use tokenize::{Cut, Encoded, TextTokenizer, Token};
 
@@ -147,23 +148,34 @@ impl LoadedModel {
     /// client. Blocking.
     fn self_test(&self) -> Result<(), String> {
         let m = &self.package.manifest;
-        let text = self
-            .tokenizer
-            .encode(SELF_TEST_TEXT)
-            .map_err(|e| format!("the tokenizer cannot encode {SELF_TEST_TEXT:?}: {e}"))?;
+        let (text, width, normalize) = match m.kind {
+            ModelKind::Embedding => (
+                self.tokenizer.encode(SELF_TEST_TEXT),
+                m.dimensions,
+                m.normalize,
+            ),
+            ModelKind::Reranker => (
+                self.tokenizer
+                    .encode_pair(SELF_TEST_TEXT, SELF_TEST_TEXT, Cut::End),
+                m.labels.unwrap_or(1),
+                false,
+            ),
+        };
+        let text =
+            text.map_err(|e| format!("the tokenizer cannot encode {SELF_TEST_TEXT:?}: {e}"))?;
         let (reply, rx) = oneshot::channel();
         self.worker
             .submit(worker::Job {
                 texts: vec![text],
-                normalize: m.normalize,
+                normalize,
                 reply,
             })
             .map_err(|e| format!("the engine thread took no job: {e}"))?;
         let vectors = rx
             .blocking_recv()
             .map_err(|_| "the engine thread stopped".to_string())?
-            .map_err(|e| format!("embedding {SELF_TEST_TEXT:?} failed: {e}"))?;
-        check_self_test(&vectors, m.dimensions, m.normalize)
+            .map_err(|e| format!("running {SELF_TEST_TEXT:?} failed: {e}"))?;
+        check_self_test(&vectors, width, normalize)
     }
 
     /// Turns `true` once the engine thread has stopped and the model's memory is freed
@@ -203,13 +215,20 @@ impl LoadedModel {
         })?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
+
+    /// A reranker's logits for tokenized query–document pairs
+    /// ([`TextTokenizer::encode_pair`]), one list of `labels` values per pair, before the
+    /// manifest's activation.
+    pub async fn score(&self, pairs: Vec<Encoded>) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.embed(pairs, false).await
+    }
 }
 
 /// The text embedded at every load.
 const SELF_TEST_TEXT: &str = "Caxton checks this model before it serves.";
 
-/// Whether `vectors`, the self-test's answer, is one finite vector of `dimensions` values, of
-/// unit length when `normalize`.
+/// Whether `vectors`, the self-test's answer, is one finite vector of `dimensions` values (a
+/// reranker: its labels' logits), of unit length when `normalize`.
 fn check_self_test(vectors: &[Vec<f32>], dimensions: usize, normalize: bool) -> Result<(), String> {
     let [v] = vectors else {
         return Err(format!("{} vectors for one text", vectors.len()));

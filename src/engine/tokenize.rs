@@ -92,8 +92,65 @@ impl TextTokenizer {
     /// Tokenizes one text, adding the model's special tokens; an over-long text loses the
     /// side `cut` says.
     pub fn encode_cut(&self, text: &str, cut: Cut) -> Result<Encoded, String> {
-        let tokenizer = match cut {
-            Cut::End => &self.inner,
+        self.run(self.truncating(cut)?, text)
+    }
+
+    /// Tokenizes a query–document pair as one sequence for a cross-encoder, with the model's
+    /// special tokens and segment ids (BERT: `[CLS] query [SEP] document [SEP]`, the document
+    /// of type 1). An over-long pair loses tokens from the longer of the two first, as
+    /// transformers' `truncation=True` (longest first) does, at the side `cut` says.
+    pub fn encode_pair(&self, query: &str, document: &str, cut: Cut) -> Result<Encoded, String> {
+        // Each side whole, then the truncating tokenizer's own post-processing (longest-first
+        // truncation, then the pair template). tokenizers 0.23.2 stops tokenizing a sequence
+        // once it passes max_length when truncation is set; with a pair that changes which
+        // side longest-first cuts when both are long (transformers, on Python's tokenizers
+        // 0.23.3, which reverted it, gives the odd token to the document).
+        let whole = self.untruncated();
+        let side = |text: &str| {
+            whole
+                .encode(text, false)
+                .map_err(|e| format!("tokenization failed: {e}"))
+        };
+        let enc = self
+            .truncating(cut)?
+            .post_process(side(query)?, Some(side(document)?), true)
+            .map_err(|e| format!("tokenization failed: {e}"))?;
+        Ok(Self::encoded(&enc))
+    }
+
+    fn run<'s>(
+        &self,
+        tokenizer: &Tokenizer,
+        input: impl Into<tokenizers::EncodeInput<'s>>,
+    ) -> Result<Encoded, String> {
+        let enc = tokenizer
+            .encode(input, true)
+            .map_err(|e| format!("tokenization failed: {e}"))?;
+        Ok(Self::encoded(&enc))
+    }
+
+    fn encoded(enc: &tokenizers::Encoding) -> Encoded {
+        Encoded {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
+        }
+    }
+
+    /// The tokenizer without truncation, built on first use.
+    fn untruncated(&self) -> &Tokenizer {
+        self.whole.get_or_init(|| {
+            let mut t = self.inner.clone();
+            // Cannot fail: no truncation has no parameters to refuse.
+            let _ = t.with_truncation(None);
+            t
+        })
+    }
+
+    /// The tokenizer that cuts over-long input at the side `cut` says.
+    fn truncating(&self, cut: Cut) -> Result<&Tokenizer, String> {
+        match cut {
+            Cut::End => Ok(&self.inner),
             Cut::Start => self
                 .from_start
                 .get_or_init(|| {
@@ -108,28 +165,15 @@ impl TextTokenizer {
                     Ok(t)
                 })
                 .as_ref()
-                .map_err(Clone::clone)?,
-        };
-        let enc = tokenizer
-            .encode(text, true)
-            .map_err(|e| format!("tokenization failed: {e}"))?;
-        Ok(Encoded {
-            ids: enc.get_ids().to_vec(),
-            type_ids: enc.get_type_ids().to_vec(),
-            truncated: !enc.get_overflowing().is_empty(),
-        })
+                .map_err(Clone::clone),
+        }
     }
 
     /// Every token of `text`, untruncated, with the model's special tokens when
     /// `special_tokens`: what `POST /tokenize` answers.
     pub fn tokens(&self, text: &str, special_tokens: bool) -> Result<Vec<Token>, String> {
-        let whole = self.whole.get_or_init(|| {
-            let mut t = self.inner.clone();
-            // Cannot fail: no truncation has no parameters to refuse.
-            let _ = t.with_truncation(None);
-            t
-        });
-        let enc = whole
+        let enc = self
+            .untruncated()
             .encode(text, special_tokens)
             .map_err(|e| format!("tokenization failed: {e}"))?;
         Ok(enc

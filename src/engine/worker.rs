@@ -19,7 +19,7 @@ use super::pool::{l2_normalize, pool};
 use super::tokenize::Encoded;
 use crate::package::Pooling;
 
-/// Vectors for one job, in input order.
+/// Vectors (a reranker: each pair's logits) for one job, in input order.
 pub type JobResult = Result<Vec<Vec<f32>>, EngineError>;
 
 /// Texts to embed and where to send their vectors.
@@ -212,7 +212,8 @@ fn run(
     tracing::debug!("engine thread stopped, memory trimmed");
 }
 
-/// Embeds every text of `jobs`, batching across jobs, and returns one result per job.
+/// Embeds every text of `jobs` (a reranker: scores every pair), batching across jobs, and
+/// returns one result per job.
 fn embed_jobs(
     encoder: &Encoder,
     pooling: Pooling,
@@ -263,6 +264,22 @@ fn embed_jobs(
                     .collect();
             }
         };
+        if let Some(head) = encoder.head() {
+            // A reranker: each pair's first token through the head, in one product.
+            let firsts: Vec<f32> = (0..group.len())
+                .flat_map(|k| {
+                    let start = hidden.starts[k] * dim;
+                    hidden.data[start..start + dim].iter().copied()
+                })
+                .collect();
+            let labels = head.labels();
+            let logits = head.logits(&firsts, group.len());
+            for (k, &i) in group.iter().enumerate() {
+                let (j, t) = refs[i];
+                vectors[j][t] = logits[k * labels..(k + 1) * labels].to_vec();
+            }
+            continue;
+        }
         for (k, &i) in group.iter().enumerate() {
             let (j, t) = refs[i];
             let start = hidden.starts[k] * dim;

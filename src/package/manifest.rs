@@ -55,6 +55,16 @@ pub struct Manifest {
     /// The prompt used when a request names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_prompt: Option<String>,
+    /// What the model is for: embedding texts (the default, left out of embedding manifests so
+    /// their bytes stay as they were) or scoring query–document pairs.
+    #[serde(default, skip_serializing_if = "ModelKind::is_embedding")]
+    pub kind: ModelKind,
+    /// A reranker's number of outputs (its classifier head's labels: 1); only for rerankers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<usize>,
+    /// What a reranker applies to its logits to make scores; only for rerankers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<ScoreActivation>,
     /// Every other entry of the package, and nothing else.
     pub files: Vec<FileEntry>,
 }
@@ -87,6 +97,57 @@ impl Architecture {
             Architecture::DistilBert => "distilbert",
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::Mpnet => "mpnet",
+        }
+    }
+}
+
+/// What a model is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// A sentence-transformers bi-encoder: text in, vector out.
+    #[default]
+    Embedding,
+    /// A cross-encoder: a query–document pair in, a relevance score out.
+    Reranker,
+}
+
+impl ModelKind {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Embedding => "embedding",
+            ModelKind::Reranker => "reranker",
+        }
+    }
+
+    fn is_embedding(&self) -> bool {
+        *self == ModelKind::Embedding
+    }
+}
+
+/// The function a reranker applies to its logits, as sentence-transformers' CrossEncoder
+/// names it (`activation_fn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoreActivation {
+    /// `1 / (1 + e^-x)` of each logit (CrossEncoder's default for one label).
+    Sigmoid,
+    /// The logits as they are (its default for several labels).
+    Identity,
+    /// `tanh` of each logit.
+    Tanh,
+}
+
+impl ScoreActivation {
+    /// Applies the activation to one pair's logits in place.
+    pub fn apply(self, logits: &mut [f32]) {
+        match self {
+            ScoreActivation::Sigmoid => logits
+                .iter_mut()
+                .for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+            ScoreActivation::Identity => {}
+            ScoreActivation::Tanh => logits.iter_mut().for_each(|x| *x = x.tanh()),
         }
     }
 }
@@ -201,6 +262,7 @@ impl Manifest {
                 format!("{d:?} is not one of the manifest's prompts"),
             ));
         }
+        self.validate_kind()?;
         if self.format != FORMAT {
             return Err(invalid(
                 "format",
@@ -282,6 +344,69 @@ impl Manifest {
                     "files",
                     format!("{required} is required but not listed"),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A reranker needs its labels and activation, reads the first token (`pooling: cls`) and
+    /// makes no vectors (`normalize: false`); an embedding model has neither field.
+    fn validate_kind(&self) -> Result<(), ManifestError> {
+        match self.kind {
+            ModelKind::Embedding => {
+                for (field, present) in [
+                    ("labels", self.labels.is_some()),
+                    ("activation", self.activation.is_some()),
+                ] {
+                    if present {
+                        return Err(invalid(
+                            field,
+                            "only a reranker (kind: reranker) has it; remove it or set kind: reranker",
+                        ));
+                    }
+                }
+            }
+            ModelKind::Reranker => {
+                match self.labels {
+                    None => {
+                        return Err(invalid(
+                            "labels",
+                            "a reranker must say how many labels its head has",
+                        ));
+                    }
+                    // What text-embeddings-inference and sentence-transformers' `rank` serve:
+                    // a head of several labels classifies pairs, it does not rank them.
+                    Some(n) if n != 1 => {
+                        return Err(invalid(
+                            "labels",
+                            format!(
+                                "{n} labels make a classifier; only one-label cross-encoders (rerankers) are served"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                if self.activation.is_none() {
+                    return Err(invalid(
+                        "activation",
+                        "a reranker must say what its scores apply to the logits (sigmoid, identity or tanh)",
+                    ));
+                }
+                if self.pooling != Pooling::Cls {
+                    return Err(invalid(
+                        "pooling",
+                        "a reranker's head reads the first token: pooling must be cls",
+                    ));
+                }
+                if self.normalize {
+                    return Err(invalid(
+                        "normalize",
+                        "a reranker makes scores, not vectors: normalize must be false",
+                    ));
+                }
+                if !self.prompts.is_empty() {
+                    return Err(invalid("prompts", "a reranker takes no prompts"));
+                }
             }
         }
         Ok(())
@@ -404,6 +529,80 @@ mod tests {
             err_of(&with("prompts:\n  'a b': 'x'\n")),
             "prompts: prompt name \"a b\" is not 1 to 64 of [A-Za-z0-9._-]"
         );
+    }
+
+    #[test]
+    fn a_reranker_says_its_labels_and_activation_and_reads_the_first_token() {
+        let reranker = |extra: &str| {
+            good()
+                .replace(
+                    "pooling: mean\nnormalize: true",
+                    "pooling: cls\nnormalize: false",
+                )
+                .replace("files:", &format!("{extra}files:"))
+        };
+        let m = Manifest::parse(
+            reranker("kind: reranker\nlabels: 1\nactivation: sigmoid\n").as_bytes(),
+        )
+        .expect("valid");
+        assert_eq!(m.kind, ModelKind::Reranker);
+        assert_eq!(m.labels, Some(1));
+        assert_eq!(m.activation, Some(ScoreActivation::Sigmoid));
+        assert_eq!(Manifest::parse(m.to_yaml().as_bytes()).unwrap(), m);
+        // An embedding manifest is written as before: no kind, labels or activation.
+        let e = Manifest::parse(good().as_bytes()).unwrap();
+        assert_eq!(e.kind, ModelKind::Embedding);
+        assert!(!e.to_yaml().contains("kind"), "{}", e.to_yaml());
+
+        assert_eq!(
+            err_of(&reranker("kind: reranker\nactivation: sigmoid\n")),
+            "labels: a reranker must say how many labels its head has"
+        );
+        assert_eq!(
+            err_of(&reranker(
+                "kind: reranker\nlabels: 3\nactivation: sigmoid\n"
+            )),
+            "labels: 3 labels make a classifier; only one-label cross-encoders (rerankers) are served"
+        );
+        assert_eq!(
+            err_of(&reranker("kind: reranker\nlabels: 1\n")),
+            "activation: a reranker must say what its scores apply to the logits (sigmoid, identity or tanh)"
+        );
+        assert!(
+            err_of(&reranker("kind: reranker\nlabels: 1\nactivation: relu\n"))
+                .contains("unknown variant `relu`, expected one of `sigmoid`, `identity`, `tanh`")
+        );
+        assert_eq!(
+            err_of(&good().replace(
+                "files:",
+                "kind: reranker\nlabels: 1\nactivation: sigmoid\nfiles:"
+            )),
+            "pooling: a reranker's head reads the first token: pooling must be cls"
+        );
+        assert_eq!(
+            err_of(&good().replace("files:", "labels: 1\nfiles:")),
+            "labels: only a reranker (kind: reranker) has it; remove it or set kind: reranker"
+        );
+        assert!(
+            err_of(&good().replace("files:", "kind: classifier\nfiles:"))
+                .contains("unknown variant `classifier`, expected `embedding` or `reranker`")
+        );
+    }
+
+    #[test]
+    fn score_activations_match_their_definitions() {
+        let mut x = [0.0, 2.0, -1.0];
+        ScoreActivation::Sigmoid.apply(&mut x);
+        assert_eq!(
+            x,
+            [0.5, 1.0 / (1.0 + (-2f32).exp()), 1.0 / (1.0 + 1f32.exp())]
+        );
+        let mut x = [0.5];
+        ScoreActivation::Tanh.apply(&mut x);
+        assert_eq!(x, [0.5f32.tanh()]);
+        let mut x = [3.0];
+        ScoreActivation::Identity.apply(&mut x);
+        assert_eq!(x, [3.0]);
     }
 
     #[test]

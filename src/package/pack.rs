@@ -9,7 +9,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::error::PackageError;
-use super::manifest::{Architecture, FORMAT, FileEntry, MANIFEST_NAME, Manifest, Pooling};
+use super::manifest::{
+    Architecture, FORMAT, FileEntry, MANIFEST_NAME, Manifest, ModelKind, Pooling, ScoreActivation,
+};
 
 /// How the weights are stored in the package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,26 @@ struct HfConfig {
     hidden_size: usize,
     max_position_embeddings: Option<usize>,
     pad_token_id: Option<usize>,
+    /// `BertForSequenceClassification` and the like mark a cross-encoder.
+    #[serde(default)]
+    architectures: Vec<String>,
+    num_labels: Option<usize>,
+    #[serde(default)]
+    id2label: std::collections::BTreeMap<String, String>,
+    /// Where sentence-transformers 4 and 5 save a CrossEncoder's activation.
+    sentence_transformers: Option<StCrossEncoder>,
+    /// Where sentence-transformers 2 and 3 saved it.
+    sbert_ce_default_activation_function: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StCrossEncoder {
+    activation_fn: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenizerConfig {
+    model_max_length: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +120,21 @@ struct StModelConfig {
     #[serde(default)]
     prompts: std::collections::BTreeMap<String, String>,
     default_prompt_name: Option<String>,
+    /// `CrossEncoder` for a cross-encoder (sentence-transformers 6).
+    model_type: Option<String>,
+    /// A CrossEncoder's activation (sentence-transformers 6).
+    activation_fn: Option<String>,
+}
+
+impl StModelConfig {
+    fn read(dir: &Path) -> Result<StModelConfig, PackageError> {
+        let path = dir.join("config_sentence_transformers.json");
+        if path.exists() {
+            read_json(&path)
+        } else {
+            Ok(StModelConfig::default())
+        }
+    }
 }
 
 fn unusable(msg: impl Into<String>) -> PackageError {
@@ -116,10 +153,14 @@ struct Inferred {
     max_seq_length: usize,
     pooling: Pooling,
     normalize: bool,
+    kind: ModelKind,
+    labels: Option<usize>,
+    activation: Option<ScoreActivation>,
 }
 
 fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let config: HfConfig = read_json(&dir.join("config.json"))?;
+    let st_model = StModelConfig::read(dir)?;
     let architecture = match config.model_type.as_deref() {
         Some("bert") => Architecture::Bert,
         Some("distilbert") => Architecture::DistilBert,
@@ -131,6 +172,19 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
             )));
         }
     };
+    let mut max_positions = config.max_position_embeddings.unwrap_or(512);
+    if matches!(architecture, Architecture::XlmRoberta | Architecture::Mpnet) {
+        // RoBERTa's (and MPNet's) positions start after pad_token_id.
+        max_positions = max_positions.saturating_sub(config.pad_token_id.unwrap_or(1) + 1);
+    }
+    let cross_encoder = st_model.model_type.as_deref() == Some("CrossEncoder")
+        || config
+            .architectures
+            .iter()
+            .any(|a| a.ends_with("ForSequenceClassification"));
+    if cross_encoder {
+        return infer_reranker(dir, &config, &st_model, architecture, max_positions);
+    }
     let modules: Vec<StModule> = read_json(&dir.join("modules.json"))?;
     let mut pooling = None;
     let mut normalize = false;
@@ -176,11 +230,6 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     }
     let pooling = pooling.ok_or_else(|| unusable("modules.json: no Pooling module"))?;
     let st: StConfig = read_json(&dir.join("sentence_bert_config.json"))?;
-    let mut max_positions = config.max_position_embeddings.unwrap_or(512);
-    if matches!(architecture, Architecture::XlmRoberta | Architecture::Mpnet) {
-        // RoBERTa's (and MPNet's) positions start after pad_token_id.
-        max_positions = max_positions.saturating_sub(config.pad_token_id.unwrap_or(1) + 1);
-    }
     let max_seq_length = st
         .max_seq_length
         .unwrap_or(max_positions)
@@ -191,6 +240,86 @@ fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         max_seq_length,
         pooling,
         normalize,
+        kind: ModelKind::Embedding,
+        labels: None,
+        activation: None,
+    })
+}
+
+/// A cross-encoder folder (sentence-transformers' CrossEncoder, or transformers'
+/// sequence classification): its labels, the activation CrossEncoder applies (where each
+/// version saved it, else its default: sigmoid for one label), and the pair length
+/// CrossEncoder tokenizes to (`sentence_bert_config.json`'s `max_seq_length`, else the
+/// tokenizer's `model_max_length`, within the positions).
+fn infer_reranker(
+    dir: &Path,
+    config: &HfConfig,
+    st_model: &StModelConfig,
+    architecture: Architecture,
+    max_positions: usize,
+) -> Result<Inferred, PackageError> {
+    if !matches!(architecture, Architecture::Bert | Architecture::XlmRoberta) {
+        return Err(unusable(format!(
+            "config.json: a {} cross-encoder is not supported (rerankers: bert, xlm-roberta)",
+            architecture.as_str()
+        )));
+    }
+    // transformers' own default is two labels when the config names none.
+    let labels = config
+        .num_labels
+        .or((!config.id2label.is_empty()).then_some(config.id2label.len()))
+        .unwrap_or(2);
+    let (saved, source) = match (
+        &st_model.activation_fn,
+        config
+            .sentence_transformers
+            .as_ref()
+            .and_then(|s| s.activation_fn.as_ref()),
+        &config.sbert_ce_default_activation_function,
+    ) {
+        (Some(a), _, _) => (Some(a), "config_sentence_transformers.json: activation_fn"),
+        (None, Some(a), _) => (Some(a), "config.json: sentence_transformers.activation_fn"),
+        (None, None, Some(a)) => (Some(a), "config.json: sbert_ce_default_activation_function"),
+        (None, None, None) => (None, ""),
+    };
+    let activation = match saved.map(String::as_str) {
+        None if labels == 1 => ScoreActivation::Sigmoid,
+        None => ScoreActivation::Identity,
+        Some("torch.nn.modules.activation.Sigmoid") => ScoreActivation::Sigmoid,
+        Some("torch.nn.modules.linear.Identity") => ScoreActivation::Identity,
+        Some("torch.nn.modules.activation.Tanh") => ScoreActivation::Tanh,
+        Some(other) => {
+            return Err(unusable(format!(
+                "{source}: {other} is not supported (torch.nn.modules.activation.Sigmoid, torch.nn.modules.linear.Identity, torch.nn.modules.activation.Tanh)"
+            )));
+        }
+    };
+    let st: Option<StConfig> = match dir.join("sentence_bert_config.json") {
+        p if p.exists() => Some(read_json(&p)?),
+        _ => None,
+    };
+    let tokenizer_max = match dir.join("tokenizer_config.json") {
+        p if p.exists() => read_json::<TokenizerConfig>(&p)?
+            .model_max_length
+            // transformers writes a huge sentinel when the tokenizer sets no limit.
+            .filter(|m| (2.0..1e9).contains(m))
+            .map(|m| m as usize),
+        _ => None,
+    };
+    let max_seq_length = st
+        .and_then(|s| s.max_seq_length)
+        .or(tokenizer_max)
+        .unwrap_or(max_positions)
+        .min(max_positions);
+    Ok(Inferred {
+        architecture,
+        dimensions: config.hidden_size,
+        max_seq_length,
+        pooling: Pooling::Cls,
+        normalize: false,
+        kind: ModelKind::Reranker,
+        labels: Some(labels),
+        activation: Some(activation),
     })
 }
 
@@ -272,11 +401,7 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         ("tokenizer.json", read("tokenizer.json")?),
         ("model.safetensors", weights),
     ];
-    let st_model: StModelConfig = if dir.join("config_sentence_transformers.json").exists() {
-        read_json(&dir.join("config_sentence_transformers.json"))?
-    } else {
-        StModelConfig::default()
-    };
+    let st_model = StModelConfig::read(dir)?;
     let mut prompts = st_model.prompts;
     // sentence-transformers writes empty prompts for models without any.
     prompts.retain(|_, text| !text.is_empty());
@@ -297,6 +422,9 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         max_seq_length: inferred.max_seq_length,
         pooling: inferred.pooling,
         normalize: inferred.normalize,
+        kind: inferred.kind,
+        labels: inferred.labels,
+        activation: inferred.activation,
         files: payload
             .iter()
             .map(|(name, bytes)| FileEntry {

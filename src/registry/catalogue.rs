@@ -74,6 +74,11 @@ impl ScanResult {
         self.winners.contains_key(id)
     }
 
+    /// What the verified model `id` is for.
+    pub fn kind(&self, id: &str) -> Option<crate::package::ModelKind> {
+        self.winners.get(id).map(|(p, _)| p.manifest.kind)
+    }
+
     /// Ids of the verified models.
     pub fn ids(&self) -> Vec<String> {
         self.winners.keys().cloned().collect()

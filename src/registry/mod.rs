@@ -91,6 +91,10 @@ pub struct ModelInfo {
     pub state: ModelState,
     /// The package file.
     pub file: PathBuf,
+    /// What it is for (embedding, or reranking with its activation).
+    pub kind: crate::package::ModelKind,
+    /// A reranker's activation on its logit.
+    pub activation: Option<crate::package::ScoreActivation>,
     /// Vector length.
     pub dimensions: usize,
     /// Token limit per text.

@@ -144,6 +144,8 @@ impl ModelSlot {
             }),
             tokens: u.tokens,
             file: self.file.clone(),
+            kind: m.kind,
+            activation: m.activation,
             dimensions: m.dimensions,
             max_seq_length: m.max_seq_length,
             memory_bytes: u.memory_bytes,

@@ -20,24 +20,33 @@ pub struct Run {
     pub batched: Vec<Vec<f32>>,
 }
 
-/// Verifies `package` into a store under `state`, loads it in `precision`, and embeds `texts`
-/// alone and together.
-pub fn run_package(package: &Path, state: &Path, texts: &[String], precision: Precision) -> Run {
+/// Verifies `package` into a store under `state` and loads it in `precision`.
+pub fn load_package(package: &Path, state: &Path, precision: Precision) -> LoadedModel {
     let store = Store::open(state).expect("store");
     let stored = store
         .install(package, &SignaturePolicy::none())
         .expect("verified");
-    let model = LoadedModel::load(
+    LoadedModel::load(
         &stored,
         EngineOptions::default(),
         Arc::new(RwLock::new(BatchLimits::default())),
         precision,
     )
-    .expect("loads");
-    let rt = tokio::runtime::Builder::new_current_thread()
+    .expect("loads")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+/// Verifies `package` into a store under `state`, loads it in `precision`, and embeds `texts`
+/// alone and together.
+pub fn run_package(package: &Path, state: &Path, texts: &[String], precision: Precision) -> Run {
+    let model = load_package(package, state, precision);
+    let rt = runtime();
     let encoded: Vec<_> = texts
         .iter()
         .map(|t| model.tokenizer.encode(t).expect("tokenize"))
@@ -59,6 +68,72 @@ pub fn run_package(package: &Path, state: &Path, texts: &[String], precision: Pr
         singles,
         batched,
     }
+}
+
+/// What a reranker made of query–document pairs.
+pub struct PairRun {
+    /// The precision it ran in.
+    pub precision: Precision,
+    /// Tokens per pair after truncation, special tokens included.
+    pub tokens: Vec<usize>,
+    /// Each pair's logit, scored on its own.
+    pub singles: Vec<f32>,
+    /// Each pair's logit, all pairs in one job.
+    pub batched: Vec<f32>,
+}
+
+/// Loads the reranker `package` in `precision` and scores `pairs` alone and together.
+pub fn score_package(
+    package: &Path,
+    state: &Path,
+    pairs: &[(String, String)],
+    precision: Precision,
+) -> PairRun {
+    let model = load_package(package, state, precision);
+    let rt = runtime();
+    let encoded: Vec<_> = pairs
+        .iter()
+        .map(|(q, d)| {
+            model
+                .tokenizer
+                .encode_pair(q, d, caxton::engine::Cut::End)
+                .expect("tokenize")
+        })
+        .collect();
+    let one = |logits: Vec<f32>| {
+        assert_eq!(logits.len(), 1, "one logit per pair");
+        logits[0]
+    };
+    let singles = encoded
+        .iter()
+        .map(|e| {
+            one(rt
+                .block_on(model.score(vec![e.clone()]))
+                .expect("score")
+                .remove(0))
+        })
+        .collect();
+    let batched = rt
+        .block_on(model.score(encoded.clone()))
+        .expect("score")
+        .into_iter()
+        .map(one)
+        .collect();
+    PairRun {
+        precision: model.precision,
+        tokens: encoded.iter().map(|e| e.len()).collect(),
+        singles,
+        batched,
+    }
+}
+
+/// The largest absolute difference between paired values.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "value counts differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 impl Run {

@@ -4,6 +4,7 @@
 
 pub mod cgroups;
 pub mod engine;
+pub mod fixtures;
 pub mod metrics;
 pub mod packages;
 

@@ -15,6 +15,35 @@ use candle_transformers::models::bert::Config;
 use crate::package::Architecture;
 pub use tensors::Tensors;
 
+/// Moves a reranker's classification head (already stripped of the encoder's prefix by
+/// [`to_bert`]) to the names [`super::head`] reads: BERT's pooler and classifier, or
+/// XLM-RoBERTa's classifier dense and output projection.
+pub fn head_tensors(architecture: Architecture, tensors: &mut Tensors) -> Result<(), String> {
+    use super::head::{DENSE, OUT};
+    let renames: &[(&str, &str)] = match architecture {
+        Architecture::Bert => &[("pooler.dense", DENSE), ("classifier", OUT)],
+        Architecture::XlmRoberta => &[("classifier.dense", DENSE), ("classifier.out_proj", OUT)],
+        other => {
+            return Err(format!(
+                "a {} reranker is not supported (rerankers: bert, xlm-roberta)",
+                other.as_str()
+            ));
+        }
+    };
+    for (from, to) in renames {
+        for part in ["weight", "bias"] {
+            let t = tensors.remove(&format!("{from}.{part}")).ok_or_else(|| {
+                format!(
+                    "model.safetensors: no tensor {from}.{part}: a {} reranker's classifier head needs it",
+                    architecture.as_str()
+                )
+            })?;
+            tensors.insert(format!("{to}.{part}"), t);
+        }
+    }
+    Ok(())
+}
+
 /// The BERT configuration and tensors equivalent to a checkpoint of `architecture`.
 pub fn to_bert(
     architecture: Architecture,

@@ -1,0 +1,181 @@
+//! The reranking path shared by TEI's `/rerank` and the Cohere-style `/v1/rerank`: pick the
+//! reranker, tokenize each query–document pair off the async workers, check lengths, score the
+//! pairs on the model's engine thread (batched there with other requests' pairs), and apply
+//! the manifest's activation.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+
+use super::embed::{account, tokenize_off_runtime};
+use super::error::ApiError;
+use crate::engine::{Cut, Encoded};
+use crate::package::{ModelKind, ScoreActivation};
+use crate::state::AppState;
+
+/// One rerank request, whatever API it came through.
+pub struct RerankRequest {
+    /// Reranker id, or the default one.
+    pub model: Option<String>,
+    /// The text the documents are ranked against.
+    pub query: String,
+    /// Non-empty documents, in the client's order.
+    pub documents: Vec<String>,
+    /// The request's name for the documents (`texts`, `documents`), for error messages.
+    pub field: &'static str,
+    /// Cut over-long pairs at the model's limit (true) or refuse them with 413 (false).
+    pub truncate: bool,
+    /// Which end of an over-long pair goes.
+    pub cut: Cut,
+}
+
+/// Scores for a request, in the documents' order.
+pub struct Reranked {
+    /// The reranker that answered.
+    pub model: String,
+    /// Each document's logit, before the activation.
+    pub logits: Vec<f32>,
+    /// Each document's score: the manifest's activation of its logit.
+    pub scores: Vec<f32>,
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+}
+
+impl Reranked {
+    /// Document indices by score, best first (ties keep the documents' order).
+    pub fn ranking(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.scores.len()).collect();
+        // The activations are monotonic, so logits and scores rank alike.
+        order.sort_by(|&a, &b| self.logits[b].total_cmp(&self.logits[a]));
+        order
+    }
+}
+
+/// `query`, unless it is empty or only whitespace.
+pub fn query(query: String) -> Result<String, ApiError> {
+    if query.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_input",
+            "`query` is empty or only whitespace; send the text to rank the documents against",
+        ));
+    }
+    Ok(query)
+}
+
+/// Scores every document of `req` against its query.
+pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranked, ApiError> {
+    super::check_serving(state)?;
+    let id = match req.model {
+        Some(id) => id,
+        None => default_reranker(state)?,
+    };
+    let slot = super::model_slot(state, &id, ModelKind::Reranker)?;
+    super::served_by(&id);
+    let model = state.registry.acquire(&id).await?;
+    let manifest = &model.package.manifest;
+    let activation = manifest.activation.unwrap_or(ScoreActivation::Sigmoid);
+    let tokenizer = model.tokenizer.clone();
+    let (query, documents, cut) = (req.query, req.documents, req.cut);
+    let encoded: Vec<Encoded> = tokenize_off_runtime(move || {
+        documents
+            .iter()
+            .map(|d| tokenizer.encode_pair(&query, d, cut))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    if !req.truncate
+        && let Some(i) = encoded.iter().position(|e| e.truncated)
+    {
+        return Err(ApiError::too_large(
+            "input_too_long",
+            format!(
+                "the query with `{}[{i}]` is longer than the {} tokens model {id} reads for a pair; shorten them or set \"truncate\": true",
+                req.field, manifest.max_seq_length
+            ),
+        ));
+    }
+    let tokens = encoded.iter().map(Encoded::len).sum();
+    tracing::debug!(caxton_model = %id, pairs = encoded.len(), tokens, "rerank request queued");
+    let logits: Vec<f32> = model
+        .score(encoded)
+        .await?
+        .into_iter()
+        .map(|l| l.first().copied().unwrap_or(f32::NAN))
+        .collect();
+    if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "engine_error",
+            format!(
+                "model {id} scored `{}[{i}]` as {} (the weights compute non-finite numbers); replace the package",
+                req.field, logits[i]
+            ),
+        ));
+    }
+    account(&slot, logits.len(), tokens);
+    let mut scores = logits.clone();
+    activation.apply(&mut scores);
+    Ok(Reranked {
+        model: id,
+        logits,
+        scores,
+        tokens,
+    })
+}
+
+/// `models.default_reranker`, else the one verified reranker; a request must name one when
+/// there are several (a second side-loaded reranker never silently takes over) or none.
+fn default_reranker(state: &AppState) -> Result<String, ApiError> {
+    if let Some(id) = state.settings().models.default_reranker.clone() {
+        return Ok(id);
+    }
+    let rerankers: Vec<String> = state
+        .registry
+        .models()
+        .into_iter()
+        .filter(|m| m.kind == ModelKind::Reranker)
+        .map(|m| m.id)
+        .collect();
+    match rerankers.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            "no reranker is installed; side-load a cross-encoder package (caxton pack makes one from a CrossEncoder folder) into models.package_dir",
+        )),
+        several => Err(ApiError::bad_request(
+            "model_required",
+            format!(
+                "several rerankers are installed ({}); name one with \"model\" or set models.default_reranker",
+                several.join(", ")
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_by_score_best_first_and_keeps_ties_in_order() {
+        let r = Reranked {
+            model: "m".into(),
+            logits: vec![0.5, 2.0, 0.5, -1.0],
+            scores: vec![0.62, 0.88, 0.62, 0.27],
+            tokens: 0,
+        };
+        assert_eq!(r.ranking(), vec![1, 0, 2, 3]);
+    }
+
+    #[test]
+    fn an_empty_query_is_refused() {
+        let e = query("  ".into()).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "empty_input"));
+        assert_eq!(
+            e.message,
+            "`query` is empty or only whitespace; send the text to rank the documents against"
+        );
+        assert_eq!(query("q".into()).unwrap(), "q");
+    }
+}

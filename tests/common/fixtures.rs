@@ -1,0 +1,130 @@
+//! The tiny seeded models of tests/fixtures/architectures: their weights regenerated from the
+//! splitmix64 stream generate.py filled them from (so none are committed), and the rerankers
+//! packed with `caxton pack` as a user would.
+
+use std::path::{Path, PathBuf};
+
+use caxton::package::pack::{PackOptions, WeightStorage, pack};
+use serde::Deserialize;
+
+/// A fixture folder under tests/fixtures/architectures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/architectures")
+        .join(name)
+}
+
+/// generate.py's `fill` as safetensors bytes: splitmix64 from `seed`, top 24 bits to
+/// [-0.15, 0.15) in f64, +1 for norm weights, x10 for MPNet's relative attention bias, stored
+/// as f32, parameters in name order.
+pub fn seeded_safetensors(seed: u64, parameters: &[(String, Vec<usize>)]) -> Vec<u8> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, shape) in parameters {
+        let norm =
+            name.ends_with("weight") && (name.contains("LayerNorm") || name.contains("layer_norm"));
+        let n: usize = shape.iter().product();
+        let mut bytes = Vec::with_capacity(n * 4);
+        for _ in 0..n {
+            let mut v = ((next() >> 40) as f64 / (1u64 << 24) as f64) * 0.3 - 0.15;
+            if norm {
+                v += 1.0;
+            }
+            if name.contains("relative_attention_bias") {
+                v *= 10.0;
+            }
+            bytes.extend_from_slice(&(v as f32).to_le_bytes());
+        }
+        data.push((name.clone(), shape.clone(), bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("view");
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize(views, None).expect("serialize")
+}
+
+/// A reranker fixture's reference.json: pairs and what transformers and sentence-transformers
+/// made of them.
+#[derive(Deserialize)]
+pub struct RerankerReference {
+    pub seed: u64,
+    pub parameters: Vec<(String, Vec<usize>)>,
+    pub pairs: Vec<(String, String)>,
+    pub tokens: Vec<usize>,
+    /// transformers' logits.
+    pub logits: Vec<f32>,
+    /// `CrossEncoder.predict`'s scores (sigmoid of the logits).
+    pub scores: Vec<f32>,
+}
+
+/// The reference of `<arch>-reranker`.
+pub fn reranker_reference(arch: &str) -> RerankerReference {
+    let path = fixture(&format!("{arch}-reranker")).join("reranker.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("reranker.json")).expect("reranker JSON")
+}
+
+/// The CrossEncoder folder of `<arch>-reranker` with its weights, in `dir`, as
+/// sentence-transformers saved it.
+pub fn reranker_folder(arch: &str, dir: &Path) {
+    let r = reranker_reference(arch);
+    let src = fixture(&format!("{arch}-reranker"));
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for f in [
+        "config.json",
+        "config_sentence_transformers.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).expect(f);
+    }
+    std::fs::write(
+        dir.join("model.safetensors"),
+        seeded_safetensors(r.seed, &r.parameters),
+    )
+    .expect("weights");
+}
+
+/// `<arch>-reranker` packed by `caxton pack` as `<id>` into `out_dir/<id>.tar.zst`, and the
+/// manifest pack wrote.
+pub fn reranker_package(
+    arch: &str,
+    id: &str,
+    out_dir: &Path,
+) -> (PathBuf, caxton::package::Manifest) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let folder = work.path().join(id);
+    reranker_folder(arch, &folder);
+    std::fs::create_dir_all(out_dir).expect("mkdir");
+    let package = out_dir.join(format!("{id}.tar.zst"));
+    let summary = pack(
+        &PackOptions {
+            model_dir: folder,
+            id: Some(id.to_string()),
+            version: "1".into(),
+            weights: WeightStorage::AsIs,
+            level: 3,
+            prompts: Vec::new(),
+            default_prompt: None,
+        },
+        &package,
+    )
+    .expect("caxton pack recognises the CrossEncoder folder");
+    // pack's provenance record stays out of the package directory the daemon watches.
+    let _ = std::fs::remove_file(caxton::package::pack::provenance_path(&package));
+    (package, summary.manifest)
+}
