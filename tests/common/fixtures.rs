@@ -68,6 +68,26 @@ pub struct RerankerReference {
     pub logits: Vec<f32>,
     /// `CrossEncoder.predict`'s scores (sigmoid of the logits).
     pub scores: Vec<f32>,
+    /// One query against several documents.
+    pub rank: RankReference,
+}
+
+/// `CrossEncoder.rank` of one query against several documents.
+#[derive(Deserialize)]
+pub struct RankReference {
+    pub query: String,
+    pub documents: Vec<String>,
+    /// Tokens of each (query, document) pair after truncation.
+    pub tokens: Vec<usize>,
+    /// Best first.
+    pub ranking: Vec<Ranked>,
+}
+
+/// One document's place in [`RankReference::ranking`].
+#[derive(Deserialize)]
+pub struct Ranked {
+    pub index: usize,
+    pub score: f32,
 }
 
 /// The reference of `<arch>-reranker`.
