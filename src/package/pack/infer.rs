@@ -1,0 +1,405 @@
+//! What a folder implies for the manifest: a sentence-transformers bi-encoder (its pooling,
+//! normalisation and length), or a cross-encoder (sentence-transformers' CrossEncoder of
+//! versions 2 to 6, or transformers' sequence classification: its labels, activation and pair
+//! length).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::super::error::PackageError;
+use super::super::manifest::{Architecture, ModelKind, Pooling, ScoreActivation};
+
+#[derive(Deserialize)]
+struct HfConfig {
+    model_type: Option<String>,
+    /// DistilBERT calls it `dim`.
+    #[serde(alias = "dim")]
+    hidden_size: usize,
+    max_position_embeddings: Option<usize>,
+    pad_token_id: Option<usize>,
+    /// `BertForSequenceClassification` and the like mark a cross-encoder.
+    #[serde(default)]
+    architectures: Vec<String>,
+    num_labels: Option<usize>,
+    #[serde(default)]
+    id2label: std::collections::BTreeMap<String, String>,
+    /// Where sentence-transformers 4 and 5 save a CrossEncoder's activation.
+    sentence_transformers: Option<StCrossEncoder>,
+    /// Where sentence-transformers 2 and 3 saved it.
+    sbert_ce_default_activation_function: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StCrossEncoder {
+    activation_fn: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenizerConfig {
+    model_max_length: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct StModule {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct StPooling {
+    word_embedding_dimension: Option<usize>,
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct StConfig {
+    max_seq_length: Option<usize>,
+}
+
+/// The parts of `config_sentence_transformers.json` a package carries.
+#[derive(Deserialize, Default)]
+pub(super) struct StModelConfig {
+    #[serde(default)]
+    pub prompts: std::collections::BTreeMap<String, String>,
+    pub default_prompt_name: Option<String>,
+    /// `CrossEncoder` for a cross-encoder (sentence-transformers 6).
+    model_type: Option<String>,
+    /// A CrossEncoder's activation (sentence-transformers 6).
+    activation_fn: Option<String>,
+}
+
+impl StModelConfig {
+    pub(super) fn read(dir: &Path) -> Result<StModelConfig, PackageError> {
+        let path = dir.join("config_sentence_transformers.json");
+        if path.exists() {
+            read_json(&path)
+        } else {
+            Ok(StModelConfig::default())
+        }
+    }
+}
+
+pub(super) fn unusable(msg: impl Into<String>) -> PackageError {
+    PackageError::Unusable(msg.into())
+}
+
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, PackageError> {
+    let bytes = std::fs::read(path).map_err(|e| PackageError::io("read", path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| unusable(format!("{}: {e}", path.display())))
+}
+
+/// The manifest fields a sentence-transformers folder implies.
+pub(super) struct Inferred {
+    pub architecture: Architecture,
+    pub dimensions: usize,
+    pub max_seq_length: usize,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub kind: ModelKind,
+    pub labels: Option<usize>,
+    pub activation: Option<ScoreActivation>,
+}
+
+pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
+    let config: HfConfig = read_json(&dir.join("config.json"))?;
+    let st_model = StModelConfig::read(dir)?;
+    let architecture = match config.model_type.as_deref() {
+        Some("bert") => Architecture::Bert,
+        Some("distilbert") => Architecture::DistilBert,
+        Some("xlm-roberta") => Architecture::XlmRoberta,
+        Some("mpnet") => Architecture::Mpnet,
+        other => {
+            return Err(unusable(format!(
+                "config.json: model_type {other:?} is not supported (supported: bert, distilbert, xlm-roberta, mpnet)"
+            )));
+        }
+    };
+    let mut max_positions = config.max_position_embeddings.unwrap_or(512);
+    if matches!(architecture, Architecture::XlmRoberta | Architecture::Mpnet) {
+        // RoBERTa's (and MPNet's) positions start after pad_token_id.
+        max_positions = max_positions.saturating_sub(config.pad_token_id.unwrap_or(1) + 1);
+    }
+    let cross_encoder = st_model.model_type.as_deref() == Some("CrossEncoder")
+        || config
+            .architectures
+            .iter()
+            .any(|a| a.ends_with("ForSequenceClassification"));
+    if cross_encoder {
+        return infer_reranker(dir, &config, &st_model, architecture, max_positions);
+    }
+    let modules: Vec<StModule> = read_json(&dir.join("modules.json"))?;
+    let mut pooling = None;
+    let mut normalize = false;
+    for m in &modules {
+        match m.kind.as_str() {
+            "sentence_transformers.models.Transformer" => {}
+            "sentence_transformers.models.Normalize" => normalize = true,
+            "sentence_transformers.models.Pooling" => {
+                let p: StPooling = read_json(&dir.join(&m.path).join("config.json"))?;
+                if p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens {
+                    return Err(unusable(format!(
+                        "{}/config.json: only mean or cls pooling is supported",
+                        m.path
+                    )));
+                }
+                pooling = Some(
+                    match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
+                        (true, false) => Pooling::Mean,
+                        (false, true) => Pooling::Cls,
+                        _ => {
+                            return Err(unusable(format!(
+                                "{}/config.json: exactly one of mean or cls pooling must be set",
+                                m.path
+                            )));
+                        }
+                    },
+                );
+                if let Some(d) = p.word_embedding_dimension
+                    && d != config.hidden_size
+                {
+                    return Err(unusable(format!(
+                        "{}/config.json: word_embedding_dimension {d} differs from hidden_size {}",
+                        m.path, config.hidden_size
+                    )));
+                }
+            }
+            other => {
+                return Err(unusable(format!(
+                    "modules.json: module {other} is not supported"
+                )));
+            }
+        }
+    }
+    let pooling = pooling.ok_or_else(|| unusable("modules.json: no Pooling module"))?;
+    let st: StConfig = read_json(&dir.join("sentence_bert_config.json"))?;
+    let max_seq_length = st
+        .max_seq_length
+        .unwrap_or(max_positions)
+        .min(max_positions);
+    Ok(Inferred {
+        architecture,
+        dimensions: config.hidden_size,
+        max_seq_length,
+        pooling,
+        normalize,
+        kind: ModelKind::Embedding,
+        labels: None,
+        activation: None,
+    })
+}
+
+/// A cross-encoder folder (sentence-transformers' CrossEncoder, or transformers'
+/// sequence classification): its labels, the activation CrossEncoder applies (where each
+/// version saved it, else its default: sigmoid for one label), and the pair length
+/// CrossEncoder tokenizes to (`sentence_bert_config.json`'s `max_seq_length`, else the
+/// tokenizer's `model_max_length`, within the positions).
+fn infer_reranker(
+    dir: &Path,
+    config: &HfConfig,
+    st_model: &StModelConfig,
+    architecture: Architecture,
+    max_positions: usize,
+) -> Result<Inferred, PackageError> {
+    if !matches!(architecture, Architecture::Bert | Architecture::XlmRoberta) {
+        return Err(unusable(format!(
+            "config.json: a {} cross-encoder is not supported (rerankers: bert, xlm-roberta)",
+            architecture.as_str()
+        )));
+    }
+    // transformers' own default is two labels when the config names none.
+    let labels = config
+        .num_labels
+        .or((!config.id2label.is_empty()).then_some(config.id2label.len()))
+        .unwrap_or(2);
+    let (saved, source) = match (
+        &st_model.activation_fn,
+        config
+            .sentence_transformers
+            .as_ref()
+            .and_then(|s| s.activation_fn.as_ref()),
+        &config.sbert_ce_default_activation_function,
+    ) {
+        (Some(a), _, _) => (Some(a), "config_sentence_transformers.json: activation_fn"),
+        (None, Some(a), _) => (Some(a), "config.json: sentence_transformers.activation_fn"),
+        (None, None, Some(a)) => (Some(a), "config.json: sbert_ce_default_activation_function"),
+        (None, None, None) => (None, ""),
+    };
+    let activation = match saved.map(String::as_str) {
+        None if labels == 1 => ScoreActivation::Sigmoid,
+        None => ScoreActivation::Identity,
+        Some("torch.nn.modules.activation.Sigmoid") => ScoreActivation::Sigmoid,
+        Some("torch.nn.modules.linear.Identity") => ScoreActivation::Identity,
+        Some("torch.nn.modules.activation.Tanh") => ScoreActivation::Tanh,
+        Some(other) => {
+            return Err(unusable(format!(
+                "{source}: {other} is not supported (torch.nn.modules.activation.Sigmoid, torch.nn.modules.linear.Identity, torch.nn.modules.activation.Tanh)"
+            )));
+        }
+    };
+    let st: Option<StConfig> = match dir.join("sentence_bert_config.json") {
+        p if p.exists() => Some(read_json(&p)?),
+        _ => None,
+    };
+    let tokenizer_max = match dir.join("tokenizer_config.json") {
+        p if p.exists() => read_json::<TokenizerConfig>(&p)?
+            .model_max_length
+            // transformers writes a huge sentinel when the tokenizer sets no limit.
+            .filter(|m| (2.0..1e9).contains(m))
+            .map(|m| m as usize),
+        _ => None,
+    };
+    let max_seq_length = st
+        .and_then(|s| s.max_seq_length)
+        .or(tokenizer_max)
+        .unwrap_or(max_positions)
+        .min(max_positions);
+    Ok(Inferred {
+        architecture,
+        dimensions: config.hidden_size,
+        max_seq_length,
+        pooling: Pooling::Cls,
+        normalize: false,
+        kind: ModelKind::Reranker,
+        labels: Some(labels),
+        activation: Some(activation),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cross-encoder folder with `config` as config.json and, when given, tokenizer_config.json.
+    fn folder(config: serde_json::Value, tokenizer_max: Option<f64>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write");
+        if let Some(m) = tokenizer_max {
+            std::fs::write(
+                dir.path().join("tokenizer_config.json"),
+                serde_json::json!({"model_max_length": m}).to_string(),
+            )
+            .expect("write");
+        }
+        dir
+    }
+
+    fn bert(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "model_type": "bert", "hidden_size": 32, "max_position_embeddings": 512,
+            "architectures": ["BertForSequenceClassification"], "id2label": {"0": "LABEL_0"},
+        });
+        c.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        c
+    }
+
+    #[test]
+    fn every_sentence_transformers_version_s_activation_is_read() {
+        // 2 and 3: a top-level key, written only when set.
+        let d = folder(
+            bert(
+                serde_json::json!({"sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity"}),
+            ),
+            Some(512.0),
+        );
+        let i = infer(d.path()).expect("a reranker");
+        assert_eq!(
+            (
+                i.kind,
+                i.labels,
+                i.activation,
+                i.pooling,
+                i.normalize,
+                i.max_seq_length
+            ),
+            (
+                ModelKind::Reranker,
+                Some(1),
+                Some(ScoreActivation::Identity),
+                Pooling::Cls,
+                false,
+                512
+            )
+        );
+        // 4 and 5: under `sentence_transformers`.
+        let d = folder(
+            bert(
+                serde_json::json!({"sentence_transformers": {"activation_fn": "torch.nn.modules.activation.Tanh", "version": "4.1.0"}}),
+            ),
+            Some(128.0),
+        );
+        let i = infer(d.path()).expect("a reranker");
+        assert_eq!(
+            (i.activation, i.max_seq_length),
+            (Some(ScoreActivation::Tanh), 128)
+        );
+        // None saved (a plain transformers folder): CrossEncoder's default for one label; a
+        // tokenizer without a limit (transformers' sentinel) leaves the positions.
+        let d = folder(bert(serde_json::json!({})), Some(1e30));
+        let i = infer(d.path()).expect("a reranker");
+        assert_eq!(
+            (i.activation, i.max_seq_length),
+            (Some(ScoreActivation::Sigmoid), 512)
+        );
+        // XLM-R's positions start after the padding id.
+        let d = folder(
+            serde_json::json!({"model_type": "xlm-roberta", "hidden_size": 32,
+                "max_position_embeddings": 514, "pad_token_id": 1, "num_labels": 1,
+                "architectures": ["XLMRobertaForSequenceClassification"]}),
+            None,
+        );
+        let i = infer(d.path()).expect("a reranker");
+        assert_eq!(
+            (i.architecture, i.max_seq_length),
+            (Architecture::XlmRoberta, 512)
+        );
+        // Several labels are read as they are (the manifest then refuses a classifier).
+        let d = folder(
+            bert(serde_json::json!({"id2label": {"0": "a", "1": "b", "2": "c"}})),
+            None,
+        );
+        let i = infer(d.path()).expect("read");
+        assert_eq!(
+            (i.labels, i.activation),
+            (Some(3), Some(ScoreActivation::Identity))
+        );
+    }
+
+    #[test]
+    fn unsupported_cross_encoders_are_refused_naming_the_file_and_value() {
+        let d = folder(
+            bert(
+                serde_json::json!({"sentence_transformers": {"activation_fn": "torch.nn.modules.activation.ReLU"}}),
+            ),
+            None,
+        );
+        assert_eq!(
+            infer(d.path()).err().map(|e| e.to_string()).as_deref(),
+            Some(
+                "unusable model: config.json: sentence_transformers.activation_fn: torch.nn.modules.activation.ReLU is not supported (torch.nn.modules.activation.Sigmoid, torch.nn.modules.linear.Identity, torch.nn.modules.activation.Tanh)"
+            )
+        );
+        let d = folder(
+            serde_json::json!({"model_type": "distilbert", "dim": 32,
+                "architectures": ["DistilBertForSequenceClassification"]}),
+            None,
+        );
+        assert_eq!(
+            infer(d.path()).err().map(|e| e.to_string()).as_deref(),
+            Some(
+                "unusable model: config.json: a distilbert cross-encoder is not supported (rerankers: bert, xlm-roberta)"
+            )
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! `caxton pack`: turns a sentence-transformers folder into a package, deterministically (same
+//! inputs and options give the same bytes), optionally storing the weights as f16.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+mod infer;
+
+use super::error::PackageError;
+use super::manifest::{FORMAT, FileEntry, MANIFEST_NAME, Manifest};
+use infer::{StModelConfig, infer, unusable};
+
+/// How the weights are stored in the package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// As in the source folder.
+    AsIs,
+    /// f32 tensors converted to f16: half the size; the engine computes in f32 either way.
+    F16,
+}
+
+/// What to pack and how.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// The sentence-transformers folder.
+    pub model_dir: PathBuf,
+    /// Model id; defaults to the folder's name.
+    pub id: Option<String>,
+    /// Package version.
+    pub version: String,
+    /// Weight storage.
+    pub weights: WeightStorage,
+    /// zstd level (1–22).
+    pub level: i32,
+    /// Prompts to add or override (name, text), over those of
+    /// `config_sentence_transformers.json`.
+    pub prompts: Vec<(String, String)>,
+    /// The prompt used when a request names none (default: the folder's
+    /// `default_prompt_name`).
+    pub default_prompt: Option<String>,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct PackSummary {
+    /// The manifest written as the first entry.
+    pub manifest: Manifest,
+    /// sha256 of the package file.
+    pub package_sha256: String,
+    /// Size of the package file.
+    pub package_size: u64,
+    /// sha256 of the folder's `model.safetensors` as given (before any f16 conversion).
+    pub source_weights_sha256: String,
+    /// How the folder differs from the known release of its id (see [`super::known`]).
+    pub warnings: Vec<String>,
+}
+
+/// Converts every f32 tensor of a safetensors file to f16, keeping names, shapes, other dtypes
+/// and metadata. Output order is fixed by the safetensors serialiser, so it is reproducible.
+fn weights_to_f16(bytes: &[u8]) -> Result<Vec<u8>, PackageError> {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    let bad = |e: safetensors::SafeTensorError| unusable(format!("model.safetensors: {e}"));
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(bad)?;
+    let mut converted: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in tensors.tensors() {
+        let data = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
+                })
+                .collect(),
+            _ => view.data().to_vec(),
+        };
+        let dtype = match view.dtype() {
+            Dtype::F32 => Dtype::F16,
+            d => d,
+        };
+        converted.push((name, dtype, view.shape().to_vec(), data));
+    }
+    let views = converted
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            TensorView::new(*dtype, shape.clone(), data).map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    safetensors::serialize(views, metadata.metadata().clone()).map_err(bad)
+}
+
+/// Where `caxton pack` records how a package was made: next to it, outside the package, so
+/// the package's bytes depend only on the model (packing stays reproducible).
+pub fn provenance_path(package: &Path) -> PathBuf {
+    let mut name = package.as_os_str().to_owned();
+    name.push(".provenance.json");
+    PathBuf::from(name)
+}
+
+fn write_provenance(package: &Path, record: &serde_json::Value) -> Result<(), PackageError> {
+    let path = provenance_path(package);
+    let text = serde_json::to_string_pretty(record)
+        .map_err(|e| unusable(format!("provenance record: {e}")))?;
+    std::fs::write(&path, text + "\n").map_err(|e| PackageError::io("write", &path, e))
+}
+
+/// Builds a package at `output` from `opts.model_dir`, and its provenance record beside it.
+pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageError> {
+    let dir = &opts.model_dir;
+    let inferred = infer(dir)?;
+    let id = match &opts.id {
+        Some(id) => id.clone(),
+        None => dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .ok_or_else(|| unusable("cannot derive an id from the folder name; pass --id"))?,
+    };
+
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|e| PackageError::io("read", &p, e))
+    };
+    let weights = read("model.safetensors")?;
+    let source_weights_sha256 = hex::encode(Sha256::digest(&weights));
+    let weights = match opts.weights {
+        WeightStorage::AsIs => weights,
+        WeightStorage::F16 => weights_to_f16(&weights)?,
+    };
+    let payload: Vec<(&str, Vec<u8>)> = vec![
+        ("config.json", read("config.json")?),
+        ("tokenizer.json", read("tokenizer.json")?),
+        ("model.safetensors", weights),
+    ];
+    let st_model = StModelConfig::read(dir)?;
+    let mut prompts = st_model.prompts;
+    // sentence-transformers writes empty prompts for models without any.
+    prompts.retain(|_, text| !text.is_empty());
+    prompts.extend(opts.prompts.iter().cloned());
+    // A folder's default naming no prompt is ignored; one given on the command line must
+    // exist (the manifest check says so).
+    let default_prompt = opts.default_prompt.clone().or(st_model
+        .default_prompt_name
+        .filter(|d| prompts.contains_key(d)));
+    let manifest = Manifest {
+        prompts,
+        default_prompt,
+        format: FORMAT,
+        id,
+        version: opts.version.clone(),
+        architecture: inferred.architecture,
+        dimensions: inferred.dimensions,
+        max_seq_length: inferred.max_seq_length,
+        pooling: inferred.pooling,
+        normalize: inferred.normalize,
+        kind: inferred.kind,
+        labels: inferred.labels,
+        activation: inferred.activation,
+        files: payload
+            .iter()
+            .map(|(name, bytes)| FileEntry {
+                path: (*name).to_string(),
+                size: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(bytes)),
+            })
+            .collect(),
+    };
+    manifest
+        .validate()
+        .map_err(|e| unusable(format!("the manifest would be invalid: {e}")))?;
+
+    let tmp = output.with_extension("tmp");
+    let file = File::create(&tmp).map_err(|e| PackageError::io("create", &tmp, e))?;
+    let write_err = |e: std::io::Error| PackageError::io("write", &tmp, e);
+    let mut encoder =
+        zstd::stream::write::Encoder::new(BufWriter::new(file), opts.level).map_err(write_err)?;
+    encoder.include_checksum(true).map_err(write_err)?;
+    let mut builder = tar::Builder::new(encoder);
+    let yaml = manifest.to_yaml();
+    append(&mut builder, MANIFEST_NAME, yaml.as_bytes()).map_err(write_err)?;
+    for (name, bytes) in &payload {
+        append(&mut builder, name, bytes).map_err(write_err)?;
+    }
+    let encoder = builder.into_inner().map_err(write_err)?;
+    let mut out = encoder.finish().map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    out.get_ref().sync_all().map_err(write_err)?;
+    drop(out);
+    std::fs::rename(&tmp, output).map_err(|e| PackageError::io("rename into", output, e))?;
+
+    let warnings = super::known::differences(
+        &manifest.id,
+        manifest.architecture,
+        manifest.dimensions,
+        &source_weights_sha256,
+    );
+    let package_sha256 = super::store::sha256_file(output)?;
+    write_provenance(
+        output,
+        &serde_json::json!({
+            "packed_by": concat!("caxton pack ", env!("CARGO_PKG_VERSION")),
+            "source_dir": std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            "source_weights_sha256": source_weights_sha256,
+            "known_release": super::known::KNOWN
+                .iter()
+                .find(|k| k.id == manifest.id)
+                .and_then(|k| k.weights_sha256)
+                .map(|w| w == source_weights_sha256),
+            "weights_storage": match opts.weights {
+                WeightStorage::AsIs => "as-is",
+                WeightStorage::F16 => "f16",
+            },
+            "differences_from_known_release": warnings,
+            "package_sha256": package_sha256,
+        }),
+    )?;
+    Ok(PackSummary {
+        manifest,
+        package_sha256,
+        package_size: std::fs::metadata(output)
+            .map_err(|e| PackageError::io("stat", output, e))?
+            .len(),
+        source_weights_sha256,
+        warnings,
+    })
+}
+
+/// Appends a regular file with fixed metadata, so the archive depends only on the content.
+fn append<W: Write>(
+    builder: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut header, name, bytes)
+}
