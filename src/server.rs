@@ -130,6 +130,7 @@ async fn start(state: &Arc<AppState>) -> Result<(), String> {
     .await
     .map_err(|e| format!("package verification panicked: {e}"))??;
 
+    warn_unusable_default_reranker(&state, &settings);
     let default = &settings.models.default;
     if state.registry.get(default).is_none() {
         let rejected: Vec<String> = state
@@ -170,4 +171,25 @@ async fn start(state: &Arc<AppState>) -> Result<(), String> {
     }
     state.set_health(Health::Serving);
     Ok(())
+}
+
+/// A `models.default_reranker` that names no verified reranker at start: rerank requests that
+/// name no model get the 404 or 400 that says so; the journal says it once, here. (On reload
+/// such a change is refused instead.)
+fn warn_unusable_default_reranker(state: &AppState, settings: &crate::config::Settings) {
+    let Some(id) = &settings.models.default_reranker else {
+        return;
+    };
+    let problem = match state.registry.get(id) {
+        None => "no verified package has this id",
+        Some(slot) if slot.package.manifest.kind != crate::package::ModelKind::Reranker => {
+            "it is an embedding model, not a reranker"
+        }
+        Some(_) => return,
+    };
+    tracing::warn!(
+        caxton_event = "default_reranker_missing",
+        caxton_model = %id,
+        "models.default_reranker {id:?} cannot serve: {problem}; rerank requests must name a model until a reranker package with this id is installed"
+    );
 }
