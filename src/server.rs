@@ -130,7 +130,7 @@ async fn start(state: &Arc<AppState>) -> Result<(), String> {
     .await
     .map_err(|e| format!("package verification panicked: {e}"))??;
 
-    warn_unusable_default_reranker(&state, &settings);
+    warn_unusable_default_reranker(state, &settings);
     let default = &settings.models.default;
     if state.registry.get(default).is_none() {
         let rejected: Vec<String> = state
