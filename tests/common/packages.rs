@@ -35,6 +35,15 @@ pub fn bundled_copy_edit(dst: &Path, edit: impl Fn(String) -> String) {
 }
 
 /// Every entry of the bundled package: header, path, bytes.
+/// One file of the bundled package (`config.json`, `tokenizer.json`, `model.safetensors`).
+pub fn bundled_file(name: &str) -> Vec<u8> {
+    bundled_entries()
+        .into_iter()
+        .find(|(_, path, _)| path == Path::new(name))
+        .map(|(_, _, data)| data)
+        .unwrap_or_else(|| panic!("the bundled package has no {name}"))
+}
+
 fn bundled_entries() -> Vec<(tar::Header, PathBuf, Vec<u8>)> {
     let src = bundled_dir().join("all-MiniLM-L6-v2.tar.zst");
     let mut archive = tar::Archive::new(

@@ -79,7 +79,7 @@ pub(super) fn distilbert(
         ("output_layer_norm.", "output.LayerNorm."),
     ];
     let mut out = rename_layers(
-        strip_prefix(tensors, "distilbert."),
+        strip_prefix(tensors, "distilbert.")?,
         "transformer.layer.",
         &renames,
     )?;
@@ -117,7 +117,7 @@ pub(super) fn xlm_roberta(
             c.position_embedding_type
         ));
     }
-    let mut out = strip_prefix(strip_prefix(tensors, "roberta."), "xlm_roberta.");
+    let mut out = strip_prefix(strip_prefix(tensors, "roberta.")?, "xlm_roberta.")?;
     let positions = drop_leading_positions(
         &mut out,
         c.shape.max_position_embeddings,

@@ -54,7 +54,7 @@ pub fn to_bert(
         Architecture::Bert => {
             let config: Config =
                 serde_json::from_slice(config_json).map_err(|e| format!("config.json: {e}"))?;
-            Ok((config, tensors::strip_prefix(tensors, "bert.")))
+            Ok((config, tensors::strip_prefix(tensors, "bert.")?))
         }
         Architecture::DistilBert => bert_family::distilbert(config_json, tensors),
         Architecture::XlmRoberta => bert_family::xlm_roberta(config_json, tensors),

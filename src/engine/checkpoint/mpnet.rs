@@ -67,7 +67,7 @@ pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
         ("attention.attn.o.", "attention.output.dense."),
         ("attention.LayerNorm.", "attention.output.LayerNorm."),
     ];
-    let mut out = rename_layers(strip_prefix(tensors, "mpnet."), "encoder.layer.", &renames)?;
+    let mut out = rename_layers(strip_prefix(tensors, "mpnet.")?, "encoder.layer.", &renames)?;
     let positions = drop_leading_positions(
         &mut out,
         c.shape.max_position_embeddings,

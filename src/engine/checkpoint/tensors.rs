@@ -8,15 +8,24 @@ use candle_core::{DType, Device, Tensor};
 /// A checkpoint's tensors by name.
 pub type Tensors = HashMap<String, Tensor>;
 
-/// The tensors with `prefix` taken off the names that have it.
-pub(super) fn strip_prefix(tensors: Tensors, prefix: &str) -> Tensors {
-    tensors
-        .into_iter()
-        .map(|(k, v)| match k.strip_prefix(prefix) {
-            Some(rest) => (rest.to_string(), v),
-            None => (k, v),
-        })
-        .collect()
+/// The tensors with `prefix` taken off the names that have it. A checkpoint holding a tensor
+/// both with and without the prefix (`bert.pooler.dense.weight` and `pooler.dense.weight`)
+/// is refused: which one the model means cannot be told, and picking one would run other
+/// weights than the folder's author meant.
+pub(super) fn strip_prefix(tensors: Tensors, prefix: &str) -> Result<Tensors, String> {
+    let mut out = Tensors::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let key = match name.strip_prefix(prefix) {
+            Some(rest) => rest.to_string(),
+            None => name.clone(),
+        };
+        if out.insert(key.clone(), t).is_some() {
+            return Err(format!(
+                "model.safetensors: {key} is there both as {prefix}{key} and without the prefix; keep one"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Renames the tensors of layer `i` under `layers` (e.g. `transformer.layer.`) to BERT's
@@ -79,4 +88,39 @@ pub(super) fn drop_leading_positions(
         .map_err(|e| format!("model.safetensors: {key}: {e}"))?;
     tensors.insert(key.into(), kept);
     Ok(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeros(n: usize) -> Tensor {
+        Tensor::zeros(n, DType::F32, &Device::Cpu).expect("zeros")
+    }
+
+    #[test]
+    fn a_prefix_is_stripped_and_a_collision_refused() {
+        let t: Tensors = [
+            ("bert.a".to_string(), zeros(1)),
+            ("b".to_string(), zeros(1)),
+        ]
+        .into();
+        let mut names: Vec<String> = strip_prefix(t, "bert.")
+            .expect("no collision")
+            .into_keys()
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        let t: Tensors = [
+            ("bert.pooler.dense.weight".to_string(), zeros(1)),
+            ("pooler.dense.weight".to_string(), zeros(1)),
+        ]
+        .into();
+        assert_eq!(
+            strip_prefix(t, "bert.").err().as_deref(),
+            Some(
+                "model.safetensors: pooler.dense.weight is there both as bert.pooler.dense.weight and without the prefix; keep one"
+            )
+        );
+    }
 }
