@@ -190,6 +190,71 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
             .any(|l| l.contains("model_loaded") && l.contains(XLMR)),
         "{log}"
     );
+
+    // Requests at once: their pairs share the engine's passes (whatever queued while a pass
+    // ran joins the next), and each answer equals the one the request gets alone.
+    let bodies: Vec<String> = (0..6)
+        .map(|k| {
+            let texts: Vec<&String> = bert.documents.iter().skip(k).take(4).collect();
+            json!({"query": bert.query, "texts": texts, "raw_scores": true}).to_string()
+        })
+        .collect();
+    let alone: Vec<(u16, Value)> = bodies
+        .iter()
+        .map(|b| d.request("POST", "/rerank", b))
+        .collect();
+    let batches_before = common::sample(&scrape(&d), "caxton_batch_size_count", &[("model", BERT)]);
+    let together: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|body| {
+                let socket = d.socket.clone();
+                s.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    let (status, bytes) = rt
+                        .block_on(caxton::cli::client::request(
+                            &socket,
+                            hyper::Method::POST,
+                            "/rerank",
+                            Some(body.clone().into_bytes()),
+                        ))
+                        .expect("request");
+                    (
+                        status.as_u16(),
+                        serde_json::from_slice(&bytes).expect("JSON"),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    for (a, t) in alone.iter().zip(&together) {
+        assert_eq!((a.0, t.0), (200, 200), "{t:?}");
+        for (x, y) in
+            a.1.as_array()
+                .expect("list")
+                .iter()
+                .zip(t.1.as_array().expect("list"))
+        {
+            assert_eq!(x["index"], y["index"], "{a:?} vs {t:?}");
+            let (x, y) = (
+                x["score"].as_f64().expect("score"),
+                y["score"].as_f64().expect("score"),
+            );
+            assert!((x - y).abs() < 1e-5, "alone {x}, at once {y}");
+        }
+    }
+    let batches = common::sample(&scrape(&d), "caxton_batch_size_count", &[("model", BERT)]);
+    println!(
+        "6 requests at once ran in {} forward passes",
+        batches.unwrap_or(0.0) - batches_before.unwrap_or(0.0)
+    );
 }
 
 #[test]
