@@ -162,6 +162,30 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
     );
     assert!(v["results"][0].get("document").is_none(), "{v}");
 
+    // The command line: the ranking with the texts, and the daemon's error on failure.
+    let mut args = vec!["rerank", "--model", XLMR, xlmr.query.as_str()];
+    args.extend(xlmr.documents.iter().map(String::as_str));
+    let out = caxton(&d, &args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON from caxton rerank");
+    assert_ranking(&v, &xlmr, "score", xlmr.documents.len());
+    assert_eq!(v[0]["text"], json!(xlmr.documents[xlmr.ranking[0].index]));
+    let out = caxton(
+        &d,
+        &["rerank", "--model", "all-MiniLM-L6-v2", "q", "d"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is an embedding model, not a reranker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Cohere's v2 path answers the same.
     let (s, v2) = post(
         &d,
@@ -182,7 +206,7 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
     );
     assert_eq!(
         sample("caxton_embedded_tokens_total", XLMR),
-        (tokens * 2) as f64
+        (tokens * 3) as f64
     );
     let log = d.log();
     assert!(

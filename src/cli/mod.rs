@@ -47,10 +47,24 @@ pub enum Command {
         #[arg(required = true)]
         texts: Vec<String>,
     },
-    /// Build a package from a sentence-transformers folder.
+    /// Rank documents against a query with a reranker and print the ranking as JSON, best
+    /// first: `[{"index", "score", "text"}]`.
+    Rerank {
+        /// Reranker id (default: models.default_reranker, else the one installed).
+        #[arg(long)]
+        model: Option<String>,
+        /// The query.
+        query: String,
+        /// The documents to rank.
+        #[arg(required = true)]
+        documents: Vec<String>,
+    },
+    /// Build a package from a sentence-transformers folder (or a CrossEncoder's).
     Pack {
         /// The sentence-transformers folder (config.json, model.safetensors, tokenizer.json,
-        /// modules.json, 1_Pooling/config.json, sentence_bert_config.json).
+        /// modules.json, 1_Pooling/config.json, sentence_bert_config.json), or a CrossEncoder
+        /// folder (config.json of a *ForSequenceClassification, model.safetensors,
+        /// tokenizer.json, tokenizer_config.json).
         model_dir: PathBuf,
         /// Output file, NAME.tar.zst.
         #[arg(short, long)]
@@ -141,6 +155,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = &cli.socket;
     match cli.command {
         Command::Embed { model, texts } => remote::embed(socket, model, texts),
+        Command::Rerank {
+            model,
+            query,
+            documents,
+        } => remote::rerank(socket, model, query, documents),
         Command::Pack {
             model_dir,
             output,

@@ -1,4 +1,5 @@
-//! The commands that talk to the daemon over its socket: `embed`, `reload`, `load`, `unload`.
+//! The commands that talk to the daemon over its socket: `embed`, `rerank`, `reload`, `load`,
+//! `unload`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -42,6 +43,29 @@ pub(super) fn embed(
         .map(|d| &d["embedding"])
         .collect();
     println!("{}", serde_json::to_string(&vectors)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `caxton rerank`: TEI's `/rerank` with the texts returned, printed as JSON, best first.
+pub(super) fn rerank(
+    socket: &Path,
+    model: Option<String>,
+    query: String,
+    documents: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({"query": query, "texts": documents, "model": model, "return_text": true});
+    let (status, bytes) = client::blocking_request(
+        socket,
+        Method::POST,
+        "/rerank",
+        Some(serde_json::to_vec(&body)?),
+    )?;
+    if !status.is_success() {
+        bail!("{}: {}", status, client::error_message(&bytes));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
+    println!("{}", serde_json::to_string(&v)?);
     Ok(ExitCode::SUCCESS)
 }
 
