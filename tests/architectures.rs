@@ -13,7 +13,6 @@ use common::fixtures::fixture;
 
 use caxton::engine::Precision;
 use caxton::package::Architecture;
-use caxton::package::pack::{PackOptions, WeightStorage, pack};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -66,19 +65,7 @@ fn check(arch: &str, expected: Architecture) {
     model_folder(arch, &r, &folder);
 
     let package = tmp.path().join(format!("{arch}.tar.zst"));
-    let summary = pack(
-        &PackOptions {
-            model_dir: folder,
-            id: Some(format!("tiny-{arch}")),
-            version: "1".into(),
-            weights: WeightStorage::AsIs,
-            level: 3,
-            prompts: Vec::new(),
-            default_prompt: None,
-        },
-        &package,
-    )
-    .expect("caxton pack recognises the folder");
+    let summary = common::fixtures::pack_folder(&folder, &format!("tiny-{arch}"), &package);
     assert_eq!(summary.manifest.architecture, expected);
     assert_eq!(summary.manifest.max_seq_length, 32);
     assert_eq!(
@@ -143,19 +130,11 @@ fn pack_warns_when_a_folder_claims_a_known_id_it_is_not() {
     let folder = tmp.path().join("fake");
     std::fs::create_dir(&folder).expect("mkdir");
     model_folder("bert", &r, &folder);
-    let summary = pack(
-        &PackOptions {
-            model_dir: folder,
-            id: Some("all-MiniLM-L6-v2".into()),
-            version: "1".into(),
-            weights: WeightStorage::AsIs,
-            level: 1,
-            prompts: Vec::new(),
-            default_prompt: None,
-        },
+    let summary = common::fixtures::pack_folder(
+        &folder,
+        "all-MiniLM-L6-v2",
         &tmp.path().join("fake.tar.zst"),
-    )
-    .expect("packs anyway");
+    );
     assert_eq!(summary.warnings.len(), 2, "{:?}", summary.warnings);
     let record: serde_json::Value = serde_json::from_slice(
         &std::fs::read(caxton::package::pack::provenance_path(

@@ -7,8 +7,9 @@
 
 mod common;
 
+use std::path::Path;
+
 use caxton::engine::Precision;
-use caxton::package::pack::{PackOptions, WeightStorage, pack};
 use caxton::package::{Architecture, ModelKind, Pooling, ScoreActivation};
 use common::engine::{max_abs_diff, score_package};
 use common::fixtures::{reranker_package, reranker_reference, seeded_safetensors};
@@ -37,41 +38,65 @@ fn check(arch: &str, expected: Architecture) {
         "tokenizer_config.json's model_max_length"
     );
 
+    holds(
+        &format!("{arch} reranker"),
+        &package,
+        tmp.path(),
+        Pairs {
+            pairs: &r.pairs,
+            tokens: &r.tokens,
+            logits: &r.logits,
+            scores: &r.scores,
+        },
+        INT8_TOLERANCE,
+    );
+}
+
+/// Pairs and what transformers and sentence-transformers made of them.
+struct Pairs<'a> {
+    pairs: &'a [(String, String)],
+    tokens: &'a [usize],
+    logits: &'a [f32],
+    scores: &'a [f32],
+}
+
+/// Scores the pairs with the reranker `package` in f32 and int8, one at a time and batched;
+/// asserts the token counts, the scores within the 1e-4 (f32) or `int8_tolerance`,
+/// and batched equal to single; prints the figures (the logits' too) after `label`.
+fn holds(label: &str, package: &Path, state_root: &Path, r: Pairs<'_>, int8_tolerance: f32) {
     for (precision, tolerance) in [
         (Precision::F32, F32_TOLERANCE),
-        (Precision::Int8, INT8_TOLERANCE),
+        (Precision::Int8, int8_tolerance),
     ] {
         let run = score_package(
-            &package,
-            &tmp.path().join(format!("state-{precision}")),
-            &r.pairs,
+            package,
+            &state_root.join(format!("state-{precision}")),
+            r.pairs,
             precision,
         );
         assert_eq!(
             run.tokens, r.tokens,
-            "{arch}: pair token counts differ from transformers' tokenizer (longest-first truncation)"
+            "{label}: pair token counts differ from transformers' tokenizer (longest-first truncation)"
         );
-        let logits = max_abs_diff(&run.singles, &r.logits);
+        let logits = max_abs_diff(&run.singles, r.logits);
         let mut scores = run.singles.clone();
         ScoreActivation::Sigmoid.apply(&mut scores);
-        let score_diff = max_abs_diff(&scores, &r.scores);
+        let score_diff = max_abs_diff(&scores, r.scores);
         let batched = max_abs_diff(&run.batched, &run.singles);
         println!(
-            "{arch} reranker ({}): {} pairs; max |logit - transformers| {logits:.2e}, max |score - CrossEncoder.predict| {score_diff:.2e}, max |batched - single| {batched:.2e}",
+            "{label} ({}): {} pairs of {}..{} tokens; max |logit - transformers| {logits:.2e}, max |score - CrossEncoder.predict| {score_diff:.2e}, max |batched - single| {batched:.2e}",
             run.precision,
-            r.pairs.len()
-        );
-        assert!(
-            logits <= tolerance,
-            "{arch} {precision}: logits off by {logits}"
+            r.pairs.len(),
+            r.tokens.iter().min().unwrap_or(&0),
+            r.tokens.iter().max().unwrap_or(&0),
         );
         assert!(
             score_diff <= tolerance,
-            "{arch} {precision}: scores off by {score_diff}"
+            "{label} {precision}: scores off by {score_diff}"
         );
         assert!(
             batched <= 1e-5,
-            "{arch} {precision}: batched vs single {batched}"
+            "{label} {precision}: batched vs single {batched}"
         );
     }
 }
@@ -153,48 +178,18 @@ fn a_real_size_minilm_cross_encoder_scores_as_sentence_transformers_does() {
     .expect("write");
     std::fs::write(folder.join("model.safetensors"), minilm_with_head(&r)).expect("write");
     let package = tmp.path().join("minilm-ce.tar.zst");
-    let summary = pack(
-        &PackOptions {
-            model_dir: folder,
-            id: Some("minilm-ce".into()),
-            version: "1".into(),
-            weights: WeightStorage::AsIs,
-            level: 3,
-            prompts: Vec::new(),
-            default_prompt: None,
-        },
-        &package,
-    )
-    .expect("packs");
+    let summary = common::fixtures::pack_folder(&folder, "minilm-ce", &package);
     assert_eq!(summary.manifest.max_seq_length, 512);
-
-    for (precision, tolerance) in [
-        (Precision::F32, F32_TOLERANCE),
-        (Precision::Int8, REAL_SIZE_INT8_TOLERANCE),
-    ] {
-        let run = score_package(
-            &package,
-            &tmp.path().join(format!("state-{precision}")),
-            &r.pairs,
-            precision,
-        );
-        assert_eq!(run.tokens, r.tokens, "pair token counts");
-        let logits = max_abs_diff(&run.singles, &r.logits);
-        let mut scores = run.singles.clone();
-        ScoreActivation::Sigmoid.apply(&mut scores);
-        let score_diff = max_abs_diff(&scores, &r.scores);
-        let batched = max_abs_diff(&run.batched, &run.singles);
-        println!(
-            "MiniLM-size reranker ({}): {} pairs of {}..{} tokens; max |logit - transformers| {logits:.2e}, max |score - CrossEncoder.predict| {score_diff:.2e}, max |batched - single| {batched:.2e}",
-            run.precision,
-            r.pairs.len(),
-            r.tokens.iter().min().unwrap_or(&0),
-            r.tokens.iter().max().unwrap_or(&0),
-        );
-        assert!(
-            score_diff <= tolerance,
-            "{precision}: scores off by {score_diff}"
-        );
-        assert!(batched <= 1e-4, "{precision}: batched vs single {batched}");
-    }
+    holds(
+        "MiniLM-size reranker",
+        &package,
+        tmp.path(),
+        Pairs {
+            pairs: &r.pairs,
+            tokens: &r.tokens,
+            logits: &r.logits,
+            scores: &r.scores,
+        },
+        REAL_SIZE_INT8_TOLERANCE,
+    );
 }

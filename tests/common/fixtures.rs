@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use caxton::package::pack::{PackOptions, WeightStorage, pack};
+use caxton::package::pack::{PackOptions, PackSummary, WeightStorage, pack};
 use serde::Deserialize;
 
 /// A fixture folder under tests/fixtures/architectures.
@@ -131,9 +131,17 @@ pub fn reranker_package(
     reranker_folder(arch, &folder);
     std::fs::create_dir_all(out_dir).expect("mkdir");
     let package = out_dir.join(format!("{id}.tar.zst"));
-    let summary = pack(
+    let summary = pack_folder(&folder, id, &package);
+    // pack's provenance record stays out of the package directory the daemon watches.
+    let _ = std::fs::remove_file(caxton::package::pack::provenance_path(&package));
+    (package, summary.manifest)
+}
+
+/// `caxton pack FOLDER --id ID -o PACKAGE` with the weights as they are.
+pub fn pack_folder(folder: &Path, id: &str, package: &Path) -> PackSummary {
+    pack(
         &PackOptions {
-            model_dir: folder,
+            model_dir: folder.to_path_buf(),
             id: Some(id.to_string()),
             version: "1".into(),
             weights: WeightStorage::AsIs,
@@ -141,10 +149,7 @@ pub fn reranker_package(
             prompts: Vec::new(),
             default_prompt: None,
         },
-        &package,
+        package,
     )
-    .expect("caxton pack recognises the CrossEncoder folder");
-    // pack's provenance record stays out of the package directory the daemon watches.
-    let _ = std::fs::remove_file(caxton::package::pack::provenance_path(&package));
-    (package, summary.manifest)
+    .unwrap_or_else(|e| panic!("caxton pack {}: {e}", folder.display()))
 }
