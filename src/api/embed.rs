@@ -88,17 +88,12 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
-    if !req.truncate
-        && let Some(i) = encoded.iter().position(|e| e.truncated)
-    {
-        return Err(ApiError::too_large(
-            "input_too_long",
-            format!(
-                "input {i} is longer than the {} tokens model {id} accepts; shorten it or set \"truncate\": true",
-                model.package.manifest.max_seq_length
-            ),
-        ));
-    }
+    refuse_truncated(&encoded, req.truncate, |i| {
+        format!(
+            "input {i} is longer than the {} tokens model {id} accepts; shorten it or set \"truncate\": true",
+            model.package.manifest.max_seq_length
+        )
+    })?;
     let tokens = encoded.iter().map(Encoded::len).sum();
     tracing::debug!(caxton_model = %id, texts = encoded.len(), tokens, "embedding request queued");
     let normalized = req.normalize.unwrap_or(model.package.manifest.normalize);
@@ -110,6 +105,19 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         vectors,
         tokens,
     })
+}
+
+/// 413 `input_too_long` with `message(i)` for the first input `i` the tokenizer cut, unless
+/// the request allows cutting.
+pub(super) fn refuse_truncated(
+    encoded: &[Encoded],
+    truncate: bool,
+    message: impl FnOnce(usize) -> String,
+) -> Result<(), ApiError> {
+    match encoded.iter().position(|e| e.truncated) {
+        Some(i) if !truncate => Err(ApiError::too_large("input_too_long", message(i))),
+        _ => Ok(()),
+    }
 }
 
 /// Records a request served by `slot`: its usage (idle time, counts) and the texts and

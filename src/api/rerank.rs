@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 
-use super::embed::{account, tokenize_off_runtime};
+use super::embed::{account, refuse_truncated, tokenize_off_runtime};
 use super::error::ApiError;
 use crate::engine::{Cut, Encoded};
 use crate::package::{ModelKind, ScoreActivation};
@@ -83,17 +83,12 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
-    if !req.truncate
-        && let Some(i) = encoded.iter().position(|e| e.truncated)
-    {
-        return Err(ApiError::too_large(
-            "input_too_long",
-            format!(
-                "the query with `{}[{i}]` is longer than the {} tokens model {id} reads for a pair; shorten them or set \"truncate\": true",
-                req.field, manifest.max_seq_length
-            ),
-        ));
-    }
+    refuse_truncated(&encoded, req.truncate, |i| {
+        format!(
+            "the query with `{}[{i}]` is longer than the {} tokens model {id} reads for a pair; shorten them or set \"truncate\": true",
+            req.field, manifest.max_seq_length
+        )
+    })?;
     let tokens = encoded.iter().map(Encoded::len).sum();
     tracing::debug!(caxton_model = %id, pairs = encoded.len(), tokens, "rerank request queued");
     let logits: Vec<f32> = model

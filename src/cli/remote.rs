@@ -18,24 +18,27 @@ pub(super) fn call(socket: &Path, method: Method, path: &str) -> anyhow::Result<
     serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")
 }
 
+/// POSTs `body` as JSON; the answer must be a 2xx JSON document (else the daemon's error).
+fn post(socket: &Path, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let (status, bytes) =
+        client::blocking_request(socket, Method::POST, path, Some(serde_json::to_vec(body)?))?;
+    if !status.is_success() {
+        bail!("{}: {}", status, client::error_message(&bytes));
+    }
+    serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")
+}
+
 /// `caxton embed`: the vectors as JSON, one array per text.
 pub(super) fn embed(
     socket: &Path,
     model: Option<String>,
     texts: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
-    let body = serde_json::json!({"input": texts, "model": model});
-    let (status, bytes) = client::blocking_request(
+    let v = post(
         socket,
-        Method::POST,
         "/v1/embeddings",
-        Some(serde_json::to_vec(&body)?),
+        &serde_json::json!({"input": texts, "model": model}),
     )?;
-    if !status.is_success() {
-        bail!("{}: {}", status, client::error_message(&bytes));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
     let vectors: Vec<&serde_json::Value> = v["data"]
         .as_array()
         .context("caxtond's answer has no data")?
@@ -53,18 +56,11 @@ pub(super) fn rerank(
     query: String,
     documents: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
-    let body = serde_json::json!({"query": query, "texts": documents, "model": model, "return_text": true});
-    let (status, bytes) = client::blocking_request(
+    let v = post(
         socket,
-        Method::POST,
         "/rerank",
-        Some(serde_json::to_vec(&body)?),
+        &serde_json::json!({"query": query, "texts": documents, "model": model, "return_text": true}),
     )?;
-    if !status.is_success() {
-        bail!("{}: {}", status, client::error_message(&bytes));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")?;
     println!("{}", serde_json::to_string(&v)?);
     Ok(ExitCode::SUCCESS)
 }
