@@ -14,18 +14,29 @@ pub(super) fn pack_folder(opts: PackOptions, output: &Path) -> anyhow::Result<Ex
     let summary =
         pack(&opts, output).with_context(|| format!("cannot pack {}", opts.model_dir.display()))?;
     let m = &summary.manifest;
+    let what = match (m.kind, m.activation) {
+        (crate::package::ModelKind::Reranker, Some(activation)) => format!(
+            "{} reranker, pairs of up to {} tokens, {} of its logit",
+            m.architecture.as_str(),
+            m.max_seq_length,
+            activation.as_str()
+        ),
+        _ => format!(
+            "{}, {} dimensions, {} pooling",
+            m.architecture.as_str(),
+            m.dimensions,
+            if m.pooling == crate::package::Pooling::Mean {
+                "mean"
+            } else {
+                "cls"
+            }
+        ),
+    };
     println!(
-        "{}: {} version {} ({}, {} dimensions, {} pooling), {} bytes, sha256 {}",
+        "{}: {} version {} ({what}), {} bytes, sha256 {}",
         output.display(),
         m.id,
         m.version,
-        m.architecture.as_str(),
-        m.dimensions,
-        if m.pooling == crate::package::Pooling::Mean {
-            "mean"
-        } else {
-            "cls"
-        },
         summary.package_size,
         summary.package_sha256
     );

@@ -140,6 +140,15 @@ pub enum ScoreActivation {
 }
 
 impl ScoreActivation {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScoreActivation::Sigmoid => "sigmoid",
+            ScoreActivation::Identity => "identity",
+            ScoreActivation::Tanh => "tanh",
+        }
+    }
+
     /// Applies the activation to one pair's logits in place.
     pub fn apply(self, logits: &mut [f32]) {
         match self {
