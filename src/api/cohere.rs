@@ -68,26 +68,27 @@ pub async fn rerank(
             "`top_n` is 0; ask for at least 1 result (or leave it out for all)",
         ));
     }
+    // A copy only when the answer carries the documents.
+    let returned = req.return_documents.unwrap_or(false).then(|| docs.clone());
     let out = rerank_pairs(
         &state,
         RerankRequest {
             model: req.model,
             query: query(req.query)?,
-            documents: docs.clone(),
+            documents: docs,
             field: "documents",
             truncate: true,
             cut: Cut::End,
         },
     )
     .await?;
-    let with_documents = req.return_documents.unwrap_or(false);
     let results: Vec<Value> = out
         .ranking()
         .into_iter()
         .take(req.top_n.unwrap_or(usize::MAX))
         .map(|i| {
             let mut r = json!({"index": i, "relevance_score": out.scores[i]});
-            if with_documents {
+            if let Some(docs) = &returned {
                 r["document"] = json!({"text": docs[i]});
             }
             r

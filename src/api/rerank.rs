@@ -126,10 +126,14 @@ fn default_reranker(state: &AppState) -> Result<String, ApiError> {
     }
     let rerankers: Vec<String> = state
         .registry
-        .models()
+        .ids()
         .into_iter()
-        .filter(|m| m.kind == ModelKind::Reranker)
-        .map(|m| m.id)
+        .filter(|id| {
+            state
+                .registry
+                .get(id)
+                .is_some_and(|s| s.package.manifest.kind == ModelKind::Reranker)
+        })
         .collect();
     match rerankers.as_slice() {
         [only] => Ok(only.clone()),

@@ -103,13 +103,14 @@ pub async fn rerank(
     let req: RerankBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
     let cut = cut(req.truncation_direction)?;
     let documents = texts("texts", req.texts, settings.limits.max_inputs)?;
-    let return_text = req.return_text.unwrap_or(false);
+    // A copy only when the answer carries the texts.
+    let mut returned = req.return_text.unwrap_or(false).then(|| documents.clone());
     let out = rerank_pairs(
         &state,
         RerankRequest {
             model: req.model,
             query: query(req.query)?,
-            documents: documents.clone(),
+            documents,
             field: "texts",
             truncate: req.truncate.unwrap_or(true),
             cut,
@@ -121,17 +122,12 @@ pub async fn rerank(
     } else {
         &out.scores
     };
-    let mut documents: Vec<Option<String>> = documents.into_iter().map(Some).collect();
     Ok(Json(
         out.ranking()
             .into_iter()
             .map(|i| Rank {
                 index: i,
-                text: if return_text {
-                    documents[i].take()
-                } else {
-                    None
-                },
+                text: returned.as_mut().map(|t| std::mem::take(&mut t[i])),
                 score: scores[i],
             })
             .collect(),
