@@ -8,6 +8,7 @@ pub mod head;
 pub mod kernels;
 pub mod pool;
 pub mod tokenize;
+mod words;
 pub mod worker;
 
 use std::sync::Arc;

@@ -1,0 +1,196 @@
+//! The manifest's rules, each refusal with its exact message.
+
+use super::*;
+
+const HASH: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
+
+fn good() -> String {
+    format!(
+        "format: 1\nid: all-MiniLM-L6-v2\nversion: \"1\"\narchitecture: bert\ndimensions: 384\n\
+         max_seq_length: 256\npooling: mean\nnormalize: true\nfiles:\n\
+         - {{path: model.safetensors, size: 10, sha256: \"{HASH}\"}}\n\
+         - {{path: tokenizer.json, size: 10, sha256: \"{HASH}\"}}\n\
+         - {{path: config.json, size: 10, sha256: \"{HASH}\"}}\n"
+    )
+}
+
+fn err_of(yaml: &str) -> String {
+    Manifest::parse(yaml.as_bytes()).unwrap_err().to_string()
+}
+
+#[test]
+fn parses_the_contract_example() {
+    let m = Manifest::parse(good().as_bytes()).unwrap();
+    assert_eq!(m.id, "all-MiniLM-L6-v2");
+    assert_eq!(m.pooling, Pooling::Mean);
+    assert_eq!(m.declared_bytes(), 30);
+    assert_eq!(Manifest::parse(m.to_yaml().as_bytes()).unwrap(), m);
+}
+
+#[test]
+fn refuses_unknown_keys() {
+    let e = err_of(&good().replace("normalize: true", "normalize: true\nextra: 1"));
+    assert!(e.contains("unknown field `extra`"), "{e}");
+}
+
+#[test]
+fn refuses_unsupported_architecture_and_pooling() {
+    let e = err_of(&good().replace("architecture: bert", "architecture: gpt2"));
+    assert!(
+        e.contains(
+            "unknown variant `gpt2`, expected one of `bert`, `distilbert`, `xlm-roberta`, `mpnet`"
+        ),
+        "{e}"
+    );
+    let e = err_of(&good().replace("pooling: mean", "pooling: max"));
+    assert!(e.contains("unknown variant `max`"), "{e}");
+}
+
+#[test]
+fn prompts_need_sane_names_and_an_existing_default() {
+    let with = |extra: &str| good().replace("files:", &format!("{extra}files:"));
+    let m =
+        Manifest::parse(with("prompts:\n  query: 'query: '\ndefault_prompt: query\n").as_bytes())
+            .expect("valid");
+    assert_eq!(m.prompts["query"], "query: ");
+    assert_eq!(
+        err_of(&with(
+            "prompts:\n  query: 'query: '\ndefault_prompt: passage\n"
+        )),
+        "default_prompt: \"passage\" is not one of the manifest's prompts"
+    );
+    assert_eq!(
+        err_of(&with("prompts:\n  'a b': 'x'\n")),
+        "prompts: prompt name \"a b\" is not 1 to 64 of [A-Za-z0-9._-]"
+    );
+}
+
+#[test]
+fn a_reranker_says_its_labels_and_activation_and_reads_the_first_token() {
+    let reranker = |extra: &str| {
+        good()
+            .replace(
+                "pooling: mean\nnormalize: true",
+                "pooling: cls\nnormalize: false",
+            )
+            .replace("files:", &format!("{extra}files:"))
+    };
+    let m =
+        Manifest::parse(reranker("kind: reranker\nlabels: 1\nactivation: sigmoid\n").as_bytes())
+            .expect("valid");
+    assert_eq!(m.kind, ModelKind::Reranker);
+    assert_eq!(m.labels, Some(1));
+    assert_eq!(m.activation, Some(ScoreActivation::Sigmoid));
+    assert_eq!(Manifest::parse(m.to_yaml().as_bytes()).unwrap(), m);
+    // An embedding manifest is written as before: no kind, labels or activation.
+    let e = Manifest::parse(good().as_bytes()).unwrap();
+    assert_eq!(e.kind, ModelKind::Embedding);
+    assert!(!e.to_yaml().contains("kind"), "{}", e.to_yaml());
+
+    assert_eq!(
+        err_of(&reranker("kind: reranker\nactivation: sigmoid\n")),
+        "labels: a reranker must say how many labels its head has"
+    );
+    assert_eq!(
+        err_of(&reranker(
+            "kind: reranker\nlabels: 3\nactivation: sigmoid\n"
+        )),
+        "labels: 3 labels make a classifier; only one-label cross-encoders (rerankers) are served"
+    );
+    assert_eq!(
+        err_of(&reranker("kind: reranker\nlabels: 1\n")),
+        "activation: a reranker must say what its scores apply to the logits (sigmoid, identity or tanh)"
+    );
+    assert!(
+        err_of(&reranker("kind: reranker\nlabels: 1\nactivation: relu\n"))
+            .contains("unknown variant `relu`, expected one of `sigmoid`, `identity`, `tanh`")
+    );
+    assert_eq!(
+        err_of(&good().replace(
+            "files:",
+            "kind: reranker\nlabels: 1\nactivation: sigmoid\nfiles:"
+        )),
+        "pooling: a reranker's head reads the first token: pooling must be cls"
+    );
+    assert_eq!(
+        err_of(&good().replace("files:", "labels: 1\nfiles:")),
+        "labels: only a reranker (kind: reranker) has it; remove it or set kind: reranker"
+    );
+    assert!(
+        err_of(&good().replace("files:", "kind: classifier\nfiles:"))
+            .contains("unknown variant `classifier`, expected `embedding` or `reranker`")
+    );
+}
+
+#[test]
+fn score_activations_match_their_definitions() {
+    let mut x = [0.0, 2.0, -1.0];
+    ScoreActivation::Sigmoid.apply(&mut x);
+    assert_eq!(
+        x,
+        [0.5, 1.0 / (1.0 + (-2f32).exp()), 1.0 / (1.0 + 1f32.exp())]
+    );
+    let mut x = [0.5];
+    ScoreActivation::Tanh.apply(&mut x);
+    assert_eq!(x, [0.5f32.tanh()]);
+    let mut x = [3.0];
+    ScoreActivation::Identity.apply(&mut x);
+    assert_eq!(x, [3.0]);
+}
+
+#[test]
+fn refuses_bad_ids_versions_and_hashes() {
+    assert_eq!(
+        err_of(&good().replace("id: all-MiniLM-L6-v2", "id: \"a/b\"")),
+        "id: \"a/b\" is not 1 to 128 of [A-Za-z0-9._-]"
+    );
+    assert!(err_of(&good().replace("version: \"1\"", "version: \"\"")).starts_with("version:"));
+    assert_eq!(
+        err_of(&good().replacen(HASH, "ABC", 1)),
+        "files[0].sha256: must be 64 lower-case hex digits"
+    );
+    assert_eq!(
+        err_of(&good().replace("format: 1", "format: 2")),
+        "format: format 2 is not supported (this build reads format 1)"
+    );
+}
+
+#[test]
+fn refuses_unsafe_or_duplicate_paths() {
+    assert_eq!(
+        err_of(&good().replace("path: config.json", "path: ../config.json")),
+        "files[2].path: the path contains `..`"
+    );
+    assert_eq!(
+        err_of(&good().replace("path: config.json", "path: /etc/passwd")),
+        "files[2].path: the path is absolute"
+    );
+    assert_eq!(
+        err_of(&good().replace("path: config.json", "path: tokenizer.json")),
+        "files[2].path: \"tokenizer.json\" is listed twice"
+    );
+    assert_eq!(
+        err_of(&good().replace("path: config.json", "path: other.json")),
+        "files: config.json is required but not listed"
+    );
+}
+
+#[test]
+fn entry_paths() {
+    assert!(check_entry_path("1_Pooling/config.json").is_ok());
+    assert!(check_entry_path("a//b").is_err());
+    assert!(check_entry_path("./a").is_err());
+    assert!(check_entry_path("a\\b").is_err());
+    assert!(check_entry_path("").is_err());
+}
+
+#[test]
+fn version_ordering() {
+    use std::cmp::Ordering::*;
+    assert_eq!(compare_versions("2", "10"), Less);
+    assert_eq!(compare_versions("1.9", "1.10"), Less);
+    assert_eq!(compare_versions("1.2", "1.2.1"), Less);
+    assert_eq!(compare_versions("1.0-rc1", "1.0.1"), Less);
+    assert_eq!(compare_versions("1.0", "1.0"), Equal);
+    assert_eq!(compare_versions("b", "a"), Greater);
+}
