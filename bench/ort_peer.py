@@ -175,47 +175,10 @@ def cmd_export(args):
         reference = wrapped(check_ids, check_mask, check_types).numpy()
     export_s = time.perf_counter() - t
 
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    t = time.perf_counter()
-    opt = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=384)
-    tmp = out / "model.onnx.tmp"
-    opt.save_model_to_file(str(tmp))
-    optimize_s = time.perf_counter() - t
-    graph = onnx.load(str(tmp))
-    ops = {}
-    for node in graph.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-
-    # The fused graph must compute what torch computes.
-    import numpy as np
-
-    sess = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": check_ids.numpy(), "attention_mask": check_mask.numpy(),
-            "token_type_ids": check_types.numpy()}
-    got = sess.run(None, feed)[0]
-    valid = check_mask.numpy().astype(bool)
-    max_diff = float(np.abs(got - reference)[valid].max())
-    if max_diff > 1e-3:
-        raise SystemExit(f"the optimized graph differs from torch by {max_diff}")
-    os.replace(tmp, out / "model.onnx")
-    raw.unlink()
-
-    # ORT's dynamic int8, as fastembed-style deployments quantize: QInt8 weights per channel.
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    t = time.perf_counter()
-    quantize_dynamic(
-        str(out / "model.onnx"),
-        str(out / "model.int8.onnx.tmp"),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        # The fused graph's contrib ops defeat shape inference on some MatMul outputs.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    os.replace(out / "model.int8.onnx.tmp", out / "model.int8.onnx")
-    quantize_s = time.perf_counter() - t
+    # The fused graph must compute what torch computes (on real tokens; padding rows are free).
+    ops, fused, optimize_s, quantize_s, max_diff = optimize_check_quantize(
+        raw, out, check_ids, check_mask, check_types, reference,
+        check_mask.numpy().astype(bool), 1e-3)
     info = {
         "stamp": stamp,
         "attention_nodes": ops.get("Attention", 0),
@@ -233,6 +196,52 @@ def cmd_export(args):
         f"fused {fused}; export {export_s:.1f} s, optimize {optimize_s:.1f} s, "
         f"max |ORT - torch| {max_diff:.2e}"
     )
+
+
+def optimize_check_quantize(raw, out, ids, mask, types, reference, rows, tolerance):
+    """The steps both peers share after torch's export of `raw`: onnxruntime's bert optimizer
+    (12 heads, hidden 384) into out/model.onnx, checked against torch's `reference` output on
+    the check inputs (`rows`: which outputs count; fails past `tolerance`), then ORT's dynamic
+    int8 into out/model.int8.onnx, as fastembed-style deployments quantize: QInt8 weights per
+    channel. Returns the graph's op counts, the fused operators, both timings and the largest
+    difference from torch."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    t = time.perf_counter()
+    opt = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=384)
+    tmp = out / "model.onnx.tmp"
+    opt.save_model_to_file(str(tmp))
+    optimize_s = time.perf_counter() - t
+    ops = {}
+    for node in onnx.load(str(tmp)).graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+
+    sess = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+            "token_type_ids": types.numpy()}
+    got = sess.run(None, feed)[0]
+    max_diff = float(np.abs(got - reference)[rows].max())
+    if max_diff > tolerance:
+        raise SystemExit(f"the optimized graph differs from torch by {max_diff}")
+    os.replace(tmp, out / "model.onnx")
+    raw.unlink()
+
+    t = time.perf_counter()
+    quantize_dynamic(
+        str(out / "model.onnx"),
+        str(out / "model.int8.onnx.tmp"),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        # The fused graph's contrib ops defeat shape inference on some MatMul outputs.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    os.replace(out / "model.int8.onnx.tmp", out / "model.int8.onnx")
+    return ops, fused, optimize_s, time.perf_counter() - t, max_diff
 
 
 def rss_mb():

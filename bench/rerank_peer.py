@@ -44,14 +44,14 @@ process.
 import argparse
 import json
 import math
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 
 # The embedding peer's helpers (this folder is on sys.path when the script runs).
-from ort_peer import median, percentile, rss_mb, sha256_file, unpack
+from ort_peer import (median, optimize_check_quantize, percentile, rss_mb, sha256_file,
+                      unpack)
 
 THREADS = 2
 SEED = 20
@@ -293,44 +293,9 @@ def cmd_export(args):
         reference = wrapped(check_ids, check_mask, check_types).numpy()
     export_s = time.perf_counter() - t
 
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    t = time.perf_counter()
-    opt = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=384)
-    tmp = out / "model.onnx.tmp"
-    opt.save_model_to_file(str(tmp))
-    optimize_s = time.perf_counter() - t
-    graph = onnx.load(str(tmp))
-    ops = {}
-    for node in graph.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-
-    import numpy as np
-
-    sess = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": check_ids.numpy(), "attention_mask": check_mask.numpy(),
-            "token_type_ids": check_types.numpy()}
-    got = sess.run(None, feed)[0]
-    max_diff = float(np.abs(got - reference).max())
-    if max_diff > 1e-4:
-        raise SystemExit(f"the optimized graph differs from torch by {max_diff}")
-    os.replace(tmp, out / "model.onnx")
-    raw.unlink()
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    t = time.perf_counter()
-    quantize_dynamic(
-        str(out / "model.onnx"),
-        str(out / "model.int8.onnx.tmp"),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        # The fused graph's contrib ops defeat shape inference on some MatMul outputs.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    os.replace(out / "model.int8.onnx.tmp", out / "model.int8.onnx")
-    quantize_s = time.perf_counter() - t
+    # Every logit counts: one per pair.
+    ops, fused, optimize_s, quantize_s, max_diff = optimize_check_quantize(
+        raw, out, check_ids, check_mask, check_types, reference, slice(None), 1e-4)
     (out / "tokenizer.json").write_bytes((model_dir / "tokenizer.json").read_bytes())
     max_len = json.loads((model_dir / "tokenizer_config.json").read_text())["model_max_length"]
     info = {
