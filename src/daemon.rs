@@ -42,6 +42,19 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     crate::logging::init(&settings.log.level);
+    match crate::clock::init() {
+        Ok(None) => {}
+        Ok(Some(t)) => tracing::warn!(
+            caxton_event = "test_clock",
+            "{} is set: this daemon's clock starts at {} (for tests only; usage habits and predictions follow it)",
+            crate::clock::TEST_CLOCK_VAR,
+            humantime::format_rfc3339_seconds(t)
+        ),
+        Err(e) => {
+            eprintln!("caxtond: {e}; unset it (it exists for tests only)");
+            return ExitCode::FAILURE;
+        }
+    }
     crate::memory::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -45,6 +45,18 @@ pub struct ModelReasonLabels {
     pub reason: String,
 }
 
+/// Label set for substituted requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// The model the request asked for.
+    pub requested: String,
+    /// The model that answered.
+    pub served: String,
+    /// Why the requested one did not (`missing`, `failed`, `insufficient_memory`,
+    /// `memory_pressure`).
+    pub reason: String,
+}
+
 /// Label set for package rejections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -99,6 +111,8 @@ pub struct Metrics {
     pub budget: Gauge,
     /// `caxton_memory_pressure_level`: 0 normal, 1 pressure, 2 critical.
     pub pressure_level: Gauge,
+    /// `caxton_fallback_total{requested,served,reason}`: requests answered by an alternative.
+    pub fallbacks: Family<FallbackLabels, Counter>,
 }
 
 impl Metrics {
@@ -127,8 +141,14 @@ impl Metrics {
             admission_refusals: Counter::default(),
             budget: Gauge::default(),
             pressure_level: Gauge::default(),
+            fallbacks: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "caxton_fallback",
+            "Requests answered by an alternative model (models.fallbacks), by the model asked for, the one that served and why",
+            m.fallbacks.clone(),
+        );
         registry.register(
             "caxton_requests",
             "HTTP requests by endpoint and status",

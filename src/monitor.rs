@@ -1,8 +1,8 @@
 //! The memory monitor: the daemon task that takes a pressure reading every `memory.pressure.interval`
 //! (sooner as room shrinks, and at once when a trigger or a kernel notification fires), sheds
 //! models as the shedder decides (as many as bring the working set back, not all), unloads
-//! idle models, and loads `preload` models in the background when no pressure episode
-//! forbids it.
+//! idle models, and loads `preload` models, and the models usage predicts for the coming
+//! hour, in the background when no pressure episode forbids it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +72,9 @@ async fn run(state: Arc<AppState>) {
     let mut watch_failed: Option<notify::Key> = None;
     let mut seen_triggers = 0;
     let mut preload_due = true;
+    let mut predict_due = true;
+    let mut predicted_hour = None;
+    let mut predicting: Option<tokio::task::JoinHandle<()>> = None;
     let mut status = String::new();
     let mut idle_warned = false;
     let mut last: Option<pressure::Reading> = None;
@@ -181,6 +184,7 @@ async fn run(state: Arc<AppState>) {
                         "memory pressure is over; models may load in the background again"
                     );
                     preload_due = true;
+                    predict_due = true;
                 }
             }
             last = Some(reading);
@@ -219,10 +223,57 @@ async fn run(state: Arc<AppState>) {
             }
         }
 
+        let hour = crate::registry::habits::hour_of(crate::clock::now());
+        if predicted_hour != Some(hour) {
+            // Before this hour's predictions: what was predicted for an ended hour and not
+            // used is not predicted for it again.
+            registry.note_missed_predictions(hour);
+        }
+        let idle = predicting.as_ref().is_none_or(|t| t.is_finished());
+        if settings.predictive_preload
+            && idle
+            && !gov.under_pressure()
+            && !queue_busy
+            && (predict_due || predicted_hour != Some(hour))
+        {
+            predict_due = false;
+            predicted_hour = Some(hour);
+            let predictions = registry.predictions(hour, settings.predictive_threshold);
+            if !predictions.is_empty() {
+                predicting = Some(tokio::spawn(preload_predicted(
+                    registry.clone(),
+                    predictions,
+                )));
+            }
+        }
+
         let line = state.status_line();
         if line != status {
             crate::systemd::status(&line);
             status = line;
+        }
+    }
+}
+
+/// Loads `predictions` one after another, most likely first, each only if it fits the free
+/// room then; a refusal is the budget speaking, not a fault, so it is logged at debug level.
+async fn preload_predicted(
+    registry: Arc<crate::registry::Registry>,
+    predictions: Vec<crate::registry::Prediction>,
+) {
+    for p in predictions {
+        // A request that started meanwhile goes first.
+        if registry.governor.under_pressure() || registry.governor.queue().0 > 0 {
+            return;
+        }
+        if let Err(e) = registry.preload_predicted(&p).await {
+            tracing::debug!(
+                caxton_event = "prediction_skipped",
+                caxton_model = %p.id,
+                "model {} is likely to be used this hour (probability {:.2}) but is not preloaded: {e}",
+                p.id,
+                p.probability
+            );
         }
     }
 }

@@ -142,6 +142,13 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     if let Err(reason) = check_model_kinds(&scan, &new) {
         return refuse(state, &reason);
     }
+    if let Err(reason) = crate::config::fallback::check_shapes(
+        &new.models.fallbacks,
+        new.models.allow_dimension_mismatch,
+        |id| scan.shape(id).or_else(|| state.registry.shape(id)),
+    ) {
+        return refuse(state, &reason);
+    }
     if let Err(e) = crate::logging::set_level(&new.log.level) {
         return refuse(state, &format!("log.level: {e}"));
     }

@@ -131,6 +131,15 @@ async fn start(state: &Arc<AppState>) -> Result<(), String> {
     .map_err(|e| format!("package verification panicked: {e}"))??;
 
     warn_unusable_default_reranker(state, &settings);
+    if let Err(reason) = crate::config::fallback::check_shapes(
+        &settings.models.fallbacks,
+        settings.models.allow_dimension_mismatch,
+        |id| state.registry.shape(id),
+    ) {
+        // Too late to refuse the configuration: say so, and substitution never uses such a
+        // model (each one is checked again when it would answer).
+        tracing::error!(caxton_event = "fallback_refused", "{reason}");
+    }
     let default = &settings.models.default;
     if state.registry.get(default).is_none() {
         let rejected: Vec<String> = state

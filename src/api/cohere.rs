@@ -58,7 +58,7 @@ fn documents(value: Value, max: usize) -> Result<Vec<String>, ApiError> {
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
     let req: RerankBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
     let docs = documents(req.documents, settings.limits.max_inputs)?;
@@ -94,11 +94,16 @@ pub async fn rerank(
             r
         })
         .collect();
-    Ok(Json(json!({
+    let body = Json(json!({
         "model": out.model,
         "results": results,
         "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
-    })))
+    }));
+    Ok(super::fallback::with_headers(
+        body,
+        &out.model,
+        out.fallback,
+    ))
 }
 
 #[cfg(test)]

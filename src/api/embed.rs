@@ -22,6 +22,9 @@ pub struct EmbedRequest {
     pub normalize: Option<bool>,
     /// One of the model's prompts to put before every text (else its default prompt).
     pub prompt_name: Option<String>,
+    /// The width the request will cut vectors to (OpenAI's `dimensions`): a substitute model
+    /// must be at least this wide.
+    pub dimensions: Option<usize>,
 }
 
 /// Vectors and accounting for a request.
@@ -34,17 +37,20 @@ pub struct Embedded {
     pub vectors: Vec<Vec<f32>>,
     /// Tokens the model saw, special tokens included.
     pub tokens: usize,
+    /// Set when `model` answered for the requested one: why that one did not.
+    pub fallback: Option<crate::registry::fallback::Reason>,
 }
 
 /// Runs `req` through the named (or default) model.
 pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded, ApiError> {
     super::check_serving(state)?;
-    let id = req
+    let requested = req
         .model
         .unwrap_or_else(|| state.settings().models.default.clone());
-    let slot = super::model_slot(state, &id, ModelKind::Embedding)?;
+    let served =
+        super::fallback::acquire(state, &requested, ModelKind::Embedding, req.dimensions).await?;
+    let (id, slot, model) = (served.id, served.slot, served.model);
     super::served_by(&id);
-    let model = state.registry.acquire(&id).await?;
     let manifest = &model.package.manifest;
     let prompt = match req
         .prompt_name
@@ -104,6 +110,7 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         normalized,
         vectors,
         tokens,
+        fallback: served.fallback,
     })
 }
 

@@ -4,6 +4,7 @@
 mod cohere;
 mod embed;
 pub mod error;
+mod fallback;
 mod input;
 mod memory;
 mod openai;

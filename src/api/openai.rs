@@ -34,7 +34,7 @@ struct EmbeddingsRequest {
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
     let req: EmbeddingsRequest = parse_body(body, settings.limits.max_body_bytes.0).await?;
     let base64 = match req.encoding_format.as_deref() {
@@ -65,6 +65,7 @@ pub async fn embeddings(
             cut: Cut::End,
             normalize: None,
             prompt_name: req.prompt_name,
+            dimensions: req.dimensions.and_then(|d| usize::try_from(d).ok()),
         },
     )
     .await?;
@@ -100,12 +101,17 @@ pub async fn embeddings(
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
-    Ok(Json(json!({
+    let body = Json(json!({
         "object": "list",
         "data": data,
         "model": out.model,
         "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
-    })))
+    }));
+    Ok(super::fallback::with_headers(
+        body,
+        &out.model,
+        out.fallback,
+    ))
 }
 
 /// `GET /v1/models`.

@@ -39,6 +39,8 @@ pub struct Reranked {
     pub scores: Vec<f32>,
     /// Tokens the model saw, special tokens included.
     pub tokens: usize,
+    /// Set when `model` answered for the requested one: why that one did not.
+    pub fallback: Option<crate::registry::fallback::Reason>,
 }
 
 impl Reranked {
@@ -65,13 +67,13 @@ pub fn query(query: String) -> Result<String, ApiError> {
 /// Scores every document of `req` against its query.
 pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranked, ApiError> {
     super::check_serving(state)?;
-    let id = match req.model {
+    let requested = match req.model {
         Some(id) => id,
         None => default_reranker(state)?,
     };
-    let slot = super::model_slot(state, &id, ModelKind::Reranker)?;
+    let served = super::fallback::acquire(state, &requested, ModelKind::Reranker, None).await?;
+    let (id, slot, model) = (served.id, served.slot, served.model);
     super::served_by(&id);
-    let model = state.registry.acquire(&id).await?;
     let manifest = &model.package.manifest;
     let activation = manifest.activation.unwrap_or(ScoreActivation::Sigmoid);
     let tokenizer = model.tokenizer.clone();
@@ -115,6 +117,7 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
         logits,
         scores,
         tokens,
+        fallback: served.fallback,
     })
 }
 
@@ -163,6 +166,7 @@ mod tests {
             logits: vec![0.5, 2.0, 0.5, -1.0],
             scores: vec![0.62, 0.88, 0.62, 0.27],
             tokens: 0,
+            fallback: None,
         };
         assert_eq!(r.ranking(), vec![1, 0, 2, 3]);
     }

@@ -56,6 +56,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "priority": m.priority,
                 "pinned": m.pinned,
                 "preload": m.preload,
+                "preloaded_by": m.preloaded_by,
                 "precision": m.precision,
                 "loaded_precision": m.loaded_precision,
                 "kernel": m.kernel,

@@ -48,7 +48,7 @@ pub(super) fn cut(value: Option<Value>) -> Result<Cut, ApiError> {
 pub async fn embed_handler(
     State(state): State<Arc<AppState>>,
     body: Body,
-) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
     let req: EmbedBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
     let cut = cut(req.truncation_direction)?;
@@ -62,10 +62,15 @@ pub async fn embed_handler(
             cut,
             normalize: req.normalize,
             prompt_name: req.prompt_name,
+            dimensions: None,
         },
     )
     .await?;
-    Ok(Json(out.vectors))
+    Ok(super::fallback::with_headers(
+        Json(out.vectors),
+        &out.model,
+        out.fallback,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -98,7 +103,7 @@ pub struct Rank {
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     body: Body,
-) -> Result<Json<Vec<Rank>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
     let req: RerankBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
     let cut = cut(req.truncation_direction)?;
@@ -122,15 +127,19 @@ pub async fn rerank(
     } else {
         &out.scores
     };
-    Ok(Json(
-        out.ranking()
-            .into_iter()
-            .map(|i| Rank {
-                index: i,
-                text: returned.as_mut().map(|t| std::mem::take(&mut t[i])),
-                score: scores[i],
-            })
-            .collect(),
+    let ranks: Vec<Rank> = out
+        .ranking()
+        .into_iter()
+        .map(|i| Rank {
+            index: i,
+            text: returned.as_mut().map(|t| std::mem::take(&mut t[i])),
+            score: scores[i],
+        })
+        .collect();
+    Ok(super::fallback::with_headers(
+        Json(ranks),
+        &out.model,
+        out.fallback,
     ))
 }
 

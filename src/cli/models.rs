@@ -51,6 +51,11 @@ fn models_table(v: &serde_json::Value) -> String {
                         ),
                         _ => text("file"),
                     };
+                    // A model loaded on a prediction says so until a request uses it.
+                    let state = match m["preloaded_by"].as_str() {
+                        Some(by) => format!("{} (preloaded by {by})", text("state")),
+                        None => text("state"),
+                    };
                     let kind = match (m["kind"].as_str(), m["activation"].as_str()) {
                         (Some(k), Some(a)) => format!("{k} ({a})"),
                         _ => text("kind"),
@@ -59,7 +64,7 @@ fn models_table(v: &serde_json::Value) -> String {
                         text("id"),
                         text("version"),
                         kind,
-                        text("state"),
+                        state,
                         text("source"),
                         memory,
                         precision,
@@ -115,6 +120,9 @@ mod tests {
             {"id": "e", "version": "1", "kind": "embedding", "state": "failed", "source": "side-loaded",
              "file": "e.tar.zst", "precision": "f32", "loaded_precision": null,
              "failure": {"reason": "self-test at load failed: value 0 of the vector is NaN"}},
+            {"id": "g", "version": "1", "kind": "embedding", "state": "loaded", "source": "side-loaded",
+             "file": "g.tar.zst", "memory_bytes": 1048576u64, "precision": "f32",
+             "loaded_precision": "f32", "preloaded_by": "prediction"},
         ]});
         let table = models_table(&v);
         let lines: Vec<Vec<&str>> = table
@@ -151,5 +159,6 @@ mod tests {
             lines[5][7],
             "e.tar.zst (load failed: self-test at load failed: value 0 of the vector is NaN)"
         );
+        assert_eq!(lines[6][3], "loaded (preloaded by prediction)");
     }
 }

@@ -155,6 +155,9 @@ impl Settings {
                 "must be at least 1KiB".into(),
             ));
         }
+        if let Err((key, reason)) = super::fallback::validate(&self.models.fallbacks) {
+            return Err(invalid(&key, reason));
+        }
         if let Err((key, reason)) = self.memory.validate() {
             return Err(invalid(&key, reason));
         }

@@ -34,6 +34,11 @@ pub struct MemorySettings {
     pub pressure: PressureSettings,
     /// Per-model rules, by model id.
     pub models: BTreeMap<String, ModelMemorySettings>,
+    /// Load in the background, into free budget only, the models their usage history says
+    /// are likely to be used in the coming hour.
+    pub predictive_preload: bool,
+    /// The probability of a use in the coming hour at or above which a model is preloaded.
+    pub predictive_threshold: f64,
 }
 
 /// The queue of requests whose model must load first.
@@ -138,6 +143,8 @@ impl Default for MemorySettings {
             load_queue: LoadQueueSettings::default(),
             pressure: PressureSettings::default(),
             models: BTreeMap::new(),
+            predictive_preload: true,
+            predictive_threshold: 0.5,
         }
     }
 }
@@ -232,6 +239,15 @@ impl MemorySettings {
             return Err((
                 "memory.load_queue.max_waiting".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if !(self.predictive_threshold > 0.0 && self.predictive_threshold <= 1.0) {
+            return Err((
+                "memory.predictive_threshold".into(),
+                format!(
+                    "{} is not a probability above 0 and at most 1 (0.5: a use in at least half of the weeks)",
+                    self.predictive_threshold
+                ),
             ));
         }
         if !(p.psi_avg10 > 0.0 && p.psi_avg10 <= 100.0) {
@@ -350,6 +366,13 @@ mod tests {
             (
                 "memory.reserve".into(),
                 "1024GiB is not a reserve a device has; give less than 1TiB".into()
+            )
+        );
+        assert_eq!(
+            refused(|s| s.predictive_threshold = 0.0),
+            (
+                "memory.predictive_threshold".into(),
+                "0 is not a probability above 0 and at most 1 (0.5: a use in at least half of the weeks)".into()
             )
         );
         assert_eq!(MemorySettings::default().validate(), Ok(()));

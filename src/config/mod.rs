@@ -3,6 +3,7 @@
 //! validated into a typed [`Settings`]. Every section refuses unknown keys.
 
 mod explain;
+pub mod fallback;
 mod load;
 pub mod memory;
 mod precision;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use explain::{Explained, explain};
+pub use fallback::FallbackStrategy;
 pub use load::{config_files, figment};
 pub use memory::{
     Budget, MemorySettings, ModelMemorySettings, PressureSettings, PressureSourceSetting,
@@ -85,6 +87,12 @@ pub struct ModelSettings {
     pub settle_time: Duration,
     /// Precision of each model's linear layers, by id (others run f32).
     pub precision: BTreeMap<String, Precision>,
+    /// Alternatives for a model that cannot serve, by id, in order.
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// Whether (and from what) a request is served by another model than the one it asked.
+    pub fallback_strategy: FallbackStrategy,
+    /// Allow an alternative of another vector width than its model's.
+    pub allow_dimension_mismatch: bool,
 }
 
 /// Limits that protect the daemon from oversized requests.
@@ -147,6 +155,9 @@ impl Default for ModelSettings {
             validation_interval: Duration(std::time::Duration::from_secs(24 * 3600)),
             settle_time: Duration(std::time::Duration::from_secs(10)),
             precision: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
+            fallback_strategy: FallbackStrategy::Strict,
+            allow_dimension_mismatch: false,
         }
     }
 }

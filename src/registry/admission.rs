@@ -24,7 +24,7 @@ const SHED_WAIT: Duration = Duration::from_secs(10);
 
 /// The model in `slot` if it is loaded now; `None` while it is not, or is being loaded or
 /// unloaded (the queue's loaded-event wakes waiters when a load ends).
-fn loaded_now(slot: &ModelSlot) -> Option<Arc<LoadedModel>> {
+pub(super) fn loaded_now(slot: &ModelSlot) -> Option<Arc<LoadedModel>> {
     slot.loaded.try_lock().ok().and_then(|m| m.clone())
 }
 
@@ -92,7 +92,7 @@ impl Registry {
         tokio::spawn(async move {
             let _admission = guard;
             this.governor.set_admitting(Some(&slot.package.manifest.id));
-            let result = this.admit_and_load(slot, deadline).await;
+            let result = this.admit_and_load(slot, deadline, false).await;
             this.governor.set_admitting(None);
             result
         })
@@ -131,12 +131,14 @@ impl Registry {
 
     /// Loads `slot` once it fits: sheds lower-value models past their residency to make
     /// room, waits until their memory is back in the working set, and decides again on fresh
-    /// readings; waits while waiting may help, until `deadline`. The caller holds the
-    /// admission lock.
-    async fn admit_and_load(
+    /// readings; waits while waiting may help, until `deadline`. A `guess` (a prediction)
+    /// loads only into free room: it sheds nothing, waits for nothing, and its refusal is
+    /// not logged. The caller holds the admission lock.
+    pub(super) async fn admit_and_load(
         &self,
         slot: Arc<ModelSlot>,
         deadline: Instant,
+        guess: bool,
     ) -> Result<Arc<LoadedModel>, LoadError> {
         if let Some(model) = slot.loaded.lock().await.as_ref() {
             return Ok(model.clone());
@@ -188,6 +190,14 @@ impl Registry {
                     self.governor.retry_after(),
                 ) {
                     Ok(victims) if victims.is_empty() => break,
+                    Ok(victims) if guess => policy::Refusal {
+                        reason: format!(
+                            "loading {id} would shed {} (a prediction never sheds)",
+                            victims.join(", ")
+                        ),
+                        retry_after: self.governor.retry_after(),
+                        wait: false,
+                    },
                     Ok(victims) => {
                         self.make_room(&id, &victims, deadline).await?;
                         // Decide again on what the cgroup now shows.
@@ -196,6 +206,14 @@ impl Registry {
                     Err(r) => r,
                 }
             };
+            if guess {
+                return Err(LoadError::NoMemory {
+                    id,
+                    reason: refusal.reason,
+                    retry_after: refusal.retry_after,
+                    lasting: !refusal.wait,
+                });
+            }
             // Waiting past the deadline helps nobody, and would hold up the queue behind.
             let now = Instant::now();
             if !refusal.wait || now + RECHECK.max(refusal.retry_after) > deadline {

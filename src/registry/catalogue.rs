@@ -79,6 +79,16 @@ impl ScanResult {
         self.winners.get(id).map(|(p, _)| p.manifest.kind)
     }
 
+    /// The kind and width of the verified model `id`.
+    pub fn shape(&self, id: &str) -> Option<crate::config::fallback::Shape> {
+        self.winners
+            .get(id)
+            .map(|(p, _)| crate::config::fallback::Shape {
+                reranker: p.manifest.kind == crate::package::ModelKind::Reranker,
+                dimensions: p.manifest.dimensions,
+            })
+    }
+
     /// Ids of the verified models.
     pub fn ids(&self) -> Vec<String> {
         self.winners.keys().cloned().collect()

@@ -44,6 +44,7 @@ impl Registry {
             u.kernel = None;
             u.loaded_at = None;
             u.memory_bytes = None;
+            u.predicted = None;
             bytes
         };
         drop(model);
@@ -95,6 +96,7 @@ impl Registry {
                         .last_use_at
                         .map_or(Duration::ZERO, |t| self.governor.clock(t)),
                     bytes,
+                    guess: u.predicted.is_some(),
                 })
             })
             .collect()

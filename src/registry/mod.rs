@@ -7,7 +7,10 @@
 
 mod admission;
 mod catalogue;
+pub mod fallback;
+pub mod habits;
 mod loaded;
+mod prediction;
 pub mod retention;
 mod slot;
 pub mod usage_file;
@@ -24,6 +27,7 @@ use crate::engine::{BatchLimits, EngineOptions, Precision};
 use crate::memory::governor::Governor;
 pub use catalogue::{Candidate, ScanResult, candidates, find_packages, signature_policy};
 use catalogue::{Stamp, Verdict};
+pub use prediction::Prediction;
 pub use slot::ModelSlot;
 
 /// Where a package came from.
@@ -119,6 +123,9 @@ pub struct ModelInfo {
     pub pinned: bool,
     /// Loaded at start and after reloads.
     pub preload: bool,
+    /// `prediction` while it is loaded because its habits predicted a use this hour, and
+    /// no request has used it yet (it is the first to go when memory is needed).
+    pub preloaded_by: Option<&'static str>,
     /// Configured precision of its linear layers.
     pub precision: Precision,
     /// The precision it runs in, when loaded (f32 where the CPU cannot run bf16).
@@ -180,6 +187,8 @@ pub struct Registry {
     remembered: Mutex<BTreeMap<String, usage_file::Record>>,
     /// Where usage is kept, once [`Registry::restore_usage`] set it; and what was last written.
     usage_store: Mutex<Option<(PathBuf, BTreeMap<String, usage_file::Record>)>>,
+    /// Models being answered for by an alternative (`models.fallbacks`).
+    pub fallbacks: fallback::Episodes,
 }
 
 impl Registry {
@@ -198,6 +207,7 @@ impl Registry {
             pending: Mutex::new(HashSet::new()),
             remembered: Mutex::new(BTreeMap::new()),
             usage_store: Mutex::new(None),
+            fallbacks: fallback::Episodes::default(),
         }
     }
 
@@ -300,6 +310,37 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// The kind and width of `id`: its verified package's, else remembered from its last one.
+    pub fn shape(&self, id: &str) -> Option<crate::config::fallback::Shape> {
+        if let Some(slot) = self.get(id) {
+            let m = &slot.package.manifest;
+            return Some(crate::config::fallback::Shape {
+                reranker: m.kind == crate::package::ModelKind::Reranker,
+                dimensions: m.dimensions,
+            });
+        }
+        let remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        let r = remembered.get(id)?;
+        Some(crate::config::fallback::Shape {
+            reranker: r.reranker,
+            dimensions: r.dimensions?,
+        })
+    }
+
+    /// `id` as an alternative: whether it is in memory and the bytes it takes (`None` when no
+    /// verified package has it).
+    pub fn alternative(&self, id: &str) -> Option<fallback::Alternative> {
+        let slot = self.get(id)?;
+        let u = slot.usage().clone();
+        Some(fallback::Alternative {
+            id: id.to_string(),
+            loaded: u.state == Some(ModelState::Loaded),
+            bytes: u
+                .memory_bytes
+                .unwrap_or_else(|| slot.footprint(&self.governor, self.precision_of(id))),
+        })
     }
 
     /// Ids of all verified models.

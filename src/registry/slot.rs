@@ -30,6 +30,10 @@ pub(super) struct Usage {
     pub(super) tokens: u64,
     /// The last load failed: no new attempt before its backoff ends.
     pub(super) failure: Option<Failure>,
+    /// Uses by hour of week (persisted with the use count).
+    pub(super) habits: super::habits::Habits,
+    /// Loaded by a prediction for this hour (since the epoch), and not used since.
+    pub(super) predicted: Option<u64>,
 }
 
 /// A failed load and the backoff it started.
@@ -78,7 +82,7 @@ impl ModelSlot {
         // The monotonic clock of a last use before this start, for recency: as long ago as
         // the wall clock says, or unknown when that is before the machine's boot.
         let last_use_at = last_use
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .and_then(|t| crate::clock::now().duration_since(t).ok())
             .and_then(|ago| Instant::now().checked_sub(ago));
         ModelSlot {
             package,
@@ -90,6 +94,7 @@ impl ModelSlot {
                 tokens: record.tokens,
                 last_use,
                 last_use_at,
+                habits: record.habits.clone(),
                 ..Usage::default()
             }),
         }
@@ -105,6 +110,9 @@ impl ModelSlot {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
             tokens: u.tokens,
+            dimensions: Some(self.package.manifest.dimensions),
+            reranker: self.package.manifest.kind == crate::package::ModelKind::Reranker,
+            habits: u.habits.clone(),
         }
     }
 
@@ -154,6 +162,7 @@ impl ModelSlot {
             idle_since: u
                 .last_use_at
                 .and_then(|t| SystemTime::now().checked_sub(t.elapsed())),
+            preloaded_by: u.predicted.map(|_| "prediction"),
         }
     }
 
@@ -193,11 +202,14 @@ impl ModelSlot {
 
     /// Records one request served, of `tokens` tokens.
     pub fn touch(&self, tokens: u64) {
+        let now = crate::clock::now();
         let mut u = self.usage();
-        u.last_use = Some(SystemTime::now());
+        u.last_use = Some(now);
         u.last_use_at = Some(Instant::now());
         u.use_count += 1;
         u.tokens += tokens;
+        u.habits.record(super::habits::hour_of(now));
+        u.predicted = None;
     }
 
     /// While the backoff of a failed load runs: the error a request gets instead of another

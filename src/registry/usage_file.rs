@@ -1,6 +1,6 @@
-//! Usage kept across restarts and upgrades: each model's use count, last use and tokens in
-//! `state_dir/usage.json`, written atomically (a synced temporary file renamed over the old
-//! one), read back at start. A missing file is a first start; a corrupt one is logged and
+//! Usage kept across restarts and upgrades: each model's use count, last use, tokens, width
+//! and habits (uses by hour of week) in `state_dir/usage.json`, written atomically (a synced
+//! temporary file renamed over the old one), read back at start. A missing file is a first start; a corrupt one is logged and
 //! ignored: usage is advice to the memory policy and the operator, never a reason not to
 //! serve.
 
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 const FORMAT: u32 = 1;
 
 /// One model's usage as stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Requests served.
     pub use_count: u64,
@@ -23,6 +23,16 @@ pub struct Record {
     pub last_use: Option<u64>,
     /// Tokens embedded.
     pub tokens: u64,
+    /// Width of its vectors, from its last verified package: what an alternative must match
+    /// while the package is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<usize>,
+    /// Whether it is a reranker (with `dimensions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reranker: bool,
+    /// When it tends to be used (for predictive preloading).
+    #[serde(default, skip_serializing_if = "super::habits::Habits::is_empty")]
+    pub habits: super::habits::Habits,
 }
 
 impl Record {
@@ -113,6 +123,13 @@ mod tests {
                 use_count: 7,
                 last_use: Some(1_700_000_000),
                 tokens: 91,
+                dimensions: Some(384),
+                reranker: false,
+                habits: {
+                    let mut h = super::super::habits::Habits::default();
+                    h.record(472_222);
+                    h
+                },
             },
         );
         write(&p, &models).expect("write");

@@ -114,8 +114,9 @@ pub fn admit(
         if bound(used, count, gained).is_none() {
             break;
         }
-        if m.priority < priority {
-            // Everything after this one is worth more still.
+        if m.priority < priority && !m.guess {
+            // Everything after this one is worth more still (guesses come first, whatever
+            // their priority).
             break;
         }
         if let Some(left) = m.resident_for(limits.now, limits.min_residency) {

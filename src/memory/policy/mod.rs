@@ -38,11 +38,16 @@ pub struct Resident {
     pub last_use: Duration,
     /// Bytes it holds.
     pub bytes: u64,
+    /// Loaded on a prediction and not used since: the first to go, residency or not.
+    pub guess: bool,
 }
 
 impl Resident {
     /// Whether `memory.min_residency` still protects it at `now`; the time left if so.
     pub(super) fn resident_for(&self, now: Duration, min_residency: Duration) -> Option<Duration> {
+        if self.guess {
+            return None;
+        }
         let left = self
             .loaded_at
             .saturating_add(min_residency)
@@ -51,14 +56,16 @@ impl Resident {
     }
 }
 
-/// Models the policy may unload, lowest value first: lowest priority (highest number), the
-/// default model after the others of its priority, then least recently used, then the larger
-/// one (it frees more). Pinned models never appear.
+/// Models the policy may unload, lowest value first: models loaded on a prediction nobody has
+/// used yet, then lowest priority (highest number), the default model after the others of its
+/// priority, then least recently used, then the larger one (it frees more). Pinned models
+/// never appear.
 pub fn shed_order(models: &[Resident]) -> Vec<&Resident> {
     let mut order: Vec<&Resident> = models.iter().filter(|m| !m.pinned).collect();
     order.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
+        b.guess
+            .cmp(&a.guess)
+            .then(b.priority.cmp(&a.priority))
             .then(a.default.cmp(&b.default))
             .then(a.last_use.cmp(&b.last_use))
             .then(b.bytes.cmp(&a.bytes))

@@ -43,9 +43,10 @@ pub fn shed_for_signal(
     shed_order(loaded)
         .into_iter()
         .find(|m| {
-            !m.default
-                && m.priority >= default_priority
-                && m.resident_for(now, min_residency).is_none()
+            m.guess
+                || !m.default
+                    && m.priority >= default_priority
+                    && m.resident_for(now, min_residency).is_none()
         })
         .map(|m| m.id.clone())
 }

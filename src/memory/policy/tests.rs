@@ -18,6 +18,7 @@ fn m(id: &str, priority: u8, last_use: u64, mib: u64) -> Resident {
         loaded_at: s(0),
         last_use: s(last_use),
         bytes: mib * MIB,
+        guess: false,
     }
 }
 
@@ -395,4 +396,18 @@ fn the_episode_and_its_ceiling_last_until_calm() {
     sh.observe(s(30), usage(Level::Normal), T);
     assert!(!sh.active());
     assert_eq!(sh.ceiling(), None);
+}
+
+#[test]
+fn a_guess_goes_first_even_within_its_residency() {
+    let mut guess = m("guess", 1, 99, 50);
+    guess.guess = true;
+    guess.loaded_at = s(99);
+    let residents = vec![m("old", 5, 1, 50), guess];
+    assert_eq!(ids(&shed_order(&residents)), ["guess", "old"]);
+    // Room for a 60 MiB load in a 110 MiB budget: the unused guess goes, not the used model.
+    assert_eq!(
+        admit("new", 3, 60 * MIB, &residents, &limits(110), s(1)).expect("fits"),
+        vec!["guess".to_string()]
+    );
 }
