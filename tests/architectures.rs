@@ -24,36 +24,6 @@ struct Reference {
     vectors: Vec<Vec<f32>>,
 }
 
-/// The fixture as a sentence-transformers folder with its weights, in `dir`.
-fn model_folder(arch: &str, r: &Reference, dir: &Path) {
-    let src = fixture(arch);
-    for f in [
-        "config.json",
-        "tokenizer.json",
-        "modules.json",
-        "sentence_bert_config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.join(f)).expect(f);
-    }
-    std::fs::create_dir(dir.join("1_Pooling")).expect("mkdir");
-    std::fs::copy(
-        src.join("1_Pooling/config.json"),
-        dir.join("1_Pooling/config.json"),
-    )
-    .expect("pooling");
-    std::fs::write(
-        dir.join("model.safetensors"),
-        common::fixtures::seeded_safetensors(r.seed, &r.parameters),
-    )
-    .expect("weights");
-    // Prompts as sentence-transformers saves them (empty ones mean none).
-    std::fs::write(
-        dir.join("config_sentence_transformers.json"),
-        r#"{"prompts": {"query": "query: ", "document": ""}, "default_prompt_name": "query"}"#,
-    )
-    .expect("st config");
-}
-
 fn check(arch: &str, expected: Architecture) {
     let r: Reference = serde_json::from_slice(
         &std::fs::read(fixture(arch).join("reference.json")).expect("reference.json"),
@@ -62,7 +32,7 @@ fn check(arch: &str, expected: Architecture) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let folder = tmp.path().join(arch);
     std::fs::create_dir(&folder).expect("mkdir");
-    model_folder(arch, &r, &folder);
+    common::fixtures::embedding_folder(arch, &folder);
 
     let package = tmp.path().join(format!("{arch}.tar.zst"));
     let summary = common::fixtures::pack_folder(&folder, &format!("tiny-{arch}"), &package);

@@ -14,6 +14,67 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The seed and parameter shapes of a fixture's weights (in its `reference.json` or
+/// `reranker.json`).
+#[derive(Deserialize)]
+struct Weights {
+    seed: u64,
+    parameters: Vec<(String, Vec<usize>)>,
+}
+
+/// The embedding model fixture `arch` (width 32) as a sentence-transformers folder with its
+/// weights, in `dir`.
+pub fn embedding_folder(arch: &str, dir: &Path) {
+    let src = fixture(arch);
+    let w: Weights =
+        serde_json::from_slice(&std::fs::read(src.join("reference.json")).expect("reference.json"))
+            .expect("reference JSON");
+    std::fs::create_dir_all(dir.join("1_Pooling")).expect("mkdir");
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).expect(f);
+    }
+    std::fs::write(
+        dir.join("model.safetensors"),
+        seeded_safetensors(w.seed, &w.parameters),
+    )
+    .expect("weights");
+    // Prompts as sentence-transformers saves them (empty ones mean none).
+    std::fs::write(
+        dir.join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "document": ""}, "default_prompt_name": "query"}"#,
+    )
+    .expect("st config");
+}
+
+/// The embedding fixture `arch` packed by `caxton pack` as `<id>` into
+/// `out_dir/<id>.tar.zst`.
+pub fn embedding_package(arch: &str, id: &str, out_dir: &Path) -> PathBuf {
+    pack_into(id, out_dir, |folder| embedding_folder(arch, folder)).0
+}
+
+/// The folder `make` writes, packed as `<id>` into `out_dir/<id>.tar.zst`; and its manifest.
+fn pack_into(
+    id: &str,
+    out_dir: &Path,
+    make: impl FnOnce(&Path),
+) -> (PathBuf, caxton::package::Manifest) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let folder = work.path().join(id);
+    make(&folder);
+    std::fs::create_dir_all(out_dir).expect("mkdir");
+    let package = out_dir.join(format!("{id}.tar.zst"));
+    let summary = pack_folder(&folder, id, &package);
+    // pack's provenance record stays out of the package directory the daemon watches.
+    let _ = std::fs::remove_file(caxton::package::pack::provenance_path(&package));
+    (package, summary.manifest)
+}
+
 /// generate.py's `fill` as safetensors bytes: splitmix64 from `seed`, top 24 bits to
 /// [-0.15, 0.15) in f64, +1 for norm weights, x10 for MPNet's relative attention bias, stored
 /// as f32, parameters in name order.
@@ -126,15 +187,7 @@ pub fn reranker_package(
     id: &str,
     out_dir: &Path,
 ) -> (PathBuf, caxton::package::Manifest) {
-    let work = tempfile::tempdir().expect("tempdir");
-    let folder = work.path().join(id);
-    reranker_folder(arch, &folder);
-    std::fs::create_dir_all(out_dir).expect("mkdir");
-    let package = out_dir.join(format!("{id}.tar.zst"));
-    let summary = pack_folder(&folder, id, &package);
-    // pack's provenance record stays out of the package directory the daemon watches.
-    let _ = std::fs::remove_file(caxton::package::pack::provenance_path(&package));
-    (package, summary.manifest)
+    pack_into(id, out_dir, |folder| reranker_folder(arch, folder))
 }
 
 /// `caxton pack FOLDER --id ID -o PACKAGE` with the weights as they are.
