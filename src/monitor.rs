@@ -270,7 +270,7 @@ async fn preload_predicted(
             tracing::debug!(
                 caxton_event = "prediction_skipped",
                 caxton_model = %p.id,
-                "model {} is likely to be used this hour (probability {:.2}) but is not preloaded: {e}",
+                "model {} is likely to be used in the coming hour (probability {:.2}) but is not preloaded: {e}",
                 p.id,
                 p.probability
             );

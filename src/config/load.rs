@@ -67,7 +67,7 @@ pub fn figment(dir: &Path) -> Result<Figment, ConfigError> {
     }
     Ok(fig.merge(
         Env::prefixed("CAXTON_")
-            .ignore(&["config_dir", "socket", "isa"])
+            .ignore(&["config_dir", "socket", "isa", "test_clock"])
             .split("__"),
     ))
 }

@@ -178,6 +178,7 @@ impl Daemon {
             .env_remove("MEMORY_PRESSURE_WATCH")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
+            .env_remove("CAXTON_TEST_CLOCK")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
