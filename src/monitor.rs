@@ -74,7 +74,8 @@ async fn run(state: Arc<AppState>) {
     let mut preload_due = true;
     let mut predict_due = true;
     let mut predicted_hour = None;
-    let mut predicting: Option<tokio::task::JoinHandle<()>> = None;
+    let mut noted_hour = None;
+    let mut predicting: Option<tokio::task::JoinHandle<bool>> = None;
     let mut status = String::new();
     let mut idle_warned = false;
     let mut last: Option<pressure::Reading> = None;
@@ -205,8 +206,10 @@ async fn run(state: Arc<AppState>) {
 
         // Background loads never stand in the queue in front of requests.
         let queue_busy = gov.queue().0 > 0 || gov.admitting().is_some();
+        let mut preloading = false;
         if !gov.under_pressure() && !queue_busy && (preload_due || gov.take_preload_request()) {
             preload_due = false;
+            preloading = true;
             for id in registry.ids() {
                 if gov.rules(&id).preload {
                     let registry = registry.clone();
@@ -224,14 +227,22 @@ async fn run(state: Arc<AppState>) {
         }
 
         let hour = crate::registry::habits::hour_of(crate::clock::now());
-        if predicted_hour != Some(hour) {
+        if noted_hour != Some(hour) {
             // Before this hour's predictions: what was predicted for an ended hour and not
             // used is not predicted for it again.
             registry.note_missed_predictions(hour);
+            noted_hour = Some(hour);
         }
-        let idle = predicting.as_ref().is_none_or(|t| t.is_finished());
+        if let Some(task) = predicting.take_if(|t| t.is_finished()) {
+            // A prediction that met another load holding admission is tried again.
+            if task.await.unwrap_or(false) {
+                predict_due = true;
+            }
+        }
+        // Configured preloads go first: they are not guesses.
         if settings.predictive_preload
-            && idle
+            && predicting.is_none()
+            && !preloading
             && !gov.under_pressure()
             && !queue_busy
             && (predict_due || predicted_hour != Some(hour))
@@ -257,25 +268,33 @@ async fn run(state: Arc<AppState>) {
 
 /// Loads `predictions` one after another, most likely first, each only if it fits the free
 /// room then; a refusal is the budget speaking, not a fault, so it is logged at debug level.
+/// Returns whether some were left because another load held admission (or a request queued):
+/// the monitor tries again.
 async fn preload_predicted(
     registry: Arc<crate::registry::Registry>,
     predictions: Vec<crate::registry::Prediction>,
-) {
+) -> bool {
     for p in predictions {
         // A request that started meanwhile goes first.
-        if registry.governor.under_pressure() || registry.governor.queue().0 > 0 {
-            return;
+        if registry.governor.queue().0 > 0 {
+            return true;
         }
-        if let Err(e) = registry.preload_predicted(&p).await {
-            tracing::debug!(
+        if registry.governor.under_pressure() {
+            return false;
+        }
+        match registry.preload_predicted(&p).await {
+            Ok(crate::registry::Preloaded::Busy) => return true,
+            Ok(_) => {}
+            Err(e) => tracing::debug!(
                 caxton_event = "prediction_skipped",
                 caxton_model = %p.id,
                 "model {} is likely to be used in the coming hour (probability {:.2}) but is not preloaded: {e}",
                 p.id,
                 p.probability
-            );
+            ),
         }
     }
+    false
 }
 
 /// Keeps the kernel's notifications armed at the thresholds of the levels just read; a

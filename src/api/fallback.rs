@@ -62,11 +62,12 @@ pub async fn acquire(
     let registry = &state.registry;
     let settings = state.settings();
     let models = &settings.models;
+    // The default model is an embedding model: `auto` adds it to embedding chains only.
     let chain = chain(
         requested,
         models.fallback_strategy,
         models.fallbacks.get(requested).map(Vec::as_slice),
-        &models.default,
+        (kind == ModelKind::Embedding).then_some(models.default.as_str()),
     );
     let (reason, error) = match registry.get(requested) {
         None => (
@@ -76,8 +77,10 @@ pub async fn acquire(
         Some(_) => {
             // The wrong kind is the caller's mistake, never a reason to substitute.
             let slot = super::model_slot(state, requested, kind)?;
-            let loaded = registry.alternative(requested).is_some_and(|a| a.loaded);
-            if !chain.is_empty() && !loaded && registry.governor.critical() {
+            if !chain.is_empty()
+                && registry.governor.critical()
+                && !registry.alternative(requested).is_some_and(|a| a.loaded)
+            {
                 (
                     Reason::MemoryPressure,
                     Some(ApiError::unavailable(
@@ -105,7 +108,13 @@ pub async fn acquire(
         }
     };
     let error = error.unwrap_or_else(|| ApiError::from(LoadError::Unknown(requested.into())));
-    if chain.is_empty() {
+    // A name never installed here and not configured is a caller's typo, not a model to
+    // stand in for: substituting it would also grow the journal and metric labels without
+    // bound.
+    let unheard_of = reason == Reason::Missing
+        && registry.shape(requested).is_none()
+        && !models.fallbacks.contains_key(requested);
+    if chain.is_empty() || unheard_of {
         return Err(error);
     }
     // (id, why it did not answer), in the order tried.
@@ -136,7 +145,7 @@ pub async fn acquire(
                 let skipped: Vec<String> = tried.into_iter().map(|(id, _)| id).collect();
                 registry
                     .fallbacks
-                    .substituted(requested, &alt, reason, &skipped);
+                    .substituted(requested, &alt, reason, &skipped, &error.message);
                 return Ok(Served {
                     id: alt,
                     slot,
@@ -207,18 +216,19 @@ fn unfit(
 }
 
 /// The alternatives for `requested` under `strategy`, in order: none under `strict`; the
-/// listed ones; under `auto` then the default model, unless it is the requested one or listed.
+/// listed ones; under `auto` then `default`, unless it is the requested one or listed.
 pub fn chain(
     requested: &str,
     strategy: FallbackStrategy,
     listed: Option<&[String]>,
-    default: &str,
+    default: Option<&str>,
 ) -> Vec<String> {
     let mut chain: Vec<String> = match strategy {
         FallbackStrategy::Strict => return Vec::new(),
         FallbackStrategy::Listed | FallbackStrategy::Auto => listed.unwrap_or_default().to_vec(),
     };
     if strategy == FallbackStrategy::Auto
+        && let Some(default) = default
         && default != requested
         && !chain.iter().any(|c| c == default)
     {
@@ -255,21 +265,29 @@ mod tests {
     #[test]
     fn the_strategy_decides_the_chain() {
         let listed = ids(&["b", "c"]);
-        assert!(chain("a", FallbackStrategy::Strict, Some(&listed), "d").is_empty());
+        assert!(chain("a", FallbackStrategy::Strict, Some(&listed), Some("d")).is_empty());
         assert_eq!(
-            chain("a", FallbackStrategy::Listed, Some(&listed), "d"),
+            chain("a", FallbackStrategy::Listed, Some(&listed), Some("d")),
             ids(&["b", "c"])
         );
-        assert!(chain("a", FallbackStrategy::Listed, None, "d").is_empty());
+        assert!(chain("a", FallbackStrategy::Listed, None, Some("d")).is_empty());
         assert_eq!(
-            chain("a", FallbackStrategy::Auto, Some(&listed), "d"),
+            chain("a", FallbackStrategy::Auto, Some(&listed), Some("d")),
             ids(&["b", "c", "d"])
         );
-        assert_eq!(chain("a", FallbackStrategy::Auto, None, "d"), ids(&["d"]));
         assert_eq!(
-            chain("a", FallbackStrategy::Auto, Some(&ids(&["d"])), "d"),
+            chain("a", FallbackStrategy::Auto, None, Some("d")),
             ids(&["d"])
         );
-        assert!(chain("d", FallbackStrategy::Auto, None, "d").is_empty());
+        assert_eq!(
+            chain("a", FallbackStrategy::Auto, Some(&ids(&["d"])), Some("d")),
+            ids(&["d"])
+        );
+        assert!(chain("d", FallbackStrategy::Auto, None, Some("d")).is_empty());
+        // A reranker's chain has no default model to end with.
+        assert_eq!(
+            chain("a", FallbackStrategy::Auto, Some(&listed), None),
+            ids(&["b", "c"])
+        );
     }
 }

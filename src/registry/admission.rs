@@ -235,7 +235,27 @@ impl Registry {
         if took != grown {
             slot.set_memory(took);
         }
-        if took > need {
+        if took > need && guess {
+            // A prediction never sheds, not even after the fact: when it overshot the
+            // budget, it goes itself.
+            let budget = self.governor.limits().budget;
+            if self.model_memory() > budget {
+                drop(model);
+                let _ = self
+                    .unload(&id, "a prediction took more memory than estimated")
+                    .await;
+                return Err(LoadError::NoMemory {
+                    id: id.clone(),
+                    reason: format!(
+                        "model {id} took {} MiB, more than estimated, past the budget of {} MiB; a prediction never sheds, so it was unloaded again",
+                        took >> 20,
+                        budget >> 20
+                    ),
+                    retry_after: self.governor.retry_after(),
+                    lasting: false,
+                });
+            }
+        } else if took > need {
             self.rebalance(&id, rules.priority, took).await;
         }
         Ok(model)

@@ -63,10 +63,17 @@ struct Episode {
 pub struct Episodes(Mutex<HashMap<String, Episode>>);
 
 impl Episodes {
-    /// Records a request for `requested` answered by `served` because of `reason`: the
-    /// counter always, the journal when an episode starts (or the substitute or the reason
-    /// changes within one).
-    pub fn substituted(&self, requested: &str, served: &str, reason: Reason, tried: &[String]) {
+    /// Records a request for `requested` answered by `served` because of `reason` (the
+    /// requested model's error being `why`): the counter always, the journal when an episode
+    /// starts.
+    pub fn substituted(
+        &self,
+        requested: &str,
+        served: &str,
+        reason: Reason,
+        tried: &[String],
+        why: &str,
+    ) {
         crate::metrics::get()
             .fallbacks
             .get_or_create(&crate::metrics::FallbackLabels {
@@ -76,20 +83,32 @@ impl Episodes {
             })
             .inc();
         let mut episodes = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let e = episodes
-            .entry(requested.to_string())
-            .or_insert_with(|| Episode {
-                served: String::new(),
-                reason,
-                since: Instant::now(),
-                requests: 0,
-            });
-        e.requests += 1;
-        if e.served == served && e.reason == reason {
+        if let Some(e) = episodes.get_mut(requested) {
+            e.requests += 1;
+            if e.served != served || e.reason != reason {
+                // Within an episode the reason may flip with each pressure reading: not a
+                // new episode.
+                tracing::debug!(
+                    caxton_model = %requested,
+                    caxton_served_by = %served,
+                    caxton_reason = reason.as_str(),
+                    "requests for model {requested} are now answered by {served} ({})",
+                    reason.as_str()
+                );
+                e.served = served.to_string();
+                e.reason = reason;
+            }
             return;
         }
-        e.served = served.to_string();
-        e.reason = reason;
+        episodes.insert(
+            requested.to_string(),
+            Episode {
+                served: served.to_string(),
+                reason,
+                since: Instant::now(),
+                requests: 1,
+            },
+        );
         let skipped = if tried.is_empty() {
             String::new()
         } else {
@@ -100,7 +119,7 @@ impl Episodes {
             caxton_model = %requested,
             caxton_served_by = %served,
             caxton_reason = reason.as_str(),
-            "requests for model {requested} are answered by {served}{skipped}: {requested} is {}; this is logged once until {requested} serves again",
+            "requests for model {requested} are answered by {served}{skipped}: {requested} is {} ({why}); this is logged once until {requested} serves again",
             describe(reason)
         );
     }

@@ -44,7 +44,10 @@ impl Registry {
             u.kernel = None;
             u.loaded_at = None;
             u.memory_bytes = None;
-            u.predicted = None;
+            // A guess that goes unused (idle, shed) was a prediction that did not come.
+            if let Some(hour) = u.predicted.take() {
+                u.habits.miss(hour);
+            }
             bytes
         };
         drop(model);

@@ -27,7 +27,7 @@ use crate::engine::{BatchLimits, EngineOptions, Precision};
 use crate::memory::governor::Governor;
 pub use catalogue::{Candidate, ScanResult, candidates, find_packages, signature_policy};
 use catalogue::{Stamp, Verdict};
-pub use prediction::Prediction;
+pub use prediction::{Prediction, Preloaded};
 pub use slot::ModelSlot;
 
 /// Where a package came from.

@@ -8,6 +8,17 @@ use std::sync::Arc;
 
 use super::{LoadError, ModelState, Registry};
 
+/// What became of a prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preloaded {
+    /// Loaded into free room.
+    Loaded,
+    /// In memory already.
+    AlreadyIn,
+    /// Another load holds admission: try again soon.
+    Busy,
+}
+
 /// A model likely to be used soon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
@@ -28,8 +39,11 @@ impl Registry {
             .iter()
             .filter_map(|(id, slot)| {
                 let u = slot.usage();
-                if matches!(u.state, Some(ModelState::Loading | ModelState::Loaded))
-                    || u.failure.is_some()
+                let backing_off = u
+                    .failure
+                    .as_ref()
+                    .is_some_and(|f| f.retry_at > std::time::Instant::now());
+                if matches!(u.state, Some(ModelState::Loading | ModelState::Loaded)) || backing_off
                 {
                     return None;
                 }
@@ -52,32 +66,34 @@ impl Registry {
         out
     }
 
-    /// Loads `p`'s model if it fits the free room now: `Ok(true)` when it did, `Ok(false)`
-    /// when it is already in memory or another load holds admission (the next prediction
-    /// tries again), the refusal otherwise.
-    pub async fn preload_predicted(self: &Arc<Self>, p: &Prediction) -> Result<bool, LoadError> {
+    /// Loads `p`'s model if it fits the free room now, marked as a guess until a request
+    /// uses it; the refusal when it does not fit.
+    pub async fn preload_predicted(
+        self: &Arc<Self>,
+        p: &Prediction,
+    ) -> Result<Preloaded, LoadError> {
         let slot = self
             .get(&p.id)
             .ok_or_else(|| LoadError::Unknown(p.id.clone()))?;
-        if super::admission::loaded_now(&slot).is_some() {
-            return Ok(false);
-        }
         let Ok(_admission) = self.governor.admission.clone().try_lock_owned() else {
-            return Ok(false);
+            return Ok(Preloaded::Busy);
         };
-        let uses = slot.usage().use_count;
+        // Checked under the admission lock: no request's load can bring it in meanwhile.
+        if super::admission::loaded_now(&slot).is_some() {
+            return Ok(Preloaded::AlreadyIn);
+        }
+        // Marked before it counts as loaded, so the policy never sees it as a model in use;
+        // a request using it meanwhile clears the mark.
+        slot.usage().predicted = Some(p.hour);
         self.governor.set_admitting(Some(&p.id));
         let result = self
             .admit_and_load(slot.clone(), tokio::time::Instant::now(), true)
             .await;
         self.governor.set_admitting(None);
-        result?;
-        let mut u = slot.usage();
-        // A request that came in while it loaded made it a model in use, not a guess.
-        if u.use_count == uses {
-            u.predicted = Some(p.hour);
+        if let Err(e) = result {
+            slot.usage().predicted = None;
+            return Err(e);
         }
-        drop(u);
         tracing::info!(
             caxton_event = "model_predicted",
             caxton_model = %p.id,
@@ -86,7 +102,7 @@ impl Registry {
             p.id,
             p.probability
         );
-        Ok(true)
+        Ok(Preloaded::Loaded)
     }
 
     /// At hour `now`: the models still loaded on a prediction for an hour that has ended
