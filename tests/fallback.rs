@@ -32,6 +32,16 @@ fn start(packages: impl FnOnce(&Path), yaml: &str) -> Daemon {
     )
 }
 
+/// `broken` (it verifies, and fails its load's self-test) and `mini` (the bundled model).
+fn broken_and_mini(p: &Path) {
+    bundled_copy_poisoned(
+        &p.join("broken.tar.zst"),
+        "broken",
+        "embeddings.LayerNorm.weight",
+    );
+    bundled_copy_with_id(&p.join("mini.tar.zst"), "mini");
+}
+
 /// `POST path` with `body`: status, headers, JSON.
 fn post(d: &Daemon, path: &str, body: Value) -> (u16, HashMap<String, String>, Value) {
     let (status, headers, bytes) = d
@@ -82,14 +92,7 @@ fn fallbacks_counted(d: &Daemon, requested: &str, served: &str, reason: &str) ->
 #[test]
 fn a_failed_model_is_answered_by_its_listed_alternative_until_it_loads_again() {
     let d = start(
-        |p| {
-            bundled_copy_poisoned(
-                &p.join("broken.tar.zst"),
-                "broken",
-                "embeddings.LayerNorm.weight",
-            );
-            bundled_copy_with_id(&p.join("mini.tar.zst"), "mini");
-        },
+        broken_and_mini,
         "models:\n  fallback_strategy: listed\n  fallbacks:\n    broken: [gone, mini]\n",
     );
     let (status, _, own) = embed(&d, "mini");
@@ -219,14 +222,7 @@ fn a_removed_package_is_answered_by_the_bundled_model_under_auto() {
 #[test]
 fn strict_changes_nothing_even_with_lists() {
     let d = start(
-        |p| {
-            bundled_copy_poisoned(
-                &p.join("broken.tar.zst"),
-                "broken",
-                "embeddings.LayerNorm.weight",
-            );
-            bundled_copy_with_id(&p.join("mini.tar.zst"), "mini");
-        },
+        broken_and_mini,
         "models:\n  fallbacks:\n    broken: [mini]\n    gone: [mini]\n",
     );
     let (status, headers, v) = embed(&d, "broken");

@@ -197,10 +197,29 @@ fn usage_survives_a_restart_and_a_corrupt_usage_file_is_ignored() {
     let file = d.dir.path().join("state/usage.json");
     let stored: Value =
         serde_json::from_slice(&std::fs::read(&file).expect("usage.json")).expect("JSON");
+    // With its width (what an alternative must match once the package is gone) and its
+    // habits: the three uses fall in one hour of the week, counted once.
+    let hour = before["last_use"].as_u64().expect("last_use") / 3600;
+    let slot = caxton::registry::habits::hour_of_week(hour).to_string();
+    let mut record = stored["models"]["all-MiniLM-L6-v2"].clone();
+    let habits = record["habits"].take();
     assert_eq!(
-        stored["models"]["all-MiniLM-L6-v2"],
-        serde_json::json!({"use_count": 3, "last_use": before["last_use"], "tokens": tokens})
+        record,
+        serde_json::json!({
+            "use_count": 3,
+            "last_use": before["last_use"],
+            "tokens": tokens,
+            "dimensions": 384,
+            "habits": null,
+        })
     );
+    assert_eq!(
+        habits["hours"][&slot],
+        serde_json::json!({"weight": 1.0, "last": hour})
+    );
+    // The uses may straddle an hour boundary: the history starts at the first one.
+    let since = habits["since"].as_u64().expect("since");
+    assert!(since == hour || since + 1 == hour, "{habits}");
 
     d.respawn();
     d.wait_health(200);

@@ -30,20 +30,19 @@ pub fn embedding_folder(arch: &str, dir: &Path) {
         serde_json::from_slice(&std::fs::read(src.join("reference.json")).expect("reference.json"))
             .expect("reference JSON");
     std::fs::create_dir_all(dir.join("1_Pooling")).expect("mkdir");
-    for f in [
-        "config.json",
-        "tokenizer.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "1_Pooling/config.json",
-    ] {
-        std::fs::copy(src.join(f), dir.join(f)).expect(f);
-    }
-    std::fs::write(
-        dir.join("model.safetensors"),
-        seeded_safetensors(w.seed, &w.parameters),
-    )
-    .expect("weights");
+    copy_with_weights(
+        &src,
+        dir,
+        &[
+            "config.json",
+            "tokenizer.json",
+            "modules.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
+        ],
+        w.seed,
+        &w.parameters,
+    );
     // Prompts as sentence-transformers saves them (empty ones mean none).
     std::fs::write(
         dir.join("config_sentence_transformers.json"),
@@ -163,19 +162,36 @@ pub fn reranker_folder(arch: &str, dir: &Path) {
     let r = reranker_reference(arch);
     let src = fixture(&format!("{arch}-reranker"));
     std::fs::create_dir_all(dir).expect("mkdir");
-    for f in [
-        "config.json",
-        "config_sentence_transformers.json",
-        "modules.json",
-        "sentence_bert_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
+    copy_with_weights(
+        &src,
+        dir,
+        &[
+            "config.json",
+            "config_sentence_transformers.json",
+            "modules.json",
+            "sentence_bert_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ],
+        r.seed,
+        &r.parameters,
+    );
+}
+
+/// `files` copied from the fixture `src` into `dir`, and the seeded weights beside them.
+fn copy_with_weights(
+    src: &Path,
+    dir: &Path,
+    files: &[&str],
+    seed: u64,
+    parameters: &[(String, Vec<usize>)],
+) {
+    for f in files {
         std::fs::copy(src.join(f), dir.join(f)).expect(f);
     }
     std::fs::write(
         dir.join("model.safetensors"),
-        seeded_safetensors(r.seed, &r.parameters),
+        seeded_safetensors(seed, parameters),
     )
     .expect("weights");
 }
