@@ -176,25 +176,18 @@ def cmd_export(args):
     export_s = time.perf_counter() - t
 
     # The fused graph must compute what torch computes (on real tokens; padding rows are free).
-    ops, fused, optimize_s, quantize_s, max_diff = optimize_check_quantize(
-        raw, out, check_ids, check_mask, check_types, reference,
-        check_mask.numpy().astype(bool), 1e-3)
     info = {
         "stamp": stamp,
-        "attention_nodes": ops.get("Attention", 0),
-        "fused_operators": fused,
-        "node_counts": ops,
         "export_s": export_s,
-        "optimize_s": optimize_s,
-        "quantize_s": quantize_s,
-        "max_abs_diff_vs_torch": max_diff,
+        **optimize_check_quantize(raw, out, check_ids, check_mask, check_types, reference,
+                                  check_mask.numpy().astype(bool), 1e-3),
         "max_seq_length": int(manifest["max_seq_length"]),
     }
     info_path.write_text(json.dumps(info, indent=1))
     print(
-        f"  exported {out / 'model.onnx'}: {ops.get('Attention', 0)} fused Attention nodes, "
-        f"fused {fused}; export {export_s:.1f} s, optimize {optimize_s:.1f} s, "
-        f"max |ORT - torch| {max_diff:.2e}"
+        f"  exported {out / 'model.onnx'}: {info['attention_nodes']} fused Attention nodes, "
+        f"fused {info['fused_operators']}; export {export_s:.1f} s, optimize "
+        f"{info['optimize_s']:.1f} s, max |ORT - torch| {info['max_abs_diff_vs_torch']:.2e}"
     )
 
 
@@ -241,7 +234,30 @@ def optimize_check_quantize(raw, out, ids, mask, types, reference, rows, toleran
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     os.replace(out / "model.int8.onnx.tmp", out / "model.int8.onnx")
-    return ops, fused, optimize_s, time.perf_counter() - t, max_diff
+    return {
+        "attention_nodes": ops.get("Attention", 0),
+        "fused_operators": fused,
+        "node_counts": ops,
+        "optimize_s": optimize_s,
+        "quantize_s": time.perf_counter() - t,
+        "max_abs_diff_vs_torch": max_diff,
+    }
+
+
+def open_session(onnx_dir, int8, threads):
+    """ORT's session on onnx_dir's f32 or int8 graph, as both peers run it (threads intra-op,
+    sequential, every graph optimization), and the seconds it took to open."""
+    import onnxruntime as ort
+
+    t = time.perf_counter()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    graph = "model.int8.onnx" if int8 else "model.onnx"
+    session = ort.InferenceSession(str(onnx_dir / graph), opts, providers=["CPUExecutionProvider"])
+    return session, time.perf_counter() - t
 
 
 def rss_mb():
@@ -266,14 +282,7 @@ def cmd_run(args):
     max_len = json.loads((model_dir / "export.json").read_text())["max_seq_length"]
 
     t = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    graph = "model.int8.onnx" if args.int8 else "model.onnx"
-    session = ort.InferenceSession(str(model_dir / graph), opts, providers=["CPUExecutionProvider"])
-    session_s = time.perf_counter() - t
+    session, session_s = open_session(model_dir, args.int8, THREADS)
     tokenizer = Tokenizer.from_file(str(model_dir / "package" / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=max_len)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest

@@ -50,8 +50,8 @@ import time
 from pathlib import Path
 
 # The embedding peer's helpers (this folder is on sys.path when the script runs).
-from ort_peer import (median, optimize_check_quantize, percentile, rss_mb, sha256_file,
-                      unpack)
+from ort_peer import (median, open_session, optimize_check_quantize, percentile, rss_mb,
+                      sha256_file, unpack)
 
 THREADS = 2
 SEED = 20
@@ -294,25 +294,16 @@ def cmd_export(args):
     export_s = time.perf_counter() - t
 
     # Every logit counts: one per pair.
-    ops, fused, optimize_s, quantize_s, max_diff = optimize_check_quantize(
-        raw, out, check_ids, check_mask, check_types, reference, slice(None), 1e-4)
+    checked = optimize_check_quantize(raw, out, check_ids, check_mask, check_types, reference,
+                                      slice(None), 1e-4)
     (out / "tokenizer.json").write_bytes((model_dir / "tokenizer.json").read_bytes())
     max_len = json.loads((model_dir / "tokenizer_config.json").read_text())["model_max_length"]
-    info = {
-        "stamp": stamp,
-        "attention_nodes": ops.get("Attention", 0),
-        "fused_operators": fused,
-        "node_counts": ops,
-        "export_s": export_s,
-        "optimize_s": optimize_s,
-        "quantize_s": quantize_s,
-        "max_abs_diff_vs_torch": max_diff,
-        "max_seq_length": int(max_len),
-    }
+    info = {"stamp": stamp, "export_s": export_s, **checked, "max_seq_length": int(max_len)}
     info_path.write_text(json.dumps(info, indent=1))
-    print(f"  exported {out / 'model.onnx'}: {ops.get('Attention', 0)} fused Attention nodes, "
-          f"fused {fused}; export {export_s:.1f} s, optimize {optimize_s:.1f} s, quantize "
-          f"{quantize_s:.1f} s, max |ORT - torch| {max_diff:.2e}")
+    print(f"  exported {out / 'model.onnx'}: {info['attention_nodes']} fused Attention nodes, "
+          f"fused {info['fused_operators']}; export {export_s:.1f} s, optimize "
+          f"{info['optimize_s']:.1f} s, quantize {info['quantize_s']:.1f} s, "
+          f"max |ORT - torch| {info['max_abs_diff_vs_torch']:.2e}")
 
 
 def cmd_run(args):
@@ -326,14 +317,7 @@ def cmd_run(args):
     max_len = json.loads((onnx_dir / "export.json").read_text())["max_seq_length"]
 
     t = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    graph = "model.int8.onnx" if args.int8 else "model.onnx"
-    session = ort.InferenceSession(str(onnx_dir / graph), opts, providers=["CPUExecutionProvider"])
-    session_s = time.perf_counter() - t
+    session, session_s = open_session(onnx_dir, args.int8, THREADS)
     tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest

@@ -333,13 +333,15 @@ impl Registry {
     /// verified package has it).
     pub fn alternative(&self, id: &str) -> Option<fallback::Alternative> {
         let slot = self.get(id)?;
-        let u = slot.usage().clone();
+        // Read under the lock, without copying the usage (its habits included).
+        let (loaded, held) = {
+            let u = slot.usage();
+            (u.state == Some(ModelState::Loaded), u.memory_bytes)
+        };
         Some(fallback::Alternative {
             id: id.to_string(),
-            loaded: u.state == Some(ModelState::Loaded),
-            bytes: u
-                .memory_bytes
-                .unwrap_or_else(|| slot.footprint(&self.governor, self.precision_of(id))),
+            loaded,
+            bytes: held.unwrap_or_else(|| slot.footprint(&self.governor, self.precision_of(id))),
         })
     }
 
