@@ -146,7 +146,9 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
             &body,
         ])
         .output()
-        .expect("curl runs");
+        .unwrap_or_else(|e| {
+            panic!("curl cannot run ({e}): apt-get install curl (or run tests/run, which installs what the tests need)")
+        });
     assert!(
         out.status.success(),
         "curl: {}",

@@ -6,8 +6,9 @@ use std::process::{Command, Stdio};
 use super::Daemon;
 
 /// The daemon's `/metrics`, parsed by the Python `prometheus_client` OpenMetrics parser (the
-/// Debian package `python3-prometheus-client`; CI installs it): every sample as
-/// (name, labels, value). A parse error fails the test with the exposition.
+/// Debian package `python3-prometheus-client`, which `tests/run` installs): every sample as
+/// (name, labels, value). A parse error fails the test with the exposition; a missing parser
+/// fails it with one line that names the package.
 pub fn scrape(d: &Daemon) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
     use std::io::Write;
     let (status, _, body) = d
@@ -34,7 +35,7 @@ print(json.dumps(out))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("python3 (apt-get install python3-prometheus-client)");
+        .unwrap_or_else(|e| panic!("{python} cannot run ({e}): {MISSING}"));
     child
         .stdin
         .take()
@@ -42,14 +43,22 @@ print(json.dumps(out))
         .write_all(&body)
         .expect("write the exposition");
     let out = child.wait_with_output().expect("python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No module named 'prometheus_client'") {
+        panic!("{python} has no prometheus_client: {MISSING}");
+    }
     assert!(
         out.status.success(),
         "prometheus_client could not parse /metrics: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        stderr,
         String::from_utf8_lossy(&body)
     );
     serde_json::from_slice(&out.stdout).expect("parser output")
 }
+
+/// What to do when the parser is not there: one line, the package to install.
+const MISSING: &str =
+    "apt-get install python3-prometheus-client (or run tests/run, which installs what the tests need)";
 
 /// The value of the sample `name` whose labels include every pair of `labels`.
 pub fn sample(
