@@ -124,7 +124,7 @@ impl Conn {
 
     /// POSTs `texts` to `/v1/embeddings`; any non-2xx answer is an error.
     async fn request(&mut self, texts: &[String]) -> anyhow::Result<serde_json::Value> {
-        let body = serde_json::to_vec(&json!({ "input": texts }))?;
+        let body = serde_json::to_vec(&json!({ "input": texts, "truncate": true }))?;
         let req = hyper::Request::post("/v1/embeddings")
             .header(hyper::header::HOST, "localhost")
             .body(Full::new(Bytes::from(body)))?;

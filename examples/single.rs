@@ -30,7 +30,13 @@ fn main() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
-        rt.block_on(model.embed(vec![text.clone()], true))?;
+        rt.block_on(model.embed(
+            vec![text.clone()],
+            caxton::engine::VectorShape {
+                normalize: true,
+                width: None,
+            },
+        ))?;
         times.push(t.elapsed());
     }
     times.sort();

@@ -52,6 +52,7 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
             level: 1,
             prompts: Vec::new(),
             default_prompt: None,
+            matryoshka: None,
         },
         &package,
     )

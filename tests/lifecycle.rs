@@ -36,7 +36,7 @@ fn sigterm_finishes_in_flight_requests() {
     let texts: Vec<String> = (0..256)
         .map(|i| format!("text {i} {}", "lorem ipsum dolor sit amet ".repeat(40)))
         .collect();
-    let body = serde_json::json!({ "input": texts })
+    let body = serde_json::json!({ "input": texts, "truncate": true })
         .to_string()
         .into_bytes();
     let client = std::thread::spawn(move || {

@@ -15,14 +15,16 @@ const BERT: &str = "tiny-bert-ce";
 const XLMR: &str = "tiny-xlmr-ce";
 
 /// A daemon serving the bundled embedding model, with both rerankers side-loaded and `extra`
-/// as the drop-in conf.d/50-test.yaml (rewritten by tests to reload).
+/// as the drop-in conf.d/50-test.yaml (rewritten by tests to reload). Pairs past the
+/// rerankers' 32 tokens are cut unless a request says otherwise (`limits.auto_truncate`, as
+/// TEI's `--auto-truncate`): the reference documents are longer.
 fn start(extra: &str) -> Daemon {
     let extra = format!("{extra}\n");
     Daemon::start_with(
         move |dir: &Path| {
             reranker_package("bert", BERT, &dir.join("packages"));
             reranker_package("xlm-roberta", XLMR, &dir.join("packages"));
-            write_config(dir, "");
+            write_config(dir, "limits:\n  auto_truncate: true\n");
             std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
             std::fs::write(dir.join("conf.d/50-test.yaml"), extra).expect("write");
         },
@@ -389,13 +391,19 @@ fn requests_a_reranker_cannot_serve_get_exact_errors() {
             )
         )
     );
-    // The same pair is cut by default (TEI's auto_truncate), and Cohere's shape always cuts.
-    let (s, v) = post(
-        &d,
-        "/rerank",
-        json!({"model": BERT, "query": "q", "texts": ["short", long]}),
+    // The same pair is cut under limits.auto_truncate, and the answer says which.
+    let (s, headers, v) = d
+        .try_request_with_headers(
+            "POST",
+            "/rerank",
+            Some(&json!({"model": BERT, "query": "q", "texts": ["short", long]}).to_string()),
+        )
+        .expect("POST /rerank");
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&v));
+    assert_eq!(
+        headers.get("x-caxton-truncated").map(String::as_str),
+        Some("1")
     );
-    assert_eq!(s, 200, "{v}");
 
     // Malformed requests.
     let (s, v) = post(

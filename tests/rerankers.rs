@@ -115,7 +115,7 @@ fn an_xlm_roberta_cross_encoder_scores_as_sentence_transformers_does() {
 #[derive(Deserialize)]
 struct RealSize {
     seed: u64,
-    parameters: Vec<(String, Vec<usize>)>,
+    parameters: Vec<common::fixtures::Parameter>,
     pairs: Vec<(String, String)>,
     tokens: Vec<usize>,
     logits: Vec<f32>,

@@ -104,9 +104,15 @@ fn truncation_direction_chooses_which_end_of_a_long_text_is_kept() {
     let d = Daemon::start();
     // 300 tokens of "cat" then 300 of "dog": 254 fit beside [CLS] and [SEP].
     let long = format!("{}{}", "cat ".repeat(300), "dog ".repeat(300));
-    let (_, right) = embed_tei(&d, json!({"inputs": long}));
-    let (_, explicit) = embed_tei(&d, json!({"inputs": long, "truncation_direction": "Right"}));
-    let (status, left) = embed_tei(&d, json!({"inputs": long, "truncation_direction": "Left"}));
+    let (_, right) = embed_tei(&d, json!({"inputs": long, "truncate": true}));
+    let (_, explicit) = embed_tei(
+        &d,
+        json!({"inputs": long, "truncate": true, "truncation_direction": "Right"}),
+    );
+    let (status, left) = embed_tei(
+        &d,
+        json!({"inputs": long, "truncate": true, "truncation_direction": "Left"}),
+    );
     assert_eq!(status, 200, "{left}");
     let (_, cats) = embed_tei(&d, json!({"inputs": "cat ".repeat(254)}));
     let (_, dogs) = embed_tei(&d, json!({"inputs": "dog ".repeat(254)}));

@@ -99,11 +99,7 @@ pub async fn rerank(
         "results": results,
         "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
     }));
-    Ok(super::fallback::with_headers(
-        body,
-        &out.model,
-        out.fallback,
-    ))
+    Ok(out.answer(body))
 }
 
 #[cfg(test)]

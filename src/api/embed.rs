@@ -3,10 +3,16 @@
 
 use std::sync::Arc;
 
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
 use super::error::ApiError;
-use crate::engine::{Cut, Encoded};
-use crate::package::ModelKind;
+use crate::engine::{Cut, Encoded, VectorShape};
+use crate::package::{InputType, ModelKind};
 use crate::state::AppState;
+
+/// `X-Caxton-Truncated`: the indices of the inputs cut at the model's length, when any was.
+pub const TRUNCATED: HeaderName = HeaderName::from_static("x-caxton-truncated");
 
 /// One embedding request, whatever API it came through.
 pub struct EmbedRequest {
@@ -22,23 +28,55 @@ pub struct EmbedRequest {
     pub normalize: Option<bool>,
     /// One of the model's prompts to put before every text (else its default prompt).
     pub prompt_name: Option<String>,
-    /// The width the request will cut vectors to (OpenAI's `dimensions`): a substitute model
-    /// must be at least this wide.
-    pub dimensions: Option<usize>,
+    /// What the texts are, which picks the model's prompt for them.
+    pub input_type: Option<InputType>,
+    /// The width to cut vectors to (OpenAI's `dimensions`), checked against the model
+    /// before anything loads.
+    pub dimensions: Option<i64>,
 }
 
 /// Vectors and accounting for a request.
 pub struct Embedded {
     /// The model that answered.
     pub model: String,
-    /// Whether the vectors are unit length.
-    pub normalized: bool,
     /// One vector per text, in order.
     pub vectors: Vec<Vec<f32>>,
     /// Tokens the model saw, special tokens included.
     pub tokens: usize,
     /// Set when `model` answered for the requested one: why that one did not.
     pub fallback: Option<crate::registry::fallback::Reason>,
+    /// The inputs cut at the model's length.
+    pub truncated: Vec<usize>,
+}
+
+impl Embedded {
+    /// `body` with the headers that say who answered and what was cut.
+    pub fn answer(&self, body: impl IntoResponse) -> Response {
+        answered(body, &self.model, self.fallback, &self.truncated)
+    }
+}
+
+/// `body` with the substitution headers when `fallback` is set (`model` answered instead),
+/// and [`TRUNCATED`] when any input was cut.
+pub(super) fn answered(
+    body: impl IntoResponse,
+    model: &str,
+    fallback: Option<crate::registry::fallback::Reason>,
+    truncated: &[usize],
+) -> Response {
+    let mut response = super::fallback::with_headers(body, model, fallback);
+    if !truncated.is_empty() {
+        let list: Vec<String> = truncated.iter().map(usize::to_string).collect();
+        if let Ok(v) = HeaderValue::from_str(&list.join(",")) {
+            response.headers_mut().insert(TRUNCATED, v);
+        }
+    }
+    response
+}
+
+/// `400 invalid_dimensions` with the manifest's reason.
+fn invalid_dimensions(message: String) -> ApiError {
+    ApiError::bad_request("invalid_dimensions", message)
 }
 
 /// Runs `req` through the named (or default) model.
@@ -47,39 +85,28 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
     let requested = req
         .model
         .unwrap_or_else(|| state.settings().models.default.clone());
-    let served =
-        super::fallback::acquire(state, &requested, ModelKind::Embedding, req.dimensions).await?;
+    // A width the model cannot give is the caller's mistake: refused before anything loads.
+    if let (Some(d), Some(slot)) = (req.dimensions, state.registry.get(&requested)) {
+        slot.package
+            .manifest
+            .check_width(d)
+            .map_err(invalid_dimensions)?;
+    }
+    let wanted = req.dimensions.and_then(|d| usize::try_from(d).ok());
+    let served = super::fallback::acquire(state, &requested, ModelKind::Embedding, wanted).await?;
     let (id, slot, model) = (served.id, served.slot, served.model);
     super::served_by(&id);
     let manifest = &model.package.manifest;
-    let prompt = match req
-        .prompt_name
-        .as_ref()
-        .or(manifest.default_prompt.as_ref())
-    {
-        None => None,
-        Some(name) => Some(manifest.prompts.get(name).cloned().ok_or_else(|| {
-            ApiError::bad_request(
-                "unknown_prompt",
-                format!(
-                    "model {id} has no prompt {name:?}; {}",
-                    if manifest.prompts.is_empty() {
-                        "it has none, leave prompt_name out".to_string()
-                    } else {
-                        format!(
-                            "its prompts: {}",
-                            manifest
-                                .prompts
-                                .keys()
-                                .cloned()
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
-                ),
-            )
-        })?),
-    };
+    // A substitute answers only at a width it can give, as its own manifest says.
+    let width = req
+        .dimensions
+        .map(|d| manifest.check_width(d))
+        .transpose()
+        .map_err(invalid_dimensions)?;
+    let prompt = manifest
+        .prompt_for(req.prompt_name.as_deref(), req.input_type)
+        .map_err(|m| ApiError::bad_request("unknown_prompt", m))?
+        .map(str::to_owned);
     let tokenizer = model.tokenizer.clone();
     let cut = req.cut;
     let texts = match prompt {
@@ -100,18 +127,29 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
             model.package.manifest.max_seq_length
         )
     })?;
+    let truncated = truncated(&encoded);
     let tokens = encoded.iter().map(Encoded::len).sum();
     tracing::debug!(caxton_model = %id, texts = encoded.len(), tokens, "embedding request queued");
-    let normalized = req.normalize.unwrap_or(model.package.manifest.normalize);
-    let vectors = model.embed(encoded, normalized).await?;
+    let shape = VectorShape {
+        normalize: req.normalize.unwrap_or(model.package.manifest.normalize),
+        width,
+    };
+    let vectors = model.embed(encoded, shape).await?;
     account(&slot, vectors.len(), tokens);
     Ok(Embedded {
         model: id,
-        normalized,
         vectors,
         tokens,
         fallback: served.fallback,
+        truncated,
     })
+}
+
+/// The indices of the inputs the tokenizer cut.
+pub(super) fn truncated(encoded: &[Encoded]) -> Vec<usize> {
+    (0..encoded.len())
+        .filter(|&i| encoded[i].truncated)
+        .collect()
 }
 
 /// 413 `input_too_long` with `message(i)` for the first input `i` the tokenizer cut, unless

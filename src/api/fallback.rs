@@ -193,11 +193,21 @@ fn unfit(
             .into(),
         );
     }
-    if let Some(w) = width.filter(|&w| w > s.dimensions) {
-        return Some(format!(
-            "{} dimensions, the request asks for {w}",
-            s.dimensions
-        ));
+    if let Some(w) = width {
+        if w > s.dimensions {
+            return Some(format!(
+                "{} dimensions, the request asks for {w}",
+                s.dimensions
+            ));
+        }
+        // An installed alternative's manifest knows the widths it was trained for.
+        if let Some(Err(why)) = state
+            .registry
+            .get(alt)
+            .map(|slot| slot.package.manifest.check_width(w as i64))
+        {
+            return Some(why);
+        }
     }
     if reranker || state.settings().models.allow_dimension_mismatch {
         return None;

@@ -13,7 +13,7 @@ use super::embed::{EmbedRequest, embed};
 use super::error::ApiError;
 use super::input::{parse_body, texts};
 use crate::engine::Cut;
-use crate::engine::pool::l2_normalize;
+use crate::package::InputType;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -25,6 +25,12 @@ struct EmbeddingsRequest {
     dimensions: Option<i64>,
     /// Extension (as text-embeddings-inference's): one of the model's prompts.
     prompt_name: Option<String>,
+    /// Extension (as Cohere-, Voyage- and Nomic-style clients send it): `query` or
+    /// `document`, mapped to the model's prompts.
+    input_type: Option<Value>,
+    /// Extension (as text-embeddings-inference's): cut texts past the model's length instead
+    /// of refusing them (default `limits.auto_truncate`).
+    truncate: Option<bool>,
     /// Accepted for compatibility; OpenAI uses it for abuse monitoring, we have no use for it.
     #[allow(dead_code)]
     user: Option<String>,
@@ -56,39 +62,23 @@ pub async fn embeddings(
             "`model` is empty; name a model or leave it out",
         ));
     }
+    let input_type = input_type(req.input_type)?;
     let out = embed(
         &state,
         EmbedRequest {
             model: req.model,
             texts: inputs,
-            truncate: true,
+            truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
             cut: Cut::End,
             normalize: None,
             prompt_name: req.prompt_name,
-            dimensions: req.dimensions.and_then(|d| usize::try_from(d).ok()),
+            input_type,
+            dimensions: req.dimensions,
         },
     )
     .await?;
-    let mut vectors = out.vectors;
-    if let Some(d) = req.dimensions {
-        let full = vectors.first().map_or(0, Vec::len);
-        if d < 1 || d as usize > full {
-            return Err(ApiError::bad_request(
-                "invalid_dimensions",
-                format!(
-                    "dimensions must be between 1 and {full} for model {}, got {d}",
-                    out.model
-                ),
-            ));
-        }
-        for v in &mut vectors {
-            v.truncate(d as usize);
-            if out.normalized {
-                l2_normalize(v);
-            }
-        }
-    }
-    let data: Vec<Value> = vectors
+    let data: Vec<Value> = out
+        .vectors
         .iter()
         .enumerate()
         .map(|(i, v)| {
@@ -107,11 +97,22 @@ pub async fn embeddings(
         "model": out.model,
         "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
     }));
-    Ok(super::fallback::with_headers(
-        body,
-        &out.model,
-        out.fallback,
-    ))
+    Ok(out.answer(body))
+}
+
+/// `input_type`: `"query"` or `"document"`.
+fn input_type(value: Option<Value>) -> Result<Option<InputType>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s == "query" => Ok(Some(InputType::Query)),
+        Some(Value::String(s)) if s == "document" => Ok(Some(InputType::Document)),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_input_type",
+            format!(
+                "`input_type` is {other}; it must be \"query\" (a search query) or \"document\" (a text searched for)"
+            ),
+        )),
+    }
 }
 
 /// `GET /v1/models`.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 
-use super::embed::{account, refuse_truncated, tokenize_off_runtime};
+use super::embed::{account, refuse_truncated, tokenize_off_runtime, truncated};
 use super::error::ApiError;
 use crate::engine::{Cut, Encoded};
 use crate::package::{ModelKind, ScoreActivation};
@@ -41,9 +41,16 @@ pub struct Reranked {
     pub tokens: usize,
     /// Set when `model` answered for the requested one: why that one did not.
     pub fallback: Option<crate::registry::fallback::Reason>,
+    /// The documents whose pair was cut at the model's length.
+    pub truncated: Vec<usize>,
 }
 
 impl Reranked {
+    /// `body` with the headers that say who answered and what was cut.
+    pub fn answer(&self, body: impl axum::response::IntoResponse) -> axum::response::Response {
+        super::embed::answered(body, &self.model, self.fallback, &self.truncated)
+    }
+
     /// Document indices by score, best first (ties keep the documents' order).
     pub fn ranking(&self) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.scores.len()).collect();
@@ -91,6 +98,7 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
             req.field, manifest.max_seq_length
         )
     })?;
+    let truncated = truncated(&encoded);
     let tokens = encoded.iter().map(Encoded::len).sum();
     tracing::debug!(caxton_model = %id, pairs = encoded.len(), tokens, "rerank request queued");
     let logits: Vec<f32> = model
@@ -118,6 +126,7 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
         scores,
         tokens,
         fallback: served.fallback,
+        truncated,
     })
 }
 
@@ -167,6 +176,7 @@ mod tests {
             scores: vec![0.62, 0.88, 0.62, 0.27],
             tokens: 0,
             fallback: None,
+            truncated: Vec::new(),
         };
         assert_eq!(r.ranking(), vec![1, 0, 2, 3]);
     }

@@ -43,8 +43,8 @@ pub(super) fn cut(value: Option<Value>) -> Result<Cut, ApiError> {
 }
 
 /// `POST /embed`: `{"inputs": str or [str], "normalize"?, "truncate"?,
-/// "truncation_direction"?}` → `[[f32...]...]`. `truncate` defaults to true (as
-/// sentence-transformers behaves); false turns an over-long text into a 413.
+/// "truncation_direction"?}` → `[[f32...]...]`. `truncate` defaults to
+/// `limits.auto_truncate`; without it an over-long text is a 413.
 pub async fn embed_handler(
     State(state): State<Arc<AppState>>,
     body: Body,
@@ -58,19 +58,17 @@ pub async fn embed_handler(
         EmbedRequest {
             model: None,
             texts: inputs,
-            truncate: req.truncate.unwrap_or(true),
+            truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
             cut,
             normalize: req.normalize,
             prompt_name: req.prompt_name,
+            input_type: None,
             dimensions: None,
         },
     )
     .await?;
-    Ok(super::fallback::with_headers(
-        Json(out.vectors),
-        &out.model,
-        out.fallback,
-    ))
+    let body = Json(&out.vectors);
+    Ok(out.answer(body))
 }
 
 #[derive(Deserialize)]
@@ -98,8 +96,8 @@ pub struct Rank {
 /// `POST /rerank`: `{"query", "texts", "raw_scores"?, "return_text"?, "truncate"?,
 /// "truncation_direction"?, "model"?}` → `[{"index", "score", "text"?}]`, best first. Scores
 /// are the manifest's activation of the logit (sentence-transformers' `CrossEncoder.predict`),
-/// or the logit itself with `raw_scores`; `truncate` defaults to true (`/info`'s
-/// `auto_truncate`).
+/// or the logit itself with `raw_scores`; `truncate` defaults to `limits.auto_truncate`
+/// (`/info`'s `auto_truncate`).
 pub async fn rerank(
     State(state): State<Arc<AppState>>,
     body: Body,
@@ -117,7 +115,7 @@ pub async fn rerank(
             query: query(req.query)?,
             documents,
             field: "texts",
-            truncate: req.truncate.unwrap_or(true),
+            truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
             cut,
         },
     )
@@ -136,11 +134,7 @@ pub async fn rerank(
             score: scores[i],
         })
         .collect();
-    Ok(super::fallback::with_headers(
-        Json(ranks),
-        &out.model,
-        out.fallback,
-    ))
+    Ok(out.answer(Json(ranks)))
 }
 
 #[derive(Deserialize)]
@@ -240,7 +234,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Api
         "max_batch_tokens": settings.limits.max_batch_tokens,
         "max_batch_requests": null,
         "max_client_batch_size": settings.limits.max_inputs,
-        "auto_truncate": true,
+        "auto_truncate": settings.limits.auto_truncate,
         "tokenization_workers": null,
         "version": env!("CARGO_PKG_VERSION"),
         "kind": "embedding",

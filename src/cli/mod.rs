@@ -43,6 +43,16 @@ pub enum Command {
         /// Model id (default: the daemon's models.default).
         #[arg(long)]
         model: Option<String>,
+        /// Cut texts past the model's length instead of failing (default: the daemon's
+        /// limits.auto_truncate).
+        #[arg(long)]
+        truncate: bool,
+        /// Cut the vectors to this many dimensions (a width the model was trained for).
+        #[arg(long)]
+        dimensions: Option<u32>,
+        /// What the texts are, which picks the model's prompt: query or document.
+        #[arg(long, value_parser = ["query", "document"])]
+        input_type: Option<String>,
         /// Texts to embed.
         #[arg(required = true)]
         texts: Vec<String>,
@@ -88,6 +98,11 @@ pub enum Command {
         /// The prompt applied when a request names none.
         #[arg(long)]
         default_prompt: Option<String>,
+        /// The widths the model was trained to be cut to (Matryoshka), e.g. 768,512,256,128;
+        /// default: those the folder's README.md quotes as matryoshka_dims, else none (any
+        /// width may be asked for).
+        #[arg(long, value_delimiter = ',')]
+        matryoshka: Option<Vec<usize>>,
     },
     /// Ask the daemon to re-read its configuration and wait for the outcome; exit 1 if the
     /// new configuration was refused (the running one stays).
@@ -154,7 +169,25 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = &cli.socket;
     match cli.command {
-        Command::Embed { model, texts } => remote::embed(socket, model, texts),
+        Command::Embed {
+            model,
+            truncate,
+            dimensions,
+            input_type,
+            texts,
+        } => {
+            let mut body = serde_json::json!({"input": texts, "model": model});
+            if truncate {
+                body["truncate"] = true.into();
+            }
+            if let Some(d) = dimensions {
+                body["dimensions"] = d.into();
+            }
+            if let Some(t) = input_type {
+                body["input_type"] = t.into();
+            }
+            remote::embed(socket, body)
+        }
         Command::Rerank {
             model,
             query,
@@ -169,10 +202,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             level,
             prompts,
             default_prompt,
+            matryoshka,
         } => {
             let opts = PackOptions {
                 prompts,
                 default_prompt,
+                matryoshka,
                 model_dir,
                 id,
                 version,

@@ -28,17 +28,9 @@ fn post(socket: &Path, path: &str, body: &serde_json::Value) -> anyhow::Result<s
     serde_json::from_slice(&bytes).context("caxtond sent invalid JSON")
 }
 
-/// `caxton embed`: the vectors as JSON, one array per text.
-pub(super) fn embed(
-    socket: &Path,
-    model: Option<String>,
-    texts: Vec<String>,
-) -> anyhow::Result<ExitCode> {
-    let v = post(
-        socket,
-        "/v1/embeddings",
-        &serde_json::json!({"input": texts, "model": model}),
-    )?;
+/// `caxton embed`: the vectors of `/v1/embeddings` for `body` as JSON, one array per text.
+pub(super) fn embed(socket: &Path, body: serde_json::Value) -> anyhow::Result<ExitCode> {
+    let v = post(socket, "/v1/embeddings", &body)?;
     let vectors: Vec<&serde_json::Value> = v["data"]
         .as_array()
         .context("caxtond's answer has no data")?

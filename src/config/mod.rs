@@ -109,6 +109,10 @@ pub struct LimitSettings {
     pub max_batch_tokens: usize,
     /// Requests that may wait per model before new ones get 503.
     pub queue_depth: usize,
+    /// Whether a text past its model's length is cut when the request does not say
+    /// (`truncate`); false refuses it with 413. Either way a cut is never silent: the answer's
+    /// `X-Caxton-Truncated` header lists the inputs cut.
+    pub auto_truncate: bool,
 }
 
 /// Logging.
@@ -170,6 +174,7 @@ impl Default for LimitSettings {
             max_batch_texts: 32,
             max_batch_tokens: 8192,
             queue_depth: 1024,
+            auto_truncate: false,
         }
     }
 }

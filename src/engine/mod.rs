@@ -2,12 +2,14 @@
 //! from a verified stored package into a [`LoadedModel`].
 
 pub mod batch;
+pub mod blueprint;
 pub mod checkpoint;
 pub mod encoder;
 pub mod head;
 pub mod kernels;
 pub mod pool;
 pub mod tokenize;
+pub mod vectors;
 mod words;
 pub mod worker;
 
@@ -19,6 +21,7 @@ use tokio::sync::oneshot;
 use crate::package::{ModelKind, PackageError, StoredPackage};
 pub use batch::BatchLimits;
 pub use tokenize::{Cut, Encoded, TextTokenizer, Token};
+pub use vectors::VectorShape;
 
 /// Why the engine could not produce vectors.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -121,11 +124,22 @@ impl LoadedModel {
         let (precision, precision_fallback) = precision.on_this_machine();
         let encoder = encoder::Encoder::load(&config, weights, m, precision)
             .map_err(PackageError::Unusable)?;
-        let weight_bytes = encoder.weight_bytes();
-        let (worker, freed) =
-            worker::Worker::spawn(&m.id, encoder, m.pooling, limits, options.queue).map_err(
-                |e| PackageError::Unusable(format!("cannot start the engine thread: {e}")),
-            )?;
+        let finish = vectors::Finish::new(m, |path| {
+            package.read_verified(path).map_err(|e| e.to_string())
+        })
+        .map_err(PackageError::Unusable)?;
+        let weight_bytes = encoder.weight_bytes() + finish.bytes() as u64;
+        let (worker, freed) = worker::Worker::spawn(
+            &m.id,
+            worker::Pipeline {
+                encoder,
+                pooling: m.pooling,
+                finish,
+            },
+            limits,
+            options.queue,
+        )
+        .map_err(|e| PackageError::Unusable(format!("cannot start the engine thread: {e}")))?;
         let model = LoadedModel {
             package: package.clone(),
             tokenizer: Arc::new(tokenizer),
@@ -168,7 +182,10 @@ impl LoadedModel {
         self.worker
             .submit(worker::Job {
                 texts: vec![text],
-                normalize,
+                shape: VectorShape {
+                    normalize,
+                    width: None,
+                },
                 reply,
             })
             .map_err(|e| format!("the engine thread took no job: {e}"))?;
@@ -190,10 +207,11 @@ impl LoadedModel {
     /// one that has run less than [`PASS_LIMIT`] (a pass is bounded by
     /// `limits.max_batch_tokens`; slow CPUs take tens of seconds for a full one).
     pub async fn alive(&self, timeout: Duration) -> Result<(), String> {
-        let answered = tokio::time::timeout(timeout, self.embed(Vec::new(), false))
-            .await
-            .ok()
-            .map(|r| r.map(|_| ()));
+        let answered =
+            tokio::time::timeout(timeout, self.embed(Vec::new(), VectorShape::default()))
+                .await
+                .ok()
+                .map(|r| r.map(|_| ()));
         judge_liveness(self.id(), answered, self.worker.activity(), timeout)
     }
 
@@ -202,16 +220,17 @@ impl LoadedModel {
         &self.package.manifest.id
     }
 
-    /// Embeds tokenized texts; resolves when the engine thread has answered.
+    /// Embeds tokenized texts, their vectors as `shape` asks; resolves when the engine
+    /// thread has answered.
     pub async fn embed(
         &self,
         texts: Vec<Encoded>,
-        normalize: bool,
+        shape: VectorShape,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.worker.submit(worker::Job {
             texts,
-            normalize,
+            shape,
             reply,
         })?;
         rx.await.map_err(|_| EngineError::Stopped)?
@@ -221,7 +240,7 @@ impl LoadedModel {
     /// ([`TextTokenizer::encode_pair`]), one list of `labels` values per pair, before the
     /// manifest's activation.
     pub async fn score(&self, pairs: Vec<Encoded>) -> Result<Vec<Vec<f32>>, EngineError> {
-        self.embed(pairs, false).await
+        self.embed(pairs, VectorShape::default()).await
     }
 }
 
@@ -292,18 +311,36 @@ pub const PASS_LIMIT: Duration = Duration::from_secs(120);
 const ENGINE_OVERHEAD: u64 = 12 << 20;
 
 /// Bytes `package` is expected to take once loaded in `precision`, before it ever was: the
-/// weights widened to f32 (read from the safetensors header alone; a third of that in int8,
+/// weights widened to f32 (read from the safetensors headers alone; a third of that in int8,
 /// whose scales and f32 parts add to the quarter), the tokenizer and a fixed overhead.
 pub fn estimate_bytes(package: &StoredPackage, precision: Precision) -> u64 {
     let m = &package.manifest;
-    let mut weights = m.file("model.safetensors").map_or(0, |f| {
-        safetensors_header_f32_bytes(&package.dir.join(&f.path)).unwrap_or(f.size * 2)
-    });
+    let mut weights: u64 = m
+        .files
+        .iter()
+        .filter(|f| f.path.ends_with(".safetensors"))
+        .map(|f| safetensors_header_f32_bytes(&package.dir.join(&f.path)).unwrap_or(f.size * 2))
+        .sum();
     if precision == Precision::Int8 {
         weights /= 3;
     }
     let tokenizer = m.file("tokenizer.json").map_or(0, |f| f.size);
     weights + tokenizer * 4 + ENGINE_OVERHEAD
+}
+
+/// Bytes a forward pass over `package`'s longest text holds beyond the weights
+/// ([`encoder::activation_bytes`], from its `config.json`): room a load must leave free, since
+/// serving one such text needs it (hundreds of MiB at 8,192 tokens). Not resident while idle,
+/// so not counted as the loaded model's memory.
+pub fn longest_pass_bytes(package: &StoredPackage) -> u64 {
+    let m = &package.manifest;
+    std::fs::read(package.dir.join("config.json"))
+        .ok()
+        .and_then(|c| checkpoint::blueprint(m.architecture, &c).ok())
+        .map_or(0, |b| {
+            let len = m.max_seq_length.min(b.max_positions());
+            encoder::activation_bytes(&b, len, len)
+        })
 }
 
 /// f32 bytes of the tensors a safetensors file declares, from its JSON header only.

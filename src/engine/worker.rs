@@ -15,19 +15,30 @@ use tokio::sync::{oneshot, watch};
 use super::EngineError;
 use super::batch::{BatchLimits, plan};
 use super::encoder::Encoder;
-use super::pool::{l2_normalize, pool};
+use super::pool::pool;
 use super::tokenize::Encoded;
+use super::vectors::{Finish, VectorShape};
 use crate::package::Pooling;
 
 /// Vectors (a reranker: each pair's logits) for one job, in input order.
 pub type JobResult = Result<Vec<Vec<f32>>, EngineError>;
 
+/// What the engine thread runs: the encoder's pass, pooling, and the steps after it.
+pub struct Pipeline {
+    /// The forward pass.
+    pub encoder: Encoder,
+    /// How token vectors become one.
+    pub pooling: Pooling,
+    /// Dense modules, a Matryoshka cut, normalisation.
+    pub finish: Finish,
+}
+
 /// Texts to embed and where to send their vectors.
 pub struct Job {
     /// Tokenized texts.
     pub texts: Vec<Encoded>,
-    /// Whether to L2-normalise the pooled vectors.
-    pub normalize: bool,
+    /// What the vectors should be cut to and whether normalised.
+    pub shape: VectorShape,
     /// Where the answer goes; a dropped receiver (client gone) skips the work.
     pub reply: oneshot::Sender<JobResult>,
 }
@@ -70,12 +81,11 @@ fn clock_ms() -> u64 {
 }
 
 impl Worker {
-    /// Starts the engine thread for `encoder`. `queue` jobs may wait; more are refused as busy.
+    /// Starts the engine thread for `pipeline`. `queue` jobs may wait; more are refused as busy.
     /// The receiver turns `true` once the thread has stopped and freed the model's memory.
     pub fn spawn(
         name: &str,
-        encoder: Encoder,
-        pooling: Pooling,
+        pipeline: Pipeline,
         limits: Arc<RwLock<BatchLimits>>,
         queue: usize,
     ) -> std::io::Result<(Worker, watch::Receiver<bool>)> {
@@ -94,17 +104,7 @@ impl Worker {
         };
         std::thread::Builder::new()
             .name(format!("engine:{name}"))
-            .spawn(move || {
-                run(
-                    rx,
-                    encoder,
-                    pooling,
-                    limits,
-                    freed_tx,
-                    &thread_beat,
-                    &meters,
-                )
-            })?;
+            .spawn(move || run(rx, pipeline, limits, freed_tx, &thread_beat, &meters))?;
         Ok((Worker { tx, beat, depth }, freed_rx))
     }
 
@@ -142,8 +142,7 @@ struct Meters {
 
 fn run(
     rx: Receiver<Job>,
-    encoder: Encoder,
-    pooling: Pooling,
+    pipeline: Pipeline,
     shared: Arc<RwLock<BatchLimits>>,
     freed: watch::Sender<bool>,
     beat: &Beat,
@@ -160,7 +159,7 @@ fn run(
             }
             Err(RecvTimeoutError::Timeout) => {
                 if std::mem::take(&mut holding) {
-                    encoder.release_workspace(false);
+                    pipeline.encoder.release_workspace(false);
                     crate::memory::trim();
                 }
                 continue;
@@ -188,7 +187,7 @@ fn run(
         holding = true;
         // Whatever panics inside a batch fails that batch, never the engine thread.
         let results = catch_unwind(AssertUnwindSafe(|| {
-            embed_jobs(&encoder, pooling, limits, &jobs, beat, &meters.batch_size)
+            embed_jobs(&pipeline, limits, &jobs, beat, &meters.batch_size)
         }))
         .unwrap_or_else(|_| {
             tracing::error!(caxton_event = "engine_error", "a batch panicked");
@@ -204,9 +203,9 @@ fn run(
     // scratch of its last passes) now and hand the memory back to the kernel, so RSS and the
     // cgroup's usage really fall.
     if holding {
-        encoder.release_workspace(true);
+        pipeline.encoder.release_workspace(true);
     }
-    drop(encoder);
+    drop(pipeline);
     crate::memory::trim();
     let _ = freed.send(true);
     tracing::debug!("engine thread stopped, memory trimmed");
@@ -215,8 +214,7 @@ fn run(
 /// Embeds every text of `jobs` (a reranker: scores every pair), batching across jobs, and
 /// returns one result per job.
 fn embed_jobs(
-    encoder: &Encoder,
-    pooling: Pooling,
+    pipeline: &Pipeline,
     limits: BatchLimits,
     jobs: &[Job],
     beat: &Beat,
@@ -232,6 +230,11 @@ fn embed_jobs(
         .iter()
         .map(|j| vec![Vec::new(); j.texts.len()])
         .collect();
+    let Pipeline {
+        encoder,
+        pooling,
+        finish,
+    } = pipeline;
     let dim = encoder.hidden_size();
 
     for group in plan(&lengths, limits) {
@@ -280,19 +283,24 @@ fn embed_jobs(
             }
             continue;
         }
+        // Pooled, through the Dense modules together, then each cut and normalised as its
+        // job asks.
+        let mut pooled = Vec::with_capacity(group.len() * dim);
         for (k, &i) in group.iter().enumerate() {
-            let (j, t) = refs[i];
             let start = hidden.starts[k] * dim;
-            let mut v = pool(
+            pooled.extend(pool(
                 &hidden.data[start..start + lengths[i] * dim],
                 dim,
                 lengths[i],
-                pooling,
-            );
-            if jobs[j].normalize {
-                l2_normalize(&mut v);
-            }
-            vectors[j][t] = v;
+                *pooling,
+            ));
+        }
+        let full = finish.dense(pooled, group.len());
+        let width = full.len() / group.len().max(1);
+        for (k, &i) in group.iter().enumerate() {
+            let (j, t) = refs[i];
+            let v = full[k * width..(k + 1) * width].to_vec();
+            vectors[j][t] = finish.shape(v, jobs[j].shape);
         }
     }
     vectors.into_iter().map(Ok).collect()

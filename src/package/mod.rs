@@ -11,7 +11,10 @@ pub mod store;
 pub mod verify;
 
 pub use error::PackageError;
-pub use manifest::{Architecture, Manifest, ModelKind, Pooling, ScoreActivation};
+pub use manifest::{
+    Architecture, Dense, DenseActivation, InputType, Manifest, Matryoshka, ModelKind, Pooling,
+    ScoreActivation,
+};
 pub use store::{Store, StoredPackage};
 
 /// Largest package file accepted, checked before a byte is read: a sparse or endless file

@@ -145,7 +145,9 @@ impl Registry {
         }
         let id = slot.package.manifest.id.clone();
         let precision = self.precision_of(&id);
-        let need = slot.footprint(&self.governor, precision);
+        // Room for the model and for a forward pass over its longest text (hundreds of MiB at
+        // 8,192 tokens): admitted only if both fit, so serving it cannot overrun the budget.
+        let need = slot.footprint(&self.governor, precision) + slot.longest_pass();
         // While it loads, the model also holds its weights file as read (f16 ones are widened
         // from it): room is needed for that peak, not only for what stays.
         let peak = need

@@ -68,6 +68,8 @@ pub struct ModelSlot {
     pub source: Source,
     pub(super) loaded: tokio::sync::Mutex<Option<Arc<LoadedModel>>>,
     pub(super) usage: Mutex<Usage>,
+    /// [`crate::engine::longest_pass_bytes`], read from the package once.
+    longest_pass: std::sync::OnceLock<u64>,
 }
 
 impl ModelSlot {
@@ -89,6 +91,7 @@ impl ModelSlot {
             file,
             source,
             loaded: tokio::sync::Mutex::new(None),
+            longest_pass: std::sync::OnceLock::new(),
             usage: Mutex::new(Usage {
                 use_count: record.use_count,
                 tokens: record.tokens,
@@ -171,6 +174,13 @@ impl ModelSlot {
         governor.footprint(&self.footprint_key(precision), || {
             crate::engine::estimate_bytes(&self.package, precision)
         })
+    }
+
+    /// Room a forward pass over its longest text needs beyond the model's own memory.
+    pub(super) fn longest_pass(&self) -> u64 {
+        *self
+            .longest_pass
+            .get_or_init(|| crate::engine::longest_pass_bytes(&self.package))
     }
 
     /// Records that this model's load in `precision` took `bytes`; returns what to count for

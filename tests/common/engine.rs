@@ -4,9 +4,15 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use caxton::engine::{BatchLimits, EngineOptions, LoadedModel, Precision};
+use caxton::engine::{BatchLimits, EngineOptions, LoadedModel, Precision, VectorShape};
 use caxton::package::Store;
 use caxton::package::signature::SignaturePolicy;
+
+/// Normalised vectors at the model's full width.
+pub const UNIT: VectorShape = VectorShape {
+    normalize: true,
+    width: None,
+};
 
 /// What a model made of a list of texts.
 pub struct Run {
@@ -35,7 +41,7 @@ pub fn load_package(package: &Path, state: &Path, precision: Precision) -> Loade
     .expect("loads")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -54,13 +60,13 @@ pub fn run_package(package: &Path, state: &Path, texts: &[String], precision: Pr
     let singles = encoded
         .iter()
         .map(|e| {
-            rt.block_on(model.embed(vec![e.clone()], true))
+            rt.block_on(model.embed(vec![e.clone()], UNIT))
                 .expect("embed")
                 .remove(0)
         })
         .collect();
     let batched = rt
-        .block_on(model.embed(encoded.clone(), true))
+        .block_on(model.embed(encoded.clone(), UNIT))
         .expect("embed");
     Run {
         precision: model.precision,

@@ -19,7 +19,45 @@ pub fn fixture(name: &str) -> PathBuf {
 #[derive(Deserialize)]
 struct Weights {
     seed: u64,
-    parameters: Vec<(String, Vec<usize>)>,
+    parameters: Vec<Parameter>,
+}
+
+/// One seeded parameter as a generator recorded it: name and shape (generate.py's tiny
+/// models, whose rule is by name), or with its amplitude and offset (families.py).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Parameter {
+    /// Uniform in [-0.15, 0.15), +1 for norm weights, ×10 for MPNet's relative bias.
+    Tiny(String, Vec<usize>),
+    /// Uniform in [-amplitude, amplitude), plus the offset.
+    Scaled(String, Vec<usize>, f64, f64),
+}
+
+impl Parameter {
+    fn name_and_shape(&self) -> (&str, &[usize]) {
+        match self {
+            Parameter::Tiny(n, s) | Parameter::Scaled(n, s, ..) => (n, s),
+        }
+    }
+
+    /// The value a uniform draw `u` in [0, 1) becomes, in f64 (as the generators compute it).
+    fn value(&self, u: f64) -> f64 {
+        match self {
+            Parameter::Tiny(name, _) => {
+                let mut v = u * 0.3 - 0.15;
+                if name.ends_with("weight")
+                    && (name.contains("LayerNorm") || name.contains("layer_norm"))
+                {
+                    v += 1.0;
+                }
+                if name.contains("relative_attention_bias") {
+                    v *= 10.0;
+                }
+                v
+            }
+            Parameter::Scaled(_, _, amplitude, offset) => (u * 2.0 - 1.0) * amplitude + offset,
+        }
+    }
 }
 
 /// The embedding model fixture `arch` (width 32) as a sentence-transformers folder with its
@@ -74,10 +112,10 @@ fn pack_into(
     (package, summary.manifest)
 }
 
-/// generate.py's `fill` as safetensors bytes: splitmix64 from `seed`, top 24 bits to
-/// [-0.15, 0.15) in f64, +1 for norm weights, x10 for MPNet's relative attention bias, stored
-/// as f32, parameters in name order.
-pub fn seeded_safetensors(seed: u64, parameters: &[(String, Vec<usize>)]) -> Vec<u8> {
+/// The generators' `fill` as safetensors bytes: splitmix64 from `seed`, top 24 bits to a
+/// uniform draw in [0, 1) in f64, made each parameter's value ([`Parameter::value`]), stored as
+/// f32, parameters in name order.
+pub fn seeded_safetensors(seed: u64, parameters: &[Parameter]) -> Vec<u8> {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -87,22 +125,15 @@ pub fn seeded_safetensors(seed: u64, parameters: &[(String, Vec<usize>)]) -> Vec
         z ^ (z >> 31)
     };
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, shape) in parameters {
-        let norm =
-            name.ends_with("weight") && (name.contains("LayerNorm") || name.contains("layer_norm"));
+    for p in parameters {
+        let (name, shape) = p.name_and_shape();
         let n: usize = shape.iter().product();
         let mut bytes = Vec::with_capacity(n * 4);
         for _ in 0..n {
-            let mut v = ((next() >> 40) as f64 / (1u64 << 24) as f64) * 0.3 - 0.15;
-            if norm {
-                v += 1.0;
-            }
-            if name.contains("relative_attention_bias") {
-                v *= 10.0;
-            }
+            let v = p.value((next() >> 40) as f64 / (1u64 << 24) as f64);
             bytes.extend_from_slice(&(v as f32).to_le_bytes());
         }
-        data.push((name.clone(), shape.clone(), bytes));
+        data.push((name.to_string(), shape.to_vec(), bytes));
     }
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
         .iter()
@@ -121,7 +152,7 @@ pub fn seeded_safetensors(seed: u64, parameters: &[(String, Vec<usize>)]) -> Vec
 #[derive(Deserialize)]
 pub struct RerankerReference {
     pub seed: u64,
-    pub parameters: Vec<(String, Vec<usize>)>,
+    pub parameters: Vec<Parameter>,
     pub pairs: Vec<(String, String)>,
     pub tokens: Vec<usize>,
     /// transformers' logits.
@@ -179,13 +210,7 @@ pub fn reranker_folder(arch: &str, dir: &Path) {
 }
 
 /// `files` copied from the fixture `src` into `dir`, and the seeded weights beside them.
-fn copy_with_weights(
-    src: &Path,
-    dir: &Path,
-    files: &[&str],
-    seed: u64,
-    parameters: &[(String, Vec<usize>)],
-) {
+fn copy_with_weights(src: &Path, dir: &Path, files: &[&str], seed: u64, parameters: &[Parameter]) {
     for f in files {
         std::fs::copy(src.join(f), dir.join(f)).expect(f);
     }
@@ -217,8 +242,76 @@ pub fn pack_folder(folder: &Path, id: &str, package: &Path) -> PackSummary {
             level: 3,
             prompts: Vec::new(),
             default_prompt: None,
+            matryoshka: None,
         },
         package,
     )
     .unwrap_or_else(|e| panic!("caxton pack {}: {e}", folder.display()))
+}
+
+/// A families.py fixture (issue 30: real widths, texts up to 8,192 tokens): every file of
+/// its folder but the reference, and the seeded weights (and a Dense module's), in `dir`.
+pub fn family_folder(arch: &str, dir: &Path) -> FamilyReference {
+    let src = fixture(arch);
+    let r: FamilyReference =
+        serde_json::from_slice(&std::fs::read(src.join("reference.json")).expect("reference.json"))
+            .expect("reference JSON");
+    copy_tree(&src, dir);
+    std::fs::remove_file(dir.join("reference.json")).expect("rm reference.json");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        seeded_safetensors(r.seed, &r.parameters),
+    )
+    .expect("weights");
+    if let Some(d) = &r.dense {
+        std::fs::write(
+            dir.join(&d.path),
+            seeded_safetensors(r.seed + 1, &d.parameters),
+        )
+        .expect("dense weights");
+    }
+    r
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for entry in std::fs::read_dir(src).expect("read fixture") {
+        let entry = entry.expect("entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).expect("copy");
+        }
+    }
+}
+
+/// What families.py recorded of a fixture.
+#[derive(Deserialize)]
+pub struct FamilyReference {
+    pub seed: u64,
+    pub parameters: Vec<Parameter>,
+    /// A Dense module after pooling: its weights' file in the folder and their parameters.
+    pub dense: Option<DenseReference>,
+    pub texts: Vec<String>,
+    pub tokens: Vec<usize>,
+    /// sentence-transformers' vectors, normalised.
+    pub vectors: Vec<Vec<f32>>,
+    pub matryoshka: MatryoshkaReference,
+}
+
+/// A fixture's Dense module weights.
+#[derive(Deserialize)]
+pub struct DenseReference {
+    pub path: String,
+    pub parameters: Vec<Parameter>,
+}
+
+/// The vectors of the first `texts` texts cut to each width (sentence-transformers'
+/// `truncate_dim`, or the model card's recipe where the family has its own step).
+#[derive(Deserialize)]
+pub struct MatryoshkaReference {
+    pub dimensions: Vec<usize>,
+    pub texts: usize,
+    pub vectors: std::collections::BTreeMap<String, Vec<Vec<f32>>>,
 }

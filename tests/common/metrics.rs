@@ -57,8 +57,7 @@ print(json.dumps(out))
 }
 
 /// What to do when the parser is not there: one line, the package to install.
-const MISSING: &str =
-    "apt-get install python3-prometheus-client (or run tests/run, which installs what the tests need)";
+const MISSING: &str = "apt-get install python3-prometheus-client (or run tests/run, which installs what the tests need)";
 
 /// The value of the sample `name` whose labels include every pair of `labels`.
 pub fn sample(

@@ -308,9 +308,10 @@ impl Daemon {
         .unwrap_or_else(|e| panic!("{method} {path}: {e:#}; log:\n{}", self.log()))
     }
 
-    /// Embeds `texts` through `/v1/embeddings`, returning vectors and prompt tokens.
+    /// Embeds `texts` through `/v1/embeddings`, returning vectors and prompt tokens. Texts
+    /// past the model's length are cut, as sentence-transformers cuts them.
     pub fn embed(&self, texts: &[&str]) -> (Vec<Vec<f32>>, u64) {
-        let body = serde_json::json!({ "input": texts }).to_string();
+        let body = serde_json::json!({ "input": texts, "truncate": true }).to_string();
         let (status, v) = self.request("POST", "/v1/embeddings", &body);
         assert_eq!(status, 200, "{v}");
         let vectors = v["data"]

@@ -1,22 +1,22 @@
-//! Checkpoints of BERT's close relatives, mapped onto the one BERT encoder: DistilBERT (BERT
-//! without token types, other tensor names) and XLM-RoBERTa (BERT's tensor names, positions
-//! counted from `pad_token_id + 1`). Mapping weights, not copying model code, keeps one
-//! forward pass to make fast and exact (erf GELU, masked attention) for all of them.
-//! MPNet is mapped the same way, its relative attention bias kept for the encoder.
-//! [`tensors`] holds the renaming every mapping shares.
+//! Checkpoints mapped onto the one encoder: each family's `config.json` read into a
+//! [`Blueprint`] (its sizes and the parts it picks) and its tensors renamed to the names the
+//! encoder reads (BERT's). BERT itself; DistilBERT (no token types, other tensor names) and
+//! XLM-RoBERTa (positions counted from `pad_token_id + 1`) in [`bert_family`]; MPNet with its
+//! relative attention bias. Mapping weights, not copying model code, keeps one forward pass
+//! to make fast and exact for all of them. [`tensors`] holds the renaming every mapping shares.
 
 mod bert_family;
+mod modernbert;
 pub mod mpnet;
 mod roberta;
 mod tensors;
 
-use candle_transformers::models::bert::Config;
-
+use super::blueprint::Blueprint;
 use crate::package::Architecture;
 pub use tensors::Tensors;
 
 /// Moves a reranker's classification head (already stripped of the encoder's prefix by
-/// [`to_bert`]) to the names [`super::head`] reads: BERT's pooler and classifier, or
+/// [`map`]) to the names [`super::head`] reads: BERT's pooler and classifier, or
 /// XLM-RoBERTa's classifier dense and output projection.
 pub fn head_tensors(architecture: Architecture, tensors: &mut Tensors) -> Result<(), String> {
     use super::head::{DENSE, OUT};
@@ -44,20 +44,38 @@ pub fn head_tensors(architecture: Architecture, tensors: &mut Tensors) -> Result
     Ok(())
 }
 
-/// The BERT configuration and tensors equivalent to a checkpoint of `architecture`.
-pub fn to_bert(
+/// The blueprint a checkpoint of `architecture` with this `config.json` makes of the encoder
+/// (its sizes and parts, without reading a weight).
+pub fn blueprint(architecture: Architecture, config_json: &[u8]) -> Result<Blueprint, String> {
+    let blueprint = match architecture {
+        Architecture::Bert => bert_family::bert(config_json),
+        Architecture::DistilBert => bert_family::distilbert(config_json),
+        Architecture::XlmRoberta => bert_family::xlm_roberta(config_json),
+        Architecture::Mpnet => mpnet::blueprint(config_json),
+        Architecture::ModernBert => modernbert::blueprint(config_json),
+        Architecture::NomicBert | Architecture::Gte => Err(format!(
+            "the {} architecture is not wired yet",
+            architecture.as_str()
+        )),
+    }?;
+    blueprint.check()?;
+    Ok(blueprint)
+}
+
+/// The blueprint of a checkpoint of `architecture`, and its tensors under the encoder's names.
+pub fn map(
     architecture: Architecture,
     config_json: &[u8],
     tensors: Tensors,
-) -> Result<(Config, Tensors), String> {
-    match architecture {
-        Architecture::Bert => {
-            let config: Config =
-                serde_json::from_slice(config_json).map_err(|e| format!("config.json: {e}"))?;
-            Ok((config, tensors::strip_prefix(tensors, "bert.")?))
-        }
-        Architecture::DistilBert => bert_family::distilbert(config_json, tensors),
-        Architecture::XlmRoberta => bert_family::xlm_roberta(config_json, tensors),
-        Architecture::Mpnet => mpnet::to_bert(config_json, tensors),
-    }
+) -> Result<(Blueprint, Tensors), String> {
+    let blueprint = blueprint(architecture, config_json)?;
+    let tensors = match architecture {
+        Architecture::Bert => bert_family::bert_tensors(tensors),
+        Architecture::DistilBert => bert_family::distilbert_tensors(config_json, tensors),
+        Architecture::XlmRoberta => bert_family::xlm_roberta_tensors(config_json, tensors),
+        Architecture::Mpnet => mpnet::tensors(config_json, tensors),
+        Architecture::ModernBert => modernbert::tensors(config_json, tensors),
+        Architecture::NomicBert | Architecture::Gte => Ok(tensors),
+    }?;
+    Ok((blueprint, tensors))
 }

@@ -3,16 +3,15 @@
 //! `pad_token_id + 1`), and a T5-style relative position bias shared by every layer and added
 //! to the attention scores, which the encoder applies when the checkpoint carries it.
 
-use candle_transformers::models::bert::{Config, HiddenAct};
 use serde::Deserialize;
 
+use super::bert_family::parse;
 use super::roberta::Shape;
 use super::tensors::{
     Tensors, add_zero_token_types, drop_leading_positions, rename_layers, strip_prefix,
 };
-
-/// Where the mapped checkpoint keeps MPNet's `[buckets, heads]` relative attention bias.
-pub const RELATIVE_BIAS: &str = "encoder.relative_attention_bias.weight";
+use crate::engine::blueprint::{Blueprint, RELATIVE_BIAS};
+use crate::engine::kernels::Activation;
 
 #[derive(Debug, Clone, Deserialize)]
 struct MpnetConfig {
@@ -49,17 +48,22 @@ pub fn bucket(rel: i64, num_buckets: usize) -> usize {
     ret as usize
 }
 
-/// The BERT configuration and tensors equivalent to an MPNet checkpoint (plus
-/// [`RELATIVE_BIAS`]).
-pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors), String> {
-    let c: MpnetConfig =
-        serde_json::from_slice(config_json).map_err(|e| format!("config.json: {e}"))?;
+/// An MPNet checkpoint's blueprint: BERT's, plus its relative attention bias.
+pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
+    let c: MpnetConfig = parse(config_json)?;
     if c.hidden_act != "gelu" {
         return Err(format!(
             "config.json: hidden_act {:?} is not supported for mpnet (gelu)",
             c.hidden_act
         ));
     }
+    Ok(c.shape
+        .learned(Activation::GeluErf, c.shape.positions()?, 1, true))
+}
+
+/// Its tensors under BERT's names, plus [`RELATIVE_BIAS`].
+pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, String> {
+    let c: MpnetConfig = parse(config_json)?;
     let renames: [(&str, &str); 5] = [
         ("attention.attn.q.", "attention.self.query."),
         ("attention.attn.k.", "attention.self.key."),
@@ -68,17 +72,16 @@ pub fn to_bert(config_json: &[u8], tensors: Tensors) -> Result<(Config, Tensors)
         ("attention.LayerNorm.", "attention.output.LayerNorm."),
     ];
     let mut out = rename_layers(strip_prefix(tensors, "mpnet.")?, "encoder.layer.", &renames)?;
-    let positions = drop_leading_positions(
+    drop_leading_positions(
         &mut out,
         c.shape.max_position_embeddings,
         c.shape.pad_token_id,
     )?;
     add_zero_token_types(&mut out, c.shape.hidden_size)?;
-    let config = c.shape.to_bert(HiddenAct::Gelu, positions, 1, "mpnet");
     if !out.contains_key(RELATIVE_BIAS) {
         return Err(format!("model.safetensors: no {RELATIVE_BIAS}"));
     }
-    Ok((config, out))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -100,8 +103,8 @@ mod tests {
         Tensors::from([("mpnet.embeddings.position_embeddings.weight".to_string(), t)])
     }
 
-    fn error(config_json: &[u8], tensors: Tensors) -> String {
-        match to_bert(config_json, tensors) {
+    fn error(config_json: &[u8], t: Tensors) -> String {
+        match blueprint(config_json).and_then(|_| tensors(config_json, t)) {
             Ok(_) => panic!("accepted"),
             Err(e) => e,
         }
@@ -129,8 +132,9 @@ mod tests {
         let bias = Tensor::zeros((32, 2), DType::F32, &Device::Cpu).expect("zeros");
         tensors.insert(format!("mpnet.{RELATIVE_BIAS}"), bias.clone());
         tensors.insert("mpnet.encoder.layer.0.attention.attn.q.weight".into(), bias);
-        let (c, out) = to_bert(&config("gelu", 10), tensors).expect("mapped");
-        assert_eq!(c.max_position_embeddings, 8);
+        let c = blueprint(&config("gelu", 10)).expect("blueprint");
+        let out = super::tensors(&config("gelu", 10), tensors).expect("mapped");
+        assert_eq!(c.max_positions(), 8);
         let dims = |name: &str| out.get(name).map(|t| t.dims().to_vec());
         assert_eq!(
             dims("embeddings.position_embeddings.weight"),

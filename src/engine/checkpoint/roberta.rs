@@ -1,9 +1,11 @@
 //! What RoBERTa-style checkpoints (XLM-RoBERTa, MPNet) share: the `config.json` fields of
-//! their encoder, and the BERT configuration they become once their positions are counted
-//! from `pad_token_id + 1`.
+//! their encoder, and the blueprint they become once their positions are counted from
+//! `pad_token_id + 1`.
 
-use candle_transformers::models::bert::{Config, HiddenAct, PositionEmbeddingType};
 use serde::Deserialize;
+
+use crate::engine::blueprint::{Blueprint, Mlp, Placement, Positions};
+use crate::engine::kernels::Activation;
 
 /// The encoder's shape in a RoBERTa-style `config.json` (each model reads its other fields
 /// beside these, with `#[serde(flatten)]`).
@@ -30,32 +32,45 @@ fn one() -> usize {
 }
 
 impl Shape {
-    /// The BERT configuration of this encoder with `positions` rows of position embeddings
-    /// (what is left after the padding offset) and `type_vocab_size` token types.
-    pub fn to_bert(
+    /// Positions left once those up to `pad_token_id` are dropped.
+    pub fn positions(&self) -> Result<usize, String> {
+        let offset = self.pad_token_id + 1;
+        if self.max_position_embeddings <= offset {
+            return Err(format!(
+                "config.json: max_position_embeddings {} leaves no positions after pad_token_id {}",
+                self.max_position_embeddings, self.pad_token_id
+            ));
+        }
+        Ok(self.max_position_embeddings - offset)
+    }
+
+    /// BERT's layer at this encoder's shape, with `positions` rows of position embeddings
+    /// (what is left after the padding offset) and `type_vocab` token types.
+    pub fn learned(
         &self,
-        hidden_act: HiddenAct,
+        activation: Activation,
         positions: usize,
-        type_vocab_size: usize,
-        model_type: &str,
-    ) -> Config {
-        Config {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            intermediate_size: self.intermediate_size,
-            hidden_act,
-            hidden_dropout_prob: 0.0,
-            max_position_embeddings: positions,
-            type_vocab_size,
-            initializer_range: 0.02,
-            layer_norm_eps: self.layer_norm_eps,
-            pad_token_id: self.pad_token_id,
-            position_embedding_type: PositionEmbeddingType::Absolute,
-            use_cache: false,
-            classifier_dropout: None,
-            model_type: Some(model_type.into()),
+        type_vocab: usize,
+        relative_bias: bool,
+    ) -> Blueprint {
+        Blueprint {
+            vocab: self.vocab_size,
+            hidden: self.hidden_size,
+            heads: self.num_attention_heads,
+            layers: self.num_hidden_layers,
+            intermediate: self.intermediate_size,
+            eps: self.layer_norm_eps as f32,
+            type_vocab,
+            positions: Positions::Learned {
+                max: positions,
+                relative_bias,
+            },
+            norm: Placement::Post,
+            mlp: Mlp {
+                activation,
+                gated: false,
+            },
+            window: None,
         }
     }
 }

@@ -62,6 +62,34 @@ pub(super) fn add_zero_token_types(tensors: &mut Tensors, hidden: usize) -> Resu
     Ok(())
 }
 
+/// For families whose layers have no bias (or norms no shift): a zero `name` of `len` values,
+/// unless the checkpoint has one after all.
+pub(super) fn zeros_unless_present(
+    tensors: &mut Tensors,
+    name: &str,
+    len: usize,
+) -> Result<(), String> {
+    if !tensors.contains_key(name) {
+        let zeros = Tensor::zeros(len, DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
+        tensors.insert(name.to_string(), zeros);
+    }
+    Ok(())
+}
+
+/// Renames the tensors whose names start with one of `renames`' prefixes (outside the layers).
+pub(super) fn rename(tensors: &mut Tensors, renames: &[(&str, &str)]) {
+    let names: Vec<String> = tensors.keys().cloned().collect();
+    for name in names {
+        if let Some(new) = renames
+            .iter()
+            .find_map(|(from, to)| name.strip_prefix(from).map(|r| format!("{to}{r}")))
+            && let Some(t) = tensors.remove(&name)
+        {
+            tensors.insert(new, t);
+        }
+    }
+}
+
 /// RoBERTa-style checkpoints number real tokens' positions from `pad_token_id + 1`; dropping
 /// the position rows before that makes the encoder's positions 0, 1, ... land on the same
 /// embeddings. (Padding's own position row only ever served padding, which never reaches the

@@ -1,31 +1,39 @@
-//! The transformer encoder every supported architecture runs on: BERT's, onto which
-//! [`super::checkpoint`] maps DistilBERT, XLM-RoBERTa and (with its relative position bias)
-//! MPNet. Weights in, texts of token ids in, token vectors out; knows nothing about requests,
-//! pooling or threads beyond the shared compute pool. One thing: the forward pass.
+//! The transformer encoder every supported family runs on, built from the [`Blueprint`]
+//! [`super::checkpoint`] makes of a checkpoint: BERT's layer (DistilBERT, XLM-RoBERTa, MPNet
+//! with its relative position bias) and its descendants' parts (rotary positions, gated
+//! feed-forward blocks, norms before each block, layers that attend within a window). Weights
+//! in, texts of token ids in, token vectors out; knows nothing about requests, pooling or
+//! threads beyond the shared compute pool. One thing: the forward pass.
 //!
-//! Our own forward pass on [`super::kernels`] rather than candle's `BertModel`, for speed:
+//! Our own forward pass on [`super::kernels`] rather than candle's models, for speed:
 //! - texts are packed back to back, never padded: the linear layers only ever see real tokens,
 //!   and attention runs per text over its own length, so no mask is needed and no padding is
 //!   computed, whatever the mix of lengths in a batch;
 //! - query, key and value are one GEMM; bias and residual are folded into the GEMMs;
 //! - attention reads each head straight out of the fused projection with strides (no
-//!   per-head copies) and keeps its scores in a small per-thread scratch;
+//!   per-head copies) and keeps only a block of queries' scores at a time ([`attention`]);
+//! - the feed-forward block runs in slices of rows, so its wide inner layer never holds a
+//!   long text's every token at once;
 //! - the buffers of one pass are kept for the next while the model is busy.
 
-use std::cell::RefCell;
+mod attention;
+mod rotary;
+mod weights;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::bert::{Config, HiddenAct};
-use rayon::prelude::*;
+use candle_core::{Device, Tensor};
 
 use super::Precision;
+use super::blueprint::{Blueprint, Placement, Positions, RELATIVE_BIAS};
 use super::head::Head;
-use super::kernels::{self, Activation, Linear, Mat};
+use super::kernels::{self, Linear};
 use super::tokenize::Encoded;
 use super::words::Words;
 use crate::package::{Manifest, ModelKind};
+use attention::{Attention, RelativeBias};
+use weights::Weights;
 
 /// Token vectors of one forward pass, one row of `hidden` floats per token.
 pub struct Hidden {
@@ -38,9 +46,11 @@ pub struct Hidden {
 struct Layer {
     qkv: Linear,
     attention_out: Linear,
-    attention_norm: Norm,
-    intermediate: Linear,
-    output: Linear,
+    /// `None` where the family takes the input as it is (ModernBERT's first layer).
+    attention_norm: Option<Norm>,
+    /// The feed-forward block's first linear (gate and up side by side when gated).
+    up: Linear,
+    down: Linear,
     output_norm: Norm,
 }
 
@@ -49,9 +59,18 @@ impl Layer {
         [
             &mut self.qkv,
             &mut self.attention_out,
-            &mut self.intermediate,
-            &mut self.output,
+            &mut self.up,
+            &mut self.down,
         ]
+    }
+
+    fn bytes(&self) -> usize {
+        let norms = self.attention_norm.as_ref().map_or(0, Norm::bytes) + self.output_norm.bytes();
+        norms
+            + [&self.qkv, &self.attention_out, &self.up, &self.down]
+                .iter()
+                .map(|l| l.bytes())
+                .sum::<usize>()
     }
 }
 
@@ -60,56 +79,61 @@ struct Norm {
     beta: Vec<f32>,
 }
 
+impl Norm {
+    fn bytes(&self) -> usize {
+        (self.gamma.len() + self.beta.len()) * 4
+    }
+
+    fn apply(&self, x: &mut [f32], width: usize, eps: f32) {
+        kernels::layer_norm_rows(x, width, &self.gamma, &self.beta, eps);
+    }
+}
+
 /// Buffers of one forward pass, reused by the next.
 #[derive(Default)]
 struct Workspace {
     qkv: Vec<f32>,
     context: Vec<f32>,
     attended: Vec<f32>,
-    intermediate: Vec<f32>,
+    /// A block's normalised input (norms before each block only).
+    normed: Vec<f32>,
+    /// The feed-forward block's inner layer, for one slice of rows.
+    up: Vec<f32>,
+    /// Its gated half (gated blocks only).
+    gated: Vec<f32>,
 }
+
+/// Rows the feed-forward block takes at a time: its inner layer is four to eight times the
+/// token width, and this bounds it (24 MiB for a gated 3,072-wide block) whatever the length
+/// of the pass, while leaving each GEMM rows enough for the whole pool.
+const FFN_ROWS: usize = 1024;
 
 /// A loaded encoder.
 pub struct Encoder {
+    blueprint: Blueprint,
     words: Words,
-    positions: Vec<f32>,
+    /// Learned position rows (families with rotary positions have none).
+    positions: Option<Vec<f32>>,
     token_types: Vec<f32>,
     embeddings_norm: Norm,
     layers: Vec<Layer>,
-    hidden: usize,
-    heads: usize,
-    intermediate: usize,
-    vocab: usize,
-    max_positions: usize,
-    type_vocab: usize,
-    eps: f32,
-    activation: Activation,
-    /// MPNet's relative position bias: per head, the bias of a key `rel` tokens after the
-    /// query at `rel + max_positions - 1`.
-    relative: Option<Vec<f32>>,
+    /// The norm after the last layer (norms before each block only).
+    final_norm: Option<Norm>,
+    /// Longest text a pass takes: the positions, and for rotary families what the manifest
+    /// lets the tokenizer keep (the tables stop there).
+    max_len: usize,
+    relative: Option<RelativeBias>,
+    rotary: Option<rotary::Tables>,
     /// A reranker's classification head, read by the engine thread after the pass.
     head: Option<Head>,
     workspace: Mutex<Workspace>,
 }
 
-thread_local! {
-    /// Attention scores of the (text, head) a compute thread is working on.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A buffer pointer shared by attention tasks, which read it or each write their own
-/// (text, head) block of it.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: tasks only read the buffers they share, or write disjoint blocks (see `attention`).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
 impl Encoder {
     /// Builds the model from `config.json` and safetensors bytes (already verified) of the
-    /// manifest's architecture (BERT, or one mapped onto it by [`super::checkpoint`]).
-    /// Weights stored as f16 or bf16 are widened to f32; with [`Precision::Bf16`] (which the
-    /// caller has checked this CPU runs) the linear layers' weights are then rounded to bf16.
+    /// manifest's architecture, mapped by [`super::checkpoint`]. Weights stored as f16 or
+    /// bf16 are widened to f32; with [`Precision::Bf16`] (which the caller has checked this
+    /// CPU runs) the linear layers' weights are then rounded to bf16.
     pub fn load(
         config_json: &[u8],
         weights: Vec<u8>,
@@ -119,9 +143,9 @@ impl Encoder {
         let tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu)
             .map_err(|e| format!("model.safetensors: {e}"))?;
         drop(weights);
-        let (config, mut tensors) =
-            super::checkpoint::to_bert(manifest.architecture, config_json, tensors)?;
-        check_config(&config, manifest)?;
+        let (blueprint, mut tensors) =
+            super::checkpoint::map(manifest.architecture, config_json, tensors)?;
+        check_config(&blueprint, manifest)?;
         let labels = match manifest.kind {
             ModelKind::Embedding => None,
             ModelKind::Reranker => {
@@ -129,86 +153,65 @@ impl Encoder {
                 manifest.labels
             }
         };
-        Self::from_tensors(&config, tensors, precision, labels)
+        Self::from_tensors(
+            blueprint,
+            tensors,
+            precision,
+            labels,
+            manifest.max_seq_length,
+        )
     }
 
     /// Bytes of the weights in memory.
     pub fn weight_bytes(&self) -> u64 {
-        let norm = |n: &Norm| n.gamma.len() + n.beta.len();
-        let mut floats = self.positions.len() + self.token_types.len();
-        floats += norm(&self.embeddings_norm) + self.relative.as_ref().map_or(0, Vec::len);
-        let mut bytes = floats * 4 + self.words.bytes() + self.head.as_ref().map_or(0, Head::bytes);
-        for layer in &self.layers {
-            bytes += (norm(&layer.attention_norm) + norm(&layer.output_norm)) * 4;
-            bytes += [
-                &layer.qkv,
-                &layer.attention_out,
-                &layer.intermediate,
-                &layer.output,
-            ]
-            .iter()
-            .map(|l| l.bytes())
-            .sum::<usize>();
-        }
+        let floats = self.positions.as_ref().map_or(0, Vec::len) + self.token_types.len();
+        let mut bytes = floats * 4
+            + self.words.bytes()
+            + self.embeddings_norm.bytes()
+            + self.final_norm.as_ref().map_or(0, Norm::bytes)
+            + self.relative.as_ref().map_or(0, |r| r.len() * 4)
+            + self.rotary.as_ref().map_or(0, rotary::Tables::bytes)
+            + self.head.as_ref().map_or(0, Head::bytes);
+        bytes += self.layers.iter().map(Layer::bytes).sum::<usize>();
         bytes as u64
     }
 
     /// `labels`: the outputs of a reranker's head (under [`super::head`]'s names), `None` for
-    /// an embedding model.
+    /// an embedding model. `max_seq_length`: the manifest's, which rotary tables cover.
     fn from_tensors(
-        c: &Config,
+        b: Blueprint,
         tensors: HashMap<String, Tensor>,
         precision: Precision,
         labels: Option<usize>,
+        max_seq_length: usize,
     ) -> Result<Self, String> {
         let mut w = Weights(tensors);
-        let (h, i) = (c.hidden_size, c.intermediate_size);
-        let activation = match c.hidden_act {
-            HiddenAct::Gelu => Activation::GeluErf,
-            HiddenAct::GeluApproximate => Activation::GeluTanh,
-            HiddenAct::Relu => Activation::Relu,
-        };
-        let words = w.take("embeddings.word_embeddings.weight", &[c.vocab_size, h])?;
+        let (h, i) = (b.hidden, b.intermediate);
+        let words = w.take("embeddings.word_embeddings.weight", &[b.vocab, h])?;
         // In int8 the word table goes too: it is half of MiniLM's weights.
         let words = match precision {
             Precision::Int8 => Words::int8(&words, h),
             _ => Words::F32(words),
         };
-        let positions = w.take(
-            "embeddings.position_embeddings.weight",
-            &[c.max_position_embeddings, h],
-        )?;
+        let (positions, relative, rotary, max_len) = match &b.positions {
+            Positions::Learned { max, relative_bias } => {
+                let table = w.take("embeddings.position_embeddings.weight", &[*max, h])?;
+                let relative = match relative_bias {
+                    false => None,
+                    true => Some(relative_bias_rows(&mut w, b.heads, *max)?),
+                };
+                (Some(table), relative, None, *max)
+            }
+            Positions::Rotary(r) => {
+                let len = max_seq_length.min(r.max);
+                (None, None, Some(rotary::Tables::new(r, len)), len)
+            }
+        };
         let token_types = w.take(
             "embeddings.token_type_embeddings.weight",
-            &[c.type_vocab_size, h],
+            &[b.type_vocab, h],
         )?;
         let embeddings_norm = w.norm("embeddings.LayerNorm", h)?;
-        let relative = match w
-            .0
-            .get(super::checkpoint::mpnet::RELATIVE_BIAS)
-            .map(|t| t.dims().to_vec())
-        {
-            Some(dims) => {
-                let buckets = dims.first().copied().unwrap_or(0);
-                if buckets < 4 {
-                    return Err(format!(
-                        "model.safetensors: {} has {buckets} buckets; MPNet needs at least 4",
-                        super::checkpoint::mpnet::RELATIVE_BIAS
-                    ));
-                }
-                let table = w.take(
-                    super::checkpoint::mpnet::RELATIVE_BIAS,
-                    &[buckets, c.num_attention_heads],
-                )?;
-                Some(relative_rows(
-                    &table,
-                    buckets,
-                    c.num_attention_heads,
-                    c.max_position_embeddings,
-                ))
-            }
-            None => None,
-        };
         let head = match labels {
             None => None,
             Some(labels) => Some(Head::new(
@@ -216,18 +219,32 @@ impl Encoder {
                 w.linear(super::head::OUT, labels, h)?,
             )?),
         };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for l in 0..c.num_hidden_layers {
+        let mut layers = Vec::with_capacity(b.layers);
+        for l in 0..b.layers {
             let p = format!("encoder.layer.{l}");
-            let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
-            let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
-            let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
+            let qkv = if w.has(&format!("{p}.attention.self.qkv.weight")) {
+                w.linear(&format!("{p}.attention.self.qkv"), 3 * h, h)?
+            } else {
+                let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
+                let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
+                let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
+                Linear::concat(&[q, k, v])
+            };
+            let attention_norm = match (b.norm, l) {
+                (
+                    Placement::Pre {
+                        first_attention_norm: false,
+                    },
+                    0,
+                ) => None,
+                _ => Some(w.norm(&format!("{p}.attention.output.LayerNorm"), h)?),
+            };
             let mut layer = Layer {
-                qkv: Linear::concat(&[q, k, v]),
+                qkv,
                 attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
-                intermediate: w.linear(&format!("{p}.intermediate.dense"), i, h)?,
-                output: w.linear(&format!("{p}.output.dense"), h, i)?,
+                attention_norm,
+                up: w.linear(&format!("{p}.intermediate.dense"), b.up_outputs(), h)?,
+                down: w.linear(&format!("{p}.output.dense"), h, i)?,
                 output_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
             };
             // Layer by layer, so the next layer's f32 copies reuse the memory this one's
@@ -240,8 +257,8 @@ impl Encoder {
                     // worst reference text at the edge of cosine 0.999 (0.99905 with it in
                     // int8, 0.9994 without, in simulation; see `kernels::int8`).
                     layer.qkv.to_int8_but_last(h);
-                    let [_, attention_out, intermediate, output] = layer.linears_mut();
-                    for l in [attention_out, intermediate, output] {
+                    let [_, attention_out, up, down] = layer.linears_mut();
+                    for l in [attention_out, up, down] {
                         l.to_int8();
                     }
                 }
@@ -252,29 +269,29 @@ impl Encoder {
             }
             layers.push(layer);
         }
+        let final_norm = match b.norm {
+            Placement::Post => None,
+            Placement::Pre { .. } => Some(w.norm("final_norm", h)?),
+        };
         Ok(Encoder {
             words,
             positions,
             token_types,
             embeddings_norm,
             layers,
-            hidden: h,
-            heads: c.num_attention_heads,
-            intermediate: i,
-            vocab: c.vocab_size,
-            max_positions: c.max_position_embeddings,
-            type_vocab: c.type_vocab_size,
-            eps: c.layer_norm_eps as f32,
-            activation,
+            final_norm,
+            max_len,
             relative,
+            rotary,
             head,
+            blueprint: b,
             workspace: Mutex::new(Workspace::default()),
         })
     }
 
     /// Width of the token vectors.
     pub fn hidden_size(&self) -> usize {
-        self.hidden
+        self.blueprint.hidden
     }
 
     /// A reranker's classification head; `None` for an embedding model.
@@ -289,7 +306,7 @@ impl Encoder {
     pub fn release_workspace(&self, wait: bool) {
         *self.workspace.lock().unwrap_or_else(|p| p.into_inner()) = Workspace::default();
         fn scratch() {
-            SCORES.with_borrow_mut(|s| *s = Vec::new());
+            attention::release_scratch();
             kernels::int8::release_thread_buffers();
         }
         if wait {
@@ -301,31 +318,28 @@ impl Encoder {
 
     /// Runs one forward pass over `texts`, each attending only to its own tokens.
     pub fn forward(&self, texts: &[&Encoded]) -> Result<Hidden, String> {
-        let h = self.hidden;
+        let b = &self.blueprint;
+        let h = b.hidden;
         let mut starts = Vec::with_capacity(texts.len());
         let mut rows = 0;
         for t in texts {
-            if t.len() > self.max_positions {
+            if t.len() > self.max_len {
                 return Err(format!(
                     "a text of {} tokens exceeds the model's {} positions",
                     t.len(),
-                    self.max_positions
+                    self.max_len
                 ));
             }
-            if let Some(&id) = t.ids.iter().find(|&&id| id as usize >= self.vocab) {
+            if let Some(&id) = t.ids.iter().find(|&&id| id as usize >= b.vocab) {
                 return Err(format!(
                     "token id {id} is outside the model's vocabulary of {}",
-                    self.vocab
+                    b.vocab
                 ));
             }
-            if let Some(&ty) = t
-                .type_ids
-                .iter()
-                .find(|&&ty| ty as usize >= self.type_vocab)
-            {
+            if let Some(&ty) = t.type_ids.iter().find(|&&ty| ty as usize >= b.type_vocab) {
                 return Err(format!(
                     "token type {ty} is outside the model's {} token types",
-                    self.type_vocab
+                    b.type_vocab
                 ));
             }
             starts.push(rows);
@@ -341,155 +355,161 @@ impl Encoder {
             qkv,
             context,
             attended,
-            intermediate,
+            normed,
+            up,
+            gated,
         } = &mut *ws;
         grow(qkv, rows * 3 * h);
         grow(context, rows * h);
         grow(attended, rows * h);
-        grow(intermediate, rows * self.intermediate);
-        for l in &self.layers {
-            l.qkv.forward(&x, rows, None, qkv);
-            self.attention(qkv, &starts, &lens, context);
+        let slice = rows.min(FFN_ROWS);
+        grow(up, slice * b.up_outputs());
+        if b.mlp.gated {
+            grow(gated, slice * b.intermediate);
+        }
+        let pre = matches!(b.norm, Placement::Pre { .. });
+        if pre {
+            grow(normed, rows * h);
+        }
+        for (index, l) in self.layers.iter().enumerate() {
+            let window = b.window.as_ref().and_then(|w| w.of_layer(index));
+            // Attention's input: the layer's input, normalised first where norms come
+            // before each block.
+            let input: &[f32] = match (&l.attention_norm, pre) {
+                (Some(norm), true) => {
+                    normed[..rows * h].copy_from_slice(&x);
+                    norm.apply(&mut normed[..rows * h], h, b.eps);
+                    normed
+                }
+                _ => &x,
+            };
+            l.qkv.forward(input, rows, None, qkv);
+            if let Some(rotary) = &self.rotary {
+                rotary.apply(qkv, &starts, &lens, h, b.heads, window.is_some());
+            }
+            Attention {
+                hidden: h,
+                heads: b.heads,
+                window,
+                relative: self.relative.as_ref(),
+            }
+            .run(qkv, &starts, &lens, context);
             l.attention_out.forward(context, rows, Some(&x), attended);
             let attended = &mut attended[..rows * h];
-            kernels::layer_norm_rows(
-                attended,
-                h,
-                &l.attention_norm.gamma,
-                &l.attention_norm.beta,
-                self.eps,
-            );
-            l.intermediate.forward(attended, rows, None, intermediate);
-            kernels::activate(
-                &mut intermediate[..rows * self.intermediate],
-                self.intermediate,
-                self.activation,
-            );
-            l.output
-                .forward(intermediate, rows, Some(&*attended), &mut x);
-            kernels::layer_norm_rows(
-                &mut x,
-                h,
-                &l.output_norm.gamma,
-                &l.output_norm.beta,
-                self.eps,
-            );
+            if pre {
+                normed[..rows * h].copy_from_slice(attended);
+                l.output_norm.apply(&mut normed[..rows * h], h, b.eps);
+                self.feed_forward(l, &normed[..rows * h], attended, rows, up, gated, &mut x);
+            } else {
+                if let Some(norm) = &l.attention_norm {
+                    norm.apply(attended, h, b.eps);
+                }
+                self.feed_forward(l, attended, attended, rows, up, gated, &mut x);
+                l.output_norm.apply(&mut x, h, b.eps);
+            }
+        }
+        if let Some(norm) = &self.final_norm {
+            norm.apply(&mut x, h, b.eps);
         }
         Ok(Hidden { data: x, starts })
     }
 
+    /// `out = down(act(up(input))) + residual` (gated: `act(gate) · up`), `FFN_ROWS` rows at
+    /// a time.
+    #[allow(clippy::too_many_arguments)]
+    fn feed_forward(
+        &self,
+        l: &Layer,
+        input: &[f32],
+        residual: &[f32],
+        rows: usize,
+        up: &mut [f32],
+        gated: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (h, i, mlp) = (
+            self.blueprint.hidden,
+            self.blueprint.intermediate,
+            self.blueprint.mlp,
+        );
+        for first in (0..rows).step_by(FFN_ROWS) {
+            let n = FFN_ROWS.min(rows - first);
+            let span = first * h..(first + n) * h;
+            l.up.forward(&input[span.clone()], n, None, up);
+            let inner: &[f32] = if mlp.gated {
+                kernels::gate(up, n, i, mlp.activation, gated);
+                gated
+            } else {
+                kernels::activate(&mut up[..n * i], i, mlp.activation);
+                up
+            };
+            l.down
+                .forward(inner, n, Some(&residual[span.clone()]), &mut out[span]);
+        }
+    }
+
     /// Word + position + token type embeddings, normalised, one row per token.
     fn embed(&self, texts: &[&Encoded], starts: &[usize], x: &mut [f32]) {
-        let h = self.hidden;
+        let h = self.blueprint.hidden;
         for (t, &start) in texts.iter().zip(starts) {
             let rows = x[start * h..(start + t.len()) * h].chunks_exact_mut(h);
             for (pos, row) in rows.enumerate() {
                 let (id, ty) = (t.ids[pos] as usize, t.type_ids[pos] as usize);
-                let position = &self.positions[pos * h..(pos + 1) * h];
                 let token_type = &self.token_types[ty * h..(ty + 1) * h];
-                self.words.add_row(id, h, position, row);
-                for (v, t) in row.iter_mut().zip(token_type) {
-                    *v += t;
+                match &self.positions {
+                    Some(positions) => {
+                        self.words
+                            .add_row(id, h, &positions[pos * h..(pos + 1) * h], row);
+                        row.iter_mut().zip(token_type).for_each(|(v, t)| *v += t);
+                    }
+                    None => self.words.add_row(id, h, token_type, row),
                 }
             }
         }
-        let norm = &self.embeddings_norm;
-        kernels::layer_norm_rows(x, h, &norm.gamma, &norm.beta, self.eps);
-    }
-
-    /// Scaled dot-product attention of every head of every text over that text's own tokens:
-    /// `qkv` holds each token's query, key and value side by side; `context` receives each
-    /// token's heads side by side.
-    fn attention(&self, qkv: &[f32], starts: &[usize], lens: &[usize], context: &mut [f32]) {
-        let h = self.hidden;
-        let d = h / self.heads;
-        let stride = 3 * h;
-        let scale = 1.0 / (d as f32).sqrt();
-        let rows = starts.last().zip(lens.last()).map_or(0, |(s, l)| s + l);
-        assert!(qkv.len() >= rows * stride && context.len() >= rows * h);
-        let out = Shared(context.as_mut_ptr());
-        let qkv = Shared(qkv.as_ptr() as *mut f32);
-        let run = move |task: usize| {
-            let (out, qkv) = (out, qkv);
-            let (text, head) = (task / self.heads, task % self.heads);
-            let (start, len) = (starts[text], lens[text]);
-            SCORES.with_borrow_mut(|scores| {
-                grow(scores, len * len);
-                let scores = &mut scores[..len * len];
-                // SAFETY: every offset below stays inside the text's rows of `qkv`
-                // (`rows × 3h`, asserted above) and of `context` (`rows × h`); each task
-                // writes only its own text's rows in its own head's `d` columns, so no two
-                // tasks write the same element.
-                unsafe {
-                    let q = qkv.0.add(start * stride + head * d);
-                    let k = q.add(h);
-                    let v = q.add(2 * h);
-                    // scores = scale · Q Kᵀ: Kᵀ(i, j) is K(j, i).
-                    kernels::matmul(
-                        (len, len, d),
-                        Mat::row_major(scores.as_mut_ptr(), len),
-                        Mat::row_major(q, stride),
-                        Mat {
-                            ptr: k,
-                            row: 1,
-                            col: stride as isize,
-                        },
-                        scale,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                    if let Some(rel) = &self.relative {
-                        // Row i needs the bias of keys j - i = -i, ..., len - 1 - i.
-                        let span = 2 * self.max_positions - 1;
-                        let centre = head * span + self.max_positions - 1;
-                        for (i, row) in scores.chunks_exact_mut(len).enumerate() {
-                            let bias = &rel[centre - i..centre - i + len];
-                            row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
-                        }
-                    }
-                    for row in scores.chunks_exact_mut(len) {
-                        kernels::softmax(row);
-                    }
-                    kernels::matmul(
-                        (len, d, len),
-                        Mat::row_major(out.0.add(start * h + head * d), h),
-                        Mat::row_major(scores.as_mut_ptr(), len),
-                        Mat::row_major(v, stride),
-                        1.0,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
-        };
-        // A short text's heads are too little work to hand to the pool.
-        let work: usize = lens.iter().map(|l| l * l).sum::<usize>() * h;
-        let tasks = starts.len() * self.heads;
-        if work < ATTENTION_PARALLEL_MIN {
-            (0..tasks).for_each(run);
-        } else {
-            (0..tasks).into_par_iter().for_each(run);
-        }
+        self.embeddings_norm.apply(x, h, self.blueprint.eps);
     }
 }
 
-/// Attention work (query × key × width, summed over texts) below which one thread does
-/// every (text, head): a short text's heads are too little to hand to the pool.
-const ATTENTION_PARALLEL_MIN: usize = 1 << 21;
+/// Bytes a forward pass over `tokens` rows whose longest text has `longest` tokens holds
+/// beyond the weights: the token vectors, the [`Workspace`] and each pool thread's block of
+/// attention scores. What admission reserves for a model's longest text.
+pub fn activation_bytes(b: &Blueprint, tokens: usize, longest: usize) -> u64 {
+    let (h, rows) = (b.hidden, tokens);
+    let slice = rows.min(FFN_ROWS);
+    let pre = matches!(b.norm, Placement::Pre { .. });
+    let floats = rows * h // the token vectors
+        + rows * 3 * h // qkv
+        + 2 * rows * h // context, attended
+        + usize::from(pre) * rows * h // normed
+        + slice * b.up_outputs()
+        + usize::from(b.mlp.gated) * slice * b.intermediate;
+    // Every layer attends within the window, or some attend to the whole text.
+    let reach = b
+        .window
+        .as_ref()
+        .filter(|w| w.local.iter().all(|&l| l))
+        .map(|w| w.reach);
+    let scores = rayon::current_num_threads() * attention::scratch_bytes(longest, reach);
+    (floats * 4 + scores) as u64
+}
 
-/// MPNet's `[buckets, heads]` bias table unrolled per head over every relative position a
-/// pass can meet, so attention adds a contiguous slice per query instead of looking up
-/// buckets.
-fn relative_rows(table: &[f32], buckets: usize, heads: usize, positions: usize) -> Vec<f32> {
-    let span = 2 * positions - 1;
-    let mut rows = vec![0f32; heads * span];
-    for head in 0..heads {
-        for (i, v) in rows[head * span..(head + 1) * span].iter_mut().enumerate() {
-            let rel = i as i64 - (positions as i64 - 1);
-            *v = table[super::checkpoint::mpnet::bucket(rel, buckets) * heads + head];
-        }
+/// MPNet's bias table, unrolled for attention.
+fn relative_bias_rows(
+    w: &mut Weights,
+    heads: usize,
+    positions: usize,
+) -> Result<RelativeBias, String> {
+    let buckets =
+        w.0.get(RELATIVE_BIAS)
+            .and_then(|t| t.dims().first().copied())
+            .ok_or_else(|| format!("model.safetensors: no {RELATIVE_BIAS}"))?;
+    if buckets < 4 {
+        return Err(format!(
+            "model.safetensors: {RELATIVE_BIAS} has {buckets} buckets; MPNet needs at least 4"
+        ));
     }
-    rows
+    let table = w.take(RELATIVE_BIAS, &[buckets, heads])?;
+    Ok(RelativeBias::new(&table, buckets, heads, positions))
 }
 
 /// Makes `v` at least `len` long (new room is zeroed; callers overwrite what they use).
@@ -499,70 +519,19 @@ fn grow(v: &mut Vec<f32>, len: usize) {
     }
 }
 
-/// The checkpoint's tensors, taken one by one and widened to f32 (so the original and the
-/// converted copy of a tensor are never both held for the whole model).
-struct Weights(HashMap<String, Tensor>);
-
-impl Weights {
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
-        let t = self
-            .0
-            .remove(name)
-            .ok_or_else(|| format!("model.safetensors: no tensor {name}"))?;
-        if t.dims() != shape {
-            return Err(format!(
-                "model.safetensors: tensor {name} has shape {:?}, config.json implies {shape:?}",
-                t.dims()
-            ));
-        }
-        t.to_dtype(DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| format!("model.safetensors: tensor {name}: {e}"))
-    }
-
-    /// A LayerNorm, under the `weight`/`bias` names or the older `gamma`/`beta`.
-    fn norm(&mut self, prefix: &str, size: usize) -> Result<Norm, String> {
-        let (g, b) = if self.0.contains_key(&format!("{prefix}.weight")) {
-            ("weight", "bias")
-        } else {
-            ("gamma", "beta")
-        };
-        Ok(Norm {
-            gamma: self.take(&format!("{prefix}.{g}"), &[size])?,
-            beta: self.take(&format!("{prefix}.{b}"), &[size])?,
-        })
-    }
-
-    fn linear(&mut self, prefix: &str, outputs: usize, inputs: usize) -> Result<Linear, String> {
-        let weight = self.take(&format!("{prefix}.weight"), &[outputs, inputs])?;
-        let bias = self.take(&format!("{prefix}.bias"), &[outputs])?;
-        Ok(Linear::from_torch(&weight, bias, outputs, inputs))
-    }
-}
-
 /// Refuses a `config.json` that disagrees with the manifest, before any weight is touched.
-fn check_config(config: &Config, manifest: &Manifest) -> Result<(), String> {
-    if config.hidden_size != manifest.dimensions {
+fn check_config(blueprint: &Blueprint, manifest: &Manifest) -> Result<(), String> {
+    if blueprint.hidden != manifest.dimensions {
         return Err(format!(
             "config.json hidden_size {} differs from the manifest's dimensions {}",
-            config.hidden_size, manifest.dimensions
+            blueprint.hidden, manifest.dimensions
         ));
     }
-    if manifest.max_seq_length > config.max_position_embeddings {
+    if manifest.max_seq_length > blueprint.max_positions() {
         return Err(format!(
             "the manifest's max_seq_length {} exceeds config.json max_position_embeddings {}",
-            manifest.max_seq_length, config.max_position_embeddings
-        ));
-    }
-    if config.num_attention_heads == 0
-        || !config
-            .hidden_size
-            .is_multiple_of(config.num_attention_heads)
-    {
-        return Err(format!(
-            "config.json hidden_size {} is not a multiple of num_attention_heads {}",
-            config.hidden_size, config.num_attention_heads
+            manifest.max_seq_length,
+            blueprint.max_positions()
         ));
     }
     Ok(())

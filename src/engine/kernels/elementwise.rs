@@ -66,6 +66,20 @@ fn gelu_tanh_generic(x: &mut [f32]) {
 }
 
 #[inline(always)]
+fn silu_generic(x: &mut [f32]) {
+    for v in x {
+        *v /= 1.0 + exp(-*v);
+    }
+}
+
+#[inline(always)]
+fn mul_into_generic(out: &mut [f32], a: &[f32]) {
+    for (o, a) in out.iter_mut().zip(a) {
+        *o *= a;
+    }
+}
+
+#[inline(always)]
 fn relu_generic(x: &mut [f32]) {
     for v in x {
         *v = v.max(0.0);
@@ -156,6 +170,14 @@ simd!(
 );
 simd!(fn relu_row(x: &mut [f32]) = relu_generic);
 simd!(
+    /// SiLU (swish) in place: `x · sigmoid(x)`, the gate of SwiGLU.
+    fn silu_row(x: &mut [f32]) = silu_generic
+);
+simd!(
+    /// `out *= a`, elementwise.
+    fn mul_into(out: &mut [f32], a: &[f32]) = mul_into_generic
+);
+simd!(
     /// Softmax of one row in place.
     pub fn softmax(row: &mut [f32]) = softmax_generic
 );
@@ -177,6 +199,19 @@ pub enum Activation {
     GeluTanh,
     /// `relu`.
     Relu,
+    /// `silu` / `swish` (SwiGLU's gate).
+    Silu,
+}
+
+impl Activation {
+    fn row(self) -> fn(&mut [f32]) {
+        match self {
+            Activation::GeluErf => gelu_erf_row,
+            Activation::GeluTanh => gelu_tanh_row,
+            Activation::Relu => relu_row,
+            Activation::Silu => silu_row,
+        }
+    }
 }
 
 /// Below this many elements, row-wise work stays on the calling thread: handing it to the
@@ -198,12 +233,29 @@ pub fn for_rows(x: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Send + Syn
 
 /// Applies `act` in place to `rows` of `width`.
 pub fn activate(x: &mut [f32], width: usize, act: Activation) {
-    let f = match act {
-        Activation::GeluErf => gelu_erf_row,
-        Activation::GeluTanh => gelu_tanh_row,
-        Activation::Relu => relu_row,
+    for_rows(x, width * 16, act.row());
+}
+
+/// A gated linear unit over `rows` of `2 × width` (the gate's values, then the values it
+/// scales): `out` gets `act(gate) · up`, `width` per row.
+pub fn gate(x: &[f32], rows: usize, width: usize, act: Activation, out: &mut [f32]) {
+    let f = act.row();
+    let one = |(o, x): (&mut [f32], &[f32])| {
+        let (gate, up) = x.split_at(width);
+        o.copy_from_slice(gate);
+        f(o);
+        mul_into(o, up);
     };
-    for_rows(x, width * 16, f);
+    let (x, out) = (&x[..rows * 2 * width], &mut out[..rows * width]);
+    if out.len() < PARALLEL_MIN {
+        out.chunks_exact_mut(width)
+            .zip(x.chunks_exact(2 * width))
+            .for_each(one);
+    } else {
+        out.par_chunks_exact_mut(width)
+            .zip(x.par_chunks_exact(2 * width))
+            .for_each(one);
+    }
 }
 
 /// LayerNorm of every `width`-wide row of `x` in place.
@@ -262,6 +314,25 @@ mod tests {
                 "gelu_tanh({x}) = {g}, want {want}"
             );
         }
+    }
+
+    #[test]
+    fn silu_and_the_gate_match_the_formula() {
+        let xs: Vec<f32> = (0..=1600).map(|i| -8.0 + i as f32 * 0.01).collect();
+        let mut ours = xs.clone();
+        silu_row(&mut ours);
+        for (x, g) in xs.iter().zip(&ours) {
+            let want = *x as f64 / (1.0 + (-*x as f64).exp());
+            assert!(
+                (*g as f64 - want).abs() < 2e-6,
+                "silu({x}) = {g}, want {want}"
+            );
+        }
+        // Two rows of width 2: [gate | up].
+        let x = [1.0, -2.0, 3.0, 4.0, 0.5, 0.0, -1.0, 2.0];
+        let mut out = [0f32; 4];
+        gate(&x, 2, 2, Activation::Relu, &mut out);
+        assert_eq!(out, [3.0, 0.0, -0.5, 0.0]);
     }
 
     #[test]

@@ -153,7 +153,8 @@ pub mod int8;
 mod linear;
 
 pub use elementwise::{
-    Activation, PARALLEL_MIN, activate, add_into, for_rows, layer_norm, layer_norm_rows, softmax,
+    Activation, PARALLEL_MIN, activate, add_into, for_rows, gate, layer_norm, layer_norm_rows,
+    softmax,
 };
 pub use gemm::{Mat, matmul, parallelism};
 pub use linear::{Linear, SMALL_ROWS};

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod vectors;
+pub use vectors::{Dense, DenseActivation, InputType, Matryoshka};
+
 /// Name of the manifest entry, which must be the first entry of every package.
 pub const MANIFEST_NAME: &str = "manifest.yaml";
 
@@ -59,6 +62,15 @@ pub struct Manifest {
     /// their bytes stay as they were) or scoring query–document pairs.
     #[serde(default, skip_serializing_if = "ModelKind::is_embedding")]
     pub kind: ModelKind,
+    /// The widths the model was trained to be cut to (Matryoshka), and the family's own step
+    /// before cutting; absent, a request may cut its vectors to any width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matryoshka: Option<Matryoshka>,
+    /// sentence-transformers' Dense modules after pooling, in order: each a linear layer (and
+    /// activation) whose weights are a file of the package. The last one's outputs are the
+    /// vectors' `dimensions`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dense: Vec<Dense>,
     /// A reranker's number of outputs (its classifier head's labels: 1); only for rerankers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<usize>,
@@ -87,6 +99,16 @@ pub enum Architecture {
     XlmRoberta,
     /// MPNet (all-mpnet-base-v2, ...), with its relative position bias.
     Mpnet,
+    /// NomicBERT (nomic-embed-text-v1, v1.5): rotary positions, SwiGLU, no biases.
+    #[serde(rename = "nomic-bert")]
+    NomicBert,
+    /// ModernBERT (gte-modernbert-base, modernbert-embed-base, granite-embedding r2): norms
+    /// before each block, rotary positions, local and global attention, GeGLU.
+    #[serde(rename = "modernbert")]
+    ModernBert,
+    /// Alibaba's GTE encoder (`model_type: new`: gte-base-en-v1.5, gte-multilingual-base):
+    /// rotary positions with NTK scaling, a fused GeGLU.
+    Gte,
 }
 
 impl Architecture {
@@ -97,6 +119,9 @@ impl Architecture {
             Architecture::DistilBert => "distilbert",
             Architecture::XlmRoberta => "xlm-roberta",
             Architecture::Mpnet => "mpnet",
+            Architecture::NomicBert => "nomic-bert",
+            Architecture::ModernBert => "modernbert",
+            Architecture::Gte => "gte",
         }
     }
 }
@@ -272,6 +297,7 @@ impl Manifest {
             ));
         }
         self.validate_kind()?;
+        self.validate_head()?;
         if self.format != FORMAT {
             return Err(invalid(
                 "format",

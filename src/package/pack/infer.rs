@@ -8,14 +8,18 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::super::error::PackageError;
-use super::super::manifest::{Architecture, ModelKind, Pooling, ScoreActivation};
+use super::super::manifest::{
+    Architecture, Dense, DenseActivation, ModelKind, Pooling, ScoreActivation,
+};
 
 #[derive(Deserialize)]
 struct HfConfig {
     model_type: Option<String>,
-    /// DistilBERT calls it `dim`.
-    #[serde(alias = "dim")]
+    /// DistilBERT calls it `dim`, NomicBERT `n_embd`.
+    #[serde(alias = "dim", alias = "n_embd")]
     hidden_size: usize,
+    /// NomicBERT calls it `n_positions`.
+    #[serde(alias = "n_positions")]
     max_position_embeddings: Option<usize>,
     pad_token_id: Option<usize>,
     /// `BertForSequenceClassification` and the like mark a cross-encoder.
@@ -61,6 +65,25 @@ struct StPooling {
     pooling_mode_mean_sqrt_len_tokens: bool,
 }
 
+/// A Dense module's `config.json`.
+#[derive(Deserialize)]
+struct StDense {
+    in_features: usize,
+    out_features: usize,
+    #[serde(default = "yes")]
+    bias: bool,
+    #[serde(default = "identity")]
+    activation_function: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn identity() -> String {
+    "torch.nn.modules.linear.Identity".into()
+}
+
 #[derive(Deserialize)]
 struct StConfig {
     max_seq_length: Option<usize>,
@@ -102,6 +125,8 @@ pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, 
 pub(super) struct Inferred {
     pub architecture: Architecture,
     pub dimensions: usize,
+    /// The Dense modules after pooling, their weights at `<module>/model.safetensors`.
+    pub dense: Vec<Dense>,
     pub max_seq_length: usize,
     pub pooling: Pooling,
     pub normalize: bool,
@@ -110,20 +135,38 @@ pub(super) struct Inferred {
     pub activation: Option<ScoreActivation>,
 }
 
+/// The architecture a `config.json`'s `model_type` names, as transformers spells them.
+fn architecture(model_type: Option<&str>) -> Result<Architecture, PackageError> {
+    const SUPPORTED: [(&str, Architecture); 7] = [
+        ("bert", Architecture::Bert),
+        ("distilbert", Architecture::DistilBert),
+        ("xlm-roberta", Architecture::XlmRoberta),
+        ("mpnet", Architecture::Mpnet),
+        ("nomic_bert", Architecture::NomicBert),
+        ("modernbert", Architecture::ModernBert),
+        ("new", Architecture::Gte),
+    ];
+    let names = SUPPORTED.map(|(n, _)| n).join(", ");
+    match model_type {
+        None => Err(unusable(format!(
+            "config.json has no model_type; it must name one of: {names}"
+        ))),
+        Some(t) => SUPPORTED
+            .iter()
+            .find(|(n, _)| *n == t)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                unusable(format!(
+                    "config.json: model_type {t:?} is not supported (supported: {names})"
+                ))
+            }),
+    }
+}
+
 pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let config: HfConfig = read_json(&dir.join("config.json"))?;
     let st_model = StModelConfig::read(dir)?;
-    let architecture = match config.model_type.as_deref() {
-        Some("bert") => Architecture::Bert,
-        Some("distilbert") => Architecture::DistilBert,
-        Some("xlm-roberta") => Architecture::XlmRoberta,
-        Some("mpnet") => Architecture::Mpnet,
-        other => {
-            return Err(unusable(format!(
-                "config.json: model_type {other:?} is not supported (supported: bert, distilbert, xlm-roberta, mpnet)"
-            )));
-        }
-    };
+    let architecture = architecture(config.model_type.as_deref())?;
     let mut max_positions = config.max_position_embeddings.unwrap_or(512);
     if matches!(architecture, Architecture::XlmRoberta | Architecture::Mpnet) {
         // RoBERTa's (and MPNet's) positions start after pad_token_id.
@@ -140,10 +183,26 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let modules: Vec<StModule> = read_json(&dir.join("modules.json"))?;
     let mut pooling = None;
     let mut normalize = false;
+    let mut dense = Vec::new();
     for m in &modules {
+        if normalize {
+            return Err(unusable(format!(
+                "modules.json: module {} comes after Normalize; only Normalize may be last",
+                m.kind
+            )));
+        }
         match m.kind.as_str() {
             "sentence_transformers.models.Transformer" => {}
             "sentence_transformers.models.Normalize" => normalize = true,
+            "sentence_transformers.models.Dense" => {
+                if pooling.is_none() {
+                    return Err(unusable(format!(
+                        "modules.json: the Dense module {} comes before Pooling; only Dense modules after pooling are supported",
+                        m.path
+                    )));
+                }
+                dense.push(dense_module(dir, &m.path)?);
+            }
             "sentence_transformers.models.Pooling" => {
                 let p: StPooling = read_json(&dir.join(&m.path).join("config.json"))?;
                 if p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens {
@@ -186,9 +245,21 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         .max_seq_length
         .unwrap_or(max_positions)
         .min(max_positions);
+    let mut width = config.hidden_size;
+    for d in &dense {
+        if d.inputs != width {
+            return Err(unusable(format!(
+                "{}: in_features {} does not take the {width} values before it",
+                d.path.replace("model.safetensors", "config.json"),
+                d.inputs
+            )));
+        }
+        width = d.outputs;
+    }
     Ok(Inferred {
         architecture,
-        dimensions: config.hidden_size,
+        dimensions: width,
+        dense,
         max_seq_length,
         pooling,
         normalize,
@@ -196,6 +267,63 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         labels: None,
         activation: None,
     })
+}
+
+/// The Dense module in folder `path`: its shape and activation from its `config.json`, its
+/// weights in `model.safetensors` (older sentence-transformers saved `pytorch_model.bin`,
+/// which must be converted first).
+fn dense_module(dir: &Path, path: &str) -> Result<Dense, PackageError> {
+    let c: StDense = read_json(&dir.join(path).join("config.json"))?;
+    let activation = match c.activation_function.as_str() {
+        "torch.nn.modules.linear.Identity" => DenseActivation::Identity,
+        "torch.nn.modules.activation.Tanh" => DenseActivation::Tanh,
+        other => {
+            return Err(unusable(format!(
+                "{path}/config.json: activation_function {other} is not supported (torch.nn.modules.linear.Identity, torch.nn.modules.activation.Tanh)"
+            )));
+        }
+    };
+    let weights = format!("{path}/model.safetensors");
+    if !dir.join(&weights).exists() {
+        return Err(unusable(format!(
+            "{weights} is missing{}; save the model again with sentence-transformers 3 or later, which writes safetensors",
+            if dir.join(path).join("pytorch_model.bin").exists() {
+                " (there is a pytorch_model.bin)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(Dense {
+        path: weights,
+        inputs: c.in_features,
+        outputs: c.out_features,
+        bias: c.bias,
+        activation,
+    })
+}
+
+/// The Matryoshka widths a folder's model card records, as sentence-transformers' generated
+/// cards quote MatryoshkaLoss's parameters (`"matryoshka_dims": [768, 512, ...]`).
+pub(super) fn matryoshka_dims(dir: &Path) -> Vec<usize> {
+    let Ok(card) = std::fs::read_to_string(dir.join("README.md")) else {
+        return Vec::new();
+    };
+    let Some(at) = card.find("\"matryoshka_dims\"") else {
+        return Vec::new();
+    };
+    let rest = &card[at..];
+    let (Some(open), Some(close)) = (rest.find('['), rest.find(']')) else {
+        return Vec::new();
+    };
+    if close < open {
+        return Vec::new();
+    }
+    rest[open + 1..close]
+        .split(',')
+        .map(|n| n.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default()
 }
 
 /// A cross-encoder folder (sentence-transformers' CrossEncoder, or transformers'
@@ -266,6 +394,7 @@ fn infer_reranker(
     Ok(Inferred {
         architecture,
         dimensions: config.hidden_size,
+        dense: Vec::new(),
         max_seq_length,
         pooling: Pooling::Cls,
         normalize: false,

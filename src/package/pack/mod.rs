@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 mod infer;
 
 use super::error::PackageError;
-use super::manifest::{FORMAT, FileEntry, MANIFEST_NAME, Manifest};
-use infer::{StModelConfig, infer, unusable};
+use super::manifest::{Architecture, FORMAT, FileEntry, MANIFEST_NAME, Manifest, Matryoshka};
+use infer::{StModelConfig, infer, matryoshka_dims, unusable};
 
 /// How the weights are stored in the package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,9 @@ pub struct PackOptions {
     /// The prompt used when a request names none (default: the folder's
     /// `default_prompt_name`).
     pub default_prompt: Option<String>,
+    /// The widths the model was trained to be cut to (default: those its model card quotes
+    /// from MatryoshkaLoss, else none recorded, and any width is allowed).
+    pub matryoshka: Option<Vec<usize>>,
 }
 
 /// What was written.
@@ -127,15 +130,28 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
     };
     let weights = read("model.safetensors")?;
     let source_weights_sha256 = hex::encode(Sha256::digest(&weights));
-    let weights = match opts.weights {
-        WeightStorage::AsIs => weights,
-        WeightStorage::F16 => weights_to_f16(&weights)?,
+    let stored = |bytes: Vec<u8>| match opts.weights {
+        WeightStorage::AsIs => Ok(bytes),
+        WeightStorage::F16 => weights_to_f16(&bytes),
     };
-    let payload: Vec<(&str, Vec<u8>)> = vec![
+    let weights = stored(weights)?;
+    let mut payload: Vec<(&str, Vec<u8>)> = vec![
         ("config.json", read("config.json")?),
         ("tokenizer.json", read("tokenizer.json")?),
         ("model.safetensors", weights),
     ];
+    for d in &inferred.dense {
+        payload.push((d.path.as_str(), stored(read(&d.path)?)?));
+    }
+    let matryoshka = opts
+        .matryoshka
+        .clone()
+        .unwrap_or_else(|| matryoshka_dims(dir));
+    let matryoshka = (!matryoshka.is_empty()).then(|| Matryoshka {
+        dimensions: matryoshka,
+        // nomic-embed-text-v1.5's card layer-normalises a vector before cutting it.
+        layer_norm: inferred.architecture == Architecture::NomicBert,
+    });
     let st_model = StModelConfig::read(dir)?;
     let mut prompts = st_model.prompts;
     // sentence-transformers writes empty prompts for models without any.
@@ -158,6 +174,8 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         pooling: inferred.pooling,
         normalize: inferred.normalize,
         kind: inferred.kind,
+        matryoshka,
+        dense: inferred.dense.clone(),
         labels: inferred.labels,
         activation: inferred.activation,
         files: payload

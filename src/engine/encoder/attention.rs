@@ -1,0 +1,306 @@
+//! Scaled dot-product attention of every head of every text over that text's own tokens,
+//! straight out of the fused query-key-value projection, in blocks of queries: a block's
+//! scores are all a thread holds, so memory grows with the text's length, not its square (an
+//! 8,192-token text needs 8 MiB of scores per thread, where whole rows would need 256 MiB).
+//! Optionally within a window of nearby tokens (ModernBERT's local layers), and with MPNet's
+//! relative position bias.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::engine::kernels::{self, Mat};
+
+/// Queries per block: texts up to this long run as one block per head, as before blocks
+/// existed; longer ones split.
+const QUERY_BLOCK: usize = 256;
+
+/// Attention work (query × key × width, summed over tasks) below which one thread does every
+/// task: a short text's heads are too little to hand to the pool.
+const PARALLEL_MIN: usize = 1 << 21;
+
+thread_local! {
+    /// Attention scores of the block a compute thread is working on.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Frees this thread's scores (the engine does it on every pool thread once idle).
+pub(super) fn release_scratch() {
+    SCORES.with_borrow_mut(|s| *s = Vec::new());
+}
+
+/// Bytes of scores one thread holds for a pass whose longest text has `len` tokens.
+pub(super) fn scratch_bytes(len: usize, window: Option<usize>) -> usize {
+    let keys = window.map_or(len, |r| (QUERY_BLOCK + 2 * r).min(len));
+    QUERY_BLOCK.min(len) * keys * 4
+}
+
+/// MPNet's `[buckets, heads]` bias table unrolled per head over every relative position a
+/// pass can meet, so attention adds a contiguous slice per query instead of looking up
+/// buckets.
+pub(super) struct RelativeBias {
+    rows: Vec<f32>,
+    positions: usize,
+}
+
+impl RelativeBias {
+    pub(super) fn new(table: &[f32], buckets: usize, heads: usize, positions: usize) -> Self {
+        let span = 2 * positions - 1;
+        let mut rows = vec![0f32; heads * span];
+        for head in 0..heads {
+            for (i, v) in rows[head * span..(head + 1) * span].iter_mut().enumerate() {
+                let rel = i as i64 - (positions as i64 - 1);
+                *v = table[crate::engine::checkpoint::mpnet::bucket(rel, buckets) * heads + head];
+            }
+        }
+        RelativeBias { rows, positions }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The bias of query `i` against keys `k0..k1` in `head`.
+    fn row(&self, head: usize, i: usize, k0: usize, k1: usize) -> &[f32] {
+        let centre = head * (2 * self.positions - 1) + self.positions - 1;
+        &self.rows[centre + k0 - i..centre + k1 - i]
+    }
+}
+
+/// What one layer's attention is.
+pub(super) struct Attention<'a> {
+    pub hidden: usize,
+    pub heads: usize,
+    /// Tokens a query sees on each side, when the layer attends within a window.
+    pub window: Option<usize>,
+    pub relative: Option<&'a RelativeBias>,
+}
+
+/// A buffer pointer shared by attention tasks, which read it or each write their own block
+/// of it.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: tasks only read the buffers they share, or write disjoint blocks (see `run`).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Attention<'_> {
+    /// `qkv` holds each token's query, key and value side by side; `context` receives each
+    /// token's heads side by side.
+    pub(super) fn run(&self, qkv: &[f32], starts: &[usize], lens: &[usize], context: &mut [f32]) {
+        let h = self.hidden;
+        let d = h / self.heads;
+        let stride = 3 * h;
+        let scale = 1.0 / (d as f32).sqrt();
+        let rows = starts.last().zip(lens.last()).map_or(0, |(s, l)| s + l);
+        assert!(qkv.len() >= rows * stride && context.len() >= rows * h);
+        // (text, first query, end of queries, first key, end of keys) of each block.
+        let mut blocks = Vec::new();
+        let mut work = 0;
+        for (text, &len) in lens.iter().enumerate() {
+            for q0 in (0..len).step_by(QUERY_BLOCK) {
+                let q1 = (q0 + QUERY_BLOCK).min(len);
+                let (k0, k1) = match self.window {
+                    None => (0, len),
+                    Some(r) => (q0.saturating_sub(r), (q1 + r).min(len)),
+                };
+                work += (q1 - q0) * (k1 - k0) * d * self.heads;
+                blocks.push((text, q0, q1, k0, k1));
+            }
+        }
+        let tasks = blocks.len() * self.heads;
+        let blocks = &blocks;
+        let out = Shared(context.as_mut_ptr());
+        let qkv = Shared(qkv.as_ptr() as *mut f32);
+        let run = move |task: usize| {
+            let (out, qkv) = (out, qkv);
+            let (block, head) = (task / self.heads, task % self.heads);
+            let (text, q0, q1, k0, k1) = blocks[block];
+            let (bq, bk) = (q1 - q0, k1 - k0);
+            let start = starts[text];
+            SCORES.with_borrow_mut(|scores| {
+                if scores.len() < bq * bk {
+                    scores.resize(bq * bk, 0.0);
+                }
+                let scores = &mut scores[..bq * bk];
+                // SAFETY: every offset below stays inside the text's rows of `qkv`
+                // (`rows × 3h`, asserted above) and of `context` (`rows × h`); each task
+                // writes only its own block's query rows in its own head's `d` columns, so no
+                // two tasks write the same element.
+                unsafe {
+                    let q = qkv.0.add((start + q0) * stride + head * d);
+                    let k = qkv.0.add((start + k0) * stride + h + head * d);
+                    let v = qkv.0.add((start + k0) * stride + 2 * h + head * d);
+                    // scores = scale · Q Kᵀ: Kᵀ(i, j) is K(j, i).
+                    kernels::matmul(
+                        (bq, bk, d),
+                        Mat::row_major(scores.as_mut_ptr(), bk),
+                        Mat::row_major(q, stride),
+                        Mat {
+                            ptr: k,
+                            row: 1,
+                            col: stride as isize,
+                        },
+                        scale,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    for (r, row) in scores.chunks_exact_mut(bk).enumerate() {
+                        let i = q0 + r;
+                        if let Some(rel) = self.relative {
+                            let bias = rel.row(head, i, k0, k1);
+                            row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
+                        }
+                        match self.window {
+                            None => kernels::softmax(row),
+                            Some(reach) => {
+                                // Keys i - reach ..= i + reach, within the text.
+                                let lo = i.saturating_sub(reach).max(k0) - k0;
+                                let hi = (i + reach + 1).min(k1) - k0;
+                                kernels::softmax(&mut row[lo..hi]);
+                                row[..lo].fill(0.0);
+                                row[hi..].fill(0.0);
+                            }
+                        }
+                    }
+                    kernels::matmul(
+                        (bq, d, bk),
+                        Mat::row_major(out.0.add((start + q0) * h + head * d), h),
+                        Mat::row_major(scores.as_mut_ptr(), bk),
+                        Mat::row_major(v, stride),
+                        1.0,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        };
+        if work < PARALLEL_MIN {
+            (0..tasks).for_each(run);
+        } else {
+            (0..tasks).into_par_iter().for_each(run);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention computed the plain way, in f64: every query against its text's keys (within
+    /// `window`), softmax, values.
+    fn naive(
+        qkv: &[f32],
+        starts: &[usize],
+        lens: &[usize],
+        hidden: usize,
+        heads: usize,
+        window: Option<usize>,
+        bias: Option<&dyn Fn(usize, i64) -> f64>,
+    ) -> Vec<f32> {
+        let d = hidden / heads;
+        let rows: usize = lens.iter().sum();
+        let mut out = vec![0f32; rows * hidden];
+        let at = |row: usize, part: usize, head: usize, j: usize| {
+            qkv[row * 3 * hidden + part * hidden + head * d + j] as f64
+        };
+        for (&start, &len) in starts.iter().zip(lens) {
+            for head in 0..heads {
+                for i in 0..len {
+                    let keys: Vec<usize> = (0..len)
+                        .filter(|&j| window.is_none_or(|r| i.abs_diff(j) <= r))
+                        .collect();
+                    let scores: Vec<f64> = keys
+                        .iter()
+                        .map(|&j| {
+                            let dot: f64 = (0..d)
+                                .map(|c| at(start + i, 0, head, c) * at(start + j, 1, head, c))
+                                .sum();
+                            dot / (d as f64).sqrt()
+                                + bias.map_or(0.0, |b| b(head, j as i64 - i as i64))
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                    for c in 0..d {
+                        let v: f64 = keys
+                            .iter()
+                            .zip(&scores)
+                            .map(|(&j, s)| (s - max).exp() / total * at(start + j, 2, head, c))
+                            .sum();
+                        out[(start + i) * hidden + head * d + c] = v as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn seeded(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn blocks_windows_and_the_relative_bias_equal_plain_attention() {
+        // Texts shorter than, equal to and several times a block, packed back to back.
+        let (hidden, heads) = (16, 2);
+        let lens = [3, QUERY_BLOCK, 2 * QUERY_BLOCK + 37];
+        let starts = [0, 3, 3 + QUERY_BLOCK];
+        let rows: usize = lens.iter().sum();
+        let qkv = seeded(rows * 3 * hidden, 7);
+        let table = seeded(32 * heads, 11);
+        let positions = 1024;
+        let relative = RelativeBias::new(&table, 32, heads, positions);
+        let bias = |head: usize, rel: i64| {
+            table[crate::engine::checkpoint::mpnet::bucket(rel, 32) * heads + head] as f64
+        };
+        for (window, rel) in [
+            (None, false),
+            (Some(64), false),
+            (Some(3), false),
+            (None, true),
+        ] {
+            let mut got = vec![0f32; rows * hidden];
+            Attention {
+                hidden,
+                heads,
+                window,
+                relative: rel.then_some(&relative),
+            }
+            .run(&qkv, &starts, &lens, &mut got);
+            let want = naive(
+                &qkv,
+                &starts,
+                &lens,
+                hidden,
+                heads,
+                window,
+                rel.then_some(&bias as &dyn Fn(usize, i64) -> f64),
+            );
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "window {window:?}, bias {rel}: off by {worst}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_text_holds_one_block_of_scores() {
+        assert_eq!(scratch_bytes(8192, None), 256 * 8192 * 4);
+        assert_eq!(scratch_bytes(8192, Some(64)), 256 * 384 * 4);
+        assert_eq!(scratch_bytes(10, None), 10 * 10 * 4);
+    }
+}

@@ -1,0 +1,59 @@
+//! The checkpoint's tensors, taken one by one under the encoder's names and widened to f32
+//! (so the original and the converted copy of a tensor are never both held for the whole
+//! model).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+
+use super::Norm;
+use crate::engine::kernels::Linear;
+
+pub(super) struct Weights(pub(super) HashMap<String, Tensor>);
+
+impl Weights {
+    pub(super) fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    pub(super) fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+        let t = self
+            .0
+            .remove(name)
+            .ok_or_else(|| format!("model.safetensors: no tensor {name}"))?;
+        if t.dims() != shape {
+            return Err(format!(
+                "model.safetensors: tensor {name} has shape {:?}, config.json implies {shape:?}",
+                t.dims()
+            ));
+        }
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| format!("model.safetensors: tensor {name}: {e}"))
+    }
+
+    /// A LayerNorm, under the `weight`/`bias` names or the older `gamma`/`beta`.
+    pub(super) fn norm(&mut self, prefix: &str, size: usize) -> Result<Norm, String> {
+        let (g, b) = if self.0.contains_key(&format!("{prefix}.weight")) {
+            ("weight", "bias")
+        } else {
+            ("gamma", "beta")
+        };
+        Ok(Norm {
+            gamma: self.take(&format!("{prefix}.{g}"), &[size])?,
+            beta: self.take(&format!("{prefix}.{b}"), &[size])?,
+        })
+    }
+
+    pub(super) fn linear(
+        &mut self,
+        prefix: &str,
+        outputs: usize,
+        inputs: usize,
+    ) -> Result<Linear, String> {
+        let weight = self.take(&format!("{prefix}.weight"), &[outputs, inputs])?;
+        let bias = self.take(&format!("{prefix}.bias"), &[outputs])?;
+        Ok(Linear::from_torch(&weight, bias, outputs, inputs))
+    }
+}

@@ -1,0 +1,81 @@
+//! Issue 30: the encoder families edge users pick now (ModernBERT, NomicBERT, Alibaba's GTE) at
+//! their real widths, against their reference implementations run through
+//! sentence-transformers (tests/fixtures/architectures/families.py), on texts of 2 to 8,192
+//! tokens: packed by `caxton pack` from the folder sentence-transformers saves, run alone and
+//! batched in f32 and int8, and cut to each Matryoshka width.
+
+mod common;
+
+use caxton::engine::{Precision, VectorShape};
+use caxton::package::Architecture;
+
+fn check(arch: &str, expected: Architecture) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let folder = tmp.path().join(arch);
+    let r = common::fixtures::family_folder(arch, &folder);
+    let package = tmp.path().join(format!("{arch}.tar.zst"));
+    let summary = common::fixtures::pack_folder(&folder, arch, &package);
+    let m = &summary.manifest;
+    assert_eq!(m.architecture, expected);
+    assert_eq!(m.max_seq_length, 8192);
+    // The model card's MatryoshkaLoss dimensions, read by pack.
+    assert_eq!(
+        m.matryoshka.as_ref().map(|x| x.dimensions.clone()),
+        Some(r.matryoshka.dimensions.clone())
+    );
+
+    let run = common::engine::run_package(
+        &package,
+        &tmp.path().join("state"),
+        &r.texts,
+        Precision::F32,
+    );
+    assert_eq!(
+        run.tokens, r.tokens,
+        "{arch}: token counts differ from the reference tokenizer"
+    );
+    let single = common::engine::min_cosine(&run.singles, &r.vectors);
+    let batched = common::engine::min_cosine(&run.batched, &r.vectors);
+    println!("{arch}: min cosine vs the reference: single {single:.9}, batched {batched:.9}");
+    assert!(single >= 0.9999, "{arch}: single-text min cosine {single}");
+    assert!(batched >= 0.9999, "{arch}: batched min cosine {batched}");
+
+    // Matryoshka: each trained width of the short texts, as the reference cuts them.
+    let model = common::engine::load_package(&package, &tmp.path().join("state-m"), Precision::F32);
+    let rt = common::engine::runtime();
+    let encoded: Vec<_> = r.texts[..r.matryoshka.texts]
+        .iter()
+        .map(|t| model.tokenizer.encode(t).expect("tokenize"))
+        .collect();
+    for (width, want) in &r.matryoshka.vectors {
+        let shape = VectorShape {
+            normalize: true,
+            width: Some(width.parse().expect("width")),
+        };
+        let got = rt
+            .block_on(model.embed(encoded.clone(), shape))
+            .expect("embed");
+        assert!(got.iter().all(|v| v.len().to_string() == *width));
+        let worst = common::engine::min_cosine(&got, want);
+        println!("{arch}: {width} dimensions: min cosine {worst:.9}");
+        assert!(
+            worst >= 0.9999,
+            "{arch}: {width} dimensions: min cosine {worst}"
+        );
+    }
+    drop(model);
+
+    let int8 = common::engine::run_package(
+        &package,
+        &tmp.path().join("state-int8"),
+        &r.texts,
+        Precision::Int8,
+    );
+    assert_eq!(int8.precision, Precision::Int8);
+    int8.holds(&r.vectors, 0.999, arch);
+}
+
+#[test]
+fn modernbert_matches_transformers() {
+    check("modernbert", Architecture::ModernBert);
+}
