@@ -18,6 +18,12 @@ fn check(arch: &str, expected: Architecture) {
     let m = &summary.manifest;
     assert_eq!(m.architecture, expected);
     assert_eq!(m.max_seq_length, 8192);
+    assert_eq!(
+        m.dense.len(),
+        r.dense.len(),
+        "{arch}: the Dense modules pack read"
+    );
+    assert_eq!(m.dimensions, r.vectors[0].len());
     // The model card's MatryoshkaLoss dimensions, read by pack.
     assert_eq!(
         m.matryoshka.as_ref().map(|x| x.dimensions.clone()),
@@ -78,4 +84,14 @@ fn check(arch: &str, expected: Architecture) {
 #[test]
 fn modernbert_matches_transformers() {
     check("modernbert", Architecture::ModernBert);
+}
+
+#[test]
+fn nomic_bert_matches_transformers() {
+    check("nomic-bert", Architecture::NomicBert);
+}
+
+#[test]
+fn gte_with_dense_modules_matches_transformers() {
+    check("gte", Architecture::Gte);
 }

@@ -53,7 +53,7 @@ pub const RELATIVE_BIAS: &str = "encoder.relative_attention_bias.weight";
 
 /// Rotary position embeddings as GPT-NeoX and the BERT descendants apply them: the first
 /// `dims` values of each head split in two halves rotated against each other
-/// (`rotate_half`), frequency `base^(-2i/dims)` for pair `i`.
+/// (`rotate_half`), frequency `base^(-2i/dims) / divisor` for pair `i`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rotary {
     /// The base of the frequencies (already scaled, for families that scale it).
@@ -62,6 +62,8 @@ pub struct Rotary {
     pub local_base: Option<f64>,
     /// Values of each head that rotate (the head width unless the family rotates a part).
     pub dims: usize,
+    /// What every frequency is divided by (1, but for NTK scaling).
+    pub divisor: f64,
     /// Longest text the model takes (its trained or extended context).
     pub max: usize,
 }
@@ -106,6 +108,30 @@ impl Window {
             .copied()
             .unwrap_or(false)
             .then_some(self.reach)
+    }
+}
+
+impl Rotary {
+    /// Plain rotary embeddings over `dims` values of each head, for texts up to `max`.
+    pub fn plain(base: f64, dims: usize, max: usize) -> Rotary {
+        Rotary {
+            base,
+            local_base: None,
+            dims,
+            divisor: 1.0,
+            max,
+        }
+    }
+
+    /// Fixed NTK scaling by `factor` as Alibaba's GTE code applies it
+    /// (`NTKScalingRotaryEmbedding`): the base times the factor, every frequency then divided
+    /// by `factor^(2/dims)`.
+    pub fn ntk(base: f64, factor: f64, dims: usize, max: usize) -> Rotary {
+        Rotary {
+            base: base * factor,
+            divisor: factor.powf(2.0 / dims as f64),
+            ..Rotary::plain(base, dims, max)
+        }
     }
 }
 

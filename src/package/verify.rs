@@ -272,20 +272,32 @@ fn check_model_config(manifest: &Manifest, bytes: &[u8]) -> Result<(), PackageEr
     #[derive(serde::Deserialize)]
     struct ModelConfig {
         model_type: Option<String>,
-        /// DistilBERT calls it `dim`.
-        #[serde(alias = "dim")]
         hidden_size: Option<usize>,
+        /// DistilBERT's.
+        dim: Option<usize>,
+        /// NomicBERT's own (its configs may carry both).
+        n_embd: Option<usize>,
     }
     let config: ModelConfig = serde_json::from_slice(bytes).map_err(|e| {
         PackageError::ManifestInvalid(format!("config.json is not valid JSON: {e}"))
     })?;
-    match config.hidden_size {
-        Some(h) if h == manifest.dimensions => {}
+    // The encoder's width: the vectors' own, or the first Dense module's input.
+    let width = manifest.hidden_size();
+    match config.n_embd.or(config.hidden_size).or(config.dim) {
+        Some(h) if h == width => {}
         Some(h) => {
-            return Err(PackageError::ManifestInvalid(format!(
-                "dimensions: the manifest says {}, config.json hidden_size is {h}",
-                manifest.dimensions
-            )));
+            return Err(PackageError::ManifestInvalid(
+                if manifest.dense.is_empty() {
+                    format!(
+                        "dimensions: the manifest says {}, config.json hidden_size is {h}",
+                        manifest.dimensions
+                    )
+                } else {
+                    format!(
+                        "dense[0].inputs: the manifest says {width}, config.json hidden_size is {h}"
+                    )
+                },
+            ));
         }
         None => {
             return Err(PackageError::ManifestInvalid(
@@ -293,10 +305,15 @@ fn check_model_config(manifest: &Manifest, bytes: &[u8]) -> Result<(), PackageEr
             ));
         }
     }
-    let expected = manifest.architecture.as_str();
-    if config.model_type.as_deref() != Some(expected) {
+    let expected = manifest.architecture;
+    if !config
+        .model_type
+        .as_deref()
+        .is_some_and(|t| expected.model_types().contains(&t))
+    {
         return Err(PackageError::ManifestInvalid(format!(
-            "architecture: the manifest says {expected}, config.json model_type is {:?}",
+            "architecture: the manifest says {}, config.json model_type is {:?}",
+            expected.as_str(),
             config.model_type.unwrap_or_default()
         )));
     }

@@ -263,12 +263,9 @@ pub fn family_folder(arch: &str, dir: &Path) -> FamilyReference {
         seeded_safetensors(r.seed, &r.parameters),
     )
     .expect("weights");
-    if let Some(d) = &r.dense {
-        std::fs::write(
-            dir.join(&d.path),
-            seeded_safetensors(r.seed + 1, &d.parameters),
-        )
-        .expect("dense weights");
+    for d in &r.dense {
+        std::fs::write(dir.join(&d.path), seeded_safetensors(d.seed, &d.parameters))
+            .expect("dense weights");
     }
     r
 }
@@ -291,8 +288,8 @@ fn copy_tree(src: &Path, dst: &Path) {
 pub struct FamilyReference {
     pub seed: u64,
     pub parameters: Vec<Parameter>,
-    /// A Dense module after pooling: its weights' file in the folder and their parameters.
-    pub dense: Option<DenseReference>,
+    /// The Dense modules after pooling: their weights' files in the folder and parameters.
+    pub dense: Vec<DenseReference>,
     pub texts: Vec<String>,
     pub tokens: Vec<usize>,
     /// sentence-transformers' vectors, normalised.
@@ -304,6 +301,7 @@ pub struct FamilyReference {
 #[derive(Deserialize)]
 pub struct DenseReference {
     pub path: String,
+    pub seed: u64,
     pub parameters: Vec<Parameter>,
 }
 

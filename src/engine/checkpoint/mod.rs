@@ -6,8 +6,10 @@
 //! to make fast and exact for all of them. [`tensors`] holds the renaming every mapping shares.
 
 mod bert_family;
+mod gte;
 mod modernbert;
 pub mod mpnet;
+mod nomic;
 mod roberta;
 mod tensors;
 
@@ -53,10 +55,8 @@ pub fn blueprint(architecture: Architecture, config_json: &[u8]) -> Result<Bluep
         Architecture::XlmRoberta => bert_family::xlm_roberta(config_json),
         Architecture::Mpnet => mpnet::blueprint(config_json),
         Architecture::ModernBert => modernbert::blueprint(config_json),
-        Architecture::NomicBert | Architecture::Gte => Err(format!(
-            "the {} architecture is not wired yet",
-            architecture.as_str()
-        )),
+        Architecture::NomicBert => nomic::blueprint(config_json),
+        Architecture::Gte => gte::blueprint(config_json),
     }?;
     blueprint.check()?;
     Ok(blueprint)
@@ -75,7 +75,8 @@ pub fn map(
         Architecture::XlmRoberta => bert_family::xlm_roberta_tensors(config_json, tensors),
         Architecture::Mpnet => mpnet::tensors(config_json, tensors),
         Architecture::ModernBert => modernbert::tensors(config_json, tensors),
-        Architecture::NomicBert | Architecture::Gte => Ok(tensors),
+        Architecture::NomicBert => nomic::tensors(config_json, tensors),
+        Architecture::Gte => gte::tensors(config_json, tensors),
     }?;
     Ok((blueprint, tensors))
 }

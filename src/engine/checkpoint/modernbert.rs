@@ -131,10 +131,12 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
         eps: c.norm_eps as f32,
         type_vocab: 1,
         positions: Positions::Rotary(Rotary {
-            base: global,
             local_base: Some(local_base),
-            dims: h / c.num_attention_heads.max(1),
-            max: c.max_position_embeddings,
+            ..Rotary::plain(
+                global,
+                h / c.num_attention_heads.max(1),
+                c.max_position_embeddings,
+            )
         }),
         norm: Placement::Pre {
             first_attention_norm: false,

@@ -90,6 +90,71 @@ pub(super) fn rename(tensors: &mut Tensors, renames: &[(&str, &str)]) {
     }
 }
 
+/// Joins tensors `parts` (each `[rows, cols]`) into one `[Σ rows, cols]` tensor `into`, in
+/// order: a fused projection from its parts (a gate before the values it scales).
+pub(super) fn fuse(tensors: &mut Tensors, parts: &[String], into: &str) -> Result<(), String> {
+    let mut taken = Vec::with_capacity(parts.len());
+    for p in parts {
+        taken.push(
+            tensors
+                .remove(p)
+                .ok_or_else(|| format!("model.safetensors: no tensor {p}"))?,
+        );
+    }
+    let fused = Tensor::cat(&taken, 0).map_err(|e| format!("model.safetensors: {into}: {e}"))?;
+    tensors.insert(into.to_string(), fused);
+    Ok(())
+}
+
+/// Splits `name` (`[2n, cols]`) into its halves, first then second, under `first`/`second`.
+pub(super) fn halve(
+    tensors: &mut Tensors,
+    name: &str,
+    first: &str,
+    second: &str,
+) -> Result<(), String> {
+    let t = tensors
+        .remove(name)
+        .ok_or_else(|| format!("model.safetensors: no tensor {name}"))?;
+    let rows = t.dims().first().copied().unwrap_or(0);
+    let half = |start| {
+        t.narrow(0, start, rows / 2)
+            .and_then(|t| t.contiguous())
+            .map_err(|e| format!("model.safetensors: {name}: {e}"))
+    };
+    tensors.insert(first.to_string(), half(0)?);
+    tensors.insert(second.to_string(), half(rows / 2)?);
+    Ok(())
+}
+
+/// The layer names transformers gives BERT-style rotary encoders natively (its NomicBERT and
+/// GTE: `layers.N.self_attn.q_proj`, `mlp.gate_proj`, `post_attention_layernorm`, ...) as
+/// the encoder's, the gate's rows before the values' in one fused up projection.
+pub(super) fn from_transformers_layers(tensors: Tensors, layers: usize) -> Result<Tensors, String> {
+    let renames = [
+        ("self_attn.q_proj.", "attention.self.query."),
+        ("self_attn.k_proj.", "attention.self.key."),
+        ("self_attn.v_proj.", "attention.self.value."),
+        ("self_attn.o_proj.", "attention.output.dense."),
+        ("post_attention_layernorm.", "attention.output.LayerNorm."),
+        ("mlp.down_proj.", "output.dense."),
+        ("post_mlp_layernorm.", "output.LayerNorm."),
+    ];
+    let mut out = rename_layers(tensors, "layers.", &renames)?;
+    for l in 0..layers {
+        let p = format!("encoder.layer.{l}");
+        fuse(
+            &mut out,
+            &[
+                format!("{p}.mlp.gate_proj.weight"),
+                format!("{p}.mlp.up_proj.weight"),
+            ],
+            &format!("{p}.intermediate.dense.weight"),
+        )?;
+    }
+    Ok(out)
+}
+
 /// RoBERTa-style checkpoints number real tokens' positions from `pad_token_id + 1`; dropping
 /// the position rows before that makes the encoder's positions 0, 1, ... land on the same
 /// embeddings. (Padding's own position row only ever served padding, which never reaches the

@@ -521,10 +521,16 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 
 /// Refuses a `config.json` that disagrees with the manifest, before any weight is touched.
 fn check_config(blueprint: &Blueprint, manifest: &Manifest) -> Result<(), String> {
-    if blueprint.hidden != manifest.dimensions {
+    if blueprint.hidden != manifest.hidden_size() {
         return Err(format!(
-            "config.json hidden_size {} differs from the manifest's dimensions {}",
-            blueprint.hidden, manifest.dimensions
+            "config.json hidden_size {} differs from the manifest's {} {}",
+            blueprint.hidden,
+            if manifest.dense.is_empty() {
+                "dimensions"
+            } else {
+                "dense[0].inputs"
+            },
+            manifest.hidden_size()
         ));
     }
     if manifest.max_seq_length > blueprint.max_positions() {

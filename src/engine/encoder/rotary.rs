@@ -15,12 +15,12 @@ struct Table {
 }
 
 impl Table {
-    fn new(base: f64, dims: usize, positions: usize) -> Table {
+    fn new(base: f64, divisor: f64, dims: usize, positions: usize) -> Table {
         let half = dims / 2;
         // In f64: position 8,191 times a frequency near 1 is an angle of thousands of radians,
         // where f32 would already be off in the third decimal.
         let inv: Vec<f64> = (0..half)
-            .map(|i| base.powf(-((2 * i) as f64) / dims as f64))
+            .map(|i| base.powf(-((2 * i) as f64) / dims as f64) / divisor)
             .collect();
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
@@ -51,8 +51,10 @@ impl Tables {
     /// Tables for texts of up to `positions` tokens.
     pub(super) fn new(r: &Rotary, positions: usize) -> Tables {
         Tables {
-            global: Table::new(r.base, r.dims, positions),
-            local: r.local_base.map(|b| Table::new(b, r.dims, positions)),
+            global: Table::new(r.base, r.divisor, r.dims, positions),
+            local: r
+                .local_base
+                .map(|b| Table::new(b, r.divisor, r.dims, positions)),
             dims: r.dims,
         }
     }
@@ -117,12 +119,7 @@ mod tests {
 
     #[test]
     fn rotates_each_head_by_its_position_in_its_own_text() {
-        let r = Rotary {
-            base: 10_000.0,
-            local_base: None,
-            dims: 4,
-            max: 8,
-        };
+        let r = Rotary::plain(10_000.0, 4, 8);
         let t = Tables::new(&r, 8);
         // Two texts of 1 and 2 tokens, hidden 4 (one head of 4), every value 1.
         let mut qkv = vec![1f32; 3 * 12];

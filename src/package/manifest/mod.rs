@@ -124,6 +124,38 @@ impl Architecture {
             Architecture::Gte => "gte",
         }
     }
+
+    /// Every architecture, in the order errors list them.
+    pub const ALL: [Architecture; 7] = [
+        Architecture::Bert,
+        Architecture::DistilBert,
+        Architecture::XlmRoberta,
+        Architecture::Mpnet,
+        Architecture::NomicBert,
+        Architecture::ModernBert,
+        Architecture::Gte,
+    ];
+
+    /// The `model_type`s a `config.json` of this architecture carries (transformers' names,
+    /// and for GTE its own code's `new`).
+    pub fn model_types(self) -> &'static [&'static str] {
+        match self {
+            Architecture::Bert => &["bert"],
+            Architecture::DistilBert => &["distilbert"],
+            Architecture::XlmRoberta => &["xlm-roberta"],
+            Architecture::Mpnet => &["mpnet"],
+            Architecture::NomicBert => &["nomic_bert"],
+            Architecture::ModernBert => &["modernbert"],
+            Architecture::Gte => &["new", "gte"],
+        }
+    }
+
+    /// The architecture whose checkpoints carry `model_type`.
+    pub fn of_model_type(model_type: &str) -> Option<Architecture> {
+        Architecture::ALL
+            .into_iter()
+            .find(|a| a.model_types().contains(&model_type))
+    }
 }
 
 /// What a model is for.

@@ -21,8 +21,8 @@ impl InputType {
     /// The prompt names that mean this type, in the order looked for.
     fn prompt_names(self) -> &'static [&'static str] {
         match self {
-            InputType::Query => &["query"],
-            InputType::Document => &["document", "passage", "doc"],
+            InputType::Query => &["query", "search_query"],
+            InputType::Document => &["document", "search_document", "passage", "doc"],
         }
     }
 }
@@ -170,7 +170,8 @@ impl Manifest {
     }
 
     /// The text to put before a request's texts: the prompt it names, else the one its
-    /// `input_type` maps to (`query`; `document`, `passage` or `doc`; none when the model has
+    /// `input_type` maps to (`query` or nomic's `search_query`; `document`, `search_document`,
+    /// `passage` or `doc`; none when the model has
     /// no such prompt, as bge has none for documents), else the default prompt. The error
     /// names what the model has.
     pub fn prompt_for(

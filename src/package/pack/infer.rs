@@ -15,12 +15,14 @@ use super::super::manifest::{
 #[derive(Deserialize)]
 struct HfConfig {
     model_type: Option<String>,
-    /// DistilBERT calls it `dim`, NomicBERT `n_embd`.
-    #[serde(alias = "dim", alias = "n_embd")]
-    hidden_size: usize,
-    /// NomicBERT calls it `n_positions`.
-    #[serde(alias = "n_positions")]
+    hidden_size: Option<usize>,
+    /// DistilBERT's `hidden_size`.
+    dim: Option<usize>,
+    /// NomicBERT's own `hidden_size` (its configs may carry both).
+    n_embd: Option<usize>,
     max_position_embeddings: Option<usize>,
+    /// NomicBERT's own `max_position_embeddings`.
+    n_positions: Option<usize>,
     pad_token_id: Option<usize>,
     /// `BertForSequenceClassification` and the like mark a cross-encoder.
     #[serde(default)]
@@ -137,37 +139,50 @@ pub(super) struct Inferred {
 
 /// The architecture a `config.json`'s `model_type` names, as transformers spells them.
 fn architecture(model_type: Option<&str>) -> Result<Architecture, PackageError> {
-    const SUPPORTED: [(&str, Architecture); 7] = [
-        ("bert", Architecture::Bert),
-        ("distilbert", Architecture::DistilBert),
-        ("xlm-roberta", Architecture::XlmRoberta),
-        ("mpnet", Architecture::Mpnet),
-        ("nomic_bert", Architecture::NomicBert),
-        ("modernbert", Architecture::ModernBert),
-        ("new", Architecture::Gte),
-    ];
-    let names = SUPPORTED.map(|(n, _)| n).join(", ");
+    let names = Architecture::ALL
+        .iter()
+        .flat_map(|a| a.model_types())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     match model_type {
         None => Err(unusable(format!(
             "config.json has no model_type; it must name one of: {names}"
         ))),
-        Some(t) => SUPPORTED
-            .iter()
-            .find(|(n, _)| *n == t)
-            .map(|(_, a)| *a)
-            .ok_or_else(|| {
-                unusable(format!(
-                    "config.json: model_type {t:?} is not supported (supported: {names})"
-                ))
-            }),
+        Some(t) => Architecture::of_model_type(t).ok_or_else(|| {
+            unusable(format!(
+                "config.json: model_type {t:?} is not supported (supported: {names})"
+            ))
+        }),
     }
+}
+
+impl HfConfig {
+    /// The width of its token vectors, under whichever name the family uses.
+    fn hidden(&self) -> Result<usize, PackageError> {
+        self.n_embd
+            .or(self.hidden_size)
+            .or(self.dim)
+            .ok_or_else(|| unusable("config.json has no hidden_size (nor dim, nor n_embd)"))
+    }
+}
+
+/// The class of a sentence-transformers module as `modules.json` names it: `models.Dense`
+/// (sentence-transformers 2 to 5) or its module path (`base.modules.dense.Dense`, 6).
+fn module_class(kind: &str) -> Option<&str> {
+    kind.strip_prefix("sentence_transformers.")
+        .and_then(|rest| rest.rsplit('.').next())
 }
 
 pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let config: HfConfig = read_json(&dir.join("config.json"))?;
     let st_model = StModelConfig::read(dir)?;
     let architecture = architecture(config.model_type.as_deref())?;
-    let mut max_positions = config.max_position_embeddings.unwrap_or(512);
+    let hidden = config.hidden()?;
+    let mut max_positions = config
+        .n_positions
+        .or(config.max_position_embeddings)
+        .unwrap_or(512);
     if matches!(architecture, Architecture::XlmRoberta | Architecture::Mpnet) {
         // RoBERTa's (and MPNet's) positions start after pad_token_id.
         max_positions = max_positions.saturating_sub(config.pad_token_id.unwrap_or(1) + 1);
@@ -191,10 +206,10 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
                 m.kind
             )));
         }
-        match m.kind.as_str() {
-            "sentence_transformers.models.Transformer" => {}
-            "sentence_transformers.models.Normalize" => normalize = true,
-            "sentence_transformers.models.Dense" => {
+        match module_class(&m.kind) {
+            Some("Transformer") => {}
+            Some("Normalize") => normalize = true,
+            Some("Dense") => {
                 if pooling.is_none() {
                     return Err(unusable(format!(
                         "modules.json: the Dense module {} comes before Pooling; only Dense modules after pooling are supported",
@@ -203,7 +218,7 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
                 }
                 dense.push(dense_module(dir, &m.path)?);
             }
-            "sentence_transformers.models.Pooling" => {
+            Some("Pooling") => {
                 let p: StPooling = read_json(&dir.join(&m.path).join("config.json"))?;
                 if p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens {
                     return Err(unusable(format!(
@@ -224,17 +239,18 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
                     },
                 );
                 if let Some(d) = p.word_embedding_dimension
-                    && d != config.hidden_size
+                    && d != hidden
                 {
                     return Err(unusable(format!(
                         "{}/config.json: word_embedding_dimension {d} differs from hidden_size {}",
-                        m.path, config.hidden_size
+                        m.path, hidden
                     )));
                 }
             }
-            other => {
+            _ => {
                 return Err(unusable(format!(
-                    "modules.json: module {other} is not supported"
+                    "modules.json: module {} is not supported (Transformer, Pooling, Dense, Normalize)",
+                    m.kind
                 )));
             }
         }
@@ -245,7 +261,7 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         .max_seq_length
         .unwrap_or(max_positions)
         .min(max_positions);
-    let mut width = config.hidden_size;
+    let mut width = hidden;
     for d in &dense {
         if d.inputs != width {
             return Err(unusable(format!(
@@ -393,7 +409,7 @@ fn infer_reranker(
         .min(max_positions);
     Ok(Inferred {
         architecture,
-        dimensions: config.hidden_size,
+        dimensions: config.hidden()?,
         dense: Vec::new(),
         max_seq_length,
         pooling: Pooling::Cls,
