@@ -53,6 +53,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "max_seq_length": m.max_seq_length,
                 "memory_bytes": m.memory_bytes,
                 "expected_memory_bytes": m.expected_bytes,
+                "longest_pass_bytes": m.longest_pass_bytes,
                 "priority": m.priority,
                 "pinned": m.pinned,
                 "preload": m.preload,

@@ -107,6 +107,8 @@ pub struct ModelInfo {
     pub memory_bytes: Option<u64>,
     /// Bytes it is expected to take when loaded (measured at its last load, else estimated).
     pub expected_bytes: u64,
+    /// Bytes a forward pass over its longest text needs beside it (admission leaves them).
+    pub longest_pass_bytes: u64,
     /// Last time a request used it.
     pub last_use: Option<SystemTime>,
     /// Requests served.

@@ -131,6 +131,7 @@ impl ModelSlot {
             expected_bytes: u
                 .memory_bytes
                 .unwrap_or_else(|| self.footprint(governor, precision)),
+            longest_pass_bytes: self.longest_pass(),
             priority: rules.priority,
             pinned: rules.pinned,
             preload: rules.preload,

@@ -172,3 +172,47 @@ pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, S
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Vec<u8> {
+        format!(
+            r#"{{"vocab_size": 10, "hidden_size": 768, "num_hidden_layers": 1,
+                "num_attention_heads": 12, "intermediate_size": 8 {extra}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn ntk_scaling_is_the_base_times_the_factor_and_a_divisor() {
+        let b = blueprint(&config(
+            r#", "rope_theta": 500000, "rope_scaling": {"type": "ntk", "factor": 2.0}"#,
+        ))
+        .expect("blueprint");
+        let Positions::Rotary(r) = b.positions else {
+            panic!("rotary")
+        };
+        assert_eq!(r.base, 1_000_000.0);
+        assert!((r.divisor - 2f64.powf(2.0 / 64.0)).abs() < 1e-15);
+        assert_eq!((r.dims, r.max, b.type_vocab), (64, 8192, 1));
+    }
+
+    #[test]
+    fn what_the_encoder_cannot_run_is_refused_by_name() {
+        let err = |extra: &str| blueprint(&config(extra)).err().unwrap_or_default();
+        assert_eq!(
+            err(r#", "rope_scaling": {"type": "linear", "factor": 2.0}"#),
+            "config.json: rope_scaling linear with factor 2 is not supported (ntk, factor at least 1)"
+        );
+        assert_eq!(
+            err(r#", "position_embedding_type": "absolute""#),
+            "config.json: position_embedding_type \"absolute\" is not supported (rope)"
+        );
+        assert_eq!(
+            err(r#", "logn_attention_scale": true"#),
+            "config.json: logn_attention_scale: true is not supported"
+        );
+    }
+}

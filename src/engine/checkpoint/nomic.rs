@@ -218,3 +218,50 @@ pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, S
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOMIC: &str = r#""vocab_size": 30528, "n_embd": 768, "n_head": 12, "n_layer": 12,
+        "n_inner": 3072, "n_positions": 8192, "layer_norm_epsilon": 1e-12,
+        "rotary_emb_base": 1000, "activation_function": "swiglu""#;
+
+    fn config(extra: &str) -> Vec<u8> {
+        format!("{{{NOMIC}{extra}}}").into_bytes()
+    }
+
+    #[test]
+    fn nomic_s_keys_and_transformers_side_by_side() {
+        let b = blueprint(&config(
+            r#", "hidden_size": 768, "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0}"#,
+        ))
+        .expect("blueprint");
+        assert_eq!(
+            (b.hidden, b.heads, b.layers, b.intermediate, b.type_vocab),
+            (768, 12, 12, 3072, 2)
+        );
+        assert_eq!(
+            b.positions,
+            Positions::Rotary(Rotary::plain(1000.0, 64, 8192))
+        );
+        assert_eq!(b.mlp.activation, Activation::Silu);
+    }
+
+    #[test]
+    fn what_the_encoder_cannot_run_is_refused_by_name() {
+        let err = |extra: &str| blueprint(&config(extra)).err().unwrap_or_default();
+        assert_eq!(
+            err(r#", "rotary_scaling_factor": 2.0"#),
+            "config.json: rotary_scaling_factor 2 (dynamic NTK scaling) is not supported; nomic-embed-text-v1.5 ships none and reaches 8,192 tokens without it"
+        );
+        assert_eq!(
+            err(r#", "prenorm": true"#),
+            "config.json: prenorm: true is not supported"
+        );
+        assert_eq!(
+            err(r#", "rotary_emb_interleaved": true"#),
+            "config.json: rotary_emb_interleaved: true is not supported"
+        );
+    }
+}

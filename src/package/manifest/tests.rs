@@ -194,3 +194,80 @@ fn version_ordering() {
     assert_eq!(compare_versions("1.0", "1.0"), Equal);
     assert_eq!(compare_versions("b", "a"), Greater);
 }
+
+#[test]
+fn dense_modules_chain_to_the_dimensions_and_widths_fit() {
+    let with = |extra: &str, dims: usize| {
+        good()
+            .replace("dimensions: 384", &format!("dimensions: {dims}"))
+            .replace("files:", &format!("{extra}files:"))
+            + &format!("- {{path: 2_Dense/model.safetensors, size: 10, sha256: \"{HASH}\"}}\n")
+    };
+    let dense = "dense:\n  - {path: 2_Dense/model.safetensors, inputs: 384, outputs: 256, bias: true, activation: tanh}\n";
+    let m = Manifest::parse(with(dense, 256).as_bytes()).expect("valid");
+    assert_eq!((m.hidden_size(), m.dimensions), (384, 256));
+    assert_eq!(
+        err_of(&with(dense, 384)),
+        "dimensions: 384 differs from the last Dense module's 256 outputs"
+    );
+    assert_eq!(
+        err_of(&with(&dense.replace("2_Dense", "3_Dense"), 256)),
+        "dense[0].path: \"3_Dense/model.safetensors\" is not one of the listed files"
+    );
+    let two = format!(
+        "{dense}  - {{path: 2_Dense/model.safetensors, inputs: 128, outputs: 64, bias: false, activation: identity}}\n"
+    );
+    assert_eq!(
+        err_of(&with(&two, 64)),
+        "dense[1].inputs: 128 does not take dense[0]'s 256 outputs"
+    );
+    assert_eq!(
+        err_of(&with("matryoshka:\n  dimensions: [256, 512]\n", 384)),
+        "matryoshka.dimensions: 512 is not between 1 and the model's 384"
+    );
+}
+
+#[test]
+fn a_request_s_width_and_prompt_follow_the_manifest() {
+    let plain = Manifest::parse(good().as_bytes()).expect("valid");
+    assert_eq!(plain.check_width(1), Ok(1));
+    assert_eq!(
+        plain.check_width(385),
+        Err("dimensions must be between 1 and 384 for model all-MiniLM-L6-v2, got 385".into())
+    );
+    let trained = Manifest::parse(
+        good()
+            .replace(
+                "files:",
+                "matryoshka:\n  dimensions: [256, 128]\nprompts:\n  search_query: 'q: '\n  passage: 'p: '\ndefault_prompt: search_query\nfiles:",
+            )
+            .as_bytes(),
+    )
+    .expect("valid");
+    assert_eq!(trained.check_width(128), Ok(128));
+    // Its full width is always one it gives.
+    assert_eq!(trained.check_width(384), Ok(384));
+    assert_eq!(
+        trained.check_width(200),
+        Err(
+            "model all-MiniLM-L6-v2 was trained for 256, 128 dimensions; 200 is not one of them"
+                .into()
+        )
+    );
+    assert_eq!(trained.prompt_for(None, None), Ok(Some("q: ")));
+    assert_eq!(
+        trained.prompt_for(None, Some(InputType::Query)),
+        Ok(Some("q: "))
+    );
+    assert_eq!(
+        trained.prompt_for(None, Some(InputType::Document)),
+        Ok(Some("p: "))
+    );
+    assert_eq!(plain.prompt_for(None, Some(InputType::Document)), Ok(None));
+    assert_eq!(
+        trained.prompt_for(Some("x"), None),
+        Err(
+            "model all-MiniLM-L6-v2 has no prompt \"x\"; its prompts: passage, search_query".into()
+        )
+    );
+}

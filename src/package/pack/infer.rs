@@ -450,6 +450,33 @@ mod tests {
     }
 
     #[test]
+    fn model_types_and_module_paths_of_every_version_are_read() {
+        assert_eq!(architecture(Some("new")).ok(), Some(Architecture::Gte));
+        assert_eq!(
+            architecture(Some("nomic_bert")).ok(),
+            Some(Architecture::NomicBert)
+        );
+        assert_eq!(
+            architecture(Some("gemma3_text"))
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some(
+                "unusable model: config.json: model_type \"gemma3_text\" is not supported (supported: bert, distilbert, xlm-roberta, mpnet, nomic_bert, modernbert, new, gte)"
+            )
+        );
+        assert_eq!(
+            module_class("sentence_transformers.models.Dense"),
+            Some("Dense")
+        );
+        assert_eq!(
+            module_class("sentence_transformers.base.modules.dense.Dense"),
+            Some("Dense")
+        );
+        assert_eq!(module_class("my_package.Dense"), None);
+    }
+
+    #[test]
     fn every_sentence_transformers_version_s_activation_is_read() {
         // 2 and 3: a top-level key, written only when set.
         let d = folder(
