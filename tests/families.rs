@@ -71,6 +71,19 @@ fn check(arch: &str, expected: Architecture) {
     }
     drop(model);
 
+    // bf16 linear layers where this CPU has AMX; elsewhere the configured bf16 runs f32.
+    if common::engine::bf16_runs_here() {
+        let bf16 = common::engine::run_package(
+            &package,
+            &tmp.path().join("state-bf16"),
+            &r.texts,
+            Precision::Bf16,
+        );
+        bf16.holds(&r.vectors, 0.999, arch);
+    } else {
+        println!("SKIP: {arch} in bf16: this CPU has no AMX (f32 above is what bf16 runs here)");
+    }
+
     let int8 = common::engine::run_package(
         &package,
         &tmp.path().join("state-int8"),

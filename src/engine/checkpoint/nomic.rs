@@ -75,6 +75,18 @@ impl NomicConfig {
         either(self.n_embd, self.hidden_size, "n_embd (hidden_size)")
     }
 
+    /// The gated block's width: nomic's code rounds `n_inner` up to a multiple of 256
+    /// (`multiple_of` in its gated MLP; v1.5's 3,072 stays), else `8/3` of the width rounded
+    /// the same way; transformers' `intermediate_size` is the width itself.
+    fn intermediate(&self) -> Result<usize, String> {
+        let round = |n: usize| n.div_ceil(256) * 256;
+        match (self.n_inner, self.intermediate_size) {
+            (Some(n), _) => Ok(round(n)),
+            (None, Some(n)) => Ok(n),
+            (None, None) => Ok(round(self.hidden()? * 8 / 3)),
+        }
+    }
+
     fn layers(&self) -> Result<usize, String> {
         either(
             self.n_layer,
@@ -138,11 +150,7 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
         hidden,
         heads,
         layers: c.layers()?,
-        intermediate: either(
-            c.n_inner,
-            c.intermediate_size,
-            "n_inner (intermediate_size)",
-        )?,
+        intermediate: c.intermediate()?,
         eps: either(c.layer_norm_epsilon, c.layer_norm_eps, "layer_norm_epsilon")? as f32,
         type_vocab: c.type_vocab_size.max(1),
         positions: Positions::Rotary(Rotary::plain(
@@ -164,7 +172,7 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
 pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, String> {
     let c: NomicConfig = parse(config_json)?;
     let (h, layers) = (c.hidden()?, c.layers()?);
-    let i = either(c.n_inner, c.intermediate_size, "n_inner")?;
+    let i = c.intermediate()?;
     let mut out = if tensors.keys().any(|k| k.starts_with("layers.")) {
         from_transformers_layers(tensors, layers)?
     } else {
