@@ -1,5 +1,7 @@
 //! One short text at a time through a model loaded in-process: the forward pass without the
-//! socket, for profiling (`perf record target/release/examples/single int8`).
+//! socket, for profiling (`perf record target/release/examples/single int8`). A second
+//! argument N sends N short texts (of 10 to 20 words) per call instead, as a batch request
+//! does (`single int8-fast 32`).
 
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -23,15 +25,50 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let text = model
-        .tokenizer
-        .encode("The quick brown fox jumps over the lazy dog near the river bank.")
-        .map_err(anyhow::Error::msg)?;
+    let batch: usize = match std::env::args().nth(2) {
+        None => 1,
+        Some(n) => n.parse()?,
+    };
+    const WORDS: &[&str] = &[
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "lazy",
+        "dog",
+        "near",
+        "river",
+        "bank",
+        "device",
+        "memory",
+        "sentence",
+        "embedding",
+        "offline",
+        "appliance",
+        "model",
+        "vector",
+    ];
+    let texts = (0..batch)
+        .map(|i| {
+            let words = 10 + i % 11;
+            let text: Vec<&str> = (0..words)
+                .map(|w| WORDS[(i * 7 + w * 3) % WORDS.len()])
+                .collect();
+            model
+                .tokenizer
+                .encode(&text.join(" "))
+                .map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let text = &texts[0];
+    let calls = (2000 / batch).max(50);
     let mut times = Vec::new();
-    for _ in 0..2000 {
+    for _ in 0..calls {
         let t = Instant::now();
         rt.block_on(model.embed(
-            vec![text.clone()],
+            texts.clone(),
             caxton::engine::VectorShape {
                 normalize: true,
                 width: None,
@@ -41,12 +78,13 @@ fn main() -> anyhow::Result<()> {
     }
     times.sort();
     println!(
-        "{} on {}: {} tokens, p50 {:?} p10 {:?}",
+        "{} on {}: {} texts of {} tokens and more, p50 {:?} p10 {:?}",
         model.precision,
         model.kernel,
+        batch,
         text.len(),
-        times[1000],
-        times[200]
+        times[calls / 2],
+        times[calls / 10]
     );
     Ok(())
 }
