@@ -1,7 +1,7 @@
 //! One short text at a time through a model loaded in-process: the forward pass without the
 //! socket, for profiling (`perf record target/release/examples/single int8`). A second
 //! argument N sends N short texts (of 10 to 20 words) per call instead, as a batch request
-//! does (`single int8-fast 32`).
+//! does (`single int8 32`).
 
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
