@@ -59,32 +59,31 @@ fn tiles<const L: usize, const R: usize, const V: usize, const FMA: bool>(
     block: &mut [f32],
 ) {
     let tiled = width - width % (V * L);
-    let mut r = 0;
-    while r < rows {
-        let take = (rows - r).min(R);
-        // A short group repeats its last row; the repeats are computed and dropped.
-        let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(r + i.min(take - 1)) * k..][..k]);
-        let mut c = 0;
-        while c < tiled {
-            let mut acc = [[[0f32; L]; V]; R];
-            for (kk, wrow) in w.chunks_exact(width).enumerate() {
-                let (wv, _) = wrow[c..c + V * L].as_chunks::<L>();
-                for i in 0..R {
-                    let xv = xs[i][kk];
-                    for v in 0..V {
-                        broadcast_madd::<L, FMA>(&mut acc[i][v], xv, &wv[v]);
-                    }
-                }
-            }
-            for i in 0..take {
-                let dst = &mut block[(r + i) * width + c..][..V * L];
-                for v in 0..V {
-                    dst[v * L..(v + 1) * L].copy_from_slice(&acc[i][v]);
-                }
-            }
-            c += V * L;
+    // Column chunk by column chunk, every row over it: the chunk (k × V·L floats, 24 KiB at
+    // MiniLM's 384 inputs) comes from memory once and stays in L1 for the other rows, and the
+    // next chunk is prefetched meanwhile (one text's pass reads every weight once, so it
+    // waits on memory: 5.5 -> 4.5 ms for a MiniLM pass of 13 tokens).
+    let mut c = 0;
+    while c < tiled {
+        let prefetch_next = c + V * L < tiled;
+        let mut r = 0;
+        while r + R <= rows {
+            tile::<L, R, V, FMA>(x, r, k, w, width, c, prefetch_next, block);
+            r += R;
         }
-        r += take;
+        // The last rows in smaller tiles, so none is computed twice.
+        if R > 4 && rows - r >= 4 {
+            tile::<L, 4, V, FMA>(x, r, k, w, width, c, prefetch_next, block);
+            r += 4;
+        }
+        match rows - r {
+            0 => {}
+            1 => tile::<L, 1, V, FMA>(x, r, k, w, width, c, prefetch_next, block),
+            2 => tile::<L, 2, V, FMA>(x, r, k, w, width, c, prefetch_next, block),
+            3 => tile::<L, 3, V, FMA>(x, r, k, w, width, c, prefetch_next, block),
+            left => unreachable!("{left} rows left after tiles of {R} and 4"),
+        }
+        c += V * L;
     }
     // Outputs left over by the tiles (a narrow last panel).
     for c in tiled..width {
@@ -93,6 +92,55 @@ fn tiles<const L: usize, const R: usize, const V: usize, const FMA: bool>(
             block[r * width + c] = (0..k).map(|kk| xr[kk] * w[kk * width + c]).sum();
         }
     }
+}
+
+/// Rows `r..r + R` × columns `c..c + V·L` of `block`; with `prefetch_next`, the next chunk's
+/// weights are prefetched row by row.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile<const L: usize, const R: usize, const V: usize, const FMA: bool>(
+    x: &[f32],
+    r: usize,
+    k: usize,
+    w: &[f32],
+    width: usize,
+    c: usize,
+    prefetch_next: bool,
+    block: &mut [f32],
+) {
+    let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(r + i) * k..][..k]);
+    let mut acc = [[[0f32; L]; V]; R];
+    for (kk, wrow) in w.chunks_exact(width).enumerate() {
+        if prefetch_next {
+            prefetch(&wrow[c + V * L]);
+        }
+        let (wv, _) = wrow[c..c + V * L].as_chunks::<L>();
+        for i in 0..R {
+            let xv = xs[i][kk];
+            for v in 0..V {
+                broadcast_madd::<L, FMA>(&mut acc[i][v], xv, &wv[v]);
+            }
+        }
+    }
+    for i in 0..R {
+        let dst = &mut block[(r + i) * width + c..][..V * L];
+        for v in 0..V {
+            dst[v * L..(v + 1) * L].copy_from_slice(&acc[i][v]);
+        }
+    }
+}
+
+#[inline(always)]
+fn prefetch(p: &f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (p as *const f32).cast(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[inline(always)]
@@ -179,10 +227,11 @@ mod tests {
     #[test]
     fn every_tile_shape_computes_the_product_of_each_row_on_ragged_shapes() {
         // Widths: a whole panel, one narrower than a tile, one with a tile and a remainder;
-        // row counts below, at and between the tile heights.
+        // row counts below, at and between the tile heights (4 for AVX2, 8 for AVX-512),
+        // with every remainder each leaves.
         for (k, width) in [(37, 96), (19, 7), (33, 45)] {
             let w: Vec<f32> = (0..k * width).map(|i| (i as f32 * 0.37).sin()).collect();
-            for rows in [1, 3, 4, 5, 8, 11, 17] {
+            for rows in [1, 2, 3, 4, 5, 6, 7, 8, 11, 14, 15, 17] {
                 let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.11).cos()).collect();
                 for (name, tile) in runnable() {
                     let mut block = vec![f32::NAN; rows * width];
