@@ -1,5 +1,6 @@
 //! Kernel throughput: one linear layer (MiniLM's FFN shapes) in f32 and in int8 on every int8
-//! kernel this CPU runs, at a few row counts. `cargo run --release --example kernels`.
+//! kernel this CPU runs, at a few row counts. `cargo run --release --example kernels`; `KERNELS_ROWS=18,576` picks the
+//! row counts, `KERNELS_INT8=avx2` one int8 kernel, `KERNELS_F32_ONLY=1` none.
 
 use std::time::Instant;
 
@@ -55,7 +56,12 @@ fn main() {
             } else {
                 Kernel::here()
             };
-            for k in int8_kernels {
+            // `KERNELS_INT8=avx2` times that kernel alone (for a profile of it).
+            let only = std::env::var("KERNELS_INT8").ok();
+            for k in int8_kernels
+                .into_iter()
+                .filter(|k| only.as_deref().is_none_or(|o| o == k.name()))
+            {
                 let t = time(&mut || packed.forward_with(k, &x, rows, &bias, None, &mut out));
                 print!("  {} {:6.1}", k.name(), macs / t / 1e9);
             }

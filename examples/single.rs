@@ -65,7 +65,16 @@ fn main() -> anyhow::Result<()> {
     let text = &texts[0];
     let calls = (2000 / batch).max(50);
     let mut times = Vec::new();
+    // `SINGLE_GAP_US=300`: idle this long between calls, as a client over the socket does
+    // while it reads one answer and sends the next request.
+    let gap = std::env::var("SINGLE_GAP_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_micros);
     for _ in 0..calls {
+        if let Some(gap) = gap {
+            std::thread::sleep(gap);
+        }
         let t = Instant::now();
         rt.block_on(model.embed(
             texts.clone(),

@@ -1,8 +1,9 @@
 //! The x86-64 int8 tiles: AVX2 (`vpmaddwd` then `vpaddd`), AVX-VNNI and AVX-512 VNNI
-//! (`vpdpwssd`, which fuses the two). Each sign-extends a panel's int8 weights to int16 as it
-//! loads them (16 outputs × 2 inputs a register), multiplies them by a broadcast pair of a
-//! row's int16 activations, sums a block in int32, then adds it into f32 with the block's
-//! scales.
+//! (`vpdpwssd`, which fuses the two). The VNNI tiles sign-extend a panel's int8 weights to
+//! int16 as they load them (16 outputs × 2 inputs a register), and so does the AVX2 tile for
+//! a few rows; for more, AVX2 reads a panel widened once for all its row tiles ([`widen`]). Each multiplies the weights by a broadcast
+//! pair of a row's int16 activations, sums a block in int32, then adds it into f32 with the
+//! block's scales.
 
 use std::arch::x86_64::*;
 
@@ -76,6 +77,86 @@ unsafe fn avx2<const M: usize>(
             for j in 0..BLOCK / 2 {
                 let w0 = weights8(wb.add(j * 2 * NR));
                 let w1 = weights8(wb.add(j * 2 * NR + NR));
+                for (r, s) in s.iter_mut().enumerate() {
+                    let av = _mm256_set1_epi32(pair(a, r * lda + b * BLOCK + 2 * j));
+                    s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(av, w0));
+                    s[1] = _mm256_add_epi32(s[1], _mm256_madd_epi16(av, w1));
+                }
+            }
+            let sc = [
+                _mm256_loadu_ps(ws.add(b * NR)),
+                _mm256_loadu_ps(ws.add(b * NR + 8)),
+            ];
+            for (f, s) in f.iter_mut().zip(&s) {
+                for h in 0..2 {
+                    f[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), sc[h], f[h]);
+                }
+            }
+        }
+    }
+    for (out, f) in acc.iter_mut().zip(&f) {
+        // SAFETY: `out` holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), f[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), f[1]);
+        }
+    }
+}
+
+/// Sign-extends a panel's int8 weights to int16 into `wide` (same layout), so the tiles that
+/// share the panel multiply straight from memory: `vpmovsxbw` in the loop takes a vector slot
+/// from the multiply-adds (four vector µops issue a cycle on Zen 3). Worth it only when
+/// enough row tiles share the panel (see `WIDEN_ROWS`).
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn widen(w: &[i8], wide: &mut [i16]) {
+    for (d, &s) in wide.iter_mut().zip(w) {
+        *d = i16::from(s);
+    }
+}
+
+/// The AVX2 tile on a panel [`widen`]ed to int16.
+///
+/// # Safety
+/// As [`tile`], with `w` the widened panel (`blocks × PANEL_BLOCK` int16).
+pub(super) unsafe fn tile_wide(
+    a: *const i16,
+    lda: usize,
+    mr: usize,
+    w: &[i16],
+    ws: &[f32],
+    blocks: usize,
+    acc: &mut [[f32; NR]; MAX_ROWS],
+) {
+    debug_assert!(w.len() >= blocks * PANEL_BLOCK && ws.len() >= blocks * NR);
+    let (w, ws) = (w.as_ptr(), ws.as_ptr());
+    match mr {
+        // SAFETY: the caller's contract, passed on.
+        1 => unsafe { avx2_wide::<1>(a, lda, w, ws, blocks, acc) },
+        2 => unsafe { avx2_wide::<2>(a, lda, w, ws, blocks, acc) },
+        3 => unsafe { avx2_wide::<3>(a, lda, w, ws, blocks, acc) },
+        4 => unsafe { avx2_wide::<4>(a, lda, w, ws, blocks, acc) },
+        _ => unreachable!("a tile of {mr} rows"),
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_wide<const M: usize>(
+    a: *const i16,
+    lda: usize,
+    w: *const i16,
+    ws: *const f32,
+    blocks: usize,
+    acc: &mut [[f32; NR]; MAX_ROWS],
+) {
+    let mut f = [[_mm256_setzero_ps(); 2]; M];
+    for b in 0..blocks {
+        let mut s = [[_mm256_setzero_si256(); 2]; M];
+        // SAFETY: as in `avx2`, over int16 weights.
+        unsafe {
+            let wb = w.add(b * PANEL_BLOCK);
+            for j in 0..BLOCK / 2 {
+                let w0 = _mm256_loadu_si256(wb.add(j * 2 * NR) as *const __m256i);
+                let w1 = _mm256_loadu_si256(wb.add(j * 2 * NR + NR) as *const __m256i);
                 for (r, s) in s.iter_mut().enumerate() {
                     let av = _mm256_set1_epi32(pair(a, r * lda + b * BLOCK + 2 * j));
                     s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(av, w0));
