@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod daemon;
 pub mod engine;
 pub mod logging;

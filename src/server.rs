@@ -39,12 +39,14 @@ pub async fn run(
     let state = Arc::new(state);
     reload::serve(state.clone(), config_dir.clone(), reload_requests);
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(state.clone()).into_make_service_with_connect_info::<api::peer::Peer>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async {
-        let _ = stop_rx.await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    crate::connections::raise_fd_limit(state.settings().limits.max_connections);
+    let server = tokio::spawn(crate::connections::serve(
+        listener,
+        api::router(state.clone()),
+        state.clone(),
+        stop_rx,
+    ));
 
     // Handle SIGHUP from the start: its default action would kill the daemon mid start-up.
     if let Err(e) = reload::on_sighup(state.clone(), config_dir.clone()) {
@@ -84,8 +86,8 @@ pub async fn run(
         "stopping: finishing in-flight requests"
     );
     systemd::stopping();
-    let _ = stop_tx.send(());
-    server.await??;
+    let _ = stop_tx.send(true);
+    server.await?;
     // Usage of the last requests, which the periodic save has not written yet.
     state.registry.save_usage();
     tracing::info!(caxton_event = "stopped", "stopped");

@@ -60,7 +60,7 @@ pub async fn rerank(
     body: Body,
 ) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
-    let req: RerankBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let req: RerankBody = parse_body(body, &settings.limits).await?;
     let docs = documents(req.documents, settings.limits.max_inputs)?;
     if req.top_n == Some(0) {
         return Err(ApiError::bad_request(

@@ -2,17 +2,36 @@
 //! errors, and the `str or [str]` input shape.
 
 use axum::body::Body;
+use axum::http::StatusCode;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::ApiError;
+use crate::config::LimitSettings;
 
-/// Reads at most `limit` bytes of body and parses them as `T`, telling an oversized body, a
-/// syntax error and a well-formed body of the wrong shape apart.
-pub async fn parse_body<T: DeserializeOwned>(body: Body, limit: u64) -> Result<T, ApiError> {
+/// Reads at most `limits.max_body_bytes` of body within `limits.body_timeout` and parses them
+/// as `T`, telling an oversized body, a late one, a syntax error and a well-formed body of the
+/// wrong shape apart.
+pub async fn parse_body<T: DeserializeOwned>(
+    body: Body,
+    limits: &LimitSettings,
+) -> Result<T, ApiError> {
+    let limit = limits.max_body_bytes.0;
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    let body = Limited::new(body, cap).collect().await.map_err(|e| {
+    let deadline = limits.body_timeout;
+    let collected = tokio::time::timeout(deadline.0, Limited::new(body, cap).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {deadline} (limits.body_timeout); send the whole body at once"
+                ),
+            )
+        })?;
+    let body = collected.map_err(|e| {
         if e.downcast_ref::<LengthLimitError>().is_some() {
             ApiError::too_large(
                 "body_too_large",

@@ -42,7 +42,7 @@ pub async fn embeddings(
     body: Body,
 ) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
-    let req: EmbeddingsRequest = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let req: EmbeddingsRequest = parse_body(body, &settings.limits).await?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,

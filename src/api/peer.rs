@@ -1,13 +1,12 @@
 //! Who is on the other end of the socket (SO_PEERCRED), and whether they may use admin
 //! endpoints: root, the daemon's own user, or a member of `socket.admin_group`.
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
-use tokio::net::UnixListener;
+use tokio::net::UnixStream;
 
 use crate::config::Settings;
 
-/// Credentials of the connected process, as the kernel reports them.
+/// Credentials of the connected process, as the kernel reports them (`connections` puts them
+/// in each request's extensions as `ConnectInfo<Peer>`).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     /// Effective user id; `u32::MAX` if the kernel would not say.
@@ -18,9 +17,10 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl Peer {
+    /// The process on the other end of `stream`.
+    pub fn of(stream: &UnixStream) -> Peer {
+        match stream.peer_cred() {
             Ok(c) => Peer {
                 uid: c.uid(),
                 gid: c.gid(),

@@ -50,7 +50,7 @@ pub async fn embed_handler(
     body: Body,
 ) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
-    let req: EmbedBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let req: EmbedBody = parse_body(body, &settings.limits).await?;
     let cut = cut(req.truncation_direction)?;
     let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
     let out = embed(
@@ -103,7 +103,7 @@ pub async fn rerank(
     body: Body,
 ) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
-    let req: RerankBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let req: RerankBody = parse_body(body, &settings.limits).await?;
     let cut = cut(req.truncation_direction)?;
     let documents = texts("texts", req.texts, settings.limits.max_inputs)?;
     // A copy only when the answer carries the texts.
@@ -154,7 +154,7 @@ pub async fn tokenize(
 ) -> Result<Json<Vec<Vec<Token>>>, ApiError> {
     super::check_serving(&state)?;
     let settings = state.settings();
-    let req: TokenizeBody = parse_body(body, settings.limits.max_body_bytes.0).await?;
+    let req: TokenizeBody = parse_body(body, &settings.limits).await?;
     let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
     let id = settings.models.default.clone();
     super::served_by(&id);

@@ -137,6 +137,7 @@ impl Settings {
             ("limits.max_batch_texts", self.limits.max_batch_texts),
             ("limits.max_batch_tokens", self.limits.max_batch_tokens),
             ("limits.queue_depth", self.limits.queue_depth),
+            ("limits.max_connections", self.limits.max_connections),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -148,6 +149,17 @@ impl Settings {
                 "models.validation_interval",
                 "must be at least 1s".into(),
             ));
+        }
+        for (key, d) in [
+            ("limits.idle_timeout", self.limits.idle_timeout),
+            ("limits.body_timeout", self.limits.body_timeout),
+        ] {
+            if d.0 < std::time::Duration::from_millis(100) {
+                return Err(invalid(
+                    key,
+                    format!("{d} is too short; use at least 100ms"),
+                ));
+            }
         }
         if self.limits.max_body_bytes.0 < 1024 {
             return Err(invalid(

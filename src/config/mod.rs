@@ -113,6 +113,16 @@ pub struct LimitSettings {
     /// (`truncate`); false refuses it with 413. Either way a cut is never silent: the answer's
     /// `X-Caxton-Truncated` header lists the inputs cut.
     pub auto_truncate: bool,
+    /// Most connections open at once. A new one past it closes the oldest connection with no
+    /// request under way (of the client holding the most), or is answered 503 when every one
+    /// has a request under way.
+    pub max_connections: usize,
+    /// How long a connection may take to send a whole request head, counted from when it
+    /// connects or got its last answer: idle keep-alive connections and clients that send
+    /// their headers slowly are closed after it.
+    pub idle_timeout: Duration,
+    /// How long a request's body may take to arrive (408 `body_timeout` after it).
+    pub body_timeout: Duration,
 }
 
 /// Logging.
@@ -175,6 +185,9 @@ impl Default for LimitSettings {
             max_batch_tokens: 8192,
             queue_depth: 1024,
             auto_truncate: false,
+            max_connections: 512,
+            idle_timeout: Duration(std::time::Duration::from_secs(30)),
+            body_timeout: Duration(std::time::Duration::from_secs(30)),
         }
     }
 }

@@ -129,7 +129,7 @@ fn explain_names_the_source_of_each_value() {
     );
     assert_eq!(find("log.level").source, dropin.display().to_string());
     assert_eq!(find("socket.path").source, "default");
-    assert_eq!(all.len(), 42);
+    assert_eq!(all.len(), 45);
 }
 
 #[test]
@@ -205,4 +205,30 @@ fn conf_d_applies_after_the_main_file_in_lexical_order() {
         Settings::load(dir.path()).expect("valid").limits.max_inputs,
         3
     );
+}
+
+#[test]
+fn connection_limits_and_timeouts_are_refused_when_unusable() {
+    let err = load("limits:\n  max_connections: 0\n").expect_err("0 connections");
+    assert!(
+        err.to_string()
+            .contains("limits.max_connections: must be at least 1"),
+        "{err}"
+    );
+    let err = load("limits:\n  idle_timeout: 10ms\n").expect_err("10ms");
+    assert!(
+        err.to_string()
+            .contains("limits.idle_timeout: 10ms is too short; use at least 100ms"),
+        "{err}"
+    );
+    let err = load("limits:\n  body_timeout: 0s\n").expect_err("0s");
+    assert!(
+        err.to_string()
+            .contains("limits.body_timeout: 0s is too short; use at least 100ms"),
+        "{err}"
+    );
+    let ok = load("limits:\n  max_connections: 64\n  idle_timeout: 2s\n  body_timeout: 5s\n")
+        .expect("valid");
+    assert_eq!(ok.limits.max_connections, 64);
+    assert_eq!(ok.limits.idle_timeout.0, std::time::Duration::from_secs(2));
 }
