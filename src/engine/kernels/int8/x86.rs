@@ -39,7 +39,17 @@ pub(super) unsafe fn tile(
     match kernel {
         Kernel::Avx512Vnni => rows!(avx512_vnni, 1, 2, 3, 4, 5, 6, 7, 8),
         Kernel::AvxVnni => rows!(avx_vnni, 1, 2, 3, 4),
-        Kernel::Avx2 => rows!(avx2, 1, 2, 3, 4),
+        Kernel::Avx2 => {
+            let w = Int8Panel(w);
+            match mr {
+                // SAFETY: the caller's contract, passed on.
+                1 => unsafe { avx2::<1, _>(a, lda, w, ws, blocks, acc) },
+                2 => unsafe { avx2::<2, _>(a, lda, w, ws, blocks, acc) },
+                3 => unsafe { avx2::<3, _>(a, lda, w, ws, blocks, acc) },
+                4 => unsafe { avx2::<4, _>(a, lda, w, ws, blocks, acc) },
+                _ => unreachable!("a tile of {mr} rows"),
+            }
+        }
         Kernel::Neon | Kernel::Portable => unreachable!("the {} kernel is not x86", kernel.name()),
     }
 }
@@ -58,11 +68,58 @@ unsafe fn weights8(w: *const i8) -> __m256i {
     unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(w as *const __m128i)) }
 }
 
+/// Where the AVX2 tile reads a panel's weights from: the int8 panel, sign-extended as it
+/// loads, or a copy [`widen`]ed to int16 once.
+trait Panel: Copy {
+    /// The panel from element `at` on.
+    ///
+    /// # Safety
+    /// `at` lies inside the panel.
+    unsafe fn at(self, at: usize) -> Self;
+    /// 8 outputs × 2 inputs at the panel's start, as int16.
+    ///
+    /// # Safety
+    /// The panel holds 16 more elements.
+    unsafe fn load(self) -> __m256i;
+}
+
+#[derive(Clone, Copy)]
+struct Int8Panel(*const i8);
+
+impl Panel for Int8Panel {
+    #[inline(always)]
+    unsafe fn at(self, at: usize) -> Self {
+        // SAFETY: the caller's contract.
+        Int8Panel(unsafe { self.0.add(at) })
+    }
+    #[inline(always)]
+    unsafe fn load(self) -> __m256i {
+        // SAFETY: the caller's contract.
+        unsafe { weights8(self.0) }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct WidePanel(*const i16);
+
+impl Panel for WidePanel {
+    #[inline(always)]
+    unsafe fn at(self, at: usize) -> Self {
+        // SAFETY: the caller's contract.
+        WidePanel(unsafe { self.0.add(at) })
+    }
+    #[inline(always)]
+    unsafe fn load(self) -> __m256i {
+        // SAFETY: the caller's contract; an unaligned 32-byte load.
+        unsafe { _mm256_loadu_si256(self.0 as *const __m256i) }
+    }
+}
+
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2<const M: usize>(
+unsafe fn avx2<const M: usize, P: Panel>(
     a: *const i16,
     lda: usize,
-    w: *const i8,
+    w: P,
     ws: *const f32,
     blocks: usize,
     acc: &mut [[f32; NR]; MAX_ROWS],
@@ -73,10 +130,10 @@ unsafe fn avx2<const M: usize>(
         // SAFETY (the block): offsets stay inside the panel's block `b` and the rows' block
         // `b`, as the caller guarantees.
         unsafe {
-            let wb = w.add(b * PANEL_BLOCK);
+            let wb = w.at(b * PANEL_BLOCK);
             for j in 0..BLOCK / 2 {
-                let w0 = weights8(wb.add(j * 2 * NR));
-                let w1 = weights8(wb.add(j * 2 * NR + NR));
+                let w0 = wb.at(j * 2 * NR).load();
+                let w1 = wb.at(j * 2 * NR + NR).load();
                 for (r, s) in s.iter_mut().enumerate() {
                     let av = _mm256_set1_epi32(pair(a, r * lda + b * BLOCK + 2 * j));
                     s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(av, w0));
@@ -128,58 +185,14 @@ pub(super) unsafe fn tile_wide(
     acc: &mut [[f32; NR]; MAX_ROWS],
 ) {
     debug_assert!(w.len() >= blocks * PANEL_BLOCK && ws.len() >= blocks * NR);
-    let (w, ws) = (w.as_ptr(), ws.as_ptr());
+    let (w, ws) = (WidePanel(w.as_ptr()), ws.as_ptr());
     match mr {
         // SAFETY: the caller's contract, passed on.
-        1 => unsafe { avx2_wide::<1>(a, lda, w, ws, blocks, acc) },
-        2 => unsafe { avx2_wide::<2>(a, lda, w, ws, blocks, acc) },
-        3 => unsafe { avx2_wide::<3>(a, lda, w, ws, blocks, acc) },
-        4 => unsafe { avx2_wide::<4>(a, lda, w, ws, blocks, acc) },
+        1 => unsafe { avx2::<1, _>(a, lda, w, ws, blocks, acc) },
+        2 => unsafe { avx2::<2, _>(a, lda, w, ws, blocks, acc) },
+        3 => unsafe { avx2::<3, _>(a, lda, w, ws, blocks, acc) },
+        4 => unsafe { avx2::<4, _>(a, lda, w, ws, blocks, acc) },
         _ => unreachable!("a tile of {mr} rows"),
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_wide<const M: usize>(
-    a: *const i16,
-    lda: usize,
-    w: *const i16,
-    ws: *const f32,
-    blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
-) {
-    let mut f = [[_mm256_setzero_ps(); 2]; M];
-    for b in 0..blocks {
-        let mut s = [[_mm256_setzero_si256(); 2]; M];
-        // SAFETY: as in `avx2`, over int16 weights.
-        unsafe {
-            let wb = w.add(b * PANEL_BLOCK);
-            for j in 0..BLOCK / 2 {
-                let w0 = _mm256_loadu_si256(wb.add(j * 2 * NR) as *const __m256i);
-                let w1 = _mm256_loadu_si256(wb.add(j * 2 * NR + NR) as *const __m256i);
-                for (r, s) in s.iter_mut().enumerate() {
-                    let av = _mm256_set1_epi32(pair(a, r * lda + b * BLOCK + 2 * j));
-                    s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(av, w0));
-                    s[1] = _mm256_add_epi32(s[1], _mm256_madd_epi16(av, w1));
-                }
-            }
-            let sc = [
-                _mm256_loadu_ps(ws.add(b * NR)),
-                _mm256_loadu_ps(ws.add(b * NR + 8)),
-            ];
-            for (f, s) in f.iter_mut().zip(&s) {
-                for h in 0..2 {
-                    f[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), sc[h], f[h]);
-                }
-            }
-        }
-    }
-    for (out, f) in acc.iter_mut().zip(&f) {
-        // SAFETY: `out` holds 16 floats.
-        unsafe {
-            _mm256_storeu_ps(out.as_mut_ptr(), f[0]);
-            _mm256_storeu_ps(out.as_mut_ptr().add(8), f[1]);
-        }
     }
 }
 
