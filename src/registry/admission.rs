@@ -112,15 +112,18 @@ impl Registry {
         }
     }
 
-    /// A refusal for lack of memory, counted and logged; `lasting` when no wait would help.
+    /// A refusal for lack of memory, counted, and in the journal once per episode
+    /// ([`super::refusals`]); `lasting` when no wait would help.
     fn refuse(&self, id: &str, reason: String, retry_after: Duration, lasting: bool) -> LoadError {
         crate::metrics::get().admission_refusals.inc();
-        tracing::warn!(
-            caxton_event = "model_load_refused",
-            caxton_model = %id,
-            caxton_reason = "memory",
-            "{reason}"
-        );
+        if let Some(line) = self.refusals.note(id, &reason, std::time::Instant::now()) {
+            tracing::warn!(
+                caxton_event = "model_load_refused",
+                caxton_model = %id,
+                caxton_reason = "memory",
+                "{line}"
+            );
+        }
         LoadError::NoMemory {
             id: id.to_string(),
             reason,

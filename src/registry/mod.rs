@@ -3,7 +3,7 @@
 //! [`catalogue`] finds and verifies packages and picks each id's version; [`slot`] is one
 //! verified model and its lazy, single-flight load; [`loaded`] is what is in memory (unloads,
 //! the residents the memory policy weighs); [`admission`] is how a load is admitted, queued and
-//! made room for.
+//! made room for, and [`refusals`] how its refusals reach the journal (once per episode).
 
 mod admission;
 mod catalogue;
@@ -11,6 +11,7 @@ pub mod fallback;
 pub mod habits;
 mod loaded;
 mod prediction;
+mod refusals;
 pub mod retention;
 mod slot;
 pub mod usage_file;
@@ -191,6 +192,8 @@ pub struct Registry {
     usage_store: Mutex<Option<(PathBuf, BTreeMap<String, usage_file::Record>)>>,
     /// Models being answered for by an alternative (`models.fallbacks`).
     pub fallbacks: fallback::Episodes,
+    /// Refused loads, for the journal's one line per episode.
+    refusals: refusals::RefusalLog,
 }
 
 impl Registry {
@@ -210,6 +213,7 @@ impl Registry {
             remembered: Mutex::new(BTreeMap::new()),
             usage_store: Mutex::new(None),
             fallbacks: fallback::Episodes::default(),
+            refusals: refusals::RefusalLog::default(),
         }
     }
 
