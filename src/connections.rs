@@ -7,6 +7,7 @@
 //! under way, the new one is answered 503 `too_many_connections` and closed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -29,8 +30,9 @@ use crate::state::AppState;
 /// inotify): the bound in force is at most the soft `RLIMIT_NOFILE` less this.
 const RESERVED_FDS: u64 = 64;
 
-/// How long an evicted connection may take to close by itself before it is dropped.
-const EVICTION_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection told to close (evicted, or the daemon stopping) with no request
+/// under way may take to close by itself before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the journal may say that connections were closed or refused for the bound.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
@@ -114,14 +116,17 @@ impl Connections {
         Admission::Served { id, close }
     }
 
-    /// A request on connection `id` began; the guard ends it.
-    fn begin(self: &Arc<Self>, id: u64) -> RequestGuard {
+    /// A request on connection `id` began (also counted in the connection's own `busy`);
+    /// the guard ends it.
+    fn begin(self: &Arc<Self>, id: u64, busy: Arc<AtomicUsize>) -> RequestGuard {
+        busy.fetch_add(1, Ordering::AcqRel);
         if let Some(e) = self.lock().open.get_mut(&id) {
             e.in_flight += 1;
         }
         RequestGuard {
             connections: self.clone(),
             id,
+            busy,
         }
     }
 
@@ -185,10 +190,12 @@ fn top_owner(open: &HashMap<u64, Entry>) -> Option<(Owner, usize)> {
 struct RequestGuard {
     connections: Arc<Connections>,
     id: u64,
+    busy: Arc<AtomicUsize>,
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
         if let Some(e) = self.connections.lock().open.get_mut(&self.id) {
             e.in_flight = e.in_flight.saturating_sub(1);
             e.since = Instant::now();
@@ -304,11 +311,14 @@ async fn connection(
             return;
         }
     };
+    // Requests under way on this connection, seen by the closing logic below (the table
+    // forgets an evicted connection at once).
+    let busy = Arc::new(AtomicUsize::new(0));
     let service = {
-        let connections = connections.clone();
+        let (connections, busy) = (connections.clone(), busy.clone());
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
-            let guard = connections.begin(id);
+            let guard = connections.begin(id, busy.clone());
             let app = app.clone();
             async move {
                 let response = app.oneshot(req).await;
@@ -319,9 +329,11 @@ async fn connection(
     };
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let mut evicted = false;
-    let mut stopping = *stop.borrow();
-    if stopping {
+    // Evicted or the daemon stopping: hyper finishes a request under way and closes an idle
+    // connection, but keeps reading a head that has begun to arrive (until the head
+    // deadline). Such a connection, with no request under way, is dropped after a grace.
+    let mut closing = *stop.borrow();
+    if closing {
         conn.as_mut().graceful_shutdown();
     }
     loop {
@@ -332,14 +344,18 @@ async fn connection(
                 }
                 break;
             }
-            () = close.notified(), if !evicted && !stopping => {
-                evicted = true;
+            () = close.notified(), if !closing => {
+                closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = tokio::time::sleep(EVICTION_GRACE), if evicted => break,
-            _ = stop.changed(), if !stopping && !evicted => {
-                stopping = true;
+            _ = stop.changed(), if !closing => {
+                closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep(CLOSE_GRACE), if closing => {
+                if busy.load(Ordering::Acquire) == 0 {
+                    break;
+                }
             }
         }
     }
@@ -409,10 +425,16 @@ mod tests {
         assert!(!c.lock().open.contains_key(&first[0].0));
         // With every connection busy, a new one is refused and nothing is closed.
         let ids: Vec<u64> = c.lock().open.keys().copied().collect();
-        let guards: Vec<RequestGuard> = ids.into_iter().map(|id| c.begin(id)).collect();
+        let busy = Arc::new(AtomicUsize::new(0));
+        let guards: Vec<RequestGuard> = ids
+            .into_iter()
+            .map(|id| c.begin(id, busy.clone()))
+            .collect();
+        assert_eq!(busy.load(Ordering::Acquire), 3);
         assert!(matches!(c.admit(flood, 3), Admission::Refused));
         assert_eq!(c.open(), 3);
         drop(guards);
+        assert_eq!(busy.load(Ordering::Acquire), 0);
         assert!(matches!(c.admit(flood, 3), Admission::Served { .. }));
     }
 }
