@@ -1,0 +1,89 @@
+//! Whether a connection has a request or an answer under way, kept from hyper's side of it:
+//! its requests, and the bytes of their answers still to reach the socket.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+
+/// What a connection is doing, shared by its task, its socket, its requests and the table.
+#[derive(Default)]
+pub(super) struct Activity {
+    /// Requests under way: from their head until hyper has taken their answer's body.
+    pub(super) requests: AtomicUsize,
+    /// hyper has bytes for the socket it has not seen flushed: an answer still going out to
+    /// a client that reads slowly, after hyper took its body.
+    pub(super) unflushed: AtomicBool,
+}
+
+impl Activity {
+    /// A request or an answer is under way: the connection must not be closed under it.
+    pub(super) fn busy(&self) -> bool {
+        self.computing() > 0 || self.unflushed.load(Ordering::Acquire)
+    }
+
+    /// Requests whose answers hyper has not taken yet: being computed, or their bodies read.
+    pub(super) fn computing(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
+    }
+}
+
+/// The connection's socket as hyper sees it, keeping [`Activity::unflushed`]: set by every
+/// write, cleared when hyper flushes (which it does only once its own buffer is empty).
+pub(super) struct Tracked {
+    pub(super) io: TokioIo<UnixStream>,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl hyper::rt::Read for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if !buf.is_empty() {
+            self.activity.unflushed.store(true, Ordering::Release);
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if bufs.iter().any(|b| !b.is_empty()) {
+            self.activity.unflushed.store(true, Ordering::Release);
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            self.activity.unflushed.store(false, Ordering::Release);
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
