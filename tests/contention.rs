@@ -189,12 +189,12 @@ fn watch_peak(group: &Group, stop: &AtomicBool, peak: &AtomicU64) {
 fn exercise(
     name: &str,
     d: &Daemon,
+    base: u64,
     models: &[&str],
     limited: &Group,
     groups: &[&Group],
     mut cotenant: Option<&mut CoTenant>,
 ) {
-    let base = base(d);
     let started = Instant::now();
     let until = started + duration();
     let stop = AtomicBool::new(false);
@@ -284,9 +284,11 @@ fn four_models_asked_by_six_clients_take_turns_without_an_oom_kill() {
         return;
     };
     let d = start(&group, &["m-1", "m-2", "m-3"]);
+    let base = base(&d);
     exercise(
         "four models, six clients",
         &d,
+        base,
         &[DEFAULT, "m-1", "m-2", "m-3"],
         &group,
         &[&group],
@@ -299,20 +301,43 @@ fn four_models_asked_by_six_clients_take_turns_without_an_oom_kill() {
     );
 }
 
-/// Starts the co-tenant in `group`: growing at 8 MiB/s to what leaves room for the daemon
-/// (as it is now, with its default model loaded) and that one model under the pressure
-/// threshold, less the reserve; holding 10 s, freeing, quiet 5 s, again. `None` when python3
-/// is missing (said).
-fn cotenant_beside(d: &Daemon, group: &Group) -> Option<CoTenant> {
-    let rss = status(d)["process"]["rss_bytes"].as_u64().expect("rss");
+/// What one model needs to be admitted: its measured memory and its longest pass.
+fn model_need(d: &Daemon) -> u64 {
+    let m = common::model_entry(d, DEFAULT).expect("the default model");
+    let bytes = m["memory_bytes"]
+        .as_u64()
+        .or(m["expected_memory_bytes"].as_u64())
+        .expect("a measured or expected size");
+    bytes + m["longest_pass_bytes"].as_u64().unwrap_or(0)
+}
+
+/// Starts the co-tenant in `group` beside the daemon, whose base with no model is `daemon_ws`
+/// (the larger of its RSS and the limited group's working set: v1 charges what a process
+/// used before it joined a group to the group it left): growing at 8 MiB/s to what leaves room for the
+/// daemon and one model under the pressure threshold, less the reserve and 8 MiB of slack,
+/// whatever this machine's base is; holding 10 s, freeing, quiet 5 s, again. `None` when
+/// python3 is missing (said).
+fn cotenant_beside(d: &Daemon, daemon_ws: u64, group: &Group) -> Option<CoTenant> {
+    let need = model_need(d);
+    let reserve = 32 * MIB;
     let peak = ((LIMIT as f64 * 0.9) as u64)
-        .checked_sub(rss + 40 * MIB)
+        .checked_sub(daemon_ws + need + reserve + 8 * MIB)
+        .filter(|&p| p >= 32 * MIB)
         .unwrap_or_else(|| {
             panic!(
-                "the daemon alone ({} MiB) leaves no room for a co-tenant",
-                rss / MIB
+                "the daemon's base ({} MiB) and a model ({} MiB) leave no room for a co-tenant under {} MiB",
+                daemon_ws / MIB,
+                need / MIB,
+                LIMIT / MIB
             )
         });
+    println!(
+        "co-tenant peak {} MiB: daemon base {} MiB + one model {} MiB + reserve, under 90% of {} MiB",
+        peak / MIB,
+        daemon_ws / MIB,
+        need / MIB,
+        LIMIT / MIB
+    );
     CoTenant::start(
         group,
         RATE,
@@ -329,12 +354,14 @@ fn a_co_tenant_in_the_same_cgroup_is_made_room_for_not_run_into() {
         return;
     };
     let d = start(&group, &["m-1"]);
-    let Some(mut cotenant) = cotenant_beside(&d, &group) else {
+    let base = base(&d);
+    let Some(mut cotenant) = cotenant_beside(&d, group.working_set().max(base), &group) else {
         return;
     };
     exercise(
         "two models, co-tenant in the cgroup",
         &d,
+        base,
         &[DEFAULT, "m-1"],
         &group,
         &[&group],
@@ -382,12 +409,14 @@ fn a_limit_on_the_parent_binds_the_daemon_and_its_sibling_co_tenant() {
             .any(|l| l.starts_with("limit:") && l.contains(&parent.dir.display().to_string())),
         "{text}"
     );
-    let Some(mut cotenant) = cotenant_beside(&d, &sibling) else {
+    let base = base(&d);
+    let Some(mut cotenant) = cotenant_beside(&d, parent.working_set().max(base), &sibling) else {
         return;
     };
     exercise(
         "two models, co-tenant in a sibling cgroup, limit on the parent",
         &d,
+        base,
         &[DEFAULT, "m-1"],
         &parent,
         &[&parent, &own, &sibling],

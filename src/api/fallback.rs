@@ -92,7 +92,7 @@ pub async fn acquire(
                     )),
                 )
             } else {
-                match registry.acquire(requested).await {
+                match registry.acquire_for(requested, &chain).await {
                     Ok(model) => {
                         registry.fallbacks.served(requested);
                         return Ok(Served {
@@ -140,7 +140,7 @@ pub async fn acquire(
             tried.push((alt, "not installed".into()));
             continue;
         };
-        match registry.acquire(&alt).await {
+        match registry.acquire_for(&alt, &chain).await {
             Ok(model) => {
                 let skipped: Vec<String> = tried.into_iter().map(|(id, _)| id).collect();
                 registry

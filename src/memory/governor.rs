@@ -90,6 +90,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The rooms of one reading of the cgroup tree, in bytes (see [`Assessment`]).
+struct Rooms {
+    room: i64,
+    /// The binding level, in words.
+    from: String,
+    peak: i64,
+    last_resort: i64,
+    hard: i64,
+}
+
 impl Governor {
     /// A governor for `settings`, resolving an `auto` budget against the daemon's cgroup.
     pub fn new(settings: &MemorySettings) -> Governor {
@@ -184,24 +194,28 @@ impl Governor {
             budget: self.budget().bytes,
             max_models: settings.max_loaded_models,
             ceiling: lock(&self.shedder).ceiling(),
-            room: room.as_ref().map(|(r, from, _)| (*r, from.clone())),
-            peak_room: room.map(|(_, _, p)| p),
+            room: room.as_ref().map(|r| (r.room, r.from.clone())),
+            peak_room: room.as_ref().map(|r| r.peak),
+            last_resort_room: room.as_ref().map(|r| r.last_resort),
+            hard_room: room.as_ref().map(|r| r.hard),
+            alone: false,
             releasing: self.releasing_bytes(),
             now: self.now(),
             min_residency: settings.min_residency.0,
         }
     }
 
-    /// Room at the binding level of the cgroup tree, that level in words, and the room for a
-    /// brief peak.
-    fn room(&self, settings: &MemorySettings) -> Option<(i64, String, i64)> {
+    /// The rooms of the cgroup tree now (see [`Assessment`]).
+    fn room(&self, settings: &MemorySettings) -> Option<Rooms> {
         let levels = hierarchy::read(&Paths::system());
         let a = Assessment::of(&levels, self.thresholds(settings))?;
-        Some((
-            a.room_bytes,
-            levels[a.binding].describe(),
-            a.peak_room_bytes,
-        ))
+        Some(Rooms {
+            room: a.room_bytes,
+            from: levels[a.binding].describe(),
+            peak: a.peak_room_bytes,
+            last_resort: a.last_resort_room_bytes,
+            hard: a.hard_room_bytes,
+        })
     }
 
     /// The thresholds of the settings in force.
@@ -239,6 +253,9 @@ impl Governor {
     /// Records a finished load.
     pub fn note_load(&self) {
         self.loads.fetch_add(1, Ordering::Relaxed);
+        // The step the load made in the working set would read as growth heading for the
+        // critical threshold, and shed the model just loaded.
+        lock(&self.trend).clear();
         let mut recent = lock(&self.recent_loads);
         recent.push_back(Instant::now());
         while recent

@@ -22,6 +22,17 @@ const RECHECK: Duration = Duration::from_millis(200);
 /// How long a load that shed models waits for their in-flight requests, whatever its deadline.
 const SHED_WAIT: Duration = Duration::from_secs(10);
 
+/// Why a model is to be loaded.
+pub(super) enum Need {
+    /// For a request (or an operator, or a configured preload), whose model may be stood in
+    /// for by these models (its fallback chain). When none of them, nor the model, is loaded,
+    /// and none at all when the chain is empty, the load is the last resort: it may use the
+    /// room up to the critical threshold (`memory::policy::Limits::alone`).
+    Serve(Vec<String>),
+    /// A prediction: only into free room.
+    Guess,
+}
+
 /// The model in `slot` if it is loaded now; `None` while it is not, or is being loaded or
 /// unloaded (the queue's loaded-event wakes waiters when a load ends).
 pub(super) fn loaded_now(slot: &ModelSlot) -> Option<Arc<LoadedModel>> {
@@ -30,8 +41,20 @@ pub(super) fn loaded_now(slot: &ModelSlot) -> Option<Arc<LoadedModel>> {
 
 impl Registry {
     /// The loaded model for `id`, loading it first if memory allows: waiting in the load
-    /// queue while it does not, until `memory.load_queue.max_wait`.
+    /// queue while it does not, until `memory.load_queue.max_wait`. With no model loaded at
+    /// all, it loads as the last resort (see [`Need::Serve`]).
     pub async fn acquire(self: &Arc<Self>, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
+        self.acquire_for(id, &[]).await
+    }
+
+    /// [`Self::acquire`] for a request whose model may be stood in for by `chain` (its fallback
+    /// chain): it loads as the last resort when nothing of `id` and `chain` is loaded, since
+    /// its request would otherwise get nothing.
+    pub async fn acquire_for(
+        self: &Arc<Self>,
+        id: &str,
+        chain: &[String],
+    ) -> Result<Arc<LoadedModel>, LoadError> {
         let slot = self
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
@@ -89,10 +112,13 @@ impl Registry {
         // A spawned task finishes the load even if this request goes away meanwhile, so the
         // slot never stays "loading" with the result thrown away.
         let this = self.clone();
+        let chain = chain.to_vec();
         tokio::spawn(async move {
             let _admission = guard;
             this.governor.set_admitting(Some(&slot.package.manifest.id));
-            let result = this.admit_and_load(slot, deadline, false).await;
+            let result = this
+                .admit_and_load(slot, deadline, Need::Serve(chain))
+                .await;
             this.governor.set_admitting(None);
             result
         })
@@ -102,6 +128,18 @@ impl Registry {
             reason: format!("the load task failed: {e}"),
             retry_after: super::slot::BACKOFF_BASE,
         })?
+    }
+
+    /// Whether a load of `id` is the last resort: nothing of `id` and `chain` is loaded, and
+    /// with no chain, nothing at all.
+    fn nothing_loaded_of(&self, id: &str, chain: &[String]) -> bool {
+        let residents = self.residents();
+        if chain.is_empty() {
+            return residents.is_empty();
+        }
+        !residents
+            .iter()
+            .any(|r| r.id == id || chain.contains(&r.id))
     }
 
     /// Forgets the backoff of `id`'s failed load, so the next acquire tries at once (an
@@ -134,15 +172,16 @@ impl Registry {
 
     /// Loads `slot` once it fits: sheds lower-value models past their residency to make
     /// room, waits until their memory is back in the working set, and decides again on fresh
-    /// readings; waits while waiting may help, until `deadline`. A `guess` (a prediction)
+    /// readings; waits while waiting may help, until `deadline`. A guess (a prediction)
     /// loads only into free room: it sheds nothing, waits for nothing, and its refusal is
     /// not logged. The caller holds the admission lock.
     pub(super) async fn admit_and_load(
         &self,
         slot: Arc<ModelSlot>,
         deadline: Instant,
-        guess: bool,
+        need_for: Need,
     ) -> Result<Arc<LoadedModel>, LoadError> {
+        let guess = matches!(need_for, Need::Guess);
         if let Some(model) = slot.loaded.lock().await.as_ref() {
             return Ok(model.clone());
         }
@@ -186,6 +225,15 @@ impl Registry {
                 if let (Some((r, _)), Some(p)) = (limits.room.as_mut(), limits.peak_room) {
                     *r = (*r).min(p - transient);
                 }
+                // As the last resort, what stays must fit below the critical threshold less
+                // the reserve, and the peak below the hard limit less the reserve.
+                if let (Some(r), Some(h)) = (limits.last_resort_room.as_mut(), limits.hard_room) {
+                    *r = (*r).min(h.saturating_sub(transient));
+                }
+                limits.alone = match &need_for {
+                    Need::Guess => false,
+                    Need::Serve(chain) => self.nothing_loaded_of(&id, chain),
+                };
                 match policy::admit(
                     &id,
                     rules.priority,

@@ -87,7 +87,11 @@ impl Registry {
         slot.usage().predicted = Some(p.hour);
         self.governor.set_admitting(Some(&p.id));
         let result = self
-            .admit_and_load(slot.clone(), tokio::time::Instant::now(), true)
+            .admit_and_load(
+                slot.clone(),
+                tokio::time::Instant::now(),
+                super::admission::Need::Guess,
+            )
             .await;
         self.governor.set_admitting(None);
         if let Err(e) = result {

@@ -338,6 +338,14 @@ pub struct Assessment {
     /// Bytes a brief peak (a load's transient copies) may take: the least room below any
     /// level's critical threshold, less the reserve. Negative when already past.
     pub peak_room_bytes: i64,
+    /// Bytes a model may take when nothing of its fallback chain is loaded (the device would
+    /// otherwise serve nothing): the least room below any level's critical threshold (its
+    /// soft limit where that is lower, or where it has no hard one), less the reserve. The
+    /// reserve is the hysteresis: a model loaded into it stays until the critical threshold.
+    pub last_resort_room_bytes: i64,
+    /// Bytes a load's brief peak may take at the last resort: the least room below any
+    /// level's hard limit, less the reserve; `i64::MAX` where no level has one.
+    pub hard_room_bytes: i64,
     /// Bytes to free to bring every level back to the reserve below its threshold; 0 while no
     /// level is at its threshold.
     pub excess_bytes: u64,
@@ -352,6 +360,8 @@ impl Assessment {
     pub fn of(levels: &[Level], t: Thresholds) -> Option<Assessment> {
         let mut best: Option<(usize, i64)> = None;
         let mut peak_room = i64::MAX;
+        let mut last_resort = i64::MAX;
+        let mut hard_room = i64::MAX;
         let mut excess = 0u64;
         let mut pressed = Vec::new();
         let mut critical = Vec::new();
@@ -372,10 +382,14 @@ impl Assessment {
                     l.describe()
                 ));
             }
+            let mut ceiling = soft as i64;
             if let Some(hard) = l.hard_bytes {
                 let critical = (hard as f64 * t.unload_all_at) as i64;
                 peak_room = peak_room.min(critical - ws as i64 - t.reserve as i64);
+                hard_room = hard_room.min(hard as i64 - ws as i64 - t.reserve as i64);
+                ceiling = ceiling.min(critical);
             }
+            last_resort = last_resort.min(ceiling - ws as i64 - t.reserve as i64);
             if let Some(hard) = l.hard_bytes
                 && ws as f64 >= t.unload_all_at * hard as f64
             {
@@ -393,6 +407,8 @@ impl Assessment {
             binding,
             room_bytes,
             peak_room_bytes: peak_room.max(room_bytes),
+            last_resort_room_bytes: last_resort.max(room_bytes),
+            hard_room_bytes: hard_room,
             excess_bytes: excess,
             pressed,
             critical,

@@ -109,6 +109,10 @@ fn a_v1_parent_limit_binds_with_the_co_tenants_usage() {
         a.peak_room_bytes,
         (314.0 * MIB as f64 * 0.97) as i64 - (240 + 20) as i64 * MIB as i64
     );
+    // The last resort: what stays below the critical threshold, its peak below the limit,
+    // each less the reserve.
+    assert_eq!(a.last_resort_room_bytes, a.peak_room_bytes);
+    assert_eq!(a.hard_room_bytes, (314 - 240 - 20) as i64 * MIB as i64);
     assert_eq!(a.excess_bytes, 0);
     assert!(a.pressed.is_empty() && a.critical.is_empty());
     assert_eq!(

@@ -21,6 +21,15 @@ pub struct Limits {
     pub room: Option<(i64, String)>,
     /// Room below the critical threshold of every level, for a load's brief peak.
     pub peak_room: Option<i64>,
+    /// Room for a model loaded as the last resort (see `alone`): below every level's critical
+    /// threshold less the reserve, with its load's brief peak below the hard limits.
+    pub last_resort_room: Option<i64>,
+    /// Room below every level's hard limit less the reserve, for a last-resort load's peak.
+    pub hard_room: Option<i64>,
+    /// Nothing of the model's fallback chain is loaded, so without this load its requests get
+    /// nothing: the room is `last_resort_room` rather than `room` (the pressure threshold),
+    /// and a stall signal's ceiling does not apply. A device never idles while a model fits.
+    pub alone: bool,
     /// Bytes of shed models whose memory is not back yet: still held.
     pub releasing: u64,
     /// Now, on the policy's clock.
@@ -55,9 +64,10 @@ pub fn admit(
     limits: &Limits,
     retry_after: Duration,
 ) -> Result<Vec<String>, Refusal> {
-    let cap = limits
-        .ceiling
-        .map_or(limits.budget, |c| c.min(limits.budget));
+    let cap = match limits.ceiling {
+        Some(c) if !limits.alone => c.min(limits.budget),
+        _ => limits.budget,
+    };
     if need > limits.budget {
         return Err(Refusal {
             reason: format!(
@@ -69,7 +79,13 @@ pub fn admit(
             wait: false,
         });
     }
-    let room = limits.room.as_ref().map(|(r, _)| *r);
+    let room = limits
+        .room
+        .as_ref()
+        .map(|(r, _)| match limits.last_resort_room {
+            Some(last) if limits.alone => last.max(*r),
+            _ => *r,
+        });
     let held: u64 = loaded.iter().map(|m| m.bytes).sum::<u64>() + limits.releasing;
     let mut used = held;
     let mut count = loaded.len();
@@ -159,11 +175,16 @@ pub fn admit(
             mib(limits.budget.saturating_sub(held))
         ),
         Bound::Room => {
-            let (r, from) = limits.room.clone().unwrap_or_default();
+            let (_, from) = limits.room.clone().unwrap_or_default();
+            let below = if limits.alone {
+                "its critical threshold (less memory.reserve; nothing of its fallback chain is loaded, so it may use more than the pressure threshold leaves)"
+            } else {
+                "its pressure threshold (less memory.reserve)"
+            };
             format!(
-                "it needs about {} MiB and {from} has {} MiB of room below its pressure threshold (less memory.reserve)",
+                "it needs about {} MiB and {from} has {} MiB of room below {below}",
                 mib(need),
-                (r.max(0) as u64) >> 20
+                (room.unwrap_or(0).max(0) as u64) >> 20
             )
         }
     };

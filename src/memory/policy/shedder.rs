@@ -51,6 +51,11 @@ impl Trend {
         }
     }
 
+    /// Forgets the samples: the daemon's own load is a step, not a growth to extrapolate.
+    pub fn clear(&mut self) {
+        self.samples.clear();
+    }
+
     /// When, at the growth seen over the window, the working set reaches `target`: `None`
     /// while it does not grow (or there are too few samples to tell).
     pub fn time_to(&self, target: u64) -> Option<Duration> {

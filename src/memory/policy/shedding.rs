@@ -8,6 +8,9 @@ use super::{Resident, shed_order};
 /// The models to shed so that `excess` bytes come back (lowest value first, models still in
 /// their residency skipped unless `urgent`): as few as cover it, never more. Pinned models
 /// never go, and the default and more valuable models go only when the rest does not cover it.
+/// Unless `urgent`, the last model loaded stays: the pressure threshold alone never leaves the
+/// device serving nothing (a model admitted as the last resort stays until memory is critical
+/// or about to be; see `Limits::alone`).
 pub fn shed_for_excess(
     excess: u64,
     loaded: &[Resident],
@@ -24,6 +27,9 @@ pub fn shed_for_excess(
         if !urgent && m.resident_for(now, min_residency).is_some() {
             continue;
         }
+        if !urgent && victims.len() + 1 >= loaded.len() {
+            break;
+        }
         freed += m.bytes;
         victims.push(m.id.clone());
     }
@@ -33,13 +39,16 @@ pub fn shed_for_excess(
 /// The model to shed for a stall signal alone (PSI or a trigger, while no limit is near): the
 /// least valuable model of at most default priority `default_priority` that is not the default
 /// model and is past its residency. A signal that may come from the whole host never costs
-/// the device its default or more valuable models.
+/// the device its default or more valuable models, nor its last model.
 pub fn shed_for_signal(
     loaded: &[Resident],
     now: Duration,
     min_residency: Duration,
     default_priority: u8,
 ) -> Option<String> {
+    if loaded.len() <= 1 {
+        return None;
+    }
     shed_order(loaded)
         .into_iter()
         .find(|m| {

@@ -34,6 +34,9 @@ fn limits(budget: u64) -> Limits {
         ceiling: None,
         room: None,
         peak_room: None,
+        last_resort_room: None,
+        hard_room: None,
+        alone: false,
         releasing: 0,
         now: s(100),
         min_residency: s(10),
@@ -409,5 +412,62 @@ fn a_guess_goes_first_even_within_its_residency() {
     assert_eq!(
         admit("new", 3, 60 * MIB, &residents, &limits(110), s(1)).expect("fits"),
         vec!["guess".to_string()]
+    );
+}
+
+#[test]
+fn with_nothing_of_its_chain_loaded_a_model_loads_up_to_the_last_resort_room_and_past_a_ceiling() {
+    let mut limits = limits(1024);
+    limits.room = Some((60 * MIB as i64, "x".into()));
+    limits.last_resort_room = Some(120 * MIB as i64);
+    limits.ceiling = Some(0);
+    // Not alone: the pressure threshold's room (60 MiB) and the stall's ceiling bind.
+    let e = admit("c", 3, 100 * MIB, &[], &limits, s(5)).expect_err("refused");
+    assert!(
+        e.reason
+            .contains("memory pressure holds model memory at 0 MiB"),
+        "{}",
+        e.reason
+    );
+    limits.ceiling = None;
+    let e = admit("c", 3, 100 * MIB, &[], &limits, s(5)).expect_err("refused");
+    assert!(
+        e.reason
+            .contains("x has 60 MiB of room below its pressure threshold"),
+        "{}",
+        e.reason
+    );
+    limits.ceiling = Some(0);
+    // Alone: the device would serve nothing; the room below the critical threshold binds.
+    limits.alone = true;
+    assert_eq!(admit("c", 3, 100 * MIB, &[], &limits, s(5)), Ok(vec![]));
+    let e = admit("c", 3, 130 * MIB, &[], &limits, s(5)).expect_err("refused");
+    assert!(
+        e.reason.contains(
+            "it needs about 130 MiB and x has 120 MiB of room below its critical threshold"
+        ),
+        "{}",
+        e.reason
+    );
+    // The budget still binds.
+    let e = admit("c", 3, 2000 * MIB, &[], &limits, s(5)).expect_err("refused");
+    assert!(!e.wait, "{}", e.reason);
+}
+
+#[test]
+fn the_last_model_stays_unless_memory_is_critical_or_about_to_be() {
+    let only = vec![m("a", 3, 10, 96)];
+    assert!(shed_for_excess(50 * MIB, &only, s(100), s(10), false).is_empty());
+    assert_eq!(shed_for_excess(50 * MIB, &only, s(100), s(10), true), ["a"]);
+    assert_eq!(shed_for_signal(&only, s(100), s(10), 3), None);
+    // With two, the excess takes one and leaves the other, however large the excess.
+    let two = vec![m("a", 3, 10, 96), m("b", 3, 20, 96)];
+    assert_eq!(
+        shed_for_excess(500 * MIB, &two, s(100), s(10), false),
+        ["a"]
+    );
+    assert_eq!(
+        shed_for_signal(&two, s(100), s(10), 3).as_deref(),
+        Some("a")
     );
 }
