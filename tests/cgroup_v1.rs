@@ -21,13 +21,13 @@ fn v1_group(name: &str, limit: u64) -> Option<Group> {
     match Group::top(name, Some(limit)) {
         Ok(g) if g.version == Version::V1 => Some(g),
         Ok(_) => {
-            eprintln!(
-                "SKIP: this host's memory controller is cgroup v2 (tests/contention.rs covers it)"
+            common::skip::skip(
+                "this host's memory controller is cgroup v2 (tests/contention.rs covers it)",
             );
             None
         }
         Err(e) => {
-            eprintln!("SKIP: {e}");
+            common::skip::skip(&e);
             None
         }
     }
@@ -176,12 +176,15 @@ fn the_kernel_accepts_our_psi_trigger_on_the_daemons_own_cgroup() {
         .map(Path::new)
         .find(|p| p.join("cgroup.procs").exists() && p.join("memory.pressure").exists())
     else {
-        eprintln!("SKIP: no cgroup v2 hierarchy with PSI (memory.pressure) here");
+        common::skip::skip("no cgroup v2 hierarchy with PSI (memory.pressure) here");
         return;
     };
     let dir = base.join(format!("caxton-test-psi-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir(&dir) {
-        eprintln!("SKIP: cannot create {} ({e}); run as root", dir.display());
+        common::skip::skip(&format!(
+            "cannot create {} ({e}); run as root",
+            dir.display()
+        ));
         return;
     }
     let group = UnifiedGroup(dir);

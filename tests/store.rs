@@ -150,10 +150,10 @@ fn small_filesystem(dir: &Path, bytes: u64) -> Option<Unmount> {
         .output()
         .expect("mount");
     if !out.status.success() {
-        println!(
-            "SKIP: cannot mount a small tmpfs ({}); the free-space check needs root",
+        common::skip::skip(&format!(
+            "cannot mount a small tmpfs ({}); the free-space check needs root",
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        ));
         return None;
     }
     Some(Unmount(dir.to_path_buf()))

@@ -186,7 +186,7 @@ impl CoTenant {
         quiet: Duration,
     ) -> Option<CoTenant> {
         if Command::new("python3").arg("--version").output().is_err() {
-            eprintln!("SKIP: python3 (the co-tenant) is not installed");
+            super::skip::skip("python3 (the co-tenant) is not installed");
             return None;
         }
         let child = Command::new("sh")

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod fixtures;
 pub mod metrics;
 pub mod packages;
+pub mod skip;
 
 // Each test target uses some of these; the rest would be unused imports there.
 #[allow(unused_imports)]
