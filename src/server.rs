@@ -28,16 +28,7 @@ pub async fn run(
     config_dir: PathBuf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let options = EngineOptions {
-        batch: batch_limits(&settings),
-        queue: settings.limits.queue_depth,
-    };
-    let registry = Arc::new(Registry::new(options, &settings.memory));
-    registry.set_precision(settings.models.precision.clone());
-    registry.set_default(&settings.models.default);
-    let (state, reload_requests) = AppState::new(settings, registry, socket_activated);
-    let state = Arc::new(state);
-    reload::serve(state.clone(), config_dir.clone(), reload_requests);
+    let state = assemble(settings, config_dir.clone(), socket_activated);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::connections::raise_fd_limit(state.settings().limits.max_connections);
@@ -94,6 +85,23 @@ pub async fn run(
     Ok(())
 }
 
+/// The shared state for `settings` (read from `config_dir`), with reloads served: what the HTTP
+/// router needs. Nothing is verified or loaded yet ([`start`] does that). Call within a Tokio
+/// runtime.
+pub fn assemble(settings: Settings, config_dir: PathBuf, socket_activated: bool) -> Arc<AppState> {
+    let options = EngineOptions {
+        batch: batch_limits(&settings),
+        queue: settings.limits.queue_depth,
+    };
+    let registry = Arc::new(Registry::new(options, &settings.memory));
+    registry.set_precision(settings.models.precision.clone());
+    registry.set_default(&settings.models.default);
+    let (state, reload_requests) = AppState::new(settings, registry, socket_activated);
+    let state = Arc::new(state);
+    reload::serve(state.clone(), config_dir, reload_requests);
+    state
+}
+
 /// How often changed usage is written to `state_dir/usage.json`. A crash loses at most this
 /// much of it; a clean stop writes it at once.
 const USAGE_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -112,7 +120,8 @@ fn spawn_usage_saver(state: Arc<AppState>) {
 }
 
 /// Verifies every package and loads the default model. An error means no model can serve.
-async fn start(state: &Arc<AppState>) -> Result<(), String> {
+/// (Public for in-process harnesses such as the HTTP fuzz target.)
+pub async fn start(state: &Arc<AppState>) -> Result<(), String> {
     let _exclusive = state.exclusive_scan().await;
     let settings = state.settings();
     systemd::status("verifying model packages");
