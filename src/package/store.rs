@@ -147,7 +147,8 @@ impl Store {
                         dir.display(),
                         package.display()
                     );
-                    fs::remove_dir_all(&dir).map_err(|e| PackageError::io("remove", &dir, e))?;
+                    self.remove_entry(&dir)
+                        .map_err(|e| PackageError::io("remove", &dir, e))?;
                 }
             }
         }
@@ -193,8 +194,16 @@ impl Store {
     ) -> Result<StoredPackage, PackageError> {
         let mut sink = DirSink {
             root: staging.to_path_buf(),
+            dirs: Vec::new(),
         };
         let verified = verify_reader(file, size, &mut sink)?;
+        // The directories the entries made (a sentence-transformers `2_Dense/`), deepest
+        // first: their names must be on disk before the entry is renamed into place.
+        sink.dirs
+            .sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in &sink.dirs {
+            sync_dir(d)?;
+        }
         if verified.package_sha256 != sha {
             return Err(PackageError::Malformed(
                 "the file changed while it was being verified".into(),
@@ -219,6 +228,23 @@ impl Store {
         })
     }
 
+    /// Removes the store entry `dir` so that a power cut leaves it whole or gone, never half
+    /// deleted: renamed to a staging name first (the next [`Store::open`] removes leftovers),
+    /// the store directory fsynced, then deleted.
+    fn remove_entry(&self, dir: &Path) -> io::Result<()> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let gone = self.root.join(format!(
+            "{STAGING_PREFIX}{}-gone-{}-{}",
+            name.unwrap_or_default(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::rename(dir, &gone)?;
+        File::open(&self.root)?.sync_all()?;
+        fs::remove_dir_all(&gone)
+    }
+
     /// Removes store entries whose digest is not in `keep`: packages removed, versions
     /// superseded beyond one fallback, fallbacks past `store.max_size`. Loaded models keep
     /// working: they hold their weights in memory, not the files.
@@ -236,7 +262,7 @@ impl Store {
                     .open_entry(&entry.path(), &name)
                     .map(|p| format!("{} version {}", p.manifest.id, p.manifest.version))
                     .unwrap_or_else(|_| "an unreadable entry".into());
-                if let Err(e) = fs::remove_dir_all(entry.path()) {
+                if let Err(e) = self.remove_entry(&entry.path()) {
                     tracing::warn!(
                         "cannot remove unused store entry {} ({what}): {e}",
                         entry.path().display()
@@ -422,6 +448,8 @@ fn check_magic(file: &mut File, package: &Path) -> Result<(), PackageError> {
 /// Writes verified entries into a staging directory, each file fsynced once complete.
 struct DirSink {
     root: PathBuf,
+    /// Directories made under `root` for the entries, to fsync before the rename.
+    dirs: Vec<PathBuf>,
 }
 
 impl EntrySink for DirSink {
@@ -444,8 +472,20 @@ impl EntrySink for DirSink {
             ));
         }
         let target = self.root.join(path);
-        if let Some(parent) = target.parent() {
+        if let Some(parent) = target.parent()
+            && !parent.is_dir()
+        {
             fs::create_dir_all(parent)?;
+            let mut d = parent;
+            while d != self.root && d.starts_with(&self.root) {
+                if !self.dirs.iter().any(|known| known == d) {
+                    self.dirs.push(d.to_path_buf());
+                }
+                match d.parent() {
+                    Some(up) => d = up,
+                    None => break,
+                }
+            }
         }
         Ok(BufWriter::with_capacity(
             1 << 16,

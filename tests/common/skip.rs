@@ -1,7 +1,8 @@
 //! Skips that are counted and can be refused: a test that cannot run on this machine says so
-//! with one `SKIP` line naming it, the line is appended to `CAXTON_SKIP_LOG` (which `tests/run`
-//! sums up after the run), and where the machine must run the test (`CAXTON_MUST_RUN`, set by
-//! CI) the skip fails the test instead. A skip is never reported as a pass.
+//! with one `SKIP` line naming it, the line is appended to `TESTS_SKIP_LOG` (which `tests/run`
+//! sums up after the run), and where the machine must run the test (`TESTS_MUST_RUN`, set by
+//! CI) the skip fails the test instead. A skip is never reported as a pass. (Not `CAXTON_…`
+//! names: caxtond reads those as configuration keys and refuses unknown ones.)
 
 use std::io::Write;
 
@@ -23,19 +24,19 @@ pub fn must_run(must_run: &str, test: &str) -> bool {
         .any(|e| e == test || e == target)
 }
 
-/// Says the running test cannot run here, and `why`; fails it instead when `CAXTON_MUST_RUN`
+/// Says the running test cannot run here, and `why`; fails it instead when `TESTS_MUST_RUN`
 /// names it. The caller returns after this.
 pub fn skip(why: &str) {
     let test = current_test();
-    if let Ok(list) = std::env::var("CAXTON_MUST_RUN")
+    if let Ok(list) = std::env::var("TESTS_MUST_RUN")
         && must_run(&list, &test)
     {
-        panic!("{test} must run on this machine (CAXTON_MUST_RUN={list}) but cannot: {why}");
+        panic!("{test} must run on this machine (TESTS_MUST_RUN={list}) but cannot: {why}");
     }
     let line = format!("SKIP {test}: {why}");
     println!("{line}");
     eprintln!("{line}");
-    if let Some(path) = std::env::var_os("CAXTON_SKIP_LOG")
+    if let Some(path) = std::env::var_os("TESTS_SKIP_LOG")
         && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
