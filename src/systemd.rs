@@ -19,6 +19,15 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// `EXTEND_TIMEOUT_USEC`: the job under way (start-up, reload, stop) may take `by` more
+/// before systemd gives up on it. Sent before each package is verified or unpacked, so that
+/// rebuilding a store on a slow card after a power cut is not killed by the start timeout and
+/// started over again, while a hang still is.
+pub fn extend_timeout(by: std::time::Duration) {
+    let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+    send(&[NotifyState::ExtendTimeoutUsec(usec)]);
+}
+
 /// `WATCHDOG=1`.
 pub fn watchdog() {
     send(&[NotifyState::Watchdog]);

@@ -246,6 +246,12 @@ fn usage_survives_a_restart_and_a_corrupt_usage_file_is_ignored() {
             )),
         "{log}"
     );
+    // The damaged file is replaced at the next save (here, the clean stop).
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), Some(0));
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("usage.json")).expect("JSON again");
+    assert_eq!(again["format"], 1, "{again}");
 }
 
 #[test]

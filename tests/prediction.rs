@@ -182,7 +182,7 @@ fn a_prediction_that_did_not_come_is_not_repeated_for_that_hour() {
     );
     d.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(d.wait_exit(), Some(0));
-    let usage = usage_file::read(&usage_file::path(&d.dir.path().join("state")));
+    let (usage, _) = usage_file::read(&usage_file::path(&d.dir.path().join("state")));
     assert_eq!(
         usage["side"]
             .habits

@@ -189,12 +189,16 @@ pub struct Registry {
     /// given to a model's slot when its package appears, kept in the file until then.
     remembered: Mutex<BTreeMap<String, usage_file::Record>>,
     /// Where usage is kept, once [`Registry::restore_usage`] set it; and what was last written.
-    usage_store: Mutex<Option<(PathBuf, BTreeMap<String, usage_file::Record>)>>,
+    usage_store: Mutex<Option<UsageStore>>,
     /// Models being answered for by an alternative (`models.fallbacks`).
     pub fallbacks: fallback::Episodes,
     /// Refused loads, for the journal's one line per episode.
     refusals: refusals::RefusalLog,
 }
+
+/// Where usage is kept, and what was last written there (`None`: the file was damaged and
+/// must be rewritten even if nothing changed).
+type UsageStore = (PathBuf, Option<BTreeMap<String, usage_file::Record>>);
 
 impl Registry {
     /// An empty registry whose models will run with `options` under `memory`'s rules.
@@ -221,7 +225,7 @@ impl Registry {
     /// and keeps it there from now on.
     pub fn restore_usage(&self, state_dir: &std::path::Path) {
         let path = usage_file::path(state_dir);
-        let records = usage_file::read(&path);
+        let (records, sound) = usage_file::read(&path);
         if !records.is_empty() {
             tracing::info!(
                 caxton_event = "usage_restored",
@@ -231,7 +235,9 @@ impl Registry {
             );
         }
         *self.remembered.lock().unwrap_or_else(|p| p.into_inner()) = records.clone();
-        *self.usage_store.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, records));
+        // A damaged file is rewritten at the next save even when nothing changed.
+        let written = sound.then_some(records);
+        *self.usage_store.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, written));
     }
 
     /// Every model's usage: the verified models', and what is remembered of the others.
@@ -256,11 +262,11 @@ impl Registry {
         let Some((path, written)) = store.as_mut() else {
             return;
         };
-        if *written == records {
+        if written.as_ref() == Some(&records) {
             return;
         }
         match usage_file::write(path, &records) {
-            Ok(()) => *written = records,
+            Ok(()) => *written = Some(records),
             Err(e) => tracing::warn!(
                 caxton_event = "usage_state_unwritable",
                 caxton_file = %path.display(),

@@ -50,34 +50,53 @@ struct UsageFile {
     models: BTreeMap<String, Record>,
 }
 
+/// The name a write starts as, before its rename into place.
+const TMP_PREFIX: &str = ".usage-";
+
 /// Where the usage of the daemon with `state_dir` is kept.
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("usage.json")
 }
 
 /// The records in `path`: empty when it does not exist; empty, with a warning naming the file
-/// and the fault, when it cannot be read or parsed.
-pub fn read(path: &Path) -> BTreeMap<String, Record> {
+/// and the fault, when it cannot be read or parsed (then `false`: the file must be rewritten).
+/// Temporary files a cut write left beside it are removed.
+pub fn read(path: &Path) -> (BTreeMap<String, Record>, bool) {
+    remove_leftovers(path);
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (BTreeMap::new(), true),
         Err(e) => {
             ignored(path, &format!("cannot read it: {e}"));
-            return BTreeMap::new();
+            return (BTreeMap::new(), false);
         }
     };
     match serde_json::from_slice::<UsageFile>(&bytes) {
-        Ok(f) if f.format == FORMAT => f.models,
+        Ok(f) if f.format == FORMAT => (f.models, true),
         Ok(f) => {
             ignored(
                 path,
                 &format!("it has format {}, this caxtond reads {FORMAT}", f.format),
             );
-            BTreeMap::new()
+            (BTreeMap::new(), false)
         }
         Err(e) => {
             ignored(path, &format!("it is not valid usage JSON: {e}"));
-            BTreeMap::new()
+            (BTreeMap::new(), false)
+        }
+    }
+}
+
+/// Removes the `.usage-*` temporary files of writes a power cut interrupted (only this
+/// process writes them, and it is not writing yet).
+fn remove_leftovers(path: &Path) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -100,7 +119,7 @@ pub fn write(path: &Path, models: &BTreeMap<String, Record>) -> std::io::Result<
     .map_err(std::io::Error::other)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".usage-")
+        .prefix(TMP_PREFIX)
         .tempfile_in(dir)?;
     tmp.write_all(&body)?;
     tmp.as_file().sync_all()?;
@@ -133,7 +152,7 @@ mod tests {
             },
         );
         write(&p, &models).expect("write");
-        assert_eq!(read(&p), models);
+        assert_eq!(read(&p), (models.clone(), true));
         assert_eq!(
             models["m"].last_use_time(),
             UNIX_EPOCH.checked_add(Duration::from_secs(1_700_000_000))
@@ -150,12 +169,29 @@ mod tests {
     fn a_missing_corrupt_or_foreign_file_reads_as_no_usage() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = path(dir.path());
-        assert!(read(&p).is_empty());
+        // Missing: nothing to rewrite.
+        assert_eq!(read(&p), (BTreeMap::new(), true));
+        // Torn (a power cut), foreign or of another format: empty, and to be rewritten.
         std::fs::write(&p, b"{\"format\": 1, \"models\": {\"m\": {\"use_count\": ").expect("w");
-        assert!(read(&p).is_empty());
+        assert_eq!(read(&p), (BTreeMap::new(), false));
         std::fs::write(&p, b"{\"format\": 2, \"models\": {}}").expect("w");
-        assert!(read(&p).is_empty());
+        assert_eq!(read(&p), (BTreeMap::new(), false));
         std::fs::write(&p, b"[]").expect("w");
-        assert!(read(&p).is_empty());
+        assert_eq!(read(&p), (BTreeMap::new(), false));
+    }
+
+    #[test]
+    fn temporary_files_of_cut_writes_are_removed_when_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = path(dir.path());
+        std::fs::write(dir.path().join(".usage-a1b2c3"), b"{\"format\"").expect("w");
+        std::fs::write(dir.path().join("other"), b"kept").expect("w");
+        read(&p);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![std::ffi::OsString::from("other")]);
     }
 }
