@@ -320,6 +320,12 @@ def cmd_run(args):
         latencies.append(time.perf_counter() - t)
     latencies.sort()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Every short text's vector, in order, for the ranking check (outside the timings).
+    corpus = [
+        [float(x) for x in v]
+        for i in range(0, len(short), sb)
+        for v in embed(short[i : i + sb])[0].astype(np.float32)
+    ]
 
     result = {
         "implementation": "onnxruntime int8" if args.int8 else "onnxruntime",
@@ -343,6 +349,7 @@ def cmd_run(args):
         "single_p99_ms": percentile(latencies, 0.99) * 1e3,
         "idle_rss_mb": idle_rss,
         "peak_rss_mb": peak_mb,
+        "corpus": corpus,
     }
 
     problems = []
@@ -506,10 +513,38 @@ def cmd_summary(args):
             print(f"error: {name(runs)} vectors stray from the f32 reference: {cosines}",
                   file=sys.stderr)
             status = 1
+    # Ranking kept: every 10th short text as a query against all the short texts (itself left
+    # out); the share of its 10 nearest under caxton f32 that each variant also puts there.
+    reference = cax[0].get("corpus")
+    if reference:
+        for runs in (int8, bf16, ort, ort8):
+            if runs and runs[0].get("corpus"):
+                share = top_k_agreement(reference, runs[0]["corpus"], k=10, every=10)
+                print(f"{name(runs)}: top-10 neighbours of {len(reference) // 10} queries among "
+                      f"{len(reference)} texts agree with caxton f32's on {share * 100:.2f}%")
     if errors:
         print(f"error: {errors} of caxton's concurrent requests failed", file=sys.stderr)
         return 1
     return status
+
+
+def top_k_agreement(reference, other, k, every):
+    """Mean share of each query's k nearest (by cosine, itself excluded) under `reference`
+    that `other` also ranks in its k nearest; queries are every `every`-th vector."""
+    import numpy as np
+
+    def nearest(vectors):
+        v = np.asarray(vectors, dtype=np.float64)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        q = np.arange(0, len(v), every)
+        sims = v[q] @ v.T
+        sims[np.arange(len(q)), q] = -np.inf
+        return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+    if len(reference) != len(other):
+        raise SystemExit(f"ranking check: {len(reference)} reference vectors, {len(other)} others")
+    a, b = nearest(reference), nearest(other)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
 
 
 def main():

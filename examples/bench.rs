@@ -427,6 +427,23 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(out)
     })?;
+    // Vectors of every short text, in order, for the ranking check against the f32 reference
+    // (outside the timings; only when the figures are written).
+    let corpus: Vec<Vec<f32>> = if json_out.is_some() {
+        rt.block_on(async {
+            let mut c = Conn::open(&socket).await?;
+            let mut out = Vec::new();
+            for chunk in short.chunks(short_batch) {
+                out.extend(c.vectors(chunk).await?);
+            }
+            anyhow::Ok(out)
+        })?
+        .into_iter()
+        .map(|v| v.into_iter().map(|x| x as f32).collect())
+        .collect()
+    } else {
+        Vec::new()
+    };
 
     println!(
         "caxton benchmark: {model_id} ({storage} storage, {compute} compute on the {kernel} kernel, {} bytes package), {} CPUs",
@@ -547,6 +564,7 @@ fn main() -> anyhow::Result<()> {
             "concurrent_errors": concurrent_errors,
             "peak_rss_concurrent_mb": peak_concurrent as f64 / 1024.0,
             "check": check,
+            "corpus": corpus,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
