@@ -138,7 +138,15 @@ async fn run(state: Arc<AppState>) {
                 Shed::Excess { urgent } => {
                     // Memory already on its way back counts against the excess.
                     let excess = reading.excess_bytes.saturating_sub(gov.releasing_bytes());
-                    policy::shed_for_excess(excess, &residents, now, min_residency, urgent)
+                    let critical = reading.level == policy::Level::Critical;
+                    policy::shed_for_excess(
+                        excess,
+                        &residents,
+                        now,
+                        min_residency,
+                        urgent,
+                        critical,
+                    )
                 }
                 Shed::Signal => {
                     policy::shed_for_signal(&residents, now, min_residency, DEFAULT_PRIORITY)

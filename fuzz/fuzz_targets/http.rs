@@ -65,6 +65,15 @@ fn harness() -> &'static Harness {
             packages = dir.path().join("packages").display(),
         );
         std::fs::write(dir.path().join("caxton.yaml"), yaml).expect("caxton.yaml");
+        // caxtond reads CAXTON_* variables as configuration keys and refuses unknown ones; a
+        // CI or shell variable of that prefix must not make the harness a crash.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CAXTON_") {
+                // SAFETY: this runs once, before the runtime or any other thread of the
+                // harness exists.
+                unsafe { std::env::remove_var(&key) };
+            }
+        }
         let settings = caxton::config::Settings::load(dir.path()).expect("the harness's config");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -3,26 +3,54 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 
 /// What a connection is doing, shared by its task, its socket, its requests and the table.
-#[derive(Default)]
 pub(super) struct Activity {
     /// Requests under way: from their head until hyper has taken their answer's body.
     pub(super) requests: AtomicUsize,
     /// hyper has bytes for the socket it has not seen flushed: an answer still going out to
     /// a client that reads slowly, after hyper took its body.
     pub(super) unflushed: AtomicBool,
+    /// Milliseconds from `born` to the last write that moved bytes (or began an answer).
+    progress_ms: AtomicU64,
+    born: Instant,
+    /// How long an unflushed answer may move no bytes and still count as under way: a
+    /// client that never reads must not pin its connection (`limits.idle_timeout`).
+    stall: Duration,
 }
 
 impl Activity {
-    /// A request or an answer is under way: the connection must not be closed under it.
+    pub(super) fn new(stall: Duration) -> Activity {
+        Activity {
+            requests: AtomicUsize::new(0),
+            unflushed: AtomicBool::new(false),
+            progress_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            stall,
+        }
+    }
+
+    /// A request or an answer is under way: the connection must not be closed under it. An
+    /// answer whose bytes have not moved for `stall` is not.
     pub(super) fn busy(&self) -> bool {
-        self.computing() > 0 || self.unflushed.load(Ordering::Acquire)
+        self.computing() > 0 || (self.unflushed.load(Ordering::Acquire) && !self.stalled())
+    }
+
+    /// Bytes are going out now.
+    pub(super) fn progressed(&self) {
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.progress_ms.store(now, Ordering::Release);
+    }
+
+    fn stalled(&self) -> bool {
+        let last = Duration::from_millis(self.progress_ms.load(Ordering::Acquire));
+        self.born.elapsed().saturating_sub(last) > self.stall
     }
 
     /// Requests whose answers hyper has not taken yet: being computed, or their bodies read.
@@ -57,7 +85,13 @@ impl hyper::rt::Write for Tracked {
         if !buf.is_empty() {
             self.activity.unflushed.store(true, Ordering::Release);
         }
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written
+            && n > 0
+        {
+            self.activity.progressed();
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -68,7 +102,13 @@ impl hyper::rt::Write for Tracked {
         if bufs.iter().any(|b| !b.is_empty()) {
             self.activity.unflushed.store(true, Ordering::Release);
         }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written
+            && n > 0
+        {
+            self.activity.progressed();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -67,7 +67,10 @@ const MAX_REFUSING: usize = 64;
 fn bound(configured: usize) -> usize {
     match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         Ok((soft, _)) => {
-            let room = soft.saturating_sub(RESERVED_FDS).max(1);
+            // Refused connections, answered beside the bound, have their own share.
+            let room = soft
+                .saturating_sub(RESERVED_FDS + MAX_REFUSING as u64)
+                .max(1);
             configured.min(usize::try_from(room).unwrap_or(usize::MAX))
         }
         Err(_) => configured,
@@ -132,7 +135,11 @@ pub async fn serve(
         };
         let peer = Peer::of(&stream);
         let limits = state.settings().limits.clone();
-        let admission = connections.admit((peer.uid, peer.pid), bound(limits.max_connections));
+        let admission = connections.admit(
+            (peer.uid, peer.pid),
+            bound(limits.max_connections),
+            limits.idle_timeout.0,
+        );
         let served = match admission {
             Admission::Served {
                 id,

@@ -67,7 +67,8 @@ impl Connections {
     }
 
     /// Registers a new connection of `owner`, closing others to stay within `max`.
-    pub(super) fn admit(&self, owner: Owner, max: usize) -> Admission {
+    /// `stall`: how long an answer may move no bytes and still hold its connection.
+    pub(super) fn admit(&self, owner: Owner, max: usize, stall: Duration) -> Admission {
         let mut t = self.lock();
         let t = &mut *t;
         while t.open.len() >= max {
@@ -84,7 +85,7 @@ impl Connections {
         let id = t.next_id;
         t.next_id += 1;
         let close = Arc::new(Notify::new());
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new(stall));
         t.open.insert(
             id,
             Entry {
@@ -192,6 +193,7 @@ pub(super) struct RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         // Unflushed first, so the connection never looks idle in between.
+        self.activity.progressed();
         self.activity.unflushed.store(true, Ordering::Release);
         self.activity.requests.fetch_sub(1, Ordering::AcqRel);
         if let Some(e) = self.connections.lock().open.get_mut(&self.id) {
@@ -205,7 +207,7 @@ mod tests {
     use super::*;
 
     fn entry(owner: Owner, requests: usize, age_ms: u64) -> Entry {
-        let activity = Activity::default();
+        let activity = Activity::new(Duration::from_secs(30));
         activity.requests.store(requests, Ordering::Release);
         Entry {
             owner,
@@ -243,13 +245,13 @@ mod tests {
         let flood = (1000, Some(7));
         let mut first = Vec::new();
         for _ in 0..3 {
-            match c.admit(flood, 3) {
+            match c.admit(flood, 3, Duration::from_secs(30)) {
                 Admission::Served { id, close, .. } => first.push((id, close)),
                 Admission::Refused => panic!("refused under the bound"),
             }
         }
         // A fourth closes the oldest (the first).
-        let Admission::Served { .. } = c.admit((1000, Some(8)), 3) else {
+        let Admission::Served { .. } = c.admit((1000, Some(8)), 3, Duration::from_secs(30)) else {
             panic!("refused with idle connections open");
         };
         assert_eq!(c.open(), 3);
@@ -266,16 +268,37 @@ mod tests {
             .map(|(id, activity)| c.begin(*id, activity.clone()))
             .collect();
         assert!(open.iter().all(|(_, a)| a.busy()));
-        assert!(matches!(c.admit(flood, 3), Admission::Refused));
+        assert!(matches!(
+            c.admit(flood, 3, Duration::from_secs(30)),
+            Admission::Refused
+        ));
         assert_eq!(c.open(), 3);
         // Answers taken by hyper but not yet flushed still hold their connections.
         drop(guards);
         assert!(open.iter().all(|(_, a)| a.busy()));
-        assert!(matches!(c.admit(flood, 3), Admission::Refused));
+        assert!(matches!(
+            c.admit(flood, 3, Duration::from_secs(30)),
+            Admission::Refused
+        ));
         // Once flushed, one is closed for a new connection.
         for (_, a) in &open {
             a.unflushed.store(false, Ordering::Release);
         }
-        assert!(matches!(c.admit(flood, 3), Admission::Served { .. }));
+        assert!(matches!(
+            c.admit(flood, 3, Duration::from_secs(30)),
+            Admission::Served { .. }
+        ));
+    }
+
+    #[test]
+    fn an_answer_that_moves_no_bytes_for_the_stall_time_stops_holding_its_connection() {
+        let a = Activity::new(Duration::from_millis(20));
+        a.progressed();
+        a.unflushed.store(true, Ordering::Release);
+        assert!(a.busy());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!a.busy(), "a client that never reads pins nothing");
+        a.progressed();
+        assert!(a.busy());
     }
 }

@@ -384,3 +384,23 @@ impl Registry {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_usage_file_is_rewritten_at_the_next_save_even_with_no_usage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = usage_file::path(dir.path());
+        std::fs::write(&path, b"{\"format\": 1, \"models\": {\"m\": ").expect("torn");
+        let registry = Registry::new(
+            EngineOptions::default(),
+            &crate::config::MemorySettings::default(),
+        );
+        registry.restore_usage(dir.path());
+        registry.save_usage();
+        let (records, sound) = usage_file::read(&path);
+        assert!(sound && records.is_empty(), "the torn file is still there");
+    }
+}

@@ -64,8 +64,10 @@ pub fn admit(
     limits: &Limits,
     retry_after: Duration,
 ) -> Result<Vec<String>, Refusal> {
+    // A stall's ceiling yields only when nothing at all is loaded: with another model
+    // serving, lifting it would load and shed the same model once per cooldown.
     let cap = match limits.ceiling {
-        Some(c) if !limits.alone => c.min(limits.budget),
+        Some(c) if !(limits.alone && loaded.is_empty()) => c.min(limits.budget),
         _ => limits.budget,
     };
     if need > limits.budget {

@@ -8,15 +8,17 @@ use super::{Resident, shed_order};
 /// The models to shed so that `excess` bytes come back (lowest value first, models still in
 /// their residency skipped unless `urgent`): as few as cover it, never more. Pinned models
 /// never go, and the default and more valuable models go only when the rest does not cover it.
-/// Unless `urgent`, the last model loaded stays: the pressure threshold alone never leaves the
-/// device serving nothing (a model admitted as the last resort stays until memory is critical
-/// or about to be; see `Limits::alone`).
+/// Unless `critical`, the last model loaded stays: pressure, even growing, never leaves the
+/// device serving nothing (a model admitted as the last resort stays until memory is
+/// critical; see `Limits::alone`). A pass's own memory reads as growth, so growth alone must
+/// not shed the model serving it.
 pub fn shed_for_excess(
     excess: u64,
     loaded: &[Resident],
     now: Duration,
     min_residency: Duration,
     urgent: bool,
+    critical: bool,
 ) -> Vec<String> {
     let mut freed = 0;
     let mut victims = Vec::new();
@@ -27,7 +29,7 @@ pub fn shed_for_excess(
         if !urgent && m.resident_for(now, min_residency).is_some() {
             continue;
         }
-        if !urgent && victims.len() + 1 >= loaded.len() {
+        if !critical && victims.len() + 1 >= loaded.len() {
             break;
         }
         freed += m.bytes;

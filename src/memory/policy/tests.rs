@@ -263,25 +263,25 @@ fn excess_sheds_as_few_as_cover_it_and_keeps_the_default_while_it_fits() {
     let loaded = vec![default, m("a", 3, 10, 96), m("b", 3, 20, 96), young];
     // 50 MiB over: one model (the oldest non-default one past its residency).
     assert_eq!(
-        shed_for_excess(50 * MIB, &loaded, s(100), s(10), false),
+        shed_for_excess(50 * MIB, &loaded, s(100), s(10), false, false),
         ["a"]
     );
     // 150 MiB: two, still not the default.
     assert_eq!(
-        shed_for_excess(150 * MIB, &loaded, s(100), s(10), false),
+        shed_for_excess(150 * MIB, &loaded, s(100), s(10), false, false),
         ["a", "b"]
     );
     // More than the others hold: the default goes too.
     assert_eq!(
-        shed_for_excess(250 * MIB, &loaded, s(100), s(10), false),
+        shed_for_excess(250 * MIB, &loaded, s(100), s(10), false, false),
         ["a", "b", "default"]
     );
     // Critical overrides the residency, lowest priority first.
     assert_eq!(
-        shed_for_excess(50 * MIB, &loaded, s(100), s(10), true),
+        shed_for_excess(50 * MIB, &loaded, s(100), s(10), true, true),
         ["young"]
     );
-    assert!(shed_for_excess(0, &loaded, s(100), s(10), true).is_empty());
+    assert!(shed_for_excess(0, &loaded, s(100), s(10), true, true).is_empty());
 }
 
 #[test]
@@ -449,6 +449,16 @@ fn with_nothing_of_its_chain_loaded_a_model_loads_up_to_the_last_resort_room_and
         "{}",
         e.reason
     );
+    // With another model loaded, the stall's ceiling holds even for a model alone in its
+    // chain.
+    let other = vec![m("a", 3, 10, 10)];
+    let e = admit("c", 3, 100 * MIB, &other, &limits, s(5)).expect_err("refused");
+    assert!(
+        e.reason
+            .contains("memory pressure holds model memory at 0 MiB"),
+        "{}",
+        e.reason
+    );
     // The budget still binds.
     let e = admit("c", 3, 2000 * MIB, &[], &limits, s(5)).expect_err("refused");
     assert!(!e.wait, "{}", e.reason);
@@ -457,13 +467,18 @@ fn with_nothing_of_its_chain_loaded_a_model_loads_up_to_the_last_resort_room_and
 #[test]
 fn the_last_model_stays_unless_memory_is_critical_or_about_to_be() {
     let only = vec![m("a", 3, 10, 96)];
-    assert!(shed_for_excess(50 * MIB, &only, s(100), s(10), false).is_empty());
-    assert_eq!(shed_for_excess(50 * MIB, &only, s(100), s(10), true), ["a"]);
+    assert!(shed_for_excess(50 * MIB, &only, s(100), s(10), false, false).is_empty());
+    assert_eq!(
+        shed_for_excess(50 * MIB, &only, s(100), s(10), true, true),
+        ["a"]
+    );
+    // Growth toward critical (urgent) is not critical: the pass serving it reads as growth.
+    assert!(shed_for_excess(50 * MIB, &only, s(100), s(10), true, false).is_empty());
     assert_eq!(shed_for_signal(&only, s(100), s(10), 3), None);
     // With two, the excess takes one and leaves the other, however large the excess.
     let two = vec![m("a", 3, 10, 96), m("b", 3, 20, 96)];
     assert_eq!(
-        shed_for_excess(500 * MIB, &two, s(100), s(10), false),
+        shed_for_excess(500 * MIB, &two, s(100), s(10), false, false),
         ["a"]
     );
     assert_eq!(
