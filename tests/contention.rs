@@ -79,31 +79,9 @@ fn status(d: &Daemon) -> Value {
     d.request("GET", "/api/memory/status", "").1
 }
 
-/// What the daemon holds with no model loaded once it has served: a few full requests, then
-/// every model flushed and its memory back (the pass buffers go after a quiet second).
+/// What the daemon holds with no model loaded once it has served.
 fn base(d: &Daemon) -> u64 {
-    let texts: Vec<String> = (0..16).map(|i| format!("warm-up text {i}")).collect();
-    for _ in 0..3 {
-        let body = serde_json::json!({"input": texts}).to_string();
-        assert_eq!(d.request("POST", "/v1/embeddings", &body).0, 200);
-    }
-    let (s, v) = d.request("POST", "/api/memory/flush", "");
-    assert_eq!(s, 200, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = u64::MAX;
-    loop {
-        let s = status(d);
-        let rss = s["process"]["rss_bytes"].as_u64().expect("rss");
-        let settled =
-            s["releasing"].as_array().is_some_and(|r| r.is_empty()) && s["model_memory_bytes"] == 0;
-        // Settled, and no longer falling.
-        if settled && rss >= last {
-            return rss;
-        }
-        last = rss;
-        assert!(Instant::now() < deadline, "the flush never settled: {s}");
-        std::thread::sleep(Duration::from_millis(1500));
-    }
+    common::footprint::settled_rss(d)
 }
 
 /// What the clients got.

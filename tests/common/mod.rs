@@ -5,6 +5,7 @@
 pub mod cgroups;
 pub mod engine;
 pub mod fixtures;
+pub mod footprint;
 pub mod metrics;
 pub mod packages;
 pub mod skip;
