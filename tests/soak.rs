@@ -11,9 +11,8 @@
 //!
 //! It ends with the daemon alive, no OOM kill, every answer a 200, a 503 with `Retry-After` or
 //! the exact 4xx its bad request asked for, at least half of them 200, and the daemon's RSS and
-//! descriptor count with no model loaded no more than 5% above what they were after the warm-up
-//! (anonymous memory: file pages come and go with the co-tenant's pressure), and the store
-//! pruned to what it keeps.
+//! descriptor count with no model loaded (co-tenant stopped, models flushed) no more than 5%
+//! above what they were after the warm-up, and the store pruned to what it keeps.
 //!
 //! Ignored by `cargo test` (an hour): `tests/soak` runs it (in release, with a summary line every
 //! five minutes).
@@ -290,18 +289,43 @@ fn reloads(conf_d: &Path, gate: &Gate, bad: &AtomicUsize) {
 /// closed this long after its last answer, so a measurement waits it out.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// With the clients, the churn, the reloads and the co-tenant held: the daemon's anonymous RSS
-/// once every model is flushed, and its open descriptors once idle connections are closed and
-/// the last change has been applied (a reload or side-load is picked up within 2 s).
-fn footprint(d: &Daemon, gate: &Gate, cotenant: &mut Option<CoTenant>) -> (u64, usize) {
+/// What the daemon holds with no model loaded.
+#[derive(Clone, Copy)]
+struct Footprint {
+    /// Resident memory (`VmRSS`), as `/api/memory/status` reports it.
+    rss: u64,
+    /// Of which anonymous (`RssAnon`): what it allocated, without its code's file pages.
+    anon: u64,
+    fds: usize,
+}
+
+impl std::fmt::Display for Footprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rss {:.1} MiB (anonymous {:.1} MiB), {} descriptors",
+            self.rss as f64 / MIB as f64,
+            self.anon as f64 / MIB as f64,
+            self.fds
+        )
+    }
+}
+
+/// With the clients, the churn, the reloads and the co-tenant held: the daemon's footprint
+/// once every model is flushed, idle connections are closed and the last change has been
+/// applied (a reload or side-load is picked up within 2 s).
+fn footprint(d: &Daemon, gate: &Gate, cotenant: &mut Option<CoTenant>) -> Footprint {
     gate.pause();
     *cotenant = None;
     std::thread::sleep(IDLE_TIMEOUT + Duration::from_secs(3));
-    settled_rss(d);
-    let fds = open_fds(d);
-    let rss = rss_anon(d);
+    let rss = settled_rss(d);
+    let f = Footprint {
+        rss,
+        anon: rss_anon(d),
+        fds: open_fds(d),
+    };
     gate.resume();
-    (rss, fds)
+    f
 }
 
 /// Lets the clients and helpers go when the test fails half way, so the scope can end and the
@@ -410,10 +434,8 @@ fn an_hour_of_everything_at_once_leaves_the_daemon_as_it_was() {
         let after_warm_up = footprint(&d, &gate, &mut cotenant);
         cotenant = start_cotenant();
         println!(
-            "soak: after the warm-up ({} s): anonymous rss {} MiB with no model, {} descriptors",
+            "soak: after the warm-up ({} s), with no model loaded: {after_warm_up}",
             warm_up.as_secs(),
-            after_warm_up.0 / MIB,
-            after_warm_up.1
         );
         let mut last_report = Instant::now();
         while started.elapsed() < total {
@@ -454,13 +476,7 @@ fn an_hour_of_everything_at_once_leaves_the_daemon_as_it_was() {
         log.matches("caxton_event=\"config_reloaded\"").count(),
         log.matches("caxton_event=\"model_shed\"").count(),
     );
-    println!(
-        "soak: with no model loaded: anonymous rss {} -> {} MiB, descriptors {} -> {}",
-        after_warm_up.0 / MIB,
-        at_end.0 / MIB,
-        after_warm_up.1,
-        at_end.1
-    );
+    println!("soak: with no model loaded: after the warm-up {after_warm_up}; at the end {at_end}");
     assert!(
         t.wrong.is_empty(),
         "answers other than 200, 503 with Retry-After or the asked-for refusal: {:?}",
@@ -488,16 +504,12 @@ fn an_hour_of_everything_at_once_leaves_the_daemon_as_it_was() {
     );
     // A leak grows; the end may be below the warm-up (allocator caches given back).
     assert!(
-        at_end.0 as f64 <= 1.05 * after_warm_up.0 as f64,
-        "anonymous RSS with no model grew from {} to {} MiB",
-        after_warm_up.0 / MIB,
-        at_end.0 / MIB
+        at_end.rss as f64 <= 1.05 * after_warm_up.rss as f64,
+        "RSS with no model grew more than 5%: after the warm-up {after_warm_up}; at the end {at_end}"
     );
     assert!(
-        at_end.1 as f64 <= (1.05 * after_warm_up.1 as f64).max(after_warm_up.1 as f64 + 1.0),
-        "open descriptors grew from {} to {}",
-        after_warm_up.1,
-        at_end.1
+        at_end.fds as f64 <= (1.05 * after_warm_up.fds as f64).max(after_warm_up.fds as f64 + 1.0),
+        "open descriptors grew: after the warm-up {after_warm_up}; at the end {at_end}"
     );
 }
 
