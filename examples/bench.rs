@@ -11,7 +11,10 @@
 //! exact workload texts as JSON, so a peer (`bench/compare`) runs the same inputs; `--quick`
 //! runs smaller workloads (320 short texts, 32 long, 50 single); `--precision bf16` runs the
 //! model's linear layers in bf16 (`models.precision`; f32 on CPUs without AMX, as the first
-//! line then says), `--precision int8` in int8. `CAXTON_ISA` (portable, avx2, avx-vnni)
+//! line then says), `--precision int8` in int8, `--precision int8-fast` in int8-fast.
+//! `--reference FILE` (a JSON object with `texts`, as tests/fixtures/reference's) embeds each
+//! of its texts alone after the timings and writes the vectors into the JSON (`reference`), for
+//! a fidelity check against sentence-transformers. `CAXTON_ISA` (portable, avx2, avx-vnni)
 //! caps the kernels, as for the daemon.
 
 use std::path::{Path, PathBuf};
@@ -205,6 +208,7 @@ impl Drop for Daemon {
 fn main() -> anyhow::Result<()> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let (mut package, mut json_out, mut texts_out, mut quick) = (None, None, None, false);
+    let mut reference: Option<PathBuf> = None;
     let mut precision = caxton::engine::Precision::F32;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -218,6 +222,7 @@ fn main() -> anyhow::Result<()> {
             "--package" => package = Some(file()?),
             "--json" => json_out = Some(file()?),
             "--texts" => texts_out = Some(file()?),
+            "--reference" => reference = Some(file()?),
             "--quick" => quick = true,
             "--precision" => {
                 let name = args.next().unwrap_or_default();
@@ -225,7 +230,7 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
             }
             _ => bail!(
-                "unknown argument {arg}; usage: bench [--package FILE] [--json FILE] [--texts FILE] [--quick] [--precision f32|bf16|int8]"
+                "unknown argument {arg}; usage: bench [--package FILE] [--json FILE] [--texts FILE] [--reference FILE] [--quick] [--precision f32|bf16|int8|int8-fast]"
             ),
         }
     }
@@ -427,6 +432,29 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(out)
     })?;
+    // Each reference text's vector, embedded alone, for the fidelity check (outside the
+    // timings).
+    let reference_vectors: Vec<Vec<f64>> = match &reference {
+        None => Vec::new(),
+        Some(path) => {
+            #[derive(serde::Deserialize)]
+            struct Texts {
+                texts: Vec<String>,
+            }
+            let texts: Texts = serde_json::from_slice(
+                &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            )
+            .with_context(|| format!("{}: no `texts` list", path.display()))?;
+            rt.block_on(async {
+                let mut c = Conn::open(&socket).await?;
+                let mut out = Vec::new();
+                for t in &texts.texts {
+                    out.extend(c.vectors(std::slice::from_ref(t)).await?);
+                }
+                anyhow::Ok(out)
+            })?
+        }
+    };
     // Vectors of every short text, in order, for the ranking check against the f32 reference
     // (outside the timings; only when the figures are written).
     let corpus: Vec<Vec<f32>> = if json_out.is_some() {
@@ -565,6 +593,7 @@ fn main() -> anyhow::Result<()> {
             "peak_rss_concurrent_mb": peak_concurrent as f64 / 1024.0,
             "check": check,
             "corpus": corpus,
+            "reference": reference_vectors,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
             .with_context(|| format!("cannot write {}", path.display()))?;

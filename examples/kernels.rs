@@ -1,11 +1,13 @@
-//! Kernel throughput: one linear layer (MiniLM's FFN shapes) in f32 and in int8 on every int8
-//! kernel this CPU runs, at a few row counts. `cargo run --release --example kernels`; `KERNELS_ROWS=18,576` picks the
-//! row counts, `KERNELS_INT8=avx2` one int8 kernel, `KERNELS_F32_ONLY=1` none.
+//! Kernel throughput: one linear layer (MiniLM's shapes) in f32, in int8 on every int8 kernel
+//! this CPU runs and in int8-fast on every int8-fast kernel, at a few row counts, in GMAC/s.
+//! `cargo run --release --example kernels`; `KERNELS_ROWS=18,576` picks the row counts,
+//! `KERNELS_INT8=avx2` one kernel of each, `KERNELS_F32_ONLY=1` none.
 
 use std::time::Instant;
 
 use caxton::engine::kernels::Linear;
 use caxton::engine::kernels::int8::{Kernel, Packed};
+use caxton::engine::kernels::int8_fast;
 
 fn main() {
     let shapes = [(384usize, 1536usize), (1536, 384), (384, 1152)];
@@ -22,6 +24,7 @@ fn main() {
             }
         }
         let packed = Packed::new(&wt, inputs, outputs);
+        let fast = int8_fast::Packed::new(&wt, inputs, outputs, &[], false);
         let rows_list: Vec<usize> = std::env::var("KERNELS_ROWS")
             .ok()
             .map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect())
@@ -63,6 +66,20 @@ fn main() {
                 .filter(|k| only.as_deref().is_none_or(|o| o == k.name()))
             {
                 let t = time(&mut || packed.forward_with(k, &x, rows, &bias, None, &mut out));
+                print!("  {} {:6.1}", k.name(), macs / t / 1e9);
+            }
+            let fast_kernels = if std::env::var_os("KERNELS_F32_ONLY").is_some() {
+                Vec::new()
+            } else {
+                int8_fast::Kernel::here()
+            };
+            print!("  | int8-fast:");
+            for k in fast_kernels
+                .into_iter()
+                .filter(|k| only.as_deref().is_none_or(|o| o == k.name()))
+            {
+                let t =
+                    time(&mut || fast.forward_strided(k, &x, rows, &bias, None, &mut out, outputs));
                 print!("  {} {:6.1}", k.name(), macs / t / 1e9);
             }
             println!();

@@ -1,7 +1,7 @@
 //! One short text at a time through a model loaded in-process: the forward pass without the
 //! socket, for profiling (`perf record target/release/examples/single int8`). A second
 //! argument N sends N short texts (of 10 to 20 words) per call instead, as a batch request
-//! does (`single int8 32`).
+//! does (`single int8 32`); `SINGLE_WORDS=N` makes every text N words long.
 
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -50,9 +50,13 @@ fn main() -> anyhow::Result<()> {
         "model",
         "vector",
     ];
+    // `SINGLE_WORDS=N`: texts of N words (long texts for a profile of a batch's pass).
+    let fixed: Option<usize> = std::env::var("SINGLE_WORDS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let texts = (0..batch)
         .map(|i| {
-            let words = 10 + i % 11;
+            let words = fixed.unwrap_or(10 + i % 11);
             let text: Vec<&str> = (0..words)
                 .map(|w| WORDS[(i * 7 + w * 3) % WORDS.len()])
                 .collect();

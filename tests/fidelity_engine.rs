@@ -89,3 +89,15 @@ fn int8_stays_within_0_999_of_sentence_transformers_in_process() {
     }
     holds(Precision::Int8, 0.999);
 }
+
+#[test]
+fn int8_fast_stays_within_its_floor_of_sentence_transformers_in_process() {
+    // The kernel this runs on is the one a device would: sdot where aarch64 has it.
+    if cfg!(target_arch = "aarch64") && std::env::var_os("CAXTON_ISA").is_none() {
+        assert_eq!(
+            caxton::engine::kernels::int8_fast::Kernel::best(),
+            caxton::engine::kernels::int8_fast::Kernel::here()[0]
+        );
+    }
+    holds(Precision::Int8Fast, 0.997);
+}

@@ -228,7 +228,7 @@ fn bad_changes_are_refused_whole_and_the_next_good_one_applies() {
         &[
             &name,
             "models.precision.all-MiniLM-L6-v2",
-            "\"int4\" is not a precision; use f32, bf16 or int8",
+            "\"int4\" is not a precision; use f32, bf16, int8 or int8-fast",
         ],
     );
 

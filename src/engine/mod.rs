@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod blueprint;
+pub mod calibration;
 pub mod checkpoint;
 pub mod encoder;
 pub mod head;
@@ -47,6 +48,7 @@ impl Precision {
         match self {
             Precision::F32 => (Precision::F32, None),
             Precision::Int8 => (Precision::Int8, None),
+            Precision::Int8Fast => (Precision::Int8Fast, None),
             Precision::Bf16 => match bf16_support() {
                 Ok(()) => (Precision::Bf16, None),
                 Err(reason) => (Precision::F32, Some(reason)),
@@ -122,7 +124,13 @@ impl LoadedModel {
         let config = package.read_verified("config.json")?;
         let weights = package.read_verified("model.safetensors")?;
         let (precision, precision_fallback) = precision.on_this_machine();
-        let encoder = encoder::Encoder::load(&config, weights, m, precision)
+        let calibration = match precision {
+            Precision::Int8Fast => {
+                calibration::encode(&tokenizer, m.kind).map_err(PackageError::Unusable)?
+            }
+            _ => Vec::new(),
+        };
+        let encoder = encoder::Encoder::load(&config, weights, m, precision, &calibration)
             .map_err(PackageError::Unusable)?;
         let finish = vectors::Finish::new(m, |path| {
             package.read_verified(path).map_err(|e| e.to_string())
@@ -321,7 +329,7 @@ pub fn estimate_bytes(package: &StoredPackage, precision: Precision) -> u64 {
         .filter(|f| f.path.ends_with(".safetensors"))
         .map(|f| safetensors_header_f32_bytes(&package.dir.join(&f.path)).unwrap_or(f.size * 2))
         .sum();
-    if precision == Precision::Int8 {
+    if matches!(precision, Precision::Int8 | Precision::Int8Fast) {
         weights /= 3;
     }
     let tokenizer = m.file("tokenizer.json").map_or(0, |f| f.size);

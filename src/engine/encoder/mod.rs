@@ -17,6 +17,7 @@
 //! - the buffers of one pass are kept for the next while the model is busy.
 
 mod attention;
+mod layer;
 mod rotary;
 mod weights;
 
@@ -32,7 +33,8 @@ use super::kernels::{self, Linear};
 use super::tokenize::Encoded;
 use super::words::Words;
 use crate::package::{Manifest, ModelKind};
-use attention::{Attention, RelativeBias};
+use attention::RelativeBias;
+use layer::{FFN_ROWS, Layer, Norm, Probe, Workspace};
 use weights::Weights;
 
 /// Token vectors of one forward pass, one row of `hidden` floats per token.
@@ -42,71 +44,6 @@ pub struct Hidden {
     /// Row of each text's first token: text `k`'s tokens are the rows from `starts[k]` on.
     pub starts: Vec<usize>,
 }
-
-struct Layer {
-    qkv: Linear,
-    attention_out: Linear,
-    /// `None` where the family takes the input as it is (ModernBERT's first layer).
-    attention_norm: Option<Norm>,
-    /// The feed-forward block's first linear (gate and up side by side when gated).
-    up: Linear,
-    down: Linear,
-    output_norm: Norm,
-}
-
-impl Layer {
-    fn linears_mut(&mut self) -> [&mut Linear; 4] {
-        [
-            &mut self.qkv,
-            &mut self.attention_out,
-            &mut self.up,
-            &mut self.down,
-        ]
-    }
-
-    fn bytes(&self) -> usize {
-        let norms = self.attention_norm.as_ref().map_or(0, Norm::bytes) + self.output_norm.bytes();
-        norms
-            + [&self.qkv, &self.attention_out, &self.up, &self.down]
-                .iter()
-                .map(|l| l.bytes())
-                .sum::<usize>()
-    }
-}
-
-struct Norm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-}
-
-impl Norm {
-    fn bytes(&self) -> usize {
-        (self.gamma.len() + self.beta.len()) * 4
-    }
-
-    fn apply(&self, x: &mut [f32], width: usize, eps: f32) {
-        kernels::layer_norm_rows(x, width, &self.gamma, &self.beta, eps);
-    }
-}
-
-/// Buffers of one forward pass, reused by the next.
-#[derive(Default)]
-struct Workspace {
-    qkv: Vec<f32>,
-    context: Vec<f32>,
-    attended: Vec<f32>,
-    /// A block's normalised input (norms before each block only).
-    normed: Vec<f32>,
-    /// The feed-forward block's inner layer, for one slice of rows.
-    up: Vec<f32>,
-    /// Its gated half (gated blocks only).
-    gated: Vec<f32>,
-}
-
-/// Rows the feed-forward block takes at a time: its inner layer is four to eight times the
-/// token width, and this bounds it (24 MiB for a gated 3,072-wide block) whatever the length
-/// of the pass, while leaving each GEMM rows enough for the whole pool.
-const FFN_ROWS: usize = 1024;
 
 /// A loaded encoder.
 pub struct Encoder {
@@ -139,6 +76,7 @@ impl Encoder {
         weights: Vec<u8>,
         manifest: &Manifest,
         precision: Precision,
+        calibration: &[Encoded],
     ) -> Result<Self, String> {
         let tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu)
             .map_err(|e| format!("model.safetensors: {e}"))?;
@@ -159,6 +97,7 @@ impl Encoder {
             precision,
             labels,
             manifest.max_seq_length,
+            calibration,
         )
     }
 
@@ -184,13 +123,14 @@ impl Encoder {
         precision: Precision,
         labels: Option<usize>,
         max_seq_length: usize,
+        calibration: &[Encoded],
     ) -> Result<Self, String> {
         let mut w = Weights(tensors);
-        let (h, i) = (b.hidden, b.intermediate);
+        let h = b.hidden;
         let words = w.take("embeddings.word_embeddings.weight", &[b.vocab, h])?;
         // In int8 the word table goes too: it is half of MiniLM's weights.
         let words = match precision {
-            Precision::Int8 => Words::int8(&words, h),
+            Precision::Int8 | Precision::Int8Fast => Words::int8(&words, h),
             _ => Words::F32(words),
         };
         let (positions, relative, rotary, max_len) = match &b.positions {
@@ -219,34 +159,29 @@ impl Encoder {
                 w.linear(super::head::OUT, labels, h)?,
             )?),
         };
-        let mut layers = Vec::with_capacity(b.layers);
-        for l in 0..b.layers {
-            let p = format!("encoder.layer.{l}");
-            let qkv = if w.has(&format!("{p}.attention.self.qkv.weight")) {
-                w.linear(&format!("{p}.attention.self.qkv"), 3 * h, h)?
-            } else {
-                let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
-                let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
-                let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
-                Linear::concat(&[q, k, v])
-            };
-            let attention_norm = match (b.norm, l) {
-                (
-                    Placement::Pre {
-                        first_attention_norm: false,
-                    },
-                    0,
-                ) => None,
-                _ => Some(w.norm(&format!("{p}.attention.output.LayerNorm"), h)?),
-            };
-            let mut layer = Layer {
-                qkv,
-                attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                attention_norm,
-                up: w.linear(&format!("{p}.intermediate.dense"), b.up_outputs(), h)?,
-                down: w.linear(&format!("{p}.output.dense"), h, i)?,
-                output_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
-            };
+        let layers = b.layers;
+        // The encoder exists before its layers, so that int8-fast can run each layer over the
+        // calibration texts as it is built (the layers before it already in place).
+        let mut encoder = Encoder {
+            words,
+            positions,
+            token_types,
+            embeddings_norm,
+            layers: Vec::with_capacity(layers),
+            final_norm: None,
+            max_len,
+            relative,
+            rotary,
+            head,
+            blueprint: b,
+            workspace: Mutex::new(Workspace::default()),
+        };
+        let mut calibration = match precision {
+            Precision::Int8Fast => Some(encoder.calibration_pass(calibration)?),
+            _ => None,
+        };
+        for l in 0..layers {
+            let mut layer = encoder.read_layer(&mut w, l)?;
             // Layer by layer, so the next layer's f32 copies reuse the memory this one's
             // free: rounding all layers at the end left their f32 copies' 21 MB (MiniLM)
             // resident in the loader thread's malloc arena, trim or no trim.
@@ -262,30 +197,88 @@ impl Encoder {
                         l.to_int8();
                     }
                 }
+                Precision::Int8Fast => {
+                    // The f32 layer over the calibration texts: what its linears' inputs
+                    // reach, and the next layer's input.
+                    if let Some(c) = calibration.as_mut() {
+                        let mut probe = Probe::default();
+                        encoder.layer_pass(
+                            &layer,
+                            l,
+                            &mut c.x,
+                            c.rows,
+                            &c.starts,
+                            &c.lens,
+                            &mut c.ws,
+                            Some(&mut probe),
+                        );
+                        layer.quantize_fast(&probe);
+                    }
+                }
                 #[cfg(target_arch = "x86_64")]
                 Precision::Bf16 => layer.linears_mut().into_iter().for_each(Linear::to_bf16),
                 #[cfg(not(target_arch = "x86_64"))]
                 Precision::Bf16 => return Err("bf16 needs Intel AMX (x86-64)".into()),
             }
-            layers.push(layer);
+            encoder.layers.push(layer);
         }
-        let final_norm = match b.norm {
+        drop(calibration);
+        encoder.final_norm = match encoder.blueprint.norm {
             Placement::Post => None,
             Placement::Pre { .. } => Some(w.norm("final_norm", h)?),
         };
-        Ok(Encoder {
-            words,
-            positions,
-            token_types,
-            embeddings_norm,
-            layers,
-            final_norm,
-            max_len,
-            relative,
-            rotary,
-            head,
-            blueprint: b,
-            workspace: Mutex::new(Workspace::default()),
+        Ok(encoder)
+    }
+
+    /// Layer `l`'s weights, in f32.
+    fn read_layer(&self, w: &mut Weights, l: usize) -> Result<Layer, String> {
+        let b = &self.blueprint;
+        let h = b.hidden;
+        let p = format!("encoder.layer.{l}");
+        let qkv = if w.has(&format!("{p}.attention.self.qkv.weight")) {
+            w.linear(&format!("{p}.attention.self.qkv"), 3 * h, h)?
+        } else {
+            let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
+            let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
+            let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
+            Linear::concat(&[q, k, v])
+        };
+        let attention_norm = match (b.norm, l) {
+            (
+                Placement::Pre {
+                    first_attention_norm: false,
+                },
+                0,
+            ) => None,
+            _ => Some(w.norm(&format!("{p}.attention.output.LayerNorm"), h)?),
+        };
+        Ok(Layer {
+            qkv,
+            attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+            attention_norm,
+            up: w.linear(&format!("{p}.intermediate.dense"), b.up_outputs(), h)?,
+            down: w.linear(&format!("{p}.output.dense"), h, b.intermediate)?,
+            output_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
+        })
+    }
+
+    /// The calibration texts embedded, ready for the first layer (see [`calibration`]).
+    fn calibration_pass(&self, texts: &[Encoded]) -> Result<Calibration, String> {
+        if texts.is_empty() {
+            return Err("int8-fast needs calibration texts".into());
+        }
+        let refs: Vec<&Encoded> = texts.iter().collect();
+        let (starts, lens, rows) = self.check_texts(&refs)?;
+        let mut x = vec![0f32; rows * self.blueprint.hidden];
+        self.embed(&refs, &starts, &mut x);
+        let mut ws = Workspace::default();
+        ws.prepare(&self.blueprint, rows);
+        Ok(Calibration {
+            x,
+            rows,
+            starts,
+            lens,
+            ws,
         })
     }
 
@@ -316,10 +309,10 @@ impl Encoder {
         }
     }
 
-    /// Runs one forward pass over `texts`, each attending only to its own tokens.
-    pub fn forward(&self, texts: &[&Encoded]) -> Result<Hidden, String> {
+    /// Checks every text fits the model (length, vocabulary, token types); returns each
+    /// text's first row, its length, and the rows of the pass.
+    fn check_texts(&self, texts: &[&Encoded]) -> Result<(Vec<usize>, Vec<usize>, usize), String> {
         let b = &self.blueprint;
-        let h = b.hidden;
         let mut starts = Vec::with_capacity(texts.len());
         let mut rows = 0;
         for t in texts {
@@ -346,106 +339,26 @@ impl Encoder {
             rows += t.len();
         }
         let lens: Vec<usize> = texts.iter().map(|t| t.len()).collect();
+        Ok((starts, lens, rows))
+    }
 
+    /// Runs one forward pass over `texts`, each attending only to its own tokens.
+    pub fn forward(&self, texts: &[&Encoded]) -> Result<Hidden, String> {
+        let b = &self.blueprint;
+        let h = b.hidden;
+        let (starts, lens, rows) = self.check_texts(texts)?;
         let mut x = vec![0f32; rows * h];
         self.embed(texts, &starts, &mut x);
 
         let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
-        let Workspace {
-            qkv,
-            context,
-            attended,
-            normed,
-            up,
-            gated,
-        } = &mut *ws;
-        grow(qkv, rows * 3 * h);
-        grow(context, rows * h);
-        grow(attended, rows * h);
-        let slice = rows.min(FFN_ROWS);
-        grow(up, slice * b.up_outputs());
-        if b.mlp.gated {
-            grow(gated, slice * b.intermediate);
-        }
-        let pre = matches!(b.norm, Placement::Pre { .. });
-        if pre {
-            grow(normed, rows * h);
-        }
+        ws.prepare(b, rows);
         for (index, l) in self.layers.iter().enumerate() {
-            let window = b.window.as_ref().and_then(|w| w.of_layer(index));
-            // Attention's input: the layer's input, normalised first where norms come
-            // before each block.
-            let input: &[f32] = match (&l.attention_norm, pre) {
-                (Some(norm), true) => {
-                    normed[..rows * h].copy_from_slice(&x);
-                    norm.apply(&mut normed[..rows * h], h, b.eps);
-                    normed
-                }
-                _ => &x,
-            };
-            l.qkv.forward(input, rows, None, qkv);
-            if let Some(rotary) = &self.rotary {
-                rotary.apply(qkv, &starts, &lens, h, b.heads, window.is_some());
-            }
-            Attention {
-                hidden: h,
-                heads: b.heads,
-                window,
-                relative: self.relative.as_ref(),
-            }
-            .run(qkv, &starts, &lens, context);
-            l.attention_out.forward(context, rows, Some(&x), attended);
-            let attended = &mut attended[..rows * h];
-            if pre {
-                normed[..rows * h].copy_from_slice(attended);
-                l.output_norm.apply(&mut normed[..rows * h], h, b.eps);
-                self.feed_forward(l, &normed[..rows * h], attended, rows, up, gated, &mut x);
-            } else {
-                if let Some(norm) = &l.attention_norm {
-                    norm.apply(attended, h, b.eps);
-                }
-                self.feed_forward(l, attended, attended, rows, up, gated, &mut x);
-                l.output_norm.apply(&mut x, h, b.eps);
-            }
+            self.layer_pass(l, index, &mut x, rows, &starts, &lens, &mut ws, None);
         }
         if let Some(norm) = &self.final_norm {
             norm.apply(&mut x, h, b.eps);
         }
         Ok(Hidden { data: x, starts })
-    }
-
-    /// `out = down(act(up(input))) + residual` (gated: `act(gate) · up`), `FFN_ROWS` rows at
-    /// a time.
-    #[allow(clippy::too_many_arguments)]
-    fn feed_forward(
-        &self,
-        l: &Layer,
-        input: &[f32],
-        residual: &[f32],
-        rows: usize,
-        up: &mut [f32],
-        gated: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let (h, i, mlp) = (
-            self.blueprint.hidden,
-            self.blueprint.intermediate,
-            self.blueprint.mlp,
-        );
-        for first in (0..rows).step_by(FFN_ROWS) {
-            let n = FFN_ROWS.min(rows - first);
-            let span = first * h..(first + n) * h;
-            l.up.forward(&input[span.clone()], n, None, up);
-            let inner: &[f32] = if mlp.gated {
-                kernels::gate(up, n, i, mlp.activation, gated);
-                gated
-            } else {
-                kernels::activate(&mut up[..n * i], i, mlp.activation);
-                up
-            };
-            l.down
-                .forward(inner, n, Some(&residual[span.clone()]), &mut out[span]);
-        }
     }
 
     /// Word + position + token type embeddings, normalised, one row per token.
@@ -491,6 +404,16 @@ pub fn activation_bytes(b: &Blueprint, tokens: usize, longest: usize) -> u64 {
         .map(|w| w.reach);
     let scores = rayon::current_num_threads() * attention::scratch_bytes(longest, reach);
     (floats * 4 + scores) as u64
+}
+
+/// int8-fast's calibration texts on their way through the layers as they are built: the
+/// token vectors entering the next layer, and the pass's layout and buffers.
+struct Calibration {
+    x: Vec<f32>,
+    rows: usize,
+    starts: Vec<usize>,
+    lens: Vec<usize>,
+    ws: Workspace,
 }
 
 /// MPNet's bias table, unrolled for attention.

@@ -30,6 +30,9 @@ pub enum Cap {
     Portable,
     /// aarch64's NEON kernels (on x86-64, the same as `Portable`).
     Neon,
+    /// aarch64's NEON with the dot-product extension (int8-fast's `sdot`; elsewhere the
+    /// same as `Neon`).
+    NeonDot,
     /// Up to AVX2 with FMA.
     Avx2,
     /// Up to AVX-VNNI (256-bit VNNI without AVX-512).
@@ -44,6 +47,7 @@ impl Cap {
         match self {
             Cap::Portable => "portable",
             Cap::Neon => "neon",
+            Cap::NeonDot => "neon-dotprod",
             Cap::Avx2 => "avx2",
             Cap::AvxVnni => "avx-vnni",
             Cap::Avx512 => "avx512",
@@ -54,6 +58,7 @@ impl Cap {
         [
             Cap::Portable,
             Cap::Neon,
+            Cap::NeonDot,
             Cap::Avx2,
             Cap::AvxVnni,
             Cap::Avx512,
@@ -71,7 +76,7 @@ pub fn cap() -> Cap {
         Err(_) => Cap::Avx512,
         Ok(v) => Cap::parse(v.trim()).unwrap_or_else(|| {
             tracing::warn!(
-                "CAXTON_ISA={v:?} names no instruction set (portable, neon, avx2, avx-vnni, avx512); ignored"
+                "CAXTON_ISA={v:?} names no instruction set (portable, neon, neon-dotprod, avx2, avx-vnni, avx512); ignored"
             );
             Cap::Avx512
         }),
@@ -117,6 +122,7 @@ pub fn kernel_name(precision: crate::config::Precision) -> &'static str {
         },
         Precision::Bf16 => "amx",
         Precision::Int8 => int8::Kernel::best().name(),
+        Precision::Int8Fast => int8_fast::Kernel::best().name(),
     }
 }
 
@@ -150,6 +156,7 @@ pub mod amx;
 mod elementwise;
 mod gemm;
 pub mod int8;
+pub mod int8_fast;
 mod linear;
 
 pub use elementwise::{

@@ -1,6 +1,7 @@
 //! Linear layers `y = x·Wᵀ + b`: f32 weights in panels ([`panels`]) through `gemm` for batches
-//! and a weight-streaming kernel for a few rows ([`few_rows`]), int8 weights
-//! ([`super::int8`]), or bf16 weights on AMX tiles.
+//! and a weight-streaming kernel for a few rows ([`few_rows`]), int8 weights with 16-bit
+//! activations ([`super::int8`]) or 8-bit ones ([`super::int8_fast`]), or bf16 weights on AMX
+//! tiles.
 
 mod few_rows;
 mod panels;
@@ -48,6 +49,8 @@ enum Weights {
     /// Quantized to int8 in panels ([`super::int8`]); the last outputs may stay f32 in a
     /// layer of their own.
     Int8(super::int8::Packed, Option<Box<Linear>>),
+    /// Quantized to int8 for 8-bit activations ([`super::int8_fast`]).
+    Int8Fast(super::int8_fast::Packed),
 }
 
 /// Up to this many rows, [`Linear::forward`] runs [`few_rows`] instead of `gemm`, which
@@ -112,7 +115,7 @@ impl Linear {
             Weights::F32(panels) => panels.to_wt(),
             #[cfg(target_arch = "x86_64")]
             Weights::Bf16(_) => Vec::new(),
-            Weights::Int8(..) => Vec::new(),
+            Weights::Int8(..) | Weights::Int8Fast(_) => Vec::new(),
         }
     }
 
@@ -151,6 +154,19 @@ impl Linear {
         self.weights = Weights::Int8(super::int8::Packed::new(&head, k, m), tail);
     }
 
+    /// Quantizes the weights for int8-fast ([`super::int8_fast`]), smoothed by the largest
+    /// magnitude each input took in a calibration pass (`act_max`, one per input) when given,
+    /// for inputs of 8 bits or (`wide`) 16, dropping the f32 copy.
+    pub fn to_int8_fast(&mut self, act_max: Option<&[f32]>, wide: bool) {
+        let Weights::F32(panels) = &self.weights else {
+            return;
+        };
+        let wt = panels.to_wt();
+        let (k, n) = (self.inputs, self.outputs);
+        let smooth = act_max.map_or_else(Vec::new, |m| super::int8_fast::smoothing(m, &wt, k, n));
+        self.weights = Weights::Int8Fast(super::int8_fast::Packed::new(&wt, k, n, &smooth, wide));
+    }
+
     /// Bytes of the weights and bias in memory.
     pub fn bytes(&self) -> usize {
         let weights = match &self.weights {
@@ -158,6 +174,7 @@ impl Linear {
             #[cfg(target_arch = "x86_64")]
             Weights::Bf16(p) => p.bytes(),
             Weights::Int8(p, tail) => p.bytes() + tail.as_ref().map_or(0, |t| t.bytes()),
+            Weights::Int8Fast(p) => p.bytes(),
         };
         weights + self.bias.len() * 4
     }
@@ -199,6 +216,11 @@ impl Linear {
                         }
                     }
                 }
+                return;
+            }
+            Weights::Int8Fast(packed) => {
+                let kernel = super::int8_fast::Kernel::best();
+                packed.forward_strided(kernel, x, rows, &self.bias, residual, out, n);
                 return;
             }
         };

@@ -1,0 +1,238 @@
+//! One transformer layer: its weights ([`Layer`], [`Norm`]), the buffers a pass reuses
+//! ([`Workspace`]), and its pass (attention block, then feed-forward block, with the norms
+//! where the family puts them), which the forward pass runs for every layer and int8-fast's
+//! load runs once per layer over the calibration texts, with a [`Probe`] watching the inputs
+//! of its linear layers.
+
+use super::attention::Attention;
+use super::{Encoder, grow};
+use crate::engine::blueprint::{Blueprint, Placement};
+use crate::engine::kernels::{self, Linear};
+
+pub(super) struct Layer {
+    pub(super) qkv: Linear,
+    pub(super) attention_out: Linear,
+    /// `None` where the family takes the input as it is (ModernBERT's first layer).
+    pub(super) attention_norm: Option<Norm>,
+    /// The feed-forward block's first linear (gate and up side by side when gated).
+    pub(super) up: Linear,
+    pub(super) down: Linear,
+    pub(super) output_norm: Norm,
+}
+
+impl Layer {
+    pub(super) fn linears_mut(&mut self) -> [&mut Linear; 4] {
+        [
+            &mut self.qkv,
+            &mut self.attention_out,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        let norms = self.attention_norm.as_ref().map_or(0, Norm::bytes) + self.output_norm.bytes();
+        norms
+            + [&self.qkv, &self.attention_out, &self.up, &self.down]
+                .iter()
+                .map(|l| l.bytes())
+                .sum::<usize>()
+    }
+
+    /// int8-fast: every linear to int8 × 8-bit. Those fed by a norm or by attention are
+    /// smoothed by what `probe` saw of their inputs; the feed-forward block's second is not:
+    /// after the activation, its input's large values are a few tokens', not a few channels',
+    /// which the rotation alone spreads best (MiniLM's worst reference text 0.9982 in
+    /// simulation without smoothing there, 0.9975 with it).
+    pub(super) fn quantize_fast(&mut self, probe: &Probe) {
+        let wide = false;
+        self.qkv.to_int8_fast(Some(&probe.qkv), false);
+        self.attention_out.to_int8_fast(Some(&probe.context), false);
+        self.up.to_int8_fast(Some(&probe.ffn), false);
+        self.down.to_int8_fast(None, wide);
+    }
+}
+
+pub(super) struct Norm {
+    pub(super) gamma: Vec<f32>,
+    pub(super) beta: Vec<f32>,
+}
+
+impl Norm {
+    pub(super) fn bytes(&self) -> usize {
+        (self.gamma.len() + self.beta.len()) * 4
+    }
+
+    pub(super) fn apply(&self, x: &mut [f32], width: usize, eps: f32) {
+        kernels::layer_norm_rows(x, width, &self.gamma, &self.beta, eps);
+    }
+}
+
+/// Buffers of one forward pass, reused by the next.
+#[derive(Default)]
+pub(super) struct Workspace {
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    attended: Vec<f32>,
+    /// A block's normalised input (norms before each block only).
+    normed: Vec<f32>,
+    /// The feed-forward block's inner layer, for one slice of rows.
+    up: Vec<f32>,
+    /// Its gated half (gated blocks only).
+    gated: Vec<f32>,
+}
+
+impl Workspace {
+    /// Makes every buffer large enough for a pass over `rows` tokens.
+    pub(super) fn prepare(&mut self, b: &Blueprint, rows: usize) {
+        let h = b.hidden;
+        grow(&mut self.qkv, rows * 3 * h);
+        grow(&mut self.context, rows * h);
+        grow(&mut self.attended, rows * h);
+        let slice = rows.min(FFN_ROWS);
+        grow(&mut self.up, slice * b.up_outputs());
+        if b.mlp.gated {
+            grow(&mut self.gated, slice * b.intermediate);
+        }
+        if matches!(b.norm, Placement::Pre { .. }) {
+            grow(&mut self.normed, rows * h);
+        }
+    }
+}
+
+/// Rows the feed-forward block takes at a time: its inner layer is four to eight times the
+/// token width, and this bounds it (24 MiB for a gated 3,072-wide block) whatever the length
+/// of the pass, while leaving each GEMM rows enough for the whole pool.
+pub(super) const FFN_ROWS: usize = 1024;
+
+/// The largest magnitude each input channel of a layer's linears took during a pass:
+/// int8-fast's smoothing is computed from it.
+#[derive(Default)]
+pub(super) struct Probe {
+    /// The query-key-value projection's input.
+    pub(super) qkv: Vec<f32>,
+    /// The attention output's input (the heads' context).
+    pub(super) context: Vec<f32>,
+    /// The feed-forward block's input.
+    pub(super) ffn: Vec<f32>,
+}
+
+/// Raises `max[k]` to every `|row[k]|` of `x`'s rows of `width`.
+fn observe(max: &mut Vec<f32>, x: &[f32], width: usize) {
+    max.resize(width, 0.0);
+    for row in x.chunks_exact(width) {
+        for (m, &v) in max.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+}
+
+impl Encoder {
+    /// Runs layer `l` (number `index`) over the token vectors `x`, in place; `probe`, when
+    /// given, records its linears' inputs.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn layer_pass(
+        &self,
+        l: &Layer,
+        index: usize,
+        x: &mut [f32],
+        rows: usize,
+        starts: &[usize],
+        lens: &[usize],
+        ws: &mut Workspace,
+        mut probe: Option<&mut Probe>,
+    ) {
+        let b = &self.blueprint;
+        let h = b.hidden;
+        let pre = matches!(b.norm, Placement::Pre { .. });
+        let Workspace {
+            qkv,
+            context,
+            attended,
+            normed,
+            up,
+            gated,
+        } = ws;
+        let window = b.window.as_ref().and_then(|w| w.of_layer(index));
+        // Attention's input: the layer's input, normalised first where norms come before
+        // each block.
+        let input: &[f32] = match (&l.attention_norm, pre) {
+            (Some(norm), true) => {
+                normed[..rows * h].copy_from_slice(x);
+                norm.apply(&mut normed[..rows * h], h, b.eps);
+                normed
+            }
+            _ => x,
+        };
+        if let Some(p) = probe.as_deref_mut() {
+            observe(&mut p.qkv, &input[..rows * h], h);
+        }
+        l.qkv.forward(input, rows, None, qkv);
+        if let Some(rotary) = &self.rotary {
+            rotary.apply(qkv, starts, lens, h, b.heads, window.is_some());
+        }
+        Attention {
+            hidden: h,
+            heads: b.heads,
+            window,
+            relative: self.relative.as_ref(),
+        }
+        .run(qkv, starts, lens, context);
+        if let Some(p) = probe.as_deref_mut() {
+            observe(&mut p.context, &context[..rows * h], h);
+        }
+        l.attention_out.forward(context, rows, Some(x), attended);
+        let attended = &mut attended[..rows * h];
+        if pre {
+            normed[..rows * h].copy_from_slice(attended);
+            l.output_norm.apply(&mut normed[..rows * h], h, b.eps);
+            if let Some(p) = probe {
+                observe(&mut p.ffn, &normed[..rows * h], h);
+            }
+            self.feed_forward(l, &normed[..rows * h], attended, rows, up, gated, x);
+        } else {
+            if let Some(norm) = &l.attention_norm {
+                norm.apply(attended, h, b.eps);
+            }
+            if let Some(p) = probe {
+                observe(&mut p.ffn, attended, h);
+            }
+            self.feed_forward(l, attended, attended, rows, up, gated, x);
+            l.output_norm.apply(x, h, b.eps);
+        }
+    }
+
+    /// `out = down(act(up(input))) + residual` (gated: `act(gate) · up`), `FFN_ROWS` rows at
+    /// a time.
+    #[allow(clippy::too_many_arguments)]
+    fn feed_forward(
+        &self,
+        l: &Layer,
+        input: &[f32],
+        residual: &[f32],
+        rows: usize,
+        up: &mut [f32],
+        gated: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (h, i, mlp) = (
+            self.blueprint.hidden,
+            self.blueprint.intermediate,
+            self.blueprint.mlp,
+        );
+        for first in (0..rows).step_by(FFN_ROWS) {
+            let n = FFN_ROWS.min(rows - first);
+            let span = first * h..(first + n) * h;
+            l.up.forward(&input[span.clone()], n, None, up);
+            let inner: &[f32] = if mlp.gated {
+                kernels::gate(up, n, i, mlp.activation, gated);
+                gated
+            } else {
+                kernels::activate(&mut up[..n * i], i, mlp.activation);
+                up
+            };
+            l.down
+                .forward(inner, n, Some(&residual[span.clone()]), &mut out[span]);
+        }
+    }
+}

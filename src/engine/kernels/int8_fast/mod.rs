@@ -1,0 +1,526 @@
+//! int8-fast linear layers (`models.precision: int8-fast`): 8-bit activations × int8 weights,
+//! the arithmetic the CPUs' 8-bit dot products multiply (`vpdpbusd` on AVX-512 VNNI and
+//! AVX-VNNI, `vpmaddubsw` on AVX2, `sdot` on NEON with the dot-product extension, `smull` on
+//! NEON without it, and a portable loop).
+//!
+//! The scheme, chosen by simulation on the reference texts (`bench/int8_fast_sim.py`; MiniLM's
+//! worst text 0.9982 against sentence-transformers, MPNet's 0.9987):
+//! - smoothing (SmoothQuant), where the caller measured the inputs: input channel `k` is
+//!   divided by `s[k]` and the weights of that input multiplied by it, with
+//!   `s[k] = sqrt(max|x_k| / max|w_k|)` from a calibration pass at load ([`smoothing`]);
+//! - rotation: each block of [`ROTATION`] inputs is turned by a Hadamard matrix, the
+//!   activations as they are quantized and the weights once at packing (`(x·H)(H·Wᵀ)/n =
+//!   x·Wᵀ`). It spreads a token's few large channels over the whole block, so the 8-bit steps
+//!   of the rest are finer: without it MiniLM's worst text fell to 0.9971 with the feed-
+//!   forward output layer in 16 bits, and to 0.9952 with it in 8;
+//! - weights: int8, one scale per output, over the whole input row, so a product sums in
+//!   int32 from the first input to the last and is scaled once (blocks of scales would cost a
+//!   conversion per block and the registers that hold the float sums);
+//! - activations: per token (row), asymmetric: the row's range `[min(0, lo), max(0, hi)]` onto
+//!   0..=255, so the one-sided distributions after an activation lose no bit to a sign;
+//! - the zero point is taken out after the product: `Σ (q − z)·w = Σ q·w − z·Σ w`, with each
+//!   output's `Σ w` computed once at packing.
+//!
+//! Layout: outputs in panels of [`NR`]; a panel holds, group by group of [`GROUP`] inputs, the
+//! group's 4 weights of each of its 16 outputs side by side (`w[g][c][0..4]`): one 64-byte
+//! row is what `vpdpbusd` multiplies by one broadcast group of a row's activations (a zmm, or
+//! two ymm, or four NEON registers). Inputs are padded to whole [`ROW_ALIGN`]s with zero
+//! weights, outputs to whole panels. The kernels ([`x86`], [`neon`], and the portable one
+//! here) sum a tile of rows × panels in int32; [`finish`] turns the sums into floats.
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
+mod output;
+mod quantize;
+mod rotate;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+
+use super::Cap;
+use output::Columns;
+pub use quantize::RowQuant;
+use quantize::Scheme;
+
+/// Outputs in a panel.
+pub const NR: usize = 16;
+/// Inputs one lane of a dot product sums (`vpdpbusd`, `sdot`).
+pub const GROUP: usize = 4;
+/// Inputs of a row are padded to a multiple of this (NEON loads 16 activations at a time).
+const ROW_ALIGN: usize = 16;
+/// Bytes of one group of one panel.
+const PANEL_GROUP: usize = GROUP * NR;
+/// The most rows a kernel tile takes.
+pub const MAX_ROWS: usize = 6;
+/// The most panels a kernel tile takes.
+pub const MAX_PANELS: usize = 4;
+/// Rows of tasks: a multiple of every kernel's tile rows (6, 4, 2), so only a pass's last
+/// task has a ragged tile.
+const TASK_ROWS: usize = 48;
+/// Below this many multiply-adds a product stays on the calling thread.
+const PARALLEL_MACS: usize = 1 << 19;
+/// The largest block of inputs one Hadamard rotation turns (a layer whose width is no
+/// multiple of it takes the largest power of two that divides its width). 128 measured best
+/// of 32, 64 and 128 on MiniLM (whose width, 384, takes no larger power of two).
+pub const ROTATION: usize = 128;
+
+/// The rotation block of a layer of `inputs`: the largest power of two up to [`ROTATION`]
+/// that divides it.
+fn rotation_block(inputs: usize) -> usize {
+    let mut b = ROTATION;
+    while b > 1 && !inputs.is_multiple_of(b) {
+        b /= 2;
+    }
+    b
+}
+
+/// The int8-fast kernels, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AVX-512 VNNI: `vpdpbusd` on zmm, tiles of 6 rows × 64 outputs.
+    Avx512Vnni,
+    /// AVX-VNNI: `vpdpbusd` on ymm, tiles of 6 rows × 16 outputs.
+    AvxVnni,
+    /// AVX2: `vpmaddubsw` on the magnitudes of signed activations and the weights signed
+    /// like them (exact: no pair of products reaches the 16-bit saturation), `vpmaddwd`
+    /// to widen, tiles of 4 rows × 16 outputs.
+    Avx2,
+    /// aarch64 with the dot-product extension: `sdot` by lane, tiles of 4 rows × 16 outputs.
+    NeonDot,
+    /// aarch64 without it: `smull` and `sadalp`, tiles of 2 rows × 16 outputs.
+    Neon,
+    /// Plain Rust, for every other CPU, and the reference the others are tested against.
+    Portable,
+}
+
+impl Kernel {
+    /// Its name in logs, `GET /api/models` and `CAXTON_ISA`-forced test runs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::AvxVnni => "avx-vnni",
+            Kernel::Avx2 => "avx2",
+            Kernel::NeonDot => "neon-dotprod",
+            Kernel::Neon => "neon",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// Rows and panels of a tile.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Kernel::Avx512Vnni => (6, 4),
+            Kernel::AvxVnni => (6, 1),
+            Kernel::Avx2 | Kernel::NeonDot | Kernel::Portable => (4, 1),
+            Kernel::Neon => (2, 1),
+        }
+    }
+
+    /// Whether the kernel multiplies signed activations (`q − 128`): AVX2's sign trick and
+    /// NEON's signed products; the VNNI ones and the portable one take them unsigned.
+    fn signed(self) -> bool {
+        matches!(self, Kernel::Avx2 | Kernel::NeonDot | Kernel::Neon)
+    }
+
+    /// The best kernel this CPU runs within `CAXTON_ISA`, decided once.
+    pub fn best() -> Kernel {
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            Kernel::here()
+                .into_iter()
+                .find(|k| k.cap() <= super::cap())
+                .unwrap_or(Kernel::Portable)
+        })
+    }
+
+    /// The least [`Cap`] that allows this kernel.
+    fn cap(self) -> Cap {
+        match self {
+            Kernel::Avx512Vnni => Cap::Avx512,
+            Kernel::AvxVnni => Cap::AvxVnni,
+            Kernel::Avx2 => Cap::Avx2,
+            Kernel::NeonDot => Cap::NeonDot,
+            Kernel::Neon => Cap::Neon,
+            Kernel::Portable => Cap::Portable,
+        }
+    }
+
+    /// Every kernel this CPU can run, best first, whatever the cap (tests run them all).
+    pub fn here() -> Vec<Kernel> {
+        let mut k = Vec::new();
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                k.push(Kernel::NeonDot);
+            }
+            k.push(Kernel::Neon);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                k.push(Kernel::Avx512Vnni);
+            }
+            if has!("avxvnni") && has!("avx2") {
+                k.push(Kernel::AvxVnni);
+            }
+            if has!("avx2") {
+                k.push(Kernel::Avx2);
+            }
+        }
+        k.push(Kernel::Portable);
+        k
+    }
+}
+
+/// The smoothing of a layer's inputs (SmoothQuant, α = ½): `s[k] = sqrt(max|x_k| / max|w_k|)`
+/// from the largest magnitude each input channel took in the calibration pass and the
+/// largest weight that multiplies it (`wt`: `Wᵀ`, `[inputs, outputs]`). A channel the pass
+/// never saw, or whose weights are all zero, keeps 1. α = ½ measured best of 0.3 to 0.8 on
+/// MiniLM's reference texts (0.9973 at 0.4, 0.9978 at 0.5, 0.9971 at 0.6).
+pub fn smoothing(act_max: &[f32], wt: &[f32], inputs: usize, outputs: usize) -> Vec<f32> {
+    assert!(act_max.len() == inputs && wt.len() == inputs * outputs);
+    act_max
+        .iter()
+        .zip(wt.chunks_exact(outputs.max(1)))
+        .map(|(&a, row)| {
+            let w = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
+            let s = (a / w).sqrt();
+            if a > 0.0 && w > 0.0 && s.is_finite() {
+                s.clamp(1e-4, 1e4)
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// A linear layer's weights for the int8-fast kernels.
+pub struct Packed {
+    inputs: usize,
+    outputs: usize,
+    /// Inputs padded to [`ROW_ALIGN`]: the stride of a quantized activation row.
+    padded: usize,
+    panels: usize,
+    /// `[panel][group][output][GROUP]`.
+    weights: Vec<i8>,
+    /// `[panel × NR]`: what one unit of an output's weights is worth.
+    scales: Vec<f32>,
+    /// `[panel × NR]`: the sum of each output's quantized weights (the zero point's share).
+    sums: Vec<i32>,
+    /// `1 / s[k]` of [`smoothing`], per input.
+    unsmooth: Vec<f32>,
+    /// The rotation's block ([`rotation_block`]).
+    rotation: usize,
+    /// Whether the inputs are quantized to 16 bits (two byte planes, each through the kernel)
+    /// rather than 8.
+    wide: bool,
+}
+
+impl Packed {
+    /// Quantizes `Wᵀ` (`[inputs, outputs]` row-major), its inputs first multiplied by
+    /// `smooth` (one per input; empty: none) and rotated, symmetric per output: the output's
+    /// largest magnitude becomes 127. `wide`: the layer's inputs will be quantized to 16 bits
+    /// (twice the products) rather than 8.
+    pub fn new(wt: &[f32], inputs: usize, outputs: usize, smooth: &[f32], wide: bool) -> Packed {
+        assert_eq!(wt.len(), inputs * outputs);
+        assert!(smooth.is_empty() || smooth.len() == inputs);
+        let s = |k: usize| smooth.get(k).copied().unwrap_or(1.0);
+        let rotation = rotation_block(inputs);
+        // `H·S·Wᵀ / n`: rows of Wᵀ scaled, then each block of rows turned as a whole (a
+        // butterfly on rows is a butterfly on every output at once).
+        let mut turned = wt.to_vec();
+        for (k, row) in turned.chunks_exact_mut(outputs.max(1)).enumerate() {
+            let f = s(k) / rotation as f32;
+            row.iter_mut().for_each(|w| *w *= f);
+        }
+        for block in turned.chunks_exact_mut(rotation * outputs.max(1)) {
+            let mut h = 1;
+            while h < rotation {
+                for pair in block.chunks_exact_mut(2 * h * outputs) {
+                    let (lo, hi) = pair.split_at_mut(h * outputs);
+                    for (l, r) in lo.iter_mut().zip(hi.iter_mut()) {
+                        let (a, c) = (*l, *r);
+                        *l = a + c;
+                        *r = a - c;
+                    }
+                }
+                h *= 2;
+            }
+        }
+        let padded = inputs.div_ceil(ROW_ALIGN) * ROW_ALIGN;
+        let groups = padded / GROUP;
+        let panels = outputs.div_ceil(NR);
+        let mut max = vec![0f32; outputs];
+        for row in turned.chunks_exact(outputs.max(1)) {
+            for (m, &w) in max.iter_mut().zip(row) {
+                *m = m.max(w.abs());
+            }
+        }
+        let mut scales = vec![0f32; panels * NR];
+        let inv: Vec<f32> = max
+            .iter()
+            .map(|&m| if m > 0.0 { 127.0 / m } else { 0.0 })
+            .collect();
+        for (o, &m) in max.iter().enumerate() {
+            scales[o] = m / 127.0;
+        }
+        let mut weights = vec![0i8; panels * groups * PANEL_GROUP];
+        let mut sums = vec![0i32; panels * NR];
+        for (k, row) in turned.chunks_exact(outputs.max(1)).enumerate() {
+            let (g, kk) = (k / GROUP, k % GROUP);
+            for (o, (&w, &inv)) in row.iter().zip(&inv).enumerate() {
+                let q = (w * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+                let at = ((o / NR) * groups + g) * PANEL_GROUP + (o % NR) * GROUP + kk;
+                weights[at] = q;
+                sums[o] += i32::from(q);
+            }
+        }
+        Packed {
+            inputs,
+            outputs,
+            padded,
+            panels,
+            weights,
+            scales,
+            sums,
+            unsmooth: (0..inputs).map(|k| 1.0 / s(k)).collect(),
+            rotation,
+            wide,
+        }
+    }
+
+    /// Bytes of the weights, scales, sums and smoothing.
+    pub fn bytes(&self) -> usize {
+        self.weights.len() + (self.scales.len() + self.sums.len() + self.unsmooth.len()) * 4
+    }
+
+    /// `out = x·Wᵀ + bias (+ residual)` for `rows` rows into rows of `ldo` floats (`out` and
+    /// `residual` alike), of which this layer writes the first `outputs`, with `kernel`,
+    /// which this CPU must run ([`Kernel::here`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_strided(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        rows: usize,
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        let (k, n) = (self.inputs, self.outputs);
+        if rows == 0 {
+            return;
+        }
+        let span = (rows - 1) * ldo + n;
+        assert!(ldo >= n && x.len() >= rows * k && out.len() >= span && bias.len() == n);
+        assert!(residual.is_none_or(|r| r.len() >= span));
+        assert!(
+            Kernel::here().contains(&kernel),
+            "the {} kernel does not run on this CPU",
+            kernel.name()
+        );
+        // Taken out of the thread's slot, not borrowed in it: while this thread waits for the
+        // parallel tiles it may run another pass's call, which finds the slot empty.
+        let (mut a, mut quant) = ACTIVATIONS.with_borrow_mut(std::mem::take);
+        {
+            let scheme = Scheme {
+                unsmooth: &self.unsmooth,
+                rotation: self.rotation,
+                signed: kernel.signed(),
+                wide: self.wide,
+            };
+            quantize::quantize_rows(&x[..rows * k], (k, self.padded), scheme, &mut a, &mut quant);
+            // A row's bytes: one plane, or the low then the high.
+            let stride = if self.wide {
+                2 * self.padded
+            } else {
+                self.padded
+            };
+            let (a, quant) = (&a[..], &quant[..]);
+            let out = Out(out.as_mut_ptr());
+            let (tile_rows, tile_panels) = kernel.tile();
+            let row_tasks = rows.div_ceil(TASK_ROWS);
+            let panel_tasks = self.panels.div_ceil(tile_panels);
+            let task = |t: usize| {
+                // Panel groups outer within a row block: a tile's panels stay in L1 while the
+                // block's rows pass over them.
+                let (rt, pt) = (t / panel_tasks, t % panel_tasks);
+                let row_range = rt * TASK_ROWS..((rt + 1) * TASK_ROWS).min(rows);
+                let p0 = pt * tile_panels;
+                let np = tile_panels.min(self.panels - p0);
+                let mut low = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
+                let mut high = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
+                let mut r0 = row_range.start;
+                while r0 < row_range.end {
+                    let mr = tile_rows.min(row_range.end - r0);
+                    let rows_at = &a[r0 * stride..];
+                    self.tile(kernel, rows_at, stride, mr, p0, np, &mut low);
+                    if self.wide {
+                        let high_rows = &rows_at[self.padded..];
+                        self.tile(kernel, high_rows, stride, mr, p0, np, &mut high);
+                    }
+                    let sums = (&low[..mr], self.wide.then_some(&high[..mr]));
+                    // SAFETY: tasks cover disjoint (row, panel) blocks, so each writes only
+                    // its own rows' outputs of its own panels.
+                    unsafe { self.finish(sums, r0, p0, np, quant, bias, residual, out, ldo) };
+                    r0 += mr;
+                }
+            };
+            let tasks = row_tasks * panel_tasks;
+            let macs = rows * k * n * if self.wide { 2 } else { 1 };
+            if macs < PARALLEL_MACS || tasks == 1 {
+                (0..tasks).for_each(task);
+            } else {
+                (0..tasks).into_par_iter().for_each(task);
+            }
+        }
+        ACTIVATIONS.with_borrow_mut(|slot| *slot = (a, quant));
+    }
+
+    /// One tile: `acc[r][c]` = the int32 dot of row `r` of `a` (rows `lda` bytes apart) with
+    /// output `c` of panels `p0..p0 + np`, for `mr` rows.
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &self,
+        kernel: Kernel,
+        a: &[u8],
+        lda: usize,
+        mr: usize,
+        p0: usize,
+        np: usize,
+        acc: &mut [[i32; NR * MAX_PANELS]; MAX_ROWS],
+    ) {
+        let (tile_rows, tile_panels) = kernel.tile();
+        let groups = self.padded / GROUP;
+        let stride = groups * PANEL_GROUP;
+        assert!(mr >= 1 && mr <= tile_rows && np >= 1 && np <= tile_panels);
+        assert!(a.len() >= (mr - 1) * lda + self.padded);
+        let w = &self.weights[p0 * stride..(p0 + np) * stride];
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `forward_strided` checked the CPU runs the kernel; the slices hold the
+            // tile's rows and panels (asserted above).
+            Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => unsafe {
+                x86::tile(kernel, a.as_ptr(), lda, mr, w, np, groups, acc)
+            },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above.
+            Kernel::NeonDot | Kernel::Neon => unsafe {
+                neon::tile(kernel, a.as_ptr(), lda, mr, w, groups, acc)
+            },
+            _ => tile_portable(kernel, a, lda, mr, w, np, groups, acc),
+        }
+    }
+
+    /// Writes a tile's rows (their sums: the low plane's, and the high one's for 16-bit rows)
+    /// for the panels' real outputs, in rows of `ldo` (see [`output`]).
+    ///
+    /// # Safety
+    /// `out` must hold the rows' `outputs` floats at stride `ldo`, and no other thread may
+    /// write this tile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn finish(
+        &self,
+        (low, high): (&[[i32; NR * MAX_PANELS]], Option<&[[i32; NR * MAX_PANELS]]>),
+        r0: usize,
+        p0: usize,
+        np: usize,
+        quant: &[RowQuant],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        out: Out,
+        ldo: usize,
+    ) {
+        let c0 = p0 * NR;
+        let width = (np * NR).min(self.outputs - c0);
+        let cols = c0..c0 + width;
+        let columns = Columns {
+            wsums: &self.sums[cols.clone()],
+            scales: &self.scales[cols.clone()],
+            bias: &bias[cols],
+        };
+        for (i, sums) in low.iter().enumerate() {
+            let r = r0 + i;
+            // SAFETY: row `r` < rows and the columns lie inside `out` (the caller's
+            // contract); this tile is written by this task alone.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * ldo + c0), width) };
+            let res = residual.map(|res| &res[r * ldo + c0..r * ldo + c0 + width]);
+            match high {
+                None => output::write_row(dst, &sums[..width], quant[r], columns, res),
+                Some(high) => output::write_row_wide(
+                    dst,
+                    &sums[..width],
+                    &high[i][..width],
+                    quant[r],
+                    columns,
+                    res,
+                ),
+            }
+        }
+    }
+}
+
+/// The output buffer, shared by tasks that write disjoint tiles of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint tiles (see `forward_strided`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Frees this thread's activation buffers (a large pass's are megabytes). The encoder calls
+/// it on every pool thread once its model is idle, as it frees its own pass buffers.
+pub fn release_thread_buffers() {
+    ACTIVATIONS.with_borrow_mut(|(a, q)| {
+        *a = Vec::new();
+        *q = Vec::new();
+    });
+}
+
+thread_local! {
+    /// The quantized activations of the call in progress and how each row was quantized,
+    /// kept for the next call on this thread (see [`release_thread_buffers`]).
+    static ACTIVATIONS: std::cell::RefCell<(Vec<u8>, Vec<RowQuant>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The portable kernel: plain loops over int32 sums (for CPUs with neither AVX2 nor NEON, and
+/// the reference the others are tested against). Reads activations as `kernel` stores them.
+#[allow(clippy::too_many_arguments)]
+fn tile_portable(
+    kernel: Kernel,
+    a: &[u8],
+    lda: usize,
+    mr: usize,
+    w: &[i8],
+    np: usize,
+    groups: usize,
+    acc: &mut [[i32; NR * MAX_PANELS]; MAX_ROWS],
+) {
+    let signed = kernel.signed();
+    for (r, acc) in acc.iter_mut().enumerate().take(mr) {
+        let row = &a[r * lda..r * lda + groups * GROUP];
+        for p in 0..np {
+            let panel = &w[p * groups * PANEL_GROUP..(p + 1) * groups * PANEL_GROUP];
+            let mut sums = [0i32; NR];
+            for (ag, wg) in row.chunks_exact(GROUP).zip(panel.chunks_exact(PANEL_GROUP)) {
+                let av: [i32; GROUP] = std::array::from_fn(|i| match signed {
+                    true => i32::from(ag[i] as i8),
+                    false => i32::from(ag[i]),
+                });
+                for (s, wc) in sums.iter_mut().zip(wg.chunks_exact(GROUP)) {
+                    *s += av[0] * i32::from(wc[0])
+                        + av[1] * i32::from(wc[1])
+                        + av[2] * i32::from(wc[2])
+                        + av[3] * i32::from(wc[3]);
+                }
+            }
+            acc[p * NR..(p + 1) * NR].copy_from_slice(&sums);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

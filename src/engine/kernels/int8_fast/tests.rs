@@ -1,0 +1,285 @@
+//! Every int8-fast kernel this CPU runs, on ragged shapes, against the product computed in
+//! i64 from the same quantized weights and activations (the kernels' int32 sums are exact, so
+//! all kernels agree bit for bit), and against the f32 product within the quantization's
+//! error.
+
+use super::*;
+
+/// A deterministic pseudo-random value in [-1, 1).
+fn value(i: usize, salt: usize) -> f32 {
+    let x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (salt as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// `Wᵀ` with a few large weights.
+fn weights(inputs: usize, outputs: usize) -> Vec<f32> {
+    (0..inputs * outputs)
+        .map(|i| value(i, 1) * if i % 97 == 0 { 4.0 } else { 0.5 })
+        .collect()
+}
+
+/// Rows with an outlier channel, as LayerNorm outputs have, and a one-sided row (as after
+/// GELU) every third row.
+fn activations(rows: usize, inputs: usize) -> Vec<f32> {
+    (0..rows * inputs)
+        .map(|i| {
+            let v = value(i, 2) * if i % inputs == 5 { 30.0 } else { 1.0 };
+            if (i / inputs) % 3 == 2 { v.abs() } else { v }
+        })
+        .collect()
+}
+
+/// The smoothing a calibration over `x` would give.
+fn smooth_for(x: &[f32], wt: &[f32], inputs: usize, outputs: usize) -> Vec<f32> {
+    let mut max = vec![0f32; inputs];
+    for row in x.chunks_exact(inputs) {
+        for (m, &v) in max.iter_mut().zip(row) {
+            *m = m.max(v.abs());
+        }
+    }
+    smoothing(&max, wt, inputs, outputs)
+}
+
+/// What the kernels must compute: the quantized operands multiplied in i64, scaled in f64.
+fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f32]>) -> Vec<f64> {
+    let (k, n) = (p.inputs, p.outputs);
+    let groups = p.padded / GROUP;
+    let scheme = Scheme {
+        unsmooth: &p.unsmooth,
+        rotation: p.rotation,
+        signed: false,
+        wide: p.wide,
+    };
+    let mut out = vec![0f64; rows * n];
+    for r in 0..rows {
+        let mut q = vec![0u8; if p.wide { 2 } else { 1 } * p.padded];
+        let mut scratch = vec![0f32; k];
+        let row = &x[r * k..(r + 1) * k];
+        let rq = quantize::quantize_row(row, scheme, &mut scratch, &mut q);
+        let value = |i: usize| match p.wide {
+            false => i64::from(q[i]),
+            true => 256 * i64::from(q[p.padded + i]) + i64::from(q[i]),
+        };
+        for o in 0..n {
+            let (panel, c) = (o / NR, o % NR);
+            let mut sum = 0i64;
+            for i in 0..k {
+                let at = (panel * groups + i / GROUP) * PANEL_GROUP + c * GROUP + i % GROUP;
+                sum += (value(i) - i64::from(rq.zero)) * i64::from(p.weights[at]);
+            }
+            out[r * n + o] = sum as f64 * f64::from(rq.scale) * f64::from(p.scales[o])
+                + f64::from(bias[o])
+                + residual.map_or(0.0, |res| f64::from(res[r * n + o]));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
+    println!("int8-fast kernels here: {:?}", Kernel::here());
+    // Rotations of 1 (37 inputs), 4, 16 and 128.
+    for (inputs, outputs) in [
+        (37, 71),
+        (384, 48),
+        (64, 16),
+        (1536, 40),
+        (20, 200),
+        (48, 33),
+    ] {
+        let wt = weights(inputs, outputs);
+        let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.25).collect();
+        for (rows, wide) in [1, 2, 3, 4, 5, 6, 7, 13, 48 + 5, 100]
+            .into_iter()
+            .flat_map(|r| [(r, false), (r, true)])
+        {
+            let x = activations(rows, inputs);
+            let smooth = smooth_for(&x, &wt, inputs, outputs);
+            let p = Packed::new(&wt, inputs, outputs, &smooth, wide);
+            let res: Vec<f32> = (0..rows * outputs).map(|i| value(i, 3)).collect();
+            for residual in [None, Some(&res[..])] {
+                let want = exact(&p, &x, rows, &bias, residual);
+                let mut first: Option<Vec<f32>> = None;
+                for kernel in Kernel::here() {
+                    let mut out = vec![f32::NAN; rows * outputs];
+                    p.forward_strided(kernel, &x, rows, &bias, residual, &mut out, outputs);
+                    for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{} {inputs}→{outputs}, {rows} rows (wide: {wide}), output {i}: {got} vs {want}",
+                            kernel.name()
+                        );
+                    }
+                    // Exact int32 sums and one shared finish: every kernel, the same bits.
+                    match &first {
+                        None => first = Some(out),
+                        Some(f) => assert!(
+                            f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{} differs from {} on {inputs}→{outputs}, {rows} rows (wide: {wide})",
+                            kernel.name(),
+                            Kernel::here()[0].name()
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_extremes_of_both_operands_do_not_saturate() {
+    // Activations of 0 and 255 (signed: −128 and 127) against weights of ±127: AVX2's 16-bit
+    // pairs reach 2 × 128 × 127, the most they hold without saturating. 17 inputs: an odd
+    // width, so no rotation changes the weights.
+    let (inputs, outputs) = (17, 32);
+    let wt: Vec<f32> = (0..inputs * outputs)
+        .map(|i| {
+            if (i / outputs + i % outputs) % 3 == 0 {
+                1.0
+            } else {
+                -1.0
+            }
+        })
+        .collect();
+    let p = Packed::new(&wt, inputs, outputs, &[], false);
+    assert_eq!(p.rotation, 1);
+    assert!(p.weights.iter().all(|&w| w.abs() == 127 || w == 0));
+    let patterns: [fn(usize) -> u8; 4] = [
+        |_| 0,
+        |_| 255,
+        |k| if k % 2 == 0 { 0 } else { 255 },
+        |k| (k * 37 % 256) as u8,
+    ];
+    for kernel in Kernel::here() {
+        let (tile_rows, _) = kernel.tile();
+        let mr = tile_rows.min(patterns.len());
+        let mut a = vec![0u8; mr * p.padded];
+        for (r, row) in a.chunks_exact_mut(p.padded).enumerate() {
+            for (k, v) in row.iter_mut().enumerate().take(inputs) {
+                // As the kernel reads them: signed kernels take `q − 128`.
+                *v = patterns[r](k) ^ if kernel.signed() { 0x80 } else { 0 };
+            }
+        }
+        let mut acc = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
+        for p0 in 0..p.panels {
+            p.tile(kernel, &a, p.padded, mr, p0, 1, &mut acc);
+            for (r, sums) in acc.iter().enumerate().take(mr) {
+                for (c, &got) in sums.iter().enumerate().take(NR) {
+                    let o = p0 * NR + c;
+                    let want: i32 = (0..inputs)
+                        .map(|k| {
+                            let q =
+                                i32::from(patterns[r](k)) - if kernel.signed() { 128 } else { 0 };
+                            let at = (o / NR * (p.padded / GROUP) + k / GROUP) * PANEL_GROUP
+                                + c * GROUP
+                                + k % GROUP;
+                            q * i32::from(p.weights[at])
+                        })
+                        .sum();
+                    assert_eq!(got, want, "{} row {r} output {o}", kernel.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_product_is_within_the_quantization_error_of_f32() {
+    let (inputs, outputs, rows) = (384, 96, 9);
+    let wt = weights(inputs, outputs);
+    let x = activations(rows, inputs);
+    let bias = vec![0f32; outputs];
+    for (smooth, wide) in [
+        (Vec::new(), false),
+        (smooth_for(&x, &wt, inputs, outputs), false),
+        (Vec::new(), true),
+    ] {
+        let p = Packed::new(&wt, inputs, outputs, &smooth, wide);
+        let mut out = vec![0f32; rows * outputs];
+        p.forward_strided(Kernel::best(), &x, rows, &bias, None, &mut out, outputs);
+        for r in 0..rows {
+            let (mut err, mut norm) = (0f64, 0f64);
+            for o in 0..outputs {
+                let want: f64 = (0..inputs)
+                    .map(|i| f64::from(x[r * inputs + i]) * f64::from(wt[i * outputs + o]))
+                    .sum();
+                err += (want - f64::from(out[r * outputs + o])).powi(2);
+                norm += want * want;
+            }
+            assert!(
+                err.sqrt() <= 0.05 * norm.sqrt(),
+                "row {r}: relative error {} (smoothing: {}, wide: {wide})",
+                err.sqrt() / norm.sqrt(),
+                !smooth.is_empty()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_strided_output_keeps_the_columns_it_does_not_own() {
+    let (inputs, outputs, rows, ldo) = (48, 20, 5, 27);
+    let wt = weights(inputs, outputs);
+    let x = activations(rows, inputs);
+    let p = Packed::new(&wt, inputs, outputs, &[], false);
+    let bias = vec![0.5f32; outputs];
+    for kernel in Kernel::here() {
+        let mut out = vec![7f32; (rows - 1) * ldo + outputs + 3];
+        p.forward_strided(kernel, &x, rows, &bias, None, &mut out, ldo);
+        for r in 0..rows {
+            assert!(
+                out[r * ldo + outputs..(r * ldo + ldo).min(out.len())]
+                    .iter()
+                    .all(|&v| v == 7.0)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_row_with_a_nan_gives_nan_and_a_zero_row_gives_the_bias() {
+    let (inputs, outputs) = (32, 16);
+    let wt = weights(inputs, outputs);
+    let p = Packed::new(&wt, inputs, outputs, &[], false);
+    let mut x = vec![0f32; 2 * inputs];
+    x[inputs + 3] = f32::NAN;
+    let bias = vec![0.25f32; outputs];
+    for kernel in Kernel::here() {
+        let mut out = vec![0f32; 2 * outputs];
+        p.forward_strided(kernel, &x, 2, &bias, None, &mut out, outputs);
+        assert!(
+            out[..outputs].iter().all(|&v| v == 0.25),
+            "{}",
+            kernel.name()
+        );
+        assert!(
+            out[outputs..].iter().all(|v| v.is_nan()),
+            "{}",
+            kernel.name()
+        );
+    }
+}
+
+#[test]
+fn smoothing_balances_the_ranges_and_leaves_dead_channels_alone() {
+    // Input 0 reaches 16 against weights of at most 1; input 1 reaches 1 against weights of
+    // 4; input 2 was never seen; input 3 has no weight.
+    let wt = vec![1.0, -0.5, 4.0, 2.0, 1.0, 1.0, 0.0, 0.0];
+    let s = smoothing(&[16.0, 1.0, 0.0, 3.0], &wt, 4, 2);
+    assert_eq!(s, vec![4.0, 0.5, 1.0, 1.0]);
+}
+
+#[test]
+fn the_rotation_is_its_own_inverse_up_to_its_size() {
+    let x: Vec<f32> = (0..256).map(|i| value(i, 4)).collect();
+    let mut y = x.clone();
+    rotate::hadamard(&mut y, 128);
+    rotate::hadamard(&mut y, 128);
+    for (a, b) in x.iter().zip(&y) {
+        assert!((a * 128.0 - b).abs() < 1e-4, "{a} × 128 vs {b}");
+    }
+    assert_eq!(rotation_block(384), 128);
+    assert_eq!(rotation_block(48), 16);
+    assert_eq!(rotation_block(37), 1);
+}
