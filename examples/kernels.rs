@@ -24,7 +24,7 @@ fn main() {
             }
         }
         let packed = Packed::new(&wt, inputs, outputs);
-        let fast = int8_fast::Packed::new(&wt, inputs, outputs, &[], false);
+        let fast = int8_fast::Packed::new(&wt, inputs, outputs, &[]);
         let rows_list: Vec<usize> = std::env::var("KERNELS_ROWS")
             .ok()
             .map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect())

@@ -213,17 +213,13 @@ pub struct Packed {
     unsmooth: Vec<f32>,
     /// The rotation's block ([`rotation_block`]).
     rotation: usize,
-    /// Whether the inputs are quantized to 16 bits (two byte planes, each through the kernel)
-    /// rather than 8.
-    wide: bool,
 }
 
 impl Packed {
     /// Quantizes `Wᵀ` (`[inputs, outputs]` row-major), its inputs first multiplied by
     /// `smooth` (one per input; empty: none) and rotated, symmetric per output: the output's
-    /// largest magnitude becomes 127. `wide`: the layer's inputs will be quantized to 16 bits
-    /// (twice the products) rather than 8.
-    pub fn new(wt: &[f32], inputs: usize, outputs: usize, smooth: &[f32], wide: bool) -> Packed {
+    /// largest magnitude becomes 127.
+    pub fn new(wt: &[f32], inputs: usize, outputs: usize, smooth: &[f32]) -> Packed {
         assert_eq!(wt.len(), inputs * outputs);
         assert!(smooth.is_empty() || smooth.len() == inputs);
         let s = |k: usize| smooth.get(k).copied().unwrap_or(1.0);
@@ -287,7 +283,6 @@ impl Packed {
             sums,
             unsmooth: (0..inputs).map(|k| 1.0 / s(k)).collect(),
             rotation,
-            wide,
         }
     }
 
@@ -330,15 +325,9 @@ impl Packed {
                 unsmooth: &self.unsmooth,
                 rotation: self.rotation,
                 signed: kernel.signed(),
-                wide: self.wide,
             };
-            quantize::quantize_rows(&x[..rows * k], (k, self.padded), scheme, &mut a, &mut quant);
-            // A row's bytes: one plane, or the low then the high.
-            let stride = if self.wide {
-                2 * self.padded
-            } else {
-                self.padded
-            };
+            let lda = self.padded;
+            quantize::quantize_rows(&x[..rows * k], (k, lda), scheme, &mut a, &mut quant);
             let (a, quant) = (&a[..], &quant[..]);
             let out = Out(out.as_mut_ptr());
             let (tile_rows, tile_panels) = kernel.tile();
@@ -351,27 +340,19 @@ impl Packed {
                 let row_range = rt * TASK_ROWS..((rt + 1) * TASK_ROWS).min(rows);
                 let p0 = pt * tile_panels;
                 let np = tile_panels.min(self.panels - p0);
-                let mut low = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
-                let mut high = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
+                let mut acc = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
                 let mut r0 = row_range.start;
                 while r0 < row_range.end {
                     let mr = tile_rows.min(row_range.end - r0);
-                    let rows_at = &a[r0 * stride..];
-                    self.tile(kernel, rows_at, stride, mr, p0, np, &mut low);
-                    if self.wide {
-                        let high_rows = &rows_at[self.padded..];
-                        self.tile(kernel, high_rows, stride, mr, p0, np, &mut high);
-                    }
-                    let sums = (&low[..mr], self.wide.then_some(&high[..mr]));
+                    self.tile(kernel, &a[r0 * lda..], lda, mr, p0, np, &mut acc);
                     // SAFETY: tasks cover disjoint (row, panel) blocks, so each writes only
                     // its own rows' outputs of its own panels.
-                    unsafe { self.finish(sums, r0, p0, np, quant, bias, residual, out, ldo) };
+                    unsafe { self.finish(&acc[..mr], r0, p0, np, quant, bias, residual, out, ldo) };
                     r0 += mr;
                 }
             };
             let tasks = row_tasks * panel_tasks;
-            let macs = rows * k * n * if self.wide { 2 } else { 1 };
-            if macs < PARALLEL_MACS || tasks == 1 {
+            if rows * k * n < PARALLEL_MACS || tasks == 1 {
                 (0..tasks).for_each(task);
             } else {
                 (0..tasks).into_par_iter().for_each(task);
@@ -415,8 +396,7 @@ impl Packed {
         }
     }
 
-    /// Writes a tile's rows (their sums: the low plane's, and the high one's for 16-bit rows)
-    /// for the panels' real outputs, in rows of `ldo` (see [`output`]).
+    /// Writes a tile's rows for the panels' real outputs, in rows of `ldo` (see [`output`]).
     ///
     /// # Safety
     /// `out` must hold the rows' `outputs` floats at stride `ldo`, and no other thread may
@@ -424,7 +404,7 @@ impl Packed {
     #[allow(clippy::too_many_arguments)]
     unsafe fn finish(
         &self,
-        (low, high): (&[[i32; NR * MAX_PANELS]], Option<&[[i32; NR * MAX_PANELS]]>),
+        acc: &[[i32; NR * MAX_PANELS]],
         r0: usize,
         p0: usize,
         np: usize,
@@ -442,23 +422,13 @@ impl Packed {
             scales: &self.scales[cols.clone()],
             bias: &bias[cols],
         };
-        for (i, sums) in low.iter().enumerate() {
+        for (i, sums) in acc.iter().enumerate() {
             let r = r0 + i;
             // SAFETY: row `r` < rows and the columns lie inside `out` (the caller's
             // contract); this tile is written by this task alone.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * ldo + c0), width) };
             let res = residual.map(|res| &res[r * ldo + c0..r * ldo + c0 + width]);
-            match high {
-                None => output::write_row(dst, &sums[..width], quant[r], columns, res),
-                Some(high) => output::write_row_wide(
-                    dst,
-                    &sums[..width],
-                    &high[i][..width],
-                    quant[r],
-                    columns,
-                    res,
-                ),
-            }
+            output::write_row(dst, &sums[..width], quant[r], columns, res);
         }
     }
 }

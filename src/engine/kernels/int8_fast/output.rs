@@ -1,7 +1,6 @@
 //! A tile's int32 sums turned into the layer's outputs: the zero point's share taken out
 //! (`Σ (q − z)·w = Σ q·w − z·Σ w`), scaled by the row's and the output's scales, the bias (and
-//! a residual) added. 16-bit rows combine their two planes' sums first, in f64, where
-//! `256 × high + low − z·Σ w` is exact (it outgrows int32).
+//! a residual) added.
 
 #[cfg(target_arch = "x86_64")]
 use super::super::{Isa, isa};
@@ -46,30 +45,5 @@ fn write_row_generic(
                 dst[i] = v * (s * scales[i]) + bias[i];
             }
         }
-    }
-}
-
-simd!(
-    /// [`write_row`] for a 16-bit row: `sums = 256 × high + low`.
-    pub(super) fn write_row_wide(dst: &mut [f32], low: &[i32], high: &[i32], q: RowQuant, c: Columns<'_>, residual: Option<&[f32]>) = write_row_wide_generic
-);
-
-#[inline(always)]
-fn write_row_wide_generic(
-    dst: &mut [f32],
-    low: &[i32],
-    high: &[i32],
-    q: RowQuant,
-    c: Columns<'_>,
-    residual: Option<&[f32]>,
-) {
-    let n = dst.len();
-    let (low, high) = (&low[..n], &high[..n]);
-    let (wsums, scales, bias) = (&c.wsums[..n], &c.scales[..n], &c.bias[..n]);
-    let (z, s) = (f64::from(q.zero), q.scale);
-    for i in 0..n {
-        let v = 256.0 * f64::from(high[i]) + f64::from(low[i]) - z * f64::from(wsums[i]);
-        let r = residual.map_or(0.0, |r| r[i]);
-        dst[i] = v as f32 * (s * scales[i]) + bias[i] + r;
     }
 }

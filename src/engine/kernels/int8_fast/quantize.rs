@@ -1,7 +1,6 @@
 //! A layer's input rows on their way into the kernels: divided by the smoothing, rotated
 //! ([`super::rotate`]), and quantized per row, asymmetric: the row's range
-//! `[min(0, lo), max(0, hi)]` onto 0..=255 (8 bits), or onto 0..=65535 stored as two byte
-//! planes, low and high (16 bits, for the layers whose inputs 8 bits cannot hold).
+//! `[min(0, lo), max(0, hi)]` onto 0..=255.
 //!
 //! A kernel that multiplies signed activations reads every stored byte as `b − 128`; the row's
 //! zero is shifted to match, so `value = (q − zero) × scale` holds whichever way it is read.
@@ -13,7 +12,7 @@ use super::super::{Isa, isa};
 use super::rotate;
 
 /// How a row was quantized: its value at `k` is `(q[k] − zero) × scale`, with `q` as the
-/// kernel reads it (one byte, or `256 × high + low` for 16 bits; signed bytes as `b − 128`).
+/// kernel reads it (signed bytes as `b − 128`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RowQuant {
     /// What one step of the row is worth (NaN when the row held a NaN or infinity).
@@ -31,13 +30,10 @@ pub(super) struct Scheme<'a> {
     pub rotation: usize,
     /// Whether the kernel reads bytes signed.
     pub signed: bool,
-    /// 16 bits in two planes instead of 8.
-    pub wide: bool,
 }
 
-/// Quantizes each row of `x` (`rows × inputs`) into `a` and `quant`. A row takes `lda` bytes
-/// (8 bits), or `2 × lda`, its low plane then its high one (16 bits); padding bytes hold
-/// the row's zero.
+/// Quantizes each row of `x` (`rows × inputs`) into `a` (rows of `lda` bytes; padding bytes
+/// hold the row's zero) and `quant`.
 pub(super) fn quantize_rows(
     x: &[f32],
     (inputs, lda): (usize, usize),
@@ -46,9 +42,8 @@ pub(super) fn quantize_rows(
     quant: &mut Vec<RowQuant>,
 ) {
     let rows = x.len() / inputs.max(1);
-    let stride = if scheme.wide { 2 * lda } else { lda };
     a.clear();
-    a.resize(rows * stride, 0);
+    a.resize(rows * lda, 0);
     quant.clear();
     quant.resize(rows, RowQuant::default());
     let one = |scratch: &mut Vec<f32>, ((row, q), rq): ((&[f32], &mut [u8]), &mut RowQuant)| {
@@ -58,19 +53,18 @@ pub(super) fn quantize_rows(
     if x.len() < super::super::PARALLEL_MIN {
         let mut scratch = Vec::new();
         x.chunks_exact(inputs)
-            .zip(a.chunks_exact_mut(stride))
+            .zip(a.chunks_exact_mut(lda))
             .zip(quant.iter_mut())
             .for_each(|r| one(&mut scratch, r));
     } else {
         x.par_chunks_exact(inputs)
-            .zip(a.par_chunks_exact_mut(stride))
+            .zip(a.par_chunks_exact_mut(lda))
             .zip(quant.par_iter_mut())
             .for_each_init(Vec::new, one);
     }
 }
 
-/// Quantizes one row through `scratch` (as long as `x`) into `q` (a row's bytes, as
-/// [`quantize_rows`] lays them out).
+/// Quantizes one row through `scratch` (as long as `x`) into `q` (at least as long).
 pub(super) fn quantize_row(
     x: &[f32],
     scheme: Scheme<'_>,
@@ -97,22 +91,11 @@ pub(super) fn quantize_row(
         };
     }
     let bits = if scheme.signed { 0x80u8 } else { 0 };
-    if scheme.wide {
-        let (low, high) = q.split_at_mut(q.len() / 2);
-        let scale = (hi - lo) / 65535.0;
-        let zero = to_steps(t, (lo, scale), 65535.0, bits, low, high);
-        RowQuant {
-            scale,
-            // 256 × (h − 128) + (l − 128) = 256 × h + l − 32896.
-            zero: zero - if scheme.signed { 32896 } else { 0 },
-        }
-    } else {
-        let scale = (hi - lo) / 255.0;
-        let zero = to_steps(t, (lo, scale), 255.0, bits, q, &mut []);
-        RowQuant {
-            scale,
-            zero: zero - if scheme.signed { 128 } else { 0 },
-        }
+    let scale = (hi - lo) / 255.0;
+    let zero = to_steps(t, (lo, scale), bits, q);
+    RowQuant {
+        scale,
+        zero: zero - if scheme.signed { 128 } else { 0 },
     }
 }
 
@@ -160,60 +143,29 @@ fn range_generic(t: &[f32]) -> Option<(f32, f32)> {
 }
 
 /// Writes `t` in steps of `scale` above its zero (returned; `lo`, the range's bottom, is step
-/// 0), clamped to `0..=top`: the low bytes into `low` and, when `top` needs two bytes, the
-/// high ones into `high`; both XORed with `bits` (0x80 for a kernel that reads them signed).
-/// The bytes past `t` get the zero.
-fn to_steps(
-    t: &[f32],
-    (lo, scale): (f32, f32),
-    top: f32,
-    bits: u8,
-    low: &mut [u8],
-    high: &mut [u8],
-) -> i32 {
+/// 0), clamped to `0..=255`, into `q`, XORed with `bits` (0x80 for a kernel that reads them
+/// signed). The bytes past `t` get the zero.
+fn to_steps(t: &[f32], (lo, scale): (f32, f32), bits: u8, q: &mut [u8]) -> i32 {
     let inv = 1.0 / scale;
-    // The range holds 0, so the zero point lies in 0..=top.
-    let zero = (-lo * inv).round_ties_even().clamp(0.0, top);
-    steps(t, inv, zero, top, bits, low, high);
+    // The range holds 0, so the zero point lies in 0..=255.
+    let zero = (-lo * inv).round_ties_even().clamp(0.0, 255.0);
+    steps(t, inv, zero, bits, q);
     let z = zero as i32;
-    for (i, q) in low.iter_mut().enumerate().skip(t.len()) {
-        *q = z as u8 ^ bits;
-        if let Some(h) = high.get_mut(i) {
-            *h = (z >> 8) as u8 ^ bits;
-        }
-    }
+    q.iter_mut().skip(t.len()).for_each(|q| *q = z as u8 ^ bits);
     z
 }
 
 simd!(
     /// The quantization loop of [`to_steps`].
-    fn steps(t: &[f32], inv: f32, zero: f32, top: f32, bits: u8, low: &mut [u8], high: &mut [u8]) = steps_generic
+    fn steps(t: &[f32], inv: f32, zero: f32, bits: u8, q: &mut [u8]) = steps_generic
 );
 
 #[inline(always)]
-fn steps_generic(
-    t: &[f32],
-    inv: f32,
-    zero: f32,
-    top: f32,
-    bits: u8,
-    low: &mut [u8],
-    high: &mut [u8],
-) {
-    if high.is_empty() {
-        for (q, &v) in low.iter_mut().zip(t) {
-            let r = (v * inv + zero).round_ties_even().clamp(0.0, top);
-            // SAFETY: r is finite (the caller checked) and within 0..=255; the checked `as`
-            // conversion would not vectorise.
-            *q = unsafe { r.to_int_unchecked::<i32>() } as u8 ^ bits;
-        }
-    } else {
-        for ((l, h), &v) in low.iter_mut().zip(high.iter_mut()).zip(t) {
-            let r = (v * inv + zero).round_ties_even().clamp(0.0, top);
-            // SAFETY: as above, within 0..=65535.
-            let r = unsafe { r.to_int_unchecked::<i32>() };
-            *l = r as u8 ^ bits;
-            *h = (r >> 8) as u8 ^ bits;
-        }
+fn steps_generic(t: &[f32], inv: f32, zero: f32, bits: u8, q: &mut [u8]) {
+    for (q, &v) in q.iter_mut().zip(t) {
+        let r = (v * inv + zero).round_ties_even().clamp(0.0, 255.0);
+        // SAFETY: r is finite (the caller checked) and within 0..=255; the checked `as`
+        // conversion would not vectorise.
+        *q = unsafe { r.to_int_unchecked::<i32>() } as u8 ^ bits;
     }
 }

@@ -49,18 +49,14 @@ fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f3
         unsmooth: &p.unsmooth,
         rotation: p.rotation,
         signed: false,
-        wide: p.wide,
     };
     let mut out = vec![0f64; rows * n];
     for r in 0..rows {
-        let mut q = vec![0u8; if p.wide { 2 } else { 1 } * p.padded];
+        let mut q = vec![0u8; p.padded];
         let mut scratch = vec![0f32; k];
         let row = &x[r * k..(r + 1) * k];
         let rq = quantize::quantize_row(row, scheme, &mut scratch, &mut q);
-        let value = |i: usize| match p.wide {
-            false => i64::from(q[i]),
-            true => 256 * i64::from(q[p.padded + i]) + i64::from(q[i]),
-        };
+        let value = |i: usize| i64::from(q[i]);
         for o in 0..n {
             let (panel, c) = (o / NR, o % NR);
             let mut sum = 0i64;
@@ -90,13 +86,10 @@ fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
     ] {
         let wt = weights(inputs, outputs);
         let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.25).collect();
-        for (rows, wide) in [1, 2, 3, 4, 5, 6, 7, 13, 48 + 5, 100]
-            .into_iter()
-            .flat_map(|r| [(r, false), (r, true)])
-        {
+        for rows in [1, 2, 3, 4, 5, 6, 7, 13, 48 + 5, 100] {
             let x = activations(rows, inputs);
             let smooth = smooth_for(&x, &wt, inputs, outputs);
-            let p = Packed::new(&wt, inputs, outputs, &smooth, wide);
+            let p = Packed::new(&wt, inputs, outputs, &smooth);
             let res: Vec<f32> = (0..rows * outputs).map(|i| value(i, 3)).collect();
             for residual in [None, Some(&res[..])] {
                 let want = exact(&p, &x, rows, &bias, residual);
@@ -107,7 +100,7 @@ fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
                     for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
                         assert!(
                             (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{} {inputs}→{outputs}, {rows} rows (wide: {wide}), output {i}: {got} vs {want}",
+                            "{} {inputs}→{outputs}, {rows} rows, output {i}: {got} vs {want}",
                             kernel.name()
                         );
                     }
@@ -116,7 +109,7 @@ fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
                         None => first = Some(out),
                         Some(f) => assert!(
                             f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{} differs from {} on {inputs}→{outputs}, {rows} rows (wide: {wide})",
+                            "{} differs from {} on {inputs}→{outputs}, {rows} rows",
                             kernel.name(),
                             Kernel::here()[0].name()
                         ),
@@ -142,7 +135,7 @@ fn the_extremes_of_both_operands_do_not_saturate() {
             }
         })
         .collect();
-    let p = Packed::new(&wt, inputs, outputs, &[], false);
+    let p = Packed::new(&wt, inputs, outputs, &[]);
     assert_eq!(p.rotation, 1);
     assert!(p.weights.iter().all(|&w| w.abs() == 127 || w == 0));
     let patterns: [fn(usize) -> u8; 4] = [
@@ -190,12 +183,8 @@ fn the_product_is_within_the_quantization_error_of_f32() {
     let wt = weights(inputs, outputs);
     let x = activations(rows, inputs);
     let bias = vec![0f32; outputs];
-    for (smooth, wide) in [
-        (Vec::new(), false),
-        (smooth_for(&x, &wt, inputs, outputs), false),
-        (Vec::new(), true),
-    ] {
-        let p = Packed::new(&wt, inputs, outputs, &smooth, wide);
+    for smooth in [Vec::new(), smooth_for(&x, &wt, inputs, outputs)] {
+        let p = Packed::new(&wt, inputs, outputs, &smooth);
         let mut out = vec![0f32; rows * outputs];
         p.forward_strided(Kernel::best(), &x, rows, &bias, None, &mut out, outputs);
         for r in 0..rows {
@@ -209,7 +198,7 @@ fn the_product_is_within_the_quantization_error_of_f32() {
             }
             assert!(
                 err.sqrt() <= 0.05 * norm.sqrt(),
-                "row {r}: relative error {} (smoothing: {}, wide: {wide})",
+                "row {r}: relative error {} (smoothing: {})",
                 err.sqrt() / norm.sqrt(),
                 !smooth.is_empty()
             );
@@ -222,7 +211,7 @@ fn a_strided_output_keeps_the_columns_it_does_not_own() {
     let (inputs, outputs, rows, ldo) = (48, 20, 5, 27);
     let wt = weights(inputs, outputs);
     let x = activations(rows, inputs);
-    let p = Packed::new(&wt, inputs, outputs, &[], false);
+    let p = Packed::new(&wt, inputs, outputs, &[]);
     let bias = vec![0.5f32; outputs];
     for kernel in Kernel::here() {
         let mut out = vec![7f32; (rows - 1) * ldo + outputs + 3];
@@ -241,7 +230,7 @@ fn a_strided_output_keeps_the_columns_it_does_not_own() {
 fn a_row_with_a_nan_gives_nan_and_a_zero_row_gives_the_bias() {
     let (inputs, outputs) = (32, 16);
     let wt = weights(inputs, outputs);
-    let p = Packed::new(&wt, inputs, outputs, &[], false);
+    let p = Packed::new(&wt, inputs, outputs, &[]);
     let mut x = vec![0f32; 2 * inputs];
     x[inputs + 3] = f32::NAN;
     let bias = vec![0.25f32; outputs];

@@ -154,17 +154,17 @@ impl Linear {
         self.weights = Weights::Int8(super::int8::Packed::new(&head, k, m), tail);
     }
 
-    /// Quantizes the weights for int8-fast ([`super::int8_fast`]), smoothed by the largest
-    /// magnitude each input took in a calibration pass (`act_max`, one per input) when given,
-    /// for inputs of 8 bits or (`wide`) 16, dropping the f32 copy.
-    pub fn to_int8_fast(&mut self, act_max: Option<&[f32]>, wide: bool) {
+    /// Quantizes the weights for int8-fast's 8-bit activations ([`super::int8_fast`]),
+    /// smoothed by the largest magnitude each input took in a calibration pass (`act_max`, one
+    /// per input), dropping the f32 copy.
+    pub fn to_int8_fast(&mut self, act_max: &[f32]) {
         let Weights::F32(panels) = &self.weights else {
             return;
         };
         let wt = panels.to_wt();
         let (k, n) = (self.inputs, self.outputs);
-        let smooth = act_max.map_or_else(Vec::new, |m| super::int8_fast::smoothing(m, &wt, k, n));
-        self.weights = Weights::Int8Fast(super::int8_fast::Packed::new(&wt, k, n, &smooth, wide));
+        let smooth = super::int8_fast::smoothing(act_max, &wt, k, n);
+        self.weights = Weights::Int8Fast(super::int8_fast::Packed::new(&wt, k, n, &smooth));
     }
 
     /// Bytes of the weights and bias in memory.
