@@ -393,6 +393,9 @@ def cmd_run(args):
         logit = float(logits_of(c["query"], [c["document"]])[0][0])
         check.append({"query": c["query"], "document": c["document"], "logit": logit})
     result["check"] = check
+    # The ranking set: each query against the batch's documents, as one request each.
+    result["ranking"] = [[float(x) for x in logits_of(q, docs)[0]]
+                         for q in w.get("ranking_queries", [])]
     if caxton is not None:
         theirs = [c["logit"] for c in caxton["check"]]
         diffs = [abs(a["logit"] - b) for a, b in zip(check, theirs)]
@@ -418,6 +421,7 @@ def cmd_summary(args):
     load = lambda paths: [json.loads(Path(p).read_text()) for p in paths]
     cax, cax8, ort, ort8 = (load(args.caxton), load(args.caxton_int8), load(args.ort),
                             load(args.ort_int8))
+    fast = load(args.caxton_int8_fast)
     keys = ("batch_pairs_per_s", "batch_p50_ms", "batch_p99_ms", "single_p50_ms",
             "single_p99_ms", "load_ms", "rss_mb", "peak_rss_mb")
 
@@ -429,7 +433,7 @@ def cmd_summary(args):
         return r["implementation"]
 
     variants = [(name(runs), runs, {k: median(runs, k) for k in keys})
-                for runs in (cax, cax8, ort, ort8) if runs]
+                for runs in (cax, cax8, fast, ort, ort8) if runs]
     r0 = cax[0]
     columns = [
         (f"batch 1x{r0['batch_documents']} pairs/s", lambda m: f"{m['batch_pairs_per_s']:.1f}"),
@@ -462,7 +466,8 @@ def cmd_summary(args):
         return a / b if b else float("nan")
 
     for c_label, o_label in ((name(cax), name(ort)),
-                             (name(cax8) if cax8 else None, name(ort8) if ort8 else None)):
+                             (name(cax8) if cax8 else None, name(ort8) if ort8 else None),
+                             (name(fast) if fast else None, name(ort8) if ort8 else None)):
         if not c_label or not o_label:
             continue
         c, o = by[c_label], by[o_label]
@@ -493,12 +498,34 @@ def cmd_summary(args):
     print(f"check pairs: |ORT f32 logit - caxton f32 raw score| <= {worst:.2e} (bound "
           f"{LOGIT_TOLERANCE})")
     ref = [[c["logit"] for c in r["check"]] for r in ort]
-    for runs in (cax8, ort8):
+    for runs in (cax8, fast, ort8):
         if not runs:
             continue
         diffs = [abs(c["logit"] - x) for r, f in zip(runs, ref) for c, x in zip(r["check"], f)]
         print(f"{name(runs)} logits against ORT f32's: max |diff| {max(diffs):.2e}")
-    for r in cax + cax8:
+    # The ranking set against Caxton f32's (the same as ORT f32's, checked above): the largest
+    # score error (after the sigmoid /rerank applies) and the share of each query's top 5 kept.
+    reference = cax[0].get("ranking")
+    worst = {}
+    if reference:
+        sigmoid = lambda x: 1 / (1 + math.exp(-x))
+        for runs in (cax8, fast, ort, ort8):
+            if not runs or not runs[0].get("ranking"):
+                continue
+            got = runs[0]["ranking"]
+            err = max(abs(sigmoid(a) - sigmoid(b)) for q, r in zip(got, reference)
+                      for a, b in zip(q, r))
+            top = lambda v: set(sorted(range(len(v)), key=lambda i: -v[i])[:5])
+            agree = sum(len(top(q) & top(r)) for q, r in zip(got, reference)) / (5 * len(reference))
+            worst[name(runs)] = (err, agree)
+            print(f"{name(runs)}: {len(reference)} queries x {len(reference[0])} documents against "
+                  f"caxton f32: max score error {err:.2e}, top-5 agreement {agree * 100:.1f}%")
+        if fast and ort8 and name(fast) in worst and name(ort8) in worst:
+            (fe, fa), (oe, oa) = worst[name(fast)], worst[name(ort8)]
+            no_worse = fe <= oe and fa >= oa
+            print(f"caxton int8-fast against ORT int8: score error {fe:.2e} vs {oe:.2e}, top-5 "
+                  f"{fa * 100:.1f}% vs {oa * 100:.1f}%: {'no worse' if no_worse else 'WORSE'}")
+    for r in cax + cax8 + fast:
         if r.get("batch_vs_single_max_abs_diff", 0) > LOGIT_TOLERANCE:
             fails += 1
     return 1 if fails else 0
@@ -522,6 +549,7 @@ def main():
     s = sub.add_parser("summary")
     s.add_argument("--caxton", nargs="+", required=True)
     s.add_argument("--caxton-int8", nargs="+", default=[])
+    s.add_argument("--caxton-int8-fast", nargs="+", default=[])
     s.add_argument("--ort", nargs="+", required=True)
     s.add_argument("--ort-int8", nargs="+", default=[])
     s.add_argument("--cpu", default="")

@@ -15,8 +15,10 @@
 //!   connection (200 requests, each with another document; 30 with --quick): p50/p99.
 //!
 //! Then the raw scores (`raw_scores`: the logits) of a few check pairs, each alone, for the
-//! peer to compare, and the batch's documents scored together against each alone (fails if
-//! they differ by more than 1e-3). With --pid, the daemon's VmRSS and VmHWM after the run.
+//! peer to compare, the batch's documents scored together against each alone (fails if
+//! they differ by more than 1e-3), and the ranking set: each of [`RANKING_QUERIES`] against
+//! the batch's 20 documents, their logits in document order (the summary compares each
+//! precision's top 5 and scores with f32's). With --pid, the daemon's VmRSS and VmHWM after the run.
 //! The texts are deterministic English sentences; documents grow until the reranker's
 //! tokenizer (--tokenizer, the package's tokenizer.json) counts 200 tokens.
 
@@ -68,6 +70,19 @@ const SENTENCES: &[&str] = &[
 ];
 
 const QUERY: &str = "how do unix sockets let local processes talk quickly";
+/// Queries of the ranking set, each against the batch's documents.
+const RANKING_QUERIES: &[&str] = &[
+    QUERY,
+    "what happened when the river flooded",
+    "how to cook a simple tomato sauce",
+    "why normalize sentence embeddings",
+    "what does a cross-encoder do",
+    "library opening hours on the weekend",
+    "memory safety without garbage collection",
+    "flight delays caused by weather",
+    "new species found in the rainforest",
+    "how do search engines rerank results",
+];
 const BATCH_DOCUMENTS: usize = 20;
 const DOCUMENT_TOKENS: usize = 200;
 /// A document longer than the model's 512 tokens, so the check covers truncation too.
@@ -344,6 +359,10 @@ fn main() -> anyhow::Result<()> {
             .zip(&alone)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f64::max);
+        let mut ranking = Vec::new();
+        for q in RANKING_QUERIES {
+            ranking.push(c.logits(q, &docs).await?);
+        }
 
         let (_, models) = call(&socket, hyper::Method::GET, "/api/models").await?;
         let after = entry(&models).context("the reranker left /api/models")?;
@@ -387,6 +406,7 @@ fn main() -> anyhow::Result<()> {
             "peak_rss_mb": mb(hwm),
             "batch_vs_single_max_abs_diff": batch_diff,
             "check": check.iter().zip(&check_logits).map(|((q, d), l)| json!({"query": q, "document": d, "logit": l})).collect::<Vec<_>>(),
+            "ranking": ranking,
         });
         std::fs::write(&json_out, serde_json::to_vec_pretty(&figures)?)
             .with_context(|| format!("cannot write {}", json_out.display()))?;
@@ -398,6 +418,7 @@ fn main() -> anyhow::Result<()> {
                 "batch_pair_tokens": batch_pair_tokens,
                 "single_documents": singles,
                 "check": check.iter().map(|(q, d)| json!({"query": q, "document": d})).collect::<Vec<_>>(),
+                "ranking_queries": RANKING_QUERIES,
             });
             std::fs::write(path, serde_json::to_vec(&w)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;

@@ -102,6 +102,16 @@ fn check(arch: &str, expected: Architecture) {
     );
     assert_eq!(int8.precision, Precision::Int8);
     int8.holds(&r.vectors, 0.999, arch);
+
+    let fast = common::engine::run_package_batching(
+        &package,
+        &tmp.path().join("state-int8-fast"),
+        &r.texts,
+        Precision::Int8Fast,
+        BATCH_TOKENS,
+    );
+    assert_eq!(fast.precision, Precision::Int8Fast);
+    fast.holds(&r.vectors, 0.997, arch);
 }
 
 #[test]

@@ -186,6 +186,37 @@ fn int8_stays_within_0_999_of_sentence_transformers_on_every_kernel() {
     }
 }
 
+/// `models.precision: int8-fast` on the best kernel this CPU has, then forced down to AVX2 and
+/// to the portable kernel (`CAXTON_ISA`; NEON and its dot product on aarch64): each within its
+/// documented floor (0.997) of sentence-transformers, batches equal to singles, and the kernel
+/// named in `GET /api/models` and the journal. Every kernel sums exactly the same integers, so
+/// every run must give the same worst text.
+#[test]
+fn int8_fast_stays_within_its_floor_of_sentence_transformers_on_every_kernel() {
+    use caxton::engine::kernels::int8_fast::Kernel;
+    let best = Kernel::best().name();
+    let mut runs = vec![(best, vec![])];
+    let here: Vec<&str> = Kernel::here().iter().map(|k| k.name()).collect();
+    for forced in ["avx-vnni", "avx2", "neon", "portable"] {
+        if forced != best && here.contains(&forced) {
+            runs.push((forced, vec![("CAXTON_ISA", forced)]));
+        }
+    }
+    for (kernel, env) in runs {
+        let label = format!("int8-fast {kernel}");
+        let (daemon, entry) = precision_holds("int8-fast", &env, 0.997, &label);
+        assert_eq!(entry["loaded_precision"], "int8-fast", "{entry}");
+        assert_eq!(entry["kernel"], kernel, "{entry}");
+        assert!(
+            daemon
+                .log()
+                .contains(&format!("int8-fast on the {kernel} kernel")),
+            "{}",
+            daemon.log()
+        );
+    }
+}
+
 #[test]
 fn sixty_four_concurrent_clients_are_batched_without_changing_vectors() {
     let reference = reference();

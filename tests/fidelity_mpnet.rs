@@ -114,4 +114,14 @@ fn all_mpnet_base_v2_matches_sentence_transformers() {
     );
     assert_eq!(int8.precision, Precision::Int8);
     int8.holds(&r.vectors, 0.999, "all-mpnet-base-v2");
+
+    // int8-fast, within its documented floor for MPNet (issue 31: 0.99).
+    let fast = common::engine::run_package(
+        &package,
+        &tmp.path().join("state-int8-fast"),
+        &r.texts,
+        Precision::Int8Fast,
+    );
+    assert_eq!(fast.precision, Precision::Int8Fast);
+    fast.holds(&r.vectors, 0.99, "all-mpnet-base-v2");
 }

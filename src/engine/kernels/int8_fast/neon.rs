@@ -27,7 +27,7 @@ pub(super) unsafe fn tile(
     groups: usize,
     acc: &mut [[i32; NR * MAX_PANELS]; MAX_ROWS],
 ) {
-    debug_assert!(w.len() >= groups * PANEL_GROUP && groups % 4 == 0);
+    debug_assert!(w.len() >= groups * PANEL_GROUP && groups.is_multiple_of(4));
     let (a, w) = (a as *const i8, w.as_ptr());
     // SAFETY: the caller's contract, passed on.
     unsafe {
