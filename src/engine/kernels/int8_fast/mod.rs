@@ -82,9 +82,8 @@ pub enum Kernel {
     Avx512Vnni,
     /// AVX-VNNI: `vpdpbusd` on ymm, tiles of 6 rows × 16 outputs.
     AvxVnni,
-    /// AVX2: `vpmaddubsw` on the magnitudes of signed activations and the weights signed
-    /// like them (exact: no pair of products reaches the 16-bit saturation), `vpmaddwd`
-    /// to widen, tiles of 4 rows × 16 outputs.
+    /// AVX2: `vpmaddwd` on the activations stored as 16 bits and the weights sign-extended
+    /// as loaded, tiles of 4 rows × 16 outputs (see [`x86`] for why not `vpmaddubsw`).
     Avx2,
     /// aarch64 with the dot-product extension: `sdot` by lane, tiles of 4 rows × 16 outputs.
     NeonDot,
@@ -117,10 +116,18 @@ impl Kernel {
         }
     }
 
-    /// Whether the kernel multiplies signed activations (`q − 128`): AVX2's sign trick and
-    /// NEON's signed products; the VNNI ones and the portable one take them unsigned.
+    /// Whether the kernel multiplies signed activations (`q − 128`): NEON's signed products;
+    /// the others take them unsigned.
     fn signed(self) -> bool {
-        matches!(self, Kernel::Avx2 | Kernel::NeonDot | Kernel::Neon)
+        matches!(self, Kernel::NeonDot | Kernel::Neon)
+    }
+
+    /// Bytes a stored activation takes: 2 for AVX2's 16-bit multiplies, else 1.
+    fn width(self) -> usize {
+        match self {
+            Kernel::Avx2 => 2,
+            _ => 1,
+        }
     }
 
     /// The best kernel this CPU runs within `CAXTON_ISA`, decided once.
@@ -325,8 +332,9 @@ impl Packed {
                 unsmooth: &self.unsmooth,
                 rotation: self.rotation,
                 signed: kernel.signed(),
+                wide: kernel.width() == 2,
             };
-            let lda = self.padded;
+            let lda = self.padded * kernel.width();
             quantize::quantize_rows(&x[..rows * k], (k, lda), scheme, &mut a, &mut quant);
             let (a, quant) = (&a[..], &quant[..]);
             let out = Out(out.as_mut_ptr());
@@ -378,7 +386,7 @@ impl Packed {
         let groups = self.padded / GROUP;
         let stride = groups * PANEL_GROUP;
         assert!(mr >= 1 && mr <= tile_rows && np >= 1 && np <= tile_panels);
-        assert!(a.len() >= (mr - 1) * lda + self.padded);
+        assert!(a.len() >= (mr - 1) * lda + self.padded * kernel.width());
         let w = &self.weights[p0 * stride..(p0 + np) * stride];
         match kernel {
             #[cfg(target_arch = "x86_64")]

@@ -49,6 +49,7 @@ fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f3
         unsmooth: &p.unsmooth,
         rotation: p.rotation,
         signed: false,
+        wide: false,
     };
     let mut out = vec![0f64; rows * n];
     for r in 0..rows {
@@ -121,10 +122,9 @@ fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
 }
 
 #[test]
-fn the_extremes_of_both_operands_do_not_saturate() {
-    // Activations of 0 and 255 (signed: −128 and 127) against weights of ±127: AVX2's 16-bit
-    // pairs reach 2 × 128 × 127, the most they hold without saturating. 17 inputs: an odd
-    // width, so no rotation changes the weights.
+fn the_extremes_of_both_operands_sum_exactly() {
+    // Activations of 0 and 255 (signed: −128 and 127) against weights of ±127, the largest
+    // products any kernel sums. 17 inputs: an odd width, so no rotation changes the weights.
     let (inputs, outputs) = (17, 32);
     let wt: Vec<f32> = (0..inputs * outputs)
         .map(|i| {
@@ -147,16 +147,18 @@ fn the_extremes_of_both_operands_do_not_saturate() {
     for kernel in Kernel::here() {
         let (tile_rows, _) = kernel.tile();
         let mr = tile_rows.min(patterns.len());
-        let mut a = vec![0u8; mr * p.padded];
-        for (r, row) in a.chunks_exact_mut(p.padded).enumerate() {
-            for (k, v) in row.iter_mut().enumerate().take(inputs) {
-                // As the kernel reads them: signed kernels take `q − 128`.
-                *v = patterns[r](k) ^ if kernel.signed() { 0x80 } else { 0 };
+        let lda = p.padded * kernel.width();
+        let mut a = vec![0u8; mr * lda];
+        for (r, row) in a.chunks_exact_mut(lda).enumerate() {
+            for k in 0..inputs {
+                // As the kernel reads them: signed kernels take `q − 128`, AVX2 16 bits.
+                let q = patterns[r](k) ^ if kernel.signed() { 0x80 } else { 0 };
+                row[k * kernel.width()] = q;
             }
         }
         let mut acc = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
         for p0 in 0..p.panels {
-            p.tile(kernel, &a, p.padded, mr, p0, 1, &mut acc);
+            p.tile(kernel, &a, lda, mr, p0, 1, &mut acc);
             for (r, sums) in acc.iter().enumerate().take(mr) {
                 for (c, &got) in sums.iter().enumerate().take(NR) {
                     let o = p0 * NR + c;
