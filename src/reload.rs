@@ -300,6 +300,12 @@ fn relevant(dir: &Path, path: &Path) -> bool {
             && path.extension().is_some_and(|e| e == "yaml"))
 }
 
+/// Whether a notify event only says a file was opened, read or closed after reading.
+fn is_reading(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
+}
+
 /// Watches the config directory and reloads after each quiet burst of relevant changes. The
 /// returned watcher must be kept alive.
 pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
@@ -308,6 +314,11 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
     let watch_dir = dir.clone();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Opening or reading a file is no change: the reload itself opens every file, and
+            // counting that as one made a refused drop-in reload (and log its refusal) five
+            // times a second for as long as it stayed (issue 32's soak: 3,286 lines in an hour
+            // for 23 bad drop-ins). A file closed after writing is one.
+            Ok(event) if is_reading(&event.kind) => {}
             Ok(event) if event.paths.iter().any(|p| relevant(&watch_dir, p)) => {
                 let _ = tx.send(());
             }
@@ -359,6 +370,23 @@ mod tests {
             vec!["models.default", "limits.max_inputs"]
         );
         assert!(changed_keys(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn reading_a_file_is_no_change_but_closing_it_after_writing_is() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+        assert!(is_reading(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(is_reading(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(is_reading(&EventKind::Access(AccessKind::Read)));
+        assert!(!is_reading(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_reading(&EventKind::Modify(ModifyKind::Any)));
+        assert!(!is_reading(&EventKind::Create(CreateKind::File)));
     }
 
     #[test]

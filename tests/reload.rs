@@ -246,6 +246,32 @@ fn bad_changes_are_refused_whole_and_the_next_good_one_applies() {
     wait_until(&d, "the next good change", || max_inputs(&d) == 15);
 }
 
+/// Issue 32: a bad drop-in is refused once, not again at every reload's own reading of it
+/// (which notify reports as access events): the journal gets one line per change, and the
+/// daemon does not re-read its configuration five times a second while the file stays.
+#[test]
+fn a_bad_drop_in_is_refused_once_while_it_stays() {
+    let d = start(
+        "limits:
+  max_inputs: 10
+",
+    );
+    let f = conf_d(&d).join("90-bad.yaml");
+    let before = d.log().matches("config_rejected").count();
+    std::fs::write(&f, "limits:\n  max_inputz: 3\n").expect("write");
+    wait_until(&d, "the refusal", || {
+        d.log().matches("config_rejected").count() > before
+    });
+    // Ten debounce windows (200 ms each): the reload loop this guards against logged a
+    // refusal in every one of them.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let refusals = d.log().matches("config_rejected").count() - before;
+    assert_eq!(refusals, 1, "{}", d.log());
+    // A real change is still seen.
+    std::fs::write(&f, "limits:\n  max_inputs: 12\n").expect("write");
+    wait_until(&d, "the good change", || max_inputs(&d) == 12);
+}
+
 #[test]
 fn changing_models_default_changes_which_model_answers() {
     let d = Daemon::start_with(
