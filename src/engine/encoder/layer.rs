@@ -50,7 +50,7 @@ impl Layer {
         self.qkv.to_int8_fast(&probe.qkv);
         self.attention_out.to_int8_fast(&probe.context);
         self.up.to_int8_fast(&probe.ffn);
-        self.down.to_int8_fast_planes();
+        self.down.to_int8();
     }
 }
 

@@ -1,14 +1,10 @@
 //! int8-fast linear layers (`models.precision: int8-fast`): 8-bit activations × int8 weights,
 //! the arithmetic the CPUs' 8-bit dot products multiply (`vpdpbusd` on AVX-512 VNNI and
-//! AVX-VNNI, `sdot` on NEON with the dot-product extension, `smull` on NEON without it, and a
-//! portable loop; AVX2, which has no 8-bit product that fits, multiplies the same 8-bit values
-//! held in 16 bits with `vpmaddwd`: see [`x86`]).
+//! AVX-VNNI, `vpmaddubsw` on AVX2, `sdot` on NEON with the dot-product extension, `smull` on
+//! NEON without it, and a portable loop).
 //!
-//! The scheme, chosen by simulating candidates in torch on the real weights and the reference
-//! texts (a by-hand study, not kept), then measured in the engine: MiniLM's worst reference
-//! text 0.9985 against sentence-transformers, MPNet's 0.9989 (`tests/fidelity_engine.rs`,
-//! `tests/fidelity_mpnet.rs`). The feed-forward block's output layer is not here: it runs on
-//! int8's 16-bit activations (`Layer::quantize_fast` says why).
+//! The scheme, chosen by simulation on the reference texts (`bench/int8_fast_sim.py`; MiniLM's
+//! worst text 0.9982 against sentence-transformers, MPNet's 0.9987):
 //! - smoothing (SmoothQuant), where the caller measured the inputs: input channel `k` is
 //!   divided by `s[k]` and the weights of that input multiplied by it, with
 //!   `s[k] = sqrt(max|x_k| / max|w_k|)` from a calibration pass at load ([`smoothing`]);
@@ -224,9 +220,6 @@ pub struct Packed {
     unsmooth: Vec<f32>,
     /// The rotation's block ([`rotation_block`]).
     rotation: usize,
-    /// Whether inputs are quantized to 16 bits and multiplied as two planes of bytes
-    /// ([`Packed::sixteen_bit`]).
-    planes: bool,
 }
 
 impl Packed {
@@ -297,18 +290,6 @@ impl Packed {
             sums,
             unsmooth: (0..inputs).map(|k| 1.0 / s(k)).collect(),
             rotation,
-            planes: false,
-        }
-    }
-
-    /// Weights as [`Packed::new`] leaves them unsmoothed, for inputs quantized per row to 16
-    /// bits and stored as two rows of bytes, high and low: the same kernels multiply each
-    /// plane, and the sums join as `256 × high + low`. Twice the products of 8 bits, and
-    /// as exact as 16-bit activations: for a layer whose inputs 8 bits cannot carry.
-    pub fn sixteen_bit(wt: &[f32], inputs: usize, outputs: usize) -> Packed {
-        Packed {
-            planes: true,
-            ..Packed::new(wt, inputs, outputs, &[])
         }
     }
 
@@ -352,13 +333,9 @@ impl Packed {
                 rotation: self.rotation,
                 signed: kernel.signed(),
                 wide: kernel.width() == 2,
-                planes: self.planes,
             };
             let lda = self.padded * kernel.width();
             quantize::quantize_rows(&x[..rows * k], (k, lda), scheme, &mut a, &mut quant);
-            // Stored rows: a row's two planes are two rows to the kernels. Tasks and tiles
-            // take even numbers of rows, so a row's planes stay in one tile.
-            let rows = rows * scheme.height();
             let (a, quant) = (&a[..], &quant[..]);
             let out = Out(out.as_mut_ptr());
             let (tile_rows, tile_panels) = kernel.tile();
@@ -427,8 +404,7 @@ impl Packed {
         }
     }
 
-    /// Writes a tile's rows for the panels' real outputs, in rows of `ldo` (see [`output`]);
-    /// `acc` and `r0` count stored rows (with planes, two per row).
+    /// Writes a tile's rows for the panels' real outputs, in rows of `ldo` (see [`output`]).
     ///
     /// # Safety
     /// `out` must hold the rows' `outputs` floats at stride `ldo`, and no other thread may
@@ -454,20 +430,13 @@ impl Packed {
             scales: &self.scales[cols.clone()],
             bias: &bias[cols],
         };
-        let height = if self.planes { 2 } else { 1 };
-        for (i, sums) in acc.chunks_exact(height).enumerate() {
-            let r = r0 / height + i;
+        for (i, sums) in acc.iter().enumerate() {
+            let r = r0 + i;
             // SAFETY: row `r` < rows and the columns lie inside `out` (the caller's
             // contract); this tile is written by this task alone.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * ldo + c0), width) };
             let res = residual.map(|res| &res[r * ldo + c0..r * ldo + c0 + width]);
-            match sums {
-                [high, low] => {
-                    let planes = (&high[..width], &low[..width]);
-                    output::write_planes(dst, planes, quant[r], columns, res);
-                }
-                _ => output::write_row(dst, &sums[0][..width], quant[r], columns, res),
-            }
+            output::write_row(dst, &sums[..width], quant[r], columns, res);
         }
     }
 }

@@ -47,20 +47,3 @@ fn write_row_generic(
         }
     }
 }
-
-/// [`write_row`] for a row quantized in two planes: its sums are `256 × high + low`, in 64
-/// bits (they pass 2³¹ at a few thousand inputs).
-pub(super) fn write_planes(
-    dst: &mut [f32],
-    (high, low): (&[i32], &[i32]),
-    q: RowQuant,
-    c: Columns<'_>,
-    residual: Option<&[f32]>,
-) {
-    let n = dst.len();
-    let (z, s) = (i64::from(q.zero), q.scale);
-    for i in 0..n {
-        let sum = 256 * i64::from(high[i]) + i64::from(low[i]) - z * i64::from(c.wsums[i]);
-        dst[i] = sum as f32 * (s * c.scales[i]) + c.bias[i] + residual.map_or(0.0, |r| r[i]);
-    }
-}

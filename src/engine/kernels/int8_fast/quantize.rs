@@ -32,20 +32,10 @@ pub(super) struct Scheme<'a> {
     pub signed: bool,
     /// Whether the kernel reads each value as 16 bits (little-endian, 0..=255) rather than 8.
     pub wide: bool,
-    /// Whether a row is quantized to 16 bits (0..=65535) and stored as two rows of bytes, its
-    /// high bytes then its low ones, which the kernels multiply as any two rows.
-    pub planes: bool,
 }
 
-impl Scheme<'_> {
-    /// Stored rows per input row.
-    pub fn height(&self) -> usize {
-        if self.planes { 2 } else { 1 }
-    }
-}
-
-/// Quantizes each row of `x` (`rows × inputs`) into `a` (rows of `lda` bytes, two per row
-/// with [`Scheme::planes`]; padding values hold the row's zero) and `quant` (one per row).
+/// Quantizes each row of `x` (`rows × inputs`) into `a` (rows of `lda` bytes; padding values
+/// hold the row's zero) and `quant`.
 pub(super) fn quantize_rows(
     x: &[f32],
     (inputs, lda): (usize, usize),
@@ -54,7 +44,6 @@ pub(super) fn quantize_rows(
     quant: &mut Vec<RowQuant>,
 ) {
     let rows = x.len() / inputs.max(1);
-    let lda = lda * scheme.height();
     a.clear();
     a.resize(rows * lda, 0);
     quant.clear();
@@ -78,7 +67,7 @@ pub(super) fn quantize_rows(
 }
 
 /// Quantizes one row through `scratch` (as long as `x`) into `q` (at least as long, twice for
-/// 16-bit values, and twice again for planes: the high bytes' row, then the low bytes').
+/// 16-bit values).
 pub(super) fn quantize_row(
     x: &[f32],
     scheme: Scheme<'_>,
@@ -105,25 +94,6 @@ pub(super) fn quantize_row(
         };
     }
     let bits = if scheme.signed { 0x80u8 } else { 0 };
-    if scheme.planes {
-        let scale = (hi - lo) / 65535.0;
-        let (high, low) = q.split_at_mut(q.len() / 2);
-        let n = if scheme.wide {
-            high.len() / 2
-        } else {
-            high.len()
-        };
-        let zero = to_planes(t, (lo, scale), bits, (&mut high[..n], &mut low[..n]));
-        if scheme.wide {
-            widen(high);
-            widen(low);
-        }
-        // Read signed, each byte is 128 less: the pair, 256·128 + 128 less.
-        return RowQuant {
-            scale,
-            zero: zero - if scheme.signed { 128 * 257 } else { 0 },
-        };
-    }
     let scale = (hi - lo) / 255.0;
     let n = if scheme.wide { q.len() / 2 } else { q.len() };
     let zero = to_steps(t, (lo, scale), bits, &mut q[..n]);
@@ -200,43 +170,6 @@ fn to_steps(t: &[f32], (lo, scale): (f32, f32), bits: u8, q: &mut [u8]) -> i32 {
     let z = zero as i32;
     q.iter_mut().skip(t.len()).for_each(|q| *q = z as u8 ^ bits);
     z
-}
-
-/// [`to_steps`] in 16 bits, 0..=65535, the high byte of each step into `high`, the low one
-/// into `low`.
-fn to_planes(
-    t: &[f32],
-    (lo, scale): (f32, f32),
-    bits: u8,
-    (high, low): (&mut [u8], &mut [u8]),
-) -> i32 {
-    let inv = 1.0 / scale;
-    let zero = (-lo * inv).round_ties_even().clamp(0.0, 65535.0);
-    steps16(t, inv, zero, bits, high, low);
-    let z = zero as i32;
-    high.iter_mut()
-        .skip(t.len())
-        .for_each(|q| *q = (z >> 8) as u8 ^ bits);
-    low.iter_mut()
-        .skip(t.len())
-        .for_each(|q| *q = z as u8 ^ bits);
-    z
-}
-
-simd!(
-    /// The quantization loop of [`to_planes`].
-    fn steps16(t: &[f32], inv: f32, zero: f32, bits: u8, high: &mut [u8], low: &mut [u8]) = steps16_generic
-);
-
-#[inline(always)]
-fn steps16_generic(t: &[f32], inv: f32, zero: f32, bits: u8, high: &mut [u8], low: &mut [u8]) {
-    for ((h, l), &v) in high.iter_mut().zip(low.iter_mut()).zip(t) {
-        let r = (v * inv + zero).round_ties_even().clamp(0.0, 65535.0);
-        // SAFETY: as in `steps_generic`, within 0..=65535.
-        let r = unsafe { r.to_int_unchecked::<i32>() };
-        *h = (r >> 8) as u8 ^ bits;
-        *l = r as u8 ^ bits;
-    }
 }
 
 simd!(

@@ -167,17 +167,6 @@ impl Linear {
         self.weights = Weights::Int8Fast(super::int8_fast::Packed::new(&wt, k, n, &smooth));
     }
 
-    /// Quantizes the weights for int8-fast's kernels with 16-bit activations in two planes of
-    /// bytes ([`super::int8_fast::Packed::sixteen_bit`]), dropping the f32 copy.
-    pub fn to_int8_fast_planes(&mut self) {
-        let Weights::F32(panels) = &self.weights else {
-            return;
-        };
-        let wt = panels.to_wt();
-        let (k, n) = (self.inputs, self.outputs);
-        self.weights = Weights::Int8Fast(super::int8_fast::Packed::sixteen_bit(&wt, k, n));
-    }
-
     /// Bytes of the weights and bias in memory.
     pub fn bytes(&self) -> usize {
         let weights = match &self.weights {
