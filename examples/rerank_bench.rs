@@ -147,8 +147,11 @@ impl Conn {
         texts: &[String],
         raw: bool,
     ) -> anyhow::Result<Vec<(usize, f64)>> {
-        let body =
-            serde_json::to_vec(&json!({ "query": query, "texts": texts, "raw_scores": raw }))?;
+        // `truncate`: the check's long document is cut to the model's 512 tokens, as the peer
+        // cuts it (without it the daemon refuses the pair, 413).
+        let body = serde_json::to_vec(
+            &json!({ "query": query, "texts": texts, "raw_scores": raw, "truncate": true }),
+        )?;
         let req = hyper::Request::post("/rerank")
             .header(hyper::header::HOST, "localhost")
             .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -1,10 +1,14 @@
 //! int8-fast linear layers (`models.precision: int8-fast`): 8-bit activations × int8 weights,
 //! the arithmetic the CPUs' 8-bit dot products multiply (`vpdpbusd` on AVX-512 VNNI and
-//! AVX-VNNI, `vpmaddubsw` on AVX2, `sdot` on NEON with the dot-product extension, `smull` on
-//! NEON without it, and a portable loop).
+//! AVX-VNNI, `sdot` on NEON with the dot-product extension, `smull` on NEON without it, and a
+//! portable loop; AVX2, which has no 8-bit product that fits, multiplies the same 8-bit values
+//! held in 16 bits with `vpmaddwd`: see [`x86`]).
 //!
-//! The scheme, chosen by simulation on the reference texts (`bench/int8_fast_sim.py`; MiniLM's
-//! worst text 0.9982 against sentence-transformers, MPNet's 0.9987):
+//! The scheme, chosen by simulating candidates in torch on the real weights and the reference
+//! texts (a by-hand study, not kept), then measured in the engine: MiniLM's worst reference
+//! text 0.9985 against sentence-transformers, MPNet's 0.9989 (`tests/fidelity_engine.rs`,
+//! `tests/fidelity_mpnet.rs`). The feed-forward block's output layer is not here: it runs on
+//! int8's 16-bit activations (`Layer::quantize_fast` says why).
 //! - smoothing (SmoothQuant), where the caller measured the inputs: input channel `k` is
 //!   divided by `s[k]` and the weights of that input multiplied by it, with
 //!   `s[k] = sqrt(max|x_k| / max|w_k|)` from a calibration pass at load ([`smoothing`]);
