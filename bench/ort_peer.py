@@ -565,14 +565,15 @@ def cmd_summary(args):
         for runs in (int8, fast, bf16, ort, ort8):
             if runs and runs[0].get("corpus"):
                 share = top_k_agreement(reference, runs[0]["corpus"], k=10, every=10)
-                print(f"{name(runs)}: top-10 neighbours of {len(reference) // 10} queries among "
+                queries = len(reference) // 10
+                print(f"{name(runs)}: top-10 neighbours of {queries} queries among "
                       f"{len(reference)} texts agree with caxton f32's on {share * 100:.2f}%")
                 # Issue 31's bar for Caxton's reduced precisions; ORT's are shown, not held.
-                least = RANKING_MIN if len(reference) // 10 >= RANKING_FULL_QUERIES else RANKING_MIN_SMALL
+                least = RANKING_MIN if queries >= RANKING_FULL_QUERIES else RANKING_MIN_SMALL
                 if name(runs).startswith("caxton") and share < least:
                     print(f"error: {name(runs)} keeps only {share * 100:.2f}% of the f32 "
-                          f"neighbours (at least {least * 100:.0f}% expected on "
-                          f"{len(reference) // 10} queries)", file=sys.stderr)
+                          f"neighbours (at least {least * 100:.0f}% expected on {queries} "
+                          f"queries)", file=sys.stderr)
                     status = 1
     if errors:
         print(f"error: {errors} of caxton's concurrent requests failed", file=sys.stderr)

@@ -73,19 +73,19 @@ fn tiles<const L: usize, const R: usize, const V: usize, const FMA: bool, const 
         while c < tiled {
             let mut r = 0;
             while r + R <= rows {
-                tile::<L, R, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, r == 0, block);
+                tile::<L, R, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, block);
                 r += R;
             }
             // The last rows in smaller tiles, so none is computed twice.
             if R > 4 && rows - r >= 4 {
-                tile::<L, 4, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, r == 0, block);
+                tile::<L, 4, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, block);
                 r += 4;
             }
             match rows - r {
                 0 => {}
-                1 => tile::<L, 1, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, r == 0, block),
-                2 => tile::<L, 2, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, r == 0, block),
-                3 => tile::<L, 3, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, r == 0, block),
+                1 => tile::<L, 1, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, block),
+                2 => tile::<L, 2, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, block),
+                3 => tile::<L, 3, V, FMA, KB>(x, r, k, ks.clone(), w, width, c, block),
                 left => unreachable!("{left} rows left after tiles of {R} and 4"),
             }
             c += V * L;
@@ -102,8 +102,8 @@ fn tiles<const L: usize, const R: usize, const V: usize, const FMA: bool, const 
 }
 
 /// Rows `r..r + R` × columns `c..c + V·L` of `block`, over the panel's rows `ks` (`k` inputs
-/// in all): from zero for the first block, else adding to what `block` holds; with
-/// `prefetch_next`, the same columns of the next block of `KB` rows are prefetched.
+/// in all): from zero for the first block, else adding to what `block` holds; the first row
+/// tile (`r == 0`) prefetches the same columns of the next block of `KB` rows.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile<const L: usize, const R: usize, const V: usize, const FMA: bool, const KB: usize>(
@@ -114,9 +114,10 @@ fn tile<const L: usize, const R: usize, const V: usize, const FMA: bool, const K
     w: &[f32],
     width: usize,
     c: usize,
-    prefetch_next: bool,
     block: &mut [f32],
 ) {
+    // The first row tile of a column chunk fetches ahead for the others.
+    let prefetch_next = r == 0;
     let xs: [&[f32]; R] = std::array::from_fn(|i| &x[(r + i) * k..][..k]);
     let mut acc = [[[0f32; L]; V]; R];
     if ks.start > 0 {
