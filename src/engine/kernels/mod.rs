@@ -151,6 +151,18 @@ macro_rules! simd {
     };
 }
 
+/// Asks for the cache line at `p` ahead of its use. A hint: it never faults, whatever `p`.
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, even at an address that is not mapped.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 mod elementwise;

@@ -44,8 +44,10 @@ pub(super) fn quantize_rows(
     quant: &mut Vec<RowQuant>,
 ) {
     let rows = x.len() / inputs.max(1);
-    a.clear();
-    a.resize(rows * lda, 0);
+    // Grown, never cleared: `quantize_row` writes every byte of a row, padding included.
+    if a.len() < rows * lda {
+        a.resize(rows * lda, 0);
+    }
     quant.clear();
     quant.resize(rows, RowQuant::default());
     let one = |scratch: &mut Vec<f32>, ((row, q), rq): ((&[f32], &mut [u8]), &mut RowQuant)| {

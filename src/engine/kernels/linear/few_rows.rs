@@ -137,7 +137,7 @@ fn tile<const L: usize, const R: usize, const V: usize, const FMA: bool, const K
             // Every 64 bytes of the tile's columns, the next block's row.
             let next = &w[(kk + KB) * width + c..][..V * L];
             for line in next.chunks(16) {
-                prefetch(&line[0]);
+                super::super::prefetch(line.as_ptr());
             }
         }
         let (wv, _) = wrow[c..c + V * L].as_chunks::<L>();
@@ -154,19 +154,6 @@ fn tile<const L: usize, const R: usize, const V: usize, const FMA: bool, const K
             dst[v * L..(v + 1) * L].copy_from_slice(&acc[i][v]);
         }
     }
-}
-
-#[inline(always)]
-fn prefetch(p: &f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (p as *const f32).cast(),
-        )
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 #[inline(always)]
