@@ -119,6 +119,16 @@ def fake_weights_blocks(wt, block=32):
     return (torch.clamp(torch.round(w / scale), -127, 127) * scale).reshape(k, n)
 
 
+def smoothing(w, act_max, alpha):
+    """SmoothQuant's per-input scales (as engine::calibration: (act_max / w_max)^alpha, 1 where
+    either is 0) and the transposed weights they apply to."""
+    wt = w.T.double()
+    wmax = wt.abs().amax(dim=1)
+    s = (act_max / wmax) ** alpha
+    ok = (act_max > 0) & (wmax > 0) & torch.isfinite(s)
+    return torch.where(ok, s.clamp(1e-4, 1e4), 1.0), wt
+
+
 class Scheme:
     def __init__(self, args):
         self.args = args
@@ -139,15 +149,8 @@ class Scheme:
         r = rotation(x.shape[1], a.rotation, a.mix3)
 
         def make():
-            wt = w.T.double()
-            wmax = wt.abs().amax(dim=1)
-            s = torch.sqrt(act_max / wmax)
-            ok = (act_max > 0) & (wmax > 0) & torch.isfinite(s)
-            s = torch.where(ok, s.clamp(1e-4, 1e4), 1.0)
-            if a.alpha != 0.5:
-                s = torch.where(ok, ((act_max / wmax) ** a.alpha).clamp(1e-4, 1e4), 1.0)
-            wr = r.T @ (s[:, None] * wt)
-            return s, fake_weights_per_output(wr, a.weight_bits, a.weight_block)
+            s, wt = smoothing(w, act_max, a.alpha)
+            return s, fake_weights_per_output(r.T @ (s[:, None] * wt), a.weight_bits, a.weight_block)
 
         s, wq = self.prepare(id(w), make)
         xq = fake_rows((x.double() / s) @ r, levels, a.act_blocks, a.clip)
@@ -169,11 +172,7 @@ class Scheme:
         r = rotation(x.shape[1], a.rotation, False)
 
         def make():
-            wt = w.T.double()
-            wmax = wt.abs().amax(dim=1)
-            s = torch.sqrt(act_max / wmax)
-            ok = (act_max > 0) & (wmax > 0) & torch.isfinite(s)
-            s = torch.where(ok, s.clamp(1e-4, 1e4), 1.0)
+            s, wt = smoothing(w, act_max, 0.5)
             return s, fake_weights_per_output(r.T @ (s[:, None] * wt), a.weight_bits)
 
         s, wq = self.prepare(id(w), make)

@@ -270,18 +270,8 @@ impl Packed {
                         for row in acc.iter_mut().take(mr) {
                             *row = [0.0; NR];
                         }
-                        // The tile's outputs (and residuals) fetched while it multiplies, as
-                        // int8-fast does (see there).
-                        for r in r0..r0 + mr {
-                            let at = r * ldo + p * NR;
-                            let last = at + NR.min(n - p * NR) - 1;
-                            for i in [at, last] {
-                                super::prefetch(out.0.wrapping_add(i));
-                                if let Some(res) = residual {
-                                    super::prefetch(res.as_ptr().wrapping_add(i));
-                                }
-                            }
-                        }
+                        let cols = p * NR..(p * NR + NR).min(n);
+                        super::prefetch_tile(out.0, residual, r0..r0 + mr, ldo, cols);
                         if widened {
                             self.tile_wide(&a[r0 * lda..], lda, mr, p, &wide, &mut acc);
                         } else {

@@ -356,18 +356,8 @@ impl Packed {
                 let mut r0 = row_range.start;
                 while r0 < row_range.end {
                     let mr = tile_rows.min(row_range.end - r0);
-                    // The tile's outputs (and residuals) fetched while it multiplies: written
-                    // cold, each line waited for its fetch and the products for the stores.
-                    for r in r0..r0 + mr {
-                        let at = r * ldo + p0 * NR;
-                        let last = at + (np * NR).min(n - p0 * NR) - 1;
-                        for i in [at, last] {
-                            super::prefetch(out.0.wrapping_add(i));
-                            if let Some(res) = residual {
-                                super::prefetch(res.as_ptr().wrapping_add(i));
-                            }
-                        }
-                    }
+                    let cols = p0 * NR..(p0 * NR + np * NR).min(n);
+                    super::prefetch_tile(out.0, residual, r0..r0 + mr, ldo, cols);
                     self.tile(kernel, &a[r0 * lda..], lda, mr, p0, np, &mut acc);
                     // SAFETY: tasks cover disjoint (row, panel) blocks, so each writes only
                     // its own rows' outputs of its own panels.
