@@ -467,6 +467,15 @@ impl Governor {
         *m = (*m).max(bytes);
         *m
     }
+
+    /// Forgets the measurements and estimates of packages `live` no longer names (keys are
+    /// `digest/precision`): every side-loaded version adds its own, and a device upgraded for
+    /// years must not keep them all.
+    pub fn forget_packages_except(&self, live: &std::collections::HashSet<&str>) {
+        let keep = |key: &String| live.contains(key.split_once('/').map_or(key.as_str(), |k| k.0));
+        lock(&self.measured).retain(|k, _| keep(k));
+        lock(&self.estimates).retain(|k, _| keep(k));
+    }
 }
 
 #[cfg(test)]
@@ -535,6 +544,25 @@ mod tests {
         tx.send(true).expect("send");
         assert_eq!(g.releasing_bytes(), 0);
         assert!(g.releasing_models().is_empty());
+    }
+
+    #[test]
+    fn measurements_of_packages_gone_are_forgotten_and_the_others_kept() {
+        let g = governor(1);
+        g.remember("aaa/f32", || 100, 150);
+        g.remember("bbb/f32", || 100, 120);
+        g.remember("bbb/int8", || 40, 50);
+        g.forget_packages_except(&["bbb"].into_iter().collect());
+        assert_eq!(lock(&g.measured).len(), 2);
+        assert_eq!(lock(&g.estimates).len(), 2);
+        assert_eq!(g.footprint("bbb/int8", || 0), 50);
+        // What is gone is estimated again (scaled by the correction the measurements set).
+        assert_eq!(g.footprint("aaa/f32", || 100), 150);
+        assert_eq!(
+            lock(&g.measured).len(),
+            2,
+            "a footprint asked measures nothing"
+        );
     }
 
     #[test]

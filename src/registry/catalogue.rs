@@ -319,6 +319,12 @@ impl Registry {
             remembered.insert(id.clone(), slot.record());
         }
         drop(remembered);
+        // Memory the governor measured for versions no longer served: not kept for ever.
+        let live = next
+            .values()
+            .map(|s| s.package.package_sha256.as_str())
+            .collect::<HashSet<_>>();
+        self.governor.forget_packages_except(&live);
         *models = next;
         *self.rejected.write().unwrap_or_else(|p| p.into_inner()) = scan.rejected;
     }
