@@ -468,9 +468,15 @@ impl Governor {
         *m
     }
 
-    /// Forgets the measurements and estimates of packages `live` no longer names (keys are
-    /// `digest/precision`): every side-loaded version adds its own, and a device upgraded for
-    /// years must not keep them all.
+    /// The key of a package's measurements: its digest and the precision it loads in (int8
+    /// takes a quarter of f32). [`Self::forget_packages_except`] reads the digest back.
+    pub fn key(digest: &str, precision: impl std::fmt::Display) -> String {
+        format!("{digest}/{precision}")
+    }
+
+    /// Forgets the measurements and estimates of packages `live` no longer names: every
+    /// side-loaded version adds its own, and a device upgraded for years must not keep them
+    /// all.
     pub fn forget_packages_except(&self, live: &std::collections::HashSet<&str>) {
         let keep = |key: &String| live.contains(key.split_once('/').map_or(key.as_str(), |k| k.0));
         lock(&self.measured).retain(|k, _| keep(k));
@@ -549,15 +555,21 @@ mod tests {
     #[test]
     fn measurements_of_packages_gone_are_forgotten_and_the_others_kept() {
         let g = governor(1);
-        g.remember("aaa/f32", || 100, 150);
-        g.remember("bbb/f32", || 100, 120);
-        g.remember("bbb/int8", || 40, 50);
+        let (a, b, b8) = (
+            Governor::key("aaa", "f32"),
+            Governor::key("bbb", "f32"),
+            Governor::key("bbb", "int8"),
+        );
+        g.remember(&a, || 100, 150);
+        g.remember(&b, || 100, 120);
+        g.remember(&b8, || 40, 50);
         g.forget_packages_except(&["bbb"].into_iter().collect());
         assert_eq!(lock(&g.measured).len(), 2);
         assert_eq!(lock(&g.estimates).len(), 2);
-        assert_eq!(g.footprint("bbb/int8", || 0), 50);
-        // What is gone is estimated again (scaled by the correction the measurements set).
-        assert_eq!(g.footprint("aaa/f32", || 100), 150);
+        assert_eq!(g.footprint(&b8, || 0), 50);
+        // What is gone is estimated again, from the estimate given now (200) scaled by the
+        // correction the measurements set (150 / 100); remembered, it would say 150.
+        assert_eq!(g.footprint(&a, || 200), 300);
         assert_eq!(
             lock(&g.measured).len(),
             2,

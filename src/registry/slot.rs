@@ -194,9 +194,8 @@ impl ModelSlot {
         )
     }
 
-    /// Measurements are per package and precision: int8 takes a quarter of f32.
     fn footprint_key(&self, precision: Precision) -> String {
-        format!("{}/{precision}", self.package.package_sha256)
+        Governor::key(&self.package.package_sha256, precision)
     }
 
     /// Corrects what the loaded model is counted as holding (see [`Governor::remember`]).
