@@ -111,6 +111,32 @@ def fake_weights_per_output(wt, bits, block=None):
     return (torch.clamp(torch.round(w / scale), -top, top) * scale).reshape(k, n)
 
 
+PAIR_STATS = []
+
+
+def fake_weights_pair_limited(wt, mode):
+    """8-bit per output, and no adjacent input pair (k even, k + 1) above |q1| + |q2| = 128, so
+    that vpmaddubsw's int16 pair of 0..255 activations cannot saturate: `scale` widens the
+    output's step until none is (what the engine does for AVX2: 0.99789 / 98.3% here),
+    `clamp` shrinks just the pairs above it in proportion (0.900 / 86.3%)."""
+    k, n = wt.shape
+    m = wt.abs().amax(dim=0, keepdim=True)
+    if mode == "scale":
+        pairs = wt.abs().reshape(k // 2, 2, n).sum(dim=1).amax(dim=0, keepdim=True)
+        m = torch.maximum(m, pairs * 127 / 128)
+    scale = torch.where(m == 0, torch.ones_like(m), m / 127)
+    q = torch.clamp(torch.round(wt / scale), -127, 127)
+    qp = q.reshape(k // 2, 2, n)
+    sums = qp.abs().sum(dim=1, keepdim=True)
+    over = sums > 128
+    PAIR_STATS.append(over.double().mean().item())
+    if mode == "clamp":
+        # Both magnitudes shrunk in proportion, then rounded down to fit.
+        shrunk = torch.trunc(qp * 128 / sums.clamp(min=128))
+        qp = torch.where(over, shrunk, qp)
+    return (qp.reshape(k, n) * scale)
+
+
 def fake_weights_blocks(wt, block=32):
     k, n = wt.shape
     w = wt.reshape(k // block, block, n)
@@ -150,6 +176,8 @@ class Scheme:
 
         def make():
             s, wt = smoothing(w, act_max, a.alpha)
+            if a.pair_limit:
+                return s, fake_weights_pair_limited(r.T @ (s[:, None] * wt), a.pair_limit)
             return s, fake_weights_per_output(r.T @ (s[:, None] * wt), a.weight_bits, a.weight_block)
 
         s, wq = self.prepare(id(w), make)
@@ -173,6 +201,8 @@ class Scheme:
 
         def make():
             s, wt = smoothing(w, act_max, 0.5)
+            if a.pair_limit:
+                return s, fake_weights_pair_limited(r.T @ (s[:, None] * wt), a.pair_limit)
             return s, fake_weights_per_output(r.T @ (s[:, None] * wt), a.weight_bits)
 
         s, wq = self.prepare(id(w), make)
@@ -259,6 +289,12 @@ def main():
     p.add_argument("--levels-out", type=int, default=None)
     p.add_argument("--levels-up", type=int, default=None)
     p.add_argument("--weight-bits", type=int, default=8)
+    p.add_argument(
+        "--pair-limit",
+        choices=["clamp", "scale"],
+        default=None,
+        help="keep each pair of an output's weights within 128 (AVX2's vpmaddubsw)",
+    )
     p.add_argument("--act-blocks", type=int, default=1, help="activation scales per row")
     p.add_argument("--weight-block", type=int, default=None, help="inputs per weight scale")
     p.add_argument("--clip", type=float, default=1.0, help="fraction of each row's range kept")
@@ -303,6 +339,11 @@ def main():
         f"{vars(args)}\n  min cosine {cos.min():.5f} (text {int(cos.argmin())}), "
         f"mean {cos.mean():.6f}; top-10 kept {100 * top_k(f32_corpus, q_corpus):.2f}%"
     )
+    if PAIR_STATS:
+        print(
+            f"  input pairs over |q1| + |q2| = 128: {100 * np.mean(PAIR_STATS):.3f}% of an "
+            f"output's on average, {100 * max(PAIR_STATS):.3f}% in the worst linear"
+        )
 
 
 if __name__ == "__main__":

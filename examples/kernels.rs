@@ -24,7 +24,8 @@ fn main() {
             }
         }
         let packed = Packed::new(&wt, inputs, outputs);
-        let fast = int8_fast::Packed::new(&wt, inputs, outputs, &[]);
+        // Pairs limited, so every kernel here takes them (none is faster for which weights).
+        let fast = int8_fast::Packed::new(&wt, inputs, outputs, &[], true);
         let rows_list: Vec<usize> = std::env::var("KERNELS_ROWS")
             .ok()
             .map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect())

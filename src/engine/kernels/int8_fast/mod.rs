@@ -1,13 +1,12 @@
 //! int8-fast linear layers (`models.precision: int8-fast`): 8-bit activations × int8 weights,
 //! the arithmetic the CPUs' 8-bit dot products multiply (`vpdpbusd` on AVX-512 VNNI and
-//! AVX-VNNI, `sdot` on NEON with the dot-product extension, `smull` on NEON without it, and a
-//! portable loop; AVX2, which has no 8-bit product that fits, multiplies the same 8-bit values
-//! held in 16 bits with `vpmaddwd`: see [`x86`]).
+//! AVX-VNNI, `vpmaddubsw` on AVX2, `sdot` on NEON with the dot-product extension, `smull` on
+//! NEON without it, and a portable loop).
 //!
 //! The scheme, chosen by simulating candidates in torch on the real weights and the reference
 //! texts (a by-hand study, not kept), then measured in the engine: MiniLM's worst reference
-//! text 0.9985 against sentence-transformers, MPNet's 0.9989 (`tests/fidelity_engine.rs`,
-//! `tests/fidelity_mpnet.rs`). The feed-forward block's output layer is not here: it runs on
+//! text 0.9985 against sentence-transformers, MPNet's 0.9989, and with AVX2's limited pairs
+//! 0.9975 and 0.9987 (`tests/fidelity_engine.rs`, `tests/fidelity_mpnet.rs`). The feed-forward block's output layer is not here: it runs on
 //! int8's 16-bit activations (`Layer::quantize_fast` says why).
 //! - smoothing (SmoothQuant), where the caller measured the inputs: input channel `k` is
 //!   divided by `s[k]` and the weights of that input multiplied by it, with
@@ -19,7 +18,8 @@
 //!   forward output layer in 16 bits, and to 0.9952 with it in 8;
 //! - weights: int8, one scale per output, over the whole input row, so a product sums in
 //!   int32 from the first input to the last and is scaled once (blocks of scales would cost a
-//!   conversion per block and the registers that hold the float sums);
+//!   conversion per block and the registers that hold the float sums). For AVX2 the weights
+//!   are packed with their pairs limited ([`Kernel::limits_pairs`], [`Packed::new`]);
 //! - activations: per token (row), asymmetric: the row's range `[min(0, lo), max(0, hi)]` onto
 //!   0..=255, so the one-sided distributions after an activation lose no bit to a sign;
 //! - the zero point is taken out after the product: `Σ (q − z)·w = Σ q·w − z·Σ w`, with each
@@ -86,8 +86,8 @@ pub enum Kernel {
     Avx512Vnni,
     /// AVX-VNNI: `vpdpbusd` on ymm, tiles of 6 rows × 16 outputs.
     AvxVnni,
-    /// AVX2: `vpmaddwd` on the activations stored as 16 bits and the weights sign-extended
-    /// as loaded, tiles of 4 rows × 16 outputs (see [`x86`] for why not `vpmaddubsw`).
+    /// AVX2: `vpmaddubsw` into int16 pairs, then `vpmaddwd` by ones into int32, tiles of 4
+    /// rows × 16 outputs; it takes weights packed with their pairs limited.
     Avx2,
     /// aarch64 with the dot-product extension: `sdot` by lane, tiles of 4 rows × 16 outputs.
     NeonDot,
@@ -126,12 +126,11 @@ impl Kernel {
         matches!(self, Kernel::NeonDot | Kernel::Neon)
     }
 
-    /// Bytes a stored activation takes: 2 for AVX2's 16-bit multiplies, else 1.
-    fn width(self) -> usize {
-        match self {
-            Kernel::Avx2 => 2,
-            _ => 1,
-        }
+    /// Whether the kernel sums two products in int16 before it widens them (AVX2's
+    /// `vpmaddubsw`, which saturates there): its weights must be packed so that no pair of
+    /// inputs `2j, 2j + 1` of an output holds magnitudes over 128 in all (255 × 128 < 2¹⁵).
+    pub fn limits_pairs(self) -> bool {
+        matches!(self, Kernel::Avx2)
     }
 
     /// The best kernel this CPU runs within `CAXTON_ISA`, decided once.
@@ -224,13 +223,27 @@ pub struct Packed {
     unsmooth: Vec<f32>,
     /// The rotation's block ([`rotation_block`]).
     rotation: usize,
+    /// Whether every pair of inputs `2j, 2j + 1` of an output sums to at most 128 in
+    /// magnitude ([`Kernel::limits_pairs`]).
+    pairs_limited: bool,
 }
 
 impl Packed {
     /// Quantizes `Wᵀ` (`[inputs, outputs]` row-major), its inputs first multiplied by
     /// `smooth` (one per input; empty: none) and rotated, symmetric per output: the output's
-    /// largest magnitude becomes 127.
-    pub fn new(wt: &[f32], inputs: usize, outputs: usize, smooth: &[f32]) -> Packed {
+    /// largest magnitude becomes 127. With `limit_pairs` (for a kernel that
+    /// [`Kernel::limits_pairs`]) the output's step is widened until its largest pair of
+    /// magnitudes (inputs `2j, 2j + 1`) is 128 instead. MiniLM in `bench/int8_fast_study.py`:
+    /// worst reference text 0.99789 and 98.3% of the top-10 neighbours kept, against
+    /// 0.99870 / 98.1% unlimited; shrinking just the 5.4% of pairs over 128 fell to 0.900 /
+    /// 86.3%, and `vpmaddubsw` left to saturate them to 0.9932 / 94.5% in the engine.
+    pub fn new(
+        wt: &[f32],
+        inputs: usize,
+        outputs: usize,
+        smooth: &[f32],
+        limit_pairs: bool,
+    ) -> Packed {
         assert_eq!(wt.len(), inputs * outputs);
         assert!(smooth.is_empty() || smooth.len() == inputs);
         let s = |k: usize| smooth.get(k).copied().unwrap_or(1.0);
@@ -265,6 +278,16 @@ impl Packed {
                 *m = m.max(w.abs());
             }
         }
+        if limit_pairs {
+            // An odd last input pairs with a padding zero.
+            for pair in turned.chunks(2 * outputs.max(1)) {
+                let (first, second) = pair.split_at(outputs.min(pair.len()));
+                for (o, m) in max.iter_mut().enumerate() {
+                    let both = first[o].abs() + second.get(o).map_or(0.0, |w| w.abs());
+                    *m = m.max(both * (127.0 / 128.0));
+                }
+            }
+        }
         let mut scales = vec![0f32; panels * NR];
         let inv: Vec<f32> = max
             .iter()
@@ -274,14 +297,31 @@ impl Packed {
             scales[o] = m / 127.0;
         }
         let mut weights = vec![0i8; panels * groups * PANEL_GROUP];
-        let mut sums = vec![0i32; panels * NR];
         for (k, row) in turned.chunks_exact(outputs.max(1)).enumerate() {
             let (g, kk) = (k / GROUP, k % GROUP);
             for (o, (&w, &inv)) in row.iter().zip(&inv).enumerate() {
                 let q = (w * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
                 let at = ((o / NR) * groups + g) * PANEL_GROUP + (o % NR) * GROUP + kk;
                 weights[at] = q;
-                sums[o] += i32::from(q);
+            }
+        }
+        if limit_pairs {
+            // Rounding (and f32's) may leave a pair one over; its larger weight gives it up.
+            // An output's inputs `2j, 2j + 1` are adjacent bytes of its group.
+            for pair in weights.chunks_exact_mut(2) {
+                let over = i32::from(pair[0]).abs() + i32::from(pair[1]).abs() - 128;
+                if over > 0 {
+                    let big = usize::from(pair[1].abs() > pair[0].abs());
+                    pair[big] -= pair[big].signum() * over as i8;
+                }
+            }
+        }
+        let mut sums = vec![0i32; panels * NR];
+        for (p, panel) in weights.chunks_exact(groups * PANEL_GROUP).enumerate() {
+            for group in panel.chunks_exact(PANEL_GROUP) {
+                for (c, w) in group.chunks_exact(GROUP).enumerate() {
+                    sums[p * NR + c] += w.iter().map(|&q| i32::from(q)).sum::<i32>();
+                }
             }
         }
         Packed {
@@ -294,6 +334,7 @@ impl Packed {
             sums,
             unsmooth: (0..inputs).map(|k| 1.0 / s(k)).collect(),
             rotation,
+            pairs_limited: limit_pairs,
         }
     }
 
@@ -328,6 +369,11 @@ impl Packed {
             "the {} kernel does not run on this CPU",
             kernel.name()
         );
+        assert!(
+            self.pairs_limited || !kernel.limits_pairs(),
+            "the {} kernel would saturate on weights packed without their pairs limited",
+            kernel.name()
+        );
         // Taken out of the thread's slot, not borrowed in it: while this thread waits for the
         // parallel tiles it may run another pass's call, which finds the slot empty.
         let (mut a, mut quant) = ACTIVATIONS.with_borrow_mut(std::mem::take);
@@ -336,9 +382,8 @@ impl Packed {
                 unsmooth: &self.unsmooth,
                 rotation: self.rotation,
                 signed: kernel.signed(),
-                wide: kernel.width() == 2,
             };
-            let lda = self.padded * kernel.width();
+            let lda = self.padded;
             quantize::quantize_rows(&x[..rows * k], (k, lda), scheme, &mut a, &mut quant);
             let (a, quant) = (&a[..], &quant[..]);
             let out = Out(out.as_mut_ptr());
@@ -392,7 +437,7 @@ impl Packed {
         let groups = self.padded / GROUP;
         let stride = groups * PANEL_GROUP;
         assert!(mr >= 1 && mr <= tile_rows && np >= 1 && np <= tile_panels);
-        assert!(a.len() >= (mr - 1) * lda + self.padded * kernel.width());
+        assert!(a.len() >= (mr - 1) * lda + self.padded);
         let w = &self.weights[p0 * stride..(p0 + np) * stride];
         match kernel {
             #[cfg(target_arch = "x86_64")]

@@ -30,8 +30,6 @@ pub(super) struct Scheme<'a> {
     pub rotation: usize,
     /// Whether the kernel reads bytes signed.
     pub signed: bool,
-    /// Whether the kernel reads each value as 16 bits (little-endian, 0..=255) rather than 8.
-    pub wide: bool,
 }
 
 /// Quantizes each row of `x` (`rows × inputs`) into `a` (rows of `lda` bytes; padding values
@@ -68,8 +66,7 @@ pub(super) fn quantize_rows(
     }
 }
 
-/// Quantizes one row through `scratch` (as long as `x`) into `q` (at least as long, twice for
-/// 16-bit values).
+/// Quantizes one row through `scratch` (as long as `x`) into `q` (at least as long).
 pub(super) fn quantize_row(
     x: &[f32],
     scheme: Scheme<'_>,
@@ -97,24 +94,10 @@ pub(super) fn quantize_row(
     }
     let bits = if scheme.signed { 0x80u8 } else { 0 };
     let scale = (hi - lo) / 255.0;
-    let n = if scheme.wide { q.len() / 2 } else { q.len() };
-    let zero = to_steps(t, (lo, scale), bits, &mut q[..n]);
-    if scheme.wide {
-        widen(q);
-    }
+    let zero = to_steps(t, (lo, scale), bits, q);
     RowQuant {
         scale,
         zero: zero - if scheme.signed { 128 } else { 0 },
-    }
-}
-
-/// Spreads the first half of `q`'s bytes to 16-bit little-endian values over the whole of it.
-fn widen(q: &mut [u8]) {
-    let n = q.len() / 2;
-    // From the end, so no byte is overwritten before it is read.
-    for i in (0..n).rev() {
-        q[2 * i] = q[i];
-        q[2 * i + 1] = 0;
     }
 }
 

@@ -1,7 +1,7 @@
 //! Every int8-fast kernel this CPU runs, on ragged shapes, against the product computed in
 //! i64 from the same quantized weights and activations (the kernels' int32 sums are exact, so
-//! all kernels agree bit for bit), and against the f32 product within the quantization's
-//! error.
+//! all kernels that take the same weights agree bit for bit), and against the f32 product
+//! within the quantization's error.
 
 use super::*;
 
@@ -49,7 +49,6 @@ fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f3
         unsmooth: &p.unsmooth,
         rotation: p.rotation,
         signed: false,
-        wide: false,
     };
     let mut out = vec![0f64; rows * n];
     for r in 0..rows {
@@ -73,6 +72,14 @@ fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f3
     out
 }
 
+/// The kernels here that take `p`'s weights.
+fn kernels_for(p: &Packed) -> Vec<Kernel> {
+    let all = Kernel::here();
+    all.into_iter()
+        .filter(|k| p.pairs_limited || !k.limits_pairs())
+        .collect()
+}
+
 #[test]
 fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
     println!("int8-fast kernels here: {:?}", Kernel::here());
@@ -90,12 +97,12 @@ fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
         for rows in [1, 2, 3, 4, 5, 6, 7, 13, 48 + 5, 100] {
             let x = activations(rows, inputs);
             let smooth = smooth_for(&x, &wt, inputs, outputs);
-            let p = Packed::new(&wt, inputs, outputs, &smooth);
             let res: Vec<f32> = (0..rows * outputs).map(|i| value(i, 3)).collect();
-            for residual in [None, Some(&res[..])] {
+            for (limit_pairs, residual) in [(false, None), (true, None), (true, Some(&res[..]))] {
+                let p = Packed::new(&wt, inputs, outputs, &smooth, limit_pairs);
                 let want = exact(&p, &x, rows, &bias, residual);
                 let mut first: Option<Vec<f32>> = None;
-                for kernel in Kernel::here() {
+                for kernel in kernels_for(&p) {
                     let mut out = vec![f32::NAN; rows * outputs];
                     p.forward_strided(kernel, &x, rows, &bias, residual, &mut out, outputs);
                     for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
@@ -112,7 +119,7 @@ fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
                             f.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
                             "{} differs from {} on {inputs}→{outputs}, {rows} rows",
                             kernel.name(),
-                            Kernel::here()[0].name()
+                            kernels_for(&p)[0].name()
                         ),
                     }
                 }
@@ -135,9 +142,6 @@ fn the_extremes_of_both_operands_sum_exactly() {
             }
         })
         .collect();
-    let p = Packed::new(&wt, inputs, outputs, &[]);
-    assert_eq!(p.rotation, 1);
-    assert!(p.weights.iter().all(|&w| w.abs() == 127 || w == 0));
     let patterns: [fn(usize) -> u8; 4] = [
         |_| 0,
         |_| 255,
@@ -145,15 +149,19 @@ fn the_extremes_of_both_operands_sum_exactly() {
         |k| (k * 37 % 256) as u8,
     ];
     for kernel in Kernel::here() {
+        // Pairs limited, every pair of same-signed weights sums to 128: 255 × 128 in int16.
+        let p = Packed::new(&wt, inputs, outputs, &[], kernel.limits_pairs());
+        let top = if kernel.limits_pairs() { 64 } else { 127 };
+        assert_eq!(p.rotation, 1);
+        assert!(p.weights.iter().all(|&w| w.abs() == top || w == 0));
         let (tile_rows, _) = kernel.tile();
         let mr = tile_rows.min(patterns.len());
-        let lda = p.padded * kernel.width();
+        let lda = p.padded;
         let mut a = vec![0u8; mr * lda];
         for (r, row) in a.chunks_exact_mut(lda).enumerate() {
-            for k in 0..inputs {
-                // As the kernel reads them: signed kernels take `q − 128`, AVX2 16 bits.
-                let q = patterns[r](k) ^ if kernel.signed() { 0x80 } else { 0 };
-                row[k * kernel.width()] = q;
+            // As the kernel reads them: signed kernels take `q − 128`.
+            for (k, q) in row.iter_mut().enumerate().take(inputs) {
+                *q = patterns[r](k) ^ if kernel.signed() { 0x80 } else { 0 };
             }
         }
         let mut acc = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
@@ -186,7 +194,7 @@ fn the_product_is_within_the_quantization_error_of_f32() {
     let x = activations(rows, inputs);
     let bias = vec![0f32; outputs];
     for smooth in [Vec::new(), smooth_for(&x, &wt, inputs, outputs)] {
-        let p = Packed::new(&wt, inputs, outputs, &smooth);
+        let p = Packed::new(&wt, inputs, outputs, &smooth, Kernel::best().limits_pairs());
         let mut out = vec![0f32; rows * outputs];
         p.forward_strided(Kernel::best(), &x, rows, &bias, None, &mut out, outputs);
         for r in 0..rows {
@@ -213,7 +221,7 @@ fn a_strided_output_keeps_the_columns_it_does_not_own() {
     let (inputs, outputs, rows, ldo) = (48, 20, 5, 27);
     let wt = weights(inputs, outputs);
     let x = activations(rows, inputs);
-    let p = Packed::new(&wt, inputs, outputs, &[]);
+    let p = Packed::new(&wt, inputs, outputs, &[], true);
     let bias = vec![0.5f32; outputs];
     for kernel in Kernel::here() {
         let mut out = vec![7f32; (rows - 1) * ldo + outputs + 3];
@@ -232,7 +240,7 @@ fn a_strided_output_keeps_the_columns_it_does_not_own() {
 fn a_row_with_a_nan_gives_nan_and_a_zero_row_gives_the_bias() {
     let (inputs, outputs) = (32, 16);
     let wt = weights(inputs, outputs);
-    let p = Packed::new(&wt, inputs, outputs, &[]);
+    let p = Packed::new(&wt, inputs, outputs, &[], true);
     let mut x = vec![0f32; 2 * inputs];
     x[inputs + 3] = f32::NAN;
     let bias = vec![0.25f32; outputs];
@@ -273,4 +281,44 @@ fn the_rotation_is_its_own_inverse_up_to_its_size() {
     assert_eq!(rotation_block(384), 128);
     assert_eq!(rotation_block(48), 16);
     assert_eq!(rotation_block(37), 1);
+}
+
+#[test]
+fn limited_pairs_stay_within_128_and_lose_little() {
+    let (inputs, outputs, rows) = (384, 96, 9);
+    let wt = weights(inputs, outputs);
+    let x = activations(rows, inputs);
+    let smooth = smooth_for(&x, &wt, inputs, outputs);
+    let free = Packed::new(&wt, inputs, outputs, &smooth, false);
+    let limited = Packed::new(&wt, inputs, outputs, &smooth, true);
+    let pair_sum = |p: &[i8]| i32::from(p[0]).abs() + i32::from(p[1]).abs();
+    assert!(free.weights.chunks_exact(2).any(|p| pair_sum(p) > 128));
+    assert!(limited.weights.chunks_exact(2).all(|p| pair_sum(p) <= 128));
+    // The step widens by at most the pair's 2 × 127 / 128, and never narrows.
+    for (f, l) in free.scales.iter().zip(&limited.scales) {
+        assert!(
+            l >= f && *l <= f * (254.0 / 128.0) * 1.0001,
+            "{l} against {f}"
+        );
+    }
+}
+
+#[test]
+fn the_avx2_kernel_refuses_weights_whose_pairs_could_saturate() {
+    if !Kernel::here().contains(&Kernel::Avx2) {
+        println!("SKIP: this CPU has no AVX2");
+        return;
+    }
+    let (inputs, outputs) = (32, 16);
+    let p = Packed::new(&weights(inputs, outputs), inputs, outputs, &[], false);
+    let x = activations(1, inputs);
+    let mut out = vec![0f32; outputs];
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        p.forward_strided(Kernel::Avx2, &x, 1, &[0.0; 16], None, &mut out, outputs)
+    }));
+    let message = run.expect_err("the AVX2 kernel ran on unlimited pairs");
+    assert_eq!(
+        message.downcast_ref::<String>().map(String::as_str),
+        Some("the avx2 kernel would saturate on weights packed without their pairs limited")
+    );
 }

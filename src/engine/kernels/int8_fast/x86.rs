@@ -3,15 +3,18 @@
 //! a panel (4 inputs × 16 outputs, 64 bytes) is one zmm or two ymm, and each row's 4
 //! activations of the group one broadcast int32.
 //!
-//! AVX2 has no such instruction. `vpmaddubsw` multiplies unsigned by signed bytes, but into
-//! int16 pairs that saturate (255 × 127 × 2 > 32767); kept exact by multiplying the
-//! magnitudes of signed activations by weights given their signs (`vpsignb`), it measured
-//! 80 GMAC/s against 116 for int8's `vpmaddwd` tile on this AMD EPYC (Zen 4), where `vpsignb`
-//! takes a slot of the two vector-multiply ports each time. So the AVX2 tile multiplies with
-//! `vpmaddwd`: the activations are stored as 16-bit values (0..=255), the weights sign-extended
-//! as they are loaded (16 of a group's bytes, 4 outputs × 4 inputs, are one ymm of int16), and
-//! each lane sums two products; a lane pair holds one output's sum until the tile ends. Exact,
-//! and the same integers as every other kernel.
+//! AVX2 has no such instruction. `vpmaddubsw` multiplies unsigned by signed bytes into int16
+//! pairs, which saturate where two products are large (255 × 127 × 2 > 32767); `vpmaddwd` by
+//! ones then sums each two pairs into the int32 lane `vpdpbusd` would. The weights it takes
+//! are packed so that no pair's magnitudes exceed 128 (`Packed::new`), which keeps every pair
+//! exact (255 × 128 = 32640): the same integers as every other kernel on those weights.
+//! The loop is bound by its vector instructions (3 per 32 products). The ways that keep all
+//! 8 bits of the weights exact take 4: activations stored as 16 bits for `vpmaddwd` (this
+//! tile before), or `vpsignb` moving the activations' signs onto the weights. Against the
+//! first, this tile took a pass over 32 short texts from 95.1 to 80.1 ms and one text from
+//! 2.72 to 2.24 ms (AMD EPYC Zen 3, `examples/single int8-fast`, p10, medians of 6
+//! alternating runs); `vpsignb` was no faster than the first (one text 2.66-2.73 ms, not
+//! alternated).
 
 use std::arch::x86_64::*;
 
@@ -140,8 +143,9 @@ unsafe fn avx_vnni<const M: usize, const P: usize>(
     store256!(s, acc);
 }
 
-/// The AVX2 tile (see the module): rows of 16-bit activations (`lda` in bytes), one panel,
-/// its two halves of 8 outputs one after the other.
+/// The AVX2 tile (see the module): `vpmaddubsw` multiplies each row's 4 unsigned activations
+/// of a group by the panel's signed weights into int16 pairs, `vpmaddwd` by ones sums each
+/// two pairs into the output's int32 lane, as `vpdpbusd` would.
 #[target_feature(enable = "avx2")]
 unsafe fn avx2<const M: usize, const P: usize>(
     a: *const u8,
@@ -151,31 +155,21 @@ unsafe fn avx2<const M: usize, const P: usize>(
     acc: &mut [[i32; NR * MAX_PANELS]; MAX_ROWS],
 ) {
     debug_assert_eq!(P, 1);
-    for half in 0..2 {
-        // Per row, per 4 outputs: [o0 (k0+k1), o0 (k2+k3), o1 .., o1 .., o2 .., o3 ..].
-        let mut s = [[_mm256_setzero_si256(); 2]; M];
-        // SAFETY (the loop): offsets stay inside the panel's groups and the rows' groups, as
-        // the caller guarantees; each row holds `groups × 4` int16.
-        unsafe {
-            for g in 0..groups {
-                let wg = w.add(g * PANEL_GROUP + half * 32);
-                let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg as *const __m128i));
-                let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wg.add(16) as *const __m128i));
-                for (r, s) in s.iter_mut().enumerate() {
-                    let four = (a.add(r * lda + g * GROUP * 2) as *const i64).read_unaligned();
-                    let av = _mm256_set1_epi64x(four);
-                    s[0] = _mm256_add_epi32(s[0], _mm256_madd_epi16(av, w0));
-                    s[1] = _mm256_add_epi32(s[1], _mm256_madd_epi16(av, w1));
-                }
-            }
-        }
-        for (out, s) in acc.iter_mut().zip(&s) {
-            // Each output's two lanes added: [o0 o1 o4 o5 | o2 o3 o6 o7], then in order.
-            let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(s[0], s[1]));
-            // SAFETY: `out` holds at least 16 int32; the store is unaligned.
-            unsafe {
-                _mm256_storeu_si256(out.as_mut_ptr().add(half * 8) as *mut __m256i, sums);
+    let ones = _mm256_set1_epi16(1);
+    let mut s = [[_mm256_setzero_si256(); 2]; M];
+    // SAFETY: as in `avx512_vnni`.
+    unsafe {
+        for g in 0..groups {
+            let w0 = _mm256_loadu_si256(w.add(g * PANEL_GROUP) as *const __m256i);
+            let w1 = _mm256_loadu_si256(w.add(g * PANEL_GROUP + 32) as *const __m256i);
+            for (r, s) in s.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32(group(a, lda, r, g));
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w0), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(av, w1), ones);
+                s[0] = _mm256_add_epi32(s[0], p0);
+                s[1] = _mm256_add_epi32(s[1], p1);
             }
         }
     }
+    store256!(s, acc);
 }

@@ -164,7 +164,9 @@ impl Linear {
         let wt = panels.to_wt();
         let (k, n) = (self.inputs, self.outputs);
         let smooth = super::int8_fast::smoothing(act_max, &wt, k, n);
-        self.weights = Weights::Int8Fast(super::int8_fast::Packed::new(&wt, k, n, &smooth));
+        let limit_pairs = super::int8_fast::Kernel::best().limits_pairs();
+        let packed = super::int8_fast::Packed::new(&wt, k, n, &smooth, limit_pairs);
+        self.weights = Weights::Int8Fast(packed);
     }
 
     /// Bytes of the weights and bias in memory.
