@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use common::cgroups::{CoTenant, Group};
 use common::fixtures::reranker_package;
-use common::footprint::{open_fds, rss_anon, settled_rss};
+use common::footprint::{
+    anonymous_mappings, grown_mappings, open_fds, rss_anon, settled_rss, threads,
+};
 use common::{Daemon, bundled_copy, write_config};
 use serde_json::{Value, json};
 
@@ -290,23 +292,27 @@ fn reloads(conf_d: &Path, gate: &Gate, bad: &AtomicUsize) {
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the daemon holds with no model loaded.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Footprint {
     /// Resident memory (`VmRSS`), as `/api/memory/status` reports it.
     rss: u64,
     /// Of which anonymous (`RssAnon`): what it allocated, without its code's file pages.
     anon: u64,
     fds: usize,
+    threads: usize,
+    /// Each anonymous mapping's resident bytes, to say where a growth lives.
+    mappings: std::collections::BTreeMap<String, u64>,
 }
 
 impl std::fmt::Display for Footprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rss {:.1} MiB (anonymous {:.1} MiB), {} descriptors",
+            "rss {:.1} MiB (anonymous {:.1} MiB), {} descriptors, {} threads",
             self.rss as f64 / MIB as f64,
             self.anon as f64 / MIB as f64,
-            self.fds
+            self.fds,
+            self.threads
         )
     }
 }
@@ -323,6 +329,8 @@ fn footprint(d: &Daemon, gate: &Gate, cotenant: &mut Option<CoTenant>) -> Footpr
         rss,
         anon: rss_anon(d),
         fds: open_fds(d),
+        threads: threads(d),
+        mappings: anonymous_mappings(d),
     };
     gate.resume();
     f
@@ -477,6 +485,9 @@ fn an_hour_of_everything_at_once_leaves_the_daemon_as_it_was() {
         log.matches("caxton_event=\"model_shed\"").count(),
     );
     println!("soak: with no model loaded: after the warm-up {after_warm_up}; at the end {at_end}");
+    for line in grown_mappings(&after_warm_up.mappings, &at_end.mappings, 8) {
+        println!("soak: anonymous memory from the warm-up to the end: {line}");
+    }
     assert!(
         t.wrong.is_empty(),
         "answers other than 200, 503 with Retry-After or the asked-for refusal: {:?}",

@@ -53,3 +53,74 @@ pub fn rss_anon(d: &Daemon) -> u64 {
         .map(|kib| kib << 10)
         .unwrap_or_else(|| panic!("no RssAnon in /proc/{pid}/status"))
 }
+
+/// The daemon's thread count (`Threads` in `/proc/PID/status`).
+pub fn threads(d: &Daemon) -> usize {
+    let pid = d.child.as_ref().expect("a running daemon").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Threads in /proc/{pid}/status"))
+}
+
+/// The resident bytes of each of the daemon's anonymous mappings (`/proc/PID/smaps`), keyed by
+/// its address range and name (`[heap]`, `[stack]`, or none): where a footprint's growth lives
+/// (malloc's main heap, an arena, a thread's stack).
+pub fn anonymous_mappings(d: &Daemon) -> std::collections::BTreeMap<String, u64> {
+    let pid = d.child.as_ref().expect("a running daemon").id();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/smaps: {e}"));
+    let mut out = std::collections::BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range, perms, offset, dev, inode, [path].
+            let path: Vec<&str> = fields.skip(4).collect();
+            let path = path.join(" ");
+            current = (path.is_empty() || path.starts_with('[')).then(|| format!("{first} {path}"));
+        } else if first == "Anonymous:"
+            && let (Some(key), Some(kib)) =
+                (&current, fields.next().and_then(|v| v.parse::<u64>().ok()))
+        {
+            *out.entry(key.clone()).or_insert(0) += kib << 10;
+        }
+    }
+    out
+}
+
+/// The anonymous mappings whose resident bytes grew most from `before` to `after`, largest
+/// first, as lines for a test's log.
+pub fn grown_mappings(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    most: usize,
+) -> Vec<String> {
+    let mut grown: Vec<(i64, &String)> = after
+        .iter()
+        .map(|(k, &a)| (a as i64 - before.get(k).copied().unwrap_or(0) as i64, k))
+        .filter(|(g, _)| *g != 0)
+        .collect();
+    grown.sort_by_key(|(g, _)| std::cmp::Reverse(*g));
+    let gone: i64 = before
+        .iter()
+        .filter(|(k, _)| !after.contains_key(*k))
+        .map(|(_, &b)| b as i64)
+        .sum();
+    let mut lines: Vec<String> = grown
+        .iter()
+        .take(most)
+        .map(|(g, k)| format!("{:+.2} MiB {k}", *g as f64 / (1 << 20) as f64))
+        .collect();
+    lines.push(format!(
+        "{} mappings before, {} after ({:.2} MiB in mappings gone)",
+        before.len(),
+        after.len(),
+        gone as f64 / (1 << 20) as f64
+    ));
+    lines
+}
