@@ -43,27 +43,30 @@ pub fn open_fds(d: &Daemon) -> usize {
 /// The daemon's anonymous resident memory (`RssAnon`): what it allocated and still holds,
 /// without the file pages (its code, mapped weights) the kernel reclaims and brings back at will.
 pub fn rss_anon(d: &Daemon) -> u64 {
-    let pid = d.child.as_ref().expect("a running daemon").id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    let kib = status_field(d, "RssAnon");
+    kib.trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
         .map(|kib| kib << 10)
-        .unwrap_or_else(|| panic!("no RssAnon in /proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("RssAnon {kib:?}: {e}"))
 }
 
-/// The daemon's thread count (`Threads` in `/proc/PID/status`).
+/// The daemon's thread count (`Threads`).
 pub fn threads(d: &Daemon) -> usize {
+    let n = status_field(d, "Threads");
+    n.parse().unwrap_or_else(|e| panic!("Threads {n:?}: {e}"))
+}
+
+/// One field of the daemon's `/proc/PID/status`, trimmed.
+fn status_field(d: &Daemon, field: &str) -> String {
     let pid = d.child.as_ref().expect("a running daemon").id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Threads in /proc/{pid}/status"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// The resident bytes of each of the daemon's anonymous mappings (`/proc/PID/smaps`), keyed by
