@@ -111,7 +111,11 @@ fn check(arch: &str, expected: Architecture) {
         BATCH_TOKENS,
     );
     assert_eq!(fast.precision, Precision::Int8Fast);
-    fast.holds(&r.vectors, 0.997, arch);
+    // The documented floor (docs/configuration.md): 0.997, and 0.996 on a kernel whose
+    // weights are packed with their pairs limited (AVX2), which costs them up to a bit:
+    // ModernBERT's random weights measured 0.99667 there (AMD EPYC Zen 3), 0.99782 on VNNI.
+    let limited = caxton::engine::kernels::int8_fast::Kernel::best().limits_pairs();
+    fast.holds(&r.vectors, if limited { 0.996 } else { 0.997 }, arch);
 }
 
 #[test]
