@@ -70,8 +70,9 @@ fn status_field(d: &Daemon, field: &str) -> String {
 }
 
 /// The resident bytes of each of the daemon's anonymous mappings (`/proc/PID/smaps`), keyed by
-/// its address range and name (`[heap]`, `[stack]`, or none): where a footprint's growth lives
-/// (malloc's main heap, an arena, a thread's stack).
+/// its start address and name (`[heap]`, `[stack]`, or none; not its end, which moves as a
+/// heap grows): where a footprint's growth lives (malloc's main heap, an arena, a thread's
+/// stack).
 pub fn anonymous_mappings(d: &Daemon) -> std::collections::BTreeMap<String, u64> {
     let pid = d.child.as_ref().expect("a running daemon").id();
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
@@ -85,7 +86,8 @@ pub fn anonymous_mappings(d: &Daemon) -> std::collections::BTreeMap<String, u64>
             // A mapping's header: range, perms, offset, dev, inode, [path].
             let path: Vec<&str> = fields.skip(4).collect();
             let path = path.join(" ");
-            current = (path.is_empty() || path.starts_with('[')).then(|| format!("{first} {path}"));
+            let start = first.split('-').next().unwrap_or(first);
+            current = (path.is_empty() || path.starts_with('[')).then(|| format!("{start} {path}"));
         } else if first == "Anonymous:"
             && let (Some(key), Some(kib)) =
                 (&current, fields.next().and_then(|v| v.parse::<u64>().ok()))
