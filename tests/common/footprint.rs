@@ -59,14 +59,18 @@ pub fn threads(d: &Daemon) -> usize {
 
 /// One field of the daemon's `/proc/PID/status`, trimmed.
 fn status_field(d: &Daemon, field: &str) -> String {
-    let pid = d.child.as_ref().expect("a running daemon").id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    status
+    proc_file(d, "status")
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .unwrap_or_else(|| panic!("no {field} in the daemon's /proc status"))
+}
+
+/// The daemon's `/proc/PID/NAME`.
+fn proc_file(d: &Daemon, name: &str) -> String {
+    let pid = d.child.as_ref().expect("a running daemon").id();
+    std::fs::read_to_string(format!("/proc/{pid}/{name}"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/{name}: {e}"))
 }
 
 /// The resident bytes of each of the daemon's anonymous mappings (`/proc/PID/smaps`), keyed by
@@ -74,9 +78,7 @@ fn status_field(d: &Daemon, field: &str) -> String {
 /// heap grows): where a footprint's growth lives (malloc's main heap, an arena, a thread's
 /// stack).
 pub fn anonymous_mappings(d: &Daemon) -> std::collections::BTreeMap<String, u64> {
-    let pid = d.child.as_ref().expect("a running daemon").id();
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/smaps: {e}"));
+    let smaps = proc_file(d, "smaps");
     let mut out = std::collections::BTreeMap::new();
     let mut current: Option<String> = None;
     for line in smaps.lines() {

@@ -6,8 +6,9 @@
 //! The scheme, chosen by simulating candidates in torch on the real weights and the reference
 //! texts (a by-hand study, not kept), then measured in the engine: MiniLM's worst reference
 //! text 0.9985 against sentence-transformers, MPNet's 0.9989, and with AVX2's limited pairs
-//! 0.9975 and 0.9987 (`tests/fidelity_engine.rs`, `tests/fidelity_mpnet.rs`). The feed-forward block's output layer is not here: it runs on
-//! int8's 16-bit activations (`Layer::quantize_fast` says why).
+//! 0.9975 and 0.9987 (`tests/fidelity_engine.rs`, `tests/fidelity_mpnet.rs`). The
+//! feed-forward block's output layer is not here: it runs on int8's 16-bit activations
+//! (`Layer::quantize_fast` says why).
 //! - smoothing (SmoothQuant), where the caller measured the inputs: input channel `k` is
 //!   divided by `s[k]` and the weights of that input multiplied by it, with
 //!   `s[k] = sqrt(max|x_k| / max|w_k|)` from a calibration pass at load ([`smoothing`]);
@@ -365,13 +366,13 @@ impl Packed {
         assert!(ldo >= n && x.len() >= rows * k && out.len() >= span && bias.len() == n);
         assert!(residual.is_none_or(|r| r.len() >= span));
         assert!(
-            Kernel::here().contains(&kernel),
-            "the {} kernel does not run on this CPU",
+            self.pairs_limited || !kernel.limits_pairs(),
+            "the {} kernel would saturate on weights packed without their pairs limited",
             kernel.name()
         );
         assert!(
-            self.pairs_limited || !kernel.limits_pairs(),
-            "the {} kernel would saturate on weights packed without their pairs limited",
+            Kernel::here().contains(&kernel),
+            "the {} kernel does not run on this CPU",
             kernel.name()
         );
         // Taken out of the thread's slot, not borrowed in it: while this thread waits for the
