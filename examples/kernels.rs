@@ -1,7 +1,9 @@
 //! Kernel throughput: one linear layer (MiniLM's shapes) in f32, in int8 on every int8 kernel
 //! this CPU runs and in int8-fast on every int8-fast kernel, at a few row counts, in GMAC/s.
 //! `cargo run --release --example kernels`; `KERNELS_ROWS=18,576` picks the row counts,
-//! `KERNELS_INT8=avx2` one kernel of each, `KERNELS_F32_ONLY=1` none.
+//! `KERNELS_INT8=avx2` one kernel of each, `KERNELS_F32_ONLY=1` none. `KERNELS_COLD=1` cycles
+//! through copies of the f32 layer worth 96 MiB, more than any L3 here, so each call reads its
+//! weights from memory as one text's pass through a whole model does.
 
 use std::time::Instant;
 
@@ -16,7 +18,14 @@ fn main() {
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
             .collect();
         let bias = vec![0.1f32; outputs];
-        let f32_layer = Linear::from_torch(&w, bias.clone(), outputs, inputs);
+        let copies = match std::env::var_os("KERNELS_COLD") {
+            Some(_) => (96 << 20) / (inputs * outputs * 4),
+            None => 1,
+        };
+        let f32_layers: Vec<Linear> = (0..copies.max(1))
+            .map(|_| Linear::from_torch(&w, bias.clone(), outputs, inputs))
+            .collect();
+        let mut next = 0;
         let mut wt = vec![0f32; inputs * outputs];
         for o in 0..outputs {
             for i in 0..inputs {
@@ -50,7 +59,10 @@ fn main() {
                     })
                     .fold(f64::INFINITY, f64::min)
             };
-            let t = time(&mut || f32_layer.forward(&x, rows, None, &mut out));
+            let t = time(&mut || {
+                next = (next + 1) % f32_layers.len();
+                f32_layers[next].forward(&x, rows, None, &mut out)
+            });
             print!(
                 "{inputs:>4}→{outputs:<4} {rows:>5} rows: f32 {:6.1} GMAC/s",
                 macs / t / 1e9

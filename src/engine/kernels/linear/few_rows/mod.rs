@@ -2,6 +2,9 @@
 //! call would cost several times the arithmetic: each compute thread takes whole weight
 //! panels, streams each one from memory once, and runs every row over it in register tiles.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 use rayon::prelude::*;
 
 use super::SendPtr;
@@ -64,8 +67,9 @@ fn tiles<const L: usize, const R: usize, const V: usize, const FMA: bool, const 
     // and the next block prefetched by the first row tile meanwhile. One text's pass reads
     // every weight once and waits on memory: column chunk by column chunk (a stride through
     // the whole panel) the AVX-512 tiles took 5.6 ms for a MiniLM pass of 13 tokens, in blocks
-    // of 64 rows 3.5 ms (AMD EPYC Zen 4, 2 threads). The AVX2 tiles gain nothing measurable
-    // from it (4.4-4.7 ms either way) and lose with blocks of 64: they take 32.
+    // of 64 rows 3.5 ms (AMD EPYC Zen 4, 2 threads). AVX2 runs tiles of its own ([`avx2`]),
+    // which also walk each block front to back: the AVX-512 and portable tiles may gain from
+    // that too, unmeasured for want of the machines.
     let mut k0 = 0;
     while k0 < k {
         let ks = k0..(k0 + KB).min(k);
@@ -175,12 +179,11 @@ fn avx512(x: &[f32], rows: usize, k: usize, w: &[f32], width: usize, b: &mut [f3
     tiles::<16, 8, 2, true, 64>(x, rows, k, w, width, b)
 }
 
-/// AVX2: 4 rows × 2 vectors of 8 (8 of the 16 registers accumulate, the rest hold the
-/// weights and the broadcast input).
+/// AVX2: up to 6 rows × 2 vectors of 8, in intrinsics ([`avx2`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn avx2(x: &[f32], rows: usize, k: usize, w: &[f32], width: usize, b: &mut [f32]) {
-    tiles::<8, 4, 2, true, 32>(x, rows, k, w, width, b)
+    avx2::tiles(x, rows, k, w, width, b)
 }
 
 /// Anything else: 4 rows × 2 groups of 8 (two NEON or SSE registers each); aarch64 always
