@@ -77,6 +77,12 @@ fn load_flush_and_status() {
     let (_, v) = d.request("GET", "/api/memory/status", "");
     assert_eq!(v["loaded"][0]["id"], MODEL);
     assert!(v["model_memory_bytes"].as_u64().expect("bytes") > 80_000_000);
+    // The allocator's own count holds the weights too (glibc's `mallinfo2`; null elsewhere).
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let in_use = v["process"]["heap_in_use_bytes"].as_u64();
+        assert!(in_use.expect("heap_in_use_bytes") > 80_000_000, "{v}");
+        assert!(v["process"]["heap_free_bytes"].as_u64().is_some(), "{v}");
+    }
 
     let (s, v) = d.request("POST", "/api/memory/models/nope/load", "");
     assert_eq!(

@@ -300,6 +300,9 @@ struct Footprint {
     anon: u64,
     fds: usize,
     threads: usize,
+    /// The allocator's bytes in live allocations and free inside its heaps (glibc's
+    /// `mallinfo2`, from `/api/memory/status`): which of the two a growth of RSS is.
+    heap: (u64, u64),
     /// Each anonymous mapping's resident bytes, to say where a growth lives.
     mappings: std::collections::BTreeMap<String, u64>,
 }
@@ -308,9 +311,11 @@ impl std::fmt::Display for Footprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rss {:.1} MiB (anonymous {:.1} MiB), {} descriptors, {} threads",
+            "rss {:.1} MiB (anonymous {:.1} MiB; heap in use {:.2} MiB, free {:.2} MiB), {} descriptors, {} threads",
             self.rss as f64 / MIB as f64,
             self.anon as f64 / MIB as f64,
+            self.heap.0 as f64 / MIB as f64,
+            self.heap.1 as f64 / MIB as f64,
             self.fds,
             self.threads
         )
@@ -330,10 +335,18 @@ fn footprint(d: &Daemon, gate: &Gate, cotenant: &mut Option<CoTenant>) -> Footpr
         anon: rss_anon(d),
         fds: open_fds(d),
         threads: threads(d),
+        heap: heap_usage(d),
         mappings: anonymous_mappings(d),
     };
     gate.resume();
     f
+}
+
+/// The allocator's (in use, free) bytes as the daemon reports them; zeros where it cannot.
+fn heap_usage(d: &Daemon) -> (u64, u64) {
+    let p = d.request("GET", "/api/memory/status", "").1["process"].clone();
+    let bytes = |key: &str| p[key].as_u64().unwrap_or(0);
+    (bytes("heap_in_use_bytes"), bytes("heap_free_bytes"))
 }
 
 /// Lets the clients and helpers go when the test fails half way, so the scope can end and the

@@ -50,6 +50,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let metrics = crate::metrics::get();
     let in_use: u64 = models.iter().filter_map(|m| m.memory_bytes).sum();
     let (rss, peak) = crate::memory::process_rss();
+    let heap = crate::memory::heap_usage();
     let gov = &state.registry.governor;
     let budget = gov.budget();
     let settings = gov.settings();
@@ -98,7 +99,12 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "releasing": releasing,
         "loads": {"total": loads, "last_minute": loads_minute},
         "load_queue": {"waiting": waiting, "refused": queue_refused, "admitting": gov.admitting()},
-        "process": {"rss_bytes": rss, "peak_rss_bytes": peak},
+        "process": {
+            "rss_bytes": rss,
+            "peak_rss_bytes": peak,
+            "heap_in_use_bytes": heap.map(|h| h.0),
+            "heap_free_bytes": heap.map(|h| h.1),
+        },
         "available": available,
         "cgroup": crate::memory::cgroup::current(),
         "store": {

@@ -23,6 +23,22 @@ pub fn process_rss() -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// What the C allocator holds: bytes in use by live allocations and bytes free inside its
+/// heaps (fragmentation that `malloc_trim` could not hand back), summed over every arena.
+/// `None` off glibc. A leak grows the first; a heap cut up by long-lived small allocations
+/// grows RSS through the second.
+pub fn heap_usage() -> Option<(u64, u64)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let info = unsafe { libc::mallinfo2() };
+        // `uordblks` is in use in the arenas, `hblkhd` in whole mapped blocks; `fordblks` free.
+        Some(((info.uordblks + info.hblkhd) as u64, info.fordblks as u64))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
 /// Returns freed heap memory to the kernel. glibc keeps freed memory in its arenas, so dropping
 /// a model's tensors alone does not lower RSS or the cgroup's usage; `malloc_trim` does.
 pub fn trim() {
