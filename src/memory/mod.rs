@@ -23,10 +23,10 @@ pub fn process_rss() -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// What the C allocator holds: bytes in use by live allocations and bytes free inside its
-/// heaps (fragmentation that `malloc_trim` could not hand back), summed over every arena.
-/// `None` off glibc. A leak grows the first; a heap cut up by long-lived small allocations
-/// grows RSS through the second.
+/// What the C allocator holds, summed over every arena: bytes in live allocations, and bytes
+/// in free chunks (including pages `malloc_trim` already handed back, so it can exceed RSS).
+/// `None` off glibc. A leak grows the first; RSS that grows while it holds still is the heap
+/// cut up by long-lived small allocations.
 pub fn heap_usage() -> Option<(u64, u64)> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
