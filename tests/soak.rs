@@ -295,7 +295,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 /// What the daemon holds with no model loaded.
 #[derive(Clone)]
 struct Footprint {
-    /// Resident memory (`VmRSS`), as `/api/memory/status` reports it.
+    /// Resident memory (`VmRSS`).
     rss: u64,
     /// Of which anonymous (`RssAnon`): what it allocated, without its code's file pages.
     anon: u64,

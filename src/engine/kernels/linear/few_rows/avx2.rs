@@ -147,8 +147,10 @@ unsafe fn tile<const R: usize>(
             }
         }
         let xs: [*const f32; R] = std::array::from_fn(|i| x.add(i * k + ks.start));
-        let mut wp = w.add(ks.start * width);
         for j in 0..ks.len() {
+            // Each step's row from the start (a pointer stepped past the last row would leave
+            // the panel).
+            let wp = w.add((ks.start + j) * width);
             let w0 = _mm256_loadu_ps(wp);
             let w1 = _mm256_loadu_ps(wp.add(8));
             for i in 0..R {
@@ -156,7 +158,6 @@ unsafe fn tile<const R: usize>(
                 acc[i][0] = _mm256_fmadd_ps(b, w0, acc[i][0]);
                 acc[i][1] = _mm256_fmadd_ps(b, w1, acc[i][1]);
             }
-            wp = wp.add(width);
         }
         for (i, acc) in acc.iter().enumerate() {
             _mm256_storeu_ps(out.add(i * width), acc[0]);
@@ -188,13 +189,12 @@ unsafe fn wide_tile<const V: usize>(
                 *acc = _mm256_loadu_ps(out.add(v * 8));
             }
         }
-        let mut wp = w.add(ks.start * width);
         for kk in ks {
+            let wp = w.add(kk * width);
             let b = _mm256_broadcast_ss(&*x.add(kk));
             for (v, acc) in acc.iter_mut().enumerate() {
                 *acc = _mm256_fmadd_ps(b, _mm256_loadu_ps(wp.add(v * 8)), *acc);
             }
-            wp = wp.add(width);
         }
         for (v, acc) in acc.iter().enumerate() {
             _mm256_storeu_ps(out.add(v * 8), *acc);

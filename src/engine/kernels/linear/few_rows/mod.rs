@@ -242,10 +242,21 @@ mod tests {
 
     #[test]
     fn every_tile_shape_computes_the_product_of_each_row_on_ragged_shapes() {
-        // Widths: a whole panel, one narrower than a tile, one with a tile and a remainder;
-        // row counts below, at and between the tile heights (4 for AVX2, 8 for AVX-512),
-        // with every remainder each leaves; 150 inputs span three blocks of the panel.
-        for (k, width) in [(37, 96), (19, 7), (33, 45), (150, 100)] {
+        // Widths: a whole panel, one narrower than a tile, one with a tile and a remainder,
+        // and 1, 3, 4 and 5 tiles of 16 (each width of AVX2's first-row pass); row counts
+        // below, at and between the tile heights (up to 6 for AVX2, 4 portable, 8 AVX-512),
+        // with every remainder each leaves; 150 inputs span several blocks of the panel.
+        let widths = [
+            (37, 96),
+            (19, 7),
+            (33, 45),
+            (150, 100),
+            (40, 16),
+            (20, 50),
+            (70, 64),
+            (35, 80),
+        ];
+        for (k, width) in widths {
             let w: Vec<f32> = (0..k * width).map(|i| (i as f32 * 0.37).sin()).collect();
             for rows in [1, 2, 3, 4, 5, 6, 7, 8, 11, 14, 15, 17] {
                 let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.11).cos()).collect();
