@@ -486,11 +486,13 @@ fn an_hour_of_everything_at_once_leaves_the_daemon_as_it_was() {
             warm_up.as_secs(),
         );
         let mut last_report = Instant::now();
-        // Also measured half way: a leak grows from there to the end as it did before; a
-        // one-off step (pools and caches reaching their size under this load) does not.
+        // Also measured half way from the warm-up to the end: a leak grows from there to the
+        // end as it did before; a one-off step (pools and caches reaching their size under
+        // this load) does not.
+        let middle = warm_up + (total.saturating_sub(warm_up)) / 2;
         let mut half_way = None;
         while started.elapsed() < total {
-            if half_way.is_none() && started.elapsed() >= total / 2 {
+            if half_way.is_none() && started.elapsed() >= middle {
                 let f = footprint(&d, &gate, &mut cotenant);
                 cotenant = start_cotenant();
                 println!(
