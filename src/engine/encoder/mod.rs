@@ -212,7 +212,8 @@ impl Encoder {
                             &mut c.ws,
                             Some(&mut probe),
                         );
-                        layer.quantize_fast(&probe);
+                        // A reranker's feed-forward output goes 8-bit too (see `quantize_fast`).
+                        layer.quantize_fast(&probe, encoder.head.is_some());
                     }
                 }
                 #[cfg(target_arch = "x86_64")]
