@@ -47,13 +47,8 @@ pub(super) fn tiles(x: &[f32], rows: usize, k: usize, w: &[f32], width: usize, b
     let chunks = tiled / COLS;
     // The first row runs across the whole panel, the others in tiles of `COLS` columns.
     let wide = rows > 0 && (1..=WIDE_CHUNKS).contains(&chunks);
-    let cuts: Vec<(usize, usize)> = match wide {
-        true => row_tiles(rows - 1)
-            .into_iter()
-            .map(|(r, n)| (r + 1, n))
-            .collect(),
-        false => row_tiles(rows),
-    };
+    let first = usize::from(wide);
+    let cuts = row_tiles(rows - first).map(move |(r, n)| (r + first, n));
     let mut k0 = 0;
     while k0 < k {
         let k1 = (k0 + BLOCK).min(k);
@@ -74,7 +69,7 @@ pub(super) fn tiles(x: &[f32], rows: usize, k: usize, w: &[f32], width: usize, b
             }
         }
         for c in (0..tiled).step_by(COLS) {
-            for &(r, n) in &cuts {
+            for (r, n) in cuts.clone() {
                 // SAFETY: rows `r..r + n` of `x` and of `block`, inputs `k0..k1 ≤ k` and
                 // columns `c..c + COLS ≤ width` lie inside the slices (asserted above); the
                 // CPU has AVX2 and FMA (this function's own features).
@@ -95,29 +90,19 @@ pub(super) fn tiles(x: &[f32], rows: usize, k: usize, w: &[f32], width: usize, b
         }
         k0 = k1;
     }
-    // Outputs left over by the tiles (a narrow last panel).
-    for c in tiled..width {
-        for r in 0..rows {
-            let xr = &x[r * k..][..k];
-            block[r * width + c] = (0..k).map(|kk| xr[kk] * w[kk * width + c]).sum();
-        }
-    }
+    super::leftover_columns(x, rows, k, w, width, tiled, block);
 }
 
 /// `rows` cut into tiles (first row, count) of at most [`MAX_ROWS`] rows, as few and as even
 /// as they come: of 4 rows or more each from 8 rows on (7 is 4 + 3; fewer are one tile).
-fn row_tiles(rows: usize) -> Vec<(usize, usize)> {
+/// An iterator, not a list: this runs once per panel on one text's hot path.
+fn row_tiles(rows: usize) -> impl Iterator<Item = (usize, usize)> + Clone {
     let count = rows.div_ceil(MAX_ROWS).max(1);
     let (base, extra) = (rows / count, rows % count);
-    let mut first = 0;
+    // Tile `t` starts after `t` tiles of `base` rows and the `extra` ones before it.
     (0..count)
-        .map(|t| {
-            let n = base + usize::from(t < extra);
-            first += n;
-            (first - n, n)
-        })
+        .map(move |t| (t * base + t.min(extra), base + usize::from(t < extra)))
         .filter(|&(_, n)| n > 0)
-        .collect()
 }
 
 /// Rows `0..R` × columns `0..COLS` of `out` (rows `width` apart) over inputs `ks` of `x`
@@ -208,13 +193,13 @@ mod tests {
 
     #[test]
     fn rows_are_cut_into_even_tiles_of_at_most_six_that_cover_each_row_once() {
-        assert_eq!(row_tiles(1), [(0, 1)]);
-        assert_eq!(row_tiles(3), [(0, 3)]);
-        assert_eq!(row_tiles(6), [(0, 6)]);
-        assert_eq!(row_tiles(7), [(0, 4), (4, 3)]);
-        assert_eq!(row_tiles(13), [(0, 5), (5, 4), (9, 4)]);
+        assert_eq!(row_tiles(1).collect::<Vec<_>>(), [(0, 1)]);
+        assert_eq!(row_tiles(3).collect::<Vec<_>>(), [(0, 3)]);
+        assert_eq!(row_tiles(6).collect::<Vec<_>>(), [(0, 6)]);
+        assert_eq!(row_tiles(7).collect::<Vec<_>>(), [(0, 4), (4, 3)]);
+        assert_eq!(row_tiles(13).collect::<Vec<_>>(), [(0, 5), (5, 4), (9, 4)]);
         for rows in 8..=60 {
-            let cuts = row_tiles(rows);
+            let cuts: Vec<_> = row_tiles(rows).collect();
             let mut next = 0;
             for &(first, n) in &cuts {
                 assert_eq!(first, next, "{rows} rows: {cuts:?}");

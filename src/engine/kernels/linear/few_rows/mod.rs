@@ -96,7 +96,19 @@ fn tiles<const L: usize, const R: usize, const V: usize, const FMA: bool, const 
         }
         k0 = ks.end;
     }
-    // Outputs left over by the tiles (a narrow last panel).
+    leftover_columns(x, rows, k, w, width, tiled, block);
+}
+
+/// Columns `tiled..width` of `block`, which the tiles leave (a narrow last panel).
+fn leftover_columns(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    width: usize,
+    tiled: usize,
+    block: &mut [f32],
+) {
     for c in tiled..width {
         for r in 0..rows {
             let xr = &x[r * k..][..k];
