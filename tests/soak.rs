@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use common::cgroups::{CoTenant, Group};
 use common::fixtures::reranker_package;
 use common::footprint::{
-    anonymous_mappings, grown_mappings, open_fds, rss_anon, settled_rss, threads,
+    anonymous_mappings, grown_mappings, open_fds, rss_anon, settled_rss, thread_names, threads,
 };
 use common::{Daemon, bundled_copy, write_config};
 use serde_json::{Value, json};
@@ -301,6 +301,8 @@ struct Footprint {
     anon: u64,
     fds: usize,
     threads: usize,
+    /// The same threads by name: which ones a change in the count is.
+    names: std::collections::BTreeMap<String, usize>,
     /// The allocator's bytes in live allocations and free inside its heaps (glibc's
     /// `mallinfo2`, from `/api/memory/status`): which of the two a growth of RSS is.
     heap: (u64, u64),
@@ -312,13 +314,14 @@ impl std::fmt::Display for Footprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "rss {:.1} MiB (anonymous {:.1} MiB; heap in use {:.2} MiB, free {:.2} MiB), {} descriptors, {} threads",
+            "rss {:.1} MiB (anonymous {:.1} MiB; heap in use {:.2} MiB, free {:.2} MiB), {} descriptors, {} threads ({:?})",
             self.rss as f64 / MIB as f64,
             self.anon as f64 / MIB as f64,
             self.heap.0 as f64 / MIB as f64,
             self.heap.1 as f64 / MIB as f64,
             self.fds,
-            self.threads
+            self.threads,
+            self.names
         )
     }
 }
@@ -340,6 +343,7 @@ fn footprint(d: &Daemon, gate: &Gate, cotenant: &mut Option<CoTenant>) -> Footpr
         anon: rss_anon(d),
         fds: open_fds(d),
         threads: threads(d),
+        names: thread_names(d),
         heap: heap_usage(d),
         mappings: anonymous_mappings(d),
     };

@@ -57,6 +57,22 @@ pub fn threads(d: &Daemon) -> usize {
     n.parse().unwrap_or_else(|e| panic!("Threads {n:?}: {e}"))
 }
 
+/// The daemon's threads by name (`/proc/PID/task/*/comm`), to say which ones a change in the
+/// count is.
+pub fn thread_names(d: &Daemon) -> std::collections::BTreeMap<String, usize> {
+    let pid = d.child.as_ref().expect("a running daemon").id();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/task: {e}"));
+    let mut names = std::collections::BTreeMap::new();
+    for task in tasks.flatten() {
+        // A thread that exits between the listing and the read is simply not counted.
+        if let Ok(name) = std::fs::read_to_string(task.path().join("comm")) {
+            *names.entry(name.trim().to_string()).or_insert(0) += 1;
+        }
+    }
+    names
+}
+
 /// One field of the daemon's `/proc/PID/status`, trimmed.
 fn status_field(d: &Daemon, field: &str) -> String {
     proc_file(d, "status")
