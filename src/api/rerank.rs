@@ -85,7 +85,8 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
     let activation = manifest.activation.unwrap_or(ScoreActivation::Sigmoid);
     let tokenizer = model.tokenizer.clone();
     let (query, documents, cut) = (req.query, req.documents, req.cut);
-    let encoded: Vec<Encoded> = tokenize_off_runtime(move || {
+    let bytes = documents.iter().map(|d| query.len() + d.len()).sum();
+    let encoded: Vec<Encoded> = tokenize_off_runtime(bytes, move || {
         documents
             .iter()
             .map(|d| tokenizer.encode_pair(&query, d, cut))

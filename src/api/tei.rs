@@ -171,7 +171,8 @@ pub async fn tokenize(
     };
     let special = req.add_special_tokens.unwrap_or(true);
     let tokenizer = model.tokenizer.clone();
-    tokenize_off_runtime(move || {
+    let bytes = inputs.iter().map(|t| prompt.len() + t.len()).sum();
+    tokenize_off_runtime(bytes, move || {
         inputs
             .iter()
             .map(|text| {
