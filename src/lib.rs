@@ -1,7 +1,7 @@
 //! Caxton: offline sentence embeddings for edge devices.
 //!
-//! `caxtond` verifies zstd-compressed model packages, loads them with candle and serves
-//! embeddings over HTTP on a Unix socket; `caxton` is its command-line companion. See
+//! `caxtond` verifies zstd-compressed model packages, loads them into its own engine (candle
+//! reads the weights) and serves embeddings over HTTP on a Unix socket; `caxton` is its command-line companion. See
 //! ARCHITECTURE.md for the map.
 #![deny(missing_docs)]
 

@@ -126,8 +126,9 @@ pub async fn load(
     require_admin(&state, &peer, "POST /api/memory/models/{id}/load")?;
     // An operator's explicit load is tried now, whatever the backoff of a failed one says.
     state.registry.retry_now(&id);
-    super::served_by(&id);
     let model = state.registry.acquire(&id).await?;
+    // Only once it exists: an unknown id must not become a metric label.
+    super::served_by(&id);
     state.report_status();
     Ok(Json(json!({
         "id": id,

@@ -4,6 +4,9 @@
 //! verified model and its lazy, single-flight load; [`loaded`] is what is in memory (unloads,
 //! the residents the memory policy weighs); [`admission`] is how a load is admitted, queued and
 //! made room for, and [`refusals`] how its refusals reach the journal (once per episode).
+//! Around them: [`fallback`] tracks substitution episodes of the fallback chains; [`retention`]
+//! decides which versions the store keeps; [`usage_file`] keeps usage across restarts;
+//! [`habits`] learns when each model is used and [`prediction`] preloads from that.
 
 mod admission;
 mod catalogue;
