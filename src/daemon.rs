@@ -56,7 +56,17 @@ pub fn main() -> ExitCode {
         }
     }
     crate::memory::limit_arenas();
+    // Named, so `top -H` and /proc say which threads compute (unnamed, they would take the
+    // name of whichever thread first used the pool). The count still follows
+    // RAYON_NUM_THREADS, else the CPUs.
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("caxton-compute{i}"))
+        .build_global()
+    {
+        tracing::warn!("the compute threads keep rayon's defaults: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("caxton-async")
         .enable_all()
         .build()
     {
