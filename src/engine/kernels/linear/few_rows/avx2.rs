@@ -6,9 +6,11 @@
 //!   the first row of `x` across the whole panel ([`wide_tile`]); only then do the other rows
 //!   run in column tiles from L1. Walked a 16-column tile at a time (a 384-byte stride) the
 //!   hardware's stream prefetcher never engaged: a one-row pass read 10.8 GB/s, front to back
-//!   17.6 GB/s (the machine's two-thread streaming peak is about 19). Software prefetches,
-//!   one block or more ahead, in a burst or one line per step, to L1 or L2, changed nothing.
-//!   Cold 13-row layers: 20-22 GMAC/s with column tiles only, 29-32 with the wide first row.
+//!   17.6 GB/s (the machine's two-thread streaming peak is about 19). Software prefetches
+//!   ahead of that walk, one block or more ahead, in a burst or one line per step, to L1 or
+//!   L2, changed nothing. Cold 13-row layers: 20-22 GMAC/s with column tiles only, 29-32 with
+//!   the wide first row. While the other rows' tiles compute, though, nothing walks and the
+//!   prefetcher idles: the next block is prefetched then, in shares between the tiles.
 //! - **Arithmetic**: the generic tiles of the parent module compiled for AVX2 spent about 38
 //!   instructions per input step of a 4 × 16 tile (bounds checks, the prefetch's branch and
 //!   stack reloads around 8 multiply-adds). Here a step is its loads, broadcasts and
@@ -19,8 +21,8 @@
 //!   GMAC/s before, 45-60 after.
 
 use std::arch::x86_64::{
-    __m256, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
-    _mm256_storeu_ps,
+    __m256, _MM_HINT_T1, _mm_prefetch, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps,
+    _mm256_setzero_ps, _mm256_storeu_ps,
 };
 
 /// Outputs per tile: two vectors of 8.
@@ -68,7 +70,25 @@ pub(super) fn tiles(x: &[f32], rows: usize, k: usize, w: &[f32], width: usize, b
                 }
             }
         }
-        for c in (0..tiled).step_by(COLS) {
+        // The next block's weights, into L2, a share before each column tile: the stream
+        // prefetcher only runs ahead while the wide row walks, so without this the tiles'
+        // arithmetic and the next block's fetch from memory take turns. Cold 13-row layers:
+        // 27-31 GMAC/s without, 31-40 with (into L1 the same; two blocks ahead 28-35).
+        let next = (k1 < k).then(|| {
+            let bytes = ((k1 + BLOCK).min(k) - k1) * width * 4;
+            (w[k1 * width..].as_ptr(), bytes.div_ceil(64))
+        });
+        let per_tile = next.map_or(0, |(_, lines)| lines.div_ceil(chunks.max(1)));
+        for (t, c) in (0..tiled).step_by(COLS).enumerate() {
+            if let Some((start, lines)) = next {
+                let first = t * per_tile;
+                for line in first..(first + per_tile).min(lines) {
+                    // SAFETY: a prefetch never faults; the address is inside the next block.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T1>(start.cast::<i8>().add(line * 64));
+                    }
+                }
+            }
             for (r, n) in cuts.clone() {
                 // SAFETY: rows `r..r + n` of `x` and of `block`, inputs `k0..k1 ≤ k` and
                 // columns `c..c + COLS ≤ width` lie inside the slices (asserted above); the
