@@ -218,16 +218,14 @@ mod tests {
             assert_eq!(tokenize_off_runtime(bytes, || Ok(7)).await.ok(), Some(7));
             let e = tokenize_off_runtime::<()>(bytes, || Err("no such token".into()))
                 .await
-                .err()
-                .expect("an error");
+                .expect_err("an error");
             assert_eq!(
                 (e.status.as_u16(), e.code, e.message.as_str()),
                 (400, "tokenizer_error", "no such token")
             );
             let e = tokenize_off_runtime::<()>(bytes, || panic!("tokenizer bug"))
                 .await
-                .err()
-                .expect("a panic");
+                .expect_err("a panic");
             assert_eq!((e.status.as_u16(), e.code), (500, "tokenizer_error"));
         }
     }
