@@ -27,6 +27,7 @@ pub struct Args {
 /// Entry point of the `caxtond` binary.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    crate::memory::without_thread_caches();
     let settings = match Settings::load(&args.config_dir) {
         Ok(s) => s,
         Err(e) => {

@@ -207,3 +207,28 @@ fn metrics_count_requests_batches_loads_and_rejections() {
         Some(1.0)
     );
 }
+
+/// glibc's per-thread caches pin half-empty heap pages, and the no-model footprint crept up
+/// under churn (`memory::without_thread_caches`): the daemon starts itself again with them
+/// off, the same process under the same name, and an operator's own count stands.
+#[cfg(target_env = "gnu")]
+#[test]
+fn the_allocators_thread_caches_are_off_unless_the_operator_set_them() {
+    for (given, wanted) in [
+        (None, 0),
+        (Some("glibc.malloc.tcache_count=3"), 3),
+        (Some("glibc.malloc.arena_max=4"), 0),
+    ] {
+        let env: Vec<(&str, &str)> = given.map(|g| ("GLIBC_TUNABLES", g)).into_iter().collect();
+        let d = Daemon::start_with(|dir| write_config(dir, ""), &env);
+        let pid = d.child.as_ref().expect("a running daemon").id();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+        assert_eq!(name.trim(), "caxtond", "given {given:?}");
+        let status = d.request("GET", "/api/memory/status", "").1;
+        assert_eq!(
+            status["process"]["heap_thread_cache_count"], wanted,
+            "given {given:?}"
+        );
+        assert_eq!(d.embed(&["still serves"]).0.len(), 1);
+    }
+}

@@ -104,6 +104,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "peak_rss_bytes": peak,
             "heap_in_use_bytes": heap.map(|h| h.0),
             "heap_free_bytes": heap.map(|h| h.1),
+            "heap_thread_cache_count": crate::memory::thread_cache_count(),
         },
         "available": available,
         "cgroup": crate::memory::cgroup::current(),
