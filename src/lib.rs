@@ -1,8 +1,8 @@
 //! Caxton: offline sentence embeddings for edge devices.
 //!
 //! `caxtond` verifies zstd-compressed model packages, loads them into its own engine (candle
-//! reads the weights) and serves embeddings over HTTP on a Unix socket; `caxton` is its command-line companion. See
-//! ARCHITECTURE.md for the map.
+//! reads the weights) and serves embeddings over HTTP on a Unix socket; `caxton` is its
+//! command-line companion. See ARCHITECTURE.md for the map.
 #![deny(missing_docs)]
 
 pub mod api;

@@ -177,8 +177,8 @@ pub(super) fn account(slot: &crate::registry::ModelSlot, texts: usize, tokens: u
 }
 
 /// Inputs of at most this many bytes in all are tokenized on the async worker itself: a short
-/// text takes a few microseconds, less than handing it to a blocking thread and back (two
-/// thread wake-ups, each tens of microseconds on a VM's idle vCPU).
+/// text takes a few microseconds (WordPiece was 0.13% of a one-text request's profile), less
+/// than handing it to a blocking thread and back, two thread wake-ups.
 const INLINE_TOKENIZE_BYTES: usize = 1024;
 
 /// Runs tokenization `work` over inputs of `bytes` bytes: inline when they are short, else off
