@@ -329,9 +329,9 @@ impl std::fmt::Display for Footprint {
 /// With the clients, the churn, the reloads and the co-tenant held: the daemon's footprint
 /// once every model is flushed, idle connections are closed and the last change has been
 /// applied (a reload or side-load is picked up within 2 s), and the runtime's idle blocking
-/// threads have exited: each holds its stack and its allocator cache (glibc counts a thread's
-/// cached chunks as in use until it exits), and 10 to 15 of them alive at a sample moved the
-/// no-model RSS by up to 3 MiB (heap in use 1.96 to 3.21 MiB) with nothing leaking.
+/// threads have exited (each holds its stack). The threads are named in the figures: the hour
+/// that ended 15.5 -> 18.4 MiB had the same nine at every sample, and the growth was glibc's
+/// per-thread caches pinning heap pages, which the daemon now turns off.
 fn footprint(d: &Daemon, gate: &Gate, cotenant: &mut Option<CoTenant>) -> Footprint {
     gate.pause();
     *cotenant = None;
@@ -426,9 +426,9 @@ fn an_hour_of_everything_at_once_leaves_the_daemon_as_it_was() {
     let bad_configs = AtomicUsize::new(0);
     let total = duration();
     // Ten minutes: every kind of event (versions, prunes, reloads, bad reloads, sheds) has
-    // happened several times by then. A 1,200 s soak measured RSS 15.4 MiB at 200 s, 18.4 at
-    // 610 s and 18.4 at the end; an hour's 15.5 at 600 s, 16.5 half way and 19.0 at the end,
-    // with 10, 12 and 14 threads alive: the swing follows the threads (see `footprint`).
+    // happened several times by then. With glibc's per-thread caches on, an hour's no-model
+    // RSS went 15.5 MiB at 600 s, 18.3 half way, 18.4 at the end, the same nine threads each
+    // time (see `footprint`).
     let warm_up = Duration::from_secs(600).min(total / 2);
     let started = Instant::now();
 
