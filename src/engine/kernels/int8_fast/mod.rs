@@ -482,6 +482,24 @@ impl Packed {
             scales: &self.scales[cols.clone()],
             bias: &bias[cols],
         };
+        #[cfg(target_arch = "x86_64")]
+        if width.is_multiple_of(8) && super::isa() != super::Isa::Baseline {
+            let at = r0 * ldo + c0;
+            // SAFETY: the CPU has AVX2 (`isa`); the tile's rows and columns lie inside `out`
+            // and `residual` (the caller's contract, and `forward_strided` checked the
+            // residual's length), and this task alone writes them.
+            unsafe {
+                output::write_tile_avx2(
+                    acc,
+                    &quant[r0..r0 + acc.len()],
+                    columns,
+                    out.0.add(at),
+                    ldo,
+                    residual.map(|res| res.as_ptr().add(at)),
+                )
+            };
+            return;
+        }
         for (i, sums) in acc.iter().enumerate() {
             let r = r0 + i;
             // SAFETY: row `r` < rows and the columns lie inside `out` (the caller's

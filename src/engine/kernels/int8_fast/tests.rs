@@ -319,3 +319,69 @@ fn the_avx2_kernel_refuses_weights_whose_pairs_could_saturate() {
         Some("the avx2 kernel would saturate on weights packed without their pairs limited")
     );
 }
+
+/// The AVX2 tile epilogue writes the bits [`output::write_row`]'s loop does, with and without
+/// a residual, on rows `ldo` apart, and touches nothing outside the tile.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_avx2_tile_epilogue_writes_what_the_row_loop_does() {
+    if !std::is_x86_feature_detected!("avx2") {
+        eprintln!("SKIP: this CPU has no AVX2");
+        return;
+    }
+    let (rows, width, ldo) = (5, 32, 40);
+    let mut acc = [[0i32; NR * MAX_PANELS]; MAX_ROWS];
+    for (r, row) in acc.iter_mut().enumerate() {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = (value(r * 64 + c, 3) * 4e7) as i32;
+        }
+    }
+    let quant: Vec<RowQuant> = (0..rows)
+        .map(|r| RowQuant {
+            scale: 0.01 + value(r, 4).abs() * 0.1,
+            zero: (value(r, 5).abs() * 255.0) as i32,
+        })
+        .collect();
+    let wsums: Vec<i32> = (0..width).map(|c| (value(c, 6) * 9e4) as i32).collect();
+    let scales: Vec<f32> = (0..width).map(|c| value(c, 7).abs() * 1e-3).collect();
+    let bias: Vec<f32> = (0..width).map(|c| value(c, 8)).collect();
+    let residual: Vec<f32> = (0..rows * ldo).map(|i| value(i, 9) * 3.0).collect();
+    let c = output::Columns {
+        wsums: &wsums,
+        scales: &scales,
+        bias: &bias,
+    };
+    for res in [None, Some(&residual[..])] {
+        let mut want = vec![f32::NAN; rows * ldo];
+        for r in 0..rows {
+            let res = res.map(|res| &res[r * ldo..r * ldo + width]);
+            output::write_row(
+                &mut want[r * ldo..r * ldo + width],
+                &acc[r][..width],
+                quant[r],
+                c,
+                res,
+            );
+        }
+        let mut got = vec![f32::NAN; rows * ldo];
+        // SAFETY: AVX2 checked above; `got` and `residual` hold `rows` rows of `ldo` >= width.
+        unsafe {
+            output::write_tile_avx2(
+                &acc[..rows],
+                &quant,
+                c,
+                got.as_mut_ptr(),
+                ldo,
+                res.map(|res| res.as_ptr()),
+            )
+        };
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "element {i} (row {}, column {}): {g} vs {w}",
+                i / ldo,
+                i % ldo
+            );
+        }
+    }
+}
