@@ -36,15 +36,36 @@ fn exp(x: f32) -> f32 {
     two_k * p
 }
 
-/// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7), branch-free.
+/// erf(x) as a ratio of two polynomials in x² over x clamped to ±4 (Eigen's
+/// `generic_fast_erf_float`; erf(4) is 1 to f32's precision): 11 multiply-adds and a divide.
+/// Abramowitz & Stegun 7.1.26, before it, took an exp as well: GELU over a 221-token pair's
+/// feed-forward width took 0.55 ms against 0.32 (AMD EPYC Zen 3, one thread), at 5% of a
+/// one-pair rerank.
 #[inline(always)]
 fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    (1.0 - poly * exp(-a * a)).copysign(x)
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142e-10_f32;
+    for c in [
+        2.770_681_4e-8,
+        -2.101_024e-6,
+        -5.692_506e-5,
+        -7.349_906_4e-4,
+        -2.954_600_5e-3,
+        -1.609_603_1e-2,
+    ] {
+        p = p * x2 + c;
+    }
+    let mut q = -1.456_607_2e-5f32;
+    for c in [
+        -2.133_740_5e-4,
+        -1.682_827_6e-3,
+        -7.373_33e-3,
+        -1.426_474_8e-2,
+    ] {
+        q = q * x2 + c;
+    }
+    p * x / q
 }
 
 #[inline(always)]
@@ -88,13 +109,31 @@ fn relu_generic(x: &mut [f32]) {
 
 #[inline(always)]
 fn softmax_generic(row: &mut [f32]) {
-    // Three separate loops, reductions in lanes: a running sum inside the exp loop would
-    // keep the compiler from vectorising the exp (it was a fifth of a long pass).
+    // The sum runs in 16 lanes beside the exp, so both vectorise (a running scalar sum kept
+    // the compiler from vectorising the exp: it was a fifth of a long pass), and a ragged tail
+    // goes through the same lanes padded: a row of 221 scores (a one-pair rerank) otherwise
+    // took its last 13 exps one at a time.
     let max = max(row);
-    for v in row.iter_mut() {
-        *v = exp(*v - max);
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for (v, l) in c.iter_mut().zip(lanes.iter_mut()) {
+            *v = exp(*v - max);
+            *l += *v;
+        }
     }
-    let inv = 1.0 / sum(row);
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        let n = tail.len();
+        let mut pad = [max; 16];
+        pad[..n].copy_from_slice(tail);
+        for (i, (v, l)) in pad.iter_mut().zip(lanes.iter_mut()).enumerate() {
+            *v = exp(*v - max);
+            *l += if i < n { *v } else { 0.0 };
+        }
+        tail.copy_from_slice(&pad[..n]);
+    }
+    let inv = 1.0 / lanes.iter().sum::<f32>();
     for v in row.iter_mut() {
         *v *= inv;
     }
@@ -298,6 +337,16 @@ mod tests {
                 "gelu({x}) = {g}, want {want}"
             );
         }
+    }
+
+    #[test]
+    fn gelu_erf_is_zero_far_below_and_the_identity_far_above() {
+        // erf is clamped at ±4, where it must be ±1 exactly: one step short of 1 would make
+        // GELU(-1e30) -1e22.
+        let xs = [-1e30, -1e4, -12.0, 12.0, 1e4, 1e30];
+        let mut ours = xs;
+        gelu_erf_row(&mut ours);
+        assert_eq!(ours, [-0.0, -0.0, -0.0, 12.0, 1e4, 1e30]);
     }
 
     #[test]
