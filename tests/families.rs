@@ -1,8 +1,8 @@
-//! Issue 30: the encoder families edge users pick now (ModernBERT, NomicBERT, Alibaba's GTE) at
-//! their real widths, against their reference implementations run through
+//! Issues 30 and 33: the families edge users pick now (ModernBERT, NomicBERT, Alibaba's GTE,
+//! Qwen3-Embedding) at their real widths, against their reference implementations run through
 //! sentence-transformers (tests/fixtures/architectures/families.py), on texts of 2 to 8,192
-//! tokens: packed by `caxton pack` from the folder sentence-transformers saves, run alone and
-//! batched in f32 and int8, and cut to each Matryoshka width.
+//! tokens (2,048 for Qwen3): packed by `caxton pack` from the folder sentence-transformers
+//! saves, run alone and batched in f32 and int8, and cut to each Matryoshka width.
 
 mod common;
 
@@ -14,7 +14,8 @@ use caxton::package::Architecture;
 /// precision is the slowest part of this test.
 const BATCH_TOKENS: usize = 4096;
 
-fn check(arch: &str, expected: Architecture) {
+/// Runs every check on `arch`'s fixture; returns the manifest `caxton pack` wrote.
+fn check(arch: &str, expected: Architecture) -> caxton::package::Manifest {
     let tmp = tempfile::tempdir().expect("tempdir");
     let folder = tmp.path().join(arch);
     let r = common::fixtures::family_folder(arch, &folder);
@@ -116,6 +117,7 @@ fn check(arch: &str, expected: Architecture) {
     // ModernBERT's random weights measured 0.99667 there (AMD EPYC Zen 3), 0.99782 on VNNI.
     let limited = caxton::engine::kernels::int8_fast::Kernel::best().limits_pairs();
     fast.holds(&r.vectors, if limited { 0.996 } else { 0.997 }, arch);
+    summary.manifest
 }
 
 #[test]
@@ -131,4 +133,21 @@ fn nomic_bert_matches_transformers() {
 #[test]
 fn gte_with_dense_modules_matches_transformers() {
     check("gte", Architecture::Gte);
+}
+
+/// Issue 33: Qwen3-Embedding's decoder (causal, grouped-query heads wider than hidden / heads,
+/// query and key norms, RMSNorm, SwiGLU), last-token pooling, its query prompt packed.
+#[test]
+fn qwen3_matches_transformers() {
+    let m = check("qwen3", Architecture::Qwen3);
+    assert_eq!(m.pooling, caxton::package::Pooling::LastToken);
+    assert_eq!(
+        m.prompts,
+        [(
+            "query".to_string(),
+            "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+                .to_string()
+        )]
+        .into()
+    );
 }

@@ -12,8 +12,25 @@ pub struct Blueprint {
     pub vocab: usize,
     /// Width of a token vector.
     pub hidden: usize,
-    /// Attention heads (each `hidden / heads` wide).
+    /// Query heads, each [`Blueprint::head_dim`] wide.
     pub heads: usize,
+    /// Key and value heads: `heads`, or fewer under grouped-query attention, where each
+    /// serves `heads / kv_heads` query heads side by side (Qwen3, Gemma 3).
+    pub kv_heads: usize,
+    /// Values per head: `hidden / heads`, or the family's own (Qwen3-Embedding-0.6B's 16
+    /// heads are 128 wide at a hidden size of 1,024).
+    pub head_dim: usize,
+    /// Whether a token attends only to itself and the tokens before it (decoders such as
+    /// Qwen3), rather than to its whole text.
+    pub causal: bool,
+    /// Whether each query and key head is RMS-normalised (its own weights, shared by the
+    /// heads) before the rotary embedding (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// LayerNorm or RMSNorm, for every norm of the model.
+    pub norm_kind: NormKind,
+    /// Whether the embeddings are normalised before the first layer (the BERT family) or
+    /// enter it as they are (decoders).
+    pub embedding_norm: bool,
     /// Transformer layers.
     pub layers: usize,
     /// Width of the feed-forward block's inner layer (of each half, when gated).
@@ -66,6 +83,16 @@ pub struct Rotary {
     pub divisor: f64,
     /// Longest text the model takes (its trained or extended context).
     pub max: usize,
+}
+
+/// What a norm computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps) * weight + bias` (the BERT family).
+    Layer,
+    /// `x / sqrt(mean(x²) + eps) * weight`, no bias (Qwen3; Gemma's `1 + weight` is folded
+    /// into the weight at load).
+    Rms,
 }
 
 /// Where a layer normalises.
@@ -135,7 +162,46 @@ impl Rotary {
     }
 }
 
+/// Query, key and value heads of a layer's fused projection: each token's row holds its
+/// `heads` query heads, then its `kv_heads` key heads, then as many value heads, each `dim`
+/// values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    /// Query heads.
+    pub query: usize,
+    /// Key heads, and as many value heads.
+    pub kv: usize,
+    /// Values per head.
+    pub dim: usize,
+}
+
+impl Heads {
+    /// Values of a token's query heads (the attention output's width).
+    pub fn q_width(self) -> usize {
+        self.query * self.dim
+    }
+
+    /// Values of a token's key heads (as many of its value heads).
+    pub fn kv_width(self) -> usize {
+        self.kv * self.dim
+    }
+
+    /// Values of a token's row of the fused projection.
+    pub fn qkv_width(self) -> usize {
+        self.q_width() + 2 * self.kv_width()
+    }
+}
+
 impl Blueprint {
+    /// The heads' layout.
+    pub fn heads(&self) -> Heads {
+        Heads {
+            query: self.heads,
+            kv: self.kv_heads,
+            dim: self.head_dim,
+        }
+    }
+
     /// Longest text the model's positions cover.
     pub fn max_positions(&self) -> usize {
         match &self.positions {
@@ -155,14 +221,28 @@ impl Blueprint {
 
     /// Refuses sizes the encoder cannot run, naming the `config.json` values.
     pub fn check(&self) -> Result<(), String> {
-        if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
+        if self.heads == 0 || self.head_dim == 0 {
+            return Err(format!(
+                "config.json: {} attention heads of {} values: neither may be 0",
+                self.heads, self.head_dim
+            ));
+        }
+        // LayerNorm encoders (the BERT family) split the hidden size among their heads; the
+        // decoders name their head width.
+        if self.norm_kind == NormKind::Layer && self.heads * self.head_dim != self.hidden {
             return Err(format!(
                 "config.json: the hidden size {} is not a multiple of the {} attention heads",
                 self.hidden, self.heads
             ));
         }
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(format!(
+                "config.json: {} key-value heads cannot serve {} attention heads (a divisor of them is needed)",
+                self.kv_heads, self.heads
+            ));
+        }
         if let Positions::Rotary(r) = &self.positions {
-            let head = self.hidden / self.heads;
+            let head = self.head_dim;
             if r.dims == 0 || r.dims > head || !r.dims.is_multiple_of(2) {
                 return Err(format!(
                     "config.json: {} rotary dimensions do not fit heads of {head} values (an even number up to the head's width)",

@@ -8,6 +8,7 @@ use crate::package::Pooling;
 pub fn pool(hidden: &[f32], dim: usize, len: usize, pooling: Pooling) -> Vec<f32> {
     match pooling {
         Pooling::Cls => hidden[..dim].to_vec(),
+        Pooling::LastToken => hidden[(len.max(1) - 1) * dim..len.max(1) * dim].to_vec(),
         Pooling::Mean => {
             let mut out = vec![0f32; dim];
             for row in hidden[..len * dim].chunks_exact(dim) {
@@ -38,6 +39,8 @@ mod tests {
         // Two real tokens, one padding row full of junk.
         let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
         assert_eq!(pool(&hidden, 2, 2, Pooling::Mean), vec![2.0, 3.0]);
+        // Last-token pooling takes the last real row, not the padding after it.
+        assert_eq!(pool(&hidden, 2, 2, Pooling::LastToken), vec![3.0, 4.0]);
     }
 
     #[test]

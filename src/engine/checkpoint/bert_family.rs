@@ -7,7 +7,7 @@ use super::roberta::Shape;
 use super::tensors::{
     Tensors, add_zero_token_types, drop_leading_positions, rename_layers, strip_prefix,
 };
-use crate::engine::blueprint::{Blueprint, Mlp, Placement, Positions};
+use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions};
 use crate::engine::kernels::Activation;
 
 /// The activation a BERT-family `config.json` names.
@@ -56,6 +56,12 @@ pub(super) fn bert(config_json: &[u8]) -> Result<Blueprint, String> {
         vocab: c.vocab_size,
         hidden: c.hidden_size,
         heads: c.num_attention_heads,
+        kv_heads: c.num_attention_heads,
+        head_dim: c.hidden_size / c.num_attention_heads.max(1),
+        causal: false,
+        qk_norm: false,
+        norm_kind: NormKind::Layer,
+        embedding_norm: true,
         layers: c.num_hidden_layers,
         intermediate: c.intermediate_size,
         eps: c.layer_norm_eps as f32,
@@ -119,6 +125,12 @@ pub(super) fn distilbert(config_json: &[u8]) -> Result<Blueprint, String> {
         vocab: c.vocab_size,
         hidden: c.dim,
         heads: c.n_heads,
+        kv_heads: c.n_heads,
+        head_dim: c.dim / c.n_heads.max(1),
+        causal: false,
+        qk_norm: false,
+        norm_kind: NormKind::Layer,
+        embedding_norm: true,
         layers: c.n_layers,
         intermediate: c.hidden_dim,
         // DistilBERT's LayerNorms use 1e-12, as BERT's.

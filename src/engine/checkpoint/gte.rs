@@ -12,7 +12,7 @@ use super::tensors::{
     Tensors, add_zero_token_types, from_transformers_layers, halve, rename_layers, strip_prefix,
     zeros_unless_present,
 };
-use crate::engine::blueprint::{Blueprint, Mlp, Placement, Positions, Rotary};
+use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions, Rotary};
 
 #[derive(Deserialize)]
 struct GteConfig {
@@ -112,6 +112,12 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
         vocab: c.vocab_size,
         hidden: c.hidden_size,
         heads: c.num_attention_heads,
+        kv_heads: c.num_attention_heads,
+        head_dim: c.hidden_size / c.num_attention_heads.max(1),
+        causal: false,
+        qk_norm: false,
+        norm_kind: NormKind::Layer,
+        embedding_norm: true,
         layers: c.num_hidden_layers,
         intermediate: c.intermediate_size,
         eps: c.layer_norm_eps as f32,

@@ -2,7 +2,7 @@
 //! [`Blueprint`] (its sizes and the parts it picks) and its tensors renamed to the names the
 //! encoder reads (BERT's). BERT itself; DistilBERT (no token types, other tensor names) and
 //! XLM-RoBERTa (positions counted from `pad_token_id + 1`) in [`bert_family`]; MPNet with its
-//! relative attention bias. Mapping weights, not copying model code, keeps one forward pass
+//! relative attention bias; the decoders (Qwen3) too. Mapping weights, not copying model code, keeps one forward pass
 //! to make fast and exact for all of them. [`tensors`] holds the renaming every mapping shares.
 
 mod bert_family;
@@ -10,6 +10,7 @@ mod gte;
 mod modernbert;
 pub mod mpnet;
 mod nomic;
+mod qwen3;
 mod roberta;
 mod tensors;
 
@@ -57,6 +58,7 @@ pub fn blueprint(architecture: Architecture, config_json: &[u8]) -> Result<Bluep
         Architecture::ModernBert => modernbert::blueprint(config_json),
         Architecture::NomicBert => nomic::blueprint(config_json),
         Architecture::Gte => gte::blueprint(config_json),
+        Architecture::Qwen3 => qwen3::blueprint(config_json),
     }?;
     blueprint.check()?;
     Ok(blueprint)
@@ -77,6 +79,7 @@ pub fn map(
         Architecture::ModernBert => modernbert::tensors(config_json, tensors),
         Architecture::NomicBert => nomic::tensors(config_json, tensors),
         Architecture::Gte => gte::tensors(config_json, tensors),
+        Architecture::Qwen3 => qwen3::tensors(config_json, tensors),
     }?;
     Ok((blueprint, tensors))
 }

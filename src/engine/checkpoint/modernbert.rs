@@ -10,7 +10,7 @@ use super::bert_family::{activation, parse};
 use super::tensors::{
     Tensors, add_zero_token_types, rename, rename_layers, strip_prefix, zeros_unless_present,
 };
-use crate::engine::blueprint::{Blueprint, Mlp, Placement, Positions, Rotary, Window};
+use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions, Rotary, Window};
 
 /// `config.json` as transformers 4.48+ writes it (`global_rope_theta`, `local_rope_theta`,
 /// `global_attn_every_n_layers`) and as transformers 5 does (`layer_types`,
@@ -126,6 +126,12 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
         vocab: c.vocab_size,
         hidden: h,
         heads: c.num_attention_heads,
+        kv_heads: c.num_attention_heads,
+        head_dim: h / c.num_attention_heads.max(1),
+        causal: false,
+        qk_norm: false,
+        norm_kind: NormKind::Layer,
+        embedding_norm: true,
         layers: c.num_hidden_layers,
         intermediate: c.intermediate_size,
         eps: c.norm_eps as f32,

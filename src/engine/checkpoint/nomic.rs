@@ -10,7 +10,7 @@ use super::bert_family::parse;
 use super::tensors::{
     Tensors, from_transformers_layers, fuse, rename, rename_layers, zeros_unless_present,
 };
-use crate::engine::blueprint::{Blueprint, Mlp, Placement, Positions, Rotary};
+use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions, Rotary};
 use crate::engine::kernels::Activation;
 
 /// Both spellings of every key; where both are present they must agree, and nomic's wins.
@@ -149,6 +149,12 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
         vocab: c.vocab_size,
         hidden,
         heads,
+        kv_heads: heads,
+        head_dim: hidden / heads.max(1),
+        causal: false,
+        qk_norm: false,
+        norm_kind: NormKind::Layer,
+        embedding_norm: true,
         layers: c.layers()?,
         intermediate: c.intermediate()?,
         eps: either(c.layer_norm_epsilon, c.layer_norm_eps, "layer_norm_epsilon")? as f32,

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::engine::blueprint::{Blueprint, Mlp, Placement, Positions};
+use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions};
 use crate::engine::kernels::Activation;
 
 /// The encoder's shape in a RoBERTa-style `config.json` (each model reads its other fields
@@ -57,6 +57,12 @@ impl Shape {
             vocab: self.vocab_size,
             hidden: self.hidden_size,
             heads: self.num_attention_heads,
+            kv_heads: self.num_attention_heads,
+            head_dim: self.hidden_size / self.num_attention_heads.max(1),
+            causal: false,
+            qk_norm: false,
+            norm_kind: NormKind::Layer,
+            embedding_norm: true,
             layers: self.num_hidden_layers,
             intermediate: self.intermediate_size,
             eps: self.layer_norm_eps as f32,

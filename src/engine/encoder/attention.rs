@@ -2,13 +2,15 @@
 //! straight out of the fused query-key-value projection, in blocks of queries: a block's
 //! scores are all a thread holds, so memory grows with the text's length, not its square (an
 //! 8,192-token text needs 8 MiB of scores per thread, where whole rows would need 256 MiB).
-//! Optionally within a window of nearby tokens (ModernBERT's local layers), and with MPNet's
-//! relative position bias.
+//! Optionally within a window of nearby tokens (ModernBERT's local layers), causal (each token
+//! sees itself and the tokens before it: Qwen3), with grouped-query heads (several query heads
+//! reading one key and value head), and with MPNet's relative position bias.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::engine::blueprint::Heads;
 use crate::engine::kernels::{self, Mat};
 
 /// Queries per block: texts up to this long run as one block per head, as before blocks
@@ -69,10 +71,11 @@ impl RelativeBias {
 
 /// What one layer's attention is.
 pub(super) struct Attention<'a> {
-    pub hidden: usize,
-    pub heads: usize,
+    pub heads: Heads,
     /// Tokens a query sees on each side, when the layer attends within a window.
     pub window: Option<usize>,
+    /// Whether a query sees no token after its own.
+    pub causal: bool,
     pub relative: Option<&'a RelativeBias>,
 }
 
@@ -85,12 +88,18 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Attention<'_> {
-    /// `qkv` holds each token's query, key and value side by side; `context` receives each
-    /// token's heads side by side.
+    /// `qkv` holds each token's query, key and value heads side by side (as [`Heads`] lays
+    /// them out); `context` receives each token's query heads' results side by side.
     pub(super) fn run(&self, qkv: &[f32], starts: &[usize], lens: &[usize], context: &mut [f32]) {
-        let h = self.hidden;
-        let d = h / self.heads;
-        let stride = 3 * h;
+        let Heads {
+            query: heads,
+            dim: d,
+            ..
+        } = self.heads;
+        // Query head `i` reads key and value head `i / group`, as transformers' `repeat_kv`.
+        let group = heads / self.heads.kv;
+        let (h, stride) = (self.heads.q_width(), self.heads.qkv_width());
+        let (key_at, value_at) = (h, h + self.heads.kv_width());
         let scale = 1.0 / (d as f32).sqrt();
         let rows = starts.last().zip(lens.last()).map_or(0, |(s, l)| s + l);
         assert!(qkv.len() >= rows * stride && context.len() >= rows * h);
@@ -100,21 +109,26 @@ impl Attention<'_> {
         for (text, &len) in lens.iter().enumerate() {
             for q0 in (0..len).step_by(QUERY_BLOCK) {
                 let q1 = (q0 + QUERY_BLOCK).min(len);
-                let (k0, k1) = match self.window {
+                let (k0, mut k1) = match self.window {
                     None => (0, len),
                     Some(r) => (q0.saturating_sub(r), (q1 + r).min(len)),
                 };
-                work += (q1 - q0) * (k1 - k0) * d * self.heads;
+                if self.causal {
+                    // No query of the block sees past its last.
+                    k1 = k1.min(q1);
+                }
+                work += (q1 - q0) * (k1 - k0) * d * heads;
                 blocks.push((text, q0, q1, k0, k1));
             }
         }
-        let tasks = blocks.len() * self.heads;
+        let tasks = blocks.len() * heads;
         let blocks = &blocks;
         let out = Shared(context.as_mut_ptr());
         let qkv = Shared(qkv.as_ptr() as *mut f32);
         let run = move |task: usize| {
             let (out, qkv) = (out, qkv);
-            let (block, head) = (task / self.heads, task % self.heads);
+            let (block, head) = (task / heads, task % heads);
+            let kv_head = head / group;
             let (text, q0, q1, k0, k1) = blocks[block];
             let (bq, bk) = (q1 - q0, k1 - k0);
             let start = starts[text];
@@ -129,8 +143,8 @@ impl Attention<'_> {
                 // two tasks write the same element.
                 unsafe {
                     let q = qkv.0.add((start + q0) * stride + head * d);
-                    let k = qkv.0.add((start + k0) * stride + h + head * d);
-                    let v = qkv.0.add((start + k0) * stride + 2 * h + head * d);
+                    let k = qkv.0.add((start + k0) * stride + key_at + kv_head * d);
+                    let v = qkv.0.add((start + k0) * stride + value_at + kv_head * d);
                     // scores = scale · Q Kᵀ: Kᵀ(i, j) is K(j, i).
                     kernels::matmul(
                         (bq, bk, d),
@@ -151,16 +165,23 @@ impl Attention<'_> {
                             let bias = rel.row(head, i, k0, k1);
                             row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
                         }
-                        match self.window {
-                            None => kernels::softmax(row),
-                            Some(reach) => {
-                                // Keys i - reach ..= i + reach, within the text.
-                                let lo = i.saturating_sub(reach).max(k0) - k0;
-                                let hi = (i + reach + 1).min(k1) - k0;
-                                kernels::softmax(&mut row[lo..hi]);
-                                row[..lo].fill(0.0);
-                                row[hi..].fill(0.0);
-                            }
+                        // Keys i - reach ..= i + reach within a window, none after i when
+                        // causal, all of the text's otherwise.
+                        let (mut lo, mut hi) = (k0, k1);
+                        if let Some(reach) = self.window {
+                            lo = i.saturating_sub(reach).max(k0);
+                            hi = (i + reach + 1).min(k1);
+                        }
+                        if self.causal {
+                            hi = hi.min(i + 1);
+                        }
+                        if (lo, hi) == (k0, k1) {
+                            kernels::softmax(row);
+                        } else {
+                            let (lo, hi) = (lo - k0, hi - k0);
+                            kernels::softmax(&mut row[lo..hi]);
+                            row[..lo].fill(0.0);
+                            row[hi..].fill(0.0);
                         }
                     }
                     kernels::matmul(
@@ -188,27 +209,35 @@ mod tests {
     use super::*;
 
     /// Attention computed the plain way, in f64: every query against its text's keys (within
-    /// `window`), softmax, values.
+    /// `window`, none after it when `causal`), softmax, values.
     fn naive(
         qkv: &[f32],
         starts: &[usize],
         lens: &[usize],
-        hidden: usize,
-        heads: usize,
+        heads: Heads,
         window: Option<usize>,
+        causal: bool,
         bias: Option<&dyn Fn(usize, i64) -> f64>,
     ) -> Vec<f32> {
-        let d = hidden / heads;
+        let (d, width, stride) = (heads.dim, heads.q_width(), heads.qkv_width());
+        let group = heads.query / heads.kv;
         let rows: usize = lens.iter().sum();
-        let mut out = vec![0f32; rows * hidden];
+        let mut out = vec![0f32; rows * width];
+        // Part 0: query head `head`; 1 and 2: the key and value head it reads.
         let at = |row: usize, part: usize, head: usize, j: usize| {
-            qkv[row * 3 * hidden + part * hidden + head * d + j] as f64
+            let offset = match part {
+                0 => head * d,
+                1 => width + head / group * d,
+                _ => width + heads.kv_width() + head / group * d,
+            };
+            qkv[row * stride + offset + j] as f64
         };
         for (&start, &len) in starts.iter().zip(lens) {
-            for head in 0..heads {
+            for head in 0..heads.query {
                 for i in 0..len {
                     let keys: Vec<usize> = (0..len)
                         .filter(|&j| window.is_none_or(|r| i.abs_diff(j) <= r))
+                        .filter(|&j| !causal || j <= i)
                         .collect();
                     let scores: Vec<f64> = keys
                         .iter()
@@ -228,7 +257,7 @@ mod tests {
                             .zip(&scores)
                             .map(|(&j, s)| (s - max).exp() / total * at(start + j, 2, head, c))
                             .sum();
-                        out[(start + i) * hidden + head * d + c] = v as f32;
+                        out[(start + i) * width + head * d + c] = v as f32;
                     }
                 }
             }
@@ -249,30 +278,44 @@ mod tests {
     }
 
     #[test]
-    fn blocks_windows_and_the_relative_bias_equal_plain_attention() {
+    fn blocks_windows_causality_grouped_heads_and_the_relative_bias_equal_plain_attention() {
         // Texts shorter than, equal to and several times a block, packed back to back.
-        let (hidden, heads) = (16, 2);
         let lens = [3, QUERY_BLOCK, 2 * QUERY_BLOCK + 37];
         let starts = [0, 3, 3 + QUERY_BLOCK];
         let rows: usize = lens.iter().sum();
-        let qkv = seeded(rows * 3 * hidden, 7);
-        let table = seeded(32 * heads, 11);
+        let table = seeded(32 * 4, 11);
         let positions = 1024;
-        let relative = RelativeBias::new(&table, 32, heads, positions);
         let bias = |head: usize, rel: i64| {
-            table[crate::engine::checkpoint::mpnet::bucket(rel, 32) * heads + head] as f64
+            table[crate::engine::checkpoint::mpnet::bucket(rel, 32) * 2 + head] as f64
         };
-        for (window, rel) in [
-            (None, false),
-            (Some(64), false),
-            (Some(3), false),
-            (None, true),
+        let plain = Heads {
+            query: 2,
+            kv: 2,
+            dim: 8,
+        };
+        // Qwen3's shape in small: 4 query heads over 2 key-value heads, wider than hidden / heads.
+        let grouped = Heads {
+            query: 4,
+            kv: 2,
+            dim: 6,
+        };
+        let relative = RelativeBias::new(&table[..32 * 2], 32, 2, positions);
+        for (heads, window, causal, rel) in [
+            (plain, None, false, false),
+            (plain, Some(64), false, false),
+            (plain, Some(3), false, false),
+            (plain, None, false, true),
+            (plain, None, true, false),
+            (grouped, None, false, false),
+            (grouped, None, true, false),
+            (grouped, Some(5), true, false),
         ] {
-            let mut got = vec![0f32; rows * hidden];
+            let qkv = seeded(rows * heads.qkv_width(), 7);
+            let mut got = vec![f32::NAN; rows * heads.q_width()];
             Attention {
-                hidden,
                 heads,
                 window,
+                causal,
                 relative: rel.then_some(&relative),
             }
             .run(&qkv, &starts, &lens, &mut got);
@@ -280,19 +323,20 @@ mod tests {
                 &qkv,
                 &starts,
                 &lens,
-                hidden,
                 heads,
                 window,
+                causal,
                 rel.then_some(&bias as &dyn Fn(usize, i64) -> f64),
             );
             let worst = got
                 .iter()
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+                // A NaN (an output never written) stays the worst.
+                .fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m });
             assert!(
                 worst < 1e-4,
-                "window {window:?}, bias {rel}: off by {worst}"
+                "{heads:?}, window {window:?}, causal {causal}, bias {rel}: off by {worst}"
             );
         }
     }

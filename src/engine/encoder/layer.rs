@@ -6,11 +6,13 @@
 
 use super::attention::Attention;
 use super::{Encoder, grow};
-use crate::engine::blueprint::{Blueprint, Placement};
+use crate::engine::blueprint::{Blueprint, Heads, Placement};
 use crate::engine::kernels::{self, Linear};
 
 pub(super) struct Layer {
     pub(super) qkv: Linear,
+    /// The per-head norms of queries and keys (families with [`Blueprint::qk_norm`]).
+    pub(super) qk_norm: Option<QkNorm>,
     pub(super) attention_out: Linear,
     /// `None` where the family takes the input as it is (ModernBERT's first layer).
     pub(super) attention_norm: Option<Norm>,
@@ -31,7 +33,12 @@ impl Layer {
     }
 
     pub(super) fn bytes(&self) -> usize {
-        let norms = self.attention_norm.as_ref().map_or(0, Norm::bytes) + self.output_norm.bytes();
+        let norms = self.attention_norm.as_ref().map_or(0, Norm::bytes)
+            + self.output_norm.bytes()
+            + self
+                .qk_norm
+                .as_ref()
+                .map_or(0, |n| (n.query.len() + n.key.len()) * 4);
         norms
             + [&self.qkv, &self.attention_out, &self.up, &self.down]
                 .iter()
@@ -64,18 +71,50 @@ impl Layer {
     }
 }
 
+/// A LayerNorm, or with no bias an RMSNorm ([`crate::engine::blueprint::NormKind`]).
 pub(super) struct Norm {
     pub(super) gamma: Vec<f32>,
-    pub(super) beta: Vec<f32>,
+    /// LayerNorm's bias; `None` for an RMSNorm.
+    pub(super) beta: Option<Vec<f32>>,
 }
 
 impl Norm {
     pub(super) fn bytes(&self) -> usize {
-        (self.gamma.len() + self.beta.len()) * 4
+        (self.gamma.len() + self.beta.as_ref().map_or(0, Vec::len)) * 4
     }
 
     pub(super) fn apply(&self, x: &mut [f32], width: usize, eps: f32) {
-        kernels::layer_norm_rows(x, width, &self.gamma, &self.beta, eps);
+        match &self.beta {
+            Some(beta) => kernels::layer_norm_rows(x, width, &self.gamma, beta, eps),
+            None => kernels::rms_norm_rows(x, width, &self.gamma, eps),
+        }
+    }
+}
+
+/// RMSNorms of each query head and each key head, one weight per head value, shared by the
+/// heads (Qwen3's `q_norm` and `k_norm`).
+pub(super) struct QkNorm {
+    pub(super) query: Vec<f32>,
+    pub(super) key: Vec<f32>,
+}
+
+impl QkNorm {
+    /// Normalises the query and key heads of each token's row of `qkv` (rows of
+    /// `heads.qkv_width()`, `rows` of them) in place.
+    fn apply(&self, qkv: &mut [f32], rows: usize, heads: Heads, eps: f32) {
+        let (q, k) = (heads.q_width(), heads.kv_width());
+        kernels::for_rows(
+            &mut qkv[..rows * heads.qkv_width()],
+            heads.qkv_width(),
+            |row| {
+                for head in row[..q].chunks_exact_mut(heads.dim) {
+                    kernels::rms_norm(head, &self.query, eps);
+                }
+                for head in row[q..q + k].chunks_exact_mut(heads.dim) {
+                    kernels::rms_norm(head, &self.key, eps);
+                }
+            },
+        );
     }
 }
 
@@ -96,9 +135,9 @@ pub(super) struct Workspace {
 impl Workspace {
     /// Makes every buffer large enough for a pass over `rows` tokens.
     pub(super) fn prepare(&mut self, b: &Blueprint, rows: usize) {
-        let h = b.hidden;
-        grow(&mut self.qkv, rows * 3 * h);
-        grow(&mut self.context, rows * h);
+        let (h, heads) = (b.hidden, b.heads());
+        grow(&mut self.qkv, rows * heads.qkv_width());
+        grow(&mut self.context, rows * heads.q_width());
         grow(&mut self.attended, rows * h);
         let slice = rows.min(FFN_ROWS);
         grow(&mut self.up, slice * b.up_outputs());
@@ -156,7 +195,7 @@ impl Encoder {
         mut probe: Option<&mut Probe>,
     ) {
         let b = &self.blueprint;
-        let h = b.hidden;
+        let (h, heads) = (b.hidden, b.heads());
         let pre = matches!(b.norm, Placement::Pre { .. });
         let Workspace {
             qkv,
@@ -181,18 +220,22 @@ impl Encoder {
             observe(&mut p.qkv, &input[..rows * h], h);
         }
         l.qkv.forward(input, rows, None, qkv);
+        if let Some(norm) = &l.qk_norm {
+            norm.apply(qkv, rows, heads, b.eps);
+        }
         if let Some(rotary) = &self.rotary {
-            rotary.apply(qkv, starts, lens, h, b.heads, window.is_some());
+            rotary.apply(qkv, starts, lens, heads, window.is_some());
         }
         Attention {
-            hidden: h,
-            heads: b.heads,
+            heads,
             window,
+            causal: b.causal,
             relative: self.relative.as_ref(),
         }
         .run(qkv, starts, lens, context);
         if let Some(p) = probe.as_deref_mut() {
-            observe(&mut p.context, &context[..rows * h], h);
+            let q = heads.q_width();
+            observe(&mut p.context, &context[..rows * q], q);
         }
         l.attention_out.forward(context, rows, Some(x), attended);
         let attended = &mut attended[..rows * h];

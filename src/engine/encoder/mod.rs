@@ -34,7 +34,7 @@ use super::tokenize::Encoded;
 use super::words::Words;
 use crate::package::{Manifest, ModelKind};
 use attention::RelativeBias;
-use layer::{FFN_ROWS, Layer, Norm, Probe, Workspace};
+use layer::{FFN_ROWS, Layer, Norm, Probe, QkNorm, Workspace};
 use weights::Weights;
 
 /// Token vectors of one forward pass, one row of `hidden` floats per token.
@@ -52,7 +52,8 @@ pub struct Encoder {
     /// Learned position rows (families with rotary positions have none).
     positions: Option<Vec<f32>>,
     token_types: Vec<f32>,
-    embeddings_norm: Norm,
+    /// `None` where the embeddings enter the first layer as they are (decoders).
+    embeddings_norm: Option<Norm>,
     layers: Vec<Layer>,
     /// The norm after the last layer (norms before each block only).
     final_norm: Option<Norm>,
@@ -106,7 +107,7 @@ impl Encoder {
         let floats = self.positions.as_ref().map_or(0, Vec::len) + self.token_types.len();
         let mut bytes = floats * 4
             + self.words.bytes()
-            + self.embeddings_norm.bytes()
+            + self.embeddings_norm.as_ref().map_or(0, Norm::bytes)
             + self.final_norm.as_ref().map_or(0, Norm::bytes)
             + self.relative.as_ref().map_or(0, |r| r.len() * 4)
             + self.rotary.as_ref().map_or(0, rotary::Tables::bytes)
@@ -151,7 +152,10 @@ impl Encoder {
             "embeddings.token_type_embeddings.weight",
             &[b.type_vocab, h],
         )?;
-        let embeddings_norm = w.norm("embeddings.LayerNorm", h)?;
+        let embeddings_norm = match b.embedding_norm {
+            true => Some(w.norm(b.norm_kind, "embeddings.LayerNorm", h)?),
+            false => None,
+        };
         let head = match labels {
             None => None,
             Some(labels) => Some(Head::new(
@@ -191,7 +195,9 @@ impl Encoder {
                     // The value projection stays f32: of all the linears it alone put MiniLM's
                     // worst reference text at the edge of cosine 0.999 (0.99905 with it in
                     // int8, 0.9994 without, in simulation; see `kernels::int8`).
-                    layer.qkv.to_int8_but_last(h);
+                    layer
+                        .qkv
+                        .to_int8_but_last(encoder.blueprint.heads().kv_width());
                     let [_, attention_out, up, down] = layer.linears_mut();
                     for l in [attention_out, up, down] {
                         l.to_int8();
@@ -226,7 +232,7 @@ impl Encoder {
         drop(calibration);
         encoder.final_norm = match encoder.blueprint.norm {
             Placement::Post => None,
-            Placement::Pre { .. } => Some(w.norm("final_norm", h)?),
+            Placement::Pre { .. } => Some(w.norm(encoder.blueprint.norm_kind, "final_norm", h)?),
         };
         Ok(encoder)
     }
@@ -234,15 +240,23 @@ impl Encoder {
     /// Layer `l`'s weights, in f32.
     fn read_layer(&self, w: &mut Weights, l: usize) -> Result<Layer, String> {
         let b = &self.blueprint;
-        let h = b.hidden;
+        let (h, heads, kind) = (b.hidden, b.heads(), b.norm_kind);
         let p = format!("encoder.layer.{l}");
         let qkv = if w.has(&format!("{p}.attention.self.qkv.weight")) {
-            w.linear(&format!("{p}.attention.self.qkv"), 3 * h, h)?
+            w.linear(&format!("{p}.attention.self.qkv"), heads.qkv_width(), h)?
         } else {
-            let q = w.linear(&format!("{p}.attention.self.query"), h, h)?;
-            let k = w.linear(&format!("{p}.attention.self.key"), h, h)?;
-            let v = w.linear(&format!("{p}.attention.self.value"), h, h)?;
+            let (q, kv) = (heads.q_width(), heads.kv_width());
+            let q = w.linear(&format!("{p}.attention.self.query"), q, h)?;
+            let k = w.linear(&format!("{p}.attention.self.key"), kv, h)?;
+            let v = w.linear(&format!("{p}.attention.self.value"), kv, h)?;
             Linear::concat(&[q, k, v])
+        };
+        let qk_norm = match b.qk_norm {
+            false => None,
+            true => Some(QkNorm {
+                query: w.take(&format!("{p}.attention.self.q_norm.weight"), &[heads.dim])?,
+                key: w.take(&format!("{p}.attention.self.k_norm.weight"), &[heads.dim])?,
+            }),
         };
         let attention_norm = match (b.norm, l) {
             (
@@ -251,15 +265,16 @@ impl Encoder {
                 },
                 0,
             ) => None,
-            _ => Some(w.norm(&format!("{p}.attention.output.LayerNorm"), h)?),
+            _ => Some(w.norm(kind, &format!("{p}.attention.output.LayerNorm"), h)?),
         };
         Ok(Layer {
             qkv,
-            attention_out: w.linear(&format!("{p}.attention.output.dense"), h, h)?,
+            qk_norm,
+            attention_out: w.linear(&format!("{p}.attention.output.dense"), h, heads.q_width())?,
             attention_norm,
             up: w.linear(&format!("{p}.intermediate.dense"), b.up_outputs(), h)?,
             down: w.linear(&format!("{p}.output.dense"), h, b.intermediate)?,
-            output_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
+            output_norm: w.norm(kind, &format!("{p}.output.LayerNorm"), h)?,
         })
     }
 
@@ -380,7 +395,9 @@ impl Encoder {
                 }
             }
         }
-        self.embeddings_norm.apply(x, h, self.blueprint.eps);
+        if let Some(norm) = &self.embeddings_norm {
+            norm.apply(x, h, self.blueprint.eps);
+        }
     }
 }
 
@@ -388,12 +405,13 @@ impl Encoder {
 /// beyond the weights: the token vectors, the [`Workspace`] and each pool thread's block of
 /// attention scores. What admission reserves for a model's longest text.
 pub fn activation_bytes(b: &Blueprint, tokens: usize, longest: usize) -> u64 {
-    let (h, rows) = (b.hidden, tokens);
+    let (h, rows, heads) = (b.hidden, tokens, b.heads());
     let slice = rows.min(FFN_ROWS);
     let pre = matches!(b.norm, Placement::Pre { .. });
     let floats = rows * h // the token vectors
-        + rows * 3 * h // qkv
-        + 2 * rows * h // context, attended
+        + rows * heads.qkv_width() // qkv
+        + rows * heads.q_width() // context
+        + rows * h // attended
         + usize::from(pre) * rows * h // normed
         + slice * b.up_outputs()
         + usize::from(b.mlp.gated) * slice * b.intermediate;

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::engine::blueprint::Rotary;
+use crate::engine::blueprint::{Heads, Rotary};
 use crate::engine::kernels::PARALLEL_MIN;
 
 /// Cosines and sines of every (position, pair) for one base.
@@ -63,29 +63,29 @@ impl Tables {
         self.global.bytes() + self.local.as_ref().map_or(0, Table::bytes)
     }
 
-    /// Rotates the queries and keys in `qkv` (each row a token's `[q | k | v]`, `hidden`
-    /// values each, in `heads` heads), each token by its position in its text; `local` for a
-    /// windowed layer.
+    /// Rotates the queries and keys in `qkv` (each row a token's `[q | k | v]` heads, laid
+    /// out as `heads` says), each token by its position in its text; `local` for a windowed
+    /// layer.
     pub(super) fn apply(
         &self,
         qkv: &mut [f32],
         starts: &[usize],
         lens: &[usize],
-        hidden: usize,
-        heads: usize,
+        heads: Heads,
         local: bool,
     ) {
         let table = match (&self.local, local) {
             (Some(t), true) => t,
             _ => &self.global,
         };
-        let head = hidden / heads;
+        let (head, stride) = (heads.dim, heads.qkv_width());
+        let rotated = heads.q_width() + heads.kv_width();
         let half = self.dims / 2;
         let rotate = |(row, pos): (&mut [f32], usize)| {
             let cos = &table.cos[pos * half..(pos + 1) * half];
             let sin = &table.sin[pos * half..(pos + 1) * half];
-            // Queries and keys: the first 2 × hidden values of the row.
-            for h in row[..2 * hidden].chunks_exact_mut(head) {
+            // Queries and keys: the row's values before its value heads.
+            for h in row[..rotated].chunks_exact_mut(head) {
                 let (a, b) = h[..self.dims].split_at_mut(half);
                 for (((x1, x2), c), s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
                     let (u, v) = (*x1, *x2);
@@ -100,13 +100,11 @@ impl Tables {
             .zip(lens)
             .flat_map(|(_, &len)| 0..len)
             .collect::<Vec<_>>();
-        let qkv = &mut qkv[..rows * 3 * hidden];
+        let qkv = &mut qkv[..rows * stride];
         if qkv.len() < PARALLEL_MIN {
-            qkv.chunks_exact_mut(3 * hidden)
-                .zip(positions)
-                .for_each(rotate);
+            qkv.chunks_exact_mut(stride).zip(positions).for_each(rotate);
         } else {
-            qkv.par_chunks_exact_mut(3 * hidden)
+            qkv.par_chunks_exact_mut(stride)
                 .zip(positions)
                 .for_each(rotate);
         }
@@ -123,7 +121,12 @@ mod tests {
         let t = Tables::new(&r, 8);
         // Two texts of 1 and 2 tokens, hidden 4 (one head of 4), every value 1.
         let mut qkv = vec![1f32; 3 * 12];
-        t.apply(&mut qkv, &[0, 1], &[1, 2], 4, 1, false);
+        let heads = Heads {
+            query: 1,
+            kv: 1,
+            dim: 4,
+        };
+        t.apply(&mut qkv, &[0, 1], &[1, 2], heads, false);
         // Position 0 leaves a row as it is: the first token of each text.
         assert_eq!(&qkv[..12], &[1.0; 12]);
         assert_eq!(&qkv[12..24], &[1.0; 12]);
@@ -137,5 +140,32 @@ mod tests {
             }
         }
         assert_eq!(&row[8..], &[1.0; 4]);
+    }
+
+    #[test]
+    fn rotates_every_query_head_and_the_fewer_key_heads_but_no_value() {
+        let r = Rotary::plain(10_000.0, 4, 8);
+        let t = Tables::new(&r, 8);
+        // Grouped-query layout: 2 query heads, 1 key and 1 value head, of 4 values each.
+        let heads = Heads {
+            query: 2,
+            kv: 1,
+            dim: 4,
+        };
+        let mut qkv = vec![1f32; 2 * 16];
+        t.apply(&mut qkv, &[0], &[2], heads, false);
+        let row = &qkv[16..];
+        let (s, c) = (1f32.sin(), 1f32.cos());
+        for head in [0, 4, 8] {
+            assert!(
+                (row[head] - (c - s)).abs() < 1e-6,
+                "head at {head}: {row:?}"
+            );
+            assert!(
+                (row[head + 2] - (c + s)).abs() < 1e-6,
+                "head at {head}: {row:?}"
+            );
+        }
+        assert_eq!(&row[12..], &[1.0; 4], "the value head turned");
     }
 }

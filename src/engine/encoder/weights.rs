@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 
 use super::Norm;
+use crate::engine::blueprint::NormKind;
 use crate::engine::kernels::Linear;
 
 pub(super) struct Weights(pub(super) HashMap<String, Tensor>);
@@ -33,8 +34,24 @@ impl Weights {
             .map_err(|e| format!("model.safetensors: tensor {name}: {e}"))
     }
 
+    /// A norm of `kind`: an RMSNorm's weight, or a LayerNorm (see [`Weights::layer_norm`]).
+    pub(super) fn norm(
+        &mut self,
+        kind: NormKind,
+        prefix: &str,
+        size: usize,
+    ) -> Result<Norm, String> {
+        match kind {
+            NormKind::Layer => self.layer_norm(prefix, size),
+            NormKind::Rms => Ok(Norm {
+                gamma: self.take(&format!("{prefix}.weight"), &[size])?,
+                beta: None,
+            }),
+        }
+    }
+
     /// A LayerNorm, under the `weight`/`bias` names or the older `gamma`/`beta`.
-    pub(super) fn norm(&mut self, prefix: &str, size: usize) -> Result<Norm, String> {
+    fn layer_norm(&mut self, prefix: &str, size: usize) -> Result<Norm, String> {
         let (g, b) = if self.0.contains_key(&format!("{prefix}.weight")) {
             ("weight", "bias")
         } else {
@@ -42,7 +59,7 @@ impl Weights {
         };
         Ok(Norm {
             gamma: self.take(&format!("{prefix}.{g}"), &[size])?,
-            beta: self.take(&format!("{prefix}.{b}"), &[size])?,
+            beta: Some(self.take(&format!("{prefix}.{b}"), &[size])?),
         })
     }
 

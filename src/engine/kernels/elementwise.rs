@@ -193,6 +193,23 @@ fn layer_norm_generic(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
 }
 
 #[inline(always)]
+fn rms_norm_generic(x: &mut [f32], gamma: &[f32], eps: f32) {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v * v;
+        }
+    }
+    let mean = (lanes.iter().sum::<f32>() + tail) / x.len() as f32;
+    let inv = 1.0 / (mean + eps).sqrt();
+    for (v, g) in x.iter_mut().zip(gamma) {
+        *v = *v * inv * g;
+    }
+}
+
+#[inline(always)]
 fn add_into_generic(out: &mut [f32], a: &[f32], b: &[f32]) {
     for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
         *o = a + b;
@@ -223,6 +240,11 @@ simd!(
 simd!(
     /// LayerNorm of one row in place (population variance, as PyTorch).
     pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) = layer_norm_generic
+);
+simd!(
+    /// RMSNorm of one row in place: `x / sqrt(mean(x²) + eps) · gamma`, as transformers'
+    /// `Qwen3RMSNorm` (in f32, the weight applied last).
+    pub fn rms_norm(x: &mut [f32], gamma: &[f32], eps: f32) = rms_norm_generic
 );
 simd!(
     /// `out = a + b`, elementwise.
@@ -300,6 +322,11 @@ pub fn gate(x: &[f32], rows: usize, width: usize, act: Activation, out: &mut [f3
 /// LayerNorm of every `width`-wide row of `x` in place.
 pub fn layer_norm_rows(x: &mut [f32], width: usize, gamma: &[f32], beta: &[f32], eps: f32) {
     for_rows(x, width, |row| layer_norm(row, gamma, beta, eps));
+}
+
+/// RMSNorm of every `width`-wide row of `x` in place.
+pub fn rms_norm_rows(x: &mut [f32], width: usize, gamma: &[f32], eps: f32) {
+    for_rows(x, width, |row| rms_norm(row, gamma, eps));
 }
 
 #[cfg(test)]
@@ -406,6 +433,24 @@ mod tests {
             assert!(
                 (*got as f64 - want).abs() < 1e-7 * (1.0 + want),
                 "{got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_the_f64_formula_past_the_lane_width() {
+        let x: Vec<f32> = (0..37)
+            .map(|i| (i as f32 * 0.3).cos() * 4.0 + 0.5)
+            .collect();
+        let gamma: Vec<f32> = (0..37).map(|i| 0.5 + i as f32 / 37.0).collect();
+        let mut ours = x.clone();
+        rms_norm(&mut ours, &gamma, 1e-6);
+        let ms = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / 37.0;
+        for ((o, &v), &g) in ours.iter().zip(&x).zip(&gamma) {
+            let want = v as f64 / (ms + 1e-6).sqrt() * g as f64;
+            assert!(
+                (*o as f64 - want).abs() < 1e-6 * (1.0 + want.abs()),
+                "{o} vs {want}"
             );
         }
     }

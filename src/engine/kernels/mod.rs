@@ -201,7 +201,7 @@ mod linear;
 
 pub use elementwise::{
     Activation, PARALLEL_MIN, activate, add_into, for_rows, gate, layer_norm, layer_norm_rows,
-    softmax,
+    rms_norm, rms_norm_rows, softmax,
 };
 pub use gemm::{Mat, matmul, parallelism};
 pub use linear::{Linear, SMALL_ROWS};

@@ -109,6 +109,9 @@ pub enum Architecture {
     /// Alibaba's GTE encoder (`model_type: new`: gte-base-en-v1.5, gte-multilingual-base):
     /// rotary positions with NTK scaling, a fused GeGLU.
     Gte,
+    /// Qwen3 (Qwen3-Embedding): a decoder, causal, with grouped-query attention, per-head
+    /// query and key norms, RMSNorm before each block, SwiGLU, rotary positions, no biases.
+    Qwen3,
 }
 
 impl Architecture {
@@ -122,11 +125,12 @@ impl Architecture {
             Architecture::NomicBert => "nomic-bert",
             Architecture::ModernBert => "modernbert",
             Architecture::Gte => "gte",
+            Architecture::Qwen3 => "qwen3",
         }
     }
 
     /// Every architecture, in the order errors list them.
-    pub const ALL: [Architecture; 7] = [
+    pub const ALL: [Architecture; 8] = [
         Architecture::Bert,
         Architecture::DistilBert,
         Architecture::XlmRoberta,
@@ -134,6 +138,7 @@ impl Architecture {
         Architecture::NomicBert,
         Architecture::ModernBert,
         Architecture::Gte,
+        Architecture::Qwen3,
     ];
 
     /// The `model_type`s a `config.json` of this architecture carries (transformers' names,
@@ -147,6 +152,7 @@ impl Architecture {
             Architecture::NomicBert => &["nomic_bert"],
             Architecture::ModernBert => &["modernbert"],
             Architecture::Gte => &["new", "gte"],
+            Architecture::Qwen3 => &["qwen3"],
         }
     }
 
@@ -220,12 +226,15 @@ impl ScoreActivation {
 
 /// Pooling strategies, as sentence-transformers names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Pooling {
     /// Mean of the token vectors, padding excluded by the attention mask.
     Mean,
     /// The vector of the first (`[CLS]`) token.
     Cls,
+    /// The vector of the last real token (a causal model's only token that saw the whole
+    /// text: Qwen3-Embedding's end-of-text token), wherever the padding sits.
+    LastToken,
 }
 
 /// One file of a package with the size and digest it must have.

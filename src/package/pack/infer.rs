@@ -57,6 +57,9 @@ struct StModule {
 #[derive(Deserialize)]
 struct StPooling {
     word_embedding_dimension: Option<usize>,
+    /// sentence-transformers 6 writes the width and the mode under these names.
+    embedding_dimension: Option<usize>,
+    pooling_mode: Option<OneOrMore>,
     #[serde(default)]
     pooling_mode_cls_token: bool,
     #[serde(default)]
@@ -65,6 +68,53 @@ struct StPooling {
     pooling_mode_max_tokens: bool,
     #[serde(default)]
     pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
+}
+
+/// `pooling_mode`: one mode, or several whose vectors are concatenated.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMore {
+    One(String),
+    More(Vec<String>),
+}
+
+impl StPooling {
+    /// The modes it names, in sentence-transformers' terms (`mean`, `cls`, `lasttoken`, ...):
+    /// `pooling_mode`, or else the older `pooling_mode_*` flags (none set means mean, as
+    /// sentence-transformers reads it).
+    fn modes(&self) -> Vec<String> {
+        match &self.pooling_mode {
+            Some(OneOrMore::One(m)) => vec![m.clone()],
+            Some(OneOrMore::More(m)) => m.clone(),
+            None => {
+                let flags = [
+                    (self.pooling_mode_cls_token, "cls"),
+                    (self.pooling_mode_max_tokens, "max"),
+                    (self.pooling_mode_mean_tokens, "mean"),
+                    (
+                        self.pooling_mode_mean_sqrt_len_tokens,
+                        "mean_sqrt_len_tokens",
+                    ),
+                    (self.pooling_mode_weightedmean_tokens, "weightedmean"),
+                    (self.pooling_mode_lasttoken, "lasttoken"),
+                ];
+                let set: Vec<String> = flags
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, m)| m.to_string())
+                    .collect();
+                if set.is_empty() {
+                    vec!["mean".into()]
+                } else {
+                    set
+                }
+            }
+        }
+    }
 }
 
 /// A Dense module's `config.json`.
@@ -220,25 +270,19 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
             }
             Some("Pooling") => {
                 let p: StPooling = read_json(&dir.join(&m.path).join("config.json"))?;
-                if p.pooling_mode_max_tokens || p.pooling_mode_mean_sqrt_len_tokens {
-                    return Err(unusable(format!(
-                        "{}/config.json: only mean or cls pooling is supported",
-                        m.path
-                    )));
-                }
-                pooling = Some(
-                    match (p.pooling_mode_mean_tokens, p.pooling_mode_cls_token) {
-                        (true, false) => Pooling::Mean,
-                        (false, true) => Pooling::Cls,
-                        _ => {
-                            return Err(unusable(format!(
-                                "{}/config.json: exactly one of mean or cls pooling must be set",
-                                m.path
-                            )));
-                        }
-                    },
-                );
-                if let Some(d) = p.word_embedding_dimension
+                pooling = Some(match p.modes().as_slice() {
+                    [m] if m == "mean" => Pooling::Mean,
+                    [m] if m == "cls" => Pooling::Cls,
+                    [m] if m == "lasttoken" => Pooling::LastToken,
+                    modes => {
+                        return Err(unusable(format!(
+                            "{}/config.json: pooling mode {} is not supported (one of mean, cls, lasttoken)",
+                            m.path,
+                            modes.join(" + ")
+                        )));
+                    }
+                });
+                if let Some(d) = p.word_embedding_dimension.or(p.embedding_dimension)
                     && d != hidden
                 {
                     return Err(unusable(format!(
@@ -462,7 +506,7 @@ mod tests {
                 .map(|e| e.to_string())
                 .as_deref(),
             Some(
-                "unusable model: config.json: model_type \"gemma3_text\" is not supported (supported: bert, distilbert, xlm-roberta, mpnet, nomic_bert, modernbert, new, gte)"
+                "unusable model: config.json: model_type \"gemma3_text\" is not supported (supported: bert, distilbert, xlm-roberta, mpnet, nomic_bert, modernbert, new, gte, qwen3)"
             )
         );
         assert_eq!(
