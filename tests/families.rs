@@ -1,7 +1,7 @@
 //! Issues 30 and 33: the families edge users pick now (ModernBERT, NomicBERT, Alibaba's GTE,
 //! Qwen3-Embedding) at their real widths, against their reference implementations run through
 //! sentence-transformers (tests/fixtures/architectures/families.py), on texts of 2 to 8,192
-//! tokens (2,048 for Qwen3): packed by `caxton pack` from the folder sentence-transformers
+//! tokens (2,048 for Qwen3 and Gemma 3): packed by `caxton pack` from the folder sentence-transformers
 //! saves, run alone and batched in f32 and int8, and cut to each Matryoshka width.
 
 mod common;
@@ -23,7 +23,7 @@ fn check(arch: &str, expected: Architecture) -> caxton::package::Manifest {
     let summary = common::fixtures::pack_folder(&folder, arch, &package);
     let m = &summary.manifest;
     assert_eq!(m.architecture, expected);
-    assert_eq!(m.max_seq_length, 8192);
+    assert_eq!(m.max_seq_length, r.max_seq_length);
     assert_eq!(
         m.dense.len(),
         r.dense.len(),
@@ -133,6 +133,27 @@ fn nomic_bert_matches_transformers() {
 #[test]
 fn gte_with_dense_modules_matches_transformers() {
     check("gte", Architecture::Gte);
+}
+
+/// Issue 33: EmbeddingGemma's Gemma 3 (bidirectional, local and global layers with their own
+/// rotary bases, norms before and after each block, `1 + weight` RMSNorms, scaled embeddings,
+/// one key-value head for three query heads), mean pooling, then its two Dense modules.
+#[test]
+fn gemma3_as_embeddinggemma_matches_transformers() {
+    let m = check("gemma3", Architecture::Gemma3);
+    assert_eq!(m.pooling, caxton::package::Pooling::Mean);
+    assert_eq!(m.dense.len(), 2);
+    assert_eq!(
+        m.prompts,
+        [
+            (
+                "query".to_string(),
+                "task: search result | query: ".to_string()
+            ),
+            ("document".to_string(), "title: none | text: ".to_string())
+        ]
+        .into()
+    );
 }
 
 /// Issue 33: Qwen3-Embedding's decoder (causal, grouped-query heads wider than hidden / heads,

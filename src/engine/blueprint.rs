@@ -106,6 +106,16 @@ pub enum Placement {
         /// Whether layer 0 has an attention norm (ModernBERT's is the identity).
         first_attention_norm: bool,
     },
+    /// Before and after each block, with a norm after the last layer (Gemma 3):
+    /// `x = x + norm₂(f(norm₁(x)))`.
+    Sandwich,
+}
+
+impl Placement {
+    /// Whether each block's input is normalised (and the last layer's output).
+    pub fn before_blocks(self) -> bool {
+        !matches!(self, Placement::Post)
+    }
 }
 
 /// A layer's feed-forward block: `down(act(up(x)))`, or gated, `down(act(gate(x)) · up(x))`

@@ -286,6 +286,8 @@ fn copy_tree(src: &Path, dst: &Path) {
 /// What families.py recorded of a fixture.
 #[derive(Deserialize)]
 pub struct FamilyReference {
+    /// The folder's `sentence_bert_config.json` limit, which pack copies into the manifest.
+    pub max_seq_length: usize,
     pub seed: u64,
     pub parameters: Vec<Parameter>,
     /// The Dense modules after pooling: their weights' files in the folder and parameters.

@@ -2,10 +2,11 @@
 //! [`Blueprint`] (its sizes and the parts it picks) and its tensors renamed to the names the
 //! encoder reads (BERT's). BERT itself; DistilBERT (no token types, other tensor names) and
 //! XLM-RoBERTa (positions counted from `pad_token_id + 1`) in [`bert_family`]; MPNet with its
-//! relative attention bias; the decoders (Qwen3) too. Mapping weights, not copying model code, keeps one forward pass
+//! relative attention bias; the decoders (Qwen3, Gemma 3) too. Mapping weights, not copying model code, keeps one forward pass
 //! to make fast and exact for all of them. [`tensors`] holds the renaming every mapping shares.
 
 mod bert_family;
+mod gemma3;
 mod gte;
 mod modernbert;
 pub mod mpnet;
@@ -59,6 +60,7 @@ pub fn blueprint(architecture: Architecture, config_json: &[u8]) -> Result<Bluep
         Architecture::NomicBert => nomic::blueprint(config_json),
         Architecture::Gte => gte::blueprint(config_json),
         Architecture::Qwen3 => qwen3::blueprint(config_json),
+        Architecture::Gemma3 => gemma3::blueprint(config_json),
     }?;
     blueprint.check()?;
     Ok(blueprint)
@@ -80,6 +82,7 @@ pub fn map(
         Architecture::NomicBert => nomic::tensors(config_json, tensors),
         Architecture::Gte => gte::tensors(config_json, tensors),
         Architecture::Qwen3 => qwen3::tensors(config_json, tensors),
+        Architecture::Gemma3 => gemma3::tensors(config_json, tensors),
     }?;
     Ok((blueprint, tensors))
 }

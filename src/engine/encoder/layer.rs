@@ -6,13 +6,17 @@
 
 use super::attention::Attention;
 use super::{Encoder, grow};
-use crate::engine::blueprint::{Blueprint, Heads, Placement};
+use crate::engine::blueprint::{Blueprint, Heads};
 use crate::engine::kernels::{self, Linear};
+use rayon::prelude::*;
 
 pub(super) struct Layer {
     pub(super) qkv: Linear,
     /// The per-head norms of queries and keys (families with [`Blueprint::qk_norm`]).
     pub(super) qk_norm: Option<QkNorm>,
+    /// The norms of each block's output before its residual add
+    /// ([`crate::engine::blueprint::Placement::Sandwich`]).
+    pub(super) post_norms: Option<PostNorms>,
     pub(super) attention_out: Linear,
     /// `None` where the family takes the input as it is (ModernBERT's first layer).
     pub(super) attention_norm: Option<Norm>,
@@ -38,7 +42,11 @@ impl Layer {
             + self
                 .qk_norm
                 .as_ref()
-                .map_or(0, |n| (n.query.len() + n.key.len()) * 4);
+                .map_or(0, |n| (n.query.len() + n.key.len()) * 4)
+            + self
+                .post_norms
+                .as_ref()
+                .map_or(0, |n| n.attention.bytes() + n.feed_forward.bytes());
         norms
             + [&self.qkv, &self.attention_out, &self.up, &self.down]
                 .iter()
@@ -88,6 +96,29 @@ impl Norm {
             Some(beta) => kernels::layer_norm_rows(x, width, &self.gamma, beta, eps),
             None => kernels::rms_norm_rows(x, width, &self.gamma, eps),
         }
+    }
+}
+
+/// The norms Gemma 3 puts on the attention block's and the feed-forward block's outputs
+/// before each residual add.
+pub(super) struct PostNorms {
+    pub(super) attention: Norm,
+    pub(super) feed_forward: Norm,
+}
+
+/// `x += residual`, elementwise, on the pool when it is large.
+fn add_residual(x: &mut [f32], residual: &[f32], width: usize) {
+    let residual = &residual[..x.len()];
+    let add = |(x, r): (&mut [f32], &[f32])| x.iter_mut().zip(r).for_each(|(x, r)| *x += r);
+    let width = width.max(1);
+    if x.len() < kernels::PARALLEL_MIN {
+        x.chunks_mut(width)
+            .zip(residual.chunks(width))
+            .for_each(add);
+    } else {
+        x.par_chunks_mut(width)
+            .zip(residual.par_chunks(width))
+            .for_each(add);
     }
 }
 
@@ -144,7 +175,7 @@ impl Workspace {
         if b.mlp.gated {
             grow(&mut self.gated, slice * b.intermediate);
         }
-        if matches!(b.norm, Placement::Pre { .. }) {
+        if b.norm.before_blocks() {
             grow(&mut self.normed, rows * h);
         }
     }
@@ -196,7 +227,7 @@ impl Encoder {
     ) {
         let b = &self.blueprint;
         let (h, heads) = (b.hidden, b.heads());
-        let pre = matches!(b.norm, Placement::Pre { .. });
+        let pre = b.norm.before_blocks();
         let Workspace {
             qkv,
             context,
@@ -237,7 +268,14 @@ impl Encoder {
             let q = heads.q_width();
             observe(&mut p.context, &context[..rows * q], q);
         }
-        l.attention_out.forward(context, rows, Some(x), attended);
+        match &l.post_norms {
+            None => l.attention_out.forward(context, rows, Some(x), attended),
+            Some(post) => {
+                l.attention_out.forward(context, rows, None, attended);
+                post.attention.apply(&mut attended[..rows * h], h, b.eps);
+                add_residual(&mut attended[..rows * h], x, h);
+            }
+        }
         let attended = &mut attended[..rows * h];
         if pre {
             normed[..rows * h].copy_from_slice(attended);
@@ -302,8 +340,17 @@ impl Encoder {
             if let Some(p) = probe.as_deref_mut() {
                 observe(p, &inner[..n * i], i);
             }
-            l.down
-                .forward(inner, n, Some(&residual[span.clone()]), &mut out[span]);
+            match &l.post_norms {
+                None => l
+                    .down
+                    .forward(inner, n, Some(&residual[span.clone()]), &mut out[span]),
+                Some(post) => {
+                    let out = &mut out[span.clone()];
+                    l.down.forward(inner, n, None, out);
+                    post.feed_forward.apply(out, h, self.blueprint.eps);
+                    add_residual(out, &residual[span], h);
+                }
+            }
         }
     }
 }

@@ -34,7 +34,7 @@ use super::tokenize::Encoded;
 use super::words::Words;
 use crate::package::{Manifest, ModelKind};
 use attention::RelativeBias;
-use layer::{FFN_ROWS, Layer, Norm, Probe, QkNorm, Workspace};
+use layer::{FFN_ROWS, Layer, Norm, PostNorms, Probe, QkNorm, Workspace};
 use weights::Weights;
 
 /// Token vectors of one forward pass, one row of `hidden` floats per token.
@@ -232,7 +232,9 @@ impl Encoder {
         drop(calibration);
         encoder.final_norm = match encoder.blueprint.norm {
             Placement::Post => None,
-            Placement::Pre { .. } => Some(w.norm(encoder.blueprint.norm_kind, "final_norm", h)?),
+            Placement::Pre { .. } | Placement::Sandwich => {
+                Some(w.norm(encoder.blueprint.norm_kind, "final_norm", h)?)
+            }
         };
         Ok(encoder)
     }
@@ -267,9 +269,17 @@ impl Encoder {
             ) => None,
             _ => Some(w.norm(kind, &format!("{p}.attention.output.LayerNorm"), h)?),
         };
+        let post_norms = match b.norm {
+            Placement::Sandwich => Some(PostNorms {
+                attention: w.norm(kind, &format!("{p}.attention.post_norm"), h)?,
+                feed_forward: w.norm(kind, &format!("{p}.output.post_norm"), h)?,
+            }),
+            _ => None,
+        };
         Ok(Layer {
             qkv,
             qk_norm,
+            post_norms,
             attention_out: w.linear(&format!("{p}.attention.output.dense"), h, heads.q_width())?,
             attention_norm,
             up: w.linear(&format!("{p}.intermediate.dense"), b.up_outputs(), h)?,
@@ -407,7 +417,7 @@ impl Encoder {
 pub fn activation_bytes(b: &Blueprint, tokens: usize, longest: usize) -> u64 {
     let (h, rows, heads) = (b.hidden, tokens, b.heads());
     let slice = rows.min(FFN_ROWS);
-    let pre = matches!(b.norm, Placement::Pre { .. });
+    let pre = b.norm.before_blocks();
     let floats = rows * h // the token vectors
         + rows * heads.qkv_width() // qkv
         + rows * heads.q_width() // context

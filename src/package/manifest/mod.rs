@@ -112,6 +112,10 @@ pub enum Architecture {
     /// Qwen3 (Qwen3-Embedding): a decoder, causal, with grouped-query attention, per-head
     /// query and key norms, RMSNorm before each block, SwiGLU, rotary positions, no biases.
     Qwen3,
+    /// Gemma 3 as EmbeddingGemma runs it (`model_type: gemma3_text`): bidirectional, norms
+    /// before and after each block, local and global layers with their own rotary bases,
+    /// grouped-query heads with query and key norms, GeGLU.
+    Gemma3,
 }
 
 impl Architecture {
@@ -126,11 +130,12 @@ impl Architecture {
             Architecture::ModernBert => "modernbert",
             Architecture::Gte => "gte",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma3 => "gemma3",
         }
     }
 
     /// Every architecture, in the order errors list them.
-    pub const ALL: [Architecture; 8] = [
+    pub const ALL: [Architecture; 9] = [
         Architecture::Bert,
         Architecture::DistilBert,
         Architecture::XlmRoberta,
@@ -139,6 +144,7 @@ impl Architecture {
         Architecture::ModernBert,
         Architecture::Gte,
         Architecture::Qwen3,
+        Architecture::Gemma3,
     ];
 
     /// The `model_type`s a `config.json` of this architecture carries (transformers' names,
@@ -153,6 +159,7 @@ impl Architecture {
             Architecture::ModernBert => &["modernbert"],
             Architecture::Gte => &["new", "gte"],
             Architecture::Qwen3 => &["qwen3"],
+            Architecture::Gemma3 => &["gemma3_text"],
         }
     }
 

@@ -501,12 +501,17 @@ mod tests {
             Some(Architecture::NomicBert)
         );
         assert_eq!(
-            architecture(Some("gemma3_text"))
+            architecture(Some("gemma3_text")).ok(),
+            Some(Architecture::Gemma3)
+        );
+        assert_eq!(architecture(Some("qwen3")).ok(), Some(Architecture::Qwen3));
+        assert_eq!(
+            architecture(Some("llama"))
                 .err()
                 .map(|e| e.to_string())
                 .as_deref(),
             Some(
-                "unusable model: config.json: model_type \"gemma3_text\" is not supported (supported: bert, distilbert, xlm-roberta, mpnet, nomic_bert, modernbert, new, gte, qwen3)"
+                "unusable model: config.json: model_type \"llama\" is not supported (supported: bert, distilbert, xlm-roberta, mpnet, nomic_bert, modernbert, new, gte, qwen3, gemma3_text)"
             )
         );
         assert_eq!(
