@@ -172,3 +172,81 @@ fn qwen3_matches_transformers() {
         .into()
     );
 }
+
+/// The vector of an `/v1/embeddings` answer for one input.
+fn served(d: &common::Daemon, body: serde_json::Value) -> Vec<f32> {
+    let (status, v) = d.request("POST", "/v1/embeddings", &body.to_string());
+    assert_eq!(status, 200, "{body}: {v}");
+    v["data"][0]["embedding"]
+        .as_array()
+        .expect("embedding")
+        .iter()
+        .map(|x| x.as_f64().expect("float") as f32)
+        .collect()
+}
+
+/// Issue 33's proof over the socket: an EmbeddingGemma-shaped package dropped into a running
+/// daemon's package directory is verified and served: the reference's vectors for its texts,
+/// and with `input_type` its query and document prompts put before the text.
+#[test]
+fn an_embeddinggemma_shaped_package_is_side_loaded_and_served_with_its_prompts() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let folder = tmp.path().join("gemma3");
+    let r = common::fixtures::family_folder("gemma3", &folder);
+    let package = tmp.path().join("tiny-gemma3.tar.zst");
+    common::fixtures::pack_folder(&folder, "tiny-gemma3", &package);
+    let d = common::Daemon::start_with(
+        |dir| {
+            common::write_config(dir, "");
+            std::fs::create_dir_all(dir.join("packages")).expect("mkdir");
+        },
+        &[],
+    );
+    // Side-loaded as an operator would: copied beside the directory, renamed into it.
+    let staged = d.dir.path().join("tiny-gemma3.tar.zst.part");
+    std::fs::copy(&package, &staged).expect("copy");
+    std::fs::rename(&staged, d.dir.path().join("packages/tiny-gemma3.tar.zst")).expect("rename");
+    common::wait_until(&d, "tiny-gemma3 verified", || {
+        common::model_entry(&d, "tiny-gemma3").is_some()
+    });
+    let entry = common::model_entry(&d, "tiny-gemma3").expect("entry");
+    assert_eq!(
+        (&entry["source"], &entry["dimensions"]),
+        (&json!("side-loaded"), &json!(768))
+    );
+
+    // The short texts and the 1,000-token one (past the 256-token reach of the local layers).
+    for (k, (text, want)) in r.texts.iter().zip(&r.vectors).enumerate() {
+        if r.tokens[k] > 1100 {
+            continue;
+        }
+        let got = served(&d, json!({"model": "tiny-gemma3", "input": text}));
+        let c = common::cosine(&got, want);
+        assert!(c >= 0.9999, "text {k} ({} tokens): cosine {c}", r.tokens[k]);
+    }
+
+    let text = &r.texts[0];
+    let plain = served(&d, json!({"model": "tiny-gemma3", "input": text}));
+    for (input_type, prompt) in [
+        ("query", "task: search result | query: "),
+        ("document", "title: none | text: "),
+    ] {
+        let typed = served(
+            &d,
+            json!({"model": "tiny-gemma3", "input": text, "input_type": input_type}),
+        );
+        let spelled = served(
+            &d,
+            json!({"model": "tiny-gemma3", "input": format!("{prompt}{text}")}),
+        );
+        assert!(
+            common::cosine(&typed, &spelled) > 0.999999,
+            "{input_type}: the prompt was not put before the text"
+        );
+        assert!(
+            common::cosine(&typed, &plain) < 0.9999,
+            "{input_type}: the prompt changed nothing"
+        );
+    }
+}

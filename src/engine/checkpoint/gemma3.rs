@@ -10,9 +10,7 @@ use candle_core::DType;
 use serde::Deserialize;
 
 use super::bert_family::parse;
-use super::tensors::{
-    Tensors, add_zero_token_types, fuse, rename, rename_layers, strip_prefix, zeros_unless_present,
-};
+use super::tensors::{DecoderShape, Tensors, from_decoder};
 use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions, Rotary, Window};
 use crate::engine::kernels::Activation;
 
@@ -209,32 +207,22 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
 /// `√hidden`, zero biases.
 pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, String> {
     let c: Gemma3Config = parse(config_json)?;
-    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let h = c.hidden_size;
     let kv_heads = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
-    let (q, kv) = (c.num_attention_heads * c.head_dim, kv_heads * c.head_dim);
-    let mut tensors = strip_prefix(tensors, "model.")?;
-    tensors.remove("lm_head.weight");
-    let renames = [
+    let norms = [
         ("input_layernorm.", "attention.output.LayerNorm."),
         ("post_attention_layernorm.", "attention.post_norm."),
         ("pre_feedforward_layernorm.", "output.LayerNorm."),
         ("post_feedforward_layernorm.", "output.post_norm."),
-        ("self_attn.q_proj.", "attention.self.query."),
-        ("self_attn.k_proj.", "attention.self.key."),
-        ("self_attn.v_proj.", "attention.self.value."),
-        ("self_attn.q_norm.", "attention.self.q_norm."),
-        ("self_attn.k_norm.", "attention.self.k_norm."),
-        ("self_attn.o_proj.", "attention.output.dense."),
-        ("mlp.down_proj.", "output.dense."),
     ];
-    let mut out = rename_layers(tensors, "layers.", &renames)?;
-    rename(
-        &mut out,
-        &[
-            ("embed_tokens.", "embeddings.word_embeddings."),
-            ("norm.", "final_norm."),
-        ],
-    );
+    let shape = DecoderShape {
+        layers: c.num_hidden_layers,
+        hidden: h,
+        intermediate: c.intermediate_size,
+        q_width: c.num_attention_heads * c.head_dim,
+        kv_width: kv_heads * c.head_dim,
+    };
+    let mut out = from_decoder(tensors, &norms, &shape)?;
     // Gemma's RMSNorm multiplies by `1 + weight`, in f32: the same sum, once, here.
     let norms: Vec<String> = out
         .keys()
@@ -269,28 +257,6 @@ pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, S
             .and_then(|t| t.affine(scale, 0.0))
             .map_err(|e| format!("model.safetensors: {words}: {e}"))?;
         out.insert(words.to_string(), scaled);
-    }
-    add_zero_token_types(&mut out, h)?;
-    for l in 0..c.num_hidden_layers {
-        let p = format!("encoder.layer.{l}");
-        fuse(
-            &mut out,
-            &[
-                format!("{p}.mlp.gate_proj.weight"),
-                format!("{p}.mlp.up_proj.weight"),
-            ],
-            &format!("{p}.intermediate.dense.weight"),
-        )?;
-        for (name, len) in [
-            ("attention.self.query", q),
-            ("attention.self.key", kv),
-            ("attention.self.value", kv),
-            ("attention.output.dense", h),
-            ("intermediate.dense", 2 * i),
-            ("output.dense", h),
-        ] {
-            zeros_unless_present(&mut out, &format!("{p}.{name}.bias"), len)?;
-        }
     }
     Ok(out)
 }

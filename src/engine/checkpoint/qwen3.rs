@@ -10,9 +10,7 @@
 use serde::Deserialize;
 
 use super::bert_family::parse;
-use super::tensors::{
-    Tensors, add_zero_token_types, fuse, rename, rename_layers, strip_prefix, zeros_unless_present,
-};
+use super::tensors::{DecoderShape, Tensors, from_decoder};
 use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions, Rotary};
 use crate::engine::kernels::Activation;
 
@@ -145,55 +143,18 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
 /// (`attention_bias: true` checkpoints bring their own).
 pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, String> {
     let c: Qwen3Config = parse(config_json)?;
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    let (q, kv) = (
-        c.num_attention_heads * c.head_dim(),
-        c.kv_heads() * c.head_dim(),
-    );
-    let mut tensors = strip_prefix(tensors, "model.")?;
-    tensors.remove("lm_head.weight");
-    let renames = [
+    let norms = [
         ("input_layernorm.", "attention.output.LayerNorm."),
         ("post_attention_layernorm.", "output.LayerNorm."),
-        ("self_attn.q_proj.", "attention.self.query."),
-        ("self_attn.k_proj.", "attention.self.key."),
-        ("self_attn.v_proj.", "attention.self.value."),
-        ("self_attn.q_norm.", "attention.self.q_norm."),
-        ("self_attn.k_norm.", "attention.self.k_norm."),
-        ("self_attn.o_proj.", "attention.output.dense."),
-        ("mlp.down_proj.", "output.dense."),
     ];
-    let mut out = rename_layers(tensors, "layers.", &renames)?;
-    rename(
-        &mut out,
-        &[
-            ("embed_tokens.", "embeddings.word_embeddings."),
-            ("norm.", "final_norm."),
-        ],
-    );
-    add_zero_token_types(&mut out, h)?;
-    for l in 0..c.num_hidden_layers {
-        let p = format!("encoder.layer.{l}");
-        fuse(
-            &mut out,
-            &[
-                format!("{p}.mlp.gate_proj.weight"),
-                format!("{p}.mlp.up_proj.weight"),
-            ],
-            &format!("{p}.intermediate.dense.weight"),
-        )?;
-        for (name, len) in [
-            ("attention.self.query", q),
-            ("attention.self.key", kv),
-            ("attention.self.value", kv),
-            ("attention.output.dense", h),
-            ("intermediate.dense", 2 * i),
-            ("output.dense", h),
-        ] {
-            zeros_unless_present(&mut out, &format!("{p}.{name}.bias"), len)?;
-        }
-    }
-    Ok(out)
+    let shape = DecoderShape {
+        layers: c.num_hidden_layers,
+        hidden: c.hidden_size,
+        intermediate: c.intermediate_size,
+        q_width: c.num_attention_heads * c.head_dim(),
+        kv_width: c.kv_heads() * c.head_dim(),
+    };
+    from_decoder(tensors, &norms, &shape)
 }
 
 #[cfg(test)]

@@ -141,16 +141,79 @@ pub(super) fn from_transformers_layers(tensors: Tensors, layers: usize) -> Resul
         ("post_mlp_layernorm.", "output.LayerNorm."),
     ];
     let mut out = rename_layers(tensors, "layers.", &renames)?;
+    fuse_gate_up(&mut out, layers)?;
+    Ok(out)
+}
+
+/// Every layer's `mlp.gate_proj` and `mlp.up_proj` (transformers' names, under the encoder's
+/// layer prefix) fused into one up projection, the gate's rows first.
+fn fuse_gate_up(tensors: &mut Tensors, layers: usize) -> Result<(), String> {
     for l in 0..layers {
         let p = format!("encoder.layer.{l}");
         fuse(
-            &mut out,
+            tensors,
             &[
                 format!("{p}.mlp.gate_proj.weight"),
                 format!("{p}.mlp.up_proj.weight"),
             ],
             &format!("{p}.intermediate.dense.weight"),
         )?;
+    }
+    Ok(())
+}
+
+/// The sizes of a decoder family's layers that its tensors' mapping needs.
+pub(super) struct DecoderShape {
+    pub layers: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    /// Values of the query heads, and of the key (and value) heads.
+    pub q_width: usize,
+    pub kv_width: usize,
+}
+
+/// The decoders' checkpoints (Qwen3, Gemma 3) under the encoder's names: `model.` and a
+/// language-model head dropped, each layer's attention and feed-forward tensors renamed (with
+/// `norms`, the family's own norm names), the gate and up projections fused, the word table
+/// and final norm renamed, zero token types, and a zero bias for every linear without one.
+pub(super) fn from_decoder(
+    tensors: Tensors,
+    norms: &[(&str, &str)],
+    shape: &DecoderShape,
+) -> Result<Tensors, String> {
+    let mut tensors = strip_prefix(tensors, "model.")?;
+    tensors.remove("lm_head.weight");
+    let mut renames = norms.to_vec();
+    renames.extend([
+        ("self_attn.q_proj.", "attention.self.query."),
+        ("self_attn.k_proj.", "attention.self.key."),
+        ("self_attn.v_proj.", "attention.self.value."),
+        ("self_attn.q_norm.", "attention.self.q_norm."),
+        ("self_attn.k_norm.", "attention.self.k_norm."),
+        ("self_attn.o_proj.", "attention.output.dense."),
+        ("mlp.down_proj.", "output.dense."),
+    ]);
+    let mut out = rename_layers(tensors, "layers.", &renames)?;
+    rename(
+        &mut out,
+        &[
+            ("embed_tokens.", "embeddings.word_embeddings."),
+            ("norm.", "final_norm."),
+        ],
+    );
+    add_zero_token_types(&mut out, shape.hidden)?;
+    fuse_gate_up(&mut out, shape.layers)?;
+    for l in 0..shape.layers {
+        for (name, len) in [
+            ("attention.self.query", shape.q_width),
+            ("attention.self.key", shape.kv_width),
+            ("attention.self.value", shape.kv_width),
+            ("attention.output.dense", shape.hidden),
+            ("intermediate.dense", 2 * shape.intermediate),
+            ("output.dense", shape.hidden),
+        ] {
+            zeros_unless_present(&mut out, &format!("encoder.layer.{l}.{name}.bias"), len)?;
+        }
     }
     Ok(out)
 }
