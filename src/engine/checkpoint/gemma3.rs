@@ -10,6 +10,7 @@ use candle_core::DType;
 use serde::Deserialize;
 
 use super::bert_family::parse;
+use super::modernbert::{RopeParameters, theta};
 use super::tensors::{DecoderShape, Tensors, from_decoder};
 use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions, Rotary, Window};
 use crate::engine::kernels::Activation;
@@ -47,19 +48,6 @@ struct Gemma3Config {
     attn_logit_softcapping: Option<f64>,
 }
 
-/// transformers 5's rotary settings, one per layer type.
-#[derive(Deserialize)]
-struct RopeParameters {
-    full_attention: Option<Rope>,
-    sliding_attention: Option<Rope>,
-}
-
-#[derive(Deserialize)]
-struct Rope {
-    rope_theta: Option<f64>,
-    rope_type: Option<String>,
-}
-
 fn head_dim() -> usize {
     256
 }
@@ -74,19 +62,6 @@ fn eps() -> f64 {
 }
 fn sliding_window() -> usize {
     512
-}
-
-/// The theta of `rope`, refusing scaled rotary types (EmbeddingGemma uses none).
-fn theta(rope: Option<&Rope>, fallback: f64, which: &str) -> Result<f64, String> {
-    match rope {
-        None => Ok(fallback),
-        Some(r) => match r.rope_type.as_deref() {
-            None | Some("default") => Ok(r.rope_theta.unwrap_or(fallback)),
-            Some(other) => Err(format!(
-                "config.json: rope_parameters.{which}.rope_type {other:?} is not supported (default)"
-            )),
-        },
-    }
 }
 
 impl Gemma3Config {

@@ -46,14 +46,15 @@ struct ModernBertConfig {
     rope_parameters: Option<RopeParameters>,
 }
 
+/// transformers 5's rotary settings per layer type (ModernBERT's and Gemma 3's).
 #[derive(Deserialize)]
-struct RopeParameters {
-    full_attention: Option<Rope>,
-    sliding_attention: Option<Rope>,
+pub(super) struct RopeParameters {
+    pub full_attention: Option<Rope>,
+    pub sliding_attention: Option<Rope>,
 }
 
 #[derive(Deserialize)]
-struct Rope {
+pub(super) struct Rope {
     rope_theta: Option<f64>,
     rope_type: Option<String>,
 }
@@ -80,8 +81,9 @@ fn local_theta() -> Option<f64> {
     Some(10_000.0)
 }
 
-/// The theta of `rope`, refusing scaled rotary types (ModernBERT's checkpoints use none).
-fn theta(rope: Option<&Rope>, fallback: f64, which: &str) -> Result<f64, String> {
+/// The theta of `rope`, refusing scaled rotary types (ModernBERT's and EmbeddingGemma's
+/// checkpoints use none).
+pub(super) fn theta(rope: Option<&Rope>, fallback: f64, which: &str) -> Result<f64, String> {
     match rope {
         None => Ok(fallback),
         Some(r) => match r.rope_type.as_deref() {
