@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::bert_family::parse;
 use super::modernbert::{RopeParameters, theta};
-use super::tensors::{DecoderShape, Tensors, from_decoder};
+use super::tensors::{Tensors, from_decoder};
 use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions, Rotary, Window};
 use crate::engine::kernels::Activation;
 
@@ -181,23 +181,14 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
 /// Its tensors under the encoder's names: `1 + weight` for every norm, the word table times
 /// `√hidden`, zero biases.
 pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, String> {
-    let c: Gemma3Config = parse(config_json)?;
-    let h = c.hidden_size;
-    let kv_heads = c.num_key_value_heads.unwrap_or(c.num_attention_heads);
+    let b = blueprint(config_json)?;
     let norms = [
         ("input_layernorm.", "attention.output.LayerNorm."),
         ("post_attention_layernorm.", "attention.post_norm."),
         ("pre_feedforward_layernorm.", "output.LayerNorm."),
         ("post_feedforward_layernorm.", "output.post_norm."),
     ];
-    let shape = DecoderShape {
-        layers: c.num_hidden_layers,
-        hidden: h,
-        intermediate: c.intermediate_size,
-        q_width: c.num_attention_heads * c.head_dim,
-        kv_width: kv_heads * c.head_dim,
-    };
-    let mut out = from_decoder(tensors, &norms, &shape)?;
+    let mut out = from_decoder(tensors, &norms, &b)?;
     // Gemma's RMSNorm multiplies by `1 + weight`, in f32: the same sum, once, here.
     let norms: Vec<String> = out
         .keys()
@@ -214,26 +205,25 @@ pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, S
         })
         .cloned()
         .collect();
-    for name in norms {
-        if let Some(t) = out.remove(&name) {
-            let plus_one = t
-                .to_dtype(DType::F32)
-                .and_then(|t| t.affine(1.0, 1.0))
-                .map_err(|e| format!("model.safetensors: {name}: {e}"))?;
-            out.insert(name, plus_one);
-        }
+    for name in &norms {
+        affine_in_f32(&mut out, name, 1.0, 1.0)?;
     }
-    let words = "embeddings.word_embeddings.weight";
-    if let Some(t) = out.remove(words) {
-        // transformers multiplies each looked-up row by √hidden rounded to f32; so does this.
-        let scale = f64::from((h as f32).sqrt());
-        let scaled = t
-            .to_dtype(DType::F32)
-            .and_then(|t| t.affine(scale, 0.0))
-            .map_err(|e| format!("model.safetensors: {words}: {e}"))?;
-        out.insert(words.to_string(), scaled);
-    }
+    // transformers multiplies each looked-up row by √hidden rounded to f32; so does this.
+    let scale = f64::from((b.hidden as f32).sqrt());
+    affine_in_f32(&mut out, "embeddings.word_embeddings.weight", scale, 0.0)?;
     Ok(out)
+}
+
+/// Tensor `name`, when there, widened to f32 and replaced by `mul · t + add` (in f32).
+fn affine_in_f32(out: &mut Tensors, name: &str, mul: f64, add: f64) -> Result<(), String> {
+    if let Some(t) = out.remove(name) {
+        let t = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.affine(mul, add))
+            .map_err(|e| format!("model.safetensors: {name}: {e}"))?;
+        out.insert(name.to_string(), t);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

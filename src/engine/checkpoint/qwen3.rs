@@ -10,7 +10,7 @@
 use serde::Deserialize;
 
 use super::bert_family::parse;
-use super::tensors::{DecoderShape, Tensors, from_decoder};
+use super::tensors::{Tensors, from_decoder};
 use crate::engine::blueprint::{Blueprint, Mlp, NormKind, Placement, Positions, Rotary};
 use crate::engine::kernels::Activation;
 
@@ -142,19 +142,11 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
 /// Its tensors under the encoder's names, with zero biases where the checkpoint has none
 /// (`attention_bias: true` checkpoints bring their own).
 pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, String> {
-    let c: Qwen3Config = parse(config_json)?;
     let norms = [
         ("input_layernorm.", "attention.output.LayerNorm."),
         ("post_attention_layernorm.", "output.LayerNorm."),
     ];
-    let shape = DecoderShape {
-        layers: c.num_hidden_layers,
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        q_width: c.num_attention_heads * c.head_dim(),
-        kv_width: c.kv_heads() * c.head_dim(),
-    };
-    from_decoder(tensors, &norms, &shape)
+    from_decoder(tensors, &norms, &blueprint(config_json)?)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::engine::blueprint::Blueprint;
+
 /// A checkpoint's tensors by name.
 pub type Tensors = HashMap<String, Tensor>;
 
@@ -162,16 +164,6 @@ fn fuse_gate_up(tensors: &mut Tensors, layers: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The sizes of a decoder family's layers that its tensors' mapping needs.
-pub(super) struct DecoderShape {
-    pub layers: usize,
-    pub hidden: usize,
-    pub intermediate: usize,
-    /// Values of the query heads, and of the key (and value) heads.
-    pub q_width: usize,
-    pub kv_width: usize,
-}
-
 /// The decoders' checkpoints (Qwen3, Gemma 3) under the encoder's names: `model.` and a
 /// language-model head dropped, each layer's attention and feed-forward tensors renamed (with
 /// `norms`, the family's own norm names), the gate and up projections fused, the word table
@@ -179,8 +171,9 @@ pub(super) struct DecoderShape {
 pub(super) fn from_decoder(
     tensors: Tensors,
     norms: &[(&str, &str)],
-    shape: &DecoderShape,
+    blueprint: &Blueprint,
 ) -> Result<Tensors, String> {
+    let heads = blueprint.heads();
     let mut tensors = strip_prefix(tensors, "model.")?;
     tensors.remove("lm_head.weight");
     let mut renames = norms.to_vec();
@@ -201,16 +194,16 @@ pub(super) fn from_decoder(
             ("norm.", "final_norm."),
         ],
     );
-    add_zero_token_types(&mut out, shape.hidden)?;
-    fuse_gate_up(&mut out, shape.layers)?;
-    for l in 0..shape.layers {
+    add_zero_token_types(&mut out, blueprint.hidden)?;
+    fuse_gate_up(&mut out, blueprint.layers)?;
+    for l in 0..blueprint.layers {
         for (name, len) in [
-            ("attention.self.query", shape.q_width),
-            ("attention.self.key", shape.kv_width),
-            ("attention.self.value", shape.kv_width),
-            ("attention.output.dense", shape.hidden),
-            ("intermediate.dense", 2 * shape.intermediate),
-            ("output.dense", shape.hidden),
+            ("attention.self.query", heads.q_width()),
+            ("attention.self.key", heads.kv_width()),
+            ("attention.self.value", heads.kv_width()),
+            ("attention.output.dense", blueprint.hidden),
+            ("intermediate.dense", 2 * blueprint.intermediate),
+            ("output.dense", blueprint.hidden),
         ] {
             zeros_unless_present(&mut out, &format!("encoder.layer.{l}.{name}.bias"), len)?;
         }
