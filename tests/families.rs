@@ -173,6 +173,78 @@ fn qwen3_matches_transformers() {
     );
 }
 
+/// Issue 33 goal 2: `caxton pack --weights int8` and `--weights bf16` on a decoder (Gemma's
+/// √hidden embedding scale lands in stored int8 rows' scales), each package's manifest saying
+/// so, a fraction of the as-is package's size, and its vectors still the reference's: int8
+/// storage run in int8 computes with exactly the stored values (the engine's own rule), and
+/// in f32 with them widened.
+fn stored_weights(arch: &str) {
+    use caxton::package::StoredWeights;
+    use caxton::package::pack::WeightStorage;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let folder = tmp.path().join(arch);
+    let r = common::fixtures::family_folder(arch, &folder);
+    // Texts up to 512 tokens: the long ones prove the attention, which storage does not touch.
+    let texts: Vec<String> = r
+        .texts
+        .iter()
+        .zip(&r.tokens)
+        .filter(|(_, n)| **n <= 512)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let reference: Vec<Vec<f32>> = r
+        .vectors
+        .iter()
+        .zip(&r.tokens)
+        .filter(|(_, n)| **n <= 512)
+        .map(|(v, _)| v.clone())
+        .collect();
+    let as_is = common::fixtures::pack_folder(&folder, arch, &tmp.path().join("as-is.tar.zst"));
+    assert_eq!(as_is.manifest.weights, None);
+    for (storage, stored, ratio, runs) in [
+        (
+            WeightStorage::Int8,
+            StoredWeights::Int8,
+            0.35,
+            &[Precision::Int8, Precision::F32][..],
+        ),
+        (
+            WeightStorage::Bf16,
+            StoredWeights::Bf16,
+            0.55,
+            &[Precision::F32][..],
+        ),
+    ] {
+        let name = stored.as_str();
+        let package = tmp.path().join(format!("{name}.tar.zst"));
+        let summary = common::fixtures::pack_folder_stored(&folder, arch, &package, storage);
+        assert_eq!(summary.manifest.weights, Some(stored));
+        let size = summary.package_size as f64 / as_is.package_size as f64;
+        println!("{arch} stored {name}: package {} bytes, {size:.3} of as-is", summary.package_size);
+        assert!(size < ratio, "{arch} {name}: package {size:.3} of the as-is one's size");
+        for &precision in runs {
+            let run = common::engine::run_package(
+                &package,
+                &tmp.path().join(format!("state-{name}-{precision}")),
+                &texts,
+                precision,
+            );
+            assert_eq!(run.precision, precision);
+            run.holds(&reference, 0.999, &format!("{arch} stored {name}"));
+        }
+    }
+}
+
+#[test]
+fn gemma3_stored_in_int8_and_bf16_matches_transformers() {
+    stored_weights("gemma3");
+}
+
+#[test]
+fn qwen3_stored_in_int8_and_bf16_matches_transformers() {
+    stored_weights("qwen3");
+}
+
 /// The vector of an `/v1/embeddings` answer for one input.
 fn served(d: &common::Daemon, body: serde_json::Value) -> Vec<f32> {
     let (status, v) = d.request("POST", "/v1/embeddings", &body.to_string());

@@ -9,6 +9,7 @@ pub mod encoder;
 pub mod head;
 pub mod kernels;
 pub mod pool;
+pub mod stored;
 pub mod tokenize;
 pub mod vectors;
 mod words;
@@ -122,7 +123,9 @@ impl LoadedModel {
             TextTokenizer::from_bytes(&package.read_verified("tokenizer.json")?, m.max_seq_length)
                 .map_err(PackageError::Unusable)?;
         let config = package.read_verified("config.json")?;
-        let weights = package.read_verified("model.safetensors")?;
+        let weights = package.read_verified_with("model.safetensors", |r, len| {
+            stored::read(r, len, "model.safetensors")
+        })?;
         let (precision, precision_fallback) = precision.on_this_machine();
         let calibration = match precision {
             Precision::Int8Fast => {

@@ -4,8 +4,6 @@
 //! normalisation. The engine thread runs it after pooling, so a request's `dimensions` never
 //! costs the HTTP layer any arithmetic.
 
-use candle_core::{DType, Device};
-
 use super::kernels::{self, Linear};
 use super::pool::l2_normalize;
 use crate::package::{DenseActivation, Manifest};
@@ -35,23 +33,10 @@ impl Finish {
         let mut dense = Vec::with_capacity(manifest.dense.len());
         for d in &manifest.dense {
             let bytes = read(&d.path)?;
-            let mut tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-                .map_err(|e| format!("{}: {e}", d.path))?;
-            let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
-                let t = tensors
-                    .remove(name)
-                    .ok_or_else(|| format!("{}: no tensor {name}", d.path))?;
-                if t.dims() != shape {
-                    return Err(format!(
-                        "{}: tensor {name} has shape {:?}, the manifest implies {shape:?}",
-                        d.path,
-                        t.dims()
-                    ));
-                }
-                t.to_dtype(DType::F32)
-                    .and_then(|t| t.flatten_all())
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(|e| format!("{}: tensor {name}: {e}", d.path))
+            let mut tensors = super::stored::read(&mut &bytes[..], bytes.len() as u64, &d.path)?;
+            drop(bytes);
+            let mut take = |name: &str, shape: &[usize]| {
+                super::stored::take_f32(&mut tensors, name, shape, &d.path)
             };
             let weight = take("linear.weight", &[d.outputs, d.inputs])?;
             let bias = match d.bias {

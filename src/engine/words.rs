@@ -1,24 +1,34 @@
 //! The word embedding table of an encoder, in f32 or, with `models.precision: int8`, as int8
-//! rows with a scale each (half of MiniLM's weights are this table).
+//! rows with a scale per block of [`INT8_BLOCK`] values (half of MiniLM's weights are this
+//! table) — the int8 storage format of packages, so a table stored int8 is taken as it is.
 
 use super::kernels;
+use crate::package::INT8_BLOCK;
 
-/// The word embedding table: f32, or int8 rows with a scale each (`models.precision: int8`).
+/// The word embedding table: f32, or int8 rows with block scales (`models.precision: int8`).
 pub(super) enum Words {
     F32(Vec<f32>),
+    /// Row `id`'s block `j` (values `32j..32j + 32`) has scale `scales[id · blocks + j]`,
+    /// `blocks` being the row's width in blocks, the last one possibly short.
     Int8 { rows: Vec<i8>, scales: Vec<f32> },
 }
 
 impl Words {
-    /// Each row quantized symmetrically, its largest magnitude → 127.
+    /// Each row quantized symmetrically block by block, a block's largest magnitude → 127.
     pub(super) fn int8(table: &[f32], width: usize) -> Words {
         let mut rows = Vec::with_capacity(table.len());
-        let mut scales = Vec::with_capacity(table.len() / width.max(1));
+        let mut scales = Vec::with_capacity(table.len() / INT8_BLOCK + 1);
         for row in table.chunks_exact(width) {
-            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-            scales.push(scale);
-            rows.extend(row.iter().map(|v| (v / scale).round_ties_even() as i8));
+            for block in row.chunks(INT8_BLOCK) {
+                let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+                scales.push(max / 127.0);
+                rows.extend(
+                    block
+                        .iter()
+                        .map(|v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8),
+                );
+            }
         }
         Words::Int8 { rows, scales }
     }
@@ -35,12 +45,44 @@ impl Words {
         match self {
             Words::F32(t) => kernels::add_into(out, &t[id * width..(id + 1) * width], other),
             Words::Int8 { rows, scales } => {
-                let s = scales[id];
+                let blocks = width.div_ceil(INT8_BLOCK);
                 let row = &rows[id * width..(id + 1) * width];
-                for ((o, &q), &b) in out.iter_mut().zip(row).zip(other) {
-                    *o = f32::from(q) * s + b;
+                let s = &scales[id * blocks..(id + 1) * blocks];
+                let parts = row
+                    .chunks(INT8_BLOCK)
+                    .zip(other.chunks(INT8_BLOCK))
+                    .zip(out.chunks_mut(INT8_BLOCK));
+                for (((q, b), o), &s) in parts.zip(s) {
+                    for ((o, &q), &b) in o.iter_mut().zip(q).zip(b) {
+                        *o = f32::from(q) * s + b;
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int8_rows_keep_each_block_within_half_a_step() {
+        // A ragged last block (40 = 32 + 8), and blocks of very different magnitudes.
+        let width = 40;
+        let table: Vec<f32> = (0..3 * width)
+            .map(|i| if i % width < 32 { (i as f32).sin() } else { (i as f32).cos() * 1e-3 })
+            .collect();
+        let words = Words::int8(&table, width);
+        let zeros = vec![0f32; width];
+        for id in 0..3 {
+            let mut out = vec![0f32; width];
+            words.add_row(id, width, &zeros, &mut out);
+            for (j, (&o, &t)) in out.iter().zip(&table[id * width..]).enumerate() {
+                let step = if j < 32 { 1.0 / 127.0 } else { 1e-3 / 127.0 };
+                assert!((o - t).abs() <= step / 2.0 + 1e-7, "row {id} value {j}: {o} vs {t}");
+            }
+        }
+        assert_eq!(words.bytes(), 3 * width + 3 * 2 * 4);
     }
 }

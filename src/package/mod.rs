@@ -12,8 +12,8 @@ pub mod verify;
 
 pub use error::PackageError;
 pub use manifest::{
-    Architecture, Dense, DenseActivation, InputType, Manifest, Matryoshka, ModelKind, Pooling,
-    ScoreActivation,
+    Architecture, Dense, DenseActivation, INT8_BLOCK, INT8_SCALES_SUFFIX, InputType, Manifest,
+    Matryoshka, ModelKind, Pooling, ScoreActivation, StoredWeights,
 };
 pub use store::{Store, StoredPackage};
 

@@ -377,6 +377,23 @@ impl StoredPackage {
     /// it reads: the only way model bytes reach the engine, so a store damaged after
     /// verification is caught before anything uses it.
     pub fn read_verified(&self, name: &str) -> Result<Vec<u8>, PackageError> {
+        self.read_verified_with(name, |r, size| {
+            let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            r.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+            Ok(bytes)
+        })
+    }
+
+    /// Streams one file of the package through `read` (given a reader and the file's
+    /// declared size) while hashing it, and returns what `read` made only once the whole
+    /// file's size and sha256 match the manifest: a model is built from the file as it
+    /// arrives without holding its bytes, and still never from bytes that did not verify.
+    /// `read`'s error is reported as the package's (unusable) only when the bytes verified.
+    pub fn read_verified_with<T>(
+        &self,
+        name: &str,
+        read: impl FnOnce(&mut dyn Read, u64) -> Result<T, String>,
+    ) -> Result<T, PackageError> {
         let entry = self
             .manifest
             .file(name)
@@ -385,19 +402,26 @@ impl StoredPackage {
             })?;
         let path = self.dir.join(&entry.path);
         let file = File::open(&path).map_err(|e| PackageError::io("open", &path, e))?;
-        let capacity = usize::try_from(entry.size).unwrap_or(0);
-        let mut bytes = Vec::with_capacity(capacity);
-        file.take(entry.size + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| PackageError::io("read", &path, e))?;
-        if bytes.len() as u64 != entry.size {
+        let mut hashing = Hashing {
+            inner: io::BufReader::with_capacity(1 << 16, file).take(entry.size + 1),
+            hasher: Sha256::new(),
+            size: 0,
+            error: None,
+        };
+        let made = read(&mut hashing, entry.size);
+        // The rest of the file, hashed too, whether or not `read` took all of it.
+        let drained = io::copy(&mut hashing, &mut io::sink());
+        if let Some(e) = hashing.error.take().or(drained.err()) {
+            return Err(PackageError::io("read", &path, e));
+        }
+        if hashing.size != entry.size {
             return Err(PackageError::SizeMismatch {
                 entry: format!("{} (store copy)", entry.path),
                 declared: entry.size,
-                actual: bytes.len() as u64,
+                actual: hashing.size,
             });
         }
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = hex::encode(hashing.hasher.finalize());
         if actual != entry.sha256 {
             return Err(PackageError::HashMismatch {
                 entry: format!("{} (store copy)", entry.path),
@@ -405,7 +429,35 @@ impl StoredPackage {
                 actual,
             });
         }
-        Ok(bytes)
+        made.map_err(PackageError::Unusable)
+    }
+}
+
+/// A reader that hashes what passes through it and keeps its first I/O error (a consumer
+/// that fails may drop it, but the disk's error is the cause worth reporting).
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+    error: Option<io::Error>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.size += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let kind = e.kind();
+                if self.error.is_none() {
+                    self.error = Some(e);
+                }
+                Err(io::Error::new(kind, "read failed"))
+            }
+        }
     }
 }
 

@@ -233,12 +233,22 @@ pub fn reranker_package(
 
 /// `caxton pack FOLDER --id ID -o PACKAGE` with the weights as they are.
 pub fn pack_folder(folder: &Path, id: &str, package: &Path) -> PackSummary {
+    pack_folder_stored(folder, id, package, WeightStorage::AsIs)
+}
+
+/// `caxton pack FOLDER --id ID -o PACKAGE --weights STORAGE`.
+pub fn pack_folder_stored(
+    folder: &Path,
+    id: &str,
+    package: &Path,
+    weights: WeightStorage,
+) -> PackSummary {
     pack(
         &PackOptions {
             model_dir: folder.to_path_buf(),
             id: Some(id.to_string()),
             version: "1".into(),
-            weights: WeightStorage::AsIs,
+            weights,
             level: 3,
             prompts: Vec::new(),
             default_prompt: None,

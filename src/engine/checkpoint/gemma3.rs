@@ -209,8 +209,14 @@ pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, S
         affine_in_f32(&mut out, name, 1.0, 1.0)?;
     }
     // transformers multiplies each looked-up row by √hidden rounded to f32; so does this.
+    // Stored int8 rows get it in their scales.
     let scale = f64::from((b.hidden as f32).sqrt());
-    affine_in_f32(&mut out, "embeddings.word_embeddings.weight", scale, 0.0)?;
+    let words = "embeddings.word_embeddings.weight";
+    if let Some(t) = out.remove(words) {
+        let t = crate::engine::stored::scale(t, scale)
+            .map_err(|e| format!("model.safetensors: {words}: {e}"))?;
+        out.insert(words.to_string(), t);
+    }
     Ok(out)
 }
 

@@ -24,7 +24,9 @@ mod weights;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
+
+use super::checkpoint::Tensors;
 
 use super::Precision;
 use super::blueprint::{Blueprint, Placement, Positions, RELATIVE_BIAS};
@@ -68,20 +70,18 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Builds the model from `config.json` and safetensors bytes (already verified) of the
-    /// manifest's architecture, mapped by [`super::checkpoint`]. Weights stored as f16 or
-    /// bf16 are widened to f32; with [`Precision::Bf16`] (which the caller has checked this
-    /// CPU runs) the linear layers' weights are then rounded to bf16.
+    /// Builds the model from `config.json` and the tensors of `model.safetensors` (read by
+    /// [`super::stored`] from verified bytes) of the manifest's architecture, mapped by
+    /// [`super::checkpoint`]. Weights stored as f16, bf16 or int8 are widened to f32 (int8
+    /// word rows stay int8 when the precision is); with [`Precision::Bf16`] (which the caller
+    /// has checked this CPU runs) the linear layers' weights are then rounded to bf16.
     pub fn load(
         config_json: &[u8],
-        weights: Vec<u8>,
+        tensors: Tensors,
         manifest: &Manifest,
         precision: Precision,
         calibration: &[Encoded],
     ) -> Result<Self, String> {
-        let tensors = candle_core::safetensors::load_buffer(&weights, &Device::Cpu)
-            .map_err(|e| format!("model.safetensors: {e}"))?;
-        drop(weights);
         let (blueprint, mut tensors) =
             super::checkpoint::map(manifest.architecture, config_json, tensors)?;
         check_config(&blueprint, manifest)?;
@@ -128,11 +128,15 @@ impl Encoder {
     ) -> Result<Self, String> {
         let mut w = Weights(tensors);
         let h = b.hidden;
-        let words = w.take("embeddings.word_embeddings.weight", &[b.vocab, h])?;
-        // In int8 the word table goes too: it is half of MiniLM's weights.
+        let words_name = "embeddings.word_embeddings.weight";
+        // In int8 the word table goes too: it is half of MiniLM's weights (and stored int8
+        // rows are taken as they are, never widened).
         let words = match precision {
-            Precision::Int8 | Precision::Int8Fast => Words::int8(&words, h),
-            _ => Words::F32(words),
+            Precision::Int8 | Precision::Int8Fast => match w.take_int8(words_name, &[b.vocab, h])? {
+                Some((rows, scales)) => Words::Int8 { rows, scales },
+                None => Words::int8(&w.take(words_name, &[b.vocab, h])?, h),
+            },
+            _ => Words::F32(w.take(words_name, &[b.vocab, h])?),
         };
         let (positions, relative, rotary, max_len) = match &b.positions {
             Positions::Learned { max, relative_bias } => {

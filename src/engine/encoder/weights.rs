@@ -1,16 +1,16 @@
 //! The checkpoint's tensors, taken one by one under the encoder's names and widened to f32
 //! (so the original and the converted copy of a tensor are never both held for the whole
-//! model).
-
-use std::collections::HashMap;
-
-use candle_core::{DType, Tensor};
+//! model); [`stored`] knows the formats.
 
 use super::Norm;
 use crate::engine::blueprint::NormKind;
+use crate::engine::checkpoint::Tensors;
 use crate::engine::kernels::Linear;
+use crate::engine::stored;
 
-pub(super) struct Weights(pub(super) HashMap<String, Tensor>);
+const FILE: &str = "model.safetensors";
+
+pub(super) struct Weights(pub(super) Tensors);
 
 impl Weights {
     pub(super) fn has(&self, name: &str) -> bool {
@@ -18,20 +18,16 @@ impl Weights {
     }
 
     pub(super) fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
-        let t = self
-            .0
-            .remove(name)
-            .ok_or_else(|| format!("model.safetensors: no tensor {name}"))?;
-        if t.dims() != shape {
-            return Err(format!(
-                "model.safetensors: tensor {name} has shape {:?}, config.json implies {shape:?}",
-                t.dims()
-            ));
-        }
-        t.to_dtype(DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| format!("model.safetensors: tensor {name}: {e}"))
+        stored::take_f32(&mut self.0, name, shape, FILE)
+    }
+
+    /// Tensor `name`'s int8 values and block scales, when the package stores it int8.
+    pub(super) fn take_int8(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<Option<(Vec<i8>, Vec<f32>)>, String> {
+        stored::take_int8(&mut self.0, name, shape, FILE)
     }
 
     /// A norm of `kind`: an RMSNorm's weight, or a LayerNorm (see [`Weights::layer_norm`]).

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod vectors;
+mod weights;
 pub use vectors::{Dense, DenseActivation, InputType, Matryoshka};
+pub use weights::{INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights};
 
 /// Name of the manifest entry, which must be the first entry of every package.
 pub const MANIFEST_NAME: &str = "manifest.yaml";
@@ -77,6 +79,9 @@ pub struct Manifest {
     /// What a reranker applies to its logits to make scores; only for rerankers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<ScoreActivation>,
+    /// How `caxton pack` stored the weights; absent: as the source folder had them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<StoredWeights>,
     /// Every other entry of the package, and nothing else.
     pub files: Vec<FileEntry>,
 }

@@ -1,5 +1,6 @@
 //! `caxton pack`: turns a sentence-transformers folder into a package, deterministically (same
-//! inputs and options give the same bytes), optionally storing the weights as f16.
+//! inputs and options give the same bytes), optionally storing the weights as f16, bf16 or
+//! int8 ([`storage`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -8,19 +9,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 mod infer;
+mod storage;
 
 use super::error::PackageError;
 use super::manifest::{Architecture, FORMAT, FileEntry, MANIFEST_NAME, Manifest, Matryoshka};
 use infer::{StModelConfig, infer, matryoshka_dims, unusable};
-
-/// How the weights are stored in the package.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WeightStorage {
-    /// As in the source folder.
-    AsIs,
-    /// f32 tensors converted to f16: half the size; the engine computes in f32 either way.
-    F16,
-}
+pub use storage::WeightStorage;
 
 /// What to pack and how.
 #[derive(Debug, Clone)]
@@ -55,45 +49,10 @@ pub struct PackSummary {
     pub package_sha256: String,
     /// Size of the package file.
     pub package_size: u64,
-    /// sha256 of the folder's `model.safetensors` as given (before any f16 conversion).
+    /// sha256 of the folder's `model.safetensors` as given (before any conversion).
     pub source_weights_sha256: String,
     /// How the folder differs from the known release of its id (see [`super::known`]).
     pub warnings: Vec<String>,
-}
-
-/// Converts every f32 tensor of a safetensors file to f16, keeping names, shapes, other dtypes
-/// and metadata. Output order is fixed by the safetensors serialiser, so it is reproducible.
-fn weights_to_f16(bytes: &[u8]) -> Result<Vec<u8>, PackageError> {
-    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
-    let bad = |e: safetensors::SafeTensorError| unusable(format!("model.safetensors: {e}"));
-    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(bad)?;
-    let tensors = SafeTensors::deserialize(bytes).map_err(bad)?;
-    let mut converted: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, view) in tensors.tensors() {
-        let data = match view.dtype() {
-            Dtype::F32 => view
-                .data()
-                .chunks_exact(4)
-                .flat_map(|c| {
-                    half::f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
-                })
-                .collect(),
-            _ => view.data().to_vec(),
-        };
-        let dtype = match view.dtype() {
-            Dtype::F32 => Dtype::F16,
-            d => d,
-        };
-        converted.push((name, dtype, view.shape().to_vec(), data));
-    }
-    let views = converted
-        .iter()
-        .map(|(name, dtype, shape, data)| {
-            TensorView::new(*dtype, shape.clone(), data).map(|v| (name.clone(), v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(bad)?;
-    safetensors::serialize(views, metadata.metadata().clone()).map_err(bad)
 }
 
 /// Where `caxton pack` records how a package was made: next to it, outside the package, so
@@ -130,18 +89,15 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
     };
     let weights = read("model.safetensors")?;
     let source_weights_sha256 = hex::encode(Sha256::digest(&weights));
-    let stored = |bytes: Vec<u8>| match opts.weights {
-        WeightStorage::AsIs => Ok(bytes),
-        WeightStorage::F16 => weights_to_f16(&bytes),
-    };
-    let weights = stored(weights)?;
+    let stored = |bytes: Vec<u8>, file: &str| storage::convert(bytes, opts.weights, file);
+    let weights = stored(weights, "model.safetensors")?;
     let mut payload: Vec<(&str, Vec<u8>)> = vec![
         ("config.json", read("config.json")?),
         ("tokenizer.json", read("tokenizer.json")?),
         ("model.safetensors", weights),
     ];
     for d in &inferred.dense {
-        payload.push((d.path.as_str(), stored(read(&d.path)?)?));
+        payload.push((d.path.as_str(), stored(read(&d.path)?, &d.path)?));
     }
     let matryoshka = opts
         .matryoshka
@@ -178,6 +134,7 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         dense: inferred.dense.clone(),
         labels: inferred.labels,
         activation: inferred.activation,
+        weights: opts.weights.in_manifest(),
         files: payload
             .iter()
             .map(|(name, bytes)| FileEntry {
@@ -228,10 +185,7 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
                 .find(|k| k.id == manifest.id)
                 .and_then(|k| k.weights_sha256)
                 .map(|w| w == source_weights_sha256),
-            "weights_storage": match opts.weights {
-                WeightStorage::AsIs => "as-is",
-                WeightStorage::F16 => "f16",
-            },
+            "weights_storage": opts.weights.as_str(),
             "differences_from_known_release": warnings,
             "package_sha256": package_sha256,
         }),

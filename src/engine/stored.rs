@@ -1,0 +1,298 @@
+//! Weights as a package stores them, read into candle tensors.
+//!
+//! A safetensors file is read as a stream, tensor by tensor, each straight into its own typed
+//! buffer: the file's bytes and its tensors are never both held, so loading a model peaks near
+//! the size of its weights, not twice that.
+//!
+//! int8 matrices (`I8` values plus f32 block scales under `NAME.int8_scales`, see
+//! [`crate::package::manifest::StoredWeights::Int8`]) become one `U8` tensor of packed rows —
+//! a row's values, then its blocks' scales as little-endian f32 — so that the checkpoint
+//! mappers' renames, row concatenations and row splits move values and scales together.
+//! [`take_f32`] widens such a matrix; [`take_int8`] hands its values and scales over as they are.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::Dtype;
+use safetensors::tensor::TensorInfo;
+
+use super::checkpoint::Tensors;
+use crate::package::{INT8_BLOCK, INT8_SCALES_SUFFIX};
+
+/// Bytes of one scale in a packed row.
+const SCALE_BYTES: usize = 4;
+
+/// Reads a safetensors file of `len` bytes (named `file` in errors) from `r` into tensors.
+pub fn read(r: &mut dyn Read, len: u64, file: &str) -> Result<Tensors, String> {
+    let io = |e: std::io::Error| format!("{file}: {e}");
+    let mut n = [0u8; 8];
+    r.read_exact(&mut n).map_err(io)?;
+    let n = u64::from_le_bytes(n);
+    // safetensors itself caps headers at 100 MB.
+    if n > 100_000_000 || n + 8 > len {
+        return Err(format!("{file}: a header of {n} bytes does not fit a file of {len}"));
+    }
+    let mut header = vec![0u8; n as usize];
+    r.read_exact(&mut header).map_err(io)?;
+    let mut header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| format!("{file}: header: {e}"))?;
+    header.remove("__metadata__");
+    let mut infos = header
+        .into_iter()
+        .map(|(name, v)| {
+            serde_json::from_value::<TensorInfo>(v)
+                .map(|i| (name.clone(), i))
+                .map_err(|e| format!("{file}: header entry {name}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    infos.sort_by_key(|(_, i)| i.data_offsets);
+    let mut at = 0usize;
+    for (name, info) in &infos {
+        let (begin, end) = info.data_offsets;
+        let expected = info.shape.iter().product::<usize>() * info.dtype.bitsize() / 8;
+        if begin != at || end.checked_sub(begin) != Some(expected) {
+            return Err(format!(
+                "{file}: tensor {name}'s bytes {begin}..{end} are not the {expected} that follow byte {at}"
+            ));
+        }
+        at = end;
+    }
+    if at as u64 + 8 + n != len {
+        return Err(format!(
+            "{file}: its tensors end at byte {}, the file at {len}",
+            at as u64 + 8 + n
+        ));
+    }
+
+    let mut tensors = Tensors::with_capacity(infos.len());
+    // int8 values and their scales, whichever came first, until the other arrives.
+    let mut values: HashMap<String, (Vec<u8>, Vec<usize>)> = HashMap::new();
+    let mut scales: HashMap<String, Vec<f32>> = HashMap::new();
+    for (name, info) in infos {
+        let count = info.shape.iter().product::<usize>();
+        let shape = info.shape.clone();
+        let cpu = &Device::Cpu;
+        let made = |t: candle_core::Result<Tensor>| t.map_err(|e| format!("{file}: {name}: {e}"));
+        if info.dtype == Dtype::I8 {
+            let bytes = read_values(r, count, 1, |b| b[0]).map_err(io)?;
+            values.insert(name, (bytes, shape));
+            continue;
+        }
+        let tensor = match info.dtype {
+            Dtype::F32 => {
+                let v = read_values(r, count, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .map_err(io)?;
+                if let Some(owner) = name.strip_suffix(INT8_SCALES_SUFFIX) {
+                    scales.insert(owner.to_string(), v);
+                    continue;
+                }
+                made(Tensor::from_vec(v, shape, cpu))?
+            }
+            Dtype::F16 => made(Tensor::from_vec(
+                read_values(r, count, 2, |b| half::f16::from_le_bytes([b[0], b[1]])).map_err(io)?,
+                shape,
+                cpu,
+            ))?,
+            Dtype::BF16 => made(Tensor::from_vec(
+                read_values(r, count, 2, |b| half::bf16::from_le_bytes([b[0], b[1]])).map_err(io)?,
+                shape,
+                cpu,
+            ))?,
+            Dtype::I64 => made(Tensor::from_vec(
+                read_values(r, count, 8, |b| {
+                    i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+                })
+                .map_err(io)?,
+                shape,
+                cpu,
+            ))?,
+            Dtype::U8 | Dtype::BOOL => made(Tensor::from_vec(
+                read_values(r, count, 1, |b| b[0]).map_err(io)?,
+                shape,
+                cpu,
+            ))?,
+            other => {
+                // Not a weight any family reads (position ids are I64): skipped, not refused.
+                let skipped = info.data_offsets.1 - info.data_offsets.0;
+                std::io::copy(&mut r.take(skipped as u64), &mut std::io::sink()).map_err(io)?;
+                tracing::debug!(tensor = %name, dtype = ?other, "{file}: tensor of a dtype the engine does not read, skipped");
+                continue;
+            }
+        };
+        tensors.insert(name, tensor);
+    }
+    for (name, (q, shape)) in values {
+        let s = scales.remove(&name).ok_or_else(|| {
+            format!("{file}: int8 tensor {name} has no {name}{INT8_SCALES_SUFFIX}")
+        })?;
+        let packed = pack_rows(&q, &s, &shape)
+            .map_err(|why| format!("{file}: int8 tensor {name}: {why}"))?;
+        tensors.insert(name, packed);
+    }
+    if let Some(orphan) = scales.keys().next() {
+        return Err(format!(
+            "{file}: {orphan}{INT8_SCALES_SUFFIX} scales no int8 tensor {orphan}"
+        ));
+    }
+    Ok(tensors)
+}
+
+/// Reads `count` values of `size` bytes each, converted by `from`, a MiB at a time.
+fn read_values<T>(
+    r: &mut dyn Read,
+    count: usize,
+    size: usize,
+    from: impl Fn(&[u8]) -> T,
+) -> std::io::Result<Vec<T>> {
+    let mut out = Vec::with_capacity(count);
+    let cap = (1 << 20) / size * size;
+    let mut buf = vec![0u8; cap];
+    let mut left = count * size;
+    while left > 0 {
+        let chunk = &mut buf[..left.min(cap)];
+        r.read_exact(chunk)?;
+        out.extend(chunk.chunks_exact(size).map(&from));
+        left -= chunk.len();
+    }
+    Ok(out)
+}
+
+/// int8 `values` (`[rows, cols]`) and their block `scales` as one `U8` tensor of packed rows.
+fn pack_rows(values: &[u8], scales: &[f32], shape: &[usize]) -> Result<Tensor, String> {
+    let &[rows, cols] = shape else {
+        return Err(format!("shape {shape:?} is not a matrix"));
+    };
+    if cols % INT8_BLOCK != 0 || scales.len() != rows * cols / INT8_BLOCK {
+        return Err(format!(
+            "{} scales for a {rows}×{cols} matrix; one per row and block of {INT8_BLOCK} expected",
+            scales.len()
+        ));
+    }
+    if let Some(s) = scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
+        return Err(format!("a scale is {s}"));
+    }
+    let width = packed_width(cols);
+    let mut packed = Vec::with_capacity(rows * width);
+    for (row, s) in values
+        .chunks_exact(cols)
+        .zip(scales.chunks_exact(cols / INT8_BLOCK))
+    {
+        packed.extend_from_slice(row);
+        packed.extend(s.iter().flat_map(|s| s.to_le_bytes()));
+    }
+    Tensor::from_vec(packed, (rows, width), &Device::Cpu).map_err(|e| e.to_string())
+}
+
+/// Bytes of a packed row of `cols` int8 values.
+fn packed_width(cols: usize) -> usize {
+    cols + cols / INT8_BLOCK * SCALE_BYTES
+}
+
+/// Whether `t` holds int8 packed rows of a `[rows, cols]` matrix.
+fn is_packed(t: &Tensor, shape: &[usize]) -> bool {
+    matches!(shape, &[rows, cols] if t.dtype() == DType::U8
+        && cols % INT8_BLOCK == 0
+        && t.dims() == [rows, packed_width(cols)])
+}
+
+/// Tensor `name` of `tensors` (file `file`), which must have `shape`, widened to f32 values.
+pub fn take_f32(
+    tensors: &mut Tensors,
+    name: &str,
+    shape: &[usize],
+    file: &str,
+) -> Result<Vec<f32>, String> {
+    let t = take(tensors, name, file)?;
+    if is_packed(&t, shape) {
+        let (q, s) = unpack(&t, shape[1]).map_err(|e| format!("{file}: tensor {name}: {e}"))?;
+        return Ok(q
+            .chunks_exact(INT8_BLOCK)
+            .zip(s)
+            .flat_map(|(block, s)| block.iter().map(move |&q| f32::from(q) * s))
+            .collect());
+    }
+    if t.dims() != shape {
+        return Err(format!(
+            "{file}: tensor {name} has shape {:?}, {} implies {shape:?}",
+            t.dims(),
+            if file == "model.safetensors" {
+                "config.json"
+            } else {
+                "the manifest"
+            }
+        ));
+    }
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| format!("{file}: tensor {name}: {e}"))
+}
+
+/// Tensor `name` as stored int8 values and block scales, when it is stored so; otherwise it
+/// stays in `tensors` and the answer is `None`.
+pub fn take_int8(
+    tensors: &mut Tensors,
+    name: &str,
+    shape: &[usize],
+    file: &str,
+) -> Result<Option<(Vec<i8>, Vec<f32>)>, String> {
+    match tensors.get(name) {
+        Some(t) if is_packed(t, shape) => {
+            let t = take(tensors, name, file)?;
+            unpack(&t, shape[1])
+                .map(Some)
+                .map_err(|e| format!("{file}: tensor {name}: {e}"))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn take(tensors: &mut Tensors, name: &str, file: &str) -> Result<Tensor, String> {
+    tensors
+        .remove(name)
+        .ok_or_else(|| format!("{file}: no tensor {name}"))
+}
+
+/// Packed rows back to values and scales.
+fn unpack(t: &Tensor, cols: usize) -> candle_core::Result<(Vec<i8>, Vec<f32>)> {
+    let bytes = t.flatten_all()?.to_vec1::<u8>()?;
+    let width = packed_width(cols);
+    let mut q = Vec::with_capacity(bytes.len() / width * cols);
+    let mut s = Vec::with_capacity(bytes.len() / width * (cols / INT8_BLOCK));
+    for row in bytes.chunks_exact(width) {
+        q.extend(row[..cols].iter().map(|&b| b as i8));
+        s.extend(
+            row[cols..]
+                .chunks_exact(SCALE_BYTES)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+    Ok((q, s))
+}
+
+/// `t` times `mul`: on packed int8 rows, their scales (values and shape unchanged); on floats,
+/// in f32 (the dtype becomes f32).
+pub fn scale(t: Tensor, mul: f64) -> candle_core::Result<Tensor> {
+    if t.dtype() != DType::U8 {
+        return t.to_dtype(DType::F32)?.affine(mul, 0.0);
+    }
+    let &[rows, width] = t.dims() else {
+        candle_core::bail!("packed int8 rows must be a matrix, not {:?}", t.dims())
+    };
+    let cols = width * INT8_BLOCK / (INT8_BLOCK + SCALE_BYTES);
+    if packed_width(cols) != width {
+        candle_core::bail!("{width} bytes is no packed int8 row");
+    }
+    let mut bytes = t.flatten_all()?.to_vec1::<u8>()?;
+    for row in bytes.chunks_exact_mut(width) {
+        for c in row[cols..].chunks_exact_mut(SCALE_BYTES) {
+            let s = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * mul as f32;
+            c.copy_from_slice(&s.to_le_bytes());
+        }
+    }
+    Tensor::from_vec(bytes, (rows, width), &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests;
