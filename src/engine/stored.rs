@@ -31,7 +31,9 @@ pub fn read(r: &mut dyn Read, len: u64, file: &str) -> Result<Tensors, String> {
     let n = u64::from_le_bytes(n);
     // safetensors itself caps headers at 100 MB.
     if n > 100_000_000 || n + 8 > len {
-        return Err(format!("{file}: a header of {n} bytes does not fit a file of {len}"));
+        return Err(format!(
+            "{file}: a header of {n} bytes does not fit a file of {len}"
+        ));
     }
     let mut header = vec![0u8; n as usize];
     r.read_exact(&mut header).map_err(io)?;
@@ -81,8 +83,10 @@ pub fn read(r: &mut dyn Read, len: u64, file: &str) -> Result<Tensors, String> {
         }
         let tensor = match info.dtype {
             Dtype::F32 => {
-                let v = read_values(r, count, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .map_err(io)?;
+                let v = read_values(r, count, 4, |b| {
+                    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                })
+                .map_err(io)?;
                 if let Some(owner) = name.strip_suffix(INT8_SCALES_SUFFIX) {
                     scales.insert(owner.to_string(), v);
                     continue;
@@ -95,7 +99,8 @@ pub fn read(r: &mut dyn Read, len: u64, file: &str) -> Result<Tensors, String> {
                 cpu,
             ))?,
             Dtype::BF16 => made(Tensor::from_vec(
-                read_values(r, count, 2, |b| half::bf16::from_le_bytes([b[0], b[1]])).map_err(io)?,
+                read_values(r, count, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]))
+                    .map_err(io)?,
                 shape,
                 cpu,
             ))?,
@@ -205,12 +210,18 @@ pub fn take_f32(
 ) -> Result<Vec<f32>, String> {
     let t = take(tensors, name, file)?;
     if is_packed(&t, shape) {
-        let (q, s) = unpack(&t, shape[1]).map_err(|e| format!("{file}: tensor {name}: {e}"))?;
-        return Ok(q
-            .chunks_exact(INT8_BLOCK)
-            .zip(s)
-            .flat_map(|(block, s)| block.iter().map(move |&q| f32::from(q) * s))
-            .collect());
+        let cols = shape[1];
+        let mut out = Vec::with_capacity(shape[0] * cols);
+        with_bytes(&t, |bytes| {
+            for row in bytes.chunks_exact(packed_width(cols)) {
+                let (values, scales) = row.split_at(cols);
+                for (block, s) in values.chunks_exact(INT8_BLOCK).zip(scales_of(scales)) {
+                    out.extend(block.iter().map(|&q| f32::from(q as i8) * s));
+                }
+            }
+        })
+        .map_err(|e| format!("{file}: tensor {name}: {e}"))?;
+        return Ok(out);
     }
     if t.dims() != shape {
         return Err(format!(
@@ -229,20 +240,25 @@ pub fn take_f32(
         .map_err(|e| format!("{file}: tensor {name}: {e}"))
 }
 
-/// Tensor `name` as stored int8 values and block scales, when it is stored so; otherwise it
-/// stays in `tensors` and the answer is `None`.
+/// Tensor `name` as the int8 rows it is stored as, when it is; otherwise it stays in
+/// `tensors` and the answer is `None`.
 pub fn take_int8(
     tensors: &mut Tensors,
     name: &str,
     shape: &[usize],
     file: &str,
-) -> Result<Option<(Vec<i8>, Vec<f32>)>, String> {
+) -> Result<Option<Int8Rows>, String> {
     match tensors.get(name) {
         Some(t) if is_packed(t, shape) => {
-            let t = take(tensors, name, file)?;
-            unpack(&t, shape[1])
-                .map(Some)
-                .map_err(|e| format!("{file}: tensor {name}: {e}"))
+            let tensor = take(tensors, name, file)?
+                .contiguous()
+                .map_err(|e| format!("{file}: tensor {name}: {e}"))?;
+            // Checked once here, so that reading a row cannot fail.
+            with_bytes(&tensor, |_| ()).map_err(|e| format!("{file}: tensor {name}: {e}"))?;
+            Ok(Some(Int8Rows {
+                tensor,
+                cols: shape[1],
+            }))
         }
         _ => Ok(None),
     }
@@ -254,21 +270,60 @@ fn take(tensors: &mut Tensors, name: &str, file: &str) -> Result<Tensor, String>
         .ok_or_else(|| format!("{file}: no tensor {name}"))
 }
 
-/// Packed rows back to values and scales.
-fn unpack(t: &Tensor, cols: usize) -> candle_core::Result<(Vec<i8>, Vec<f32>)> {
-    let bytes = t.flatten_all()?.to_vec1::<u8>()?;
-    let width = packed_width(cols);
-    let mut q = Vec::with_capacity(bytes.len() / width * cols);
-    let mut s = Vec::with_capacity(bytes.len() / width * (cols / INT8_BLOCK));
-    for row in bytes.chunks_exact(width) {
-        q.extend(row[..cols].iter().map(|&b| b as i8));
-        s.extend(
-            row[cols..]
-                .chunks_exact(SCALE_BYTES)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+/// The bytes of a contiguous `U8` tensor in memory, without a copy.
+fn with_bytes<R>(t: &Tensor, f: impl FnOnce(&[u8]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("packed int8 rows must be in main memory")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("packed int8 rows must be contiguous")
+    };
+    let all = cpu.as_slice::<u8>()?;
+    match all.get(start..end) {
+        Some(bytes) => Ok(f(bytes)),
+        None => candle_core::bail!("packed int8 rows out of their storage"),
     }
-    Ok((q, s))
+}
+
+/// A packed row's block scales.
+fn scales_of(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(SCALE_BYTES)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// A matrix stored as int8 rows, kept in the tensor that carried it (no copy is made: an
+/// embedding table of 262,144 words is 226 MB even in int8).
+pub struct Int8Rows {
+    tensor: Tensor,
+    cols: usize,
+}
+
+impl Int8Rows {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.tensor.elem_count()
+    }
+
+    /// `out = row id + other`, the row widened block by block.
+    pub fn add_row(&self, id: usize, other: &[f32], out: &mut [f32]) {
+        let width = packed_width(self.cols);
+        let done = with_bytes(&self.tensor, |bytes| {
+            let (values, scales) = bytes[id * width..(id + 1) * width].split_at(self.cols);
+            let blocks = values
+                .chunks_exact(INT8_BLOCK)
+                .zip(other.chunks_exact(INT8_BLOCK))
+                .zip(out.chunks_exact_mut(INT8_BLOCK));
+            for (((q, b), o), s) in blocks.zip(scales_of(scales)) {
+                for ((o, &q), &b) in o.iter_mut().zip(q).zip(b) {
+                    *o = f32::from(q as i8) * s + b;
+                }
+            }
+        });
+        // `take_int8` read these bytes before handing the rows out; nothing changes them.
+        debug_assert!(done.is_ok());
+    }
 }
 
 /// `t` times `mul`: on packed int8 rows, their scales (values and shape unchanged); on floats,
@@ -285,6 +340,7 @@ pub fn scale(t: Tensor, mul: f64) -> candle_core::Result<Tensor> {
         candle_core::bail!("{width} bytes is no packed int8 row");
     }
     let mut bytes = t.flatten_all()?.to_vec1::<u8>()?;
+    drop(t);
     for row in bytes.chunks_exact_mut(width) {
         for c in row[cols..].chunks_exact_mut(SCALE_BYTES) {
             let s = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * mul as f32;

@@ -3,6 +3,7 @@
 //! table) — the int8 storage format of packages, so a table stored int8 is taken as it is.
 
 use super::kernels;
+use super::stored;
 use crate::package::INT8_BLOCK;
 
 /// The word embedding table: f32, or int8 rows with block scales (`models.precision: int8`).
@@ -10,7 +11,12 @@ pub(super) enum Words {
     F32(Vec<f32>),
     /// Row `id`'s block `j` (values `32j..32j + 32`) has scale `scales[id · blocks + j]`,
     /// `blocks` being the row's width in blocks, the last one possibly short.
-    Int8 { rows: Vec<i8>, scales: Vec<f32> },
+    Int8 {
+        rows: Vec<i8>,
+        scales: Vec<f32>,
+    },
+    /// A table the package stores in int8, as it was read (the same blocks).
+    Stored(stored::Int8Rows),
 }
 
 impl Words {
@@ -37,6 +43,7 @@ impl Words {
         match self {
             Words::F32(t) => t.len() * 4,
             Words::Int8 { rows, scales } => rows.len() + scales.len() * 4,
+            Words::Stored(rows) => rows.bytes(),
         }
     }
 
@@ -58,6 +65,7 @@ impl Words {
                     }
                 }
             }
+            Words::Stored(rows) => rows.add_row(id, other, out),
         }
     }
 }
@@ -71,7 +79,13 @@ mod tests {
         // A ragged last block (40 = 32 + 8), and blocks of very different magnitudes.
         let width = 40;
         let table: Vec<f32> = (0..3 * width)
-            .map(|i| if i % width < 32 { (i as f32).sin() } else { (i as f32).cos() * 1e-3 })
+            .map(|i| {
+                if i % width < 32 {
+                    (i as f32).sin()
+                } else {
+                    (i as f32).cos() * 1e-3
+                }
+            })
             .collect();
         let words = Words::int8(&table, width);
         let zeros = vec![0f32; width];
@@ -80,7 +94,10 @@ mod tests {
             words.add_row(id, width, &zeros, &mut out);
             for (j, (&o, &t)) in out.iter().zip(&table[id * width..]).enumerate() {
                 let step = if j < 32 { 1.0 / 127.0 } else { 1e-3 / 127.0 };
-                assert!((o - t).abs() <= step / 2.0 + 1e-7, "row {id} value {j}: {o} vs {t}");
+                assert!(
+                    (o - t).abs() <= step / 2.0 + 1e-7,
+                    "row {id} value {j}: {o} vs {t}"
+                );
             }
         }
         assert_eq!(words.bytes(), 3 * width + 3 * 2 * 4);

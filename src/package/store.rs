@@ -567,3 +567,6 @@ fn sync_dir(dir: &Path) -> Result<(), PackageError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| PackageError::io("sync", dir, e))
 }
+
+#[cfg(test)]
+mod tests;

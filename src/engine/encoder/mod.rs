@@ -132,10 +132,12 @@ impl Encoder {
         // In int8 the word table goes too: it is half of MiniLM's weights (and stored int8
         // rows are taken as they are, never widened).
         let words = match precision {
-            Precision::Int8 | Precision::Int8Fast => match w.take_int8(words_name, &[b.vocab, h])? {
-                Some((rows, scales)) => Words::Int8 { rows, scales },
-                None => Words::int8(&w.take(words_name, &[b.vocab, h])?, h),
-            },
+            Precision::Int8 | Precision::Int8Fast => {
+                match w.take_int8(words_name, &[b.vocab, h])? {
+                    Some(rows) => Words::Stored(rows),
+                    None => Words::int8(&w.take(words_name, &[b.vocab, h])?, h),
+                }
+            }
             _ => Words::F32(w.take(words_name, &[b.vocab, h])?),
         };
         let (positions, relative, rotary, max_len) = match &b.positions {

@@ -26,7 +26,7 @@ impl Weights {
         &mut self,
         name: &str,
         shape: &[usize],
-    ) -> Result<Option<(Vec<i8>, Vec<f32>)>, String> {
+    ) -> Result<Option<stored::Int8Rows>, String> {
         stored::take_int8(&mut self.0, name, shape, FILE)
     }
 

@@ -20,8 +20,12 @@ fn read_all(bytes: &[u8]) -> Result<Tensors, String> {
 
 /// A 4×64 int8 matrix: values `(r·64 + c) mod 255 − 127`, scale of row r block j `(r + 1)·(j + 1)/100`.
 fn int8_matrix() -> (Vec<u8>, Vec<f32>) {
-    let q: Vec<u8> = (0..256).map(|i| ((i % 255) as i32 - 127) as i8 as u8).collect();
-    let s: Vec<f32> = (0..8).map(|i| ((i / 2 + 1) * (i % 2 + 1)) as f32 / 100.0).collect();
+    let q: Vec<u8> = (0..256)
+        .map(|i| ((i % 255) as i32 - 127) as i8 as u8)
+        .collect();
+    let s: Vec<f32> = (0..8)
+        .map(|i| ((i / 2 + 1) * (i % 2 + 1)) as f32 / 100.0)
+        .collect();
     (q, s)
 }
 
@@ -35,8 +39,14 @@ fn expected(q: &[u8], s: &[f32]) -> Vec<f32> {
 #[test]
 fn floats_read_as_their_dtype_and_widen_to_the_same_values() {
     let v = [1.5f32, -2.0, 0.25, 3.0];
-    let half: Vec<u8> = v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
-    let bf: Vec<u8> = v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+    let half: Vec<u8> = v
+        .iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+        .collect();
+    let bf: Vec<u8> = v
+        .iter()
+        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+        .collect();
     let bytes = file(&[
         ("a", Dtype::F32, vec![2, 2], f32_bytes(&v)),
         ("b", Dtype::F16, vec![4], half),
@@ -69,13 +79,33 @@ fn int8_matrices_widen_exactly_and_hand_over_their_values_and_scales() {
     let mut t = read_all(&bytes).unwrap();
     assert_eq!(t.len(), 1, "the scales travel inside the matrix");
     let mut copy = t.clone();
-    assert_eq!(take_f32(&mut t, "w", &[4, 64], "m").unwrap(), expected(&q, &s));
-    let (values, scales) = take_int8(&mut copy, "w", &[4, 64], "m").unwrap().unwrap();
-    assert_eq!(values, q.iter().map(|&b| b as i8).collect::<Vec<_>>());
-    assert_eq!(scales, s);
+    let all = expected(&q, &s);
+    assert_eq!(take_f32(&mut t, "w", &[4, 64], "m").unwrap(), all);
+    let rows = take_int8(&mut copy, "w", &[4, 64], "m").unwrap().unwrap();
+    assert_eq!(rows.bytes(), 4 * (64 + 2 * 4));
+    let ones = vec![1f32; 64];
+    for id in 0..4 {
+        let mut out = vec![0f32; 64];
+        rows.add_row(id, &ones, &mut out);
+        let want: Vec<f32> = all[id * 64..(id + 1) * 64]
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        assert_eq!(out, want, "row {id}");
+    }
     // A float matrix is no int8 one.
-    let mut floats = read_all(&file(&[("f", Dtype::F32, vec![1, 32], f32_bytes(&[0.5; 32]))])).unwrap();
-    assert_eq!(take_int8(&mut floats, "f", &[1, 32], "m").unwrap(), None);
+    let mut floats = read_all(&file(&[(
+        "f",
+        Dtype::F32,
+        vec![1, 32],
+        f32_bytes(&[0.5; 32]),
+    )]))
+    .unwrap();
+    assert!(
+        take_int8(&mut floats, "f", &[1, 32], "m")
+            .unwrap()
+            .is_none()
+    );
     assert!(floats.contains_key("f"));
 }
 
@@ -89,7 +119,8 @@ fn packed_rows_survive_the_mappers_row_operations_and_scaling() {
     let t = read_all(&bytes).unwrap().remove("w").unwrap();
     let all = expected(&q, &s);
     // Rows 2..4 then rows 0..2, as a fuse of two halves would join them.
-    let swapped = Tensor::cat(&[t.narrow(0, 2, 2).unwrap(), t.narrow(0, 0, 2).unwrap()], 0).unwrap();
+    let swapped =
+        Tensor::cat(&[t.narrow(0, 2, 2).unwrap(), t.narrow(0, 0, 2).unwrap()], 0).unwrap();
     let mut m = Tensors::from([("x".to_string(), swapped)]);
     let got = take_f32(&mut m, "x", &[4, 64], "m").unwrap();
     assert_eq!(got[..128], all[128..]);
@@ -121,7 +152,12 @@ fn broken_files_are_refused_with_what_is_wrong() {
         (
             file(&[
                 ("w", Dtype::I8, vec![4, 64], q.clone()),
-                ("w.int8_scales", Dtype::F32, vec![4, 2], f32_bytes(&[f32::NAN; 8])),
+                (
+                    "w.int8_scales",
+                    Dtype::F32,
+                    vec![4, 2],
+                    f32_bytes(&[f32::NAN; 8]),
+                ),
             ]),
             "model.safetensors: int8 tensor w: a scale is NaN",
         ),

@@ -5,9 +5,10 @@
 //! `[rows, columns / INT8_BLOCK]`): a value is `q × scale`, and a block's largest magnitude is
 //! stored as ±127. That is the engine's own int8 rule (`models.precision: int8` quantizes its
 //! linear layers per output and block of 32 inputs the same way), so such a model in int8
-//! computes with exactly the stored values; in f32 it runs them widened. Vectors (norms,
-//! biases), small tables and matrices whose rows are not whole blocks stay as the folder had
-//! them.
+//! computes with exactly the stored values; in f32 it runs them widened. Value projections
+//! (which the engine's int8 keeps f32) are stored in bf16. Vectors (norms, biases), small
+//! tables, matrices whose rows are not whole blocks and the Dense modules after pooling stay
+//! as the folder had them.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +32,7 @@ pub enum StoredWeights {
     F16,
     /// Floats rounded to bf16: half of f32's size, f32's range.
     Bf16,
-    /// Large matrices in int8 with block scales (see the module): about 28% of f32's size.
+    /// Large matrices in int8 with block scales (see the module): about 30% of f32's size.
     Int8,
 }
 
