@@ -302,17 +302,23 @@ fn main() -> anyhow::Result<()> {
     let load = t.elapsed();
     let (model_id, storage) = {
         let m = &model.package.manifest;
-        let f16 = std::fs::read(model.package.dir.join("model.safetensors"))
-            .ok()
-            .and_then(|b| {
-                safetensors::SafeTensors::deserialize(&b).ok().map(|st| {
-                    st.tensors()
-                        .iter()
-                        .any(|(_, v)| v.dtype() == safetensors::Dtype::F16)
+        let f16 = m.weights.is_none()
+            && std::fs::read(model.package.dir.join("model.safetensors"))
+                .ok()
+                .and_then(|b| {
+                    safetensors::SafeTensors::deserialize(&b).ok().map(|st| {
+                        st.tensors()
+                            .iter()
+                            .any(|(_, v)| v.dtype() == safetensors::Dtype::F16)
+                    })
                 })
-            })
-            .unwrap_or(false);
-        (m.id.clone(), if f16 { "f16" } else { "f32" })
+                .unwrap_or(false);
+        let storage = match m.weights {
+            Some(w) => w.as_str(),
+            None if f16 => "f16",
+            None => "f32",
+        };
+        (m.id.clone(), storage)
     };
     drop(model);
 

@@ -18,6 +18,7 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorInfo;
 
 use super::checkpoint::Tensors;
+use super::kernels;
 use crate::package::{INT8_BLOCK, INT8_SCALES_SUFFIX};
 
 /// Bytes of one scale in a packed row.
@@ -77,8 +78,16 @@ pub fn read(r: &mut dyn Read, len: u64, file: &str) -> Result<Tensors, String> {
         let cpu = &Device::Cpu;
         let made = |t: candle_core::Result<Tensor>| t.map_err(|e| format!("{file}: {name}: {e}"));
         if info.dtype == Dtype::I8 {
-            let bytes = read_values(r, count, 1, |b| b[0]).map_err(io)?;
-            values.insert(name, (bytes, shape));
+            // Scales first (as safetensors orders f32 before int8): the rows are read into
+            // their packed places, with no copy of a table as large as the vocabulary.
+            if let Some(s) = scales.remove(&name) {
+                let packed = read_packed(r, &s, &shape, io)
+                    .map_err(|why| format!("{file}: int8 tensor {name}: {why}"))?;
+                tensors.insert(name, packed);
+            } else {
+                let bytes = read_values(r, count, 1, |b| b[0]).map_err(io)?;
+                values.insert(name, (bytes, shape));
+            }
             continue;
         }
         let tensor = match info.dtype {
@@ -163,8 +172,31 @@ fn read_values<T>(
     Ok(out)
 }
 
-/// int8 `values` (`[rows, cols]`) and their block `scales` as one `U8` tensor of packed rows.
-fn pack_rows(values: &[u8], scales: &[f32], shape: &[usize]) -> Result<Tensor, String> {
+/// An int8 matrix of `shape` read from `r` straight into packed rows beside its `scales`.
+fn read_packed(
+    r: &mut dyn Read,
+    scales: &[f32],
+    shape: &[usize],
+    io: impl Fn(std::io::Error) -> String,
+) -> Result<Tensor, String> {
+    let (rows, cols) = check_int8(scales, shape)?;
+    let width = packed_width(cols);
+    let mut packed = vec![0u8; rows * width];
+    for (row, s) in packed
+        .chunks_exact_mut(width)
+        .zip(scales.chunks_exact(cols / INT8_BLOCK))
+    {
+        let (values, tail) = row.split_at_mut(cols);
+        r.read_exact(values).map_err(&io)?;
+        for (t, s) in tail.chunks_exact_mut(SCALE_BYTES).zip(s) {
+            t.copy_from_slice(&s.to_le_bytes());
+        }
+    }
+    Tensor::from_vec(packed, (rows, width), &Device::Cpu).map_err(|e| e.to_string())
+}
+
+/// The rows and columns of an int8 matrix of `shape` with these block `scales`, if they fit.
+fn check_int8(scales: &[f32], shape: &[usize]) -> Result<(usize, usize), String> {
     let &[rows, cols] = shape else {
         return Err(format!("shape {shape:?} is not a matrix"));
     };
@@ -177,6 +209,12 @@ fn pack_rows(values: &[u8], scales: &[f32], shape: &[usize]) -> Result<Tensor, S
     if let Some(s) = scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
         return Err(format!("a scale is {s}"));
     }
+    Ok((rows, cols))
+}
+
+/// int8 `values` (`[rows, cols]`) and their block `scales` as one `U8` tensor of packed rows.
+fn pack_rows(values: &[u8], scales: &[f32], shape: &[usize]) -> Result<Tensor, String> {
+    let (rows, cols) = check_int8(scales, shape)?;
     let width = packed_width(cols);
     let mut packed = Vec::with_capacity(rows * width);
     for (row, s) in values
@@ -195,7 +233,7 @@ fn packed_width(cols: usize) -> usize {
 }
 
 /// Whether `t` holds int8 packed rows of a `[rows, cols]` matrix.
-fn is_packed(t: &Tensor, shape: &[usize]) -> bool {
+pub fn is_packed(t: &Tensor, shape: &[usize]) -> bool {
     matches!(shape, &[rows, cols] if t.dtype() == DType::U8
         && cols % INT8_BLOCK == 0
         && t.dims() == [rows, packed_width(cols)])
@@ -304,6 +342,45 @@ impl Int8Rows {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.tensor.elem_count()
+    }
+
+    /// Rows (outputs) held.
+    pub fn rows(&self) -> usize {
+        self.tensor.dims().first().copied().unwrap_or(0)
+    }
+
+    /// The rows of `parts`, one after the other, as an int8 layer's weights (each row an
+    /// output): the stored values and scales as they are, no float in between.
+    pub fn packed(parts: &[&Int8Rows]) -> Result<kernels::int8::Packed, String> {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        if parts.iter().any(|p| p.cols != cols) {
+            return Err("int8 rows of different widths cannot form one layer".into());
+        }
+        let guards: Vec<_> = parts
+            .iter()
+            .map(|p| p.tensor.storage_and_layout())
+            .collect();
+        let mut rows: Vec<&[u8]> = Vec::new();
+        for (p, (storage, layout)) in parts.iter().zip(&guards) {
+            let candle_core::Storage::Cpu(cpu) = &**storage else {
+                return Err("packed int8 rows must be in main memory".into());
+            };
+            let bytes = layout
+                .contiguous_offsets()
+                .and_then(|(a, b)| cpu.as_slice::<u8>().ok()?.get(a..b))
+                .ok_or("packed int8 rows must be contiguous")?;
+            rows.extend(bytes.chunks_exact(packed_width(p.cols)));
+        }
+        Ok(kernels::int8::Packed::from_quantized(
+            cols,
+            rows.len(),
+            |o, i| rows[o][i] as i8,
+            |o, b| {
+                let at = cols + b * SCALE_BYTES;
+                let c = &rows[o][at..at + SCALE_BYTES];
+                f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+            },
+        ))
     }
 
     /// `out = row id + other`, the row widened block by block.

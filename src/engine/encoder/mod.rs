@@ -126,7 +126,10 @@ impl Encoder {
         max_seq_length: usize,
         calibration: &[Encoded],
     ) -> Result<Self, String> {
-        let mut w = Weights(tensors);
+        let mut w = Weights {
+            tensors,
+            int8_layers: precision == Precision::Int8,
+        };
         let h = b.hidden;
         let words_name = "embeddings.word_embeddings.weight";
         // In int8 the word table goes too: it is half of MiniLM's weights (and stored int8
@@ -254,10 +257,7 @@ impl Encoder {
             w.linear(&format!("{p}.attention.self.qkv"), heads.qkv_width(), h)?
         } else {
             let (q, kv) = (heads.q_width(), heads.kv_width());
-            let q = w.linear(&format!("{p}.attention.self.query"), q, h)?;
-            let k = w.linear(&format!("{p}.attention.self.key"), kv, h)?;
-            let v = w.linear(&format!("{p}.attention.self.value"), kv, h)?;
-            Linear::concat(&[q, k, v])
+            w.qkv(&format!("{p}.attention.self"), q, kv, h)?
         };
         let qk_norm = match b.qk_norm {
             false => None,
@@ -286,10 +286,14 @@ impl Encoder {
             qkv,
             qk_norm,
             post_norms,
-            attention_out: w.linear(&format!("{p}.attention.output.dense"), h, heads.q_width())?,
+            attention_out: w.layer_linear(
+                &format!("{p}.attention.output.dense"),
+                h,
+                heads.q_width(),
+            )?,
             attention_norm,
-            up: w.linear(&format!("{p}.intermediate.dense"), b.up_outputs(), h)?,
-            down: w.linear(&format!("{p}.output.dense"), h, b.intermediate)?,
+            up: w.layer_linear(&format!("{p}.intermediate.dense"), b.up_outputs(), h)?,
+            down: w.layer_linear(&format!("{p}.output.dense"), h, b.intermediate)?,
             output_norm: w.norm(kind, &format!("{p}.output.LayerNorm"), h)?,
         })
     }
@@ -457,10 +461,11 @@ fn relative_bias_rows(
     heads: usize,
     positions: usize,
 ) -> Result<RelativeBias, String> {
-    let buckets =
-        w.0.get(RELATIVE_BIAS)
-            .and_then(|t| t.dims().first().copied())
-            .ok_or_else(|| format!("model.safetensors: no {RELATIVE_BIAS}"))?;
+    let buckets = w
+        .tensors
+        .get(RELATIVE_BIAS)
+        .and_then(|t| t.dims().first().copied())
+        .ok_or_else(|| format!("model.safetensors: no {RELATIVE_BIAS}"))?;
     if buckets < 4 {
         return Err(format!(
             "model.safetensors: {RELATIVE_BIAS} has {buckets} buckets; MPNet needs at least 4"

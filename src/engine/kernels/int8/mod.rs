@@ -181,6 +181,50 @@ impl Packed {
         }
     }
 
+    /// From weights quantized already by [`Packed::new`]'s rule (a package's int8 storage):
+    /// `value(o, i)` and `scale(o, b)` of output `o`, input `i`, block `b`, packed without a
+    /// float in between. `inputs` must be whole blocks.
+    pub fn from_quantized(
+        inputs: usize,
+        outputs: usize,
+        value: impl Fn(usize, usize) -> i8,
+        scale: impl Fn(usize, usize) -> f32,
+    ) -> Packed {
+        assert_eq!(inputs % BLOCK, 0, "int8 rows of whole blocks");
+        let blocks = inputs / BLOCK;
+        let panels = outputs.div_ceil(NR);
+        let mut weights = vec![0i8; panels * blocks * PANEL_BLOCK];
+        let mut scales = vec![0f32; panels * blocks * NR];
+        for o in 0..outputs {
+            let panel = (o / NR) * blocks;
+            for b in 0..blocks {
+                scales[(panel + b) * NR + o % NR] = scale(o, b);
+                for kk in 0..BLOCK {
+                    let at = (panel + b) * PANEL_BLOCK + (kk / 2) * 2 * NR + kk % 2;
+                    weights[at + (o % NR) * 2] = value(o, b * BLOCK + kk);
+                }
+            }
+        }
+        Packed {
+            inputs,
+            outputs,
+            blocks,
+            panels,
+            weights,
+            scales,
+        }
+    }
+
+    /// Width of an input row.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Outputs.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
     /// Bytes of the weights and scales.
     pub fn bytes(&self) -> usize {
         self.weights.len() + self.scales.len() * 4

@@ -202,3 +202,33 @@ fn calls_running_on_the_pool_at_once_each_get_their_own_product() {
     });
     release_thread_buffers();
 }
+
+#[test]
+fn weights_quantized_elsewhere_by_the_same_rule_pack_to_the_same_layer() {
+    // A package's int8 storage: each output's row in blocks of 32, scale max / 127.
+    let (inputs, outputs) = (96, 21);
+    let wt = weights(inputs, outputs);
+    let w = |o: usize, i: usize| wt[i * outputs + o];
+    let mut q = vec![0i8; outputs * inputs];
+    let mut s = vec![0f32; outputs * inputs / BLOCK];
+    for o in 0..outputs {
+        for b in 0..inputs / BLOCK {
+            let max = (0..BLOCK).fold(0f32, |m, k| m.max(w(o, b * BLOCK + k).abs()));
+            s[o * (inputs / BLOCK) + b] = max / 127.0;
+            for k in 0..BLOCK {
+                let i = b * BLOCK + k;
+                q[o * inputs + i] = (w(o, i) * (127.0 / max)).round_ties_even() as i8;
+            }
+        }
+    }
+    let direct = Packed::from_quantized(
+        inputs,
+        outputs,
+        |o, i| q[o * inputs + i],
+        |o, b| s[o * (inputs / BLOCK) + b],
+    );
+    let packed = Packed::new(&wt, inputs, outputs);
+    assert_eq!(direct.weights, packed.weights);
+    assert_eq!(direct.scales, packed.scales);
+    assert_eq!((direct.inputs(), direct.outputs()), (inputs, outputs));
+}

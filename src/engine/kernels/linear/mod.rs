@@ -87,6 +87,25 @@ impl Linear {
         }
     }
 
+    /// An int8 layer from weights quantized already (a package's int8 storage, see
+    /// [`super::int8::Packed::from_quantized`]) and its bias, with `tail`'s outputs after its
+    /// own in f32 (as [`Linear::to_int8_but_last`] leaves a value projection).
+    pub fn from_int8(packed: super::int8::Packed, bias: Vec<f32>, tail: Option<Linear>) -> Linear {
+        let inputs = packed.inputs();
+        let mut bias = bias;
+        let mut outputs = packed.outputs();
+        if let Some(t) = &tail {
+            bias.extend_from_slice(&t.bias);
+            outputs += t.outputs;
+        }
+        Linear {
+            weights: Weights::Int8(packed, tail.map(Box::new)),
+            bias,
+            inputs,
+            outputs,
+        }
+    }
+
     /// Several layers over the same input as one (e.g. query, key and value): their outputs
     /// side by side, so one GEMM does the work of three. The parts are f32 (concatenate
     /// before [`Linear::to_bf16`]).
