@@ -4,7 +4,7 @@
 
 use super::kernels;
 use super::stored;
-use crate::package::INT8_BLOCK;
+use crate::package::{INT8_BLOCK, quantize_int8_block};
 
 /// The word embedding table: f32, or int8 rows with block scales (`models.precision: int8`).
 pub(super) enum Words {
@@ -26,14 +26,7 @@ impl Words {
         let mut scales = Vec::with_capacity(table.len() / INT8_BLOCK + 1);
         for row in table.chunks_exact(width) {
             for block in row.chunks(INT8_BLOCK) {
-                let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
-                scales.push(max / 127.0);
-                rows.extend(
-                    block
-                        .iter()
-                        .map(|v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8),
-                );
+                scales.push(quantize_int8_block(block, &mut rows));
             }
         }
         Words::Int8 { rows, scales }

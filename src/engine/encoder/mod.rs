@@ -31,7 +31,7 @@ use super::checkpoint::Tensors;
 use super::Precision;
 use super::blueprint::{Blueprint, Placement, Positions, RELATIVE_BIAS};
 use super::head::Head;
-use super::kernels::{self, Linear};
+use super::kernels;
 use super::tokenize::Encoded;
 use super::words::Words;
 use crate::package::{Manifest, ModelKind};
@@ -232,7 +232,10 @@ impl Encoder {
                     }
                 }
                 #[cfg(target_arch = "x86_64")]
-                Precision::Bf16 => layer.linears_mut().into_iter().for_each(Linear::to_bf16),
+                Precision::Bf16 => layer
+                    .linears_mut()
+                    .into_iter()
+                    .for_each(kernels::Linear::to_bf16),
                 #[cfg(not(target_arch = "x86_64"))]
                 Precision::Bf16 => return Err("bf16 needs Intel AMX (x86-64)".into()),
             }

@@ -1,6 +1,7 @@
 //! The checkpoint's tensors, taken one by one under the encoder's names and widened to f32
 //! (so the original and the converted copy of a tensor are never both held for the whole
-//! model); [`stored`] knows the formats.
+//! model), or in `int8` built straight from the rows a package stores int8; [`stored`] knows
+//! the formats.
 
 use super::Norm;
 use crate::engine::blueprint::NormKind;

@@ -20,9 +20,7 @@ fn read_all(bytes: &[u8]) -> Result<Tensors, String> {
 
 /// A 4×64 int8 matrix: values `(r·64 + c) mod 255 − 127`, scale of row r block j `(r + 1)·(j + 1)/100`.
 fn int8_matrix() -> (Vec<u8>, Vec<f32>) {
-    let q: Vec<u8> = (0..256)
-        .map(|i| ((i % 255) as i32 - 127) as i8 as u8)
-        .collect();
+    let q: Vec<u8> = (0..256).map(|i: i32| (i % 255 - 127) as i8 as u8).collect();
     let s: Vec<f32> = (0..8)
         .map(|i| ((i / 2 + 1) * (i % 2 + 1)) as f32 / 100.0)
         .collect();

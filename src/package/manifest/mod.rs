@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 mod vectors;
 mod weights;
 pub use vectors::{Dense, DenseActivation, InputType, Matryoshka};
-pub use weights::{INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights};
+pub use weights::{
+    INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights, quantize_int8_block,
+};
 
 /// Name of the manifest entry, which must be the first entry of every package.
 pub const MANIFEST_NAME: &str = "manifest.yaml";

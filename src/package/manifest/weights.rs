@@ -22,6 +22,19 @@ pub const INT8_SCALES_SUFFIX: &str = ".int8_scales";
 /// worth its rounding (token-type rows, a reranker's one-label output).
 pub const INT8_MIN_VALUES: usize = 1 << 16;
 
+/// Quantizes one block of values by the int8 rule (the block's largest magnitude → 127,
+/// round to nearest, ties to even), appending them to `out`; returns the block's scale.
+pub fn quantize_int8_block(block: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+    out.extend(
+        block
+            .iter()
+            .map(|v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8),
+    );
+    max / 127.0
+}
+
 /// How the weights were stored by `caxton pack` (absent: as the source folder had them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -8,7 +8,9 @@
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use super::super::error::PackageError;
-use super::super::manifest::{INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights};
+use super::super::manifest::{
+    INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights, quantize_int8_block,
+};
 use super::infer::unusable;
 
 /// How the weights are stored in the package.
@@ -166,14 +168,7 @@ pub(crate) fn quantize(values: &[f32], cols: usize) -> Result<(Vec<i8>, Vec<f32>
         if block.iter().any(|v| !v.is_finite()) {
             return Err(i * INT8_BLOCK / cols);
         }
-        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
-        scales.push(max / 127.0);
-        q.extend(
-            block
-                .iter()
-                .map(|&v| (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8),
-        );
+        scales.push(quantize_int8_block(block, &mut q));
     }
     Ok((q, scales))
 }
