@@ -165,6 +165,16 @@ pub enum StorageArg {
     Int8,
 }
 
+/// `--weights` (or the older `--f16`) as the packer's storage.
+fn storage(weights: Option<StorageArg>, f16: bool) -> WeightStorage {
+    match (weights, f16) {
+        (Some(StorageArg::F16), _) | (None, true) => WeightStorage::F16,
+        (Some(StorageArg::Bf16), _) => WeightStorage::Bf16,
+        (Some(StorageArg::Int8), _) => WeightStorage::Int8,
+        (None, false) => WeightStorage::AsIs,
+    }
+}
+
 fn parse_prompt(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(n, t)| (n.to_string(), t.to_string()))
@@ -229,12 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 model_dir,
                 id,
                 version,
-                weights: match (weights, f16) {
-                    (Some(StorageArg::F16), _) | (None, true) => WeightStorage::F16,
-                    (Some(StorageArg::Bf16), _) => WeightStorage::Bf16,
-                    (Some(StorageArg::Int8), _) => WeightStorage::Int8,
-                    (None, false) => WeightStorage::AsIs,
-                },
+                weights: storage(weights, f16),
                 level,
             };
             offline::pack_folder(opts, &output)
@@ -246,5 +251,52 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unload { id } => remote::unload(socket, &id),
         Command::Models { json } => models::models(socket, json),
         Command::Verify { keys, files } => offline::verify(&keys, files),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn pack_storage(args: &[&str]) -> Result<WeightStorage, String> {
+        let argv = ["caxton", "pack", "dir", "-o", "m.tar.zst"]
+            .iter()
+            .chain(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Pack { weights, f16, .. } => Ok(storage(weights, f16)),
+            _ => Err("not pack".into()),
+        }
+    }
+
+    #[test]
+    fn pack_takes_weights_or_the_older_f16_flag_but_not_both() {
+        assert_eq!(pack_storage(&[]), Ok(WeightStorage::AsIs));
+        assert_eq!(pack_storage(&["--f16"]), Ok(WeightStorage::F16));
+        assert_eq!(pack_storage(&["--weights", "f16"]), Ok(WeightStorage::F16));
+        assert_eq!(
+            pack_storage(&["--weights", "bf16"]),
+            Ok(WeightStorage::Bf16)
+        );
+        assert_eq!(
+            pack_storage(&["--weights", "int8"]),
+            Ok(WeightStorage::Int8)
+        );
+        let both = pack_storage(&["--weights", "int8", "--f16"]).unwrap_err();
+        assert!(
+            both.starts_with(
+                "error: the argument '--weights <WEIGHTS>' cannot be used with '--f16'"
+            ),
+            "{both}"
+        );
+        let bad = pack_storage(&["--weights", "int4"]).unwrap_err();
+        assert!(
+            bad.starts_with("error: invalid value 'int4' for '--weights <WEIGHTS>'"),
+            "{bad}"
+        );
     }
 }
