@@ -32,7 +32,7 @@ fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f3
     for r in 0..rows {
         let row = &x[r * k..(r + 1) * k];
         let mut q = vec![0i16; k];
-        let s = quantize_row_generic(row, &mut q) as f64;
+        let s = quantize::quantize_row_generic(row, &mut q) as f64;
         for o in 0..n {
             let (panel, c) = (o / NR, o % NR);
             let mut sum = 0f64;
