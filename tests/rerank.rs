@@ -1,7 +1,9 @@
 //! Issue 20 over the socket: the real caxtond with two cross-encoder packages side-loaded
 //! (tiny seeded BERT and XLM-RoBERTa ones, packed by `caxton pack` from the folders
 //! sentence-transformers saves), asked through TEI's `/rerank`, the Cohere-style `/v1/rerank`
-//! and curl, against `CrossEncoder.rank` (tests/fixtures/architectures/generate.py).
+//! and curl, against `CrossEncoder.rank` (tests/fixtures/architectures/generate.py); and a
+//! Qwen3 reranker (issue 33) against its model card's scores, with and without an instruction
+//! (tests/fixtures/architectures/qwen3_reranker.py).
 
 mod common;
 
@@ -13,6 +15,7 @@ use serde_json::{Value, json};
 
 const BERT: &str = "tiny-bert-ce";
 const XLMR: &str = "tiny-xlmr-ce";
+const QWEN3: &str = "tiny-qwen3-reranker";
 
 /// A daemon serving the bundled embedding model, with both rerankers side-loaded and `extra`
 /// as the drop-in conf.d/50-test.yaml (rewritten by tests to reload). Pairs past the
@@ -549,5 +552,158 @@ fn the_default_reranker_applies_live_and_a_wrong_one_is_refused() {
     assert_eq!(
         common::model_entry(&d, XLMR).expect("entry")["state"],
         "loaded"
+    );
+}
+
+/// Issue 33: a Qwen3 reranker (Qwen3-Reranker-0.6B's widths, 2 layers), packed from the folder
+/// Qwen ships, side-loaded, verified and served at both endpoints with its model card's
+/// template; a request's `instruction` replaces the card's; what it cannot take is refused
+/// before anything loads.
+#[test]
+fn a_qwen3_reranker_ranks_with_its_template_and_a_request_s_instruction() {
+    let d = Daemon::start_with(
+        |dir: &Path| {
+            reranker_package("qwen3", QWEN3, &dir.join("packages"));
+            reranker_package("bert", BERT, &dir.join("packages"));
+            write_config(dir, "limits:\n  auto_truncate: true\n");
+            std::fs::create_dir(dir.join("conf.d")).expect("mkdir");
+            std::fs::write(
+                dir.join("conf.d/50-test.yaml"),
+                format!("models:\n  default_reranker: {QWEN3}\n"),
+            )
+            .expect("write");
+        },
+        &[],
+    );
+    let r = reranker_reference("qwen3");
+    let (rank, instructed) = (
+        &r.rank,
+        r.instructed.as_ref().expect("an instructed ranking"),
+    );
+
+    // What the model cannot take costs no load: an instruction for a cross-encoder, a blank one.
+    let (s, v) = post(
+        &d,
+        "/v1/rerank",
+        json!({"model": BERT, "query": "q", "documents": ["d"], "instruction": "Find it"}),
+    );
+    assert_eq!(
+        (s, error(&v)),
+        (
+            400,
+            (
+                "instruction_unsupported",
+                "model tiny-bert-ce takes no instruction (a reranker whose pair template has one, such as Qwen3-Reranker, does); leave \"instruction\" out"
+            )
+        )
+    );
+    let (s, v) = post(
+        &d,
+        "/rerank",
+        json!({"query": "q", "texts": ["d"], "instruction": " \n"}),
+    );
+    assert_eq!(
+        (s, error(&v)),
+        (
+            400,
+            (
+                "empty_input",
+                "`instruction` is empty or only whitespace; leave it out for the model's own"
+            )
+        )
+    );
+    for id in [BERT, QWEN3] {
+        assert_eq!(
+            common::model_entry(&d, id).expect("entry")["state"],
+            "available",
+            "{id} stays unloaded"
+        );
+    }
+
+    // Cohere-style, the default reranker: the card's ranking and scores, its token counts.
+    let (s, v) = post(
+        &d,
+        "/v1/rerank",
+        json!({"query": rank.query, "documents": rank.documents}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], QWEN3);
+    assert_ranking(&v["results"], rank, "relevance_score", rank.documents.len());
+    let tokens: usize = rank.tokens.iter().sum();
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": tokens, "total_tokens": tokens})
+    );
+    let cut = rank
+        .tokens
+        .iter()
+        .position(|&t| t == r.max_seq_length)
+        .expect("a cut pair");
+
+    // TEI's, with another instruction: the card's ranking under it.
+    let (s, v) = post(
+        &d,
+        "/rerank",
+        json!({"query": rank.query, "texts": rank.documents, "instruction": instructed.instruction}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let under = common::fixtures::RankReference {
+        query: rank.query.clone(),
+        documents: rank.documents.clone(),
+        tokens: Vec::new(),
+        ranking: instructed
+            .ranking
+            .iter()
+            .map(|x| common::fixtures::Ranked {
+                index: x.index,
+                score: x.score,
+            })
+            .collect(),
+    };
+    assert_ranking(&v, &under, "score", rank.documents.len());
+    // The same from the command line.
+    let mut args = vec![
+        "rerank",
+        "--instruction",
+        instructed.instruction.as_str(),
+        rank.query.as_str(),
+    ];
+    args.extend(rank.documents.iter().map(String::as_str));
+    let out = caxton(&d, &args, None);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_ranking(&v, &under, "score", rank.documents.len());
+    // raw_scores: the logit, yes less no, whose sigmoid is the score.
+    let (s, v) = post(
+        &d,
+        "/rerank",
+        json!({"query": rank.query, "texts": rank.documents, "raw_scores": true}),
+    );
+    assert_eq!(s, 200, "{v}");
+    for (got, want) in v.as_array().expect("list").iter().zip(&rank.ranking) {
+        let logit = -(1.0 / f64::from(want.score) - 1.0).ln();
+        assert!(
+            (got["score"].as_f64().expect("score") - logit).abs() < 1e-3,
+            "{got} vs logit {logit}"
+        );
+    }
+    // An over-long pair when the request will not have it cut.
+    let (s, v) = post(
+        &d,
+        "/rerank",
+        json!({"query": rank.query, "texts": rank.documents, "truncate": false}),
+    );
+    assert_eq!(
+        (s, error(&v)),
+        (
+            413,
+            (
+                "input_too_long",
+                format!(
+                    "the query with `texts[{cut}]` is longer than the 512 tokens model {QWEN3} reads for a pair; shorten them or set \"truncate\": true"
+                )
+                .as_str()
+            )
+        )
     );
 }

@@ -27,6 +27,10 @@ const REAL_SIZE_INT8_TOLERANCE: f32 = 1e-2;
 /// 6.7e-4 and 4.0e-4 on AVX2) and on the real-size one (1.65e-2; int8 5.2e-3).
 const INT8_FAST_TOLERANCE: f32 = 1e-3;
 const REAL_SIZE_INT8_FAST_TOLERANCE: f32 = 2e-2;
+/// int8's and int8-fast's on the Qwen3 reranker (2 layers of Qwen3-Reranker-0.6B's widths,
+/// pairs up to 512 tokens).
+const QWEN3_INT8_TOLERANCE: f32 = 1e-2;
+const QWEN3_INT8_FAST_TOLERANCE: f32 = 2e-2;
 
 fn check(arch: &str, expected: Architecture) {
     let r = reranker_reference(arch);
@@ -97,7 +101,7 @@ fn holds(
         let score_diff = max_abs_diff(&scores, r.scores);
         let batched = max_abs_diff(&run.batched, &run.singles);
         println!(
-            "{label} ({}): {} pairs of {}..{} tokens; max |logit - transformers| {logits:.2e}, max |score - CrossEncoder.predict| {score_diff:.2e}, max |batched - single| {batched:.2e}",
+            "{label} ({}): {} pairs of {}..{} tokens; max |logit - reference| {logits:.2e}, max |score - reference| {score_diff:.2e}, max |batched - single| {batched:.2e}",
             run.precision,
             r.pairs.len(),
             r.tokens.iter().min().unwrap_or(&0),
@@ -122,6 +126,83 @@ fn a_bert_cross_encoder_scores_as_sentence_transformers_does() {
 #[test]
 fn an_xlm_roberta_cross_encoder_scores_as_sentence_transformers_does() {
     check("xlm-roberta", Architecture::XlmRoberta);
+}
+
+/// Issue 33: Qwen3-Reranker-0.6B's shape (tests/fixtures/architectures/qwen3_reranker.py),
+/// packed from the folder Qwen ships (a causal language model whose head is its word table),
+/// against the model card's own computation: each pair through its template, the last
+/// token's `yes` and `no` logits, P(yes). Within the issue's 1e-4 in f32.
+#[test]
+fn a_qwen3_reranker_scores_as_its_model_card_does() {
+    let r = reranker_reference("qwen3");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (package, manifest) = reranker_package("qwen3", "tiny-qwen3-reranker", tmp.path());
+    assert_eq!(
+        (manifest.architecture, manifest.kind),
+        (Architecture::Qwen3, ModelKind::Reranker)
+    );
+    assert_eq!(
+        (manifest.labels, manifest.activation),
+        (Some(1), Some(ScoreActivation::Sigmoid))
+    );
+    assert_eq!(manifest.pooling, Pooling::LastToken);
+    assert_eq!(
+        manifest.pair_template,
+        Some(caxton::package::PairTemplate::qwen3_reranker())
+    );
+    assert_eq!(manifest.max_seq_length, 512, "sentence_bert_config.json's");
+    assert!(
+        r.tokens.contains(&512),
+        "some pairs are cut at the pair length"
+    );
+    holds(
+        "qwen3 reranker",
+        &package,
+        tmp.path(),
+        Pairs {
+            pairs: &r.pairs,
+            tokens: &r.tokens,
+            logits: &r.logits,
+            scores: &r.scores,
+        },
+        (QWEN3_INT8_TOLERANCE, QWEN3_INT8_FAST_TOLERANCE),
+    );
+
+    // Stored int8 (issue 33's edge size), run in int8: the word table, which is also the
+    // head the score row came from, stays int8 in memory.
+    let folder = tmp.path().join("qwen3-folder");
+    common::fixtures::reranker_folder("qwen3", &folder);
+    let stored = tmp.path().join("stored-int8.tar.zst");
+    let summary = common::fixtures::pack_folder_stored(
+        &folder,
+        "tiny-qwen3-reranker",
+        &stored,
+        caxton::package::pack::WeightStorage::Int8,
+    );
+    assert_eq!(
+        summary.manifest.weights,
+        Some(caxton::package::StoredWeights::Int8)
+    );
+    let as_is = std::fs::metadata(&package).expect("package").len();
+    assert!(
+        summary.package_size * 3 < as_is,
+        "{} of {as_is}",
+        summary.package_size
+    );
+    let run = score_package(
+        &stored,
+        &tmp.path().join("state-stored"),
+        &r.pairs,
+        Precision::Int8,
+    );
+    let mut scores = run.singles.clone();
+    ScoreActivation::Sigmoid.apply(&mut scores);
+    let diff = max_abs_diff(&scores, &r.scores);
+    println!("qwen3 reranker stored int8, run int8: max |score - reference| {diff:.2e}");
+    assert!(
+        diff <= QWEN3_INT8_TOLERANCE,
+        "stored int8: scores off by {diff}"
+    );
 }
 
 /// tests/fixtures/reference/minilm-reranker.json.

@@ -23,6 +23,8 @@ struct RerankBody {
     documents: Value,
     top_n: Option<usize>,
     return_documents: Option<bool>,
+    /// Caxton's: the task instruction of a reranker that takes one (Qwen3-Reranker).
+    instruction: Option<String>,
 }
 
 /// Cohere's v1 takes documents as strings or as `{"text": ...}` objects; both become text.
@@ -52,7 +54,7 @@ fn documents(value: Value, max: usize) -> Result<Vec<String>, ApiError> {
 }
 
 /// `POST /v1/rerank`: `{"model"?, "query", "documents": [str or {"text"}], "top_n"?,
-/// "return_documents"?}` → `{"model", "results": [{"index", "relevance_score",
+/// "return_documents"?, "instruction"?}` → `{"model", "results": [{"index", "relevance_score",
 /// "document"?: {"text"}}], "usage": {"prompt_tokens", "total_tokens"}}`, best first, at most
 /// `top_n` results (all by default). Over-long pairs are cut, as Cohere cuts documents.
 pub async fn rerank(
@@ -79,6 +81,7 @@ pub async fn rerank(
             field: "documents",
             truncate: true,
             cut: Cut::End,
+            instruction: req.instruction,
         },
     )
     .await?;

@@ -27,6 +27,8 @@ pub struct RerankRequest {
     pub truncate: bool,
     /// Which end of an over-long pair goes.
     pub cut: Cut,
+    /// The task instruction, for a reranker whose pair template takes one (else refused).
+    pub instruction: Option<String>,
 }
 
 /// Scores for a request, in the documents' order.
@@ -78,18 +80,24 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
         Some(id) => id,
         None => default_reranker(state)?,
     };
+    let instruction = req.instruction.as_deref();
+    if let Some(known) = state.registry.get(&requested) {
+        // Before a load: a request the model cannot take costs nothing.
+        check_instruction(&requested, &known.package.manifest, instruction)?;
+    }
     let served = super::fallback::acquire(state, &requested, ModelKind::Reranker, None).await?;
     let (id, slot, model) = (served.id, served.slot, served.model);
     super::served_by(&id);
     let manifest = &model.package.manifest;
+    check_instruction(&id, manifest, instruction)?;
     let activation = manifest.activation.unwrap_or(ScoreActivation::Sigmoid);
     let tokenizer = model.tokenizer.clone();
-    let (query, documents, cut) = (req.query, req.documents, req.cut);
+    let (query, documents, cut, instruction) = (req.query, req.documents, req.cut, req.instruction);
     let bytes = documents.iter().map(|d| query.len() + d.len()).sum();
     let encoded: Vec<Encoded> = tokenize_off_runtime(bytes, move || {
         documents
             .iter()
-            .map(|d| tokenizer.encode_pair(&query, d, cut))
+            .map(|d| tokenizer.encode_pair(&query, d, instruction.as_deref(), cut))
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
@@ -129,6 +137,37 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
         fallback: served.fallback,
         truncated,
     })
+}
+
+/// Refuses an `instruction` that is blank, or that model `id` (whose manifest is `manifest`)
+/// has no place for: only a reranker whose pair template holds `{instruction}` takes one.
+fn check_instruction(
+    id: &str,
+    manifest: &crate::package::Manifest,
+    instruction: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(instruction) = instruction else {
+        return Ok(());
+    };
+    if instruction.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_input",
+            "`instruction` is empty or only whitespace; leave it out for the model's own",
+        ));
+    }
+    let takes = manifest
+        .pair_template
+        .as_ref()
+        .is_some_and(|t| t.takes_instruction());
+    if !takes {
+        return Err(ApiError::bad_request(
+            "instruction_unsupported",
+            format!(
+                "model {id} takes no instruction (a reranker whose pair template has one, such as Qwen3-Reranker, does); leave \"instruction\" out"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `models.default_reranker`, else the one verified reranker; a request must name one when

@@ -82,6 +82,8 @@ struct RerankBody {
     truncation_direction: Option<Value>,
     /// Caxton's: a reranker other than the default.
     model: Option<String>,
+    /// Caxton's: the task instruction of a reranker that takes one (Qwen3-Reranker).
+    instruction: Option<String>,
 }
 
 /// One document's place, as TEI answers `/rerank`.
@@ -94,7 +96,7 @@ pub struct Rank {
 }
 
 /// `POST /rerank`: `{"query", "texts", "raw_scores"?, "return_text"?, "truncate"?,
-/// "truncation_direction"?, "model"?}` → `[{"index", "score", "text"?}]`, best first. Scores
+/// "truncation_direction"?, "model"?, "instruction"?}` → `[{"index", "score", "text"?}]`, best first. Scores
 /// are the manifest's activation of the logit (sentence-transformers' `CrossEncoder.predict`),
 /// or the logit itself with `raw_scores`; `truncate` defaults to `limits.auto_truncate`
 /// (`/info`'s `auto_truncate`).
@@ -117,6 +119,7 @@ pub async fn rerank(
             field: "texts",
             truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
             cut,
+            instruction: req.instruction,
         },
     )
     .await?;

@@ -63,6 +63,9 @@ pub enum Command {
         /// Reranker id (default: models.default_reranker, else the one installed).
         #[arg(long)]
         model: Option<String>,
+        /// The task instruction, for a reranker whose template takes one (Qwen3-Reranker).
+        #[arg(long)]
+        instruction: Option<String>,
         /// The query.
         query: String,
         /// The documents to rank.
@@ -217,9 +220,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rerank {
             model,
+            instruction,
             query,
             documents,
-        } => remote::rerank(socket, model, query, documents),
+        } => remote::rerank(socket, model, instruction, query, documents),
         Command::Pack {
             model_dir,
             output,

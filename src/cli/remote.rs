@@ -45,13 +45,14 @@ pub(super) fn embed(socket: &Path, body: serde_json::Value) -> anyhow::Result<Ex
 pub(super) fn rerank(
     socket: &Path,
     model: Option<String>,
+    instruction: Option<String>,
     query: String,
     documents: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let v = post(
         socket,
         "/rerank",
-        &serde_json::json!({"query": query, "texts": documents, "model": model, "return_text": true}),
+        &serde_json::json!({"query": query, "texts": documents, "model": model, "instruction": instruction, "return_text": true}),
     )?;
     println!("{}", serde_json::to_string(&v)?);
     Ok(ExitCode::SUCCESS)

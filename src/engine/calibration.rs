@@ -32,7 +32,7 @@ pub fn encode(tokenizer: &TextTokenizer, kind: ModelKind) -> Result<Vec<Encoded>
         ModelKind::Reranker => TEXTS
             .iter()
             .zip(TEXTS.iter().cycle().skip(1))
-            .map(|(q, d)| tokenizer.encode_pair(q, d, Cut::End))
+            .map(|(q, d)| tokenizer.encode_pair(q, d, None, Cut::End))
             .collect(),
     };
     encoded.map_err(|e| format!("the tokenizer cannot encode int8-fast's calibration texts: {e}"))

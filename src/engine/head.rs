@@ -1,9 +1,12 @@
-//! A cross-encoder's classification head: the first token's vector through a dense layer and
-//! tanh, then a linear layer to the labels' logits. BERT calls the first half its pooler
-//! (`pooler.dense`, then `classifier`), XLM-RoBERTa its classification head
-//! (`classifier.dense`, then `classifier.out_proj`); [`super::checkpoint::head_tensors`] puts
-//! both under one pair of names. The head stays in f32 whatever the encoder's precision: it is
-//! a few hundred thousand weights, and the score is read straight off it.
+//! A reranker's classification head. A cross-encoder's: the first token's vector through a
+//! dense layer and tanh, then a linear layer to the labels' logits. BERT calls the first half
+//! its pooler (`pooler.dense`, then `classifier`), XLM-RoBERTa its classification head
+//! (`classifier.dense`, then `classifier.out_proj`). A decoder reranker's (Qwen3-Reranker):
+//! the last token's vector through one row, its language-model head's `yes` row less its `no`
+//! row, which `caxton pack` computed, so the logit is `yes - no` and its sigmoid is the
+//! softmax's P(yes). [`super::checkpoint::head_tensors`] puts them under one pair of names.
+//! The head stays in f32 whatever the encoder's precision: it is a few hundred thousand
+//! weights at most, and the score is read straight off it.
 
 use super::kernels::Linear;
 
@@ -14,12 +17,14 @@ pub const OUT: &str = "head.out";
 
 /// The head of a reranker.
 pub struct Head {
-    dense: Linear,
+    /// A cross-encoder's dense layer before tanh; none in a decoder reranker's head.
+    dense: Option<Linear>,
     out: Linear,
 }
 
 impl Head {
-    /// The head from its two layers (`dense`: hidden → hidden, `out`: hidden → labels).
+    /// The head of a cross-encoder from its two layers (`dense`: hidden → hidden, `out`:
+    /// hidden → labels).
     pub fn new(dense: Linear, out: Linear) -> Result<Head, String> {
         if dense.inputs != dense.outputs || out.inputs != dense.outputs {
             return Err(format!(
@@ -27,7 +32,15 @@ impl Head {
                 dense.inputs, dense.outputs, out.inputs, out.outputs
             ));
         }
-        Ok(Head { dense, out })
+        Ok(Head {
+            dense: Some(dense),
+            out,
+        })
+    }
+
+    /// The head of a decoder reranker: one layer (hidden → labels) on the last token.
+    pub fn single(out: Linear) -> Head {
+        Head { dense: None, out }
     }
 
     /// Number of logits per pair.
@@ -37,17 +50,21 @@ impl Head {
 
     /// Bytes of its weights.
     pub fn bytes(&self) -> usize {
-        self.dense.bytes() + self.out.bytes()
+        self.dense.as_ref().map_or(0, Linear::bytes) + self.out.bytes()
     }
 
-    /// The logits of `rows` pairs, from each pair's first-token vector (`firsts`, `rows` rows
-    /// of the hidden width): `rows × labels` values.
-    pub fn logits(&self, firsts: &[f32], rows: usize) -> Vec<f32> {
-        let mut pooled = vec![0f32; rows * self.dense.outputs];
-        self.dense.forward(firsts, rows, None, &mut pooled);
-        pooled.iter_mut().for_each(|x| *x = x.tanh());
+    /// The logits of `rows` pairs, from the vector of each pair's token the head reads
+    /// (`tokens`, `rows` rows of the hidden width): `rows × labels` values.
+    pub fn logits(&self, tokens: &[f32], rows: usize) -> Vec<f32> {
+        let pooled = self.dense.as_ref().map(|dense| {
+            let mut pooled = vec![0f32; rows * dense.outputs];
+            dense.forward(tokens, rows, None, &mut pooled);
+            pooled.iter_mut().for_each(|x| *x = x.tanh());
+            pooled
+        });
         let mut logits = vec![0f32; rows * self.out.outputs];
-        self.out.forward(&pooled, rows, None, &mut logits);
+        self.out
+            .forward(pooled.as_deref().unwrap_or(tokens), rows, None, &mut logits);
         logits
     }
 }
@@ -68,6 +85,17 @@ mod tests {
         assert!((logits[0] - expect(0.5, -0.25)).abs() < 1e-6, "{logits:?}");
         assert!((logits[1] - expect(0.0, 1.0)).abs() < 1e-6, "{logits:?}");
         assert_eq!(head.labels(), 1);
+    }
+
+    #[test]
+    fn a_single_layer_reads_the_token_as_it_is() {
+        // yes - no = (1, -2): the logit is x0 - 2·x1, no tanh before it.
+        let head = Head::single(Linear::from_torch(&[1.0, -2.0], vec![0.0], 1, 2));
+        assert_eq!(head.logits(&[3.0, 0.5, -1.0, 2.0], 2), vec![2.0, -5.0]);
+        assert_eq!(
+            (head.labels(), head.bytes()),
+            (1, Linear::from_torch(&[1.0, -2.0], vec![0.0], 1, 2).bytes())
+        );
     }
 
     #[test]

@@ -119,9 +119,14 @@ impl LoadedModel {
     ) -> Result<LoadedModel, PackageError> {
         let started = Instant::now();
         let m = &package.manifest;
-        let tokenizer =
+        let mut tokenizer =
             TextTokenizer::from_bytes(&package.read_verified("tokenizer.json")?, m.max_seq_length)
                 .map_err(PackageError::Unusable)?;
+        if let Some(template) = &m.pair_template {
+            tokenizer = tokenizer
+                .with_pair_template(template)
+                .map_err(PackageError::Unusable)?;
+        }
         let config = package.read_verified("config.json")?;
         let weights = package.read_verified_with("model.safetensors", |r, len| {
             stored::read(r, len, "model.safetensors")
@@ -182,7 +187,7 @@ impl LoadedModel {
             ),
             ModelKind::Reranker => (
                 self.tokenizer
-                    .encode_pair(SELF_TEST_TEXT, SELF_TEST_TEXT, Cut::End),
+                    .encode_pair(SELF_TEST_TEXT, SELF_TEST_TEXT, None, Cut::End),
                 m.labels.unwrap_or(1),
                 false,
             ),

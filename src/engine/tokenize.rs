@@ -3,6 +3,8 @@
 
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+use crate::package::PairTemplate;
+
 /// One tokenized text, ready for the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
@@ -59,7 +61,18 @@ pub struct TextTokenizer {
     from_start: std::sync::OnceLock<Result<Tokenizer, String>>,
     /// No truncation, for `POST /tokenize`; built on first use.
     whole: std::sync::OnceLock<Tokenizer>,
+    /// Where truncation cuts: the model's length, less a pair template's fixed tokens.
     max_len: usize,
+    /// A decoder reranker's pair template, its fixed parts tokenized.
+    framed: Option<Framed>,
+}
+
+/// A pair template with its prefix and suffix tokenized once (they never change, and are
+/// never cut).
+struct Framed {
+    template: PairTemplate,
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
 }
 
 impl TextTokenizer {
@@ -81,6 +94,49 @@ impl TextTokenizer {
             from_start: std::sync::OnceLock::new(),
             whole: std::sync::OnceLock::new(),
             max_len,
+            framed: None,
+        })
+    }
+
+    /// The tokenizer of a decoder reranker: a pair becomes `template`'s one text, cut to what
+    /// the model's length leaves after the prefix's and suffix's tokens, between them. The
+    /// prefix and suffix are tokenized without the tokenizer's special tokens, the pair with
+    /// them, as Qwen3-Reranker's model card does.
+    pub fn with_pair_template(self, template: &PairTemplate) -> Result<Self, String> {
+        let fixed = |text: &str| {
+            self.untruncated()
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| format!("tokenizer.json cannot encode the pair template: {e}"))
+        };
+        let (prefix, suffix) = (fixed(&template.prefix)?, fixed(&template.suffix)?);
+        let fixed_len = prefix.len() + suffix.len();
+        let total = self.max_len;
+        let budget = total.saturating_sub(fixed_len);
+        if budget < 2 {
+            return Err(format!(
+                "pair_template: its prefix and suffix take {fixed_len} of the {total} tokens of max_seq_length, leaving no room for a pair"
+            ));
+        }
+        let mut inner = self.inner;
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: budget,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| format!("tokenizer.json: cannot truncate at {budget}: {e}"))?;
+        Ok(TextTokenizer {
+            inner,
+            from_start: std::sync::OnceLock::new(),
+            whole: self.whole,
+            max_len: budget,
+            framed: Some(Framed {
+                template: template.clone(),
+                prefix,
+                suffix,
+            }),
         })
     }
 
@@ -99,7 +155,40 @@ impl TextTokenizer {
     /// special tokens and segment ids (BERT: `[CLS] query [SEP] document [SEP]`, the document
     /// of type 1). An over-long pair loses tokens from the longer of the two first, as
     /// transformers' `truncation=True` (longest first) does, at the side `cut` says.
-    pub fn encode_pair(&self, query: &str, document: &str, cut: Cut) -> Result<Encoded, String> {
+    ///
+    /// With a pair template (a decoder reranker), the pair is the template's text with
+    /// `instruction` (or the template's own) and cut at the side `cut` says, between the
+    /// template's prefix and suffix. A cross-encoder has no instruction: the caller refuses
+    /// one (`instruction` is then ignored here).
+    pub fn encode_pair(
+        &self,
+        query: &str,
+        document: &str,
+        instruction: Option<&str>,
+        cut: Cut,
+    ) -> Result<Encoded, String> {
+        if let Some(f) = &self.framed {
+            let text = f.template.render(instruction, query, document);
+            // Whole, then cut: tokenizers 0.23.2's early stop at the limit leaves no overflow
+            // to tell a cut from an exact fit when the tokenizer adds no tokens of its own
+            // (Qwen's), and a cut pair must say so.
+            let whole = self
+                .untruncated()
+                .encode(text.as_str(), false)
+                .map_err(|e| format!("tokenization failed: {e}"))?;
+            let pair = Self::encoded(
+                &self
+                    .truncating(cut)?
+                    .post_process(whole, None, true)
+                    .map_err(|e| format!("tokenization failed: {e}"))?,
+            );
+            let ids: Vec<u32> = [f.prefix.as_slice(), &pair.ids, &f.suffix].concat();
+            return Ok(Encoded {
+                type_ids: vec![0; ids.len()],
+                ids,
+                truncated: pair.truncated,
+            });
+        }
         // Each side whole, then the truncating tokenizer's own post-processing (longest-first
         // truncation, then the pair template). tokenizers 0.23.2 stops tokenizing a sequence
         // once it passes max_length when truncation is set; with a pair that changes which
@@ -202,5 +291,99 @@ impl TextTokenizer {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Qwen3 reranker fixture's tokenizer (byte-level BPE, Qwen's chat tokens).
+    fn qwen_tokenizer(max_len: usize) -> TextTokenizer {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/architectures/qwen3-reranker/tokenizer.json"
+        );
+        let bytes = std::fs::read(path).expect("fixture tokenizer");
+        TextTokenizer::from_bytes(&bytes, max_len).expect("tokenizer")
+    }
+
+    fn ids(t: &TextTokenizer, text: &str) -> Vec<u32> {
+        t.untruncated()
+            .encode(text, false)
+            .expect("encode")
+            .get_ids()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_templated_pair_is_prefix_pair_suffix() {
+        let template = PairTemplate::qwen3_reranker();
+        let t = qwen_tokenizer(512)
+            .with_pair_template(&template)
+            .expect("fits");
+        let got = t
+            .encode_pair("Where is it?", "Here.", Some("Find it"), Cut::End)
+            .expect("pair");
+        let want = [
+            ids(&t, &template.prefix),
+            ids(
+                &t,
+                "<Instruct>: Find it\n<Query>: Where is it?\n<Document>: Here.",
+            ),
+            ids(&t, &template.suffix),
+        ]
+        .concat();
+        assert_eq!(got.ids, want);
+        assert_eq!(got.type_ids, vec![0; want.len()]);
+        assert!(!got.truncated);
+        // The chat tokens are single tokens.
+        let im_start = t.untruncated().token_to_id("<|im_start|>").expect("token");
+        assert_eq!(got.ids[0], im_start);
+    }
+
+    #[test]
+    fn an_over_long_pair_is_cut_between_the_fixed_parts() {
+        let template = PairTemplate::qwen3_reranker();
+        let t = qwen_tokenizer(120)
+            .with_pair_template(&template)
+            .expect("fits");
+        let (prefix, suffix) = (ids(&t, &template.prefix), ids(&t, &template.suffix));
+        let long = "the same words again and again ".repeat(40);
+        for cut in [Cut::End, Cut::Start] {
+            let got = t.encode_pair("q", &long, None, cut).expect("pair");
+            assert_eq!(got.len(), 120, "{cut:?}");
+            assert!(got.truncated, "{cut:?}");
+            assert_eq!(got.ids[..prefix.len()], prefix[..], "{cut:?}");
+            assert_eq!(got.ids[120 - suffix.len()..], suffix[..], "{cut:?}");
+            let start = ids(&t, "<Instruct>");
+            let kept_start = got.ids[prefix.len()..prefix.len() + start.len()] == start[..];
+            // The end cut keeps the pair's start; the start cut drops it.
+            assert_eq!(kept_start, cut == Cut::End, "{cut:?}");
+        }
+    }
+
+    #[test]
+    fn a_template_that_leaves_no_room_is_refused() {
+        let template = PairTemplate::qwen3_reranker();
+        let fixed = {
+            let t = qwen_tokenizer(8);
+            ids(&t, &template.prefix).len() + ids(&t, &template.suffix).len()
+        };
+        let err = qwen_tokenizer(fixed + 1)
+            .with_pair_template(&template)
+            .err();
+        assert_eq!(
+            err,
+            Some(format!(
+                "pair_template: its prefix and suffix take {fixed} of the {} tokens of max_seq_length, leaving no room for a pair",
+                fixed + 1
+            ))
+        );
+        assert!(
+            qwen_tokenizer(fixed + 2)
+                .with_pair_template(&template)
+                .is_ok()
+        );
     }
 }

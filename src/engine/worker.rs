@@ -268,15 +268,21 @@ fn embed_jobs(
             }
         };
         if let Some(head) = encoder.head() {
-            // A reranker: each pair's first token through the head, in one product.
-            let firsts: Vec<f32> = (0..group.len())
-                .flat_map(|k| {
-                    let start = hidden.starts[k] * dim;
-                    hidden.data[start..start + dim].iter().copied()
+            // A reranker: each pair's first token (a cross-encoder's) or last (a decoder's)
+            // through the head, in one product.
+            let read: Vec<f32> = group
+                .iter()
+                .enumerate()
+                .flat_map(|(k, &i)| {
+                    let row = match pooling {
+                        Pooling::LastToken => hidden.starts[k] + lengths[i].max(1) - 1,
+                        _ => hidden.starts[k],
+                    };
+                    hidden.data[row * dim..(row + 1) * dim].iter().copied()
                 })
                 .collect();
             let labels = head.labels();
-            let logits = head.logits(&firsts, group.len());
+            let logits = head.logits(&read, group.len());
             for (k, &i) in group.iter().enumerate() {
                 let (j, t) = refs[i];
                 vectors[j][t] = logits[k * labels..(k + 1) * labels].to_vec();

@@ -127,7 +127,7 @@ pub fn score_package(
         .map(|(q, d)| {
             model
                 .tokenizer
-                .encode_pair(q, d, caxton::engine::Cut::End)
+                .encode_pair(q, d, None, caxton::engine::Cut::End)
                 .expect("tokenize")
         })
         .collect();

@@ -151,6 +151,8 @@ pub fn seeded_safetensors(seed: u64, parameters: &[Parameter]) -> Vec<u8> {
 /// made of them.
 #[derive(Deserialize)]
 pub struct RerankerReference {
+    /// The pair length the reference tokenized to.
+    pub max_seq_length: usize,
     pub seed: u64,
     pub parameters: Vec<Parameter>,
     pub pairs: Vec<(String, String)>,
@@ -161,6 +163,17 @@ pub struct RerankerReference {
     pub scores: Vec<f32>,
     /// One query against several documents.
     pub rank: RankReference,
+    /// The same ranking under another instruction (a reranker that takes one).
+    #[serde(default)]
+    pub instructed: Option<InstructedReference>,
+}
+
+/// A ranking of [`RerankerReference::rank`]'s documents under `instruction`.
+#[derive(Deserialize)]
+pub struct InstructedReference {
+    pub instruction: String,
+    /// Best first.
+    pub ranking: Vec<Ranked>,
 }
 
 /// `CrossEncoder.rank` of one query against several documents.
@@ -187,26 +200,19 @@ pub fn reranker_reference(arch: &str) -> RerankerReference {
     serde_json::from_slice(&std::fs::read(&path).expect("reranker.json")).expect("reranker JSON")
 }
 
-/// The CrossEncoder folder of `<arch>-reranker` with its weights, in `dir`, as
-/// sentence-transformers saved it.
+/// The folder of `<arch>-reranker` with its weights, in `dir`: as sentence-transformers saved
+/// the CrossEncoder, or for qwen3 as Qwen ships Qwen3-Reranker (every file but the reference).
 pub fn reranker_folder(arch: &str, dir: &Path) {
     let r = reranker_reference(arch);
     let src = fixture(&format!("{arch}-reranker"));
     std::fs::create_dir_all(dir).expect("mkdir");
-    copy_with_weights(
-        &src,
-        dir,
-        &[
-            "config.json",
-            "config_sentence_transformers.json",
-            "modules.json",
-            "sentence_bert_config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-        ],
-        r.seed,
-        &r.parameters,
-    );
+    let files: Vec<String> = std::fs::read_dir(&src)
+        .expect("read fixture")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "reranker.json")
+        .collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    copy_with_weights(&src, dir, &files, r.seed, &r.parameters);
 }
 
 /// `files` copied from the fixture `src` into `dir`, and the seeded weights beside them.

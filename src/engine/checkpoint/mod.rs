@@ -20,28 +20,37 @@ use crate::package::Architecture;
 pub use tensors::Tensors;
 
 /// Moves a reranker's classification head (already stripped of the encoder's prefix by
-/// [`map`]) to the names [`super::head`] reads: BERT's pooler and classifier, or
-/// XLM-RoBERTa's classifier dense and output projection.
+/// [`map`]) to the names [`super::head`] reads: BERT's pooler and classifier, XLM-RoBERTa's
+/// classifier dense and output projection, or a Qwen3 reranker's one row (`score`, which
+/// `caxton pack` makes of the language-model head's `yes` and `no` rows, and which
+/// transformers' `Qwen3ForSequenceClassification` names so too), without a bias.
 pub fn head_tensors(architecture: Architecture, tensors: &mut Tensors) -> Result<(), String> {
     use super::head::{DENSE, OUT};
     let renames: &[(&str, &str)] = match architecture {
         Architecture::Bert => &[("pooler.dense", DENSE), ("classifier", OUT)],
         Architecture::XlmRoberta => &[("classifier.dense", DENSE), ("classifier.out_proj", OUT)],
+        Architecture::Qwen3 => &[("score", OUT)],
         other => {
             return Err(format!(
-                "a {} reranker is not supported (rerankers: bert, xlm-roberta)",
+                "a {} reranker is not supported (rerankers: bert, xlm-roberta, qwen3)",
                 other.as_str()
             ));
         }
     };
     for (from, to) in renames {
         for part in ["weight", "bias"] {
-            let t = tensors.remove(&format!("{from}.{part}")).ok_or_else(|| {
-                format!(
-                    "model.safetensors: no tensor {from}.{part}: a {} reranker's classifier head needs it",
-                    architecture.as_str()
-                )
-            })?;
+            let name = format!("{from}.{part}");
+            let t = match tensors.remove(&name) {
+                Some(t) => t,
+                // A decoder's score row has no bias.
+                None if architecture == Architecture::Qwen3 && part == "bias" => continue,
+                None => {
+                    return Err(format!(
+                        "model.safetensors: no tensor {name}: a {} reranker's classifier head needs it",
+                        architecture.as_str()
+                    ));
+                }
+            };
             tensors.insert(format!("{to}.{part}"), t);
         }
     }

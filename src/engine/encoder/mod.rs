@@ -167,6 +167,16 @@ impl Encoder {
         };
         let head = match labels {
             None => None,
+            // A decoder reranker's head is its output row, without a bias.
+            Some(labels) if b.causal => {
+                let row = w.take(&format!("{}.weight", super::head::OUT), &[labels, h])?;
+                Some(Head::single(kernels::Linear::from_torch(
+                    &row,
+                    vec![0.0; labels],
+                    labels,
+                    h,
+                )))
+            }
             Some(labels) => Some(Head::new(
                 w.linear(super::head::DENSE, h, h)?,
                 w.linear(super::head::OUT, labels, h)?,
@@ -504,6 +514,22 @@ fn check_config(blueprint: &Blueprint, manifest: &Manifest) -> Result<(), String
             "the manifest's max_seq_length {} exceeds config.json max_position_embeddings {}",
             manifest.max_seq_length,
             blueprint.max_positions()
+        ));
+    }
+    // Of a causal pass only the last token has seen the whole pair; a bidirectional
+    // cross-encoder's head was trained on the first.
+    if manifest.kind == ModelKind::Reranker
+        && blueprint.causal != (manifest.pooling == crate::package::Pooling::LastToken)
+    {
+        return Err(format!(
+            "a {} reranker's head reads its {} token: the manifest's pooling must be {}",
+            manifest.architecture.as_str(),
+            if blueprint.causal { "last" } else { "first" },
+            if blueprint.causal {
+                "last_token"
+            } else {
+                "cls"
+            },
         ));
     }
     Ok(())

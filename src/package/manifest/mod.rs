@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod pair_template;
 mod vectors;
 mod weights;
+pub use pair_template::PairTemplate;
 pub use vectors::{Dense, DenseActivation, InputType, Matryoshka};
 pub use weights::{
     INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights, quantize_int8_block,
@@ -81,6 +83,10 @@ pub struct Manifest {
     /// What a reranker applies to its logits to make scores; only for rerankers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation: Option<ScoreActivation>,
+    /// How a decoder reranker makes one text of a pair (see [`PairTemplate`]); only for
+    /// rerankers, and then their head reads the last token (`pooling: last_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_template: Option<PairTemplate>,
     /// How `caxton pack` stored the weights; absent: as the source folder had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<StoredWeights>,
@@ -439,14 +445,15 @@ impl Manifest {
         Ok(())
     }
 
-    /// A reranker needs its labels and activation, reads the first token (`pooling: cls`) and
-    /// makes no vectors (`normalize: false`); an embedding model has neither field.
+    /// A reranker needs its labels and activation, reads the first token (`pooling: cls`), or
+    /// with a pair template the last (`last_token`), and makes no vectors (`normalize: false`); an embedding model has neither field.
     fn validate_kind(&self) -> Result<(), ManifestError> {
         match self.kind {
             ModelKind::Embedding => {
                 for (field, present) in [
                     ("labels", self.labels.is_some()),
                     ("activation", self.activation.is_some()),
+                    ("pair_template", self.pair_template.is_some()),
                 ] {
                     if present {
                         return Err(invalid(
@@ -482,11 +489,23 @@ impl Manifest {
                         "a reranker must say what its scores apply to the logits (sigmoid, identity or tanh)",
                     ));
                 }
-                if self.pooling != Pooling::Cls {
-                    return Err(invalid(
-                        "pooling",
-                        "a reranker's head reads the first token: pooling must be cls",
-                    ));
+                // A cross-encoder's head reads the first token; a decoder reranker's, the
+                // last (the only one that saw the whole pair).
+                match (&self.pair_template, self.pooling) {
+                    (None, Pooling::Cls) => {}
+                    (None, _) => {
+                        return Err(invalid(
+                            "pooling",
+                            "a cross-encoder's head reads the first token: pooling must be cls (last_token goes with a pair_template)",
+                        ));
+                    }
+                    (Some(t), Pooling::LastToken) => t.validate()?,
+                    (Some(_), _) => {
+                        return Err(invalid(
+                            "pooling",
+                            "a reranker with a pair_template reads its last token: pooling must be last_token",
+                        ));
+                    }
                 }
                 if self.normalize {
                     return Err(invalid(

@@ -66,6 +66,57 @@ fn prompts_need_sane_names_and_an_existing_default() {
 }
 
 #[test]
+fn a_decoder_reranker_has_its_pair_template_and_reads_the_last_token() {
+    let template =
+        "pair_template:\n  prefix: '<s>'\n  pair: 'Q: {query} D: {document}'\n  suffix: '</s>'\n";
+    let reranker = |pooling: &str, extra: &str| {
+        good()
+            .replace(
+                "pooling: mean\nnormalize: true",
+                &format!("pooling: {pooling}\nnormalize: false"),
+            )
+            .replace(
+                "files:",
+                &format!("kind: reranker\nlabels: 1\nactivation: sigmoid\n{extra}files:"),
+            )
+    };
+    let m = Manifest::parse(reranker("last_token", template).as_bytes()).expect("valid");
+    let t = m.pair_template.clone().expect("template");
+    assert_eq!((t.prefix.as_str(), t.suffix.as_str()), ("<s>", "</s>"));
+    assert_eq!(t.render(None, "q", "d"), "Q: q D: d");
+    assert!(!t.takes_instruction());
+    assert_eq!(Manifest::parse(m.to_yaml().as_bytes()).unwrap(), m);
+    let qwen3 = crate::package::PairTemplate::qwen3_reranker();
+    let with_qwen3 = Manifest {
+        pair_template: Some(qwen3.clone()),
+        ..m
+    };
+    assert_eq!(
+        Manifest::parse(with_qwen3.to_yaml().as_bytes())
+            .unwrap()
+            .pair_template,
+        Some(qwen3),
+        "its quotes and newlines survive YAML"
+    );
+
+    assert_eq!(
+        err_of(&reranker("cls", template)),
+        "pooling: a reranker with a pair_template reads its last token: pooling must be last_token"
+    );
+    assert_eq!(
+        err_of(&reranker(
+            "last_token",
+            "pair_template:\n  prefix: ''\n  pair: '{query}'\n  suffix: ''\n"
+        )),
+        "pair_template.pair: must hold {document} once (it holds it 0 times)"
+    );
+    assert_eq!(
+        err_of(&good().replace("files:", &format!("{template}files:"))),
+        "pair_template: only a reranker (kind: reranker) has it; remove it or set kind: reranker"
+    );
+}
+
+#[test]
 fn a_reranker_says_its_labels_and_activation_and_reads_the_first_token() {
     let reranker = |extra: &str| {
         good()
@@ -110,7 +161,7 @@ fn a_reranker_says_its_labels_and_activation_and_reads_the_first_token() {
             "files:",
             "kind: reranker\nlabels: 1\nactivation: sigmoid\nfiles:"
         )),
-        "pooling: a reranker's head reads the first token: pooling must be cls"
+        "pooling: a cross-encoder's head reads the first token: pooling must be cls (last_token goes with a pair_template)"
     );
     assert_eq!(
         err_of(&good().replace("files:", "labels: 1\nfiles:")),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::super::error::PackageError;
 use super::super::manifest::{
-    Architecture, Dense, DenseActivation, ModelKind, Pooling, ScoreActivation,
+    Architecture, Dense, DenseActivation, ModelKind, PairTemplate, Pooling, ScoreActivation,
 };
 
 #[derive(Deserialize)]
@@ -187,6 +187,11 @@ pub(super) struct Inferred {
     pub kind: ModelKind,
     pub labels: Option<usize>,
     pub activation: Option<ScoreActivation>,
+    /// A decoder reranker's template (see [`PairTemplate`]).
+    pub pair_template: Option<PairTemplate>,
+    /// A causal language model's `yes` and `no` token ids, whose head rows become the
+    /// reranker's one row (see `logit_head`).
+    pub logit_rows: Option<(u32, u32)>,
 }
 
 /// The architecture a `config.json`'s `model_type` names, as transformers spells them.
@@ -219,6 +224,19 @@ impl HfConfig {
     }
 }
 
+/// Whether the folder's `modules.json` has a Pooling module (a sentence-transformers
+/// embedder's folder).
+fn pools(dir: &Path) -> Result<bool, PackageError> {
+    let path = dir.join("modules.json");
+    if !path.exists() {
+        return Ok(false);
+    }
+    let modules: Vec<StModule> = read_json(&path)?;
+    Ok(modules
+        .iter()
+        .any(|m| module_class(&m.kind) == Some("Pooling")))
+}
+
 /// The class of a sentence-transformers module as `modules.json` names it: `models.Dense`
 /// (sentence-transformers 2 to 5) or its module path (`base.modules.dense.Dense`, 6).
 fn module_class(kind: &str) -> Option<&str> {
@@ -239,13 +257,27 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         // RoBERTa's (and MPNet's) positions start after pad_token_id.
         max_positions = max_positions.saturating_sub(config.pad_token_id.unwrap_or(1) + 1);
     }
+    // A causal language model is a reranker unless sentence-transformers pools it into an
+    // embedder (Qwen3-Embedding's folder says Qwen3ForCausalLM too).
+    let causal_lm = config
+        .architectures
+        .iter()
+        .any(|a| a.ends_with("ForCausalLM"));
     let cross_encoder = st_model.model_type.as_deref() == Some("CrossEncoder")
         || config
             .architectures
             .iter()
-            .any(|a| a.ends_with("ForSequenceClassification"));
+            .any(|a| a.ends_with("ForSequenceClassification"))
+        || (causal_lm && !pools(dir)?);
     if cross_encoder {
-        return infer_reranker(dir, &config, &st_model, architecture, max_positions);
+        return reranker::infer(
+            dir,
+            &config,
+            &st_model,
+            architecture,
+            max_positions,
+            causal_lm,
+        );
     }
     let modules: Vec<StModule> = read_json(&dir.join("modules.json"))?;
     let mut pooling = None;
@@ -334,6 +366,8 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         kind: ModelKind::Embedding,
         labels: None,
         activation: None,
+        pair_template: None,
+        logit_rows: None,
     })
 }
 
@@ -394,83 +428,7 @@ pub(super) fn matryoshka_dims(dir: &Path) -> Vec<usize> {
         .unwrap_or_default()
 }
 
-/// A cross-encoder folder (sentence-transformers' CrossEncoder, or transformers'
-/// sequence classification): its labels, the activation CrossEncoder applies (where each
-/// version saved it, else its default: sigmoid for one label), and the pair length
-/// CrossEncoder tokenizes to (`sentence_bert_config.json`'s `max_seq_length`, else the
-/// tokenizer's `model_max_length`, within the positions).
-fn infer_reranker(
-    dir: &Path,
-    config: &HfConfig,
-    st_model: &StModelConfig,
-    architecture: Architecture,
-    max_positions: usize,
-) -> Result<Inferred, PackageError> {
-    if !matches!(architecture, Architecture::Bert | Architecture::XlmRoberta) {
-        return Err(unusable(format!(
-            "config.json: a {} cross-encoder is not supported (rerankers: bert, xlm-roberta)",
-            architecture.as_str()
-        )));
-    }
-    // transformers' own default is two labels when the config names none.
-    let labels = config
-        .num_labels
-        .or((!config.id2label.is_empty()).then_some(config.id2label.len()))
-        .unwrap_or(2);
-    let (saved, source) = match (
-        &st_model.activation_fn,
-        config
-            .sentence_transformers
-            .as_ref()
-            .and_then(|s| s.activation_fn.as_ref()),
-        &config.sbert_ce_default_activation_function,
-    ) {
-        (Some(a), _, _) => (Some(a), "config_sentence_transformers.json: activation_fn"),
-        (None, Some(a), _) => (Some(a), "config.json: sentence_transformers.activation_fn"),
-        (None, None, Some(a)) => (Some(a), "config.json: sbert_ce_default_activation_function"),
-        (None, None, None) => (None, ""),
-    };
-    let activation = match saved.map(String::as_str) {
-        None if labels == 1 => ScoreActivation::Sigmoid,
-        None => ScoreActivation::Identity,
-        Some("torch.nn.modules.activation.Sigmoid") => ScoreActivation::Sigmoid,
-        Some("torch.nn.modules.linear.Identity") => ScoreActivation::Identity,
-        Some("torch.nn.modules.activation.Tanh") => ScoreActivation::Tanh,
-        Some(other) => {
-            return Err(unusable(format!(
-                "{source}: {other} is not supported (torch.nn.modules.activation.Sigmoid, torch.nn.modules.linear.Identity, torch.nn.modules.activation.Tanh)"
-            )));
-        }
-    };
-    let st: Option<StConfig> = match dir.join("sentence_bert_config.json") {
-        p if p.exists() => Some(read_json(&p)?),
-        _ => None,
-    };
-    let tokenizer_max = match dir.join("tokenizer_config.json") {
-        p if p.exists() => read_json::<TokenizerConfig>(&p)?
-            .model_max_length
-            // transformers writes a huge sentinel when the tokenizer sets no limit.
-            .filter(|m| (2.0..1e9).contains(m))
-            .map(|m| m as usize),
-        _ => None,
-    };
-    let max_seq_length = st
-        .and_then(|s| s.max_seq_length)
-        .or(tokenizer_max)
-        .unwrap_or(max_positions)
-        .min(max_positions);
-    Ok(Inferred {
-        architecture,
-        dimensions: config.hidden()?,
-        dense: Vec::new(),
-        max_seq_length,
-        pooling: Pooling::Cls,
-        normalize: false,
-        kind: ModelKind::Reranker,
-        labels: Some(labels),
-        activation: Some(activation),
-    })
-}
+mod reranker;
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 mod infer;
+mod logit_head;
 mod storage;
 
 use super::error::PackageError;
@@ -87,8 +88,11 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         let p = dir.join(name);
         std::fs::read(&p).map_err(|e| PackageError::io("read", &p, e))
     };
-    let weights = read("model.safetensors")?;
+    let mut weights = read("model.safetensors")?;
     let source_weights_sha256 = hex::encode(Sha256::digest(&weights));
+    if let Some((yes, no)) = inferred.logit_rows {
+        weights = logit_head::score_row(&weights, yes, no)?;
+    }
     let stored = |bytes: Vec<u8>, file: &str| storage::convert(bytes, opts.weights, file);
     let weights = stored(weights, "model.safetensors")?;
     let mut payload: Vec<(&str, Vec<u8>)> = vec![
@@ -142,6 +146,7 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         dense: inferred.dense.clone(),
         labels: inferred.labels,
         activation: inferred.activation,
+        pair_template: inferred.pair_template.clone(),
         weights: opts.weights.in_manifest(),
         files: payload
             .iter()

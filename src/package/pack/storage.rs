@@ -107,7 +107,7 @@ pub fn convert(
 }
 
 /// A float tensor's values in f32; `None` for other dtypes (ids, masks), which stay as they are.
-fn widen(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+pub(super) fn widen(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     let pairs = || data.chunks_exact(2).map(|c| [c[0], c[1]]);
     match dtype {
         Dtype::F32 => Some(

@@ -1,4 +1,4 @@
-//! What `infer` makes of cross-encoder configs and of bi-encoder folders' Pooling modules.
+//! What `infer` makes of cross-encoder configs, of Qwen3 rerankers, and of bi-encoder folders' Pooling modules.
 
 use super::*;
 
@@ -214,7 +214,151 @@ fn unsupported_cross_encoders_are_refused_naming_the_file_and_value() {
     assert_eq!(
         infer(d.path()).err().map(|e| e.to_string()).as_deref(),
         Some(
-            "unusable model: config.json: a distilbert cross-encoder is not supported (rerankers: bert, xlm-roberta)"
+            "unusable model: config.json: a distilbert cross-encoder is not supported (rerankers: bert, xlm-roberta, qwen3)"
         )
     );
+}
+
+/// A Qwen3 folder (32 wide) with `architectures`, a tokenizer whose vocabulary is `words`,
+/// and `files` beside them.
+fn qwen3(architectures: &[&str], words: &[&str], files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = folder(
+        serde_json::json!({"model_type": "qwen3", "hidden_size": 32,
+            "max_position_embeddings": 40960, "architectures": architectures}),
+        Some(131072.0),
+    );
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), serde_json::json!(i)))
+        .collect();
+    let tokenizer = serde_json::json!({"version": "1.0", "model": {"type": "BPE", "vocab": vocab, "merges": []}});
+    std::fs::write(d.path().join("tokenizer.json"), tokenizer.to_string()).expect("write");
+    for (name, text) in files {
+        if let Some(parent) = std::path::Path::new(name).parent() {
+            std::fs::create_dir_all(d.path().join(parent)).expect("mkdir");
+        }
+        std::fs::write(d.path().join(name), text).expect("write");
+    }
+    d
+}
+
+#[test]
+fn qwen3_rerankers_read_their_card_s_template_and_last_token() {
+    // As Qwen ships Qwen3-Reranker: a causal language model, no sentence-transformers files.
+    let d = qwen3(&["Qwen3ForCausalLM"], &["a", "no", "yes"], &[]);
+    let i = infer(d.path()).expect("a reranker");
+    assert_eq!(
+        (i.kind, i.architecture),
+        (ModelKind::Reranker, Architecture::Qwen3)
+    );
+    assert_eq!(
+        (i.labels, i.activation),
+        (Some(1), Some(ScoreActivation::Sigmoid))
+    );
+    assert_eq!((i.pooling, i.normalize), (Pooling::LastToken, false));
+    assert_eq!(i.pair_template, Some(PairTemplate::qwen3_reranker()));
+    assert_eq!(i.logit_rows, Some((2, 1)), "yes and no");
+    // The card's 8,192, not the tokenizer's 131,072.
+    assert_eq!(i.max_seq_length, 8192);
+
+    // As sentence-transformers 6 saves it: LogitScore's ids, its saved length.
+    let d = qwen3(
+        &["Qwen3ForCausalLM"],
+        &["yes", "no"],
+        &[
+            (
+                "config_sentence_transformers.json",
+                r#"{"model_type": "CrossEncoder", "activation_fn": "torch.nn.modules.activation.Sigmoid"}"#,
+            ),
+            (
+                "modules.json",
+                r#"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_LogitScore", "type": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"}]"#,
+            ),
+            (
+                "1_LogitScore/config.json",
+                r#"{"true_token_id": 7, "false_token_id": 5, "module_input_name": "causal_logits"}"#,
+            ),
+            (
+                "sentence_bert_config.json",
+                r#"{"max_seq_length": 1024, "transformer_task": "text-generation"}"#,
+            ),
+        ],
+    );
+    let i = infer(d.path()).expect("a reranker");
+    assert_eq!((i.logit_rows, i.max_seq_length), (Some((7, 5)), 1024));
+
+    // Converted to sequence classification: its own score row, its labels.
+    let d = qwen3(&["Qwen3ForSequenceClassification"], &["a"], &[]);
+    let d_config = d.path().join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&d_config).expect("read")).expect("json");
+    c["num_labels"] = serde_json::json!(1);
+    std::fs::write(&d_config, c.to_string()).expect("write");
+    let i = infer(d.path()).expect("a reranker");
+    assert_eq!((i.labels, i.logit_rows), (Some(1), None));
+    assert_eq!(i.pooling, Pooling::LastToken);
+}
+
+#[test]
+fn a_qwen3_reranker_without_yes_and_no_is_refused_by_file() {
+    let d = qwen3(&["Qwen3ForCausalLM"], &["yes", "maybe"], &[]);
+    let err = infer(d.path())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.ends_with("tokenizer.json: no token \"no\"; a causal reranker's score is its \"yes\" logit against its \"no\""),
+        "{err}"
+    );
+    let d = qwen3(
+        &["Qwen3ForCausalLM"],
+        &["yes", "no"],
+        &[
+            (
+                "modules.json",
+                r#"[{"idx": 1, "name": "1", "path": "1_LogitScore", "type": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"}]"#,
+            ),
+            (
+                "1_LogitScore/config.json",
+                r#"{"true_token_id": 7, "false_token_id": null}"#,
+            ),
+        ],
+    );
+    let err = infer(d.path())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.ends_with("1_LogitScore/config.json: false_token_id is null; only a reranker that scores a true token against a false one is supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn qwen3_embedding_s_causal_folder_stays_an_embedder() {
+    // Qwen3-Embedding's config.json names Qwen3ForCausalLM too; its Pooling module decides.
+    let d = qwen3(
+        &["Qwen3ForCausalLM"],
+        &["yes", "no"],
+        &[
+            (
+                "modules.json",
+                r#"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]"#,
+            ),
+            (
+                "1_Pooling/config.json",
+                r#"{"embedding_dimension": 32, "pooling_mode": "lasttoken"}"#,
+            ),
+            ("sentence_bert_config.json", r#"{"max_seq_length": 512}"#),
+        ],
+    );
+    let i = infer(d.path()).expect("an embedder");
+    assert_eq!(
+        (i.kind, i.pooling),
+        (ModelKind::Embedding, Pooling::LastToken)
+    );
+    assert_eq!((i.pair_template, i.logit_rows), (None, None));
 }
