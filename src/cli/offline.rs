@@ -25,11 +25,7 @@ pub(super) fn pack_folder(opts: PackOptions, output: &Path) -> anyhow::Result<Ex
             "{}, {} dimensions, {} pooling",
             m.architecture.as_str(),
             m.dimensions,
-            if m.pooling == crate::package::Pooling::Mean {
-                "mean"
-            } else {
-                "cls"
-            }
+            m.pooling.as_str()
         ),
     };
     println!(

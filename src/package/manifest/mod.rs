@@ -257,6 +257,17 @@ pub enum Pooling {
     LastToken,
 }
 
+impl Pooling {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::LastToken => "last_token",
+        }
+    }
+}
+
 /// One file of a package with the size and digest it must have.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
