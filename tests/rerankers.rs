@@ -51,12 +51,7 @@ fn check(arch: &str, expected: Architecture) {
         &format!("{arch} reranker"),
         &package,
         tmp.path(),
-        Pairs {
-            pairs: &r.pairs,
-            tokens: &r.tokens,
-            logits: &r.logits,
-            scores: &r.scores,
-        },
+        Pairs::of(&r),
         (INT8_TOLERANCE, INT8_FAST_TOLERANCE),
     );
 }
@@ -67,6 +62,18 @@ struct Pairs<'a> {
     tokens: &'a [usize],
     logits: &'a [f32],
     scores: &'a [f32],
+}
+
+impl<'a> Pairs<'a> {
+    /// A reranker fixture's pairs and reference.
+    fn of(r: &'a common::fixtures::RerankerReference) -> Self {
+        Pairs {
+            pairs: &r.pairs,
+            tokens: &r.tokens,
+            logits: &r.logits,
+            scores: &r.scores,
+        }
+    }
 }
 
 /// Scores the pairs with the reranker `package` in f32, int8 and int8-fast, one at a time and
@@ -159,12 +166,7 @@ fn a_qwen3_reranker_scores_as_its_model_card_does() {
         "qwen3 reranker",
         &package,
         tmp.path(),
-        Pairs {
-            pairs: &r.pairs,
-            tokens: &r.tokens,
-            logits: &r.logits,
-            scores: &r.scores,
-        },
+        Pairs::of(&r),
         (QWEN3_INT8_TOLERANCE, QWEN3_INT8_FAST_TOLERANCE),
     );
 

@@ -1,17 +1,8 @@
-use safetensors::tensor::TensorView;
-
 use super::*;
+use crate::package::pack::safetensors_file as file;
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn file(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-    let views: Vec<_> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize(views, None).unwrap()
 }
 
 fn read_all(bytes: &[u8]) -> Result<Tensors, String> {

@@ -85,15 +85,8 @@ pub(super) fn score_row(bytes: &[u8], yes: u32, no: u32) -> Result<Vec<u8>, Pack
 
 #[cfg(test)]
 mod tests {
+    use super::super::safetensors_file as file;
     use super::*;
-
-    fn file(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-        let views: Vec<_> = tensors
-            .iter()
-            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
-            .collect();
-        safetensors::serialize(views, None).unwrap()
-    }
 
     fn f32s(v: &[f32]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()

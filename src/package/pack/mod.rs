@@ -214,6 +214,19 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
     })
 }
 
+/// A safetensors file of `tensors` (name, dtype, shape, little-endian bytes), for tests.
+#[cfg(test)]
+pub(crate) fn safetensors_file(
+    tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)],
+) -> Vec<u8> {
+    use safetensors::tensor::TensorView;
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
 /// Appends a regular file with fixed metadata, so the archive depends only on the content.
 fn append<W: Write>(
     builder: &mut tar::Builder<W>,

@@ -191,15 +191,8 @@ fn bf16_bytes(v: &[f32]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::safetensors_file as file;
     use super::*;
-
-    fn file(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-        let views: Vec<_> = tensors
-            .iter()
-            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
-            .collect();
-        safetensors::serialize(views, None).unwrap()
-    }
 
     #[test]
     fn int8_stores_large_matrices_with_block_scales_and_leaves_the_rest() {
