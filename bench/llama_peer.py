@@ -20,12 +20,13 @@ process's peak RSS (ru_maxrss).
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ort_peer import measure_workloads
 
 THREADS = 2
 
@@ -51,17 +52,6 @@ def cmd_convert(args):
                        stderr=subprocess.DEVNULL)
         os.replace(str(target) + ".tmp", target)
         print(f"  {target}: {target.stat().st_size} bytes, {time.perf_counter() - t:.1f} s")
-
-
-def percentile(sorted_values, p):
-    return sorted_values[round((len(sorted_values) - 1) * p)]
-
-
-def rss_mb():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def cmd_run(args):
@@ -91,23 +81,8 @@ def cmd_run(args):
     def embed(texts):
         return llm.embed(texts, normalize=True, truncate=True, return_count=True)
 
-    embed(["warm up"])
-    idle_rss = rss_mb()
-    short, long_, single = workload["short"], workload["long"], workload["single"]
-    sb, lb = workload["short_batch"], workload["long_batch"]
-    t = time.perf_counter()
-    short_tokens = sum(embed(short[i:i + sb])[1] for i in range(0, len(short), sb))
-    short_s = time.perf_counter() - t
-    t = time.perf_counter()
-    long_tokens = sum(embed(long_[i:i + lb])[1] for i in range(0, len(long_), lb))
-    long_s = time.perf_counter() - t
-    latencies = []
-    for text in single:
-        t = time.perf_counter()
-        embed([text])
-        latencies.append(time.perf_counter() - t)
-    latencies.sort()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    measured = measure_workloads(embed, workload)
+    short, sb = workload["short"], workload["short_batch"]
     corpus = [v for i in range(0, len(short), sb) for v in embed(short[i:i + sb])[0]]
     result = {
         "implementation": f"llama.cpp {Path(args.gguf).stem.split('-')[-1]}",
@@ -117,14 +92,7 @@ def cmd_run(args):
         "threads": THREADS,
         "context": context,
         "load_ms": load_s * 1e3,
-        "short_texts": len(short), "short_tokens": short_tokens, "short_s": short_s,
-        "short_texts_per_s": len(short) / short_s,
-        "long_texts": len(long_), "long_tokens": long_tokens, "long_s": long_s,
-        "long_texts_per_s": len(long_) / long_s,
-        "single_n": len(latencies),
-        "single_p50_ms": percentile(latencies, 0.5) * 1e3,
-        "single_p99_ms": percentile(latencies, 0.99) * 1e3,
-        "idle_rss_mb": idle_rss, "peak_rss_mb": peak_mb,
+        **measured,
         "corpus": corpus,
     }
     if args.caxton:
@@ -134,7 +102,7 @@ def cmd_run(args):
     print(f"  {result['implementation']}: short {result['short_texts_per_s']:.1f} texts/s, "
           f"long {result['long_texts_per_s']:.2f} texts/s, one text p50 "
           f"{result['single_p50_ms']:.2f} ms, load {result['load_ms']:.0f} ms, peak RSS "
-          f"{peak_mb:.0f} MB")
+          f"{result['peak_rss_mb']:.0f} MB")
 
 
 def cosine(x, y):

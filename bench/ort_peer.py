@@ -283,6 +283,45 @@ def percentile(sorted_values, p):
     return sorted_values[round((len(sorted_values) - 1) * p)]
 
 
+def measure_workloads(embed, workload):
+    """The timed part of a peer's run, as examples/bench times Caxton: one warm-up text, the
+    idle RSS, the short and long texts in their batches, each single text alone, then the peak
+    RSS. `embed(texts)` returns (vectors, tokens). Returns the result fields."""
+    embed(["warm up"])  # as the Caxton side: one single-text request before measuring
+    idle_rss = rss_mb()
+    short, long_, single = workload["short"], workload["long"], workload["single"]
+    sb, lb = workload["short_batch"], workload["long_batch"]
+    t = time.perf_counter()
+    short_tokens = sum(embed(short[i : i + sb])[1] for i in range(0, len(short), sb))
+    short_s = time.perf_counter() - t
+    t = time.perf_counter()
+    long_tokens = sum(embed(long_[i : i + lb])[1] for i in range(0, len(long_), lb))
+    long_s = time.perf_counter() - t
+    latencies = []
+    for text in single:
+        t = time.perf_counter()
+        embed([text])
+        latencies.append(time.perf_counter() - t)
+    latencies.sort()
+    return {
+        "short_texts": len(short),
+        "short_tokens": short_tokens,
+        "short_s": short_s,
+        "short_texts_per_s": len(short) / short_s,
+        "short_tokens_per_s": short_tokens / short_s,
+        "long_texts": len(long_),
+        "long_tokens": long_tokens,
+        "long_s": long_s,
+        "long_texts_per_s": len(long_) / long_s,
+        "long_tokens_per_s": long_tokens / long_s,
+        "single_n": len(latencies),
+        "single_p50_ms": percentile(latencies, 0.5) * 1e3,
+        "single_p99_ms": percentile(latencies, 0.99) * 1e3,
+        "idle_rss_mb": idle_rss,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def cmd_run(args):
     import numpy as np
     import onnxruntime as ort
@@ -314,24 +353,8 @@ def cmd_run(args):
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return pooled / np.maximum(norms, 1e-12), int(mask.sum())
 
-    embed(["warm up"])  # as the Caxton side: one single-text request before measuring
-    idle_rss = rss_mb()
-
-    short, long_, single = workload["short"], workload["long"], workload["single"]
-    sb, lb = workload["short_batch"], workload["long_batch"]
-    t = time.perf_counter()
-    short_tokens = sum(embed(short[i : i + sb])[1] for i in range(0, len(short), sb))
-    short_s = time.perf_counter() - t
-    t = time.perf_counter()
-    long_tokens = sum(embed(long_[i : i + lb])[1] for i in range(0, len(long_), lb))
-    long_s = time.perf_counter() - t
-    latencies = []
-    for text in single:
-        t = time.perf_counter()
-        embed([text])
-        latencies.append(time.perf_counter() - t)
-    latencies.sort()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    measured = measure_workloads(embed, workload)
+    short, sb = workload["short"], workload["short_batch"]
     # Each reference text alone, for the fidelity check against sentence-transformers.
     reference = []
     if args.reference:
@@ -351,21 +374,7 @@ def cmd_run(args):
         "threads": THREADS,
         "load_ms": load_s * 1e3,
         "session_ms": session_s * 1e3,
-        "short_texts": len(short),
-        "short_tokens": short_tokens,
-        "short_s": short_s,
-        "short_texts_per_s": len(short) / short_s,
-        "short_tokens_per_s": short_tokens / short_s,
-        "long_texts": len(long_),
-        "long_tokens": long_tokens,
-        "long_s": long_s,
-        "long_texts_per_s": len(long_) / long_s,
-        "long_tokens_per_s": long_tokens / long_s,
-        "single_n": len(latencies),
-        "single_p50_ms": percentile(latencies, 0.5) * 1e3,
-        "single_p99_ms": percentile(latencies, 0.99) * 1e3,
-        "idle_rss_mb": idle_rss,
-        "peak_rss_mb": peak_mb,
+        **measured,
         "corpus": corpus,
         "reference": reference,
     }
@@ -394,11 +403,12 @@ def cmd_run(args):
           f"{' after quantize_dynamic (int8)' if args.int8 else ''}, in-process")
     print(f"  session + tokenizer load              {r['load_ms']:>8.0f} ms")
     print(f"  {f'{len(short):,} short texts, batch {sb}':<37}{r['short_texts_per_s']:>8.1f} texts/s"
-          f"  {r['short_tokens_per_s']:>8.0f} tokens/s  ({short_tokens / len(short):.1f} tokens/text)")
-    print(f"  {f'{len(long_)} texts x 256 tokens, batch {lb}':<37}{r['long_texts_per_s']:>8.1f} texts/s"
+          f"  {r['short_tokens_per_s']:>8.0f} tokens/s  ({r['short_tokens'] / len(short):.1f} tokens/text)")
+    long_texts, lb = r["long_texts"], workload["long_batch"]
+    print(f"  {f'{long_texts} texts x 256 tokens, batch {lb}':<37}{r['long_texts_per_s']:>8.1f} texts/s"
           f"  {r['long_tokens_per_s']:>8.0f} tokens/s")
     print(f"  single short text in-process          p50 {r['single_p50_ms']:.2f} ms  "
-          f"p99 {r['single_p99_ms']:.2f} ms  (n={len(latencies)})")
+          f"p99 {r['single_p99_ms']:.2f} ms  (n={r['single_n']})")
     print(f"  RSS idle with model loaded            {r['idle_rss_mb']:>8.0f} MB")
     print(f"  peak RSS (ru_maxrss)                  {r['peak_rss_mb']:>8.0f} MB")
     if "check_min_cosine" in r:

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::fixtures::{RankReference, reranker_package, reranker_reference};
+use common::fixtures::{RankReference, Ranked, reranker_package, reranker_reference};
 use common::{Daemon, caxton, scrape, wait_until, write_config};
 use serde_json::{Value, json};
 
@@ -43,19 +43,31 @@ fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
     d.request("POST", path, &body.to_string())
 }
 
-/// Asserts `results` (each with `index_key` and `score_key`) is `reference`'s ranking, in its
-/// order, each score within the 1e-4.
-fn assert_ranking(results: &Value, reference: &RankReference, score_key: &str, take: usize) {
+/// Asserts `results` (each with `index` and `score_key`) is `ranking`, in its order, each score
+/// within the 1e-4.
+fn assert_ranking(results: &Value, ranking: &[Ranked], score_key: &str, take: usize) {
     let results = results.as_array().expect("a list");
     assert_eq!(results.len(), take, "{results:?}");
-    for (got, want) in results.iter().zip(&reference.ranking) {
+    for (got, want) in results.iter().zip(ranking) {
         assert_eq!(got["index"], json!(want.index), "{results:?}");
         let score = got[score_key].as_f64().expect("score") as f32;
         assert!(
             (score - want.score).abs() <= 1e-4,
-            "document {}: score {score}, CrossEncoder.rank {}",
+            "document {}: score {score}, reference {}",
             want.index,
             want.score
+        );
+    }
+}
+
+/// Asserts `/rerank`'s `raw_scores` answer `v` gives, in `ranking`'s order, the logits whose
+/// sigmoid is each reference score.
+fn assert_raw_scores(v: &Value, ranking: &[Ranked]) {
+    for (got, want) in v.as_array().expect("list").iter().zip(ranking) {
+        let logit = -(1.0 / f64::from(want.score) - 1.0).ln();
+        assert!(
+            (got["score"].as_f64().expect("score") - logit).abs() < 1e-3,
+            "{got} vs logit {logit}"
         );
     }
 }
@@ -99,7 +111,7 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
         json!({"query": bert.query, "texts": bert.documents}),
     );
     assert_eq!(s, 200, "{v}");
-    assert_ranking(&v, &bert, "score", bert.documents.len());
+    assert_ranking(&v, &bert.ranking, "score", bert.documents.len());
     assert!(v[0].get("text").is_none(), "no text unless asked: {v}");
     // raw_scores: the logits, the sigmoid's inverse of the scores; return_text: each text.
     let (s, v) = post(
@@ -108,12 +120,8 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
         json!({"query": bert.query, "texts": bert.documents, "raw_scores": true, "return_text": true}),
     );
     assert_eq!(s, 200, "{v}");
+    assert_raw_scores(&v, &bert.ranking);
     for (got, want) in v.as_array().expect("list").iter().zip(&bert.ranking) {
-        let logit = -(1.0 / f64::from(want.score) - 1.0).ln();
-        assert!(
-            (got["score"].as_f64().expect("score") - logit).abs() < 1e-3,
-            "{got} vs logit {logit}"
-        );
         assert_eq!(got["text"], json!(bert.documents[want.index]));
     }
 
@@ -127,7 +135,7 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["model"], XLMR);
-    assert_ranking(&v["results"], &xlmr, "relevance_score", 3);
+    assert_ranking(&v["results"], &xlmr.ranking, "relevance_score", 3);
     for r in v["results"].as_array().expect("results") {
         let i = r["index"].as_u64().expect("index") as usize;
         assert_eq!(r["document"], json!({"text": xlmr.documents[i]}));
@@ -163,7 +171,7 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
     assert_eq!(v["model"], BERT);
     assert_ranking(
         &v["results"],
-        &bert,
+        &bert.ranking,
         "relevance_score",
         bert.documents.len(),
     );
@@ -179,7 +187,7 @@ fn both_endpoints_rank_as_the_cross_encoder_does() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON from caxton rerank");
-    assert_ranking(&v, &xlmr, "score", xlmr.documents.len());
+    assert_ranking(&v, &xlmr.ranking, "score", xlmr.documents.len());
     assert_eq!(v[0]["text"], json!(xlmr.documents[xlmr.ranking[0].index]));
     let out = caxton(
         &d,
@@ -506,7 +514,7 @@ fn the_default_reranker_applies_live_and_a_wrong_one_is_refused() {
     assert_eq!(s, 200, "{v}");
     let (s, v) = ask();
     assert_eq!(s, 200, "{v}");
-    assert_ranking(&v, &xlmr, "score", xlmr.documents.len());
+    assert_ranking(&v, &xlmr.ranking, "score", xlmr.documents.len());
 
     // An embedding model as the default reranker, or a reranker as the default model: refused
     // whole, naming the rerankers there are; the running configuration stays.
@@ -548,7 +556,7 @@ fn the_default_reranker_applies_live_and_a_wrong_one_is_refused() {
     });
     let (s, v) = ask();
     assert_eq!(s, 200, "{v}");
-    assert_ranking(&v, &xlmr, "score", xlmr.documents.len());
+    assert_ranking(&v, &xlmr.ranking, "score", xlmr.documents.len());
     assert_eq!(
         common::model_entry(&d, XLMR).expect("entry")["state"],
         "loaded"
@@ -628,7 +636,12 @@ fn a_qwen3_reranker_ranks_with_its_template_and_a_request_s_instruction() {
     );
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["model"], QWEN3);
-    assert_ranking(&v["results"], rank, "relevance_score", rank.documents.len());
+    assert_ranking(
+        &v["results"],
+        &rank.ranking,
+        "relevance_score",
+        rank.documents.len(),
+    );
     let tokens: usize = rank.tokens.iter().sum();
     assert_eq!(
         v["usage"],
@@ -647,20 +660,7 @@ fn a_qwen3_reranker_ranks_with_its_template_and_a_request_s_instruction() {
         json!({"query": rank.query, "texts": rank.documents, "instruction": instructed.instruction}),
     );
     assert_eq!(s, 200, "{v}");
-    let under = common::fixtures::RankReference {
-        query: rank.query.clone(),
-        documents: rank.documents.clone(),
-        tokens: Vec::new(),
-        ranking: instructed
-            .ranking
-            .iter()
-            .map(|x| common::fixtures::Ranked {
-                index: x.index,
-                score: x.score,
-            })
-            .collect(),
-    };
-    assert_ranking(&v, &under, "score", rank.documents.len());
+    assert_ranking(&v, &instructed.ranking, "score", rank.documents.len());
     // The same from the command line.
     let mut args = vec![
         "rerank",
@@ -672,7 +672,7 @@ fn a_qwen3_reranker_ranks_with_its_template_and_a_request_s_instruction() {
     let out = caxton(&d, &args, None);
     assert!(out.status.success(), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_ranking(&v, &under, "score", rank.documents.len());
+    assert_ranking(&v, &instructed.ranking, "score", rank.documents.len());
     // raw_scores: the logit, yes less no, whose sigmoid is the score.
     let (s, v) = post(
         &d,
@@ -680,13 +680,7 @@ fn a_qwen3_reranker_ranks_with_its_template_and_a_request_s_instruction() {
         json!({"query": rank.query, "texts": rank.documents, "raw_scores": true}),
     );
     assert_eq!(s, 200, "{v}");
-    for (got, want) in v.as_array().expect("list").iter().zip(&rank.ranking) {
-        let logit = -(1.0 / f64::from(want.score) - 1.0).ln();
-        assert!(
-            (got["score"].as_f64().expect("score") - logit).abs() < 1e-3,
-            "{got} vs logit {logit}"
-        );
-    }
+    assert_raw_scores(&v, &rank.ranking);
     // An over-long pair when the request will not have it cut.
     let (s, v) = post(
         &d,

@@ -518,18 +518,15 @@ fn check_config(blueprint: &Blueprint, manifest: &Manifest) -> Result<(), String
     }
     // Of a causal pass only the last token has seen the whole pair; a bidirectional
     // cross-encoder's head was trained on the first.
-    if manifest.kind == ModelKind::Reranker
-        && blueprint.causal != (manifest.pooling == crate::package::Pooling::LastToken)
-    {
+    let (token, pooling) = match blueprint.causal {
+        true => ("last", crate::package::Pooling::LastToken),
+        false => ("first", crate::package::Pooling::Cls),
+    };
+    if manifest.kind == ModelKind::Reranker && manifest.pooling != pooling {
         return Err(format!(
-            "a {} reranker's head reads its {} token: the manifest's pooling must be {}",
+            "a {} reranker's head reads its {token} token: the manifest's pooling must be {}",
             manifest.architecture.as_str(),
-            if blueprint.causal { "last" } else { "first" },
-            if blueprint.causal {
-                "last_token"
-            } else {
-                "cls"
-            },
+            pooling.as_str()
         ));
     }
     Ok(())

@@ -126,6 +126,19 @@ impl Kernel {
     }
 }
 
+/// Where [`Packed::weights`] keeps the weight of output `o` for input `kk` of block `b`
+/// (`[panel][block][pair][output][2]`, `blocks` per panel).
+#[inline]
+fn weight_at(o: usize, b: usize, kk: usize, blocks: usize) -> usize {
+    ((o / NR) * blocks + b) * PANEL_BLOCK + (kk / 2) * 2 * NR + (o % NR) * 2 + kk % 2
+}
+
+/// Where [`Packed::scales`] keeps the scale of output `o` in block `b` (`[panel][block][output]`).
+#[inline]
+fn scale_at(o: usize, b: usize, blocks: usize) -> usize {
+    ((o / NR) * blocks + b) * NR + o % NR
+}
+
 /// A linear layer's weights in int8, packed in panels.
 pub struct Packed {
     inputs: usize,
@@ -161,13 +174,12 @@ impl Packed {
             }
             for (o, (&m, inv)) in max.iter().zip(&mut inv).enumerate() {
                 *inv = if m > 0.0 { 127.0 / m } else { 0.0 };
-                scales[((o / NR) * blocks + b) * NR + o % NR] = m / 127.0;
+                scales[scale_at(o, b, blocks)] = m / 127.0;
             }
             for (kk, row) in rows.enumerate() {
-                let at = b * PANEL_BLOCK + (kk / 2) * 2 * NR + kk % 2;
                 for (o, (&w, &inv)) in row.iter().zip(&inv).enumerate() {
                     let q = (w * inv).round_ties_even().clamp(-127.0, 127.0);
-                    weights[(o / NR) * blocks * PANEL_BLOCK + at + (o % NR) * 2] = q as i8;
+                    weights[weight_at(o, b, kk, blocks)] = q as i8;
                 }
             }
         }
@@ -196,12 +208,10 @@ impl Packed {
         let mut weights = vec![0i8; panels * blocks * PANEL_BLOCK];
         let mut scales = vec![0f32; panels * blocks * NR];
         for o in 0..outputs {
-            let panel = (o / NR) * blocks;
             for b in 0..blocks {
-                scales[(panel + b) * NR + o % NR] = scale(o, b);
+                scales[scale_at(o, b, blocks)] = scale(o, b);
                 for kk in 0..BLOCK {
-                    let at = (panel + b) * PANEL_BLOCK + (kk / 2) * 2 * NR + kk % 2;
-                    weights[at + (o % NR) * 2] = value(o, b * BLOCK + kk);
+                    weights[weight_at(o, b, kk, blocks)] = value(o, b * BLOCK + kk);
                 }
             }
         }

@@ -38,9 +38,9 @@ pub(super) fn infer(
     max_positions: usize,
     causal_lm: bool,
 ) -> Result<Inferred, PackageError> {
-    let cross_encoder = match architecture {
-        Architecture::Bert | Architecture::XlmRoberta => true,
-        Architecture::Qwen3 => false,
+    let decoder = match architecture {
+        Architecture::Bert | Architecture::XlmRoberta => false,
+        Architecture::Qwen3 => true,
         other => {
             return Err(unusable(format!(
                 "config.json: a {} cross-encoder is not supported (rerankers: bert, xlm-roberta, qwen3)",
@@ -48,37 +48,35 @@ pub(super) fn infer(
             )));
         }
     };
-    // A causal language model's head is one row (yes less no): one label.
-    let labels = match causal_lm {
-        true => 1,
-        // transformers' own default is two labels when the config names none.
-        false => config
+    // A causal language model's head is one row (yes less no): one label; transformers' own
+    // default is two labels when the config names none.
+    let labels = if causal_lm {
+        1
+    } else {
+        config
             .num_labels
             .or((!config.id2label.is_empty()).then_some(config.id2label.len()))
-            .unwrap_or(2),
+            .unwrap_or(2)
     };
     let activation = saved_activation(config, st_model, labels)?;
     let saved_length = saved_length(dir)?;
-    let (max_seq_length, pooling, pair_template, logit_rows) = match cross_encoder {
-        true => (
-            saved_length
-                .or(tokenizer_length(dir)?)
-                .unwrap_or(max_positions),
-            Pooling::Cls,
-            None,
-            None,
-        ),
+    let (max_seq_length, pooling, pair_template, logit_rows) = if decoder {
         // Qwen3-Reranker: its card's template and length, its last token; a causal model's
         // head made of its yes and no rows (a sequence-classification conversion has its row).
-        false => (
+        let logit_rows = if causal_lm {
+            Some(yes_and_no(dir)?)
+        } else {
+            None
+        };
+        (
             saved_length.unwrap_or(QWEN3_RERANKER_LENGTH),
             Pooling::LastToken,
             Some(PairTemplate::qwen3_reranker()),
-            match causal_lm {
-                true => Some(yes_and_no(dir)?),
-                false => None,
-            },
-        ),
+            logit_rows,
+        )
+    } else {
+        let length = saved_length.or(tokenizer_length(dir)?);
+        (length.unwrap_or(max_positions), Pooling::Cls, None, None)
     };
     Ok(Inferred {
         architecture,
