@@ -19,6 +19,8 @@ pub(super) struct Activity {
     pub(super) unflushed: AtomicBool,
     /// Milliseconds from `born` to the last write that moved bytes (or began an answer).
     progress_ms: AtomicU64,
+    /// Milliseconds from `born` to when hyper last took an answer's body.
+    answered_ms: AtomicU64,
     born: Instant,
     /// How long an unflushed answer may move no bytes and still count as under way: a
     /// client that never reads must not pin its connection (`limits.idle_timeout`).
@@ -31,6 +33,7 @@ impl Activity {
             requests: AtomicUsize::new(0),
             unflushed: AtomicBool::new(false),
             progress_ms: AtomicU64::new(0),
+            answered_ms: AtomicU64::new(0),
             born: Instant::now(),
             stall,
         }
@@ -44,13 +47,34 @@ impl Activity {
 
     /// Bytes are going out now.
     pub(super) fn progressed(&self) {
-        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.progress_ms.store(now, Ordering::Release);
+        self.progress_ms.store(self.now_ms(), Ordering::Release);
+    }
+
+    /// hyper took an answer's body: it is going out from now on.
+    pub(super) fn answered(&self) {
+        self.answered_ms.store(self.now_ms(), Ordering::Release);
+        self.progressed();
+    }
+
+    /// A stop past its drain deadline may close this connection: nothing is being computed
+    /// for it and its answer, if one is still going out, began more than `grace` ago. An
+    /// answer computed late in the stop still gets `grace` to be read, as one begun long ago
+    /// by a client that reads slowly does not.
+    pub(super) fn may_cut(&self, grace: Duration) -> bool {
+        self.computing() == 0 && (!self.busy() || self.since(&self.answered_ms) > grace)
     }
 
     fn stalled(&self) -> bool {
-        let last = Duration::from_millis(self.progress_ms.load(Ordering::Acquire));
-        self.born.elapsed().saturating_sub(last) > self.stall
+        self.since(&self.progress_ms) > self.stall
+    }
+
+    fn since(&self, ms: &AtomicU64) -> Duration {
+        let then = Duration::from_millis(ms.load(Ordering::Acquire));
+        self.born.elapsed().saturating_sub(then)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Requests whose answers hyper has not taken yet: being computed, or their bodies read.

@@ -46,13 +46,18 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// daemon still saves usage and says it stopped. Requests still being computed are waited for.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
+/// Past [`DRAIN_DEADLINE`], how long an answer still going out may take to be read before it
+/// is cut: one computed late in the stop is delivered to a client that reads it.
+const LATE_ANSWER_GRACE: Duration = Duration::from_secs(10);
+
 /// Where the daemon is in its life, as the connections see it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Serving,
     /// Stopping: finish what is under way, close the rest.
     Draining,
-    /// Stopping past [`DRAIN_DEADLINE`]: answers not yet read are cut too.
+    /// Stopping past [`DRAIN_DEADLINE`]: answers not read within [`LATE_ANSWER_GRACE`] of
+    /// being computed are cut too.
     Cutting,
 }
 
@@ -178,9 +183,10 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!(
             caxton_event = "connections_cut",
-            "stopping: {} connections still had a request or an answer under way after {} s; closing those whose answers are not being computed any more",
+            "stopping: {} connections still had a request or an answer under way after {} s; closing each once its answer is computed and has had {} s to be read",
             connections.open(),
-            DRAIN_DEADLINE.as_secs()
+            DRAIN_DEADLINE.as_secs(),
+            LATE_ANSWER_GRACE.as_secs()
         );
         let _ = phase_tx.send(Phase::Cutting);
         while tasks.join_next().await.is_some() {}
@@ -276,7 +282,7 @@ async fn connection(
             }
             () = tokio::time::sleep(CLOSE_GRACE), if closing => {
                 let cutting = *phase.borrow() == Phase::Cutting;
-                if !activity.busy() || (cutting && activity.computing() == 0) {
+                if !activity.busy() || (cutting && activity.may_cut(LATE_ANSWER_GRACE)) {
                     break;
                 }
             }

@@ -193,7 +193,7 @@ pub(super) struct RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         // Unflushed first, so the connection never looks idle in between.
-        self.activity.progressed();
+        self.activity.answered();
         self.activity.unflushed.store(true, Ordering::Release);
         self.activity.requests.fetch_sub(1, Ordering::AcqRel);
         if let Some(e) = self.connections.lock().open.get_mut(&self.id) {
@@ -300,5 +300,33 @@ mod tests {
         assert!(!a.busy(), "a client that never reads pins nothing");
         a.progressed();
         assert!(a.busy());
+    }
+
+    #[test]
+    fn a_stop_past_its_deadline_cuts_old_answers_but_lets_a_late_one_be_read() {
+        let a = Activity::new(Duration::from_secs(30));
+        a.requests.store(1, Ordering::Release);
+        assert!(
+            !a.may_cut(Duration::ZERO),
+            "a request being computed is waited for"
+        );
+        a.requests.store(0, Ordering::Release);
+        a.answered();
+        a.unflushed.store(true, Ordering::Release);
+        assert!(
+            !a.may_cut(Duration::from_secs(10)),
+            "an answer that just began going out is read"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        a.progressed();
+        assert!(
+            a.may_cut(Duration::from_millis(20)),
+            "an answer going out for longer than the grace is cut, even if bytes still move"
+        );
+        a.unflushed.store(false, Ordering::Release);
+        assert!(
+            a.may_cut(Duration::from_secs(10)),
+            "an idle connection is closed"
+        );
     }
 }
