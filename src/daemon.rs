@@ -88,8 +88,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings, config_dir: PathBuf) -> anyhow::Result<()> {
-    // A socket from systemd (caxton.socket) is systemd's: used as is, never unlinked.
-    let (listener, _owned, activated) = match crate::socket::from_systemd()? {
+    // Sockets from systemd (caxton.socket, caxton-metrics.socket) are systemd's: used as they
+    // are, never unlinked.
+    let activated = crate::socket::from_systemd()?;
+    let (listener, _owned, socket_activated) = match activated.api {
         Some((listener, path)) => {
             let path = path.unwrap_or_default();
             tracing::info!("serving on the socket systemd passed ({})", path.display());
@@ -110,7 +112,12 @@ async fn serve(settings: Settings, config_dir: PathBuf) -> anyhow::Result<()> {
     };
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let shutdown = shutdown_signal()?;
-    crate::server::run(listener, activated, settings, config_dir, shutdown).await
+    let listeners = crate::server::Listeners {
+        api: listener,
+        socket_activated,
+        metrics: activated.metrics,
+    };
+    crate::server::run(listeners, settings, config_dir, shutdown).await
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod metrics_listener;
 pub mod monitor;
 pub mod package;
 pub mod registry;

@@ -149,6 +149,13 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     ) {
         return refuse(state, &reason);
     }
+    // Bound now, served at the commit below: an address that cannot be bound refuses the
+    // change whole, and the listeners in force stay.
+    let wanted: Vec<_> = new.metrics.listen.iter().map(|a| a.0).collect();
+    let metrics_listeners = match state.metrics_listeners.bind(&wanted) {
+        Ok(bound) => bound,
+        Err(reason) => return refuse(state, &reason),
+    };
     if let Err(e) = crate::logging::set_level(&new.log.level) {
         return refuse(state, &format!("log.level: {e}"));
     }
@@ -176,6 +183,7 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     let changed = changed_keys(old, &new);
     let keep = scan.digests();
     state.registry.commit(scan);
+    state.metrics_listeners.commit(metrics_listeners);
     if let Ok(store) = crate::package::Store::open(&new.state_dir) {
         store.bounded(new.store.max_size).retain(&keep);
     }

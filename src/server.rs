@@ -18,17 +18,37 @@ use crate::reload;
 use crate::state::{AppState, Health, batch_limits};
 use crate::systemd;
 
-/// Serves on `listener` with `settings` (read from `config_dir`, which is watched for changes)
-/// until `shutdown` resolves, then drains and returns. `socket_activated`: the listener came
-/// from systemd, which owns the socket file.
+/// The sockets the daemon serves on, bound or passed by systemd before [`run`].
+pub struct Listeners {
+    /// The API's Unix socket.
+    pub api: UnixListener,
+    /// It came from systemd (`caxton.socket`), which owns the socket file.
+    pub socket_activated: bool,
+    /// TCP sockets from systemd for metrics (`caxton-metrics.socket`), with their names;
+    /// `metrics.listen` adds its own.
+    pub metrics: Vec<(std::net::TcpListener, String)>,
+}
+
+/// Serves on `listeners` with `settings` (read from `config_dir`, which is watched for
+/// changes) until `shutdown` resolves, then drains and returns. An address of
+/// `metrics.listen` that cannot be bound is an error before anything is served.
 pub async fn run(
-    listener: UnixListener,
-    socket_activated: bool,
+    listeners: Listeners,
     settings: Settings,
     config_dir: PathBuf,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        api: listener,
+        socket_activated,
+        metrics,
+    } = listeners;
+    let wanted: Vec<_> = settings.metrics.listen.iter().map(|a| a.0).collect();
     let state = assemble(settings, config_dir.clone(), socket_activated);
+    let scrapes = &state.metrics_listeners;
+    scrapes.serve_with(api::metrics_router(state.clone()));
+    scrapes.adopt(metrics).map_err(anyhow::Error::msg)?;
+    scrapes.commit(scrapes.bind(&wanted).map_err(anyhow::Error::msg)?);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::connections::raise_fd_limit(state.settings().limits.max_connections);
@@ -77,6 +97,8 @@ pub async fn run(
         "stopping: finishing in-flight requests"
     );
     systemd::stopping();
+    // Scrapers see the target go down with the daemon; the router they held lets the state go.
+    state.metrics_listeners.stop();
     let _ = stop_tx.send(true);
     server.await?;
     // Usage of the last requests, which the periodic save has not written yet.

@@ -43,51 +43,71 @@ impl Drop for OwnedSocket {
     }
 }
 
-/// The listening socket systemd handed over (`LISTEN_FDS`/`LISTEN_PID`, from `caxton.socket`),
-/// if any, with the path it is bound to. Such a socket belongs to systemd: it is never
-/// unlinked or chmodded by the daemon.
-pub fn from_systemd() -> Result<Option<(UnixListener, Option<PathBuf>)>, SocketError> {
+/// The listening sockets systemd handed over (`LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES`).
+/// They belong to systemd: never unlinked or chmodded by the daemon.
+#[derive(Debug, Default)]
+pub struct Activated {
+    /// The API's Unix socket (`caxton.socket`), with the path it is bound to.
+    pub api: Option<(UnixListener, Option<PathBuf>)>,
+    /// TCP sockets for metrics (`caxton-metrics.socket`), with their names.
+    pub metrics: Vec<(std::net::TcpListener, String)>,
+}
+
+/// The sockets systemd passed, told apart by what they are: the one Unix socket serves the
+/// API, TCP sockets serve metrics (so neither unit's `FileDescriptorName=` matters).
+pub fn from_systemd() -> Result<Activated, SocketError> {
     use nix::sys::socket::{
-        AddressFamily, SockaddrLike, UnixAddr, getsockname, getsockopt, sockopt,
+        AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt,
     };
     use std::os::fd::{FromRawFd, OwnedFd};
     let activation_err = |reason: String| SocketError::Io {
         op: "use",
-        path: PathBuf::from("the socket passed by systemd (LISTEN_FDS)"),
+        path: PathBuf::from("the sockets passed by systemd (LISTEN_FDS)"),
         source: io::Error::new(io::ErrorKind::InvalidInput, reason),
     };
-    let fds: Vec<i32> = sd_notify::listen_fds()
-        .map_err(|e| activation_err(e.to_string()))?
-        .collect();
-    let fd = match fds.as_slice() {
-        [] => return Ok(None),
-        [fd] => *fd,
-        more => {
+    let mut activated = Activated::default();
+    for (fd, name) in
+        sd_notify::listen_fds_with_names().map_err(|e| activation_err(e.to_string()))?
+    {
+        // SAFETY: sd_listen_fds hands these descriptors to us alone; nothing else owns them.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        if !getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false) {
             return Err(activation_err(format!(
-                "systemd passed {} sockets; caxton.socket must have exactly one ListenStream=",
-                more.len()
+                "{name:?} is not a listening stream socket; use ListenStream= in its socket unit"
             )));
         }
-    };
-    // SAFETY: sd_listen_fds hands this descriptor to us alone; nothing else owns it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let addr: UnixAddr =
-        getsockname(fd).map_err(|e| activation_err(format!("getsockname: {e}")))?;
-    if addr.family() != Some(AddressFamily::Unix) {
-        return Err(activation_err(
-            "it is not a Unix socket; caxton.socket must use ListenStream=/path".into(),
-        ));
+        let addr: SockaddrStorage =
+            getsockname(fd).map_err(|e| activation_err(format!("{name:?}: getsockname: {e}")))?;
+        match addr.family() {
+            Some(AddressFamily::Unix) => {
+                if activated.api.is_some() {
+                    return Err(activation_err(format!(
+                        "a second Unix socket, {name:?}; caxton.socket must have exactly one ListenStream=/path"
+                    )));
+                }
+                let path = addr
+                    .as_unix_addr()
+                    .and_then(|a| a.path())
+                    .map(Path::to_path_buf);
+                let listener = UnixListener::from(owned);
+                listener.set_nonblocking(true).map_err(|e| {
+                    activation_err(format!("cannot make {name:?} non-blocking: {e}"))
+                })?;
+                activated.api = Some((listener, path));
+            }
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+                activated
+                    .metrics
+                    .push((std::net::TcpListener::from(owned), name));
+            }
+            _ => {
+                return Err(activation_err(format!(
+                    "{name:?} is neither a Unix nor a TCP socket; caxton.socket takes ListenStream=/path, caxton-metrics.socket ListenStream=[ADDRESS:]PORT"
+                )));
+            }
+        }
     }
-    if !getsockopt(&owned, sockopt::AcceptConn).unwrap_or(false) {
-        return Err(activation_err(
-            "it is not a listening stream socket; caxton.socket must use ListenStream=".into(),
-        ));
-    }
-    let listener = UnixListener::from(owned);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| activation_err(format!("cannot make it non-blocking: {e}")))?;
-    Ok(Some((listener, addr.path().map(Path::to_path_buf))))
+    Ok(activated)
 }
 
 /// Binds `path` with `mode`, creating the parent directory if needed.

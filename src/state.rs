@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::engine::BatchLimits;
 use crate::memory::policy::Level;
+use crate::metrics_listener::MetricsListeners;
 use crate::registry::Registry;
 
 /// Whether the daemon can serve, as `/health` reports it.
@@ -74,6 +75,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// The socket came from systemd (`caxton.socket`): its file and mode are systemd's.
     pub socket_activated: bool,
+    /// The TCP listeners for a fleet's Prometheus (`metrics.listen`, `caxton-metrics.socket`).
+    pub metrics_listeners: MetricsListeners,
     settings: RwLock<Arc<Settings>>,
     health: RwLock<Health>,
     /// Held by every scan of the package directories (start-up, reloads, side-load rescans,
@@ -93,6 +96,7 @@ impl AppState {
         let state = AppState {
             registry,
             socket_activated,
+            metrics_listeners: MetricsListeners::default(),
             settings: RwLock::new(Arc::new(settings)),
             health: RwLock::new(Health::Starting),
             scans: tokio::sync::Mutex::new(()),

@@ -77,7 +77,7 @@ fn model_slot(
 
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/embed", post(tei::embed_handler))
@@ -87,6 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/rerank", post(cohere::rerank))
         .route("/info", get(tei::info))
         .route("/health", get(status::health))
+        .route("/api/status", get(status::daemon))
         .route("/api/models", get(status::models))
         .route("/api/reload", post(status::reload))
         .route("/api/memory/status", get(memory::status))
@@ -96,13 +97,30 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/memory/models/{id}",
             axum::routing::delete(memory::unload),
         )
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    // The limit is live configuration, enforced by `input::read_body`.
+    finish(routes)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// The router of the TCP listener a fleet's Prometheus scrapes (`metrics.listen`,
+/// `caxton-metrics.socket`): `GET /metrics` and `GET /health`, and 404 for every other path,
+/// so nothing that embeds, loads or configures is reachable from the network.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    let routes = Router::new()
+        .route("/health", get(status::health))
+        .route("/metrics", get(metrics));
+    finish(routes).with_state(state)
+}
+
+/// What every router shares: requests counted and timed, and JSON errors for unknown paths
+/// and methods.
+fn finish(routes: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    routes
         .route_layer(axum::middleware::from_fn(count_requests))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // The limit is live configuration, enforced by `input::read_body`.
-        .layer(DefaultBodyLimit::disable())
-        .with_state(state)
 }
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.

@@ -1,4 +1,4 @@
-//! `GET /health` and `GET /api/models`.
+//! `GET /health`, `GET /api/status` and `GET /api/models`.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -32,6 +32,15 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
             Json(json!({"status": "unavailable", "reason": reason})),
         ),
     }
+}
+
+/// `GET /api/status`: the daemon's state in a line (systemd's `STATUS=`) and the TCP
+/// listeners serving metrics (none unless `metrics.listen` or `caxton-metrics.socket` asks).
+pub async fn daemon(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({
+        "status": state.status_line(),
+        "metrics_listeners": state.metrics_listeners.endpoints(),
+    }))
 }
 
 /// `GET /api/models`: every verified model and every rejected package.

@@ -1,4 +1,5 @@
-//! `caxton status`: memory as the daemon sees it, in a few lines or as its JSON.
+//! `caxton status`: the daemon's state, its metrics listeners and memory as it sees them, in a
+//! few lines or as JSON.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,11 +10,19 @@ use super::remote::call;
 
 /// `caxton status [--json]`.
 pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let v = call(socket, Method::GET, "/api/memory/status")?;
+    let mut v = call(socket, Method::GET, "/api/memory/status")?;
+    let daemon = call(socket, Method::GET, "/api/status")?;
     if json {
+        // The memory status as it always was, with the daemon's part beside it.
+        v["daemon"] = daemon;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
+    println!("daemon:       {}", daemon["status"].as_str().unwrap_or("?"));
+    println!(
+        "metrics:      {}",
+        metrics_line(&daemon["metrics_listeners"])
+    );
     let mib = |v: &serde_json::Value| {
         v.as_u64()
             .map_or("-".to_string(), |b| format!("{} MiB", b >> 20))
@@ -129,4 +138,25 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether metrics are served over TCP, and where.
+fn metrics_line(listeners: &serde_json::Value) -> String {
+    let on: Vec<String> = listeners
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            format!(
+                "{} ({})",
+                l["address"].as_str().unwrap_or("?"),
+                l["from"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    if on.is_empty() {
+        "off over TCP (metrics.listen is empty and no caxton-metrics.socket); GET /metrics on the Unix socket".into()
+    } else {
+        format!("on at {}: GET /metrics and GET /health only", on.join(", "))
+    }
 }

@@ -173,6 +173,9 @@ impl Settings {
         if let Err((key, reason)) = self.memory.validate() {
             return Err(invalid(&key, reason));
         }
+        if let Err((key, reason)) = self.metrics.validate() {
+            return Err(invalid(&key, reason));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",

@@ -6,6 +6,7 @@ mod explain;
 pub mod fallback;
 mod load;
 pub mod memory;
+pub mod metrics;
 mod precision;
 pub mod store;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub use load::{config_files, figment};
 pub use memory::{
     Budget, MemorySettings, ModelMemorySettings, PressureSettings, PressureSourceSetting,
 };
+pub use metrics::{ListenAddress, MetricsSettings};
 pub use precision::Precision;
 pub use store::{StoreBound, StoreSettings};
 pub use units::{ByteSize, Duration, Mode};
@@ -46,6 +48,8 @@ pub struct Settings {
     pub memory: MemorySettings,
     /// Disk kept by the verified store.
     pub store: StoreSettings,
+    /// The opt-in TCP listener for a fleet's Prometheus.
+    pub metrics: MetricsSettings,
     /// Logging.
     pub log: LogSettings,
 }
@@ -142,6 +146,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             memory: MemorySettings::default(),
             store: StoreSettings::default(),
+            metrics: MetricsSettings::default(),
             log: LogSettings::default(),
         }
     }

@@ -129,7 +129,7 @@ fn explain_names_the_source_of_each_value() {
     );
     assert_eq!(find("log.level").source, dropin.display().to_string());
     assert_eq!(find("socket.path").source, "default");
-    assert_eq!(all.len(), 45);
+    assert_eq!(all.len(), 46);
 }
 
 #[test]

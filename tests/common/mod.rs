@@ -77,7 +77,7 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         setup(dir.path());
         let stderr = dir.path().join("caxtond.log");
-        let child = Self::spawn_child(dir.path(), &stderr, env, procs, None);
+        let child = Self::spawn_child(dir.path(), &stderr, env, procs, &[]);
         Self::around(child, dir, stderr)
     }
 
@@ -89,10 +89,25 @@ impl Daemon {
         listener: &std::os::unix::net::UnixListener,
     ) -> Daemon {
         use std::os::fd::AsRawFd;
+        Self::spawn_with_sockets(setup, env, &[(listener.as_raw_fd(), "caxton.socket")])
+    }
+
+    /// Spawns without waiting, handing `sockets` over as systemd does: from fd 3 on, in
+    /// order, with `LISTEN_FDS`, `LISTEN_FDNAMES` (the names given) and `LISTEN_PID`.
+    pub fn spawn_with_sockets(
+        setup: impl FnOnce(&Path),
+        env: &[(&str, &str)],
+        sockets: &[(std::os::fd::RawFd, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         setup(dir.path());
         let stderr = dir.path().join("caxtond.log");
-        let child = Self::spawn_child(dir.path(), &stderr, env, &[], Some(listener.as_raw_fd()));
+        let names: Vec<&str> = sockets.iter().map(|(_, n)| *n).collect();
+        let names = names.join(":");
+        let mut env = env.to_vec();
+        env.push(("LISTEN_FDNAMES", &names));
+        let fds: Vec<std::os::fd::RawFd> = sockets.iter().map(|(fd, _)| *fd).collect();
+        let child = Self::spawn_child(dir.path(), &stderr, &env, &[], &fds);
         Self::around(child, dir, stderr)
     }
 
@@ -117,7 +132,7 @@ impl Daemon {
             &self.stderr,
             &[],
             &[],
-            None,
+            &[],
         ));
     }
 
@@ -126,7 +141,7 @@ impl Daemon {
         stderr: &Path,
         env: &[(&str, &str)],
         procs: &[PathBuf],
-        listen: Option<std::os::fd::RawFd>,
+        listen: &[std::os::fd::RawFd],
     ) -> Child {
         let log = std::fs::File::options()
             .create(true)
@@ -134,14 +149,17 @@ impl Daemon {
             .open(stderr)
             .expect("log file");
         let bin = env!("CARGO_BIN_EXE_caxtond");
-        let mut cmd = if procs.is_empty() && listen.is_none() {
+        let mut cmd = if procs.is_empty() && listen.is_empty() {
             Command::new(bin)
         } else {
             // The shell moves itself into the cgroups and names itself as LISTEN_PID, then
             // becomes caxtond (same pid).
             let mut script = String::new();
-            if listen.is_some() {
-                script.push_str("export LISTEN_PID=$$ LISTEN_FDS=1 && ");
+            if !listen.is_empty() {
+                script.push_str(&format!(
+                    "export LISTEN_PID=$$ LISTEN_FDS={} && ",
+                    listen.len()
+                ));
             }
             for (i, _) in procs.iter().enumerate() {
                 script.push_str(&format!("echo $$ > \"$TEST_CGROUP_PROCS_{i}\" && "));
@@ -154,19 +172,27 @@ impl Daemon {
             }
             c
         };
-        if let Some(fd) = listen {
+        if !listen.is_empty() {
             use std::os::unix::process::CommandExt;
-            // SAFETY: dup2 is async-signal-safe; nothing else runs between fork and exec.
+            assert!(listen.len() <= 8, "at most 8 sockets are handed over");
+            let fds = listen.to_vec();
+            // SAFETY: fcntl and dup2 are async-signal-safe, and the closure allocates nothing;
+            // nothing else runs between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    // dup2 onto itself keeps close-on-exec; clear it then.
-                    let ok = if fd == 3 {
-                        libc::fcntl(3, libc::F_SETFD, 0) >= 0
-                    } else {
-                        libc::dup2(fd, 3) >= 0
-                    };
-                    if !ok {
-                        return Err(std::io::Error::last_os_error());
+                    // First out of the way of fds 3.. (a source there would be overwritten),
+                    // then into place; dup2 clears close-on-exec.
+                    let mut moved = [0; 8];
+                    for (i, &fd) in fds.iter().enumerate() {
+                        moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                        if moved[i] < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for (i, &fd) in moved[..fds.len()].iter().enumerate() {
+                        if libc::dup2(fd, 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
@@ -176,6 +202,7 @@ impl Daemon {
             .arg(dir)
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_FDNAMES")
             .env_remove("WATCHDOG_USEC")
             .env_remove("MEMORY_PRESSURE_WATCH")
             .env_remove("NOTIFY_SOCKET")

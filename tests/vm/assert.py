@@ -16,10 +16,10 @@ import os
 import sys
 
 EXPECTED = {
-    "full": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "memory",
-             "watchdog", "upgrade", "purge"],
-    "reduced": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "upgrade",
-                "purge"],
+    "full": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "metrics",
+             "memory", "watchdog", "upgrade", "purge"],
+    "reduced": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "metrics",
+                "upgrade", "purge"],
 }
 
 

@@ -1,0 +1,374 @@
+//! The opt-in TCP listener a fleet's Prometheus scrapes. It serves the router it is given
+//! (`api::metrics_router`: `GET /metrics` and `GET /health`, 404 for every other path) on the
+//! addresses of `metrics.listen` and on the sockets systemd passes (`caxton-metrics.socket`).
+//! A changed list is bound before it is committed, so an address that cannot be bound refuses
+//! the reload whole and the listeners in force stay. Nothing here knows the daemon's state.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tower::ServiceExt;
+
+/// Connections served at once per listener; past it a new one is closed unanswered. A scraper
+/// needs one; the bound keeps a flood from the network from costing more than a few
+/// descriptors.
+const MAX_CONNECTIONS: usize = 16;
+
+/// How long a connection may take to send a request head, counted from when it connects or
+/// got its last answer: a keep-alive connection between scrapes 15 s apart stays open, an
+/// idle or slow one is closed.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest a connection lives, whatever it does; a scraper reconnects.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Pending connections the kernel queues before the daemon accepts them.
+const BACKLOG: u32 = 64;
+
+/// Where a listener came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// An address of `metrics.listen` (port 0 binds a free one).
+    Config(SocketAddr),
+    /// A socket systemd passed, with its name (`FileDescriptorName=`, else the unit's name).
+    Systemd(String),
+}
+
+/// One listener being served, as `GET /api/status` and `caxton status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// The address it listens on.
+    pub address: SocketAddr,
+    /// `metrics.listen`, or the socket systemd passed (`caxton-metrics.socket`).
+    pub from: String,
+}
+
+struct Running {
+    origin: Origin,
+    address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The accept task owns its connections (a JoinSet): they go with it.
+        self.task.abort();
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// What every listener serves; `None` before `serve_with` and after `stop`.
+    app: Option<Router>,
+    running: Vec<Running>,
+}
+
+/// The TCP listeners in force.
+#[derive(Default)]
+pub struct MetricsListeners {
+    inner: Mutex<Inner>,
+}
+
+/// The addresses of a new `metrics.listen`, bound but not served: [`MetricsListeners::commit`]
+/// serves them, dropping this closes them.
+pub struct Bound {
+    wanted: Vec<SocketAddr>,
+    new: Vec<(SocketAddr, TcpListener)>,
+}
+
+impl MetricsListeners {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every listener started from now on serves `app`. The router holds the daemon's state,
+    /// which holds this: [`stop`](Self::stop) lets it go.
+    pub fn serve_with(&self, app: Router) {
+        self.lock().app = Some(app);
+    }
+
+    /// Serves the sockets systemd passed (`(socket, name)`); they stay until the daemon stops,
+    /// whatever `metrics.listen` says. Call within a Tokio runtime.
+    pub fn adopt(&self, sockets: Vec<(std::net::TcpListener, String)>) -> Result<(), String> {
+        let mut inner = self.lock();
+        for (socket, name) in sockets {
+            let address = socket
+                .local_addr()
+                .map_err(|e| format!("the socket systemd passed as {name:?}: {e}"))?;
+            socket
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(socket))
+                .map(|listener| inner.start(Origin::Systemd(name.clone()), address, listener))
+                .map_err(|e| format!("cannot serve the socket systemd passed as {name:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Binds the addresses of `wanted` that no listener serves yet; nothing changes until
+    /// [`commit`](Self::commit). An address a socket from systemd already listens on is
+    /// served by it. Call within a Tokio runtime.
+    pub fn bind(&self, wanted: &[SocketAddr]) -> Result<Bound, String> {
+        let served: Vec<(Origin, SocketAddr)> = self
+            .lock()
+            .running
+            .iter()
+            .map(|r| (r.origin.clone(), r.address))
+            .collect();
+        let mut new = Vec::new();
+        for &address in wanted {
+            let in_force = served.iter().any(|(origin, bound)| {
+                *origin == Origin::Config(address)
+                    || (matches!(origin, Origin::Systemd(_)) && *bound == address)
+            });
+            if !in_force {
+                new.push((address, listen(address)?));
+            }
+        }
+        Ok(Bound {
+            wanted: wanted.to_vec(),
+            new,
+        })
+    }
+
+    /// Serves what `bound` bound and closes the listeners of `metrics.listen` it no longer
+    /// lists (their open connections with them).
+    pub fn commit(&self, bound: Bound) {
+        let mut inner = self.lock();
+        inner.running.retain(|r| match r.origin {
+            Origin::Config(address) if !bound.wanted.contains(&address) => {
+                tracing::info!(
+                    caxton_event = "metrics_listener_closed",
+                    "metrics listener on {} closed: no longer in metrics.listen",
+                    r.address
+                );
+                false
+            }
+            _ => true,
+        });
+        for (configured, listener) in bound.new {
+            match listener.local_addr() {
+                Ok(address) => inner.start(Origin::Config(configured), address, listener),
+                Err(e) => tracing::warn!("metrics listener for {configured}: {e}"),
+            }
+        }
+    }
+
+    /// The listeners being served.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.lock()
+            .running
+            .iter()
+            .map(|r| Endpoint {
+                address: r.address,
+                from: match &r.origin {
+                    Origin::Config(_) => "metrics.listen".to_string(),
+                    Origin::Systemd(name) => format!("socket from systemd ({name})"),
+                },
+            })
+            .collect()
+    }
+
+    /// Closes every listener and lets the router go.
+    pub fn stop(&self) {
+        let mut inner = self.lock();
+        inner.running.clear();
+        inner.app = None;
+    }
+}
+
+impl Inner {
+    fn start(&mut self, origin: Origin, address: SocketAddr, listener: TcpListener) {
+        let Some(app) = self.app.clone() else {
+            tracing::warn!("metrics listener on {address} not started: the daemon is stopping");
+            return;
+        };
+        tracing::info!(
+            caxton_event = "metrics_listener",
+            "metrics listener on {address} ({}): GET /metrics and GET /health only",
+            match &origin {
+                Origin::Config(_) => "metrics.listen".to_string(),
+                Origin::Systemd(name) => format!("socket from systemd, {name}"),
+            }
+        );
+        let task = tokio::spawn(accept(listener, app, address));
+        self.running.push(Running {
+            origin,
+            address,
+            task,
+        });
+    }
+}
+
+/// A listening socket on `address`, with `SO_REUSEADDR` so a restart does not wait out the
+/// previous run's connections in TIME_WAIT. The error names the key, the address, and what
+/// to do.
+fn listen(address: SocketAddr) -> Result<TcpListener, String> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.set_nodelay(true)?;
+            s.bind(address)?;
+            s.listen(BACKLOG)
+        })
+        .map_err(|e| {
+            format!(
+                "metrics.listen: cannot listen on {address}: {e}{}",
+                hint(&e, address)
+            )
+        })
+}
+
+/// What to do about a failed bind, for the errors a configuration can cause.
+fn hint(e: &std::io::Error, address: SocketAddr) -> String {
+    match e.raw_os_error().map(nix::errno::Errno::from_raw) {
+        Some(nix::errno::Errno::EADDRINUSE) => {
+            "; another process (or a socket unit) listens there: pick another port, or let that socket serve".into()
+        }
+        Some(nix::errno::Errno::EADDRNOTAVAIL) => format!(
+            "; no interface of this host has the address {}: use one it has, or 0.0.0.0 / [::] with a firewall, or caxton-metrics.socket with FreeBind=yes for an address that comes up later",
+            address.ip()
+        ),
+        Some(nix::errno::Errno::EACCES) => {
+            "; ports below 1024 need CAP_NET_BIND_SERVICE: use a high port such as 9464".into()
+        }
+        Some(nix::errno::Errno::EAFNOSUPPORT | nix::errno::Errno::EPERM) => {
+            "; this process may not open TCP sockets (caxton.service allows Unix sockets only): enable caxton-metrics.socket instead".into()
+        }
+        _ => String::new(),
+    }
+}
+
+/// Accepts on `listener` until aborted, serving each connection (at most [`MAX_CONNECTIONS`]
+/// at once) with `app`.
+async fn accept(listener: TcpListener, app: Router, address: SocketAddr) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let app = app.clone();
+                        connections.spawn(async move {
+                            serve(stream, app).await;
+                            drop(permit);
+                        });
+                    }
+                    // Closed unanswered: the scraper retries at its next interval.
+                    Err(_) => drop(stream),
+                },
+                Err(e) => {
+                    // Out of descriptors, mostly: wait rather than spin.
+                    tracing::warn!("metrics listener on {address}: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// One connection: HTTP/1.1 with the head deadline, within [`CONNECTION_LIFETIME`].
+async fn serve(stream: TcpStream, app: Router) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        app.clone().oneshot(req)
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Router {
+        Router::new().route("/metrics", axum::routing::get(|| async { "up 1\n" }))
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    #[tokio::test]
+    async fn a_change_is_bound_before_it_is_committed_and_unchanged_addresses_stay() {
+        let listeners = MetricsListeners::default();
+        listeners.serve_with(hello());
+        let first = listeners.bind(&[addr("127.0.0.1:0")]).expect("bind");
+        listeners.commit(first);
+        let [Endpoint { address: kept, .. }] = listeners.endpoints()[..] else {
+            panic!("one endpoint: {:?}", listeners.endpoints());
+        };
+        assert_ne!(kept.port(), 0, "a free port was taken and is named");
+
+        // The same list again binds nothing new: the listener in force stays as it is.
+        let same = listeners.bind(&[addr("127.0.0.1:0")]).expect("bind");
+        assert!(same.new.is_empty());
+        listeners.commit(same);
+        assert_eq!(listeners.endpoints()[0].address, kept);
+
+        // A port another socket holds refuses the change, and what is in force stays.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let busy = taken.local_addr().expect("addr");
+        let err = listeners
+            .bind(&[addr("127.0.0.1:0"), busy])
+            .err()
+            .expect("refused");
+        assert_eq!(
+            err,
+            format!(
+                "metrics.listen: cannot listen on {busy}: Address already in use (os error 98); another process (or a socket unit) listens there: pick another port, or let that socket serve"
+            )
+        );
+        assert_eq!(listeners.endpoints().len(), 1);
+
+        // An empty list closes it.
+        let none = listeners.bind(&[]).expect("bind");
+        listeners.commit(none);
+        assert!(listeners.endpoints().is_empty());
+        assert!(
+            tokio::net::TcpStream::connect(kept).await.is_err(),
+            "the closed listener refuses connections"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_address_a_systemd_socket_serves_is_not_bound_again() {
+        let listeners = MetricsListeners::default();
+        listeners.serve_with(hello());
+        let passed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = passed.local_addr().expect("addr");
+        listeners
+            .adopt(vec![(passed, "metrics".into())])
+            .expect("adopt");
+        let bound = listeners.bind(&[address]).expect("served already");
+        assert!(bound.new.is_empty());
+        listeners.commit(bound);
+        assert_eq!(
+            listeners.endpoints(),
+            vec![Endpoint {
+                address,
+                from: "socket from systemd (metrics)".into()
+            }]
+        );
+        // metrics.listen emptied: the socket from systemd stays.
+        listeners.commit(listeners.bind(&[]).expect("bind"));
+        assert_eq!(listeners.endpoints().len(), 1);
+    }
+}
