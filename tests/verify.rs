@@ -316,3 +316,39 @@ fn caxton_verify_exits_non_zero_naming_the_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn caxton_verify_json_gives_each_file_s_manifest_or_reason_on_a_line() {
+    let files = good_files();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.tar.zst");
+    std::fs::write(&good, standard(&manifest_for(&files), &files)).expect("write");
+    let bad = dir.path().join("bad.tar.zst");
+    std::fs::write(&bad, standard(&manifest_for(&files), &files[..2])).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
+        .args(["verify", "--json"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "one file is refused");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let [ok, refused] = &lines[..] else {
+        panic!("two lines: {lines:?}");
+    };
+    assert_eq!(ok["file"], good.display().to_string());
+    assert_eq!(ok["ok"], true);
+    assert_eq!(ok["manifest"]["id"], "tiny");
+    assert_eq!(ok["manifest"]["version"], "1");
+    assert_eq!(ok["manifest"]["files"].as_array().map(Vec::len), Some(3));
+    assert_eq!(ok["package_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(refused["ok"], false);
+    assert_eq!(refused["kind"], "missing_entry");
+    assert_eq!(
+        refused["reason"],
+        "listed in the manifest but missing from the package: model.safetensors"
+    );
+}

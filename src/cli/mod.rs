@@ -128,6 +128,10 @@ pub enum Command {
         /// Require a minisign signature (FILE.minisig) by this public key; repeatable.
         #[arg(long = "key", value_name = "PUB")]
         keys: Vec<PathBuf>,
+        /// Print one JSON object per file and line: {"file", "ok": true, "package_sha256",
+        /// "manifest"} or {"file", "ok": false, "kind", "reason"}.
+        #[arg(long)]
+        json: bool,
         /// Package files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -254,7 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Load { id } => remote::load(socket, &id),
         Command::Unload { id } => remote::unload(socket, &id),
         Command::Models { json } => models::models(socket, json),
-        Command::Verify { keys, files } => offline::verify(&keys, files),
+        Command::Verify { keys, json, files } => offline::verify(&keys, files, json),
     }
 }
 

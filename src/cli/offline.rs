@@ -67,7 +67,11 @@ pub(super) fn config(config_dir: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `caxton verify [--key PUB]... FILE...`: exit 1 when any file is rejected.
-pub(super) fn verify(keys: &[PathBuf], files: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+pub(super) fn verify(
+    keys: &[PathBuf],
+    files: Vec<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let policy = if keys.is_empty() {
         crate::package::signature::SignaturePolicy::none()
     } else {
@@ -80,8 +84,19 @@ pub(super) fn verify(keys: &[PathBuf], files: Vec<PathBuf>) -> anyhow::Result<Ex
     }
     let mut ok = true;
     for file in files {
-        match verify_file(&file, &mut DiscardSink).and_then(|v| policy.check(&file).map(|()| v)) {
-            Ok(v) => println!(
+        let verdict =
+            verify_file(&file, &mut DiscardSink).and_then(|v| policy.check(&file).map(|()| v));
+        // One JSON object per file and line, for tooling (packaging/model-package reads it).
+        let line = match (&verdict, json) {
+            (Ok(v), true) => serde_json::json!({
+                "file": file, "ok": true, "package_sha256": v.package_sha256, "manifest": v.manifest,
+            })
+            .to_string(),
+            (Err(e), true) => serde_json::json!({
+                "file": file, "ok": false, "kind": e.kind(), "reason": e.to_string(),
+            })
+            .to_string(),
+            (Ok(v), false) => format!(
                 "{}: ok: {} version {}, {} files, sha256 {}",
                 file.display(),
                 v.manifest.id,
@@ -89,11 +104,14 @@ pub(super) fn verify(keys: &[PathBuf], files: Vec<PathBuf>) -> anyhow::Result<Ex
                 v.manifest.files.len(),
                 v.package_sha256
             ),
-            Err(e) => {
-                ok = false;
-                eprintln!("{}: rejected ({}): {e}", file.display(), e.kind());
-            }
+            (Err(e), false) => format!("{}: rejected ({}): {e}", file.display(), e.kind()),
+        };
+        if verdict.is_ok() || json {
+            println!("{line}");
+        } else {
+            eprintln!("{line}");
         }
+        ok &= verdict.is_ok();
     }
     Ok(if ok {
         ExitCode::SUCCESS
