@@ -447,3 +447,67 @@ fn every_hostile_package_is_rejected_while_the_daemon_keeps_serving() {
         "peak RSS grew by {grew} KiB while rejecting the corpus"
     );
 }
+
+/// Puts `from` at `to` as dpkg unpacks a file: written beside it as `NAME.dpkg-new`, then
+/// renamed into place.
+fn install_as_dpkg_does(from: &Path, to: &Path) {
+    let new = to.with_extension("zst.dpkg-new");
+    std::fs::copy(from, &new).expect("copy");
+    std::fs::rename(&new, to).expect("rename");
+}
+
+#[test]
+fn a_package_manager_s_upgrade_switches_versions_with_no_failed_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let d = start("");
+    let (v1, v2) = (
+        prepared(&d, "v1.tar.zst", "fleet", "1"),
+        prepared(&d, "v2.tar.zst", "fleet", "2"),
+    );
+    let old = packages(&d).join("fleet-1.tar.zst");
+    install_as_dpkg_does(&v1, &old);
+    wait_until(&d, "fleet 1 serving", || {
+        model_entry(&d, "fleet").is_some_and(|m| m["version"] == "1")
+    });
+
+    // A client asks for the model all along, as the fleet's applications do.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (socket, stop) = (d.socket.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                let body = br#"{"input": "during the upgrade", "model": "fleet"}"#.to_vec();
+                let answer = rt.block_on(caxton::cli::client::request(
+                    &socket,
+                    hyper::Method::POST,
+                    "/v1/embeddings",
+                    Some(body),
+                ));
+                answers.push(match answer {
+                    Ok((status, body)) => {
+                        (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+                    }
+                    Err(e) => (0, e.to_string()),
+                });
+            }
+            answers
+        })
+    };
+    // dpkg's order: the new version's file in place, then the old one's removed.
+    install_as_dpkg_does(&v2, &packages(&d).join("fleet-2.tar.zst"));
+    std::fs::remove_file(&old).expect("rm");
+    wait_until(&d, "fleet 2 serving", || {
+        model_entry(&d, "fleet").is_some_and(|m| m["version"] == "2" && m["state"] == "loaded")
+    });
+    stop.store(true, Ordering::Release);
+    let answers = client.join().expect("client");
+    let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(failed.is_empty(), "{failed:?}\nlog:\n{}", d.log());
+    assert!(answers.len() >= 2, "{} requests", answers.len());
+}

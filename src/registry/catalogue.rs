@@ -282,6 +282,12 @@ impl Registry {
             serving.push((pkg.package_sha256.clone(), pkg.unpacked_bytes()));
             winners.insert(id, (pkg, c));
         }
+        if !pending.is_empty() {
+            for (pkg, c) in self.kept_while_arriving(&winners, pending.len()) {
+                serving.push((pkg.package_sha256.clone(), pkg.unpacked_bytes()));
+                winners.insert(pkg.manifest.id.clone(), (pkg, c));
+            }
+        }
         let bound = store.bound_bytes();
         let kept = retention::retain(&serving, &fallbacks, bound);
         warn_over_bound(kept.bytes, bound);
@@ -291,6 +297,37 @@ impl Registry {
             rejected,
             verified: kept.keep,
         }
+    }
+
+    /// The models serving now whose package file is gone while `arriving` other files are
+    /// still being written: each keeps serving as it is until those are verified, since one
+    /// may be its next version (a package manager puts the new version's file in place, then
+    /// removes the old one's, and the new file settles before it is read). Without this, the
+    /// model would be missing for that moment and its requests answered 404.
+    fn kept_while_arriving(
+        &self,
+        winners: &BTreeMap<String, (StoredPackage, Candidate)>,
+        arriving: usize,
+    ) -> Vec<(StoredPackage, Candidate)> {
+        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        models
+            .iter()
+            .filter(|(id, _)| !winners.contains_key(*id))
+            .map(|(id, slot)| {
+                tracing::info!(
+                    caxton_event = "model_kept_while_arriving",
+                    caxton_model = %id,
+                    "{id}: its package {} is gone, but {arriving} package file(s) are still arriving; version {} keeps serving until they are verified",
+                    slot.file.display(),
+                    slot.package.manifest.version
+                );
+                let c = Candidate {
+                    file: slot.file.clone(),
+                    source: slot.source,
+                };
+                (slot.package.clone(), c)
+            })
+            .collect()
     }
 
     /// Makes a scan's result the registry's view, keeping loaded engines whose package is
