@@ -52,9 +52,23 @@ fn collect(v: &serde_yaml::Value, prefix: &str, fig: &Figment, out: &mut Vec<Exp
         },
         None => "default".to_string(),
     };
-    let value = serde_yaml::to_string(v)
-        .unwrap_or_default()
-        .trim_end()
-        .to_string();
+    // A list on one line, as YAML's flow style writes it (`[127.0.0.1:9464]`), not a block.
+    let value = match v {
+        serde_yaml::Value::Sequence(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| serde_yaml::to_string(i)
+                    .unwrap_or_default()
+                    .trim_end()
+                    .to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => serde_yaml::to_string(v)
+            .unwrap_or_default()
+            .trim_end()
+            .to_string(),
+    };
     out.push(Explained { key, value, source });
 }

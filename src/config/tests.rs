@@ -119,7 +119,11 @@ fn explain_names_the_source_of_each_value() {
     std::fs::write(dir.path().join("caxton.yaml"), "limits:\n  max_inputs: 7\n").expect("write");
     std::fs::create_dir(dir.path().join("conf.d")).expect("mkdir");
     let dropin = dir.path().join("conf.d/10-log.yaml");
-    std::fs::write(&dropin, "log:\n  level: debug\n").expect("write");
+    std::fs::write(
+        &dropin,
+        "log:\n  level: debug\nmetrics:\n  listen: [\"127.0.0.1:9464\", \"[::1]:9464\"]\n",
+    )
+    .expect("write");
     let all = explain(dir.path()).expect("valid");
     let find = |k: &str| all.iter().find(|e| e.key == k).expect(k).clone();
     assert_eq!(find("limits.max_inputs").value, "7");
@@ -129,6 +133,11 @@ fn explain_names_the_source_of_each_value() {
     );
     assert_eq!(find("log.level").source, dropin.display().to_string());
     assert_eq!(find("socket.path").source, "default");
+    assert_eq!(
+        find("metrics.listen").value,
+        "[127.0.0.1:9464, '[::1]:9464']"
+    );
+    assert_eq!(find("metrics.listen").source, dropin.display().to_string());
     assert_eq!(all.len(), 46);
 }
 

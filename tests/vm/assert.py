@@ -16,10 +16,10 @@ import os
 import sys
 
 EXPECTED = {
-    "full": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "metrics",
-             "memory", "watchdog", "upgrade", "purge"],
-    "reduced": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "metrics",
-                "upgrade", "purge"],
+    "full": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "repo",
+             "metrics", "memory", "watchdog", "upgrade", "purge"],
+    "reduced": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "repo",
+                "metrics", "upgrade", "purge"],
 }
 
 
