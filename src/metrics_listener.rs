@@ -2,7 +2,9 @@
 //! (`api::metrics_router`: `GET /metrics` and `GET /health`, 404 for every other path) on the
 //! addresses of `metrics.listen` and on the sockets systemd passes (`caxton-metrics.socket`).
 //! A changed list is bound before it is committed, so an address that cannot be bound refuses
-//! the reload whole and the listeners in force stay. Nothing here knows the daemon's state.
+//! the reload whole and the listeners in force stay. At start, such an address is logged and
+//! tried again until it can be bound (an interface that comes up after the daemon), so the
+//! daemon's own job never waits on it. Nothing here knows the daemon's state.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,13 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(600);
 /// Pending connections the kernel queues before the daemon accepts them.
 const BACKLOG: u32 = 64;
 
+/// How often an address that could not be bound at start is tried again.
+const RETRY: Duration = if cfg!(test) {
+    Duration::from_millis(50)
+} else {
+    Duration::from_secs(10)
+};
+
 /// Where a listener came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Origin {
@@ -42,19 +51,31 @@ enum Origin {
     Systemd(String),
 }
 
-/// One listener being served, as `GET /api/status` and `caxton status` show it.
+/// One listener, as `GET /api/status` and `caxton status` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
-    /// The address it listens on.
+    /// The address it listens on (the configured one while it cannot be bound).
     pub address: SocketAddr,
     /// `metrics.listen`, or the socket systemd passed (`caxton-metrics.socket`).
     pub from: String,
+    /// Why it does not listen yet (bound at start failed; tried again every 10 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
+
+/// Where a listener is: listening on an address, or waiting to bind one (and why).
+type Place = Arc<Mutex<(SocketAddr, Option<String>)>>;
 
 struct Running {
     origin: Origin,
-    address: SocketAddr,
+    place: Place,
     task: JoinHandle<()>,
+}
+
+impl Running {
+    fn address(&self) -> SocketAddr {
+        self.place.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
 }
 
 impl Drop for Running {
@@ -107,28 +128,46 @@ impl MetricsListeners {
                 .set_nonblocking(true)
                 .and_then(|()| TcpListener::from_std(socket))
                 .map(|listener| inner.start(Origin::Systemd(name.clone()), address, listener))
-                .map_err(|e| format!("cannot serve the socket systemd passed as {name:?}: {e}"))?;
+                .map_err(|e| {
+                    format!("cannot serve the socket systemd passed as {name:?} ({address}): {e}")
+                })?;
         }
         Ok(())
+    }
+
+    /// At start: serves the addresses of `wanted`; one that cannot be bound is logged and
+    /// tried again every [`RETRY`] until it can (the daemon serves its socket meanwhile).
+    /// Call within a Tokio runtime, after [`serve_with`](Self::serve_with).
+    pub fn listen_or_retry(&self, wanted: &[SocketAddr]) {
+        let mut inner = self.lock();
+        for &address in wanted {
+            if inner.serves(address) {
+                continue;
+            }
+            match listen(address) {
+                Ok(listener) => match listener.local_addr() {
+                    Ok(bound) => inner.start(Origin::Config(address), bound, listener),
+                    Err(e) => inner.retry(address, format!("metrics.listen: {address}: {e}")),
+                },
+                Err(reason) => inner.retry(address, reason),
+            }
+        }
     }
 
     /// Binds the addresses of `wanted` that no listener serves yet; nothing changes until
     /// [`commit`](Self::commit). An address a socket from systemd already listens on is
     /// served by it. Call within a Tokio runtime.
     pub fn bind(&self, wanted: &[SocketAddr]) -> Result<Bound, String> {
-        let served: Vec<(Origin, SocketAddr)> = self
-            .lock()
-            .running
+        let inner = self.lock();
+        let served: Vec<SocketAddr> = wanted
             .iter()
-            .map(|r| (r.origin.clone(), r.address))
+            .copied()
+            .filter(|a| inner.serves(*a))
             .collect();
+        drop(inner);
         let mut new = Vec::new();
         for &address in wanted {
-            let in_force = served.iter().any(|(origin, bound)| {
-                *origin == Origin::Config(address)
-                    || (matches!(origin, Origin::Systemd(_)) && *bound == address)
-            });
-            if !in_force {
+            if !served.contains(&address) {
                 new.push((address, listen(address)?));
             }
         }
@@ -147,7 +186,7 @@ impl MetricsListeners {
                 tracing::info!(
                     caxton_event = "metrics_listener_closed",
                     "metrics listener on {} closed: no longer in metrics.listen",
-                    r.address
+                    r.address()
                 );
                 false
             }
@@ -156,7 +195,10 @@ impl MetricsListeners {
         for (configured, listener) in bound.new {
             match listener.local_addr() {
                 Ok(address) => inner.start(Origin::Config(configured), address, listener),
-                Err(e) => tracing::warn!("metrics listener for {configured}: {e}"),
+                Err(e) => inner.retry(
+                    configured,
+                    format!("metrics.listen: {configured}: cannot read the bound address: {e}"),
+                ),
             }
         }
     }
@@ -166,12 +208,16 @@ impl MetricsListeners {
         self.lock()
             .running
             .iter()
-            .map(|r| Endpoint {
-                address: r.address,
-                from: match &r.origin {
-                    Origin::Config(_) => "metrics.listen".to_string(),
-                    Origin::Systemd(name) => format!("socket from systemd ({name})"),
-                },
+            .map(|r| {
+                let (address, error) = r.place.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                Endpoint {
+                    address,
+                    from: match &r.origin {
+                        Origin::Config(_) => "metrics.listen".to_string(),
+                        Origin::Systemd(name) => format!("socket from systemd ({name})"),
+                    },
+                    error,
+                }
             })
             .collect()
     }
@@ -185,6 +231,55 @@ impl MetricsListeners {
 }
 
 impl Inner {
+    /// Whether a listener serves `address`: one of `metrics.listen` for it (listening or
+    /// waiting to), or a socket from systemd bound to it.
+    fn serves(&self, address: SocketAddr) -> bool {
+        self.running.iter().any(|r| match &r.origin {
+            Origin::Config(configured) => *configured == address,
+            Origin::Systemd(_) => r.address() == address,
+        })
+    }
+
+    /// Keeps trying to bind `configured` every [`RETRY`], then serves it; `reason` is why
+    /// it failed now.
+    fn retry(&mut self, configured: SocketAddr, reason: String) {
+        let Some(app) = self.app.clone() else {
+            return;
+        };
+        tracing::error!(
+            caxton_event = "metrics_listener_failed",
+            "{reason}; trying again every {} s meanwhile (caxton status shows it)",
+            RETRY.as_secs()
+        );
+        let place: Place = Arc::new(Mutex::new((configured, Some(reason))));
+        let waiting = place.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY).await;
+                let bound = listen(configured)
+                    .and_then(|l| l.local_addr().map(|a| (l, a)).map_err(|e| e.to_string()));
+                match bound {
+                    Ok((listener, address)) => {
+                        *waiting.lock().unwrap_or_else(|p| p.into_inner()) = (address, None);
+                        tracing::info!(
+                            caxton_event = "metrics_listener",
+                            "metrics listener on {address} (metrics.listen): listening at last; GET /metrics and GET /health only"
+                        );
+                        return accept(listener, app, address).await;
+                    }
+                    Err(reason) => {
+                        waiting.lock().unwrap_or_else(|p| p.into_inner()).1 = Some(reason);
+                    }
+                }
+            }
+        });
+        self.running.push(Running {
+            origin: Origin::Config(configured),
+            place,
+            task,
+        });
+    }
+
     fn start(&mut self, origin: Origin, address: SocketAddr, listener: TcpListener) {
         let Some(app) = self.app.clone() else {
             tracing::warn!("metrics listener on {address} not started: the daemon is stopping");
@@ -201,15 +296,17 @@ impl Inner {
         let task = tokio::spawn(accept(listener, app, address));
         self.running.push(Running {
             origin,
-            address,
+            place: Arc::new(Mutex::new((address, None))),
             task,
         });
     }
 }
 
 /// A listening socket on `address`, with `SO_REUSEADDR` so a restart does not wait out the
-/// previous run's connections in TIME_WAIT. The error names the key, the address, and what
-/// to do.
+/// previous run's connections in TIME_WAIT, and `SO_REUSEPORT` so a reload that moves the
+/// listener to an overlapping address on the same port (`0.0.0.0:9464` to `10.0.0.5:9464`)
+/// can bind the new one while the old one, closed at the commit, still listens. The error
+/// names the key, the address, and what to do.
 fn listen(address: SocketAddr) -> Result<TcpListener, String> {
     let socket = if address.is_ipv4() {
         TcpSocket::new_v4()
@@ -219,6 +316,7 @@ fn listen(address: SocketAddr) -> Result<TcpListener, String> {
     socket
         .and_then(|s| {
             s.set_reuseaddr(true)?;
+            s.set_reuseport(true)?;
             s.set_nodelay(true)?;
             s.bind(address)?;
             s.listen(BACKLOG)
@@ -235,7 +333,7 @@ fn listen(address: SocketAddr) -> Result<TcpListener, String> {
 fn hint(e: &std::io::Error, address: SocketAddr) -> String {
     match e.raw_os_error().map(nix::errno::Errno::from_raw) {
         Some(nix::errno::Errno::EADDRINUSE) => {
-            "; another process (or a socket unit) listens there: pick another port, or let that socket serve".into()
+            "; another process (or a socket unit such as caxton-metrics.socket) listens there: pick another port, or let that socket serve".into()
         }
         Some(nix::errno::Errno::EADDRNOTAVAIL) => format!(
             "; no interface of this host has the address {}: use one it has, or 0.0.0.0 / [::] with a firewall, or caxton-metrics.socket with FreeBind=yes for an address that comes up later",
@@ -333,10 +431,22 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "metrics.listen: cannot listen on {busy}: Address already in use (os error 98); another process (or a socket unit) listens there: pick another port, or let that socket serve"
+                "metrics.listen: cannot listen on {busy}: Address already in use (os error 98); another process (or a socket unit such as caxton-metrics.socket) listens there: pick another port, or let that socket serve"
             )
         );
         assert_eq!(listeners.endpoints().len(), 1);
+
+        // Moved to an overlapping address on the same port: bound beside the old one, which
+        // the commit closes.
+        let port = kept.port();
+        let moved = listeners
+            .bind(&[addr(&format!("0.0.0.0:{port}"))])
+            .expect("the same port on the wildcard address");
+        listeners.commit(moved);
+        assert_eq!(
+            listeners.endpoints()[0].address,
+            addr(&format!("0.0.0.0:{port}"))
+        );
 
         // An empty list closes it.
         let none = listeners.bind(&[]).expect("bind");
@@ -346,6 +456,38 @@ mod tests {
             tokio::net::TcpStream::connect(kept).await.is_err(),
             "the closed listener refuses connections"
         );
+    }
+
+    #[tokio::test]
+    async fn an_address_busy_at_start_is_tried_again_until_it_can_be_bound() {
+        let listeners = MetricsListeners::default();
+        listeners.serve_with(hello());
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let busy = taken.local_addr().expect("addr");
+        listeners.listen_or_retry(&[busy]);
+        let [
+            Endpoint {
+                address,
+                error: Some(error),
+                ..
+            },
+        ] = &listeners.endpoints()[..]
+        else {
+            panic!("one waiting endpoint: {:?}", listeners.endpoints());
+        };
+        assert_eq!(*address, busy);
+        assert!(error.contains("Address already in use"), "{error}");
+        // A reload that keeps it does not bind it again (nor refuse).
+        let same = listeners.bind(&[busy]).expect("kept as it is");
+        assert!(same.new.is_empty());
+        listeners.commit(same);
+        drop(taken);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while listeners.endpoints()[0].error.is_some() {
+            assert!(std::time::Instant::now() < deadline, "never bound");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(tokio::net::TcpStream::connect(busy).await.is_ok());
     }
 
     #[tokio::test]
@@ -364,7 +506,8 @@ mod tests {
             listeners.endpoints(),
             vec![Endpoint {
                 address,
-                from: "socket from systemd (metrics)".into()
+                from: "socket from systemd (metrics)".into(),
+                error: None,
             }]
         );
         // metrics.listen emptied: the socket from systemd stays.

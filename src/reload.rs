@@ -156,9 +156,6 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
         Ok(bound) => bound,
         Err(reason) => return refuse(state, &reason),
     };
-    if let Err(e) = crate::logging::set_level(&new.log.level) {
-        return refuse(state, &format!("log.level: {e}"));
-    }
     if new.socket.mode != old.socket.mode && state.socket_activated {
         tracing::warn!(
             caxton_event = "config_not_applied",
@@ -180,6 +177,10 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
         );
     }
 
+    // Last of the steps that may refuse (the level was checked when the files were read).
+    if let Err(e) = crate::logging::set_level(&new.log.level) {
+        return refuse(state, &format!("log.level: {e}"));
+    }
     let changed = changed_keys(old, &new);
     let keep = scan.digests();
     state.registry.commit(scan);

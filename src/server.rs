@@ -30,8 +30,8 @@ pub struct Listeners {
 }
 
 /// Serves on `listeners` with `settings` (read from `config_dir`, which is watched for
-/// changes) until `shutdown` resolves, then drains and returns. An address of
-/// `metrics.listen` that cannot be bound is an error before anything is served.
+/// changes) until `shutdown` resolves, then drains and returns. A metrics listener that cannot
+/// listen is logged (and an address of `metrics.listen` tried again) while the daemon serves.
 pub async fn run(
     listeners: Listeners,
     settings: Settings,
@@ -47,8 +47,11 @@ pub async fn run(
     let state = assemble(settings, config_dir.clone(), socket_activated);
     let scrapes = &state.metrics_listeners;
     scrapes.serve_with(api::metrics_router(state.clone()));
-    scrapes.adopt(metrics).map_err(anyhow::Error::msg)?;
-    scrapes.commit(scrapes.bind(&wanted).map_err(anyhow::Error::msg)?);
+    if let Err(e) = scrapes.adopt(metrics) {
+        // The sockets are systemd's; the daemon's own job does not depend on them.
+        tracing::error!(caxton_event = "metrics_listener_failed", "{e}");
+    }
+    scrapes.listen_or_retry(&wanted);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::connections::raise_fd_limit(state.settings().limits.max_connections);

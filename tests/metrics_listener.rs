@@ -187,7 +187,7 @@ fn metrics_listen_changes_apply_live_and_a_bad_address_is_refused_whole() {
     assert_eq!(
         refused_listen(&d, &format!("[\"127.0.0.1:0\", \"{busy}\"]")),
         format!(
-            "metrics.listen: cannot listen on {busy}: Address already in use (os error 98); another process (or a socket unit) listens there: pick another port, or let that socket serve"
+            "metrics.listen: cannot listen on {busy}: Address already in use (os error 98); another process (or a socket unit such as caxton-metrics.socket) listens there: pick another port, or let that socket serve"
         )
     );
     assert_eq!(only_endpoint(&d), address);
@@ -261,19 +261,42 @@ fn a_metrics_socket_from_systemd_is_served_beside_the_api_socket() {
 }
 
 #[test]
-fn an_address_that_cannot_be_bound_at_start_stops_the_daemon_naming_it() {
+fn an_address_that_cannot_be_bound_at_start_is_tried_again_while_the_daemon_serves() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy = taken.local_addr().expect("addr");
-    let mut d = Daemon::spawn(
+    let d = Daemon::start_with(
         |dir| write_config(dir, &format!("metrics:\n  listen: [\"{busy}\"]\n")),
         &[],
     );
-    assert_eq!(d.wait_exit(), Some(1), "log:\n{}", d.log());
+    // The daemon serves its socket; the listener says why it waits.
+    assert_eq!(d.embed(&["served meanwhile"]).0.len(), 1);
+    let (_, v) = d.request("GET", "/api/status", "");
+    let listener = &v["metrics_listeners"][0];
+    assert_eq!(listener["address"], busy.to_string(), "{v}");
+    assert_eq!(
+        listener["error"],
+        format!(
+            "metrics.listen: cannot listen on {busy}: Address already in use (os error 98); another process (or a socket unit such as caxton-metrics.socket) listens there: pick another port, or let that socket serve"
+        ),
+        "{v}"
+    );
     assert!(
-        d.log().contains(&format!(
-            "caxtond: metrics.listen: cannot listen on {busy}: Address already in use (os error 98)"
-        )),
+        d.log().contains("trying again every 10 s meanwhile"),
         "{}",
         d.log()
     );
+    let out = caxton(&d, &["status"], None);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "metrics:      not listening on {busy} (metrics.listen): metrics.listen: cannot listen on {busy}: Address already in use"
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Freed: the next attempt binds it.
+    drop(taken);
+    common::wait_until(&d, "the listener bound at last", || {
+        d.request("GET", "/api/status", "").1["metrics_listeners"][0]["error"].is_null()
+    });
+    assert_eq!(tcp(busy, "GET", "/metrics", "").0, 200);
 }

@@ -11,7 +11,10 @@ use super::remote::call;
 /// `caxton status [--json]`.
 pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let mut v = call(socket, Method::GET, "/api/memory/status")?;
-    let daemon = call(socket, Method::GET, "/api/status")?;
+    // A daemon older than this caxton (mid-upgrade) has no /api/status: the rest still shows.
+    let daemon = call(socket, Method::GET, "/api/status").unwrap_or_else(
+        |e| serde_json::json!({"status": format!("unknown ({e})"), "metrics_listeners": null}),
+    );
     if json {
         // The memory status as it always was, with the daemon's part beside it.
         v["daemon"] = daemon;
@@ -142,19 +145,35 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Whether metrics are served over TCP, and where.
 fn metrics_line(listeners: &serde_json::Value) -> String {
-    let on: Vec<String> = listeners
-        .as_array()
+    let Some(listeners) = listeners.as_array() else {
+        return "unknown (the daemon does not say)".into();
+    };
+    let describe = |l: &serde_json::Value| {
+        format!(
+            "{} ({})",
+            l["address"].as_str().unwrap_or("?"),
+            l["from"].as_str().unwrap_or("?")
+        )
+    };
+    let (on, waiting): (Vec<_>, Vec<_>) = listeners.iter().partition(|l| l["error"].is_null());
+    let on: Vec<String> = on.into_iter().map(describe).collect();
+    let waiting: Vec<String> = waiting
         .into_iter()
-        .flatten()
         .map(|l| {
             format!(
-                "{} ({})",
-                l["address"].as_str().unwrap_or("?"),
-                l["from"].as_str().unwrap_or("?")
+                "not listening on {}: {}",
+                describe(l),
+                l["error"].as_str().unwrap_or("?")
             )
         })
         .collect();
-    if on.is_empty() {
+    if !waiting.is_empty() {
+        let mut parts = waiting;
+        if !on.is_empty() {
+            parts.push(format!("on at {}", on.join(", ")));
+        }
+        parts.join("; ")
+    } else if on.is_empty() {
         "off over TCP (metrics.listen is empty and no caxton-metrics.socket); GET /metrics on the Unix socket".into()
     } else {
         format!("on at {}: GET /metrics and GET /health only", on.join(", "))

@@ -283,7 +283,7 @@ impl Registry {
             winners.insert(id, (pkg, c));
         }
         if !pending.is_empty() {
-            for (pkg, c) in self.kept_while_arriving(&winners, pending.len()) {
+            for (pkg, c) in self.kept_while_arriving(&winners, &pending) {
                 serving.push((pkg.package_sha256.clone(), pkg.unpacked_bytes()));
                 winners.insert(pkg.manifest.id.clone(), (pkg, c));
             }
@@ -299,21 +299,28 @@ impl Registry {
         }
     }
 
-    /// The models serving now whose package file is gone while `arriving` other files are
-    /// still being written: each keeps serving as it is until those are verified, since one
-    /// may be its next version (a package manager puts the new version's file in place, then
-    /// removes the old one's, and the new file settles before it is read). Without this, the
-    /// model would be missing for that moment and its requests answered 404.
+    /// The models serving now whose package file is gone while other files in its directory
+    /// (`arriving`) are still being written: each keeps serving as it is until those are
+    /// verified, since one may be its next version (a package manager puts the new version's
+    /// file in place, then removes the old one's, and the new file settles before it is
+    /// read). Without this, the model would be missing for that moment and its requests
+    /// answered 404. A model whose file is still there but refused, or whose directory no file
+    /// is arriving in (a reload that moved `models.package_dir`), is not kept.
     fn kept_while_arriving(
         &self,
         winners: &BTreeMap<String, (StoredPackage, Candidate)>,
-        arriving: usize,
+        arriving: &HashSet<PathBuf>,
     ) -> Vec<(StoredPackage, Candidate)> {
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         models
             .iter()
-            .filter(|(id, _)| !winners.contains_key(*id))
+            .filter(|(id, slot)| {
+                !winners.contains_key(*id)
+                    && !slot.file.exists()
+                    && arriving.iter().any(|f| f.parent() == slot.file.parent())
+            })
             .map(|(id, slot)| {
+                let arriving = arriving.len();
                 tracing::info!(
                     caxton_event = "model_kept_while_arriving",
                     caxton_model = %id,
