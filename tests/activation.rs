@@ -20,13 +20,7 @@ fn serves_on_the_socket_systemd_passes_and_leaves_it_in_place() {
     let mut d = Daemon::spawn_activated(
         move |dir| {
             write_config(dir, "");
-            // socket.path names the activated socket, as the shipped config and unit agree.
-            let cfg = std::fs::read_to_string(dir.join("caxton.yaml")).expect("read");
-            let cfg = cfg.replace(
-                &format!("path: {}", dir.join("caxton.sock").display()),
-                &format!("path: {}", socket_path.display()),
-            );
-            std::fs::write(dir.join("caxton.yaml"), cfg).expect("write");
+            common::point_socket_at(dir, &socket_path);
         },
         &[],
         &listener,

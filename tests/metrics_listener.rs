@@ -232,12 +232,7 @@ fn a_metrics_socket_from_systemd_is_served_beside_the_api_socket() {
     let mut d = Daemon::spawn_with_sockets(
         move |dir| {
             write_config(dir, "");
-            let cfg = std::fs::read_to_string(dir.join("caxton.yaml")).expect("read");
-            let cfg = cfg.replace(
-                &format!("path: {}", dir.join("caxton.sock").display()),
-                &format!("path: {}", socket_path.display()),
-            );
-            std::fs::write(dir.join("caxton.yaml"), cfg).expect("write");
+            common::point_socket_at(dir, &socket_path);
         },
         &[],
         &[

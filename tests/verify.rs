@@ -283,14 +283,21 @@ fn a_fifo_sidecar_is_refused_without_hanging() {
     assert!(e.to_string().contains("is not a regular file"), "{e}");
 }
 
+/// A package that verifies (`good.tar.zst`) and one missing the weights its manifest lists
+/// (`bad.tar.zst`), in `dir`.
+fn good_and_bad(dir: &Path) -> (PathBuf, PathBuf) {
+    let files = good_files();
+    let good = dir.join("good.tar.zst");
+    std::fs::write(&good, standard(&manifest_for(&files), &files)).expect("write");
+    let bad = dir.join("bad.tar.zst");
+    std::fs::write(&bad, standard(&manifest_for(&files), &files[..2])).expect("write");
+    (good, bad)
+}
+
 #[test]
 fn caxton_verify_exits_non_zero_naming_the_reason() {
-    let files = good_files();
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = dir.path().join("good.tar.zst");
-    std::fs::write(&good, standard(&manifest_for(&files), &files)).expect("write");
-    let bad = dir.path().join("bad.tar.zst");
-    std::fs::write(&bad, standard(&manifest_for(&files), &files[..2])).expect("write");
+    let (good, bad) = good_and_bad(dir.path());
 
     let run = |p: &Path| {
         Command::new(env!("CARGO_BIN_EXE_caxton"))
@@ -319,12 +326,8 @@ fn caxton_verify_exits_non_zero_naming_the_reason() {
 
 #[test]
 fn caxton_verify_json_gives_each_file_s_manifest_or_reason_on_a_line() {
-    let files = good_files();
     let dir = tempfile::tempdir().expect("tempdir");
-    let good = dir.path().join("good.tar.zst");
-    std::fs::write(&good, standard(&manifest_for(&files), &files)).expect("write");
-    let bad = dir.path().join("bad.tar.zst");
-    std::fs::write(&bad, standard(&manifest_for(&files), &files[..2])).expect("write");
+    let (good, bad) = good_and_bad(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_caxton"))
         .args(["verify", "--json"])
         .arg(&good)

@@ -40,6 +40,17 @@ pub struct Daemon {
     rt: tokio::runtime::Runtime,
 }
 
+/// Points the test config in `dir` at the socket `path` (one systemd would pass), as the shipped
+/// config and unit agree on one.
+pub fn point_socket_at(dir: &Path, path: &Path) {
+    let cfg = std::fs::read_to_string(dir.join("caxton.yaml")).expect("read");
+    let cfg = cfg.replace(
+        &format!("path: {}", dir.join("caxton.sock").display()),
+        &format!("path: {}", path.display()),
+    );
+    std::fs::write(dir.join("caxton.yaml"), cfg).expect("write");
+}
+
 /// Config for a test daemon: everything under `dir`, bundled models from the repo, plus `extra`
 /// YAML appended (sections not already present).
 pub fn write_config(dir: &Path, extra: &str) {
