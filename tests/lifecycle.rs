@@ -282,3 +282,37 @@ fn a_tampered_default_package_leaves_the_daemon_up_but_unhealthy() {
         (404, Some("model_not_found"))
     );
 }
+
+#[test]
+fn the_cli_ends_quietly_when_its_reader_goes_away() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let d = Daemon::start();
+    // Megabytes of vectors, read a little of: the rest goes into a closed pipe.
+    let texts: Vec<String> = (0..200).map(|i| format!("text {i}")).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_caxton"))
+        .arg("embed")
+        .args(&texts)
+        .env("CAXTON_SOCKET", &d.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run caxton");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("the start of the output");
+    // The reader (this end of the pipe) is gone now.
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "SIGPIPE ends it: {:?} {err}",
+        out.status
+    );
+}

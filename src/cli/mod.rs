@@ -190,6 +190,16 @@ fn parse_prompt(s: &str) -> Result<(String, String), String> {
 
 /// Entry point of the `caxton` binary.
 pub fn main() -> ExitCode {
+    // Output into a pipe its reader closed (`caxton status | grep -q ...`, `| head`) ends the
+    // process quietly, as it does any Unix tool, instead of Rust's panic on EPIPE (which made
+    // the pipeline fail under `set -o pipefail` although grep had found its line).
+    // SAFETY: first thing in main, before any other thread exists; SIG_DFL installs no handler.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
