@@ -151,8 +151,7 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
     }
     // Bound now, served at the commit below: an address that cannot be bound refuses the
     // change whole, and the listeners in force stay.
-    let wanted: Vec<_> = new.metrics.listen.iter().map(|a| a.0).collect();
-    let metrics_listeners = match state.metrics_listeners.bind(&wanted) {
+    let metrics_listeners = match state.metrics_listeners.bind(&new.metrics.addresses()) {
         Ok(bound) => bound,
         Err(reason) => return refuse(state, &reason),
     };

@@ -43,7 +43,7 @@ pub async fn run(
         socket_activated,
         metrics,
     } = listeners;
-    let wanted: Vec<_> = settings.metrics.listen.iter().map(|a| a.0).collect();
+    let wanted = settings.metrics.addresses();
     let state = assemble(settings, config_dir.clone(), socket_activated);
     let scrapes = &state.metrics_listeners;
     scrapes.serve_with(api::metrics_router(state.clone()));

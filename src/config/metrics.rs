@@ -15,6 +15,11 @@ pub struct MetricsSettings {
 }
 
 impl MetricsSettings {
+    /// The addresses to listen on.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.listen.iter().map(|a| a.0).collect()
+    }
+
     /// The rules serde cannot express: an address listed twice would fail to bind the second
     /// time (and two free ports under one entry could not be told apart), so it is refused
     /// here, naming it.
