@@ -20,6 +20,7 @@ pub mod monitor;
 pub mod package;
 pub mod registry;
 pub mod reload;
+pub mod serve;
 pub mod server;
 pub mod sideload;
 pub mod socket;

@@ -274,3 +274,55 @@ fn the_socket_has_mode_0660() {
         & 0o7777;
     assert_eq!(mode, 0o660);
 }
+
+/// Issue 35: a width the model cannot give is the caller's mistake, refused before anything
+/// loads: the model stays unloaded, so a bad `dimensions` costs no load and no pass.
+#[test]
+fn a_bad_dimensions_is_refused_before_the_model_loads() {
+    let d = daemon();
+    let id = "all-MiniLM-L6-v2";
+    let state = |d: &Daemon| common::model_entry(d, id).expect("entry")["state"].clone();
+    // The daemon loads its default model at start: unloaded, only a request loads it again.
+    let (s, v) = d.request("DELETE", &format!("/api/memory/models/{id}"), "");
+    assert_eq!((s, &v["unloaded"]), (200, &Value::Bool(true)), "{v}");
+    assert_eq!(state(&d), "available");
+    for (dimensions, message) in [
+        (
+            "0",
+            "dimensions must be between 1 and 384 for model all-MiniLM-L6-v2, got 0",
+        ),
+        (
+            "385",
+            "dimensions must be between 1 and 384 for model all-MiniLM-L6-v2, got 385",
+        ),
+        (
+            "-1",
+            "dimensions must be between 1 and 384 for model all-MiniLM-L6-v2, got -1",
+        ),
+    ] {
+        let body = format!(r#"{{"input": "a", "dimensions": {dimensions}}}"#);
+        let m = assert_error(
+            &d,
+            "POST",
+            "/v1/embeddings",
+            &body,
+            400,
+            "invalid_dimensions",
+        );
+        assert_eq!(m, message);
+        assert_eq!(
+            state(&d),
+            "available",
+            "dimensions {dimensions} loaded the model"
+        );
+    }
+    // The same request with a width it can give loads the model and answers at that width.
+    let (s, v) = d.request(
+        "POST",
+        "/v1/embeddings",
+        r#"{"input": "a", "dimensions": 64}"#,
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(floats(&v["data"][0]["embedding"]).len(), 64);
+    assert_eq!(state(&d), "loaded");
+}

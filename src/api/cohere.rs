@@ -9,10 +9,10 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::error::ApiError;
-use super::input::{parse_body, texts};
-use super::rerank::{RerankRequest, query, rerank as rerank_pairs};
+use super::error::{ApiError, RequestError};
+use super::input::{parse_body, query, texts};
 use crate::engine::Cut;
+use crate::serve::{RerankRequest, rerank as rerank_pairs};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -28,7 +28,7 @@ struct RerankBody {
 }
 
 /// Cohere's v1 takes documents as strings or as `{"text": ...}` objects; both become text.
-fn documents(value: Value, max: usize) -> Result<Vec<String>, ApiError> {
+fn documents(value: Value, max: usize) -> Result<Vec<String>, RequestError> {
     let value = match value {
         Value::Array(items) => Value::Array(
             items
@@ -37,12 +37,12 @@ fn documents(value: Value, max: usize) -> Result<Vec<String>, ApiError> {
                 .map(|(i, item)| match item {
                     Value::Object(mut o) => match o.remove("text") {
                         Some(text @ Value::String(_)) if o.is_empty() => Ok(text),
-                        _ => Err(ApiError::bad_request(
-                            "invalid_input",
-                            format!(
-                                "`documents[{i}]` is an object; it must be a string or {{\"text\": \"...\"}} alone"
-                            ),
-                        )),
+                        _ => Err(RequestError::InvalidInput {
+                            place: format!("documents[{i}]"),
+                            problem:
+                                "is an object; it must be a string or {\"text\": \"...\"} alone"
+                                    .into(),
+                        }),
                     },
                     other => Ok(other),
                 })
@@ -65,10 +65,7 @@ pub async fn rerank(
     let req: RerankBody = parse_body(body, &settings.limits).await?;
     let docs = documents(req.documents, settings.limits.max_inputs)?;
     if req.top_n == Some(0) {
-        return Err(ApiError::bad_request(
-            "invalid_top_n",
-            "`top_n` is 0; ask for at least 1 result (or leave it out for all)",
-        ));
+        return Err(RequestError::ZeroTopN.into());
     }
     // A copy only when the answer carries the documents.
     let returned = req.return_documents.unwrap_or(false).then(|| docs.clone());
@@ -102,7 +99,7 @@ pub async fn rerank(
         "results": results,
         "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
     }));
-    Ok(out.answer(body))
+    Ok(super::answer::reranked(body, &out))
 }
 
 #[cfg(test)]
@@ -115,12 +112,12 @@ mod tests {
             documents(json!(["a", {"text": "b"}]), 4).unwrap(),
             vec!["a", "b"]
         );
-        let e = documents(json!([{"title": "b"}]), 4).unwrap_err();
+        let e = ApiError::from(documents(json!([{"title": "b"}]), 4).unwrap_err());
         assert_eq!(
             e.message,
             "`documents[0]` is an object; it must be a string or {\"text\": \"...\"} alone"
         );
-        let e = documents(json!(["a", "b", "c"]), 2).unwrap_err();
+        let e = ApiError::from(documents(json!(["a", "b", "c"]), 2).unwrap_err());
         assert_eq!((e.status.as_u16(), e.code), (413, "too_many_inputs"));
         assert_eq!(
             e.message,

@@ -2,12 +2,11 @@
 //! errors, and the `str or [str]` input shape.
 
 use axum::body::Body;
-use axum::http::StatusCode;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::RequestError;
 use crate::config::LimitSettings;
 
 /// Reads at most `limits.max_body_bytes` of body within `limits.body_timeout` and parses them
@@ -16,31 +15,18 @@ use crate::config::LimitSettings;
 pub async fn parse_body<T: DeserializeOwned>(
     body: Body,
     limits: &LimitSettings,
-) -> Result<T, ApiError> {
+) -> Result<T, RequestError> {
     let limit = limits.max_body_bytes.0;
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     let deadline = limits.body_timeout;
     let collected = tokio::time::timeout(deadline.0, Limited::new(body, cap).collect())
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the request body did not arrive within {deadline} (limits.body_timeout); send the whole body at once"
-                ),
-            )
-        })?;
+        .map_err(|_| RequestError::BodyTimeout(deadline.to_string()))?;
     let body = collected.map_err(|e| {
         if e.downcast_ref::<LengthLimitError>().is_some() {
-            ApiError::too_large(
-                "body_too_large",
-                format!(
-                    "the request body is larger than {limit} bytes (limits.max_body_bytes); send fewer or shorter texts per request"
-                ),
-            )
+            RequestError::BodyTooLarge(limit)
         } else {
-            ApiError::bad_request("unreadable_body", format!("cannot read the request body: {e}"))
+            RequestError::UnreadableBody(e.to_string())
         }
     })?;
     let body = body.to_bytes();
@@ -48,59 +34,53 @@ pub async fn parse_body<T: DeserializeOwned>(
         use serde_json::error::Category;
         match e.classify() {
             Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+                RequestError::InvalidJson(e.to_string())
             }
-            Category::Data => {
-                ApiError::bad_request("invalid_request", format!("invalid request: {e}"))
-            }
+            Category::Data => RequestError::InvalidRequest(e.to_string()),
         }
     })
 }
 
 /// Reads the `str or [str]` input field named `field`, checking count and emptiness.
-pub fn texts(field: &str, value: Value, max_inputs: usize) -> Result<Vec<String>, ApiError> {
+pub fn texts(field: &str, value: Value, max_inputs: usize) -> Result<Vec<String>, RequestError> {
     let texts = match value {
         Value::String(s) => vec![s],
         Value::Array(items) => {
             if items.is_empty() {
-                return Err(ApiError::bad_request(
-                    "empty_input",
-                    format!("`{field}` is an empty list; send at least one text"),
-                ));
+                return Err(RequestError::EmptyList(field.to_string()));
             }
             if items.len() > max_inputs {
-                return Err(ApiError::too_large(
-                    "too_many_inputs",
-                    format!(
-                        "`{field}` has {} texts; at most {max_inputs} are allowed per request (limits.max_inputs); split the request",
-                        items.len()
-                    ),
-                ));
+                return Err(RequestError::TooManyInputs {
+                    field: field.to_string(),
+                    count: items.len(),
+                    max: max_inputs,
+                });
             }
             items
                 .into_iter()
                 .enumerate()
                 .map(|(i, item)| match item {
                     Value::String(s) => Ok(s),
-                    Value::Number(_) | Value::Array(_) => Err(ApiError::bad_request(
-                        "invalid_input",
-                        format!("`{field}[{i}]` is not a string; token arrays are not supported, send text"),
-                    )),
-                    other => Err(ApiError::bad_request(
-                        "invalid_input",
-                        format!("`{field}[{i}]` must be a string, got {}", json_type(&other)),
-                    )),
+                    Value::Number(_) | Value::Array(_) => Err(RequestError::InvalidInput {
+                        place: format!("{field}[{i}]"),
+                        problem: "is not a string; token arrays are not supported, send text"
+                            .into(),
+                    }),
+                    other => Err(RequestError::InvalidInput {
+                        place: format!("{field}[{i}]"),
+                        problem: format!("must be a string, got {}", json_type(&other)),
+                    }),
                 })
                 .collect::<Result<Vec<_>, _>>()?
         }
         other => {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                format!(
-                    "`{field}` must be a string or a list of strings, got {}",
+            return Err(RequestError::InvalidInput {
+                place: field.to_string(),
+                problem: format!(
+                    "must be a string or a list of strings, got {}",
                     json_type(&other)
                 ),
-            ));
+            });
         }
     };
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
@@ -109,12 +89,17 @@ pub fn texts(field: &str, value: Value, max_inputs: usize) -> Result<Vec<String>
         } else {
             format!("{field}[{i}]")
         };
-        return Err(ApiError::bad_request(
-            "empty_input",
-            format!("`{place}` is empty or only whitespace; send text to embed"),
-        ));
+        return Err(RequestError::EmptyText(place));
     }
     Ok(texts)
+}
+
+/// A rerank `query`, unless it is empty or only whitespace.
+pub fn query(query: String) -> Result<String, RequestError> {
+    if query.trim().is_empty() {
+        return Err(RequestError::EmptyQuery);
+    }
+    Ok(query)
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -131,7 +116,23 @@ fn json_type(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ApiError;
     use serde_json::json;
+
+    fn texts(field: &str, value: Value, max: usize) -> Result<Vec<String>, ApiError> {
+        super::texts(field, value, max).map_err(ApiError::from)
+    }
+
+    #[test]
+    fn an_empty_query_is_refused() {
+        let e = ApiError::from(query("  ".into()).unwrap_err());
+        assert_eq!((e.status.as_u16(), e.code), (400, "empty_input"));
+        assert_eq!(
+            e.message,
+            "`query` is empty or only whitespace; send the text to rank the documents against"
+        );
+        assert_eq!(query("q".into()).unwrap(), "q");
+    }
 
     #[test]
     fn accepts_a_string_or_a_list() {

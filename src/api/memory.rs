@@ -47,7 +47,6 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             Some(failure)
         })
         .collect();
-    let metrics = crate::metrics::get();
     let in_use: u64 = models.iter().filter_map(|m| m.memory_bytes).sum();
     let (rss, peak) = crate::memory::process_rss();
     let heap = crate::memory::heap_usage();
@@ -62,36 +61,14 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         .map(|(id, bytes)| json!({"id": id, "bytes": bytes}))
         .collect();
     let levels = crate::memory::hierarchy::read(&crate::memory::hierarchy::Paths::system());
-    let room = |l: &crate::memory::hierarchy::Level| {
-        l.hard_bytes.map(|h| h.saturating_sub(l.working_set_bytes))
-    };
-    // What the process may still grow by before the tightest hard limit above it, and what
-    // the machine has available (MemAvailable).
-    let available = json!({
-        "process_bytes": levels.iter().filter_map(room).min(),
-        "system_bytes": levels
-            .iter()
-            .find(|l| l.kind == crate::memory::hierarchy::Kind::System)
-            .and_then(room),
-    });
-    let limit =
-        crate::memory::hierarchy::Assessment::of(&levels, gov.thresholds(&settings)).map(|a| {
-            let l = &levels[a.binding];
-            json!({
-                "from": l.describe(),
-                "path": l.path,
-                "kind": l.kind,
-                "soft_bytes": l.soft_bytes,
-                "hard_bytes": l.hard_bytes,
-                "working_set_bytes": l.working_set_bytes,
-                "room_bytes": a.room_bytes,
-            })
-        });
+    let report = crate::memory::hierarchy::Report::of(&levels, gov.thresholds(&settings));
+    let app_settings = state.settings();
+    let store = crate::package::Store::usage(&app_settings.state_dir, app_settings.store.max_size);
     Json(json!({
         "budget_bytes": budget.bytes,
         "budget_from": budget.from,
         "max_loaded_models": settings.max_loaded_models,
-        "limit": limit,
+        "limit": report.limit,
         "levels": levels,
         "pressure": gov.pressure(),
         "models_shed": gov.sheds(),
@@ -106,13 +83,9 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "heap_free_bytes": heap.map(|h| h.1),
             "heap_thread_cache_count": crate::memory::thread_cache_count(),
         },
-        "available": available,
+        "available": report.available,
         "cgroup": crate::memory::cgroup::current(),
-        "store": {
-            "bytes": metrics.store_bytes.get(),
-            "entries": metrics.store_entries.get(),
-            "max_bytes": metrics.store_bound.get(),
-        },
+        "store": store,
         "loaded": loaded,
         "failed": failed,
     }))
@@ -129,7 +102,7 @@ pub async fn load(
     state.registry.retry_now(&id);
     let model = state.registry.acquire(&id).await?;
     // Only once it exists: an unknown id must not become a metric label.
-    super::served_by(&id);
+    crate::serve::served_by(&id);
     state.report_status();
     Ok(Json(json!({
         "id": id,

@@ -1,15 +1,14 @@
-//! The HTTP API over the Unix socket: routes, and errors as HTTP. Handlers never touch
-//! candle; they talk to the registry and to engine threads through channels.
+//! The HTTP API over the Unix socket: routes, request parsing, answers and errors as HTTP.
+//! A handler parses its request, makes one call to the serving path (`serve`) or the layer
+//! that owns what it asks about, and formats the result; the domain is never decided here.
 
+mod answer;
 mod cohere;
-mod embed;
 pub mod error;
-mod fallback;
 mod input;
 mod memory;
 mod openai;
 pub mod peer;
-mod rerank;
 mod status;
 mod tei;
 
@@ -17,63 +16,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 
-use crate::state::{AppState, Health};
-pub use error::ApiError;
-
-/// 503 while the daemon starts (verifies its packages); the embedding endpoints call it first.
-fn check_serving(state: &AppState) -> Result<(), ApiError> {
-    match state.health() {
-        Health::Starting => Err(ApiError::unavailable(
-            "starting",
-            "caxtond is starting (verifying model packages); retry in a moment",
-            1,
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The slot of model `id` for a request that needs a model of `kind`: 404 naming the models
-/// there are when none has the id, 400 when it is of the other kind.
-fn model_slot(
-    state: &AppState,
-    id: &str,
-    kind: crate::package::ModelKind,
-) -> Result<Arc<crate::registry::ModelSlot>, ApiError> {
-    use crate::package::ModelKind;
-    let Some(slot) = state.registry.get(id) else {
-        let known = state.registry.ids();
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-            format!(
-                "model {id:?} not found; available: {}",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        ));
-    };
-    match (slot.package.manifest.kind, kind) {
-        (ModelKind::Reranker, ModelKind::Embedding) => Err(ApiError::bad_request(
-            "wrong_model_kind",
-            format!(
-                "model {id} is a reranker (a cross-encoder that scores query–document pairs), not an embedding model; send it to POST /rerank or POST /v1/rerank, or name an embedding model"
-            ),
-        )),
-        (ModelKind::Embedding, ModelKind::Reranker) => Err(ApiError::bad_request(
-            "wrong_model_kind",
-            format!(
-                "model {id} is an embedding model, not a reranker; send it to POST /v1/embeddings or POST /embed, or name a reranker (a cross-encoder package)"
-            ),
-        )),
-        _ => Ok(slot),
-    }
-}
+use crate::state::AppState;
+pub use error::{ApiError, RequestError};
 
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -134,16 +80,6 @@ async fn metrics() -> impl axum::response::IntoResponse {
     )
 }
 
-tokio::task_local! {
-    /// The model a request is for, once its handler knows it: the duration metric's label.
-    static SERVED_BY: std::cell::RefCell<String>;
-}
-
-/// Records that the request being handled is for model `id`.
-fn served_by(id: &str) {
-    let _ = SERVED_BY.try_with(|m| *m.borrow_mut() = id.to_string());
-}
-
 /// Counts every routed request by its route template and status, and times it by route and
 /// model.
 async fn count_requests(
@@ -153,12 +89,7 @@ async fn count_requests(
 ) -> axum::response::Response {
     let endpoint = matched.as_str().to_string();
     let started = std::time::Instant::now();
-    let (model, response) = SERVED_BY
-        .scope(std::cell::RefCell::new(String::new()), async {
-            let response = next.run(request).await;
-            (SERVED_BY.with(|m| m.take()), response)
-        })
-        .await;
+    let (model, response) = crate::serve::labelled(next.run(request)).await;
     let metrics = crate::metrics::get();
     metrics
         .request_duration
@@ -177,18 +108,13 @@ async fn count_requests(
     response
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no endpoint at {}", uri.path()),
-    )
+async fn not_found(uri: axum::http::Uri) -> RequestError {
+    RequestError::NoRoute(uri.path().to_string())
 }
 
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
-    )
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> RequestError {
+    RequestError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
 }

@@ -9,11 +9,11 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::embed::{EmbedRequest, embed};
-use super::error::ApiError;
+use super::error::{ApiError, RequestError};
 use super::input::{parse_body, texts};
 use crate::engine::Cut;
 use crate::package::InputType;
+use crate::serve::{EmbedRequest, embed};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -46,21 +46,11 @@ pub async fn embeddings(
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_encoding_format",
-                format!("encoding_format {other:?} is not supported; use \"float\" or \"base64\""),
-            ));
-        }
+        Some(other) => return Err(RequestError::InvalidEncodingFormat(other.to_string()).into()),
     };
     let inputs = texts("input", req.input, settings.limits.max_inputs)?;
-    if let Some(model) = &req.model
-        && model.is_empty()
-    {
-        return Err(ApiError::bad_request(
-            "invalid_model",
-            "`model` is empty; name a model or leave it out",
-        ));
+    if req.model.as_deref() == Some("") {
+        return Err(RequestError::EmptyModel.into());
     }
     let input_type = input_type(req.input_type)?;
     let out = embed(
@@ -97,21 +87,16 @@ pub async fn embeddings(
         "model": out.model,
         "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
     }));
-    Ok(out.answer(body))
+    Ok(super::answer::embedded(body, &out))
 }
 
 /// `input_type`: `"query"` or `"document"`.
-fn input_type(value: Option<Value>) -> Result<Option<InputType>, ApiError> {
+fn input_type(value: Option<Value>) -> Result<Option<InputType>, RequestError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s == "query" => Ok(Some(InputType::Query)),
         Some(Value::String(s)) if s == "document" => Ok(Some(InputType::Document)),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_input_type",
-            format!(
-                "`input_type` is {other}; it must be \"query\" (a search query) or \"document\" (a text searched for)"
-            ),
-        )),
+        Some(other) => Err(RequestError::InvalidInputType(other.to_string())),
     }
 }
 

@@ -8,8 +8,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::ApiError;
 use super::peer::Peer;
+use super::{ApiError, RequestError};
 use crate::state::{AppState, Health, Trigger};
 
 /// `GET /health`: 200 when serving, 503 while starting or when no model can serve.
@@ -119,28 +119,21 @@ pub async fn reload(
     if outcome.applied {
         Ok(Json(serde_json::to_value(&outcome).unwrap_or(Value::Null)))
     } else {
-        Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "config_rejected",
-            format!(
-                "configuration refused, the running configuration stays: {}",
-                outcome.message
-            ),
-        ))
+        Err(RequestError::ConfigRejected(outcome.message).into())
     }
 }
 
 /// 403 unless the peer is an admin (root, the daemon's user, or in `socket.admin_group`).
-pub fn require_admin(state: &AppState, peer: &Peer, what: &str) -> Result<(), ApiError> {
+pub fn require_admin(
+    state: &AppState,
+    peer: &Peer,
+    what: &'static str,
+) -> Result<(), RequestError> {
     if peer.is_admin(&state.settings()) {
         return Ok(());
     }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!(
-            "{what} is for administrators; uid {} is not root, the daemon's user, or in socket.admin_group",
-            peer.uid
-        ),
-    ))
+    Err(RequestError::Forbidden {
+        what,
+        uid: peer.uid,
+    })
 }

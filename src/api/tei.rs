@@ -9,11 +9,11 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::embed::{EmbedRequest, embed, tokenize_off_runtime};
-use super::error::ApiError;
-use super::input::{parse_body, texts};
-use super::rerank::{RerankRequest, query, rerank as rerank_pairs};
+use super::error::{ApiError, RequestError};
+use super::input::{parse_body, query, texts};
 use crate::engine::{Cut, Token};
+use crate::registry::ModelError;
+use crate::serve::{EmbedRequest, RerankRequest, embed, rerank as rerank_pairs};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -28,17 +28,12 @@ struct EmbedBody {
 
 /// TEI's `truncation_direction`: `"Right"` (the default) cuts the end of an over-long text,
 /// `"Left"` its start. Lower case is accepted too.
-pub(super) fn cut(value: Option<Value>) -> Result<Cut, ApiError> {
+fn cut(value: Option<Value>) -> Result<Cut, RequestError> {
     match value {
         None | Some(Value::Null) => Ok(Cut::End),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("right") => Ok(Cut::End),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("left") => Ok(Cut::Start),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_truncation_direction",
-            format!(
-                "`truncation_direction` is {other}; it must be \"Right\" (cut the end of an over-long text, the default) or \"Left\" (cut its start)"
-            ),
-        )),
+        Some(other) => Err(RequestError::InvalidTruncationDirection(other.to_string())),
     }
 }
 
@@ -67,8 +62,7 @@ pub async fn embed_handler(
         },
     )
     .await?;
-    let body = Json(&out.vectors);
-    Ok(out.answer(body))
+    Ok(super::answer::embedded(Json(&out.vectors), &out))
 }
 
 #[derive(Deserialize)]
@@ -137,7 +131,7 @@ pub async fn rerank(
             score: scores[i],
         })
         .collect();
-    Ok(out.answer(Json(ranks)))
+    Ok(super::answer::reranked(Json(ranks), &out))
 }
 
 #[derive(Deserialize)]
@@ -155,47 +149,12 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Vec<Vec<Token>>>, ApiError> {
-    super::check_serving(&state)?;
     let settings = state.settings();
     let req: TokenizeBody = parse_body(body, &settings.limits).await?;
     let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
-    let id = settings.models.default.clone();
-    super::served_by(&id);
-    let model = state.registry.acquire(&id).await?;
-    let manifest = &model.package.manifest;
-    let prompt = match req.prompt_name {
-        None => String::new(),
-        Some(name) => manifest.prompts.get(&name).cloned().ok_or_else(|| {
-            ApiError::bad_request(
-                "unknown_prompt",
-                format!("model {id} has no prompt {name:?}"),
-            )
-        })?,
-    };
     let special = req.add_special_tokens.unwrap_or(true);
-    let tokenizer = model.tokenizer.clone();
-    let bytes = inputs.iter().map(|t| prompt.len() + t.len()).sum();
-    tokenize_off_runtime(bytes, move || {
-        inputs
-            .iter()
-            .map(|text| {
-                let mut tokens = tokenizer.tokens(&format!("{prompt}{text}"), special)?;
-                // Offsets into the text the client sent: the prompt's tokens keep none.
-                for t in &mut tokens {
-                    match (t.start, t.stop) {
-                        (Some(a), Some(b)) if a >= prompt.len() => {
-                            t.start = Some(a - prompt.len());
-                            t.stop = Some(b - prompt.len());
-                        }
-                        _ => (t.start, t.stop) = (None, None),
-                    }
-                }
-                Ok(tokens)
-            })
-            .collect::<Result<Vec<_>, String>>()
-    })
-    .await
-    .map(Json)
+    let tokens = crate::serve::tokenize(&state, inputs, req.prompt_name, special).await?;
+    Ok(Json(tokens))
 }
 
 /// `GET /info`: the default model as TEI describes it (`model_id`, `model_type`,
@@ -204,22 +163,14 @@ pub async fn tokenize(
 pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let settings = state.settings();
     let id = &settings.models.default;
+    let missing = || ModelError::DefaultMissing(id.clone());
     let m = state
         .registry
         .models()
         .into_iter()
         .find(|m| &m.id == id)
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "model_not_found",
-                format!("the default model {id:?} (models.default) has no verified package"),
-            )
-        })?;
-    let slot = state
-        .registry
-        .get(id)
-        .ok_or_else(|| ApiError::new(axum::http::StatusCode::NOT_FOUND, "model_not_found", id))?;
+        .ok_or_else(missing)?;
+    let slot = state.registry.get(id).ok_or_else(missing)?;
     let manifest = &slot.package.manifest;
     let precision = m.loaded_precision.unwrap_or(m.precision);
     Ok(Json(json!({

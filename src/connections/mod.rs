@@ -292,9 +292,5 @@ async fn connection(
 
 /// The answer to a connection over the bound when none can be closed for it.
 fn refusal() -> ApiError {
-    ApiError::unavailable(
-        "too_many_connections",
-        "every connection the daemon keeps open (limits.max_connections) has a request under way; retry shortly, or raise limits.max_connections",
-        1,
-    )
+    crate::api::RequestError::TooManyConnections.into()
 }

@@ -13,7 +13,7 @@ pub mod verify;
 pub use error::PackageError;
 pub use manifest::{
     Architecture, Dense, DenseActivation, INT8_BLOCK, INT8_SCALES_SUFFIX, InputType, Manifest,
-    Matryoshka, ModelKind, PairTemplate, Pooling, ScoreActivation, StoredWeights,
+    Matryoshka, Mismatch, ModelKind, PairTemplate, Pooling, ScoreActivation, StoredWeights,
     quantize_int8_block,
 };
 pub use store::{Store, StoredPackage};

@@ -14,6 +14,17 @@ use super::signature::SignaturePolicy;
 use super::verify::{DiscardSink, EntrySink, check_sidecar, verify_reader};
 use crate::config::StoreBound;
 
+/// What the store holds, as `GET /api/memory/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StoreUsage {
+    /// Bytes on disk of its entries.
+    pub bytes: u64,
+    /// Its entries (one per stored package version).
+    pub entries: u64,
+    /// `store.max_size` in bytes.
+    pub max_bytes: u64,
+}
+
 /// Prefix of staging directories; anything with it is a leftover of an interrupted install.
 const STAGING_PREFIX: &str = ".staging-";
 
@@ -62,6 +73,21 @@ impl Store {
             root,
             bound: StoreBound::Auto,
         })
+    }
+
+    /// The size of the store under `state_dir` and its bound (`store.max_size`), read now.
+    /// Nothing is created or removed, so a status page may ask while a scan unpacks.
+    pub fn usage(state_dir: &Path, bound: StoreBound) -> StoreUsage {
+        let store = Store {
+            root: state_dir.join("store"),
+            bound,
+        };
+        let (bytes, entries) = store.measure();
+        StoreUsage {
+            bytes,
+            entries,
+            max_bytes: store.bound_bytes(),
+        }
     }
 
     /// The same store, kept within `bound` (`store.max_size`) by the scans that use it.

@@ -10,19 +10,21 @@
 
 mod admission;
 mod catalogue;
+mod error;
 pub mod fallback;
 pub mod habits;
 mod loaded;
 mod prediction;
 mod refusals;
 pub mod retention;
+mod serving;
 mod slot;
 pub mod usage_file;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -31,7 +33,9 @@ use crate::engine::{BatchLimits, EngineOptions, Precision};
 use crate::memory::governor::Governor;
 pub use catalogue::{Candidate, ScanResult, candidates, find_packages, signature_policy};
 use catalogue::{Stamp, Verdict};
+pub use error::{LoadError, ModelError};
 pub use prediction::{Prediction, Preloaded};
+pub use serving::{Served, Wanted};
 pub use slot::ModelSlot;
 
 /// Where a package came from.
@@ -138,37 +142,6 @@ pub struct ModelInfo {
     pub loaded_precision: Option<Precision>,
     /// The kernels it runs on, when loaded (`avx512-vnni`, `avx2`, `amx`, ...).
     pub kernel: Option<&'static str>,
-}
-
-/// Why a model could not serve.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum LoadError {
-    /// No verified package has this id.
-    #[error("no model with id {0:?}")]
-    Unknown(String),
-    /// The package verified but the model would not load.
-    #[error("model {id:?} failed to load: {reason}")]
-    Failed {
-        /// Model id.
-        id: String,
-        /// Why.
-        reason: String,
-        /// Until the next attempt (the backoff).
-        retry_after: Duration,
-    },
-    /// Memory does not allow the load now.
-    #[error("{reason}")]
-    NoMemory {
-        /// Model id.
-        id: String,
-        /// Why, with the numbers.
-        reason: String,
-        /// When a retry may succeed.
-        retry_after: Duration,
-        /// No wait would help (the model is larger than the budget, or only models of
-        /// higher priority hold the memory): a change of configuration is needed.
-        lasting: bool,
-    },
 }
 
 /// All models the daemon knows of.

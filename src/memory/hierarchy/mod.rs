@@ -416,6 +416,73 @@ impl Assessment {
     }
 }
 
+/// The cgroup tree as `GET /api/memory/status` reports it: the binding limit and its room,
+/// and what the process and the machine may still grow by.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The level with the least room, when any level has a limit.
+    pub limit: Option<BindingLimit>,
+    /// Room before the hard limits.
+    pub available: Available,
+}
+
+/// The level that binds, and the room a load has under it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingLimit {
+    /// The level, in words.
+    pub from: String,
+    /// Its cgroup directory (or `/proc/meminfo`).
+    pub path: PathBuf,
+    /// Which kind of level.
+    pub kind: Kind,
+    /// Where pressure starts.
+    pub soft_bytes: Option<u64>,
+    /// Its hard limit.
+    pub hard_bytes: Option<u64>,
+    /// Its working set.
+    pub working_set_bytes: u64,
+    /// Bytes a load may still take there (see [`Assessment::room_bytes`]).
+    pub room_bytes: i64,
+}
+
+/// What may still be taken before a hard limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Available {
+    /// What the process may still grow by before the tightest hard limit above it.
+    pub process_bytes: Option<u64>,
+    /// What the machine has available (MemAvailable).
+    pub system_bytes: Option<u64>,
+}
+
+impl Report {
+    /// Reports on `levels` under thresholds `t`.
+    pub fn of(levels: &[Level], t: Thresholds) -> Report {
+        let room = |l: &Level| l.hard_bytes.map(|h| h.saturating_sub(l.working_set_bytes));
+        let limit = Assessment::of(levels, t).map(|a| {
+            let l = &levels[a.binding];
+            BindingLimit {
+                from: l.describe(),
+                path: l.path.clone(),
+                kind: l.kind,
+                soft_bytes: l.soft_bytes,
+                hard_bytes: l.hard_bytes,
+                working_set_bytes: l.working_set_bytes,
+                room_bytes: a.room_bytes,
+            }
+        });
+        Report {
+            limit,
+            available: Available {
+                process_bytes: levels.iter().filter_map(room).min(),
+                system_bytes: levels
+                    .iter()
+                    .find(|l| l.kind == Kind::System)
+                    .and_then(room),
+            },
+        }
+    }
+}
+
 /// The lowest limit of all levels (the one an `auto` budget derives from), if any is set.
 pub fn lowest_limit(levels: &[Level]) -> Option<&Level> {
     levels

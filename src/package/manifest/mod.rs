@@ -8,7 +8,7 @@ mod pair_template;
 mod vectors;
 mod weights;
 pub use pair_template::PairTemplate;
-pub use vectors::{Dense, DenseActivation, InputType, Matryoshka};
+pub use vectors::{Dense, DenseActivation, InputType, Matryoshka, Mismatch};
 pub use weights::{
     INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights, quantize_int8_block,
 };

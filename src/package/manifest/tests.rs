@@ -283,7 +283,7 @@ fn a_request_s_width_and_prompt_follow_the_manifest() {
     let plain = Manifest::parse(good().as_bytes()).expect("valid");
     assert_eq!(plain.check_width(1), Ok(1));
     assert_eq!(
-        plain.check_width(385),
+        plain.check_width(385).map_err(|e| e.to_string()),
         Err("dimensions must be between 1 and 384 for model all-MiniLM-L6-v2, got 385".into())
     );
     let trained = Manifest::parse(
@@ -299,7 +299,7 @@ fn a_request_s_width_and_prompt_follow_the_manifest() {
     // Its full width is always one it gives.
     assert_eq!(trained.check_width(384), Ok(384));
     assert_eq!(
-        trained.check_width(200),
+        trained.check_width(200).map_err(|e| e.to_string()),
         Err(
             "model all-MiniLM-L6-v2 was trained for 256, 128 dimensions; 200 is not one of them"
                 .into()
@@ -316,7 +316,9 @@ fn a_request_s_width_and_prompt_follow_the_manifest() {
     );
     assert_eq!(plain.prompt_for(None, Some(InputType::Document)), Ok(None));
     assert_eq!(
-        trained.prompt_for(Some("x"), None),
+        trained
+            .prompt_for(Some("x"), None)
+            .map_err(|e| e.to_string()),
         Err(
             "model all-MiniLM-L6-v2 has no prompt \"x\"; its prompts: passage, search_query".into()
         )

@@ -6,6 +6,61 @@ use serde::{Deserialize, Serialize};
 
 use super::{Manifest, ManifestError, ModelKind, invalid};
 
+/// What a request asks of a model that its manifest does not allow: the caller's mistake, told
+/// before anything loads where the model is known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    /// `dimensions` outside 1 to the model's width.
+    #[error("dimensions must be between 1 and {max} for model {id}, got {asked}")]
+    WidthOutOfRange {
+        /// Model id.
+        id: String,
+        /// The model's width.
+        max: usize,
+        /// What the request asked.
+        asked: i64,
+    },
+    /// `dimensions` a Matryoshka model was not trained for.
+    #[error("model {id} was trained for {trained} dimensions; {asked} is not one of them")]
+    UntrainedWidth {
+        /// Model id.
+        id: String,
+        /// The widths it was trained for, listed.
+        trained: String,
+        /// What the request asked.
+        asked: i64,
+    },
+    /// Both ways of choosing a prompt at once.
+    #[error("give prompt_name or input_type, not both")]
+    PromptAndInputType,
+    /// A prompt name the model does not have.
+    #[error("model {id} has no prompt {name:?}; {}", list_prompts(known))]
+    UnknownPrompt {
+        /// Model id.
+        id: String,
+        /// The name asked for.
+        name: String,
+        /// The model's prompts.
+        known: Vec<String>,
+    },
+    /// An instruction for a model whose pair template has no place for one.
+    #[error(
+        "model {id} takes no instruction (a reranker whose pair template has one, such as Qwen3-Reranker, does); leave \"instruction\" out"
+    )]
+    NoInstruction {
+        /// Model id.
+        id: String,
+    },
+}
+
+fn list_prompts(known: &[String]) -> String {
+    if known.is_empty() {
+        "it has none, leave prompt_name out".to_string()
+    } else {
+        format!("its prompts: {}", known.join(", "))
+    }
+}
+
 /// What a text is to a retrieval model (`input_type`, as Cohere-, Voyage- and Nomic-style
 /// clients send it), which picks the model's prompt for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,9 +196,8 @@ impl Manifest {
 
     /// Checks that vectors of this model may be cut to `width` (OpenAI's `dimensions`): a
     /// width it was trained for when the manifest lists them (or its full width), else any
-    /// from 1 to its own.
-    /// The reason names the widths that would do.
-    pub fn check_width(&self, width: i64) -> Result<usize, String> {
+    /// from 1 to its own. The refusal names the widths that would do.
+    pub fn check_width(&self, width: i64) -> Result<usize, Mismatch> {
         let trained = self.matryoshka.as_ref().map(|m| m.dimensions.as_slice());
         let ok = usize::try_from(width)
             .ok()
@@ -153,19 +207,23 @@ impl Manifest {
                 if list.contains(&w) || w == self.dimensions {
                     Ok(w)
                 } else {
-                    let list: Vec<String> = list.iter().map(usize::to_string).collect();
-                    Err(format!(
-                        "model {} was trained for {} dimensions; {width} is not one of them",
-                        self.id,
-                        list.join(", ")
-                    ))
+                    Err(Mismatch::UntrainedWidth {
+                        id: self.id.clone(),
+                        trained: list
+                            .iter()
+                            .map(usize::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        asked: width,
+                    })
                 }
             }
             (_, Some(w)) => Ok(w),
-            _ => Err(format!(
-                "dimensions must be between 1 and {} for model {}, got {width}",
-                self.dimensions, self.id
-            )),
+            _ => Err(Mismatch::WidthOutOfRange {
+                id: self.id.clone(),
+                max: self.dimensions,
+                asked: width,
+            }),
         }
     }
 
@@ -178,11 +236,9 @@ impl Manifest {
         &self,
         name: Option<&str>,
         input_type: Option<InputType>,
-    ) -> Result<Option<&str>, String> {
+    ) -> Result<Option<&str>, Mismatch> {
         let name = match (name, input_type) {
-            (Some(_), Some(_)) => {
-                return Err("give prompt_name or input_type, not both".into());
-            }
+            (Some(_), Some(_)) => return Err(Mismatch::PromptAndInputType),
             (Some(n), None) => Some(n),
             (None, Some(t)) => {
                 return Ok(t
@@ -193,20 +249,37 @@ impl Manifest {
             }
             (None, None) => self.default_prompt.as_deref(),
         };
-        let Some(name) = name else {
-            return Ok(None);
-        };
-        match self.prompts.get(name) {
-            Some(p) => Ok(Some(p)),
-            None if self.prompts.is_empty() => Err(format!(
-                "model {} has no prompt {name:?}; it has none, leave prompt_name out",
-                self.id
-            )),
-            None => Err(format!(
-                "model {} has no prompt {name:?}; its prompts: {}",
-                self.id,
-                self.prompts.keys().cloned().collect::<Vec<_>>().join(", ")
-            )),
+        match name {
+            None => Ok(None),
+            Some(name) => self.prompt(name).map(Some),
+        }
+    }
+
+    /// The prompt called `name`; the refusal lists the model's prompts.
+    pub fn prompt(&self, name: &str) -> Result<&str, Mismatch> {
+        self.prompts
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| Mismatch::UnknownPrompt {
+                id: self.id.clone(),
+                name: name.to_string(),
+                known: self.prompts.keys().cloned().collect(),
+            })
+    }
+
+    /// Checks that the model takes a task instruction (a reranker whose pair template holds
+    /// `{instruction}`, such as Qwen3-Reranker).
+    pub fn check_instruction(&self) -> Result<(), Mismatch> {
+        let takes = self
+            .pair_template
+            .as_ref()
+            .is_some_and(|t| t.takes_instruction());
+        if takes {
+            Ok(())
+        } else {
+            Err(Mismatch::NoInstruction {
+                id: self.id.clone(),
+            })
         }
     }
 }

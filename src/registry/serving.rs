@@ -1,0 +1,351 @@
+//! Which model answers a request: the one it asked for, or, when that one cannot serve and
+//! `models.fallback_strategy` allows it, the first alternative of its fallback chain that can
+//! (`models.fallbacks`, then under `auto` the default model): one already loaded first, then
+//! the smallest that loads within the budget. A substitute is always of the requested kind,
+//! and of the requested width unless `models.allow_dimension_mismatch`. A `dimensions` the
+//! requested model cannot give is refused before anything loads. An exhausted chain answers
+//! the requested model's own refusal, naming the alternatives tried.
+
+use std::sync::Arc;
+
+use super::error::{LoadError, ModelError};
+use super::fallback::{self, Reason};
+use super::{ModelSlot, Registry};
+use crate::config::ModelSettings;
+use crate::config::fallback::Shape;
+use crate::engine::LoadedModel;
+use crate::package::ModelKind;
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// The model it names (or the default).
+    pub id: &'a str,
+    /// Embedding or reranker.
+    pub kind: ModelKind,
+    /// The width to cut vectors to (OpenAI's `dimensions`), as the request gave it.
+    pub width: Option<i64>,
+}
+
+/// The model that will answer a request.
+pub struct Served {
+    /// Its id.
+    pub id: String,
+    /// Its slot (for usage accounting).
+    pub slot: Arc<ModelSlot>,
+    /// The loaded model.
+    pub model: Arc<LoadedModel>,
+    /// Set when it is a substitute: why the requested model did not answer.
+    pub fallback: Option<Reason>,
+    /// The width to cut its vectors to, checked against its own manifest.
+    pub width: Option<usize>,
+}
+
+impl Registry {
+    /// The slot of model `id` for a request that needs a model of `kind`: not found (naming
+    /// the models there are), or of the other kind.
+    pub fn slot_for(&self, id: &str, kind: ModelKind) -> Result<Arc<ModelSlot>, ModelError> {
+        let slot = self.get(id).ok_or_else(|| ModelError::NotFound {
+            id: id.to_string(),
+            known: self.ids(),
+        })?;
+        match (slot.package.manifest.kind, kind) {
+            (ModelKind::Reranker, ModelKind::Embedding) => {
+                Err(ModelError::NotEmbedding(id.to_string()))
+            }
+            (ModelKind::Embedding, ModelKind::Reranker) => {
+                Err(ModelError::NotReranker(id.to_string()))
+            }
+            _ => Ok(slot),
+        }
+    }
+
+    /// The model for a request for `wanted` under `models`' fallback rules, loaded.
+    pub async fn serve(
+        self: &Arc<Self>,
+        models: &ModelSettings,
+        wanted: Wanted<'_>,
+    ) -> Result<Served, ModelError> {
+        let requested = wanted.id;
+        // The default model is an embedding model: `auto` adds it to embedding chains only.
+        let chain = chain(
+            requested,
+            models.fallback_strategy,
+            models.fallbacks.get(requested).map(Vec::as_slice),
+            (wanted.kind == ModelKind::Embedding).then_some(models.default.as_str()),
+        );
+        let (reason, error) = match self.serve_requested(&wanted, &chain).await {
+            Ok(served) => return Ok(served),
+            Err(Refused::Finally(error)) => return Err(error),
+            Err(Refused::Because(reason, error)) => (reason, error),
+        };
+        // A name never installed here and not configured is a caller's typo, not a model to
+        // stand in for: substituting it would also grow the journal and metric labels without
+        // bound.
+        let unheard_of = reason == Reason::Missing
+            && self.shape(requested).is_none()
+            && !models.fallbacks.contains_key(requested);
+        if chain.is_empty() || unheard_of {
+            return Err(error);
+        }
+        self.substitute(models, &wanted, &chain, reason, error)
+            .await
+    }
+
+    /// The requested model itself, or why it cannot answer.
+    async fn serve_requested(
+        self: &Arc<Self>,
+        wanted: &Wanted<'_>,
+        chain: &[String],
+    ) -> Result<Served, Refused> {
+        let requested = wanted.id;
+        // A width the model cannot give is the caller's mistake: refused before anything loads.
+        let width = match (wanted.width, self.get(requested)) {
+            (Some(w), Some(slot)) => match slot.package.manifest.check_width(w) {
+                Ok(w) => Some(w),
+                Err(e) => return Err(Refused::Finally(e.into())),
+            },
+            _ => None,
+        };
+        let slot = match self.slot_for(requested, wanted.kind) {
+            Ok(slot) => slot,
+            Err(e @ ModelError::NotFound { .. }) => {
+                return Err(Refused::Because(Reason::Missing, e));
+            }
+            // The wrong kind is the caller's mistake, never a reason to substitute.
+            Err(e) => return Err(Refused::Finally(e)),
+        };
+        if !chain.is_empty()
+            && self.governor.critical()
+            && !self.alternative(requested).is_some_and(|a| a.loaded)
+        {
+            let refusal = ModelError::HardLimit {
+                id: requested.to_string(),
+                retry_after: self.governor.retry_after(),
+            };
+            return Err(Refused::Because(Reason::MemoryPressure, refusal));
+        }
+        match self.acquire_for(requested, chain).await {
+            Ok(model) => {
+                self.fallbacks.served(requested);
+                Ok(Served {
+                    id: requested.to_string(),
+                    slot,
+                    model,
+                    fallback: None,
+                    width,
+                })
+            }
+            Err(e) => Err(Refused::Because(reason_of(&e), e.into())),
+        }
+    }
+
+    /// The first alternative of `chain` that fits the request and can answer, tried loaded
+    /// ones first; else the requested model's `error`, naming every alternative tried.
+    async fn substitute(
+        self: &Arc<Self>,
+        models: &ModelSettings,
+        wanted: &Wanted<'_>,
+        chain: &[String],
+        reason: Reason,
+        error: ModelError,
+    ) -> Result<Served, ModelError> {
+        // (id, why it did not answer), in the order tried.
+        let mut tried: Vec<(String, String)> = Vec::new();
+        let mut options = Vec::new();
+        for alt in chain {
+            match (self.alternative(alt), self.shape(alt)) {
+                (Some(option), Some(s)) => match self.unfit(models, wanted, alt, s) {
+                    None => options.push(option),
+                    Some(why) => tried.push((alt.clone(), why)),
+                },
+                _ => tried.push((alt.clone(), "not installed".into())),
+            }
+        }
+        for alt in fallback::order(options) {
+            // Under the hard limit nothing loads: only what is in memory may answer.
+            let loaded = self.alternative(&alt).is_some_and(|a| a.loaded);
+            if reason == Reason::MemoryPressure && !loaded {
+                tried.push((alt, "not loaded, and memory is at its hard limit".into()));
+                continue;
+            }
+            let Some(slot) = self.get(&alt) else {
+                tried.push((alt, "not installed".into()));
+                continue;
+            };
+            match self.acquire_for(&alt, chain).await {
+                Ok(model) => {
+                    let skipped: Vec<String> = tried.into_iter().map(|(id, _)| id).collect();
+                    self.fallbacks.substituted(
+                        wanted.id,
+                        &alt,
+                        reason,
+                        &skipped,
+                        &error.to_string(),
+                    );
+                    // A substitute answers only at a width its own manifest allows.
+                    let width = match wanted.width {
+                        Some(w) => Some(slot.package.manifest.check_width(w)?),
+                        None => None,
+                    };
+                    return Ok(Served {
+                        id: alt,
+                        slot,
+                        model,
+                        fallback: Some(reason),
+                        width,
+                    });
+                }
+                Err(e) => tried.push((alt, short(&e))),
+            }
+        }
+        let tried: Vec<String> = tried
+            .into_iter()
+            .map(|(id, why)| format!("{id} ({why})"))
+            .collect();
+        Err(ModelError::Exhausted {
+            error: Box::new(error),
+            strategy: models.fallback_strategy.as_str(),
+            tried: tried.join("; "),
+        })
+    }
+
+    /// Why the verified model `alt` of shape `s` may not answer for the request: another
+    /// kind, fewer dimensions than the request asks, or (unless
+    /// `models.allow_dimension_mismatch`) another width than the requested model's, or a
+    /// width of the requested model nobody knows.
+    fn unfit(
+        &self,
+        models: &ModelSettings,
+        wanted: &Wanted<'_>,
+        alt: &str,
+        s: Shape,
+    ) -> Option<String> {
+        let reranker = wanted.kind == ModelKind::Reranker;
+        if s.reranker != reranker {
+            let kind = if s.reranker {
+                "a reranker"
+            } else {
+                "an embedding model"
+            };
+            return Some(kind.into());
+        }
+        if let Some(w) = wanted.width.and_then(|w| usize::try_from(w).ok()) {
+            if w > s.dimensions {
+                return Some(format!(
+                    "{} dimensions, the request asks for {w}",
+                    s.dimensions
+                ));
+            }
+            // An installed alternative's manifest knows the widths it was trained for.
+            if let Some(Err(why)) = self
+                .get(alt)
+                .map(|slot| slot.package.manifest.check_width(w as i64))
+            {
+                return Some(why.to_string());
+            }
+        }
+        if reranker || models.allow_dimension_mismatch {
+            return None;
+        }
+        let requested = wanted.id;
+        match self.shape(requested) {
+            Some(p) if p.dimensions == s.dimensions => None,
+            Some(p) => Some(format!(
+                "{} dimensions, not {}; models.allow_dimension_mismatch is false",
+                s.dimensions, p.dimensions
+            )),
+            None => Some(format!(
+                "{requested} was never installed here, so its width is not known to match {alt}'s {}; models.allow_dimension_mismatch is false",
+                s.dimensions
+            )),
+        }
+    }
+}
+
+/// Why the requested model did not answer.
+enum Refused {
+    /// For a reason an alternative may stand in for.
+    Because(Reason, ModelError),
+    /// For the caller's own mistake: answered as it is.
+    Finally(ModelError),
+}
+
+/// The alternatives for `requested` under `strategy`, in order: none under `strict`; the
+/// listed ones; under `auto` then `default`, unless it is the requested one or listed.
+pub fn chain(
+    requested: &str,
+    strategy: crate::config::FallbackStrategy,
+    listed: Option<&[String]>,
+    default: Option<&str>,
+) -> Vec<String> {
+    use crate::config::FallbackStrategy;
+    let mut chain: Vec<String> = match strategy {
+        FallbackStrategy::Strict => return Vec::new(),
+        FallbackStrategy::Listed | FallbackStrategy::Auto => listed.unwrap_or_default().to_vec(),
+    };
+    if strategy == FallbackStrategy::Auto
+        && let Some(default) = default
+        && default != requested
+        && !chain.iter().any(|c| c == default)
+    {
+        chain.push(default.to_string());
+    }
+    chain
+}
+
+fn reason_of(e: &LoadError) -> Reason {
+    match e {
+        LoadError::Unknown(_) => Reason::Missing,
+        LoadError::Failed { .. } => Reason::Failed,
+        LoadError::NoMemory { .. } => Reason::InsufficientMemory,
+    }
+}
+
+/// An alternative's failure, in a few words.
+fn short(e: &LoadError) -> String {
+    match e {
+        LoadError::Unknown(_) => "not installed".into(),
+        LoadError::Failed { reason, .. } => format!("failed to load: {reason}"),
+        LoadError::NoMemory { reason, .. } => format!("no memory: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FallbackStrategy;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_strategy_decides_the_chain() {
+        let listed = ids(&["b", "c"]);
+        assert!(chain("a", FallbackStrategy::Strict, Some(&listed), Some("d")).is_empty());
+        assert_eq!(
+            chain("a", FallbackStrategy::Listed, Some(&listed), Some("d")),
+            ids(&["b", "c"])
+        );
+        assert!(chain("a", FallbackStrategy::Listed, None, Some("d")).is_empty());
+        assert_eq!(
+            chain("a", FallbackStrategy::Auto, Some(&listed), Some("d")),
+            ids(&["b", "c", "d"])
+        );
+        assert_eq!(
+            chain("a", FallbackStrategy::Auto, None, Some("d")),
+            ids(&["d"])
+        );
+        assert_eq!(
+            chain("a", FallbackStrategy::Auto, Some(&ids(&["d"])), Some("d")),
+            ids(&["d"])
+        );
+        assert!(chain("d", FallbackStrategy::Auto, None, Some("d")).is_empty());
+        // A reranker's chain has no default model to end with.
+        assert_eq!(
+            chain("a", FallbackStrategy::Auto, Some(&listed), None),
+            ids(&["b", "c"])
+        );
+    }
+}

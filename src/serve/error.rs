@@ -1,0 +1,79 @@
+//! Why a request could not be served, past its parsing: the daemon is starting, its model
+//! cannot answer, the texts do not fit the model, or the engine failed. `api::error` maps each
+//! to its status and code.
+
+use crate::engine::EngineError;
+use crate::package::Mismatch;
+use crate::registry::{LoadError, ModelError};
+
+/// A request the serving path refused or failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServeError {
+    /// The daemon is still verifying its packages.
+    #[error("caxtond is starting (verifying model packages); retry in a moment")]
+    Starting,
+    /// No model could answer.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The request asks what the model's manifest does not allow (a prompt, an instruction).
+    #[error(transparent)]
+    Mismatch(#[from] Mismatch),
+    /// The tokenizer refused a text.
+    #[error("{0}")]
+    Tokenizer(String),
+    /// The tokenizer panicked or its thread died: the daemon's fault.
+    #[error("{0}")]
+    TokenizerCrashed(String),
+    /// A text longer than the model reads, and the request does not allow cutting it.
+    #[error(
+        "input {index} is longer than the {max} tokens model {id} accepts; shorten it or set \"truncate\": true"
+    )]
+    TooLong {
+        /// The input's index.
+        index: usize,
+        /// The model's token limit.
+        max: usize,
+        /// Model id.
+        id: String,
+    },
+    /// A query–document pair longer than the reranker reads, and cutting is not allowed.
+    #[error(
+        "the query with `{field}[{index}]` is longer than the {max} tokens model {id} reads for a pair; shorten them or set \"truncate\": true"
+    )]
+    PairTooLong {
+        /// The request's name for the documents.
+        field: &'static str,
+        /// The document's index.
+        index: usize,
+        /// The model's token limit for a pair.
+        max: usize,
+        /// Model id.
+        id: String,
+    },
+    /// A blank instruction.
+    #[error("`instruction` is empty or only whitespace; leave it out for the model's own")]
+    EmptyInstruction,
+    /// The model's weights computed a non-finite score.
+    #[error(
+        "model {id} scored `{field}[{index}]` as {value} (the weights compute non-finite numbers); replace the package"
+    )]
+    NonFinite {
+        /// Model id.
+        id: String,
+        /// The request's name for the documents.
+        field: &'static str,
+        /// The document's index.
+        index: usize,
+        /// The score.
+        value: f32,
+    },
+    /// The model's engine refused or failed the pass.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<LoadError> for ServeError {
+    fn from(e: LoadError) -> Self {
+        ServeError::Model(e.into())
+    }
+}
