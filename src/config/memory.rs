@@ -8,6 +8,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::units::{ByteSize, Duration};
 
+mod source;
+pub use source::{PressureSource, PressureSourceSetting};
+
 /// Memory budget, lifecycle and pressure settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,26 +72,6 @@ pub enum Budget {
     Auto,
     /// A fixed number of bytes.
     Bytes(ByteSize),
-}
-
-/// Which pressure source to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PressureSourceSetting {
-    /// The best one available, in the order below.
-    Auto,
-    /// systemd's `$MEMORY_PRESSURE_WATCH` / `$MEMORY_PRESSURE_WRITE` (`MemoryPressureWatch=`).
-    Systemd,
-    /// A PSI trigger on the daemon's cgroup v2 `memory.pressure`.
-    Psi,
-    /// Polling the daemon's cgroup v2 files.
-    CgroupV2,
-    /// Polling the daemon's cgroup v1 memory controller.
-    CgroupV1,
-    /// System-wide `/proc/pressure/memory` and available memory.
-    System,
-    /// No pressure monitoring (the budget still applies).
-    Off,
 }
 
 /// Thresholds and timings of pressure shedding.

@@ -22,7 +22,8 @@ pub use explain::{Explained, explain};
 pub use fallback::FallbackStrategy;
 pub use load::{config_files, figment};
 pub use memory::{
-    Budget, MemorySettings, ModelMemorySettings, PressureSettings, PressureSourceSetting,
+    Budget, MemorySettings, ModelMemorySettings, PressureSettings, PressureSource,
+    PressureSourceSetting,
 };
 pub use metrics::{ListenAddress, MetricsSettings};
 pub use precision::Precision;

@@ -31,37 +31,8 @@ pub use systemd::{Watch, watch_from_env};
 use trigger::Trigger;
 pub use trigger::TriggerEvents;
 
-/// Which source is in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceKind {
-    /// systemd's `$MEMORY_PRESSURE_WATCH`.
-    Systemd,
-    /// Our own PSI trigger on the cgroup's `memory.pressure`.
-    Psi,
-    /// Polling cgroup v2 files.
-    CgroupV2,
-    /// Polling the cgroup v1 memory controller.
-    CgroupV1,
-    /// System-wide PSI and available memory.
-    System,
-    /// Monitoring is off.
-    Off,
-}
-
-impl SourceKind {
-    /// The name used in the configuration, logs and `/api/memory/status`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Systemd => "systemd",
-            SourceKind::Psi => "psi",
-            SourceKind::CgroupV2 => "cgroup-v2",
-            SourceKind::CgroupV1 => "cgroup-v1",
-            SourceKind::System => "system",
-            SourceKind::Off => "off",
-        }
-    }
-}
+/// Which source is in use: the sources are declared once, with the setting that asks for one.
+pub use crate::config::PressureSource as SourceKind;
 
 /// One reading of memory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -178,9 +149,12 @@ impl Probe {
                 .or_else(|_| polling::cgroup_v1(&found))
                 .unwrap_or_else(|_| polling::system(&found))
         };
-        let chosen: Result<Probe, String> = match setting {
+        let requested = match setting {
             S::Auto => return (auto(watch), None),
-            S::Off => {
+            S::Requested(kind) => kind,
+        };
+        let chosen: Result<Probe, String> = match requested {
+            SourceKind::Off => {
                 return (
                     found.probe(
                         SourceKind::Off,
@@ -191,11 +165,11 @@ impl Probe {
                     None,
                 );
             }
-            S::Systemd => systemd::probe(&found, watch.clone()),
-            S::Psi => psi::probe(&found),
-            S::CgroupV2 => polling::cgroup_v2(&found),
-            S::CgroupV1 => polling::cgroup_v1(&found),
-            S::System => Ok(polling::system(&found)),
+            SourceKind::Systemd => systemd::probe(&found, watch.clone()),
+            SourceKind::Psi => psi::probe(&found),
+            SourceKind::CgroupV2 => polling::cgroup_v2(&found),
+            SourceKind::CgroupV1 => polling::cgroup_v1(&found),
+            SourceKind::System => Ok(polling::system(&found)),
         };
         match chosen {
             Ok(p) => (p, None),
@@ -203,9 +177,7 @@ impl Probe {
                 let p = auto(watch);
                 let warning = format!(
                     "memory.pressure.source: {} is not available here ({why}); using {} instead",
-                    serde_yaml::to_string(&setting)
-                        .unwrap_or_default()
-                        .trim_end(),
+                    requested.as_str(),
                     p.kind.as_str()
                 );
                 (p, Some(warning))

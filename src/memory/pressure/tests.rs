@@ -70,7 +70,11 @@ fn polling_v2_grades_the_working_set_against_high_and_max() {
     let t = v2_tree();
     let g = "cgroup/system.slice/caxton.service";
     let settings = PressureSettings::default();
-    let (mut p, warning) = Probe::select(PressureSourceSetting::CgroupV2, &t.paths(), None);
+    let (mut p, warning) = Probe::select(
+        PressureSourceSetting::Requested(SourceKind::CgroupV2),
+        &t.paths(),
+        None,
+    );
     assert_eq!((p.kind, warning), (SourceKind::CgroupV2, None));
     // 600 MiB charged, 100 MiB of it file cache: 500 of 768 MiB high.
     let r = p.read(&settings, 0);
@@ -133,7 +137,11 @@ fn psi_of_the_root_group_is_marked_host_wide() {
 fn an_oom_kill_in_the_cgroup_is_critical() {
     let t = v2_tree();
     let g = "cgroup/system.slice/caxton.service";
-    let (mut p, _) = Probe::select(PressureSourceSetting::CgroupV2, &t.paths(), None);
+    let (mut p, _) = Probe::select(
+        PressureSourceSetting::Requested(SourceKind::CgroupV2),
+        &t.paths(),
+        None,
+    );
     assert_eq!(p.read(&PressureSettings::default(), 0).level, Level::Normal);
     t.file(
         &format!("{g}/memory.events"),
@@ -150,7 +158,11 @@ fn an_oom_kill_in_the_cgroup_is_critical() {
 fn psi_counts_only_while_the_stall_total_grows() {
     let t = v2_tree();
     let g = "cgroup/system.slice/caxton.service";
-    let (mut p, _) = Probe::select(PressureSourceSetting::CgroupV2, &t.paths(), None);
+    let (mut p, _) = Probe::select(
+        PressureSourceSetting::Requested(SourceKind::CgroupV2),
+        &t.paths(),
+        None,
+    );
     let s = PressureSettings::default();
     t.file(&format!("{g}/memory.pressure"), &psi(25.0, 1000));
     // The first reading has nothing to compare the total with.
@@ -220,7 +232,11 @@ fn auto_prefers_systemd_then_psi_then_polling_and_falls_back_with_a_reason() {
     // A fixture file accepts the trigger text as a real PSI file would.
     let (p, _) = Probe::select(PressureSourceSetting::Auto, &t.paths(), None);
     assert_eq!(p.kind, SourceKind::Psi);
-    let (p, w) = Probe::select(PressureSourceSetting::CgroupV1, &t.paths(), None);
+    let (p, w) = Probe::select(
+        PressureSourceSetting::Requested(SourceKind::CgroupV1),
+        &t.paths(),
+        None,
+    );
     assert_eq!(p.kind, SourceKind::Psi);
     assert_eq!(
         w.as_deref(),
