@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
-use crate::registry::{candidates, signature_policy};
+use crate::metrics_listener::Bound;
+use crate::registry::{ScanResult, candidates, signature_policy};
 use crate::state::{AppState, Health, Outcome, ReloadRequest, Trigger};
 use crate::systemd;
 
@@ -91,6 +92,44 @@ fn refuse(state: &Arc<AppState>, reason: &str) -> Outcome {
 }
 
 async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outcome {
+    let restart_required = keep_restart_only(old, &mut new);
+    let prepared = match prepare(state, old, &new).await {
+        Ok(prepared) => prepared,
+        Err(reason) => return refuse(state, &reason),
+    };
+    let changed = changed_keys(old, &new);
+    commit(state, &new, prepared).await;
+    let default = new.models.default.clone();
+    state.set_settings(new);
+    if !matches!(state.health(), Health::Starting) {
+        state.set_health(Health::Serving);
+    }
+    tracing::info!(
+        caxton_event = "config_reloaded",
+        caxton_keys = %changed.join(","),
+        "configuration reloaded; changed: {}",
+        if changed.is_empty() { "nothing".to_string() } else { changed.join(", ") }
+    );
+    warm_default(state, default);
+    let message = if restart_required.is_empty() {
+        "configuration applied".to_string()
+    } else {
+        format!(
+            "configuration applied; {} need a restart to take effect",
+            restart_required.join(", ")
+        )
+    };
+    Outcome {
+        applied: true,
+        message,
+        changed,
+        restart_required,
+    }
+}
+
+/// Keeps the running values of the [`RESTART_ONLY`] keys, warning of each that changed;
+/// returns those.
+fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<String> {
     let mut restart_required = Vec::new();
     if new.socket.path != old.socket.path {
         restart_required.push("socket.path".to_string());
@@ -107,14 +146,44 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
             "{key} changed; it takes effect only after a restart (systemctl restart caxton)"
         );
     }
+    restart_required
+}
 
-    // Models: verify what the (possibly new) directories hold before committing anything, so a
-    // refused change leaves the registry as it was.
-    let candidates = candidates(&new);
+/// What the checks verified and bound, put in force by [`commit`].
+struct Prepared {
+    scan: ScanResult,
+    metrics_listeners: Bound,
+}
+
+/// Every step that may refuse the change, in order; the reason of the first that does.
+/// Nothing is committed before all have passed.
+async fn prepare(
+    state: &Arc<AppState>,
+    old: &Settings,
+    new: &Settings,
+) -> Result<Prepared, String> {
+    let scan = verify_models(state, new).await?;
+    check_models(state, new, &scan)?;
+    // Bound now, served at the commit: an address that cannot be bound refuses the change
+    // whole, and the listeners in force stay.
+    let metrics_listeners = state.metrics_listeners.bind(&new.metrics.addresses())?;
+    set_socket_mode(state, old, new)?;
+    // Last of the steps that may refuse (the level was checked when the files were read).
+    crate::logging::set_level(&new.log.level).map_err(|e| format!("log.level: {e}"))?;
+    Ok(Prepared {
+        scan,
+        metrics_listeners,
+    })
+}
+
+/// Verifies what the (possibly new) model directories hold before committing anything, so a
+/// refused change leaves the registry as it was.
+async fn verify_models(state: &Arc<AppState>, new: &Settings) -> Result<ScanResult, String> {
+    let candidates = candidates(new);
     let state_dir = new.state_dir.clone();
-    let policy = signature_policy(&new);
+    let policy = signature_policy(new);
     if let Some(Err(reason)) = &policy.required {
-        return refuse(state, &format!("models.trusted_keys_dir: {reason}"));
+        return Err(format!("models.trusted_keys_dir: {reason}"));
     }
     let registry = state.registry.clone();
     let bound = new.store.max_size;
@@ -124,72 +193,69 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
             .map(|store| registry.verify_all(&store, &candidates, &policy, true))
     })
     .await;
-    let scan = match scanned {
-        Ok(Ok(scan)) => scan,
-        Ok(Err(e)) => return refuse(state, &format!("cannot open the model store: {e}")),
-        Err(e) => return refuse(state, &format!("package verification panicked: {e}")),
-    };
+    match scanned {
+        Ok(Ok(scan)) => Ok(scan),
+        Ok(Err(e)) => Err(format!("cannot open the model store: {e}")),
+        Err(e) => Err(format!("package verification panicked: {e}")),
+    }
+}
+
+/// The default model, the default reranker and the fallbacks, against the verified packages
+/// (and, for fallbacks' shapes, the models loaded now).
+fn check_models(state: &Arc<AppState>, new: &Settings, scan: &ScanResult) -> Result<(), String> {
     if !scan.has(&new.models.default) {
-        return refuse(
-            state,
-            &format!(
-                "models.default: no verified package has id {:?} (available: {})",
-                new.models.default,
-                scan.ids().join(", ")
-            ),
-        );
+        return Err(format!(
+            "models.default: no verified package has id {:?} (available: {})",
+            new.models.default,
+            scan.ids().join(", ")
+        ));
     }
-    if let Err(reason) = check_model_kinds(&scan, &new) {
-        return refuse(state, &reason);
-    }
-    if let Err(reason) = crate::config::fallback::check_shapes(
+    check_model_kinds(scan, new)?;
+    crate::config::fallback::check_shapes(
         &new.models.fallbacks,
         new.models.allow_dimension_mismatch,
         |id| scan.shape(id).or_else(|| state.registry.shape(id)),
-    ) {
-        return refuse(state, &reason);
+    )
+}
+
+/// A changed `socket.mode` applies to our own socket at once; caxton.socket's socket belongs
+/// to systemd, so there it is only a warning.
+fn set_socket_mode(state: &Arc<AppState>, old: &Settings, new: &Settings) -> Result<(), String> {
+    if new.socket.mode == old.socket.mode {
+        return Ok(());
     }
-    // Bound now, served at the commit below: an address that cannot be bound refuses the
-    // change whole, and the listeners in force stay.
-    let metrics_listeners = match state.metrics_listeners.bind(&new.metrics.addresses()) {
-        Ok(bound) => bound,
-        Err(reason) => return refuse(state, &reason),
-    };
-    if new.socket.mode != old.socket.mode && state.socket_activated {
+    if state.socket_activated {
         tracing::warn!(
             caxton_event = "config_not_applied",
             caxton_key = "socket.mode",
             "socket.mode changed, but the socket belongs to caxton.socket; set SocketMode= there"
         );
-    } else if new.socket.mode != old.socket.mode
-        && let Err(e) = std::fs::set_permissions(
-            &new.socket.path,
-            std::os::unix::fs::PermissionsExt::from_mode(new.socket.mode.0),
+        return Ok(());
+    }
+    std::fs::set_permissions(
+        &new.socket.path,
+        std::os::unix::fs::PermissionsExt::from_mode(new.socket.mode.0),
+    )
+    .map_err(|e| {
+        format!(
+            "socket.mode: cannot chmod {}: {e}",
+            new.socket.path.display()
         )
-    {
-        return refuse(
-            state,
-            &format!(
-                "socket.mode: cannot chmod {}: {e}",
-                new.socket.path.display()
-            ),
-        );
-    }
+    })
+}
 
-    // Last of the steps that may refuse (the level was checked when the files were read).
-    if let Err(e) = crate::logging::set_level(&new.log.level) {
-        return refuse(state, &format!("log.level: {e}"));
-    }
-    let changed = changed_keys(old, &new);
-    let keep = scan.digests();
-    state.registry.commit(scan);
-    state.metrics_listeners.commit(metrics_listeners);
+/// Puts the verified models, the bound listeners, and the new limits and memory rules in
+/// force, and asks for the `preload` models.
+async fn commit(state: &Arc<AppState>, new: &Settings, prepared: Prepared) {
+    let keep = prepared.scan.digests();
+    state.registry.commit(prepared.scan);
+    state.metrics_listeners.commit(prepared.metrics_listeners);
     if let Ok(store) = crate::package::Store::open(&new.state_dir) {
         store.bounded(new.store.max_size).retain(&keep);
     }
     state
         .registry
-        .set_batch_limits(crate::state::batch_limits(&new));
+        .set_batch_limits(crate::state::batch_limits(new));
     state.registry.governor.configure(&new.memory);
     state.registry.set_default(&new.models.default);
     // A model loaded in the old precision is unloaded; the next request (or the preload
@@ -202,38 +268,16 @@ async fn apply(state: &Arc<AppState>, old: &Settings, mut new: Settings) -> Outc
         }
     }
     state.registry.governor.request_preload();
-    let default = new.models.default.clone();
-    state.set_settings(new);
-    if !matches!(state.health(), Health::Starting) {
-        state.set_health(Health::Serving);
-    }
-    tracing::info!(
-        caxton_event = "config_reloaded",
-        caxton_keys = %changed.join(","),
-        "configuration reloaded; changed: {}",
-        if changed.is_empty() { "nothing".to_string() } else { changed.join(", ") }
-    );
-    // Warm the (possibly new) default model in the background, as at start-up, unless memory
-    // pressure forbids background loads; the first request loads it then.
+}
+
+/// Warms the (possibly new) default model in the background, as at start-up, unless memory
+/// pressure forbids background loads; the first request loads it then.
+fn warm_default(state: &Arc<AppState>, default: String) {
     if !state.registry.governor.under_pressure() {
         let warm = state.clone();
         tokio::spawn(async move {
             let _ = warm.registry.acquire(&default).await;
         });
-    }
-    let message = if restart_required.is_empty() {
-        "configuration applied".to_string()
-    } else {
-        format!(
-            "configuration applied; {} need a restart to take effect",
-            restart_required.join(", ")
-        )
-    };
-    Outcome {
-        applied: true,
-        message,
-        changed,
-        restart_required,
     }
 }
 
@@ -264,7 +308,7 @@ pub fn changed_keys(old: &Settings, new: &Settings) -> Vec<String> {
 
 /// `models.default` must embed (it answers `/embed` and `/v1/embeddings`), and
 /// `models.default_reranker`, when set, must be a verified reranker.
-fn check_model_kinds(scan: &crate::registry::ScanResult, new: &Settings) -> Result<(), String> {
+fn check_model_kinds(scan: &ScanResult, new: &Settings) -> Result<(), String> {
     use crate::package::ModelKind;
     if scan.kind(&new.models.default) == Some(ModelKind::Reranker) {
         return Err(format!(
