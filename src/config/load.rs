@@ -101,13 +101,26 @@ impl Settings {
 
     /// Checks the rules serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            key: key.into(),
-            reason,
-        };
+        self.check_rules()
+            .map_err(|(key, reason)| ConfigError::Invalid { key, reason })
+    }
+
+    /// Each section's rules in turn: `(key, reason)` of the first violation.
+    fn check_rules(&self) -> Result<(), (String, String)> {
+        self.check_model_ids()?;
+        self.check_socket_path()?;
+        self.check_limits()?;
+        super::fallback::validate(&self.models.fallbacks)?;
+        self.memory.validate()?;
+        self.metrics.validate()?;
+        self.check_log_level()
+    }
+
+    /// The default model and the default reranker are model ids.
+    fn check_model_ids(&self) -> Result<(), (String, String)> {
         if !super::is_valid_model_id(&self.models.default) {
-            return Err(invalid(
-                "models.default",
+            return Err((
+                "models.default".into(),
                 format!(
                     "{:?} is not a model id (1 to 128 of [A-Za-z0-9._-])",
                     self.models.default
@@ -117,21 +130,30 @@ impl Settings {
         if let Some(id) = &self.models.default_reranker
             && !super::is_valid_model_id(id)
         {
-            return Err(invalid(
-                "models.default_reranker",
+            return Err((
+                "models.default_reranker".into(),
                 format!("{id:?} is not a model id (1 to 128 of [A-Za-z0-9._-])"),
             ));
         }
+        Ok(())
+    }
+
+    fn check_socket_path(&self) -> Result<(), (String, String)> {
         // sockaddr_un holds 108 bytes including the terminating NUL.
         if self.socket.path.as_os_str().len() > 107 {
-            return Err(invalid(
-                "socket.path",
+            return Err((
+                "socket.path".into(),
                 format!(
                     "{} is longer than the 107 bytes a Unix socket path may have",
                     self.socket.path.display()
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The request limits, and how often packages are verified again.
+    fn check_limits(&self) -> Result<(), (String, String)> {
         let positive = [
             ("limits.max_inputs", self.limits.max_inputs),
             ("limits.max_batch_texts", self.limits.max_batch_texts),
@@ -141,12 +163,12 @@ impl Settings {
         ];
         for (key, v) in positive {
             if v == 0 {
-                return Err(invalid(key, "must be at least 1".into()));
+                return Err((key.into(), "must be at least 1".into()));
             }
         }
         if self.models.validation_interval.0 < std::time::Duration::from_secs(1) {
-            return Err(invalid(
-                "models.validation_interval",
+            return Err((
+                "models.validation_interval".into(),
                 "must be at least 1s".into(),
             ));
         }
@@ -155,30 +177,22 @@ impl Settings {
             ("limits.body_timeout", self.limits.body_timeout),
         ] {
             if d.0 < std::time::Duration::from_millis(100) {
-                return Err(invalid(
-                    key,
-                    format!("{d} is too short; use at least 100ms"),
-                ));
+                return Err((key.into(), format!("{d} is too short; use at least 100ms")));
             }
         }
         if self.limits.max_body_bytes.0 < 1024 {
-            return Err(invalid(
-                "limits.max_body_bytes",
+            return Err((
+                "limits.max_body_bytes".into(),
                 "must be at least 1KiB".into(),
             ));
         }
-        if let Err((key, reason)) = super::fallback::validate(&self.models.fallbacks) {
-            return Err(invalid(&key, reason));
-        }
-        if let Err((key, reason)) = self.memory.validate() {
-            return Err(invalid(&key, reason));
-        }
-        if let Err((key, reason)) = self.metrics.validate() {
-            return Err(invalid(&key, reason));
-        }
+        Ok(())
+    }
+
+    fn check_log_level(&self) -> Result<(), (String, String)> {
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid(
-                "log.level",
+            return Err((
+                "log.level".into(),
                 format!(
                     "{:?} is not a level (error, warn, info, debug, trace) or filter",
                     self.log.level

@@ -175,7 +175,14 @@ impl MemorySettings {
 
     /// Checks the rules serde cannot express: `(key, reason)` of the first violation.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let p = &self.pressure;
+        self.check_sizes()?;
+        self.check_prediction()?;
+        self.pressure.check()?;
+        check_model_rules(&self.models)
+    }
+
+    /// How many models, how much memory, how long a model stays and a request waits.
+    fn check_sizes(&self) -> Result<(), (String, String)> {
         if self.max_loaded_models == 0 {
             return Err((
                 "memory.max_loaded_models".into(),
@@ -224,6 +231,11 @@ impl MemorySettings {
                 "must be at least 1".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// The prediction threshold is a probability.
+    fn check_prediction(&self) -> Result<(), (String, String)> {
         if !(self.predictive_threshold > 0.0 && self.predictive_threshold <= 1.0) {
             return Err((
                 "memory.predictive_threshold".into(),
@@ -233,18 +245,25 @@ impl MemorySettings {
                 ),
             ));
         }
-        if !(p.psi_avg10 > 0.0 && p.psi_avg10 <= 100.0) {
+        Ok(())
+    }
+}
+
+impl PressureSettings {
+    /// The thresholds are shares in order, the interval one a device can keep.
+    fn check(&self) -> Result<(), (String, String)> {
+        if !(self.psi_avg10 > 0.0 && self.psi_avg10 <= 100.0) {
             return Err((
                 "memory.pressure.psi_avg10".into(),
                 format!(
                     "{} is not a percentage above 0 and at most 100",
-                    p.psi_avg10
+                    self.psi_avg10
                 ),
             ));
         }
         for (key, v) in [
-            ("memory.pressure.shed_at", p.shed_at),
-            ("memory.pressure.unload_all_at", p.unload_all_at),
+            ("memory.pressure.shed_at", self.shed_at),
+            ("memory.pressure.unload_all_at", self.unload_all_at),
         ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err((
@@ -253,40 +272,47 @@ impl MemorySettings {
                 ));
             }
         }
-        if p.unload_all_at < p.shed_at {
+        if self.unload_all_at < self.shed_at {
             return Err((
                 "memory.pressure.unload_all_at".into(),
                 format!(
                     "{} is below memory.pressure.shed_at ({}); unloading everything must come after shedding",
-                    p.unload_all_at, p.shed_at
+                    self.unload_all_at, self.shed_at
                 ),
             ));
         }
-        if p.interval.0 < std::time::Duration::from_millis(100) {
+        if self.interval.0 < std::time::Duration::from_millis(100) {
             return Err((
                 "memory.pressure.interval".into(),
                 "must be at least 100ms".into(),
             ));
         }
-        for (id, m) in &self.models {
-            if !super::is_valid_model_id(id) {
-                return Err((
-                    format!("memory.models.{id}"),
-                    format!("{id:?} is not a model id (1 to 128 of [A-Za-z0-9._-])"),
-                ));
-            }
-            if !(1..=5).contains(&m.priority) {
-                return Err((
-                    format!("memory.models.{id}.priority"),
-                    format!(
-                        "{} is out of range; 1 is the most valuable, 5 is shed first",
-                        m.priority
-                    ),
-                ));
-            }
-        }
         Ok(())
     }
+}
+
+/// Each per-model rule names a model id and a priority from 1 to 5.
+fn check_model_rules(
+    models: &BTreeMap<String, ModelMemorySettings>,
+) -> Result<(), (String, String)> {
+    for (id, m) in models {
+        if !super::is_valid_model_id(id) {
+            return Err((
+                format!("memory.models.{id}"),
+                format!("{id:?} is not a model id (1 to 128 of [A-Za-z0-9._-])"),
+            ));
+        }
+        if !(1..=5).contains(&m.priority) {
+            return Err((
+                format!("memory.models.{id}.priority"),
+                format!(
+                    "{} is out of range; 1 is the most valuable, 5 is shed first",
+                    m.priority
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for Budget {

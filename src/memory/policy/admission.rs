@@ -64,12 +64,7 @@ pub fn admit(
     limits: &Limits,
     retry_after: Duration,
 ) -> Result<Vec<String>, Refusal> {
-    // A stall's ceiling yields only when nothing at all is loaded: with another model
-    // serving, lifting it would load and shed the same model once per cooldown.
-    let cap = match limits.ceiling {
-        Some(c) if !(limits.alone && loaded.is_empty()) => c.min(limits.budget),
-        _ => limits.budget,
-    };
+    let fit = Fit::new(need, loaded, limits);
     if need > limits.budget {
         return Err(Refusal {
             reason: format!(
@@ -81,42 +76,14 @@ pub fn admit(
             wait: false,
         });
     }
-    let room = limits
-        .room
-        .as_ref()
-        .map(|(r, _)| match limits.last_resort_room {
-            Some(last) if limits.alone => last.max(*r),
-            _ => *r,
-        });
-    let held: u64 = loaded.iter().map(|m| m.bytes).sum::<u64>() + limits.releasing;
-    let mut used = held;
-    let mut count = loaded.len();
-    let mut gained: i64 = 0;
-    let bound = |used: u64, count: usize, gained: i64| -> Option<Bound> {
-        if count >= limits.max_models {
-            Some(Bound::Count)
-        } else if used + need > cap {
-            Some(if cap < limits.budget {
-                Bound::Ceiling
-            } else {
-                Bound::Budget
-            })
-        } else if room.is_some_and(|r| r + gained < need as i64) {
-            Some(Bound::Room)
-        } else {
-            None
-        }
+    let start = Held {
+        used: fit.held,
+        count: loaded.len(),
+        gained: 0,
     };
     // Shed memory still coming back counts as held: when it alone would make room, wait for
     // it rather than evict another model that is serving.
-    let releasing = limits.releasing as i64;
-    let after_release = |used: u64, count: usize, gained: i64| {
-        bound(used - limits.releasing, count, gained + releasing).is_none()
-    };
-    if limits.releasing > 0
-        && bound(used, count, gained).is_some()
-        && after_release(used, count, gained)
-    {
+    if limits.releasing > 0 && fit.bound(start).is_some() && fit.fits_after_release(start) {
         return Err(Refusal {
             reason: format!(
                 "model {id} cannot be loaded yet: {} MiB of shed models is still on its way back; retry shortly",
@@ -126,114 +93,243 @@ pub fn admit(
             wait: true,
         });
     }
-    let mut victims = Vec::new();
-    let mut held_back: Option<Duration> = None;
-    for m in shed_order(loaded) {
-        if bound(used, count, gained).is_none() {
-            break;
-        }
-        if m.priority < priority && !m.guess {
-            // Everything after this one is worth more still (guesses come first, whatever
-            // their priority).
-            break;
-        }
-        if let Some(left) = m.resident_for(limits.now, limits.min_residency) {
-            held_back = Some(held_back.map_or(left, |h| h.min(left)));
-            continue;
-        }
-        victims.push(m.id.clone());
-        used -= m.bytes;
-        count -= 1;
-        gained += m.bytes as i64;
+    let choice = fit.choose_victims(loaded, priority, start);
+    match fit.bound(choice.left) {
+        None => Ok(choice.victims),
+        Some(b) => Err(fit.refusal(id, priority, b, &choice, loaded, retry_after)),
     }
-    let Some(b) = bound(used, count, gained) else {
-        return Ok(victims);
-    };
-    let after_release = limits.releasing > 0 && after_release(used, count, gained);
-    let holders: Vec<String> = loaded
-        .iter()
-        .map(|m| {
-            let why = if m.pinned {
-                "pinned".to_string()
-            } else {
-                format!("priority {}", m.priority)
-            };
-            format!("{} {} MiB ({why})", m.id, mib(m.bytes))
-        })
-        .collect();
-    let bound_text = match b {
-        Bound::Count => format!(
-            "memory.max_loaded_models ({}) are loaded",
-            limits.max_models
-        ),
-        Bound::Ceiling => format!(
-            "memory pressure holds model memory at {} MiB until it has been calm for a while",
-            mib(cap)
-        ),
-        Bound::Budget => format!(
-            "it needs about {} MiB and the budget of {} MiB has {} MiB free",
-            mib(need),
-            mib(limits.budget),
-            mib(limits.budget.saturating_sub(held))
-        ),
-        Bound::Room => {
-            let (_, from) = limits.room.clone().unwrap_or_default();
-            let below = if limits.alone {
-                "its critical threshold (less memory.reserve; nothing of its fallback chain is loaded, so it may use more than the pressure threshold leaves)"
-            } else {
-                "its pressure threshold (less memory.reserve)"
-            };
-            format!(
-                "it needs about {} MiB and {from} has {} MiB of room below {below}",
-                mib(need),
-                (room.unwrap_or(0).max(0) as u64) >> 20
-            )
-        }
-    };
-    let (why_not, wait, retry) = if after_release {
-        (
-            format!(
-                "{} MiB of shed models is still on its way back",
-                mib(limits.releasing)
-            ),
-            true,
-            Duration::from_secs(1),
-        )
-    } else if let Some(left) = held_back {
-        (
-            format!(
-                "the models that could make room loaded less than memory.min_residency ({}) ago, for {:.1} s more",
-                humantime::format_duration(limits.min_residency),
-                left.as_secs_f64()
-            ),
-            true,
-            left,
-        )
-    } else {
-        (
-            format!("nothing of priority {priority} or lower can make room"),
-            b == Bound::Room,
-            retry_after,
-        )
-    };
-    Err(Refusal {
-        reason: format!(
-            "model {id} cannot be loaded now: {bound_text}, and {why_not} (loaded: {}); retry later, unload a model, or raise memory.budget",
-            if holders.is_empty() {
-                "none".to_string()
-            } else {
-                holders.join(", ")
-            }
-        ),
-        retry_after: retry.max(Duration::from_secs(1)),
-        wait,
-    })
 }
 
+/// What stops a load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bound {
     Count,
     Ceiling,
     Budget,
     Room,
+}
+
+/// A load's need against its limits.
+struct Fit<'a> {
+    need: u64,
+    limits: &'a Limits,
+    /// The budget, or a stall's ceiling below it.
+    cap: u64,
+    /// The room the load may take at the binding level.
+    room: Option<i64>,
+    /// Bytes the loaded models hold, shed memory not back yet included.
+    held: u64,
+}
+
+/// What would stay in memory with the victims chosen so far gone.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// Bytes held.
+    used: u64,
+    /// Models loaded.
+    count: usize,
+    /// Bytes the victims give back, counted as room at the binding level.
+    gained: i64,
+}
+
+/// The victims chosen, what is left with them gone, and the shortest `memory.min_residency`
+/// left of the models that would have made room but are still protected.
+struct Choice {
+    victims: Vec<String>,
+    left: Held,
+    held_back: Option<Duration>,
+}
+
+impl<'a> Fit<'a> {
+    fn new(need: u64, loaded: &[Resident], limits: &'a Limits) -> Fit<'a> {
+        // A stall's ceiling yields only when nothing at all is loaded: with another model
+        // serving, lifting it would load and shed the same model once per cooldown.
+        let cap = match limits.ceiling {
+            Some(c) if !(limits.alone && loaded.is_empty()) => c.min(limits.budget),
+            _ => limits.budget,
+        };
+        let room = limits
+            .room
+            .as_ref()
+            .map(|(r, _)| match limits.last_resort_room {
+                Some(last) if limits.alone => last.max(*r),
+                _ => *r,
+            });
+        let held = loaded.iter().map(|m| m.bytes).sum::<u64>() + limits.releasing;
+        Fit {
+            need,
+            limits,
+            cap,
+            room,
+            held,
+        }
+    }
+
+    /// The first limit the load would break with `h` in memory; `None` when it fits.
+    fn bound(&self, h: Held) -> Option<Bound> {
+        if h.count >= self.limits.max_models {
+            Some(Bound::Count)
+        } else if h.used + self.need > self.cap {
+            Some(if self.cap < self.limits.budget {
+                Bound::Ceiling
+            } else {
+                Bound::Budget
+            })
+        } else if self.room.is_some_and(|r| r + h.gained < self.need as i64) {
+            Some(Bound::Room)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the load fits with `h` in memory once the shed memory still coming back is.
+    fn fits_after_release(&self, h: Held) -> bool {
+        let releasing = self.limits.releasing;
+        self.bound(Held {
+            used: h.used - releasing,
+            count: h.count,
+            gained: h.gained + releasing as i64,
+        })
+        .is_none()
+    }
+
+    /// Unloads, in shed order, models of no more value than `priority` and past their
+    /// residency, until the load fits or none is left.
+    fn choose_victims(&self, loaded: &[Resident], priority: u8, mut left: Held) -> Choice {
+        let mut victims = Vec::new();
+        let mut held_back: Option<Duration> = None;
+        for m in shed_order(loaded) {
+            if self.bound(left).is_none() {
+                break;
+            }
+            if m.priority < priority && !m.guess {
+                // Everything after this one is worth more still (guesses come first, whatever
+                // their priority).
+                break;
+            }
+            if let Some(rest) = m.resident_for(self.limits.now, self.limits.min_residency) {
+                held_back = Some(held_back.map_or(rest, |h| h.min(rest)));
+                continue;
+            }
+            victims.push(m.id.clone());
+            left.used -= m.bytes;
+            left.count -= 1;
+            left.gained += m.bytes as i64;
+        }
+        Choice {
+            victims,
+            left,
+            held_back,
+        }
+    }
+
+    /// The refusal of a load that `b` stops even with `choice`'s victims gone.
+    fn refusal(
+        &self,
+        id: &str,
+        priority: u8,
+        b: Bound,
+        choice: &Choice,
+        loaded: &[Resident],
+        retry_after: Duration,
+    ) -> Refusal {
+        let after_release = self.limits.releasing > 0 && self.fits_after_release(choice.left);
+        let holders: Vec<String> = loaded
+            .iter()
+            .map(|m| {
+                let why = if m.pinned {
+                    "pinned".to_string()
+                } else {
+                    format!("priority {}", m.priority)
+                };
+                format!("{} {} MiB ({why})", m.id, mib(m.bytes))
+            })
+            .collect();
+        let bound_text = self.describe(b);
+        let (why_not, wait, retry) =
+            self.why_nothing_helps(priority, b, after_release, choice.held_back, retry_after);
+        Refusal {
+            reason: format!(
+                "model {id} cannot be loaded now: {bound_text}, and {why_not} (loaded: {}); retry later, unload a model, or raise memory.budget",
+                if holders.is_empty() {
+                    "none".to_string()
+                } else {
+                    holders.join(", ")
+                }
+            ),
+            retry_after: retry.max(Duration::from_secs(1)),
+            wait,
+        }
+    }
+
+    /// The limit `b`, in words with its numbers.
+    fn describe(&self, b: Bound) -> String {
+        let limits = self.limits;
+        match b {
+            Bound::Count => format!(
+                "memory.max_loaded_models ({}) are loaded",
+                limits.max_models
+            ),
+            Bound::Ceiling => format!(
+                "memory pressure holds model memory at {} MiB until it has been calm for a while",
+                mib(self.cap)
+            ),
+            Bound::Budget => format!(
+                "it needs about {} MiB and the budget of {} MiB has {} MiB free",
+                mib(self.need),
+                mib(limits.budget),
+                mib(limits.budget.saturating_sub(self.held))
+            ),
+            Bound::Room => {
+                let (_, from) = limits.room.clone().unwrap_or_default();
+                let below = if limits.alone {
+                    "its critical threshold (less memory.reserve; nothing of its fallback chain is loaded, so it may use more than the pressure threshold leaves)"
+                } else {
+                    "its pressure threshold (less memory.reserve)"
+                };
+                format!(
+                    "it needs about {} MiB and {from} has {} MiB of room below {below}",
+                    mib(self.need),
+                    (self.room.unwrap_or(0).max(0) as u64) >> 20
+                )
+            }
+        }
+    }
+
+    /// Why shedding cannot make room, whether waiting may, and when to retry.
+    fn why_nothing_helps(
+        &self,
+        priority: u8,
+        b: Bound,
+        after_release: bool,
+        held_back: Option<Duration>,
+        retry_after: Duration,
+    ) -> (String, bool, Duration) {
+        if after_release {
+            (
+                format!(
+                    "{} MiB of shed models is still on its way back",
+                    mib(self.limits.releasing)
+                ),
+                true,
+                Duration::from_secs(1),
+            )
+        } else if let Some(left) = held_back {
+            (
+                format!(
+                    "the models that could make room loaded less than memory.min_residency ({}) ago, for {:.1} s more",
+                    humantime::format_duration(self.limits.min_residency),
+                    left.as_secs_f64()
+                ),
+                true,
+                left,
+            )
+        } else {
+            (
+                format!("nothing of priority {priority} or lower can make room"),
+                b == Bound::Room,
+                retry_after,
+            )
+        }
+    }
 }
