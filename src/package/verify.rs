@@ -12,7 +12,7 @@ use std::rc::Rc;
 use sha2::{Digest, Sha256};
 
 use super::error::{BudgetExceeded, PackageError};
-use super::manifest::{MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, check_entry_path};
+use super::manifest::{FileEntry, MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, check_entry_path};
 
 /// Where verified entry bytes go. Bytes reach a sink only after the entry's header checks
 /// passed, and an entry is only complete once [`EntrySink::finish`] is called after its digest
@@ -142,6 +142,8 @@ pub fn verify_reader<R: Read, S: EntrySink>(
     })
 }
 
+/// Walks the archive: the manifest first, then every file it lists, each checked and streamed
+/// into `sink`; growing `budget` only by what each matched header allows.
 fn walk_entries<R: Read, S: EntrySink>(
     archive: &mut tar::Archive<R>,
     budget: &Rc<Cell<u64>>,
@@ -154,15 +156,7 @@ fn walk_entries<R: Read, S: EntrySink>(
 
     for entry in entries {
         let mut entry = entry.map_err(PackageError::from_stream)?;
-        let name = entry_name(&entry)?;
-        check_entry_type(&entry, &name)?;
-        check_entry_path(&name).map_err(|reason| PackageError::UnsafeEntry {
-            entry: name.clone(),
-            reason: reason.to_string(),
-        })?;
-        if !seen.insert(name.clone()) {
-            return Err(PackageError::DuplicateEntry { entry: name });
-        }
+        let name = checked_name(&entry, &mut seen)?;
         let header_size = entry.header().size().map_err(PackageError::from_stream)?;
 
         let Some(manifest) = manifest.as_ref() else {
@@ -170,17 +164,7 @@ fn walk_entries<R: Read, S: EntrySink>(
             if name != MANIFEST_NAME {
                 return Err(PackageError::ManifestNotFirst { found: name });
             }
-            if header_size > MAX_MANIFEST_BYTES {
-                return Err(PackageError::ManifestInvalid(format!(
-                    "manifest.yaml is {header_size} bytes; the limit is {MAX_MANIFEST_BYTES}"
-                )));
-            }
-            let mut bytes = Vec::with_capacity(header_size as usize);
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(PackageError::from_stream)?;
-            let parsed = Manifest::parse(&bytes)
-                .map_err(|e| PackageError::ManifestInvalid(e.to_string()))?;
+            let parsed = read_manifest(&mut entry, header_size)?;
             // The budget grows entry by entry: room for the next header now, room for an entry's
             // data only once its header matched the manifest. So an unlisted entry, or a GNU
             // long-name / PAX header the tar crate would read into memory, never gets more than
@@ -190,16 +174,7 @@ fn walk_entries<R: Read, S: EntrySink>(
             continue;
         };
 
-        let Some(declared) = manifest.file(&name) else {
-            return Err(PackageError::ExtraEntry { entry: name });
-        };
-        if header_size != declared.size {
-            return Err(PackageError::SizeMismatch {
-                entry: name,
-                declared: declared.size,
-                actual: header_size,
-            });
-        }
+        let declared = declared_entry(manifest, &name, header_size)?;
         budget.set(budget.get() + round_up(declared.size) + HEADER_ALLOWANCE);
         let keep_config = name == "config.json";
         if keep_config && declared.size > MAX_CONFIG_BYTES {
@@ -208,58 +183,133 @@ fn walk_entries<R: Read, S: EntrySink>(
                 declared.size
             )));
         }
-        let mut writer = sink
-            .start(&name, declared.size)
-            .map_err(|e| PackageError::io("write", &sink.location(&name), e))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut got = 0u64;
-        loop {
-            let n = entry.read(&mut buf).map_err(PackageError::from_stream)?;
-            if n == 0 {
-                break;
-            }
-            got += n as u64;
-            hasher.update(&buf[..n]);
-            if keep_config {
-                config_json.extend_from_slice(&buf[..n]);
-            }
-            writer
-                .write_all(&buf[..n])
-                .map_err(|e| PackageError::io("write", &sink.location(&name), e))?;
-        }
-        if got != declared.size {
-            return Err(PackageError::Truncated(format!(
-                "{name} ends after {got} of its {} bytes",
-                declared.size
-            )));
-        }
-        let actual = hex::encode(hasher.finalize());
-        if actual != declared.sha256 {
-            return Err(PackageError::HashMismatch {
-                entry: name,
-                expected: declared.sha256.clone(),
-                actual,
-            });
-        }
-        sink.finish(&name, writer)
-            .map_err(|e| PackageError::io("write", &sink.location(&name), e))?;
+        let config = keep_config.then_some(&mut config_json);
+        stream_entry(&mut entry, name, declared, sink, config)?;
     }
 
     let Some(manifest) = manifest else {
         return Err(PackageError::ManifestMissing);
     };
+    check_all_present(&manifest, &seen)?;
+    check_model_config(&manifest, &config_json)?;
+    Ok(manifest)
+}
+
+/// The entry's name, once it is a regular file at a safe path not seen before.
+fn checked_name<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    seen: &mut BTreeSet<String>,
+) -> Result<String, PackageError> {
+    let name = entry_name(entry)?;
+    check_entry_type(entry, &name)?;
+    check_entry_path(&name).map_err(|reason| PackageError::UnsafeEntry {
+        entry: name.clone(),
+        reason: reason.to_string(),
+    })?;
+    if !seen.insert(name.clone()) {
+        return Err(PackageError::DuplicateEntry { entry: name });
+    }
+    Ok(name)
+}
+
+/// Reads and validates the manifest entry, refusing one over [`MAX_MANIFEST_BYTES`] unread.
+fn read_manifest<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    header_size: u64,
+) -> Result<Manifest, PackageError> {
+    if header_size > MAX_MANIFEST_BYTES {
+        return Err(PackageError::ManifestInvalid(format!(
+            "manifest.yaml is {header_size} bytes; the limit is {MAX_MANIFEST_BYTES}"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(header_size as usize);
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(PackageError::from_stream)?;
+    Manifest::parse(&bytes).map_err(|e| PackageError::ManifestInvalid(e.to_string()))
+}
+
+/// What the manifest declares for entry `name`, whose header must give the same size.
+fn declared_entry<'m>(
+    manifest: &'m Manifest,
+    name: &str,
+    header_size: u64,
+) -> Result<&'m FileEntry, PackageError> {
+    let Some(declared) = manifest.file(name) else {
+        return Err(PackageError::ExtraEntry {
+            entry: name.to_string(),
+        });
+    };
+    if header_size != declared.size {
+        return Err(PackageError::SizeMismatch {
+            entry: name.to_string(),
+            declared: declared.size,
+            actual: header_size,
+        });
+    }
+    Ok(declared)
+}
+
+/// Streams an entry's bytes into `sink` (and into `config` when given), then finishes it in
+/// the sink once its size and sha256 are the declared ones.
+fn stream_entry<R: Read, S: EntrySink>(
+    entry: &mut tar::Entry<'_, R>,
+    name: String,
+    declared: &FileEntry,
+    sink: &mut S,
+    mut config: Option<&mut Vec<u8>>,
+) -> Result<(), PackageError> {
+    let mut writer = sink
+        .start(&name, declared.size)
+        .map_err(|e| PackageError::io("write", &sink.location(&name), e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut got = 0u64;
+    loop {
+        let n = entry.read(&mut buf).map_err(PackageError::from_stream)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+        hasher.update(&buf[..n]);
+        if let Some(config) = config.as_deref_mut() {
+            config.extend_from_slice(&buf[..n]);
+        }
+        writer
+            .write_all(&buf[..n])
+            .map_err(|e| PackageError::io("write", &sink.location(&name), e))?;
+    }
+    if got != declared.size {
+        return Err(PackageError::Truncated(format!(
+            "{name} ends after {got} of its {} bytes",
+            declared.size
+        )));
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != declared.sha256 {
+        return Err(PackageError::HashMismatch {
+            entry: name,
+            expected: declared.sha256.clone(),
+            actual,
+        });
+    }
+    sink.finish(&name, writer)
+        .map_err(|e| PackageError::io("write", &sink.location(&name), e))
+}
+
+/// Every file the manifest lists must have been in the archive.
+fn check_all_present(manifest: &Manifest, seen: &BTreeSet<String>) -> Result<(), PackageError> {
     let missing: Vec<String> = manifest
         .files
         .iter()
         .filter(|f| !seen.contains(&f.path))
         .map(|f| f.path.clone())
         .collect();
-    if !missing.is_empty() {
-        return Err(PackageError::MissingEntries { entries: missing });
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PackageError::MissingEntries { entries: missing })
     }
-    check_model_config(&manifest, &config_json)?;
-    Ok(manifest)
 }
 
 /// `config.json` is read into memory to check it against the manifest; it is small in every

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod pair_template;
+mod rules;
 mod vectors;
 mod weights;
 pub use pair_template::PairTemplate;
+pub use rules::check_entry_path;
 pub use vectors::{Dense, DenseActivation, InputType, Matryoshka, Mismatch};
 pub use weights::{
     INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights, quantize_int8_block,
@@ -297,31 +299,6 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ManifestError
     }
 }
 
-/// Checks that `path` is a plain relative path: no absolute root, no `.`/`..` or empty
-/// components, no backslashes or control characters. Returns the reason when it is not.
-pub fn check_entry_path(path: &str) -> Result<(), &'static str> {
-    if path.is_empty() {
-        return Err("the path is empty");
-    }
-    if path.len() > 255 {
-        return Err("the path is longer than 255 bytes");
-    }
-    if path.starts_with('/') {
-        return Err("the path is absolute");
-    }
-    if path.contains('\\') || path.chars().any(char::is_control) {
-        return Err("the path contains a backslash or a control character");
-    }
-    for part in path.split('/') {
-        match part {
-            ".." => return Err("the path contains `..`"),
-            "." | "" => return Err("the path has an empty or `.` component"),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 impl Manifest {
     /// Parses and validates manifest bytes.
     pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
@@ -334,202 +311,6 @@ impl Manifest {
         })?;
         manifest.validate()?;
         Ok(manifest)
-    }
-
-    /// Checks every rule a parsed manifest must follow.
-    pub fn validate(&self) -> Result<(), ManifestError> {
-        for (name, text) in &self.prompts {
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            {
-                return Err(invalid(
-                    "prompts",
-                    format!("prompt name {name:?} is not 1 to 64 of [A-Za-z0-9._-]"),
-                ));
-            }
-            if text.len() > MAX_PROMPT_BYTES {
-                return Err(invalid(
-                    "prompts",
-                    format!(
-                        "prompt {name:?} is {} bytes; at most {MAX_PROMPT_BYTES}",
-                        text.len()
-                    ),
-                ));
-            }
-        }
-        if let Some(d) = &self.default_prompt
-            && !self.prompts.contains_key(d)
-        {
-            return Err(invalid(
-                "default_prompt",
-                format!("{d:?} is not one of the manifest's prompts"),
-            ));
-        }
-        self.validate_kind()?;
-        self.validate_head()?;
-        if self.format != FORMAT {
-            return Err(invalid(
-                "format",
-                format!(
-                    "format {} is not supported (this build reads format {FORMAT})",
-                    self.format
-                ),
-            ));
-        }
-        if !crate::config::is_valid_model_id(&self.id) {
-            return Err(invalid(
-                "id",
-                format!("{:?} is not 1 to 128 of [A-Za-z0-9._-]", self.id),
-            ));
-        }
-        if !is_valid_version(&self.version) {
-            return Err(invalid(
-                "version",
-                format!(
-                    "{:?} is not 1 to 64 of [A-Za-z0-9.+_-] starting with a letter or digit",
-                    self.version
-                ),
-            ));
-        }
-        if !(1..=65536).contains(&self.dimensions) {
-            return Err(invalid("dimensions", "must be between 1 and 65536"));
-        }
-        if !(2..=8192).contains(&self.max_seq_length) {
-            return Err(invalid("max_seq_length", "must be between 2 and 8192"));
-        }
-        if self.files.is_empty() {
-            return Err(invalid("files", "the list is empty"));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, f) in self.files.iter().enumerate() {
-            check_entry_path(&f.path).map_err(|r| invalid(format!("files[{i}].path"), r))?;
-            if f.path == MANIFEST_NAME {
-                return Err(invalid(
-                    format!("files[{i}].path"),
-                    "the manifest cannot list itself",
-                ));
-            }
-            if !seen.insert(f.path.as_str()) {
-                return Err(invalid(
-                    format!("files[{i}].path"),
-                    format!("{:?} is listed twice", f.path),
-                ));
-            }
-            if f.size > MAX_FILE_BYTES {
-                return Err(invalid(
-                    format!("files[{i}].size"),
-                    format!(
-                        "{} bytes is more than the {MAX_FILE_BYTES} a file may have",
-                        f.size
-                    ),
-                ));
-            }
-            if f.sha256.len() != 64
-                || !f
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(invalid(
-                    format!("files[{i}].sha256"),
-                    "must be 64 lower-case hex digits",
-                ));
-            }
-        }
-        if self.declared_bytes() > MAX_TOTAL_BYTES {
-            return Err(invalid(
-                "files",
-                format!("the files add up to more than {MAX_TOTAL_BYTES} bytes"),
-            ));
-        }
-        for required in REQUIRED_FILES {
-            if !seen.contains(required) {
-                return Err(invalid(
-                    "files",
-                    format!("{required} is required but not listed"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// A reranker needs its labels and activation, reads the first token (`pooling: cls`), or
-    /// with a pair template the last (`last_token`), and makes no vectors (`normalize: false`); an embedding model has neither field.
-    fn validate_kind(&self) -> Result<(), ManifestError> {
-        match self.kind {
-            ModelKind::Embedding => {
-                for (field, present) in [
-                    ("labels", self.labels.is_some()),
-                    ("activation", self.activation.is_some()),
-                    ("pair_template", self.pair_template.is_some()),
-                ] {
-                    if present {
-                        return Err(invalid(
-                            field,
-                            "only a reranker (kind: reranker) has it; remove it or set kind: reranker",
-                        ));
-                    }
-                }
-            }
-            ModelKind::Reranker => {
-                match self.labels {
-                    None => {
-                        return Err(invalid(
-                            "labels",
-                            "a reranker must say how many labels its head has",
-                        ));
-                    }
-                    // What text-embeddings-inference and sentence-transformers' `rank` serve:
-                    // a head of several labels classifies pairs, it does not rank them.
-                    Some(n) if n != 1 => {
-                        return Err(invalid(
-                            "labels",
-                            format!(
-                                "{n} labels make a classifier; only one-label cross-encoders (rerankers) are served"
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                }
-                if self.activation.is_none() {
-                    return Err(invalid(
-                        "activation",
-                        "a reranker must say what its scores apply to the logits (sigmoid, identity or tanh)",
-                    ));
-                }
-                // A cross-encoder's head reads the first token; a decoder reranker's, the
-                // last (the only one that saw the whole pair).
-                match (&self.pair_template, self.pooling) {
-                    (None, Pooling::Cls) => {}
-                    (None, _) => {
-                        return Err(invalid(
-                            "pooling",
-                            "a cross-encoder's head reads the first token: pooling must be cls (last_token goes with a pair_template)",
-                        ));
-                    }
-                    (Some(t), Pooling::LastToken) => t.validate()?,
-                    (Some(_), _) => {
-                        return Err(invalid(
-                            "pooling",
-                            "a reranker with a pair_template reads its last token: pooling must be last_token",
-                        ));
-                    }
-                }
-                if self.normalize {
-                    return Err(invalid(
-                        "normalize",
-                        "a reranker makes scores, not vectors: normalize must be false",
-                    ));
-                }
-                if !self.prompts.is_empty() {
-                    return Err(invalid("prompts", "a reranker takes no prompts"));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The entry for `path`, if listed.
@@ -549,13 +330,6 @@ impl Manifest {
         // Serialising plain strings, numbers and enums cannot fail.
         serde_yaml::to_string(self).unwrap_or_default()
     }
-}
-
-fn is_valid_version(v: &str) -> bool {
-    (1..=64).contains(&v.len())
-        && v.as_bytes()[0].is_ascii_alphanumeric()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'_' | b'-'))
 }
 
 /// Orders package versions: split on `.`, `-`, `+` and `_`; numeric parts compare as numbers

@@ -222,6 +222,26 @@ impl HfConfig {
             .or(self.dim)
             .ok_or_else(|| unusable("config.json has no hidden_size (nor dim, nor n_embd)"))
     }
+
+    /// How many positions a text may take.
+    fn max_positions(&self, architecture: Architecture) -> usize {
+        let positions = self
+            .n_positions
+            .or(self.max_position_embeddings)
+            .unwrap_or(512);
+        if matches!(architecture, Architecture::XlmRoberta | Architecture::Mpnet) {
+            // RoBERTa's (and MPNet's) positions start after pad_token_id.
+            positions.saturating_sub(self.pad_token_id.unwrap_or(1) + 1)
+        } else {
+            positions
+        }
+    }
+
+    fn is_causal_lm(&self) -> bool {
+        self.architectures
+            .iter()
+            .any(|a| a.ends_with("ForCausalLM"))
+    }
 }
 
 /// Whether the folder's `modules.json` has a Pooling module (a sentence-transformers
@@ -249,27 +269,9 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let st_model = StModelConfig::read(dir)?;
     let architecture = architecture(config.model_type.as_deref())?;
     let hidden = config.hidden()?;
-    let mut max_positions = config
-        .n_positions
-        .or(config.max_position_embeddings)
-        .unwrap_or(512);
-    if matches!(architecture, Architecture::XlmRoberta | Architecture::Mpnet) {
-        // RoBERTa's (and MPNet's) positions start after pad_token_id.
-        max_positions = max_positions.saturating_sub(config.pad_token_id.unwrap_or(1) + 1);
-    }
-    // A causal language model is a reranker unless sentence-transformers pools it into an
-    // embedder (Qwen3-Embedding's folder says Qwen3ForCausalLM too).
-    let causal_lm = config
-        .architectures
-        .iter()
-        .any(|a| a.ends_with("ForCausalLM"));
-    let cross_encoder = st_model.model_type.as_deref() == Some("CrossEncoder")
-        || config
-            .architectures
-            .iter()
-            .any(|a| a.ends_with("ForSequenceClassification"))
-        || (causal_lm && !pools(dir)?);
-    if cross_encoder {
+    let max_positions = config.max_positions(architecture);
+    let causal_lm = config.is_causal_lm();
+    if is_cross_encoder(dir, &config, &st_model)? {
         return reranker::infer(
             dir,
             &config,
@@ -279,74 +281,128 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
             causal_lm,
         );
     }
-    let modules: Vec<StModule> = read_json(&dir.join("modules.json"))?;
-    let mut pooling = None;
-    let mut normalize = false;
-    let mut dense = Vec::new();
-    for m in &modules {
-        if normalize {
-            return Err(unusable(format!(
-                "modules.json: module {} comes after Normalize; only Normalize may be last",
-                m.kind
-            )));
-        }
-        match module_class(&m.kind) {
-            Some("Transformer") => {}
-            Some("Normalize") => normalize = true,
-            Some("Dense") => {
-                if pooling.is_none() {
-                    return Err(unusable(format!(
-                        "modules.json: the Dense module {} comes before Pooling; only Dense modules after pooling are supported",
-                        m.path
-                    )));
-                }
-                dense.push(dense_module(dir, &m.path)?);
-            }
-            Some("Pooling") => {
-                let p: StPooling = read_json(&dir.join(&m.path).join("config.json"))?;
-                pooling = Some(match p.modes().as_slice() {
-                    [m] if m == "mean" => Pooling::Mean,
-                    [m] if m == "cls" => Pooling::Cls,
-                    [m] if m == "lasttoken" => Pooling::LastToken,
-                    modes => {
-                        return Err(unusable(format!(
-                            "{}/config.json: pooling mode {} is not supported (one of mean, cls, lasttoken)",
-                            m.path,
-                            modes.join(" + ")
-                        )));
-                    }
-                });
-                if p.include_prompt == Some(false) && pooling == Some(Pooling::Mean) {
-                    return Err(unusable(format!(
-                        "{}/config.json: include_prompt: false (the prompt's tokens left out of the mean) is not supported",
-                        m.path
-                    )));
-                }
-                if let Some(d) = p.word_embedding_dimension.or(p.embedding_dimension)
-                    && d != hidden
-                {
-                    return Err(unusable(format!(
-                        "{}/config.json: word_embedding_dimension {d} differs from hidden_size {}",
-                        m.path, hidden
-                    )));
-                }
-            }
-            _ => {
-                return Err(unusable(format!(
-                    "modules.json: module {} is not supported (Transformer, Pooling, Dense, Normalize)",
-                    m.kind
-                )));
-            }
-        }
-    }
-    let pooling = pooling.ok_or_else(|| unusable("modules.json: no Pooling module"))?;
+    let modules = EmbedderModules::read(dir, hidden)?;
     let st: StConfig = read_json(&dir.join("sentence_bert_config.json"))?;
     let max_seq_length = st
         .max_seq_length
         .unwrap_or(max_positions)
         .min(max_positions);
+    Ok(Inferred {
+        architecture,
+        dimensions: output_width(&modules.dense, hidden)?,
+        dense: modules.dense,
+        max_seq_length,
+        pooling: modules.pooling,
+        normalize: modules.normalize,
+        kind: ModelKind::Embedding,
+        labels: None,
+        activation: None,
+        pair_template: None,
+        logit_rows: None,
+    })
+}
+
+/// Whether the folder holds a reranker rather than an embedder.
+fn is_cross_encoder(
+    dir: &Path,
+    config: &HfConfig,
+    st_model: &StModelConfig,
+) -> Result<bool, PackageError> {
+    // A causal language model is a reranker unless sentence-transformers pools it into an
+    // embedder (Qwen3-Embedding's folder says Qwen3ForCausalLM too).
+    Ok(st_model.model_type.as_deref() == Some("CrossEncoder")
+        || config
+            .architectures
+            .iter()
+            .any(|a| a.ends_with("ForSequenceClassification"))
+        || (config.is_causal_lm() && !pools(dir)?))
+}
+
+/// What an embedder's `modules.json` chain does after the transformer.
+struct EmbedderModules {
+    pooling: Pooling,
+    normalize: bool,
+    dense: Vec<Dense>,
+}
+
+impl EmbedderModules {
+    /// Reads `modules.json`: a Pooling module, then Dense modules, then at most a Normalize.
+    fn read(dir: &Path, hidden: usize) -> Result<EmbedderModules, PackageError> {
+        let modules: Vec<StModule> = read_json(&dir.join("modules.json"))?;
+        let mut pooling = None;
+        let mut normalize = false;
+        let mut dense = Vec::new();
+        for m in &modules {
+            if normalize {
+                return Err(unusable(format!(
+                    "modules.json: module {} comes after Normalize; only Normalize may be last",
+                    m.kind
+                )));
+            }
+            match module_class(&m.kind) {
+                Some("Transformer") => {}
+                Some("Normalize") => normalize = true,
+                Some("Dense") => {
+                    if pooling.is_none() {
+                        return Err(unusable(format!(
+                            "modules.json: the Dense module {} comes before Pooling; only Dense modules after pooling are supported",
+                            m.path
+                        )));
+                    }
+                    dense.push(dense_module(dir, &m.path)?);
+                }
+                Some("Pooling") => pooling = Some(pooling_module(dir, &m.path, hidden)?),
+                _ => {
+                    return Err(unusable(format!(
+                        "modules.json: module {} is not supported (Transformer, Pooling, Dense, Normalize)",
+                        m.kind
+                    )));
+                }
+            }
+        }
+        Ok(EmbedderModules {
+            pooling: pooling.ok_or_else(|| unusable("modules.json: no Pooling module"))?,
+            normalize,
+            dense,
+        })
+    }
+}
+
+/// The Pooling module in folder `path`: one mode of those the engine runs, over
+/// `hidden`-wide token vectors.
+fn pooling_module(dir: &Path, path: &str, hidden: usize) -> Result<Pooling, PackageError> {
+    let p: StPooling = read_json(&dir.join(path).join("config.json"))?;
+    let pooling = match p.modes().as_slice() {
+        [m] if m == "mean" => Pooling::Mean,
+        [m] if m == "cls" => Pooling::Cls,
+        [m] if m == "lasttoken" => Pooling::LastToken,
+        modes => {
+            return Err(unusable(format!(
+                "{path}/config.json: pooling mode {} is not supported (one of mean, cls, lasttoken)",
+                modes.join(" + ")
+            )));
+        }
+    };
+    if p.include_prompt == Some(false) && pooling == Pooling::Mean {
+        return Err(unusable(format!(
+            "{path}/config.json: include_prompt: false (the prompt's tokens left out of the mean) is not supported"
+        )));
+    }
+    if let Some(d) = p.word_embedding_dimension.or(p.embedding_dimension)
+        && d != hidden
+    {
+        return Err(unusable(format!(
+            "{path}/config.json: word_embedding_dimension {d} differs from hidden_size {hidden}"
+        )));
+    }
+    Ok(pooling)
+}
+
+/// The vectors' width: `hidden` through each Dense module, each taking what the one before
+/// gives.
+fn output_width(dense: &[Dense], hidden: usize) -> Result<usize, PackageError> {
     let mut width = hidden;
-    for d in &dense {
+    for d in dense {
         if d.inputs != width {
             return Err(unusable(format!(
                 "{}: in_features {} does not take the {width} values before it",
@@ -356,19 +412,7 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         }
         width = d.outputs;
     }
-    Ok(Inferred {
-        architecture,
-        dimensions: width,
-        dense,
-        max_seq_length,
-        pooling,
-        normalize,
-        kind: ModelKind::Embedding,
-        labels: None,
-        activation: None,
-        pair_template: None,
-        logit_rows: None,
-    })
+    Ok(width)
 }
 
 /// The Dense module in folder `path`: its shape and activation from its `config.json`, its

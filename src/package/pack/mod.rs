@@ -2,6 +2,7 @@
 //! inputs and options give the same bytes), optionally storing the weights as f16, bf16 or
 //! int8 ([`storage`]).
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ mod storage;
 
 use super::error::PackageError;
 use super::manifest::{Architecture, FORMAT, FileEntry, MANIFEST_NAME, Manifest, Matryoshka};
-use infer::{StModelConfig, infer, matryoshka_dims, unusable};
+use infer::{Inferred, StModelConfig, infer, matryoshka_dims, unusable};
 pub use storage::WeightStorage;
 
 /// What to pack and how.
@@ -73,17 +74,63 @@ fn write_provenance(package: &Path, record: &serde_json::Value) -> Result<(), Pa
 
 /// Builds a package at `output` from `opts.model_dir`, and its provenance record beside it.
 pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageError> {
-    let dir = &opts.model_dir;
-    let inferred = infer(dir)?;
-    let id = match &opts.id {
-        Some(id) => id.clone(),
-        None => dir
+    let inferred = infer(&opts.model_dir)?;
+    let id = package_id(opts)?;
+    let (payload, source_weights_sha256) = read_payload(opts, &inferred)?;
+    let manifest = build_manifest(opts, id, &inferred, &payload)?;
+    write_package(output, opts.level, &manifest, &payload)?;
+
+    let warnings = super::known::differences(
+        &manifest.id,
+        manifest.architecture,
+        manifest.dimensions,
+        &source_weights_sha256,
+    );
+    let package_sha256 = super::store::sha256_file(output)?;
+    write_provenance(
+        output,
+        &provenance_record(
+            opts,
+            &manifest,
+            &source_weights_sha256,
+            &warnings,
+            &package_sha256,
+        ),
+    )?;
+    Ok(PackSummary {
+        manifest,
+        package_sha256,
+        package_size: std::fs::metadata(output)
+            .map_err(|e| PackageError::io("stat", output, e))?
+            .len(),
+        source_weights_sha256,
+        warnings,
+    })
+}
+
+/// The files after the manifest, in the order they are archived, with their bytes as stored.
+type Payload<'a> = Vec<(&'a str, Vec<u8>)>;
+
+/// `--id`, else the folder's name.
+fn package_id(opts: &PackOptions) -> Result<String, PackageError> {
+    match &opts.id {
+        Some(id) => Ok(id.clone()),
+        None => opts
+            .model_dir
             .canonicalize()
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .ok_or_else(|| unusable("cannot derive an id from the folder name; pass --id"))?,
-    };
+            .ok_or_else(|| unusable("cannot derive an id from the folder name; pass --id")),
+    }
+}
 
+/// The folder's files as the package stores them, and the sha256 of its `model.safetensors`
+/// as given (before a reranker's head is cut to one row or the weights are converted).
+fn read_payload<'a>(
+    opts: &PackOptions,
+    inferred: &'a Inferred,
+) -> Result<(Payload<'a>, String), PackageError> {
+    let dir = &opts.model_dir;
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).map_err(|e| PackageError::io("read", &p, e))
@@ -93,9 +140,8 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
     if let Some((yes, no)) = inferred.logit_rows {
         weights = logit_head::score_row(&weights, yes, no)?;
     }
-    let stored = |bytes: Vec<u8>, file: &str| storage::convert(bytes, opts.weights, file);
-    let weights = stored(weights, "model.safetensors")?;
-    let mut payload: Vec<(&str, Vec<u8>)> = vec![
+    let weights = storage::convert(weights, opts.weights, "model.safetensors")?;
+    let mut payload: Payload<'a> = vec![
         ("config.json", read("config.json")?),
         ("tokenizer.json", read("tokenizer.json")?),
         ("model.safetensors", weights),
@@ -111,25 +157,18 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         let bytes = storage::convert(read(&d.path)?, dense_storage, &d.path)?;
         payload.push((d.path.as_str(), bytes));
     }
-    let matryoshka = opts
-        .matryoshka
-        .clone()
-        .unwrap_or_else(|| matryoshka_dims(dir));
-    let matryoshka = (!matryoshka.is_empty()).then(|| Matryoshka {
-        dimensions: matryoshka,
-        // nomic-embed-text-v1.5's card layer-normalises a vector before cutting it.
-        layer_norm: inferred.architecture == Architecture::NomicBert,
-    });
-    let st_model = StModelConfig::read(dir)?;
-    let mut prompts = st_model.prompts;
-    // sentence-transformers writes empty prompts for models without any.
-    prompts.retain(|_, text| !text.is_empty());
-    prompts.extend(opts.prompts.iter().cloned());
-    // A folder's default naming no prompt is ignored; one given on the command line must
-    // exist (the manifest check says so).
-    let default_prompt = opts.default_prompt.clone().or(st_model
-        .default_prompt_name
-        .filter(|d| prompts.contains_key(d)));
+    Ok((payload, source_weights_sha256))
+}
+
+/// The manifest of what was inferred, the options and the payload, checked as the verifier
+/// will check it.
+fn build_manifest(
+    opts: &PackOptions,
+    id: String,
+    inferred: &Inferred,
+    payload: &Payload<'_>,
+) -> Result<Manifest, PackageError> {
+    let (prompts, default_prompt) = prompts(opts)?;
     let manifest = Manifest {
         prompts,
         default_prompt,
@@ -142,7 +181,7 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
         pooling: inferred.pooling,
         normalize: inferred.normalize,
         kind: inferred.kind,
-        matryoshka,
+        matryoshka: matryoshka(opts, inferred),
         dense: inferred.dense.clone(),
         labels: inferred.labels,
         activation: inferred.activation,
@@ -160,17 +199,55 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
     manifest
         .validate()
         .map_err(|e| unusable(format!("the manifest would be invalid: {e}")))?;
+    Ok(manifest)
+}
 
+/// The widths given, else those of the model card; none recorded when there are none.
+fn matryoshka(opts: &PackOptions, inferred: &Inferred) -> Option<Matryoshka> {
+    let dimensions = opts
+        .matryoshka
+        .clone()
+        .unwrap_or_else(|| matryoshka_dims(&opts.model_dir));
+    (!dimensions.is_empty()).then(|| Matryoshka {
+        dimensions,
+        // nomic-embed-text-v1.5's card layer-normalises a vector before cutting it.
+        layer_norm: inferred.architecture == Architecture::NomicBert,
+    })
+}
+
+/// The folder's prompts with the command line's over them, and the default prompt.
+fn prompts(opts: &PackOptions) -> Result<(BTreeMap<String, String>, Option<String>), PackageError> {
+    let st_model = StModelConfig::read(&opts.model_dir)?;
+    let mut prompts = st_model.prompts;
+    // sentence-transformers writes empty prompts for models without any.
+    prompts.retain(|_, text| !text.is_empty());
+    prompts.extend(opts.prompts.iter().cloned());
+    // A folder's default naming no prompt is ignored; one given on the command line must
+    // exist (the manifest check says so).
+    let default_prompt = opts.default_prompt.clone().or(st_model
+        .default_prompt_name
+        .filter(|d| prompts.contains_key(d)));
+    Ok((prompts, default_prompt))
+}
+
+/// Writes the manifest then the payload as a tar in a zstd stream (with its checksum), to a
+/// temporary file synced and renamed over `output`, so `output` is whole or absent.
+fn write_package(
+    output: &Path,
+    level: i32,
+    manifest: &Manifest,
+    payload: &Payload<'_>,
+) -> Result<(), PackageError> {
     let tmp = output.with_extension("tmp");
     let file = File::create(&tmp).map_err(|e| PackageError::io("create", &tmp, e))?;
     let write_err = |e: std::io::Error| PackageError::io("write", &tmp, e);
     let mut encoder =
-        zstd::stream::write::Encoder::new(BufWriter::new(file), opts.level).map_err(write_err)?;
+        zstd::stream::write::Encoder::new(BufWriter::new(file), level).map_err(write_err)?;
     encoder.include_checksum(true).map_err(write_err)?;
     let mut builder = tar::Builder::new(encoder);
     let yaml = manifest.to_yaml();
     append(&mut builder, MANIFEST_NAME, yaml.as_bytes()).map_err(write_err)?;
-    for (name, bytes) in &payload {
+    for (name, bytes) in payload {
         append(&mut builder, name, bytes).map_err(write_err)?;
     }
     let encoder = builder.into_inner().map_err(write_err)?;
@@ -178,39 +255,30 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
     out.flush().map_err(write_err)?;
     out.get_ref().sync_all().map_err(write_err)?;
     drop(out);
-    std::fs::rename(&tmp, output).map_err(|e| PackageError::io("rename into", output, e))?;
+    std::fs::rename(&tmp, output).map_err(|e| PackageError::io("rename into", output, e))
+}
 
-    let warnings = super::known::differences(
-        &manifest.id,
-        manifest.architecture,
-        manifest.dimensions,
-        &source_weights_sha256,
-    );
-    let package_sha256 = super::store::sha256_file(output)?;
-    write_provenance(
-        output,
-        &serde_json::json!({
-            "packed_by": concat!("caxton pack ", env!("CARGO_PKG_VERSION")),
-            "source_dir": std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
-            "source_weights_sha256": source_weights_sha256,
-            "known_release": super::known::KNOWN
-                .iter()
-                .find(|k| k.id == manifest.id)
-                .and_then(|k| k.weights_sha256)
-                .map(|w| w == source_weights_sha256),
-            "weights_storage": opts.weights.as_str(),
-            "differences_from_known_release": warnings,
-            "package_sha256": package_sha256,
-        }),
-    )?;
-    Ok(PackSummary {
-        manifest,
-        package_sha256,
-        package_size: std::fs::metadata(output)
-            .map_err(|e| PackageError::io("stat", output, e))?
-            .len(),
-        source_weights_sha256,
-        warnings,
+/// How the package was made, for [`write_provenance`].
+fn provenance_record(
+    opts: &PackOptions,
+    manifest: &Manifest,
+    source_weights_sha256: &str,
+    warnings: &[String],
+    package_sha256: &str,
+) -> serde_json::Value {
+    let dir = &opts.model_dir;
+    serde_json::json!({
+        "packed_by": concat!("caxton pack ", env!("CARGO_PKG_VERSION")),
+        "source_dir": std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+        "source_weights_sha256": source_weights_sha256,
+        "known_release": super::known::KNOWN
+            .iter()
+            .find(|k| k.id == manifest.id)
+            .and_then(|k| k.weights_sha256)
+            .map(|w| w == source_weights_sha256),
+        "weights_storage": opts.weights.as_str(),
+        "differences_from_known_release": warnings,
+        "package_sha256": package_sha256,
     })
 }
 
