@@ -117,7 +117,6 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::default();
         let m = Metrics {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(request_buckets),
@@ -144,114 +143,144 @@ impl Metrics {
             fallbacks: Family::default(),
             registry: Registry::default(),
         };
+        let mut registry = Registry::default();
+        m.register_requests(&mut registry);
+        m.register_engine(&mut registry);
+        m.register_models(&mut registry);
+        m.register_memory(&mut registry);
+        m.register_store(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// What requests got: their answers, their durations, and substitutions.
+    fn register_requests(&self, registry: &mut Registry) {
         registry.register(
             "caxton_fallback",
             "Requests answered by an alternative model (models.fallbacks), by the model asked for, the one that served and why",
-            m.fallbacks.clone(),
+            self.fallbacks.clone(),
         );
         registry.register(
             "caxton_requests",
             "HTTP requests by endpoint and status",
-            m.requests.clone(),
+            self.requests.clone(),
         );
         registry.register(
             "caxton_request_duration_seconds",
             "Time from request to response, by route and the model that served",
-            m.request_duration.clone(),
+            self.request_duration.clone(),
         );
+    }
+
+    /// What the engines did: texts, tokens, forward passes and their queues.
+    fn register_engine(&self, registry: &mut Registry) {
         registry.register(
             "caxton_embedded_texts",
             "Texts embedded, by model",
-            m.texts.clone(),
+            self.texts.clone(),
         );
         registry.register(
             "caxton_embedded_tokens",
             "Tokens embedded (special tokens included), by model",
-            m.tokens.clone(),
+            self.tokens.clone(),
         );
         registry.register(
             "caxton_batch_size",
             "Texts per forward pass, by model",
-            m.batch_size.clone(),
+            self.batch_size.clone(),
         );
         registry.register(
             "caxton_engine_queue_depth",
             "Jobs waiting for the model's engine thread",
-            m.engine_queue.clone(),
+            self.engine_queue.clone(),
         );
+        registry.register("caxton_batches", "Forward passes run", self.batches.clone());
+    }
+
+    /// Models coming and going: loads, their failures, unloads, and the packages refused.
+    fn register_models(&self, registry: &mut Registry) {
         registry.register(
             "caxton_model_load_duration_seconds",
             "Duration of each model load (self-test included)",
-            m.load_duration.clone(),
+            self.load_duration.clone(),
         );
         registry.register(
             "caxton_model_load_failures",
             "Model loads that failed, by model and reason",
-            m.load_failures.clone(),
+            self.load_failures.clone(),
         );
-        registry.register(
-            "caxton_model_cache_size_bytes",
-            "Bytes of the verified store (unpacked packages) on disk",
-            m.store_bytes.clone(),
-        );
-        registry.register(
-            "caxton_model_cache_entries",
-            "Packages unpacked in the verified store",
-            m.store_entries.clone(),
-        );
-        registry.register(
-            "caxton_model_cache_max_bytes",
-            "The bound on the verified store (store.max_size)",
-            m.store_bound.clone(),
-        );
-        registry.register("caxton_batches", "Forward passes run", m.batches.clone());
         registry.register(
             "caxton_model_load_time_seconds",
             "Duration of the model's last load",
-            m.load_time.clone(),
-        );
-        registry.register(
-            "caxton_model_memory_usage_bytes",
-            "Bytes of weights the model holds in memory",
-            m.memory.clone(),
+            self.load_time.clone(),
         );
         registry.register(
             "caxton_model_validation_failures",
             "Packages rejected, by reason",
-            m.validation_failures.clone(),
+            self.validation_failures.clone(),
         );
-        registry.register("caxton_models_unloaded", "Model unloads", m.unloads.clone());
+        registry.register(
+            "caxton_models_unloaded",
+            "Model unloads",
+            self.unloads.clone(),
+        );
         registry.register(
             "caxton_model_loads",
             "Model loads finished",
-            m.loads.clone(),
+            self.loads.clone(),
         );
         registry.register(
             "caxton_load_queue_waiting",
             "Requests waiting for their model to load",
-            m.queue_waiting.clone(),
+            self.queue_waiting.clone(),
+        );
+    }
+
+    /// Memory: what models hold, the budget, pressure, and what was shed or refused for it.
+    fn register_memory(&self, registry: &mut Registry) {
+        registry.register(
+            "caxton_model_memory_usage_bytes",
+            "Bytes of weights the model holds in memory",
+            self.memory.clone(),
         );
         registry.register(
             "caxton_models_shed",
             "Models unloaded to free memory (pressure, or room for another model)",
-            m.sheds.clone(),
+            self.sheds.clone(),
         );
         registry.register(
             "caxton_model_loads_refused",
             "Model loads refused because memory did not allow them",
-            m.admission_refusals.clone(),
+            self.admission_refusals.clone(),
         );
         registry.register(
             "caxton_memory_budget_bytes",
             "Bytes the loaded models may hold together",
-            m.budget.clone(),
+            self.budget.clone(),
         );
         registry.register(
             "caxton_memory_pressure_level",
             "Last pressure reading: 0 normal, 1 pressure, 2 critical",
-            m.pressure_level.clone(),
+            self.pressure_level.clone(),
         );
-        Metrics { registry, ..m }
+    }
+
+    /// The verified store on disk.
+    fn register_store(&self, registry: &mut Registry) {
+        registry.register(
+            "caxton_model_cache_size_bytes",
+            "Bytes of the verified store (unpacked packages) on disk",
+            self.store_bytes.clone(),
+        );
+        registry.register(
+            "caxton_model_cache_entries",
+            "Packages unpacked in the verified store",
+            self.store_entries.clone(),
+        );
+        registry.register(
+            "caxton_model_cache_max_bytes",
+            "The bound on the verified store (store.max_size)",
+            self.store_bound.clone(),
+        );
     }
 
     /// The text exposition of every metric.

@@ -22,57 +22,7 @@ pub(super) fn models(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
 fn models_table(v: &serde_json::Value) -> String {
     let rows: Vec<[String; 8]> = v["data"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|m| {
-                    let text = |k: &str| match &m[k] {
-                        serde_json::Value::Null => "-".to_string(),
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    let memory = m["memory_bytes"]
-                        .as_u64()
-                        .map_or("-".to_string(), |b| format!("{} MiB", b >> 20));
-                    // What it runs in when loaded (saying so when that is not what the
-                    // config asks), else what it will load in.
-                    let precision = match (&m["loaded_precision"], &m["precision"]) {
-                        (serde_json::Value::String(l), serde_json::Value::String(c)) if l != c => {
-                            format!("{l} ({c} configured)")
-                        }
-                        (serde_json::Value::String(l), _) => l.clone(),
-                        _ => text("precision"),
-                    };
-                    let detail = match m["state"].as_str() {
-                        Some("rejected") => format!("{} ({})", text("file"), text("reason")),
-                        Some("failed") => format!(
-                            "{} (load failed: {})",
-                            text("file"),
-                            m["failure"]["reason"].as_str().unwrap_or("?")
-                        ),
-                        _ => text("file"),
-                    };
-                    // A model loaded on a prediction says so until a request uses it.
-                    let state = match m["preloaded_by"].as_str() {
-                        Some(by) => format!("{} (preloaded by {by})", text("state")),
-                        None => text("state"),
-                    };
-                    let kind = match (m["kind"].as_str(), m["activation"].as_str()) {
-                        (Some(k), Some(a)) => format!("{k} ({a})"),
-                        _ => text("kind"),
-                    };
-                    [
-                        text("id"),
-                        text("version"),
-                        kind,
-                        state,
-                        text("source"),
-                        memory,
-                        precision,
-                        detail,
-                    ]
-                })
-                .collect()
-        })
+        .map(|a| a.iter().map(model_row).collect())
         .unwrap_or_default();
     let header = [
         "ID",
@@ -85,14 +35,69 @@ fn models_table(v: &serde_json::Value) -> String {
         "FILE",
     ]
     .map(str::to_string);
+    render(&header, &rows)
+}
+
+/// One model's row, in the header's order.
+fn model_row(m: &serde_json::Value) -> [String; 8] {
+    let text = |k: &str| match &m[k] {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let memory = m["memory_bytes"]
+        .as_u64()
+        .map_or("-".to_string(), |b| format!("{} MiB", b >> 20));
+    // What it runs in when loaded (saying so when that is not what the config asks), else
+    // what it will load in.
+    let precision = match (&m["loaded_precision"], &m["precision"]) {
+        (serde_json::Value::String(l), serde_json::Value::String(c)) if l != c => {
+            format!("{l} ({c} configured)")
+        }
+        (serde_json::Value::String(l), _) => l.clone(),
+        _ => text("precision"),
+    };
+    let detail = match m["state"].as_str() {
+        Some("rejected") => format!("{} ({})", text("file"), text("reason")),
+        Some("failed") => format!(
+            "{} (load failed: {})",
+            text("file"),
+            m["failure"]["reason"].as_str().unwrap_or("?")
+        ),
+        _ => text("file"),
+    };
+    // A model loaded on a prediction says so until a request uses it.
+    let state = match m["preloaded_by"].as_str() {
+        Some(by) => format!("{} (preloaded by {by})", text("state")),
+        None => text("state"),
+    };
+    let kind = match (m["kind"].as_str(), m["activation"].as_str()) {
+        (Some(k), Some(a)) => format!("{k} ({a})"),
+        _ => text("kind"),
+    };
+    [
+        text("id"),
+        text("version"),
+        kind,
+        state,
+        text("source"),
+        memory,
+        precision,
+        detail,
+    ]
+}
+
+/// The rows under the header, each column as wide as its widest cell but the last, which is
+/// left as long as it is.
+fn render(header: &[String; 8], rows: &[[String; 8]]) -> String {
     let mut widths = [0usize; 7];
-    for row in std::iter::once(&header).chain(rows.iter()) {
+    for row in std::iter::once(header).chain(rows.iter()) {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(rows.iter()) {
+    for row in std::iter::once(header).chain(rows.iter()) {
         for (w, cell) in widths.iter().zip(row.iter()) {
             out.push_str(&format!("{cell:w$}  "));
         }

@@ -26,10 +26,30 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         "metrics:      {}",
         metrics_line(&daemon["metrics_listeners"])
     );
-    let mib = |v: &serde_json::Value| {
-        v.as_u64()
-            .map_or("-".to_string(), |b| format!("{} MiB", b >> 20))
-    };
+    print_memory(&v);
+    print_pressure(&v);
+    print_process_and_store(&v);
+    print_cgroup(&v["cgroup"]);
+    print_models(&v);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `N MiB` for a byte count, `-` when there is none.
+fn mib(v: &serde_json::Value) -> String {
+    v.as_u64()
+        .map_or("-".to_string(), |b| format!("{} MiB", b >> 20))
+}
+
+/// A time the daemon gives in seconds since the epoch.
+fn time_of(seconds: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+    )
+    .to_string()
+}
+
+/// The models' memory against its budget and limit, and the loads it has seen.
+fn print_memory(v: &serde_json::Value) {
     println!(
         "model memory: {} of a {} budget ({})",
         mib(&v["model_memory_bytes"]),
@@ -53,6 +73,10 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         v["load_queue"]["waiting"].as_u64().unwrap_or(0),
         v["load_queue"]["refused"].as_u64().unwrap_or(0)
     );
+}
+
+/// The last pressure reading, an episode under way, and the models shed.
+fn print_pressure(v: &serde_json::Value) {
     let p = &v["pressure"];
     println!(
         "pressure:     {} from {} ({}){}; {} model(s) shed since start",
@@ -70,6 +94,9 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(why) = p["reading"]["why"].as_str() {
         println!("              {why}");
     }
+}
+
+fn print_process_and_store(v: &serde_json::Value) {
     println!(
         "process:      rss {}, peak {}; {} available to it, {} to the system",
         mib(&v["process"]["rss_bytes"]),
@@ -83,21 +110,29 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         v["store"]["entries"].as_u64().unwrap_or(0),
         mib(&v["store"]["max_bytes"])
     );
-    match v["cgroup"].as_object() {
-        Some(c) => println!(
-            "cgroup {}:    usage {}, max {}, high {} ({})",
-            c["version"].as_str().unwrap_or("?"),
-            mib(&c["usage_bytes"]),
-            c["max_bytes"]
-                .as_u64()
-                .map_or("none".into(), |b| format!("{} MiB", b >> 20)),
-            c["high_bytes"]
-                .as_u64()
-                .map_or("none".into(), |b| format!("{} MiB", b >> 20)),
-            c["path"].as_str().unwrap_or("?")
-        ),
-        None => println!("cgroup:       not readable"),
-    }
+}
+
+fn print_cgroup(cgroup: &serde_json::Value) {
+    let Some(c) = cgroup.as_object() else {
+        println!("cgroup:       not readable");
+        return;
+    };
+    let bound = |b: &serde_json::Value| {
+        b.as_u64()
+            .map_or("none".into(), |b| format!("{} MiB", b >> 20))
+    };
+    println!(
+        "cgroup {}:    usage {}, max {}, high {} ({})",
+        c["version"].as_str().unwrap_or("?"),
+        mib(&c["usage_bytes"]),
+        bound(&c["max_bytes"]),
+        bound(&c["high_bytes"]),
+        c["path"].as_str().unwrap_or("?")
+    );
+}
+
+/// The models loaded (with when they unload if idle), and those whose load failed.
+fn print_models(v: &serde_json::Value) {
     let loaded: Vec<String> = v["loaded"]
         .as_array()
         .map(|a| {
@@ -109,9 +144,7 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
                         mib(&m["memory_bytes"]),
                         m["expires_at"].as_u64().map_or(String::new(), |t| format!(
                             ", idle unload at {}",
-                            humantime::format_rfc3339_seconds(
-                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
-                            )
+                            time_of(t)
                         ))
                     )
                 })
@@ -132,15 +165,9 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
             f["id"].as_str().unwrap_or("?"),
             f["reason"].as_str().unwrap_or("?"),
             f["attempts"].as_u64().unwrap_or(0),
-            f["retry_at"]
-                .as_u64()
-                .map_or("?".into(), |t| humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
-                )
-                .to_string())
+            f["retry_at"].as_u64().map_or("?".into(), time_of)
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Whether metrics are served over TCP, and where.
