@@ -4,7 +4,7 @@
 //! in-flight requests.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
@@ -45,13 +45,7 @@ pub async fn run(
     } = listeners;
     let wanted = settings.metrics.addresses();
     let state = assemble(settings, config_dir.clone(), socket_activated);
-    let scrapes = &state.metrics_listeners;
-    scrapes.serve_with(api::metrics_router(state.clone()));
-    if let Err(e) = scrapes.adopt(metrics) {
-        // The sockets are systemd's; the daemon's own job does not depend on them.
-        tracing::error!(caxton_event = "metrics_listener_failed", "{e}");
-    }
-    scrapes.listen_or_retry(&wanted);
+    serve_metrics(&state, metrics, &wanted);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::connections::raise_fd_limit(state.settings().limits.max_connections);
@@ -69,27 +63,8 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     tokio::select! {
         result = start(&state) => {
-            if let Err(reason) = result {
-                tracing::error!(caxton_event = "unavailable", "{reason}");
-                state.set_health(Health::Unavailable(reason));
-            }
             // Keep the watcher alive until shutdown.
-            let _watcher = match reload::watch(state.clone(), config_dir.clone()) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!("cannot watch the configuration directory, changes apply on SIGHUP or caxton reload only: {e}");
-                    None
-                }
-            };
-            crate::monitor::spawn(state.clone());
-            spawn_usage_saver(state.clone());
-            crate::watchdog::spawn(state.clone());
-            if let Err(e) = crate::sideload::spawn(state.clone()) {
-                tracing::warn!("cannot watch for side-loaded packages, they are picked up on reload only: {e}");
-            }
-            let status = state.status_line();
-            systemd::ready(&status);
-            tracing::info!(caxton_event = "ready", "caxtond ready on {}: {status}", state.settings().socket.path.display());
+            let _watcher = come_up(&state, &config_dir, result);
             shutdown.as_mut().await;
         }
         () = shutdown.as_mut() => {}
@@ -108,6 +83,60 @@ pub async fn run(
     state.registry.save_usage();
     tracing::info!(caxton_event = "stopped", "stopped");
     Ok(())
+}
+
+/// Serves metrics on the sockets systemd passed and on `metrics.listen`'s addresses.
+fn serve_metrics(
+    state: &Arc<AppState>,
+    passed: Vec<(std::net::TcpListener, String)>,
+    wanted: &[std::net::SocketAddr],
+) {
+    let scrapes = &state.metrics_listeners;
+    scrapes.serve_with(api::metrics_router(state.clone()));
+    if let Err(e) = scrapes.adopt(passed) {
+        // The sockets are systemd's; the daemon's own job does not depend on them.
+        tracing::error!(caxton_event = "metrics_listener_failed", "{e}");
+    }
+    scrapes.listen_or_retry(wanted);
+}
+
+/// Once [`start`] ended (`started`): puts its outcome in force, starts the background work
+/// and tells systemd the daemon is ready. The configuration watcher it returns works as long
+/// as it is kept.
+fn come_up(
+    state: &Arc<AppState>,
+    config_dir: &Path,
+    started: Result<(), String>,
+) -> Option<notify::RecommendedWatcher> {
+    if let Err(reason) = started {
+        tracing::error!(caxton_event = "unavailable", "{reason}");
+        state.set_health(Health::Unavailable(reason));
+    }
+    let watcher = match reload::watch(state.clone(), config_dir.to_path_buf()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch the configuration directory, changes apply on SIGHUP or caxton reload only: {e}"
+            );
+            None
+        }
+    };
+    crate::monitor::spawn(state.clone());
+    spawn_usage_saver(state.clone());
+    crate::watchdog::spawn(state.clone());
+    if let Err(e) = crate::sideload::spawn(state.clone()) {
+        tracing::warn!(
+            "cannot watch for side-loaded packages, they are picked up on reload only: {e}"
+        );
+    }
+    let status = state.status_line();
+    systemd::ready(&status);
+    tracing::info!(
+        caxton_event = "ready",
+        "caxtond ready on {}: {status}",
+        state.settings().socket.path.display()
+    );
+    watcher
 }
 
 /// The shared state for `settings` (read from `config_dir`), with reloads served: what the HTTP

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
-use notify::{RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::package::Store;
 use crate::package::settle::{Change, Settler, package_of};
@@ -106,81 +107,101 @@ fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
 
 /// Starts the package-directory watcher and the periodic re-validation.
 pub fn spawn(state: Arc<AppState>) -> notify::Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(PathBuf, Change)>();
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                if let Some(change) = classify(&event.kind) {
-                    for path in &event.paths {
-                        if let Some(pkg) = package_of(path) {
-                            let _ = tx.send((pkg, change));
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!("package directory watch error: {e}"),
-        })?;
-
-    let watch_state = state.clone();
-    tokio::spawn(async move {
-        let mut watched: Option<(PathBuf, (u64, u64))> = None;
-        let mut settler = Settler::new(QUIET, watch_state.settings().models.settle_time.0);
-        let mut tick = tokio::time::interval(TICK);
-        loop {
-            tokio::select! {
-                Some((path, change)) = rx.recv() => {
-                    settler.note(path, change, Instant::now());
-                    continue;
-                }
-                _ = tick.tick() => {}
-            }
-            let settings = watch_state.settings();
-            settler.set_settle(settings.models.settle_time.0);
-            let dir = settings.models.package_dir.clone();
-            let identity = dir_identity(&dir);
-            let mut rescan_now = false;
-            // Follow the directory: created, deleted, recreated, or moved by a reload.
-            let current = watched.as_ref().map(|(d, id)| (d.clone(), *id));
-            if current.as_ref().map(|(d, id)| (d, Some(*id))) != Some((&dir, identity)) {
-                if let Some((old, _)) = &current {
-                    let _ = watcher.unwatch(old);
-                }
-                watched = None;
-                if let Some(id) = identity {
-                    match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                        Ok(()) => {
-                            tracing::info!("watching {} for side-loaded packages", dir.display());
-                            watched = Some((dir.clone(), id));
-                        }
-                        Err(e) => tracing::warn!("cannot watch {}: {e}", dir.display()),
-                    }
-                }
-                rescan_now = current.is_some() || watched.is_some();
-            }
-            if !settler.is_empty() {
-                let ready = settler.take_ready(Instant::now(), stamp);
-                if !ready.is_empty() {
-                    tracing::debug!("complete: {ready:?}");
-                    rescan_now = true;
-                }
-            }
-            watch_state.registry.set_pending(settler.pending());
-            if rescan_now {
-                rescan(&watch_state, false).await;
-            }
-        }
-    });
-
-    tokio::spawn(async move {
-        loop {
-            let interval = state.settings().models.validation_interval.0;
-            tokio::time::sleep(interval).await;
-            tracing::info!(
-                caxton_event = "store_revalidation",
-                "re-validating the model store"
-            );
-            rescan(&state, true).await;
-        }
-    });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(PathBuf, Change)>();
+    let watcher = package_watcher(tx)?;
+    tokio::spawn(watch_packages(state.clone(), watcher, rx));
+    tokio::spawn(revalidate_periodically(state));
     Ok(())
+}
+
+/// A watcher that sends each change to a package file down `tx`.
+fn package_watcher(tx: UnboundedSender<(PathBuf, Change)>) -> notify::Result<RecommendedWatcher> {
+    notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(event) => {
+            if let Some(change) = classify(&event.kind) {
+                for path in &event.paths {
+                    if let Some(pkg) = package_of(path) {
+                        let _ = tx.send((pkg, change));
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!("package directory watch error: {e}"),
+    })
+}
+
+/// Notes the changes `rx` brings and, every [`TICK`], follows the package directory and
+/// rescans once a file has settled or the directory changed.
+async fn watch_packages(
+    state: Arc<AppState>,
+    mut watcher: RecommendedWatcher,
+    mut rx: UnboundedReceiver<(PathBuf, Change)>,
+) {
+    let mut watched: Option<(PathBuf, (u64, u64))> = None;
+    let mut settler = Settler::new(QUIET, state.settings().models.settle_time.0);
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            Some((path, change)) = rx.recv() => {
+                settler.note(path, change, Instant::now());
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        let settings = state.settings();
+        settler.set_settle(settings.models.settle_time.0);
+        let mut rescan_now = follow_dir(&mut watcher, &mut watched, &settings.models.package_dir);
+        if !settler.is_empty() {
+            let ready = settler.take_ready(Instant::now(), stamp);
+            if !ready.is_empty() {
+                tracing::debug!("complete: {ready:?}");
+                rescan_now = true;
+            }
+        }
+        state.registry.set_pending(settler.pending());
+        if rescan_now {
+            rescan(&state, false).await;
+        }
+    }
+}
+
+/// Follows the directory: created, deleted, recreated, or moved by a reload. True when what
+/// is watched changed, so the directory is rescanned.
+fn follow_dir(
+    watcher: &mut RecommendedWatcher,
+    watched: &mut Option<(PathBuf, (u64, u64))>,
+    dir: &Path,
+) -> bool {
+    let identity = dir_identity(dir);
+    let current = watched.as_ref().map(|(d, id)| (d.clone(), *id));
+    if current.as_ref().map(|(d, id)| (d.as_path(), Some(*id))) == Some((dir, identity)) {
+        return false;
+    }
+    if let Some((old, _)) = &current {
+        let _ = watcher.unwatch(old);
+    }
+    *watched = None;
+    if let Some(id) = identity {
+        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                tracing::info!("watching {} for side-loaded packages", dir.display());
+                *watched = Some((dir.to_path_buf(), id));
+            }
+            Err(e) => tracing::warn!("cannot watch {}: {e}", dir.display()),
+        }
+    }
+    current.is_some() || watched.is_some()
+}
+
+/// Re-verifies the store every `models.validation_interval`, as it is at each wait.
+async fn revalidate_periodically(state: Arc<AppState>) {
+    loop {
+        let interval = state.settings().models.validation_interval.0;
+        tokio::time::sleep(interval).await;
+        tracing::info!(
+            caxton_event = "store_revalidation",
+            "re-validating the model store"
+        );
+        rescan(&state, true).await;
+    }
 }

@@ -109,21 +109,26 @@ pub async fn serve(
     state: Arc<AppState>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let connections = Arc::new(Connections::default());
-    let refusing = Arc::new(AtomicUsize::new(0));
     let (phase_tx, phase) = watch::channel(Phase::Serving);
+    let admitter = Admitter {
+        app,
+        state,
+        connections: Arc::new(Connections::default()),
+        refusing: Arc::new(AtomicUsize::new(0)),
+        phase,
+    };
     let mut tasks = JoinSet::new();
     let mut accept_failing = false;
     loop {
         while tasks.try_join_next().is_some() {}
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.changed() => break,
         };
-        let stream = match stream {
+        match accepted {
             Ok((stream, _)) => {
                 accept_failing = false;
-                stream
+                admitter.admit(stream, &mut tasks);
             }
             Err(e) => {
                 // Out of descriptors or memory: the bound frees some as connections close.
@@ -135,46 +140,67 @@ pub async fn serve(
                 }
                 accept_failing = true;
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    }
+    // New clients get "connection refused" at once rather than waiting on a backlog.
+    drop(listener);
+    drain(tasks, &phase_tx, &admitter.connections).await;
+}
+
+/// What a connection accepted is served with, or refused by.
+struct Admitter {
+    app: Router,
+    state: Arc<AppState>,
+    connections: Arc<Connections>,
+    /// Refused connections being answered.
+    refusing: Arc<AtomicUsize>,
+    phase: watch::Receiver<Phase>,
+}
+
+impl Admitter {
+    /// Serves `stream` within the bound (closing an idle connection for it if need be), or
+    /// refuses it, in a task of `tasks`.
+    fn admit(&self, stream: UnixStream, tasks: &mut JoinSet<()>) {
         let peer = Peer::of(&stream);
-        let limits = state.settings().limits.clone();
-        let admission = connections.admit(
+        let limits = self.state.settings().limits.clone();
+        let admission = self.connections.admit(
             (peer.uid, peer.pid),
             bound(limits.max_connections),
             limits.idle_timeout.0,
         );
-        let served = match admission {
+        match admission {
             Admission::Served {
                 id,
                 close,
                 activity,
-            } => (id, close, activity),
+            } => {
+                tasks.spawn(connection(
+                    stream,
+                    peer,
+                    (id, close, activity),
+                    self.app.clone(),
+                    self.connections.clone(),
+                    limits.idle_timeout.0,
+                    self.phase.clone(),
+                ));
+            }
             Admission::Refused => {
                 // Counted here, not in the task, so a burst cannot pass the cap before any
                 // task has run.
-                if refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
-                    tasks.spawn(refuse(stream, refusing.clone(), phase.clone()));
+                if self.refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING {
+                    tasks.spawn(refuse(stream, self.refusing.clone(), self.phase.clone()));
                 } else {
-                    refusing.fetch_sub(1, Ordering::AcqRel); // closed unanswered
+                    self.refusing.fetch_sub(1, Ordering::AcqRel); // closed unanswered
                 }
-                continue;
             }
-        };
-        let task = connection(
-            stream,
-            peer,
-            served,
-            app.clone(),
-            connections.clone(),
-            limits.idle_timeout.0,
-            phase.clone(),
-        );
-        tasks.spawn(task);
+        }
     }
-    // New clients get "connection refused" at once rather than waiting on a backlog.
-    drop(listener);
+}
+
+/// The stop: lets the connections finish what is under way, for [`DRAIN_DEADLINE`]; past it,
+/// cuts answers that are not read.
+async fn drain(mut tasks: JoinSet<()>, phase_tx: &watch::Sender<Phase>, connections: &Connections) {
     let _ = phase_tx.send(Phase::Draining);
     let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
         while tasks.join_next().await.is_some() {}
