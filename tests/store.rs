@@ -1,4 +1,4 @@
-//! The verified store's disk: only the serving version of each model and one fallback are
+//! The verified store's disk: only the serving version of each model and one previous version are
 //! unpacked, fallbacks go oldest first past `store.max_size`, the serving versions never do,
 //! and a package that does not fit on the filesystem is refused with the numbers.
 
@@ -74,7 +74,7 @@ fn only_the_serving_version_and_one_fallback_are_unpacked() {
     wait_until(&d, "m 3 with m 2 as its fallback", || {
         serves(&d, "m", "3") && stored(&d) == pairs(&[bundled, ("m", "2"), ("m", "3")])
     });
-    // Version 1, stored while it served, is beyond the one fallback now.
+    // Version 1, stored while it served, is beyond the one previous version kept now.
     wait_until(&d, "the removal in the journal", || {
         d.log()
             .contains("(m version 1) removed: no package version the daemon keeps refers to it")

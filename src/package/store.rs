@@ -272,7 +272,7 @@ impl Store {
     }
 
     /// Removes store entries whose digest is not in `keep`: packages removed, versions
-    /// superseded beyond one fallback, fallbacks past `store.max_size`. Loaded models keep
+    /// superseded beyond the one previous version kept, previous versions past `store.max_size`. Loaded models keep
     /// working: they hold their weights in memory, not the files.
     pub fn retain(&self, keep: &[String]) {
         let Ok(entries) = fs::read_dir(&self.root) else {
@@ -297,7 +297,7 @@ impl Store {
                     tracing::info!(
                         caxton_event = "store_entry_removed",
                         caxton_file = %entry.path().display(),
-                        "store entry {name} ({what}) removed: no package version the daemon keeps refers to it (package removed, superseded beyond one fallback, or a fallback past store.max_size)"
+                        "store entry {name} ({what}) removed: no package version the daemon keeps refers to it (package removed, superseded beyond the one previous version kept, or a previous version past store.max_size)"
                     );
                 }
             }

@@ -181,101 +181,17 @@ impl Registry {
         deadline: Instant,
         need_for: Need,
     ) -> Result<Arc<LoadedModel>, LoadError> {
-        let guess = matches!(need_for, Need::Guess);
         if let Some(model) = slot.loaded.lock().await.as_ref() {
             return Ok(model.clone());
         }
         let id = slot.package.manifest.id.clone();
         let precision = self.precision_of(&id);
-        // Room for the model and for a forward pass over its longest text (hundreds of MiB at
-        // 8,192 tokens): admitted only if both fit, so serving it cannot overrun the budget.
-        let need = slot.footprint(&self.governor, precision) + slot.longest_pass();
-        // While it loads, the model also holds its weights file as read (f16 ones are widened
-        // from it): room is needed for that peak, not only for what stays.
-        let peak = need
-            + slot
-                .package
-                .manifest
-                .files
-                .iter()
-                .filter(|f| f.path.ends_with(".safetensors"))
-                .map(|f| f.size)
-                .sum::<u64>();
-        let rules = self.governor.rules(&id);
-        loop {
-            let refusal = if self.governor.critical() {
-                let why = self
-                    .governor
-                    .pressure()
-                    .reading
-                    .map(|r| r.why)
-                    .unwrap_or_default();
-                policy::Refusal {
-                    reason: format!(
-                        "model {id} cannot be loaded now: memory is critically short ({why}); retry later"
-                    ),
-                    retry_after: self.governor.retry_after(),
-                    wait: true,
-                }
-            } else {
-                let mut limits = self.governor.limits();
-                // What stays must fit below the pressure threshold; the load's peak only below
-                // the critical one (it lasts a fraction of a second).
-                let transient = peak.saturating_sub(need) as i64;
-                if let (Some((r, _)), Some(p)) = (limits.room.as_mut(), limits.peak_room) {
-                    *r = (*r).min(p - transient);
-                }
-                // As the last resort, what stays must fit below the critical threshold less
-                // the reserve, and the peak below the hard limit less the reserve.
-                if let (Some(r), Some(h)) = (limits.last_resort_room.as_mut(), limits.hard_room) {
-                    *r = (*r).min(h.saturating_sub(transient));
-                }
-                limits.alone = match &need_for {
-                    Need::Guess => false,
-                    Need::Serve(chain) => self.nothing_loaded_of(&id, chain),
-                };
-                match policy::admit(
-                    &id,
-                    rules.priority,
-                    need,
-                    &self.residents(),
-                    &limits,
-                    self.governor.retry_after(),
-                ) {
-                    Ok(victims) if victims.is_empty() => break,
-                    Ok(victims) if guess => policy::Refusal {
-                        reason: format!(
-                            "loading {id} would shed {} (a prediction never sheds)",
-                            victims.join(", ")
-                        ),
-                        retry_after: self.governor.retry_after(),
-                        wait: false,
-                    },
-                    Ok(victims) => {
-                        self.make_room(&id, &victims, deadline).await?;
-                        // Decide again on what the cgroup now shows.
-                        continue;
-                    }
-                    Err(r) => r,
-                }
-            };
-            if guess {
-                return Err(LoadError::NoMemory {
-                    id,
-                    reason: refusal.reason,
-                    retry_after: refusal.retry_after,
-                    lasting: !refusal.wait,
-                });
-            }
-            // Waiting past the deadline helps nobody, and would hold up the queue behind.
-            let now = Instant::now();
-            if !refusal.wait || now + RECHECK.max(refusal.retry_after) > deadline {
-                return Err(self.refuse(&id, refusal.reason, refusal.retry_after, !refusal.wait));
-            }
-            tokio::time::sleep(RECHECK.min(refusal.retry_after)).await;
-        }
+        let (need, peak) = self.room_needed(&slot, precision);
+        let priority = self.governor.rules(&id).priority;
+        self.wait_for_room(&id, priority, (need, peak), deadline, &need_for)
+            .await?;
         let model = slot
-            .acquire(self.options, self.batch.clone(), precision)
+            .acquire(self.load.options, self.load.batch.clone(), precision)
             .await?;
         self.governor.note_load();
         crate::metrics::get()
@@ -288,30 +204,159 @@ impl Registry {
         if took != grown {
             slot.set_memory(took);
         }
-        if took > need && guess {
-            // A prediction never sheds, not even after the fact: when it overshot the
-            // budget, it goes itself.
-            let budget = self.governor.limits().budget;
-            if self.model_memory() > budget {
-                drop(model);
-                let _ = self
-                    .unload(&id, "a prediction took more memory than estimated")
-                    .await;
-                return Err(LoadError::NoMemory {
-                    id: id.clone(),
-                    reason: format!(
-                        "model {id} took {} MiB, more than estimated, past the budget of {} MiB; a prediction never sheds, so it was unloaded again",
-                        took >> 20,
-                        budget >> 20
-                    ),
-                    retry_after: self.governor.retry_after(),
-                    lasting: false,
-                });
-            }
-        } else if took > need {
-            self.rebalance(&id, rules.priority, took).await;
+        if took > need {
+            self.took_more_than_estimated(&id, priority, took, &need_for)
+                .await?;
         }
         Ok(model)
+    }
+
+    /// The room `slot` needs loaded in `precision`, and at the peak of its load. Room for the
+    /// model and for a forward pass over its longest text (hundreds of MiB at 8,192 tokens):
+    /// admitted only if both fit, so serving it cannot overrun the budget. While it loads, the
+    /// model also holds its weights file as read (f16 ones are widened from it): room is
+    /// needed for that peak, not only for what stays.
+    fn room_needed(&self, slot: &ModelSlot, precision: crate::engine::Precision) -> (u64, u64) {
+        let need = slot.footprint(&self.governor, precision) + slot.longest_pass();
+        let weights = slot
+            .package
+            .manifest
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".safetensors"))
+            .map(|f| f.size)
+            .sum::<u64>();
+        (need, need + weights)
+    }
+
+    /// Returns once `id` (of `priority`, needing `(need, peak)` bytes) fits, having shed what
+    /// must go for a request; the refusal when it does not fit before `deadline` or waiting
+    /// cannot help.
+    async fn wait_for_room(
+        &self,
+        id: &str,
+        priority: u8,
+        (need, peak): (u64, u64),
+        deadline: Instant,
+        need_for: &Need,
+    ) -> Result<(), LoadError> {
+        let guess = matches!(need_for, Need::Guess);
+        loop {
+            let refusal = match self.decide(id, priority, (need, peak), need_for) {
+                Ok(victims) if victims.is_empty() => return Ok(()),
+                Ok(victims) if guess => policy::Refusal {
+                    reason: format!(
+                        "loading {id} would shed {} (a prediction never sheds)",
+                        victims.join(", ")
+                    ),
+                    retry_after: self.governor.retry_after(),
+                    wait: false,
+                },
+                Ok(victims) => {
+                    self.make_room(id, &victims, deadline).await?;
+                    // Decide again on what the cgroup now shows.
+                    continue;
+                }
+                Err(r) => r,
+            };
+            if guess {
+                return Err(LoadError::NoMemory {
+                    id: id.to_string(),
+                    reason: refusal.reason,
+                    retry_after: refusal.retry_after,
+                    lasting: !refusal.wait,
+                });
+            }
+            // Waiting past the deadline helps nobody, and would hold up the queue behind.
+            let now = Instant::now();
+            if !refusal.wait || now + RECHECK.max(refusal.retry_after) > deadline {
+                return Err(self.refuse(id, refusal.reason, refusal.retry_after, !refusal.wait));
+            }
+            tokio::time::sleep(RECHECK.min(refusal.retry_after)).await;
+        }
+    }
+
+    /// The policy's decision on loading `id` now: the models to shed first (none: it fits), or
+    /// the refusal. Nothing loads while memory is critical.
+    fn decide(
+        &self,
+        id: &str,
+        priority: u8,
+        (need, peak): (u64, u64),
+        need_for: &Need,
+    ) -> Result<Vec<String>, policy::Refusal> {
+        if self.governor.critical() {
+            let why = self
+                .governor
+                .pressure()
+                .reading
+                .map(|r| r.why)
+                .unwrap_or_default();
+            return Err(policy::Refusal {
+                reason: format!(
+                    "model {id} cannot be loaded now: memory is critically short ({why}); retry later"
+                ),
+                retry_after: self.governor.retry_after(),
+                wait: true,
+            });
+        }
+        let mut limits = self.governor.limits();
+        // What stays must fit below the pressure threshold; the load's peak only below
+        // the critical one (it lasts a fraction of a second).
+        let transient = peak.saturating_sub(need) as i64;
+        if let (Some((r, _)), Some(p)) = (limits.room.as_mut(), limits.peak_room) {
+            *r = (*r).min(p - transient);
+        }
+        // As the last resort, what stays must fit below the critical threshold less
+        // the reserve, and the peak below the hard limit less the reserve.
+        if let (Some(r), Some(h)) = (limits.last_resort_room.as_mut(), limits.hard_room) {
+            *r = (*r).min(h.saturating_sub(transient));
+        }
+        limits.alone = match need_for {
+            Need::Guess => false,
+            Need::Serve(chain) => self.nothing_loaded_of(id, chain),
+        };
+        policy::admit(
+            id,
+            priority,
+            need,
+            &self.residents(),
+            &limits,
+            self.governor.retry_after(),
+        )
+    }
+
+    /// After a load of `id` that took `took` bytes, more than its estimate: a prediction
+    /// never sheds, not even after the fact, so when it overshot the budget it goes itself;
+    /// a request's load sheds lower-value models back within the budget.
+    async fn took_more_than_estimated(
+        &self,
+        id: &str,
+        priority: u8,
+        took: u64,
+        need_for: &Need,
+    ) -> Result<(), LoadError> {
+        if !matches!(need_for, Need::Guess) {
+            self.rebalance(id, priority, took).await;
+            return Ok(());
+        }
+        let budget = self.governor.limits().budget;
+        if self.model_memory() <= budget {
+            return Ok(());
+        }
+        let _ = self
+            .unload(id, "a prediction took more memory than estimated")
+            .await;
+        Err(LoadError::NoMemory {
+            id: id.to_string(),
+            reason: format!(
+                "model {id} took {} MiB, more than estimated, past the budget of {} MiB; a prediction never sheds, so it was unloaded again",
+                took >> 20,
+                budget >> 20
+            ),
+            retry_after: self.governor.retry_after(),
+            lasting: false,
+        })
     }
 
     /// Sheds `victims` for `id` and waits, until `deadline`, for their in-flight requests to

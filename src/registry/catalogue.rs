@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::retention;
 use super::slot::ModelSlot;
@@ -137,6 +137,14 @@ impl Stamp {
 
 pub(super) type Verdict = Result<StoredPackage, Rejection>;
 
+/// What the last committed scan decided of each package file (by its stamp, so an unchanged
+/// file is not read again), and the files still being written, which every scan leaves alone.
+#[derive(Default)]
+pub(super) struct Verdicts {
+    cache: Mutex<HashMap<PathBuf, (Option<Stamp>, Verdict)>>,
+    pending: Mutex<HashSet<PathBuf>>,
+}
+
 impl Registry {
     /// Verifies every candidate into `store` and replaces the registry's view with the result.
     /// Blocking (hashing, decompression): call from a blocking context.
@@ -166,119 +174,21 @@ impl Registry {
         policy: &SignaturePolicy,
         force: bool,
     ) -> ScanResult {
-        let mut rejected = Vec::new();
-        // Verdicts only enter the cache when this scan is committed, so a refused reload (say,
-        // one that dropped require_signature) leaves no verdicts made under its policy behind.
-        let mut cache = self
-            .verdicts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut next_cache = HashMap::new();
         let pending = self
+            .verdicts
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut by_id: BTreeMap<String, Vec<(StoredPackage, Candidate)>> = BTreeMap::new();
-        for c in candidates.iter().filter(|c| !pending.contains(&c.file)) {
-            let stamp = Stamp::of(&c.file);
-            let cached = cache
-                .remove(&c.file)
-                .filter(|(s, _)| !force && stamp.is_some() && *s == stamp);
-            if cached.is_none() {
-                crate::systemd::extend_timeout(PACKAGE_TIME);
-            }
-            let verdict = match cached {
-                Some((_, verdict)) => verdict,
-                None => match store.verify(&c.file, policy) {
-                    Ok(pkg) => {
-                        tracing::info!(
-                            caxton_event = "package_verified",
-                            caxton_model = %pkg.manifest.id,
-                            caxton_file = %c.file.display(),
-                            "package {} verified: {} version {}",
-                            c.file.display(),
-                            pkg.manifest.id,
-                            pkg.manifest.version
-                        );
-                        Ok(pkg)
-                    }
-                    Err(e) => Err(rejection(c, &e)),
-                },
-            };
-            // An I/O failure (a full disk, say) is not a property of the file: try it again at the
-            // next scan instead of remembering it.
-            if !matches!(&verdict, Err(r) if r.kind == "io_error") {
-                next_cache.insert(c.file.clone(), (stamp, verdict.clone()));
-            }
-            match verdict {
-                Ok(pkg) => by_id
-                    .entry(pkg.manifest.id.clone())
-                    .or_default()
-                    .push((pkg, c.clone())),
-                Err(r) => rejected.push(r),
-            }
-        }
-        drop(cache);
-
+        let mut scan = self.judge(store, candidates, &pending, policy, force);
         let mut winners = BTreeMap::new();
         let mut serving = Vec::new();
-        let mut fallbacks = Vec::new();
-        for (id, mut versions) in by_id {
-            versions.sort_by(|(a, _), (b, _)| {
-                compare_versions(&b.manifest.version, &a.manifest.version)
-            });
-            let mut versions = versions.into_iter();
-            // The newest version that is in the store or can be unpacked into it now serves.
-            let mut winner = None;
-            for (pkg, c) in versions.by_ref() {
-                if pkg.is_stored() {
-                    winner = Some((pkg, c));
-                    break;
-                }
-                crate::systemd::extend_timeout(PACKAGE_TIME);
-                match store.install(&c.file, policy) {
-                    Ok(stored) => {
-                        winner = Some((stored, c));
-                        break;
-                    }
-                    Err(e) => {
-                        let r = rejection(&c, &e);
-                        match next_cache.get_mut(&c.file) {
-                            _ if r.kind == "io_error" => {
-                                next_cache.remove(&c.file);
-                            }
-                            Some(entry) => entry.1 = Err(r.clone()),
-                            None => {}
-                        }
-                        rejected.push(r);
-                    }
-                }
-            }
-            let Some((pkg, c)) = winner else {
+        let mut previous = Vec::new();
+        for (id, versions) in std::mem::take(&mut scan.by_id) {
+            let Some((pkg, c, kept)) = scan.pick(store, policy, &id, versions) else {
                 continue;
             };
-            let rest: Vec<_> = versions.collect();
-            for (lose, lose_c) in &rest {
-                tracing::info!(
-                    caxton_event = "package_superseded",
-                    caxton_model = %id,
-                    "{id}: version {} from {} wins over version {} from {}",
-                    pkg.manifest.version,
-                    c.file.display(),
-                    lose.manifest.version,
-                    lose_c.file.display()
-                );
-            }
-            if let Some((f, f_c)) = rest.iter().find(|(p, _)| p.is_stored()) {
-                use std::os::unix::fs::MetadataExt;
-                fallbacks.push(retention::Fallback {
-                    sha: f.package_sha256.clone(),
-                    bytes: f.unpacked_bytes(),
-                    arrived: std::fs::metadata(&f_c.file).map_or(0, |m| m.mtime()),
-                });
-            }
+            previous.extend(kept);
             serving.push((pkg.package_sha256.clone(), pkg.unpacked_bytes()));
             winners.insert(id, (pkg, c));
         }
@@ -289,14 +199,61 @@ impl Registry {
             }
         }
         let bound = store.bound_bytes();
-        let kept = retention::retain(&serving, &fallbacks, bound);
+        let kept = retention::retain(&serving, &previous, bound);
         warn_over_bound(kept.bytes, bound);
         ScanResult {
-            cache: next_cache,
+            cache: scan.next_cache,
             winners,
-            rejected,
+            rejected: scan.rejected,
             verified: kept.keep,
         }
+    }
+
+    /// Each candidate's verdict (the cached one while its stamp is unchanged, unless `force`),
+    /// the verified ones grouped by id. Files still arriving (`pending`) are left out.
+    fn judge(
+        &self,
+        store: &Store,
+        candidates: &[Candidate],
+        pending: &HashSet<PathBuf>,
+        policy: &SignaturePolicy,
+        force: bool,
+    ) -> Judged {
+        // Verdicts only enter the cache when this scan is committed, so a refused reload (say,
+        // one that dropped require_signature) leaves no verdicts made under its policy behind.
+        let mut cache = self
+            .verdicts
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut judged = Judged::default();
+        for c in candidates.iter().filter(|c| !pending.contains(&c.file)) {
+            let stamp = Stamp::of(&c.file);
+            let cached = cache
+                .remove(&c.file)
+                .filter(|(s, _)| !force && stamp.is_some() && *s == stamp);
+            let verdict = match cached {
+                Some((_, verdict)) => verdict,
+                None => verify(store, c, policy),
+            };
+            // An I/O failure (a full disk, say) is not a property of the file: try it again at the
+            // next scan instead of remembering it.
+            if !matches!(&verdict, Err(r) if r.kind == "io_error") {
+                judged
+                    .next_cache
+                    .insert(c.file.clone(), (stamp, verdict.clone()));
+            }
+            match verdict {
+                Ok(pkg) => judged
+                    .by_id
+                    .entry(pkg.manifest.id.clone())
+                    .or_default()
+                    .push((pkg, c.clone())),
+                Err(r) => judged.rejected.push(r),
+            }
+        }
+        judged
     }
 
     /// The models serving now whose package file is gone while other files in its directory
@@ -340,9 +297,13 @@ impl Registry {
     /// Makes a scan's result the registry's view, keeping loaded engines whose package is
     /// unchanged.
     pub fn commit(&self, scan: ScanResult) {
-        *self.verdicts.lock().unwrap_or_else(|p| p.into_inner()) = scan.cache;
+        *self
+            .verdicts
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = scan.cache;
         let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
-        let mut remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        let mut remembered = self.usage.remembered();
         let mut next = BTreeMap::new();
         for (id, (pkg, c)) in scan.winners {
             let slot = match models.remove(&id) {
@@ -375,7 +336,109 @@ impl Registry {
 
     /// Records which files are still being written (see [`crate::package::settle`]).
     pub fn set_pending(&self, files: HashSet<PathBuf>) {
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = files;
+        *self
+            .verdicts
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = files;
+    }
+}
+
+/// The verdicts of one scan before versions are picked.
+#[derive(Default)]
+struct Judged {
+    /// Verified packages by id, every version.
+    by_id: BTreeMap<String, Vec<(StoredPackage, Candidate)>>,
+    rejected: Vec<Rejection>,
+    /// The verdict cache once this scan is committed.
+    next_cache: HashMap<PathBuf, (Option<Stamp>, Verdict)>,
+}
+
+impl Judged {
+    /// The version of `id` that serves: the newest that is in the store or can be unpacked
+    /// into it now; with it, the newest older version already stored (the previous version
+    /// the store may keep). A version that cannot be unpacked is rejected.
+    fn pick(
+        &mut self,
+        store: &Store,
+        policy: &SignaturePolicy,
+        id: &str,
+        mut versions: Vec<(StoredPackage, Candidate)>,
+    ) -> Option<(StoredPackage, Candidate, Option<retention::Previous>)> {
+        versions
+            .sort_by(|(a, _), (b, _)| compare_versions(&b.manifest.version, &a.manifest.version));
+        let mut versions = versions.into_iter();
+        let mut winner = None;
+        for (pkg, c) in versions.by_ref() {
+            if pkg.is_stored() {
+                winner = Some((pkg, c));
+                break;
+            }
+            crate::systemd::extend_timeout(PACKAGE_TIME);
+            match store.install(&c.file, policy) {
+                Ok(stored) => {
+                    winner = Some((stored, c));
+                    break;
+                }
+                Err(e) => self.refused_unpacking(&c, &e),
+            }
+        }
+        let (pkg, c) = winner?;
+        let rest: Vec<_> = versions.collect();
+        for (lose, lose_c) in &rest {
+            tracing::info!(
+                caxton_event = "package_superseded",
+                caxton_model = %id,
+                "{id}: version {} from {} wins over version {} from {}",
+                pkg.manifest.version,
+                c.file.display(),
+                lose.manifest.version,
+                lose_c.file.display()
+            );
+        }
+        let previous = rest.iter().find(|(p, _)| p.is_stored()).map(|(f, f_c)| {
+            use std::os::unix::fs::MetadataExt;
+            retention::Previous {
+                sha: f.package_sha256.clone(),
+                bytes: f.unpacked_bytes(),
+                arrived: std::fs::metadata(&f_c.file).map_or(0, |m| m.mtime()),
+            }
+        });
+        Some((pkg, c, previous))
+    }
+
+    /// A verified version that could not be unpacked: rejected, and its cached verdict too
+    /// (forgotten instead when the cause was I/O, which may pass).
+    fn refused_unpacking(&mut self, c: &Candidate, e: &PackageError) {
+        let r = rejection(c, e);
+        match self.next_cache.get_mut(&c.file) {
+            _ if r.kind == "io_error" => {
+                self.next_cache.remove(&c.file);
+            }
+            Some(entry) => entry.1 = Err(r.clone()),
+            None => {}
+        }
+        self.rejected.push(r);
+    }
+}
+
+/// Verifies candidate `c` (without unpacking it) into its verdict.
+fn verify(store: &Store, c: &Candidate, policy: &SignaturePolicy) -> Verdict {
+    crate::systemd::extend_timeout(PACKAGE_TIME);
+    match store.verify(&c.file, policy) {
+        Ok(pkg) => {
+            tracing::info!(
+                caxton_event = "package_verified",
+                caxton_model = %pkg.manifest.id,
+                caxton_file = %c.file.display(),
+                "package {} verified: {} version {}",
+                c.file.display(),
+                pkg.manifest.id,
+                pkg.manifest.version
+            );
+            Ok(pkg)
+        }
+        Err(e) => Err(rejection(c, &e)),
     }
 }
 

@@ -74,11 +74,7 @@ impl Registry {
 
     /// The loaded models as the memory policy sees them.
     pub fn residents(&self) -> Vec<Resident> {
-        let default = self
-            .default
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let default = self.load.default();
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         models
             .values()

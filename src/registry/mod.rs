@@ -13,17 +13,19 @@ mod catalogue;
 mod error;
 pub mod fallback;
 pub mod habits;
+mod load_config;
 mod loaded;
 mod prediction;
 mod refusals;
 pub mod retention;
 mod serving;
 mod slot;
+mod usage;
 pub mod usage_file;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -32,11 +34,12 @@ use crate::config::MemorySettings;
 use crate::engine::{BatchLimits, EngineOptions, Precision};
 use crate::memory::governor::Governor;
 pub use catalogue::{Candidate, ScanResult, candidates, find_packages, signature_policy};
-use catalogue::{Stamp, Verdict};
 pub use error::{LoadError, ModelError};
+use load_config::LoadConfig;
 pub use prediction::{Prediction, Preloaded};
 pub use serving::{Served, Wanted};
 pub use slot::ModelSlot;
+use usage::UsageKeeper;
 
 /// Where a package came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -144,54 +147,38 @@ pub struct ModelInfo {
     pub kernel: Option<&'static str>,
 }
 
-/// All models the daemon knows of.
+/// All models the daemon knows of: the verified ones (each a [`ModelSlot`]) and the refused
+/// packages; what the rest of the registry needs is held by parts named for what they own.
 pub struct Registry {
-    options: EngineOptions,
-    verdicts: Mutex<HashMap<PathBuf, (Option<Stamp>, Verdict)>>,
-    /// Files still being written into the package directory: every scan leaves them alone.
-    pending: Mutex<HashSet<PathBuf>>,
-    batch: Arc<RwLock<BatchLimits>>,
-    /// `models.precision`: each model's configured precision (f32 when absent).
-    precision: RwLock<BTreeMap<String, Precision>>,
+    /// How models load and rank: engine options, batch limits, precisions, the default model.
+    load: LoadConfig,
+    /// What the last scans decided of each package file, and the files still arriving.
+    verdicts: catalogue::Verdicts,
     models: RwLock<BTreeMap<String, Arc<ModelSlot>>>,
     rejected: RwLock<Vec<Rejection>>,
-    /// `models.default`: among models of its priority it is shed last.
-    default: RwLock<String>,
     /// Woken whenever a model finishes loading, so requests queued for it stop waiting.
     loaded_event: tokio::sync::Notify,
     /// The memory policy's state: budget, rules, shedding.
     pub governor: Arc<Governor>,
-    /// Usage read from `state_dir` at start, and of models whose package is gone meanwhile:
-    /// given to a model's slot when its package appears, kept in the file until then.
-    remembered: Mutex<BTreeMap<String, usage_file::Record>>,
-    /// Where usage is kept, once [`Registry::restore_usage`] set it; and what was last written.
-    usage_store: Mutex<Option<UsageStore>>,
+    /// Usage of models not here now, and the file all usage is kept in.
+    usage: UsageKeeper,
     /// Models being answered for by an alternative (`models.fallbacks`).
     pub fallbacks: fallback::Episodes,
     /// Refused loads, for the journal's one line per episode.
     refusals: refusals::RefusalLog,
 }
 
-/// Where usage is kept, and what was last written there (`None`: the file was damaged and
-/// must be rewritten even if nothing changed).
-type UsageStore = (PathBuf, Option<BTreeMap<String, usage_file::Record>>);
-
 impl Registry {
     /// An empty registry whose models will run with `options` under `memory`'s rules.
     pub fn new(options: EngineOptions, memory: &MemorySettings) -> Registry {
         Registry {
             governor: Arc::new(Governor::new(memory)),
-            batch: Arc::new(RwLock::new(options.batch)),
-            precision: RwLock::new(BTreeMap::new()),
-            options,
+            load: LoadConfig::new(options),
+            verdicts: catalogue::Verdicts::default(),
             models: RwLock::new(BTreeMap::new()),
             rejected: RwLock::new(Vec::new()),
-            default: RwLock::new(String::new()),
             loaded_event: tokio::sync::Notify::new(),
-            verdicts: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashSet::new()),
-            remembered: Mutex::new(BTreeMap::new()),
-            usage_store: Mutex::new(None),
+            usage: UsageKeeper::default(),
             fallbacks: fallback::Episodes::default(),
             refusals: refusals::RefusalLog::default(),
         }
@@ -200,29 +187,12 @@ impl Registry {
     /// Reads the usage kept under `state_dir` (before the first scan, whose models take it)
     /// and keeps it there from now on.
     pub fn restore_usage(&self, state_dir: &std::path::Path) {
-        let path = usage_file::path(state_dir);
-        let (records, sound) = usage_file::read(&path);
-        if !records.is_empty() {
-            tracing::info!(
-                caxton_event = "usage_restored",
-                "usage of {} models restored from {}",
-                records.len(),
-                path.display()
-            );
-        }
-        *self.remembered.lock().unwrap_or_else(|p| p.into_inner()) = records.clone();
-        // A damaged file is rewritten at the next save even when nothing changed.
-        let written = sound.then_some(records);
-        *self.usage_store.lock().unwrap_or_else(|p| p.into_inner()) = Some((path, written));
+        self.usage.restore(state_dir);
     }
 
     /// Every model's usage: the verified models', and what is remembered of the others.
     pub fn usage_records(&self) -> BTreeMap<String, usage_file::Record> {
-        let mut records = self
-            .remembered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let mut records = self.usage.remembered().clone();
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         for (id, slot) in models.iter() {
             records.insert(id.clone(), slot.record());
@@ -233,28 +203,12 @@ impl Registry {
     /// Writes the usage file when usage changed since the last write; a failure is logged
     /// (with the file and the reason) and tried again at the next call.
     pub fn save_usage(&self) {
-        let records = self.usage_records();
-        let mut store = self.usage_store.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((path, written)) = store.as_mut() else {
-            return;
-        };
-        if written.as_ref() == Some(&records) {
-            return;
-        }
-        match usage_file::write(path, &records) {
-            Ok(()) => *written = Some(records),
-            Err(e) => tracing::warn!(
-                caxton_event = "usage_state_unwritable",
-                caxton_file = %path.display(),
-                "cannot write model usage to {}: {e}; it is kept in memory and tried again",
-                path.display()
-            ),
-        }
+        self.usage.save(self.usage_records());
     }
 
     /// Changes forward-pass limits for every model, loaded or not.
     pub fn set_batch_limits(&self, limits: BatchLimits) {
-        *self.batch.write().unwrap_or_else(|p| p.into_inner()) = limits;
+        self.load.set_batch_limits(limits);
     }
 
     /// Sets each model's precision (`models.precision`); returns the loaded models whose
@@ -272,23 +226,18 @@ impl Registry {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        *self.precision.write().unwrap_or_else(|p| p.into_inner()) = precision;
+        self.load.set_precision(precision);
         stale
     }
 
     /// Sets `models.default`, the model shed last among those of its priority.
     pub fn set_default(&self, id: &str) {
-        *self.default.write().unwrap_or_else(|p| p.into_inner()) = id.to_string();
+        self.load.set_default(id);
     }
 
     /// The configured precision of `id`.
     pub fn precision_of(&self, id: &str) -> Precision {
-        self.precision
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .copied()
-            .unwrap_or_default()
+        self.load.precision_of(id)
     }
 
     /// The slot for `id`, if a verified package carries it.
@@ -309,7 +258,7 @@ impl Registry {
                 dimensions: m.dimensions,
             });
         }
-        let remembered = self.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        let remembered = self.usage.remembered();
         let r = remembered.get(id)?;
         Some(crate::config::fallback::Shape {
             reranker: r.reranker,

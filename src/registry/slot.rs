@@ -249,6 +249,8 @@ impl ModelSlot {
         }
     }
 
+    /// The loaded model, loading it first (once, however many requests wait for it); a failed
+    /// load starts the backoff.
     pub(super) async fn acquire(
         &self,
         options: EngineOptions,
@@ -260,111 +262,127 @@ impl ModelSlot {
             return Ok(model.clone());
         }
         self.usage().state = Some(ModelState::Loading);
-        let package = self.package.clone();
-        let id = package.manifest.id.clone();
-        // What the load really takes is the growth of the process (weights, tokenizer tables,
-        // the engine thread); loads are serialised by admission, so little else moves it.
-        let result = tokio::task::spawn_blocking(move || {
-            let before = crate::memory::process_rss().0;
-            LoadedModel::load(&package, options, batch, precision).map(|m| {
-                // Loading widens f16 weights through temporary copies; hand those back before
-                // measuring, or they count as the model's (and stay resident).
-                crate::memory::trim();
-                let grown = crate::memory::process_rss()
-                    .0
-                    .zip(before)
-                    .map_or(0, |(a, b)| a.saturating_sub(b));
-                (m, grown)
-            })
-        })
-        .await
-        .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
-        .and_then(|r| r);
-        match result {
+        match load(self.package.clone(), options, batch, precision).await {
             Ok((model, grown)) => {
                 let model = Arc::new(model);
-                let bytes = grown.max(model.weight_bytes);
-                if let Some(reason) = &model.precision_fallback {
-                    tracing::warn!(
-                        caxton_event = "precision_fallback",
-                        caxton_model = %id,
-                        caxton_reason = %reason,
-                        "model {id} is configured for {precision} (models.precision) but runs f32: {reason}"
-                    );
-                }
-                tracing::info!(
-                    caxton_event = "model_loaded",
-                    caxton_model = %id,
-                    load_ms = model.load_time.as_millis() as u64,
-                    memory_bytes = bytes,
-                    precision = model.precision.name(),
-                    kernel = model.kernel,
-                    "model {id} loaded in {:.0?} ({} MiB in memory, {} MiB of it weights; {} on the {} kernel)",
-                    model.load_time,
-                    bytes >> 20,
-                    model.weight_bytes >> 20,
-                    model.precision,
-                    model.kernel
-                );
-                {
-                    let mut u = self.usage();
-                    u.failure = None;
-                    u.state = Some(ModelState::Loaded);
-                    u.precision = Some(model.precision);
-                    u.kernel = Some(model.kernel);
-                    u.memory_bytes = Some(bytes);
-                    u.last_use_at = Some(Instant::now());
-                    u.loaded_at = Some(Instant::now());
-                }
-                let m = crate::metrics::get();
-                let label = crate::metrics::Metrics::model(&id);
-                m.load_time
-                    .get_or_create(&label)
-                    .set(model.load_time.as_secs_f64());
-                m.load_duration
-                    .get_or_create(&label)
-                    .observe(model.load_time.as_secs_f64());
-                m.memory.get_or_create(&label).set(bytes as i64);
+                self.loaded(&model, grown.max(model.weight_bytes), precision);
                 *loaded = Some(model.clone());
                 Ok(model)
             }
-            Err(e) => {
-                let wait = {
-                    let mut u = self.usage();
-                    u.state = Some(ModelState::Available);
-                    let attempts = u.failure.as_ref().map_or(0, |f| f.attempts) + 1;
-                    let wait = backoff(attempts);
-                    u.failure = Some(Failure {
-                        reason: e.to_string(),
-                        kind: e.kind(),
-                        at: SystemTime::now(),
-                        attempts,
-                        retry_at: Instant::now() + wait,
-                    });
-                    wait
-                };
-                crate::metrics::get()
-                    .load_failures
-                    .get_or_create(&crate::metrics::ModelReasonLabels {
-                        model: id.clone(),
-                        reason: e.kind().to_string(),
-                    })
-                    .inc();
-                // Once per attempt: requests during the backoff are refused without a line.
-                tracing::error!(
-                    caxton_event = "model_load_failed",
-                    caxton_model = %id,
-                    caxton_reason = e.kind(),
-                    retry_after_s = wait.as_secs(),
-                    "model {id} failed to load: {e}; requests get 503 and the next attempt is not before {}s from now",
-                    wait.as_secs()
-                );
-                Err(LoadError::Failed {
-                    id,
-                    reason: e.to_string(),
-                    retry_after: wait,
-                })
-            }
+            Err(e) => Err(self.failed(&e)),
         }
     }
+
+    /// Records `model`'s load (taking `bytes`): its usage, the journal, the metrics.
+    fn loaded(&self, model: &LoadedModel, bytes: u64, precision: Precision) {
+        let id = &self.package.manifest.id;
+        if let Some(reason) = &model.precision_fallback {
+            tracing::warn!(
+                caxton_event = "precision_fallback",
+                caxton_model = %id,
+                caxton_reason = %reason,
+                "model {id} is configured for {precision} (models.precision) but runs f32: {reason}"
+            );
+        }
+        tracing::info!(
+            caxton_event = "model_loaded",
+            caxton_model = %id,
+            load_ms = model.load_time.as_millis() as u64,
+            memory_bytes = bytes,
+            precision = model.precision.name(),
+            kernel = model.kernel,
+            "model {id} loaded in {:.0?} ({} MiB in memory, {} MiB of it weights; {} on the {} kernel)",
+            model.load_time,
+            bytes >> 20,
+            model.weight_bytes >> 20,
+            model.precision,
+            model.kernel
+        );
+        {
+            let mut u = self.usage();
+            u.failure = None;
+            u.state = Some(ModelState::Loaded);
+            u.precision = Some(model.precision);
+            u.kernel = Some(model.kernel);
+            u.memory_bytes = Some(bytes);
+            u.last_use_at = Some(Instant::now());
+            u.loaded_at = Some(Instant::now());
+        }
+        let m = crate::metrics::get();
+        let label = crate::metrics::Metrics::model(id);
+        m.load_time
+            .get_or_create(&label)
+            .set(model.load_time.as_secs_f64());
+        m.load_duration
+            .get_or_create(&label)
+            .observe(model.load_time.as_secs_f64());
+        m.memory.get_or_create(&label).set(bytes as i64);
+    }
+
+    /// Records a failed load: the backoff it starts, the metric, one journal line per
+    /// attempt (requests during the backoff are refused without one); the refusal.
+    fn failed(&self, e: &PackageError) -> LoadError {
+        let id = self.package.manifest.id.clone();
+        let wait = {
+            let mut u = self.usage();
+            u.state = Some(ModelState::Available);
+            let attempts = u.failure.as_ref().map_or(0, |f| f.attempts) + 1;
+            let wait = backoff(attempts);
+            u.failure = Some(Failure {
+                reason: e.to_string(),
+                kind: e.kind(),
+                at: SystemTime::now(),
+                attempts,
+                retry_at: Instant::now() + wait,
+            });
+            wait
+        };
+        crate::metrics::get()
+            .load_failures
+            .get_or_create(&crate::metrics::ModelReasonLabels {
+                model: id.clone(),
+                reason: e.kind().to_string(),
+            })
+            .inc();
+        tracing::error!(
+            caxton_event = "model_load_failed",
+            caxton_model = %id,
+            caxton_reason = e.kind(),
+            retry_after_s = wait.as_secs(),
+            "model {id} failed to load: {e}; requests get 503 and the next attempt is not before {}s from now",
+            wait.as_secs()
+        );
+        LoadError::Failed {
+            id,
+            reason: e.to_string(),
+            retry_after: wait,
+        }
+    }
+}
+
+/// Loads `package` off the async workers; with the model, what the process grew by. What the
+/// load really takes is that growth (weights, tokenizer tables, the engine thread); loads are
+/// serialised by admission, so little else moves it.
+async fn load(
+    package: StoredPackage,
+    options: EngineOptions,
+    batch: Arc<RwLock<BatchLimits>>,
+    precision: Precision,
+) -> Result<(LoadedModel, u64), PackageError> {
+    tokio::task::spawn_blocking(move || {
+        let before = crate::memory::process_rss().0;
+        LoadedModel::load(&package, options, batch, precision).map(|m| {
+            // Loading widens f16 weights through temporary copies; hand those back before
+            // measuring, or they count as the model's (and stay resident).
+            crate::memory::trim();
+            let grown = crate::memory::process_rss()
+                .0
+                .zip(before)
+                .map_or(0, |(a, b)| a.saturating_sub(b));
+            (m, grown)
+        })
+    })
+    .await
+    .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
+    .and_then(|r| r)
 }
