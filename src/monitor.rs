@@ -142,7 +142,7 @@ impl Monitor {
         self.read_and_shed(&settings, triggered).await;
         self.unload_idle(&settings).await;
         // Background loads never stand in the queue in front of requests.
-        let queue_busy = self.gov.queue().0 > 0 || self.gov.admitting().is_some();
+        let queue_busy = self.gov.queue.counts().0 > 0 || self.gov.queue.admitting().is_some();
         let preloading = self.preload_configured(queue_busy);
         self.predict_and_preload(&settings, queue_busy, preloading)
             .await;
@@ -237,7 +237,7 @@ impl Monitor {
                 // Memory already on its way back counts against the excess.
                 let excess = reading
                     .excess_bytes
-                    .saturating_sub(self.gov.releasing_bytes());
+                    .saturating_sub(self.gov.releasing.bytes());
                 let critical = reading.level == policy::Level::Critical;
                 policy::shed_for_excess(excess, residents, now, min_residency, urgent, critical)
             }
@@ -253,7 +253,7 @@ impl Monitor {
     fn shed_wanted(&self, decision: Shed, reading: &pressure::Reading) -> bool {
         match decision {
             Shed::Nothing => false,
-            Shed::Excess { .. } => reading.excess_bytes > self.gov.releasing_bytes(),
+            Shed::Excess { .. } => reading.excess_bytes > self.gov.releasing.bytes(),
             Shed::Signal => true,
         }
     }
@@ -425,7 +425,7 @@ async fn preload_predicted(
 ) -> bool {
     for p in predictions {
         // A request that started meanwhile goes first.
-        if registry.governor.queue().0 > 0 {
+        if registry.governor.queue.counts().0 > 0 {
             return true;
         }
         if registry.governor.under_pressure() {

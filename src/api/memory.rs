@@ -53,10 +53,11 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let gov = &state.registry.governor;
     let budget = gov.budget();
     let settings = gov.settings();
-    let (loads, loads_minute) = gov.loads();
-    let (waiting, queue_refused) = gov.queue();
+    let (loads, loads_minute) = gov.queue.loads();
+    let (waiting, queue_refused) = gov.queue.counts();
     let releasing: Vec<Value> = gov
-        .releasing_models()
+        .releasing
+        .models()
         .into_iter()
         .map(|(id, bytes)| json!({"id": id, "bytes": bytes}))
         .collect();
@@ -75,7 +76,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "model_memory_bytes": in_use,
         "releasing": releasing,
         "loads": {"total": loads, "last_minute": loads_minute},
-        "load_queue": {"waiting": waiting, "refused": queue_refused, "admitting": gov.admitting()},
+        "load_queue": {"waiting": waiting, "refused": queue_refused, "admitting": gov.queue.admitting()},
         "process": {
             "rss_bytes": rss,
             "peak_rss_bytes": peak,

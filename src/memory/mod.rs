@@ -4,11 +4,14 @@
 
 pub mod budget;
 pub mod cgroup;
+pub mod footprints;
 pub mod governor;
 pub mod hierarchy;
+pub mod load_queue;
 pub mod notify;
 pub mod policy;
 pub mod pressure;
+pub mod releasing;
 
 /// Resident and peak resident set of this process, in bytes, from `/proc/self/status`.
 pub fn process_rss() -> (Option<u64>, Option<u64>) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::loaded::Unload;
 use super::{LoadError, ModelSlot, Registry};
 use crate::engine::LoadedModel;
 use crate::memory::policy::{self, Resident};
@@ -68,8 +69,8 @@ impl Registry {
         let queue = self.governor.settings().load_queue;
         let now = Instant::now();
         let deadline = now.checked_add(queue.max_wait.0).unwrap_or(now);
-        let Some(place) = self.governor.enter_queue() else {
-            self.governor.note_queue_refusal();
+        let Some(place) = self.governor.queue.enter(queue.max_waiting) else {
+            self.governor.queue.note_refusal();
             return Err(self.refuse(
                 id,
                 format!(
@@ -80,7 +81,7 @@ impl Registry {
                 false,
             ));
         };
-        let lock = self.governor.admission.clone().lock_owned();
+        let lock = self.governor.queue.admission.clone().lock_owned();
         tokio::pin!(lock);
         let guard = loop {
             // Registered before the check, so a load finishing in between still wakes us.
@@ -95,7 +96,7 @@ impl Registry {
                 guard = &mut lock => break guard,
                 _ = &mut loaded => continue,
                 _ = tokio::time::sleep_until(deadline) => {
-                    self.governor.note_queue_refusal();
+                    self.governor.queue.note_refusal();
                     return Err(self.refuse(
                         id,
                         format!(
@@ -115,11 +116,13 @@ impl Registry {
         let chain = chain.to_vec();
         tokio::spawn(async move {
             let _admission = guard;
-            this.governor.set_admitting(Some(&slot.package.manifest.id));
+            this.governor
+                .queue
+                .set_admitting(Some(&slot.package.manifest.id));
             let result = this
                 .admit_and_load(slot, deadline, Need::Serve(chain))
                 .await;
-            this.governor.set_admitting(None);
+            this.governor.queue.set_admitting(None);
             result
         })
         .await
@@ -424,29 +427,18 @@ impl Registry {
     }
 
     /// Unloads `id` to free memory (`pressure`, or room for another model): a `model_shed`
-    /// journal line and metric. A shed for a stall signal (`signal`) also caps model memory
-    /// at what is left until the episode ends. Returns the bytes that will come back and the
-    /// signal that turns `true` once they have.
+    /// journal line and metric besides the unload's. A shed for a stall signal (`signal`)
+    /// also caps model memory at what is left until the episode ends. Returns the bytes that
+    /// will come back and the signal that turns `true` once they have.
     pub async fn shed(
         &self,
         id: &str,
         reason: &str,
         signal: bool,
     ) -> Option<(u64, tokio::sync::watch::Receiver<bool>)> {
-        let (bytes, freed) = self.unload_model(id, "shed").await.ok().flatten()?;
-        self.governor.note_shed(signal.then(|| self.model_memory()));
-        crate::metrics::get()
-            .sheds
-            .get_or_create(&crate::metrics::Metrics::model(id))
-            .inc();
-        tracing::warn!(
-            caxton_event = "model_shed",
-            caxton_model = %id,
-            caxton_reason = reason,
-            bytes_released = bytes,
-            "model {id} shed to free memory ({reason}); {} MiB come back once its in-flight requests finish",
-            bytes >> 20
-        );
-        Some((bytes, freed))
+        self.unload_model(id, Unload::Shed { reason, signal })
+            .await
+            .ok()
+            .flatten()
     }
 }

@@ -329,7 +329,7 @@ impl Registry {
             .values()
             .map(|s| s.package.package_sha256.as_str())
             .collect::<HashSet<_>>();
-        self.governor.forget_packages_except(&live);
+        self.governor.footprints.forget_packages_except(&live);
         *models = next;
         *self.rejected.write().unwrap_or_else(|p| p.into_inner()) = scan.rejected;
     }

@@ -9,12 +9,28 @@ use super::{LoadError, ModelState, Registry};
 use crate::engine::LoadedModel;
 use crate::memory::policy::Resident;
 
+/// Why a model is unloaded.
+#[derive(Clone, Copy)]
+pub(super) enum Unload<'a> {
+    /// Asked for (idle, an operator, a reload), for this reason.
+    Asked(&'a str),
+    /// Shed to free memory, for this reason; `signal` for a stall signal (which caps model
+    /// memory until the episode ends).
+    Shed {
+        /// Why memory was needed.
+        reason: &'a str,
+        /// A shed for a stall signal.
+        signal: bool,
+    },
+}
+
 impl Registry {
     /// Unloads `id` from memory (the package stays). Requests already holding the model finish
     /// first: the engine thread stops, and its memory is trimmed, when the last one is done.
     /// Returns the bytes the model held, or `None` if it was not loaded.
     pub async fn unload(&self, id: &str, reason: &str) -> Result<Option<u64>, LoadError> {
-        Ok(self.unload_model(id, reason).await?.map(|(bytes, _)| bytes))
+        let unloaded = self.unload_model(id, Unload::Asked(reason)).await?;
+        Ok(unloaded.map(|(bytes, _)| bytes))
     }
 
     /// [`Registry::unload`], also returning the signal that turns `true` once the memory is
@@ -22,7 +38,7 @@ impl Registry {
     pub(super) async fn unload_model(
         &self,
         id: &str,
-        reason: &str,
+        why: Unload<'_>,
     ) -> Result<Option<(u64, tokio::sync::watch::Receiver<bool>)>, LoadError> {
         let slot = self
             .get(id)
@@ -38,7 +54,7 @@ impl Registry {
             // Until the engine thread has freed it, the model's memory is still held:
             // admission counts it (from before it stops counting as loaded) and waits for it
             // instead of loading into memory that is not back.
-            self.governor.releasing(id, bytes, freed.clone());
+            self.governor.releasing.add(id, bytes, freed.clone());
             u.state = Some(ModelState::Available);
             u.precision = None;
             u.kernel = None;
@@ -51,10 +67,21 @@ impl Registry {
             bytes
         };
         drop(model);
+        self.record_unload(id, bytes, why);
+        Ok(Some((bytes, freed)))
+    }
+
+    /// The metrics and journal lines of `id`'s unload (`bytes` on their way back): every
+    /// unload's, and a shed's besides.
+    fn record_unload(&self, id: &str, bytes: u64, why: Unload<'_>) {
         let m = crate::metrics::get();
         let label = crate::metrics::Metrics::model(id);
         m.memory.get_or_create(&label).set(0);
         m.unloads.get_or_create(&label).inc();
+        let reason = match why {
+            Unload::Asked(reason) => reason,
+            Unload::Shed { .. } => "shed",
+        };
         tracing::info!(
             caxton_event = "model_unloaded",
             caxton_model = %id,
@@ -63,7 +90,19 @@ impl Registry {
             "model {id} unloaded ({reason}); {} MiB held until its in-flight requests finish",
             bytes >> 20
         );
-        Ok(Some((bytes, freed)))
+        let Unload::Shed { reason, signal } = why else {
+            return;
+        };
+        self.governor.note_shed(signal.then(|| self.model_memory()));
+        m.sheds.get_or_create(&label).inc();
+        tracing::warn!(
+            caxton_event = "model_shed",
+            caxton_model = %id,
+            caxton_reason = reason,
+            bytes_released = bytes,
+            "model {id} shed to free memory ({reason}); {} MiB come back once its in-flight requests finish",
+            bytes >> 20
+        );
     }
 
     /// Bytes held by the loaded models.

@@ -1,12 +1,14 @@
 //! The registry of models: which packages were found, which verified (and which won when two
 //! carry the same id), which were rejected and why, and the loaded engines. Its files:
-//! [`catalogue`] finds and verifies packages and picks each id's version; [`slot`] is one
-//! verified model and its lazy, single-flight load; [`loaded`] is what is in memory (unloads,
-//! the residents the memory policy weighs); [`admission`] is how a load is admitted, queued and
-//! made room for, and [`refusals`] how its refusals reach the journal (once per episode).
-//! Around them: [`fallback`] tracks substitution episodes of the fallback chains; [`retention`]
-//! decides which versions the store keeps; [`usage_file`] keeps usage across restarts;
-//! [`habits`] learns when each model is used and [`prediction`] preloads from that.
+//! [`catalogue`] finds and verifies packages and picks each id's version (and [`retention`]
+//! which versions the store keeps); [`slot`] is one verified model and its lazy, single-flight
+//! load, under the settings of [`load_config`]; [`serving`] decides which model answers a
+//! request (its fallback chain, with [`fallback`]'s episodes and order); [`admission`] is how a
+//! load is admitted, queued and made room for, and [`refusals`] how its refusals reach the
+//! journal (once per episode); [`loaded`] is what is in memory (unloads and sheds, the
+//! residents the memory policy weighs); [`error`] says why a model cannot serve. Around them:
+//! [`usage`] and [`usage_file`] keep usage across restarts; [`habits`] learns when each model
+//! is used and [`prediction`] preloads from that.
 
 mod admission;
 mod catalogue;

@@ -75,7 +75,7 @@ impl Registry {
         let slot = self
             .get(&p.id)
             .ok_or_else(|| LoadError::Unknown(p.id.clone()))?;
-        let Ok(_admission) = self.governor.admission.clone().try_lock_owned() else {
+        let Ok(_admission) = self.governor.queue.admission.clone().try_lock_owned() else {
             return Ok(Preloaded::Busy);
         };
         // Checked under the admission lock: no request's load can bring it in meanwhile.
@@ -85,7 +85,7 @@ impl Registry {
         // Marked before it counts as loaded, so the policy never sees it as a model in use;
         // a request using it meanwhile clears the mark.
         slot.usage().predicted = Some(p.hour);
-        self.governor.set_admitting(Some(&p.id));
+        self.governor.queue.set_admitting(Some(&p.id));
         let result = self
             .admit_and_load(
                 slot.clone(),
@@ -93,7 +93,7 @@ impl Registry {
                 super::admission::Need::Guess,
             )
             .await;
-        self.governor.set_admitting(None);
+        self.governor.queue.set_admitting(None);
         if let Err(e) = result {
             slot.usage().predicted = None;
             return Err(e);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::usage_file::Record;
 use super::{FailureInfo, LoadError, ModelInfo, ModelState, Source};
 use crate::engine::{BatchLimits, EngineOptions, LoadedModel, Precision};
+use crate::memory::footprints::Footprints;
 use crate::memory::governor::Governor;
 use crate::package::{PackageError, StoredPackage};
 
@@ -170,11 +171,13 @@ impl ModelSlot {
         }
     }
 
-    /// Bytes this model will take once loaded in `precision` (see [`Governor::footprint`]).
+    /// Bytes this model will take once loaded in `precision` (see [`Footprints::footprint`]).
     pub(super) fn footprint(&self, governor: &Governor, precision: Precision) -> u64 {
-        governor.footprint(&self.footprint_key(precision), || {
-            crate::engine::estimate_bytes(&self.package, precision)
-        })
+        governor
+            .footprints
+            .footprint(&self.footprint_key(precision), || {
+                crate::engine::estimate_bytes(&self.package, precision)
+            })
     }
 
     /// Room a forward pass over its longest text needs beyond the model's own memory.
@@ -185,9 +188,9 @@ impl ModelSlot {
     }
 
     /// Records that this model's load in `precision` took `bytes`; returns what to count for
-    /// it (see [`Governor::remember`]).
+    /// it (see [`Footprints::remember`]).
     pub(super) fn remember(&self, governor: &Governor, precision: Precision, bytes: u64) -> u64 {
-        governor.remember(
+        governor.footprints.remember(
             &self.footprint_key(precision),
             || crate::engine::estimate_bytes(&self.package, precision),
             bytes,
@@ -195,10 +198,10 @@ impl ModelSlot {
     }
 
     fn footprint_key(&self, precision: Precision) -> String {
-        Governor::key(&self.package.package_sha256, precision)
+        Footprints::key(&self.package.package_sha256, precision)
     }
 
-    /// Corrects what the loaded model is counted as holding (see [`Governor::remember`]).
+    /// Corrects what the loaded model is counted as holding (see [`Footprints::remember`]).
     pub(super) fn set_memory(&self, bytes: u64) {
         let mut u = self.usage();
         if u.memory_bytes.is_some() {
