@@ -34,6 +34,14 @@ pub(super) enum Need {
     Guess,
 }
 
+/// How a wait in the load queue ends well.
+enum Turn {
+    /// Another load brought the model in.
+    Loaded(Arc<LoadedModel>),
+    /// This request's load holds the admission lock.
+    Admitted(tokio::sync::OwnedMutexGuard<()>),
+}
+
 /// The model in `slot` if it is loaded now; `None` while it is not, or is being loaded or
 /// unloaded (the queue's loaded-event wakes waiters when a load ends).
 pub(super) fn loaded_now(slot: &ModelSlot) -> Option<Arc<LoadedModel>> {
@@ -66,50 +74,13 @@ impl Registry {
         if let Some(refusal) = slot.backing_off() {
             return Err(refusal);
         }
-        let queue = self.governor.settings().load_queue;
+        let max_wait = self.governor.settings().load_queue.max_wait.0;
         let now = Instant::now();
-        let deadline = now.checked_add(queue.max_wait.0).unwrap_or(now);
-        let Some(place) = self.governor.queue.enter(queue.max_waiting) else {
-            self.governor.queue.note_refusal();
-            return Err(self.refuse(
-                id,
-                format!(
-                    "model {id} is not loaded and {} requests already wait for models to load (memory.load_queue.max_waiting); retry later",
-                    queue.max_waiting
-                ),
-                self.governor.retry_after(),
-                false,
-            ));
+        let deadline = now.checked_add(max_wait).unwrap_or(now);
+        let guard = match self.wait_in_queue(&slot, deadline).await? {
+            Turn::Loaded(model) => return Ok(model),
+            Turn::Admitted(guard) => guard,
         };
-        let lock = self.governor.queue.admission.clone().lock_owned();
-        tokio::pin!(lock);
-        let guard = loop {
-            // Registered before the check, so a load finishing in between still wakes us.
-            let loaded = self.loaded_event.notified();
-            tokio::pin!(loaded);
-            loaded.as_mut().enable();
-            if let Some(model) = loaded_now(&slot) {
-                return Ok(model);
-            }
-            tokio::select! {
-                biased;
-                guard = &mut lock => break guard,
-                _ = &mut loaded => continue,
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.governor.queue.note_refusal();
-                    return Err(self.refuse(
-                        id,
-                        format!(
-                            "model {id} waited {} (memory.load_queue.max_wait) behind other loads and is still not loaded; retry later",
-                            humantime::format_duration(queue.max_wait.0)
-                        ),
-                        self.governor.retry_after(),
-                        false,
-                    ));
-                }
-            }
-        };
-        drop(place);
         // A spawned task finishes the load even if this request goes away meanwhile, so the
         // slot never stays "loading" with the result thrown away.
         let this = self.clone();
@@ -131,6 +102,54 @@ impl Registry {
             reason: format!("the load task failed: {e}"),
             retry_after: super::slot::BACKOFF_BASE,
         })?
+    }
+
+    /// Waits in the load queue for `slot`'s turn at the admission lock, until `deadline`;
+    /// leaves early when another load brings the model in. Refused when the queue is full or
+    /// the deadline passes.
+    async fn wait_in_queue(&self, slot: &ModelSlot, deadline: Instant) -> Result<Turn, LoadError> {
+        let id = &slot.package.manifest.id;
+        let queue = self.governor.settings().load_queue;
+        let Some(_place) = self.governor.queue.enter(queue.max_waiting) else {
+            self.governor.queue.note_refusal();
+            return Err(self.refuse(
+                id,
+                format!(
+                    "model {id} is not loaded and {} requests already wait for models to load (memory.load_queue.max_waiting); retry later",
+                    queue.max_waiting
+                ),
+                self.governor.retry_after(),
+                false,
+            ));
+        };
+        let lock = self.governor.queue.admission.clone().lock_owned();
+        tokio::pin!(lock);
+        loop {
+            // Registered before the check, so a load finishing in between still wakes us.
+            let loaded = self.loaded_event.notified();
+            tokio::pin!(loaded);
+            loaded.as_mut().enable();
+            if let Some(model) = loaded_now(slot) {
+                return Ok(Turn::Loaded(model));
+            }
+            tokio::select! {
+                biased;
+                guard = &mut lock => return Ok(Turn::Admitted(guard)),
+                _ = &mut loaded => continue,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.governor.queue.note_refusal();
+                    return Err(self.refuse(
+                        id,
+                        format!(
+                            "model {id} waited {} (memory.load_queue.max_wait) behind other loads and is still not loaded; retry later",
+                            humantime::format_duration(queue.max_wait.0)
+                        ),
+                        self.governor.retry_after(),
+                        false,
+                    ));
+                }
+            }
+        }
     }
 
     /// Whether a load of `id` is the last resort: nothing of `id` and `chain` is loaded, and
