@@ -3,10 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{
-    ServeError, account, check_serving, refuse_truncated, served_by, tokenize_off_runtime,
-    truncated,
-};
+use super::{ServeError, account, check_serving, lengths, served_by, tokenize_off_runtime};
 use crate::engine::{Cut, Encoded, VectorShape};
 use crate::package::{InputType, ModelKind};
 use crate::registry::Wanted;
@@ -80,13 +77,11 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
-    refuse_truncated(&encoded, req.truncate, |index| ServeError::TooLong {
+    let (truncated, tokens) = lengths(&encoded, req.truncate, |index| ServeError::TooLong {
         index,
         max: manifest.max_seq_length,
         id: id.clone(),
     })?;
-    let truncated = truncated(&encoded);
-    let tokens = encoded.iter().map(Encoded::len).sum();
     tracing::debug!(caxton_model = %id, texts = encoded.len(), tokens, "embedding request queued");
     let shape = VectorShape {
         normalize: req.normalize.unwrap_or(manifest.normalize),

@@ -47,24 +47,21 @@ pub async fn labelled<T>(work: impl std::future::Future<Output = T>) -> (String,
         .await
 }
 
-/// The indices of the inputs the tokenizer cut.
-fn truncated(encoded: &[Encoded]) -> Vec<usize> {
-    (0..encoded.len())
-        .filter(|&i| encoded[i].truncated)
-        .collect()
-}
-
-/// The refusal `too_long(i)` for the first input `i` the tokenizer cut, unless the request
-/// allows cutting.
-fn refuse_truncated(
+/// What the tokenizer's cuts mean for a request: the refusal `too_long(i)` for the first
+/// input `i` it cut, unless the request allows cutting; else the indices of the inputs cut and
+/// the tokens in all.
+fn lengths(
     encoded: &[Encoded],
     truncate: bool,
     too_long: impl FnOnce(usize) -> ServeError,
-) -> Result<(), ServeError> {
-    match encoded.iter().position(|e| e.truncated) {
-        Some(i) if !truncate => Err(too_long(i)),
-        _ => Ok(()),
+) -> Result<(Vec<usize>, usize), ServeError> {
+    let cut: Vec<usize> = (0..encoded.len())
+        .filter(|&i| encoded[i].truncated)
+        .collect();
+    if let (Some(&i), false) = (cut.first(), truncate) {
+        return Err(too_long(i));
     }
+    Ok((cut, encoded.iter().map(Encoded::len).sum()))
 }
 
 /// Records a request served by `slot`: its usage (idle time, counts) and the texts and

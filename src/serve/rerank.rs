@@ -5,10 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{
-    ServeError, account, check_serving, refuse_truncated, served_by, tokenize_off_runtime,
-    truncated,
-};
+use super::{ServeError, account, check_serving, lengths, served_by, tokenize_off_runtime};
 use crate::engine::{Cut, Encoded};
 use crate::package::{Manifest, ModelKind, ScoreActivation};
 use crate::registry::fallback::Reason;
@@ -93,14 +90,12 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
             .collect::<Result<Vec<_>, _>>()
     })
     .await?;
-    refuse_truncated(&encoded, req.truncate, |index| ServeError::PairTooLong {
+    let (truncated, tokens) = lengths(&encoded, req.truncate, |index| ServeError::PairTooLong {
         field: req.field,
         index,
         max: manifest.max_seq_length,
         id: id.clone(),
     })?;
-    let truncated = truncated(&encoded);
-    let tokens = encoded.iter().map(Encoded::len).sum();
     tracing::debug!(caxton_model = %id, pairs = encoded.len(), tokens, "rerank request queued");
     let logits: Vec<f32> = model
         .score(encoded)
