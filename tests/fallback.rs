@@ -350,3 +350,34 @@ fn an_exhausted_chain_answers_the_models_own_error_naming_what_was_tried() {
     assert_eq!(substitution(&headers), (None, None));
     assert!(events(&d, "model_fallback").is_empty());
 }
+
+/// Issue 35: a width no model can give is refused before anything loads, a substitute
+/// included: the alternative is not loaded to find out, it is named with the reason.
+#[test]
+fn a_bad_dimensions_loads_no_substitute() {
+    let d = start(
+        |p| bundled_copy_with_id(&p.join("mini.tar.zst"), "mini"),
+        "models:\n  fallback_strategy: listed\n  allow_dimension_mismatch: true\n  fallbacks:\n    gone: [mini]\n",
+    );
+    assert_eq!(model_entry(&d, "mini").expect("mini")["state"], "available");
+    let (status, _, v) = post(
+        &d,
+        "/v1/embeddings",
+        json!({"input": "x", "model": "gone", "dimensions": -1}),
+    );
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (404, &json!("model_not_found")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().expect("message");
+    assert!(
+        message.ends_with("alternatives tried (models.fallback_strategy listed): mini (dimensions must be between 1 and 384 for model mini, got -1)"),
+        "{message}"
+    );
+    assert_eq!(
+        model_entry(&d, "mini").expect("mini")["state"],
+        "available",
+        "mini was loaded to find out"
+    );
+}

@@ -130,7 +130,7 @@ fn past_max_size_fallbacks_go_and_the_serving_versions_stay() {
     });
     assert!(
         d.log().contains(
-            "more than store.max_size (9 MiB); they are kept (no fallback versions are); raise store.max_size or remove packages"
+            "more than store.max_size (9 MiB); they are kept (no previous versions are); raise store.max_size or remove packages"
         ),
         "{}",
         d.log()

@@ -64,7 +64,11 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let levels = crate::memory::hierarchy::read(&crate::memory::hierarchy::Paths::system());
     let report = crate::memory::hierarchy::Report::of(&levels, gov.thresholds(&settings));
     let app_settings = state.settings();
-    let store = crate::package::Store::usage(&app_settings.state_dir, app_settings.store.max_size);
+    let (dir, bound) = (app_settings.state_dir.clone(), app_settings.store.max_size);
+    // A walk of the store's directories: off the async workers.
+    let store = tokio::task::spawn_blocking(move || crate::package::Store::usage(&dir, bound))
+        .await
+        .ok();
     Json(json!({
         "budget_bytes": budget.bytes,
         "budget_from": budget.from,
@@ -135,21 +139,15 @@ pub async fn flush(
     ConnectInfo(peer): ConnectInfo<Peer>,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &peer, "POST /api/memory/flush")?;
-    let mut unloaded = Vec::new();
-    let mut bytes = 0u64;
-    let mut kept = Vec::new();
-    for id in state.registry.loaded_ids() {
-        if state.registry.governor.rules(&id).pinned {
-            kept.push(id);
-            continue;
-        }
-        if let Some(b) = state.registry.unload(&id, "flush").await? {
-            unloaded.push(json!({"id": id, "bytes_released": b}));
-            bytes += b;
-        }
-    }
+    let flushed = state.registry.flush().await?;
     state.report_status();
+    let unloaded: Vec<Value> = flushed
+        .unloaded
+        .iter()
+        .map(|(id, b)| json!({"id": id, "bytes_released": b}))
+        .collect();
+    let bytes: u64 = flushed.unloaded.iter().map(|(_, b)| b).sum();
     Ok(Json(
-        json!({"unloaded": unloaded, "bytes_released": bytes, "kept_pinned": kept}),
+        json!({"unloaded": unloaded, "bytes_released": bytes, "kept_pinned": flushed.kept_pinned}),
     ))
 }

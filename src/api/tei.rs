@@ -149,6 +149,8 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     body: Body,
 ) -> Result<Json<Vec<Vec<Token>>>, ApiError> {
+    // Before the body is read, as it always was: a starting daemon reads nothing.
+    crate::serve::check_serving(&state)?;
     let settings = state.settings();
     let req: TokenizeBody = parse_body(body, &settings.limits).await?;
     let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;

@@ -11,7 +11,7 @@ use super::units::ByteSize;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
-    /// The most the store keeps: fallback versions are dropped, oldest first, to stay within
+    /// The most the store keeps: previous versions are dropped, oldest first, to stay within
     /// it; the version of each model that serves is always kept.
     pub max_size: StoreBound,
 }

@@ -67,7 +67,7 @@ pub fn signature_policy(settings: &Settings) -> SignaturePolicy {
 pub struct ScanResult {
     winners: BTreeMap<String, (StoredPackage, Candidate)>,
     rejected: Vec<Rejection>,
-    /// Store digests to keep: the serving versions and the fallbacks within `store.max_size`.
+    /// Store digests to keep: the serving versions and the previous versions within `store.max_size`.
     verified: Vec<String>,
     cache: HashMap<PathBuf, (Option<Stamp>, Verdict)>,
 }
@@ -463,7 +463,7 @@ fn warn_over_bound(bytes: u64, bound: u64) {
             caxton_event = "store_over_bound",
             bytes,
             bound,
-            "the verified store needs {} MiB for the model versions that serve, more than store.max_size ({} MiB); they are kept (no fallback versions are); raise store.max_size or remove packages",
+            "the verified store needs {} MiB for the model versions that serve, more than store.max_size ({} MiB); they are kept (no previous versions are); raise store.max_size or remove packages",
             bytes >> 20,
             bound >> 20
         );

@@ -9,6 +9,15 @@ use super::{LoadError, ModelState, Registry};
 use crate::engine::LoadedModel;
 use crate::memory::policy::Resident;
 
+/// What a flush did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// The models unloaded, with the bytes each held.
+    pub unloaded: Vec<(String, u64)>,
+    /// The loaded models kept because they are pinned.
+    pub kept_pinned: Vec<String>,
+}
+
 /// Why a model is unloaded.
 #[derive(Clone, Copy)]
 pub(super) enum Unload<'a> {
@@ -31,6 +40,19 @@ impl Registry {
     pub async fn unload(&self, id: &str, reason: &str) -> Result<Option<u64>, LoadError> {
         let unloaded = self.unload_model(id, Unload::Asked(reason)).await?;
         Ok(unloaded.map(|(bytes, _)| bytes))
+    }
+
+    /// Unloads every loaded model that is not pinned (an operator's flush).
+    pub async fn flush(&self) -> Result<Flushed, LoadError> {
+        let mut flushed = Flushed::default();
+        for id in self.loaded_ids() {
+            if self.governor.rules(&id).pinned {
+                flushed.kept_pinned.push(id);
+            } else if let Some(bytes) = self.unload(&id, "flush").await? {
+                flushed.unloaded.push((id, bytes));
+            }
+        }
+        Ok(flushed)
     }
 
     /// [`Registry::unload`], also returning the signal that turns `true` once the memory is

@@ -38,6 +38,7 @@ use crate::memory::governor::Governor;
 pub use catalogue::{Candidate, ScanResult, candidates, find_packages, signature_policy};
 pub use error::{LoadError, ModelError};
 use load_config::LoadConfig;
+pub use loaded::Flushed;
 pub use prediction::{Prediction, Preloaded};
 pub use serving::{Served, Wanted};
 pub use slot::ModelSlot;

@@ -14,7 +14,7 @@ use super::{ModelSlot, Registry};
 use crate::config::ModelSettings;
 use crate::config::fallback::Shape;
 use crate::engine::LoadedModel;
-use crate::package::ModelKind;
+use crate::package::{Manifest, Mismatch, ModelKind};
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy)]
@@ -100,13 +100,10 @@ impl Registry {
     ) -> Result<Served, Refused> {
         let requested = wanted.id;
         // A width the model cannot give is the caller's mistake: refused before anything loads.
-        let width = match (wanted.width, self.get(requested)) {
-            (Some(w), Some(slot)) => match slot.package.manifest.check_width(w) {
-                Ok(w) => Some(w),
-                Err(e) => return Err(Refused::Finally(e.into())),
-            },
-            _ => None,
-        };
+        if let Some(slot) = self.get(requested) {
+            width_on(&slot.package.manifest, wanted.width)
+                .map_err(|e| Refused::Finally(e.into()))?;
+        }
         let slot = match self.slot_for(requested, wanted.kind) {
             Ok(slot) => slot,
             Err(e @ ModelError::NotFound { .. }) => {
@@ -128,6 +125,9 @@ impl Registry {
         match self.acquire_for(requested, chain).await {
             Ok(model) => {
                 self.fallbacks.served(requested);
+                // Checked again on the version that loaded (a rescan may have replaced it).
+                let width = width_on(&model.package.manifest, wanted.width)
+                    .map_err(|e| Refused::Finally(e.into()))?;
                 Ok(Served {
                     id: requested.to_string(),
                     slot,
@@ -183,11 +183,8 @@ impl Registry {
                         &skipped,
                         &error.to_string(),
                     );
-                    // A substitute answers only at a width its own manifest allows.
-                    let width = match wanted.width {
-                        Some(w) => Some(slot.package.manifest.check_width(w)?),
-                        None => None,
-                    };
+                    // `unfit` checked the width before the load; again on the version loaded.
+                    let width = width_on(&model.package.manifest, wanted.width)?;
                     return Ok(Served {
                         id: alt,
                         slot,
@@ -230,17 +227,18 @@ impl Registry {
             };
             return Some(kind.into());
         }
-        if let Some(w) = wanted.width.and_then(|w| usize::try_from(w).ok()) {
-            if w > s.dimensions {
+        if let Some(w) = wanted.width {
+            if w > s.dimensions as i64 {
                 return Some(format!(
                     "{} dimensions, the request asks for {w}",
                     s.dimensions
                 ));
             }
-            // An installed alternative's manifest knows the widths it was trained for.
+            // An installed alternative's manifest knows the widths it may give (never one
+            // below 1, nor one it was not trained for).
             if let Some(Err(why)) = self
                 .get(alt)
-                .map(|slot| slot.package.manifest.check_width(w as i64))
+                .map(|slot| slot.package.manifest.check_width(w))
             {
                 return Some(why.to_string());
             }
@@ -292,6 +290,11 @@ pub fn chain(
         chain.push(default.to_string());
     }
     chain
+}
+
+/// The width `width` asks of the model of `manifest`, checked.
+fn width_on(manifest: &Manifest, width: Option<i64>) -> Result<Option<usize>, Mismatch> {
+    width.map(|w| manifest.check_width(w)).transpose()
 }
 
 fn reason_of(e: &LoadError) -> Reason {

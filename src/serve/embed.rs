@@ -50,6 +50,13 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
     check_serving(state)?;
     let settings = state.settings();
     let requested = req.model.unwrap_or_else(|| settings.models.default.clone());
+    if let Some(known) = state.registry.get(&requested) {
+        // Before a load: a prompt the model does not have costs nothing.
+        known
+            .package
+            .manifest
+            .prompt_for(req.prompt_name.as_deref(), req.input_type)?;
+    }
     let wanted = Wanted {
         id: &requested,
         kind: ModelKind::Embedding,

@@ -2,7 +2,7 @@
 //! choice, its fallback chain included), the prompt before each text, tokenization off the
 //! async workers, the length rules, the engine's pass and the usage it is accounted to. The
 //! HTTP layer parses a request into one of these calls and formats what it returns; it never
-//! touches a manifest, a tokenizer or the engine's arithmetic.
+//! chooses a model, checks a request against a manifest, tokenizes or runs the engine.
 
 mod embed;
 mod error;
@@ -19,7 +19,7 @@ use crate::registry::ModelSlot;
 use crate::state::{AppState, Health};
 
 /// Refuses while the daemon starts (verifies its packages); every serving call checks it first.
-fn check_serving(state: &AppState) -> Result<(), ServeError> {
+pub fn check_serving(state: &AppState) -> Result<(), ServeError> {
     match state.health() {
         Health::Starting => Err(ServeError::Starting),
         _ => Ok(()),

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Manifest, ManifestError, ModelKind, invalid};
 
-/// What a request asks of a model that its manifest does not allow: the caller's mistake, told
-/// before anything loads where the model is known.
+/// What a request asks of a model that its manifest does not allow: the caller's mistake,
+/// told before the requested model loads.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Mismatch {
     /// `dimensions` outside 1 to the model's width.
