@@ -26,6 +26,23 @@ const SCALE_BYTES: usize = 4;
 
 /// Reads a safetensors file of `len` bytes (named `file` in errors) from `r` into tensors.
 pub fn read(r: &mut dyn Read, len: u64, file: &str) -> Result<Tensors, String> {
+    let infos = read_header(r, len, file)?;
+    let mut tensors = Tensors::with_capacity(infos.len());
+    let mut int8 = Int8Halves::default();
+    for (name, info) in infos {
+        read_tensor(r, name, info, &mut tensors, &mut int8, file)?;
+    }
+    int8.pair_the_rest(&mut tensors, file)?;
+    Ok(tensors)
+}
+
+/// The header's tensors in the order of their bytes, which must follow the header back to
+/// back up to the end of the file.
+fn read_header(
+    r: &mut dyn Read,
+    len: u64,
+    file: &str,
+) -> Result<Vec<(String, TensorInfo)>, String> {
     let io = |e: std::io::Error| format!("{file}: {e}");
     let mut n = [0u8; 8];
     r.read_exact(&mut n).map_err(io)?;
@@ -50,8 +67,20 @@ pub fn read(r: &mut dyn Read, len: u64, file: &str) -> Result<Tensors, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     infos.sort_by_key(|(_, i)| i.data_offsets);
+    check_offsets(&infos, n, len, file)?;
+    Ok(infos)
+}
+
+/// Refuses tensors (in the order of their bytes) that leave a gap, overlap, or do not end
+/// where the file of `len` bytes with a `header` of that many bytes does.
+fn check_offsets(
+    infos: &[(String, TensorInfo)],
+    header: u64,
+    len: u64,
+    file: &str,
+) -> Result<(), String> {
     let mut at = 0usize;
-    for (name, info) in &infos {
+    for (name, info) in infos {
         let (begin, end) = info.data_offsets;
         let expected = info.shape.iter().product::<usize>() * info.dtype.bitsize() / 8;
         if begin != at || end.checked_sub(begin) != Some(expected) {
@@ -61,95 +90,128 @@ pub fn read(r: &mut dyn Read, len: u64, file: &str) -> Result<Tensors, String> {
         }
         at = end;
     }
-    if at as u64 + 8 + n != len {
+    if at as u64 + 8 + header != len {
         return Err(format!(
             "{file}: its tensors end at byte {}, the file at {len}",
-            at as u64 + 8 + n
+            at as u64 + 8 + header
         ));
+    }
+    Ok(())
+}
+
+/// int8 values and their scales, whichever came first, until the other arrives.
+#[derive(Default)]
+struct Int8Halves {
+    values: HashMap<String, (Vec<u8>, Vec<usize>)>,
+    scales: HashMap<String, Vec<f32>>,
+}
+
+impl Int8Halves {
+    /// Reads int8 tensor `name` (`count` values of `shape`): into its packed rows when its
+    /// scales came first (as safetensors orders f32 before int8: the rows are read into their
+    /// packed places, with no copy of a table as large as the vocabulary), else kept for them.
+    fn read_int8(
+        &mut self,
+        r: &mut dyn Read,
+        name: String,
+        shape: Vec<usize>,
+        tensors: &mut Tensors,
+        file: &str,
+    ) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{file}: {e}");
+        if let Some(s) = self.scales.remove(&name) {
+            let packed = read_packed(r, &s, &shape, io)
+                .map_err(|why| format!("{file}: int8 tensor {name}: {why}"))?;
+            tensors.insert(name, packed);
+        } else {
+            let count = shape.iter().product::<usize>();
+            let bytes = read_values(r, count, 1, |b| b[0]).map_err(io)?;
+            self.values.insert(name, (bytes, shape));
+        }
+        Ok(())
     }
 
-    let mut tensors = Tensors::with_capacity(infos.len());
-    // int8 values and their scales, whichever came first, until the other arrives.
-    let mut values: HashMap<String, (Vec<u8>, Vec<usize>)> = HashMap::new();
-    let mut scales: HashMap<String, Vec<f32>> = HashMap::new();
-    for (name, info) in infos {
-        let count = info.shape.iter().product::<usize>();
-        let shape = info.shape.clone();
-        let cpu = &Device::Cpu;
-        let made = |t: candle_core::Result<Tensor>| t.map_err(|e| format!("{file}: {name}: {e}"));
-        if info.dtype == Dtype::I8 {
-            // Scales first (as safetensors orders f32 before int8): the rows are read into
-            // their packed places, with no copy of a table as large as the vocabulary.
-            if let Some(s) = scales.remove(&name) {
-                let packed = read_packed(r, &s, &shape, io)
-                    .map_err(|why| format!("{file}: int8 tensor {name}: {why}"))?;
-                tensors.insert(name, packed);
-            } else {
-                let bytes = read_values(r, count, 1, |b| b[0]).map_err(io)?;
-                values.insert(name, (bytes, shape));
-            }
-            continue;
+    /// Packs the values that came before their scales; refuses values without scales and
+    /// scales without values.
+    fn pair_the_rest(mut self, tensors: &mut Tensors, file: &str) -> Result<(), String> {
+        for (name, (q, shape)) in self.values {
+            let s = self.scales.remove(&name).ok_or_else(|| {
+                format!("{file}: int8 tensor {name} has no {name}{INT8_SCALES_SUFFIX}")
+            })?;
+            let packed = pack_rows(&q, &s, &shape)
+                .map_err(|why| format!("{file}: int8 tensor {name}: {why}"))?;
+            tensors.insert(name, packed);
         }
-        let tensor = match info.dtype {
-            Dtype::F32 => {
-                let v = read_values(r, count, 4, |b| {
-                    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-                })
-                .map_err(io)?;
-                if let Some(owner) = name.strip_suffix(INT8_SCALES_SUFFIX) {
-                    scales.insert(owner.to_string(), v);
-                    continue;
-                }
-                made(Tensor::from_vec(v, shape, cpu))?
+        if let Some(orphan) = self.scales.keys().next() {
+            return Err(format!(
+                "{file}: {orphan}{INT8_SCALES_SUFFIX} scales no int8 tensor {orphan}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the next tensor of the file, `name`, into `tensors` as its dtype's values; int8
+/// values and their scales go to `int8` until they pair. A dtype no family reads is skipped.
+fn read_tensor(
+    r: &mut dyn Read,
+    name: String,
+    info: TensorInfo,
+    tensors: &mut Tensors,
+    int8: &mut Int8Halves,
+    file: &str,
+) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("{file}: {e}");
+    let count = info.shape.iter().product::<usize>();
+    let shape = info.shape.clone();
+    let cpu = &Device::Cpu;
+    let made = |t: candle_core::Result<Tensor>| t.map_err(|e| format!("{file}: {name}: {e}"));
+    let tensor = match info.dtype {
+        Dtype::I8 => return int8.read_int8(r, name, shape, tensors, file),
+        Dtype::F32 => {
+            let v = read_values(r, count, 4, |b| {
+                f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            })
+            .map_err(io)?;
+            if let Some(owner) = name.strip_suffix(INT8_SCALES_SUFFIX) {
+                int8.scales.insert(owner.to_string(), v);
+                return Ok(());
             }
-            Dtype::F16 => made(Tensor::from_vec(
-                read_values(r, count, 2, |b| half::f16::from_le_bytes([b[0], b[1]])).map_err(io)?,
-                shape,
-                cpu,
-            ))?,
-            Dtype::BF16 => made(Tensor::from_vec(
-                read_values(r, count, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]))
-                    .map_err(io)?,
-                shape,
-                cpu,
-            ))?,
-            Dtype::I64 => made(Tensor::from_vec(
-                read_values(r, count, 8, |b| {
-                    i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-                })
-                .map_err(io)?,
-                shape,
-                cpu,
-            ))?,
-            Dtype::U8 | Dtype::BOOL => made(Tensor::from_vec(
-                read_values(r, count, 1, |b| b[0]).map_err(io)?,
-                shape,
-                cpu,
-            ))?,
-            other => {
-                // Not a weight any family reads (position ids are I64): skipped, not refused.
-                let skipped = info.data_offsets.1 - info.data_offsets.0;
-                std::io::copy(&mut r.take(skipped as u64), &mut std::io::sink()).map_err(io)?;
-                tracing::debug!(tensor = %name, dtype = ?other, "{file}: tensor of a dtype the engine does not read, skipped");
-                continue;
-            }
-        };
-        tensors.insert(name, tensor);
-    }
-    for (name, (q, shape)) in values {
-        let s = scales.remove(&name).ok_or_else(|| {
-            format!("{file}: int8 tensor {name} has no {name}{INT8_SCALES_SUFFIX}")
-        })?;
-        let packed = pack_rows(&q, &s, &shape)
-            .map_err(|why| format!("{file}: int8 tensor {name}: {why}"))?;
-        tensors.insert(name, packed);
-    }
-    if let Some(orphan) = scales.keys().next() {
-        return Err(format!(
-            "{file}: {orphan}{INT8_SCALES_SUFFIX} scales no int8 tensor {orphan}"
-        ));
-    }
-    Ok(tensors)
+            made(Tensor::from_vec(v, shape, cpu))?
+        }
+        Dtype::F16 => made(Tensor::from_vec(
+            read_values(r, count, 2, |b| half::f16::from_le_bytes([b[0], b[1]])).map_err(io)?,
+            shape,
+            cpu,
+        ))?,
+        Dtype::BF16 => made(Tensor::from_vec(
+            read_values(r, count, 2, |b| half::bf16::from_le_bytes([b[0], b[1]])).map_err(io)?,
+            shape,
+            cpu,
+        ))?,
+        Dtype::I64 => made(Tensor::from_vec(
+            read_values(r, count, 8, |b| {
+                i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+            })
+            .map_err(io)?,
+            shape,
+            cpu,
+        ))?,
+        Dtype::U8 | Dtype::BOOL => made(Tensor::from_vec(
+            read_values(r, count, 1, |b| b[0]).map_err(io)?,
+            shape,
+            cpu,
+        ))?,
+        other => {
+            // Not a weight any family reads (position ids are I64): skipped, not refused.
+            let skipped = info.data_offsets.1 - info.data_offsets.0;
+            std::io::copy(&mut r.take(skipped as u64), &mut std::io::sink()).map_err(io)?;
+            tracing::debug!(tensor = %name, dtype = ?other, "{file}: tensor of a dtype the engine does not read, skipped");
+            return Ok(());
+        }
+    };
+    tensors.insert(name, tensor);
+    Ok(())
 }
 
 /// Reads `count` values of `size` bytes each, converted by `from`, a MiB at a time.

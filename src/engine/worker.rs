@@ -14,7 +14,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::EngineError;
 use super::batch::{BatchLimits, plan};
-use super::encoder::Encoder;
+use super::encoder::{Encoder, Hidden};
+use super::head::Head;
 use super::pool::pool;
 use super::tokenize::Encoded;
 use super::vectors::{Finish, VectorShape};
@@ -220,6 +221,7 @@ fn embed_jobs(
     beat: &Beat,
     batch_size: &Histogram,
 ) -> Vec<JobResult> {
+    // Every text as (job, text in the job), in one list the batches index.
     let refs: Vec<(usize, usize)> = jobs
         .iter()
         .enumerate()
@@ -231,11 +233,8 @@ fn embed_jobs(
         .map(|j| vec![Vec::new(); j.texts.len()])
         .collect();
     let Pipeline {
-        encoder,
-        pooling,
-        finish,
+        encoder, finish, ..
     } = pipeline;
-    let dim = encoder.hidden_size();
 
     for group in plan(&lengths, limits) {
         let texts: Vec<&Encoded> = group
@@ -247,17 +246,7 @@ fn embed_jobs(
             .collect();
         crate::metrics::get().batches.inc();
         batch_size.observe(texts.len() as f64);
-        beat.pass_started.store(clock_ms() + 1, Ordering::Relaxed);
-        // The pass runs on a pool thread: its parallel steps are then that thread's own work,
-        // shared with the other threads, instead of jobs this thread hands over and sleeps
-        // on, one wake-up and one sleep per step.
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            rayon::join(|| encoder.forward(&texts), || ()).0
-        }))
-        .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
-        beat.pass_started.store(0, Ordering::Relaxed);
-        beat.last.store(clock_ms(), Ordering::Relaxed);
-        let hidden = match outcome {
+        let hidden = match watched_pass(encoder, &texts, beat) {
             Ok(h) => h,
             Err(msg) => {
                 tracing::error!(caxton_event = "engine_error", "{msg}");
@@ -268,40 +257,16 @@ fn embed_jobs(
             }
         };
         if let Some(head) = encoder.head() {
-            // A reranker: each pair's first token (a cross-encoder's) or last (a decoder's)
-            // through the head, in one product.
-            let read: Vec<f32> = group
-                .iter()
-                .enumerate()
-                .flat_map(|(k, &i)| {
-                    let row = match pooling {
-                        Pooling::LastToken => hidden.starts[k] + lengths[i].max(1) - 1,
-                        _ => hidden.starts[k],
-                    };
-                    hidden.data[row * dim..(row + 1) * dim].iter().copied()
-                })
-                .collect();
             let labels = head.labels();
-            let logits = head.logits(&read, group.len());
+            let logits = pair_logits(pipeline, head, &hidden, &group, &lengths);
             for (k, &i) in group.iter().enumerate() {
                 let (j, t) = refs[i];
                 vectors[j][t] = logits[k * labels..(k + 1) * labels].to_vec();
             }
             continue;
         }
-        // Pooled, through the Dense modules together, then each cut and normalised as its
-        // job asks.
-        let mut pooled = Vec::with_capacity(group.len() * dim);
-        for (k, &i) in group.iter().enumerate() {
-            let start = hidden.starts[k] * dim;
-            pooled.extend(pool(
-                &hidden.data[start..start + lengths[i] * dim],
-                dim,
-                lengths[i],
-                *pooling,
-            ));
-        }
-        let full = finish.dense(pooled, group.len());
+        // Through the Dense modules together, then each cut and normalised as its job asks.
+        let full = dense_vectors(pipeline, &hidden, &group, &lengths);
         let width = full.len() / group.len().max(1);
         for (k, &i) in group.iter().enumerate() {
             let (j, t) = refs[i];
@@ -310,4 +275,67 @@ fn embed_jobs(
         }
     }
     vectors.into_iter().map(Ok).collect()
+}
+
+/// One forward pass over `texts`, marked on `beat` for the watchdog while it runs; a panic in
+/// it is its error.
+fn watched_pass(encoder: &Encoder, texts: &[&Encoded], beat: &Beat) -> Result<Hidden, String> {
+    beat.pass_started.store(clock_ms() + 1, Ordering::Relaxed);
+    // The pass runs on a pool thread: its parallel steps are then that thread's own work,
+    // shared with the other threads, instead of jobs this thread hands over and sleeps
+    // on, one wake-up and one sleep per step.
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        rayon::join(|| encoder.forward(texts), || ()).0
+    }))
+    .unwrap_or_else(|_| Err("the forward pass panicked".to_string()));
+    beat.pass_started.store(0, Ordering::Relaxed);
+    beat.last.store(clock_ms(), Ordering::Relaxed);
+    outcome
+}
+
+/// A reranker's logits of each pair of `group` (indices into `lengths`, in the pass's order),
+/// `head.labels()` per pair: each pair's first token (a cross-encoder's) or last (a
+/// decoder's) through the head, in one product.
+fn pair_logits(
+    pipeline: &Pipeline,
+    head: &Head,
+    hidden: &Hidden,
+    group: &[usize],
+    lengths: &[usize],
+) -> Vec<f32> {
+    let dim = pipeline.encoder.hidden_size();
+    let read: Vec<f32> = group
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &i)| {
+            let row = match pipeline.pooling {
+                Pooling::LastToken => hidden.starts[k] + lengths[i].max(1) - 1,
+                _ => hidden.starts[k],
+            };
+            hidden.data[row * dim..(row + 1) * dim].iter().copied()
+        })
+        .collect();
+    head.logits(&read, group.len())
+}
+
+/// The texts of `group` (indices into `lengths`, in the pass's order) pooled and through the
+/// Dense modules, one row each.
+fn dense_vectors(
+    pipeline: &Pipeline,
+    hidden: &Hidden,
+    group: &[usize],
+    lengths: &[usize],
+) -> Vec<f32> {
+    let dim = pipeline.encoder.hidden_size();
+    let mut pooled = Vec::with_capacity(group.len() * dim);
+    for (k, &i) in group.iter().enumerate() {
+        let start = hidden.starts[k] * dim;
+        pooled.extend(pool(
+            &hidden.data[start..start + lengths[i] * dim],
+            dim,
+            lengths[i],
+            pipeline.pooling,
+        ));
+    }
+    pipeline.finish.dense(pooled, group.len())
 }

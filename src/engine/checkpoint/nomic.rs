@@ -87,6 +87,52 @@ impl NomicConfig {
         }
     }
 
+    /// Refuses what the encoder does not run: norms before blocks, causal attention,
+    /// interleaved or scaled rotary positions.
+    fn refuse_unsupported(&self) -> Result<(), String> {
+        let refuse = |what: &str| Err(format!("config.json: {what} is not supported"));
+        if self.prenorm {
+            return refuse("prenorm: true");
+        }
+        if self.causal {
+            return refuse("causal: true (NomicBERT embedders attend both ways)");
+        }
+        if self.rotary_emb_interleaved {
+            return refuse("rotary_emb_interleaved: true");
+        }
+        if let Some(f) = self.rotary_scaling_factor {
+            return Err(format!(
+                "config.json: rotary_scaling_factor {f} (dynamic NTK scaling) is not supported; nomic-embed-text-v1.5 ships none and reaches 8,192 tokens without it"
+            ));
+        }
+        if let Some(t) = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.as_deref())
+            && t != "default"
+        {
+            return Err(format!(
+                "config.json: rope_parameters.rope_type {t:?} is not supported (default)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The gated block's activation: SwiGLU's or GeGLU's, under either spelling.
+    fn activation(&self) -> Result<Activation, String> {
+        match (
+            self.activation_function.as_deref(),
+            self.hidden_act.as_deref(),
+        ) {
+            (Some("swiglu"), _) | (None, Some("silu" | "swish")) => Ok(Activation::Silu),
+            (Some("geglu"), _) | (None, Some("gelu")) => Ok(Activation::GeluErf),
+            (a, h) => Err(format!(
+                "config.json: activation {:?} is not supported (swiglu, geglu)",
+                a.or(h)
+            )),
+        }
+    }
+
     fn layers(&self) -> Result<usize, String> {
         either(
             self.n_layer,
@@ -98,41 +144,8 @@ impl NomicConfig {
 
 pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
     let c: NomicConfig = parse(config_json)?;
-    let refuse = |what: &str| Err(format!("config.json: {what} is not supported"));
-    if c.prenorm {
-        return refuse("prenorm: true");
-    }
-    if c.causal {
-        return refuse("causal: true (NomicBERT embedders attend both ways)");
-    }
-    if c.rotary_emb_interleaved {
-        return refuse("rotary_emb_interleaved: true");
-    }
-    if let Some(f) = c.rotary_scaling_factor {
-        return Err(format!(
-            "config.json: rotary_scaling_factor {f} (dynamic NTK scaling) is not supported; nomic-embed-text-v1.5 ships none and reaches 8,192 tokens without it"
-        ));
-    }
-    if let Some(t) = c
-        .rope_parameters
-        .as_ref()
-        .and_then(|r| r.rope_type.as_deref())
-        && t != "default"
-    {
-        return Err(format!(
-            "config.json: rope_parameters.rope_type {t:?} is not supported (default)"
-        ));
-    }
-    let activation = match (c.activation_function.as_deref(), c.hidden_act.as_deref()) {
-        (Some("swiglu"), _) | (None, Some("silu" | "swish")) => Activation::Silu,
-        (Some("geglu"), _) | (None, Some("gelu")) => Activation::GeluErf,
-        (a, h) => {
-            return Err(format!(
-                "config.json: activation {:?} is not supported (swiglu, geglu)",
-                a.or(h)
-            ));
-        }
-    };
+    c.refuse_unsupported()?;
+    let activation = c.activation()?;
     let hidden = c.hidden()?;
     let heads = either(
         c.n_head,

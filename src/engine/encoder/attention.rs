@@ -87,23 +87,89 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+/// One block of a text's queries and the keys they may see.
+#[derive(Clone, Copy)]
+struct Block {
+    text: usize,
+    /// Its queries, `q0..q1` of the text.
+    q0: usize,
+    q1: usize,
+    /// The keys any of them sees, `k0..k1` of the text.
+    k0: usize,
+    k1: usize,
+}
+
+/// Where a layer's heads lie in the fused projection's rows and the context's.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Query heads and their width.
+    heads: usize,
+    d: usize,
+    /// Query heads per key and value head.
+    group: usize,
+    /// Width of a context row (every query head).
+    h: usize,
+    /// Width of a `qkv` row.
+    stride: usize,
+    /// Offsets of the key heads and the value heads in a `qkv` row.
+    key_at: usize,
+    value_at: usize,
+    scale: f32,
+}
+
 impl Attention<'_> {
     /// `qkv` holds each token's query, key and value heads side by side (as [`Heads`] lays
     /// them out); `context` receives each token's query heads' results side by side.
     pub(super) fn run(&self, qkv: &[f32], starts: &[usize], lens: &[usize], context: &mut [f32]) {
+        let layout = self.layout();
+        let rows = starts.last().zip(lens.last()).map_or(0, |(s, l)| s + l);
+        assert!(qkv.len() >= rows * layout.stride && context.len() >= rows * layout.h);
+        let (blocks, work) = self.blocks(lens);
+        let tasks = blocks.len() * layout.heads;
+        let blocks = &blocks;
+        let out = Shared(context.as_mut_ptr());
+        let qkv = Shared(qkv.as_ptr() as *mut f32);
+        let run = move |task: usize| {
+            let (out, qkv) = (out, qkv);
+            let (block, head) = (task / layout.heads, task % layout.heads);
+            let block = blocks[block];
+            let start = starts[block.text];
+            // SAFETY: `blocks` lie inside their texts, whose rows `qkv` and `context` hold
+            // (asserted above); each task writes only its own block's rows in its own head's
+            // columns.
+            unsafe { self.block_head(&layout, block, head, start, qkv, out) };
+        };
+        if work < PARALLEL_MIN {
+            (0..tasks).for_each(run);
+        } else {
+            (0..tasks).into_par_iter().for_each(run);
+        }
+    }
+
+    fn layout(&self) -> Layout {
         let Heads {
             query: heads,
             dim: d,
             ..
         } = self.heads;
-        // Query head `i` reads key and value head `i / group`, as transformers' `repeat_kv`.
-        let group = heads / self.heads.kv;
-        let (h, stride) = (self.heads.q_width(), self.heads.qkv_width());
-        let (key_at, value_at) = (h, h + self.heads.kv_width());
-        let scale = 1.0 / (d as f32).sqrt();
-        let rows = starts.last().zip(lens.last()).map_or(0, |(s, l)| s + l);
-        assert!(qkv.len() >= rows * stride && context.len() >= rows * h);
-        // (text, first query, end of queries, first key, end of keys) of each block.
+        let h = self.heads.q_width();
+        Layout {
+            heads,
+            d,
+            // Query head `i` reads key and value head `i / group`, as transformers' `repeat_kv`.
+            group: heads / self.heads.kv,
+            h,
+            stride: self.heads.qkv_width(),
+            key_at: h,
+            value_at: h + self.heads.kv_width(),
+            scale: 1.0 / (d as f32).sqrt(),
+        }
+    }
+
+    /// Each text's blocks of queries with the keys they see, and the work of them all
+    /// (query × key × width, over every head).
+    fn blocks(&self, lens: &[usize]) -> (Vec<Block>, usize) {
+        let (heads, d) = (self.heads.query, self.heads.dim);
         let mut blocks = Vec::new();
         let mut work = 0;
         for (text, &len) in lens.iter().enumerate() {
@@ -118,88 +184,104 @@ impl Attention<'_> {
                     k1 = k1.min(q1);
                 }
                 work += (q1 - q0) * (k1 - k0) * d * heads;
-                blocks.push((text, q0, q1, k0, k1));
+                blocks.push(Block {
+                    text,
+                    q0,
+                    q1,
+                    k0,
+                    k1,
+                });
             }
         }
-        let tasks = blocks.len() * heads;
-        let blocks = &blocks;
-        let out = Shared(context.as_mut_ptr());
-        let qkv = Shared(qkv.as_ptr() as *mut f32);
-        let run = move |task: usize| {
-            let (out, qkv) = (out, qkv);
-            let (block, head) = (task / heads, task % heads);
-            let kv_head = head / group;
-            let (text, q0, q1, k0, k1) = blocks[block];
-            let (bq, bk) = (q1 - q0, k1 - k0);
-            let start = starts[text];
-            SCORES.with_borrow_mut(|scores| {
-                if scores.len() < bq * bk {
-                    scores.resize(bq * bk, 0.0);
+        (blocks, work)
+    }
+
+    /// One task: `head`'s attention for `block`'s queries (its text's rows from `start`):
+    /// scores, softmax, context, with this thread's scores.
+    ///
+    /// # Safety
+    /// The block's rows of `qkv` (rows of `stride`) and of `out` (rows of `h`) must exist,
+    /// and no other thread may write this block's rows in this head's columns of `out`.
+    #[inline]
+    unsafe fn block_head(
+        &self,
+        l: &Layout,
+        block: Block,
+        head: usize,
+        start: usize,
+        qkv: Shared,
+        out: Shared,
+    ) {
+        let Block { q0, q1, k0, k1, .. } = block;
+        let (bq, bk, d, stride) = (q1 - q0, k1 - k0, l.d, l.stride);
+        let kv_head = head / l.group;
+        SCORES.with_borrow_mut(|scores| {
+            if scores.len() < bq * bk {
+                scores.resize(bq * bk, 0.0);
+            }
+            let scores = &mut scores[..bq * bk];
+            // SAFETY: every offset below stays inside the text's rows of `qkv` and of
+            // `context` (the caller's contract), and this task alone writes its block's query
+            // rows in its head's `d` columns.
+            unsafe {
+                let q = qkv.0.add((start + q0) * stride + head * d);
+                let k = qkv.0.add((start + k0) * stride + l.key_at + kv_head * d);
+                let v = qkv.0.add((start + k0) * stride + l.value_at + kv_head * d);
+                // scores = scale · Q Kᵀ: Kᵀ(i, j) is K(j, i).
+                kernels::matmul(
+                    (bq, bk, d),
+                    Mat::row_major(scores.as_mut_ptr(), bk),
+                    Mat::row_major(q, stride),
+                    Mat {
+                        ptr: k,
+                        row: 1,
+                        col: stride as isize,
+                    },
+                    l.scale,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for (r, row) in scores.chunks_exact_mut(bk).enumerate() {
+                    self.softmax_row(row, head, q0 + r, k0, k1);
                 }
-                let scores = &mut scores[..bq * bk];
-                // SAFETY: every offset below stays inside the text's rows of `qkv`
-                // (`rows × 3h`, asserted above) and of `context` (`rows × h`); each task
-                // writes only its own block's query rows in its own head's `d` columns, so no
-                // two tasks write the same element.
-                unsafe {
-                    let q = qkv.0.add((start + q0) * stride + head * d);
-                    let k = qkv.0.add((start + k0) * stride + key_at + kv_head * d);
-                    let v = qkv.0.add((start + k0) * stride + value_at + kv_head * d);
-                    // scores = scale · Q Kᵀ: Kᵀ(i, j) is K(j, i).
-                    kernels::matmul(
-                        (bq, bk, d),
-                        Mat::row_major(scores.as_mut_ptr(), bk),
-                        Mat::row_major(q, stride),
-                        Mat {
-                            ptr: k,
-                            row: 1,
-                            col: stride as isize,
-                        },
-                        scale,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                    for (r, row) in scores.chunks_exact_mut(bk).enumerate() {
-                        let i = q0 + r;
-                        if let Some(rel) = self.relative {
-                            let bias = rel.row(head, i, k0, k1);
-                            row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
-                        }
-                        // Keys i - reach ..= i + reach within a window, none after i when
-                        // causal, all of the text's otherwise.
-                        let (mut lo, mut hi) = (k0, k1);
-                        if let Some(reach) = self.window {
-                            lo = i.saturating_sub(reach).max(k0);
-                            hi = (i + reach + 1).min(k1);
-                        }
-                        if self.causal {
-                            hi = hi.min(i + 1);
-                        }
-                        if (lo, hi) == (k0, k1) {
-                            kernels::softmax(row);
-                        } else {
-                            let (lo, hi) = (lo - k0, hi - k0);
-                            kernels::softmax(&mut row[lo..hi]);
-                            row[..lo].fill(0.0);
-                            row[hi..].fill(0.0);
-                        }
-                    }
-                    kernels::matmul(
-                        (bq, d, bk),
-                        Mat::row_major(out.0.add((start + q0) * h + head * d), h),
-                        Mat::row_major(scores.as_mut_ptr(), bk),
-                        Mat::row_major(v, stride),
-                        1.0,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
-        };
-        if work < PARALLEL_MIN {
-            (0..tasks).for_each(run);
+                kernels::matmul(
+                    (bq, d, bk),
+                    Mat::row_major(out.0.add((start + q0) * l.h + head * d), l.h),
+                    Mat::row_major(scores.as_mut_ptr(), bk),
+                    Mat::row_major(v, stride),
+                    1.0,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    }
+
+    /// Query `i`'s scores against keys `k0..k1` (`row`) in `head` become its weights: the
+    /// relative bias added, softmax over the keys it sees, zero for the others.
+    #[inline]
+    fn softmax_row(&self, row: &mut [f32], head: usize, i: usize, k0: usize, k1: usize) {
+        if let Some(rel) = self.relative {
+            let bias = rel.row(head, i, k0, k1);
+            row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
+        }
+        // Keys i - reach ..= i + reach within a window, none after i when causal, all of the
+        // text's otherwise.
+        let (mut lo, mut hi) = (k0, k1);
+        if let Some(reach) = self.window {
+            lo = i.saturating_sub(reach).max(k0);
+            hi = (i + reach + 1).min(k1);
+        }
+        if self.causal {
+            hi = hi.min(i + 1);
+        }
+        if (lo, hi) == (k0, k1) {
+            kernels::softmax(row);
         } else {
-            (0..tasks).into_par_iter().for_each(run);
+            let (lo, hi) = (lo - k0, hi - k0);
+            kernels::softmax(&mut row[lo..hi]);
+            row[..lo].fill(0.0);
+            row[hi..].fill(0.0);
         }
     }
 }

@@ -226,20 +226,38 @@ impl Encoder {
         mut probe: Option<&mut Probe>,
     ) {
         let b = &self.blueprint;
-        let (h, heads) = (b.hidden, b.heads());
-        let pre = b.norm.before_blocks();
-        let Workspace {
-            qkv,
-            context,
-            attended,
-            normed,
-            up,
-            gated,
-        } = ws;
+        let heads = b.heads();
         let window = b.window.as_ref().and_then(|w| w.of_layer(index));
-        // Attention's input: the layer's input, normalised first where norms come before
-        // each block.
-        let input: &[f32] = match (&l.attention_norm, pre) {
+        self.project_qkv(l, x, rows, starts, lens, window, ws, probe.as_deref_mut());
+        Attention {
+            heads,
+            window,
+            causal: b.causal,
+            relative: self.relative.as_ref(),
+        }
+        .run(&ws.qkv, starts, lens, &mut ws.context);
+        self.attention_output(l, x, rows, ws, probe.as_deref_mut());
+        self.feed_forward_block(l, x, rows, ws, probe);
+    }
+
+    /// The attention block's query-key-value projection of `x` into `ws.qkv`: normalised first
+    /// where norms come before each block, then the heads' norms and rotary positions.
+    #[allow(clippy::too_many_arguments)]
+    fn project_qkv(
+        &self,
+        l: &Layer,
+        x: &[f32],
+        rows: usize,
+        starts: &[usize],
+        lens: &[usize],
+        window: Option<usize>,
+        ws: &mut Workspace,
+        probe: Option<&mut Probe>,
+    ) {
+        let b = &self.blueprint;
+        let (h, heads) = (b.hidden, b.heads());
+        let Workspace { qkv, normed, .. } = ws;
+        let input: &[f32] = match (&l.attention_norm, b.norm.before_blocks()) {
             (Some(norm), true) => {
                 normed[..rows * h].copy_from_slice(x);
                 norm.apply(&mut normed[..rows * h], h, b.eps);
@@ -247,7 +265,7 @@ impl Encoder {
             }
             _ => x,
         };
-        if let Some(p) = probe.as_deref_mut() {
+        if let Some(p) = probe {
             observe(&mut p.qkv, &input[..rows * h], h);
         }
         l.qkv.forward(input, rows, None, qkv);
@@ -257,15 +275,25 @@ impl Encoder {
         if let Some(rotary) = &self.rotary {
             rotary.apply(qkv, starts, lens, heads, window.is_some());
         }
-        Attention {
-            heads,
-            window,
-            causal: b.causal,
-            relative: self.relative.as_ref(),
-        }
-        .run(qkv, starts, lens, context);
-        if let Some(p) = probe.as_deref_mut() {
-            let q = heads.q_width();
+    }
+
+    /// `ws.attended` = the attention output's projection of `ws.context`, plus the residual
+    /// `x` (Gemma 3's norm between them).
+    fn attention_output(
+        &self,
+        l: &Layer,
+        x: &[f32],
+        rows: usize,
+        ws: &mut Workspace,
+        probe: Option<&mut Probe>,
+    ) {
+        let b = &self.blueprint;
+        let h = b.hidden;
+        let Workspace {
+            context, attended, ..
+        } = ws;
+        if let Some(p) = probe {
+            let q = b.heads().q_width();
             observe(&mut p.context, &context[..rows * q], q);
         }
         match &l.post_norms {
@@ -276,8 +304,29 @@ impl Encoder {
                 add_residual(&mut attended[..rows * h], x, h);
             }
         }
+    }
+
+    /// The feed-forward block over `ws.attended` into `x`, with the output norm where the
+    /// family puts it (before the block's input, or after its residual add).
+    fn feed_forward_block(
+        &self,
+        l: &Layer,
+        x: &mut [f32],
+        rows: usize,
+        ws: &mut Workspace,
+        mut probe: Option<&mut Probe>,
+    ) {
+        let b = &self.blueprint;
+        let h = b.hidden;
+        let Workspace {
+            attended,
+            normed,
+            up,
+            gated,
+            ..
+        } = ws;
         let attended = &mut attended[..rows * h];
-        if pre {
+        if b.norm.before_blocks() {
             normed[..rows * h].copy_from_slice(attended);
             l.output_norm.apply(&mut normed[..rows * h], h, b.eps);
             if let Some(p) = probe.as_deref_mut() {

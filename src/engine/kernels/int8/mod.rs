@@ -283,14 +283,7 @@ impl Packed {
         if rows == 0 {
             return;
         }
-        let span = (rows - 1) * ldo + n;
-        assert!(ldo >= n && x.len() >= rows * k && out.len() >= span && bias.len() == n);
-        assert!(residual.is_none_or(|r| r.len() >= span));
-        assert!(
-            Kernel::here().contains(&kernel),
-            "the {} kernel does not run on this CPU",
-            kernel.name()
-        );
+        self.check_call(kernel, x, rows, bias, residual, out, ldo);
         let lda = self.blocks * BLOCK;
         // Taken out of the thread's slot, not borrowed in it: while this thread waits for the
         // parallel tiles it may run another pass's call, which finds the slot empty.
@@ -347,6 +340,31 @@ impl Packed {
             }
         }
         ACTIVATIONS.with_borrow_mut(|slot| *slot = (a, scales));
+    }
+
+    /// Refuses a call whose buffers do not hold its `rows` (at least one) or whose kernel this
+    /// CPU does not run: the tiles write through a raw pointer and the kernels' instructions.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn check_call(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        rows: usize,
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        out: &[f32],
+        ldo: usize,
+    ) {
+        let (k, n) = (self.inputs, self.outputs);
+        let span = (rows - 1) * ldo + n;
+        assert!(ldo >= n && x.len() >= rows * k && out.len() >= span && bias.len() == n);
+        assert!(residual.is_none_or(|r| r.len() >= span));
+        assert!(
+            Kernel::here().contains(&kernel),
+            "the {} kernel does not run on this CPU",
+            kernel.name()
+        );
     }
 
     /// One tile: `acc[r][c]` = Σ over blocks of (int32 dot of row `r` with output `c` of panel

@@ -36,6 +36,7 @@
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod output;
+mod pack;
 mod quantize;
 mod rotate;
 #[cfg(target_arch = "x86_64")]
@@ -249,82 +250,17 @@ impl Packed {
         assert!(smooth.is_empty() || smooth.len() == inputs);
         let s = |k: usize| smooth.get(k).copied().unwrap_or(1.0);
         let rotation = rotation_block(inputs);
-        // `H·S·Wᵀ / n`: rows of Wᵀ scaled, then each block of rows turned as a whole (a
-        // butterfly on rows is a butterfly on every output at once).
-        let mut turned = wt.to_vec();
-        for (k, row) in turned.chunks_exact_mut(outputs.max(1)).enumerate() {
-            let f = s(k) / rotation as f32;
-            row.iter_mut().for_each(|w| *w *= f);
-        }
-        for block in turned.chunks_exact_mut(rotation * outputs.max(1)) {
-            let mut h = 1;
-            while h < rotation {
-                for pair in block.chunks_exact_mut(2 * h * outputs) {
-                    let (lo, hi) = pair.split_at_mut(h * outputs);
-                    for (l, r) in lo.iter_mut().zip(hi.iter_mut()) {
-                        let (a, c) = (*l, *r);
-                        *l = a + c;
-                        *r = a - c;
-                    }
-                }
-                h *= 2;
-            }
-        }
+        let turned = pack::turn(wt, outputs, rotation, s);
         let padded = inputs.div_ceil(ROW_ALIGN) * ROW_ALIGN;
         let groups = padded / GROUP;
         let panels = outputs.div_ceil(NR);
-        let mut max = vec![0f32; outputs];
-        for row in turned.chunks_exact(outputs.max(1)) {
-            for (m, &w) in max.iter_mut().zip(row) {
-                *m = m.max(w.abs());
-            }
-        }
+        let max = pack::output_max(&turned, outputs, limit_pairs);
+        let scales = pack::scales(&max, panels);
+        let mut weights = pack::quantize(&turned, &max, outputs, panels, groups);
         if limit_pairs {
-            // An odd last input pairs with a padding zero.
-            for pair in turned.chunks(2 * outputs.max(1)) {
-                let (first, second) = pair.split_at(outputs.min(pair.len()));
-                for (o, m) in max.iter_mut().enumerate() {
-                    let both = first[o].abs() + second.get(o).map_or(0.0, |w| w.abs());
-                    *m = m.max(both * (127.0 / 128.0));
-                }
-            }
+            pack::limit_pairs(&mut weights);
         }
-        let mut scales = vec![0f32; panels * NR];
-        let inv: Vec<f32> = max
-            .iter()
-            .map(|&m| if m > 0.0 { 127.0 / m } else { 0.0 })
-            .collect();
-        for (o, &m) in max.iter().enumerate() {
-            scales[o] = m / 127.0;
-        }
-        let mut weights = vec![0i8; panels * groups * PANEL_GROUP];
-        for (k, row) in turned.chunks_exact(outputs.max(1)).enumerate() {
-            let (g, kk) = (k / GROUP, k % GROUP);
-            for (o, (&w, &inv)) in row.iter().zip(&inv).enumerate() {
-                let q = (w * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-                let at = ((o / NR) * groups + g) * PANEL_GROUP + (o % NR) * GROUP + kk;
-                weights[at] = q;
-            }
-        }
-        if limit_pairs {
-            // Rounding (and f32's) may leave a pair one over; its larger weight gives it up.
-            // An output's inputs `2j, 2j + 1` are adjacent bytes of its group.
-            for pair in weights.chunks_exact_mut(2) {
-                let over = i32::from(pair[0]).abs() + i32::from(pair[1]).abs() - 128;
-                if over > 0 {
-                    let big = usize::from(pair[1].abs() > pair[0].abs());
-                    pair[big] -= pair[big].signum() * over as i8;
-                }
-            }
-        }
-        let mut sums = vec![0i32; panels * NR];
-        for (p, panel) in weights.chunks_exact(groups * PANEL_GROUP).enumerate() {
-            for group in panel.chunks_exact(PANEL_GROUP) {
-                for (c, w) in group.chunks_exact(GROUP).enumerate() {
-                    sums[p * NR + c] += w.iter().map(|&q| i32::from(q)).sum::<i32>();
-                }
-            }
-        }
+        let sums = pack::sums(&weights, panels, groups);
         Packed {
             inputs,
             outputs,

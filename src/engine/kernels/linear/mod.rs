@@ -207,8 +207,11 @@ impl Linear {
         let x = &x[..rows * k];
         let out = &mut out[..rows * n];
         let residual = residual.map(|r| &r[..rows * n]);
-        let panels = match &self.weights {
-            Weights::F32(panels) => panels,
+        match &self.weights {
+            Weights::F32(panels) if rows <= SMALL_ROWS => {
+                few_rows::forward(x, rows, panels, &self.bias, residual, out)
+            }
+            Weights::F32(panels) => self.forward_panels(panels, x, rows, residual, out),
             #[cfg(target_arch = "x86_64")]
             Weights::Bf16(packed) => {
                 // Without a residual the output tiles start from the bias itself.
@@ -219,40 +222,59 @@ impl Linear {
                     }
                     None => packed.forward(x, rows, Some(&self.bias), out),
                 }
-                return;
             }
             Weights::Int8(packed, tail) => {
-                let m = n - tail.as_ref().map_or(0, |t| t.outputs);
-                let kernel = super::int8::Kernel::best();
-                packed.forward_strided(kernel, x, rows, &self.bias[..m], residual, out, n);
-                if let Some(tail) = tail {
-                    let t = tail.outputs;
-                    let mut part = vec![0f32; rows * t];
-                    tail.forward(x, rows, None, &mut part);
-                    for (r, src) in part.chunks_exact(t).enumerate() {
-                        let dst = &mut out[r * n + m..(r + 1) * n];
-                        match residual {
-                            Some(res) => add_into(dst, src, &res[r * n + m..(r + 1) * n]),
-                            None => dst.copy_from_slice(src),
-                        }
-                    }
-                }
-                return;
+                self.forward_int8(packed, tail.as_deref(), x, rows, residual, out)
             }
             Weights::Int8Fast(packed) => {
                 let kernel = super::int8_fast::Kernel::best();
                 packed.forward_strided(kernel, x, rows, &self.bias, residual, out, n);
-                return;
             }
-        };
-        if rows <= SMALL_ROWS {
-            few_rows::forward(x, rows, panels, &self.bias, residual, out);
-            return;
         }
+    }
+
+    /// [`Linear::forward`] on int8 weights, whose last outputs may come from an f32 `tail`.
+    fn forward_int8(
+        &self,
+        packed: &super::int8::Packed,
+        tail: Option<&Linear>,
+        x: &[f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        let n = self.outputs;
+        let m = n - tail.map_or(0, |t| t.outputs);
+        let kernel = super::int8::Kernel::best();
+        packed.forward_strided(kernel, x, rows, &self.bias[..m], residual, out, n);
+        if let Some(tail) = tail {
+            let t = tail.outputs;
+            let mut part = vec![0f32; rows * t];
+            tail.forward(x, rows, None, &mut part);
+            for (r, src) in part.chunks_exact(t).enumerate() {
+                let dst = &mut out[r * n + m..(r + 1) * n];
+                match residual {
+                    Some(res) => add_into(dst, src, &res[r * n + m..(r + 1) * n]),
+                    None => dst.copy_from_slice(src),
+                }
+            }
+        }
+    }
+
+    /// [`Linear::forward`] on f32 panels for more than [`SMALL_ROWS`] rows: one `gemm` product
+    /// per panel and block of rows, each on one thread. A block's rows stay in L2 while every
+    /// panel passes over them; a product over all the rows per panel would stream the whole
+    /// batch from memory once per panel (4-10% slower on 4,096 rows).
+    fn forward_panels(
+        &self,
+        panels: &Panels,
+        x: &[f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        let (k, n) = (self.inputs, self.outputs);
         self.prefill(residual, out);
-        // One product per panel and block of rows, each on one thread. A block's rows stay
-        // in L2 while every panel passes over them; a product over all the rows per panel
-        // would stream the whole batch from memory once per panel (4-10% slower on 4,096 rows).
         let threads = rayon::current_num_threads();
         let dst = SendPtr(out.as_mut_ptr());
         let product = |first_row: usize, count: usize, panel: &panels::Panel<'_>| {
