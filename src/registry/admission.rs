@@ -53,20 +53,20 @@ impl Registry {
     /// queue while it does not, until `memory.load_queue.max_wait`. With no model loaded at
     /// all, it loads as the last resort (see [`Need::Serve`]).
     pub async fn acquire(self: &Arc<Self>, id: &str) -> Result<Arc<LoadedModel>, LoadError> {
-        self.acquire_for(id, &[]).await
-    }
-
-    /// [`Self::acquire`] for a request whose model may be stood in for by `chain` (its fallback
-    /// chain): it loads as the last resort when nothing of `id` and `chain` is loaded, since
-    /// its request would otherwise get nothing.
-    pub async fn acquire_for(
-        self: &Arc<Self>,
-        id: &str,
-        chain: &[String],
-    ) -> Result<Arc<LoadedModel>, LoadError> {
         let slot = self
             .get(id)
             .ok_or_else(|| LoadError::Unknown(id.to_string()))?;
+        self.acquire_slot(slot, &[]).await
+    }
+
+    /// [`Self::acquire`] for the model of `slot`, for a request whose model may be stood in
+    /// for by `chain` (its fallback chain): it loads as the last resort when nothing of the
+    /// model and `chain` is loaded, since its request would otherwise get nothing.
+    pub(super) async fn acquire_slot(
+        self: &Arc<Self>,
+        slot: Arc<ModelSlot>,
+        chain: &[String],
+    ) -> Result<Arc<LoadedModel>, LoadError> {
         // The common case, on every request: already loaded.
         if let Some(model) = loaded_now(&slot) {
             return Ok(model);
@@ -83,6 +83,7 @@ impl Registry {
         };
         // A spawned task finishes the load even if this request goes away meanwhile, so the
         // slot never stays "loading" with the result thrown away.
+        let id = slot.package.manifest.id.clone();
         let this = self.clone();
         let chain = chain.to_vec();
         tokio::spawn(async move {
@@ -98,7 +99,7 @@ impl Registry {
         })
         .await
         .map_err(|e| LoadError::Failed {
-            id: id.to_string(),
+            id,
             reason: format!("the load task failed: {e}"),
             retry_after: super::slot::BACKOFF_BASE,
         })?

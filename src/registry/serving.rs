@@ -42,24 +42,6 @@ pub struct Served {
 }
 
 impl Registry {
-    /// The slot of model `id` for a request that needs a model of `kind`: not found (naming
-    /// the models there are), or of the other kind.
-    pub fn slot_for(&self, id: &str, kind: ModelKind) -> Result<Arc<ModelSlot>, ModelError> {
-        let slot = self.get(id).ok_or_else(|| ModelError::NotFound {
-            id: id.to_string(),
-            known: self.ids(),
-        })?;
-        match (slot.package.manifest.kind, kind) {
-            (ModelKind::Reranker, ModelKind::Embedding) => {
-                Err(ModelError::NotEmbedding(id.to_string()))
-            }
-            (ModelKind::Embedding, ModelKind::Reranker) => {
-                Err(ModelError::NotReranker(id.to_string()))
-            }
-            _ => Ok(slot),
-        }
-    }
-
     /// The model for a request for `wanted` under `models`' fallback rules, loaded.
     pub async fn serve(
         self: &Arc<Self>,
@@ -99,19 +81,19 @@ impl Registry {
         chain: &[String],
     ) -> Result<Served, Refused> {
         let requested = wanted.id;
-        // A width the model cannot give is the caller's mistake: refused before anything loads.
-        if let Some(slot) = self.get(requested) {
-            width_on(&slot.package.manifest, wanted.width)
-                .map_err(|e| Refused::Finally(e.into()))?;
-        }
-        let slot = match self.slot_for(requested, wanted.kind) {
-            Ok(slot) => slot,
-            Err(e @ ModelError::NotFound { .. }) => {
-                return Err(Refused::Because(Reason::Missing, e));
-            }
-            // The wrong kind is the caller's mistake, never a reason to substitute.
-            Err(e) => return Err(Refused::Finally(e)),
+        // One lookup: the model that loads below is this slot's.
+        let Some(slot) = self.get(requested) else {
+            let missing = ModelError::NotFound {
+                id: requested.to_string(),
+                known: self.ids(),
+            };
+            return Err(Refused::Because(Reason::Missing, missing));
         };
+        // A width the model cannot give, or a model of the other kind, is the caller's
+        // mistake: refused before anything loads, never a reason to substitute.
+        let width = width_on(&slot.package.manifest, wanted.width)
+            .map_err(|e| Refused::Finally(e.into()))?;
+        check_kind(&slot, wanted.kind).map_err(Refused::Finally)?;
         if !chain.is_empty()
             && self.governor.critical()
             && !self.alternative(requested).is_some_and(|a| a.loaded)
@@ -122,12 +104,9 @@ impl Registry {
             };
             return Err(Refused::Because(Reason::MemoryPressure, refusal));
         }
-        match self.acquire_for(requested, chain).await {
+        match self.acquire_slot(slot.clone(), chain).await {
             Ok(model) => {
                 self.fallbacks.served(requested);
-                // Checked again on the version that loaded (a rescan may have replaced it).
-                let width = width_on(&model.package.manifest, wanted.width)
-                    .map_err(|e| Refused::Finally(e.into()))?;
                 Ok(Served {
                     id: requested.to_string(),
                     slot,
@@ -173,7 +152,7 @@ impl Registry {
                 tried.push((alt, "not installed".into()));
                 continue;
             };
-            match self.acquire_for(&alt, chain).await {
+            match self.acquire_slot(slot.clone(), chain).await {
                 Ok(model) => {
                     let skipped: Vec<String> = tried.into_iter().map(|(id, _)| id).collect();
                     self.fallbacks.substituted(
@@ -183,8 +162,9 @@ impl Registry {
                         &skipped,
                         &error.to_string(),
                     );
-                    // `unfit` checked the width before the load; again on the version loaded.
-                    let width = width_on(&model.package.manifest, wanted.width)?;
+                    // `unfit` checked the width before the load, on what may have been another
+                    // version (a rescan between); this is the one that loaded.
+                    let width = width_on(&slot.package.manifest, wanted.width)?;
                     return Ok(Served {
                         id: alt,
                         slot,
@@ -290,6 +270,16 @@ pub fn chain(
         chain.push(default.to_string());
     }
     chain
+}
+
+/// Refuses the model of `slot` for a request that needs a model of `kind`.
+fn check_kind(slot: &ModelSlot, kind: ModelKind) -> Result<(), ModelError> {
+    let id = || slot.package.manifest.id.clone();
+    match (slot.package.manifest.kind, kind) {
+        (ModelKind::Reranker, ModelKind::Embedding) => Err(ModelError::NotEmbedding(id())),
+        (ModelKind::Embedding, ModelKind::Reranker) => Err(ModelError::NotReranker(id())),
+        _ => Ok(()),
+    }
 }
 
 /// The width `width` asks of the model of `manifest`, checked.

@@ -67,16 +67,11 @@ fn rope(c: &GteConfig) -> Result<(f64, f64), String> {
         .rope_theta
         .or(c.rope_parameters.as_ref().and_then(|r| r.rope_theta))
         .unwrap_or(10_000.0);
-    if let Some(t) = c
-        .rope_parameters
-        .as_ref()
-        .and_then(|r| r.rope_type.as_deref())
-        && t != "default"
-    {
-        return Err(format!(
-            "config.json: rope_parameters.rope_type {t:?} is not supported (default)"
-        ));
-    }
+    super::default_rope_type(
+        c.rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.as_deref()),
+    )?;
     match &c.rope_scaling {
         None => Ok((theta, 1.0)),
         Some(s) if s.kind == "ntk" && s.factor >= 1.0 => Ok((theta, s.factor)),

@@ -19,6 +19,17 @@ use super::blueprint::Blueprint;
 use crate::package::Architecture;
 pub use tensors::Tensors;
 
+/// Refuses a `rope_parameters.rope_type` other than the default (the families that read it
+/// run plain rotary positions, or NTK scaling through their own key).
+fn default_rope_type(rope_type: Option<&str>) -> Result<(), String> {
+    match rope_type {
+        Some(t) if t != "default" => Err(format!(
+            "config.json: rope_parameters.rope_type {t:?} is not supported (default)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Moves a reranker's classification head (already stripped of the encoder's prefix by
 /// [`map`]) to the names [`super::head`] reads: BERT's pooler and classifier, XLM-RoBERTa's
 /// classifier dense and output projection, or a Qwen3 reranker's one row (`score`, which
@@ -94,4 +105,19 @@ pub fn map(
         Architecture::Gemma3 => gemma3::tensors(config_json, tensors),
     }?;
     Ok((blueprint, tensors))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_default_rope_type_is_read() {
+        assert_eq!(super::default_rope_type(None), Ok(()));
+        assert_eq!(super::default_rope_type(Some("default")), Ok(()));
+        assert_eq!(
+            super::default_rope_type(Some("yarn")),
+            Err(
+                "config.json: rope_parameters.rope_type \"yarn\" is not supported (default)".into()
+            )
+        );
+    }
 }

@@ -105,16 +105,11 @@ impl NomicConfig {
                 "config.json: rotary_scaling_factor {f} (dynamic NTK scaling) is not supported; nomic-embed-text-v1.5 ships none and reaches 8,192 tokens without it"
             ));
         }
-        if let Some(t) = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_type.as_deref())
-            && t != "default"
-        {
-            return Err(format!(
-                "config.json: rope_parameters.rope_type {t:?} is not supported (default)"
-            ));
-        }
+        super::default_rope_type(
+            self.rope_parameters
+                .as_ref()
+                .and_then(|r| r.rope_type.as_deref()),
+        )?;
         Ok(())
     }
 

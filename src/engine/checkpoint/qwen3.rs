@@ -68,16 +68,11 @@ impl Qwen3Config {
         if self.rope_scaling.as_ref().is_some_and(|s| !s.is_null()) {
             return Err("config.json: rope_scaling is not supported".into());
         }
-        if let Some(t) = self
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_type.as_deref())
-            && t != "default"
-        {
-            return Err(format!(
-                "config.json: rope_parameters.rope_type {t:?} is not supported (default)"
-            ));
-        }
+        super::default_rope_type(
+            self.rope_parameters
+                .as_ref()
+                .and_then(|r| r.rope_type.as_deref()),
+        )?;
         Ok(self
             .rope_theta
             .or(self.rope_parameters.as_ref().and_then(|r| r.rope_theta))
