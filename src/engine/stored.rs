@@ -17,9 +17,12 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::Dtype;
 use safetensors::tensor::TensorInfo;
 
-use super::checkpoint::Tensors;
 use super::kernels;
 use crate::package::{INT8_BLOCK, INT8_SCALES_SUFFIX};
+
+/// A checkpoint's tensors by name, as read from a package (the checkpoint mappers then
+/// rename them to the encoder's).
+pub type Tensors = HashMap<String, Tensor>;
 
 /// Bytes of one scale in a packed row.
 const SCALE_BYTES: usize = 4;

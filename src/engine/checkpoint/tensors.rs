@@ -1,14 +1,11 @@
 //! Renaming a checkpoint's tensors into BERT's names: prefixes, per-layer names, a zero
 //! token-type row for models without token types, and RoBERTa-style position offsets.
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::blueprint::Blueprint;
 
-/// A checkpoint's tensors by name.
-pub type Tensors = HashMap<String, Tensor>;
+pub use crate::engine::stored::Tensors;
 
 /// The tensors with `prefix` taken off the names that have it. A checkpoint holding a tensor
 /// both with and without the prefix (`bert.pooler.dense.weight` and `pooler.dense.weight`)

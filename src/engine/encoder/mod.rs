@@ -24,7 +24,7 @@ mod weights;
 
 use std::sync::Mutex;
 
-use super::checkpoint::Tensors;
+use super::stored::Tensors;
 
 use super::Precision;
 use super::blueprint::Blueprint;

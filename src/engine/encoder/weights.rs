@@ -5,9 +5,9 @@
 
 use super::Norm;
 use crate::engine::blueprint::NormKind;
-use crate::engine::checkpoint::Tensors;
 use crate::engine::kernels::Linear;
 use crate::engine::stored;
+use crate::engine::stored::Tensors;
 
 const FILE: &str = "model.safetensors";
 
