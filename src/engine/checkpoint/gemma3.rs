@@ -35,7 +35,11 @@ struct Gemma3Config {
     rope_local_base_freq: Option<f64>,
     rope_parameters: Option<RopeParameters>,
     rope_scaling: Option<serde_json::Value>,
-    query_pre_attn_scalar: Option<f64>,
+    /// The scores are `q·k · query_pre_attn_scalar^-½` (transformers' default 256, whatever
+    /// the head width); the encoder scales by `head_dim^-½`, so [`tensors`] folds the
+    /// difference into the query norm.
+    #[serde(default = "query_pre_attn_scalar")]
+    query_pre_attn_scalar: f64,
     #[serde(default = "sliding_window")]
     sliding_window: usize,
     sliding_window_pattern: Option<usize>,
@@ -53,6 +57,9 @@ fn head_dim() -> usize {
 }
 fn gelu_tanh() -> String {
     "gelu_pytorch_tanh".into()
+}
+fn query_pre_attn_scalar() -> f64 {
+    256.0
 }
 fn max_positions() -> usize {
     2048
@@ -115,14 +122,10 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
             "config.json: attn_logit_softcapping {cap} is not supported (null)"
         ));
     }
-    // The scores are scaled by query_pre_attn_scalar^-½, which the encoder takes as the head
-    // width's (EmbeddingGemma's are both 256).
-    if let Some(s) = c.query_pre_attn_scalar
-        && s != c.head_dim as f64
-    {
+    if !(c.query_pre_attn_scalar.is_finite() && c.query_pre_attn_scalar > 0.0) {
         return Err(format!(
-            "config.json: query_pre_attn_scalar {s} is not supported (the head_dim, {})",
-            c.head_dim
+            "config.json: query_pre_attn_scalar {} must be a positive number",
+            c.query_pre_attn_scalar
         ));
     }
     let activation = match c.hidden_activation.as_str() {
@@ -178,10 +181,11 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
     })
 }
 
-/// Its tensors under the encoder's names: `1 + weight` for every norm, the word table times
-/// `√hidden`, zero biases.
+/// Its tensors under the encoder's names: `1 + weight` for every norm (the query norm's also
+/// times `√(head_dim / query_pre_attn_scalar)`), the word table times `√hidden`, zero biases.
 pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, String> {
     let b = blueprint(config_json)?;
+    let c: Gemma3Config = parse(config_json)?;
     let norms = [
         ("input_layernorm.", "attention.output.LayerNorm."),
         ("post_attention_layernorm.", "attention.post_norm."),
@@ -205,8 +209,18 @@ pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, S
         })
         .cloned()
         .collect();
+    // The query norm's output is the query, which rotary turns and the encoder's attention
+    // scales by head_dim^-½: scaled here by √(head_dim / query_pre_attn_scalar), the scores
+    // come out at transformers' query_pre_attn_scalar^-½ (Gemma 2 and 3 at 27B: 144 and 168
+    // over heads of 128). EmbeddingGemma's two are equal: a factor of 1.
+    let query = (c.head_dim as f64 / c.query_pre_attn_scalar).sqrt();
     for name in &norms {
-        affine_in_f32(&mut out, name, 1.0, 1.0)?;
+        let mul = if name.ends_with("q_norm.weight") {
+            query
+        } else {
+            1.0
+        };
+        affine_in_f32(&mut out, name, mul, mul)?;
     }
     // transformers multiplies each looked-up row by √hidden rounded to f32; so does this.
     // Stored int8 rows get it in their scales.
@@ -304,6 +318,14 @@ mod tests {
         assert_eq!(
             err(r#", "hidden_activation": "silu""#),
             "config.json: hidden_activation \"silu\" is not supported (gelu_pytorch_tanh, gelu)"
+        );
+        let zero = String::from_utf8(config("")).expect("UTF-8").replace(
+            "\"query_pre_attn_scalar\": 256",
+            "\"query_pre_attn_scalar\": 0",
+        );
+        assert_eq!(
+            blueprint(zero.as_bytes()).err().unwrap_or_default(),
+            "config.json: query_pre_attn_scalar 0 must be a positive number"
         );
     }
 }
