@@ -47,6 +47,9 @@ pub(super) fn pack_folder(opts: PackOptions, output: &Path) -> anyhow::Result<Ex
     for w in &summary.warnings {
         eprintln!("caxton pack: warning: {w}");
     }
+    for n in &summary.notes {
+        eprintln!("caxton pack: note: {n}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

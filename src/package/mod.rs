@@ -12,9 +12,9 @@ pub mod verify;
 
 pub use error::PackageError;
 pub use manifest::{
-    Architecture, Dense, DenseActivation, INT8_BLOCK, INT8_SCALES_SUFFIX, InputType, Manifest,
-    Matryoshka, Mismatch, ModelKind, PairTemplate, Pooling, ScoreActivation, StoredWeights,
-    quantize_int8_block,
+    Architecture, Dense, DenseActivation, INT8_BLOCK, INT8_SCALES_SUFFIX, InputType,
+    MAX_SEQ_LENGTH, Manifest, Matryoshka, Mismatch, ModelKind, PairTemplate, Pooling,
+    ScoreActivation, StoredWeights, quantize_int8_block,
 };
 pub use store::{Store, StoredPackage};
 

@@ -99,11 +99,14 @@ pub struct Manifest {
 /// Longest prompt text accepted, in bytes.
 pub const MAX_PROMPT_BYTES: usize = 1024;
 
+/// The most tokens a package may take in one text (or pair): the engine's longest pass.
+pub const MAX_SEQ_LENGTH: usize = 8192;
+
 /// Architectures the engine can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
-    /// BERT-family encoders (MiniLM, bge, e5, ...), run with candle-transformers' BERT.
+    /// BERT-family encoders (MiniLM, bge, e5, ...), on the engine's own encoder.
     Bert,
     /// DistilBERT (msmarco-distilbert, ...), mapped onto the BERT encoder.
     #[serde(rename = "distilbert")]

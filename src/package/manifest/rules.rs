@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    FORMAT, FileEntry, MANIFEST_NAME, MAX_FILE_BYTES, MAX_PROMPT_BYTES, MAX_TOTAL_BYTES, Manifest,
-    ManifestError, ModelKind, Pooling, REQUIRED_FILES, invalid,
+    FORMAT, FileEntry, MANIFEST_NAME, MAX_FILE_BYTES, MAX_PROMPT_BYTES, MAX_SEQ_LENGTH,
+    MAX_TOTAL_BYTES, Manifest, ManifestError, ModelKind, Pooling, REQUIRED_FILES, invalid,
 };
 
 /// Checks that `path` is a plain relative path: no absolute root, no `.`/`..` or empty
@@ -42,8 +42,11 @@ impl Manifest {
         if !(1..=65536).contains(&self.dimensions) {
             return Err(invalid("dimensions", "must be between 1 and 65536"));
         }
-        if !(2..=8192).contains(&self.max_seq_length) {
-            return Err(invalid("max_seq_length", "must be between 2 and 8192"));
+        if !(2..=MAX_SEQ_LENGTH).contains(&self.max_seq_length) {
+            return Err(invalid(
+                "max_seq_length",
+                format!("must be between 2 and {MAX_SEQ_LENGTH}"),
+            ));
         }
         self.validate_files()
     }

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::super::error::PackageError;
 use super::super::manifest::{
-    Architecture, Dense, DenseActivation, ModelKind, PairTemplate, Pooling, ScoreActivation,
+    Architecture, Dense, DenseActivation, MAX_SEQ_LENGTH, ModelKind, PairTemplate, Pooling,
+    ScoreActivation,
 };
 
 #[derive(Deserialize)]
@@ -182,6 +183,8 @@ pub(super) struct Inferred {
     /// The Dense modules after pooling, their weights at `<module>/model.safetensors`.
     pub dense: Vec<Dense>,
     pub max_seq_length: usize,
+    /// Why `max_seq_length` is less than the model's own length, when it is.
+    pub length_note: Option<String>,
     pub pooling: Pooling,
     pub normalize: bool,
     pub kind: ModelKind,
@@ -244,6 +247,66 @@ impl HfConfig {
     }
 }
 
+/// The tokens a text (or pair) may take, and why it is fewer than the model's own, when so.
+pub(super) struct Length {
+    pub tokens: usize,
+    pub note: Option<String>,
+}
+
+impl Length {
+    /// sentence-transformers' own rule: `sentence_bert_config.json`'s `max_seq_length` when
+    /// present (versions 2 to 5 saved it, and 6 still reads it first), else the tokenizer's
+    /// `model_max_length` (version 6 saves nothing else: its `max_seq_length` is the
+    /// tokenizer's) unless that is transformers' sentinel for none, else `max_positions`; never
+    /// more than the positions. Issue 50: falling back to the positions packed a ModernBERT
+    /// saved by sentence-transformers 6.2 with a limit of 512 as 1,024, and its texts between
+    /// the two came out other than sentence-transformers' vectors.
+    pub(super) fn as_sentence_transformers_reads(
+        dir: &Path,
+        max_positions: usize,
+    ) -> Result<Length, PackageError> {
+        let (tokens, source) = match (saved_length(dir)?, tokenizer_length(dir)?) {
+            (Some(n), _) => (n, "sentence_bert_config.json: max_seq_length"),
+            (None, Some(n)) => (n, "tokenizer_config.json: model_max_length"),
+            (None, None) => (max_positions, "config.json: its positions"),
+        };
+        Ok(Length::within(tokens.min(max_positions), source))
+    }
+
+    /// `tokens`, or the most a package may take (with the note that says so) when more.
+    pub(super) fn within(tokens: usize, source: &str) -> Length {
+        if tokens <= MAX_SEQ_LENGTH {
+            return Length { tokens, note: None };
+        }
+        Length {
+            tokens: MAX_SEQ_LENGTH,
+            note: Some(format!(
+                "the model takes up to {tokens} tokens ({source}), and a package at most {MAX_SEQ_LENGTH}: packed with max_seq_length {MAX_SEQ_LENGTH}, so longer texts are refused (or cut there with truncate: true) where sentence-transformers would run them whole"
+            )),
+        }
+    }
+}
+
+/// `sentence_bert_config.json`'s `max_seq_length`, when the folder has the file and the key.
+pub(super) fn saved_length(dir: &Path) -> Result<Option<usize>, PackageError> {
+    match dir.join("sentence_bert_config.json") {
+        p if p.exists() => Ok(read_json::<StConfig>(&p)?.max_seq_length),
+        _ => Ok(None),
+    }
+}
+
+/// `tokenizer_config.json`'s `model_max_length`, unless it is transformers' sentinel for none
+/// (`int(1e30)`, or any value no model could mean).
+fn tokenizer_length(dir: &Path) -> Result<Option<usize>, PackageError> {
+    match dir.join("tokenizer_config.json") {
+        p if p.exists() => Ok(read_json::<TokenizerConfig>(&p)?
+            .model_max_length
+            .filter(|m| (2.0..1e9).contains(m))
+            .map(|m| m as usize)),
+        _ => Ok(None),
+    }
+}
+
 /// Whether the folder's `modules.json` has a Pooling module (a sentence-transformers
 /// embedder's folder).
 fn pools(dir: &Path) -> Result<bool, PackageError> {
@@ -282,16 +345,13 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         );
     }
     let modules = EmbedderModules::read(dir, hidden)?;
-    let st: StConfig = read_json(&dir.join("sentence_bert_config.json"))?;
-    let max_seq_length = st
-        .max_seq_length
-        .unwrap_or(max_positions)
-        .min(max_positions);
+    let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
     Ok(Inferred {
         architecture,
         dimensions: output_width(&modules.dense, hidden)?,
         dense: modules.dense,
-        max_seq_length,
+        max_seq_length: length.tokens,
+        length_note: length.note,
         pooling: modules.pooling,
         normalize: modules.normalize,
         kind: ModelKind::Embedding,

@@ -55,6 +55,9 @@ pub struct PackSummary {
     pub source_weights_sha256: String,
     /// How the folder differs from the known release of its id (see [`super::known`]).
     pub warnings: Vec<String>,
+    /// Where the package serves less than the model could (its length past the most a
+    /// package takes).
+    pub notes: Vec<String>,
 }
 
 /// Where `caxton pack` records how a package was made: next to it, outside the package, so
@@ -94,6 +97,7 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
             &manifest,
             &source_weights_sha256,
             &warnings,
+            inferred.length_note.as_slice(),
             &package_sha256,
         ),
     )?;
@@ -105,6 +109,7 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
             .len(),
         source_weights_sha256,
         warnings,
+        notes: inferred.length_note.into_iter().collect(),
     })
 }
 
@@ -264,6 +269,7 @@ fn provenance_record(
     manifest: &Manifest,
     source_weights_sha256: &str,
     warnings: &[String],
+    notes: &[String],
     package_sha256: &str,
 ) -> serde_json::Value {
     let dir = &opts.model_dir;
@@ -278,6 +284,7 @@ fn provenance_record(
             .map(|w| w == source_weights_sha256),
         "weights_storage": opts.weights.as_str(),
         "differences_from_known_release": warnings,
+        "notes": notes,
         "package_sha256": package_sha256,
     })
 }

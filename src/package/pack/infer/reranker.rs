@@ -13,8 +13,8 @@ use super::super::super::manifest::{
     Architecture, ModelKind, PairTemplate, Pooling, ScoreActivation,
 };
 use super::{
-    HfConfig, Inferred, StConfig, StModelConfig, StModule, TokenizerConfig, module_class,
-    read_json, unusable,
+    HfConfig, Inferred, Length, StModelConfig, StModule, module_class, read_json, saved_length,
+    unusable,
 };
 
 /// The pair length Qwen3-Reranker's model card tokenizes to (`max_length = 8192`), when the
@@ -59,30 +59,40 @@ pub(super) fn infer(
             .unwrap_or(2)
     };
     let activation = saved_activation(config, st_model, labels)?;
-    let saved_length = saved_length(dir)?;
-    let (max_seq_length, pooling, pair_template, logit_rows) = if decoder {
-        // Qwen3-Reranker: its card's template and length, its last token; a causal model's
-        // head made of its yes and no rows (a sequence-classification conversion has its row).
+    // A pair's length as sentence-transformers reads it; but Qwen3-Reranker as Qwen ships
+    // it (no sentence-transformers files) is used as its card says, up to 8,192 tokens.
+    let length = if decoder && !dir.join("modules.json").exists() {
+        Length::within(
+            saved_length(dir)?
+                .unwrap_or(QWEN3_RERANKER_LENGTH)
+                .min(max_positions),
+            "its model card",
+        )
+    } else {
+        Length::as_sentence_transformers_reads(dir, max_positions)?
+    };
+    let (pooling, pair_template, logit_rows) = if decoder {
+        // Qwen3-Reranker: its card's template, its last token; a causal model's head made of
+        // its yes and no rows (a sequence-classification conversion has its row).
         let logit_rows = if causal_lm {
             Some(yes_and_no(dir)?)
         } else {
             None
         };
         (
-            saved_length.unwrap_or(QWEN3_RERANKER_LENGTH),
             Pooling::LastToken,
             Some(PairTemplate::qwen3_reranker()),
             logit_rows,
         )
     } else {
-        let length = saved_length.or(tokenizer_length(dir)?);
-        (length.unwrap_or(max_positions), Pooling::Cls, None, None)
+        (Pooling::Cls, None, None)
     };
     Ok(Inferred {
         architecture,
         dimensions: config.hidden()?,
         dense: Vec::new(),
-        max_seq_length: max_seq_length.min(max_positions),
+        max_seq_length: length.tokens,
+        length_note: length.note,
         pooling,
         normalize: false,
         kind: ModelKind::Reranker,
@@ -125,25 +135,6 @@ fn saved_activation(
             )));
         }
     })
-}
-
-/// `sentence_bert_config.json`'s `max_seq_length`, the pair length CrossEncoder saved.
-fn saved_length(dir: &Path) -> Result<Option<usize>, PackageError> {
-    match dir.join("sentence_bert_config.json") {
-        p if p.exists() => Ok(read_json::<StConfig>(&p)?.max_seq_length),
-        _ => Ok(None),
-    }
-}
-
-/// `tokenizer_config.json`'s `model_max_length`, unless it is transformers' sentinel for none.
-fn tokenizer_length(dir: &Path) -> Result<Option<usize>, PackageError> {
-    match dir.join("tokenizer_config.json") {
-        p if p.exists() => Ok(read_json::<TokenizerConfig>(&p)?
-            .model_max_length
-            .filter(|m| (2.0..1e9).contains(m))
-            .map(|m| m as usize)),
-        _ => Ok(None),
-    }
 }
 
 /// The token ids whose logits a causal reranker compares: its `LogitScore` module's (saved

@@ -362,3 +362,116 @@ fn qwen3_embedding_s_causal_folder_stays_an_embedder() {
     );
     assert_eq!((i.pair_template, i.logit_rows), (None, None));
 }
+
+/// A BERT bi-encoder folder of `positions` whose sentence_bert_config.json has `saved` as its
+/// `max_seq_length` (or no such key, as sentence-transformers 6 saves it) and whose
+/// tokenizer_config.json has `tokenizer` as its `model_max_length`.
+fn embedder(positions: usize, saved: Option<usize>, tokenizer: Option<f64>) -> Inferred {
+    let config = serde_json::json!({
+        "model_type": "bert", "hidden_size": 32, "max_position_embeddings": positions,
+        "architectures": ["BertModel"],
+    });
+    let dir = folder(config, tokenizer);
+    let d = dir.path();
+    let modules = serde_json::json!([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.base.modules.pooling.Pooling"}
+    ]);
+    std::fs::write(d.join("modules.json"), modules.to_string()).expect("write");
+    std::fs::create_dir(d.join("1_Pooling")).expect("mkdir");
+    std::fs::write(
+        d.join("1_Pooling/config.json"),
+        r#"{"embedding_dimension": 32, "pooling_mode": "mean"}"#,
+    )
+    .expect("write");
+    let st = match saved {
+        Some(n) => serde_json::json!({"max_seq_length": n, "do_lower_case": false}),
+        None => serde_json::json!({"transformer_task": "feature-extraction"}),
+    };
+    std::fs::write(d.join("sentence_bert_config.json"), st.to_string()).expect("write");
+    infer(d).expect("an embedder")
+}
+
+/// Issue 50: sentence-transformers 6 saves no `max_seq_length` and reads the tokenizer's
+/// `model_max_length`; pack fell back to the positions instead (1,024 for a model set up for
+/// 512). Its rule, case by case.
+#[test]
+fn an_embedder_s_length_follows_sentence_transformers_rule() {
+    let length = |saved, tokenizer| embedder(1024, saved, tokenizer).max_seq_length;
+    assert_eq!(
+        length(Some(128), Some(512.0)),
+        128,
+        "the saved length first"
+    );
+    assert_eq!(length(None, Some(512.0)), 512, "then the tokenizer's");
+    assert_eq!(length(None, Some(1e30)), 1024, "not transformers' sentinel");
+    assert_eq!(length(None, None), 1024, "else the positions");
+    assert_eq!(length(None, Some(4096.0)), 1024, "never past the positions");
+    assert_eq!(length(Some(2048), None), 1024, "never past the positions");
+    assert!(embedder(1024, None, Some(512.0)).length_note.is_none());
+}
+
+/// A model longer than a package may be is packed at the most a package takes, and says so.
+#[test]
+fn a_length_past_the_most_a_package_takes_is_cut_there_with_a_note() {
+    let i = embedder(32768, None, Some(32768.0));
+    assert_eq!(i.max_seq_length, 8192);
+    assert_eq!(
+        i.length_note.as_deref(),
+        Some(
+            "the model takes up to 32768 tokens (tokenizer_config.json: model_max_length), and a package at most 8192: packed with max_seq_length 8192, so longer texts are refused (or cut there with truncate: true) where sentence-transformers would run them whole"
+        )
+    );
+    // Qwen3-Reranker saved by sentence-transformers 6 without a length: its tokenizer's
+    // 131,072, within its 40,960 positions, within a package's 8,192.
+    let d = qwen3(
+        &["Qwen3ForCausalLM"],
+        &["yes", "no"],
+        &[
+            (
+                "modules.json",
+                r#"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_LogitScore", "type": "sentence_transformers.cross_encoder.modules.logit_score.LogitScore"}]"#,
+            ),
+            (
+                "1_LogitScore/config.json",
+                r#"{"true_token_id": 0, "false_token_id": 1}"#,
+            ),
+            (
+                "sentence_bert_config.json",
+                r#"{"transformer_task": "text-generation"}"#,
+            ),
+            (
+                "config_sentence_transformers.json",
+                r#"{"model_type": "CrossEncoder"}"#,
+            ),
+        ],
+    );
+    let i = infer(d.path()).expect("a reranker");
+    assert_eq!(i.max_seq_length, 8192);
+    assert!(
+        i.length_note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("the model takes up to 40960 tokens")),
+        "{:?}",
+        i.length_note
+    );
+}
+
+/// A cross-encoder's pair length follows the same rule (sentence-transformers 6 saves none).
+#[test]
+fn a_cross_encoder_s_length_follows_sentence_transformers_rule() {
+    let d = folder(bert(serde_json::json!({})), Some(256.0));
+    std::fs::write(
+        d.path().join("sentence_bert_config.json"),
+        r#"{"transformer_task": "sequence-classification"}"#,
+    )
+    .expect("write");
+    assert_eq!(infer(d.path()).expect("reranker").max_seq_length, 256);
+    std::fs::write(
+        d.path().join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 128}"#,
+    )
+    .expect("write");
+    assert_eq!(infer(d.path()).expect("reranker").max_seq_length, 128);
+}
