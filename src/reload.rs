@@ -281,14 +281,22 @@ fn warm_default(state: &Arc<AppState>, default: String) {
     }
 }
 
-/// Dotted keys whose values differ between two configurations.
+/// Dotted keys whose values differ between two configurations, in the order the new one
+/// lists them, then the keys only the old one had. Leaves are compared by key, not by
+/// position: a map that gains or loses an entry (`models.fallbacks`) names that entry and
+/// nothing after it.
 pub fn changed_keys(old: &Settings, new: &Settings) -> Vec<String> {
     fn leaves(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<(String, serde_yaml::Value)>) {
         match v {
             serde_yaml::Value::Mapping(m) => {
                 for (k, v) in m {
-                    let key = format!("{prefix}{}", k.as_str().unwrap_or_default());
-                    leaves(v, &format!("{key}."), out);
+                    let name = match k {
+                        serde_yaml::Value::String(s) => s.clone(),
+                        other => serde_yaml::to_string(other)
+                            .map(|s| s.trim_end().to_string())
+                            .unwrap_or_default(),
+                    };
+                    leaves(v, &format!("{prefix}{name}."), out);
                 }
             }
             other => out.push((prefix.trim_end_matches('.').to_string(), other.clone())),
@@ -299,11 +307,18 @@ pub fn changed_keys(old: &Settings, new: &Settings) -> Vec<String> {
         leaves(&va, "", &mut a);
         leaves(&vb, "", &mut b);
     }
-    a.into_iter()
-        .zip(b)
-        .filter(|(x, y)| x != y)
-        .map(|(_, (k, _))| k)
-        .collect()
+    let before: std::collections::HashMap<&str, &serde_yaml::Value> =
+        a.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let after: std::collections::HashSet<&str> = b.iter().map(|(k, _)| k.as_str()).collect();
+    let differ = b
+        .iter()
+        .filter(|(k, v)| before.get(k.as_str()) != Some(&v))
+        .map(|(k, _)| k.clone());
+    let dropped = a
+        .iter()
+        .filter(|(k, _)| !after.contains(k.as_str()))
+        .map(|(k, _)| k.clone());
+    differ.chain(dropped).collect()
 }
 
 /// `models.default` must embed (it answers `/embed` and `/v1/embeddings`), and
@@ -358,11 +373,12 @@ fn is_reading(kind: &notify::EventKind) -> bool {
     matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
 }
 
-/// Watches the config directory and reloads after each quiet burst of relevant changes. The
-/// returned watcher must be kept alive.
+/// Watches the config directory and reloads after each quiet burst of relevant changes, and
+/// once as soon as the watch is armed (see below). The returned watcher must be kept alive.
 pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let armed = tx.clone();
     let watch_dir = dir.clone();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -378,6 +394,11 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
             Err(e) => tracing::warn!("config directory watch error: {e}"),
         })?;
     watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    // The configuration in force was read at exec, before this watch existed: a file written
+    // in between (a playbook's drop-in while an upgrade restarts the service) raised no event
+    // here. Read the directory once more now that every later write raises one; an unchanged
+    // result applies nothing and logs nothing.
+    let _ = armed.send(());
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             let first = Instant::now();
@@ -422,6 +443,31 @@ mod tests {
             vec!["models.default", "limits.max_inputs"]
         );
         assert!(changed_keys(&a, &a).is_empty());
+    }
+
+    /// Issue 50: a fallback chain added by a drop-in logged 31 keys (every leaf after
+    /// `models.fallbacks`, compared by position), where one changed.
+    #[test]
+    fn changed_keys_names_a_map_entry_added_or_removed_and_nothing_else() {
+        let a = Settings::default();
+        let mut b = a.clone();
+        b.models.fallback_strategy = crate::config::FallbackStrategy::Listed;
+        b.models
+            .fallbacks
+            .insert("broken-model".into(), vec!["all-MiniLM-L6-v2".into()]);
+        assert_eq!(
+            changed_keys(&a, &b),
+            vec!["models.fallbacks.broken-model", "models.fallback_strategy"]
+        );
+        assert_eq!(
+            changed_keys(&b, &a),
+            vec!["models.fallback_strategy", "models.fallbacks.broken-model"]
+        );
+        let mut c = b.clone();
+        c.models
+            .fallbacks
+            .insert("broken-model".into(), vec!["other".into()]);
+        assert_eq!(changed_keys(&b, &c), vec!["models.fallbacks.broken-model"]);
     }
 
     #[test]
