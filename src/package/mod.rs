@@ -16,7 +16,7 @@ pub use manifest::{
     MAX_SEQ_LENGTH, Manifest, Matryoshka, Mismatch, ModelKind, PairTemplate, Pooling,
     ScoreActivation, StoredWeights, quantize_int8_block,
 };
-pub use store::{Store, StoredPackage};
+pub use store::{Lease, Store, StoredPackage};
 
 /// Largest package file accepted, checked before a byte is read: a sparse or endless file
 /// cannot keep the verifier (and the scan lock) busy without bound.

@@ -255,50 +255,54 @@ impl Store {
     }
 
     /// Removes the store entry `dir` so that a power cut leaves it whole or gone, never half
-    /// deleted: renamed to a staging name first (the next [`Store::open`] removes leftovers),
-    /// the store directory fsynced, then deleted.
+    /// deleted (see [`hide_entry`]).
     fn remove_entry(&self, dir: &Path) -> io::Result<()> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-        let gone = self.root.join(format!(
-            "{STAGING_PREFIX}{}-gone-{}-{}",
-            name.unwrap_or_default(),
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::rename(dir, &gone)?;
-        File::open(&self.root)?.sync_all()?;
-        fs::remove_dir_all(&gone)
+        hide_entry(dir).and_then(|gone| finish_removal(dir, &gone))
     }
 
     /// Removes store entries whose digest is not in `keep`: packages removed, versions
-    /// superseded beyond the one previous version kept, previous versions past `store.max_size`. Loaded models keep
-    /// working: they hold their weights in memory, not the files.
+    /// superseded beyond the one previous version kept, previous versions past
+    /// `store.max_size`. Loaded models keep working: they hold their weights in memory, not
+    /// the files. An entry a model slot leases (see [`lease`]) stays until the slot lets go.
     pub fn retain(&self, keep: &[String]) {
         let Ok(entries) = fs::read_dir(&self.root) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(STAGING_PREFIX) || keep.contains(&name) {
+            if name.starts_with(STAGING_PREFIX)
+                || name.len() != 64
+                || !name.bytes().all(|b| b.is_ascii_hexdigit())
+            {
                 continue;
             }
-            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                let what = self
-                    .open_entry(&entry.path(), &name)
+            let path = entry.path();
+            let kept = keep.contains(&name);
+            let what = || {
+                self.open_entry(&path, &name)
                     .map(|p| format!("{} version {}", p.manifest.id, p.manifest.version))
-                    .unwrap_or_else(|_| "an unreadable entry".into());
-                if let Err(e) = self.remove_entry(&entry.path()) {
-                    tracing::warn!(
-                        "cannot remove unused store entry {} ({what}): {e}",
-                        entry.path().display()
-                    );
-                } else {
-                    tracing::info!(
-                        caxton_event = "store_entry_removed",
-                        caxton_file = %entry.path().display(),
-                        "store entry {name} ({what}) removed: no package version the daemon keeps refers to it (package removed, superseded beyond the one previous version kept, or a previous version past store.max_size)"
-                    );
+                    .unwrap_or_else(|_| "an unreadable entry".into())
+            };
+            let what = if kept { String::new() } else { what() };
+            match lease::prune_or_doom(&path, kept, || hide_entry(&path)) {
+                Pruned::Kept => {}
+                Pruned::Leased => tracing::info!(
+                    caxton_event = "store_entry_held",
+                    caxton_file = %path.display(),
+                    "store entry {name} ({what}) is no longer kept, but a model is loading from it: removed once it is done"
+                ),
+                Pruned::Hidden(hidden) => {
+                    match hidden.and_then(|gone| finish_removal(&path, &gone)) {
+                        Err(e) => tracing::warn!(
+                            "cannot remove unused store entry {} ({what}): {e}",
+                            path.display()
+                        ),
+                        Ok(()) => tracing::info!(
+                            caxton_event = "store_entry_removed",
+                            caxton_file = %path.display(),
+                            "store entry {name} ({what}) removed: no package version the daemon keeps refers to it (package removed, superseded beyond the one previous version kept, or a previous version past store.max_size)"
+                        ),
+                    }
                 }
             }
         }
@@ -355,6 +359,12 @@ impl StoredPackage {
     /// without being kept there).
     pub fn is_stored(&self) -> bool {
         self.dir.join(MANIFEST_NAME).is_file()
+    }
+
+    /// A hold on its store entry, which keeps pruning from removing the files while a load
+    /// may read them; `None` when it is not in the store.
+    pub fn lease(&self) -> Option<Lease> {
+        Lease::take(&self.dir)
     }
 
     /// Bytes its files take unpacked.
@@ -588,11 +598,43 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
         .map_err(|e| PackageError::io("write", path, e))
 }
 
+/// The first half of removing the store entry `dir`: renamed to a staging name (the next
+/// [`Store::open`] removes leftovers), so a power cut leaves it whole or gone, never half
+/// deleted. Returns that name, for [`finish_removal`].
+fn hide_entry(dir: &Path) -> io::Result<PathBuf> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let root = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let gone = root.join(format!(
+        "{STAGING_PREFIX}{}-gone-{}-{}",
+        name.unwrap_or_default(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::rename(dir, &gone)?;
+    Ok(gone)
+}
+
+/// The second half: the store directory of `dir` fsynced (the rename is durable), then the
+/// hidden copy `gone` deleted (a scan's [`Store::open`] may have done it already).
+fn finish_removal(dir: &Path, gone: &Path) -> io::Result<()> {
+    File::open(dir.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    match fs::remove_dir_all(gone) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), PackageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| PackageError::io("sync", dir, e))
 }
+
+mod lease;
+
+pub use lease::Lease;
+use lease::Pruned;
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use super::{FailureInfo, LoadError, ModelInfo, ModelState, Source};
 use crate::engine::{BatchLimits, EngineOptions, LoadedModel, Precision};
 use crate::memory::footprints::Footprints;
 use crate::memory::governor::Governor;
-use crate::package::{PackageError, StoredPackage};
+use crate::package::{Lease, PackageError, StoredPackage};
 
 /// Usage numbers kept per model.
 #[derive(Debug, Clone, Default)]
@@ -71,6 +71,9 @@ pub struct ModelSlot {
     pub(super) usage: Mutex<Usage>,
     /// [`crate::engine::longest_pass_bytes`], read from the package once.
     longest_pass: std::sync::OnceLock<u64>,
+    /// Its store entry stays while the slot lives: a request holding the slot may load it
+    /// after a rescan superseded the version and pruned it from the store.
+    _entry: Option<Lease>,
 }
 
 impl ModelSlot {
@@ -88,6 +91,7 @@ impl ModelSlot {
             .and_then(|t| crate::clock::now().duration_since(t).ok())
             .and_then(|ago| Instant::now().checked_sub(ago));
         ModelSlot {
+            _entry: package.lease(),
             package,
             file,
             source,
@@ -388,4 +392,52 @@ async fn load(
     .await
     .map_err(|e| PackageError::Unusable(format!("the loader panicked: {e}")))
     .and_then(|r| r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::manifest::MANIFEST_NAME;
+    use crate::package::{Manifest, Store};
+
+    /// Issue 50: a request holds its model's slot while it waits and loads; a rescan that
+    /// superseded the version meanwhile pruned its store entry, and the load failed ("cannot
+    /// open …/config.json"). The slot's lease keeps the entry until the slot goes.
+    #[test]
+    fn a_slot_keeps_its_store_entry_through_a_prune() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(state.path()).expect("store");
+        let sha = "e".repeat(64);
+        let dir = state.path().join("store").join(&sha);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = |name: &str| {
+            format!(
+                "- {{path: {name}, size: 1, sha256: \"{}\"}}\n",
+                "0".repeat(64)
+            )
+        };
+        let yaml = format!(
+            "format: 1\nid: m\nversion: \"1\"\narchitecture: bert\ndimensions: 4\n\
+             max_seq_length: 8\npooling: mean\nnormalize: true\nfiles:\n{}{}{}",
+            file("model.safetensors"),
+            file("tokenizer.json"),
+            file("config.json")
+        );
+        std::fs::write(dir.join(MANIFEST_NAME), &yaml).expect("write");
+        let package = StoredPackage {
+            dir,
+            manifest: Manifest::parse(yaml.as_bytes()).expect("manifest"),
+            package_sha256: sha,
+        };
+        let slot = ModelSlot::new(
+            package.clone(),
+            PathBuf::from("m-1.tar.zst"),
+            Source::SideLoaded,
+            &Record::default(),
+        );
+        store.retain(&[]);
+        assert!(package.is_stored(), "pruned while a slot held it");
+        drop(slot);
+        assert!(!package.dir.exists(), "kept after its slot went");
+    }
 }
