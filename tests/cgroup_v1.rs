@@ -82,7 +82,7 @@ fn under_a_hard_limit_models_are_admitted_shed_or_refused_but_never_oom_killed()
         &ids,
         "memory:\n  pressure:\n    source: cgroup-v1\n",
     );
-    let (_, v) = d.request("GET", "/api/memory/status", "");
+    let v = common::memory_status_probed(&d);
     assert_eq!(v["budget_bytes"], LIMIT * 3 / 4, "{v}");
     assert!(
         v["budget_from"].as_str().is_some_and(
@@ -194,7 +194,7 @@ fn the_kernel_accepts_our_psi_trigger_on_the_daemons_own_cgroup() {
         &[group.0.join("cgroup.procs")],
     );
     d.wait_health(200);
-    let (_, v) = d.request("GET", "/api/memory/status", "");
+    let v = common::memory_status_probed(&d);
     assert_eq!(v["pressure"]["source"], "psi", "{v}");
     assert_eq!(
         v["pressure"]["detail"],

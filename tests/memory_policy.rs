@@ -233,7 +233,7 @@ fn a_systemd_pressure_trigger_sheds_lowest_value_first_with_hysteresis() {
             ("MEMORY_PRESSURE_WRITE", "c29tZSAyMDAwMDAgMjAwMDAwMAA="),
         ],
     );
-    let (_, v) = d.request("GET", "/api/memory/status", "");
+    let v = common::memory_status_probed(&d);
     assert_eq!(v["pressure"]["source"], "systemd", "{v}");
     assert!(
         d.log().contains("memory pressure source: systemd"),

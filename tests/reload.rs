@@ -66,6 +66,84 @@ fn drop_ins_written_renamed_created_and_removed_apply_live() {
     );
 }
 
+/// Issue 50: a drop-in renamed into place while the daemon starts (a playbook writing it while
+/// an upgrade restarts the service) was never applied when it landed after the configuration
+/// was read and before the watch was armed: 0.1 to 0.6 s after exec on a 2-core Xeon. Written
+/// at each of several moments of start-up, from at once to past readiness, it applies.
+#[test]
+fn a_drop_in_written_at_any_moment_of_start_up_is_applied() {
+    let moments_ms = [0u64, 50, 100, 150, 200, 300, 400, 600, 900, 1500];
+    std::thread::scope(|s| {
+        for ms in moments_ms {
+            s.spawn(move || {
+                let d = Daemon::spawn(
+                    |dir| {
+                        write_config(dir, "limits:\n  max_inputs: 10\n");
+                        std::fs::create_dir(dir.join("conf.d")).expect("mkdir conf.d");
+                    },
+                    &[],
+                );
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                let tmp = d.dir.path().join("50-playbook.yaml.tmp");
+                std::fs::write(&tmp, "limits:\n  max_inputs: 3\n").expect("write");
+                std::fs::rename(&tmp, d.dir.path().join("conf.d/50-playbook.yaml"))
+                    .expect("rename");
+                d.wait_health(200);
+                wait_until(
+                    &d,
+                    &format!("the drop-in written {ms} ms after exec"),
+                    || max_inputs(&d) == 3,
+                );
+            });
+        }
+    });
+}
+
+/// Issue 50: a drop-in adding a fallback chain logged 31 keys as changed (every `limits.*`,
+/// `memory.*`, ...: leaves compared by position, and the new map entry shifted them all). The
+/// journal line names the keys whose values differ, and only those, in the message and in
+/// `CAXTON_KEYS`.
+#[test]
+fn a_reload_names_the_keys_that_changed_and_only_those() {
+    let d = start("");
+    let last_reload = || {
+        d.log()
+            .lines()
+            .rfind(|l| l.contains("configuration reloaded; changed: "))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let before = reloads(&d);
+    std::fs::write(
+        conf_d(&d).join("50-fallbacks.yaml"),
+        "models:\n  fallback_strategy: listed\n  fallbacks:\n    broken-model: [all-MiniLM-L6-v2]\n",
+    )
+    .expect("write");
+    wait_until(&d, "the fallback drop-in's reload", || reloads(&d) > before);
+    let line = last_reload();
+    assert!(
+        line.contains(
+            "configuration reloaded; changed: models.fallbacks.broken-model, models.fallback_strategy"
+        ) && line.contains("caxton_keys=models.fallbacks.broken-model,models.fallback_strategy"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("limits.") && !line.contains("memory."),
+        "{line}"
+    );
+
+    let before = reloads(&d);
+    std::fs::write(conf_d(&d).join("60-idle.yaml"), "memory:\n  max_idle: 7m\n").expect("write");
+    wait_until(&d, "the idle drop-in's reload", || reloads(&d) > before);
+    let line = last_reload();
+    assert!(
+        line.contains("configuration reloaded; changed: memory.max_idle")
+            && line.contains("caxton_keys=memory.max_idle"),
+        "{line}"
+    );
+    assert!(!line.contains("models.fallbacks"), "{line}");
+}
+
 #[test]
 fn editing_the_main_file_applies_and_a_burst_is_debounced() {
     let d = start("limits:\n  max_inputs: 10\n");
@@ -365,9 +443,20 @@ fn changing_a_models_precision_reloads_it_in_the_new_one() {
     assert_eq!(entry["precision"], "bf16");
     assert_eq!(entry["loaded_precision"], bf16);
     if bf16 == "bf16" {
-        assert!(d.log().contains("MiB of it bf16 weights"), "{}", d.log());
+        // The load's journal line, as `registry::slot` writes it (issue 50: this test looked
+        // for words the daemon never wrote, and only a CPU with AMX takes this branch).
+        let loaded = d
+            .log()
+            .lines()
+            .rfind(|l| l.contains(&format!("model {id} loaded in ")))
+            .map(str::to_string)
+            .unwrap_or_default();
+        assert!(loaded.contains("; bf16 on the amx kernel)"), "{}", d.log());
     } else {
         assert!(d.log().contains("precision_fallback"), "{}", d.log());
+        common::skip::skip(
+            "bf16 on the amx kernel: this CPU has no AMX (its f32 fallback was checked instead)",
+        );
     }
     let c = common::cosine(&before[0], &after[0]);
     assert!(c >= 0.999, "bf16 against f32: cosine {c}");

@@ -604,3 +604,16 @@ pub fn rss_bytes(d: &Daemon) -> u64 {
         .expect("VmRSS")
         * 1024
 }
+
+/// `GET /api/memory/status` once the monitor has chosen its pressure source. `/health` is 200
+/// as soon as the default model serves, and the monitor starts just after: until its first
+/// tick the status says source `off`, detail `not started` (issue 50: a test that asked at
+/// once failed on a loaded machine).
+pub fn memory_status_probed(d: &Daemon) -> Value {
+    let mut status = Value::Null;
+    wait_until(d, "the monitor's choice of a pressure source", || {
+        status = d.request("GET", "/api/memory/status", "").1;
+        status["pressure"]["detail"] != "not started"
+    });
+    status
+}
