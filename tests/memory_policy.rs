@@ -278,9 +278,15 @@ fn a_systemd_pressure_trigger_sheds_lowest_value_first_with_hysteresis() {
         std::thread::sleep(Duration::from_millis(100));
         shed_count(&d) == 2
     });
+    // The journal's times are when each unload finished, not when the monitor decided: a
+    // loaded machine delays the first line more than the second (issue 50 measured 1.989 s
+    // beside a release build). The exact spacing is the policy's, proved on a simulated clock
+    // (`memory::policy` tests: pressure_must_persist_then_sheds_are_spaced); here, that the
+    // daemon spaces sheds at all: without the cooldown the second would follow the first
+    // within a trigger or two (100 ms apart).
     let at = shed_times(&d);
     assert!(
-        at[1] - at[0] >= 1.99,
+        at[1] - at[0] >= 1.5,
         "the second shed came {:.3} s after the first, inside the 2 s cooldown",
         at[1] - at[0]
     );
