@@ -50,9 +50,10 @@ impl Lease {
     }
 }
 
-/// What a prune may do with the entry `dir`, decided under the table's lock: `keep` says
-/// whether the store still keeps it. An entry kept again (its package came back) is no longer
-/// doomed. Returns whether the entry is leased (and so stays for now).
+/// What a prune does with the entry `dir`, decided under the table's lock: `keep` says whether
+/// the store still keeps it; one it does not is hidden by `remove` unless a lease holds it (then
+/// it is doomed: its last lease removes it). An entry kept again (its package came back) is no
+/// longer doomed.
 pub(super) fn prune_or_doom(
     dir: &Path,
     keep: bool,
