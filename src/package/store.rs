@@ -277,15 +277,15 @@ impl Store {
                 continue;
             }
             let path = entry.path();
-            let kept = keep.contains(&name);
-            let what = || {
-                self.open_entry(&path, &name)
-                    .map(|p| format!("{} version {}", p.manifest.id, p.manifest.version))
-                    .unwrap_or_else(|_| "an unreadable entry".into())
-            };
-            let what = if kept { String::new() } else { what() };
-            match lease::prune_or_doom(&path, kept, || hide_entry(&path)) {
-                Pruned::Kept => {}
+            if keep.contains(&name) {
+                lease::keep(&path);
+                continue;
+            }
+            let what = self
+                .open_entry(&path, &name)
+                .map(|p| format!("{} version {}", p.manifest.id, p.manifest.version))
+                .unwrap_or_else(|_| "an unreadable entry".into());
+            match lease::prune(&path) {
                 Pruned::Leased => tracing::info!(
                     caxton_event = "store_entry_held",
                     caxton_file = %path.display(),

@@ -113,7 +113,10 @@ impl Gemma3Config {
 }
 
 pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
-    let c: Gemma3Config = parse(config_json)?;
+    blueprint_of(&parse(config_json)?)
+}
+
+fn blueprint_of(c: &Gemma3Config) -> Result<Blueprint, String> {
     if c.rope_scaling.as_ref().is_some_and(|s| !s.is_null()) {
         return Err("config.json: rope_scaling is not supported".into());
     }
@@ -184,8 +187,8 @@ pub(super) fn blueprint(config_json: &[u8]) -> Result<Blueprint, String> {
 /// Its tensors under the encoder's names: `1 + weight` for every norm (the query norm's also
 /// times `√(head_dim / query_pre_attn_scalar)`), the word table times `√hidden`, zero biases.
 pub(super) fn tensors(config_json: &[u8], tensors: Tensors) -> Result<Tensors, String> {
-    let b = blueprint(config_json)?;
     let c: Gemma3Config = parse(config_json)?;
+    let b = blueprint_of(&c)?;
     let norms = [
         ("input_layernorm.", "attention.output.LayerNorm."),
         ("post_attention_layernorm.", "attention.post_norm."),

@@ -50,31 +50,30 @@ impl Lease {
     }
 }
 
-/// What a prune does with the entry `dir`, decided under the table's lock: `keep` says whether
-/// the store still keeps it; one it does not is hidden by `remove` unless a lease holds it (then
-/// it is doomed: its last lease removes it). An entry kept again (its package came back) is no
-/// longer doomed.
-pub(super) fn prune_or_doom(
-    dir: &Path,
-    keep: bool,
-    remove: impl FnOnce() -> std::io::Result<PathBuf>,
-) -> Pruned {
-    let mut leases = table();
-    match leases.get_mut(dir) {
-        Some(held) => {
-            held.doomed = !keep;
-            if keep { Pruned::Kept } else { Pruned::Leased }
-        }
-        None if keep => Pruned::Kept,
-        // Hidden under the lock, so no lease can be taken on it from here on.
-        None => Pruned::Hidden(remove()),
+/// The store keeps the entry `dir` (again): a lease on it no longer removes it when it ends
+/// (its package came back while it was doomed).
+pub(super) fn keep(dir: &Path) {
+    if let Some(held) = table().get_mut(dir) {
+        held.doomed = false;
     }
 }
 
-/// What [`prune_or_doom`] did.
+/// Prunes the entry `dir`, which the store no longer keeps: hidden at once (under the table's
+/// lock, so no lease can be taken on it from then on), or, when a lease holds it, doomed: its
+/// last lease removes it.
+pub(super) fn prune(dir: &Path) -> Pruned {
+    let mut leases = table();
+    match leases.get_mut(dir) {
+        Some(held) => {
+            held.doomed = true;
+            Pruned::Leased
+        }
+        None => Pruned::Hidden(hide_entry(dir)),
+    }
+}
+
+/// What [`prune`] did.
 pub(super) enum Pruned {
-    /// The store keeps the entry.
-    Kept,
     /// A lease holds it: it goes when the last lease ends.
     Leased,
     /// Renamed out of the store (to this staging name, to be deleted), or the rename's error.
