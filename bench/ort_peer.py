@@ -11,9 +11,11 @@
         quantized per tensor at run time), plus DIR/export.json (what was fused, versions,
         the package's sha256). A second call with the same package and versions does nothing.
 
-    ort_peer.py run --model DIR [--int8] --texts TEXTS.json --caxton CAXTON.json --json OUT.json
+    ort_peer.py run --model DIR [--int8] [--threads N] --texts TEXTS.json --caxton CAXTON.json
+                    --json OUT.json
         One measured run in this (fresh) process: the workloads of examples/bench.rs on the
-        texts it wrote (same texts, order and batch sizes), 2 intra-op threads, on model.onnx
+        texts it wrote (same texts, order and batch sizes), --threads intra-op threads (2 by
+        default; bench/compare pins the process to as many cores), on model.onnx
         (or model.int8.onnx). Tokenization, the run, mean pooling and L2 normalisation are all
         inside the timed region. Checks its token counts against Caxton's usage and, in f32,
         its vectors against Caxton f32's (cosine >= 0.999); records its vectors of the check
@@ -21,7 +23,9 @@
 
     ort_peer.py summary --caxton A1.json ... [--caxton-int8 ...] [--caxton-bf16 ...]
                         --ort B1.json ... [--ort-int8 ...]
-        Prints the table of medians and ratios. Fails if Caxton int8's (or bf16's) vectors of
+        Prints the table of medians and ratios, with each Caxton variant's engine run
+        in-process on the same texts (examples/bench measures it before starting the daemon)
+        and what the daemon's request path costs beside it. Fails if Caxton int8's (or bf16's) vectors of
         the check texts stray below cosine 0.999 of the f32 reference: ORT f32's vectors, from
         transformers' BertModel with mean pooling and L2 normalisation, the computation
         sentence-transformers does for this model (tests/fidelity.rs checks Caxton against
@@ -42,7 +46,6 @@ import tarfile
 import time
 from pathlib import Path
 
-THREADS = 2
 COSINE_MIN = 0.999
 # The least cosine each Caxton precision's vectors keep to the f32 ones on the check texts.
 FLOOR = {"int8-fast": 0.997}
@@ -333,7 +336,7 @@ def cmd_run(args):
     max_len = json.loads((model_dir / "export.json").read_text())["max_seq_length"]
 
     t = time.perf_counter()
-    session, session_s = open_session(model_dir, args.int8, THREADS)
+    session, session_s = open_session(model_dir, args.int8, args.threads)
     tokenizer = Tokenizer.from_file(str(model_dir / "package" / "tokenizer.json"))
     tokenizer.enable_truncation(max_length=max_len)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest
@@ -371,7 +374,7 @@ def cmd_run(args):
         "implementation": "onnxruntime int8" if args.int8 else "onnxruntime",
         "precision": "int8" if args.int8 else "f32",
         "onnxruntime": ort.__version__,
-        "threads": THREADS,
+        "threads": args.threads,
         "load_ms": load_s * 1e3,
         "session_ms": session_s * 1e3,
         **measured,
@@ -399,7 +402,7 @@ def cmd_run(args):
                 problems.append(f"{key}: ORT {result[key]}, Caxton {caxton.get(key)}")
     Path(args.json).write_text(json.dumps(result, indent=1))
     r = result
-    print(f"onnxruntime {ort.__version__} peer: {THREADS} intra-op threads, fused graph"
+    print(f"onnxruntime {ort.__version__} peer: {args.threads} intra-op threads, fused graph"
           f"{' after quantize_dynamic (int8)' if args.int8 else ''}, in-process")
     print(f"  session + tokenizer load              {r['load_ms']:>8.0f} ms")
     print(f"  {f'{len(short):,} short texts, batch {sb}':<37}{r['short_texts_per_s']:>8.1f} texts/s"
@@ -464,8 +467,29 @@ def cmd_summary(args):
         kernel = f" ({r['kernel']})" if r.get("kernel") else ""
         return f"caxton {r.get('precision', 'f32')}{kernel}"
 
+    # Each Caxton variant's engine in-process on the same texts (no socket, HTTP or JSON), as
+    # a variant of its own: what the daemon's figures are measured against.
+    def engine(runs):
+        nan = float("nan")
+        return [{
+            "implementation": f"{name(runs)} in-process",
+            "short_texts_per_s": r.get("engine_short_texts_per_s", nan),
+            "short_tokens_per_s":
+                r.get("engine_short_texts_per_s", nan) * r["short_tokens"] / r["short_texts"],
+            "long_tokens_per_s": r.get("engine_long_tokens_per_s", nan),
+            "single_p50_ms": r.get("engine_single_p50_ms", nan),
+            "single_p99_ms": r.get("engine_single_p99_ms", nan),
+            "peak_rss_mb": nan,
+            "load_ms": r.get("load_ms", nan),
+        } for r in runs]
+
+    engines = {id(runs): engine(runs) for runs in (cax, int8, fast, bf16)
+               if runs and runs[0].get("engine_short_texts_per_s")}
     variants = [(name(runs), runs, {k: median(runs, k) for k in keys})
                 for runs in (cax, int8, fast, bf16, ort, ort8) if runs]
+    variants += [(name(engines[id(runs)]), engines[id(runs)],
+                  {k: median(engines[id(runs)], k) for k in keys})
+                 for runs in (cax, int8, fast, bf16) if id(runs) in engines]
     by = {id(runs): med for _, runs, med in variants}
 
     # (heading, unit, cell of a figures row)
@@ -488,7 +512,8 @@ def cmd_summary(args):
     print()
     if args.cpu:
         print(f"CPU: {args.cpu}")
-    print(f"medians of {len(cax)} interleaved round(s), {THREADS} threads each; "
+    print(f"medians of {len(cax)} interleaved round(s), {cax[0].get('threads', '?')} compute "
+          f"threads for Caxton, {ort[0].get('threads', '?')} intra-op threads for ORT; "
           f"onnxruntime {ort[0].get('onnxruntime')}, fused graph with "
           f"{export.get('attention_nodes', '?')} Attention nodes")
     print(line("", [col[0] for col in columns]))
@@ -497,7 +522,8 @@ def cmd_summary(args):
         print(line(label, [col[2](med) for col in columns]))
     # Caxton f32 against ORT f32; Caxton int8 and int8-fast against ORT int8 and ORT f32; bf16
     # against ORT f32.
-    pairs = [(cax, ort), (int8, ort8), (fast, ort8), (int8, ort), (fast, ort), (bf16, ort)]
+    pairs = [(cax, ort), (int8, ort8), (fast, ort8), (int8, ort), (fast, ort), (bf16, ort),
+             (engines.get(id(cax)), ort), (engines.get(id(fast)), ort8)]
     for a, b in pairs:
         if a and b:
             print(line(f"ratio {name(a)} / {name(b)}", ratios(by[id(a)], by[id(b)])))
@@ -506,6 +532,23 @@ def cmd_summary(args):
         for i in range(len(cax)):
             for label, runs, _ in variants:
                 print(line(f"  {i + 1} {label}", [col[2](runs[i]) for col in columns]))
+    # The daemon against its own engine: what the request path (socket, HTTP, JSON, the
+    # tokenizer's hand-off, the queue) costs, and where the daemon's CPU went.
+    for runs in (cax, int8, fast, bf16):
+        if not runs or id(runs) not in engines:
+            continue
+        d, e = by[id(runs)], median(engines[id(runs)], "single_p50_ms")
+        short_ratio = median([{"x": ratio(r["short_texts_per_s"], r["engine_short_texts_per_s"])}
+                              for r in runs], "x")
+        long_ratio = median([{"x": ratio(r["long_tokens_per_s"], r["engine_long_tokens_per_s"])}
+                             for r in runs], "x")
+        serving = median([{"x": r["short_cpu"]["serving_ms"] / r["short_requests"]}
+                          for r in runs if r.get("short_cpu")], "x")
+        print(f"{name(runs)}: daemon / in-process engine {short_ratio:.2f} (short), "
+              f"{long_ratio:.2f} (long; goal >= 0.9); one text's request path "
+              f"{d['single_p50_ms'] - e:.3f} ms (p50 over the socket less in-process; goal "
+              f"<= 0.2); HTTP, JSON and tokenizer CPU {serving:.3f} ms per batch-"
+              f"{runs[0]['short_batch']} request")
     print("throughput ratios are caxton/ORT, latency, RSS and load ratios ORT/caxton. caxton's")
     print("figures include HTTP over the Unix socket, its RSS is the daemon's VmHWM, its load the")
     print("in-process model load; ORT runs in-process in a fresh Python process, its RSS is the")
@@ -619,6 +662,7 @@ def main():
     r = sub.add_parser("run")
     r.add_argument("--model", required=True)
     r.add_argument("--int8", action="store_true")
+    r.add_argument("--threads", type=int, default=2)
     r.add_argument("--texts", required=True)
     r.add_argument("--caxton")
     r.add_argument("--reference")

@@ -6,6 +6,13 @@
 //! time over one keep-alive connection for latency; the 1,000 short texts again, one per
 //! request, from 64 concurrent clients (64 keep-alive connections), which the engine batches.
 //!
+//! Beside the daemon, the same model runs in this process (`in_process`): each request of the
+//! first three workloads goes to the daemon, then its texts to that engine, so the two are
+//! measured under the same load and the difference is the request path (socket, HTTP, JSON,
+//! tokenization's hand-off, the queue). The daemon's CPU time by thread (`cpu`: the compute
+//! pool, the engine thread, the async workers) says where its time went. Both use as many
+//! compute threads (RAYON_NUM_THREADS, else the CPUs this process may use).
+//!
 //! Flags: `--package FILE` benchmarks another model; `--json FILE` also writes every figure
 //! (and Caxton's vectors of a few check texts) as one JSON object; `--texts FILE` writes the
 //! exact workload texts as JSON, so a peer (`bench/compare`) runs the same inputs; `--quick`
@@ -17,18 +24,25 @@
 //! a fidelity check against sentence-transformers. `CAXTON_ISA` (portable, avx2, avx-vnni)
 //! caps the kernels, as for the daemon.
 
+// The figures' one `json!` object is deeper than the macro's default limit.
+#![recursion_limit = "256"]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 
+mod client;
+#[path = "../common/mod.rs"]
 mod common;
+mod cpu;
+mod in_process;
+
+use client::{Conn, concurrent};
 use common::{percentile, status_kib};
+use cpu::Split;
 
 const WORDS: &[&str] = &[
     "the",
@@ -91,94 +105,13 @@ fn text(seed: u64, words: usize) -> String {
         .join(" ")
 }
 
-struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Conn {
-    async fn open(socket: &Path) -> anyhow::Result<Conn> {
-        let stream = tokio::net::UnixStream::connect(socket).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(Conn { sender })
-    }
-
-    /// Embeds `texts`, returning the prompt tokens.
-    async fn embed(&mut self, texts: &[String]) -> anyhow::Result<u64> {
-        let v = self.request(texts).await?;
-        v["usage"]["prompt_tokens"].as_u64().context("no usage")
-    }
-
-    /// Embeds `texts`, returning the vectors.
-    async fn vectors(&mut self, texts: &[String]) -> anyhow::Result<Vec<Vec<f64>>> {
-        let v = self.request(texts).await?;
-        let data = v["data"].as_array().context("no data")?;
-        data.iter()
-            .map(|d| {
-                d["embedding"]
-                    .as_array()
-                    .context("no embedding")?
-                    .iter()
-                    .map(|x| x.as_f64().context("not a number"))
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// POSTs `texts` to `/v1/embeddings`; any non-2xx answer is an error.
-    async fn request(&mut self, texts: &[String]) -> anyhow::Result<serde_json::Value> {
-        let body = serde_json::to_vec(&json!({ "input": texts, "truncate": true }))?;
-        let req = hyper::Request::post("/v1/embeddings")
-            .header(hyper::header::HOST, "localhost")
-            .body(Full::new(Bytes::from(body)))?;
-        let resp = self.sender.send_request(req).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!("{status}: {}", String::from_utf8_lossy(&bytes));
-        }
-        Ok(serde_json::from_slice(&bytes)?)
-    }
-}
-
-/// `clients` keep-alive connections, each sending its share of `texts` (round robin) one text
-/// per request, all at once. Returns the wall time and the failed requests (non-2xx answers
-/// and transport errors; a client whose connection broke reconnects).
-async fn concurrent(
-    socket: &Path,
-    texts: &[String],
-    clients: usize,
-) -> anyhow::Result<(Duration, u64)> {
-    let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        conns.push(Conn::open(socket).await?);
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    let t = Instant::now();
-    for (k, mut conn) in conns.into_iter().enumerate() {
-        let mine: Vec<String> = texts.iter().skip(k).step_by(clients).cloned().collect();
-        let socket = socket.to_path_buf();
-        tasks.spawn(async move {
-            let mut errors = 0u64;
-            for text in mine {
-                if conn.embed(&[text]).await.is_err() {
-                    errors += 1;
-                    if conn.sender.is_closed() {
-                        match Conn::open(&socket).await {
-                            Ok(c) => conn = c,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                        }
-                    }
-                }
-            }
-            errors
-        });
-    }
-    let mut errors = 0;
-    while let Some(done) = tasks.join_next().await {
-        errors += done?;
-    }
-    Ok((t.elapsed(), errors))
+/// The engine's times in this process on the daemon's requests.
+#[derive(Default)]
+struct Own {
+    short: Duration,
+    long: Duration,
+    /// Sorted ascending.
+    single: Vec<Duration>,
 }
 
 /// `n` with a thousands separator, as the human output has always printed it.
@@ -300,6 +233,28 @@ fn main() -> anyhow::Result<()> {
     let compute = model.precision;
     let kernel = model.kernel;
     let load = t.elapsed();
+    let (n_short, n_long, n_single) = if quick {
+        (320, 32, 50)
+    } else {
+        (1000, 256, 300)
+    };
+    let (short_batch, long_batch, clients) = (32, 16, 64);
+    let mut short: Vec<String> = (0..n_short)
+        .map(|i| text(i, 10 + (i as usize % 12)))
+        .collect();
+    short.sort_by_key(String::len);
+    let long: Vec<String> = (0..n_long).map(|i| text(10_000 + i, 400)).collect();
+    let single: Vec<String> = (0..n_single).map(|i| text(50_000 + i, 12)).collect();
+    if let Some(path) = &texts_out {
+        let texts = json!({
+            "short": short, "short_batch": short_batch,
+            "long": long, "long_batch": long_batch,
+            "single": single, "concurrent_clients": clients,
+        });
+        std::fs::write(path, serde_json::to_vec(&texts)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+
     let (model_id, storage) = {
         let m = &model.package.manifest;
         let f16 = m.weights.is_none()
@@ -320,7 +275,8 @@ fn main() -> anyhow::Result<()> {
         };
         (m.id.clone(), storage)
     };
-    drop(model);
+    // The engine in this process, beside the daemon (its pool's threads are as many).
+    let engine = in_process::Engine::new(&model);
 
     // The daemon over its socket.
     let dir = work.path();
@@ -366,51 +322,53 @@ fn main() -> anyhow::Result<()> {
     let ready = started.elapsed();
     let idle_rss = status_kib(pid, "VmRSS:");
 
-    let (n_short, n_long, n_single) = if quick {
-        (320, 32, 50)
-    } else {
-        (1000, 256, 300)
-    };
-    let (short_batch, long_batch, clients) = (32, 16, 64);
-    let mut short: Vec<String> = (0..n_short)
-        .map(|i| text(i, 10 + (i as usize % 12)))
-        .collect();
-    short.sort_by_key(String::len);
-    let long: Vec<String> = (0..n_long).map(|i| text(10_000 + i, 400)).collect();
-    let single: Vec<String> = (0..n_single).map(|i| text(50_000 + i, 12)).collect();
-    if let Some(path) = &texts_out {
-        let texts = json!({
-            "short": short, "short_batch": short_batch,
-            "long": long, "long_batch": long_batch,
-            "single": single, "concurrent_clients": clients,
-        });
-        std::fs::write(path, serde_json::to_vec(&texts)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-
-    let (short_s, short_tokens, long_s, long_tokens, latencies) = rt.block_on(async {
-        let mut c = Conn::open(&socket).await?;
-        let t = Instant::now();
-        let mut short_tokens = 0;
-        for chunk in short.chunks(short_batch) {
-            short_tokens += c.embed(chunk).await?;
-        }
-        let short_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let mut long_tokens = 0;
-        for chunk in long.chunks(long_batch) {
-            long_tokens += c.embed(chunk).await?;
-        }
-        let long_s = t.elapsed().as_secs_f64();
-        let mut latencies = Vec::new();
-        for one in single.chunks(1) {
-            let t = Instant::now();
-            c.embed(one).await?;
-            latencies.push(t.elapsed());
-        }
-        latencies.sort();
-        anyhow::Ok((short_s, short_tokens, long_s, long_tokens, latencies))
-    })?;
+    // Each request goes to the daemon, then the same texts to the engine in this process.
+    let (short_s, short_tokens, long_s, long_tokens, latencies, short_cpu, single_cpu, own) = rt
+        .block_on(async {
+            let mut c = Conn::open(&socket).await?;
+            engine.embed(&["warm up".to_string()]).await?;
+            let mut own = Own::default();
+            let cpu = Split::sample(pid);
+            let mut short_s = Duration::ZERO;
+            let mut short_tokens = 0;
+            for chunk in short.chunks(short_batch) {
+                let t = Instant::now();
+                short_tokens += c.embed(chunk).await?;
+                short_s += t.elapsed();
+                own.short += engine.embed(chunk).await?;
+            }
+            let short_cpu = Split::sample(pid) - cpu;
+            let mut long_s = Duration::ZERO;
+            let mut long_tokens = 0;
+            for chunk in long.chunks(long_batch) {
+                let t = Instant::now();
+                long_tokens += c.embed(chunk).await?;
+                long_s += t.elapsed();
+                own.long += engine.embed(chunk).await?;
+            }
+            let cpu = Split::sample(pid);
+            let mut latencies = Vec::new();
+            for one in single.chunks(1) {
+                let t = Instant::now();
+                c.embed(one).await?;
+                latencies.push(t.elapsed());
+                own.single.push(engine.embed(one).await?);
+            }
+            latencies.sort();
+            own.single.sort();
+            let single_cpu = Split::sample(pid) - cpu;
+            anyhow::Ok((
+                short_s.as_secs_f64(),
+                short_tokens,
+                long_s.as_secs_f64(),
+                long_tokens,
+                latencies,
+                short_cpu,
+                single_cpu,
+                own,
+            ))
+        })?;
+    drop(model);
     let peak = status_kib(pid, "VmHWM:");
     let (concurrent_time, concurrent_errors) = rt.block_on(concurrent(&socket, &short, clients))?;
     let concurrent_s = concurrent_time.as_secs_f64();
@@ -479,8 +437,9 @@ fn main() -> anyhow::Result<()> {
         Vec::new()
     };
 
+    let threads = rayon::current_num_threads();
     println!(
-        "caxton benchmark: {model_id} ({storage} storage, {compute} compute on the {kernel} kernel, {} bytes package), {} CPUs",
+        "caxton benchmark: {model_id} ({storage} storage, {compute} compute on the {kernel} kernel, {} bytes package), {} CPUs, {threads} compute threads",
         size as u64,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -529,6 +488,33 @@ fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.len()
+    );
+    // The engine alone on the same texts, and what the daemon's request path adds to it.
+    let own_short_rate = short.len() as f64 / own.short.as_secs_f64();
+    let own_long_rate = long_tokens as f64 / own.long.as_secs_f64();
+    let own_p50 = percentile(&own.single, 0.5);
+    let requests = short.len().div_ceil(short_batch);
+    println!(
+        "  in-process engine, same texts         short {:.1} texts/s (daemon/engine {:.2})  long {:.0} tokens/s ({:.2})  single p50 {:.2} ms",
+        own_short_rate,
+        short_rate / own_short_rate,
+        own_long_rate,
+        long_tokens as f64 / long_s / own_long_rate,
+        own_p50.as_secs_f64() * 1e3
+    );
+    println!(
+        "  the request path (daemon - engine)    {:.3} ms per batch-{short_batch} request, {:.1} us per text; {:.3} ms per single text",
+        (short_s - own.short.as_secs_f64()) * 1e3 / requests as f64,
+        (short_s - own.short.as_secs_f64()) * 1e6 / short.len() as f64,
+        (percentile(&latencies, 0.5).as_secs_f64() - own_p50.as_secs_f64()) * 1e3
+    );
+    println!(
+        "  daemon CPU ms per batch-{short_batch} request    {}",
+        short_cpu.per(requests)
+    );
+    println!(
+        "  daemon CPU ms per single-text request {}",
+        single_cpu.per(latencies.len())
     );
     let concurrent_rate = short.len() as f64 / concurrent_s;
     println!(
@@ -588,6 +574,14 @@ fn main() -> anyhow::Result<()> {
             "single_n": latencies.len(),
             "single_p50_ms": ms(percentile(&latencies, 0.5)),
             "single_p99_ms": ms(percentile(&latencies, 0.99)),
+            "threads": threads,
+            "engine_short_texts_per_s": own_short_rate,
+            "engine_long_tokens_per_s": own_long_rate,
+            "engine_single_p50_ms": ms(own_p50),
+            "engine_single_p99_ms": ms(percentile(&own.single, 0.99)),
+            "short_cpu": short_cpu.json(),
+            "short_requests": requests,
+            "single_cpu": single_cpu.json(),
             "idle_rss_mb": idle_rss as f64 / 1024.0,
             "peak_rss_mb": peak as f64 / 1024.0,
             "concurrent_clients": clients,
