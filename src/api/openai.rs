@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, RequestError};
@@ -67,27 +67,64 @@ pub async fn embeddings(
         },
     )
     .await?;
-    let data: Vec<Value> = out
+    let data = out
         .vectors
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let embedding = if base64 {
+        .map(|(index, v)| EmbeddingItem {
+            object: "embedding",
+            index,
+            embedding: if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(v)
-            };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+                Embedding::Float(v)
+            },
         })
         .collect();
-    let body = Json(json!({
-        "object": "list",
-        "data": data,
-        "model": out.model,
-        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
-    }));
+    let body = Json(EmbeddingList {
+        object: "list",
+        data,
+        model: &out.model,
+        usage: Usage {
+            prompt_tokens: out.tokens,
+            total_tokens: out.tokens,
+        },
+    });
     Ok(super::answer::embedded(body, &out))
+}
+
+/// The answer of `POST /v1/embeddings`, serialized straight from the vectors: each value as
+/// the shortest text that reads back as the same f32 (as text-embeddings-inference writes
+/// them), with no JSON tree built in between (that tree and its wider f64 text were most of
+/// what a batch's answer cost the async workers).
+#[derive(Serialize)]
+struct EmbeddingList<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingItem<'a>>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingItem<'a> {
+    object: &'static str,
+    index: usize,
+    embedding: Embedding<'a>,
+}
+
+/// A vector as `encoding_format` asks: floats, or its little-endian f32 bytes in base64.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Embedding<'a> {
+    Float(&'a [f32]),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
 }
 
 /// `input_type`: `"query"` or `"document"`.
