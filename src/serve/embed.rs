@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{ServeError, account, check_serving, lengths, served_by, tokenize_off_runtime};
+use super::{ServeError, account, check_serving, lengths, served_by, tokenize_each};
 use crate::engine::{Cut, Encoded, VectorShape};
 use crate::package::{InputType, ModelKind};
 use crate::registry::Wanted;
@@ -76,14 +76,8 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         Some(p) => req.texts.into_iter().map(|t| format!("{p}{t}")).collect(),
         None => req.texts,
     };
-    let bytes = texts.iter().map(String::len).sum();
-    let encoded: Vec<Encoded> = tokenize_off_runtime(bytes, move || {
-        texts
-            .iter()
-            .map(|t| tokenizer.encode_cut(t, cut))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await?;
+    let encoded: Vec<Encoded> =
+        tokenize_each(texts, String::len, move |t| tokenizer.encode_cut(t, cut)).await?;
     let (truncated, tokens) = lengths(&encoded, req.truncate, |index| ServeError::TooLong {
         index,
         max: manifest.max_seq_length,

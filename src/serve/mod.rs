@@ -7,11 +7,13 @@
 mod embed;
 mod error;
 mod rerank;
+mod tokenizing;
 mod tokens;
 
 pub use embed::{EmbedRequest, Embedded, embed};
 pub use error::ServeError;
 pub use rerank::{RerankRequest, Reranked, rerank};
+use tokenizing::{tokenize_each, tokenize_off_runtime};
 pub use tokens::tokenize;
 
 use crate::engine::Encoded;
@@ -72,52 +74,4 @@ fn account(slot: &ModelSlot, texts: usize, tokens: usize) {
     let label = crate::metrics::Metrics::model(&slot.package.manifest.id);
     metrics.texts.get_or_create(&label).inc_by(texts as u64);
     metrics.tokens.get_or_create(&label).inc_by(tokens as u64);
-}
-
-/// Inputs of at most this many bytes in all are tokenized on the async worker itself: a short
-/// text takes a few microseconds (WordPiece was 0.13% of a one-text request's profile), less
-/// than handing it to a blocking thread and back, two thread wake-ups.
-const INLINE_TOKENIZE_BYTES: usize = 1024;
-
-/// Runs tokenization `work` over inputs of `bytes` bytes: inline when they are short, else off
-/// the async workers (long texts take milliseconds). Its error is the request's fault, a panic
-/// the daemon's.
-async fn tokenize_off_runtime<T: Send + 'static>(
-    bytes: usize,
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, ServeError> {
-    let outcome = if bytes <= INLINE_TOKENIZE_BYTES {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-            .map_err(|_| ServeError::TokenizerCrashed("the tokenizer panicked".into()))?
-    } else {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| ServeError::TokenizerCrashed(e.to_string()))?
-    };
-    outcome.map_err(ServeError::Tokenizer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Both paths (inline for short inputs, a blocking thread for long ones) give the same
-    /// answers: the value, the request's fault, a panic as the daemon's.
-    #[tokio::test]
-    async fn tokenization_answers_alike_inline_and_off_the_runtime() {
-        for bytes in [INLINE_TOKENIZE_BYTES, INLINE_TOKENIZE_BYTES + 1] {
-            assert_eq!(tokenize_off_runtime(bytes, || Ok(7)).await.ok(), Some(7));
-            let e = tokenize_off_runtime::<()>(bytes, || Err("no such token".into()))
-                .await
-                .expect_err("an error");
-            assert!(
-                matches!(&e, ServeError::Tokenizer(m) if m == "no such token"),
-                "{e:?}"
-            );
-            let e = tokenize_off_runtime::<()>(bytes, || panic!("tokenizer bug"))
-                .await
-                .expect_err("a panic");
-            assert!(matches!(e, ServeError::TokenizerCrashed(_)), "{e:?}");
-        }
-    }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{ServeError, account, check_serving, lengths, served_by, tokenize_off_runtime};
+use super::{ServeError, account, check_serving, lengths, served_by, tokenize_each};
 use crate::engine::{Cut, Encoded};
 use crate::package::{Manifest, ModelKind, ScoreActivation};
 use crate::registry::fallback::Reason;
@@ -82,13 +82,12 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
     let activation = manifest.activation.unwrap_or(ScoreActivation::Sigmoid);
     let tokenizer = model.tokenizer.clone();
     let (query, documents, cut, instruction) = (req.query, req.documents, req.cut, req.instruction);
-    let bytes = documents.iter().map(|d| query.len() + d.len()).sum();
-    let encoded: Vec<Encoded> = tokenize_off_runtime(bytes, move || {
-        documents
-            .iter()
-            .map(|d| tokenizer.encode_pair(&query, d, instruction.as_deref(), cut))
-            .collect::<Result<Vec<_>, _>>()
-    })
+    let query_bytes = query.len();
+    let encoded: Vec<Encoded> = tokenize_each(
+        documents,
+        move |d| query_bytes + d.len(),
+        move |d| tokenizer.encode_pair(&query, d, instruction.as_deref(), cut),
+    )
     .await?;
     let (truncated, tokens) = lengths(&encoded, req.truncate, |index| ServeError::PairTooLong {
         field: req.field,
