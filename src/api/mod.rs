@@ -7,6 +7,7 @@ mod cohere;
 pub mod error;
 mod input;
 mod memory;
+mod ollama;
 mod openai;
 pub mod peer;
 mod status;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 use crate::state::AppState;
 pub use error::{ApiError, RequestError};
@@ -43,7 +44,26 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/memory/models/{id}",
             axum::routing::delete(memory::unload),
         )
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        // Ollama's embedding API (its `get`s answer HEAD too, as Ollama's `HEAD /`).
+        .route("/api/embed", post(ollama::embed_handler))
+        .route("/api/embeddings", post(ollama::embeddings))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
+        .route("/", get(ollama::root));
+    let routes = [
+        "/api/generate",
+        "/api/chat",
+        "/api/pull",
+        "/api/push",
+        "/api/create",
+        "/api/copy",
+        "/api/delete",
+    ]
+    .into_iter()
+    .fold(routes, |r, path| r.route(path, any(ollama::not_here)));
     // The limit is live configuration, enforced by `input::read_body`.
     finish(routes)
         .layer(DefaultBodyLimit::disable())

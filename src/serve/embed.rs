@@ -43,6 +43,8 @@ pub struct Embedded {
     pub fallback: Option<Reason>,
     /// The inputs cut at the model's length.
     pub truncated: Vec<usize>,
+    /// How long the request waited for its model (a load, when it was not in memory).
+    pub waited: std::time::Duration,
 }
 
 /// Runs `req` through the named (or default) model.
@@ -62,7 +64,9 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         kind: ModelKind::Embedding,
         width: req.dimensions,
     };
+    let asked = std::time::Instant::now();
     let served = state.registry.serve(&settings.models, wanted).await?;
+    let waited = asked.elapsed();
     let (id, slot, model) = (served.id, served.slot, served.model);
     served_by(&id);
     let manifest = &model.package.manifest;
@@ -96,5 +100,6 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         tokens,
         fallback: served.fallback,
         truncated,
+        waited,
     })
 }

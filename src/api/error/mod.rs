@@ -124,6 +124,12 @@ impl From<RequestError> for ApiError {
             ConfigRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, code::CONFIG_REJECTED),
             NoRoute(_) => (StatusCode::NOT_FOUND, code::NOT_FOUND),
             MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED),
+            OllamaModelRequired => (StatusCode::BAD_REQUEST, code::MODEL_REQUIRED),
+            OllamaUnknownModel(_) | OllamaWrongTag { .. } => {
+                (StatusCode::NOT_FOUND, code::MODEL_NOT_FOUND)
+            }
+            OllamaNotAnEmbedder(_) => (StatusCode::BAD_REQUEST, code::WRONG_MODEL_KIND),
+            OllamaNotServed { .. } => (StatusCode::NOT_FOUND, code::NOT_FOUND),
         };
         ApiError::new(status, code, e)
     }
@@ -229,6 +235,16 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.respond(|message, e| {
+            json!({"error": {"message": message, "type": e.error_type(), "code": e.code}})
+        })
+    }
+}
+
+impl ApiError {
+    /// The answer with the body `body(message, self)` makes (the API's own shape, or another
+    /// protocol's, as Ollama's), the status and `Retry-After`, logged as every refusal is.
+    pub fn respond(self, body: impl FnOnce(&str, &ApiError) -> serde_json::Value) -> Response {
         // 503s (starting, busy) are expected back-pressure; only real failures are warnings.
         if self.status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!(
@@ -245,7 +261,7 @@ impl IntoResponse for ApiError {
                 self.message
             );
         }
-        let body = json!({"error": {"message": self.message, "type": self.error_type(), "code": self.code}});
+        let body = body(&self.message, &self);
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response

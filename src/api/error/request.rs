@@ -100,4 +100,37 @@ pub enum RequestError {
         /// The path.
         path: String,
     },
+    /// An Ollama request without `model` (Ollama's API has no default model).
+    #[error("model is required: name one of the models GET /api/tags lists")]
+    OllamaModelRequired,
+    /// An Ollama model name no model goes by.
+    #[error(
+        "model \"{0}\" not found: caxton serves its packages' models by their ids (GET /api/tags lists them; NAME and NAME:latest mean model NAME) and never pulls one"
+    )]
+    OllamaUnknownModel(String),
+    /// An Ollama model name whose tag is neither `latest` nor the package's version.
+    #[error(
+        "model \"{name}\" not found: that model's package is version {version}; ask for the tag latest or {version}"
+    )]
+    OllamaWrongTag {
+        /// The name as sent.
+        name: String,
+        /// The serving package's version.
+        version: String,
+    },
+    /// A reranker named on Ollama's API, which embeds only.
+    #[error(
+        "model \"{0}\" is a reranker; Ollama's API here serves embedding models (rerank with POST /rerank or /v1/rerank)"
+    )]
+    OllamaNotAnEmbedder(String),
+    /// One of Ollama's paths this daemon does not have.
+    #[error(
+        "{path} is not served: {why}; the Ollama endpoints here are /api/embed, /api/embeddings, /api/tags, /api/show, /api/ps and /api/version"
+    )]
+    OllamaNotServed {
+        /// The path asked for.
+        path: String,
+        /// Why caxton has no such thing.
+        why: &'static str,
+    },
 }

@@ -149,6 +149,44 @@ fn every_error_has_its_status_and_code() {
             None,
         ),
         (
+            RequestError::OllamaModelRequired.into(),
+            400,
+            "model_required",
+            None,
+        ),
+        (
+            RequestError::OllamaUnknownModel("m".into()).into(),
+            404,
+            "model_not_found",
+            None,
+        ),
+        (
+            RequestError::OllamaWrongTag {
+                name: "m:v9".into(),
+                version: "1".into(),
+            }
+            .into(),
+            404,
+            "model_not_found",
+            None,
+        ),
+        (
+            RequestError::OllamaNotAnEmbedder("m".into()).into(),
+            400,
+            "wrong_model_kind",
+            None,
+        ),
+        (
+            RequestError::OllamaNotServed {
+                path: "/api/chat".into(),
+                why: "no generation",
+            }
+            .into(),
+            404,
+            "not_found",
+            None,
+        ),
+        (
             RequestError::MethodNotAllowed {
                 method: "GET".into(),
                 path: "/x".into(),

