@@ -555,7 +555,7 @@ def cmd_summary(args):
     print("process's ru_maxrss, its load session creation plus the tokenizer.")
     errors = 0
     for label, runs, med in variants:
-        if not label.startswith("caxton"):
+        if runs[0].get("implementation") != "caxton":
             continue
         conc = med["concurrent_texts_per_s"]
         conc_ratio = median(runs, "concurrent_ratio")  # per round, then the median

@@ -1,8 +1,8 @@
 //! The daemon's own engine in this process: the same model and precision, each request's
 //! texts tokenized here and handed to the model's engine thread as the daemon hands them,
-//! with no socket, HTTP, JSON or registry in between. The benchmark sends every request to
-//! both, one after the other, so a busy neighbour on a shared machine slows both alike and
-//! the daemon's figures over these are what its request path costs.
+//! with no socket, HTTP, JSON or registry in between. The benchmark sends the same requests
+//! to both, in turns, so a busy neighbour on a shared machine slows both alike and the
+//! daemon's figures over these are what its request path costs.
 
 use std::time::{Duration, Instant};
 
