@@ -105,8 +105,39 @@ fn text(seed: u64, words: usize) -> String {
         .join(" ")
 }
 
-/// The engine's times in this process on the daemon's requests.
+/// Each request's time at the daemon and at the engine in this process, and the daemon's
+/// token count.
 #[derive(Default)]
+struct Turns {
+    daemon: Vec<Duration>,
+    engine: Vec<Duration>,
+    tokens: u64,
+}
+
+/// `texts` in requests of `batch`, to the daemon and to `engine` in turns of `per_turn`
+/// requests each.
+async fn in_turns(
+    c: &mut Conn,
+    engine: &in_process::Engine<'_>,
+    texts: &[String],
+    batch: usize,
+    per_turn: usize,
+) -> anyhow::Result<Turns> {
+    let mut timed = Turns::default();
+    for turn in texts.chunks(batch * per_turn) {
+        for chunk in turn.chunks(batch) {
+            let t = Instant::now();
+            timed.tokens += c.embed(chunk).await?;
+            timed.daemon.push(t.elapsed());
+        }
+        for chunk in turn.chunks(batch) {
+            timed.engine.push(engine.embed(chunk).await?);
+        }
+    }
+    Ok(timed)
+}
+
+/// The engine's times in this process on the daemon's requests.
 struct Own {
     short: Duration,
     long: Duration,
@@ -331,54 +362,26 @@ fn main() -> anyhow::Result<()> {
         .block_on(async {
             let mut c = Conn::open(&socket).await?;
             engine.embed(&["warm up".to_string()]).await?;
-            let mut own = Own::default();
             let cpu = Split::sample(pid);
-            let mut short_s = Duration::ZERO;
-            let mut short_tokens = 0;
-            for turn in short.chunks(short_batch * 4) {
-                let t = Instant::now();
-                for chunk in turn.chunks(short_batch) {
-                    short_tokens += c.embed(chunk).await?;
-                }
-                short_s += t.elapsed();
-                for chunk in turn.chunks(short_batch) {
-                    own.short += engine.embed(chunk).await?;
-                }
-            }
+            let short = in_turns(&mut c, &engine, &short, short_batch, 4).await?;
             let short_cpu = Split::sample(pid) - cpu;
-            let mut long_s = Duration::ZERO;
-            let mut long_tokens = 0;
-            for turn in long.chunks(long_batch * 2) {
-                let t = Instant::now();
-                for chunk in turn.chunks(long_batch) {
-                    long_tokens += c.embed(chunk).await?;
-                }
-                long_s += t.elapsed();
-                for chunk in turn.chunks(long_batch) {
-                    own.long += engine.embed(chunk).await?;
-                }
-            }
+            let long = in_turns(&mut c, &engine, &long, long_batch, 2).await?;
             let cpu = Split::sample(pid);
-            let mut latencies = Vec::new();
-            for turn in single.chunks(10) {
-                for one in turn.chunks(1) {
-                    let t = Instant::now();
-                    c.embed(one).await?;
-                    latencies.push(t.elapsed());
-                }
-                for one in turn.chunks(1) {
-                    own.single.push(engine.embed(one).await?);
-                }
-            }
-            latencies.sort();
-            own.single.sort();
+            let mut single = in_turns(&mut c, &engine, &single, 1, 10).await?;
             let single_cpu = Split::sample(pid) - cpu;
+            single.daemon.sort();
+            single.engine.sort();
+            let own = Own {
+                short: short.engine.iter().sum(),
+                long: long.engine.iter().sum(),
+                single: single.engine,
+            };
             anyhow::Ok((
-                short_s.as_secs_f64(),
-                short_tokens,
-                long_s.as_secs_f64(),
-                long_tokens,
-                latencies,
+                short.daemon.iter().sum::<Duration>().as_secs_f64(),
+                short.tokens,
+                long.daemon.iter().sum::<Duration>().as_secs_f64(),
+                long.tokens,
+                single.daemon,
                 short_cpu,
                 single_cpu,
                 own,
