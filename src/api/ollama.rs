@@ -116,7 +116,7 @@ struct EmbedBody {
 }
 
 #[derive(Serialize)]
-struct Embedded<'a> {
+struct EmbedAnswer<'a> {
     model: &'a str,
     embeddings: &'a [Vec<f32>],
     /// Nanoseconds, as Ollama counts them.
@@ -149,7 +149,7 @@ pub async fn embed_handler(
         request(id, inputs, req.truncate, req.dimensions, true),
     )
     .await?;
-    let answer = Json(Embedded {
+    let answer = Json(EmbedAnswer {
         model: req.model.as_deref().unwrap_or_default(),
         embeddings: &out.vectors,
         total_duration: started.elapsed().as_nanos(),
@@ -239,15 +239,16 @@ fn listed(state: &AppState, m: &ModelInfo) -> Value {
     let (size, modified) = std::fs::metadata(&m.file)
         .map(|md| (md.len(), md.modified().ok()))
         .unwrap_or((0, None));
-    let digest = state
+    let (digest, family) = state
         .registry
         .get(&m.id)
-        .map(|slot| slot.package.package_sha256.clone())
-        .unwrap_or_default();
-    let family = state
-        .registry
-        .get(&m.id)
-        .map(|slot| slot.package.manifest.architecture.as_str())
+        .map(|slot| {
+            let package = &slot.package;
+            (
+                package.package_sha256.clone(),
+                package.manifest.architecture.as_str(),
+            )
+        })
         .unwrap_or_default();
     let name = format!("{}:latest", m.id);
     json!({

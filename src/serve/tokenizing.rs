@@ -49,9 +49,24 @@ where
     U: Send + 'static,
     F: Fn(&T) -> Result<U, String> + Send + Sync + 'static,
 {
+    tokenize_on(cores(), items, size, work).await
+}
+
+/// [`tokenize_each`] as on a machine of `cores` cores.
+async fn tokenize_on<T, U, F>(
+    cores: usize,
+    items: Vec<T>,
+    size: impl Fn(&T) -> usize,
+    work: F,
+) -> Result<Vec<U>, ServeError>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+    F: Fn(&T) -> Result<U, String> + Send + Sync + 'static,
+{
     let sizes: Vec<usize> = items.iter().map(size).collect();
     let bytes = sizes.iter().sum();
-    let cuts = pieces(&sizes, cores());
+    let cuts = pieces(&sizes, cores);
     if cuts.len() <= 1 {
         return tokenize_off_runtime(bytes, move || items.iter().map(work).collect()).await;
     }
@@ -167,19 +182,21 @@ mod tests {
         assert_eq!(pieces(&sizes, 16), vec![1, 2, 3, 4, 8]);
     }
 
-    /// Cut into pieces, the items come back in order, and the error is the first failing
-    /// item's, as in one piece.
+    /// Cut into pieces (four, whatever cores this machine has), the items come back in
+    /// order, and the error is the first failing item's (in the third piece, another failing
+    /// in the fourth), as in one piece.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pieces_answer_in_order_with_the_first_error() {
         let items: Vec<String> = (0..64).map(|i| format!("{i:0>40}")).collect();
-        assert!(pieces(&items.iter().map(String::len).collect::<Vec<_>>(), 4).len() > 1);
-        let out = tokenize_each(items.clone(), String::len, |t: &String| {
+        let sizes: Vec<usize> = items.iter().map(String::len).collect();
+        assert_eq!(pieces(&sizes, 4), vec![16, 32, 48, 64]);
+        let out = tokenize_on(4, items.clone(), String::len, |t: &String| {
             t.trim_start_matches('0').parse::<usize>().or(Ok(0))
         })
         .await
         .expect("parsed");
         assert_eq!(out, (0..64).collect::<Vec<_>>());
-        let e = tokenize_each(items, String::len, |t: &String| {
+        let e = tokenize_on(4, items, String::len, |t: &String| {
             let n: usize = t.trim_start_matches('0').parse().unwrap_or(0);
             if n == 40 || n == 60 {
                 Err(format!("item {n} fails"))
