@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings, config_dir: PathBuf) -> anyhow::Result<()> {
-    // Sockets from systemd (caxton.socket, caxton-metrics.socket) are systemd's: used as they
+    // Sockets from systemd (caxton.socket, caxton-metrics.socket, caxton-api.socket) are systemd's: used as they
     // are, never unlinked.
     let activated = crate::socket::from_systemd()?;
     let (listener, _owned, socket_activated) = match activated.api {
@@ -116,6 +116,7 @@ async fn serve(settings: Settings, config_dir: PathBuf) -> anyhow::Result<()> {
         api: listener,
         socket_activated,
         metrics: activated.metrics,
+        api_tcp: activated.api_tcp,
     };
     crate::server::run(listeners, settings, config_dir, shutdown).await
 }

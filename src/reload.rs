@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::Settings;
-use crate::metrics_listener::Bound;
 use crate::registry::{ScanResult, candidates, signature_policy};
 use crate::state::{AppState, Health, Outcome, ReloadRequest, Trigger};
 use crate::systemd;
+use crate::tcp_listeners::Bound;
 
 /// Keys that only take effect at the next start; a change is logged as such and not applied.
 pub const RESTART_ONLY: [&str; 2] = ["socket.path", "state_dir"];
@@ -153,6 +153,7 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<String> {
 struct Prepared {
     scan: ScanResult,
     metrics_listeners: Bound,
+    api_listeners: Bound,
 }
 
 /// Every step that may refuse the change, in order; the reason of the first that does.
@@ -167,12 +168,14 @@ async fn prepare(
     // Bound now, served at the commit: an address that cannot be bound refuses the change
     // whole, and the listeners in force stay.
     let metrics_listeners = state.metrics_listeners.bind(&new.metrics.addresses())?;
+    let api_listeners = state.api_listeners.bind(&new.api.addresses())?;
     set_socket_mode(state, old, new)?;
     // Last of the steps that may refuse (the level was checked when the files were read).
     crate::logging::set_level(&new.log.level).map_err(|e| format!("log.level: {e}"))?;
     Ok(Prepared {
         scan,
         metrics_listeners,
+        api_listeners,
     })
 }
 
@@ -250,6 +253,7 @@ async fn commit(state: &Arc<AppState>, new: &Settings, prepared: Prepared) {
     let keep = prepared.scan.digests();
     state.registry.commit(prepared.scan);
     state.metrics_listeners.commit(prepared.metrics_listeners);
+    state.api_listeners.commit(prepared.api_listeners);
     if let Ok(store) = crate::package::Store::open(&new.state_dir) {
         store.bounded(new.store.max_size).retain(&keep);
     }
@@ -380,6 +384,14 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let armed = tx.clone();
     let watch_dir = dir.clone();
+    let watching = Arc::downgrade(&state);
+    // `api.token_file` in the directory (as /etc/caxton/api-token): writing a new token
+    // applies it as a drop-in would.
+    let token_file = move |p: &Path| {
+        watching
+            .upgrade()
+            .is_some_and(|s| s.settings().api.token_file.as_deref() == Some(p))
+    };
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             // Opening or reading a file is no change: the reload itself opens every file, and
@@ -387,7 +399,12 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
             // times a second for as long as it stayed (issue 32's soak: 3,286 lines in an hour
             // for 23 bad drop-ins). A file closed after writing is one.
             Ok(event) if is_reading(&event.kind) => {}
-            Ok(event) if event.paths.iter().any(|p| relevant(&watch_dir, p)) => {
+            Ok(event)
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| relevant(&watch_dir, p) || token_file(p)) =>
+            {
                 let _ = tx.send(());
             }
             Ok(_) => {}

@@ -27,11 +27,15 @@ pub struct Listeners {
     /// TCP sockets from systemd for metrics (`caxton-metrics.socket`), with their names;
     /// `metrics.listen` adds its own.
     pub metrics: Vec<(std::net::TcpListener, String)>,
+    /// TCP sockets from systemd for the API (`caxton-api.socket`), with their names;
+    /// `api.listen` adds its own.
+    pub api_tcp: Vec<(std::net::TcpListener, String)>,
 }
 
 /// Serves on `listeners` with `settings` (read from `config_dir`, which is watched for
-/// changes) until `shutdown` resolves, then drains and returns. A metrics listener that cannot
-/// listen is logged (and an address of `metrics.listen` tried again) while the daemon serves.
+/// changes) until `shutdown` resolves, then drains and returns. A TCP listener that cannot
+/// listen is logged (and an address of `metrics.listen` or `api.listen` tried again) while the
+/// daemon serves.
 pub async fn run(
     listeners: Listeners,
     settings: Settings,
@@ -42,10 +46,11 @@ pub async fn run(
         api: listener,
         socket_activated,
         metrics,
+        api_tcp,
     } = listeners;
-    let wanted = settings.metrics.addresses();
+    let wanted = (settings.metrics.addresses(), settings.api.addresses());
     let state = assemble(settings, config_dir.clone(), socket_activated);
-    serve_metrics(&state, metrics, &wanted);
+    serve_tcp(&state, (metrics, api_tcp), &wanted);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     crate::connections::raise_fd_limit(state.settings().limits.max_connections);
@@ -75,29 +80,74 @@ pub async fn run(
         "stopping: finishing in-flight requests"
     );
     systemd::stopping();
-    // Scrapers see the target go down with the daemon; the router they held lets the state go.
-    state.metrics_listeners.stop();
+    // Scrapers see the target go down with the daemon; the routers they held let the state go.
+    let scrapes = state.metrics_listeners.stop();
+    let api_tcp = state.api_listeners.stop();
     let _ = stop_tx.send(true);
-    server.await?;
+    let (served, (), ()) = tokio::join!(server, scrapes, api_tcp);
+    served?;
     // Usage of the last requests, which the periodic save has not written yet.
     state.registry.save_usage();
     tracing::info!(caxton_event = "stopped", "stopped");
     Ok(())
 }
 
-/// Serves metrics on the sockets systemd passed and on `metrics.listen`'s addresses.
-fn serve_metrics(
+/// TCP sockets systemd passed, with their names.
+type Passed = Vec<(std::net::TcpListener, String)>;
+
+/// Serves metrics and the API over TCP on the sockets systemd passed and on the addresses of
+/// `metrics.listen` and `api.listen`.
+fn serve_tcp(
     state: &Arc<AppState>,
-    passed: Vec<(std::net::TcpListener, String)>,
-    wanted: &[std::net::SocketAddr],
+    (metrics, api_tcp): (Passed, Passed),
+    (metrics_wanted, api_wanted): &(Vec<std::net::SocketAddr>, Vec<std::net::SocketAddr>),
 ) {
     let scrapes = &state.metrics_listeners;
-    scrapes.serve_with(api::metrics_router(state.clone()));
-    if let Err(e) = scrapes.adopt(passed) {
-        // The sockets are systemd's; the daemon's own job does not depend on them.
-        tracing::error!(caxton_event = "metrics_listener_failed", "{e}");
+    scrapes.serve_with(
+        api::metrics_router(state.clone()),
+        crate::tcp_listeners::Policy::scrapes(),
+    );
+    let clients = &state.api_listeners;
+    clients.serve_with(api::tcp_router(state.clone()), tcp_policy(state));
+    for (listeners, passed) in [(scrapes, metrics), (clients, api_tcp)] {
+        if let Err(e) = listeners.adopt(passed) {
+            // The sockets are systemd's; the daemon's own job does not depend on them.
+            tracing::error!(caxton_event = "tcp_listener_failed", "{e}");
+        }
     }
-    scrapes.listen_or_retry(wanted);
+    for endpoint in clients.endpoints() {
+        if let Some(reason) = api::tokenless(state, endpoint.address) {
+            tracing::error!(caxton_event = "api_listener_failed", "{reason}");
+        }
+    }
+    scrapes.listen_or_retry(metrics_wanted);
+    clients.listen_or_retry(api_wanted);
+}
+
+/// How long a stop waits for the requests under way on a TCP connection, as on the socket.
+const TCP_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The API's TCP listeners take the Unix socket's limits, per listener:
+/// `limits.max_connections` at once (within the descriptors the process may open),
+/// `limits.idle_timeout` to send a head, read at each connection; past the bound, 503
+/// `too_many_connections` (no idle connection is closed for a new one, as on the socket: over
+/// TCP the daemon cannot tell clients apart).
+fn tcp_policy(state: &Arc<AppState>) -> crate::tcp_listeners::Policy {
+    let state = Arc::downgrade(state);
+    crate::tcp_listeners::Policy::api(
+        move || match state.upgrade() {
+            Some(s) => {
+                let limits = &s.settings().limits;
+                (
+                    crate::connections::bound(limits.max_connections),
+                    limits.idle_timeout.0,
+                )
+            }
+            None => (0, std::time::Duration::from_secs(1)),
+        },
+        api::tcp_refusal,
+        TCP_DRAIN,
+    )
 }
 
 /// Once [`start`] ended (`started`): puts its outcome in force, starts the background work

@@ -51,10 +51,21 @@ pub struct Activated {
     pub api: Option<(UnixListener, Option<PathBuf>)>,
     /// TCP sockets for metrics (`caxton-metrics.socket`), with their names.
     pub metrics: Vec<(std::net::TcpListener, String)>,
+    /// TCP sockets for the API (`caxton-api.socket`), with their names.
+    pub api_tcp: Vec<(std::net::TcpListener, String)>,
+}
+
+/// Whether a TCP socket systemd passed as `name` serves the API: `caxton-api.socket` names its
+/// socket `api` (`FileDescriptorName=`), or systemd names it after the unit when a drop-in
+/// clears the name. Every other TCP socket serves metrics only, so a socket whose name was
+/// changed by mistake exposes the least.
+pub fn is_api_socket(name: &str) -> bool {
+    name == "api" || name == "caxton-api.socket"
 }
 
 /// The sockets systemd passed, told apart by what they are: the one Unix socket serves the
-/// API, TCP sockets serve metrics (so neither unit's `FileDescriptorName=` matters).
+/// API; a TCP socket named `api` serves the API too ([`is_api_socket`]), any other serves
+/// metrics.
 pub fn from_systemd() -> Result<Activated, SocketError> {
     use nix::sys::socket::{
         AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt,
@@ -96,13 +107,16 @@ pub fn from_systemd() -> Result<Activated, SocketError> {
                 activated.api = Some((listener, path));
             }
             Some(AddressFamily::Inet | AddressFamily::Inet6) => {
-                activated
-                    .metrics
-                    .push((std::net::TcpListener::from(owned), name));
+                let socket = std::net::TcpListener::from(owned);
+                if is_api_socket(&name) {
+                    activated.api_tcp.push((socket, name));
+                } else {
+                    activated.metrics.push((socket, name));
+                }
             }
             _ => {
                 return Err(activation_err(format!(
-                    "{name:?} is neither a Unix nor a TCP socket; caxton.socket takes ListenStream=/path, caxton-metrics.socket ListenStream=[ADDRESS:]PORT"
+                    "{name:?} is neither a Unix nor a TCP socket; caxton.socket takes ListenStream=/path, caxton-metrics.socket and caxton-api.socket ListenStream=[ADDRESS:]PORT"
                 )));
             }
         }

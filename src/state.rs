@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::engine::BatchLimits;
 use crate::memory::policy::Level;
-use crate::metrics_listener::MetricsListeners;
 use crate::registry::Registry;
+use crate::tcp_listeners::{Role, TcpListeners};
 
 /// Whether the daemon can serve, as `/health` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +76,9 @@ pub struct AppState {
     /// The socket came from systemd (`caxton.socket`): its file and mode are systemd's.
     pub socket_activated: bool,
     /// The TCP listeners for a fleet's Prometheus (`metrics.listen`, `caxton-metrics.socket`).
-    pub metrics_listeners: MetricsListeners,
+    pub metrics_listeners: TcpListeners,
+    /// The TCP listeners for the API (`api.listen`, `caxton-api.socket`).
+    pub api_listeners: TcpListeners,
     settings: RwLock<Arc<Settings>>,
     health: RwLock<Health>,
     /// Held by every scan of the package directories (start-up, reloads, side-load rescans,
@@ -96,7 +98,8 @@ impl AppState {
         let state = AppState {
             registry,
             socket_activated,
-            metrics_listeners: MetricsListeners::default(),
+            metrics_listeners: TcpListeners::new(Role::Metrics),
+            api_listeners: TcpListeners::new(Role::Api),
             settings: RwLock::new(Arc::new(settings)),
             health: RwLock::new(Health::Starting),
             scans: tokio::sync::Mutex::new(()),

@@ -1,4 +1,4 @@
-//! The HTTP API over the Unix socket: routes, request parsing, answers and errors as HTTP.
+//! The HTTP API over the Unix socket (and, in part, over TCP: `tcp`): routes, request parsing, answers and errors as HTTP.
 //! A handler parses its request, makes one call to the serving path (`serve`) or the layer
 //! that owns what it asks about, and formats the result; the domain is never decided here.
 
@@ -11,6 +11,7 @@ mod ollama;
 mod openai;
 pub mod peer;
 mod status;
+mod tcp;
 mod tei;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use axum::routing::{any, get, post};
 
 use crate::state::AppState;
 pub use error::{ApiError, RequestError};
+pub use tcp::{tcp_refusal, tcp_router, tokenless};
 
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -44,8 +46,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/memory/models/{id}",
             axum::routing::delete(memory::unload),
         )
-        .route("/metrics", get(metrics))
-        // Ollama's embedding API (its `get`s answer HEAD too, as Ollama's `HEAD /`).
+        .route("/metrics", get(metrics));
+    let routes = ollama_routes(routes);
+    // The limit is live configuration, enforced by `input::read_body`.
+    finish(routes)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Ollama's embedding API (its `get`s answer HEAD too, as Ollama's `HEAD /`), and the 404 that
+/// says why on the paths of Ollama's this daemon has no use for.
+fn ollama_routes(routes: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    let routes = routes
         .route("/api/embed", post(ollama::embed_handler))
         .route("/api/embeddings", post(ollama::embeddings))
         .route("/api/tags", get(ollama::tags))
@@ -53,21 +65,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/ps", get(ollama::ps))
         .route("/api/version", get(ollama::version))
         .route("/", get(ollama::root));
-    let routes = [
-        "/api/generate",
-        "/api/chat",
-        "/api/pull",
-        "/api/push",
-        "/api/create",
-        "/api/copy",
-        "/api/delete",
-    ]
-    .into_iter()
-    .fold(routes, |r, path| r.route(path, any(ollama::not_here)));
-    // The limit is live configuration, enforced by `input::read_body`.
-    finish(routes)
-        .layer(DefaultBodyLimit::disable())
-        .with_state(state)
+    ollama::NOT_SERVED
+        .iter()
+        .fold(routes, |r, (path, _)| r.route(path, any(ollama::not_here)))
 }
 
 /// The router of the TCP listener a fleet's Prometheus scrapes (`metrics.listen`,

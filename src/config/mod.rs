@@ -2,6 +2,7 @@
 //! lexical order) and `CAXTON_<SECTION>__<KEY>` environment variables, merged with figment and
 //! validated into a typed [`Settings`]. Every section refuses unknown keys.
 
+pub mod api;
 mod explain;
 pub mod fallback;
 mod load;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use api::ApiSettings;
 pub use explain::{Explained, explain};
 pub use fallback::FallbackStrategy;
 pub use load::{config_files, figment};
@@ -49,6 +51,8 @@ pub struct Settings {
     pub memory: MemorySettings,
     /// Disk kept by the verified store.
     pub store: StoreSettings,
+    /// The opt-in TCP listener for the API.
+    pub api: ApiSettings,
     /// The opt-in TCP listener for a fleet's Prometheus.
     pub metrics: MetricsSettings,
     /// Logging.
@@ -147,6 +151,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             memory: MemorySettings::default(),
             store: StoreSettings::default(),
+            api: ApiSettings::default(),
             metrics: MetricsSettings::default(),
             log: LogSettings::default(),
         }

@@ -69,7 +69,7 @@ const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
 const MAX_REFUSING: usize = 64;
 
 /// The bound in force: `limits.max_connections`, within the descriptors the process may open.
-fn bound(configured: usize) -> usize {
+pub(crate) fn bound(configured: usize) -> usize {
     match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
         Ok((soft, _)) => {
             // Refused connections, answered beside the bound, have their own share.

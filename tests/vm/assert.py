@@ -17,9 +17,9 @@ import sys
 
 EXPECTED = {
     "full": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "repo",
-             "metrics", "memory", "watchdog", "upgrade", "purge"],
+             "metrics", "api-socket", "memory", "watchdog", "upgrade", "purge"],
     "reduced": ["install", "embeddings", "journal", "reload", "sideload", "fallback", "repo",
-                "metrics", "upgrade", "purge"],
+                "metrics", "api-socket", "upgrade", "purge"],
 }
 
 

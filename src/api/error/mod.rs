@@ -34,6 +34,7 @@ pub mod code {
     pub const INVALID_TRUNCATION_DIRECTION: &str = "invalid_truncation_direction";
     pub const INVALID_TOP_N: &str = "invalid_top_n";
     pub const FORBIDDEN: &str = "forbidden";
+    pub const UNAUTHORIZED: &str = "unauthorized";
     pub const CONFIG_REJECTED: &str = "config_rejected";
     pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
     pub const NOT_FOUND: &str = "not_found";
@@ -89,6 +90,7 @@ impl ApiError {
     /// The OpenAI-style error `type` for the status.
     fn error_type(&self) -> &'static str {
         match self.status.as_u16() {
+            401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
             503 => "unavailable_error",
@@ -102,7 +104,9 @@ impl From<RequestError> for ApiError {
     fn from(e: RequestError) -> Self {
         use RequestError::*;
         let (status, code) = match &e {
-            TooManyConnections => return ApiError::unavailable(code::TOO_MANY_CONNECTIONS, e, 1),
+            TooManyConnections | TcpConnectionsFull { .. } => {
+                return ApiError::unavailable(code::TOO_MANY_CONNECTIONS, e, 1);
+            }
             BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, code::BODY_TIMEOUT),
             BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, code::BODY_TOO_LARGE),
             UnreadableBody(_) => (StatusCode::BAD_REQUEST, code::UNREADABLE_BODY),
@@ -121,6 +125,9 @@ impl From<RequestError> for ApiError {
             }
             ZeroTopN => (StatusCode::BAD_REQUEST, code::INVALID_TOP_N),
             Forbidden { .. } => (StatusCode::FORBIDDEN, code::FORBIDDEN),
+            TokenMissing | TokenWrong | TokenNotSet(_) => {
+                (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED)
+            }
             ConfigRejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, code::CONFIG_REJECTED),
             NoRoute(_) => (StatusCode::NOT_FOUND, code::NOT_FOUND),
             MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, code::METHOD_NOT_ALLOWED),

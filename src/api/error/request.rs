@@ -81,6 +81,21 @@ pub enum RequestError {
         /// The peer's uid.
         uid: u32,
     },
+    /// A request over the TCP listener without `Authorization: Bearer`.
+    #[error(
+        "this listener asks for a token: send the header `Authorization: Bearer <token>` with the token in the daemon's api.token_file"
+    )]
+    TokenMissing,
+    /// A request over the TCP listener whose bearer token is not api.token_file's.
+    #[error(
+        "the bearer token sent is not the one in the daemon's api.token_file; send that token (after a change of the file, the daemon reads it on reload)"
+    )]
+    TokenWrong,
+    /// A request over a listener off loopback (a socket from systemd) while no token is set.
+    #[error(
+        "this listener ({0}) is not on loopback and the daemon has no api.token_file: nothing is served here until a token is set"
+    )]
+    TokenNotSet(String),
     /// `POST /api/reload` with a configuration that was refused.
     #[error("configuration refused, the running configuration stays: {0}")]
     ConfigRejected(String),
@@ -89,6 +104,16 @@ pub enum RequestError {
         "every connection the daemon keeps open (limits.max_connections) has a request under way; retry shortly, or raise limits.max_connections"
     )]
     TooManyConnections,
+    /// A connection to a TCP listener that has `limits.max_connections` open already.
+    #[error(
+        "the API listener on {listener} has {max} connections open (limits.max_connections, per listener); close idle ones (a client's connection pool), retry shortly, or raise limits.max_connections"
+    )]
+    TcpConnectionsFull {
+        /// The listener's address.
+        listener: String,
+        /// The bound in force.
+        max: usize,
+    },
     /// No route at this path.
     #[error("no endpoint at {0}")]
     NoRoute(String),

@@ -130,6 +130,14 @@ fn every_error_has_its_status_and_code() {
             "forbidden",
             None,
         ),
+        (RequestError::TokenMissing.into(), 401, "unauthorized", None),
+        (RequestError::TokenWrong.into(), 401, "unauthorized", None),
+        (
+            RequestError::TokenNotSet("0.0.0.0:11434".into()).into(),
+            401,
+            "unauthorized",
+            None,
+        ),
         (
             RequestError::ConfigRejected("x".into()).into(),
             422,
@@ -138,6 +146,16 @@ fn every_error_has_its_status_and_code() {
         ),
         (
             RequestError::TooManyConnections.into(),
+            503,
+            "too_many_connections",
+            Some(1),
+        ),
+        (
+            RequestError::TcpConnectionsFull {
+                listener: "127.0.0.1:11434".into(),
+                max: 512,
+            }
+            .into(),
             503,
             "too_many_connections",
             Some(1),
@@ -386,7 +404,7 @@ fn every_error_has_its_status_and_code() {
         );
     }
     let codes: std::collections::BTreeSet<&str> = table.iter().map(|t| t.2).collect();
-    assert_eq!(codes.len(), 32, "a code without its row: {codes:?}");
+    assert_eq!(codes.len(), 33, "a code without its row: {codes:?}");
 }
 
 #[test]
