@@ -293,7 +293,8 @@ impl Monitor {
         }
     }
 
-    /// Unloads the models unused for longer than their `max_idle`.
+    /// Unloads the models unused for longer than their `max_idle` (or the `keep_alive` a
+    /// request set for the load).
     async fn unload_idle(&self, settings: &MemorySettings) {
         let now = self.gov.now();
         let loaded: Vec<_> = self
@@ -301,7 +302,7 @@ impl Monitor {
             .residents()
             .into_iter()
             .map(|r| {
-                let limit = settings.idle_limit(&r.id);
+                let limit = self.registry.idle_limit(&r.id, settings);
                 (r, limit)
             })
             .collect();

@@ -168,8 +168,83 @@ fn api_embed_cuts_long_inputs_unless_told_not_to_and_loads_on_an_empty_one() {
     assert_eq!(s, 200);
     assert_eq!(
         headers.get("x-caxton-ignored").map(String::as_str),
-        Some("keep_alive, options")
+        Some("options")
     );
+}
+
+/// When /api/ps says the model expires, as seconds from now.
+fn expires_in(d: &Daemon) -> f64 {
+    let (_, ps) = d.request("GET", "/api/ps", "");
+    let at = ps["models"][0]["expires_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no loaded model: {ps}"));
+    let at = humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"));
+    match at.duration_since(std::time::SystemTime::now()) {
+        Ok(ahead) => ahead.as_secs_f64(),
+        Err(behind) => -behind.duration().as_secs_f64(),
+    }
+}
+
+#[test]
+fn keep_alive_sets_how_long_the_model_stays_for_this_load() {
+    // The configured idle limit (30 min by default) until a request says otherwise.
+    let d = start();
+    let embed = |keep: Value| {
+        let (s, v) = post(
+            &d,
+            "/api/embed",
+            json!({"model": MODEL, "input": "kept", "keep_alive": keep}),
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    embed(Value::Null);
+    let default = expires_in(&d);
+    assert!((1790.0..=1801.0).contains(&default), "{default}");
+    embed(json!("1h"));
+    let hour = expires_in(&d);
+    assert!((3590.0..=3601.0).contains(&hour), "{hour}");
+    embed(json!(90));
+    let ninety = expires_in(&d);
+    assert!((80.0..=91.0).contains(&ninety), "{ninety}");
+    // A request that does not send it changes nothing.
+    embed(Value::Null);
+    assert!((80.0..=91.0).contains(&expires_in(&d)));
+    // Below zero: never for idleness (Ollama's far future).
+    embed(json!("-1m"));
+    assert!(expires_in(&d) > 1e9);
+    embed(json!(-1));
+    assert!(expires_in(&d) > 1e9);
+    // Zero: unloaded at the monitor's next check.
+    embed(json!(0));
+    common::wait_until(&d, "the model unloaded after keep_alive 0", || {
+        d.log().contains(&format!("model {MODEL} unloaded (idle)"))
+    });
+    let (_, ps) = d.request("GET", "/api/ps", "");
+    assert_eq!(ps["models"], json!([]), "{ps}");
+    // The next load starts from the configuration again.
+    embed(Value::Null);
+    let again = expires_in(&d);
+    assert!((1790.0..=1801.0).contains(&again), "{again}");
+
+    for (bad, shown) in [
+        (json!("soon"), "\"soon\""),
+        (json!("5 parsecs"), "\"5 parsecs\""),
+        (json!(true), "true"),
+        (json!({"m": 5}), "{\"m\":5}"),
+    ] {
+        let m = refused(
+            &d,
+            "/api/embed",
+            json!({"model": MODEL, "input": "x", "keep_alive": bad}),
+            400,
+        );
+        assert_eq!(
+            m,
+            format!(
+                "keep_alive {shown} is not a duration: send seconds (300), a duration (\"5m\", \"1h30m\"), 0 to unload the model once unused, or -1 to keep it loaded"
+            )
+        );
+    }
 }
 
 #[test]

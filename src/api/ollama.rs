@@ -7,9 +7,9 @@
 //!
 //! As Ollama does, a body's unknown fields are ignored (its clients send fields this API has no
 //! use for), `truncate` defaults to true, `/api/embed` answers unit-length vectors, and an
-//! empty input loads the model and answers no vectors. `keep_alive` and `options` are read but
-//! decide nothing: the configuration files say how long a model stays (`memory.max_idle`), and
-//! the answer's `X-Caxton-Ignored` header names what was ignored.
+//! empty input loads the model and answers no vectors. `keep_alive` sets how long the model
+//! may stay unused (in place of `memory.max_idle`, for this load: see [`keep_alive`]);
+//! `options` is read but decides nothing, and the answer's `X-Caxton-Ignored` header says so.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, RequestError};
 use super::input::{parse_body, texts};
 use crate::engine::Cut;
+use crate::memory::policy::KeepAlive;
 use crate::package::ModelKind;
 use crate::registry::{ModelInfo, ModelState};
 use crate::serve::{EmbedRequest, embed};
@@ -181,12 +182,14 @@ pub async fn embed_handler(
         Some(Value::Array(a)) if a.is_empty() => Vec::new(),
         Some(input) => texts("input", input, settings.limits.max_inputs)?,
     };
-    let ignored = ignored(&req.keep_alive, &req.options);
+    let keep = keep_alive(req.keep_alive.as_ref())?;
+    let ignored = ignored(&req.options);
     let out = embed(
         &state,
-        request(id, inputs, req.truncate, req.dimensions, true),
+        request(id.clone(), inputs, req.truncate, req.dimensions, true),
     )
     .await?;
+    keep_for(&state, &out, keep);
     let answer = Json(EmbedAnswer {
         model: req.model.as_deref().unwrap_or_default(),
         embeddings: &out.vectors,
@@ -221,8 +224,10 @@ pub async fn embeddings(
     } else {
         vec![prompt]
     };
-    let ignored = ignored(&req.keep_alive, &req.options);
+    let keep = keep_alive(req.keep_alive.as_ref())?;
+    let ignored = ignored(&req.options);
     let out = embed(&state, request(id, inputs, None, None, false)).await?;
+    keep_for(&state, &out, keep);
     let embedding = out.vectors.first().map(Vec::as_slice).unwrap_or_default();
     let answer = Json(json!({ "embedding": embedding }));
     Ok(with_ignored(super::answer::embedded(answer, &out), ignored))
@@ -250,16 +255,63 @@ fn request(
 }
 
 /// The fields sent that decide nothing here, for `X-Caxton-Ignored`.
-fn ignored(keep_alive: &Option<Value>, options: &Option<Value>) -> Vec<&'static str> {
-    let sent = |v: &Option<Value>| !matches!(v, None | Some(Value::Null));
-    let mut out = Vec::new();
-    if sent(keep_alive) {
-        out.push("keep_alive");
+fn ignored(options: &Option<Value>) -> Vec<&'static str> {
+    match options {
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => vec!["options"],
     }
-    if sent(options) {
-        out.push("options");
+}
+
+/// Ollama's `keep_alive`: seconds as a number, or a duration as Go writes it (`"5m"`,
+/// `"1h30m"`, `"1.5h"`, a bare number of seconds); below zero keeps the model loaded
+/// (memory pressure still sheds it), zero unloads it at the memory monitor's next check (within
+/// `memory.pressure.interval`). `None` when not sent: the load keeps what it had.
+pub fn keep_alive(v: Option<&Value>) -> Result<Option<KeepAlive>, RequestError> {
+    let refused = |shown: String| RequestError::OllamaInvalidKeepAlive(shown);
+    let seconds = |s: f64| {
+        if s < 0.0 {
+            Some(KeepAlive::Forever)
+        } else {
+            Duration::try_from_secs_f64(s).ok().map(KeepAlive::For)
+        }
+    };
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .and_then(seconds)
+            .map(Some)
+            .ok_or_else(|| refused(n.to_string())),
+        Some(Value::String(s)) => {
+            let t = s.trim();
+            if let Ok(n) = t.parse::<f64>() {
+                return seconds(n)
+                    .map(Some)
+                    .ok_or_else(|| refused(format!("{s:?}")));
+            }
+            if let Some(rest) = t.strip_prefix('-') {
+                return go_duration(rest)
+                    .map(|_| Some(KeepAlive::Forever))
+                    .ok_or_else(|| refused(format!("{s:?}")));
+            }
+            go_duration(t)
+                .map(|d| Some(KeepAlive::For(d)))
+                .ok_or_else(|| refused(format!("{s:?}")))
+        }
+        Some(other) => Err(refused(other.to_string())),
     }
-    out
+}
+
+/// A duration as Go writes them (`"5m"`, `"1h30m"`, `"1.5h"`, `"250ms"`), read by humantime.
+fn go_duration(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s).ok()
+}
+
+/// Puts a request's `keep_alive` in force for the model that served it.
+fn keep_for(state: &AppState, out: &crate::serve::Embedded, keep: Option<KeepAlive>) {
+    if let Some(keep) = keep {
+        state.registry.keep_alive(&out.model, keep);
+    }
 }
 
 fn with_ignored(mut response: Response, ignored: Vec<&'static str>) -> Response {
@@ -340,7 +392,7 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> Json<Value> {
         .filter(|m| m.state == ModelState::Loaded)
         .map(|m| {
             let mut v = listed(&state, m);
-            let expires = match settings.memory.idle_limit(&m.id) {
+            let expires = match state.registry.idle_limit(&m.id, &settings.memory) {
                 Some(limit) if !m.pinned => m.idle_since.map(|t| t + limit),
                 // Ollama's "never" (keep_alive -1) is a time far ahead.
                 _ => SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(253_402_300_799)),
@@ -421,6 +473,40 @@ pub async fn not_here(uri: axum::http::Uri) -> OllamaError {
 mod tests {
     use super::*;
 
+    #[test]
+    fn keep_alive_reads_seconds_and_go_durations() {
+        let k = |v: Value| keep_alive(Some(&v)).map_err(|e| e.to_string());
+        let d = |s: u64| Ok(Some(KeepAlive::For(Duration::from_secs(s))));
+        assert_eq!(k(json!(300)), d(300));
+        assert_eq!(k(json!(0)), d(0));
+        assert_eq!(k(json!("300")), d(300));
+        assert_eq!(k(json!("5m")), d(300));
+        assert_eq!(k(json!("1h30m")), d(5400));
+        assert_eq!(k(json!("1.5h")), d(5400));
+        assert_eq!(
+            k(json!(1.5)),
+            Ok(Some(KeepAlive::For(Duration::from_millis(1500))))
+        );
+        assert_eq!(
+            k(json!("250ms")),
+            Ok(Some(KeepAlive::For(Duration::from_millis(250))))
+        );
+        for forever in [json!(-1), json!("-1"), json!("-5m"), json!(-0.5)] {
+            assert_eq!(k(forever), Ok(Some(KeepAlive::Forever)));
+        }
+        assert!(matches!(keep_alive(None), Ok(None)));
+        assert_eq!(k(Value::Null), Ok(None));
+        for bad in [
+            json!("soon"),
+            json!(""),
+            json!("-"),
+            json!("5 parsecs"),
+            json!([1]),
+        ] {
+            assert!(k(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
     fn versions(id: &str) -> Option<String> {
         (id == "all-MiniLM-L6-v2").then(|| "1.2.0".to_string())
     }
@@ -464,13 +550,9 @@ mod tests {
     }
 
     #[test]
-    fn only_the_fields_sent_are_named_ignored() {
-        assert!(ignored(&None, &None).is_empty());
-        assert!(ignored(&Some(Value::Null), &Some(Value::Null)).is_empty());
-        assert_eq!(ignored(&Some(json!("5m")), &None), vec!["keep_alive"]);
-        assert_eq!(
-            ignored(&Some(json!(0)), &Some(json!({"num_ctx": 512}))),
-            vec!["keep_alive", "options"]
-        );
+    fn only_options_sent_are_named_ignored() {
+        assert!(ignored(&None).is_empty());
+        assert!(ignored(&Some(Value::Null)).is_empty());
+        assert_eq!(ignored(&Some(json!({"num_ctx": 512}))), vec!["options"]);
     }
 }

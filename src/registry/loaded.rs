@@ -42,6 +42,27 @@ impl Registry {
         Ok(unloaded.map(|(bytes, _)| bytes))
     }
 
+    /// Sets how long `id`, loaded, may stay unused from now on (Ollama's `keep_alive`), in place
+    /// of its configured `max_idle`, until it unloads. Does nothing when it is not loaded.
+    pub fn keep_alive(&self, id: &str, keep: crate::memory::policy::KeepAlive) {
+        if let Some(slot) = self.get(id) {
+            let mut u = slot.usage();
+            if u.memory_bytes.is_some() {
+                u.keep_alive = Some(keep);
+            }
+        }
+    }
+
+    /// How long `id` may stay unused before idleness unloads it (`None`: never): what a
+    /// request's `keep_alive` set for this load, else `memory`'s `max_idle` for it.
+    pub fn idle_limit(&self, id: &str, memory: &crate::config::MemorySettings) -> Option<Duration> {
+        let asked = self.get(id).and_then(|slot| slot.usage().keep_alive);
+        match asked {
+            Some(keep) => keep.limit(),
+            None => memory.idle_limit(id),
+        }
+    }
+
     /// Unloads every loaded model that is not pinned (an operator's flush).
     pub async fn flush(&self) -> Result<Flushed, LoadError> {
         let mut flushed = Flushed::default();
@@ -82,6 +103,8 @@ impl Registry {
             u.kernel = None;
             u.loaded_at = None;
             u.memory_bytes = None;
+            // A request's keep_alive holds for the load it was sent to.
+            u.keep_alive = None;
             // A guess that goes unused (idle, shed) was a prediction that did not come.
             if let Some(hour) = u.predicted.take() {
                 u.habits.miss(hour);

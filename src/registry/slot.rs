@@ -35,6 +35,8 @@ pub(super) struct Usage {
     pub(super) habits: super::habits::Habits,
     /// Loaded by a prediction for this hour (since the epoch), and not used since.
     pub(super) predicted: Option<u64>,
+    /// The idle limit a request set for this load (Ollama's `keep_alive`).
+    pub(super) keep_alive: Option<crate::memory::policy::KeepAlive>,
 }
 
 /// A failed load and the backoff it started.

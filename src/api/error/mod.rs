@@ -136,6 +136,7 @@ impl From<RequestError> for ApiError {
                 (StatusCode::NOT_FOUND, code::MODEL_NOT_FOUND)
             }
             OllamaNotAnEmbedder(_) => (StatusCode::BAD_REQUEST, code::WRONG_MODEL_KIND),
+            OllamaInvalidKeepAlive(_) => (StatusCode::BAD_REQUEST, code::INVALID_REQUEST),
             OllamaNotServed { .. } => (StatusCode::NOT_FOUND, code::NOT_FOUND),
         };
         ApiError::new(status, code, e)

@@ -143,6 +143,11 @@ pub enum RequestError {
         /// The serving package's version.
         version: String,
     },
+    /// A `keep_alive` that is neither seconds nor a duration.
+    #[error(
+        "keep_alive {0} is not a duration: send seconds (300), a duration (\"5m\", \"1h30m\"), 0 to unload the model once unused, or -1 to keep it loaded"
+    )]
+    OllamaInvalidKeepAlive(String),
     /// A reranker named on Ollama's API, which embeds only.
     #[error(
         "model \"{0}\" is a reranker; Ollama's API here serves embedding models (rerank with POST /rerank or /v1/rerank)"

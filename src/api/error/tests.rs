@@ -167,6 +167,12 @@ fn every_error_has_its_status_and_code() {
             None,
         ),
         (
+            RequestError::OllamaInvalidKeepAlive("\"soon\"".into()).into(),
+            400,
+            "invalid_request",
+            None,
+        ),
+        (
             RequestError::OllamaModelRequired.into(),
             400,
             "model_required",

@@ -20,6 +20,26 @@ pub use admission::{Limits, Refusal, admit};
 pub use shedder::{Observation, Shed, Shedder, Timings, Trend};
 pub use shedding::{idle_expired, shed_for_excess, shed_for_signal};
 
+/// How long a model may stay unused, as a request last asked (Ollama's `keep_alive`): it
+/// replaces the configured `max_idle` of that model until the model unloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Unloaded once unused this long (zero: at the monitor's next check).
+    For(Duration),
+    /// Never unloaded for idleness (memory pressure still sheds it).
+    Forever,
+}
+
+impl KeepAlive {
+    /// The idle limit it sets; `None` for never.
+    pub fn limit(self) -> Option<Duration> {
+        match self {
+            KeepAlive::For(d) => Some(d),
+            KeepAlive::Forever => None,
+        }
+    }
+}
+
 /// A model in memory, as the policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resident {
