@@ -6,18 +6,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Daemon, START_DEADLINE, caxton, write_config};
+use common::{Daemon, caxton, write_config};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "4f1c2a9be07d3c5a8e6f1b2d9c0a7e35";
 
-/// One HTTP/1.1 request over TCP with `headers`: the status, the head and the body as JSON
-/// (a body that is not JSON as a string).
+/// One request over TCP with `headers`: the status, the head and the body as JSON (a body
+/// that is not JSON as a string: `GET /` answers Ollama's line of text).
 fn tcp(
     address: SocketAddr,
     method: &str,
@@ -25,33 +24,13 @@ fn tcp(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, Value) {
-    let mut s = TcpStream::connect(address).expect("connect to the API listener");
-    s.set_read_timeout(Some(START_DEADLINE)).expect("timeout");
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: caxton\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("read");
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let (status, head, body) = common::tcp_request(address, method, path, headers, body);
     let body = if body.is_empty() {
         Value::Null
     } else {
-        // `GET /` answers Ollama's line of text.
-        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()))
+        serde_json::from_str(&body).unwrap_or(Value::String(body))
     };
-    (status, head.to_string(), body)
+    (status, head, body)
 }
 
 fn bearer() -> (&'static str, String) {

@@ -4,33 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{Daemon, START_DEADLINE, caxton, write_config};
 use serde_json::Value;
 
-/// One HTTP/1.1 request over TCP: the status and the body.
+/// One request over TCP: the status and the body.
 fn tcp(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(address).expect("connect to the metrics listener");
-    s.set_read_timeout(Some(START_DEADLINE)).expect("timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: caxton\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("read");
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
+    let (status, _, body) = common::tcp_request(address, method, path, &[], body);
     (status, body)
 }
 

@@ -26,16 +26,7 @@ pub use tcp::{tcp_refusal, tcp_router, tokenless};
 
 /// The router with every endpoint.
 pub fn router(state: Arc<AppState>) -> Router {
-    let routes = Router::new()
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/models", get(openai::models))
-        .route("/embed", post(tei::embed_handler))
-        .route("/tokenize", post(tei::tokenize))
-        .route("/rerank", post(tei::rerank))
-        .route("/v1/rerank", post(cohere::rerank))
-        .route("/v2/rerank", post(cohere::rerank))
-        .route("/info", get(tei::info))
-        .route("/health", get(status::health))
+    let routes = client_routes()
         .route("/api/status", get(status::daemon))
         .route("/api/models", get(status::models))
         .route("/api/reload", post(status::reload))
@@ -52,6 +43,21 @@ pub fn router(state: Arc<AppState>) -> Router {
     finish(routes)
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// What a client of the embedding APIs calls (the TCP listener serves these and Ollama's):
+/// embeddings, rerank, tokenize, the model list, TEI's info and health.
+fn client_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/embed", post(tei::embed_handler))
+        .route("/tokenize", post(tei::tokenize))
+        .route("/rerank", post(tei::rerank))
+        .route("/v1/rerank", post(cohere::rerank))
+        .route("/v2/rerank", post(cohere::rerank))
+        .route("/info", get(tei::info))
+        .route("/health", get(status::health))
 }
 
 /// Ollama's embedding API (its `get`s answer HEAD too, as Ollama's `HEAD /`), and the 404 that

@@ -11,26 +11,15 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 
-use super::{RequestError, cohere, ollama, openai, status, tei};
+use super::{RequestError, ollama};
 use crate::state::AppState;
 use crate::tcp_listeners::LocalAddress;
 
 /// The router of the API's TCP listeners: what a client of the embedding APIs calls, behind
 /// the token check; every other path (the admin endpoints, `/metrics`) is 404 here.
 pub fn tcp_router(state: Arc<AppState>) -> Router {
-    let routes = Router::new()
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/v1/models", get(openai::models))
-        .route("/embed", post(tei::embed_handler))
-        .route("/tokenize", post(tei::tokenize))
-        .route("/rerank", post(tei::rerank))
-        .route("/v1/rerank", post(cohere::rerank))
-        .route("/v2/rerank", post(cohere::rerank))
-        .route("/info", get(tei::info))
-        .route("/health", get(status::health));
-    let routes = super::ollama_routes(routes);
+    let routes = super::ollama_routes(super::client_routes());
     super::finish(routes)
         // Outside the routes, so an unknown path asks for the token too: without it a client
         // learns nothing about what is served.

@@ -62,21 +62,14 @@ impl Token {
 impl ApiSettings {
     /// The addresses to listen on.
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.listen.iter().map(|a| a.0).collect()
+        super::metrics::addresses(&self.listen)
     }
 
     /// The rules serde cannot express: each address once, and none but loopback without a
     /// token (anyone on the network could embed with the device's CPU and read what it
     /// serves).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        for (i, a) in self.listen.iter().enumerate() {
-            if self.listen[..i].contains(a) {
-                return Err((
-                    "api.listen".into(),
-                    format!("{a} is listed twice; list each address once"),
-                ));
-            }
-        }
+        super::metrics::listed_once("api.listen", &self.listen)?;
         if self.token_file.is_none()
             && let Some(open) = self.listen.iter().find(|a| !a.0.ip().is_loopback())
         {

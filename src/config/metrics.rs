@@ -17,23 +17,32 @@ pub struct MetricsSettings {
 impl MetricsSettings {
     /// The addresses to listen on.
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.listen.iter().map(|a| a.0).collect()
+        addresses(&self.listen)
     }
 
-    /// The rules serde cannot express: an address listed twice would fail to bind the second
-    /// time (and two free ports under one entry could not be told apart), so it is refused
-    /// here, naming it.
+    /// The rules serde cannot express: each address once.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        for (i, a) in self.listen.iter().enumerate() {
-            if self.listen[..i].contains(a) {
-                return Err((
-                    "metrics.listen".into(),
-                    format!("{a} is listed twice; list each address once"),
-                ));
-            }
-        }
-        Ok(())
+        listed_once("metrics.listen", &self.listen)
     }
+}
+
+/// An address listed twice under `key` would fail to bind the second time (and two free ports
+/// under one entry could not be told apart), so it is refused, naming it.
+pub fn listed_once(key: &str, listen: &[ListenAddress]) -> Result<(), (String, String)> {
+    for (i, a) in listen.iter().enumerate() {
+        if listen[..i].contains(a) {
+            return Err((
+                key.into(),
+                format!("{a} is listed twice; list each address once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The socket addresses of a list of `ADDRESS:PORT`s.
+pub fn addresses(listen: &[ListenAddress]) -> Vec<SocketAddr> {
+    listen.iter().map(|a| a.0).collect()
 }
 
 /// One `ADDRESS:PORT` of `metrics.listen`: an IP address (host names are not resolved: an

@@ -617,3 +617,37 @@ pub fn memory_status_probed(d: &Daemon) -> Value {
     });
     status
 }
+
+/// One HTTP/1.1 request over TCP (`Connection: close`) with `headers`: the status, the head
+/// and the body as text.
+pub fn tcp_request(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(address)
+        .unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    s.set_read_timeout(Some(START_DEADLINE)).expect("timeout");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: caxton\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (status, head.to_string(), body.to_string())
+}
