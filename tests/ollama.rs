@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use common::fixtures::reranker_package;
 use common::{Daemon, write_config};
@@ -172,59 +173,69 @@ fn api_embed_cuts_long_inputs_unless_told_not_to_and_loads_on_an_empty_one() {
     );
 }
 
-/// When /api/ps says the model expires, as seconds from now.
-fn expires_in(d: &Daemon) -> f64 {
+/// When /api/ps says the model expires.
+fn expires_at(d: &Daemon) -> SystemTime {
     let (_, ps) = d.request("GET", "/api/ps", "");
     let at = ps["models"][0]["expires_at"]
         .as_str()
         .unwrap_or_else(|| panic!("no loaded model: {ps}"));
-    let at = humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"));
-    match at.duration_since(std::time::SystemTime::now()) {
-        Ok(ahead) => ahead.as_secs_f64(),
-        Err(behind) => -behind.duration().as_secs_f64(),
-    }
+    humantime::parse_rfc3339(at).unwrap_or_else(|e| panic!("{at}: {e}"))
+}
+
+/// Embeds with `keep` and checks that /api/ps then puts the expiry `limit` seconds after the
+/// request's last use, which lies between the moments before the request and after the
+/// answer (less a second: the expiry is written in whole seconds), however slow the machine.
+fn assert_expiry(d: &Daemon, keep: Value, limit: u64) {
+    let before = SystemTime::now();
+    let (s, v) = post(
+        d,
+        "/api/embed",
+        json!({"model": MODEL, "input": "kept", "keep_alive": keep}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let at = expires_at(d);
+    let after = SystemTime::now();
+    let limit = Duration::from_secs(limit);
+    assert!(
+        at + Duration::from_secs(1) >= before + limit && at <= after + limit,
+        "keep_alive {keep}: expires {at:?}, the request ran from {before:?} to {after:?}"
+    );
 }
 
 #[test]
 fn keep_alive_sets_how_long_the_model_stays_for_this_load() {
     // The configured idle limit (30 min by default) until a request says otherwise.
     let d = start();
-    let embed = |keep: Value| {
+    assert_expiry(&d, Value::Null, 1800);
+    assert_expiry(&d, json!("1h"), 3600);
+    assert_expiry(&d, json!(90), 90);
+    // A request that does not send it changes nothing.
+    assert_expiry(&d, Value::Null, 90);
+    // Below zero: never for idleness (Ollama's far future, the year 9999).
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(220_000_000_000);
+    for keep in [json!("-1m"), json!(-1)] {
         let (s, v) = post(
             &d,
             "/api/embed",
             json!({"model": MODEL, "input": "kept", "keep_alive": keep}),
         );
         assert_eq!(s, 200, "{v}");
-    };
-    embed(Value::Null);
-    let default = expires_in(&d);
-    assert!((1790.0..=1801.0).contains(&default), "{default}");
-    embed(json!("1h"));
-    let hour = expires_in(&d);
-    assert!((3590.0..=3601.0).contains(&hour), "{hour}");
-    embed(json!(90));
-    let ninety = expires_in(&d);
-    assert!((80.0..=91.0).contains(&ninety), "{ninety}");
-    // A request that does not send it changes nothing.
-    embed(Value::Null);
-    assert!((80.0..=91.0).contains(&expires_in(&d)));
-    // Below zero: never for idleness (Ollama's far future).
-    embed(json!("-1m"));
-    assert!(expires_in(&d) > 1e9);
-    embed(json!(-1));
-    assert!(expires_in(&d) > 1e9);
+        assert!(expires_at(&d) > far, "keep_alive {keep}");
+    }
     // Zero: unloaded at the monitor's next check.
-    embed(json!(0));
+    let (s, v) = post(
+        &d,
+        "/api/embed",
+        json!({"model": MODEL, "input": "kept", "keep_alive": 0}),
+    );
+    assert_eq!(s, 200, "{v}");
     common::wait_until(&d, "the model unloaded after keep_alive 0", || {
         d.log().contains(&format!("model {MODEL} unloaded (idle)"))
     });
     let (_, ps) = d.request("GET", "/api/ps", "");
     assert_eq!(ps["models"], json!([]), "{ps}");
     // The next load starts from the configuration again.
-    embed(Value::Null);
-    let again = expires_in(&d);
-    assert!((1790.0..=1801.0).contains(&again), "{again}");
+    assert_expiry(&d, Value::Null, 1800);
 
     for (bad, shown) in [
         (json!("soon"), "\"soon\""),

@@ -186,7 +186,7 @@ pub async fn embed_handler(
     let ignored = ignored(&req.options);
     let out = embed(
         &state,
-        request(id.clone(), inputs, req.truncate, req.dimensions, true),
+        request(id, inputs, req.truncate, req.dimensions, true),
     )
     .await?;
     keep_for(&state, &out, keep);
@@ -290,21 +290,19 @@ pub fn keep_alive(v: Option<&Value>) -> Result<Option<KeepAlive>, RequestError> 
                     .ok_or_else(|| refused(format!("{s:?}")));
             }
             if let Some(rest) = t.strip_prefix('-') {
-                return go_duration(rest)
+                return humantime::parse_duration(rest)
+                    .ok()
                     .map(|_| Some(KeepAlive::Forever))
                     .ok_or_else(|| refused(format!("{s:?}")));
             }
-            go_duration(t)
+            // Go's duration syntax (`"5m"`, `"1h30m"`, `"1.5h"`, `"250ms"`) is humantime's.
+            humantime::parse_duration(t)
+                .ok()
                 .map(|d| Some(KeepAlive::For(d)))
                 .ok_or_else(|| refused(format!("{s:?}")))
         }
         Some(other) => Err(refused(other.to_string())),
     }
-}
-
-/// A duration as Go writes them (`"5m"`, `"1h30m"`, `"1.5h"`, `"250ms"`), read by humantime.
-fn go_duration(s: &str) -> Option<Duration> {
-    humantime::parse_duration(s).ok()
 }
 
 /// Puts a request's `keep_alive` in force for the model that served it.

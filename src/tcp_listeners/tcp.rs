@@ -163,18 +163,16 @@ pub(super) async fn accept(listener: TcpListener, serving: Serving, address: Soc
                             stop.clone(),
                         ));
                     } else if let Some(refusal) = policy.refusal
-                        && refusing.fetch_add(1, Ordering::AcqRel) < MAX_REFUSING
+                        // Only this loop adds and the refusals only take away: no race.
+                        && refusing.load(Ordering::Acquire) < MAX_REFUSING
                     {
+                        refusing.fetch_add(1, Ordering::AcqRel);
                         let refusing = refusing.clone();
-                        let answer = refusal(address, max);
                         tokio::spawn(async move {
-                            refuse(stream, answer).await;
+                            refuse(stream, move || refusal(address, max)).await;
                             refusing.fetch_sub(1, Ordering::AcqRel);
                         });
                     } else {
-                        if policy.refusal.is_some() {
-                            refusing.fetch_sub(1, Ordering::AcqRel);
-                        }
                         drop(stream); // closed unanswered
                     }
                 }
@@ -203,22 +201,16 @@ pub(super) async fn accept(listener: TcpListener, serving: Serving, address: Soc
     }
 }
 
-/// Answers a connection past the bound with `refusal` and closes it, within
+/// Answers a connection past the bound with `refusal()` and closes it, within
 /// [`REFUSAL_DEADLINE`].
-async fn refuse(stream: TcpStream, refusal: Response) {
-    let refusal = std::sync::Mutex::new(Some(refusal));
+async fn refuse(stream: TcpStream, refusal: impl Fn() -> Response + Copy + Send + 'static) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(REFUSAL_DEADLINE)
         .keep_alive(false);
-    let service = hyper::service::service_fn(move |_req| {
-        let answer = refusal.lock().ok().and_then(|mut r| r.take());
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                answer.unwrap_or_else(|| Response::new(axum::body::Body::empty())),
-            )
-        }
+    let service = hyper::service::service_fn(move |_req| async move {
+        Ok::<_, std::convert::Infallible>(refusal())
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let _ = tokio::time::timeout(REFUSAL_DEADLINE, conn).await;
