@@ -4,6 +4,7 @@
 
 mod answer;
 mod cohere;
+mod compact;
 pub mod error;
 mod input;
 mod memory;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::compact::{Compact, InOrder, compact, embedding_types};
 use super::error::{ApiError, RequestError};
 use super::input::{parse_body, texts};
 use crate::engine::Cut;
@@ -31,6 +31,9 @@ struct EmbeddingsRequest {
     /// Extension (as text-embeddings-inference's): cut texts past the model's length instead
     /// of refusing them (default `limits.auto_truncate`).
     truncate: Option<bool>,
+    /// Extension (Cohere's names): `float`, `int8`, `uint8`, `binary`, `ubinary`, one or a
+    /// list (`compact`).
+    embedding_types: Option<Value>,
     /// Accepted for compatibility; OpenAI uses it for abuse monitoring, we have no use for it.
     #[allow(dead_code)]
     user: Option<String>,
@@ -48,6 +51,7 @@ pub async fn embeddings(
         Some("base64") => true,
         Some(other) => return Err(RequestError::InvalidEncodingFormat(other.to_string()).into()),
     };
+    let types = embedding_types(req.embedding_types)?;
     let inputs = texts("input", req.input, settings.limits.max_inputs)?;
     if req.model.as_deref() == Some("") {
         return Err(RequestError::EmptyModel.into());
@@ -71,15 +75,24 @@ pub async fn embeddings(
         .vectors
         .iter()
         .enumerate()
-        .map(|(index, v)| EmbeddingItem {
-            object: "embedding",
-            index,
-            embedding: if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                Embedding::Float(v)
-            },
+        .map(|(index, v)| {
+            let mut each = types
+                .iter()
+                .map(|&t| (t.name(), compact(v, out.normalized, t, base64)));
+            match types.len() {
+                1 => EmbeddingItem {
+                    object: "embedding",
+                    index,
+                    embedding: each.next().map(|(_, c)| c),
+                    embeddings: None,
+                },
+                _ => EmbeddingItem {
+                    object: "embedding",
+                    index,
+                    embedding: None,
+                    embeddings: Some(InOrder(each.collect())),
+                },
+            }
         })
         .collect();
     let body = Json(EmbeddingList {
@@ -106,19 +119,16 @@ struct EmbeddingList<'a> {
     usage: Usage,
 }
 
+/// One text's vector: `embedding` in the one type asked (floats without `embedding_types`),
+/// or, when several types are asked, `embeddings` with one entry per type in the order asked.
 #[derive(Serialize)]
 struct EmbeddingItem<'a> {
     object: &'static str,
     index: usize,
-    embedding: Embedding<'a>,
-}
-
-/// A vector as `encoding_format` asks: floats, or its little-endian f32 bytes in base64.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Embedding<'a> {
-    Float(&'a [f32]),
-    Base64(String),
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embedding: Option<Compact<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embeddings: Option<InOrder<Compact<'a>>>,
 }
 
 #[derive(Serialize)]

@@ -9,6 +9,7 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::compact::{Compact, EmbeddingType, InOrder, compact, embedding_types};
 use super::error::{ApiError, RequestError};
 use super::input::{parse_body, query, texts};
 use crate::engine::{Cut, Token};
@@ -24,6 +25,8 @@ struct EmbedBody {
     truncate: Option<bool>,
     truncation_direction: Option<Value>,
     prompt_name: Option<String>,
+    /// Caxton's (Cohere's names): compact vectors (`compact`).
+    embedding_types: Option<Value>,
 }
 
 /// TEI's `truncation_direction`: `"Right"` (the default) cuts the end of an over-long text,
@@ -47,6 +50,7 @@ pub async fn embed_handler(
     let settings = state.settings();
     let req: EmbedBody = parse_body(body, &settings.limits).await?;
     let cut = cut(req.truncation_direction)?;
+    let types = embedding_types(req.embedding_types)?;
     let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
     let out = embed(
         &state,
@@ -62,7 +66,22 @@ pub async fn embed_handler(
         },
     )
     .await?;
-    Ok(super::answer::embedded(Json(&out.vectors), &out))
+    let typed = |t: EmbeddingType| -> Vec<Compact<'_>> {
+        let unit = out.normalized;
+        out.vectors
+            .iter()
+            .map(|v| compact(v, unit, t, false))
+            .collect()
+    };
+    Ok(match types[..] {
+        [EmbeddingType::Float] => super::answer::embedded(Json(&out.vectors), &out),
+        [one] => super::answer::embedded(Json(typed(one)), &out),
+        // Cohere's shape: one list of vectors per type, in the order asked.
+        _ => {
+            let by_type: Vec<_> = types.iter().map(|&t| (t.name(), typed(t))).collect();
+            super::answer::embedded(Json(InOrder(by_type)), &out)
+        }
+    })
 }
 
 #[derive(Deserialize)]

@@ -45,6 +45,8 @@ pub struct Embedded {
     pub truncated: Vec<usize>,
     /// How long the request waited for its model (a load, when it was not in memory).
     pub waited: std::time::Duration,
+    /// Whether the vectors are of unit length.
+    pub normalized: bool,
 }
 
 /// Runs `req` through the named (or default) model.
@@ -101,5 +103,6 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         fallback: served.fallback,
         truncated,
         waited,
+        normalized: shape.normalize,
     })
 }

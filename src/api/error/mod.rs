@@ -29,6 +29,7 @@ pub mod code {
     pub const TOO_MANY_INPUTS: &str = "too_many_inputs";
     pub const INVALID_INPUT: &str = "invalid_input";
     pub const INVALID_ENCODING_FORMAT: &str = "invalid_encoding_format";
+    pub const INVALID_EMBEDDING_TYPES: &str = "invalid_embedding_types";
     pub const INVALID_MODEL: &str = "invalid_model";
     pub const INVALID_INPUT_TYPE: &str = "invalid_input_type";
     pub const INVALID_TRUNCATION_DIRECTION: &str = "invalid_truncation_direction";
@@ -118,6 +119,7 @@ impl From<RequestError> for ApiError {
             TooManyInputs { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::TOO_MANY_INPUTS),
             InvalidInput { .. } => (StatusCode::BAD_REQUEST, code::INVALID_INPUT),
             InvalidEncodingFormat(_) => (StatusCode::BAD_REQUEST, code::INVALID_ENCODING_FORMAT),
+            InvalidEmbeddingTypes(_) => (StatusCode::BAD_REQUEST, code::INVALID_EMBEDDING_TYPES),
             EmptyModel => (StatusCode::BAD_REQUEST, code::INVALID_MODEL),
             InvalidInputType(_) => (StatusCode::BAD_REQUEST, code::INVALID_INPUT_TYPE),
             InvalidTruncationDirection(_) => {

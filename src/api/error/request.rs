@@ -55,6 +55,11 @@ pub enum RequestError {
     /// `encoding_format` other than `float` or `base64`.
     #[error("encoding_format {0:?} is not supported; use \"float\" or \"base64\"")]
     InvalidEncodingFormat(String),
+    /// `embedding_types` that is not a name or a list of distinct names.
+    #[error(
+        "`embedding_types` {0}; send one of \"float\", \"int8\", \"uint8\", \"binary\", \"ubinary\" or a list of them, each at most once"
+    )]
+    InvalidEmbeddingTypes(String),
     /// `model: ""`.
     #[error("`model` is empty; name a model or leave it out")]
     EmptyModel,

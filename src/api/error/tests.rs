@@ -106,6 +106,12 @@ fn every_error_has_its_status_and_code() {
             "invalid_encoding_format",
             None,
         ),
+        (
+            RequestError::InvalidEmbeddingTypes("is 8".into()).into(),
+            400,
+            "invalid_embedding_types",
+            None,
+        ),
         (RequestError::EmptyModel.into(), 400, "invalid_model", None),
         (
             RequestError::InvalidInputType("1".into()).into(),
@@ -410,7 +416,7 @@ fn every_error_has_its_status_and_code() {
         );
     }
     let codes: std::collections::BTreeSet<&str> = table.iter().map(|t| t.2).collect();
-    assert_eq!(codes.len(), 33, "a code without its row: {codes:?}");
+    assert_eq!(codes.len(), 34, "a code without its row: {codes:?}");
 }
 
 #[test]
