@@ -329,11 +329,36 @@ pub fn changed_keys(old: &Settings, new: &Settings) -> Vec<String> {
 /// `models.default_reranker`, when set, must be a verified reranker.
 fn check_model_kinds(scan: &ScanResult, new: &Settings) -> Result<(), String> {
     use crate::package::ModelKind;
-    if scan.kind(&new.models.default) == Some(ModelKind::Reranker) {
-        return Err(format!(
-            "models.default: {:?} is a reranker, and the default model answers embedding requests; name an embedding model (and the reranker in models.default_reranker)",
-            new.models.default
-        ));
+    match scan.kind(&new.models.default) {
+        Some(ModelKind::Reranker) => {
+            return Err(format!(
+                "models.default: {:?} is a reranker, and the default model answers embedding requests; name an embedding model (and the reranker in models.default_reranker)",
+                new.models.default
+            ));
+        }
+        Some(ModelKind::Sparse) => {
+            return Err(format!(
+                "models.default: {:?} is a sparse model, and the default model answers embedding requests; name an embedding model (and the sparse one in models.default_sparse)",
+                new.models.default
+            ));
+        }
+        _ => {}
+    }
+    if let Some(id) = &new.models.default_sparse {
+        match scan.kind(id) {
+            Some(ModelKind::Sparse) => {}
+            None => {
+                return Err(format!(
+                    "models.default_sparse: no verified package has id {id:?}"
+                ));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "models.default_sparse: {id:?} is {}, not a sparse model",
+                    other.shape_kind().described()
+                ));
+            }
+        }
     }
     if let Some(id) = &new.models.default_reranker {
         let rerankers: Vec<String> = scan

@@ -6,7 +6,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::registry::fallback::Reason;
-use crate::serve::{Embedded, Reranked};
+use crate::serve::{Embedded, Reranked, Weighted};
 
 /// `X-Caxton-Served-By`: the model that answered a substituted request.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-caxton-served-by");
@@ -17,6 +17,11 @@ pub const TRUNCATED: HeaderName = HeaderName::from_static("x-caxton-truncated");
 
 /// `body` with the headers of an embedding answer.
 pub fn embedded(body: impl IntoResponse, out: &Embedded) -> Response {
+    answered(body, &out.model, out.fallback, &out.truncated)
+}
+
+/// `body` with the headers of a term-weights answer.
+pub fn weighted(body: impl IntoResponse, out: &Weighted) -> Response {
     answered(body, &out.model, out.fallback, &out.truncated)
 }
 

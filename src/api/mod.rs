@@ -53,6 +53,7 @@ fn client_routes() -> Router<Arc<AppState>> {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/embed", post(tei::embed_handler))
+        .route("/embed_sparse", post(tei::embed_sparse))
         .route("/tokenize", post(tei::tokenize))
         .route("/rerank", post(tei::rerank))
         .route("/v1/rerank", post(cohere::rerank))

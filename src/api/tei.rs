@@ -14,7 +14,9 @@ use super::error::{ApiError, RequestError};
 use super::input::{parse_body, query, texts};
 use crate::engine::{Cut, Token};
 use crate::registry::ModelError;
-use crate::serve::{EmbedRequest, RerankRequest, embed, rerank as rerank_pairs};
+use crate::serve::{
+    EmbedRequest, RerankRequest, SparseRequest, embed, rerank as rerank_pairs, sparse,
+};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -82,6 +84,50 @@ pub async fn embed_handler(
             super::answer::embedded(Json(InOrder(by_type)), &out)
         }
     })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SparseBody {
+    inputs: Value,
+    truncate: Option<bool>,
+    truncation_direction: Option<Value>,
+    /// Caxton's: a sparse model other than the default.
+    model: Option<String>,
+    /// Caxton's: keep the `top_k` heaviest terms of each text.
+    top_k: Option<usize>,
+}
+
+/// `POST /embed_sparse`: `{"inputs": str or [str], "truncate"?, "truncation_direction"?,
+/// "model"?, "top_k"?}` → per text `[{"index": token id, "value": weight}, ...]`, the terms
+/// above zero, heaviest first. The model is `models.default_sparse` (else the one sparse model
+/// installed).
+pub async fn embed_sparse(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<axum::response::Response, ApiError> {
+    let settings = state.settings();
+    let req: SparseBody = parse_body(body, &settings.limits).await?;
+    let cut = cut(req.truncation_direction)?;
+    if req.top_k == Some(0) {
+        return Err(RequestError::ZeroTopK.into());
+    }
+    if req.model.as_deref() == Some("") {
+        return Err(RequestError::EmptyModel.into());
+    }
+    let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
+    let out = sparse(
+        &state,
+        SparseRequest {
+            model: req.model,
+            texts: inputs,
+            truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
+            cut,
+            top_k: req.top_k,
+        },
+    )
+    .await?;
+    Ok(super::answer::weighted(Json(&out.terms), &out))
 }
 
 #[derive(Deserialize)]

@@ -73,10 +73,32 @@ pub fn validate(fallbacks: &BTreeMap<String, Vec<String>>) -> Result<(), (String
 /// remembered from the last one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
-    /// Embedding or reranker.
-    pub reranker: bool,
+    /// What the model makes.
+    pub kind: Kind,
     /// Vector width (embedding models).
     pub dimensions: usize,
+}
+
+/// What a model makes, as far as standing in for another goes (the manifest's `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Vectors.
+    Embedding,
+    /// Scores of pairs.
+    Reranker,
+    /// Term weights.
+    Sparse,
+}
+
+impl Kind {
+    /// "an embedding model", "a reranker", "a sparse model".
+    pub fn described(self) -> &'static str {
+        match self {
+            Kind::Embedding => "an embedding model",
+            Kind::Reranker => "a reranker",
+            Kind::Sparse => "a sparse model",
+        }
+    }
 }
 
 /// The first fallback list naming a model that cannot stand in for the one it is listed for:
@@ -93,21 +115,17 @@ pub fn check_shapes(
         for (i, alt) in list.iter().enumerate() {
             let Some(s) = shape(alt) else { continue };
             let key = format!("models.fallbacks.{id}[{i}]");
-            if s.reranker != primary.reranker {
-                let kind = |r: bool| {
-                    if r {
-                        "a reranker"
-                    } else {
-                        "an embedding model"
-                    }
-                };
+            if s.kind != primary.kind {
                 return Err(format!(
                     "{key}: {alt} is {} and {id} is {}; an alternative must be of its model's kind",
-                    kind(s.reranker),
-                    kind(primary.reranker)
+                    s.kind.described(),
+                    primary.kind.described()
                 ));
             }
-            if !primary.reranker && s.dimensions != primary.dimensions && !allow_mismatch {
+            if primary.kind == Kind::Embedding
+                && s.dimensions != primary.dimensions
+                && !allow_mismatch
+            {
                 return Err(format!(
                     "{key}: {alt} produces {}-dimensional vectors and {id} {}-dimensional ones; vectors of another width would corrupt a caller's index. List a model of width {}, or set models.allow_dimension_mismatch: true",
                     s.dimensions, primary.dimensions, primary.dimensions
@@ -163,19 +181,19 @@ mod tests {
     fn widths_and_kinds_are_checked_where_known() {
         let shape = |id: &str| match id {
             "mini" => Some(Shape {
-                reranker: false,
+                kind: Kind::Embedding,
                 dimensions: 384,
             }),
             "mini2" => Some(Shape {
-                reranker: false,
+                kind: Kind::Embedding,
                 dimensions: 384,
             }),
             "mpnet" => Some(Shape {
-                reranker: false,
+                kind: Kind::Embedding,
                 dimensions: 768,
             }),
             "ce" => Some(Shape {
-                reranker: true,
+                kind: Kind::Reranker,
                 dimensions: 1,
             }),
             _ => None,

@@ -137,13 +137,18 @@ impl Settings {
                 ),
             ));
         }
-        if let Some(id) = &self.models.default_reranker
-            && !super::is_valid_model_id(id)
-        {
-            return Err((
-                "models.default_reranker".into(),
-                format!("{id:?} is not a model id (1 to 128 of [A-Za-z0-9._-])"),
-            ));
+        for (key, id) in [
+            ("models.default_reranker", &self.models.default_reranker),
+            ("models.default_sparse", &self.models.default_sparse),
+        ] {
+            if let Some(id) = id
+                && !super::is_valid_model_id(id)
+            {
+                return Err((
+                    key.into(),
+                    format!("{id:?} is not a model id (1 to 128 of [A-Za-z0-9._-])"),
+                ));
+            }
         }
         Ok(())
     }

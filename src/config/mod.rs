@@ -85,6 +85,9 @@ pub struct ModelSettings {
     /// Reranker used when a rerank request names none; unset, the one verified reranker
     /// serves (and a request must name one when there are several).
     pub default_reranker: Option<String>,
+    /// Sparse model used when a `/embed_sparse` request names none; unset, the one verified
+    /// sparse model serves (and a request must name one when there are several).
+    pub default_sparse: Option<String>,
     /// Refuse packages without a minisign signature by a key in `trusted_keys_dir`.
     pub require_signature: bool,
     /// Directory of minisign public keys (`*.pub`) that may sign packages.
@@ -175,6 +178,7 @@ impl Default for ModelSettings {
             package_dir: PathBuf::from("/var/lib/caxton/packages"),
             default: "all-MiniLM-L6-v2".into(),
             default_reranker: None,
+            default_sparse: None,
             require_signature: false,
             trusted_keys_dir: PathBuf::from("/etc/caxton/keys"),
             validation_interval: Duration(std::time::Duration::from_secs(24 * 3600)),

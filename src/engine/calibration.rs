@@ -28,7 +28,9 @@ pub const TEXTS: &[&str] = &[
 /// document pairs (each text with the next) for a reranker.
 pub fn encode(tokenizer: &TextTokenizer, kind: ModelKind) -> Result<Vec<Encoded>, String> {
     let encoded: Result<Vec<Encoded>, String> = match kind {
-        ModelKind::Embedding => TEXTS.iter().map(|t| tokenizer.encode(t)).collect(),
+        ModelKind::Embedding | ModelKind::Sparse => {
+            TEXTS.iter().map(|t| tokenizer.encode(t)).collect()
+        }
         ModelKind::Reranker => TEXTS
             .iter()
             .zip(TEXTS.iter().cycle().skip(1))

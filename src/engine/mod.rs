@@ -9,6 +9,7 @@ pub mod encoder;
 pub mod head;
 pub mod kernels;
 pub mod pool;
+pub mod sparse;
 pub mod stored;
 pub mod tokenize;
 pub mod vectors;
@@ -180,7 +181,7 @@ impl LoadedModel {
     fn self_test(&self) -> Result<(), String> {
         let m = &self.package.manifest;
         let (text, width, normalize) = match m.kind {
-            ModelKind::Embedding => (
+            ModelKind::Embedding | ModelKind::Sparse => (
                 self.tokenizer.encode(SELF_TEST_TEXT),
                 m.dimensions,
                 m.normalize,

@@ -9,18 +9,29 @@ pub fn pool(hidden: &[f32], dim: usize, len: usize, pooling: Pooling) -> Vec<f32
     match pooling {
         Pooling::Cls => hidden[..dim].to_vec(),
         Pooling::LastToken => hidden[(len.max(1) - 1) * dim..len.max(1) * dim].to_vec(),
-        Pooling::Mean => {
+        Pooling::Mean | Pooling::Sum => {
             let mut out = vec![0f32; dim];
             for row in hidden[..len * dim].chunks_exact(dim) {
                 for (o, x) in out.iter_mut().zip(row) {
                     *o += x;
                 }
             }
-            // sentence-transformers divides by the mask sum clamped at 1e-9.
-            let n = (len as f32).max(1e-9);
-            out.iter_mut().for_each(|o| *o /= n);
+            if pooling == Pooling::Mean {
+                // sentence-transformers divides by the mask sum clamped at 1e-9.
+                let n = (len as f32).max(1e-9);
+                out.iter_mut().for_each(|o| *o /= n);
+            }
             out
         }
+        // (A sparse model's pooling runs on its term weights, `super::sparse`; over token
+        // vectors it means the same.)
+        Pooling::Max => hidden[..len.max(1) * dim].chunks_exact(dim).fold(
+            vec![f32::NEG_INFINITY; dim],
+            |mut m, row| {
+                m.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
+                m
+            },
+        ),
     }
 }
 

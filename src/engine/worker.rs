@@ -21,7 +21,8 @@ use super::tokenize::Encoded;
 use super::vectors::{Finish, VectorShape};
 use crate::package::Pooling;
 
-/// Vectors (a reranker: each pair's logits) for one job, in input order.
+/// Vectors (a reranker: each pair's logits; a sparse model: each text's weight of every
+/// vocabulary term) for one job, in input order.
 pub type JobResult = Result<Vec<Vec<f32>>, EngineError>;
 
 /// What the engine thread runs: the encoder's pass, pooling, and the steps after it.
@@ -262,6 +263,18 @@ fn embed_jobs(
             for (k, &i) in group.iter().enumerate() {
                 let (j, t) = refs[i];
                 vectors[j][t] = logits[k * labels..(k + 1) * labels].to_vec();
+            }
+            continue;
+        }
+        if let Some(sparse) = encoder.sparse() {
+            let texts: Vec<(usize, usize)> = group
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| (hidden.starts[k], lengths[i]))
+                .collect();
+            for (weights, &i) in sparse.weights(&hidden.data, &texts).into_iter().zip(&group) {
+                let (j, t) = refs[i];
+                vectors[j][t] = weights;
             }
             continue;
         }

@@ -14,7 +14,7 @@ pub use error::PackageError;
 pub use manifest::{
     Architecture, Dense, DenseActivation, INT8_BLOCK, INT8_SCALES_SUFFIX, InputType,
     MAX_SEQ_LENGTH, Manifest, Matryoshka, Mismatch, ModelKind, PairTemplate, Pooling,
-    ScoreActivation, StoredWeights, quantize_int8_block,
+    ScoreActivation, SparseActivation, StoredWeights, quantize_int8_block,
 };
 pub use store::{Lease, Store, StoredPackage};
 

@@ -327,13 +327,49 @@ fn check_model_config(manifest: &Manifest, bytes: &[u8]) -> Result<(), PackageEr
         dim: Option<usize>,
         /// NomicBERT's own (its configs may carry both).
         n_embd: Option<usize>,
+        /// A sparse model's width.
+        vocab_size: Option<usize>,
     }
     let config: ModelConfig = serde_json::from_slice(bytes).map_err(|e| {
         PackageError::ManifestInvalid(format!("config.json is not valid JSON: {e}"))
     })?;
-    // The encoder's width: the vectors' own, or the first Dense module's input.
+    if manifest.kind == crate::package::ModelKind::Sparse {
+        // A sparse model weighs every term of its vocabulary.
+        if config.vocab_size != Some(manifest.dimensions) {
+            return Err(PackageError::ManifestInvalid(format!(
+                "dimensions: the manifest says {} (a sparse model's vocabulary), config.json vocab_size is {}",
+                manifest.dimensions,
+                config
+                    .vocab_size
+                    .map_or_else(|| "missing".to_string(), |v| v.to_string())
+            )));
+        }
+    } else {
+        check_width(
+            manifest,
+            config.n_embd.or(config.hidden_size).or(config.dim),
+        )?;
+    }
+    let expected = manifest.architecture;
+    if !config
+        .model_type
+        .as_deref()
+        .is_some_and(|t| expected.model_types().contains(&t))
+    {
+        return Err(PackageError::ManifestInvalid(format!(
+            "architecture: the manifest says {}, config.json model_type is {:?}",
+            expected.as_str(),
+            config.model_type.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// The encoder's width in `config.json` (`hidden`) must be the manifest's: the vectors' own,
+/// or the first Dense module's input.
+fn check_width(manifest: &Manifest, hidden: Option<usize>) -> Result<(), PackageError> {
     let width = manifest.hidden_size();
-    match config.n_embd.or(config.hidden_size).or(config.dim) {
+    match hidden {
         Some(h) if h == width => {}
         Some(h) => {
             return Err(PackageError::ManifestInvalid(
@@ -354,18 +390,6 @@ fn check_model_config(manifest: &Manifest, bytes: &[u8]) -> Result<(), PackageEr
                 "config.json has no hidden_size".into(),
             ));
         }
-    }
-    let expected = manifest.architecture;
-    if !config
-        .model_type
-        .as_deref()
-        .is_some_and(|t| expected.model_types().contains(&t))
-    {
-        return Err(PackageError::ManifestInvalid(format!(
-            "architecture: the manifest says {}, config.json model_type is {:?}",
-            expected.as_str(),
-            config.model_type.unwrap_or_default()
-        )));
     }
     Ok(())
 }

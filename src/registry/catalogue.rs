@@ -88,7 +88,7 @@ impl ScanResult {
         self.winners
             .get(id)
             .map(|(p, _)| crate::config::fallback::Shape {
-                reranker: p.manifest.kind == crate::package::ModelKind::Reranker,
+                kind: p.manifest.kind.shape_kind(),
                 dimensions: p.manifest.dimensions,
             })
     }

@@ -62,11 +62,34 @@ pub enum ModelError {
         .0.join(", ")
     )]
     RerankerRequired(Vec<String>),
+    /// A sparse request without a model, and no sparse model installed.
+    #[error(
+        "no sparse model is installed; side-load a sparse encoder package (caxton pack makes one from a SparseEncoder folder) into models.package_dir"
+    )]
+    NoSparse,
+    /// A sparse request without a model, and several sparse models to choose from.
+    #[error(
+        "several sparse models are installed ({}); name one with \"model\" or set models.default_sparse",
+        .0.join(", ")
+    )]
+    SparseRequired(Vec<String>),
     /// An embedding request naming a reranker.
     #[error(
         "model {0} is a reranker (a cross-encoder that scores query–document pairs), not an embedding model; send it to POST /rerank or POST /v1/rerank, or name an embedding model"
     )]
     NotEmbedding(String),
+    /// A request naming a model of another kind (sparse against dense and back).
+    #[error(
+        "model {id} is {have}, and this endpoint needs {want}: POST /v1/embeddings and /embed take embedding models, POST /embed_sparse sparse ones, /rerank and /v1/rerank rerankers"
+    )]
+    WrongKind {
+        /// The model named.
+        id: String,
+        /// What it is.
+        have: &'static str,
+        /// What the endpoint serves.
+        want: &'static str,
+    },
     /// A rerank request naming an embedding model.
     #[error(
         "model {0} is an embedding model, not a reranker; send it to POST /v1/embeddings or POST /embed, or name a reranker (a cross-encoder package)"

@@ -257,14 +257,14 @@ impl Registry {
         if let Some(slot) = self.get(id) {
             let m = &slot.package.manifest;
             return Some(crate::config::fallback::Shape {
-                reranker: m.kind == crate::package::ModelKind::Reranker,
+                kind: m.kind.shape_kind(),
                 dimensions: m.dimensions,
             });
         }
         let remembered = self.usage.remembered();
         let r = remembered.get(id)?;
         Some(crate::config::fallback::Shape {
-            reranker: r.reranker,
+            kind: r.kind(),
             dimensions: r.dimensions?,
         })
     }

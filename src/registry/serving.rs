@@ -198,14 +198,8 @@ impl Registry {
         alt: &str,
         s: Shape,
     ) -> Option<String> {
-        let reranker = wanted.kind == ModelKind::Reranker;
-        if s.reranker != reranker {
-            let kind = if s.reranker {
-                "a reranker"
-            } else {
-                "an embedding model"
-            };
-            return Some(kind.into());
+        if s.kind != wanted.kind.shape_kind() {
+            return Some(s.kind.described().into());
         }
         if let Some(w) = wanted.width {
             if w > s.dimensions as i64 {
@@ -223,7 +217,7 @@ impl Registry {
                 return Some(why.to_string());
             }
         }
-        if reranker || models.allow_dimension_mismatch {
+        if wanted.kind == ModelKind::Reranker || models.allow_dimension_mismatch {
             return None;
         }
         let requested = wanted.id;
@@ -276,9 +270,14 @@ pub fn chain(
 fn check_kind(slot: &ModelSlot, kind: ModelKind) -> Result<(), ModelError> {
     let id = || slot.package.manifest.id.clone();
     match (slot.package.manifest.kind, kind) {
+        (have, want) if have == want => Ok(()),
         (ModelKind::Reranker, ModelKind::Embedding) => Err(ModelError::NotEmbedding(id())),
-        (ModelKind::Embedding, ModelKind::Reranker) => Err(ModelError::NotReranker(id())),
-        _ => Ok(()),
+        (_, ModelKind::Reranker) => Err(ModelError::NotReranker(id())),
+        (have, want) => Err(ModelError::WrongKind {
+            id: id(),
+            have: have.shape_kind().described(),
+            want: want.shape_kind().described(),
+        }),
     }
 }
 

@@ -122,6 +122,7 @@ impl ModelSlot {
             tokens: u.tokens,
             dimensions: Some(self.package.manifest.dimensions),
             reranker: self.package.manifest.kind == crate::package::ModelKind::Reranker,
+            sparse: self.package.manifest.kind == crate::package::ModelKind::Sparse,
             habits: u.habits.clone(),
         }
     }

@@ -30,12 +30,25 @@ pub struct Record {
     /// Whether it is a reranker (with `dimensions`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reranker: bool,
+    /// Whether it is a sparse model (with `dimensions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
     /// When it tends to be used (for predictive preloading).
     #[serde(default, skip_serializing_if = "super::habits::Habits::is_empty")]
     pub habits: super::habits::Habits,
 }
 
 impl Record {
+    /// Its kind as the fallback rules compare them.
+    pub fn kind(&self) -> crate::config::fallback::Kind {
+        use crate::config::fallback::Kind;
+        match (self.reranker, self.sparse) {
+            (true, _) => Kind::Reranker,
+            (_, true) => Kind::Sparse,
+            _ => Kind::Embedding,
+        }
+    }
+
     /// `last_use` as a time.
     pub fn last_use_time(&self) -> Option<SystemTime> {
         self.last_use
@@ -144,6 +157,7 @@ mod tests {
                 tokens: 91,
                 dimensions: Some(384),
                 reranker: false,
+                sparse: false,
                 habits: {
                     let mut h = super::super::habits::Habits::default();
                     h.record(472_222);

@@ -7,12 +7,14 @@
 mod embed;
 mod error;
 mod rerank;
+mod sparse;
 mod tokenizing;
 mod tokens;
 
 pub use embed::{EmbedRequest, Embedded, embed};
 pub use error::ServeError;
 pub use rerank::{RerankRequest, Reranked, rerank};
+pub use sparse::{SparseRequest, Term, Weighted, sparse};
 use tokenizing::{tokenize_each, tokenize_off_runtime};
 pub use tokens::tokenize;
 

@@ -331,3 +331,66 @@ pub struct MatryoshkaReference {
     pub texts: usize,
     pub vectors: std::collections::BTreeMap<String, Vec<Vec<f32>>>,
 }
+
+/// tests/fixtures/architectures/splade's `sparse.json`: the seeded weights and
+/// `SparseEncoder.encode`'s term weights per pooling/activation variant.
+#[derive(Deserialize)]
+pub struct SparseReference {
+    seed: u64,
+    parameters: Vec<Parameter>,
+    /// By `"<pooling>/<activation>"`.
+    pub weights: std::collections::BTreeMap<String, SparseVariant>,
+}
+
+/// One variant's texts and their terms above zero as `[token id, weight]`.
+#[derive(Deserialize)]
+pub struct SparseVariant {
+    pub texts: Vec<String>,
+    pub weights: Vec<Vec<(u32, f32)>>,
+}
+
+pub fn sparse_reference() -> SparseReference {
+    serde_json::from_slice(&std::fs::read(fixture("splade/sparse.json")).expect("sparse.json"))
+        .expect("sparse JSON")
+}
+
+/// The tiny SPLADE model as sentence-transformers saved its SparseEncoder, with its weights
+/// and SpladePooling's `pooling` and `activation`, in `dir`.
+pub fn sparse_folder(dir: &Path, pooling: &str, activation: &str) {
+    let r = sparse_reference();
+    let src = fixture("splade");
+    std::fs::create_dir_all(dir.join("1_SpladePooling")).expect("mkdir");
+    copy_with_weights(
+        &src,
+        dir,
+        &[
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "modules.json",
+            "sentence_bert_config.json",
+            "config_sentence_transformers.json",
+        ],
+        r.seed,
+        &r.parameters,
+    );
+    std::fs::write(
+        dir.join("1_SpladePooling/config.json"),
+        format!(
+            r#"{{"pooling_strategy": "{pooling}", "activation_function": "{activation}", "embedding_dimension": null}}"#
+        ),
+    )
+    .expect("pooling config");
+}
+
+/// The tiny SPLADE model packed as `<id>` into `out_dir/<id>.tar.zst`.
+pub fn sparse_package(
+    id: &str,
+    out_dir: &Path,
+    pooling: &str,
+    activation: &str,
+) -> (PathBuf, caxton::package::Manifest) {
+    pack_into(id, out_dir, |folder| {
+        sparse_folder(folder, pooling, activation)
+    })
+}

@@ -34,6 +34,7 @@ pub mod code {
     pub const INVALID_INPUT_TYPE: &str = "invalid_input_type";
     pub const INVALID_TRUNCATION_DIRECTION: &str = "invalid_truncation_direction";
     pub const INVALID_TOP_N: &str = "invalid_top_n";
+    pub const INVALID_TOP_K: &str = "invalid_top_k";
     pub const FORBIDDEN: &str = "forbidden";
     pub const UNAUTHORIZED: &str = "unauthorized";
     pub const CONFIG_REJECTED: &str = "config_rejected";
@@ -126,6 +127,7 @@ impl From<RequestError> for ApiError {
                 (StatusCode::BAD_REQUEST, code::INVALID_TRUNCATION_DIRECTION)
             }
             ZeroTopN => (StatusCode::BAD_REQUEST, code::INVALID_TOP_N),
+            ZeroTopK => (StatusCode::BAD_REQUEST, code::INVALID_TOP_K),
             Forbidden { .. } => (StatusCode::FORBIDDEN, code::FORBIDDEN),
             TokenMissing | TokenWrong | TokenNotSet(_) => {
                 (StatusCode::UNAUTHORIZED, code::UNAUTHORIZED)
@@ -172,13 +174,16 @@ impl From<ModelError> for ApiError {
             ModelError::NotFound { .. }
             | ModelError::DefaultMissing(_)
             | ModelError::NoReranker
+            | ModelError::NoSparse
             | ModelError::Load(LoadError::Unknown(_)) => {
                 (StatusCode::NOT_FOUND, code::MODEL_NOT_FOUND)
             }
-            ModelError::RerankerRequired(_) => (StatusCode::BAD_REQUEST, code::MODEL_REQUIRED),
-            ModelError::NotEmbedding(_) | ModelError::NotReranker(_) => {
-                (StatusCode::BAD_REQUEST, code::WRONG_MODEL_KIND)
+            ModelError::RerankerRequired(_) | ModelError::SparseRequired(_) => {
+                (StatusCode::BAD_REQUEST, code::MODEL_REQUIRED)
             }
+            ModelError::NotEmbedding(_)
+            | ModelError::NotReranker(_)
+            | ModelError::WrongKind { .. } => (StatusCode::BAD_REQUEST, code::WRONG_MODEL_KIND),
             ModelError::Mismatch(m) => return m.clone().into(),
             // A failed load's backoff rounds up, memory's wait down (at least 1 s both).
             ModelError::Load(LoadError::Failed { retry_after, .. }) => {

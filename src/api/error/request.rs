@@ -76,6 +76,9 @@ pub enum RequestError {
     /// `top_n: 0`.
     #[error("`top_n` is 0; ask for at least 1 result (or leave it out for all)")]
     ZeroTopN,
+    /// `top_k: 0`.
+    #[error("`top_k` is 0; ask for at least 1 term (or leave it out for every term above zero)")]
+    ZeroTopK,
     /// An admin endpoint asked by someone else.
     #[error(
         "{what} is for administrators; uid {uid} is not root, the daemon's user, or in socket.admin_group"

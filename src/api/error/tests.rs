@@ -126,6 +126,7 @@ fn every_error_has_its_status_and_code() {
             None,
         ),
         (RequestError::ZeroTopN.into(), 400, "invalid_top_n", None),
+        (RequestError::ZeroTopK.into(), 400, "invalid_top_k", None),
         (
             RequestError::Forbidden {
                 what: "POST /api/reload",
@@ -416,7 +417,7 @@ fn every_error_has_its_status_and_code() {
         );
     }
     let codes: std::collections::BTreeSet<&str> = table.iter().map(|t| t.2).collect();
-    assert_eq!(codes.len(), 34, "a code without its row: {codes:?}");
+    assert_eq!(codes.len(), 35, "a code without its row: {codes:?}");
 }
 
 #[test]

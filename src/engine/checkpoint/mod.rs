@@ -68,6 +68,67 @@ pub fn head_tensors(architecture: Architecture, tensors: &mut Tensors) -> Result
     Ok(())
 }
 
+/// Moves a sparse model's masked-language-model head (already stripped of the encoder's
+/// prefix by [`map`]) to the names [`super::sparse`] reads: BERT's `cls.predictions`
+/// (transform dense, LayerNorm, decoder and its bias) or DistilBERT's `vocab_transform`,
+/// `vocab_layer_norm` and `vocab_projector`. A decoder tied to the word embeddings (saved
+/// without its weight, as transformers does) gets the word table's tensor.
+pub fn sparse_tensors(architecture: Architecture, tensors: &mut Tensors) -> Result<(), String> {
+    use super::sparse::{DECODER, NORM, TRANSFORM};
+    let (transform, norm, decoder, bias): (&str, &str, &str, &[&str]) = match architecture {
+        Architecture::Bert => (
+            "cls.predictions.transform.dense",
+            "cls.predictions.transform.LayerNorm",
+            "cls.predictions.decoder",
+            &["cls.predictions.decoder.bias", "cls.predictions.bias"],
+        ),
+        Architecture::DistilBert => (
+            "vocab_transform",
+            "vocab_layer_norm",
+            "vocab_projector",
+            &["vocab_projector.bias"],
+        ),
+        other => {
+            return Err(format!(
+                "a {} sparse model is not supported (sparse models: bert, distilbert)",
+                other.as_str()
+            ));
+        }
+    };
+    let missing = |name: &str| {
+        format!(
+            "model.safetensors: no tensor {name}: a {} sparse model's language-model head needs it",
+            architecture.as_str()
+        )
+    };
+    for (from, to) in [(transform, TRANSFORM), (norm, NORM)] {
+        for part in ["weight", "bias"] {
+            let name = format!("{from}.{part}");
+            let t = tensors.remove(&name).ok_or_else(|| missing(&name))?;
+            tensors.insert(format!("{to}.{part}"), t);
+        }
+    }
+    let weight = match tensors.remove(&format!("{decoder}.weight")) {
+        Some(t) => t,
+        None => tensors
+            .get("embeddings.word_embeddings.weight")
+            .cloned()
+            .ok_or_else(|| missing("embeddings.word_embeddings.weight"))?,
+    };
+    tensors.insert(format!("{DECODER}.weight"), weight);
+    // transformers ties the decoder's bias to `cls.predictions.bias`: the first found serves,
+    // the other copy goes.
+    let mut found = None;
+    for name in bias {
+        if let Some(t) = tensors.remove(*name) {
+            found.get_or_insert(t);
+        }
+    }
+    let b = found.ok_or_else(|| missing(bias[bias.len() - 1]))?;
+    tensors.insert(format!("{DECODER}.bias"), b);
+    Ok(())
+}
+
 /// The blueprint a checkpoint of `architecture` with this `config.json` makes of the encoder
 /// (its sizes and parts, without reading a weight).
 pub fn blueprint(architecture: Architecture, config_json: &[u8]) -> Result<Blueprint, String> {

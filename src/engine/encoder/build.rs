@@ -15,18 +15,28 @@ use super::{Encoder, kernels};
 use crate::engine::Precision;
 use crate::engine::blueprint::{Blueprint, Placement, Positions, RELATIVE_BIAS};
 use crate::engine::head::Head;
+use crate::engine::sparse::SparseHead;
 use crate::engine::tokenize::Encoded;
 use crate::engine::words::Words;
+use crate::package::{Pooling, SparseActivation};
+
+/// The head a model has after its encoder, if any.
+pub(super) struct Heads {
+    /// The outputs of a reranker's head (under [`crate::engine::head`]'s names).
+    pub labels: Option<usize>,
+    /// A sparse model's activation and pooling (its head under [`crate::engine::sparse`]'s
+    /// names).
+    pub sparse: Option<(SparseActivation, Pooling)>,
+}
 
 impl Encoder {
-    /// `labels`: the outputs of a reranker's head (under [`crate::engine::head`]'s names),
-    /// `None` for an embedding model. `max_seq_length`: the manifest's, which rotary tables
-    /// cover.
+    /// `heads`: none for an embedding model. `max_seq_length`: the manifest's, which rotary
+    /// tables cover.
     pub(super) fn from_tensors(
         b: Blueprint,
         tensors: HashMap<String, Tensor>,
         precision: Precision,
-        labels: Option<usize>,
+        heads: Heads,
         max_seq_length: usize,
         calibration: &[Encoded],
     ) -> Result<Self, String> {
@@ -45,7 +55,11 @@ impl Encoder {
             true => Some(w.norm(b.norm_kind, "embeddings.LayerNorm", h)?),
             false => None,
         };
-        let head = read_head(&mut w, &b, labels)?;
+        let head = read_head(&mut w, &b, heads.labels)?;
+        let sparse = match heads.sparse {
+            Some((term, pooling)) => Some(read_sparse(&mut w, &b, term, pooling, precision)?),
+            None => None,
+        };
         let layers = b.layers;
         // The encoder exists before its layers, so that int8-fast can run each layer over the
         // calibration texts as it is built (the layers before it already in place).
@@ -60,6 +74,7 @@ impl Encoder {
             relative: positions.relative,
             rotary: positions.rotary,
             head,
+            sparse,
             blueprint: b,
             workspace: Mutex::new(Workspace::default()),
         };
@@ -301,6 +316,33 @@ fn read_head(
             w.linear(crate::engine::head::OUT, labels, h)?,
         )?),
     })
+}
+
+/// A sparse model's language-model head (a tied decoder's tensor is the word table's, which
+/// [`crate::engine::checkpoint::sparse_tensors`] put under the decoder's name too).
+fn read_sparse(
+    w: &mut Weights,
+    b: &Blueprint,
+    term: SparseActivation,
+    pooling: Pooling,
+    precision: Precision,
+) -> Result<SparseHead, String> {
+    use crate::engine::sparse::{DECODER, NORM, Parts, TRANSFORM};
+    let h = b.hidden;
+    let parts = Parts {
+        transform: w.linear(TRANSFORM, h, h)?,
+        activation: b.mlp.activation,
+        norm: (
+            w.take(&format!("{NORM}.weight"), &[h])?,
+            w.take(&format!("{NORM}.bias"), &[h])?,
+            b.eps,
+        ),
+        decoder: (
+            w.take(&format!("{DECODER}.weight"), &[b.vocab, h])?,
+            w.take(&format!("{DECODER}.bias"), &[b.vocab])?,
+        ),
+    };
+    SparseHead::new(parts, term, pooling, precision)
 }
 
 /// MPNet's bias table, unrolled for attention.

@@ -30,6 +30,7 @@ use super::Precision;
 use super::blueprint::Blueprint;
 use super::head::Head;
 use super::kernels;
+use super::sparse::SparseHead;
 use super::tokenize::Encoded;
 use super::words::Words;
 use crate::package::{Manifest, ModelKind};
@@ -63,6 +64,8 @@ pub struct Encoder {
     rotary: Option<rotary::Tables>,
     /// A reranker's classification head, read by the engine thread after the pass.
     head: Option<Head>,
+    /// A sparse model's head, read by the engine thread after the pass.
+    sparse: Option<SparseHead>,
     workspace: Mutex<Workspace>,
 }
 
@@ -82,18 +85,26 @@ impl Encoder {
         let (blueprint, mut tensors) =
             super::checkpoint::map(manifest.architecture, config_json, tensors)?;
         check_config(&blueprint, manifest)?;
-        let labels = match manifest.kind {
-            ModelKind::Embedding => None,
+        let (mut labels, mut sparse) = (None, None);
+        match manifest.kind {
+            ModelKind::Embedding => {}
             ModelKind::Reranker => {
                 super::checkpoint::head_tensors(manifest.architecture, &mut tensors)?;
-                manifest.labels
+                labels = manifest.labels;
             }
-        };
+            ModelKind::Sparse => {
+                super::checkpoint::sparse_tensors(manifest.architecture, &mut tensors)?;
+                let term = manifest
+                    .sparse_activation
+                    .ok_or("the manifest of a sparse model has no sparse_activation")?;
+                sparse = Some((term, manifest.pooling));
+            }
+        }
         Self::from_tensors(
             blueprint,
             tensors,
             precision,
-            labels,
+            build::Heads { labels, sparse },
             manifest.max_seq_length,
             calibration,
         )
@@ -108,7 +119,8 @@ impl Encoder {
             + self.final_norm.as_ref().map_or(0, Norm::bytes)
             + self.relative.as_ref().map_or(0, |r| r.len() * 4)
             + self.rotary.as_ref().map_or(0, rotary::Tables::bytes)
-            + self.head.as_ref().map_or(0, Head::bytes);
+            + self.head.as_ref().map_or(0, Head::bytes)
+            + self.sparse.as_ref().map_or(0, SparseHead::bytes);
         bytes += self.layers.iter().map(Layer::bytes).sum::<usize>();
         bytes as u64
     }
@@ -121,6 +133,11 @@ impl Encoder {
     /// A reranker's classification head; `None` for an embedding model.
     pub fn head(&self) -> Option<&Head> {
         self.head.as_ref()
+    }
+
+    /// A sparse model's language-model head and pooling; `None` for the other kinds.
+    pub fn sparse(&self) -> Option<&SparseHead> {
+        self.sparse.as_ref()
     }
 
     /// Hands the buffers kept between passes back (the engine calls this once it is idle).
@@ -249,7 +266,14 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 
 /// Refuses a `config.json` that disagrees with the manifest, before any weight is touched.
 fn check_config(blueprint: &Blueprint, manifest: &Manifest) -> Result<(), String> {
-    if blueprint.hidden != manifest.hidden_size() {
+    if manifest.kind == ModelKind::Sparse {
+        if blueprint.vocab != manifest.dimensions {
+            return Err(format!(
+                "config.json vocab_size {} differs from the manifest's dimensions {} (a sparse model weighs every vocabulary term)",
+                blueprint.vocab, manifest.dimensions
+            ));
+        }
+    } else if blueprint.hidden != manifest.hidden_size() {
         return Err(format!(
             "config.json hidden_size {} differs from the manifest's {} {}",
             blueprint.hidden,

@@ -89,6 +89,9 @@ pub struct Manifest {
     /// rerankers, and then their head reads the last token (`pooling: last_token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair_template: Option<PairTemplate>,
+    /// What a sparse model applies to its logits (`kind: sparse` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_activation: Option<SparseActivation>,
     /// How `caxton pack` stored the weights; absent: as the source folder had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<StoredWeights>,
@@ -198,6 +201,9 @@ pub enum ModelKind {
     Embedding,
     /// A cross-encoder: a query–document pair in, a relevance score out.
     Reranker,
+    /// A sentence-transformers SparseEncoder (SPLADE): text in, a weight per vocabulary term
+    /// out (`dimensions` is the vocabulary's size), most of them zero.
+    Sparse,
 }
 
 impl ModelKind {
@@ -206,6 +212,17 @@ impl ModelKind {
         match self {
             ModelKind::Embedding => "embedding",
             ModelKind::Reranker => "reranker",
+            ModelKind::Sparse => "sparse",
+        }
+    }
+
+    /// As the fallback rules compare kinds.
+    pub fn shape_kind(self) -> crate::config::fallback::Kind {
+        use crate::config::fallback::Kind;
+        match self {
+            ModelKind::Embedding => Kind::Embedding,
+            ModelKind::Reranker => Kind::Reranker,
+            ModelKind::Sparse => Kind::Sparse,
         }
     }
 
@@ -260,6 +277,10 @@ pub enum Pooling {
     /// The vector of the last real token (a causal model's only token that saw the whole
     /// text: Qwen3-Embedding's end-of-text token), wherever the padding sits.
     LastToken,
+    /// A sparse model's term weights: the largest over the tokens (SpladePooling's `max`).
+    Max,
+    /// A sparse model's term weights: their sum over the tokens (SpladePooling's `sum`).
+    Sum,
 }
 
 impl Pooling {
@@ -269,6 +290,38 @@ impl Pooling {
             Pooling::Mean => "mean",
             Pooling::Cls => "cls",
             Pooling::LastToken => "last_token",
+            Pooling::Max => "max",
+            Pooling::Sum => "sum",
+        }
+    }
+}
+
+/// What a sparse model applies to each token's vocabulary logits before pooling them
+/// (SpladePooling's `activation_function`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SparseActivation {
+    /// `log(1 + max(0, x))`: SPLADE's.
+    Relu,
+    /// `log(1 + log(1 + max(0, x)))`: opensearch's doubly-logged weights.
+    Log1pRelu,
+}
+
+impl SparseActivation {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SparseActivation::Relu => "relu",
+            SparseActivation::Log1pRelu => "log1p_relu",
+        }
+    }
+
+    /// The weight of one logit.
+    pub fn apply(self, x: f32) -> f32 {
+        let w = x.max(0.0).ln_1p();
+        match self {
+            SparseActivation::Relu => w,
+            SparseActivation::Log1pRelu => w.ln_1p(),
         }
     }
 }

@@ -146,7 +146,7 @@ impl Manifest {
     /// with a pair template the last (`last_token`), and makes no vectors (`normalize: false`); an embedding model has neither field.
     fn validate_kind(&self) -> Result<(), ManifestError> {
         match self.kind {
-            ModelKind::Embedding => {
+            ModelKind::Embedding | ModelKind::Sparse => {
                 for (field, present) in [
                     ("labels", self.labels.is_some()),
                     ("activation", self.activation.is_some()),
@@ -159,6 +159,7 @@ impl Manifest {
                         ));
                     }
                 }
+                self.validate_sparse()?;
             }
             ModelKind::Reranker => {
                 match self.labels {
@@ -213,6 +214,61 @@ impl Manifest {
                 if !self.prompts.is_empty() {
                     return Err(invalid("prompts", "a reranker takes no prompts"));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// A sparse model pools term weights (`max` or `sum`) after its activation, makes no unit
+    /// vectors and no Matryoshka cut; an embedding model has none of its fields.
+    fn validate_sparse(&self) -> Result<(), ManifestError> {
+        let sparse = self.kind == ModelKind::Sparse;
+        let term_pooling = matches!(self.pooling, Pooling::Max | Pooling::Sum);
+        if !sparse {
+            if term_pooling {
+                return Err(invalid(
+                    "pooling",
+                    format!(
+                        "{} pools a sparse model's term weights; an embedding model pools with mean, cls or last_token (or set kind: sparse)",
+                        self.pooling.as_str()
+                    ),
+                ));
+            }
+            if self.sparse_activation.is_some() {
+                return Err(invalid(
+                    "sparse_activation",
+                    "only a sparse model (kind: sparse) has it; remove it or set kind: sparse",
+                ));
+            }
+            return Ok(());
+        }
+        if !term_pooling {
+            return Err(invalid(
+                "pooling",
+                format!(
+                    "a sparse model pools its term weights with max or sum, not {}",
+                    self.pooling.as_str()
+                ),
+            ));
+        }
+        if self.sparse_activation.is_none() {
+            return Err(invalid(
+                "sparse_activation",
+                "a sparse model must say what it applies to its logits (relu or log1p_relu)",
+            ));
+        }
+        for (field, present) in [
+            ("normalize", self.normalize),
+            ("matryoshka", self.matryoshka.is_some()),
+            ("dense", !self.dense.is_empty()),
+        ] {
+            if present {
+                return Err(invalid(
+                    field,
+                    "a sparse model makes term weights, not a dense vector: remove it",
+                ));
             }
         }
         Ok(())

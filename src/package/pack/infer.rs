@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::super::error::PackageError;
 use super::super::manifest::{
     Architecture, Dense, DenseActivation, MAX_SEQ_LENGTH, ModelKind, PairTemplate, Pooling,
-    ScoreActivation,
+    ScoreActivation, SparseActivation,
 };
 
 #[derive(Deserialize)]
@@ -25,6 +25,8 @@ struct HfConfig {
     /// NomicBERT's own `max_position_embeddings`.
     n_positions: Option<usize>,
     pad_token_id: Option<usize>,
+    /// A sparse encoder's width.
+    vocab_size: Option<usize>,
     /// `BertForSequenceClassification` and the like mark a cross-encoder.
     #[serde(default)]
     architectures: Vec<String>,
@@ -195,6 +197,8 @@ pub(super) struct Inferred {
     /// A causal language model's `yes` and `no` token ids, whose head rows become the
     /// reranker's one row (see `logit_head`).
     pub logit_rows: Option<(u32, u32)>,
+    /// A sparse encoder's activation of its logits.
+    pub sparse_activation: Option<SparseActivation>,
 }
 
 /// The architecture a `config.json`'s `model_type` names, as transformers spells them.
@@ -344,6 +348,9 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
             causal_lm,
         );
     }
+    if sparse::is_sparse(dir, &st_model)? {
+        return sparse::infer(dir, &config, architecture, max_positions);
+    }
     let modules = EmbedderModules::read(dir, hidden)?;
     let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
     Ok(Inferred {
@@ -359,6 +366,7 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         activation: None,
         pair_template: None,
         logit_rows: None,
+        sparse_activation: None,
     })
 }
 
@@ -533,6 +541,7 @@ pub(super) fn matryoshka_dims(dir: &Path) -> Vec<usize> {
 }
 
 mod reranker;
+mod sparse;
 
 #[cfg(test)]
 mod tests;

@@ -191,6 +191,7 @@ fn build_manifest(
         labels: inferred.labels,
         activation: inferred.activation,
         pair_template: inferred.pair_template.clone(),
+        sparse_activation: inferred.sparse_activation,
         weights: opts.weights.in_manifest(),
         files: payload
             .iter()

@@ -100,6 +100,7 @@ pub(super) fn infer(
         activation: Some(activation),
         pair_template,
         logit_rows,
+        sparse_activation: None,
     })
 }
 

@@ -1,0 +1,144 @@
+//! Term weights from a sparse model (SPLADE): the model (`models.default_sparse`, else the one
+//! verified sparse model), tokenization, the length rule, the engine's pass, then the terms
+//! above zero, heaviest first, cut to the request's `top_k`.
+
+use std::sync::Arc;
+
+use super::{ServeError, account, check_serving, lengths, served_by, tokenize_each};
+use crate::engine::{Cut, Encoded, VectorShape};
+use crate::package::ModelKind;
+use crate::registry::fallback::Reason;
+use crate::registry::{ModelError, Registry, Wanted};
+use crate::state::AppState;
+
+/// One request for term weights, whatever API it came through.
+pub struct SparseRequest {
+    /// Model id, or the default sparse model.
+    pub model: Option<String>,
+    /// Non-empty texts.
+    pub texts: Vec<String>,
+    /// Cut texts at the model's limit (true) or refuse them (false).
+    pub truncate: bool,
+    /// Which end of an over-long text goes.
+    pub cut: Cut,
+    /// Keep at most this many terms per text, the heaviest (all above zero when unset).
+    pub top_k: Option<usize>,
+}
+
+/// One weighted term: its token id in the model's vocabulary and its weight (above zero).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Term {
+    /// The token id (`/tokenize` names it).
+    pub index: u32,
+    /// Its weight.
+    pub value: f32,
+}
+
+/// Term weights and accounting for a request.
+pub struct Weighted {
+    /// The model that answered.
+    pub model: String,
+    /// Each text's terms, heaviest first (ties by token id).
+    pub terms: Vec<Vec<Term>>,
+    /// Tokens the model saw, special tokens included.
+    pub tokens: usize,
+    /// Set when `model` answered for the requested one: why that one did not.
+    pub fallback: Option<Reason>,
+    /// The inputs cut at the model's length.
+    pub truncated: Vec<usize>,
+}
+
+/// Runs `req` through the named (or default) sparse model.
+pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighted, ServeError> {
+    check_serving(state)?;
+    let settings = state.settings();
+    let requested = match req.model {
+        Some(id) => id,
+        None => default_sparse(&state.registry, settings.models.default_sparse.as_deref())?,
+    };
+    let wanted = Wanted {
+        id: &requested,
+        kind: ModelKind::Sparse,
+        width: None,
+    };
+    let served = state.registry.serve(&settings.models, wanted).await?;
+    let (id, slot, model) = (served.id, served.slot, served.model);
+    served_by(&id);
+    let manifest = &model.package.manifest;
+    let tokenizer = model.tokenizer.clone();
+    let cut = req.cut;
+    let encoded: Vec<Encoded> = tokenize_each(req.texts, String::len, move |t| {
+        tokenizer.encode_cut(t, cut)
+    })
+    .await?;
+    let (truncated, tokens) = lengths(&encoded, req.truncate, |index| ServeError::TooLong {
+        index,
+        max: manifest.max_seq_length,
+        id: id.clone(),
+    })?;
+    let weights = model.embed(encoded, VectorShape::default()).await?;
+    account(&slot, weights.len(), tokens);
+    Ok(Weighted {
+        model: id,
+        terms: weights.iter().map(|w| terms(w, req.top_k)).collect(),
+        tokens,
+        fallback: served.fallback,
+        truncated,
+    })
+}
+
+/// The terms of `weights` above zero, heaviest first (ties by token id), at most `top_k`.
+pub fn terms(weights: &[f32], top_k: Option<usize>) -> Vec<Term> {
+    let mut t: Vec<Term> = weights
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w > 0.0)
+        .map(|(i, &value)| Term {
+            index: i as u32,
+            value,
+        })
+        .collect();
+    t.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.index.cmp(&b.index)));
+    if let Some(k) = top_k {
+        t.truncate(k);
+    }
+    t
+}
+
+/// `configured` (`models.default_sparse`), else the one verified sparse model; a request must
+/// name one when there are several, or none.
+fn default_sparse(registry: &Registry, configured: Option<&str>) -> Result<String, ModelError> {
+    if let Some(id) = configured {
+        return Ok(id.to_string());
+    }
+    let found: Vec<String> = registry
+        .ids()
+        .into_iter()
+        .filter(|id| {
+            registry
+                .get(id)
+                .is_some_and(|s| s.package.manifest.kind == ModelKind::Sparse)
+        })
+        .collect();
+    match found.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(ModelError::NoSparse),
+        _ => Err(ModelError::SparseRequired(found)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_above_zero_heaviest_first_and_top_k() {
+        let w = [0.0, 0.5, 0.0, 2.0, 0.5, 1.0];
+        let all = terms(&w, None);
+        let ids: Vec<u32> = all.iter().map(|t| t.index).collect();
+        assert_eq!(ids, [3, 5, 1, 4]);
+        assert_eq!(terms(&w, Some(2)).len(), 2);
+        assert_eq!(terms(&w, Some(10)).len(), 4);
+        assert!(terms(&[0.0; 4], None).is_empty());
+    }
+}
