@@ -38,6 +38,7 @@ fn history(state: &Path) {
         tokens: uses * 7,
         dimensions: Some(384),
         reranker: false,
+        sparse: false,
         habits,
     };
     let models = BTreeMap::from([
