@@ -10,7 +10,7 @@ use caxton::engine::Precision;
 use caxton::package::{ModelKind, Pooling, SparseActivation};
 use common::engine::run_package;
 use common::fixtures::{sparse_package, sparse_reference};
-use common::{Daemon, write_config};
+use common::{Daemon, model_entry, write_config};
 use serde_json::{Value, json};
 
 /// The bound on f32 weights: within 1e-4 relative of the reference's.
@@ -176,9 +176,25 @@ fn embed_sparse_answers_tei_s_shape_heaviest_first() {
     );
     assert_eq!(s, 200, "{top}");
     assert_eq!(top[0], json!(out[0].as_array().expect("terms")[..5]));
-    // The tokens are the model's: /tokenize names them (the default model's vocabulary here is
-    // MiniLM's, so ask the tokenizer the same way the test fixture was built).
-    assert!(top[0][0]["index"].as_u64().expect("index") < 800);
+    // It reports, unloads and loads again like any model.
+    let entry = model_entry(&d, "tiny-splade").expect("listed");
+    assert_eq!(
+        (&entry["kind"], &entry["dimensions"], &entry["state"]),
+        (&json!("sparse"), &json!(800), &json!("loaded")),
+        "{entry}"
+    );
+    assert!(
+        entry["memory_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{entry}"
+    );
+    let (s, v) = d.request("DELETE", "/api/memory/models/tiny-splade", "");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        model_entry(&d, "tiny-splade").expect("listed")["state"],
+        "available"
+    );
+    let (s, again) = post(&d, "/embed_sparse", json!({"inputs": texts[0], "top_k": 5}));
+    assert_eq!((s, &again), (200, &top));
 }
 
 #[test]

@@ -338,6 +338,15 @@ pub fn estimate_bytes(package: &StoredPackage, precision: Precision) -> u64 {
         .filter(|f| f.path.ends_with(".safetensors"))
         .map(|f| safetensors_header_f32_bytes(&package.dir.join(&f.path)).unwrap_or(f.size * 2))
         .sum();
+    if m.kind == ModelKind::Sparse {
+        // The decoder is a second copy of the word table (vocabulary × hidden): tied to it in
+        // the checkpoint, packed on its own for the head's products.
+        let hidden = std::fs::read(package.dir.join("config.json"))
+            .ok()
+            .and_then(|c| checkpoint::blueprint(m.architecture, &c).ok())
+            .map_or(0, |b| b.hidden);
+        weights += (m.dimensions * hidden * 4) as u64;
+    }
     if matches!(precision, Precision::Int8 | Precision::Int8Fast) {
         weights /= 3;
     }
@@ -356,7 +365,11 @@ pub fn longest_pass_bytes(package: &StoredPackage) -> u64 {
         .and_then(|c| checkpoint::blueprint(m.architecture, &c).ok())
         .map_or(0, |b| {
             let len = m.max_seq_length.min(b.max_positions());
-            encoder::activation_bytes(&b, len, len)
+            let head = match m.kind {
+                ModelKind::Sparse => sparse::pass_bytes(b.hidden, m.dimensions, len, 1),
+                _ => 0,
+            };
+            encoder::activation_bytes(&b, len, len) + head as u64
         })
 }
 

@@ -25,6 +25,12 @@ pub const VOCAB_BLOCK: usize = 4096;
 /// Tokens one decoder block takes.
 pub const ROW_BLOCK: usize = 256;
 
+/// Bytes the head's pass over `rows` tokens of `texts` texts holds beyond the encoder's: the
+/// transformed rows, one block of logits, and each text's weights.
+pub fn pass_bytes(hidden: usize, vocab: usize, rows: usize, texts: usize) -> usize {
+    (rows * hidden + ROW_BLOCK.min(rows) * VOCAB_BLOCK.min(vocab) + texts * vocab) * 4
+}
+
 /// The head of a sparse model.
 pub struct SparseHead {
     transform: Linear,
@@ -113,13 +119,6 @@ impl SparseHead {
         self.transform.bytes()
             + (self.gamma.len() + self.beta.len()) * 4
             + self.decoder.iter().map(Linear::bytes).sum::<usize>()
-    }
-
-    /// Bytes a pass over `rows` tokens holds beyond the encoder's: the transformed rows, one
-    /// block of logits, and the weights of each text.
-    pub fn pass_bytes(&self, rows: usize, texts: usize) -> usize {
-        let hidden = self.transform.inputs;
-        (rows * hidden + ROW_BLOCK.min(rows) * VOCAB_BLOCK.min(self.vocab) + texts * self.vocab) * 4
     }
 
     /// The term weights of each text whose tokens are `texts` (first row, rows) of `hidden`
