@@ -42,8 +42,8 @@ fn refuses_unsupported_architecture_and_pooling() {
         ),
         "{e}"
     );
-    let e = err_of(&good().replace("pooling: mean", "pooling: max"));
-    assert!(e.contains("unknown variant `max`"), "{e}");
+    let e = err_of(&good().replace("pooling: mean", "pooling: weightedmean"));
+    assert!(e.contains("unknown variant `weightedmean`"), "{e}");
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn a_reranker_says_its_labels_and_activation_and_reads_the_first_token() {
     );
     assert!(
         err_of(&good().replace("files:", "kind: classifier\nfiles:"))
-            .contains("unknown variant `classifier`, expected `embedding` or `reranker`")
+            .contains("unknown variant `classifier`, expected one of `embedding`, `reranker`, `sparse`")
     );
 }
 
@@ -323,4 +323,47 @@ fn a_request_s_width_and_prompt_follow_the_manifest() {
             "model all-MiniLM-L6-v2 has no prompt \"x\"; its prompts: passage, search_query".into()
         )
     );
+}
+
+/// A sparse model's manifest: `kind: sparse`, term pooling and its activation, no unit vectors.
+fn sparse() -> String {
+    good()
+        .replace("dimensions: 384", "dimensions: 30522")
+        .replace(
+            "pooling: mean\nnormalize: true",
+            "pooling: max\nnormalize: false\nkind: sparse\nsparse_activation: relu",
+        )
+}
+
+#[test]
+fn a_sparse_manifest_pools_terms_and_makes_no_unit_vectors() {
+    let m = Manifest::parse(sparse().as_bytes()).unwrap();
+    assert_eq!(m.kind, ModelKind::Sparse);
+    assert_eq!(m.sparse_activation, Some(SparseActivation::Relu));
+    assert_eq!(Manifest::parse(m.to_yaml().as_bytes()).unwrap(), m);
+    let cases = [
+        (
+            sparse().replace("pooling: max", "pooling: mean"),
+            "pooling: a sparse model pools its term weights with max or sum, not mean",
+        ),
+        (
+            sparse().replace("sparse_activation: relu\n", ""),
+            "sparse_activation: a sparse model must say what it applies to its logits (relu or log1p_relu)",
+        ),
+        (
+            sparse().replace("normalize: false", "normalize: true"),
+            "normalize: a sparse model makes term weights, not a dense vector: remove it",
+        ),
+        (
+            good().replace("pooling: mean", "pooling: sum"),
+            "pooling: sum pools a sparse model's term weights; an embedding model pools with mean, cls or last_token (or set kind: sparse)",
+        ),
+        (
+            good().replace("normalize: true", "normalize: true\nsparse_activation: relu"),
+            "sparse_activation: only a sparse model (kind: sparse) has it; remove it or set kind: sparse",
+        ),
+    ];
+    for (yaml, message) in cases {
+        assert_eq!(err_of(&yaml), message);
+    }
 }
