@@ -9,7 +9,7 @@ mod common;
 use caxton::engine::Precision;
 use caxton::package::{ModelKind, Pooling, SparseActivation};
 use common::engine::run_package;
-use common::fixtures::{sparse_package, sparse_reference};
+use common::fixtures::{inference_free_package, sparse_package, sparse_reference};
 use common::{Daemon, model_entry, write_config};
 use serde_json::{Value, json};
 
@@ -65,7 +65,10 @@ fn splade_matches_sparse_encoder_in_every_precision() {
             (Pooling::Sum, SparseActivation::Log1pRelu),
         ),
     ] {
-        let v = &r.weights[variant];
+        let v = match variant {
+            "max/relu" => &r.weights.max_relu,
+            _ => &r.weights.sum_log1p_relu,
+        };
         let (p, a) = variant.split_once('/').expect("variant");
         let tmp = tempfile::tempdir().expect("tempdir");
         let (package, manifest) = sparse_package("tiny-splade", tmp.path(), p, a);
@@ -141,7 +144,7 @@ fn sparse_daemon() -> Daemon {
 #[test]
 fn embed_sparse_answers_tei_s_shape_heaviest_first() {
     let r = sparse_reference();
-    let v = &r.weights["max/relu"];
+    let v = &r.weights.max_relu;
     let d = sparse_daemon();
     let texts = &v.texts[..4];
     let (s, out) = post(&d, "/embed_sparse", json!({"inputs": texts}));
@@ -256,4 +259,68 @@ fn embed_sparse_without_a_sparse_model_says_how_to_get_one() {
         v["error"]["message"],
         "no sparse model is installed; side-load a sparse encoder package (caxton pack makes one from a SparseEncoder folder) into models.package_dir"
     );
+}
+
+#[test]
+fn an_inference_free_model_looks_queries_up_and_runs_documents() {
+    let r = sparse_reference();
+    let v = &r.weights.inference_free;
+    let d = Daemon::start_with(
+        |dir| {
+            write_config(dir, "");
+            let (_, m) = inference_free_package("tiny-if", &dir.join("packages"));
+            assert_eq!(m.query_weights.as_deref(), Some("query/model.safetensors"));
+            assert_eq!((m.kind, m.dimensions), (ModelKind::Sparse, 800));
+        },
+        &[],
+    );
+    let terms = |out: &Value, i: usize| -> Vec<(u32, f32)> {
+        out[i]
+            .as_array()
+            .expect("terms")
+            .iter()
+            .map(|t| {
+                (
+                    t["index"].as_u64().expect("index") as u32,
+                    t["value"].as_f64().expect("value") as f32,
+                )
+            })
+            .collect()
+    };
+    // Queries: the table's weights of the distinct tokens, exactly (no arithmetic at all).
+    let (s, q) = post(
+        &d,
+        "/embed_sparse",
+        json!({"inputs": v.texts, "input_type": "query"}),
+    );
+    assert_eq!(s, 200, "{q}");
+    for (i, want) in v.query.iter().enumerate() {
+        let mut got = terms(&q, i);
+        got.sort_by_key(|t| t.0);
+        assert_eq!(&got, want, "query {i}");
+    }
+    // Documents (and texts sent without input_type): the SPLADE pass.
+    for body in [
+        json!({"inputs": v.texts, "input_type": "document"}),
+        json!({"inputs": v.texts}),
+    ] {
+        let (s, out) = post(&d, "/embed_sparse", body);
+        assert_eq!(s, 200, "{out}");
+        for (i, want) in v.document.iter().enumerate() {
+            let mut dense = vec![0f32; 800];
+            terms(&out, i)
+                .iter()
+                .for_each(|&(t, w)| dense[t as usize] = w);
+            let (alone, _, worst) = compare(&dense, want);
+            assert_eq!(alone, 0, "document {i}");
+            assert!(worst <= F32_RELATIVE, "document {i}: {worst}");
+        }
+    }
+    let (s, v) = post(
+        &d,
+        "/embed_sparse",
+        json!({"inputs": "a", "input_type": "passage"}),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_input_type");
 }

@@ -138,7 +138,7 @@ struct Usage {
 }
 
 /// `input_type`: `"query"` or `"document"`.
-fn input_type(value: Option<Value>) -> Result<Option<InputType>, RequestError> {
+pub(super) fn input_type(value: Option<Value>) -> Result<Option<InputType>, RequestError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s == "query" => Ok(Some(InputType::Query)),

@@ -96,6 +96,8 @@ struct SparseBody {
     model: Option<String>,
     /// Caxton's: keep the `top_k` heaviest terms of each text.
     top_k: Option<usize>,
+    /// Caxton's: `query` or `document` (an inference-free model looks a query's terms up).
+    input_type: Option<Value>,
 }
 
 /// `POST /embed_sparse`: `{"inputs": str or [str], "truncate"?, "truncation_direction"?,
@@ -124,6 +126,7 @@ pub async fn embed_sparse(
             truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
             cut,
             top_k: req.top_k,
+            input_type: super::openai::input_type(req.input_type)?,
         },
     )
     .await?;

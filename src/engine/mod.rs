@@ -103,6 +103,9 @@ pub struct LoadedModel {
     pub precision_fallback: Option<String>,
     /// The kernels its linear layers run on ([`kernels::kernel_name`]).
     pub kernel: &'static str,
+    /// An inference-free sparse model's query side: one weight per vocabulary term, which a
+    /// query's tokens look up (no pass).
+    pub query_weights: Option<Vec<f32>>,
     worker: worker::Worker,
     freed: tokio::sync::watch::Receiver<bool>,
 }
@@ -145,7 +148,21 @@ impl LoadedModel {
             package.read_verified(path).map_err(|e| e.to_string())
         })
         .map_err(PackageError::Unusable)?;
-        let weight_bytes = encoder.weight_bytes() + finish.bytes() as u64;
+        let query_weights = match &m.query_weights {
+            Some(path) => {
+                let bytes = package.read_verified(path)?;
+                let mut t = stored::read(&mut &bytes[..], bytes.len() as u64, path)
+                    .map_err(PackageError::Unusable)?;
+                Some(
+                    stored::take_f32(&mut t, "weight", &[m.dimensions], path)
+                        .map_err(PackageError::Unusable)?,
+                )
+            }
+            None => None,
+        };
+        let weight_bytes = encoder.weight_bytes()
+            + finish.bytes() as u64
+            + query_weights.as_ref().map_or(0, |w| w.len() as u64 * 4);
         let (worker, freed) = worker::Worker::spawn(
             &m.id,
             worker::Pipeline {
@@ -165,6 +182,7 @@ impl LoadedModel {
             precision,
             precision_fallback,
             kernel: kernels::kernel_name(precision),
+            query_weights,
             worker,
             freed,
         };

@@ -151,6 +151,31 @@ impl TextTokenizer {
         self.run(self.truncating(cut)?, text)
     }
 
+    /// Tokenizes one text without the model's special tokens (an inference-free sparse
+    /// model's query side, as sentence-transformers' `SparseStaticEmbedding` tokenizes), cut to
+    /// `max_seq_length` tokens at the side `cut` says.
+    pub fn encode_plain(&self, text: &str, cut: Cut) -> Result<Encoded, String> {
+        let enc = self
+            .untruncated()
+            .encode(text, false)
+            .map_err(|e| format!("tokenization failed: {e}"))?;
+        let mut ids = enc.get_ids().to_vec();
+        let truncated = ids.len() > self.max_len;
+        if truncated {
+            match cut {
+                Cut::End => ids.truncate(self.max_len),
+                Cut::Start => {
+                    ids.drain(..ids.len() - self.max_len);
+                }
+            }
+        }
+        Ok(Encoded {
+            type_ids: vec![0; ids.len()],
+            ids,
+            truncated,
+        })
+    }
+
     /// Tokenizes a query–document pair as one sequence for a cross-encoder, with the model's
     /// special tokens and segment ids (BERT: `[CLS] query [SEP] document [SEP]`, the document
     /// of type 1). An over-long pair loses tokens from the longer of the two first, as

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{ServeError, account, check_serving, lengths, served_by, tokenize_each};
 use crate::engine::{Cut, Encoded, VectorShape};
-use crate::package::ModelKind;
+use crate::package::{InputType, ModelKind};
 use crate::registry::fallback::Reason;
 use crate::registry::{ModelError, Registry, Wanted};
 use crate::state::AppState;
@@ -23,6 +23,9 @@ pub struct SparseRequest {
     pub cut: Cut,
     /// Keep at most this many terms per text, the heaviest (all above zero when unset).
     pub top_k: Option<usize>,
+    /// Queries go to an inference-free model's query side (a look-up, no pass); documents,
+    /// and every text of a model without one, through the model.
+    pub input_type: Option<InputType>,
 }
 
 /// One weighted term: its token id in the model's vocabulary and its weight (above zero).
@@ -67,8 +70,14 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
     let manifest = &model.package.manifest;
     let tokenizer = model.tokenizer.clone();
     let cut = req.cut;
-    let encoded: Vec<Encoded> = tokenize_each(req.texts, String::len, move |t| {
-        tokenizer.encode_cut(t, cut)
+    let table = match req.input_type {
+        Some(InputType::Query) => model.query_weights.as_deref(),
+        _ => None,
+    };
+    let plain = table.is_some();
+    let encoded: Vec<Encoded> = tokenize_each(req.texts, String::len, move |t| match plain {
+        true => tokenizer.encode_plain(t, cut),
+        false => tokenizer.encode_cut(t, cut),
     })
     .await?;
     let (truncated, tokens) = lengths(&encoded, req.truncate, |index| ServeError::TooLong {
@@ -76,15 +85,43 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
         max: manifest.max_seq_length,
         id: id.clone(),
     })?;
-    let weights = model.embed(encoded, VectorShape::default()).await?;
-    account(&slot, weights.len(), tokens);
+    let found: Vec<Vec<Term>> = match table {
+        Some(table) => encoded
+            .iter()
+            .map(|e| looked_up(table, &e.ids, req.top_k))
+            .collect(),
+        None => model
+            .embed(encoded, VectorShape::default())
+            .await?
+            .iter()
+            .map(|w| terms(w, req.top_k))
+            .collect(),
+    };
+    account(&slot, found.len(), tokens);
     Ok(Weighted {
         model: id,
-        terms: weights.iter().map(|w| terms(w, req.top_k)).collect(),
+        terms: found,
         tokens,
         fallback: served.fallback,
         truncated,
     })
+}
+
+/// An inference-free query's terms: each distinct token's weight in `table`, those above
+/// zero, heaviest first, at most `top_k` (sentence-transformers' `SparseStaticEmbedding`).
+fn looked_up(table: &[f32], ids: &[u32], top_k: Option<usize>) -> Vec<Term> {
+    let mut distinct = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut t: Vec<Term> = distinct
+        .into_iter()
+        .filter_map(|index| {
+            let value = *table.get(index as usize)?;
+            (value > 0.0).then_some(Term { index, value })
+        })
+        .collect();
+    sort_and_cut(&mut t, top_k);
+    t
 }
 
 /// The terms of `weights` above zero, heaviest first (ties by token id), at most `top_k`.
@@ -98,11 +135,16 @@ pub fn terms(weights: &[f32], top_k: Option<usize>) -> Vec<Term> {
             value,
         })
         .collect();
+    sort_and_cut(&mut t, top_k);
+    t
+}
+
+/// Heaviest first (ties by token id), at most `top_k`.
+fn sort_and_cut(t: &mut Vec<Term>, top_k: Option<usize>) {
     t.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.index.cmp(&b.index)));
     if let Some(k) = top_k {
         t.truncate(k);
     }
-    t
 }
 
 /// `configured` (`models.default_sparse`), else the one verified sparse model; a request must

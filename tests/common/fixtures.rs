@@ -339,7 +339,26 @@ pub struct SparseReference {
     seed: u64,
     parameters: Vec<Parameter>,
     /// By `"<pooling>/<activation>"`.
-    pub weights: std::collections::BTreeMap<String, SparseVariant>,
+    pub weights: SparseWeights,
+}
+
+/// The reference's variants: SpladePooling's, and the inference-free model's.
+#[derive(Deserialize)]
+pub struct SparseWeights {
+    #[serde(rename = "max/relu")]
+    pub max_relu: SparseVariant,
+    #[serde(rename = "sum/log1p_relu")]
+    pub sum_log1p_relu: SparseVariant,
+    #[serde(rename = "inference-free")]
+    pub inference_free: InferenceFree,
+}
+
+/// The inference-free model's texts and their terms as queries and as documents.
+#[derive(Deserialize)]
+pub struct InferenceFree {
+    pub texts: Vec<String>,
+    pub query: Vec<Vec<(u32, f32)>>,
+    pub document: Vec<Vec<(u32, f32)>>,
 }
 
 /// One variant's texts and their terms above zero as `[token id, weight]`.
@@ -393,4 +412,29 @@ pub fn sparse_package(
     pack_into(id, out_dir, |folder| {
         sparse_folder(folder, pooling, activation)
     })
+}
+
+/// The inference-free SPLADE (a Router: SparseStaticEmbedding for queries, the tiny SPLADE for
+/// documents) as sentence-transformers saved it, with its weights, in `dir`.
+pub fn inference_free_folder(dir: &Path) {
+    let r = sparse_reference();
+    let src = fixture("splade-inference-free");
+    copy_tree(&src, dir);
+    std::fs::write(
+        dir.join("document_0_Transformer/model.safetensors"),
+        seeded_safetensors(r.seed, &r.parameters),
+    )
+    .expect("document weights");
+    // sparse.py's query weights: uniform in [-1, 3) from seed 77.
+    let query = [Parameter::Scaled("weight".into(), vec![800], 2.0, 1.0)];
+    std::fs::write(
+        dir.join("query_0_SparseStaticEmbedding/model.safetensors"),
+        seeded_safetensors(77, &query),
+    )
+    .expect("query weights");
+}
+
+/// The inference-free SPLADE packed as `<id>` into `out_dir/<id>.tar.zst`.
+pub fn inference_free_package(id: &str, out_dir: &Path) -> (PathBuf, caxton::package::Manifest) {
+    pack_into(id, out_dir, inference_free_folder)
 }

@@ -92,6 +92,11 @@ pub struct Manifest {
     /// What a sparse model applies to its logits (`kind: sparse` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse_activation: Option<SparseActivation>,
+    /// An inference-free sparse model's query side (`kind: sparse` only): a file of the
+    /// package holding one weight per vocabulary term (safetensors, tensor `weight`), which a
+    /// query's tokens look up instead of running the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_weights: Option<String>,
     /// How `caxton pack` stored the weights; absent: as the source folder had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<StoredWeights>,

@@ -236,11 +236,16 @@ impl Manifest {
                     ),
                 ));
             }
-            if self.sparse_activation.is_some() {
-                return Err(invalid(
-                    "sparse_activation",
-                    "only a sparse model (kind: sparse) has it; remove it or set kind: sparse",
-                ));
+            for (field, present) in [
+                ("sparse_activation", self.sparse_activation.is_some()),
+                ("query_weights", self.query_weights.is_some()),
+            ] {
+                if present {
+                    return Err(invalid(
+                        field,
+                        "only a sparse model (kind: sparse) has it; remove it or set kind: sparse",
+                    ));
+                }
             }
             return Ok(());
         }
@@ -257,6 +262,14 @@ impl Manifest {
             return Err(invalid(
                 "sparse_activation",
                 "a sparse model must say what it applies to its logits (relu or log1p_relu)",
+            ));
+        }
+        if let Some(path) = &self.query_weights
+            && !self.files.iter().any(|f| &f.path == path)
+        {
+            return Err(invalid(
+                "query_weights",
+                format!("{path:?} is not one of the package's files"),
             ));
         }
         for (field, present) in [

@@ -168,8 +168,9 @@ fn a_reranker_says_its_labels_and_activation_and_reads_the_first_token() {
         "labels: only a reranker (kind: reranker) has it; remove it or set kind: reranker"
     );
     assert!(
-        err_of(&good().replace("files:", "kind: classifier\nfiles:"))
-            .contains("unknown variant `classifier`, expected one of `embedding`, `reranker`, `sparse`")
+        err_of(&good().replace("files:", "kind: classifier\nfiles:")).contains(
+            "unknown variant `classifier`, expected one of `embedding`, `reranker`, `sparse`"
+        )
     );
 }
 
@@ -359,7 +360,10 @@ fn a_sparse_manifest_pools_terms_and_makes_no_unit_vectors() {
             "pooling: sum pools a sparse model's term weights; an embedding model pools with mean, cls or last_token (or set kind: sparse)",
         ),
         (
-            good().replace("normalize: true", "normalize: true\nsparse_activation: relu"),
+            good().replace(
+                "normalize: true",
+                "normalize: true\nsparse_activation: relu",
+            ),
             "sparse_activation: only a sparse model (kind: sparse) has it; remove it or set kind: sparse",
         ),
     ];

@@ -199,6 +199,11 @@ pub(super) struct Inferred {
     pub logit_rows: Option<(u32, u32)>,
     /// A sparse encoder's activation of its logits.
     pub sparse_activation: Option<SparseActivation>,
+    /// Where config.json, tokenizer.json and model.safetensors are, when not in the folder
+    /// itself (an inference-free sparse encoder's document route).
+    pub source_dir: Option<std::path::PathBuf>,
+    /// An inference-free sparse encoder's query weights file.
+    pub query_weights: Option<std::path::PathBuf>,
 }
 
 /// The architecture a `config.json`'s `model_type` names, as transformers spells them.
@@ -332,6 +337,9 @@ fn module_class(kind: &str) -> Option<&str> {
 }
 
 pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
+    if let Some(routed) = sparse::router(dir)? {
+        return sparse::infer_routed(routed);
+    }
     let config: HfConfig = read_json(&dir.join("config.json"))?;
     let st_model = StModelConfig::read(dir)?;
     let architecture = architecture(config.model_type.as_deref())?;
@@ -367,6 +375,8 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         pair_template: None,
         logit_rows: None,
         sparse_activation: None,
+        source_dir: None,
+        query_weights: None,
     })
 }
 

@@ -113,6 +113,9 @@ pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageErr
     })
 }
 
+/// Where a package keeps an inference-free sparse encoder's query weights.
+const QUERY_WEIGHTS: &str = "query/model.safetensors";
+
 /// The files after the manifest, in the order they are archived, with their bytes as stored.
 type Payload<'a> = Vec<(&'a str, Vec<u8>)>;
 
@@ -135,7 +138,7 @@ fn read_payload<'a>(
     opts: &PackOptions,
     inferred: &'a Inferred,
 ) -> Result<(Payload<'a>, String), PackageError> {
-    let dir = &opts.model_dir;
+    let dir = inferred.source_dir.as_ref().unwrap_or(&opts.model_dir);
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).map_err(|e| PackageError::io("read", &p, e))
@@ -161,6 +164,11 @@ fn read_payload<'a>(
     for d in &inferred.dense {
         let bytes = storage::convert(read(&d.path)?, dense_storage, &d.path)?;
         payload.push((d.path.as_str(), bytes));
+    }
+    if let Some(path) = &inferred.query_weights {
+        // One weight per term: small, stored as the folder has it.
+        let bytes = std::fs::read(path).map_err(|e| PackageError::io("read", path, e))?;
+        payload.push((QUERY_WEIGHTS, bytes));
     }
     Ok((payload, source_weights_sha256))
 }
@@ -192,6 +200,10 @@ fn build_manifest(
         activation: inferred.activation,
         pair_template: inferred.pair_template.clone(),
         sparse_activation: inferred.sparse_activation,
+        query_weights: inferred
+            .query_weights
+            .as_ref()
+            .map(|_| QUERY_WEIGHTS.to_string()),
         weights: opts.weights.in_manifest(),
         files: payload
             .iter()

@@ -101,6 +101,8 @@ pub(super) fn infer(
         pair_template,
         logit_rows,
         sparse_activation: None,
+        source_dir: None,
+        query_weights: None,
     })
 }
 
