@@ -179,6 +179,25 @@ fn embed_sparse_answers_tei_s_shape_heaviest_first() {
     );
     assert_eq!(s, 200, "{top}");
     assert_eq!(top[0], json!(out[0].as_array().expect("terms")[..5]));
+    // Its term ids are its tokens: /tokenize with the model names them.
+    let (s, tokens) = post(
+        &d,
+        "/tokenize",
+        json!({"inputs": texts[0], "model": "tiny-splade"}),
+    );
+    assert_eq!(s, 200, "{tokens}");
+    let ids: Vec<u64> = tokens[0]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["id"].as_u64().expect("id"))
+        .collect();
+    let heaviest = top[0][0]["index"].as_u64().expect("index");
+    assert!(heaviest < 800, "{heaviest}");
+    assert!(
+        ids.iter().all(|&i| i < 800),
+        "the tiny model's vocabulary, not MiniLM's: {ids:?}"
+    );
     // It reports, unloads and loads again like any model.
     let entry = model_entry(&d, "tiny-splade").expect("listed");
     assert_eq!(

@@ -208,6 +208,8 @@ struct TokenizeBody {
     inputs: Value,
     add_special_tokens: Option<bool>,
     prompt_name: Option<String>,
+    /// Caxton's: another model's tokens (a sparse model's term ids), else the default's.
+    model: Option<String>,
 }
 
 /// `POST /tokenize`: `{"inputs": str or [str], "add_special_tokens"?: bool, "prompt_name"?}`
@@ -223,7 +225,11 @@ pub async fn tokenize(
     let req: TokenizeBody = parse_body(body, &settings.limits).await?;
     let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
     let special = req.add_special_tokens.unwrap_or(true);
-    let tokens = crate::serve::tokenize(&state, inputs, req.prompt_name, special).await?;
+    if req.model.as_deref() == Some("") {
+        return Err(RequestError::EmptyModel.into());
+    }
+    let tokens =
+        crate::serve::tokenize(&state, inputs, req.model, req.prompt_name, special).await?;
     Ok(Json(tokens))
 }
 

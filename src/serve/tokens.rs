@@ -1,4 +1,5 @@
-//! Tokenizing texts as the default model does, for clients that cut texts by tokens.
+//! Tokenizing texts as a model does (the default one unless named), for clients that cut texts
+//! by tokens or read a sparse model's term ids.
 
 use std::sync::Arc;
 
@@ -6,17 +7,19 @@ use super::{ServeError, check_serving, served_by, tokenize_off_runtime};
 use crate::engine::Token;
 use crate::state::AppState;
 
-/// Each of `texts` as the default model's tokens (`special`: with its special tokens), with
+/// Each of `texts` as the tokens of `model` (else the default model's; `special`: with its
+/// special tokens), with
 /// the prompt called `prompt_name` before it; untruncated. Offsets are into the text as sent,
 /// the prompt excluded.
 pub async fn tokenize(
     state: &Arc<AppState>,
     texts: Vec<String>,
+    model: Option<String>,
     prompt_name: Option<String>,
     special: bool,
 ) -> Result<Vec<Vec<Token>>, ServeError> {
     check_serving(state)?;
-    let id = state.settings().models.default.clone();
+    let id = model.unwrap_or_else(|| state.settings().models.default.clone());
     served_by(&id);
     let model = state.registry.acquire(&id).await?;
     let prompt = match prompt_name {
