@@ -196,6 +196,14 @@ mod tests {
                 kind: Kind::Reranker,
                 dimensions: 1,
             }),
+            "splade" => Some(Shape {
+                kind: Kind::Sparse,
+                dimensions: 30522,
+            }),
+            "splade2" => Some(Shape {
+                kind: Kind::Sparse,
+                dimensions: 30522,
+            }),
             _ => None,
         };
         let l = lists(&[("mpnet", &["gone", "mini"])]);
@@ -215,6 +223,15 @@ mod tests {
         assert_eq!(
             check_shapes(&lists(&[("mini", &["ce"])]), true, shape),
             Err("models.fallbacks.mini[0]: ce is a reranker and mini is an embedding model; an alternative must be of its model's kind".into())
+        );
+        // A sparse model stands in only for a sparse model of the same vocabulary.
+        assert_eq!(
+            check_shapes(&lists(&[("splade", &["mini"])]), true, shape),
+            Err("models.fallbacks.splade[0]: mini is an embedding model and splade is a sparse model; an alternative must be of its model's kind".into())
+        );
+        assert_eq!(
+            check_shapes(&lists(&[("splade", &["splade2"])]), false, shape),
+            Ok(())
         );
     }
 }
