@@ -122,7 +122,7 @@ pub fn check_shapes(
                     primary.kind.described()
                 ));
             }
-            if primary.kind == Kind::Embedding
+            if primary.kind != Kind::Reranker
                 && s.dimensions != primary.dimensions
                 && !allow_mismatch
             {
