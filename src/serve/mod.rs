@@ -68,6 +68,22 @@ fn lengths(
     Ok((cut, encoded.iter().map(Encoded::len).sum()))
 }
 
+/// The verified models of `kind`: the candidates for a request that names none.
+fn models_of_kind(
+    registry: &crate::registry::Registry,
+    kind: crate::package::ModelKind,
+) -> Vec<String> {
+    registry
+        .ids()
+        .into_iter()
+        .filter(|id| {
+            registry
+                .get(id)
+                .is_some_and(|s| s.package.manifest.kind == kind)
+        })
+        .collect()
+}
+
 /// Records a request served by `slot`: its usage (idle time, counts) and the texts and
 /// tokens metrics.
 fn account(slot: &ModelSlot, texts: usize, tokens: usize) {

@@ -141,15 +141,7 @@ fn default_reranker(registry: &Registry, configured: Option<&str>) -> Result<Str
     if let Some(id) = configured {
         return Ok(id.to_string());
     }
-    let rerankers: Vec<String> = registry
-        .ids()
-        .into_iter()
-        .filter(|id| {
-            registry
-                .get(id)
-                .is_some_and(|s| s.package.manifest.kind == ModelKind::Reranker)
-        })
-        .collect();
+    let rerankers = super::models_of_kind(registry, ModelKind::Reranker);
     match rerankers.as_slice() {
         [only] => Ok(only.clone()),
         [] => Err(ModelError::NoReranker),

@@ -153,15 +153,7 @@ fn default_sparse(registry: &Registry, configured: Option<&str>) -> Result<Strin
     if let Some(id) = configured {
         return Ok(id.to_string());
     }
-    let found: Vec<String> = registry
-        .ids()
-        .into_iter()
-        .filter(|id| {
-            registry
-                .get(id)
-                .is_some_and(|s| s.package.manifest.kind == ModelKind::Sparse)
-        })
-        .collect();
+    let found = super::models_of_kind(registry, ModelKind::Sparse);
     match found.as_slice() {
         [only] => Ok(only.clone()),
         [] => Err(ModelError::NoSparse),

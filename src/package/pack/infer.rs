@@ -316,17 +316,15 @@ fn tokenizer_length(dir: &Path) -> Result<Option<usize>, PackageError> {
     }
 }
 
-/// Whether the folder's `modules.json` has a Pooling module (a sentence-transformers
-/// embedder's folder).
-fn pools(dir: &Path) -> Result<bool, PackageError> {
+/// Whether the folder's `modules.json` has a module of `class` (`Pooling`: a
+/// sentence-transformers embedder's folder).
+fn has_module(dir: &Path, class: &str) -> Result<bool, PackageError> {
     let path = dir.join("modules.json");
     if !path.exists() {
         return Ok(false);
     }
     let modules: Vec<StModule> = read_json(&path)?;
-    Ok(modules
-        .iter()
-        .any(|m| module_class(&m.kind) == Some("Pooling")))
+    Ok(modules.iter().any(|m| module_class(&m.kind) == Some(class)))
 }
 
 /// The class of a sentence-transformers module as `modules.json` names it: `models.Dense`
@@ -393,7 +391,7 @@ fn is_cross_encoder(
             .architectures
             .iter()
             .any(|a| a.ends_with("ForSequenceClassification"))
-        || (config.is_causal_lm() && !pools(dir)?))
+        || (config.is_causal_lm() && !has_module(dir, "Pooling")?))
 }
 
 /// What an embedder's `modules.json` chain does after the transformer.

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use super::super::super::error::PackageError;
 use super::super::super::manifest::{Architecture, ModelKind, Pooling, SparseActivation};
 use super::{
-    HfConfig, Inferred, Length, StModelConfig, StModule, architecture, module_class, read_json,
-    unusable,
+    HfConfig, Inferred, Length, StModelConfig, StModule, architecture, has_module, module_class,
+    read_json, unusable,
 };
 
 /// `SpladePooling`'s `config.json`.
@@ -27,17 +27,10 @@ struct StSpladePooling {
 /// Whether the folder holds a SparseEncoder: sentence-transformers says so, or its modules
 /// end in `SpladePooling`.
 pub(super) fn is_sparse(dir: &Path, st_model: &StModelConfig) -> Result<bool, PackageError> {
-    if st_model.model_type.as_deref() == Some("SparseEncoder") {
-        return Ok(true);
-    }
-    let path = dir.join("modules.json");
-    if !path.exists() {
-        return Ok(false);
-    }
-    let modules: Vec<StModule> = read_json(&path)?;
-    Ok(modules
-        .iter()
-        .any(|m| module_class(&m.kind) == Some("SpladePooling")))
+    Ok(
+        st_model.model_type.as_deref() == Some("SparseEncoder")
+            || has_module(dir, "SpladePooling")?,
+    )
 }
 
 /// `router_config.json` of a sentence-transformers `Router`.
@@ -67,15 +60,7 @@ pub(super) struct Routed {
 /// The parts of a folder whose only module is a `Router` of a `SparseStaticEmbedding` query
 /// route and a SPLADE document route; `None` for any folder without a Router.
 pub(super) fn router(dir: &Path) -> Result<Option<Routed>, PackageError> {
-    let path = dir.join("modules.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let modules: Vec<StModule> = read_json(&path)?;
-    if !modules
-        .iter()
-        .any(|m| module_class(&m.kind) == Some("Router"))
-    {
+    if !has_module(dir, "Router")? {
         return Ok(None);
     }
     let r: RouterConfig = read_json(&dir.join("router_config.json"))?;
