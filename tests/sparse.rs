@@ -13,12 +13,15 @@ use common::fixtures::{inference_free_package, sparse_package, sparse_reference}
 use common::{Daemon, model_entry, write_config};
 use serde_json::{Value, json};
 
-/// The bound on f32 weights: within 1e-4 relative of the reference's.
+/// The bound on f32 weights: within 1e-4 relative of the reference's, with numpy's
+/// `allclose` floor for the weights near zero (whose logits' own float rounding, ~3e-7, is
+/// what separates the two).
 const F32_RELATIVE: f32 = 1e-4;
+const F32_ABSOLUTE: f32 = 1e-6;
 
 /// How far `got` (a text's weight of every term) is from `want` (its terms above zero):
 /// terms above zero in one only (with the largest such weight), and the largest difference of
-/// the weights both have, relative to the weight (to 0.01 for weights below it).
+/// the weights both have as a share of f32's tolerance for it.
 fn compare(got: &[f32], want: &[(u32, f32)]) -> (usize, f32, f32) {
     let mut reference = vec![0f32; got.len()];
     for &(i, w) in want {
@@ -28,9 +31,10 @@ fn compare(got: &[f32], want: &[(u32, f32)]) -> (usize, f32, f32) {
     for (&a, &b) in got.iter().zip(&reference) {
         peak_error(a, b);
         match (a > 0.0, b > 0.0) {
-            // Relative above 0.01; below, the logits' own rounding (~3e-7 absolute in f32)
-            // is what separates the two, so it is measured against 0.01.
-            (true, true) => worst = worst.max((a - b).abs() / b.abs().max(0.01)),
+            // The share of `allclose(rtol=1e-4, atol=1e-6)`'s tolerance used.
+            (true, true) => {
+                worst = worst.max((a - b).abs() / (F32_RELATIVE * b.abs() + F32_ABSOLUTE))
+            }
             (false, false) => {}
             _ => {
                 alone += 1;
@@ -82,7 +86,7 @@ fn splade_matches_sparse_encoder_in_every_precision() {
         // which near zero is large relative to the weight).
         let heaviest = v.weights.iter().flatten().fold(0f32, |m, &(_, w)| m.max(w));
         for (precision, bound) in [
-            (Precision::F32, F32_RELATIVE),
+            (Precision::F32, 1.0),
             (Precision::Int8, 2e-2),
             (Precision::Int8Fast, 5e-2),
         ] {
@@ -105,7 +109,7 @@ fn splade_matches_sparse_encoder_in_every_precision() {
             }
             let of_heaviest = take_peak() / heaviest;
             println!(
-                "{variant} {}: {} texts, worst relative weight difference {worst:.2e}, largest difference {of_heaviest:.2e} of the heaviest weight ({heaviest:.3}); terms above zero on one side only: {alone} (largest {alone_max:.1e}); batched vs single {batch_worst:.1e}",
+                "{variant} {}: {} texts, f32's tolerance used {worst:.2}, largest difference {of_heaviest:.2e} of the heaviest weight ({heaviest:.3}); terms above zero on one side only: {alone} (largest {alone_max:.1e}); batched vs single {batch_worst:.1e}",
                 precision.name(),
                 v.texts.len()
             );
@@ -122,7 +126,13 @@ fn splade_matches_sparse_encoder_in_every_precision() {
                     "{variant} {precision:?}: {alone_max}"
                 );
             }
-            assert!(batch_worst <= 1e-5, "{batch_worst}");
+            // The batched pass takes other kernels than the single one (many rows against few),
+            // so their sums round differently: 6e-7 of the heaviest weight on AVX2, 4e-5 on
+            // the portable loops (`CAXTON_ISA=portable`).
+            assert!(
+                batch_worst <= 1e-4 * heaviest,
+                "{variant} {precision:?}: {batch_worst}"
+            );
         }
     }
 }
@@ -169,7 +179,7 @@ fn embed_sparse_answers_tei_s_shape_heaviest_first() {
         got.iter().for_each(|&(t, w)| dense[t as usize] = w);
         let (alone, _, worst) = compare(&dense, want);
         assert_eq!(alone, 0);
-        assert!(worst <= F32_RELATIVE, "{worst}");
+        assert!(worst <= 1.0, "{worst}");
     }
     // top_k: the k heaviest, as the full answer has them.
     let (s, top) = post(
@@ -332,7 +342,7 @@ fn an_inference_free_model_looks_queries_up_and_runs_documents() {
                 .for_each(|&(t, w)| dense[t as usize] = w);
             let (alone, _, worst) = compare(&dense, want);
             assert_eq!(alone, 0, "document {i}");
-            assert!(worst <= F32_RELATIVE, "document {i}: {worst}");
+            assert!(worst <= 1.0, "document {i}: {worst}");
         }
     }
     let (s, v) = post(
