@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{ServeError, account, check_serving, lengths, served_by, tokenize_each};
-use crate::engine::{Cut, Encoded, VectorShape};
+use crate::engine::{Cut, Encoded, EngineError, VectorShape};
 use crate::package::{InputType, ModelKind};
 use crate::registry::fallback::Reason;
 use crate::registry::{ModelError, Registry, Wanted};
@@ -90,12 +90,14 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
             .iter()
             .map(|e| looked_up(table, &e.ids, req.top_k))
             .collect(),
-        None => model
-            .embed(encoded, VectorShape::default())
-            .await?
-            .iter()
-            .map(|w| terms(w, req.top_k))
-            .collect(),
+        None => {
+            let weights = model.embed(encoded, VectorShape::default()).await?;
+            // A scan of every term of every text (30k+ each): off the async workers.
+            let top_k = req.top_k;
+            tokio::task::spawn_blocking(move || weights.iter().map(|w| terms(w, top_k)).collect())
+                .await
+                .map_err(|e| EngineError::Failed(format!("picking the terms failed: {e}")))?
+        }
     };
     account(&slot, found.len(), tokens);
     Ok(Weighted {
