@@ -68,12 +68,20 @@ fn lengths(
     Ok((cut, encoded.iter().map(Encoded::len).sum()))
 }
 
-/// The verified models of `kind`: the candidates for a request that names none.
-fn models_of_kind(
+/// `configured` (the kind's `models.default_*` key), else the one verified model of `kind`;
+/// a request must name one when there are several (a second side-loaded model never silently
+/// takes over), `several` says so, or none, `none` says so.
+fn default_of_kind(
     registry: &crate::registry::Registry,
+    configured: Option<&str>,
     kind: crate::package::ModelKind,
-) -> Vec<String> {
-    registry
+    none: crate::registry::ModelError,
+    several: fn(Vec<String>) -> crate::registry::ModelError,
+) -> Result<String, crate::registry::ModelError> {
+    if let Some(id) = configured {
+        return Ok(id.to_string());
+    }
+    let found: Vec<String> = registry
         .ids()
         .into_iter()
         .filter(|id| {
@@ -81,7 +89,12 @@ fn models_of_kind(
                 .get(id)
                 .is_some_and(|s| s.package.manifest.kind == kind)
         })
-        .collect()
+        .collect();
+    match found.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(none),
+        _ => Err(several(found)),
+    }
 }
 
 /// Records a request served by `slot`: its usage (idle time, counts) and the texts and

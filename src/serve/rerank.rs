@@ -9,7 +9,7 @@ use super::{ServeError, account, check_serving, lengths, served_by, tokenize_eac
 use crate::engine::{Cut, Encoded};
 use crate::package::{Manifest, ModelKind, ScoreActivation};
 use crate::registry::fallback::Reason;
-use crate::registry::{ModelError, Registry, Wanted};
+use crate::registry::{ModelError, Wanted};
 use crate::state::AppState;
 
 /// One rerank request, whatever API it came through.
@@ -62,7 +62,13 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
     let settings = state.settings();
     let requested = match req.model {
         Some(id) => id,
-        None => default_reranker(&state.registry, settings.models.default_reranker.as_deref())?,
+        None => super::default_of_kind(
+            &state.registry,
+            settings.models.default_reranker.as_deref(),
+            ModelKind::Reranker,
+            ModelError::NoReranker,
+            ModelError::RerankerRequired,
+        )?,
     };
     let instruction = req.instruction.as_deref();
     if let Some(known) = state.registry.get(&requested) {
@@ -132,21 +138,6 @@ fn check_instruction(manifest: &Manifest, instruction: Option<&str>) -> Result<(
         return Err(ServeError::EmptyInstruction);
     }
     Ok(manifest.check_instruction()?)
-}
-
-/// `configured` (`models.default_reranker`), else the one verified reranker; a request must
-/// name one when there are several (a second side-loaded reranker never silently takes over)
-/// or none.
-fn default_reranker(registry: &Registry, configured: Option<&str>) -> Result<String, ModelError> {
-    if let Some(id) = configured {
-        return Ok(id.to_string());
-    }
-    let rerankers = super::models_of_kind(registry, ModelKind::Reranker);
-    match rerankers.as_slice() {
-        [only] => Ok(only.clone()),
-        [] => Err(ModelError::NoReranker),
-        _ => Err(ModelError::RerankerRequired(rerankers)),
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use super::{ServeError, account, check_serving, lengths, served_by, tokenize_eac
 use crate::engine::{Cut, Encoded, EngineError, VectorShape};
 use crate::package::{InputType, ModelKind};
 use crate::registry::fallback::Reason;
-use crate::registry::{ModelError, Registry, Wanted};
+use crate::registry::{ModelError, Wanted};
 use crate::state::AppState;
 
 /// One request for term weights, whatever API it came through.
@@ -57,7 +57,13 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
     let settings = state.settings();
     let requested = match req.model {
         Some(id) => id,
-        None => default_sparse(&state.registry, settings.models.default_sparse.as_deref())?,
+        None => super::default_of_kind(
+            &state.registry,
+            settings.models.default_sparse.as_deref(),
+            ModelKind::Sparse,
+            ModelError::NoSparse,
+            ModelError::SparseRequired,
+        )?,
     };
     let wanted = Wanted {
         id: &requested,
@@ -146,20 +152,6 @@ fn sort_and_cut(t: &mut Vec<Term>, top_k: Option<usize>) {
     t.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.index.cmp(&b.index)));
     if let Some(k) = top_k {
         t.truncate(k);
-    }
-}
-
-/// `configured` (`models.default_sparse`), else the one verified sparse model; a request must
-/// name one when there are several, or none.
-fn default_sparse(registry: &Registry, configured: Option<&str>) -> Result<String, ModelError> {
-    if let Some(id) = configured {
-        return Ok(id.to_string());
-    }
-    let found = super::models_of_kind(registry, ModelKind::Sparse);
-    match found.as_slice() {
-        [only] => Ok(only.clone()),
-        [] => Err(ModelError::NoSparse),
-        _ => Err(ModelError::SparseRequired(found)),
     }
 }
 
