@@ -81,17 +81,27 @@ fn splade_matches_sparse_encoder_in_every_precision() {
         assert_eq!(manifest.sparse_activation, Some(activation));
         assert_eq!(manifest.dimensions, 800, "the vocabulary's size");
         assert!(!manifest.normalize);
-        // f32: relative; int8 and int8-fast: the largest difference of any weight against the
-        // largest weight of the texts (their quantised linears shift every logit a little,
+        // f32: relative; int8, int8-fast and bf16: the largest difference of any weight against
+        // the largest weight of the texts (their rounded linears shift every logit a little,
         // which near zero is large relative to the weight).
         let heaviest = v.weights.iter().flatten().fold(0f32, |m, &(_, w)| m.max(w));
-        for (precision, bound) in [
+        let mut precisions = vec![
             (Precision::F32, 1.0),
             (Precision::Int8, 2e-2),
             (Precision::Int8Fast, 5e-2),
-        ] {
+        ];
+        // bf16 linear layers where this CPU has AMX (the head's decoder stays f32).
+        if common::engine::bf16_runs_here() {
+            precisions.push((Precision::Bf16, 5e-2));
+        } else {
+            common::skip::skip(&format!(
+                "sparse {variant} in bf16: this CPU has no AMX (f32 above is what bf16 runs here)"
+            ));
+        }
+        for (precision, bound) in precisions {
             let state = tmp.path().join(format!("state-{}", precision.name()));
             let run = run_package(&package, &state, &v.texts, precision);
+            assert_eq!(run.precision, precision);
             let (mut alone, mut alone_max, mut worst) = (0, 0f32, 0f32);
             take_peak();
             for (i, want) in v.weights.iter().enumerate() {
