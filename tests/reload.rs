@@ -477,3 +477,30 @@ fn changing_a_models_precision_reloads_it_in_the_new_one() {
         "f32"
     );
 }
+
+/// A drop-in written in place is truncated before it is written, and an empty drop-in is a
+/// valid one: a writer that stalls between the two (a loaded machine; issue 52's CI) must not
+/// get the empty file applied. The reload waits for the writer to close the file.
+#[test]
+fn a_drop_in_is_applied_when_its_writer_closes_it_not_while_it_is_half_written() {
+    use std::io::Write;
+    let d = start("limits:\n  max_inputs: 10\n");
+    let file = conf_d(&d).join("50-slow.yaml");
+    std::fs::write(&file, "limits:\n  max_inputs: 20\n").expect("write");
+    wait_until(&d, "the drop-in", || max_inputs(&d) == 20);
+    let before = reloads(&d);
+
+    let mut writer = std::fs::File::create(&file).expect("truncate the drop-in");
+    // Far past the watch's quiet period (200 ms): without the wait, the empty drop-in
+    // (max_inputs back to 10) was applied within it.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(max_inputs(&d), 20, "{}", d.log());
+    assert_eq!(reloads(&d), before, "{}", d.log());
+
+    writer
+        .write_all(b"limits:\n  max_inputs: 30\n")
+        .expect("write");
+    drop(writer);
+    wait_until(&d, "the drop-in, once closed", || max_inputs(&d) == 30);
+    assert_eq!(reloads(&d), before + 1, "{}", d.log());
+}

@@ -545,7 +545,8 @@ fn the_default_reranker_applies_live_and_a_wrong_one_is_refused() {
                 )
             )
         );
-        assert_eq!(ask().0, 200);
+        let (s, v) = ask();
+        assert_eq!(s, 200, "after refusing {yaml:?}: {v}\n{}", d.log());
     }
 
     // A reranker unloads and comes back like any model.

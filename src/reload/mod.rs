@@ -1,10 +1,9 @@
-//! Live configuration: a change to the config directory (watched with notify, debounced),
+//! Live configuration: a change to the config directory (see [`watch`]),
 //! SIGHUP, or `POST /api/reload` re-reads every file; a valid result is applied with the
 //! systemd reload protocol, an invalid one is refused whole and the running configuration stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -14,13 +13,11 @@ use crate::state::{AppState, Health, Outcome, ReloadRequest, Trigger};
 use crate::systemd;
 use crate::tcp_listeners::Bound;
 
+mod watch;
+pub use watch::watch;
+
 /// Keys that only take effect at the next start; a change is logged as such and not applied.
 pub const RESTART_ONLY: [&str; 2] = ["socket.path", "state_dir"];
-
-/// How long the directory must be quiet before a burst of changes becomes one reload.
-const QUIET: Duration = Duration::from_millis(200);
-/// A burst longer than this reloads anyway, so a steady trickle of writes cannot starve it.
-const MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// Answers the reload requests of `POST /api/reload` (sent through [`AppState::reload`]) for
 /// the config directory `dir`, each as it comes.
@@ -387,76 +384,6 @@ fn check_model_kinds(scan: &ScanResult, new: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether an event path concerns the configuration: the main file, a drop-in, or conf.d.
-fn relevant(dir: &Path, path: &Path) -> bool {
-    let conf_d = dir.join("conf.d");
-    path == dir.join("caxton.yaml")
-        || path == conf_d
-        || (path.parent() == Some(conf_d.as_path())
-            && path.extension().is_some_and(|e| e == "yaml"))
-}
-
-/// Whether a notify event only says a file was opened, read or closed after reading.
-fn is_reading(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
-}
-
-/// Watches the config directory and reloads after each quiet burst of relevant changes, and
-/// once as soon as the watch is armed (see below). The returned watcher must be kept alive.
-pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let armed = tx.clone();
-    let watch_dir = dir.clone();
-    let watching = Arc::downgrade(&state);
-    // `api.token_file` in the directory (as /etc/caxton/api-token): writing a new token
-    // applies it as a drop-in would.
-    let token_file = move |p: &Path| {
-        watching
-            .upgrade()
-            .is_some_and(|s| s.settings().api.token_file.as_deref() == Some(p))
-    };
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            // Opening or reading a file is no change: the reload itself opens every file, and
-            // counting that as one made a refused drop-in reload (and log its refusal) five
-            // times a second for as long as it stayed (issue 32's soak: 3,286 lines in an hour
-            // for 23 bad drop-ins). A file closed after writing is one.
-            Ok(event) if is_reading(&event.kind) => {}
-            Ok(event)
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| relevant(&watch_dir, p) || token_file(p)) =>
-            {
-                let _ = tx.send(());
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("config directory watch error: {e}"),
-        })?;
-    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
-    // The configuration in force was read at exec, before this watch existed: a file written
-    // in between (a playbook's drop-in while an upgrade restarts the service) raised no event
-    // here. Read the directory once more now that every later write raises one; an unchanged
-    // result applies nothing and logs nothing.
-    let _ = armed.send(());
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            let first = Instant::now();
-            loop {
-                match tokio::time::timeout(QUIET, rx.recv()).await {
-                    Ok(Some(())) if first.elapsed() < MAX_DELAY => continue,
-                    Ok(None) => return,
-                    _ => break,
-                }
-            }
-            reload(&state, &dir, Trigger::FileChange).await;
-        }
-    });
-    Ok(watcher)
-}
-
 /// Reloads on every SIGHUP.
 pub fn on_sighup(state: Arc<AppState>, dir: PathBuf) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -510,32 +437,5 @@ mod tests {
             .fallbacks
             .insert("broken-model".into(), vec!["other".into()]);
         assert_eq!(changed_keys(&b, &c), vec!["models.fallbacks.broken-model"]);
-    }
-
-    #[test]
-    fn reading_a_file_is_no_change_but_closing_it_after_writing_is() {
-        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
-        assert!(is_reading(&EventKind::Access(AccessKind::Open(
-            AccessMode::Any
-        ))));
-        assert!(is_reading(&EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        ))));
-        assert!(is_reading(&EventKind::Access(AccessKind::Read)));
-        assert!(!is_reading(&EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        ))));
-        assert!(!is_reading(&EventKind::Modify(ModifyKind::Any)));
-        assert!(!is_reading(&EventKind::Create(CreateKind::File)));
-    }
-
-    #[test]
-    fn only_config_files_are_relevant() {
-        let d = Path::new("/etc/caxton");
-        assert!(relevant(d, Path::new("/etc/caxton/caxton.yaml")));
-        assert!(relevant(d, Path::new("/etc/caxton/conf.d/10-x.yaml")));
-        assert!(relevant(d, Path::new("/etc/caxton/conf.d")));
-        assert!(!relevant(d, Path::new("/etc/caxton/conf.d/.10-x.yaml.swp")));
-        assert!(!relevant(d, Path::new("/etc/caxton/other.txt")));
     }
 }

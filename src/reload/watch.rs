@@ -1,0 +1,206 @@
+//! The config directory's watch: a burst of changes becomes one reload once the directory is
+//! quiet and no config file is still open for writing.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+
+use super::reload;
+use crate::state::{AppState, Trigger};
+
+/// How long the directory must be quiet before a burst of changes becomes one reload.
+const QUIET: Duration = Duration::from_millis(200);
+/// A burst longer than this reloads anyway, so a steady trickle of writes cannot starve it.
+const MAX_DELAY: Duration = Duration::from_secs(2);
+/// How long a config file open for writing may hold the reload back. A writer that keeps a
+/// file open longer than this (a stalled copy) gets its half-written file read, as before.
+const WRITER_WAIT: Duration = Duration::from_secs(10);
+
+/// Watches the config directory and reloads after each quiet burst of relevant changes, and
+/// once as soon as the watch is armed (see below). The returned watcher must be kept alive.
+pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    // Each message: whether a config file is open for writing after the event.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let armed = tx.clone();
+    let watch_dir = dir.clone();
+    let watching = Arc::downgrade(&state);
+    // `api.token_file` in the directory (as /etc/caxton/api-token): writing a new token
+    // applies it as a drop-in would.
+    let token_file = move |p: &Path| {
+        watching
+            .upgrade()
+            .is_some_and(|s| s.settings().api.token_file.as_deref() == Some(p))
+    };
+    let mut writers = Writers::default();
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Opening or reading a file is no change: the reload itself opens every file, and
+            // counting that as one made a refused drop-in reload (and log its refusal) five
+            // times a second for as long as it stayed (issue 32's soak: 3,286 lines in an hour
+            // for 23 bad drop-ins). A file closed after writing is one.
+            Ok(event) if is_reading(&event.kind) => {}
+            Ok(event) => {
+                let paths: Vec<&PathBuf> = event
+                    .paths
+                    .iter()
+                    .filter(|p| relevant(&watch_dir, p) || token_file(p))
+                    .collect();
+                if !paths.is_empty() {
+                    writers.see(&event.kind, &paths);
+                    let _ = tx.send(writers.busy());
+                }
+            }
+            Err(e) => tracing::warn!("config directory watch error: {e}"),
+        })?;
+    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    // The configuration in force was read at exec, before this watch existed: a file written
+    // in between (a playbook's drop-in while an upgrade restarts the service) raised no event
+    // here. Read the directory once more now that every later write raises one; an unchanged
+    // result applies nothing and logs nothing.
+    let _ = armed.send(false);
+    tokio::spawn(async move {
+        while let Some(mut busy) = rx.recv().await {
+            let first = Instant::now();
+            loop {
+                let limit = if busy { WRITER_WAIT } else { MAX_DELAY };
+                match tokio::time::timeout(QUIET, rx.recv()).await {
+                    Ok(None) => return,
+                    Ok(Some(now_busy)) => busy = now_busy,
+                    // Quiet, but a file is still open for writing: `fs::write`, `cp` and
+                    // shell redirection truncate it first, and an empty drop-in is valid, so
+                    // reading it now would apply what nobody wrote (issue 52's CI: a writer
+                    // stalled 200 ms between truncating and writing, and the default reranker
+                    // it was refusing to change went away).
+                    Err(_) if busy => {}
+                    Err(_) => break,
+                }
+                if first.elapsed() >= limit {
+                    if busy {
+                        tracing::warn!(
+                            "a config file has been open for writing for {}s; reloading with what it holds now",
+                            WRITER_WAIT.as_secs()
+                        );
+                    }
+                    break;
+                }
+            }
+            reload(&state, &dir, Trigger::FileChange).await;
+        }
+    });
+    Ok(watcher)
+}
+
+/// The config files written in place and not yet closed by their writer.
+#[derive(Default)]
+struct Writers(HashSet<PathBuf>);
+
+impl Writers {
+    fn see(&mut self, kind: &EventKind, paths: &[&PathBuf]) {
+        for &path in paths {
+            match kind {
+                EventKind::Create(CreateKind::File | CreateKind::Any)
+                | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+                    self.0.insert(path.clone());
+                }
+                // Closed, removed, or renamed away or into place (a rename moves a file
+                // that is complete: its writer closed it under the old name).
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(_)) => {
+                    self.0.remove(path);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// Whether an event path concerns the configuration: the main file, a drop-in, or conf.d.
+fn relevant(dir: &Path, path: &Path) -> bool {
+    let conf_d = dir.join("conf.d");
+    path == dir.join("caxton.yaml")
+        || path == conf_d
+        || (path.parent() == Some(conf_d.as_path())
+            && path.extension().is_some_and(|e| e == "yaml"))
+}
+
+/// Whether a notify event only says a file was opened, read or closed after reading.
+fn is_reading(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(a) if *a != AccessKind::Close(AccessMode::Write))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_a_file_is_no_change_but_closing_it_after_writing_is() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+        assert!(is_reading(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(is_reading(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(is_reading(&EventKind::Access(AccessKind::Read)));
+        assert!(!is_reading(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_reading(&EventKind::Modify(ModifyKind::Any)));
+        assert!(!is_reading(&EventKind::Create(CreateKind::File)));
+    }
+
+    #[test]
+    fn only_config_files_are_relevant() {
+        let d = Path::new("/etc/caxton");
+        assert!(relevant(d, Path::new("/etc/caxton/caxton.yaml")));
+        assert!(relevant(d, Path::new("/etc/caxton/conf.d/10-x.yaml")));
+        assert!(relevant(d, Path::new("/etc/caxton/conf.d")));
+        assert!(!relevant(d, Path::new("/etc/caxton/conf.d/.10-x.yaml.swp")));
+        assert!(!relevant(d, Path::new("/etc/caxton/other.txt")));
+    }
+    #[test]
+    fn a_file_is_being_written_from_its_first_write_until_its_writer_closes_it() {
+        use notify::event::{DataChange, RemoveKind, RenameMode};
+        let a = PathBuf::from("/etc/caxton/conf.d/50-a.yaml");
+        let b = PathBuf::from("/etc/caxton/conf.d/60-b.yaml");
+        let mut w = Writers::default();
+        // fs::write on an existing file: truncated (a data change), written, closed.
+        w.see(&EventKind::Modify(ModifyKind::Data(DataChange::Any)), &[&a]);
+        assert!(w.busy());
+        w.see(
+            &EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            &[&a],
+        );
+        assert!(!w.busy());
+        // Two files: busy until both are closed.
+        w.see(&EventKind::Create(CreateKind::File), &[&a]);
+        w.see(&EventKind::Modify(ModifyKind::Any), &[&b]);
+        w.see(
+            &EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            &[&a],
+        );
+        assert!(w.busy());
+        w.see(&EventKind::Remove(RemoveKind::File), &[&b]);
+        assert!(!w.busy());
+        // Renamed into place: complete at once; metadata and folders are no write.
+        w.see(&EventKind::Modify(ModifyKind::Name(RenameMode::To)), &[&a]);
+        w.see(
+            &EventKind::Modify(ModifyKind::Metadata(
+                notify::event::MetadataKind::Permissions,
+            )),
+            &[&a],
+        );
+        w.see(&EventKind::Create(CreateKind::Folder), &[&b]);
+        assert!(!w.busy());
+    }
+}
