@@ -39,6 +39,7 @@ fn history(state: &Path) {
         dimensions: Some(384),
         reranker: false,
         sparse: false,
+        multi_vector: false,
         habits,
     };
     let models = BTreeMap::from([

@@ -268,7 +268,7 @@ fn sparse_requests_and_models_of_another_kind_are_refused_word_for_word() {
         error(&v),
         (
             "wrong_model_kind".into(),
-            "model all-MiniLM-L6-v2 is an embedding model, and this endpoint needs a sparse model: POST /v1/embeddings and /embed take embedding models, POST /embed_sparse sparse ones, /rerank and /v1/rerank rerankers".into()
+            "model all-MiniLM-L6-v2 is an embedding model, and this endpoint needs a sparse model: POST /v1/embeddings and /embed take embedding models, POST /embed_sparse sparse ones, POST /embed_all multi-vector ones, /rerank and /v1/rerank rerankers and multi-vector ones".into()
         )
     );
     let (s, v) = post(
@@ -281,7 +281,7 @@ fn sparse_requests_and_models_of_another_kind_are_refused_word_for_word() {
         error(&v),
         (
             "wrong_model_kind".into(),
-            "model tiny-splade is a sparse model, and this endpoint needs an embedding model: POST /v1/embeddings and /embed take embedding models, POST /embed_sparse sparse ones, /rerank and /v1/rerank rerankers".into()
+            "model tiny-splade is a sparse model, and this endpoint needs an embedding model: POST /v1/embeddings and /embed take embedding models, POST /embed_sparse sparse ones, POST /embed_all multi-vector ones, /rerank and /v1/rerank rerankers and multi-vector ones".into()
         )
     );
     let (s, v) = post(&d, "/embed_sparse", json!({"inputs": ["a", " "]}));

@@ -6,7 +6,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::registry::fallback::Reason;
-use crate::serve::{Embedded, Reranked, Weighted};
+use crate::serve::{Embedded, Reranked, TokenVectors, Weighted};
 
 /// `X-Caxton-Served-By`: the model that answered a substituted request.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-caxton-served-by");
@@ -22,6 +22,11 @@ pub fn embedded(body: impl IntoResponse, out: &Embedded) -> Response {
 
 /// `body` with the headers of a term-weights answer.
 pub fn weighted(body: impl IntoResponse, out: &Weighted) -> Response {
+    answered(body, &out.model, out.fallback, &out.truncated)
+}
+
+/// `body` with the headers of a token-vectors answer.
+pub fn token_vectors(body: impl IntoResponse, out: &TokenVectors) -> Response {
     answered(body, &out.model, out.fallback, &out.truncated)
 }
 

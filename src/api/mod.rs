@@ -54,6 +54,7 @@ fn client_routes() -> Router<Arc<AppState>> {
         .route("/v1/models", get(openai::models))
         .route("/embed", post(tei::embed_handler))
         .route("/embed_sparse", post(tei::embed_sparse))
+        .route("/embed_all", post(tei::embed_all))
         .route("/tokenize", post(tei::tokenize))
         .route("/rerank", post(tei::rerank))
         .route("/v1/rerank", post(cohere::rerank))

@@ -15,7 +15,8 @@ use super::input::{parse_body, query, texts};
 use crate::engine::{Cut, Token};
 use crate::registry::ModelError;
 use crate::serve::{
-    EmbedRequest, RerankRequest, SparseRequest, embed, rerank as rerank_pairs, sparse,
+    EmbedRequest, RerankRequest, SparseRequest, TokenVectorsRequest, embed, rerank as rerank_pairs,
+    sparse, token_vectors,
 };
 use crate::state::AppState;
 
@@ -131,6 +132,47 @@ pub async fn embed_sparse(
     )
     .await?;
     Ok(super::answer::weighted(Json(&out.terms), &out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllBody {
+    inputs: Value,
+    truncate: Option<bool>,
+    truncation_direction: Option<Value>,
+    /// Caxton's: a multi-vector model other than the default.
+    model: Option<String>,
+    /// Caxton's: `query` or `document` (the default): which side's length, prompt and
+    /// expansion or skip-list apply.
+    input_type: Option<Value>,
+}
+
+/// `POST /embed_all`: `{"inputs": str or [str], "truncate"?, "truncation_direction"?,
+/// "model"?, "input_type"?}` → per text its token vectors `[[f32...]...]`. The model is
+/// `models.default_multi_vector` (else the one multi-vector model installed).
+pub async fn embed_all(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<axum::response::Response, ApiError> {
+    let settings = state.settings();
+    let req: AllBody = parse_body(body, &settings.limits).await?;
+    let cut = cut(req.truncation_direction)?;
+    if req.model.as_deref() == Some("") {
+        return Err(RequestError::EmptyModel.into());
+    }
+    let inputs = texts("inputs", req.inputs, settings.limits.max_inputs)?;
+    let out = token_vectors(
+        &state,
+        TokenVectorsRequest {
+            model: req.model,
+            texts: inputs,
+            truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
+            cut,
+            input_type: super::openai::input_type(req.input_type)?,
+        },
+    )
+    .await?;
+    Ok(super::answer::token_vectors(Json(&out.vectors), &out))
 }
 
 #[derive(Deserialize)]

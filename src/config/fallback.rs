@@ -88,15 +88,18 @@ pub enum Kind {
     Reranker,
     /// Term weights.
     Sparse,
+    /// A vector per token.
+    MultiVector,
 }
 
 impl Kind {
-    /// "an embedding model", "a reranker", "a sparse model".
+    /// "an embedding model", "a reranker", "a sparse model", "a multi-vector model".
     pub fn described(self) -> &'static str {
         match self {
             Kind::Embedding => "an embedding model",
             Kind::Reranker => "a reranker",
             Kind::Sparse => "a sparse model",
+            Kind::MultiVector => "a multi-vector model",
         }
     }
 }

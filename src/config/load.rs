@@ -140,6 +140,10 @@ impl Settings {
         for (key, id) in [
             ("models.default_reranker", &self.models.default_reranker),
             ("models.default_sparse", &self.models.default_sparse),
+            (
+                "models.default_multi_vector",
+                &self.models.default_multi_vector,
+            ),
         ] {
             if let Some(id) = id
                 && !super::is_valid_model_id(id)

@@ -88,6 +88,9 @@ pub struct ModelSettings {
     /// Sparse model used when a `/embed_sparse` request names none; unset, the one verified
     /// sparse model serves (and a request must name one when there are several).
     pub default_sparse: Option<String>,
+    /// Multi-vector (late-interaction) model used when a `/embed_all` request names none;
+    /// unset, the one verified multi-vector model serves.
+    pub default_multi_vector: Option<String>,
     /// Refuse packages without a minisign signature by a key in `trusted_keys_dir`.
     pub require_signature: bool,
     /// Directory of minisign public keys (`*.pub`) that may sign packages.
@@ -179,6 +182,7 @@ impl Default for ModelSettings {
             default: "all-MiniLM-L6-v2".into(),
             default_reranker: None,
             default_sparse: None,
+            default_multi_vector: None,
             require_signature: false,
             trusted_keys_dir: PathBuf::from("/etc/caxton/keys"),
             validation_interval: Duration(std::time::Duration::from_secs(24 * 3600)),

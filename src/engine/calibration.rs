@@ -28,7 +28,7 @@ pub const TEXTS: &[&str] = &[
 /// document pairs (each text with the next) for a reranker.
 pub fn encode(tokenizer: &TextTokenizer, kind: ModelKind) -> Result<Vec<Encoded>, String> {
     let encoded: Result<Vec<Encoded>, String> = match kind {
-        ModelKind::Embedding | ModelKind::Sparse => {
+        ModelKind::Embedding | ModelKind::Sparse | ModelKind::MultiVector => {
             TEXTS.iter().map(|t| tokenizer.encode(t)).collect()
         }
         ModelKind::Reranker => TEXTS

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod encoder;
 pub mod head;
 pub mod kernels;
+pub mod late_interaction;
 pub mod pool;
 pub mod sparse;
 pub mod stored;
@@ -106,6 +107,8 @@ pub struct LoadedModel {
     /// An inference-free sparse model's query side: one weight per vocabulary term, which a
     /// query's tokens look up (no pass).
     pub query_weights: Option<Vec<f32>>,
+    /// A multi-vector model's query and document tokenizers.
+    pub late: Option<Arc<late_interaction::LateTokenizers>>,
     worker: worker::Worker,
     freed: tokio::sync::watch::Receiver<bool>,
 }
@@ -123,9 +126,16 @@ impl LoadedModel {
     ) -> Result<LoadedModel, PackageError> {
         let started = Instant::now();
         let m = &package.manifest;
-        let mut tokenizer =
-            TextTokenizer::from_bytes(&package.read_verified("tokenizer.json")?, m.max_seq_length)
-                .map_err(PackageError::Unusable)?;
+        let tokenizer_json = package.read_verified("tokenizer.json")?;
+        let mut tokenizer = TextTokenizer::from_bytes(&tokenizer_json, m.max_seq_length)
+            .map_err(PackageError::Unusable)?;
+        let late = match &m.late_interaction {
+            Some(li) => Some(Arc::new(
+                late_interaction::LateTokenizers::new(&tokenizer_json, li)
+                    .map_err(PackageError::Unusable)?,
+            )),
+            None => None,
+        };
         if let Some(template) = &m.pair_template {
             tokenizer = tokenizer
                 .with_pair_template(template)
@@ -183,6 +193,7 @@ impl LoadedModel {
             precision_fallback,
             kernel: kernels::kernel_name(precision),
             query_weights,
+            late,
             worker,
             freed,
         };
@@ -199,7 +210,7 @@ impl LoadedModel {
     fn self_test(&self) -> Result<(), String> {
         let m = &self.package.manifest;
         let (text, width, normalize) = match m.kind {
-            ModelKind::Embedding | ModelKind::Sparse => (
+            ModelKind::Embedding | ModelKind::Sparse | ModelKind::MultiVector => (
                 self.tokenizer.encode(SELF_TEST_TEXT),
                 m.dimensions,
                 m.normalize,
@@ -228,6 +239,15 @@ impl LoadedModel {
             .blocking_recv()
             .map_err(|_| "the engine thread stopped".to_string())?
             .map_err(|e| format!("running {SELF_TEST_TEXT:?} failed: {e}"))?;
+        if m.kind == ModelKind::MultiVector {
+            // One vector per token, each checked as a text's would be.
+            let [v] = &vectors[..] else {
+                return Err(format!("{} answers for one text", vectors.len()));
+            };
+            return v
+                .chunks(width.max(1))
+                .try_for_each(|row| check_self_test(&[row.to_vec()], width, normalize));
+        }
         check_self_test(&vectors, width, normalize)
     }
 

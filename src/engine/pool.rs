@@ -8,6 +8,8 @@ use crate::package::Pooling;
 pub fn pool(hidden: &[f32], dim: usize, len: usize, pooling: Pooling) -> Vec<f32> {
     match pooling {
         Pooling::Cls => hidden[..dim].to_vec(),
+        // A multi-vector model's: every token's row.
+        Pooling::Tokens => hidden[..len * dim].to_vec(),
         Pooling::LastToken => hidden[(len.max(1) - 1) * dim..len.max(1) * dim].to_vec(),
         Pooling::Mean | Pooling::Sum => {
             let mut out = vec![0f32; dim];

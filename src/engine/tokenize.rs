@@ -14,6 +14,9 @@ pub struct Encoded {
     pub type_ids: Vec<u32>,
     /// Whether the text was cut at `max_seq_length`.
     pub truncated: bool,
+    /// Tokens at the end that no token attends to, though each gets its vector (ColBERT's
+    /// query expansion); 0 for every other text.
+    pub unattended: usize,
 }
 
 impl Encoded {
@@ -98,6 +101,11 @@ impl TextTokenizer {
         })
     }
 
+    /// The most tokens a text keeps.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
     /// The tokenizer of a decoder reranker: a pair becomes `template`'s one text, cut to what
     /// the model's length leaves after the prefix's and suffix's tokens, between them. The
     /// prefix and suffix are tokenized without the tokenizer's special tokens, the pair with
@@ -173,6 +181,7 @@ impl TextTokenizer {
             type_ids: vec![0; ids.len()],
             ids,
             truncated,
+            unattended: 0,
         })
     }
 
@@ -212,6 +221,7 @@ impl TextTokenizer {
                 type_ids: vec![0; ids.len()],
                 ids,
                 truncated: pair.truncated,
+                unattended: 0,
             });
         }
         // Each side whole, then the truncating tokenizer's own post-processing (longest-first
@@ -248,6 +258,7 @@ impl TextTokenizer {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
             truncated: !enc.get_overflowing().is_empty(),
+            unattended: 0,
         }
     }
 

@@ -16,7 +16,7 @@ use super::EngineError;
 use super::batch::{BatchLimits, plan};
 use super::encoder::{Encoder, Hidden};
 use super::head::Head;
-use super::pool::pool;
+use super::pool::{l2_normalize, pool};
 use super::tokenize::Encoded;
 use super::vectors::{Finish, VectorShape};
 use crate::package::Pooling;
@@ -278,6 +278,13 @@ fn embed_jobs(
             }
             continue;
         }
+        if pipeline.pooling == Pooling::Tokens {
+            for (k, &i) in group.iter().enumerate() {
+                let (j, t) = refs[i];
+                vectors[j][t] = token_vectors(pipeline, &hidden, k, lengths[i], jobs[j].shape);
+            }
+            continue;
+        }
         // Through the Dense modules together, then each cut and normalised as its job asks.
         let full = dense_vectors(pipeline, &hidden, &group, &lengths);
         let width = full.len() / group.len().max(1);
@@ -329,6 +336,26 @@ fn pair_logits(
         })
         .collect();
     head.logits(&read, group.len())
+}
+
+/// A multi-vector model's vectors of the pass's `k`th text (`len` tokens): every token's row
+/// through the Dense modules, each normalised when `shape` asks, back to back.
+fn token_vectors(
+    pipeline: &Pipeline,
+    hidden: &Hidden,
+    k: usize,
+    len: usize,
+    shape: VectorShape,
+) -> Vec<f32> {
+    let dim = pipeline.encoder.hidden_size();
+    let start = hidden.starts[k] * dim;
+    let rows = hidden.data[start..start + len * dim].to_vec();
+    let mut out = pipeline.finish.dense(rows, len);
+    let width = out.len() / len.max(1);
+    if shape.normalize && width > 0 {
+        out.chunks_exact_mut(width).for_each(l2_normalize);
+    }
+    out
 }
 
 /// The texts of `group` (indices into `lengths`, in the pass's order) pooled and through the

@@ -13,8 +13,9 @@ pub mod verify;
 pub use error::PackageError;
 pub use manifest::{
     Architecture, Dense, DenseActivation, INT8_BLOCK, INT8_SCALES_SUFFIX, InputType,
-    MAX_SEQ_LENGTH, Manifest, Matryoshka, Mismatch, ModelKind, PairTemplate, Pooling,
-    ScoreActivation, SparseActivation, StoredWeights, quantize_int8_block,
+    LateInteraction, LateSimilarity, MAX_SEQ_LENGTH, Manifest, Matryoshka, Mismatch, ModelKind,
+    PairTemplate, Pooling, QueryExpansion, ScoreActivation, SparseActivation, StoredWeights,
+    quantize_int8_block,
 };
 pub use store::{Lease, Store, StoredPackage};
 

@@ -73,6 +73,17 @@ pub enum ModelError {
         .0.join(", ")
     )]
     SparseRequired(Vec<String>),
+    /// A token-vectors request without a model, and no multi-vector model installed.
+    #[error(
+        "no multi-vector model is installed; side-load a late-interaction (ColBERT) package (caxton pack makes one from a MultiVectorEncoder folder) into models.package_dir"
+    )]
+    NoMultiVector,
+    /// A token-vectors request without a model, and several multi-vector models.
+    #[error(
+        "several multi-vector models are installed ({}); name one with \"model\" or set models.default_multi_vector",
+        .0.join(", ")
+    )]
+    MultiVectorRequired(Vec<String>),
     /// An embedding request naming a reranker.
     #[error(
         "model {0} is a reranker (a cross-encoder that scores query–document pairs), not an embedding model; send it to POST /rerank or POST /v1/rerank, or name an embedding model"
@@ -80,7 +91,7 @@ pub enum ModelError {
     NotEmbedding(String),
     /// A request naming a model of another kind (sparse against dense and back).
     #[error(
-        "model {id} is {have}, and this endpoint needs {want}: POST /v1/embeddings and /embed take embedding models, POST /embed_sparse sparse ones, /rerank and /v1/rerank rerankers"
+        "model {id} is {have}, and this endpoint needs {want}: POST /v1/embeddings and /embed take embedding models, POST /embed_sparse sparse ones, POST /embed_all multi-vector ones, /rerank and /v1/rerank rerankers and multi-vector ones"
     )]
     WrongKind {
         /// The model named.

@@ -123,6 +123,7 @@ impl ModelSlot {
             dimensions: Some(self.package.manifest.dimensions),
             reranker: self.package.manifest.kind == crate::package::ModelKind::Reranker,
             sparse: self.package.manifest.kind == crate::package::ModelKind::Sparse,
+            multi_vector: self.package.manifest.kind == crate::package::ModelKind::MultiVector,
             habits: u.habits.clone(),
         }
     }

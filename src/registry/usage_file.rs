@@ -33,6 +33,9 @@ pub struct Record {
     /// Whether it is a sparse model (with `dimensions`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sparse: bool,
+    /// Whether it is a multi-vector model (with `dimensions`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub multi_vector: bool,
     /// When it tends to be used (for predictive preloading).
     #[serde(default, skip_serializing_if = "super::habits::Habits::is_empty")]
     pub habits: super::habits::Habits,
@@ -42,9 +45,10 @@ impl Record {
     /// Its kind as the fallback rules compare them.
     pub fn kind(&self) -> crate::config::fallback::Kind {
         use crate::config::fallback::Kind;
-        match (self.reranker, self.sparse) {
-            (true, _) => Kind::Reranker,
-            (_, true) => Kind::Sparse,
+        match (self.reranker, self.sparse, self.multi_vector) {
+            (true, ..) => Kind::Reranker,
+            (_, true, _) => Kind::Sparse,
+            (.., true) => Kind::MultiVector,
             _ => Kind::Embedding,
         }
     }
@@ -158,6 +162,7 @@ mod tests {
                 dimensions: Some(384),
                 reranker: false,
                 sparse: false,
+                multi_vector: false,
                 habits: {
                     let mut h = super::super::habits::Habits::default();
                     h.record(472_222);

@@ -339,20 +339,35 @@ fn check_model_kinds(scan: &ScanResult, new: &Settings) -> Result<(), String> {
                 new.models.default
             ));
         }
+        Some(ModelKind::MultiVector) => {
+            return Err(format!(
+                "models.default: {:?} is a multi-vector model, and the default model answers embedding requests; name an embedding model (and the multi-vector one in models.default_multi_vector)",
+                new.models.default
+            ));
+        }
         _ => {}
     }
-    if let Some(id) = &new.models.default_sparse {
+    for (key, id, kind) in [
+        (
+            "models.default_sparse",
+            &new.models.default_sparse,
+            ModelKind::Sparse,
+        ),
+        (
+            "models.default_multi_vector",
+            &new.models.default_multi_vector,
+            ModelKind::MultiVector,
+        ),
+    ] {
+        let Some(id) = id else { continue };
         match scan.kind(id) {
-            Some(ModelKind::Sparse) => {}
-            None => {
-                return Err(format!(
-                    "models.default_sparse: no verified package has id {id:?}"
-                ));
-            }
+            Some(found) if found == kind => {}
+            None => return Err(format!("{key}: no verified package has id {id:?}")),
             Some(other) => {
                 return Err(format!(
-                    "models.default_sparse: {id:?} is {}, not a sparse model",
-                    other.shape_kind().described()
+                    "{key}: {id:?} is {}, not {}",
+                    other.shape_kind().described(),
+                    kind.shape_kind().described()
                 ));
             }
         }

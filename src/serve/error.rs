@@ -50,6 +50,21 @@ pub enum ServeError {
         /// Model id.
         id: String,
     },
+    /// A multi-vector model's query or document longer than it keeps for that side, and
+    /// cutting is not allowed.
+    #[error(
+        "{what} is longer than the {max} tokens model {id} keeps for a {side}; shorten it or set \"truncate\": true"
+    )]
+    SideTooLong {
+        /// The input: `query`, `texts[2]`, `input 2`.
+        what: String,
+        /// `query` or `document`.
+        side: &'static str,
+        /// The side's token limit.
+        max: usize,
+        /// Model id.
+        id: String,
+    },
     /// A blank instruction.
     #[error("`instruction` is empty or only whitespace; leave it out for the model's own")]
     EmptyInstruction,

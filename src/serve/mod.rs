@@ -6,6 +6,7 @@
 
 mod embed;
 mod error;
+mod multi_vector;
 mod rerank;
 mod sparse;
 mod tokenizing;
@@ -13,6 +14,7 @@ mod tokens;
 
 pub use embed::{EmbedRequest, Embedded, embed};
 pub use error::ServeError;
+pub use multi_vector::{TokenVectors, TokenVectorsRequest, token_vectors};
 pub use rerank::{RerankRequest, Reranked, rerank};
 pub use sparse::{SparseRequest, Term, Weighted, sparse};
 use tokenizing::{tokenize_each, tokenize_off_runtime};

@@ -60,7 +60,7 @@ impl Reranked {
 pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranked, ServeError> {
     check_serving(state)?;
     let settings = state.settings();
-    let requested = match req.model {
+    let requested = match req.model.clone() {
         Some(id) => id,
         None => super::default_of_kind(
             &state.registry,
@@ -71,9 +71,14 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
         )?,
     };
     let instruction = req.instruction.as_deref();
+    let mut late_interaction = false;
     if let Some(known) = state.registry.get(&requested) {
         // Before a load: a request the model cannot take costs nothing.
         check_instruction(&known.package.manifest, instruction)?;
+        late_interaction = known.package.manifest.kind == ModelKind::MultiVector;
+    }
+    if late_interaction {
+        return super::multi_vector::rerank(state, req, &requested).await;
     }
     let wanted = Wanted {
         id: &requested,

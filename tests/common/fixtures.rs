@@ -96,7 +96,7 @@ pub fn embedding_package(arch: &str, id: &str, out_dir: &Path) -> PathBuf {
 }
 
 /// The folder `make` writes, packed as `<id>` into `out_dir/<id>.tar.zst`; and its manifest.
-fn pack_into(
+pub fn pack_into(
     id: &str,
     out_dir: &Path,
     make: impl FnOnce(&Path),
@@ -286,7 +286,7 @@ pub fn family_folder(arch: &str, dir: &Path) -> FamilyReference {
     r
 }
 
-fn copy_tree(src: &Path, dst: &Path) {
+pub fn copy_tree(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).expect("mkdir");
     for entry in std::fs::read_dir(src).expect("read fixture") {
         let entry = entry.expect("entry");

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cgroups;
+pub mod colbert;
 pub mod engine;
 pub mod fixtures;
 pub mod footprint;

@@ -158,7 +158,9 @@ impl From<ServeError> for ApiError {
             ServeError::TokenizerCrashed(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, code::TOKENIZER_ERROR)
             }
-            ServeError::TooLong { .. } | ServeError::PairTooLong { .. } => {
+            ServeError::TooLong { .. }
+            | ServeError::PairTooLong { .. }
+            | ServeError::SideTooLong { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, code::INPUT_TOO_LONG)
             }
             ServeError::EmptyInstruction => (StatusCode::BAD_REQUEST, code::EMPTY_INPUT),
@@ -175,12 +177,13 @@ impl From<ModelError> for ApiError {
             | ModelError::DefaultMissing(_)
             | ModelError::NoReranker
             | ModelError::NoSparse
+            | ModelError::NoMultiVector
             | ModelError::Load(LoadError::Unknown(_)) => {
                 (StatusCode::NOT_FOUND, code::MODEL_NOT_FOUND)
             }
-            ModelError::RerankerRequired(_) | ModelError::SparseRequired(_) => {
-                (StatusCode::BAD_REQUEST, code::MODEL_REQUIRED)
-            }
+            ModelError::RerankerRequired(_)
+            | ModelError::SparseRequired(_)
+            | ModelError::MultiVectorRequired(_) => (StatusCode::BAD_REQUEST, code::MODEL_REQUIRED),
             ModelError::NotEmbedding(_)
             | ModelError::NotReranker(_)
             | ModelError::WrongKind { .. } => (StatusCode::BAD_REQUEST, code::WRONG_MODEL_KIND),

@@ -77,6 +77,9 @@ pub(super) struct Attention<'a> {
     /// Whether a query sees no token after its own.
     pub causal: bool,
     pub relative: Option<&'a RelativeBias>,
+    /// Each text's tokens that are attended to: its first `keys[text]` (fewer than its length
+    /// where its last tokens are output but not attended to, ColBERT's query expansion).
+    pub keys: &'a [usize],
 }
 
 /// A buffer pointer shared by attention tasks, which read it or each write their own block
@@ -125,6 +128,7 @@ impl Attention<'_> {
         let rows = starts.last().zip(lens.last()).map_or(0, |(s, l)| s + l);
         assert!(qkv.len() >= rows * layout.stride && context.len() >= rows * layout.h);
         let (blocks, work) = self.blocks(lens);
+        assert!(self.keys.len() == lens.len() && self.keys.iter().zip(lens).all(|(k, l)| k <= l));
         let tasks = blocks.len() * layout.heads;
         let blocks = &blocks;
         let out = Shared(context.as_mut_ptr());
@@ -175,9 +179,10 @@ impl Attention<'_> {
         for (text, &len) in lens.iter().enumerate() {
             for q0 in (0..len).step_by(QUERY_BLOCK) {
                 let q1 = (q0 + QUERY_BLOCK).min(len);
+                let keys = self.keys[text];
                 let (k0, mut k1) = match self.window {
-                    None => (0, len),
-                    Some(r) => (q0.saturating_sub(r), (q1 + r).min(len)),
+                    None => (0, keys),
+                    Some(r) => (q0.saturating_sub(r).min(keys), (q1 + r).min(keys)),
                 };
                 if self.causal {
                     // No query of the block sees past its last.
@@ -275,6 +280,8 @@ impl Attention<'_> {
         if self.causal {
             hi = hi.min(i + 1);
         }
+        // An unattended token beyond every key of its window sees none.
+        lo = lo.min(hi);
         if (lo, hi) == (k0, k1) {
             kernels::softmax(row);
         } else {
@@ -292,10 +299,13 @@ mod tests {
 
     /// Attention computed the plain way, in f64: every query against its text's keys (within
     /// `window`, none after it when `causal`), softmax, values.
+    // The oracle takes each switch of `Attention` as an argument of its own.
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         qkv: &[f32],
         starts: &[usize],
         lens: &[usize],
+        keys: &[usize],
         heads: Heads,
         window: Option<usize>,
         causal: bool,
@@ -314,10 +324,10 @@ mod tests {
             };
             qkv[row * stride + offset + j] as f64
         };
-        for (&start, &len) in starts.iter().zip(lens) {
+        for ((&start, &len), &seen) in starts.iter().zip(lens).zip(keys) {
             for head in 0..heads.query {
                 for i in 0..len {
-                    let keys: Vec<usize> = (0..len)
+                    let keys: Vec<usize> = (0..seen)
                         .filter(|&j| window.is_none_or(|r| i.abs_diff(j) <= r))
                         .filter(|&j| !causal || j <= i)
                         .collect();
@@ -382,15 +392,23 @@ mod tests {
             dim: 6,
         };
         let relative = RelativeBias::new(&table[..32 * 2], 32, 2, positions);
-        for (heads, window, causal, rel) in [
-            (plain, None, false, false),
-            (plain, Some(64), false, false),
-            (plain, Some(3), false, false),
-            (plain, None, false, true),
-            (plain, None, true, false),
-            (grouped, None, false, false),
-            (grouped, None, true, false),
-            (grouped, Some(5), true, false),
+        // Every text attends to all its tokens, or its last few (the first text's last, the
+        // other texts' last 12) are output but not attended to (ColBERT's query expansion).
+        let unattended = [1, 12, 12];
+        let fewer: Vec<usize> = lens.iter().zip(unattended).map(|(l, u)| l - u).collect();
+        for (heads, window, causal, rel, keys) in [
+            (plain, None, false, false, &lens[..]),
+            (plain, None, false, false, &fewer[..]),
+            (plain, Some(64), false, false, &fewer[..]),
+            (grouped, None, false, false, &fewer[..]),
+            (plain, None, false, true, &fewer[..]),
+            (plain, Some(64), false, false, &lens[..]),
+            (plain, Some(3), false, false, &lens[..]),
+            (plain, None, false, true, &lens[..]),
+            (plain, None, true, false, &lens[..]),
+            (grouped, None, false, false, &lens[..]),
+            (grouped, None, true, false, &lens[..]),
+            (grouped, Some(5), true, false, &lens[..]),
         ] {
             let qkv = seeded(rows * heads.qkv_width(), 7);
             let mut got = vec![f32::NAN; rows * heads.q_width()];
@@ -399,12 +417,14 @@ mod tests {
                 window,
                 causal,
                 relative: rel.then_some(&relative),
+                keys,
             }
             .run(&qkv, &starts, &lens, &mut got);
             let want = naive(
                 &qkv,
                 &starts,
                 &lens,
+                keys,
                 heads,
                 window,
                 causal,
@@ -418,7 +438,7 @@ mod tests {
                 .fold(0f32, |m, d| if d.is_nan() || d > m { d } else { m });
             assert!(
                 worst < 1e-4,
-                "{heads:?}, window {window:?}, causal {causal}, bias {rel}: off by {worst}"
+                "{heads:?}, window {window:?}, causal {causal}, bias {rel}, keys {keys:?}: off by {worst}"
             );
         }
     }

@@ -135,6 +135,7 @@ impl Encoder {
                         c.rows,
                         &c.starts,
                         &c.lens,
+                        &c.lens,
                         &mut c.ws,
                         Some(&mut probe),
                     );

@@ -222,6 +222,7 @@ impl Encoder {
         rows: usize,
         starts: &[usize],
         lens: &[usize],
+        keys: &[usize],
         ws: &mut Workspace,
         mut probe: Option<&mut Probe>,
     ) {
@@ -234,6 +235,7 @@ impl Encoder {
             window,
             causal: b.causal,
             relative: self.relative.as_ref(),
+            keys,
         }
         .run(&ws.qkv, starts, lens, &mut ws.context);
         self.attention_output(l, x, rows, ws, probe.as_deref_mut());

@@ -87,7 +87,7 @@ impl Encoder {
         check_config(&blueprint, manifest)?;
         let (mut labels, mut sparse) = (None, None);
         match manifest.kind {
-            ModelKind::Embedding => {}
+            ModelKind::Embedding | ModelKind::MultiVector => {}
             ModelKind::Reranker => {
                 super::checkpoint::head_tensors(manifest.architecture, &mut tensors)?;
                 labels = manifest.labels;
@@ -183,6 +183,13 @@ impl Encoder {
                     b.type_vocab
                 ));
             }
+            if t.unattended >= t.len() {
+                return Err(format!(
+                    "a text of {} tokens has {} that nothing attends to (at least one must be)",
+                    t.len(),
+                    t.unattended
+                ));
+            }
             starts.push(rows);
             rows += t.len();
         }
@@ -190,18 +197,21 @@ impl Encoder {
         Ok((starts, lens, rows))
     }
 
-    /// Runs one forward pass over `texts`, each attending only to its own tokens.
+    /// Runs one forward pass over `texts`, each attending only to its own tokens (and of
+    /// those not to its `unattended` last ones).
     pub fn forward(&self, texts: &[&Encoded]) -> Result<Hidden, String> {
         let b = &self.blueprint;
         let h = b.hidden;
         let (starts, lens, rows) = self.check_texts(texts)?;
+        // Each text's keys: its tokens less those nothing attends to.
+        let keys: Vec<usize> = texts.iter().map(|t| t.len() - t.unattended).collect();
         let mut x = vec![0f32; rows * h];
         self.embed(texts, &starts, &mut x);
 
         let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         ws.prepare(b, rows);
         for (index, l) in self.layers.iter().enumerate() {
-            self.layer_pass(l, index, &mut x, rows, &starts, &lens, &mut ws, None);
+            self.layer_pass(l, index, &mut x, rows, &starts, &lens, &keys, &mut ws, None);
         }
         if let Some(norm) = &self.final_norm {
             norm.apply(&mut x, h, b.eps);

@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod late_interaction;
 mod pair_template;
 mod rules;
 mod vectors;
 mod weights;
+pub use late_interaction::{LateInteraction, LateSimilarity, QueryExpansion};
 pub use pair_template::PairTemplate;
 pub use rules::check_entry_path;
 pub use vectors::{Dense, DenseActivation, InputType, Matryoshka, Mismatch};
@@ -97,6 +99,9 @@ pub struct Manifest {
     /// query's tokens look up instead of running the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_weights: Option<String>,
+    /// A multi-vector model's query and document rules and score (`kind: multi_vector` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_interaction: Option<LateInteraction>,
     /// How `caxton pack` stored the weights; absent: as the source folder had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<StoredWeights>,
@@ -199,7 +204,7 @@ impl Architecture {
 
 /// What a model is for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ModelKind {
     /// A sentence-transformers bi-encoder: text in, vector out.
     #[default]
@@ -209,6 +214,9 @@ pub enum ModelKind {
     /// A sentence-transformers SparseEncoder (SPLADE): text in, a weight per vocabulary term
     /// out (`dimensions` is the vocabulary's size), most of them zero.
     Sparse,
+    /// A sentence-transformers MultiVectorEncoder (ColBERT): text in, a vector per token out,
+    /// scored against another text's by late interaction (MaxSim).
+    MultiVector,
 }
 
 impl ModelKind {
@@ -218,6 +226,7 @@ impl ModelKind {
             ModelKind::Embedding => "embedding",
             ModelKind::Reranker => "reranker",
             ModelKind::Sparse => "sparse",
+            ModelKind::MultiVector => "multi_vector",
         }
     }
 
@@ -228,6 +237,7 @@ impl ModelKind {
             ModelKind::Embedding => Kind::Embedding,
             ModelKind::Reranker => Kind::Reranker,
             ModelKind::Sparse => Kind::Sparse,
+            ModelKind::MultiVector => Kind::MultiVector,
         }
     }
 
@@ -286,6 +296,8 @@ pub enum Pooling {
     Max,
     /// A sparse model's term weights: their sum over the tokens (SpladePooling's `sum`).
     Sum,
+    /// Every token's vector, none pooled: a multi-vector model's.
+    Tokens,
 }
 
 impl Pooling {
@@ -297,6 +309,7 @@ impl Pooling {
             Pooling::LastToken => "last_token",
             Pooling::Max => "max",
             Pooling::Sum => "sum",
+            Pooling::Tokens => "tokens",
         }
     }
 }

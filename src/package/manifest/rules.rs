@@ -37,6 +37,7 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), ManifestError> {
         self.validate_prompts()?;
         self.validate_kind()?;
+        self.validate_late_interaction()?;
         self.validate_head()?;
         self.validate_identity()?;
         if !(1..=65536).contains(&self.dimensions) {
@@ -146,7 +147,7 @@ impl Manifest {
     /// with a pair template the last (`last_token`), and makes no vectors (`normalize: false`); an embedding model has neither field.
     fn validate_kind(&self) -> Result<(), ManifestError> {
         match self.kind {
-            ModelKind::Embedding | ModelKind::Sparse => {
+            ModelKind::Embedding | ModelKind::Sparse | ModelKind::MultiVector => {
                 for (field, present) in [
                     ("labels", self.labels.is_some()),
                     ("activation", self.activation.is_some()),

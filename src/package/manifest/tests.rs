@@ -371,3 +371,54 @@ fn a_sparse_manifest_pools_terms_and_makes_no_unit_vectors() {
         assert_eq!(err_of(&yaml), message);
     }
 }
+
+/// A multi-vector (ColBERT) manifest: every token's vector, its late-interaction rules.
+fn multi_vector() -> String {
+    good().replace(
+        "pooling: mean\nnormalize: true",
+        "pooling: tokens\nnormalize: true\nkind: multi_vector\nlate_interaction:\n  query_length: 32\n  document_length: 180\n  query_expansion: {token_id: 103, length: 32, attend: false}\n  skiplist: [999, 1000]\n  similarity: maxsim",
+    )
+}
+
+#[test]
+fn a_multi_vector_manifest_keeps_every_token_and_says_how_sides_are_cut() {
+    let m = Manifest::parse(multi_vector().as_bytes()).unwrap();
+    assert_eq!(
+        (m.kind, m.pooling),
+        (ModelKind::MultiVector, Pooling::Tokens)
+    );
+    let li = m.late_interaction.clone().expect("late_interaction");
+    assert_eq!((li.query_length, li.document_length), (32, 180));
+    assert_eq!(Manifest::parse(m.to_yaml().as_bytes()).unwrap(), m);
+    let cases = [
+        (
+            multi_vector().replace("pooling: tokens", "pooling: mean"),
+            "pooling: a multi-vector model keeps every token's vector: pooling must be tokens, not mean",
+        ),
+        (
+            good().replace("pooling: mean", "pooling: tokens"),
+            "pooling: tokens keeps every token's vector, which only a multi-vector model (kind: multi_vector) serves",
+        ),
+        (
+            multi_vector().replace("document_length: 180", "document_length: 513"),
+            "late_interaction.document_length: 513 is not between 2 and max_seq_length (256)",
+        ),
+        (
+            multi_vector().replace("length: 32, attend", "length: 33, attend"),
+            "late_interaction.query_expansion.length: 33 is not between 1 and query_length (32)",
+        ),
+        (
+            multi_vector().replace("kind: multi_vector\n", ""),
+            "pooling: tokens keeps every token's vector, which only a multi-vector model (kind: multi_vector) serves",
+        ),
+        (
+            multi_vector()
+                .replace("pooling: tokens", "pooling: mean")
+                .replace("kind: multi_vector\n", ""),
+            "late_interaction: only a multi-vector model (kind: multi_vector) has it; remove it or set kind: multi_vector",
+        ),
+    ];
+    for (yaml, message) in cases {
+        assert_eq!(err_of(&yaml), message);
+    }
+}

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::super::error::PackageError;
 use super::super::manifest::{
-    Architecture, Dense, DenseActivation, MAX_SEQ_LENGTH, ModelKind, PairTemplate, Pooling,
-    ScoreActivation, SparseActivation,
+    Architecture, Dense, DenseActivation, LateInteraction, MAX_SEQ_LENGTH, ModelKind, PairTemplate,
+    Pooling, ScoreActivation, SparseActivation,
 };
 
 #[derive(Deserialize)]
@@ -156,6 +156,8 @@ pub(super) struct StModelConfig {
     model_type: Option<String>,
     /// A CrossEncoder's activation (sentence-transformers 6).
     activation_fn: Option<String>,
+    /// A MultiVectorEncoder's score (`maxsim`, `meanmaxsim`; none: maxsim).
+    similarity_fn_name: Option<String>,
 }
 
 impl StModelConfig {
@@ -204,6 +206,8 @@ pub(super) struct Inferred {
     pub source_dir: Option<std::path::PathBuf>,
     /// An inference-free sparse encoder's query weights file.
     pub query_weights: Option<std::path::PathBuf>,
+    /// A multi-vector encoder's query and document rules.
+    pub late_interaction: Option<LateInteraction>,
 }
 
 /// The architecture a `config.json`'s `model_type` names, as transformers spells them.
@@ -357,6 +361,9 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     if sparse::is_sparse(dir, &st_model)? {
         return sparse::infer(dir, &config, architecture, max_positions);
     }
+    if multi_vector::is_multi_vector(dir, &st_model)? {
+        return multi_vector::infer(dir, &st_model, architecture, hidden, max_positions);
+    }
     let modules = EmbedderModules::read(dir, hidden)?;
     let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
     Ok(Inferred {
@@ -375,6 +382,7 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         sparse_activation: None,
         source_dir: None,
         query_weights: None,
+        late_interaction: None,
     })
 }
 
@@ -548,6 +556,7 @@ pub(super) fn matryoshka_dims(dir: &Path) -> Vec<usize> {
         .unwrap_or_default()
 }
 
+mod multi_vector;
 mod reranker;
 mod sparse;
 

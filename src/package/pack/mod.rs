@@ -204,6 +204,7 @@ fn build_manifest(
             .query_weights
             .as_ref()
             .map(|_| QUERY_WEIGHTS.to_string()),
+        late_interaction: inferred.late_interaction.clone(),
         weights: opts.weights.in_manifest(),
         files: payload
             .iter()

@@ -103,6 +103,7 @@ pub(super) fn infer(
         sparse_activation: None,
         source_dir: None,
         query_weights: None,
+        late_interaction: None,
     })
 }
 

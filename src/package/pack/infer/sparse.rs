@@ -192,5 +192,6 @@ fn infer_parts(
         sparse_activation: Some(activation),
         source_dir: None,
         query_weights: None,
+        late_interaction: None,
     })
 }
