@@ -21,6 +21,7 @@ pub struct LateTokenizers {
     document: TextTokenizer,
     expansion: Option<QueryExpansion>,
     skiplist: HashSet<u32>,
+    drop_first: bool,
 }
 
 impl LateTokenizers {
@@ -31,6 +32,7 @@ impl LateTokenizers {
             document: TextTokenizer::from_bytes(bytes, li.document_length)?,
             expansion: li.query_expansion,
             skiplist: li.skiplist.iter().copied().collect(),
+            drop_first: li.drop_first,
         })
     }
 
@@ -66,9 +68,13 @@ impl LateTokenizers {
     /// Whether each token of `ids` (a text of `side`) keeps its vector: a document's skip-list
     /// tokens do not (sentence-transformers' MultiVectorMask, whose default applies the list
     /// to documents only); every query token does, the expansion's included.
+    /// bge-m3's first token (`[CLS]`) has none on either side.
     pub fn kept(&self, ids: &[u32], side: Side) -> Vec<bool> {
         ids.iter()
-            .map(|id| side == Side::Query || !self.skiplist.contains(id))
+            .enumerate()
+            .map(|(i, id)| {
+                !(self.drop_first && i == 0) && (side == Side::Query || !self.skiplist.contains(id))
+            })
             .collect()
     }
 }
@@ -96,6 +102,7 @@ mod tests {
                 }),
                 skiplist: vec![1],
                 similarity: LateSimilarity::Maxsim,
+                drop_first: false,
             },
         )
         .expect("tokenizers")

@@ -9,6 +9,7 @@ pub mod encoder;
 pub mod head;
 pub mod kernels;
 pub mod late_interaction;
+pub mod outputs;
 pub mod pool;
 pub mod sparse;
 pub mod stored;
@@ -158,6 +159,10 @@ impl LoadedModel {
             package.read_verified(path).map_err(|e| e.to_string())
         })
         .map_err(PackageError::Unusable)?;
+        let heads = outputs::Heads::new(m, |path| {
+            package.read_verified(path).map_err(|e| e.to_string())
+        })
+        .map_err(PackageError::Unusable)?;
         let query_weights = match &m.query_weights {
             Some(path) => {
                 let bytes = package.read_verified(path)?;
@@ -172,6 +177,7 @@ impl LoadedModel {
         };
         let weight_bytes = encoder.weight_bytes()
             + finish.bytes() as u64
+            + heads.bytes() as u64
             + query_weights.as_ref().map_or(0, |w| w.len() as u64 * 4);
         let (worker, freed) = worker::Worker::spawn(
             &m.id,
@@ -179,6 +185,7 @@ impl LoadedModel {
                 encoder,
                 pooling: m.pooling,
                 finish,
+                heads,
             },
             limits,
             options.queue,
@@ -232,6 +239,7 @@ impl LoadedModel {
                     normalize,
                     width: None,
                 },
+                output: outputs::Output::Main,
                 reply,
             })
             .map_err(|e| format!("the engine thread took no job: {e}"))?;
@@ -282,10 +290,22 @@ impl LoadedModel {
         texts: Vec<Encoded>,
         shape: VectorShape,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.embed_output(texts, shape, outputs::Output::Main).await
+    }
+
+    /// The `output` of tokenized texts (a term weight per token, a vector per token, or the
+    /// model's own), as [`LoadedModel::embed`].
+    pub async fn embed_output(
+        &self,
+        texts: Vec<Encoded>,
+        shape: VectorShape,
+        output: outputs::Output,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.worker.submit(worker::Job {
             texts,
             shape,
+            output,
             reply,
         })?;
         rx.await.map_err(|_| EngineError::Stopped)?

@@ -6,7 +6,7 @@
 
 use super::kernels::{self, Linear};
 use super::pool::l2_normalize;
-use crate::package::{DenseActivation, Manifest};
+use crate::package::{Dense, DenseActivation, Manifest};
 
 /// What a request wants of its vectors beyond what the model makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -15,6 +15,25 @@ pub struct VectorShape {
     pub normalize: bool,
     /// Cut each vector to this many dimensions (already checked against the manifest).
     pub width: Option<usize>,
+}
+
+/// The linear layer of the package's Dense module `d` (`linear.weight`, `linear.bias`), its
+/// file from `read(path)` (verified bytes).
+pub fn load_dense(
+    d: &Dense,
+    read: &mut impl FnMut(&str) -> Result<Vec<u8>, String>,
+) -> Result<Linear, String> {
+    let bytes = read(&d.path)?;
+    let mut tensors = super::stored::read(&mut &bytes[..], bytes.len() as u64, &d.path)?;
+    drop(bytes);
+    let mut take =
+        |name: &str, shape: &[usize]| super::stored::take_f32(&mut tensors, name, shape, &d.path);
+    let weight = take("linear.weight", &[d.outputs, d.inputs])?;
+    let bias = match d.bias {
+        true => take("linear.bias", &[d.outputs])?,
+        false => vec![0.0; d.outputs],
+    };
+    Ok(Linear::from_torch(&weight, bias, d.outputs, d.inputs))
 }
 
 /// The steps after pooling of one model.
@@ -32,21 +51,7 @@ impl Finish {
     ) -> Result<Finish, String> {
         let mut dense = Vec::with_capacity(manifest.dense.len());
         for d in &manifest.dense {
-            let bytes = read(&d.path)?;
-            let mut tensors = super::stored::read(&mut &bytes[..], bytes.len() as u64, &d.path)?;
-            drop(bytes);
-            let mut take = |name: &str, shape: &[usize]| {
-                super::stored::take_f32(&mut tensors, name, shape, &d.path)
-            };
-            let weight = take("linear.weight", &[d.outputs, d.inputs])?;
-            let bias = match d.bias {
-                true => take("linear.bias", &[d.outputs])?,
-                false => vec![0.0; d.outputs],
-            };
-            dense.push((
-                Linear::from_torch(&weight, bias, d.outputs, d.inputs),
-                d.activation,
-            ));
+            dense.push((load_dense(d, &mut read)?, d.activation));
         }
         Ok(Finish {
             dense,

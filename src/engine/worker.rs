@@ -16,6 +16,7 @@ use super::EngineError;
 use super::batch::{BatchLimits, plan};
 use super::encoder::{Encoder, Hidden};
 use super::head::Head;
+use super::outputs::{Heads, Output};
 use super::pool::{l2_normalize, pool};
 use super::tokenize::Encoded;
 use super::vectors::{Finish, VectorShape};
@@ -33,6 +34,8 @@ pub struct Pipeline {
     pub pooling: Pooling,
     /// Dense modules, a Matryoshka cut, normalisation.
     pub finish: Finish,
+    /// An embedding model's heads beside its vector (bge-m3's).
+    pub heads: Heads,
 }
 
 /// Texts to embed and where to send their vectors.
@@ -41,6 +44,8 @@ pub struct Job {
     pub texts: Vec<Encoded>,
     /// What the vectors should be cut to and whether normalised.
     pub shape: VectorShape,
+    /// Which of the model's outputs the texts want.
+    pub output: Output,
     /// Where the answer goes; a dropped receiver (client gone) skips the work.
     pub reply: oneshot::Sender<JobResult>,
 }
@@ -213,12 +218,38 @@ fn run(
     tracing::debug!("engine thread stopped, memory trimmed");
 }
 
-/// Embeds every text of `jobs` (a reranker: scores every pair), batching across jobs, and
-/// returns one result per job.
+/// Embeds every text of `jobs` (a reranker: scores every pair), batching across the jobs that
+/// want the same output, and returns one result per job.
 fn embed_jobs(
     pipeline: &Pipeline,
     limits: BatchLimits,
     jobs: &[Job],
+    beat: &Beat,
+    batch_size: &Histogram,
+) -> Vec<JobResult> {
+    let mut results: Vec<JobResult> = jobs.iter().map(|_| Ok(Vec::new())).collect();
+    for output in Output::ALL {
+        let of: Vec<usize> = (0..jobs.len())
+            .filter(|&j| jobs[j].output == output)
+            .collect();
+        if of.is_empty() {
+            continue;
+        }
+        let wanting: Vec<&Job> = of.iter().map(|&j| &jobs[j]).collect();
+        let answered = embed_output(pipeline, limits, &wanting, output, beat, batch_size);
+        for (j, result) in of.into_iter().zip(answered) {
+            results[j] = result;
+        }
+    }
+    results
+}
+
+/// [`embed_jobs`] for jobs that all want `output`.
+fn embed_output(
+    pipeline: &Pipeline,
+    limits: BatchLimits,
+    jobs: &[&Job],
+    output: Output,
     beat: &Beat,
     batch_size: &Histogram,
 ) -> Vec<JobResult> {
@@ -257,6 +288,38 @@ fn embed_jobs(
                     .collect();
             }
         };
+        let dim = encoder.hidden_size();
+        let rows_of = |k: usize, len: usize| {
+            let start = hidden.starts[k] * dim;
+            &hidden.data[start..start + len * dim]
+        };
+        match output {
+            Output::TermWeights => {
+                for (k, &i) in group.iter().enumerate() {
+                    let (j, t) = refs[i];
+                    match pipeline
+                        .heads
+                        .term_weights(rows_of(k, lengths[i]), lengths[i])
+                    {
+                        Some(w) => vectors[j][t] = w,
+                        None => return failed(jobs, "the model has no term-weight output"),
+                    }
+                }
+                continue;
+            }
+            Output::TokenVectors if pipeline.heads.has_token_vectors() => {
+                for (k, &i) in group.iter().enumerate() {
+                    let (j, t) = refs[i];
+                    let normalize = jobs[j].shape.normalize;
+                    vectors[j][t] = pipeline
+                        .heads
+                        .token_vectors(rows_of(k, lengths[i]), lengths[i], normalize)
+                        .unwrap_or_default();
+                }
+                continue;
+            }
+            _ => {}
+        }
         if let Some(head) = encoder.head() {
             let labels = head.labels();
             let logits = pair_logits(pipeline, head, &hidden, &group, &lengths);
@@ -278,7 +341,7 @@ fn embed_jobs(
             }
             continue;
         }
-        if pipeline.pooling == Pooling::Tokens {
+        if pipeline.pooling == Pooling::Tokens || output == Output::TokenVectors {
             for (k, &i) in group.iter().enumerate() {
                 let (j, t) = refs[i];
                 vectors[j][t] = token_vectors(pipeline, &hidden, k, lengths[i], jobs[j].shape);
@@ -295,6 +358,13 @@ fn embed_jobs(
         }
     }
     vectors.into_iter().map(Ok).collect()
+}
+
+/// Every job's answer: the failure `msg`.
+fn failed(jobs: &[&Job], msg: &str) -> Vec<JobResult> {
+    jobs.iter()
+        .map(|_| Err(EngineError::Failed(msg.to_string())))
+        .collect()
 }
 
 /// One forward pass over `texts`, marked on `beat` for the watchdog while it runs; a panic in

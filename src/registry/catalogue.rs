@@ -83,6 +83,14 @@ impl ScanResult {
         self.winners.get(id).map(|(p, _)| p.manifest.kind)
     }
 
+    /// Whether the verified model `id` answers requests for a model of `kind` (its own, or
+    /// an embedding model's extra outputs).
+    pub fn serves(&self, id: &str, kind: crate::package::ModelKind) -> bool {
+        self.winners
+            .get(id)
+            .is_some_and(|(p, _)| p.manifest.serves(kind))
+    }
+
     /// The kind and width of the verified model `id`.
     pub fn shape(&self, id: &str) -> Option<crate::config::fallback::Shape> {
         self.winners

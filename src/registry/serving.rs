@@ -270,7 +270,7 @@ pub fn chain(
 fn check_kind(slot: &ModelSlot, kind: ModelKind) -> Result<(), ModelError> {
     let id = || slot.package.manifest.id.clone();
     match (slot.package.manifest.kind, kind) {
-        (have, want) if have == want => Ok(()),
+        _ if slot.package.manifest.serves(kind) => Ok(()),
         (ModelKind::Reranker, ModelKind::Embedding) => Err(ModelError::NotEmbedding(id())),
         (_, ModelKind::Reranker) => Err(ModelError::NotReranker(id())),
         (have, want) => Err(ModelError::WrongKind {

@@ -361,7 +361,7 @@ fn check_model_kinds(scan: &ScanResult, new: &Settings) -> Result<(), String> {
     ] {
         let Some(id) = id else { continue };
         match scan.kind(id) {
-            Some(found) if found == kind => {}
+            Some(_) if scan.serves(id, kind) => {}
             None => return Err(format!("{key}: no verified package has id {id:?}")),
             Some(other) => {
                 return Err(format!(

@@ -89,7 +89,7 @@ fn default_of_kind(
         .filter(|id| {
             registry
                 .get(id)
-                .is_some_and(|s| s.package.manifest.kind == kind)
+                .is_some_and(|s| s.package.manifest.serves(kind))
         })
         .collect();
     match found.as_slice() {

@@ -8,6 +8,7 @@ use super::{
     RerankRequest, Reranked, ServeError, account, check_serving, served_by, tokenize_each,
 };
 use crate::engine::late_interaction::Side;
+use crate::engine::outputs::Output;
 use crate::engine::{Cut, Encoded, LoadedModel, VectorShape};
 use crate::package::{InputType, LateSimilarity, ModelKind};
 use crate::registry::fallback::Reason;
@@ -136,7 +137,7 @@ pub(super) async fn rerank(
         .map_or(LateSimilarity::Maxsim, |l| l.similarity);
     let flat = |v: &[Vec<f32>]| v.concat();
     let query = q.first().map(|v| flat(v)).unwrap_or_default();
-    let dim = model.package.manifest.dimensions;
+    let dim = q.first().and_then(|v| v.first()).map_or(1, Vec::len);
     let scores: Vec<f32> = d
         .iter()
         .map(|doc| similarity.score(&query, &flat(doc), dim))
@@ -209,7 +210,12 @@ async fn vectors(
     side: Side,
 ) -> Result<Vec<Vec<Vec<f32>>>, ServeError> {
     let m = &model.package.manifest;
-    let (dim, normalize) = (m.dimensions, m.normalize);
+    // bge-m3's token vectors are its head's width, and always of unit length (FlagEmbedding
+    // normalises them whatever the dense vectors do).
+    let (dim, normalize) = match m.outputs.as_ref().and_then(|o| o.multi_vector.as_ref()) {
+        Some(head) => (head.outputs, true),
+        None => (m.dimensions, m.normalize),
+    };
     let kept: Vec<Vec<bool>> = match &model.late {
         Some(late) => encoded.iter().map(|e| late.kept(&e.ids, side)).collect(),
         None => encoded.iter().map(|e| vec![true; e.len()]).collect(),
@@ -218,7 +224,9 @@ async fn vectors(
         normalize,
         width: None,
     };
-    let flat = model.embed(encoded, shape).await?;
+    let flat = model
+        .embed_output(encoded, shape, Output::TokenVectors)
+        .await?;
     Ok(flat
         .iter()
         .zip(kept)

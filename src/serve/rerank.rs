@@ -75,7 +75,7 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
     if let Some(known) = state.registry.get(&requested) {
         // Before a load: a request the model cannot take costs nothing.
         check_instruction(&known.package.manifest, instruction)?;
-        late_interaction = known.package.manifest.kind == ModelKind::MultiVector;
+        late_interaction = known.package.manifest.serves(ModelKind::MultiVector);
     }
     if late_interaction {
         return super::multi_vector::rerank(state, req, &requested).await;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::{ServeError, account, check_serving, lengths, served_by, tokenize_each};
+use crate::engine::outputs::Output;
 use crate::engine::{Cut, Encoded, EngineError, VectorShape};
 use crate::package::{InputType, ModelKind};
 use crate::registry::fallback::Reason;
@@ -91,12 +92,24 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
         max: manifest.max_seq_length,
         id: id.clone(),
     })?;
-    let found: Vec<Vec<Term>> = match table {
-        Some(table) => encoded
+    let per_token = manifest.outputs.as_ref().and_then(|o| o.sparse.as_ref());
+    let found: Vec<Vec<Term>> = match (table, per_token) {
+        (Some(table), _) => encoded
             .iter()
             .map(|e| looked_up(table, &e.ids, req.top_k))
             .collect(),
-        None => {
+        // bge-m3: a weight per token, the largest per token id.
+        (None, Some(head)) => {
+            let ids: Vec<Vec<u32>> = encoded.iter().map(|e| e.ids.clone()).collect();
+            let weights = model
+                .embed_output(encoded, VectorShape::default(), Output::TermWeights)
+                .await?;
+            ids.iter()
+                .zip(&weights)
+                .map(|(ids, w)| by_token(ids, w, &head.skip, req.top_k))
+                .collect()
+        }
+        (None, None) => {
             let weights = model.embed(encoded, VectorShape::default()).await?;
             // A scan of every term of every text (30k+ each): off the async workers.
             let top_k = req.top_k;
@@ -113,6 +126,25 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
         fallback: served.fallback,
         truncated,
     })
+}
+
+/// bge-m3's terms of a text: each token id's largest weight (`weights`, one a token of
+/// `ids`), those above zero and not in `skip` (its special tokens), heaviest first, at most
+/// `top_k` (FlagEmbedding's `_process_token_weights`).
+fn by_token(ids: &[u32], weights: &[f32], skip: &[u32], top_k: Option<usize>) -> Vec<Term> {
+    let mut best: std::collections::BTreeMap<u32, f32> = std::collections::BTreeMap::new();
+    for (&id, &w) in ids.iter().zip(weights) {
+        if w > 0.0 && !skip.contains(&id) {
+            let e = best.entry(id).or_insert(w);
+            *e = e.max(w);
+        }
+    }
+    let mut t: Vec<Term> = best
+        .into_iter()
+        .map(|(index, value)| Term { index, value })
+        .collect();
+    sort_and_cut(&mut t, top_k);
+    t
 }
 
 /// An inference-free query's terms: each distinct token's weight in `table`, those above
@@ -168,5 +200,30 @@ mod tests {
         assert_eq!(terms(&w, Some(2)).len(), 2);
         assert_eq!(terms(&w, Some(10)).len(), 4);
         assert!(terms(&[0.0; 4], None).is_empty());
+    }
+
+    #[test]
+    fn a_token_id_weighs_its_heaviest_occurrence_and_special_ids_none() {
+        // ids 0 and 2 are special; 7 occurs twice (0.5 and 0.9); 9's weight is zero.
+        let t = by_token(
+            &[0, 7, 9, 7, 5, 2],
+            &[3.0, 0.5, 0.0, 0.9, 0.2, 1.0],
+            &[0, 2],
+            None,
+        );
+        assert_eq!(
+            t,
+            [
+                Term {
+                    index: 7,
+                    value: 0.9
+                },
+                Term {
+                    index: 5,
+                    value: 0.2
+                }
+            ]
+        );
+        assert_eq!(by_token(&[7, 5], &[0.5, 0.2], &[], Some(1)).len(), 1);
     }
 }

@@ -112,10 +112,10 @@ pub fn pack_into(
     (package, summary.manifest)
 }
 
-/// The generators' `fill` as safetensors bytes: splitmix64 from `seed`, top 24 bits to a
-/// uniform draw in [0, 1) in f64, made each parameter's value ([`Parameter::value`]), stored as
-/// f32, parameters in name order.
-pub fn seeded_safetensors(seed: u64, parameters: &[Parameter]) -> Vec<u8> {
+/// The generators' `fill`: splitmix64 from `seed`, top 24 bits to a uniform draw in [0, 1)
+/// in f64, made each parameter's value ([`Parameter::value`]), as f32, parameters in the order
+/// given (name order); each as (name, shape, values).
+pub fn seeded_values(seed: u64, parameters: &[Parameter]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -124,17 +124,28 @@ pub fn seeded_safetensors(seed: u64, parameters: &[Parameter]) -> Vec<u8> {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     };
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for p in parameters {
-        let (name, shape) = p.name_and_shape();
-        let n: usize = shape.iter().product();
-        let mut bytes = Vec::with_capacity(n * 4);
-        for _ in 0..n {
-            let v = p.value((next() >> 40) as f64 / (1u64 << 24) as f64);
-            bytes.extend_from_slice(&(v as f32).to_le_bytes());
-        }
-        data.push((name.to_string(), shape.to_vec(), bytes));
-    }
+    parameters
+        .iter()
+        .map(|p| {
+            let (name, shape) = p.name_and_shape();
+            let n: usize = shape.iter().product();
+            let values = (0..n)
+                .map(|_| p.value((next() >> 40) as f64 / (1u64 << 24) as f64) as f32)
+                .collect();
+            (name.to_string(), shape.to_vec(), values)
+        })
+        .collect()
+}
+
+/// [`seeded_values`] as safetensors bytes.
+pub fn seeded_safetensors(seed: u64, parameters: &[Parameter]) -> Vec<u8> {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = seeded_values(seed, parameters)
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, shape, bytes)
+        })
+        .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
         .iter()
         .map(|(name, shape, bytes)| {
@@ -249,6 +260,21 @@ pub fn pack_folder_stored(
     package: &Path,
     weights: WeightStorage,
 ) -> PackSummary {
+    pack_as(folder, id, package, weights)
+        .unwrap_or_else(|e| panic!("caxton pack {}: {e}", folder.display()))
+}
+
+/// `caxton pack FOLDER --id ID -o PACKAGE`, its refusal as the message it prints.
+pub fn try_pack_folder(folder: &Path, id: &str, package: &Path) -> Result<PackSummary, String> {
+    pack_as(folder, id, package, WeightStorage::AsIs).map_err(|e| e.to_string())
+}
+
+fn pack_as(
+    folder: &Path,
+    id: &str,
+    package: &Path,
+    weights: WeightStorage,
+) -> Result<PackSummary, caxton::package::PackageError> {
     pack(
         &PackOptions {
             model_dir: folder.to_path_buf(),
@@ -262,7 +288,6 @@ pub fn pack_folder_stored(
         },
         package,
     )
-    .unwrap_or_else(|e| panic!("caxton pack {}: {e}", folder.display()))
 }
 
 /// A families.py fixture (issue 30: real widths, texts up to 8,192 tokens): every file of

@@ -2,6 +2,7 @@
 //! config directory and talks to it like a client.
 #![allow(dead_code)]
 
+pub mod bge_m3;
 pub mod cgroups;
 pub mod colbert;
 pub mod engine;
@@ -10,6 +11,7 @@ pub mod footprint;
 pub mod metrics;
 pub mod packages;
 pub mod skip;
+pub mod torch_pt;
 
 // Each test target uses some of these; the rest would be unused imports there.
 #[allow(unused_imports)]

@@ -24,6 +24,9 @@ pub struct LateInteraction {
     pub skiplist: Vec<u32>,
     /// How a query's vectors score a document's.
     pub similarity: LateSimilarity,
+    /// Whether the first token (`[CLS]`) gets no vector (bge-m3's ColBERT vectors).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_first: bool,
 }
 
 /// ColBERT's query expansion.
@@ -85,9 +88,16 @@ impl Manifest {
     /// A multi-vector model has its `late_interaction` settings, every token's vector
     /// (`pooling: tokens`), lengths within `max_seq_length`; no other kind has either.
     pub(super) fn validate_late_interaction(&self) -> Result<(), ManifestError> {
+        // An embedding model's token vectors (bge-m3's) are an extra output, its pooling its
+        // own vector's (see `validate_outputs`).
+        let extra = self.kind == ModelKind::Embedding
+            && self
+                .outputs
+                .as_ref()
+                .is_some_and(|o| o.multi_vector.is_some());
         let multi = self.kind == ModelKind::MultiVector;
         let tokens = self.pooling == Pooling::Tokens;
-        let Some(li) = self.late_interaction.as_ref().filter(|_| multi) else {
+        let Some(li) = self.late_interaction.as_ref().filter(|_| multi || extra) else {
             return match (multi, tokens, self.late_interaction.is_some()) {
                 (true, ..) => Err(invalid(
                     "late_interaction",
@@ -104,7 +114,7 @@ impl Manifest {
                 (false, false, false) => Ok(()),
             };
         };
-        if !tokens {
+        if multi && !tokens {
             return Err(invalid(
                 "pooling",
                 format!(
@@ -138,7 +148,7 @@ impl Manifest {
                 ),
             ));
         }
-        if self.matryoshka.is_some() {
+        if multi && self.matryoshka.is_some() {
             return Err(invalid(
                 "matryoshka",
                 "a multi-vector model's token vectors are not cut: remove it",

@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod late_interaction;
+mod outputs;
 mod pair_template;
 mod rules;
 mod vectors;
 mod weights;
 pub use late_interaction::{LateInteraction, LateSimilarity, QueryExpansion};
+pub use outputs::{Outputs, TokenWeights};
 pub use pair_template::PairTemplate;
 pub use rules::check_entry_path;
 pub use vectors::{Dense, DenseActivation, InputType, Matryoshka, Mismatch};
@@ -102,6 +104,10 @@ pub struct Manifest {
     /// A multi-vector model's query and document rules and score (`kind: multi_vector` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late_interaction: Option<LateInteraction>,
+    /// An embedding model's heads beside its vector: term weights and token vectors from the
+    /// same pass (bge-m3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Outputs>,
     /// How `caxton pack` stored the weights; absent: as the source folder had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<StoredWeights>,

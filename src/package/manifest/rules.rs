@@ -38,6 +38,7 @@ impl Manifest {
         self.validate_prompts()?;
         self.validate_kind()?;
         self.validate_late_interaction()?;
+        self.validate_outputs()?;
         self.validate_head()?;
         self.validate_identity()?;
         if !(1..=65536).contains(&self.dimensions) {

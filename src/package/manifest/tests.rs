@@ -422,3 +422,50 @@ fn a_multi_vector_manifest_keeps_every_token_and_says_how_sides_are_cut() {
         assert_eq!(err_of(&yaml), message);
     }
 }
+
+/// bge-m3's manifest: an embedding model with term weights and token vectors beside its
+/// vector, and the rules of its token vectors.
+fn bge_m3() -> String {
+    good().replace(
+        "files:\n",
+        "late_interaction:\n  query_length: 256\n  document_length: 256\n  similarity: meanmaxsim\n  drop_first: true\noutputs:\n  sparse:\n    linear: {path: s.safetensors, inputs: 384, outputs: 1, bias: true, activation: identity}\n    skip: [0, 1, 2, 3]\n    vocabulary: 250002\n  multi_vector: {path: c.safetensors, inputs: 384, outputs: 384, bias: true, activation: identity}\nfiles:\n",
+    ) + &format!(
+        "- {{path: s.safetensors, size: 1, sha256: \"{HASH}\"}}\n- {{path: c.safetensors, size: 1, sha256: \"{HASH}\"}}\n"
+    )
+}
+
+#[test]
+fn an_embedding_model_s_outputs_take_its_token_vectors_and_name_listed_files() {
+    let m = Manifest::parse(bge_m3().as_bytes()).unwrap();
+    assert!(m.serves(ModelKind::Embedding));
+    assert!(m.serves(ModelKind::Sparse) && m.serves(ModelKind::MultiVector));
+    assert!(!m.serves(ModelKind::Reranker));
+    assert_eq!(Manifest::parse(m.to_yaml().as_bytes()).unwrap(), m);
+    let cases = [
+        (
+            bge_m3().replace("inputs: 384, outputs: 1,", "inputs: 383, outputs: 1,"),
+            "outputs.sparse.linear.inputs: 383 is not the encoder's width 384",
+        ),
+        (
+            bge_m3().replace("inputs: 384, outputs: 1,", "inputs: 384, outputs: 2,"),
+            "outputs.sparse.linear.outputs: 2: a token's weight is one number",
+        ),
+        (
+            bge_m3().replace(
+                "multi_vector: {path: c.safetensors",
+                "multi_vector: {path: d.safetensors",
+            ),
+            "outputs.multi_vector.path: \"d.safetensors\" is not one of the listed files",
+        ),
+        (
+            bge_m3().replace(
+                "late_interaction:\n  query_length: 256\n  document_length: 256\n  similarity: meanmaxsim\n  drop_first: true\n",
+                "",
+            ),
+            "late_interaction: an embedding model has it exactly when it has outputs.multi_vector",
+        ),
+    ];
+    for (yaml, message) in cases {
+        assert_eq!(err_of(&yaml), message);
+    }
+}

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::super::error::PackageError;
 use super::super::manifest::{
-    Architecture, Dense, DenseActivation, LateInteraction, MAX_SEQ_LENGTH, ModelKind, PairTemplate,
-    Pooling, ScoreActivation, SparseActivation,
+    Architecture, Dense, DenseActivation, LateInteraction, MAX_SEQ_LENGTH, ModelKind, Outputs,
+    PairTemplate, Pooling, ScoreActivation, SparseActivation,
 };
 
 #[derive(Deserialize)]
@@ -208,6 +208,9 @@ pub(super) struct Inferred {
     pub query_weights: Option<std::path::PathBuf>,
     /// A multi-vector encoder's query and document rules.
     pub late_interaction: Option<LateInteraction>,
+    /// An embedder's heads beside its vector (bge-m3's), and their files' bytes.
+    pub outputs: Option<Outputs>,
+    pub output_files: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// The architecture a `config.json`'s `model_type` names, as transformers spells them.
@@ -366,6 +369,11 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     }
     let modules = EmbedderModules::read(dir, hidden)?;
     let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
+    let heads = bge_m3::heads(dir, &config, hidden, length.tokens)?;
+    let (outputs, late_interaction, output_files) = match heads {
+        Some(h) => (Some(h.outputs), Some(h.late_interaction), h.files),
+        None => (None, None, Vec::new()),
+    };
     Ok(Inferred {
         architecture,
         dimensions: output_width(&modules.dense, hidden)?,
@@ -382,7 +390,9 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         sparse_activation: None,
         source_dir: None,
         query_weights: None,
-        late_interaction: None,
+        late_interaction,
+        outputs,
+        output_files,
     })
 }
 
@@ -556,6 +566,7 @@ pub(super) fn matryoshka_dims(dir: &Path) -> Vec<usize> {
         .unwrap_or_default()
 }
 
+mod bge_m3;
 mod multi_vector;
 mod reranker;
 mod sparse;

@@ -165,6 +165,9 @@ fn read_payload<'a>(
         let bytes = storage::convert(read(&d.path)?, dense_storage, &d.path)?;
         payload.push((d.path.as_str(), bytes));
     }
+    for (name, bytes) in &inferred.output_files {
+        payload.push((name, bytes.clone()));
+    }
     if let Some(path) = &inferred.query_weights {
         // One weight per term: small, stored as the folder has it.
         let bytes = std::fs::read(path).map_err(|e| PackageError::io("read", path, e))?;
@@ -205,6 +208,7 @@ fn build_manifest(
             .as_ref()
             .map(|_| QUERY_WEIGHTS.to_string()),
         late_interaction: inferred.late_interaction.clone(),
+        outputs: inferred.outputs.clone(),
         weights: opts.weights.in_manifest(),
         files: payload
             .iter()

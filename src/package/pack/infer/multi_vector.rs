@@ -120,6 +120,8 @@ pub(super) fn infer(
         source_dir: None,
         query_weights: None,
         late_interaction: Some(late),
+        outputs: None,
+        output_files: Vec::new(),
     })
 }
 
@@ -215,6 +217,7 @@ fn late_interaction(
         query_expansion,
         skiplist,
         similarity,
+        drop_first: false,
     })
 }
 

@@ -104,6 +104,8 @@ pub(super) fn infer(
         source_dir: None,
         query_weights: None,
         late_interaction: None,
+        outputs: None,
+        output_files: Vec::new(),
     })
 }
 

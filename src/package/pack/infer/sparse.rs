@@ -193,5 +193,7 @@ fn infer_parts(
         source_dir: None,
         query_weights: None,
         late_interaction: None,
+        outputs: None,
+        output_files: Vec::new(),
     })
 }
