@@ -1,7 +1,7 @@
 //! The config directory's watch: a burst of changes becomes one reload once the directory is
 //! quiet and no config file is still open for writing.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,9 +94,10 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
     Ok(watcher)
 }
 
-/// The config files written in place and not yet closed by their writer.
+/// The config files written in place and not yet closed by their writer, with when each was
+/// first seen so.
 #[derive(Default)]
-struct Writers(HashSet<PathBuf>);
+struct Writers(HashMap<PathBuf, Instant>);
 
 impl Writers {
     fn see(&mut self, kind: &EventKind, paths: &[&PathBuf]) {
@@ -104,7 +105,7 @@ impl Writers {
             match kind {
                 EventKind::Create(CreateKind::File | CreateKind::Any)
                 | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
-                    self.0.insert(path.clone());
+                    self.0.entry(path.clone()).or_insert_with(Instant::now);
                 }
                 // Closed, removed, or renamed away or into place (a rename moves a file
                 // that is complete: its writer closed it under the old name).
@@ -118,7 +119,12 @@ impl Writers {
         }
     }
 
-    fn busy(&self) -> bool {
+    /// Whether a file is still being written: one gone since (its folder removed whole), or
+    /// open past [`WRITER_WAIT`] (its writer stalled), no longer counts, so it cannot hold
+    /// back every later reload.
+    fn busy(&mut self) -> bool {
+        self.0
+            .retain(|path, since| since.elapsed() < WRITER_WAIT && path.exists());
         !self.0.is_empty()
     }
 }
@@ -171,8 +177,11 @@ mod tests {
     #[test]
     fn a_file_is_being_written_from_its_first_write_until_its_writer_closes_it() {
         use notify::event::{DataChange, RemoveKind, RenameMode};
-        let a = PathBuf::from("/etc/caxton/conf.d/50-a.yaml");
-        let b = PathBuf::from("/etc/caxton/conf.d/60-b.yaml");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("50-a.yaml"), dir.path().join("60-b.yaml"));
+        for p in [&a, &b] {
+            std::fs::write(p, "").expect("write");
+        }
         let mut w = Writers::default();
         // fs::write on an existing file: truncated (a data change), written, closed.
         w.see(&EventKind::Modify(ModifyKind::Data(DataChange::Any)), &[&a]);
@@ -201,6 +210,11 @@ mod tests {
             &[&a],
         );
         w.see(&EventKind::Create(CreateKind::Folder), &[&b]);
+        assert!(!w.busy());
+        // A file gone without its own event (its folder removed whole) no longer counts.
+        w.see(&EventKind::Modify(ModifyKind::Any), &[&b]);
+        assert!(w.busy());
+        std::fs::remove_file(&b).expect("rm");
         assert!(!w.busy());
     }
 }
