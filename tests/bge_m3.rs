@@ -16,10 +16,9 @@ fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
     d.request("POST", path, &body.to_string())
 }
 
+/// Cosine similarity, as f32 (the floors compare f32 figures).
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (n(a) * n(b))
+    common::cosine(a, b) as f32
 }
 
 fn daemon() -> Daemon {
@@ -40,7 +39,17 @@ fn daemon() -> Daemon {
                 (m.kind, m.dimensions, m.normalize),
                 (ModelKind::Embedding, 32, true)
             );
-            let o = m.outputs.expect("outputs");
+            use caxton::package::OutputName;
+            // The contract's list, the heads beside it.
+            assert_eq!(
+                m.outputs,
+                [
+                    OutputName::Dense,
+                    OutputName::Sparse,
+                    OutputName::MultiVector
+                ]
+            );
+            let o = m.output_heads.clone().expect("output_heads");
             let sparse = o.sparse.expect("sparse");
             // XLM-R's <s>, <pad>, </s>, <unk>: no term weight.
             assert_eq!((sparse.skip, sparse.vocabulary), (vec![0, 1, 2, 3], 800));

@@ -69,10 +69,9 @@ fn token_vectors(v: &Value) -> Vec<Vec<Vec<f32>>> {
     serde_json::from_value(v.clone()).expect("[[[f32]]]")
 }
 
+/// Cosine similarity, as f32 (the floors compare f32 figures).
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (n(a) * n(b))
+    common::cosine(a, b) as f32
 }
 
 /// The smallest cosine of any token vector of `got` with the reference's, after checking

@@ -39,15 +39,12 @@ impl Heads {
         manifest: &Manifest,
         mut read: impl FnMut(&str) -> Result<Vec<u8>, String>,
     ) -> Result<Heads, String> {
-        let Some(o) = &manifest.outputs else {
-            return Ok(Heads::default());
-        };
         Ok(Heads {
-            term_weights: match &o.sparse {
+            term_weights: match manifest.sparse_head() {
                 Some(s) => Some(super::vectors::load_dense(&s.linear, &mut read)?),
                 None => None,
             },
-            token_vectors: match &o.multi_vector {
+            token_vectors: match manifest.multi_vector_head() {
                 Some(d) => Some(super::vectors::load_dense(d, &mut read)?),
                 None => None,
             },

@@ -14,8 +14,8 @@ pub use error::PackageError;
 pub use manifest::{
     Architecture, Dense, DenseActivation, INT8_BLOCK, INT8_SCALES_SUFFIX, InputType,
     LateInteraction, LateSimilarity, MAX_SEQ_LENGTH, Manifest, Matryoshka, Mismatch, ModelKind,
-    Outputs, PairTemplate, Pooling, QueryExpansion, ScoreActivation, SparseActivation,
-    StoredWeights, TokenWeights, quantize_int8_block,
+    OutputHeads, OutputName, PairTemplate, Pooling, QueryExpansion, ScoreActivation,
+    SparseActivation, StoredWeights, TokenWeights, quantize_int8_block,
 };
 pub use store::{Lease, Store, StoredPackage};
 

@@ -212,7 +212,7 @@ async fn vectors(
     let m = &model.package.manifest;
     // bge-m3's token vectors are its head's width, and always of unit length (FlagEmbedding
     // normalises them whatever the dense vectors do).
-    let (dim, normalize) = match m.outputs.as_ref().and_then(|o| o.multi_vector.as_ref()) {
+    let (dim, normalize) = match m.multi_vector_head() {
         Some(head) => (head.outputs, true),
         None => (m.dimensions, m.normalize),
     };

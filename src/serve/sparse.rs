@@ -92,7 +92,7 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
         max: manifest.max_seq_length,
         id: id.clone(),
     })?;
-    let per_token = manifest.outputs.as_ref().and_then(|o| o.sparse.as_ref());
+    let per_token = manifest.sparse_head();
     let found: Vec<Vec<Term>> = match (table, per_token) {
         (Some(table), _) => encoded
             .iter()

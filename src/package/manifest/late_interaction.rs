@@ -90,11 +90,7 @@ impl Manifest {
     pub(super) fn validate_late_interaction(&self) -> Result<(), ManifestError> {
         // An embedding model's token vectors (bge-m3's) are an extra output, its pooling its
         // own vector's (see `validate_outputs`).
-        let extra = self.kind == ModelKind::Embedding
-            && self
-                .outputs
-                .as_ref()
-                .is_some_and(|o| o.multi_vector.is_some());
+        let extra = self.kind == ModelKind::Embedding && self.multi_vector_head().is_some();
         let multi = self.kind == ModelKind::MultiVector;
         let tokens = self.pooling == Pooling::Tokens;
         let Some(li) = self.late_interaction.as_ref().filter(|_| multi || extra) else {

@@ -11,7 +11,7 @@ mod rules;
 mod vectors;
 mod weights;
 pub use late_interaction::{LateInteraction, LateSimilarity, QueryExpansion};
-pub use outputs::{Outputs, TokenWeights};
+pub use outputs::{OutputHeads, OutputName, TokenWeights};
 pub use pair_template::PairTemplate;
 pub use rules::check_entry_path;
 pub use vectors::{Dense, DenseActivation, InputType, Matryoshka, Mismatch};
@@ -104,10 +104,13 @@ pub struct Manifest {
     /// A multi-vector model's query and document rules and score (`kind: multi_vector` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub late_interaction: Option<LateInteraction>,
-    /// An embedding model's heads beside its vector: term weights and token vectors from the
-    /// same pass (bge-m3).
+    /// An embedding model's outputs, when it makes more than its vector: `[dense, sparse,
+    /// multi_vector]` (bge-m3), each beside the vector made from the same pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputName>,
+    /// The layers of the outputs beside the vector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outputs: Option<Outputs>,
+    pub output_heads: Option<OutputHeads>,
     /// How `caxton pack` stored the weights; absent: as the source folder had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<StoredWeights>,

@@ -1,20 +1,44 @@
-//! An embedding model's heads beside its vector (bge-m3's): term weights and token vectors
+//! An embedding model's outputs beside its vector (bge-m3's): term weights and token vectors
 //! computed from the same pass's token vectors, so one model, one load and one memory entry
-//! serve dense, sparse and late-interaction requests.
+//! serve dense, sparse and late-interaction requests. The contract's `outputs: [dense,
+//! sparse, multi_vector]` names them; `output_heads` holds the layers that make them.
 
 use serde::{Deserialize, Serialize};
 
 use super::{Dense, Manifest, ManifestError, ModelKind, invalid};
 
-/// `outputs:` of an embedding manifest.
+/// One output an embedding model makes, as `outputs:` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputName {
+    /// Its vector (`/v1/embeddings`, `/embed`).
+    Dense,
+    /// Term weights (`/embed_sparse`).
+    Sparse,
+    /// Token vectors (`/embed_all`, MaxSim in `/rerank`).
+    MultiVector,
+}
+
+impl OutputName {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputName::Dense => "dense",
+            OutputName::Sparse => "sparse",
+            OutputName::MultiVector => "multi_vector",
+        }
+    }
+}
+
+/// `output_heads:`, the layers of the outputs beside the vector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Outputs {
-    /// Term weights (`/embed_sparse`).
+pub struct OutputHeads {
+    /// Term weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<TokenWeights>,
-    /// Token vectors (`/embed_all`, MaxSim in `/rerank`): each token's vector through this
-    /// linear layer, normalised, scored as `late_interaction` says.
+    /// Token vectors: each token's vector through this linear layer, normalised, scored as
+    /// `late_interaction` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_vector: Option<Dense>,
 }
@@ -35,40 +59,87 @@ pub struct TokenWeights {
 
 impl Manifest {
     /// Whether the model answers requests for a model of `kind`: its own, or an embedding
-    /// model's extra outputs.
+    /// model's listed outputs.
     pub fn serves(&self, kind: ModelKind) -> bool {
-        let outputs = self.outputs.as_ref();
+        let listed = |o| self.outputs.contains(&o);
         self.kind == kind
             || (self.kind == ModelKind::Embedding
                 && match kind {
-                    ModelKind::Sparse => outputs.is_some_and(|o| o.sparse.is_some()),
-                    ModelKind::MultiVector => outputs.is_some_and(|o| o.multi_vector.is_some()),
+                    ModelKind::Sparse => listed(OutputName::Sparse),
+                    ModelKind::MultiVector => listed(OutputName::MultiVector),
                     _ => false,
                 })
     }
 
-    /// Only an embedding model has outputs; each takes the encoder's token vectors, names a
-    /// listed file, and the token vectors come with their `late_interaction` rules.
+    /// The term-weight head, when the model lists sparse among its outputs.
+    pub fn sparse_head(&self) -> Option<&TokenWeights> {
+        self.output_heads.as_ref()?.sparse.as_ref()
+    }
+
+    /// The token-vector head, when the model lists multi_vector among its outputs.
+    pub fn multi_vector_head(&self) -> Option<&Dense> {
+        self.output_heads.as_ref()?.multi_vector.as_ref()
+    }
+
+    /// Only an embedding model lists outputs: `dense` and those `output_heads` make, each
+    /// once; each head takes the encoder's token vectors and names a listed file, and token
+    /// vectors come with their `late_interaction` rules.
     pub(super) fn validate_outputs(&self) -> Result<(), ManifestError> {
-        let Some(o) = &self.outputs else {
-            return Ok(());
-        };
+        if self.outputs.is_empty() {
+            return match self.output_heads {
+                Some(_) => Err(invalid(
+                    "output_heads",
+                    "only a model that lists its outputs has them: add outputs: [dense, ...]",
+                )),
+                None => Ok(()),
+            };
+        }
         if self.kind != ModelKind::Embedding {
             return Err(invalid(
                 "outputs",
                 format!(
-                    "only an embedding model has outputs beside its vector, and this is kind {}",
+                    "only an embedding model lists outputs beside its vector, and this is kind {}",
                     self.kind.as_str()
                 ),
             ));
         }
+        let mut seen = Vec::new();
+        for o in &self.outputs {
+            if seen.contains(o) {
+                return Err(invalid(
+                    "outputs",
+                    format!("{} is listed twice", o.as_str()),
+                ));
+            }
+            seen.push(*o);
+        }
+        if !seen.contains(&OutputName::Dense) {
+            return Err(invalid(
+                "outputs",
+                "an embedding model's own vector is one of its outputs: list dense",
+            ));
+        }
+        for (name, has) in [
+            (OutputName::Sparse, self.sparse_head().is_some()),
+            (OutputName::MultiVector, self.multi_vector_head().is_some()),
+        ] {
+            if seen.contains(&name) != has {
+                return Err(invalid(
+                    format!("output_heads.{}", name.as_str()),
+                    format!(
+                        "a model has it exactly when outputs lists {}",
+                        name.as_str()
+                    ),
+                ));
+            }
+        }
         let hidden = self.hidden_size();
         let heads = [
             (
-                "outputs.sparse.linear",
-                o.sparse.as_ref().map(|s| &s.linear),
+                "output_heads.sparse.linear",
+                self.sparse_head().map(|s| &s.linear),
             ),
-            ("outputs.multi_vector", o.multi_vector.as_ref()),
+            ("output_heads.multi_vector", self.multi_vector_head()),
         ];
         for (field, d) in heads {
             let Some(d) = d else { continue };
@@ -91,21 +162,24 @@ impl Manifest {
                 ));
             }
         }
-        if let Some(s) = &o.sparse {
+        if let Some(s) = self.sparse_head() {
             if s.linear.outputs != 1 {
                 return Err(invalid(
-                    "outputs.sparse.linear.outputs",
+                    "output_heads.sparse.linear.outputs",
                     format!("{}: a token's weight is one number", s.linear.outputs),
                 ));
             }
             if s.vocabulary == 0 {
-                return Err(invalid("outputs.sparse.vocabulary", "must be at least 1"));
+                return Err(invalid(
+                    "output_heads.sparse.vocabulary",
+                    "must be at least 1",
+                ));
             }
         }
-        if o.multi_vector.is_some() != self.late_interaction.is_some() {
+        if self.multi_vector_head().is_some() != self.late_interaction.is_some() {
             return Err(invalid(
                 "late_interaction",
-                "an embedding model has it exactly when it has outputs.multi_vector",
+                "an embedding model has it exactly when its outputs list multi_vector",
             ));
         }
         Ok(())

@@ -428,7 +428,7 @@ fn a_multi_vector_manifest_keeps_every_token_and_says_how_sides_are_cut() {
 fn bge_m3() -> String {
     good().replace(
         "files:\n",
-        "late_interaction:\n  query_length: 256\n  document_length: 256\n  similarity: meanmaxsim\n  drop_first: true\noutputs:\n  sparse:\n    linear: {path: s.safetensors, inputs: 384, outputs: 1, bias: true, activation: identity}\n    skip: [0, 1, 2, 3]\n    vocabulary: 250002\n  multi_vector: {path: c.safetensors, inputs: 384, outputs: 384, bias: true, activation: identity}\nfiles:\n",
+        "late_interaction:\n  query_length: 256\n  document_length: 256\n  similarity: meanmaxsim\n  drop_first: true\noutputs: [dense, sparse, multi_vector]\noutput_heads:\n  sparse:\n    linear: {path: s.safetensors, inputs: 384, outputs: 1, bias: true, activation: identity}\n    skip: [0, 1, 2, 3]\n    vocabulary: 250002\n  multi_vector: {path: c.safetensors, inputs: 384, outputs: 384, bias: true, activation: identity}\nfiles:\n",
     ) + &format!(
         "- {{path: s.safetensors, size: 1, sha256: \"{HASH}\"}}\n- {{path: c.safetensors, size: 1, sha256: \"{HASH}\"}}\n"
     )
@@ -444,25 +444,37 @@ fn an_embedding_model_s_outputs_take_its_token_vectors_and_name_listed_files() {
     let cases = [
         (
             bge_m3().replace("inputs: 384, outputs: 1,", "inputs: 383, outputs: 1,"),
-            "outputs.sparse.linear.inputs: 383 is not the encoder's width 384",
+            "output_heads.sparse.linear.inputs: 383 is not the encoder's width 384",
         ),
         (
             bge_m3().replace("inputs: 384, outputs: 1,", "inputs: 384, outputs: 2,"),
-            "outputs.sparse.linear.outputs: 2: a token's weight is one number",
+            "output_heads.sparse.linear.outputs: 2: a token's weight is one number",
         ),
         (
             bge_m3().replace(
                 "multi_vector: {path: c.safetensors",
                 "multi_vector: {path: d.safetensors",
             ),
-            "outputs.multi_vector.path: \"d.safetensors\" is not one of the listed files",
+            "output_heads.multi_vector.path: \"d.safetensors\" is not one of the listed files",
         ),
         (
             bge_m3().replace(
                 "late_interaction:\n  query_length: 256\n  document_length: 256\n  similarity: meanmaxsim\n  drop_first: true\n",
                 "",
             ),
-            "late_interaction: an embedding model has it exactly when it has outputs.multi_vector",
+            "late_interaction: an embedding model has it exactly when its outputs list multi_vector",
+        ),
+        (
+            bge_m3().replace("[dense, sparse, multi_vector]", "[dense, multi_vector]"),
+            "output_heads.sparse: a model has it exactly when outputs lists sparse",
+        ),
+        (
+            bge_m3().replace("[dense, sparse, multi_vector]", "[sparse, multi_vector]"),
+            "outputs: an embedding model's own vector is one of its outputs: list dense",
+        ),
+        (
+            bge_m3().replace("[dense, sparse, multi_vector]", "[dense, sparse, sparse, multi_vector]"),
+            "outputs: sparse is listed twice",
         ),
     ];
     for (yaml, message) in cases {

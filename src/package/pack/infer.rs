@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::super::error::PackageError;
 use super::super::manifest::{
-    Architecture, Dense, DenseActivation, LateInteraction, MAX_SEQ_LENGTH, ModelKind, Outputs,
-    PairTemplate, Pooling, ScoreActivation, SparseActivation,
+    Architecture, Dense, DenseActivation, LateInteraction, MAX_SEQ_LENGTH, ModelKind, OutputHeads,
+    OutputName, PairTemplate, Pooling, ScoreActivation, SparseActivation,
 };
 
 #[derive(Deserialize)]
@@ -208,8 +208,9 @@ pub(super) struct Inferred {
     pub query_weights: Option<std::path::PathBuf>,
     /// A multi-vector encoder's query and document rules.
     pub late_interaction: Option<LateInteraction>,
-    /// An embedder's heads beside its vector (bge-m3's), and their files' bytes.
-    pub outputs: Option<Outputs>,
+    /// An embedder's outputs beside its vector (bge-m3's), their heads and files' bytes.
+    pub outputs: Vec<OutputName>,
+    pub output_heads: Option<OutputHeads>,
     pub output_files: Vec<(&'static str, Vec<u8>)>,
 }
 
@@ -370,9 +371,14 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let modules = EmbedderModules::read(dir, hidden)?;
     let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
     let heads = bge_m3::heads(dir, &config, hidden, length.tokens)?;
-    let (outputs, late_interaction, output_files) = match heads {
-        Some(h) => (Some(h.outputs), Some(h.late_interaction), h.files),
-        None => (None, None, Vec::new()),
+    let (outputs, output_heads, late_interaction, output_files) = match heads {
+        Some(h) => (
+            h.outputs,
+            Some(h.output_heads),
+            Some(h.late_interaction),
+            h.files,
+        ),
+        None => (Vec::new(), None, None, Vec::new()),
     };
     Ok(Inferred {
         architecture,
@@ -392,6 +398,7 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         query_weights: None,
         late_interaction,
         outputs,
+        output_heads,
         output_files,
     })
 }

@@ -209,6 +209,7 @@ fn build_manifest(
             .map(|_| QUERY_WEIGHTS.to_string()),
         late_interaction: inferred.late_interaction.clone(),
         outputs: inferred.outputs.clone(),
+        output_heads: inferred.output_heads.clone(),
         weights: opts.weights.in_manifest(),
         files: payload
             .iter()

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::super::super::error::PackageError;
 use super::super::super::manifest::{
-    Dense, DenseActivation, LateInteraction, LateSimilarity, Outputs, TokenWeights,
+    Dense, DenseActivation, LateInteraction, LateSimilarity, OutputHeads, OutputName, TokenWeights,
 };
 use super::{HfConfig, read_json, unusable};
 
@@ -19,7 +19,8 @@ pub(crate) const SPARSE: &str = "sparse_linear.safetensors";
 
 /// The heads of a bge-m3 folder, as the manifest names them, and their files' bytes.
 pub(crate) struct Heads {
-    pub outputs: Outputs,
+    pub outputs: Vec<OutputName>,
+    pub output_heads: OutputHeads,
     pub late_interaction: LateInteraction,
     pub files: Vec<(&'static str, Vec<u8>)>,
 }
@@ -81,7 +82,12 @@ pub(crate) fn heads(
         activation: DenseActivation::Identity,
     };
     Ok(Some(Heads {
-        outputs: Outputs {
+        outputs: vec![
+            OutputName::Dense,
+            OutputName::Sparse,
+            OutputName::MultiVector,
+        ],
+        output_heads: OutputHeads {
             sparse: Some(TokenWeights {
                 linear: dense(SPARSE, 1),
                 skip: special_ids(dir)?,

@@ -120,7 +120,8 @@ pub(super) fn infer(
         source_dir: None,
         query_weights: None,
         late_interaction: Some(late),
-        outputs: None,
+        outputs: Vec::new(),
+        output_heads: None,
         output_files: Vec::new(),
     })
 }

@@ -104,7 +104,8 @@ pub(super) fn infer(
         source_dir: None,
         query_weights: None,
         late_interaction: None,
-        outputs: None,
+        outputs: Vec::new(),
+        output_heads: None,
         output_files: Vec::new(),
     })
 }

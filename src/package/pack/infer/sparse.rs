@@ -193,7 +193,8 @@ fn infer_parts(
         source_dir: None,
         query_weights: None,
         late_interaction: None,
-        outputs: None,
+        outputs: Vec::new(),
+        output_heads: None,
         output_files: Vec::new(),
     })
 }
