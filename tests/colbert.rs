@@ -8,13 +8,9 @@
 mod common;
 
 use caxton::package::{ModelKind, Pooling};
-use common::colbert::{ColbertVariant, colbert_package, colbert_reference};
+use common::colbert::{colbert_package, colbert_reference, measure, post, token_vectors};
 use common::{Daemon, model_entry, write_config};
 use serde_json::{Value, json};
-
-fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
-    d.request("POST", path, &body.to_string())
-}
 
 fn error(v: &Value) -> (String, String) {
     (
@@ -62,68 +58,6 @@ fn colbert_daemon() -> Daemon {
         },
         &[],
     )
-}
-
-/// Each text's vectors as the daemon answers them.
-fn token_vectors(v: &Value) -> Vec<Vec<Vec<f32>>> {
-    serde_json::from_value(v.clone()).expect("[[[f32]]]")
-}
-
-/// Cosine similarity, as f32 (the floors compare f32 figures).
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    common::cosine(a, b) as f32
-}
-
-/// The smallest cosine of any token vector of `got` with the reference's, after checking
-/// every text has the reference's count of vectors.
-fn worst_cosine(got: &[Vec<Vec<f32>>], want: &[Vec<Vec<f32>>], what: &str) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let mut worst = 1f32;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.len(), w.len(), "{what} {i}: vectors");
-        for (a, b) in g.iter().zip(w) {
-            worst = worst.min(cosine(a, b));
-        }
-    }
-    worst
-}
-
-/// `/embed_all` of both sides and `/rerank` of every query by `id`, against `v`: the worst
-/// token cosine and the worst score difference relative to the score.
-fn measure(d: &Daemon, id: &str, v: &ColbertVariant) -> (f32, f32) {
-    let (s, q) = post(
-        d,
-        "/embed_all",
-        json!({"inputs": v.queries, "model": id, "input_type": "query", "truncate": true}),
-    );
-    assert_eq!(s, 200, "{q}");
-    let (s, docs) = post(
-        d,
-        "/embed_all",
-        json!({"inputs": v.documents, "model": id, "truncate": true}),
-    );
-    assert_eq!(s, 200, "{docs}");
-    let cos = worst_cosine(&token_vectors(&q), &v.query_vectors, "query").min(worst_cosine(
-        &token_vectors(&docs),
-        &v.document_vectors,
-        "document",
-    ));
-    let mut score_error = 0f32;
-    for (qi, query) in v.queries.iter().enumerate() {
-        let (s, r) = post(
-            d,
-            "/rerank",
-            json!({"model": id, "query": query, "texts": v.documents, "truncate": true}),
-        );
-        assert_eq!(s, 200, "{r}");
-        for rank in r.as_array().expect("ranks") {
-            let i = rank["index"].as_u64().expect("index") as usize;
-            let got = rank["score"].as_f64().expect("score") as f32;
-            let want = v.scores[qi][i];
-            score_error = score_error.max((got - want).abs() / want.abs().max(1e-6));
-        }
-    }
-    (cos, score_error)
 }
 
 #[test]

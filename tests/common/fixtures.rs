@@ -139,7 +139,12 @@ pub fn seeded_values(seed: u64, parameters: &[Parameter]) -> Vec<(String, Vec<us
 
 /// [`seeded_values`] as safetensors bytes.
 pub fn seeded_safetensors(seed: u64, parameters: &[Parameter]) -> Vec<u8> {
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = seeded_values(seed, parameters)
+    f32_safetensors(seeded_values(seed, parameters))
+}
+
+/// Tensors given as (name, shape, values) as an f32 safetensors file's bytes.
+pub fn f32_safetensors(tensors: Vec<(String, Vec<usize>, Vec<f32>)>) -> Vec<u8> {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(name, shape, values)| {
             let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();

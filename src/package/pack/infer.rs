@@ -212,6 +212,56 @@ pub(super) struct Inferred {
     pub outputs: Vec<OutputName>,
     pub output_heads: Option<OutputHeads>,
     pub output_files: Vec<(&'static str, Vec<u8>)>,
+    /// The prompts the folder's layout implies, in place of `config_sentence_transformers.json`'s
+    /// `prompts` (a PyLate or Stanford ColBERT's query and document markers).
+    pub prompts: Option<std::collections::BTreeMap<String, String>>,
+    /// Files the package stores in place of the folder's, by path: a tokenizer with a ColBERT's
+    /// markers registered as tokens, a Stanford checkpoint's encoder and projection split apart.
+    pub replaced: Vec<(String, Vec<u8>)>,
+}
+
+impl Inferred {
+    /// A model of `kind` with nothing beyond its shape: no Dense modules, no normalisation,
+    /// none of the other kinds' settings. Each kind's reader sets what its folder says.
+    pub(super) fn new(
+        architecture: Architecture,
+        kind: ModelKind,
+        pooling: Pooling,
+        dimensions: usize,
+        length: Length,
+    ) -> Inferred {
+        Inferred {
+            architecture,
+            dimensions,
+            dense: Vec::new(),
+            max_seq_length: length.tokens,
+            length_note: length.note,
+            pooling,
+            normalize: false,
+            kind,
+            labels: None,
+            activation: None,
+            pair_template: None,
+            logit_rows: None,
+            sparse_activation: None,
+            source_dir: None,
+            query_weights: None,
+            late_interaction: None,
+            outputs: Vec::new(),
+            output_heads: None,
+            output_files: Vec::new(),
+            prompts: None,
+            replaced: Vec::new(),
+        }
+    }
+
+    /// The bytes the package stores at `path` when they are not the folder's file.
+    pub(super) fn replacement(&self, path: &str) -> Option<&[u8]> {
+        self.replaced
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b.as_slice())
+    }
 }
 
 /// The architecture a `config.json`'s `model_type` names, as transformers spells them.
@@ -368,6 +418,9 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     if multi_vector::is_multi_vector(dir, &st_model)? {
         return multi_vector::infer(dir, &st_model, architecture, hidden, max_positions);
     }
+    if let Some(layout) = legacy_colbert::layout(dir, &config.architectures)? {
+        return legacy_colbert::infer(dir, layout, &st_model, architecture, hidden, max_positions);
+    }
     let modules = EmbedderModules::read(dir, hidden)?;
     let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
     let heads = bge_m3::heads(dir, &config, hidden, length.tokens)?;
@@ -380,26 +433,21 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
         ),
         None => (Vec::new(), None, None, Vec::new()),
     };
+    let dimensions = output_width(&modules.dense, hidden)?;
     Ok(Inferred {
-        architecture,
-        dimensions: output_width(&modules.dense, hidden)?,
         dense: modules.dense,
-        max_seq_length: length.tokens,
-        length_note: length.note,
-        pooling: modules.pooling,
         normalize: modules.normalize,
-        kind: ModelKind::Embedding,
-        labels: None,
-        activation: None,
-        pair_template: None,
-        logit_rows: None,
-        sparse_activation: None,
-        source_dir: None,
-        query_weights: None,
         late_interaction,
         outputs,
         output_heads,
         output_files,
+        ..Inferred::new(
+            architecture,
+            ModelKind::Embedding,
+            modules.pooling,
+            dimensions,
+            length,
+        )
     })
 }
 
@@ -574,6 +622,7 @@ pub(super) fn matryoshka_dims(dir: &Path) -> Vec<usize> {
 }
 
 mod bge_m3;
+mod legacy_colbert;
 mod multi_vector;
 mod reranker;
 mod sparse;

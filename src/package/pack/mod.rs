@@ -143,15 +143,21 @@ fn read_payload<'a>(
         let p = dir.join(name);
         std::fs::read(&p).map_err(|e| PackageError::io("read", &p, e))
     };
-    let mut weights = read("model.safetensors")?;
-    let source_weights_sha256 = hex::encode(Sha256::digest(&weights));
+    // A file the pack rewrote (a Stanford ColBERT's encoder without its projection) is stored
+    // in place of the folder's; the source's checksum stays the folder's file's.
+    let stored = |name: &str| match inferred.replacement(name) {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => read(name),
+    };
+    let mut weights = stored("model.safetensors")?;
+    let source_weights_sha256 = hex::encode(Sha256::digest(read("model.safetensors")?));
     if let Some((yes, no)) = inferred.logit_rows {
         weights = logit_head::score_row(&weights, yes, no)?;
     }
     let weights = storage::convert(weights, opts.weights, "model.safetensors")?;
     let mut payload: Payload<'a> = vec![
         ("config.json", read("config.json")?),
-        ("tokenizer.json", read("tokenizer.json")?),
+        ("tokenizer.json", stored("tokenizer.json")?),
         ("model.safetensors", weights),
     ];
     // int8 leaves the Dense modules as they are: small (19 MB of EmbeddingGemma's 1.2 GB),
@@ -162,7 +168,7 @@ fn read_payload<'a>(
         other => other,
     };
     for d in &inferred.dense {
-        let bytes = storage::convert(read(&d.path)?, dense_storage, &d.path)?;
+        let bytes = storage::convert(stored(&d.path)?, dense_storage, &d.path)?;
         payload.push((d.path.as_str(), bytes));
     }
     for (name, bytes) in &inferred.output_files {
@@ -184,7 +190,7 @@ fn build_manifest(
     inferred: &Inferred,
     payload: &Payload<'_>,
 ) -> Result<Manifest, PackageError> {
-    let (prompts, default_prompt) = prompts(opts)?;
+    let (prompts, default_prompt) = prompts(opts, inferred)?;
     let manifest = Manifest {
         prompts,
         default_prompt,
@@ -239,10 +245,14 @@ fn matryoshka(opts: &PackOptions, inferred: &Inferred) -> Option<Matryoshka> {
     })
 }
 
-/// The folder's prompts with the command line's over them, and the default prompt.
-fn prompts(opts: &PackOptions) -> Result<(BTreeMap<String, String>, Option<String>), PackageError> {
+/// The folder's prompts (or those its layout implies) with the command line's over them, and
+/// the default prompt.
+fn prompts(
+    opts: &PackOptions,
+    inferred: &Inferred,
+) -> Result<(BTreeMap<String, String>, Option<String>), PackageError> {
     let st_model = StModelConfig::read(&opts.model_dir)?;
-    let mut prompts = st_model.prompts;
+    let mut prompts = inferred.prompts.clone().unwrap_or(st_model.prompts);
     // sentence-transformers writes empty prompts for models without any.
     prompts.retain(|_, text| !text.is_empty());
     prompts.extend(opts.prompts.iter().cloned());

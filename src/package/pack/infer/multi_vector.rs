@@ -1,6 +1,7 @@
 //! What a sentence-transformers MultiVectorEncoder folder (ColBERT) implies: the transformer,
 //! Dense projections of every token, `MultiVectorMask`'s document skip-list, `Normalize`; the
 //! query and document lengths and query expansion its `Transformer` saved; the similarity.
+//! Older layouts (`legacy`: PyLate's, Stanford-NLP's) are read into the same [`Rules`].
 
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use serde::Deserialize;
 
 use super::super::super::error::PackageError;
 use super::super::super::manifest::{
-    Architecture, LateInteraction, LateSimilarity, ModelKind, Pooling, QueryExpansion,
+    Architecture, Dense, LateInteraction, LateSimilarity, ModelKind, Pooling, QueryExpansion,
 };
 use super::{
     Inferred, Length, StModelConfig, StModule, dense_module, has_module, module_class,
@@ -24,19 +25,40 @@ pub(super) fn is_multi_vector(dir: &Path, st_model: &StModelConfig) -> Result<bo
 
 /// The Transformer's per-task lengths in `sentence_bert_config.json`.
 #[derive(Deserialize, Default)]
-struct StLengths {
-    query_length: Option<usize>,
-    document_length: Option<usize>,
-    query_expansion: Option<StExpansion>,
+pub(super) struct StLengths {
+    pub query_length: Option<usize>,
+    pub document_length: Option<usize>,
+    pub query_expansion: Option<StExpansion>,
 }
 
 #[derive(Deserialize)]
-struct StExpansion {
-    strategy: String,
+pub(super) struct StExpansion {
+    pub strategy: String,
     #[serde(default)]
-    attend: bool,
-    token: Option<String>,
-    length: usize,
+    pub attend: bool,
+    pub token: Option<String>,
+    pub length: usize,
+}
+
+/// What a folder says of its two sides, whichever layout says it.
+pub(super) struct Rules {
+    pub lengths: StLengths,
+    /// The file the lengths are read from, for the errors that name it.
+    pub lengths_file: &'static str,
+    pub skiplist_words: Vec<String>,
+    pub similarity: LateSimilarity,
+}
+
+/// A multi-vector folder as read: its projections, whether each token vector is normalised,
+/// its rules, its tokenizer (markers registered), and the files the package stores in place
+/// of the folder's, with the prompts the layout implies.
+pub(super) struct Parts {
+    pub dense: Vec<Dense>,
+    pub normalize: bool,
+    pub rules: Rules,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub replaced: Vec<(String, Vec<u8>)>,
+    pub prompts: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `MultiVectorMask`'s `config.json`.
@@ -101,70 +123,62 @@ pub(super) fn infer(
         mask.ok_or_else(|| unusable(format!("modules.json: no MultiVectorMask ({SUPPORTED})")))?;
     let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| unusable(format!("tokenizer.json: {e}")))?;
-    let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
-    let late = late_interaction(dir, &mask, st_model, &tokenizer, length.tokens)?;
-    Ok(Inferred {
-        architecture,
-        dimensions: output_width(&dense, hidden)?,
+    let parts = Parts {
         dense,
-        max_seq_length: length.tokens,
-        length_note: length.note,
-        pooling: Pooling::Tokens,
         normalize,
-        kind: ModelKind::MultiVector,
-        labels: None,
-        activation: None,
-        pair_template: None,
-        logit_rows: None,
-        sparse_activation: None,
-        source_dir: None,
-        query_weights: None,
+        rules: native_rules(dir, &mask, st_model)?,
+        tokenizer,
+        replaced: Vec::new(),
+        prompts: None,
+    };
+    finish(dir, architecture, hidden, max_positions, parts)
+}
+
+/// A multi-vector model of `parts`: its token vectors as wide as the last projection's, the
+/// longest text as long as the longer side (within the model's positions).
+pub(super) fn finish(
+    dir: &Path,
+    architecture: Architecture,
+    hidden: usize,
+    max_positions: usize,
+    parts: Parts,
+) -> Result<Inferred, PackageError> {
+    let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
+    let late = late_interaction(dir, &parts.rules, &parts.tokenizer, max_positions)?;
+    // sentence-transformers cuts each side at its own length, past `max_seq_length` if need be
+    // (answerai-colbert-small-v1's PyLate copy: documents of 300 tokens, max_seq_length 299).
+    let longest = late.query_length.max(late.document_length);
+    let length = match length.tokens < longest {
+        true => Length::within(longest, parts.rules.lengths_file),
+        false => length,
+    };
+    Ok(Inferred {
+        dense: parts.dense.clone(),
+        normalize: parts.normalize,
         late_interaction: Some(late),
-        outputs: Vec::new(),
-        output_heads: None,
-        output_files: Vec::new(),
+        prompts: parts.prompts,
+        replaced: parts.replaced,
+        ..Inferred::new(
+            architecture,
+            ModelKind::MultiVector,
+            Pooling::Tokens,
+            output_width(&parts.dense, hidden)?,
+            length,
+        )
     })
 }
 
-/// The query and document rules, as sentence-transformers applies them with a longest text of
-/// `max_len` tokens: a query is cut at `query_length` (with `fixed` expansion, at its
-/// `length`; with `min`, at the larger of the two) and padded with the expansion token to
-/// the expansion's `length`.
-fn late_interaction(
+/// A MultiVectorEncoder's rules: the Transformer's lengths and expansion, the mask's
+/// skip-list, the similarity.
+fn native_rules(
     dir: &Path,
     mask_path: &str,
     st_model: &StModelConfig,
-    tokenizer: &tokenizers::Tokenizer,
-    max_len: usize,
-) -> Result<LateInteraction, PackageError> {
+) -> Result<Rules, PackageError> {
     let config = dir.join("sentence_bert_config.json");
     let lengths: StLengths = match config.exists() {
         true => read_json(&config)?,
         false => StLengths::default(),
-    };
-    let query_length = lengths.query_length.unwrap_or(max_len);
-    let (query_length, query_expansion) = match lengths.query_expansion {
-        None => (query_length, None),
-        Some(x) => {
-            let cap = match x.strategy.as_str() {
-                "fixed" => x.length,
-                "min" => query_length.max(x.length),
-                other => {
-                    return Err(unusable(format!(
-                        "sentence_bert_config.json: query_expansion strategy {other:?} is not supported (fixed, min)"
-                    )));
-                }
-            };
-            let token_id = expansion_token(dir, x.token.as_deref(), tokenizer)?;
-            (
-                cap,
-                Some(QueryExpansion {
-                    token_id,
-                    length: x.length,
-                    attend: x.attend,
-                }),
-            )
-        }
     };
     let mask_config = format!("{mask_path}/config.json");
     let m: StMask = read_json(&dir.join(&mask_config))?;
@@ -182,14 +196,6 @@ fn late_interaction(
             "{mask_config}: keep_only_token_ids is not supported"
         )));
     }
-    // As sentence-transformers resolves them: a word the vocabulary lacks is dropped.
-    let mut skiplist: Vec<u32> = m
-        .skiplist_words
-        .iter()
-        .filter_map(|w| tokenizer.token_to_id(w))
-        .collect();
-    skiplist.sort_unstable();
-    skiplist.dedup();
     let similarity = match st_model.similarity_fn_name.as_deref() {
         None | Some("maxsim") => LateSimilarity::Maxsim,
         Some("meanmaxsim") => LateSimilarity::Meanmaxsim,
@@ -199,25 +205,76 @@ fn late_interaction(
             )));
         }
     };
+    Ok(Rules {
+        lengths,
+        lengths_file: "sentence_bert_config.json",
+        skiplist_words: m.skiplist_words,
+        similarity,
+    })
+}
+
+/// The query and document rules, as sentence-transformers applies them to a model of
+/// `max_positions`: a query is cut at `query_length` (with `fixed` expansion, at its
+/// `length`; with `min`, at the larger of the two) and padded with the expansion token to the
+/// expansion's `length`; a side without a length is cut at the folder's `max_seq_length`.
+fn late_interaction(
+    dir: &Path,
+    rules: &Rules,
+    tokenizer: &tokenizers::Tokenizer,
+    max_positions: usize,
+) -> Result<LateInteraction, PackageError> {
+    let saved = Length::as_sentence_transformers_reads(dir, max_positions)?.tokens;
+    let file = rules.lengths_file;
+    let lengths = &rules.lengths;
+    let query_length = lengths.query_length.unwrap_or(saved);
+    let (query_length, query_expansion) = match &lengths.query_expansion {
+        None => (query_length, None),
+        Some(x) => {
+            let cap = match x.strategy.as_str() {
+                "fixed" => x.length,
+                "min" => query_length.max(x.length),
+                other => {
+                    return Err(unusable(format!(
+                        "{file}: query_expansion strategy {other:?} is not supported (fixed, min)"
+                    )));
+                }
+            };
+            let token_id = expansion_token(dir, x.token.as_deref(), tokenizer)?;
+            (
+                cap,
+                Some(QueryExpansion {
+                    token_id,
+                    length: x.length,
+                    attend: x.attend,
+                }),
+            )
+        }
+    };
+    // As sentence-transformers resolves them: a word the vocabulary lacks is dropped.
+    let mut skiplist: Vec<u32> = rules
+        .skiplist_words
+        .iter()
+        .filter_map(|w| tokenizer.token_to_id(w))
+        .collect();
+    skiplist.sort_unstable();
+    skiplist.dedup();
+    let document_length = lengths.document_length.unwrap_or(saved);
     for (key, len) in [
         ("query length", query_length),
-        (
-            "document_length",
-            lengths.document_length.unwrap_or(max_len),
-        ),
+        ("document_length", document_length),
     ] {
-        if len > max_len {
+        if len > max_positions {
             return Err(unusable(format!(
-                "sentence_bert_config.json: the {key} {len} exceeds the model's {max_len} tokens"
+                "{file}: the {key} {len} exceeds the model's {max_positions} positions"
             )));
         }
     }
     Ok(LateInteraction {
         query_length,
-        document_length: lengths.document_length.unwrap_or(max_len),
+        document_length,
         query_expansion,
         skiplist,
-        similarity,
+        similarity: rules.similarity,
         drop_first: false,
     })
 }
@@ -229,18 +286,22 @@ fn expansion_token(
     named: Option<&str>,
     tokenizer: &tokenizers::Tokenizer,
 ) -> Result<u32, PackageError> {
-    let path = dir.join("tokenizer_config.json");
-    let special: StTokens = match path.exists() {
-        true => read_json(&path)?,
-        false => StTokens::default(),
-    };
+    // transformers reads the special tokens from tokenizer_config.json, and from
+    // special_tokens_map.json where older saves (Stanford's checkpoints) keep them.
+    let mut special = StTokens::default();
+    for file in ["tokenizer_config.json", "special_tokens_map.json"] {
+        let path = dir.join(file);
+        if special.mask_token.is_none() && special.eos_token.is_none() && path.exists() {
+            special = read_json(&path)?;
+        }
+    }
     let name = named
         .map(str::to_string)
         .or_else(|| special.mask_token.as_ref().map(|t| t.text().to_string()))
         .or_else(|| special.eos_token.as_ref().map(|t| t.text().to_string()))
         .ok_or_else(|| {
             unusable(
-                "query_expansion names no token, and tokenizer_config.json has no mask_token or eos_token",
+                "query_expansion names no token, and neither tokenizer_config.json nor special_tokens_map.json has a mask_token or eos_token",
             )
         })?;
     tokenizer.token_to_id(&name).ok_or_else(|| {

@@ -88,25 +88,17 @@ pub(super) fn infer(
         (Pooling::Cls, None, None)
     };
     Ok(Inferred {
-        architecture,
-        dimensions: config.hidden()?,
-        dense: Vec::new(),
-        max_seq_length: length.tokens,
-        length_note: length.note,
-        pooling,
-        normalize: false,
-        kind: ModelKind::Reranker,
         labels: Some(labels),
         activation: Some(activation),
         pair_template,
         logit_rows,
-        sparse_activation: None,
-        source_dir: None,
-        query_weights: None,
-        late_interaction: None,
-        outputs: Vec::new(),
-        output_heads: None,
-        output_files: Vec::new(),
+        ..Inferred::new(
+            architecture,
+            ModelKind::Reranker,
+            pooling,
+            config.hidden()?,
+            length,
+        )
     })
 }
 

@@ -177,24 +177,7 @@ fn infer_parts(
         .ok_or_else(|| unusable("config.json has no vocab_size"))?;
     let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
     Ok(Inferred {
-        architecture,
-        dimensions: vocab,
-        dense: Vec::new(),
-        max_seq_length: length.tokens,
-        length_note: length.note,
-        pooling,
-        normalize: false,
-        kind: ModelKind::Sparse,
-        labels: None,
-        activation: None,
-        pair_template: None,
-        logit_rows: None,
         sparse_activation: Some(activation),
-        source_dir: None,
-        query_weights: None,
-        late_interaction: None,
-        outputs: Vec::new(),
-        output_heads: None,
-        output_files: Vec::new(),
+        ..Inferred::new(architecture, ModelKind::Sparse, pooling, vocab, length)
     })
 }
