@@ -9,7 +9,7 @@ mod common;
 
 use caxton::package::{LateSimilarity, ModelKind};
 use common::bge_m3::{bge_m3_folder, bge_m3_package, bge_m3_reference};
-use common::{Daemon, model_entry, write_config};
+use common::{Daemon, model_entry, write_config, write_precisions};
 use serde_json::{Value, json};
 
 fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
@@ -25,12 +25,10 @@ fn daemon() -> Daemon {
     Daemon::start_with(
         |dir| {
             write_config(dir, "");
-            std::fs::create_dir_all(dir.join("conf.d")).expect("mkdir");
-            std::fs::write(
-                dir.join("conf.d/10-precision.yaml"),
-                "models:\n  precision:\n    tiny-bge-m3-int8: int8\n    tiny-bge-m3-int8-fast: int8-fast\n",
-            )
-            .expect("drop-in");
+            write_precisions(
+                dir,
+                &[("tiny-bge-m3-int8", "int8"), ("tiny-bge-m3-int8-fast", "int8-fast")],
+            );
             for id in ["tiny-bge-m3-int8", "tiny-bge-m3-int8-fast"] {
                 bge_m3_package(id, &dir.join("packages"));
             }
@@ -210,8 +208,12 @@ fn one_model_serves_dense_sparse_and_colbert_as_flag_embedding_does() {
     assert_eq!(entries, 1, "{listed}");
     let entry = model_entry(&d, model).expect("listed");
     assert_eq!(
-        (&entry["kind"], &entry["state"]),
-        (&json!("embedding"), &json!("loaded")),
+        (&entry["kind"], &entry["state"], &entry["outputs"]),
+        (
+            &json!("embedding"),
+            &json!("loaded"),
+            &json!(["dense", "sparse", "multi_vector"])
+        ),
         "{entry}"
     );
     assert_eq!(

@@ -9,7 +9,7 @@ mod common;
 
 use caxton::package::{ModelKind, Pooling};
 use common::colbert::{colbert_package, colbert_reference, measure, post, token_vectors};
-use common::{Daemon, model_entry, write_config};
+use common::{Daemon, model_entry, write_config, write_precisions};
 use serde_json::{Value, json};
 
 fn error(v: &Value) -> (String, String) {
@@ -25,12 +25,10 @@ fn colbert_daemon() -> Daemon {
     Daemon::start_with(
         |dir| {
             write_config(dir, "");
-            std::fs::create_dir_all(dir.join("conf.d")).expect("mkdir");
-            std::fs::write(
-                dir.join("conf.d/10-precision.yaml"),
-                "models:\n  precision:\n    tiny-colbert-int8: int8\n    tiny-colbert-int8-fast: int8-fast\n",
-            )
-            .expect("drop-in");
+            write_precisions(
+                dir,
+                &[("tiny-colbert-int8", "int8"), ("tiny-colbert-int8-fast", "int8-fast")],
+            );
             let packages = dir.join("packages");
             for id in [
                 "tiny-colbert",

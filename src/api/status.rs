@@ -75,6 +75,7 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "file": m.file,
                 "kind": m.kind,
                 "activation": m.activation,
+                "outputs": m.outputs,
                 "dimensions": m.dimensions,
                 "max_seq_length": m.max_seq_length,
                 "memory_bytes": m.memory_bytes,

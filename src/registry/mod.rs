@@ -113,6 +113,9 @@ pub struct ModelInfo {
     pub kind: crate::package::ModelKind,
     /// A reranker's activation on its logit.
     pub activation: Option<crate::package::ScoreActivation>,
+    /// What an embedding model answers beside its vector, as its manifest lists them (bge-m3:
+    /// dense, sparse, multi_vector); empty for a model of one output.
+    pub outputs: Vec<crate::package::OutputName>,
     /// Vector length.
     pub dimensions: usize,
     /// Token limit per text.

@@ -167,6 +167,7 @@ impl ModelSlot {
             file: self.file.clone(),
             kind: m.kind,
             activation: m.activation,
+            outputs: m.outputs.clone(),
             dimensions: m.dimensions,
             max_seq_length: m.max_seq_length,
             memory_bytes: u.memory_bytes,

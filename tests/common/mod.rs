@@ -67,6 +67,21 @@ pub fn write_config(dir: &Path, extra: &str) {
     std::fs::write(dir.join("caxton.yaml"), yaml).expect("write caxton.yaml");
 }
 
+/// A `conf.d/10-precision.yaml` drop-in setting `models.precision` of each `(id, precision)`
+/// (the test daemons that serve one fixture at several precisions).
+pub fn write_precisions(dir: &Path, precisions: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir.join("conf.d")).expect("mkdir conf.d");
+    let entries: String = precisions
+        .iter()
+        .map(|(id, p)| format!("    {id}: {p}\n"))
+        .collect();
+    std::fs::write(
+        dir.join("conf.d/10-precision.yaml"),
+        format!("models:\n  precision:\n{entries}"),
+    )
+    .expect("write the precision drop-in");
+}
+
 impl Daemon {
     /// Starts a daemon with the default test config and waits until `/health` is 200.
     pub fn start() -> Daemon {
