@@ -27,7 +27,10 @@ fn daemon() -> Daemon {
             write_config(dir, "");
             write_precisions(
                 dir,
-                &[("tiny-bge-m3-int8", "int8"), ("tiny-bge-m3-int8-fast", "int8-fast")],
+                &[
+                    ("tiny-bge-m3-int8", "int8"),
+                    ("tiny-bge-m3-int8-fast", "int8-fast"),
+                ],
             );
             for id in ["tiny-bge-m3-int8", "tiny-bge-m3-int8-fast"] {
                 bge_m3_package(id, &dir.join("packages"));

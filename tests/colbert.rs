@@ -27,7 +27,10 @@ fn colbert_daemon() -> Daemon {
             write_config(dir, "");
             write_precisions(
                 dir,
-                &[("tiny-colbert-int8", "int8"), ("tiny-colbert-int8-fast", "int8-fast")],
+                &[
+                    ("tiny-colbert-int8", "int8"),
+                    ("tiny-colbert-int8-fast", "int8-fast"),
+                ],
             );
             let packages = dir.join("packages");
             for id in [

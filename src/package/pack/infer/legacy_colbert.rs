@@ -360,3 +360,6 @@ fn register_markers(
         .map_err(|e| unusable(format!("tokenizer.json: cannot write it back: {e}")))?;
     Ok(vec![("tokenizer.json".to_string(), json.into_bytes())])
 }
+
+#[cfg(test)]
+mod tests;
