@@ -3,13 +3,13 @@
 use super::*;
 use serde_json::json;
 
+/// (query_length, document_length, the expansion as (strategy, attend, length)).
+type Read = (Option<usize>, Option<usize>, Option<(String, bool, usize)>);
+
 /// `pylate_lengths` of a folder whose config_sentence_transformers.json is `config` (and
 /// whose sentence_bert_config.json is `saved`, when given): (query_length,
 /// document_length, expansion as (strategy, attend, length)).
-fn lengths(
-    config: Value,
-    saved: Option<Value>,
-) -> Result<(Option<usize>, Option<usize>, Option<(String, bool, usize)>), String> {
+fn lengths(config: Value, saved: Option<Value>) -> Result<Read, String> {
     let dir = tempfile::tempdir().expect("tempdir");
     if let Some(s) = saved {
         std::fs::write(dir.path().join("sentence_bert_config.json"), s.to_string()).expect("write");
