@@ -41,6 +41,77 @@ fn info_describes_the_default_model_without_loading_it() {
 }
 
 #[test]
+fn decode_turns_tokenize_s_ids_back_into_text_and_names_what_it_refuses() {
+    let d = Daemon::start();
+    let post = |body: Value| d.request("POST", "/decode", &body.to_string());
+    let (status, v) = d.request(
+        "POST",
+        "/tokenize",
+        &json!({"inputs": "Hello, wörld"}).to_string(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let ids: Vec<u64> = v[0]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["id"].as_u64().expect("id"))
+        .collect();
+    // MiniLM's tokenizer lowercases and strips accents; its decoder glues word pieces.
+    assert_eq!(post(json!({"ids": ids})), (200, json!(["hello, world"])));
+    assert_eq!(
+        post(json!({"ids": [ids, [7592]], "skip_special_tokens": false})),
+        (200, json!(["[CLS] hello, world [SEP]", "hello"]))
+    );
+    assert_eq!(
+        post(json!({"ids": [], "model": "all-MiniLM-L6-v2"})),
+        (200, json!([""]))
+    );
+    let refused = |body: Value| {
+        let (status, v) = post(body);
+        (
+            status,
+            v["error"]["code"].as_str().unwrap_or("?").to_string(),
+            v["error"]["message"].as_str().unwrap_or("?").to_string(),
+        )
+    };
+    assert_eq!(
+        refused(json!({"ids": [[101], [102, 30522]]})),
+        (
+            400,
+            "invalid_input".into(),
+            "`ids[1][1]` is 30522, which is not a token id of model all-MiniLM-L6-v2 (its 30522 tokens have ids 0 to 30521); send ids from its /tokenize or /embed_sparse".into()
+        )
+    );
+    assert_eq!(
+        refused(json!({"ids": [101, -1]})),
+        (
+            400,
+            "invalid_input".into(),
+            "`ids[1]` is not a token id (a whole number from 0)".into()
+        )
+    );
+    assert_eq!(
+        refused(json!({"ids": [[101], 102]})),
+        (
+            400,
+            "invalid_input".into(),
+            "`ids[1]` is not a list, and ids[0] is: send one list of token ids, or lists only"
+                .into()
+        )
+    );
+    assert_eq!(
+        refused(json!({"ids": "hello"})),
+        (
+            400,
+            "invalid_input".into(),
+            "`ids` is not a list; send token ids ([101, 7592]) or lists of them ([[101], [7592]])"
+                .into()
+        )
+    );
+    assert_eq!(refused(json!({"ids": [1], "model": "nope"})).0, 404);
+}
+
+#[test]
 fn tokenize_reports_ids_special_tokens_and_byte_offsets() {
     let d = Daemon::start();
     let text = "Héllo wörld";

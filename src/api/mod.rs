@@ -47,7 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// What a client of the embedding APIs calls (the TCP listener serves these and Ollama's):
-/// embeddings, rerank, tokenize, the model list, TEI's info and health.
+/// embeddings, rerank, tokenize and decode, the model list, TEI's info and health.
 fn client_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/embeddings", post(openai::embeddings))
@@ -56,6 +56,7 @@ fn client_routes() -> Router<Arc<AppState>> {
         .route("/embed_sparse", post(tei::embed_sparse))
         .route("/embed_all", post(tei::embed_all))
         .route("/tokenize", post(tei::tokenize))
+        .route("/decode", post(tei::decode))
         .route("/rerank", post(tei::rerank))
         .route("/v1/rerank", post(cohere::rerank))
         .route("/v2/rerank", post(cohere::rerank))

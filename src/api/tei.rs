@@ -1,5 +1,6 @@
-//! text-embeddings-inference-compatible endpoints: `POST /embed`, `POST /tokenize` and
-//! `GET /info` on the default model, and `POST /rerank` on the default reranker.
+//! text-embeddings-inference-compatible endpoints: `POST /embed`, `POST /tokenize`,
+//! `POST /decode` and `GET /info` on the default model, and `POST /rerank` on the default
+//! reranker.
 
 use std::sync::Arc;
 
@@ -273,6 +274,86 @@ pub async fn tokenize(
     let tokens =
         crate::serve::tokenize(&state, inputs, req.model, req.prompt_name, special).await?;
     Ok(Json(tokens))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecodeBody {
+    ids: Value,
+    skip_special_tokens: Option<bool>,
+    /// Caxton's: another model's vocabulary (a sparse model's term ids), else the default's.
+    model: Option<String>,
+}
+
+/// `POST /decode`: `{"ids": [id, ...] or [[id, ...], ...], "skip_special_tokens"?: bool
+/// (default true)}` plus Caxton's `"model"?` → one text per list of ids: `/tokenize`'s ids,
+/// or a sparse vector's `index`es, as words.
+pub async fn decode(
+    State(state): State<Arc<AppState>>,
+    body: Body,
+) -> Result<Json<Vec<String>>, ApiError> {
+    crate::serve::check_serving(&state)?;
+    let settings = state.settings();
+    let req: DecodeBody = parse_body(body, &settings.limits).await?;
+    let (batch, batched) = token_ids(req.ids, settings.limits.max_inputs)?;
+    if req.model.as_deref() == Some("") {
+        return Err(RequestError::EmptyModel.into());
+    }
+    let skip = req.skip_special_tokens.unwrap_or(true);
+    let texts = crate::serve::decode(&state, batch, batched, req.model, skip).await?;
+    Ok(Json(texts))
+}
+
+/// `ids` as TEI takes them: one list of token ids, or a list of such lists (at most `max`);
+/// and whether it was the latter.
+fn token_ids(ids: Value, max: usize) -> Result<(Vec<Vec<u32>>, bool), RequestError> {
+    let invalid = |place: String, problem: &str| RequestError::InvalidInput {
+        place,
+        problem: problem.to_string(),
+    };
+    let Value::Array(items) = ids else {
+        return Err(invalid(
+            "ids".into(),
+            "is not a list; send token ids ([101, 7592]) or lists of them ([[101], [7592]])",
+        ));
+    };
+    let id = |v: &Value, place: String| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| invalid(place, "is not a token id (a whole number from 0)"))
+    };
+    let batched = items.first().is_some_and(Value::is_array);
+    if !batched {
+        let list = items
+            .iter()
+            .enumerate()
+            .map(|(j, v)| id(v, format!("ids[{j}]")))
+            .collect::<Result<Vec<u32>, _>>()?;
+        return Ok((vec![list], false));
+    }
+    if items.len() > max {
+        return Err(RequestError::TooManyInputs {
+            field: "ids".into(),
+            count: items.len(),
+            max,
+        });
+    }
+    let lists = items
+        .iter()
+        .enumerate()
+        .map(|(i, list)| match list {
+            Value::Array(l) => l
+                .iter()
+                .enumerate()
+                .map(|(j, v)| id(v, format!("ids[{i}][{j}]")))
+                .collect::<Result<Vec<u32>, _>>(),
+            _ => Err(invalid(
+                format!("ids[{i}]"),
+                "is not a list, and ids[0] is: send one list of token ids, or lists only",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((lists, true))
 }
 
 /// `GET /info`: the default model as TEI describes it (`model_id`, `model_type`,

@@ -294,6 +294,25 @@ impl TextTokenizer {
         }
     }
 
+    /// Whether `id` names a token of the vocabulary (added tokens included).
+    pub fn has_id(&self, id: u32) -> bool {
+        self.untruncated().id_to_token(id).is_some()
+    }
+
+    /// How many tokens the vocabulary has, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.untruncated().get_vocab_size(true)
+    }
+
+    /// The text of `ids` as the tokenizer's decoder joins them (word pieces glued, byte-level
+    /// pieces made text again), without the special tokens when `skip_special`: what
+    /// `POST /decode` answers. Every id must pass [`TextTokenizer::has_id`].
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, String> {
+        self.untruncated()
+            .decode(ids, skip_special)
+            .map_err(|e| format!("decoding failed: {e}"))
+    }
+
     /// Every token of `text`, untruncated, with the model's special tokens when
     /// `special_tokens`: what `POST /tokenize` answers.
     pub fn tokens(&self, text: &str, special_tokens: bool) -> Result<Vec<Token>, String> {

@@ -65,6 +65,22 @@ pub enum ServeError {
         /// Model id.
         id: String,
     },
+    /// A token id the model's vocabulary lacks (`POST /decode`).
+    #[error(
+        "`{place}` is {token}, which is not a token id of model {id} (its {vocab} tokens have ids 0 to {last}); send ids from its /tokenize or /embed_sparse"
+    )]
+    UnknownTokenId {
+        /// `ids[3]`, `ids[1][3]`.
+        place: String,
+        /// The id sent.
+        token: u32,
+        /// Model id.
+        id: String,
+        /// Tokens in its vocabulary.
+        vocab: usize,
+        /// The largest id.
+        last: usize,
+    },
     /// A blank instruction.
     #[error("`instruction` is empty or only whitespace; leave it out for the model's own")]
     EmptyInstruction,

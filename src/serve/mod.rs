@@ -18,7 +18,7 @@ pub use multi_vector::{TokenVectors, TokenVectorsRequest, token_vectors};
 pub use rerank::{RerankRequest, Reranked, rerank};
 pub use sparse::{SparseRequest, Term, Weighted, sparse};
 use tokenizing::{tokenize_each, tokenize_off_runtime};
-pub use tokens::tokenize;
+pub use tokens::{decode, tokenize};
 
 use crate::engine::Encoded;
 use crate::registry::ModelSlot;

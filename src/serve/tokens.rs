@@ -1,5 +1,5 @@
 //! Tokenizing texts as a model does (the default one unless named), for clients that cut texts
-//! by tokens or read a sparse model's term ids.
+//! by tokens or read a sparse model's term ids, and decoding ids back into text.
 
 use std::sync::Arc;
 
@@ -46,6 +46,47 @@ pub async fn tokenize(
                 Ok(tokens)
             })
             .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+}
+
+/// Each list of `batch` decoded by `model`'s tokenizer (else the default model's), without
+/// the special tokens when `skip_special`: `POST /decode`. An id the vocabulary lacks is
+/// refused, named as the request placed it (`ids[j]`, or `ids[i][j]` when `batched`).
+pub async fn decode(
+    state: &Arc<AppState>,
+    batch: Vec<Vec<u32>>,
+    batched: bool,
+    model: Option<String>,
+    skip_special: bool,
+) -> Result<Vec<String>, ServeError> {
+    check_serving(state)?;
+    let id = model.unwrap_or_else(|| state.settings().models.default.clone());
+    served_by(&id);
+    let model = state.registry.acquire(&id).await?;
+    let tokenizer = model.tokenizer.clone();
+    for (i, ids) in batch.iter().enumerate() {
+        if let Some((j, &token)) = ids.iter().enumerate().find(|(_, t)| !tokenizer.has_id(**t)) {
+            let vocab = tokenizer.vocab_size();
+            return Err(ServeError::UnknownTokenId {
+                place: match batched {
+                    true => format!("ids[{i}][{j}]"),
+                    false => format!("ids[{j}]"),
+                },
+                token,
+                id,
+                vocab,
+                last: vocab.saturating_sub(1),
+            });
+        }
+    }
+    let ids: usize = batch.iter().map(Vec::len).sum();
+    // A token's text is a few bytes: the same bound as a text of as many.
+    tokenize_off_runtime(ids * 4, move || {
+        batch
+            .iter()
+            .map(|ids| tokenizer.decode(ids, skip_special))
+            .collect()
     })
     .await
 }

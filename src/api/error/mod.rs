@@ -164,6 +164,7 @@ impl From<ServeError> for ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, code::INPUT_TOO_LONG)
             }
             ServeError::EmptyInstruction => (StatusCode::BAD_REQUEST, code::EMPTY_INPUT),
+            ServeError::UnknownTokenId { .. } => (StatusCode::BAD_REQUEST, code::INVALID_INPUT),
             ServeError::NonFinite { .. } => (StatusCode::INTERNAL_SERVER_ERROR, code::ENGINE_ERROR),
         };
         ApiError::new(status, code, e)
