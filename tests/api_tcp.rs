@@ -130,6 +130,7 @@ fn api_listen_on_loopback_serves_the_embedding_apis_and_no_admin_endpoint() {
     for (method, path, body) in [
         ("POST", "/embed", r#"{"inputs": "x"}"#),
         ("POST", "/tokenize", r#"{"inputs": "x"}"#),
+        ("POST", "/decode", r#"{"ids": [101, 102]}"#),
         ("GET", "/v1/models", ""),
         ("GET", "/info", ""),
         ("GET", "/health", ""),

@@ -83,6 +83,7 @@ fn assert_only_metrics_and_health(address: SocketAddr) {
         ("POST", "/embed", r#"{"inputs": "x"}"#),
         ("POST", "/rerank", r#"{"query": "q", "texts": ["t"]}"#),
         ("POST", "/tokenize", r#"{"inputs": "x"}"#),
+        ("POST", "/decode", r#"{"ids": [101, 102]}"#),
         ("GET", "/v1/models", ""),
         ("GET", "/info", ""),
         ("GET", "/api/models", ""),
