@@ -39,7 +39,8 @@ fn pylate_and_stanford_folders_answer_as_sentence_transformers_converts_them() {
             );
             let x = li.query_expansion.expect("expansion");
             assert_eq!((x.token_id, x.length, x.attend), (4, 12, false));
-            assert!(!li.skiplist.is_empty(), "its skiplist_words");
+            // Its own five skiplist_words (not the 32 of the punctuation default).
+            assert!((1..=5).contains(&li.skiplist.len()), "{:?}", li.skiplist);
 
             // GTE-ModernColBERT-v1's layout: windows of 8 tokens clamped to the attended keys.
             let (_, m) = legacy_package("tiny-modern-colbert", &packages, "pylate-modernbert");
@@ -84,6 +85,43 @@ fn pylate_and_stanford_folders_answer_as_sentence_transformers_converts_them() {
         assert!(cos >= 0.9999, "{layout}: {cos}");
         assert!(score <= 1e-4, "{layout}: {score}");
     }
+}
+
+/// The rules `caxton pack` reads from the PyLate folder with `config` as its
+/// config_sentence_transformers.json.
+fn pylate_rules(config: &str) -> caxton::package::LateInteraction {
+    let work = tempfile::tempdir().expect("tempdir");
+    let folder = work.path().join("m");
+    legacy_folder(&folder, "pylate");
+    std::fs::write(folder.join("config_sentence_transformers.json"), config).expect("write");
+    match try_pack_folder(&folder, "m", &work.path().join("m.tar.zst")) {
+        Ok(summary) => summary.manifest.late_interaction.expect("late_interaction"),
+        Err(e) => panic!("{config}: {e}"),
+    }
+}
+
+/// What sentence-transformers 6.2 assumes of a PyLate save depends on what the save says of
+/// itself: PyLate 3's `model_type` or a marker means PyLate's punctuation skip-list; a
+/// PyLate key means query expansion; a save marked only by its `pylate.` Dense has neither.
+#[test]
+fn pylate_s_defaults_follow_what_the_save_says_of_itself() {
+    let punctuation = pylate_rules(r#"{"model_type": "ColBERT", "query_prefix": "[Q] "}"#);
+    assert!(punctuation.skiplist.len() > 5, "{:?}", punctuation.skiplist);
+    let x = punctuation.query_expansion.expect("a PyLate key: expanded");
+    assert_eq!(
+        (x.length, x.attend, punctuation.query_length),
+        (32, false, 32)
+    );
+    let v3 = pylate_rules(r#"{"model_type": "ColBERT"}"#);
+    assert_eq!(v3.skiplist, punctuation.skiplist);
+    assert!(v3.query_expansion.is_none(), "no PyLate key: no expansion");
+    let bare = pylate_rules("{}");
+    assert!(bare.skiplist.is_empty() && bare.query_expansion.is_none());
+    let off = pylate_rules(r#"{"query_prefix": null, "do_query_expansion": false}"#);
+    assert_eq!(
+        (off.skiplist.len(), off.query_expansion.is_none()),
+        (punctuation.skiplist.len(), true)
+    );
 }
 
 /// `caxton pack`'s refusal of the `layout` folder after `edit`.
@@ -139,6 +177,13 @@ fn legacy_folders_that_cannot_be_read_are_refused_naming_the_file() {
             r#"{"model_type": "ColBERT", "query_prefix": "[Q] ", "query_length": "32"}"#
         )),
         "unusable model: config_sentence_transformers.json: query_length is \"32\"; it must be a whole number of tokens"
+    );
+    assert_eq!(
+        refusal("pylate", |f| write(
+            f.join("config_sentence_transformers.json"),
+            r#"{"model_type": "ColBERT", "query_prefix": 7}"#
+        )),
+        "unusable model: config_sentence_transformers.json: query_prefix is 7; it must be the marker's text (\"[Q] \")"
     );
     assert_eq!(
         refusal("pylate", |f| write(

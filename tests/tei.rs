@@ -79,7 +79,7 @@ fn decode_turns_tokenize_s_ids_back_into_text_and_names_what_it_refuses() {
         (
             400,
             "invalid_input".into(),
-            "`ids[1][1]` is 30522, which is not a token id of model all-MiniLM-L6-v2 (its 30522 tokens have ids 0 to 30521); send ids from its /tokenize or /embed_sparse".into()
+            "`ids[1][1]` is 30522, which is not a token id of model all-MiniLM-L6-v2 (its vocabulary has 30522 tokens); send ids from its /tokenize or /embed_sparse".into()
         )
     );
     assert_eq!(

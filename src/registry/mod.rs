@@ -113,7 +113,7 @@ pub struct ModelInfo {
     pub kind: crate::package::ModelKind,
     /// A reranker's activation on its logit.
     pub activation: Option<crate::package::ScoreActivation>,
-    /// What an embedding model answers beside its vector, as its manifest lists them (bge-m3:
+    /// The outputs an embedding model's manifest lists, its vector among them (bge-m3:
     /// dense, sparse, multi_vector); empty for a model of one output.
     pub outputs: Vec<crate::package::OutputName>,
     /// Vector length.

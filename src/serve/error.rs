@@ -67,7 +67,7 @@ pub enum ServeError {
     },
     /// A token id the model's vocabulary lacks (`POST /decode`).
     #[error(
-        "`{place}` is {token}, which is not a token id of model {id} (its {vocab} tokens have ids 0 to {last}); send ids from its /tokenize or /embed_sparse"
+        "`{place}` is {token}, which is not a token id of model {id} (its vocabulary has {vocab} tokens); send ids from its /tokenize or /embed_sparse"
     )]
     UnknownTokenId {
         /// `ids[3]`, `ids[1][3]`.
@@ -78,8 +78,6 @@ pub enum ServeError {
         id: String,
         /// Tokens in its vocabulary.
         vocab: usize,
-        /// The largest id.
-        last: usize,
     },
     /// A blank instruction.
     #[error("`instruction` is empty or only whitespace; leave it out for the model's own")]

@@ -67,7 +67,6 @@ pub async fn decode(
     let tokenizer = model.tokenizer.clone();
     for (i, ids) in batch.iter().enumerate() {
         if let Some((j, &token)) = ids.iter().enumerate().find(|(_, t)| !tokenizer.has_id(**t)) {
-            let vocab = tokenizer.vocab_size();
             return Err(ServeError::UnknownTokenId {
                 place: match batched {
                     true => format!("ids[{i}][{j}]"),
@@ -75,8 +74,7 @@ pub async fn decode(
                 },
                 token,
                 id,
-                vocab,
-                last: vocab.saturating_sub(1),
+                vocab: tokenizer.vocab_size(),
             });
         }
     }

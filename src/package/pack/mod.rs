@@ -149,8 +149,17 @@ fn read_payload<'a>(
         Some(bytes) => Ok(bytes.to_vec()),
         None => read(name),
     };
-    let mut weights = stored("model.safetensors")?;
-    let source_weights_sha256 = hex::encode(Sha256::digest(read("model.safetensors")?));
+    let (mut weights, source_weights_sha256) = match inferred.replacement("model.safetensors") {
+        Some(bytes) => (
+            bytes.to_vec(),
+            super::store::sha256_file(&dir.join("model.safetensors"))?,
+        ),
+        None => {
+            let bytes = read("model.safetensors")?;
+            let sha = hex::encode(Sha256::digest(&bytes));
+            (bytes, sha)
+        }
+    };
     if let Some((yes, no)) = inferred.logit_rows {
         weights = logit_head::score_row(&weights, yes, no)?;
     }

@@ -46,26 +46,35 @@ pub(super) enum Layout {
     Stanford,
 }
 
-/// The legacy layout of the folder, if it has one (checked after a MultiVectorEncoder's).
+/// The legacy layout of the folder, if it has one (checked after a MultiVectorEncoder's). As
+/// sentence-transformers decides: a folder with `modules.json` is read from its modules (a
+/// PyLate save, which may also name `HF_ColBERT`), one without it from the Stanford
+/// checkpoint `config.json` names.
 pub(super) fn layout(dir: &Path, architectures: &[String]) -> Result<Option<Layout>, PackageError> {
-    if architectures.iter().any(|a| a == "HF_ColBERT") {
-        return Ok(Some(Layout::Stanford));
+    let modules = dir.join("modules.json");
+    if !modules.exists() {
+        let stanford = architectures.iter().any(|a| a == "HF_ColBERT");
+        return Ok(stanford.then_some(Layout::Stanford));
     }
     let path = dir.join("config_sentence_transformers.json");
-    if !path.exists() {
-        return Ok(None);
-    }
-    let config: Map<String, Value> = read_json(&path)?;
-    let pylate_module = match dir.join("modules.json") {
-        p if p.exists() => read_json::<Vec<StModule>>(&p)?
-            .iter()
-            .any(|m| m.kind.starts_with("pylate.")),
-        _ => false,
+    let config: Map<String, Value> = match path.exists() {
+        true => read_json(&path)?,
+        false => Map::new(),
     };
-    let marked = config.get("model_type").and_then(Value::as_str) == Some("ColBERT")
-        || PYLATE_KEYS.iter().any(|k| config.contains_key(*k))
-        || pylate_module;
+    let pylate_module = read_json::<Vec<StModule>>(&modules)?
+        .iter()
+        .any(|m| m.kind.starts_with("pylate."));
+    let marked = is_pylate_v3(&config) || has_pylate_key(&config) || pylate_module;
     Ok(marked.then_some(Layout::PyLate(config)))
+}
+
+/// PyLate 3 says `model_type: ColBERT`.
+fn is_pylate_v3(config: &Map<String, Value>) -> bool {
+    config.get("model_type").and_then(Value::as_str) == Some("ColBERT")
+}
+
+fn has_pylate_key(config: &Map<String, Value>) -> bool {
+    PYLATE_KEYS.iter().any(|k| config.contains_key(*k))
 }
 
 /// The folder in `layout`, of `architecture` with token vectors `hidden` wide.
@@ -116,10 +125,16 @@ fn pylate(
     let mut prompts = st_model.prompts.clone();
     let mut markers = Vec::new();
     for (key, side) in [("query_prefix", "query"), ("document_prefix", "document")] {
-        let Some(prefix) = config.get(key) else {
-            continue;
+        let prefix = match config.get(key) {
+            None => continue,
+            Some(Value::Null) => String::new(),
+            Some(Value::String(p)) => p.clone(),
+            Some(other) => {
+                return Err(unusable(format!(
+                    "{ST_CONFIG}: {key} is {other}; it must be the marker's text (\"[Q] \")"
+                )));
+            }
         };
-        let prefix = prefix.as_str().unwrap_or_default().to_string();
         let saved = prompts.remove(side).unwrap_or_default();
         let rest = saved.strip_prefix(&prefix).unwrap_or(&saved).to_string();
         prompts.insert(side.to_string(), format!("{prefix}{rest}"));
@@ -133,12 +148,16 @@ fn pylate(
         rules: Rules {
             lengths: pylate_lengths(dir, config)?,
             lengths_file: ST_CONFIG,
+            // PyLate applied a punctuation skip-list unless it saved its own; a save without
+            // its version or markers (only a `pylate.` module) is read with none, as
+            // sentence-transformers reads it.
             skiplist_words: match config.get("skiplist_words") {
                 Some(Value::Array(words)) => words
                     .iter()
                     .filter_map(|w| w.as_str().map(str::to_string))
                     .collect(),
-                _ => punctuation(),
+                _ if is_pylate_v3(config) || !markers.is_empty() => punctuation(),
+                _ => Vec::new(),
             },
             // sentence-transformers keeps a saved name it knows ("maxsim", "meanmaxsim") and
             // scores PyLate's "MaxSim" (and any other) by its default, MaxSim.
@@ -154,9 +173,10 @@ fn pylate(
 }
 
 /// PyLate's lengths: `sentence_bert_config.json`'s where it has them, else the top-level
-/// keys. Without a `query_expansion`, queries are expanded (unless `do_query_expansion` is
-/// false) by `fixed` padding to `query_length` (default 32), attending as
-/// `attend_to_expansion_tokens` says; the query is then cut only there.
+/// keys. Without a `query_expansion`, a save with any of PyLate's keys has its queries
+/// expanded (unless `do_query_expansion` is false) by `fixed` padding to `query_length`
+/// (default 32, as for 0), attending as `attend_to_expansion_tokens` says; the query is then
+/// cut only there. A save without those keys has no expansion.
 fn pylate_lengths(dir: &Path, config: &Map<String, Value>) -> Result<StLengths, PackageError> {
     let sbc = dir.join("sentence_bert_config.json");
     let saved: StLengths = match sbc.exists() {
@@ -180,6 +200,7 @@ fn pylate_lengths(dir: &Path, config: &Map<String, Value>) -> Result<StLengths, 
             StExpansion::deserialize(v)
                 .map_err(|e| unusable(format!("{ST_CONFIG}: query_expansion: {e}")))?,
         ),
+        None if !has_pylate_key(config) => None,
         None if config.get("do_query_expansion") == Some(&Value::Bool(false)) => None,
         None => {
             let attend = config
@@ -191,7 +212,7 @@ fn pylate_lengths(dir: &Path, config: &Map<String, Value>) -> Result<StLengths, 
                 strategy: "fixed".into(),
                 attend,
                 token: None,
-                length: query_length.take().unwrap_or(32),
+                length: query_length.take().filter(|&n| n > 0).unwrap_or(32),
             })
         }
     };
@@ -210,7 +231,13 @@ struct Metadata {
     query_maxlen: Option<usize>,
     doc_maxlen: Option<usize>,
     attend_to_mask_tokens: Option<bool>,
-    mask_punctuation: Option<bool>,
+    /// Read as Python reads it: absent means true, `null` false.
+    #[serde(default = "absent")]
+    mask_punctuation: Value,
+}
+
+fn absent() -> Value {
+    Value::Bool(true)
 }
 
 const ENCODER: &str = "model.safetensors";
@@ -224,9 +251,17 @@ fn stanford(dir: &Path, st_model: &StModelConfig, hidden: usize) -> Result<Parts
         true => read_json(&path)?,
         false => Metadata::default(),
     };
+    // An empty marker or length counts as none, as Python's `or` takes it.
+    let marker = |named: &Option<String>, default: &str| {
+        let name = named
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(default);
+        format!("{name} ")
+    };
     let markers = [
-        format!("{} ", m.query_token_id.as_deref().unwrap_or("[unused0]")),
-        format!("{} ", m.doc_token_id.as_deref().unwrap_or("[unused1]")),
+        marker(&m.query_token_id, "[unused0]"),
+        marker(&m.doc_token_id, "[unused1]"),
     ];
     let mut prompts = st_model.prompts.clone();
     for (side, marker) in ["query", "document"].into_iter().zip(&markers) {
@@ -256,13 +291,13 @@ fn stanford(dir: &Path, st_model: &StModelConfig, hidden: usize) -> Result<Parts
                     strategy: "fixed".into(),
                     attend: m.attend_to_mask_tokens.unwrap_or(false),
                     token: None,
-                    length: m.query_maxlen.unwrap_or(32),
+                    length: m.query_maxlen.filter(|&n| n > 0).unwrap_or(32),
                 }),
             },
             lengths_file: "artifact.metadata",
-            skiplist_words: match m.mask_punctuation.unwrap_or(true) {
-                true => punctuation(),
-                false => Vec::new(),
+            skiplist_words: match m.mask_punctuation {
+                Value::Bool(false) | Value::Null => Vec::new(),
+                _ => punctuation(),
             },
             similarity: LateSimilarity::Maxsim,
         },
@@ -330,6 +365,12 @@ fn register_markers(
     markers: &[String],
 ) -> Result<Vec<(String, Vec<u8>)>, PackageError> {
     let vocab = tokenizer.get_vocab(true);
+    // Checked as the markers tokenize alone, whatever padding the file sets.
+    let mut plain = tokenizer.clone();
+    plain.with_padding(None);
+    plain
+        .with_truncation(None)
+        .map_err(|e| unusable(format!("tokenizer.json: {e}")))?;
     let mut register = Vec::new();
     for value in markers {
         let Some(first) = value.split_whitespace().next() else {
@@ -342,7 +383,7 @@ fn register_markers(
             // A marker the vocabulary lacks stays text, as sentence-transformers leaves it.
             continue;
         };
-        let pieces = tokenizer
+        let pieces = plain
             .encode(marker, false)
             .map_err(|e| unusable(format!("tokenizer.json: cannot tokenize {marker:?}: {e}")))?;
         if pieces.get_tokens() != [marker] {

@@ -1,7 +1,7 @@
 //! What a sentence-transformers MultiVectorEncoder folder (ColBERT) implies: the transformer,
 //! Dense projections of every token, `MultiVectorMask`'s document skip-list, `Normalize`; the
 //! query and document lengths and query expansion its `Transformer` saved; the similarity.
-//! Older layouts (`legacy`: PyLate's, Stanford-NLP's) are read into the same [`Rules`].
+//! Older layouts (`legacy_colbert`: PyLate's, Stanford-NLP's) are read into the same [`Rules`].
 
 use std::path::Path;
 

@@ -39,6 +39,16 @@ fn pylate_s_flat_keys_become_the_expansion_sentence_transformers_makes() {
         "32 when no length is saved"
     );
     assert_eq!(
+        lengths(json!({"query_length": 0}), None),
+        Ok((None, None, fixed(false, 32))),
+        "and for 0, as Python's `or` takes it"
+    );
+    assert_eq!(
+        lengths(json!({"model_type": "ColBERT"}), None),
+        Ok((None, None, None)),
+        "no PyLate key, no expansion"
+    );
+    assert_eq!(
         lengths(
             json!({"query_length": 32, "do_query_expansion": false}),
             None
@@ -115,21 +125,44 @@ fn legacy_layouts_are_told_as_sentence_transformers_tells_them() {
         }
     };
     assert_eq!(kind(None, None, &["HF_ColBERT"]), "stanford");
-    assert_eq!(kind(None, None, &["BertModel"]), "none");
-    assert_eq!(
-        kind(Some(json!({"model_type": "ColBERT"})), None, &[]),
-        "pylate"
-    );
-    assert_eq!(
-        kind(Some(json!({"query_prefix": "[unused0]"})), None, &[]),
-        "pylate",
-        "an older PyLate save without model_type"
-    );
+    // A PyLate copy of a Stanford checkpoint keeps HF_ColBERT in config.json: its modules.json
+    // decides, as it does for sentence-transformers.
     let pylate_dense = json!([
         {"path": "", "type": "sentence_transformers.models.Transformer"},
         {"path": "1_Dense", "type": "pylate.models.Dense.Dense"}
     ]);
-    assert_eq!(kind(Some(json!({})), Some(pylate_dense), &[]), "pylate");
+    assert_eq!(
+        kind(
+            Some(json!({"model_type": "ColBERT"})),
+            Some(pylate_dense.clone()),
+            &["HF_ColBERT"]
+        ),
+        "pylate"
+    );
+    assert_eq!(kind(None, None, &["BertModel"]), "none");
+    let st_modules = json!([
+        {"path": "", "type": "sentence_transformers.models.Transformer"},
+        {"path": "1_Dense", "type": "sentence_transformers.models.Dense"}
+    ]);
+    assert_eq!(
+        kind(
+            Some(json!({"model_type": "ColBERT"})),
+            Some(st_modules.clone()),
+            &[]
+        ),
+        "pylate"
+    );
+    assert_eq!(
+        kind(
+            Some(json!({"query_prefix": "[unused0]"})),
+            Some(st_modules.clone()),
+            &[]
+        ),
+        "pylate",
+        "an older PyLate save without model_type"
+    );
+    assert_eq!(kind(None, Some(pylate_dense), &[]), "pylate");
+    assert_eq!(kind(Some(json!({})), Some(st_modules), &[]), "none");
     assert_eq!(
         kind(
             Some(json!({"prompts": {"query": "query: "}, "model_type": "SentenceTransformer"})),
