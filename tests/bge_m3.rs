@@ -300,3 +300,65 @@ fn bge_m3_serves_what_it_has_and_refuses_the_rest() {
         "input 0 is longer than the 32 tokens model tiny-bge-m3 keeps for a document; shorten it or set \"truncate\": true"
     );
 }
+
+/// Issue 52, goal 5: bge-m3's sparse and ColBERT outputs fall back like its vector. With
+/// tiny-bge-m3's package gone, a copy of it listed as its alternative answers all three
+/// kinds of request, and says so; a plain dense model listed too is passed over for the
+/// sparse and ColBERT requests, which it cannot answer.
+#[test]
+fn bge_m3_s_three_outputs_fall_back_to_a_model_that_serves_them() {
+    let d = Daemon::start_with(
+        |dir| {
+            write_config(dir, "");
+            write_precisions(dir, &[("tiny-bge-m3-copy", "int8")]);
+            std::fs::write(
+                dir.join("conf.d/50-fallbacks.yaml"),
+                "models:\n  fallback_strategy: listed\n  allow_dimension_mismatch: true\n  fallbacks:\n    tiny-bge-m3: [all-MiniLM-L6-v2, tiny-bge-m3-copy]\n",
+            )
+            .expect("drop-in");
+            for id in ["tiny-bge-m3", "tiny-bge-m3-copy"] {
+                bge_m3_package(id, &dir.join("packages"));
+            }
+        },
+        &[],
+    );
+    let request = |path: &str, body: Value| {
+        let (status, headers, bytes) = d
+            .try_request_with_headers("POST", path, Some(&body.to_string()))
+            .expect("request");
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let served = headers.get("x-caxton-served-by").cloned();
+        (status, served, v)
+    };
+    let asks = [
+        (
+            "/v1/embeddings",
+            json!({"input": "a pump", "model": "tiny-bge-m3"}),
+        ),
+        (
+            "/embed_sparse",
+            json!({"inputs": "a pump", "model": "tiny-bge-m3"}),
+        ),
+        (
+            "/embed_all",
+            json!({"inputs": "a pump", "model": "tiny-bge-m3"}),
+        ),
+    ];
+    for (path, body) in &asks {
+        let (s, served, v) = request(path, body.clone());
+        assert_eq!((s, served), (200, None), "{path}: {v}");
+    }
+    std::fs::remove_file(d.dir.path().join("packages/tiny-bge-m3.tar.zst")).expect("rm");
+    common::wait_until(&d, "tiny-bge-m3 gone", || {
+        model_entry(&d, "tiny-bge-m3").is_none()
+    });
+    // The vector: MiniLM first (listed first, and allow_dimension_mismatch lets its width
+    // through). The sparse and ColBERT outputs: only the copy serves them.
+    for ((path, body), by) in
+        asks.iter()
+            .zip(["all-MiniLM-L6-v2", "tiny-bge-m3-copy", "tiny-bge-m3-copy"])
+    {
+        let (s, served, v) = request(path, body.clone());
+        assert_eq!((s, served.as_deref()), (200, Some(by)), "{path}: {v}");
+    }
+}

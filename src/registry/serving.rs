@@ -187,8 +187,8 @@ impl Registry {
         })
     }
 
-    /// Why the verified model `alt` of shape `s` may not answer for the request: another
-    /// kind, fewer dimensions than the request asks, or (unless
+    /// Why the verified model `alt` of shape `s` may not answer for the request: it does not
+    /// serve the request's kind, fewer dimensions than the request asks, or (unless
     /// `models.allow_dimension_mismatch`) another width than the requested model's, or a
     /// width of the requested model nobody knows.
     fn unfit(
@@ -198,7 +198,14 @@ impl Registry {
         alt: &str,
         s: Shape,
     ) -> Option<String> {
-        if s.kind != wanted.kind.shape_kind() {
+        // An installed alternative answers the kinds its manifest serves (a bge-m3 copy
+        // answers sparse and multi-vector requests too); one known only by its remembered
+        // shape, its own kind.
+        let serves = match self.get(alt) {
+            Some(slot) => slot.package.manifest.serves(wanted.kind),
+            None => s.kind == wanted.kind.shape_kind(),
+        };
+        if !serves {
             return Some(s.kind.described().into());
         }
         if let Some(w) = wanted.width {
