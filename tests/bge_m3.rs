@@ -252,6 +252,45 @@ fn a_bge_m3_folder_with_one_head_or_a_broken_one_is_refused() {
     );
 }
 
+/// BAAI ships bge-m3's encoder as `pytorch_model.bin`: `caxton pack` reads it without Python
+/// into the very weights the same folder's `model.safetensors` gives, and says which file it
+/// came from; one it cannot read is refused, naming it.
+#[test]
+fn bge_m3_as_baai_ships_it_with_pytorch_model_bin_packs_to_the_same_weights() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let folder = tmp.path().join("m3");
+    bge_m3_folder(&folder);
+    let pack =
+        |name: &str| common::fixtures::try_pack_folder(&folder, "m3", &tmp.path().join(name));
+    let weights_sha = |s: &caxton::package::pack::PackSummary| {
+        s.manifest
+            .files
+            .iter()
+            .find(|f| f.path == "model.safetensors")
+            .map(|f| f.sha256.clone())
+            .expect("model.safetensors")
+    };
+    let from_safetensors = pack("a.tar.zst").expect("safetensors");
+    // The same tensors as torch.save writes them.
+    let bin = common::torch_pt::of_safetensors(
+        "pytorch_model",
+        &std::fs::read(folder.join("model.safetensors")).expect("read"),
+    );
+    std::fs::remove_file(folder.join("model.safetensors")).expect("rm");
+    std::fs::write(folder.join("pytorch_model.bin"), &bin).expect("write");
+    let from_pytorch = pack("b.tar.zst").expect("pytorch_model.bin");
+    assert_eq!(weights_sha(&from_pytorch), weights_sha(&from_safetensors));
+    assert_eq!(
+        from_pytorch.source_weights_sha256,
+        caxton::package::store::sha256_file(&folder.join("pytorch_model.bin")).expect("sha")
+    );
+    std::fs::write(folder.join("pytorch_model.bin"), b"not a zip").expect("write");
+    assert_eq!(
+        pack("c.tar.zst").map(|_| ()),
+        Err("unusable model: pytorch_model.bin: cannot read it as a PyTorch state dict (torch.save's zip format; save it again with torch 1.6 or later, or as model.safetensors): invalid Zip archive: Could not find EOCD".into())
+    );
+}
+
 #[test]
 fn bge_m3_serves_what_it_has_and_refuses_the_rest() {
     let d = daemon();

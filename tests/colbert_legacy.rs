@@ -124,6 +124,38 @@ fn pylate_s_defaults_follow_what_the_save_says_of_itself() {
     );
 }
 
+/// colbertv2.0 and other Stanford checkpoints may come as `pytorch_model.bin` only: packed
+/// from it, the encoder and the projection split out of it are the same as from
+/// `model.safetensors`.
+#[test]
+fn a_stanford_checkpoint_as_pytorch_model_bin_packs_as_from_safetensors() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let folder = work.path().join("m");
+    legacy_folder(&folder, "stanford");
+    let shas = |name: &str| {
+        let summary = match try_pack_folder(&folder, "m", &work.path().join(name)) {
+            Ok(s) => s,
+            Err(e) => panic!("{name}: {e}"),
+        };
+        let mut files: Vec<(String, String)> = summary
+            .manifest
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.sha256.clone()))
+            .collect();
+        files.sort();
+        files
+    };
+    let from_safetensors = shas("a.tar.zst");
+    let bin = common::torch_pt::of_safetensors(
+        "pytorch_model",
+        &std::fs::read(folder.join("model.safetensors")).expect("read"),
+    );
+    std::fs::remove_file(folder.join("model.safetensors")).expect("rm");
+    std::fs::write(folder.join("pytorch_model.bin"), &bin).expect("write");
+    assert_eq!(shas("b.tar.zst"), from_safetensors);
+}
+
 /// `caxton pack`'s refusal of the `layout` folder after `edit`.
 fn refusal(layout: &str, edit: impl FnOnce(&std::path::Path)) -> String {
     let work = tempfile::tempdir().expect("tempdir");
@@ -161,7 +193,7 @@ fn legacy_folders_that_cannot_be_read_are_refused_naming_the_file() {
         refusal("stanford", |f| {
             std::fs::rename(f.join("model.safetensors"), f.join("pytorch_model.bin")).expect("mv");
         }),
-        "unusable model: model.safetensors is missing (there is a pytorch_model.bin); a Stanford ColBERT checkpoint needs its weights as safetensors (transformers' save_pretrained writes them)"
+        "unusable model: pytorch_model.bin: cannot read it as a PyTorch state dict (torch.save's zip format; save it again with torch 1.6 or later, or as model.safetensors): invalid Zip archive: Could not find EOCD"
     );
     assert_eq!(
         refusal("pylate", |f| write(

@@ -72,3 +72,27 @@ pub fn state_dict(stem: &str, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u
     entry(format!("{stem}/version"), b"3\n");
     zip.finish().expect("zip").into_inner()
 }
+
+/// [`state_dict`] of a safetensors file's tensors (f32 only), as `torch.save` would write the
+/// same weights: `pytorch_model.bin` for a folder whose `model.safetensors` is `bytes`.
+pub fn of_safetensors(stem: &str, bytes: &[u8]) -> Vec<u8> {
+    let file = safetensors::SafeTensors::deserialize(bytes).expect("safetensors");
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, view.shape().to_vec(), values)
+        })
+        .collect();
+    let named: Vec<(&str, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.as_str(), s.clone(), v.clone()))
+        .collect();
+    state_dict(stem, &named)
+}

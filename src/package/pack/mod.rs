@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 mod infer;
 mod logit_head;
 mod storage;
+mod torch_weights;
 
 use super::error::PackageError;
 use super::manifest::{Architecture, FORMAT, FileEntry, MANIFEST_NAME, Manifest, Matryoshka};
@@ -51,7 +52,8 @@ pub struct PackSummary {
     pub package_sha256: String,
     /// Size of the package file.
     pub package_size: u64,
-    /// sha256 of the folder's `model.safetensors` as given (before any conversion).
+    /// sha256 of the folder's `model.safetensors` (or, without one, `pytorch_model.bin`) as
+    /// given (before any conversion).
     pub source_weights_sha256: String,
     /// How the folder differs from the known release of its id (see [`super::known`]).
     pub warnings: Vec<String>,
@@ -150,15 +152,8 @@ fn read_payload<'a>(
         None => read(name),
     };
     let (mut weights, source_weights_sha256) = match inferred.replacement("model.safetensors") {
-        Some(bytes) => (
-            bytes.to_vec(),
-            super::store::sha256_file(&dir.join("model.safetensors"))?,
-        ),
-        None => {
-            let bytes = read("model.safetensors")?;
-            let sha = hex::encode(Sha256::digest(&bytes));
-            (bytes, sha)
-        }
+        Some(bytes) => (bytes.to_vec(), torch_weights::source_sha256(dir)?),
+        None => torch_weights::read(dir)?,
     };
     if let Some((yes, no)) = inferred.logit_rows {
         weights = logit_head::score_row(&weights, yes, no)?;

@@ -310,18 +310,7 @@ fn stanford(dir: &Path, st_model: &StModelConfig, hidden: usize) -> Result<Parts
 /// The checkpoint's `linear.weight` ([outputs, hidden]) as a Dense module's weights, and the
 /// encoder's weights without it: the projection's width, the encoder's bytes, the projection's.
 fn split_projection(dir: &Path, hidden: usize) -> Result<(usize, Vec<u8>, Vec<u8>), PackageError> {
-    let path = dir.join(ENCODER);
-    if !path.exists() {
-        return Err(unusable(format!(
-            "{ENCODER} is missing{}; a Stanford ColBERT checkpoint needs its weights as safetensors (transformers' save_pretrained writes them)",
-            if dir.join("pytorch_model.bin").exists() {
-                " (there is a pytorch_model.bin)"
-            } else {
-                ""
-            }
-        )));
-    }
-    let bytes = std::fs::read(&path).map_err(|e| PackageError::io("read", &path, e))?;
+    let (bytes, _) = super::super::torch_weights::read(dir)?;
     let bad = |e: safetensors::SafeTensorError| unusable(format!("{ENCODER}: {e}"));
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(bad)?;
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(bad)?;
