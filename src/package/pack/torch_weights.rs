@@ -8,7 +8,6 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::super::error::PackageError;
-use super::infer::unusable;
 
 pub(super) const SAFETENSORS: &str = "model.safetensors";
 const PYTORCH: &str = "pytorch_model.bin";
@@ -35,6 +34,10 @@ pub(super) fn source_sha256(dir: &Path) -> Result<String, PackageError> {
         p if p.exists() || !dir.join(PYTORCH).exists() => super::super::store::sha256_file(&p),
         _ => super::super::store::sha256_file(&dir.join(PYTORCH)),
     }
+}
+
+fn unusable(msg: String) -> PackageError {
+    PackageError::Unusable(msg)
 }
 
 /// The state dict at `path` as safetensors bytes, each tensor as the file stores it.
