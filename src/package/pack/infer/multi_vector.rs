@@ -144,7 +144,13 @@ pub(super) fn finish(
     parts: Parts,
 ) -> Result<Inferred, PackageError> {
     let length = Length::as_sentence_transformers_reads(dir, max_positions)?;
-    let late = late_interaction(dir, &parts.rules, &parts.tokenizer, max_positions)?;
+    let late = late_interaction(
+        dir,
+        &parts.rules,
+        &parts.tokenizer,
+        length.tokens,
+        max_positions,
+    )?;
     // sentence-transformers cuts each side at its own length, past `max_seq_length` if need be
     // (answerai-colbert-small-v1's PyLate copy: documents of 300 tokens, max_seq_length 299).
     let longest = late.query_length.max(late.document_length);
@@ -216,14 +222,14 @@ fn native_rules(
 /// The query and document rules, as sentence-transformers applies them to a model of
 /// `max_positions`: a query is cut at `query_length` (with `fixed` expansion, at its
 /// `length`; with `min`, at the larger of the two) and padded with the expansion token to the
-/// expansion's `length`; a side without a length is cut at the folder's `max_seq_length`.
+/// expansion's `length`; a side without a length is cut at the folder's `saved` length.
 fn late_interaction(
     dir: &Path,
     rules: &Rules,
     tokenizer: &tokenizers::Tokenizer,
+    saved: usize,
     max_positions: usize,
 ) -> Result<LateInteraction, PackageError> {
-    let saved = Length::as_sentence_transformers_reads(dir, max_positions)?.tokens;
     let file = rules.lengths_file;
     let lengths = &rules.lengths;
     let query_length = lengths.query_length.unwrap_or(saved);
