@@ -27,7 +27,6 @@ pub struct Args {
 /// Entry point of the `caxtond` binary.
 pub fn main() -> ExitCode {
     let args = Args::parse();
-    crate::memory::without_thread_caches();
     let settings = match Settings::load(&args.config_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -56,7 +55,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    crate::memory::limit_arenas();
+    crate::memory::fix_mmap_threshold();
     // Named, so `top -H` and /proc say which threads compute (unnamed, they would take the
     // name of whichever thread first used the pool). The count still follows
     // RAYON_NUM_THREADS, else the CPUs.

@@ -87,6 +87,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "heap_in_use_bytes": heap.map(|h| h.0),
             "heap_free_bytes": heap.map(|h| h.1),
             "heap_thread_cache_count": crate::memory::thread_cache_count(),
+            "weights_mapped_bytes": crate::memory::mapped::mapped_bytes(),
         },
         "available": report.available,
         "cgroup": crate::memory::cgroup::current(),

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::memory::mapped::Mapped;
 use crate::package::{ModelKind, PackageError, StoredPackage};
 pub use batch::BatchLimits;
 pub use tokenize::{Cut, Encoded, TextTokenizer, Token};
@@ -107,7 +108,7 @@ pub struct LoadedModel {
     pub kernel: &'static str,
     /// An inference-free sparse model's query side: one weight per vocabulary term, which a
     /// query's tokens look up (no pass).
-    pub query_weights: Option<Vec<f32>>,
+    pub query_weights: Option<Mapped<f32>>,
     /// A multi-vector model's query and document tokenizers.
     pub late: Option<Arc<late_interaction::LateTokenizers>>,
     worker: worker::Worker,
@@ -170,7 +171,8 @@ impl LoadedModel {
                     .map_err(PackageError::Unusable)?;
                 Some(
                     stored::take_f32(&mut t, "weight", &[m.dimensions], path)
-                        .map_err(PackageError::Unusable)?,
+                        .map_err(PackageError::Unusable)?
+                        .into(),
                 )
             }
             None => None,
@@ -178,7 +180,9 @@ impl LoadedModel {
         let weight_bytes = encoder.weight_bytes()
             + finish.bytes() as u64
             + heads.bytes() as u64
-            + query_weights.as_ref().map_or(0, |w| w.len() as u64 * 4);
+            + query_weights
+                .as_ref()
+                .map_or(0, |w: &Mapped<f32>| w.bytes() as u64);
         let (worker, freed) = worker::Worker::spawn(
             &m.id,
             worker::Pipeline {

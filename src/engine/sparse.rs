@@ -11,6 +11,7 @@
 
 use super::kernels::{self, Activation, Linear};
 use crate::engine::Precision;
+use crate::memory::mapped::Mapped;
 use crate::package::{Pooling, SparseActivation};
 
 /// Where [`super::checkpoint::sparse_tensors`] puts the head's dense layer.
@@ -35,8 +36,8 @@ pub fn pass_bytes(hidden: usize, vocab: usize, rows: usize, texts: usize) -> usi
 pub struct SparseHead {
     transform: Linear,
     activation: Activation,
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
+    gamma: Mapped<f32>,
+    beta: Mapped<f32>,
     eps: f32,
     /// The decoder in blocks of [`VOCAB_BLOCK`] terms, in vocabulary order.
     decoder: Vec<Linear>,
@@ -88,7 +89,7 @@ impl SparseHead {
             .map(|first| {
                 let n = VOCAB_BLOCK.min(vocab - first);
                 let rows = &weight[first * hidden..(first + n) * hidden];
-                let mut l = Linear::from_torch(rows, bias[first..first + n].to_vec(), n, hidden);
+                let mut l = Linear::from_torch(rows, &bias[first..first + n], n, hidden);
                 if matches!(precision, Precision::Int8 | Precision::Int8Fast) {
                     l.to_int8();
                 }
@@ -99,8 +100,8 @@ impl SparseHead {
         Ok(SparseHead {
             transform: parts.transform,
             activation: parts.activation,
-            gamma,
-            beta,
+            gamma: gamma.into(),
+            beta: beta.into(),
             eps,
             decoder,
             vocab,

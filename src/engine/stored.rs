@@ -18,6 +18,7 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorInfo;
 
 use super::kernels;
+use crate::memory::mapped::Mapped;
 use crate::package::{INT8_BLOCK, INT8_SCALES_SUFFIX};
 
 /// A checkpoint's tensors by name, as read from a package (the checkpoint mappers then
@@ -357,11 +358,9 @@ pub fn take_int8(
                 .contiguous()
                 .map_err(|e| format!("{file}: tensor {name}: {e}"))?;
             // Checked once here, so that reading a row cannot fail.
-            with_bytes(&tensor, |_| ()).map_err(|e| format!("{file}: tensor {name}: {e}"))?;
-            Ok(Some(Int8Rows {
-                tensor,
-                cols: shape[1],
-            }))
+            Int8Rows::new(tensor, shape[1])
+                .map(Some)
+                .map_err(|e| format!("{file}: tensor {name}: {e}"))
         }
         _ => Ok(None),
     }
@@ -396,22 +395,57 @@ fn scales_of(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
-/// A matrix stored as int8 rows, kept in the tensor that carried it (no copy is made: an
-/// embedding table of 262,144 words is 226 MB even in int8).
+/// A matrix stored as int8 rows (each row's values, then its blocks' scales).
 pub struct Int8Rows {
-    tensor: Tensor,
+    held: Held,
     cols: usize,
 }
 
+/// Where [`Int8Rows`] keeps its bytes.
+enum Held {
+    /// Copied into a mapping of its own ([`crate::memory::mapped`]).
+    Mapped(Mapped<u8>),
+    /// Kept in the tensor that carried it: glibc maps a block of more than [`MALLOC_MAPS`]
+    /// whole whatever its tunables (its free unmaps it), and a copy would briefly hold the
+    /// table twice (an embedding table of 262,144 words is 226 MB even in int8).
+    Tensor(Tensor),
+}
+
+/// Above this, glibc's malloc always gives a block a mapping of its own: the most its mmap
+/// threshold can be (`HEAP_MAX_SIZE / 2` on 64-bit targets, whether set or grown).
+const MALLOC_MAPS: usize = 32 << 20;
+
 impl Int8Rows {
+    /// Rows of `cols` values from `tensor` (contiguous `U8` packed rows in main memory).
+    fn new(tensor: Tensor, cols: usize) -> candle_core::Result<Int8Rows> {
+        let held = match tensor.elem_count() > MALLOC_MAPS {
+            true => {
+                with_bytes(&tensor, |_| ())?;
+                Held::Tensor(tensor)
+            }
+            false => Held::Mapped(with_bytes(&tensor, Mapped::from_slice)?),
+        };
+        Ok(Int8Rows { held, cols })
+    }
+
+    /// `f` of the packed rows' bytes.
+    fn with_rows<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match &self.held {
+            Held::Mapped(bytes) => f(bytes),
+            // `Int8Rows::new` read these bytes before keeping the tensor; nothing changes them.
+            Held::Tensor(t) => with_bytes(t, f)
+                .unwrap_or_else(|e| unreachable!("int8 rows checked when they were kept: {e}")),
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.tensor.elem_count()
+        self.with_rows(|b| b.len())
     }
 
     /// Rows (outputs) held.
     pub fn rows(&self) -> usize {
-        self.tensor.dims().first().copied().unwrap_or(0)
+        self.bytes() / packed_width(self.cols).max(1)
     }
 
     /// The rows of `parts`, one after the other, as an int8 layer's weights (each row an
@@ -421,37 +455,26 @@ impl Int8Rows {
         if parts.iter().any(|p| p.cols != cols) {
             return Err("int8 rows of different widths cannot form one layer".into());
         }
-        let guards: Vec<_> = parts
-            .iter()
-            .map(|p| p.tensor.storage_and_layout())
-            .collect();
-        let mut rows: Vec<&[u8]> = Vec::new();
-        for (p, (storage, layout)) in parts.iter().zip(&guards) {
-            let candle_core::Storage::Cpu(cpu) = &**storage else {
-                return Err("packed int8 rows must be in main memory".into());
-            };
-            let bytes = layout
-                .contiguous_offsets()
-                .and_then(|(a, b)| cpu.as_slice::<u8>().ok()?.get(a..b))
-                .ok_or("packed int8 rows must be contiguous")?;
-            rows.extend(bytes.chunks_exact(packed_width(p.cols)));
-        }
-        Ok(kernels::int8::Packed::from_quantized(
-            cols,
-            rows.len(),
-            |o, i| rows[o][i] as i8,
-            |o, b| {
-                let at = cols + b * SCALE_BYTES;
-                let c = &rows[o][at..at + SCALE_BYTES];
-                f32::from_le_bytes([c[0], c[1], c[2], c[3]])
-            },
-        ))
+        let width = packed_width(cols);
+        let joined: Vec<u8>;
+        let all: &[u8] = match parts {
+            [one] => return Ok(one.with_rows(|rows| layer_of_rows(rows, cols, width))),
+            // A layer's few parts (query and key): a copy of their rows for a moment.
+            _ => {
+                joined = parts
+                    .iter()
+                    .flat_map(|p| p.with_rows(<[u8]>::to_vec))
+                    .collect();
+                &joined
+            }
+        };
+        Ok(layer_of_rows(all, cols, width))
     }
 
     /// `out = row id + other`, the row widened block by block.
     pub fn add_row(&self, id: usize, other: &[f32], out: &mut [f32]) {
         let width = packed_width(self.cols);
-        let done = with_bytes(&self.tensor, |bytes| {
+        self.with_rows(|bytes| {
             let (values, scales) = bytes[id * width..(id + 1) * width].split_at(self.cols);
             let blocks = values
                 .chunks_exact(INT8_BLOCK)
@@ -463,9 +486,22 @@ impl Int8Rows {
                 }
             }
         });
-        // `take_int8` read these bytes before handing the rows out; nothing changes them.
-        debug_assert!(done.is_ok());
     }
+}
+
+/// Packed rows of `width` bytes (`cols` values, then the scales) as an int8 layer.
+fn layer_of_rows(bytes: &[u8], cols: usize, width: usize) -> kernels::int8::Packed {
+    let rows: Vec<&[u8]> = bytes.chunks_exact(width).collect();
+    kernels::int8::Packed::from_quantized(
+        cols,
+        rows.len(),
+        |o, i| rows[o][i] as i8,
+        |o, b| {
+            let at = cols + b * SCALE_BYTES;
+            let c = &rows[o][at..at + SCALE_BYTES];
+            f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+        },
+    )
 }
 
 /// `t` times `mul`: on packed int8 rows, their scales (values and shape unchanged); on floats,

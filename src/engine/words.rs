@@ -4,16 +4,17 @@
 
 use super::kernels;
 use super::stored;
+use crate::memory::mapped::Mapped;
 use crate::package::{INT8_BLOCK, quantize_int8_block};
 
 /// The word embedding table: f32, or int8 rows with block scales (`models.precision: int8`).
 pub(super) enum Words {
-    F32(Vec<f32>),
+    F32(Mapped<f32>),
     /// Row `id`'s block `j` (values `32j..32j + 32`) has scale `scales[id · blocks + j]`,
     /// `blocks` being the row's width in blocks, the last one possibly short.
     Int8 {
-        rows: Vec<i8>,
-        scales: Vec<f32>,
+        rows: Mapped<i8>,
+        scales: Mapped<f32>,
     },
     /// A table the package stores in int8, as it was read (the same blocks).
     Stored(stored::Int8Rows),
@@ -29,7 +30,10 @@ impl Words {
                 scales.push(quantize_int8_block(block, &mut rows));
             }
         }
-        Words::Int8 { rows, scales }
+        Words::Int8 {
+            rows: rows.into(),
+            scales: scales.into(),
+        }
     }
 
     pub(super) fn bytes(&self) -> usize {

@@ -8,6 +8,7 @@ pub mod footprints;
 pub mod governor;
 pub mod hierarchy;
 pub mod load_queue;
+pub mod mapped;
 pub mod notify;
 pub mod policy;
 pub mod pressure;
@@ -42,8 +43,10 @@ pub fn heap_usage() -> Option<(u64, u64)> {
     None
 }
 
-/// Returns freed heap memory to the kernel. glibc keeps freed memory in its arenas, so dropping
-/// a model's tensors alone does not lower RSS or the cgroup's usage; `malloc_trim` does.
+/// Returns freed heap memory to the kernel. glibc keeps freed memory in its arenas (the
+/// buffers of passes, a tokenizer's tables, a load's temporary copies), so dropping them alone
+/// does not lower RSS or the cgroup's usage; `malloc_trim` does, in every arena. Weights need
+/// no trim: they are unmapped as they drop ([`mapped`]).
 pub fn trim() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions; it only releases free memory.
@@ -56,55 +59,11 @@ pub fn trim() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TUNABLES: &str = "GLIBC_TUNABLES";
 
-/// Starts this program again, same process, arguments and descriptors, with glibc's per-thread
-/// caches (tcache) off, unless they are already or the operator set a count. Each thread's
-/// cache holds freed chunks as in use, pinning half-empty heap pages: with the caches on, a
-/// daemon that loaded and unloaded a model 20 times (requests and a config reload between)
-/// held 11.7 -> 14.6 MiB with no model loaded, still growing, heap in use 0.9 -> 2.1 MiB; with
-/// them off 11.4 -> 12.0 MiB, flat from the fifth cycle, in use 1.2 MiB; speed unchanged within
-/// the noise (one text and 32-text requests, 4 interleaved rounds). Only the environment can
-/// set it, and only at start, so the process image is run anew. Call first, before any thread
-/// starts; returns (with the caches on) only when that cannot be done.
-pub fn without_thread_caches() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::os::unix::process::CommandExt;
-        const NO_TCACHE: &str = "glibc.malloc.tcache_count=0";
-        let current = std::env::var(TUNABLES).unwrap_or_default();
-        if tcache_count(&current).is_some() {
-            return;
-        }
-        let tunables = match current.as_str() {
-            "" => NO_TCACHE.to_string(),
-            other => format!("{other}:{NO_TCACHE}"),
-        };
-        // The file's own path (from /proc/self/exe), not `/proc/self/exe` itself, whose name
-        // the process would then carry in ps and the journal (`exe`).
-        let program = match std::env::current_exe() {
-            Ok(path) => path,
-            Err(e) => {
-                eprintln!(
-                    "caxtond: cannot find its own program ({e}); glibc's per-thread caches stay on"
-                );
-                return;
-            }
-        };
-        let mut args = std::env::args_os();
-        let name = args.next().unwrap_or_else(|| "caxtond".into());
-        let error = std::process::Command::new(program)
-            .arg0(name)
-            .args(args)
-            .env(TUNABLES, tunables)
-            .exec();
-        eprintln!(
-            "caxtond: cannot start again with glibc's per-thread caches off ({error}); running with them on"
-        );
-    }
-}
-
 /// How many chunks glibc's per-thread caches hold per size (`glibc.malloc.tcache_count` in
-/// `GLIBC_TUNABLES`, as this process read it at start): 0 once [`without_thread_caches`] did
-/// its work; `None` off glibc or when nothing set it (glibc's default, 7).
+/// `GLIBC_TUNABLES`, as this process read it at start): what an operator set; `None` off
+/// glibc or when nothing set it (glibc's default, 7). The daemon sets no allocator tunable:
+/// model weights live in mappings of their own ([`mapped`]), so the allocator's defaults (an
+/// arena per thread, per-thread caches) cost nothing when a model goes.
 pub fn thread_cache_count() -> Option<u32> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -123,18 +82,19 @@ fn tcache_count(tunables: &str) -> Option<u32> {
         .find_map(|n| n.parse().ok())
 }
 
-/// Makes freed model memory really go back. glibc lets every thread that allocates take an
-/// arena of its own (up to eight per core), and raises its mmap threshold to the size of the
-/// largest mapped block freed (up to 32 MiB): after the first unload, weight tensors land on
-/// arena heaps, interleaved with the next model's and the runtime's small allocations, where
-/// `malloc_trim` cannot return what they pin, and RSS drifts tens of MiB above what the models
-/// hold. Two arenas, and a fixed 1 MiB threshold (tensors are mapped and unmapped whole), keep
-/// RSS at the daemon's base plus its models. Call before any thread starts.
-pub fn limit_arenas() {
+/// Fixes glibc's mmap threshold at 1 MiB, the one allocator setting the daemon makes. glibc
+/// raises the threshold to the size of the largest mapped block freed (up to 32 MiB), and its
+/// trim threshold to twice that; `malloc_trim` releases free chunks inside every arena but
+/// never the top of a thread's arena, which only a free past the trim threshold shrinks. So a
+/// load's temporary copies (widened f16 rows, a layer before it is packed), freed into the
+/// top of the loader thread's arena, stayed resident: 25 of a 117 MiB load after its unload.
+/// Fixed, blocks of 1 MiB and more are mapped and unmapped whole, and a top past 128 KiB
+/// shrinks as it is freed. Arenas and per-thread caches keep glibc's defaults: capping them
+/// made a 16-core box's threads queue on two locks (issue 60). Call before any thread starts.
+pub fn fix_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before other threads exist.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::engine::blueprint::Heads;
 use crate::engine::kernels::{self, Mat};
+use crate::memory::mapped::Mapped;
 
 /// Queries per block: texts up to this long run as one block per head, as before blocks
 /// existed; longer ones split.
@@ -41,14 +42,14 @@ pub(super) fn scratch_bytes(len: usize, window: Option<usize>) -> usize {
 /// pass can meet, so attention adds a contiguous slice per query instead of looking up
 /// buckets.
 pub(super) struct RelativeBias {
-    rows: Vec<f32>,
+    rows: Mapped<f32>,
     positions: usize,
 }
 
 impl RelativeBias {
     pub(super) fn new(table: &[f32], buckets: usize, heads: usize, positions: usize) -> Self {
         let span = 2 * positions - 1;
-        let mut rows = vec![0f32; heads * span];
+        let mut rows = Mapped::zeroed(heads * span);
         for head in 0..heads {
             for (i, v) in rows[head * span..(head + 1) * span].iter_mut().enumerate() {
                 let rel = i as i64 - (positions as i64 - 1);

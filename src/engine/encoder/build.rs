@@ -18,6 +18,7 @@ use crate::engine::head::Head;
 use crate::engine::sparse::SparseHead;
 use crate::engine::tokenize::Encoded;
 use crate::engine::words::Words;
+use crate::memory::mapped::Mapped;
 use crate::package::{Pooling, SparseActivation};
 
 /// The head a model has after its encoder, if any.
@@ -47,10 +48,12 @@ impl Encoder {
         let h = b.hidden;
         let words = read_words(&mut w, &b, precision)?;
         let positions = read_positions(&mut w, &b, max_seq_length)?;
-        let token_types = w.take(
-            "embeddings.token_type_embeddings.weight",
-            &[b.type_vocab, h],
-        )?;
+        let token_types = w
+            .take(
+                "embeddings.token_type_embeddings.weight",
+                &[b.type_vocab, h],
+            )?
+            .into();
         let embeddings_norm = match b.embedding_norm {
             true => Some(w.norm(b.norm_kind, "embeddings.LayerNorm", h)?),
             false => None,
@@ -168,8 +171,12 @@ impl Encoder {
         let qk_norm = match b.qk_norm {
             false => None,
             true => Some(QkNorm {
-                query: w.take(&format!("{p}.attention.self.q_norm.weight"), &[heads.dim])?,
-                key: w.take(&format!("{p}.attention.self.k_norm.weight"), &[heads.dim])?,
+                query: w
+                    .take(&format!("{p}.attention.self.q_norm.weight"), &[heads.dim])?
+                    .into(),
+                key: w
+                    .take(&format!("{p}.attention.self.k_norm.weight"), &[heads.dim])?
+                    .into(),
             }),
         };
         let attention_norm = match (b.norm, l) {
@@ -244,14 +251,14 @@ fn read_words(w: &mut Weights, b: &Blueprint, precision: Precision) -> Result<Wo
             Some(rows) => Words::Stored(rows),
             None => Words::int8(&w.take(name, &[b.vocab, h])?, h),
         },
-        _ => Words::F32(w.take(name, &[b.vocab, h])?),
+        _ => Words::F32(w.take(name, &[b.vocab, h])?.into()),
     })
 }
 
 /// How a pass knows each token's position, and the longest text it takes.
 struct PositionTables {
     /// Learned position rows.
-    table: Option<Vec<f32>>,
+    table: Option<Mapped<f32>>,
     relative: Option<RelativeBias>,
     rotary: Option<rotary::Tables>,
     max_len: usize,
@@ -272,7 +279,7 @@ fn read_positions(
                 true => Some(relative_bias_rows(w, b.heads, *max)?),
             };
             PositionTables {
-                table: Some(table),
+                table: Some(table.into()),
                 relative,
                 rotary: None,
                 max_len: *max,

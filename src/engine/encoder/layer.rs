@@ -8,6 +8,7 @@ use super::attention::Attention;
 use super::{Encoder, grow};
 use crate::engine::blueprint::{Blueprint, Heads};
 use crate::engine::kernels::{self, Linear};
+use crate::memory::mapped::Mapped;
 use rayon::prelude::*;
 
 pub(super) struct Layer {
@@ -81,14 +82,14 @@ impl Layer {
 
 /// A LayerNorm, or with no bias an RMSNorm ([`crate::engine::blueprint::NormKind`]).
 pub(super) struct Norm {
-    pub(super) gamma: Vec<f32>,
+    pub(super) gamma: Mapped<f32>,
     /// LayerNorm's bias; `None` for an RMSNorm.
-    pub(super) beta: Option<Vec<f32>>,
+    pub(super) beta: Option<Mapped<f32>>,
 }
 
 impl Norm {
     pub(super) fn bytes(&self) -> usize {
-        (self.gamma.len() + self.beta.as_ref().map_or(0, Vec::len)) * 4
+        (self.gamma.len() + self.beta.as_ref().map_or(0, |b| b.len())) * 4
     }
 
     pub(super) fn apply(&self, x: &mut [f32], width: usize, eps: f32) {
@@ -125,8 +126,8 @@ fn add_residual(x: &mut [f32], residual: &[f32], width: usize) {
 /// RMSNorms of each query head and each key head, one weight per head value, shared by the
 /// heads (Qwen3's `q_norm` and `k_norm`).
 pub(super) struct QkNorm {
-    pub(super) query: Vec<f32>,
-    pub(super) key: Vec<f32>,
+    pub(super) query: Mapped<f32>,
+    pub(super) key: Mapped<f32>,
 }
 
 impl QkNorm {

@@ -33,6 +33,7 @@ use super::kernels;
 use super::sparse::SparseHead;
 use super::tokenize::Encoded;
 use super::words::Words;
+use crate::memory::mapped::Mapped;
 use crate::package::{Manifest, ModelKind};
 use attention::RelativeBias;
 use layer::{FFN_ROWS, Layer, Norm, Workspace};
@@ -50,8 +51,8 @@ pub struct Encoder {
     blueprint: Blueprint,
     words: Words,
     /// Learned position rows (families with rotary positions have none).
-    positions: Option<Vec<f32>>,
-    token_types: Vec<f32>,
+    positions: Option<Mapped<f32>>,
+    token_types: Mapped<f32>,
     /// `None` where the embeddings enter the first layer as they are (decoders).
     embeddings_norm: Option<Norm>,
     layers: Vec<Layer>,
@@ -112,7 +113,7 @@ impl Encoder {
 
     /// Bytes of the weights in memory.
     pub fn weight_bytes(&self) -> u64 {
-        let floats = self.positions.as_ref().map_or(0, Vec::len) + self.token_types.len();
+        let floats = self.positions.as_ref().map_or(0, |p| p.len()) + self.token_types.len();
         let mut bytes = floats * 4
             + self.words.bytes()
             + self.embeddings_norm.as_ref().map_or(0, Norm::bytes)

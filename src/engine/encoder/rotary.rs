@@ -6,12 +6,13 @@ use rayon::prelude::*;
 
 use crate::engine::blueprint::{Heads, Rotary};
 use crate::engine::kernels::PARALLEL_MIN;
+use crate::memory::mapped::Mapped;
 
 /// Cosines and sines of every (position, pair) for one base.
 struct Table {
     /// `positions × dims/2`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    cos: Mapped<f32>,
+    sin: Mapped<f32>,
 }
 
 impl Table {
@@ -22,13 +23,13 @@ impl Table {
         let inv: Vec<f64> = (0..half)
             .map(|i| base.powf(-((2 * i) as f64) / dims as f64) / divisor)
             .collect();
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
+        let mut cos = Mapped::zeroed(positions * half);
+        let mut sin = Mapped::zeroed(positions * half);
         for p in 0..positions {
-            for f in &inv {
+            for (i, f) in inv.iter().enumerate() {
                 let (s, c) = (p as f64 * f).sin_cos();
-                cos.push(c as f32);
-                sin.push(s as f32);
+                cos[p * half + i] = c as f32;
+                sin[p * half + i] = s as f32;
             }
         }
         Table { cos, sin }

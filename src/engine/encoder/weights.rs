@@ -110,7 +110,7 @@ impl Weights {
         match kind {
             NormKind::Layer => self.layer_norm(prefix, size),
             NormKind::Rms => Ok(Norm {
-                gamma: self.take(&format!("{prefix}.weight"), &[size])?,
+                gamma: self.take(&format!("{prefix}.weight"), &[size])?.into(),
                 beta: None,
             }),
         }
@@ -124,8 +124,8 @@ impl Weights {
             ("gamma", "beta")
         };
         Ok(Norm {
-            gamma: self.take(&format!("{prefix}.{g}"), &[size])?,
-            beta: Some(self.take(&format!("{prefix}.{b}"), &[size])?),
+            gamma: self.take(&format!("{prefix}.{g}"), &[size])?.into(),
+            beta: Some(self.take(&format!("{prefix}.{b}"), &[size])?.into()),
         })
     }
 

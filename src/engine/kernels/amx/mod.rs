@@ -20,6 +20,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::memory::mapped::Mapped;
+
 /// Rows of a tile (and of the input rows one A tile holds).
 const ROWS: usize = 16;
 /// bf16 values in a tile row (64 bytes): the depth of one tile multiply.
@@ -101,7 +103,7 @@ fn bf16(x: f32) -> u16 {
 /// "VNNI" order `tdpbf16ps` multiplies. Depth and columns are padded with zeros to whole
 /// tiles (and to an even number of column blocks).
 pub struct Packed {
-    tiles: Vec<u16>,
+    tiles: Mapped<u16>,
     inputs: usize,
     outputs: usize,
     depth_tiles: usize,
@@ -114,7 +116,7 @@ impl Packed {
         debug_assert_eq!(weight_t.len(), inputs * outputs);
         let depth_tiles = inputs.div_ceil(DEPTH);
         let column_blocks = outputs.div_ceil(BLOCK_COLS) * 2;
-        let mut tiles = vec![0u16; column_blocks * depth_tiles * TILE_BYTES / 2];
+        let mut tiles = Mapped::zeroed(column_blocks * depth_tiles * TILE_BYTES / 2);
         for (cb, block) in tiles
             .chunks_exact_mut(depth_tiles * TILE_BYTES / 2)
             .enumerate()

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use super::Cap;
 #[cfg(target_arch = "x86_64")]
 use super::{Isa, isa};
+use crate::memory::mapped::Mapped;
 use quantize::quantize_rows;
 
 /// Inputs that share a weight scale.
@@ -146,9 +147,9 @@ pub struct Packed {
     blocks: usize,
     panels: usize,
     /// `[panel][block][pair][output][2]`.
-    weights: Vec<i8>,
+    weights: Mapped<i8>,
     /// `[panel][block][output]`: what one unit of a weight is worth.
-    scales: Vec<f32>,
+    scales: Mapped<f32>,
 }
 
 impl Packed {
@@ -159,8 +160,8 @@ impl Packed {
         assert_eq!(wt.len(), inputs * outputs);
         let blocks = inputs.div_ceil(BLOCK);
         let panels = outputs.div_ceil(NR);
-        let mut weights = vec![0i8; panels * blocks * PANEL_BLOCK];
-        let mut scales = vec![0f32; panels * blocks * NR];
+        let mut weights = Mapped::zeroed(panels * blocks * PANEL_BLOCK);
+        let mut scales = Mapped::zeroed(panels * blocks * NR);
         // Row by row of Wᵀ (contiguous reads: a column walk is a cache miss per weight).
         let (mut max, mut inv) = (vec![0f32; outputs], vec![0f32; outputs]);
         for b in 0..blocks {
@@ -205,8 +206,8 @@ impl Packed {
         assert_eq!(inputs % BLOCK, 0, "int8 rows of whole blocks");
         let blocks = inputs / BLOCK;
         let panels = outputs.div_ceil(NR);
-        let mut weights = vec![0i8; panels * blocks * PANEL_BLOCK];
-        let mut scales = vec![0f32; panels * blocks * NR];
+        let mut weights = Mapped::zeroed(panels * blocks * PANEL_BLOCK);
+        let mut scales = Mapped::zeroed(panels * blocks * NR);
         for o in 0..outputs {
             for b in 0..blocks {
                 scales[scale_at(o, b, blocks)] = scale(o, b);

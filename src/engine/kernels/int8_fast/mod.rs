@@ -42,6 +42,7 @@ mod rotate;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use crate::memory::mapped::Mapped;
 use rayon::prelude::*;
 
 use super::Cap;
@@ -216,13 +217,13 @@ pub struct Packed {
     padded: usize,
     panels: usize,
     /// `[panel][group][output][GROUP]`.
-    weights: Vec<i8>,
+    weights: Mapped<i8>,
     /// `[panel × NR]`: what one unit of an output's weights is worth.
-    scales: Vec<f32>,
+    scales: Mapped<f32>,
     /// `[panel × NR]`: the sum of each output's quantized weights (the zero point's share).
-    sums: Vec<i32>,
+    sums: Mapped<i32>,
     /// `1 / s[k]` of [`smoothing`], per input.
-    unsmooth: Vec<f32>,
+    unsmooth: Mapped<f32>,
     /// The rotation's block ([`rotation_block`]).
     rotation: usize,
     /// Whether every pair of inputs `2j, 2j + 1` of an output sums to at most 128 in

@@ -3,6 +3,7 @@
 //! output's sum for the zero point.
 
 use super::{GROUP, NR, PANEL_GROUP};
+use crate::memory::mapped::Mapped;
 
 /// `H·S·Wᵀ / n` of `wt` (`[inputs, outputs]`): rows of `Wᵀ` scaled by `s(k) / rotation`, then
 /// each block of `rotation` rows turned as a whole (a butterfly on rows is a butterfly on every
@@ -58,8 +59,8 @@ pub(super) fn output_max(turned: &[f32], outputs: usize, limit_pairs: bool) -> V
 }
 
 /// One unit of each output's weights (`[panels × NR]`, the padding outputs 0).
-pub(super) fn scales(max: &[f32], panels: usize) -> Vec<f32> {
-    let mut scales = vec![0f32; panels * NR];
+pub(super) fn scales(max: &[f32], panels: usize) -> Mapped<f32> {
+    let mut scales = Mapped::zeroed(panels * NR);
     for (o, &m) in max.iter().enumerate() {
         scales[o] = m / 127.0;
     }
@@ -74,12 +75,12 @@ pub(super) fn quantize(
     outputs: usize,
     panels: usize,
     groups: usize,
-) -> Vec<i8> {
+) -> Mapped<i8> {
     let inv: Vec<f32> = max
         .iter()
         .map(|&m| if m > 0.0 { 127.0 / m } else { 0.0 })
         .collect();
-    let mut weights = vec![0i8; panels * groups * PANEL_GROUP];
+    let mut weights = Mapped::zeroed(panels * groups * PANEL_GROUP);
     for (k, row) in turned.chunks_exact(outputs.max(1)).enumerate() {
         let (g, kk) = (k / GROUP, k % GROUP);
         for (o, (&w, &inv)) in row.iter().zip(&inv).enumerate() {
@@ -105,8 +106,8 @@ pub(super) fn limit_pairs(weights: &mut [i8]) {
 }
 
 /// The sum of each output's quantized weights (`[panels × NR]`).
-pub(super) fn sums(weights: &[i8], panels: usize, groups: usize) -> Vec<i32> {
-    let mut sums = vec![0i32; panels * NR];
+pub(super) fn sums(weights: &[i8], panels: usize, groups: usize) -> Mapped<i32> {
+    let mut sums = Mapped::zeroed(panels * NR);
     for (p, panel) in weights.chunks_exact(groups * PANEL_GROUP).enumerate() {
         for group in panel.chunks_exact(PANEL_GROUP) {
             for (c, w) in group.chunks_exact(GROUP).enumerate() {

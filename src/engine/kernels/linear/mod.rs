@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::elementwise::{PARALLEL_MIN, add_into, for_rows};
 use super::gemm::{Mat, matmul};
+use crate::memory::mapped::Mapped;
 use panels::Panels;
 
 /// The output's base pointer, shared by the panels' products (each writes its own columns).
@@ -30,7 +31,7 @@ impl SendPtr {
 pub struct Linear {
     weights: Weights,
     /// `outputs` biases.
-    pub bias: Vec<f32>,
+    pub bias: Mapped<f32>,
     /// Width of an input row.
     pub inputs: usize,
     /// Width of an output row.
@@ -66,7 +67,12 @@ const ROW_BLOCK: usize = 256;
 
 impl Linear {
     /// From PyTorch's `[outputs, inputs]` weight and its bias.
-    pub fn from_torch(weight: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> Self {
+    pub fn from_torch(
+        weight: &[f32],
+        bias: impl Into<Mapped<f32>>,
+        outputs: usize,
+        inputs: usize,
+    ) -> Self {
         debug_assert_eq!(weight.len(), outputs * inputs);
         let mut weight_t = vec![0f32; inputs * outputs];
         for (o, row) in weight.chunks_exact(inputs).enumerate() {
@@ -78,10 +84,15 @@ impl Linear {
     }
 
     /// From `Wᵀ` (`[inputs, outputs]` row-major) and the bias.
-    fn from_wt(weight_t: Vec<f32>, bias: Vec<f32>, inputs: usize, outputs: usize) -> Self {
+    fn from_wt(
+        weight_t: Vec<f32>,
+        bias: impl Into<Mapped<f32>>,
+        inputs: usize,
+        outputs: usize,
+    ) -> Self {
         Linear {
             weights: Weights::F32(Panels::from_wt(&weight_t, inputs, outputs)),
-            bias,
+            bias: bias.into(),
             inputs,
             outputs,
         }
@@ -100,7 +111,7 @@ impl Linear {
         }
         Linear {
             weights: Weights::Int8(packed, tail.map(Box::new)),
-            bias,
+            bias: bias.into(),
             inputs,
             outputs,
         }
@@ -124,7 +135,7 @@ impl Linear {
                 weight_t.extend_from_slice(&wt[i * p.outputs..(i + 1) * p.outputs]);
             }
         }
-        let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
+        let bias: Vec<f32> = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
         Linear::from_wt(weight_t, bias, inputs, outputs)
     }
 
@@ -168,8 +179,7 @@ impl Linear {
             head.extend_from_slice(&row[..m]);
             tail.extend_from_slice(&row[m..]);
         }
-        let tail =
-            (m < n).then(|| Box::new(Linear::from_wt(tail, self.bias[m..].to_vec(), k, n - m)));
+        let tail = (m < n).then(|| Box::new(Linear::from_wt(tail, &self.bias[m..], k, n - m)));
         self.weights = Weights::Int8(super::int8::Packed::new(&head, k, m), tail);
     }
 

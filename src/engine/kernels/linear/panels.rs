@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use crate::memory::mapped::Mapped;
+
 /// Outputs per panel: a whole number of every f32 tile width (32 and 16 floats) and of
 /// MiniLM's and MPNet's widths (384, 768, 1,152, 1,536, 2,304, 3,072). Measured on whole
 /// passes against 64: the same few-row speed, and batches of 256 × 256 tokens as fast as
@@ -16,7 +18,7 @@ pub const WIDTH: usize = 96;
 /// `Wᵀ` in panels of [`WIDTH`] outputs (the last one narrower when the outputs are not a
 /// multiple of it).
 pub struct Panels {
-    data: Vec<f32>,
+    data: Mapped<f32>,
     inputs: usize,
     outputs: usize,
 }
@@ -32,11 +34,13 @@ impl Panels {
     /// From `Wᵀ` (`[inputs, outputs]` row-major).
     pub fn from_wt(wt: &[f32], inputs: usize, outputs: usize) -> Panels {
         assert_eq!(wt.len(), inputs * outputs, "Wᵀ of the wrong size");
-        let mut data = Vec::with_capacity(wt.len());
+        let mut data = Mapped::zeroed(wt.len());
+        let mut at = 0;
         for first in (0..outputs).step_by(WIDTH) {
             let width = WIDTH.min(outputs - first);
             for row in wt.chunks_exact(outputs) {
-                data.extend_from_slice(&row[first..first + width]);
+                data[at..at + width].copy_from_slice(&row[first..first + width]);
+                at += width;
             }
         }
         Panels {
