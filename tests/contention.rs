@@ -92,6 +92,8 @@ struct Tally {
     unavailable: BTreeMap<String, u64>,
     /// Anything else: the status and body.
     wrong: Vec<String>,
+    /// Every request's time, with its model, status and when it was sent (since the start).
+    times: Vec<(Duration, &'static str, u16, Duration)>,
 }
 
 impl Tally {
@@ -109,7 +111,8 @@ fn next(state: &mut u64) -> u64 {
 }
 
 /// Six clients, each in a loop until `until`: a model at random, 1 to 16 texts.
-fn run_clients(socket: &Path, models: &[&str], until: Instant) -> Tally {
+fn run_clients(socket: &Path, models: &[&'static str], until: Instant) -> Tally {
+    let start = Instant::now();
     let tally = Mutex::new(Tally::default());
     std::thread::scope(|scope| {
         for c in 0..CLIENTS {
@@ -128,13 +131,17 @@ fn run_clients(socket: &Path, models: &[&str], until: Instant) -> Tally {
                         .collect();
                     n += 1;
                     let body = serde_json::json!({"model": model, "input": texts}).to_string();
+                    let sent = Instant::now();
                     let answer = rt.block_on(caxton::cli::client::request_with_headers(
                         socket,
                         hyper::Method::POST,
                         "/v1/embeddings",
                         Some(body.into_bytes()),
                     ));
+                    let took = sent.elapsed();
                     let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+                    let status = answer.as_ref().map_or(0, |a| a.0.as_u16());
+                    t.times.push((took, model, status, sent - start));
                     match answer {
                         Ok((s, _, _)) if s == 200 => t.ok += 1,
                         Ok((s, h, b)) if s == 503 && h.contains_key("retry-after") => {
@@ -168,7 +175,7 @@ fn exercise(
     name: &str,
     d: &Daemon,
     base: u64,
-    models: &[&str],
+    models: &[&'static str],
     limited: &Group,
     groups: &[&Group],
     mut cotenant: Option<&mut CoTenant>,
@@ -227,6 +234,16 @@ fn exercise(
     };
     let s = status(d);
     let shed = d.log().matches("caxton_event=\"model_shed\"").count();
+    let mut times = tally.times.clone();
+    times.sort_by_key(|t| std::cmp::Reverse(t.0));
+    let quantile = |q: f64| times[((times.len() - 1) as f64 * (1.0 - q)).round() as usize].0;
+    println!(
+        "{name}: latency p50 {:?}, p99 {:?}, max {:?}; the slowest: {:?}",
+        quantile(0.5),
+        quantile(0.99),
+        times[0].0,
+        &times[..times.len().min(8)]
+    );
     if std::env::var_os("CONTENTION_TEST_LOG").is_some() {
         eprintln!("{}", d.log());
     }

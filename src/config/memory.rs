@@ -50,7 +50,10 @@ pub struct MemorySettings {
 pub struct LoadQueueSettings {
     /// Longest a request waits for its model to load (for room to be made, shed memory to
     /// come back, or the loads ahead of it) before it is answered 503 with `Retry-After`;
-    /// `0s` answers at once.
+    /// `0s` answers at once. A load of its own model under way is waited for regardless. 1 s
+    /// by default: with 20 s, two models taking turns beside a co-tenant held the other's
+    /// requests for a whole residency (p99 3 to 10 s, issue 60); a client told `Retry-After`
+    /// may try another model or come back.
     pub max_wait: Duration,
     /// Most requests waiting at once; more are answered 503 at once.
     pub max_waiting: usize,
@@ -59,7 +62,7 @@ pub struct LoadQueueSettings {
 impl Default for LoadQueueSettings {
     fn default() -> Self {
         LoadQueueSettings {
-            max_wait: Duration(std::time::Duration::from_secs(20)),
+            max_wait: Duration(std::time::Duration::from_secs(1)),
             max_waiting: 256,
         }
     }

@@ -133,22 +133,29 @@ impl Registry {
             if let Some(model) = loaded_now(slot) {
                 return Ok(Turn::Loaded(model));
             }
+            // Past the deadline, a request still waits for its own model's load under way:
+            // that wait ends with the load (a large model takes seconds), and refusing it
+            // would only send the client back for what is about to be there.
+            let past = Instant::now() >= deadline;
+            if past && self.governor.queue.admitting().as_deref() != Some(id.as_str()) {
+                self.governor.queue.note_refusal();
+                return Err(self.refuse(
+                    id,
+                    format!(
+                        "model {id} waited {} (memory.load_queue.max_wait) behind other loads and is still not loaded; retry later",
+                        humantime::format_duration(queue.max_wait.0)
+                    ),
+                    self.governor.retry_after(),
+                    false,
+                ));
+            }
             tokio::select! {
                 biased;
                 guard = &mut lock => return Ok(Turn::Admitted(guard)),
                 _ = &mut loaded => continue,
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.governor.queue.note_refusal();
-                    return Err(self.refuse(
-                        id,
-                        format!(
-                            "model {id} waited {} (memory.load_queue.max_wait) behind other loads and is still not loaded; retry later",
-                            humantime::format_duration(queue.max_wait.0)
-                        ),
-                        self.governor.retry_after(),
-                        false,
-                    ));
-                }
+                _ = tokio::time::sleep_until(deadline), if !past => continue,
+                // A load that fails wakes nobody: look again.
+                _ = tokio::time::sleep(RECHECK), if past => continue,
             }
         }
     }
@@ -274,6 +281,7 @@ impl Registry {
                     ),
                     retry_after: self.governor.retry_after(),
                     wait: false,
+                    residency: None,
                 },
                 Ok(victims) => {
                     self.make_room(id, &victims, deadline).await?;
@@ -321,6 +329,7 @@ impl Registry {
                 ),
                 retry_after: self.governor.retry_after(),
                 wait: true,
+                residency: None,
             });
         }
         let mut limits = self.governor.limits();

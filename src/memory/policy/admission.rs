@@ -49,6 +49,9 @@ pub struct Refusal {
     /// comes back, other processes free memory. `false` when only a change of configuration
     /// or an explicit unload would.
     pub wait: bool,
+    /// When only models loaded less than `memory.min_residency` ago hold the room, and
+    /// shedding them would make it: the time until the first of them may go.
+    pub residency: Option<Duration>,
 }
 
 /// Decides whether `id` (priority `priority`, needing `need` bytes) may load next to
@@ -74,6 +77,7 @@ pub fn admit(
             ),
             retry_after,
             wait: false,
+            residency: None,
         });
     }
     let start = Held {
@@ -91,6 +95,7 @@ pub fn admit(
             ),
             retry_after: Duration::from_secs(1),
             wait: true,
+            residency: None,
         });
     }
     let choice = fit.choose_victims(loaded, priority, start);
@@ -133,7 +138,8 @@ struct Held {
 }
 
 /// The victims chosen, what is left with them gone, and the shortest `memory.min_residency`
-/// left of the models that would have made room but are still protected.
+/// left of the models that would make room but are still protected (`None` when none are, or
+/// when even with them gone the load would not fit: waiting out their residency is no use).
 struct Choice {
     victims: Vec<String>,
     left: Held,
@@ -198,6 +204,13 @@ impl<'a> Fit<'a> {
     fn choose_victims(&self, loaded: &[Resident], priority: u8, mut left: Held) -> Choice {
         let mut victims = Vec::new();
         let mut held_back: Option<Duration> = None;
+        // What would stay were the protected models shed too.
+        let mut unprotected = left;
+        let gone = |h: &mut Held, m: &Resident| {
+            h.used -= m.bytes;
+            h.count -= 1;
+            h.gained += m.bytes as i64;
+        };
         for m in shed_order(loaded) {
             if self.bound(left).is_none() {
                 break;
@@ -207,14 +220,16 @@ impl<'a> Fit<'a> {
                 // their priority).
                 break;
             }
+            gone(&mut unprotected, m);
             if let Some(rest) = m.resident_for(self.limits.now, self.limits.min_residency) {
                 held_back = Some(held_back.map_or(rest, |h| h.min(rest)));
                 continue;
             }
             victims.push(m.id.clone());
-            left.used -= m.bytes;
-            left.count -= 1;
-            left.gained += m.bytes as i64;
+            gone(&mut left, m);
+        }
+        if self.bound(unprotected).is_some() {
+            held_back = None;
         }
         Choice {
             victims,
@@ -248,6 +263,7 @@ impl<'a> Fit<'a> {
         let bound_text = self.describe(b);
         let (why_not, wait, retry) =
             self.why_nothing_helps(priority, b, after_release, choice.held_back, retry_after);
+        let residency = choice.held_back.filter(|_| !after_release);
         Refusal {
             reason: format!(
                 "model {id} cannot be loaded now: {bound_text}, and {why_not} (loaded: {}); retry later, unload a model, or raise memory.budget",
@@ -259,6 +275,7 @@ impl<'a> Fit<'a> {
             ),
             retry_after: retry.max(Duration::from_secs(1)),
             wait,
+            residency,
         }
     }
 

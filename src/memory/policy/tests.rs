@@ -170,6 +170,44 @@ fn a_model_within_its_residency_is_not_evicted_and_the_refusal_says_how_long_to_
     );
 }
 
+/// Issue 60: beside a co-tenant, a model within its residency whose shedding would not make
+/// room anyway was waited out (10 s), and the load refused after all.
+#[test]
+fn a_residency_that_could_not_make_room_is_not_waited_for() {
+    let mut limits = limits(1024);
+    limits.room = Some((0, "cgroup v1 /x (memory.limit_in_bytes 314 MiB)".into()));
+    let mut young = m("young", 3, 99, 94);
+    young.loaded_at = s(96);
+    // Shedding "young" frees 94 MiB of the 100 needed: no residency to wait for.
+    let e = admit(
+        "c",
+        3,
+        100 * MIB,
+        std::slice::from_ref(&young),
+        &limits,
+        s(5),
+    )
+    .expect_err("refused");
+    assert_eq!((e.residency, e.retry_after), (None, s(5)));
+    assert!(
+        e.reason
+            .contains("and nothing of priority 3 or lower can make room"),
+        "{}",
+        e.reason
+    );
+    // Had it freed enough, its 6 s left would be the wait.
+    let e = admit(
+        "c",
+        3,
+        90 * MIB,
+        std::slice::from_ref(&young),
+        &limits,
+        s(5),
+    )
+    .expect_err("refused");
+    assert_eq!((e.residency, e.retry_after), (Some(s(6)), s(6)));
+}
+
 #[test]
 fn real_room_binds_even_when_the_budget_has_space() {
     let mut limits = limits(1024);
