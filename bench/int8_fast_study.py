@@ -23,6 +23,8 @@ import re
 import numpy as np
 import torch
 
+from peer_common import bert_model, top_k_agreement
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "target/bench-compare/ort/package"
 REFERENCE = ROOT / "tests/fixtures/reference/minilm-vectors.json"
@@ -211,15 +213,9 @@ class Scheme:
 
 
 def load():
-    from safetensors.torch import load_file
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig.from_json_file(str(PACKAGE / "config.json"))
-    config._attn_implementation = "eager"
-    model = BertModel(config, add_pooling_layer=False).eval()
-    state = {k: v.float() for k, v in load_file(str(PACKAGE / "model.safetensors")).items()}
-    model.load_state_dict(state, strict=False)
     from tokenizers import Tokenizer
+
+    model = bert_model(PACKAGE)
 
     tok = Tokenizer.from_file(str(PACKAGE / "tokenizer.json"))
     tok.enable_truncation(256)
@@ -269,17 +265,6 @@ def embed(model, tok, texts):
             v = h.mean(dim=0).double()
             out.append((v / v.norm()).numpy())
     return np.array(out)
-
-
-def top_k(reference, other, k=10, every=10):
-    def nearest(v):
-        q = np.arange(0, len(v), every)
-        sims = v[q] @ v.T
-        sims[np.arange(len(q)), q] = -np.inf
-        return np.argsort(-sims, axis=1, kind="stable")[:, :k]
-
-    a, b = nearest(reference), nearest(other)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
 
 
 def main():
@@ -337,7 +322,7 @@ def main():
     q_corpus = embed(model3, tok, corpus)
     print(
         f"{vars(args)}\n  min cosine {cos.min():.5f} (text {int(cos.argmin())}), "
-        f"mean {cos.mean():.6f}; top-10 kept {100 * top_k(f32_corpus, q_corpus):.2f}%"
+        f"mean {cos.mean():.6f}; top-10 kept {100 * top_k_agreement(f32_corpus, q_corpus, k=10, every=10):.2f}%"
     )
     if PAIR_STATS:
         print(

@@ -17,7 +17,6 @@ vectors L2-normalised, a fresh process per run. Its figures are taken as Caxton'
 process's peak RSS (ru_maxrss).
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from ort_peer import measure_workloads
+from peer_common import MANY, REQUIRED, cosine, main, measure_workloads
 
 THREADS = 2
 
@@ -105,13 +104,6 @@ def cmd_run(args):
           f"{result['peak_rss_mb']:.0f} MB")
 
 
-def cosine(x, y):
-    dot = sum(a * b for a, b in zip(x, y))
-    nx = sum(a * a for a in x) ** 0.5
-    ny = sum(b * b for b in y) ** 0.5
-    return dot / max(nx * ny, 1e-30)
-
-
 def agreement(a, b):
     """Min and mean cosine, text by text, of two runs' vectors of the short texts."""
     c = [cosine(x, y) for x, y in zip(a, b)]
@@ -148,26 +140,14 @@ def cmd_summary(args):
             print(f"  {name}: {a['min']:.6f} / {a['mean']:.6f} ({a['texts']} texts)")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert")
-    c.add_argument("--folder", required=True)
-    c.add_argument("--converter", required=True)
-    c.add_argument("--out", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--gguf", required=True)
-    r.add_argument("--pooling", choices=["mean", "last"], required=True)
-    r.add_argument("--texts", required=True)
-    r.add_argument("--caxton")
-    r.add_argument("--json", required=True)
-    s = sub.add_parser("summary")
-    s.add_argument("--cpu", default="")
-    for name in ("caxton-f32", "caxton-int8", "caxton-int8-fast", "llama-f32", "llama-q8_0"):
-        s.add_argument(f"--{name}", nargs="+", default=[])
-    args = p.parse_args()
-    {"convert": cmd_convert, "run": cmd_run, "summary": cmd_summary}[args.cmd](args)
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main({
+        "convert": (cmd_convert, {"--folder": REQUIRED, "--converter": REQUIRED, "--out": REQUIRED}),
+        "run": (cmd_run, {
+            "--gguf": REQUIRED, "--pooling": {"choices": ["mean", "last"], "required": True},
+            "--texts": REQUIRED, "--caxton": {}, "--json": REQUIRED}),
+        "summary": (cmd_summary, {
+            "--cpu": {"default": ""},
+            **{f"--{name}": MANY for name in ("caxton-f32", "caxton-int8", "caxton-int8-fast",
+                                              "llama-f32", "llama-q8_0")}}),
+    }, __doc__.splitlines()[0]))

@@ -21,6 +21,16 @@
         its vectors against Caxton f32's (cosine >= 0.999); records its vectors of the check
         texts either way.
 
+    ort_peer.py tokens --model DIR [--int8] --threads N --tokens TOKENS.json --json OUT.json
+        `run`'s workloads on token ids instead of texts, for a machine with numpy and
+        onnxruntime only: TOKENS.json (examples/bench --tokens) holds each text's ids in
+        request order ("short", "long", "single"; single sentences, pad id 0), the batch sizes
+        ("short_batch", "long_batch") and "check" (ids and Caxton f32's vector of a few texts).
+        The warm-up request is the first single text. Building the padded inputs, the run,
+        mean pooling and L2 normalisation are inside the timed region; the token counts are
+        the real ids'. Writes `run`'s figures and check_min_cosine (each check text run alone
+        against Caxton f32's vector), which in f32 must be >= 0.999.
+
     ort_peer.py summary --caxton A1.json ... [--caxton-int8 ...] [--caxton-bf16 ...]
                         --ort B1.json ... [--ort-int8 ...]
         Prints the table of medians and ratios, with each Caxton variant's engine run
@@ -32,19 +42,20 @@
         sentence-transformers' own vectors).
 
 Only `export` imports torch and transformers; `run` imports numpy, tokenizers and onnxruntime,
-so its peak RSS is that of a plain ORT embedding process.
+so its peak RSS is that of a plain ORT embedding process; `tokens` numpy and onnxruntime only.
 """
 
-import argparse
-import hashlib
 import json
-import os
-import resource
 import statistics
 import sys
-import tarfile
 import time
 from pathlib import Path
+
+from peer_common import (FLAG, MANY, REQUIRED, bert_model, cosine, encoded, export_onnx,
+                         export_stamp, heading, layout, load_runs, main, measure_workloads, median,
+                         open_peer, open_session, optimize_check_quantize, padded, per_round,
+                         print_figures, ratio, read_manifest, sha256_file, top_k_agreement,
+                         traceable, unpack, variant, with_medians)
 
 COSINE_MIN = 0.999
 # The least cosine each Caxton precision's vectors keep to the f32 ones on the check texts.
@@ -61,126 +72,34 @@ RANKING_MIN_SMALL = 0.95
 RANKING_FULL_QUERIES = 100
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(path):
-    """The few scalar keys of manifest.yaml we need (no YAML dependency)."""
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        if line.startswith((" ", "-")) or ":" not in line:
-            continue
-        key, _, value = line.partition(":")
-        out[key.strip()] = value.strip().strip("'\"")
-    return out
-
-
-def unpack(package, dest):
-    """Unpacks the package (zstd-compressed tar) with the `zstd` tool, regular files only."""
-    import subprocess
-
-    dest.mkdir(parents=True, exist_ok=True)
-    zstd = subprocess.Popen(["zstd", "-dc", str(package)], stdout=subprocess.PIPE)
-    with tarfile.open(fileobj=zstd.stdout, mode="r|") as tar:
-        for member in tar:
-            name = Path(member.name)
-            if not member.isfile() or name.is_absolute() or ".." in name.parts:
-                raise SystemExit(f"unexpected entry in {package}: {member.name}")
-            with open(dest / name.name, "wb") as f:
-                f.write(tar.extractfile(member).read())
-    if zstd.wait() != 0:
-        raise SystemExit(f"zstd -dc {package} failed")
-
-
 def cmd_export(args):
-    import onnx
-    import onnxruntime
     import torch
-    import transformers
 
     out = Path(args.out)
     package = Path(args.package)
-    stamp = {
-        "package_sha256": sha256_file(package),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    info_path = out / "export.json"
-    if info_path.exists() and (out / "model.onnx").exists() and (out / "model.int8.onnx").exists():
-        info = json.loads(info_path.read_text())
-        if info.get("stamp") == stamp:
-            print(
-                f"  ONNX model cached: {out / 'model.onnx'} "
-                f"({info['attention_nodes']} fused Attention nodes)"
-            )
-            return
+    stamp = export_stamp(out, package_sha256=sha256_file(package))
+    if stamp is None:
+        return
     pkg = out / "package"
     unpack(package, pkg)
     manifest = read_manifest(pkg / "manifest.yaml")
     if manifest.get("architecture") != "bert":
         raise SystemExit(f"the ORT peer exports bert only, not {manifest.get('architecture')}")
 
-    from safetensors.torch import load_file
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig.from_json_file(str(pkg / "config.json"))
-    config._attn_implementation = "eager"
-    torch.manual_seed(0)
-    model = BertModel(config, add_pooling_layer=False).eval()
-    state = {k: v.float() for k, v in load_file(str(pkg / "model.safetensors")).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # position_ids is a non-persistent buffer in recent transformers and the pooler does not
-    # touch the token states that are mean-pooled; anything else is an error.
-    unexpected = [
-        k for k in unexpected if not (k.endswith("position_ids") or k.startswith("pooler."))
-    ]
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise SystemExit(f"weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
+    model = bert_model(pkg)
     attn = getattr(model.config, "_attn_implementation", None)
     if attn != "eager":
         raise SystemExit(f"BertModel uses {attn} attention, not eager")
 
-    class Wrapped(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=token_type_ids,
-            ).last_hidden_state
-
-    wrapped = Wrapped(model).eval()
+    wrapped = traceable(model, lambda out, mask: out.last_hidden_state)
     ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
     types = torch.zeros_like(ids)
     raw = out / "model-raw.onnx"
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
     t = time.perf_counter()
     with torch.no_grad():
-        torch.onnx.export(
-            wrapped,
-            (ids, mask, types),
-            str(raw),
-            dynamo=False,
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_axes=axes,
-            opset_version=17,
-            do_constant_folding=True,
-        )
+        export_onnx(wrapped, (ids, mask, types), raw, "last_hidden_state",
+                    {0: "batch", 1: "sequence"})
         # Checked on another shape than the traced one: the axes must really be dynamic.
         check_ids = torch.tensor(
             [[101, 2023, 2003, 1037, 3231, 6251, 102], [101, 7592, 102, 0, 0, 0, 0],
@@ -194,11 +113,11 @@ def cmd_export(args):
     info = {
         "stamp": stamp,
         "export_s": export_s,
-        **optimize_check_quantize(raw, out, check_ids, check_mask, check_types, reference,
+        **optimize_check_quantize(raw, out, (check_ids, check_mask, check_types), reference,
                                   check_mask.numpy().astype(bool), 1e-3),
         "max_seq_length": int(manifest["max_seq_length"]),
     }
-    info_path.write_text(json.dumps(info, indent=1))
+    (out / "export.json").write_text(json.dumps(info, indent=1))
     print(
         f"  exported {out / 'model.onnx'}: {info['attention_nodes']} fused Attention nodes, "
         f"fused {info['fused_operators']}; export {export_s:.1f} s, optimize "
@@ -206,155 +125,68 @@ def cmd_export(args):
     )
 
 
-def optimize_check_quantize(raw, out, ids, mask, types, reference, rows, tolerance):
-    """The steps both peers share after torch's export of `raw`: onnxruntime's bert optimizer
-    (12 heads, hidden 384) into out/model.onnx, checked against torch's `reference` output on
-    the check inputs (`rows`: which outputs count; fails past `tolerance`), then ORT's dynamic
-    int8 into out/model.int8.onnx, as fastembed-style deployments quantize: QInt8 weights per
-    channel. Returns the graph's op counts, the fused operators, both timings and the largest
-    difference from torch."""
+def mean_pooled(session, feed):
+    """The session's vectors of one padded batch, mean-pooled over the mask and L2-normalised,
+    and its real (non-padding) token count, as Caxton's usage.prompt_tokens."""
     import numpy as np
-    import onnx
-    import onnxruntime
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.optimizer import optimize_model
 
-    t = time.perf_counter()
-    opt = optimize_model(str(raw), model_type="bert", num_heads=12, hidden_size=384)
-    tmp = out / "model.onnx.tmp"
-    opt.save_model_to_file(str(tmp))
-    optimize_s = time.perf_counter() - t
-    ops = {}
-    for node in onnx.load(str(tmp)).graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-
-    sess = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-            "token_type_ids": types.numpy()}
-    got = sess.run(None, feed)[0]
-    max_diff = float(np.abs(got - reference)[rows].max())
-    if max_diff > tolerance:
-        raise SystemExit(f"the optimized graph differs from torch by {max_diff}")
-    os.replace(tmp, out / "model.onnx")
-    raw.unlink()
-
-    t = time.perf_counter()
-    quantize_dynamic(
-        str(out / "model.onnx"),
-        str(out / "model.int8.onnx.tmp"),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        # The fused graph's contrib ops defeat shape inference on some MatMul outputs.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    os.replace(out / "model.int8.onnx.tmp", out / "model.int8.onnx")
-    return {
-        "attention_nodes": ops.get("Attention", 0),
-        "fused_operators": fused,
-        "node_counts": ops,
-        "optimize_s": optimize_s,
-        "quantize_s": time.perf_counter() - t,
-        "max_abs_diff_vs_torch": max_diff,
-    }
+    hidden = session.run(None, feed)[0]
+    mask = feed["attention_mask"]
+    m = mask[:, :, None].astype(np.float32)
+    pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return pooled / np.maximum(norms, 1e-12), int(mask.sum())
 
 
-def open_session(onnx_dir, int8, threads):
-    """ORT's session on onnx_dir's f32 or int8 graph, as both peers run it (threads intra-op,
-    sequential, every graph optimization), and the seconds it took to open."""
+def ran(args, load_s, session_s):
+    """The result fields that say what ran."""
     import onnxruntime as ort
 
-    t = time.perf_counter()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    graph = "model.int8.onnx" if int8 else "model.onnx"
-    session = ort.InferenceSession(str(onnx_dir / graph), opts, providers=["CPUExecutionProvider"])
-    return session, time.perf_counter() - t
-
-
-def rss_mb():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def percentile(sorted_values, p):
-    return sorted_values[round((len(sorted_values) - 1) * p)]
-
-
-def measure_workloads(embed, workload):
-    """The timed part of a peer's run, as examples/bench times Caxton: one warm-up text, the
-    idle RSS, the short and long texts in their batches, each single text alone, then the peak
-    RSS. `embed(texts)` returns (vectors, tokens). Returns the result fields."""
-    embed(["warm up"])  # as the Caxton side: one single-text request before measuring
-    idle_rss = rss_mb()
-    short, long_, single = workload["short"], workload["long"], workload["single"]
-    sb, lb = workload["short_batch"], workload["long_batch"]
-    t = time.perf_counter()
-    short_tokens = sum(embed(short[i : i + sb])[1] for i in range(0, len(short), sb))
-    short_s = time.perf_counter() - t
-    t = time.perf_counter()
-    long_tokens = sum(embed(long_[i : i + lb])[1] for i in range(0, len(long_), lb))
-    long_s = time.perf_counter() - t
-    latencies = []
-    for text in single:
-        t = time.perf_counter()
-        embed([text])
-        latencies.append(time.perf_counter() - t)
-    latencies.sort()
     return {
-        "short_texts": len(short),
-        "short_tokens": short_tokens,
-        "short_s": short_s,
-        "short_texts_per_s": len(short) / short_s,
-        "short_tokens_per_s": short_tokens / short_s,
-        "long_texts": len(long_),
-        "long_tokens": long_tokens,
-        "long_s": long_s,
-        "long_texts_per_s": len(long_) / long_s,
-        "long_tokens_per_s": long_tokens / long_s,
-        "single_n": len(latencies),
-        "single_p50_ms": percentile(latencies, 0.5) * 1e3,
-        "single_p99_ms": percentile(latencies, 0.99) * 1e3,
-        "idle_rss_mb": idle_rss,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "implementation": "onnxruntime int8" if args.int8 else "onnxruntime",
+        "precision": "int8" if args.int8 else "f32",
+        "onnxruntime": ort.__version__,
+        "threads": args.threads,
+        "load_ms": load_s * 1e3,
+        "session_ms": session_s * 1e3,
     }
+
+
+def check(result, problems, args, embed, checks, item, record=None):
+    """Embeds each of `checks` alone (item(c): the text or the ids) and records the least
+    cosine with Caxton f32's vector: in f32 the outputs must be identical (a problem below
+    COSINE_MIN), else the comparison means nothing; in int8 it is what ORT's quantization
+    costs. record(c, vector), when given, makes result's "check" of our vectors."""
+    ours = [embed([item(c)])[0][0] for c in checks]
+    if record:
+        result["check"] = [record(c, v) for c, v in zip(checks, ours)]
+    cosines = [cosine(v, c["embedding"]) for v, c in zip(ours, checks)]
+    result["check_min_cosine"] = min(cosines)
+    if min(cosines) < COSINE_MIN and not args.int8:
+        problems.append(f"vectors differ from Caxton's: cosines {cosines}")
+
+
+def report(args, result, workload, load_label, problems, given=""):
+    """Writes the result, prints its figures, fails on the problems."""
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(f"onnxruntime {result['onnxruntime']} peer: {args.threads} intra-op threads, fused graph"
+          f"{' after quantize_dynamic (int8)' if args.int8 else ''}, in-process{given}")
+    print_figures(result, workload["short_batch"], workload["long_batch"], load_label)
+    if problems:
+        raise SystemExit("ORT peer: " + "; ".join(problems))
 
 
 def cmd_run(args):
     import numpy as np
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
 
     model_dir = Path(args.model)
     workload = json.loads(Path(args.texts).read_text())
     caxton = json.loads(Path(args.caxton).read_text()) if args.caxton else None
-    max_len = json.loads((model_dir / "export.json").read_text())["max_seq_length"]
-
-    t = time.perf_counter()
-    session, session_s = open_session(model_dir, args.int8, args.threads)
-    tokenizer = Tokenizer.from_file(str(model_dir / "package" / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=max_len)
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest
-    load_s = time.perf_counter() - t
+    session, tokenizer, session_s, load_s = open_peer(
+        model_dir, args.int8, args.threads, model_dir / "package" / "tokenizer.json")
 
     def embed(texts):
-        """Vectors and real (non-padding) token count, as Caxton's usage.prompt_tokens."""
-        encs = tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encs], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        types = np.array([e.type_ids for e in encs], dtype=np.int64)
-        hidden = session.run(
-            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        )[0]
-        m = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return pooled / np.maximum(norms, 1e-12), int(mask.sum())
+        return mean_pooled(session, encoded(tokenizer.encode_batch(texts)))
 
     measured = measure_workloads(embed, workload)
     short, sb = workload["short"], workload["short_batch"]
@@ -369,84 +201,42 @@ def cmd_run(args):
         for i in range(0, len(short), sb)
         for v in embed(short[i : i + sb])[0].astype(np.float32)
     ]
-
-    result = {
-        "implementation": "onnxruntime int8" if args.int8 else "onnxruntime",
-        "precision": "int8" if args.int8 else "f32",
-        "onnxruntime": ort.__version__,
-        "threads": args.threads,
-        "load_ms": load_s * 1e3,
-        "session_ms": session_s * 1e3,
-        **measured,
-        "corpus": corpus,
-        "reference": reference,
-    }
+    result = {**ran(args, load_s, session_s), **measured, "corpus": corpus, "reference": reference}
 
     problems = []
     if caxton is not None:
-        # In f32 identical outputs, else the comparison means nothing; in int8 what ORT's
-        # quantization costs, recorded.
-        cosines, check = [], []
-        for c in caxton["check"]:
-            ours = embed([c["text"]])[0][0]
-            check.append({"text": c["text"], "embedding": [float(v) for v in ours]})
-            theirs = np.asarray(c["embedding"], dtype=np.float64)
-            cos = float(ours @ theirs / (np.linalg.norm(ours) * np.linalg.norm(theirs)))
-            cosines.append(cos)
-        result["check"] = check
-        result["check_min_cosine"] = min(cosines)
-        if min(cosines) < COSINE_MIN and not args.int8:
-            problems.append(f"vectors differ from Caxton's: cosines {cosines}")
+        check(result, problems, args, embed, caxton["check"], lambda c: c["text"],
+              lambda c, v: {"text": c["text"], "embedding": [float(x) for x in v]})
         for key in ("short_tokens", "long_tokens"):
             if caxton.get(key) != result[key]:
                 problems.append(f"{key}: ORT {result[key]}, Caxton {caxton.get(key)}")
-    Path(args.json).write_text(json.dumps(result, indent=1))
-    r = result
-    print(f"onnxruntime {ort.__version__} peer: {args.threads} intra-op threads, fused graph"
-          f"{' after quantize_dynamic (int8)' if args.int8 else ''}, in-process")
-    print(f"  session + tokenizer load              {r['load_ms']:>8.0f} ms")
-    print(f"  {f'{len(short):,} short texts, batch {sb}':<37}{r['short_texts_per_s']:>8.1f} texts/s"
-          f"  {r['short_tokens_per_s']:>8.0f} tokens/s  ({r['short_tokens'] / len(short):.1f} tokens/text)")
-    long_texts, lb = r["long_texts"], workload["long_batch"]
-    print(f"  {f'{long_texts} texts x 256 tokens, batch {lb}':<37}{r['long_texts_per_s']:>8.1f} texts/s"
-          f"  {r['long_tokens_per_s']:>8.0f} tokens/s")
-    print(f"  single short text in-process          p50 {r['single_p50_ms']:.2f} ms  "
-          f"p99 {r['single_p99_ms']:.2f} ms  (n={r['single_n']})")
-    print(f"  RSS idle with model loaded            {r['idle_rss_mb']:>8.0f} MB")
-    print(f"  peak RSS (ru_maxrss)                  {r['peak_rss_mb']:>8.0f} MB")
-    if "check_min_cosine" in r:
-        print(f"  vectors vs caxton f32's               min cosine {r['check_min_cosine']:.7f}")
-    if problems:
-        raise SystemExit("ORT peer: " + "; ".join(problems))
+    report(args, result, workload, "session + tokenizer load", problems)
 
 
-def median(runs, key):
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(values) if values else float("nan")
+def cmd_tokens(args):
+    tokens = json.loads(Path(args.tokens).read_text())
+    session, session_s = open_session(args.model, args.int8, args.threads)
 
+    def embed(rows):
+        return mean_pooled(session, padded(rows))
 
-def cosine(x, y):
-    import numpy as np
-
-    u = np.asarray(x, dtype=np.float64)
-    v = np.asarray(y, dtype=np.float64)
-    return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+    measured = measure_workloads(embed, tokens, warm_up=tokens["single"][0])
+    result = {**ran(args, session_s, session_s), **measured}
+    problems = []
+    check(result, problems, args, embed, tokens["check"], lambda c: c["ids"])
+    report(args, result, tokens, "session load", problems, ", on given token ids")
 
 
 def cmd_summary(args):
-    load = lambda paths: [json.loads(Path(p).read_text()) for p in paths]
-    cax, bf16, int8 = load(args.caxton), load(args.caxton_bf16), load(args.caxton_int8)
-    fast = load(args.caxton_int8_fast)
-    ort, ort8 = load(args.ort), load(args.ort_int8)
+    cax, bf16, int8, fast, ort, ort8 = map(load_runs, (
+        args.caxton, args.caxton_bf16, args.caxton_int8, args.caxton_int8_fast, args.ort,
+        args.ort_int8))
     export = json.loads(Path(args.export).read_text()) if args.export else {}
     keys = ("short_texts_per_s", "short_tokens_per_s", "long_tokens_per_s", "single_p50_ms",
             "single_p99_ms", "peak_rss_mb", "load_ms", "concurrent_texts_per_s")
     for runs in (bf16, int8, fast, ort, ort8):
         if runs and len(runs) != len(cax):
             raise SystemExit(f"{len(cax)} caxton f32 runs, but another variant has {len(runs)}")
-
-    def ratio(a, b):
-        return a / b if b else float("nan")
 
     def ratios(c, o):
         return [
@@ -458,21 +248,12 @@ def cmd_summary(args):
             f"{ratio(o['load_ms'], c['load_ms']):.2f}",
         ]
 
-    # Each variant's medians, named by what it really ran (bf16 runs f32 on a CPU without
-    # AMX) and, for Caxton, the kernel.
-    def name(runs):
-        r = runs[0]
-        if r.get("implementation", "caxton") != "caxton":
-            return r["implementation"]
-        kernel = f" ({r['kernel']})" if r.get("kernel") else ""
-        return f"caxton {r.get('precision', 'f32')}{kernel}"
-
     # Each Caxton variant's engine in-process on the same texts (no socket, HTTP or JSON), as
     # a variant of its own: what the daemon's figures are measured against.
     def engine(runs):
         nan = float("nan")
         return [{
-            "implementation": f"{name(runs)} in-process",
+            "implementation": f"{variant(runs)} in-process",
             "short_texts_per_s": r.get("engine_short_texts_per_s", nan),
             "short_tokens_per_s":
                 r.get("engine_short_texts_per_s", nan) * r["short_tokens"] / r["short_texts"],
@@ -485,11 +266,11 @@ def cmd_summary(args):
 
     engines = {id(runs): engine(runs) for runs in (cax, int8, fast, bf16)
                if runs and runs[0].get("engine_short_texts_per_s")}
-    variants = [(name(runs), runs, {k: median(runs, k) for k in keys})
-                for runs in (cax, int8, fast, bf16, ort, ort8) if runs]
-    variants += [(name(engines[id(runs)]), engines[id(runs)],
-                  {k: median(engines[id(runs)], k) for k in keys})
-                 for runs in (cax, int8, fast, bf16) if id(runs) in engines]
+    # Each variant's medians, named by what it really ran (bf16 runs f32 on a CPU without
+    # AMX) and, for Caxton, the kernel.
+    variants = with_medians((cax, int8, fast, bf16, ort, ort8), keys)
+    variants += with_medians([engines[id(runs)] for runs in (cax, int8, fast, bf16)
+                              if id(runs) in engines], keys)
     by = {id(runs): med for _, runs, med in variants}
 
     # (heading, unit, cell of a figures row)
@@ -504,14 +285,9 @@ def cmd_summary(args):
         ("peak RSS", "MB", lambda r: f"{r['peak_rss_mb']:.0f}"),
         ("load", "ms", lambda r: f"{r['load_ms']:.0f}"),
     ]
-    widths = [max(len(col[0]), len(col[1]), 10) + 3 for col in columns]
+    line = layout(48, [col[:2] for col in columns], 3)
 
-    def line(label, cells):
-        return f"{label:<48}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths))
-
-    print()
-    if args.cpu:
-        print(f"CPU: {args.cpu}")
+    heading(args.cpu)
     print(f"medians of {len(cax)} interleaved round(s), {cax[0].get('threads', '?')} compute "
           f"threads for Caxton, {ort[0].get('threads', '?')} intra-op threads for ORT; "
           f"onnxruntime {ort[0].get('onnxruntime')}, fused graph with "
@@ -526,12 +302,8 @@ def cmd_summary(args):
              (engines.get(id(cax)), ort), (engines.get(id(fast)), ort8)]
     for a, b in pairs:
         if a and b:
-            print(line(f"ratio {name(a)} / {name(b)}", ratios(by[id(a)], by[id(b)])))
-    if len(cax) > 1:
-        print("per round:")
-        for i in range(len(cax)):
-            for label, runs, _ in variants:
-                print(line(f"  {i + 1} {label}", [col[2](runs[i]) for col in columns]))
+            print(line(f"ratio {variant(a)} / {variant(b)}", ratios(by[id(a)], by[id(b)])))
+    per_round(variants, line, lambda r: [col[2](r) for col in columns])
     # The daemon against its own engine: what the request path (socket, HTTP, JSON, the
     # tokenizer's hand-off, the queue) costs, and where the daemon's CPU went.
     for runs in (cax, int8, fast, bf16):
@@ -544,7 +316,7 @@ def cmd_summary(args):
                              for r in runs], "x")
         serving = median([{"x": r["short_cpu"]["serving_ms"] / r["short_requests"]}
                           for r in runs if r.get("short_cpu")], "x")
-        print(f"{name(runs)}: daemon / in-process engine {short_ratio:.2f} (short), "
+        print(f"{variant(runs)}: daemon / in-process engine {short_ratio:.2f} (short), "
               f"{long_ratio:.2f} (long; goal >= 0.9); one text's request path "
               f"{d['single_p50_ms'] - e:.3f} ms (p50 over the socket less in-process; goal "
               f"<= 0.2); HTTP, JSON and tokenizer CPU {serving:.3f} ms per batch-"
@@ -579,11 +351,11 @@ def cmd_summary(args):
             continue
         pairs_ = [(x, y) for a, b in zip(runs, ort) for x, y in zip(a["check"], b["check"])]
         if any(x["text"] != y["text"] for x, y in pairs_):
-            raise SystemExit(f"{name(runs)} and ORT f32 checked different texts")
+            raise SystemExit(f"{variant(runs)} and ORT f32 checked different texts")
         cosines = [cosine(x["embedding"], y["embedding"]) for x, y in pairs_]
-        print(f"{name(runs)} vectors against the f32 reference: min cosine {min(cosines):.7f}")
+        print(f"{variant(runs)} vectors against the f32 reference: min cosine {min(cosines):.7f}")
         if min(cosines) < FLOOR.get(runs[0].get("precision"), COSINE_MIN) and runs is not ort8:
-            print(f"error: {name(runs)} vectors stray from the f32 reference: {cosines}",
+            print(f"error: {variant(runs)} vectors stray from the f32 reference: {cosines}",
                   file=sys.stderr)
             status = 1
     # Against sentence-transformers on the reference texts (each embedded alone): the floors
@@ -596,15 +368,15 @@ def cmd_summary(args):
                 continue
             got = runs[0]["reference"]
             if len(got) != len(want):
-                raise SystemExit(f"{name(runs)}: {len(got)} reference vectors, {len(want)} expected")
+                raise SystemExit(f"{variant(runs)}: {len(got)} reference vectors, {len(want)} expected")
             cosines = [cosine(x, y) for x, y in zip(got, want)]
             worst[id(runs)] = min(cosines)
-            print(f"{name(runs)}: against sentence-transformers on {len(want)} reference texts: "
+            print(f"{variant(runs)}: against sentence-transformers on {len(want)} reference texts: "
                   f"min cosine {min(cosines):.5f} (text {cosines.index(min(cosines))}), "
                   f"mean {statistics.fmean(cosines):.6f}")
             floor = REFERENCE_FLOOR.get(runs[0].get("precision"))
-            if name(runs).startswith("caxton") and floor and min(cosines) < floor:
-                print(f"error: {name(runs)} falls below its documented floor {floor} on the "
+            if variant(runs).startswith("caxton") and floor and min(cosines) < floor:
+                print(f"error: {variant(runs)} falls below its documented floor {floor} on the "
                       f"reference texts", file=sys.stderr)
                 status = 1
         if id(fast) in worst and id(ort8) in worst:
@@ -619,12 +391,12 @@ def cmd_summary(args):
             if runs and runs[0].get("corpus"):
                 share = top_k_agreement(reference, runs[0]["corpus"], k=10, every=10)
                 queries = len(reference) // 10
-                print(f"{name(runs)}: top-10 neighbours of {queries} queries among "
+                print(f"{variant(runs)}: top-10 neighbours of {queries} queries among "
                       f"{len(reference)} texts agree with caxton f32's on {share * 100:.2f}%")
                 # Issue 31's bar for Caxton's reduced precisions; ORT's are shown, not held.
                 least = RANKING_MIN if queries >= RANKING_FULL_QUERIES else RANKING_MIN_SMALL
-                if name(runs).startswith("caxton") and share < least:
-                    print(f"error: {name(runs)} keeps only {share * 100:.2f}% of the f32 "
+                if variant(runs).startswith("caxton") and share < least:
+                    print(f"error: {variant(runs)} keeps only {share * 100:.2f}% of the f32 "
                           f"neighbours (at least {least * 100:.0f}% expected on {queries} "
                           f"queries)", file=sys.stderr)
                     status = 1
@@ -634,52 +406,18 @@ def cmd_summary(args):
     return status
 
 
-def top_k_agreement(reference, other, k, every):
-    """Mean share of each query's k nearest (by cosine, itself excluded) under `reference`
-    that `other` also ranks in its k nearest; queries are every `every`-th vector."""
-    import numpy as np
-
-    def nearest(vectors):
-        v = np.asarray(vectors, dtype=np.float64)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        q = np.arange(0, len(v), every)
-        sims = v[q] @ v.T
-        sims[np.arange(len(q)), q] = -np.inf
-        return np.argsort(-sims, axis=1, kind="stable")[:, :k]
-
-    if len(reference) != len(other):
-        raise SystemExit(f"ranking check: {len(reference)} reference vectors, {len(other)} others")
-    a, b = nearest(reference), nearest(other)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("export")
-    e.add_argument("--package", required=True)
-    e.add_argument("--out", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--model", required=True)
-    r.add_argument("--int8", action="store_true")
-    r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--texts", required=True)
-    r.add_argument("--caxton")
-    r.add_argument("--reference")
-    r.add_argument("--json", required=True)
-    s = sub.add_parser("summary")
-    s.add_argument("--caxton", nargs="+", required=True)
-    s.add_argument("--caxton-bf16", nargs="+", default=[])
-    s.add_argument("--caxton-int8", nargs="+", default=[])
-    s.add_argument("--caxton-int8-fast", nargs="+", default=[])
-    s.add_argument("--reference")
-    s.add_argument("--ort", nargs="+", required=True)
-    s.add_argument("--ort-int8", nargs="+", default=[])
-    s.add_argument("--cpu", default="")
-    s.add_argument("--export")
-    args = p.parse_args()
-    return {"export": cmd_export, "run": cmd_run, "summary": cmd_summary}[args.cmd](args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main({
+        "export": (cmd_export, {"--package": REQUIRED, "--out": REQUIRED}),
+        "run": (cmd_run, {
+            "--model": REQUIRED, "--int8": FLAG, "--threads": {"type": int, "default": 2},
+            "--texts": REQUIRED, "--caxton": {}, "--reference": {}, "--json": REQUIRED}),
+        "tokens": (cmd_tokens, {
+            "--model": REQUIRED, "--int8": FLAG, "--threads": {"type": int, "required": True},
+            "--tokens": REQUIRED, "--json": REQUIRED}),
+        "summary": (cmd_summary, {
+            "--caxton": {"nargs": "+", "required": True}, "--caxton-bf16": MANY,
+            "--caxton-int8": MANY, "--caxton-int8-fast": MANY, "--reference": {},
+            "--ort": {"nargs": "+", "required": True}, "--ort-int8": MANY, "--cpu": {"default": ""},
+            "--export": {}}),
+    }, __doc__.splitlines()[0]))

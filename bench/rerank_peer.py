@@ -41,17 +41,17 @@
 process.
 """
 
-import argparse
 import json
 import math
-import resource
 import sys
 import time
 from pathlib import Path
 
-# The embedding peer's helpers (this folder is on sys.path when the script runs).
-from ort_peer import (median, open_session, optimize_check_quantize, percentile, rss_mb,
-                      sha256_file, unpack)
+from peer_common import (EXPORT, FLAG, MANY, REQUIRED, TRANSFORMER_MODULE, bert_tokenizer_config,
+                         encoded, encoder_weights, export_onnx, export_stamp, head_config, heading,
+                         latencies, layout, load_runs, main, open_peer, optimize_check_quantize,
+                         peak_rss_mb, per_round, percentile, ratio, rss_mb, sha256_file, stamp_file,
+                         traceable, unpacked, variant, with_medians, write_json)
 
 THREADS = 2
 SEED = 20
@@ -110,28 +110,17 @@ def cmd_make_model(args):
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
-    stamp_path = out.parent / (out.name + ".made.json")
-    if stamp_path.exists() and (out / "model.safetensors").exists():
-        if json.loads(stamp_path.read_text()).get("stamp") == stamp:
+    if stamp_file(out).exists() and (out / "model.safetensors").exists():
+        if json.loads(stamp_file(out).read_text()).get("stamp") == stamp:
             print(f"  cross-encoder folder cached: {out}")
             return
-    from safetensors.torch import load_file
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    work = out.parent / (out.name + ".unpacked")
-    unpack(package, work)
+    work = unpacked(package, out)
     out.mkdir(parents=True, exist_ok=True)
 
-    base = json.loads((work / "config.json").read_text())
-    base.pop("_name_or_path", None)
-    base.pop("transformers_version", None)
-    base.pop("gradient_checkpointing", None)
-    base["architectures"] = ["BertForSequenceClassification"]
-    base["num_labels"] = 1
-    base["id2label"] = {"0": "LABEL_0"}
-    base["label2id"] = {"LABEL_0": 0}
-    config = BertConfig(**base)
-    config._attn_implementation = "eager"
+    config = head_config(work, "BertForSequenceClassification", num_labels=1,
+                         id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     shapes = (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
               config.max_position_embeddings)
     if shapes != (6, 384, 12, 512):
@@ -139,12 +128,7 @@ def cmd_make_model(args):
 
     torch.manual_seed(SEED)
     model = BertForSequenceClassification(config).eval()
-    encoder = {
-        f"bert.{k}": v.float()
-        for k, v in load_file(str(work / "model.safetensors")).items()
-        if not k.startswith("pooler.")
-    }
-    missing, unexpected = model.load_state_dict(encoder, strict=False)
+    missing, unexpected = model.load_state_dict(encoder_weights(work), strict=False)
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
     missing = [k for k in missing if not k.endswith("position_ids")]
     head = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight",
@@ -164,33 +148,18 @@ def cmd_make_model(args):
 
     tok = json.loads((work / "tokenizer.json").read_text())
     (out / "tokenizer.json").write_text(json.dumps(cross_encoder_tokenizer(tok), ensure_ascii=False))
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "backend": "tokenizers",
-        "cls_token": "[CLS]",
-        "do_lower_case": True,
-        "mask_token": "[MASK]",
-        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
-        "model_max_length": MAX_LENGTH,
-        "pad_token": "[PAD]",
-        "sep_token": "[SEP]",
-        "tokenizer_class": "BertTokenizer",
-        "unk_token": "[UNK]",
-    }, indent=2))
-    (out / "config_sentence_transformers.json").write_text(json.dumps({
-        "activation_fn": SIGMOID,
-        "model_type": "CrossEncoder",
-        "prompts": {},
-        "default_prompt_name": None,
-    }, indent=2))
-    (out / "modules.json").write_text(json.dumps([{
-        "idx": 0, "name": "0", "path": "",
-        "type": "sentence_transformers.base.modules.transformer.Transformer",
-    }], indent=2))
-    (out / "sentence_bert_config.json").write_text(json.dumps({
-        "transformer_task": "sequence-classification",
-        "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
-        "module_output_name": "scores",
-    }, indent=2))
+    write_json(out, {
+        "tokenizer_config.json": bert_tokenizer_config(
+            MAX_LENGTH, model_input_names=["input_ids", "token_type_ids", "attention_mask"]),
+        "config_sentence_transformers.json": {
+            "activation_fn": SIGMOID, "model_type": "CrossEncoder", "prompts": {},
+            "default_prompt_name": None},
+        "modules.json": [TRANSFORMER_MODULE],
+        "sentence_bert_config.json": {
+            "transformer_task": "sequence-classification",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+            "module_output_name": "scores"},
+    })
 
     # The folder must be what CrossEncoder loads, scoring as this model does.
     from tokenizers import Tokenizer
@@ -222,35 +191,21 @@ def cmd_make_model(args):
     import shutil
 
     shutil.rmtree(work)
-    stamp_path.write_text(json.dumps({"stamp": stamp, "check_logits": logits}, indent=1))
+    stamp_file(out).write_text(json.dumps({"stamp": stamp, "check_logits": logits}, indent=1))
     print(f"  made {out}: BertForSequenceClassification, 6 layers, hidden 384, 12 heads, "
           f"seed {SEED}; logits of two check pairs {logits[0]:.3f}, {logits[1]:.3f}; {checked}")
 
 
 def cmd_export(args):
-    import onnx
-    import onnxruntime
     import torch
-    import transformers
 
     model_dir = Path(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = {
-        "model": {f: sha256_file(model_dir / f)
-                  for f in ("config.json", "model.safetensors", "tokenizer.json")},
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    info_path = out / "export.json"
-    if info_path.exists() and (out / "model.onnx").exists() and (out / "model.int8.onnx").exists():
-        info = json.loads(info_path.read_text())
-        if info.get("stamp") == stamp:
-            print(f"  ONNX model cached: {out / 'model.onnx'} "
-                  f"({info['attention_nodes']} fused Attention nodes)")
-            return
+    files = ("config.json", "model.safetensors", "tokenizer.json")
+    stamp = export_stamp(out, model={f: sha256_file(model_dir / f) for f in files})
+    if stamp is None:
+        return
 
     from transformers import BertForSequenceClassification
 
@@ -260,28 +215,14 @@ def cmd_export(args):
     if attn != "eager":
         raise SystemExit(f"BertForSequenceClassification uses {attn} attention, not eager")
 
-    class Wrapped(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).logits
-
-    wrapped = Wrapped(model).eval()
+    wrapped = traceable(model, lambda out, mask: out.logits)
     ids = torch.tensor([[101, 7592, 102, 2088, 102], [101, 7592, 102, 2088, 0]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
     types = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 1, 0]], dtype=torch.int64)
     raw = out / "model-raw.onnx"
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
     t = time.perf_counter()
     with torch.no_grad():
-        torch.onnx.export(wrapped, (ids, mask, types), str(raw), dynamo=False,
-                          input_names=names, output_names=["logits"], dynamic_axes=axes,
-                          opset_version=17, do_constant_folding=True)
+        export_onnx(wrapped, (ids, mask, types), raw, "logits", {0: "batch"})
         # Checked on another shape than the traced one: the axes must really be dynamic.
         check_ids = torch.tensor(
             [[101, 2023, 2003, 102, 1037, 3231, 6251, 102], [101, 7592, 102, 2088, 102, 0, 0, 0],
@@ -294,12 +235,12 @@ def cmd_export(args):
     export_s = time.perf_counter() - t
 
     # Every logit counts: one per pair.
-    checked = optimize_check_quantize(raw, out, check_ids, check_mask, check_types, reference,
+    checked = optimize_check_quantize(raw, out, (check_ids, check_mask, check_types), reference,
                                       slice(None), 1e-4)
     (out / "tokenizer.json").write_bytes((model_dir / "tokenizer.json").read_bytes())
     max_len = json.loads((model_dir / "tokenizer_config.json").read_text())["model_max_length"]
     info = {"stamp": stamp, "export_s": export_s, **checked, "max_seq_length": int(max_len)}
-    info_path.write_text(json.dumps(info, indent=1))
+    (out / "export.json").write_text(json.dumps(info, indent=1))
     print(f"  exported {out / 'model.onnx'}: {info['attention_nodes']} fused Attention nodes, "
           f"fused {info['fused_operators']}; export {export_s:.1f} s, optimize "
           f"{info['optimize_s']:.1f} s, quantize {info['quantize_s']:.1f} s, "
@@ -309,28 +250,16 @@ def cmd_export(args):
 def cmd_run(args):
     import numpy as np
     import onnxruntime as ort
-    from tokenizers import Tokenizer
 
     onnx_dir = Path(args.onnx)
     w = json.loads(Path(args.workload).read_text())
     caxton = json.loads(Path(args.caxton).read_text()) if args.caxton else None
-    max_len = json.loads((onnx_dir / "export.json").read_text())["max_seq_length"]
-
-    t = time.perf_counter()
-    session, session_s = open_session(onnx_dir, args.int8, THREADS)
-    tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
-    tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the batch's longest
-    load_s = time.perf_counter() - t
+    session, tokenizer, session_s, load_s = open_peer(
+        onnx_dir, args.int8, THREADS, onnx_dir / "tokenizer.json")
 
     def logits_of(query, docs):
-        encs = tokenizer.encode_batch([(query, d) for d in docs])
-        ids = np.array([e.ids for e in encs], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        types = np.array([e.type_ids for e in encs], dtype=np.int64)
-        out = session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                 "token_type_ids": types})[0]
-        return out[:, 0], mask.sum(axis=1)
+        feed = encoded(tokenizer.encode_batch([(query, d) for d in docs]))
+        return session.run(None, feed)[0][:, 0], feed["attention_mask"].sum(axis=1)
 
     def rerank(query, docs):
         """What /rerank answers: (index, sigmoid score), best first."""
@@ -344,21 +273,11 @@ def cmd_run(args):
     rerank(query, docs[:1])
     idle_rss = rss_mb()
 
-    batch_lat = []
-    t0 = time.perf_counter()
-    for _ in range(w["batch_repeats"]):
-        t = time.perf_counter()
-        rerank(query, docs)
-        batch_lat.append(time.perf_counter() - t)
-    batch_s = time.perf_counter() - t0
-    single_lat = []
-    for d in w["single_documents"]:
-        t = time.perf_counter()
-        rerank(query, [d])
-        single_lat.append(time.perf_counter() - t)
-    batch_lat.sort()
-    single_lat.sort()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    batch_lat = latencies(lambda _: rerank(query, docs), range(w["batch_repeats"]))
+    batch_s = time.perf_counter() - t
+    single_lat = latencies(lambda d: rerank(query, [d]), w["single_documents"])
+    peak_mb = peak_rss_mb()
 
     problems = []
     _, lengths = logits_of(query, docs)
@@ -418,22 +337,12 @@ def cmd_run(args):
 
 
 def cmd_summary(args):
-    load = lambda paths: [json.loads(Path(p).read_text()) for p in paths]
-    cax, cax8, ort, ort8 = (load(args.caxton), load(args.caxton_int8), load(args.ort),
-                            load(args.ort_int8))
-    fast = load(args.caxton_int8_fast)
+    cax, cax8, fast, ort, ort8 = map(load_runs, (
+        args.caxton, args.caxton_int8, args.caxton_int8_fast, args.ort, args.ort_int8))
     keys = ("batch_pairs_per_s", "batch_p50_ms", "batch_p99_ms", "single_p50_ms",
             "single_p99_ms", "load_ms", "rss_mb", "peak_rss_mb")
 
-    def name(runs):
-        r = runs[0]
-        if r["implementation"] == "caxton":
-            kernel = f" ({r['kernel']})" if r.get("kernel") else ""
-            return f"caxton {r['precision']}{kernel}"
-        return r["implementation"]
-
-    variants = [(name(runs), runs, {k: median(runs, k) for k in keys})
-                for runs in (cax, cax8, fast, ort, ort8) if runs]
+    variants = with_medians((cax, cax8, fast, ort, ort8), keys)
     r0 = cax[0]
     columns = [
         (f"batch 1x{r0['batch_documents']} pairs/s", lambda m: f"{m['batch_pairs_per_s']:.1f}"),
@@ -443,14 +352,9 @@ def cmd_summary(args):
         ("RSS MB", lambda m: f"{m['rss_mb']:.0f}"),
         ("peak RSS MB", lambda m: f"{m['peak_rss_mb']:.0f}"),
     ]
-    widths = [max(len(c[0]), 10) + 2 for c in columns]
+    line = layout(34, [c[:1] for c in columns], 2)
 
-    def line(label, cells):
-        return f"{label:<34}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
-
-    print()
-    if args.cpu:
-        print(f"CPU: {args.cpu}")
+    heading(args.cpu)
     print(f"reranker: {r0['model_id']} (BERT cross-encoder, 6 layers, hidden 384, 12 heads, "
           f"max {r0['max_seq_length']} tokens); query {r0['query_tokens']} tokens, documents "
           f"~{r0['document_tokens_mean']:.0f} tokens (pairs {r0['batch_pair_tokens_mean']:.0f})")
@@ -462,12 +366,9 @@ def cmd_summary(args):
         print(line(label, [c[1](m) for c in columns]))
     by = {label: m for label, _, m in variants}
 
-    def ratio(a, b):
-        return a / b if b else float("nan")
-
-    for c_label, o_label in ((name(cax), name(ort)),
-                             (name(cax8) if cax8 else None, name(ort8) if ort8 else None),
-                             (name(fast) if fast else None, name(ort8) if ort8 else None)):
+    for c_label, o_label in ((variant(cax), variant(ort)),
+                             (variant(cax8) if cax8 else None, variant(ort8) if ort8 else None),
+                             (variant(fast) if fast else None, variant(ort8) if ort8 else None)):
         if not c_label or not o_label:
             continue
         c, o = by[c_label], by[o_label]
@@ -481,11 +382,7 @@ def cmd_summary(args):
             f"{ratio(c['rss_mb'], o['rss_mb']):.2f}",
             f"{ratio(c['peak_rss_mb'], o['peak_rss_mb']):.2f}",
         ]))
-    if len(cax) > 1:
-        print("per round:")
-        for i in range(len(cax)):
-            for label, runs, _ in variants:
-                print(line(f"  {i + 1} {label}", [c[1](runs[i]) for c in columns]))
+    per_round(variants, line, lambda r: [c[1](r) for c in columns])
     print("ratios are caxton / ORT throughout (pairs/s: > 1 means caxton is faster; latency, load")
     print("and RSS: < 1 means caxton is faster or smaller). caxton's figures include HTTP over the")
     print("Unix socket; its load is the daemon's load of the reranker (load_ms of POST")
@@ -502,7 +399,7 @@ def cmd_summary(args):
         if not runs:
             continue
         diffs = [abs(c["logit"] - x) for r, f in zip(runs, ref) for c, x in zip(r["check"], f)]
-        print(f"{name(runs)} logits against ORT f32's: max |diff| {max(diffs):.2e}")
+        print(f"{variant(runs)} logits against ORT f32's: max |diff| {max(diffs):.2e}")
     # The ranking set against Caxton f32's (the same as ORT f32's, checked above): the largest
     # score error (after the sigmoid /rerank applies) and the share of each query's top 5 kept.
     reference = cax[0].get("ranking")
@@ -517,11 +414,11 @@ def cmd_summary(args):
                       for a, b in zip(q, r))
             top = lambda v: set(sorted(range(len(v)), key=lambda i: -v[i])[:5])
             agree = sum(len(top(q) & top(r)) for q, r in zip(got, reference)) / (5 * len(reference))
-            worst[name(runs)] = (err, agree)
-            print(f"{name(runs)}: {len(reference)} queries x {len(reference[0])} documents against "
+            worst[variant(runs)] = (err, agree)
+            print(f"{variant(runs)}: {len(reference)} queries x {len(reference[0])} documents against "
                   f"caxton f32: max score error {err:.2e}, top-5 agreement {agree * 100:.1f}%")
-        if fast and ort8 and name(fast) in worst and name(ort8) in worst:
-            (fe, fa), (oe, oa) = worst[name(fast)], worst[name(ort8)]
+        if fast and ort8 and variant(fast) in worst and variant(ort8) in worst:
+            (fe, fa), (oe, oa) = worst[variant(fast)], worst[variant(ort8)]
             no_worse = fe <= oe and fa >= oa
             print(f"caxton int8-fast against ORT int8: score error {fe:.2e} vs {oe:.2e}, top-5 "
                   f"{fa * 100:.1f}% vs {oa * 100:.1f}%: {'no worse' if no_worse else 'WORSE'}")
@@ -531,32 +428,15 @@ def cmd_summary(args):
     return 1 if fails else 0
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("make-model")
-    m.add_argument("--package", default="bundled-models/all-MiniLM-L6-v2.tar.zst")
-    m.add_argument("--out", required=True)
-    e = sub.add_parser("export")
-    e.add_argument("--model", required=True)
-    e.add_argument("--out", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("--onnx", required=True)
-    r.add_argument("--int8", action="store_true")
-    r.add_argument("--workload", required=True)
-    r.add_argument("--caxton")
-    r.add_argument("--out", required=True)
-    s = sub.add_parser("summary")
-    s.add_argument("--caxton", nargs="+", required=True)
-    s.add_argument("--caxton-int8", nargs="+", default=[])
-    s.add_argument("--caxton-int8-fast", nargs="+", default=[])
-    s.add_argument("--ort", nargs="+", required=True)
-    s.add_argument("--ort-int8", nargs="+", default=[])
-    s.add_argument("--cpu", default="")
-    args = p.parse_args()
-    return {"make-model": cmd_make_model, "export": cmd_export, "run": cmd_run,
-            "summary": cmd_summary}[args.cmd](args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main({
+        "make-model": (cmd_make_model, {
+            "--package": {"default": "bundled-models/all-MiniLM-L6-v2.tar.zst"}, "--out": REQUIRED}),
+        "export": (cmd_export, EXPORT),
+        "run": (cmd_run, {"--onnx": REQUIRED, "--int8": FLAG, "--workload": REQUIRED,
+                          "--caxton": {}, "--out": REQUIRED}),
+        "summary": (cmd_summary, {
+            "--caxton": {"nargs": "+", "required": True}, "--caxton-int8": MANY,
+            "--caxton-int8-fast": MANY, "--ort": {"nargs": "+", "required": True},
+            "--ort-int8": MANY, "--cpu": {"default": ""}}),
+    }, __doc__.splitlines()[0]))

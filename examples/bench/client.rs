@@ -47,14 +47,34 @@ impl Conn {
     /// POSTs `texts` to `/v1/embeddings`; any non-2xx answer is an error.
     async fn request(&mut self, texts: &[String]) -> anyhow::Result<serde_json::Value> {
         let body = serde_json::to_vec(&json!({ "input": texts, "truncate": true }))?;
-        let req = hyper::Request::post("/v1/embeddings")
+        self.call("POST", "/v1/embeddings", body).await
+    }
+
+    /// `method path` with no body (the memory and status API); any non-2xx answer is an
+    /// error.
+    pub async fn send(&mut self, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.call(method, path, Vec::new()).await
+    }
+
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "localhost")
             .body(Full::new(Bytes::from(body)))?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            bail!("{status}: {}", String::from_utf8_lossy(&bytes));
+            bail!(
+                "{method} {path}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         Ok(serde_json::from_slice(&bytes)?)
     }

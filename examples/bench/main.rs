@@ -1,24 +1,34 @@
 //! Caxton benchmark: package verify + load time in-process, then throughput, latency and RSS of
 //! the real `caxtond` over its Unix socket. Run with `bench/run` (builds release first).
 //!
-//! Workloads (as in the speed issue): 1,000 short texts (~19 tokens) sent 32 per request
-//! sorted by length; 256 texts of 256 tokens sent 16 per request; single short texts one at a
-//! time over one keep-alive connection for latency; the 1,000 short texts again, one per
-//! request, from 64 concurrent clients (64 keep-alive connections), which the engine batches.
+//! Workloads (`workload`, as in the speed issue): 1,000 short texts (~19 tokens) sent 32 per
+//! request sorted by length; 256 texts of 256 tokens sent 16 per request; single short texts
+//! one at a time over one keep-alive connection for latency; the 1,000 short texts again, one
+//! per request, from 64 concurrent clients (64 keep-alive connections), which the engine
+//! batches.
 //!
-//! Beside the daemon, the same model runs in this process (`in_process`): the first three
-//! workloads go to the daemon and to that engine in turns of a few requests, so the two are
-//! measured under the same load and the difference is the request path (socket, HTTP, JSON,
-//! tokenization's hand-off, the queue). The daemon's CPU time by thread (`cpu`: the compute
-//! pool, the engine thread, the async workers) says where its time went. Both use as many
-//! compute threads (RAYON_NUM_THREADS, else the CPUs this process may use).
+//! Three modes (`timing` says why each):
+//! - the twin run (default): the same model also runs in this process (`in_process`), and the
+//!   first three workloads go to the daemon and to that engine in turns of a few requests, so
+//!   the difference is the request path (socket, HTTP, JSON, tokenization's hand-off, the
+//!   queue);
+//! - `--daemon-alone`: the daemon only, no model in this process; `--engine-json FILE` adds an
+//!   `--engine-alone` run's figures (made before, in another process) for the ratios;
+//!   `--daemon-cpus LIST` pins the daemon (`taskset -c`) apart from this client;
+//! - `--engine-alone`: the engine in this process only, no daemon.
+//!
+//! The daemon's CPU time by thread (`cpu`: the compute pool, the engine thread, the async
+//! workers) says where its time went. Every side uses as many compute threads
+//! (RAYON_NUM_THREADS, else the CPUs this process may use).
 //!
 //! Flags: `--package FILE` benchmarks another model; `--json FILE` also writes every figure
-//! (and Caxton's vectors of a few check texts) as one JSON object; `--texts FILE` writes the
-//! exact workload texts as JSON, so a peer (`bench/compare`) runs the same inputs; `--quick`
-//! runs smaller workloads (320 short texts, 32 long, 50 single); `--precision bf16` runs the
-//! model's linear layers in bf16 (`models.precision`; f32 on CPUs without AMX, as the first
-//! line then says), `--precision int8` in int8, `--precision int8-fast` in int8-fast.
+//! (and the vectors of a few check texts) as one JSON object; `--texts FILE` writes the exact
+//! workload texts as JSON, so a peer (`bench/compare`) runs the same inputs; `--tokens FILE`
+//! writes their token ids as the model's tokenizer makes them, batch by batch, with the check
+//! texts' ids and vectors, so a peer without a tokenizer runs the same token batches
+//! (`bench/ort_peer.py tokens`); `--quick` runs smaller workloads (320 short texts, 32 long, 50
+//! single); `--precision bf16|int8|int8-fast` runs the model's linear layers so
+//! (`models.precision`; bf16 is f32 on CPUs without AMX, as the first line then says).
 //! `--reference FILE` (a JSON object with `texts`, as tests/fixtures/reference's) embeds each
 //! of its texts alone after the timings and writes the vectors into the JSON (`reference`), for
 //! a fidelity check against sentence-transformers. `CAXTON_ISA` (portable, avx2, avx-vnni)
@@ -28,7 +38,6 @@
 #![recursion_limit = "256"]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -38,196 +47,195 @@ mod client;
 #[path = "../common/mod.rs"]
 mod common;
 mod cpu;
+mod daemon;
 mod in_process;
+mod report;
+mod timing;
+mod workload;
 
+use caxton::engine::{Cut, LoadedModel, Precision, TextTokenizer};
 use client::{Conn, concurrent};
-use common::{percentile, status_kib};
-use cpu::Split;
+use common::status_kib;
+use report::{Figures, Mode};
+use workload::{CLIENTS, LONG_BATCH, SHORT_BATCH, Workload};
 
-const WORDS: &[&str] = &[
-    "the",
-    "device",
-    "sensor",
-    "reports",
-    "a",
-    "temperature",
-    "of",
-    "degrees",
-    "while",
-    "battery",
-    "level",
-    "drops",
-    "slowly",
-    "during",
-    "night",
-    "shift",
-    "operator",
-    "checks",
-    "valve",
-    "pressure",
-    "pump",
-    "station",
-    "north",
-    "river",
-    "water",
-    "quality",
-    "alarm",
-    "was",
-    "raised",
-    "after",
-    "maintenance",
-    "window",
-    "closed",
-    "network",
-    "offline",
-    "local",
-    "cache",
-    "holds",
-    "recent",
-    "readings",
-    "for",
-    "analysis",
-    "model",
-    "predicts",
-];
-
-/// Deterministic pseudo-random words (xorshift), so every run embeds the same texts.
-fn text(seed: u64, words: usize) -> String {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..words)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            WORDS[(x % WORDS.len() as u64) as usize]
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Each request's time at the daemon and at the engine in this process, and the daemon's
-/// token count.
+/// The command line.
 #[derive(Default)]
-struct Turns {
-    daemon: Vec<Duration>,
-    engine: Vec<Duration>,
-    tokens: u64,
+struct Args {
+    package: Option<PathBuf>,
+    json: Option<PathBuf>,
+    texts: Option<PathBuf>,
+    tokens: Option<PathBuf>,
+    reference: Option<PathBuf>,
+    engine_json: Option<PathBuf>,
+    daemon_cpus: Option<String>,
+    quick: bool,
+    mode: Mode,
+    precision: Precision,
 }
 
-/// `texts` in requests of `batch`, to the daemon and to `engine` in turns of `per_turn`
-/// requests each.
-async fn in_turns(
-    c: &mut Conn,
-    engine: &in_process::Engine<'_>,
-    texts: &[String],
-    batch: usize,
-    per_turn: usize,
-) -> anyhow::Result<Turns> {
-    let mut timed = Turns::default();
-    for turn in texts.chunks(batch * per_turn) {
-        for chunk in turn.chunks(batch) {
-            let t = Instant::now();
-            timed.tokens += c.embed(chunk).await?;
-            timed.daemon.push(t.elapsed());
-        }
-        for chunk in turn.chunks(batch) {
-            timed.engine.push(engine.embed(chunk).await?);
-        }
-    }
-    Ok(timed)
-}
+const USAGE: &str = "usage: bench [--package FILE] [--json FILE] [--texts FILE] [--tokens FILE] [--reference FILE] [--quick] [--precision f32|bf16|int8|int8-fast] [--daemon-alone [--engine-json FILE] [--daemon-cpus LIST] | --engine-alone]";
 
-/// The engine's times in this process on the daemon's requests.
-struct Own {
-    short: Duration,
-    long: Duration,
-    /// Sorted ascending.
-    single: Vec<Duration>,
-}
-
-/// `n` with a thousands separator, as the human output has always printed it.
-fn thousands(n: usize) -> String {
-    if n >= 1000 {
-        format!("{},{:03}", n / 1000, n % 1000)
-    } else {
-        n.to_string()
-    }
-}
-
-fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn main() -> anyhow::Result<()> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let (mut package, mut json_out, mut texts_out, mut quick) = (None, None, None, false);
-    let mut reference: Option<PathBuf> = None;
-    let mut precision = caxton::engine::Precision::F32;
+fn parse() -> anyhow::Result<Args> {
+    let mut a = Args::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut file = || {
+        let mut value = || {
             args.next()
-                .map(PathBuf::from)
-                .with_context(|| format!("{arg} needs a FILE"))
+                .with_context(|| format!("{arg} needs a value; {USAGE}"))
         };
         match arg.as_str() {
             // Another model (the daemon serves it as its default).
-            "--package" => package = Some(file()?),
-            "--json" => json_out = Some(file()?),
-            "--texts" => texts_out = Some(file()?),
-            "--reference" => reference = Some(file()?),
-            "--quick" => quick = true,
+            "--package" => a.package = Some(value()?.into()),
+            "--json" => a.json = Some(value()?.into()),
+            "--texts" => a.texts = Some(value()?.into()),
+            "--tokens" => a.tokens = Some(value()?.into()),
+            "--reference" => a.reference = Some(value()?.into()),
+            "--engine-json" => a.engine_json = Some(value()?.into()),
+            "--daemon-cpus" => a.daemon_cpus = Some(value()?),
+            "--quick" => a.quick = true,
+            "--daemon-alone" => a.mode = Mode::DaemonAlone,
+            "--engine-alone" => a.mode = Mode::EngineAlone,
             "--precision" => {
-                let name = args.next().unwrap_or_default();
-                precision = caxton::engine::Precision::try_from(name.clone())
+                a.precision = Precision::try_from(value()?)
                     .map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
             }
-            _ => bail!(
-                "unknown argument {arg}; usage: bench [--package FILE] [--json FILE] [--texts FILE] [--reference FILE] [--quick] [--precision f32|bf16|int8|int8-fast]"
-            ),
+            _ => bail!("unknown argument {arg}; {USAGE}"),
         }
     }
-    let package = package.unwrap_or_else(|| repo.join("bundled-models/all-MiniLM-L6-v2.tar.zst"));
-    let package = std::path::absolute(&package)?;
-    let packages_dir = package
-        .parent()
-        .context("the package has no directory")?
-        .to_path_buf();
-    let exe = std::env::current_exe()?;
-    let caxtond = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("caxtond"))
-        .context("cannot locate caxtond")?;
-    if !caxtond.exists() {
-        bail!(
-            "{} is missing: run bench/run, which builds it",
-            caxtond.display()
-        );
+    if a.mode != Mode::DaemonAlone && (a.engine_json.is_some() || a.daemon_cpus.is_some()) {
+        bail!("--engine-json and --daemon-cpus go with --daemon-alone; {USAGE}");
     }
-    let work = tempfile::tempdir()?;
+    Ok(a)
+}
 
-    // Verification throughput against the plain pipeline `zstd -dc FILE | sha256sum`
-    // (medians of 3, interleaved); caxton's verifier also walks tar and hashes every entry.
-    let size = std::fs::metadata(&package)?.len() as f64;
+fn main() -> anyhow::Result<()> {
+    let args = parse()?;
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let package = args
+        .package
+        .clone()
+        .unwrap_or_else(|| repo.join("bundled-models/all-MiniLM-L6-v2.tar.zst"));
+    let package = std::path::absolute(&package)?;
+    let work = tempfile::tempdir()?;
+    let mut f = Figures::new(args.mode);
+    f.package_bytes = std::fs::metadata(&package)?.len();
+    (f.verify, f.pipe) = verify_speed(&package)?;
+
+    // In-process: verify + unpack into a fresh store, then (but daemon-alone) load.
+    let t = Instant::now();
+    let store = caxton::package::Store::open(&work.path().join("bench-state"))?;
+    let stored = store.install(
+        &package,
+        &caxton::package::signature::SignaturePolicy::none(),
+    )?;
+    f.unpack_verify = t.elapsed();
+    let manifest = stored.manifest.clone();
+    f.model_id = manifest.id.clone();
+    f.storage = storage(&stored);
+    let model = match args.mode {
+        Mode::DaemonAlone => None,
+        Mode::Twin | Mode::EngineAlone => {
+            let t = Instant::now();
+            let m = LoadedModel::load(
+                &stored,
+                caxton::engine::EngineOptions::default(),
+                Default::default(),
+                args.precision,
+            )?;
+            f.load = Some(t.elapsed());
+            (f.compute, f.kernel) = (m.precision, m.kernel.to_string());
+            Some(m)
+        }
+    };
+    let w = Workload::new(args.quick);
+    if let Some(path) = &args.texts {
+        write(path, &w.texts_json())?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let engine = model.as_ref().map(in_process::Engine::new);
+
+    let check_texts = w.check_texts();
+    if args.mode == Mode::EngineAlone {
+        let engine = engine.as_ref().context("the engine is loaded")?;
+        f.own = Some(rt.block_on(timing::engine(engine, &w))?);
+        f.check = rt.block_on(async {
+            let mut out = Vec::new();
+            for t in &check_texts {
+                let (_, v) = engine.vectors(std::slice::from_ref(t)).await?;
+                out.extend(
+                    v.into_iter()
+                        .map(|v| v.into_iter().map(f64::from).collect()),
+                );
+            }
+            anyhow::Ok(out)
+        })?;
+    } else {
+        let packages = package.parent().context("the package has no directory")?;
+        let caxtond = sibling_binary("caxtond")?;
+        let d = daemon::Daemon::start(
+            &daemon::Setup {
+                caxtond: &caxtond,
+                dir: work.path(),
+                packages,
+                model_id: &manifest.id,
+                precision: args.precision,
+                cpus: args.daemon_cpus.as_deref(),
+            },
+            &rt,
+        )?;
+        f.ready = Some(d.ready);
+        f.idle_rss_kib = status_kib(d.pid, "VmRSS:");
+        if model.is_none() {
+            (f.compute, f.kernel, f.load) = rt.block_on(daemon_load(&d, &manifest.id))?;
+        }
+        let (run, own) = rt.block_on(async {
+            let mut c = Conn::open(&d.socket).await?;
+            timing::daemon(&mut c, d.pid, engine.as_ref(), &w).await
+        })?;
+        (f.daemon, f.own) = (Some(run), own);
+        drop(model);
+        f.peak_rss_kib = status_kib(d.pid, "VmHWM:");
+        f.concurrent = Some(rt.block_on(concurrent(&d.socket, &w.short, CLIENTS))?);
+        f.peak_concurrent_kib = status_kib(d.pid, "VmHWM:");
+        f.check = rt.block_on(check_vectors(&d.socket, &check_texts))?;
+        if let Some(path) = &args.reference {
+            f.reference = rt.block_on(reference_vectors(&d.socket, path))?;
+        }
+        // Vectors of every short text, in order, for the ranking check against the f32
+        // reference (outside the timings; only when the figures are written).
+        if args.json.is_some() {
+            f.corpus = rt.block_on(corpus(&d.socket, &w.short))?;
+        }
+    }
+    if let Some(path) = &args.engine_json {
+        f.engine_file = Some(report::engine_figures(path)?);
+    }
+    if let Some(path) = &args.tokens {
+        let bytes = stored.read_verified("tokenizer.json")?;
+        let tokenizer = TextTokenizer::from_bytes(&bytes, manifest.max_seq_length)
+            .map_err(anyhow::Error::msg)?;
+        write(path, &tokens_json(&tokenizer, &w, &check_texts, &f.check)?)?;
+    }
+    f.print(&w);
+    if let Some(path) = &args.json {
+        write(path, &f.json(&w, &check_texts))?;
+    }
+    Ok(())
+}
+
+/// Verification throughput against the plain pipeline `zstd -dc FILE | sha256sum` (medians
+/// of 3, interleaved, in seconds); caxton's verifier also walks tar and hashes every entry.
+fn verify_speed(package: &Path) -> anyhow::Result<(f64, f64)> {
     let (mut ours, mut pipe) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let t = Instant::now();
-        caxton::package::verify::verify_file(&package, &mut caxton::package::verify::DiscardSink)?;
+        caxton::package::verify::verify_file(package, &mut caxton::package::verify::DiscardSink)?;
         ours.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let ok = Command::new("sh")
+        let ok = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "zstd -dc '{}' | sha256sum >/dev/null",
@@ -244,378 +252,152 @@ fn main() -> anyhow::Result<()> {
     }
     ours.sort_by(f64::total_cmp);
     pipe.sort_by(f64::total_cmp);
-    let (ours, pipe) = (ours[1], pipe[1]);
+    Ok((ours[1], pipe[1]))
+}
 
-    // In-process: verify + unpack into a fresh store, then load.
-    let t = Instant::now();
-    let store = caxton::package::Store::open(&work.path().join("bench-state"))?;
-    let stored = store.install(
-        &package,
-        &caxton::package::signature::SignaturePolicy::none(),
-    )?;
-    let verify = t.elapsed();
-    let t = Instant::now();
-    let model = caxton::engine::LoadedModel::load(
-        &stored,
-        caxton::engine::EngineOptions::default(),
-        Default::default(),
-        precision,
-    )?;
-    let compute = model.precision;
-    let kernel = model.kernel;
-    let load = t.elapsed();
-    let (n_short, n_long, n_single) = if quick {
-        (320, 32, 50)
-    } else {
-        (1000, 256, 300)
-    };
-    let (short_batch, long_batch, clients) = (32, 16, 64);
-    let mut short: Vec<String> = (0..n_short)
-        .map(|i| text(i, 10 + (i as usize % 12)))
-        .collect();
-    short.sort_by_key(String::len);
-    let long: Vec<String> = (0..n_long).map(|i| text(10_000 + i, 400)).collect();
-    let single: Vec<String> = (0..n_single).map(|i| text(50_000 + i, 12)).collect();
-    if let Some(path) = &texts_out {
-        let texts = json!({
-            "short": short, "short_batch": short_batch,
-            "long": long, "long_batch": long_batch,
-            "single": single, "concurrent_clients": clients,
-        });
-        std::fs::write(path, serde_json::to_vec(&texts)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+/// How the package stores its weights: the manifest's int8 or bf16, else f16 or f32 as the
+/// safetensors file's tensors are.
+fn storage(stored: &caxton::package::StoredPackage) -> &'static str {
+    let m = &stored.manifest;
+    if let Some(w) = m.weights {
+        return w.as_str();
     }
+    let f16 = std::fs::read(stored.dir.join("model.safetensors"))
+        .ok()
+        .and_then(|b| {
+            safetensors::SafeTensors::deserialize(&b).ok().map(|st| {
+                st.tensors()
+                    .iter()
+                    .any(|(_, v)| v.dtype() == safetensors::Dtype::F16)
+            })
+        })
+        .unwrap_or(false);
+    if f16 { "f16" } else { "f32" }
+}
 
-    let (model_id, storage) = {
-        let m = &model.package.manifest;
-        let f16 = m.weights.is_none()
-            && std::fs::read(model.package.dir.join("model.safetensors"))
-                .ok()
-                .and_then(|b| {
-                    safetensors::SafeTensors::deserialize(&b).ok().map(|st| {
-                        st.tensors()
-                            .iter()
-                            .any(|(_, v)| v.dtype() == safetensors::Dtype::F16)
-                    })
-                })
-                .unwrap_or(false);
-        let storage = match m.weights {
-            Some(w) => w.as_str(),
-            None if f16 => "f16",
-            None => "f32",
-        };
-        (m.id.clone(), storage)
-    };
-    // The engine in this process, beside the daemon (its pool's threads are as many).
-    let engine = in_process::Engine::new(&model);
+/// `name` beside this example's directory (`target/release/caxtond` for
+/// `target/release/examples/bench`).
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .context("cannot locate the binaries' directory")?;
+    if !path.exists() {
+        bail!(
+            "{} is missing: run bench/run, which builds it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
 
-    // The daemon over its socket.
-    let dir = work.path();
-    std::fs::write(
-        dir.join("caxton.yaml"),
-        format!(
-            "socket:\n  path: {}\nstate_dir: {}\nmodels:\n  bundled_dir: {}\n  package_dir: {}\n  default: {model_id}\n  precision: {{{model_id}: {precision}}}\nlog:\n  level: warn\n",
-            dir.join("caxton.sock").display(),
-            dir.join("state").display(),
-            packages_dir.display(),
-            dir.join("packages").display()
-        ),
-    )?;
-    let started = Instant::now();
-    let child = Command::new(&caxtond)
-        .arg("--config-dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()?;
-    let mut daemon = Daemon(child);
-    let pid = daemon.0.id();
-    let socket = dir.join("caxton.sock");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        loop {
-            if let Ok(mut c) = Conn::open(&socket).await
-                && c.embed(&["warm up".to_string()]).await.is_ok()
-            {
-                break;
-            }
-            if let Some(status) = daemon.0.try_wait()? {
-                bail!("caxtond exited ({status}) before serving");
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                bail!("caxtond did not serve within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    })?;
-    let ready = started.elapsed();
-    let idle_rss = status_kib(pid, "VmRSS:");
+/// With no model in this process: the precision and kernel the daemon runs model `id` in,
+/// and its load time, from an unload and a load through its memory API.
+async fn daemon_load(
+    d: &daemon::Daemon,
+    id: &str,
+) -> anyhow::Result<(Precision, String, Option<Duration>)> {
+    let mut c = Conn::open(&d.socket).await?;
+    c.send("DELETE", &format!("/api/memory/models/{id}"))
+        .await?;
+    let v = c
+        .send("POST", &format!("/api/memory/models/{id}/load"))
+        .await?;
+    let load = v["load_ms"].as_u64().map(Duration::from_millis);
+    let models = c.send("GET", "/api/models").await?;
+    let entry = models["data"]
+        .as_array()
+        .and_then(|all| all.iter().find(|m| m["id"] == id))
+        .with_context(|| format!("/api/models does not list {id}"))?;
+    let precision = entry["loaded_precision"]
+        .as_str()
+        .and_then(|p| Precision::try_from(p.to_string()).ok())
+        .with_context(|| format!("no loaded_precision for {id}: {entry}"))?;
+    let kernel = entry["kernel"].as_str().unwrap_or("?").to_string();
+    Ok((precision, kernel, load))
+}
 
-    // The daemon and the engine in this process take turns of a few requests each (sent back
-    // to back, as a steady client sends them), on the same texts: a busy neighbour slows both
-    // alike, and the threads of one, still spinning down after its turn, slow only the first
-    // request of the other's (alternating every request, that cost ~0.4 ms of each one-text
-    // request, on both sides).
-    let (short_s, short_tokens, long_s, long_tokens, latencies, short_cpu, single_cpu, own) = rt
-        .block_on(async {
-            let mut c = Conn::open(&socket).await?;
-            engine.embed(&["warm up".to_string()]).await?;
-            let cpu = Split::sample(pid);
-            let short = in_turns(&mut c, &engine, &short, short_batch, 4).await?;
-            let short_cpu = Split::sample(pid) - cpu;
-            let long = in_turns(&mut c, &engine, &long, long_batch, 2).await?;
-            let cpu = Split::sample(pid);
-            let mut single = in_turns(&mut c, &engine, &single, 1, 10).await?;
-            let single_cpu = Split::sample(pid) - cpu;
-            single.daemon.sort();
-            single.engine.sort();
-            let own = Own {
-                short: short.engine.iter().sum(),
-                long: long.engine.iter().sum(),
-                single: single.engine,
-            };
-            anyhow::Ok((
-                short.daemon.iter().sum::<Duration>().as_secs_f64(),
-                short.tokens,
-                long.daemon.iter().sum::<Duration>().as_secs_f64(),
-                long.tokens,
-                single.daemon,
-                short_cpu,
-                single_cpu,
-                own,
-            ))
-        })?;
-    drop(model);
-    let peak = status_kib(pid, "VmHWM:");
-    let (concurrent_time, concurrent_errors) = rt.block_on(concurrent(&socket, &short, clients))?;
-    let concurrent_s = concurrent_time.as_secs_f64();
-    let peak_concurrent = status_kib(pid, "VmHWM:");
-    // Caxton's vectors of a few texts (a single one, the longest short one, a truncated long
-    // one), for a peer to check that it computes the same thing.
-    let check_texts = [
-        single[0].clone(),
-        short[short.len() - 1].clone(),
-        long[0].clone(),
-    ];
-    let check_vectors = rt.block_on(async {
-        let mut c = Conn::open(&socket).await?;
-        let mut out = Vec::new();
-        for t in &check_texts {
-            out.extend(c.vectors(std::slice::from_ref(t)).await?);
+/// The daemon's vectors of `texts`, each alone; a batch of them must give the same, or the
+/// batch figures measure something else.
+async fn check_vectors(socket: &Path, texts: &[String]) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut c = Conn::open(socket).await?;
+    let mut out = Vec::new();
+    for t in texts {
+        out.extend(c.vectors(std::slice::from_ref(t)).await?);
+    }
+    let batched = c.vectors(texts).await?;
+    for (a, b) in out.iter().zip(&batched) {
+        let cos = report::cosine(a, b);
+        if cos < 0.9999 {
+            bail!("a text embedded alone and in a batch differs: cosine {cos}");
         }
-        // Batched (padded) and alone must agree, or the batch figures measure something else.
-        let batched = c.vectors(&check_texts).await?;
-        for (a, b) in out.iter().zip(&batched) {
-            let cos = cosine(a, b);
-            if cos < 0.9999 {
-                bail!("a text embedded alone and in a batch differs: cosine {cos}");
-            }
-        }
-        anyhow::Ok(out)
-    })?;
-    // Each reference text's vector, embedded alone, for the fidelity check (outside the
-    // timings).
-    let reference_vectors: Vec<Vec<f64>> = match &reference {
-        None => Vec::new(),
-        Some(path) => {
-            #[derive(serde::Deserialize)]
-            struct Texts {
-                texts: Vec<String>,
-            }
-            let texts: Texts = serde_json::from_slice(
-                &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-            )
-            .with_context(|| format!("{}: no `texts` list", path.display()))?;
-            rt.block_on(async {
-                let mut c = Conn::open(&socket).await?;
-                let mut out = Vec::new();
-                for t in &texts.texts {
-                    out.extend(c.vectors(std::slice::from_ref(t)).await?);
-                }
-                anyhow::Ok(out)
-            })?
-        }
-    };
-    // Vectors of every short text, in order, for the ranking check against the f32 reference
-    // (outside the timings; only when the figures are written).
-    let corpus: Vec<Vec<f32>> = if json_out.is_some() {
-        rt.block_on(async {
-            let mut c = Conn::open(&socket).await?;
-            let mut out = Vec::new();
-            for chunk in short.chunks(short_batch) {
-                out.extend(c.vectors(chunk).await?);
-            }
-            anyhow::Ok(out)
-        })?
+    }
+    Ok(out)
+}
+
+/// Each text of `path`'s `texts` list embedded alone by the daemon (outside the timings), for
+/// the fidelity check.
+async fn reference_vectors(socket: &Path, path: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
+    #[derive(serde::Deserialize)]
+    struct Texts {
+        texts: Vec<String>,
+    }
+    let texts: Texts = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+    )
+    .with_context(|| format!("{}: no `texts` list", path.display()))?;
+    let mut c = Conn::open(socket).await?;
+    let mut out = Vec::new();
+    for t in &texts.texts {
+        out.extend(c.vectors(std::slice::from_ref(t)).await?);
+    }
+    Ok(out)
+}
+
+/// The daemon's vectors of every short text, in order.
+async fn corpus(socket: &Path, short: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut c = Conn::open(socket).await?;
+    let mut out = Vec::new();
+    for chunk in short.chunks(SHORT_BATCH) {
+        out.extend(c.vectors(chunk).await?);
+    }
+    Ok(out
         .into_iter()
         .map(|v| v.into_iter().map(|x| x as f32).collect())
-        .collect()
-    } else {
-        Vec::new()
-    };
+        .collect())
+}
 
-    let threads = rayon::current_num_threads();
-    println!(
-        "caxton benchmark: {model_id} ({storage} storage, {compute} compute on the {kernel} kernel, {} bytes package), {} CPUs, {threads} compute threads",
-        size as u64,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!(
-        "  caxton verify (stream, tar, hashes)   {:>8.0} ms  {:>6.0} MB/s compressed",
-        ours * 1e3,
-        size / ours / 1e6
-    );
-    println!(
-        "  zstd -dc | sha256sum                  {:>8.0} ms  {:>6.0} MB/s   ratio {:.2} (goal >= 0.8)",
-        pipe * 1e3,
-        size / pipe / 1e6,
-        pipe / ours
-    );
-    println!(
-        "  package verify + unpack (in-process)  {:>8.0} ms",
-        verify.as_secs_f64() * 1e3
-    );
-    println!(
-        "  model load (in-process)               {:>8.0} ms",
-        load.as_secs_f64() * 1e3
-    );
-    println!(
-        "  daemon start to first embedding       {:>8.0} ms",
-        ready.as_secs_f64() * 1e3
-    );
-    let short_rate = short.len() as f64 / short_s;
-    println!(
-        "  {:<37}{:>8.1} texts/s  {:>8.0} tokens/s  ({:.1} tokens/text)",
-        format!(
-            "{} short texts, batch {short_batch}",
-            thousands(short.len())
-        ),
-        short_rate,
-        short_tokens as f64 / short_s,
-        short_tokens as f64 / short.len() as f64
-    );
-    println!(
-        "  {:<37}{:>8.1} texts/s  {:>8.0} tokens/s",
-        format!("{} texts x 256 tokens, batch {long_batch}", long.len()),
-        long.len() as f64 / long_s,
-        long_tokens as f64 / long_s
-    );
-    println!(
-        "  single short text over the socket     p50 {:.2} ms  p99 {:.2} ms  (n={})",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.len()
-    );
-    // The engine alone on the same texts, and what the daemon's request path adds to it.
-    let own_short_rate = short.len() as f64 / own.short.as_secs_f64();
-    let own_long_rate = long_tokens as f64 / own.long.as_secs_f64();
-    let own_p50 = percentile(&own.single, 0.5);
-    let requests = short.len().div_ceil(short_batch);
-    println!(
-        "  in-process engine, same texts         short {:.1} texts/s (daemon/engine {:.2})  long {:.0} tokens/s ({:.2})  single p50 {:.2} ms",
-        own_short_rate,
-        short_rate / own_short_rate,
-        own_long_rate,
-        long_tokens as f64 / long_s / own_long_rate,
-        own_p50.as_secs_f64() * 1e3
-    );
-    println!(
-        "  the request path (daemon - engine)    {:.3} ms per batch-{short_batch} request, {:.1} us per text; {:.3} ms per single text",
-        (short_s - own.short.as_secs_f64()) * 1e3 / requests as f64,
-        (short_s - own.short.as_secs_f64()) * 1e6 / short.len() as f64,
-        (percentile(&latencies, 0.5).as_secs_f64() - own_p50.as_secs_f64()) * 1e3
-    );
-    println!(
-        "  daemon CPU ms per batch-{short_batch} request    {}",
-        short_cpu.per(requests)
-    );
-    println!(
-        "  daemon CPU ms per single-text request {}",
-        single_cpu.per(latencies.len())
-    );
-    let concurrent_rate = short.len() as f64 / concurrent_s;
-    println!(
-        "  {:<37}{:>8.1} texts/s  (ratio to batch-{short_batch}: {:.2}, goal >= 0.9)  errors {concurrent_errors}",
-        format!("{clients} clients, single texts"),
-        concurrent_rate,
-        concurrent_rate / short_rate
-    );
-    println!(
-        "  daemon RSS idle with model loaded     {:>8.0} MB",
-        idle_rss as f64 / 1024.0
-    );
-    println!(
-        "  daemon peak RSS (VmHWM)               {:>8.0} MB",
-        peak as f64 / 1024.0
-    );
-    println!(
-        "  {:<37}{:>8.0} MB",
-        format!("daemon peak RSS after {clients} clients"),
-        peak_concurrent as f64 / 1024.0
-    );
-
-    if let Some(path) = &json_out {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let check: Vec<_> = check_texts
+/// The workloads as token ids, as the model's tokenizer cuts them (at its length, the end
+/// cut, as the benchmark's requests ask), and the check texts' ids with their vectors.
+fn tokens_json(
+    tokenizer: &TextTokenizer,
+    w: &Workload,
+    check_texts: &[String],
+    check: &[Vec<f64>],
+) -> anyhow::Result<serde_json::Value> {
+    let ids = |texts: &[String]| -> anyhow::Result<Vec<Vec<u32>>> {
+        texts
             .iter()
-            .zip(&check_vectors)
-            .map(|(t, v)| json!({ "text": t, "embedding": v }))
-            .collect();
-        let figures = json!({
-            "implementation": "caxton",
-            "model_id": model_id,
-            "storage": storage,
-            "precision": compute.name(),
-            "kernel": kernel,
-            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-            "package_bytes": size as u64,
-            "verify_ms": ours * 1e3,
-            "verify_mb_per_s": size / ours / 1e6,
-            "zstd_sha256_ms": pipe * 1e3,
-            "verify_ratio": pipe / ours,
-            "unpack_verify_ms": ms(verify),
-            "load_ms": ms(load),
-            "start_ms": ms(ready),
-            "short_texts": short.len(),
-            "short_batch": short_batch,
-            "short_tokens": short_tokens,
-            "short_s": short_s,
-            "short_texts_per_s": short_rate,
-            "short_tokens_per_s": short_tokens as f64 / short_s,
-            "long_texts": long.len(),
-            "long_batch": long_batch,
-            "long_tokens": long_tokens,
-            "long_s": long_s,
-            "long_texts_per_s": long.len() as f64 / long_s,
-            "long_tokens_per_s": long_tokens as f64 / long_s,
-            "single_n": latencies.len(),
-            "single_p50_ms": ms(percentile(&latencies, 0.5)),
-            "single_p99_ms": ms(percentile(&latencies, 0.99)),
-            "threads": threads,
-            "engine_short_texts_per_s": own_short_rate,
-            "engine_long_tokens_per_s": own_long_rate,
-            "engine_single_p50_ms": ms(own_p50),
-            "engine_single_p99_ms": ms(percentile(&own.single, 0.99)),
-            "short_cpu": short_cpu.json(),
-            "short_requests": requests,
-            "single_cpu": single_cpu.json(),
-            "idle_rss_mb": idle_rss as f64 / 1024.0,
-            "peak_rss_mb": peak as f64 / 1024.0,
-            "concurrent_clients": clients,
-            "concurrent_texts": short.len(),
-            "concurrent_s": concurrent_s,
-            "concurrent_texts_per_s": concurrent_rate,
-            "concurrent_ratio": concurrent_rate / short_rate,
-            "concurrent_errors": concurrent_errors,
-            "peak_rss_concurrent_mb": peak_concurrent as f64 / 1024.0,
-            "check": check,
-            "corpus": corpus,
-            "reference": reference_vectors,
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+            .map(|t| tokenizer.encode_cut(t, Cut::End).map(|e| e.ids))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)
+    };
+    let check: Vec<_> = ids(check_texts)?
+        .into_iter()
+        .zip(check)
+        .map(|(ids, v)| json!({"ids": ids, "embedding": v}))
+        .collect();
+    Ok(json!({
+        "short": ids(&w.short)?, "short_batch": SHORT_BATCH,
+        "long": ids(&w.long)?, "long_batch": LONG_BATCH,
+        "single": ids(&w.single)?,
+        "check": check,
+    }))
+}
+
+fn write(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
