@@ -15,6 +15,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 /// One request's worth of allocations; returns a checksum so nothing is optimised away.
+// The vectors are the point: each is an allocation a request makes.
+#[allow(clippy::useless_vec)]
 fn request(seed: usize) -> usize {
     let mut sum = 0usize;
     let mut texts = Vec::with_capacity(32);
@@ -65,9 +67,7 @@ fn main() {
             }
             "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(2.0),
             _ => {
-                eprintln!(
-                    "usage: alloc_threads [--capped] [--threads 1,2,4,8,16] [--seconds S]"
-                );
+                eprintln!("usage: alloc_threads [--capped] [--threads 1,2,4,8,16] [--seconds S]");
                 std::process::exit(2);
             }
         }
@@ -79,7 +79,8 @@ fn main() {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
-    let caches = caxton::memory::thread_cache_count().map_or("7 (glibc's default)".into(), |n| n.to_string());
+    let caches = caxton::memory::thread_cache_count()
+        .map_or("7 (glibc's default)".into(), |n| n.to_string());
     println!(
         "allocator: {}, per-thread cache count {caches}",
         if capped {
@@ -106,10 +107,7 @@ fn main() {
                     })
                 })
                 .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or(0))
-                .collect()
+            workers.into_iter().map(|w| w.join().unwrap_or(0)).collect()
         });
         let total: usize = counts.iter().sum();
         let secs = started.elapsed().as_secs_f64();

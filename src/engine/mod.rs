@@ -1,6 +1,7 @@
 //! The embedding engine: tokenizer, model, pooling and the batching worker thread, assembled
 //! from a verified stored package into a [`LoadedModel`].
 
+pub mod awake;
 pub mod batch;
 pub mod blueprint;
 pub mod calibration;

@@ -192,9 +192,16 @@ fn run(
             continue;
         }
         holding = true;
-        // Whatever panics inside a batch fails that batch, never the engine thread.
+        // Whatever panics inside a batch fails that batch, never the engine thread. The batch
+        // runs on a compute thread (this one waits for it once), with the other workers kept
+        // awake through it (`awake`): its parallel steps then start inside the pool, where
+        // the thread waiting for one takes part in it, instead of this thread handing each
+        // step over and sleeping until it is done, the workers woken again for every step.
         let results = catch_unwind(AssertUnwindSafe(|| {
-            embed_jobs(&pipeline, limits, &jobs, beat, &meters.batch_size)
+            rayon::scope(|_| {
+                let _awake = super::awake::Awake::begin();
+                embed_jobs(&pipeline, limits, &jobs, beat, &meters.batch_size)
+            })
         }))
         .unwrap_or_else(|_| {
             tracing::error!(caxton_event = "engine_error", "a batch panicked");

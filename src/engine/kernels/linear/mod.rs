@@ -73,14 +73,12 @@ impl Linear {
         outputs: usize,
         inputs: usize,
     ) -> Self {
-        debug_assert_eq!(weight.len(), outputs * inputs);
-        let mut weight_t = vec![0f32; inputs * outputs];
-        for (o, row) in weight.chunks_exact(inputs).enumerate() {
-            for (i, &w) in row.iter().enumerate() {
-                weight_t[i * outputs + o] = w;
-            }
+        Linear {
+            weights: Weights::F32(Panels::from_torch(weight, outputs, inputs)),
+            bias: bias.into(),
+            inputs,
+            outputs,
         }
-        Linear::from_wt(weight_t, bias, inputs, outputs)
     }
 
     /// From `Wᵀ` (`[inputs, outputs]` row-major) and the bias.
