@@ -77,10 +77,12 @@ fn under_a_hard_limit_models_are_admitted_shed_or_refused_but_never_oom_killed()
         return;
     };
     let ids = ["m-1", "m-2", "m-3", "m-4"];
+    // Requests wait out the residents' residency (10 s) so that the third copy sheds one;
+    // by default (1 s) they would be refused instead.
     let d = start_in(
         &group,
         &ids,
-        "memory:\n  pressure:\n    source: cgroup-v1\n",
+        "memory:\n  pressure:\n    source: cgroup-v1\n  load_queue:\n    max_wait: 20s\n",
     );
     let v = common::memory_status_probed(&d);
     assert_eq!(v["budget_bytes"], LIMIT * 3 / 4, "{v}");

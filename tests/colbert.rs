@@ -24,7 +24,9 @@ fn error(v: &Value) -> (String, String) {
 fn colbert_daemon() -> Daemon {
     Daemon::start_with(
         |dir| {
-            write_config(dir, "");
+            // The bundled model and four ColBERT variants, all at once: none waits for another
+            // to make room.
+            write_config(dir, "memory:\n  max_loaded_models: 5\n");
             write_precisions(
                 dir,
                 &[

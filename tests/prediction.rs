@@ -85,7 +85,8 @@ fn field<'a>(m: &'a Option<Value>, key: &str) -> &'a Value {
 fn a_weekday_habit_is_loaded_before_the_first_request_and_goes_first() {
     // side is worth most by priority: only being an unused guess makes it go first.
     let d = start(
-        "memory:\n  max_loaded_models: 2\n  models:\n    side: {priority: 1}\n",
+        // The last request waits out a residency (the default of 1 s would refuse it).
+        "memory:\n  max_loaded_models: 2\n  load_queue:\n    max_wait: 20s\n  models:\n    side: {priority: 1}\n",
         "2026-11-23T08:55:00Z",
     );
     assert_eq!(lines(&d, "test_clock").len(), 1, "{}", d.log());
