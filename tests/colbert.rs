@@ -8,7 +8,9 @@
 mod common;
 
 use caxton::package::{ModelKind, Pooling};
-use common::colbert::{colbert_package, colbert_reference, measure, post, token_vectors};
+use common::colbert::{
+    colbert_folder, colbert_package, colbert_reference, measure, post, token_vectors,
+};
 use common::{Daemon, model_entry, write_config, write_precisions};
 use serde_json::{Value, json};
 
@@ -235,5 +237,73 @@ fn embed_all_without_a_multi_vector_model_says_how_to_get_one() {
     assert_eq!(
         v["error"]["message"],
         "no multi-vector model is installed; side-load a late-interaction (ColBERT) package (caxton pack makes one from a MultiVectorEncoder folder) into models.package_dir"
+    );
+}
+
+/// Issue 61: TEI's `prompt_name` on `/embed_all`: the named prompt before each text instead of
+/// the side's own (`[D] ` for documents here), the side still `input_type`'s; an unknown name
+/// refused naming the model's prompts.
+#[test]
+fn embed_all_puts_the_prompt_named_before_each_text() {
+    let d = Daemon::start_with(
+        |dir| {
+            write_config(dir, "");
+            common::fixtures::pack_into("tiny-colbert-p", &dir.join("packages"), |folder| {
+                colbert_folder(folder, "fixed");
+                std::fs::write(
+                    folder.join("config_sentence_transformers.json"),
+                    r#"{"model_type": "MultiVectorEncoder", "default_prompt_name": null,
+                        "prompts": {"document": "[D] ", "query": "[Q] ", "title": "[D] title: "}}"#,
+                )
+                .expect("prompts");
+            });
+        },
+        &[],
+    );
+    let ask = |body: Value| {
+        let (s, v) = post(&d, "/embed_all", body);
+        assert_eq!(s, 200, "{v}");
+        token_vectors(&v)
+    };
+    let text = "a valve";
+    let titled = format!("title: {text}");
+    assert_eq!(
+        ask(json!({"inputs": text, "prompt_name": "title"})),
+        ask(json!({"inputs": titled}))
+    );
+    assert_ne!(
+        ask(json!({"inputs": text, "prompt_name": "query"})),
+        ask(json!({"inputs": text}))
+    );
+    // On the query side (its expansion; 12 tokens, cut at the end), the name still picks
+    // the prompt.
+    assert_eq!(
+        ask(
+            json!({"inputs": text, "input_type": "query", "prompt_name": "title", "truncate": true})
+        ),
+        ask(
+            json!({"inputs": titled, "input_type": "query", "prompt_name": "document", "truncate": true})
+        )
+    );
+    assert_ne!(
+        ask(
+            json!({"inputs": text, "input_type": "query", "prompt_name": "document", "truncate": true})
+        ),
+        ask(json!({"inputs": text, "input_type": "query", "truncate": true}))
+    );
+    let (s, v) = post(
+        &d,
+        "/embed_all",
+        json!({"inputs": text, "prompt_name": "passage"}),
+    );
+    assert_eq!(
+        (s, error(&v)),
+        (
+            400,
+            (
+                "unknown_prompt".into(),
+                "model tiny-colbert-p has no prompt \"passage\"; its prompts: document, query, title".into()
+            )
+        )
     );
 }

@@ -9,7 +9,9 @@ mod common;
 use caxton::engine::Precision;
 use caxton::package::{ModelKind, Pooling, SparseActivation};
 use common::engine::run_package;
-use common::fixtures::{inference_free_package, sparse_package, sparse_reference};
+use common::fixtures::{
+    inference_free_package, pack_into, sparse_folder, sparse_package, sparse_reference,
+};
 use common::{Daemon, model_entry, write_config};
 use serde_json::{Value, json};
 
@@ -362,4 +364,62 @@ fn an_inference_free_model_looks_queries_up_and_runs_documents() {
     );
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["code"], "invalid_input_type");
+}
+
+/// Issue 61: TEI's `prompt_name` on `/embed_sparse`: the model's saved prompt before each
+/// text, as `SparseEncoder.encode(prompt_name=...)` puts it; `input_type` alone picks the
+/// query or document prompt, as `encode_query` does; an unknown name is refused naming the
+/// model's prompts, before any load.
+#[test]
+fn embed_sparse_puts_the_models_prompt_by_name_before_each_text() {
+    let d = Daemon::start_with(
+        |dir| {
+            write_config(dir, "");
+            pack_into("tiny-splade-p", &dir.join("packages"), |folder| {
+                sparse_folder(folder, "max", "relu");
+                std::fs::write(
+                    folder.join("config_sentence_transformers.json"),
+                    r#"{"model_type": "SparseEncoder", "default_prompt_name": null,
+                        "prompts": {"query": "query: ", "document": "", "title": "title: "}}"#,
+                )
+                .expect("prompts");
+            });
+        },
+        &[],
+    );
+    let ask = |body: Value| post(&d, "/embed_sparse", body);
+    let named = ask(json!({"inputs": "the pump station", "prompt_name": "title"}));
+    assert_eq!(named.0, 200, "{}", named.1);
+    assert_eq!(named, ask(json!({"inputs": "title: the pump station"})));
+    assert_ne!(named, ask(json!({"inputs": "the pump station"})));
+    assert_eq!(
+        ask(json!({"inputs": "the pump station", "input_type": "query"})),
+        ask(json!({"inputs": "query: the pump station"}))
+    );
+    // Both: the name picks the prompt (a side, where a model has one, is input_type's).
+    assert_eq!(
+        ask(json!({"inputs": "the pump station", "input_type": "query", "prompt_name": "title"})),
+        named
+    );
+    let (s, v) = d.request("DELETE", "/api/memory/models/tiny-splade-p", "");
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = ask(json!({"inputs": "x", "prompt_name": "question"}));
+    assert_eq!(
+        (
+            s,
+            v["error"]["code"].as_str(),
+            v["error"]["message"].as_str()
+        ),
+        (
+            400,
+            Some("unknown_prompt"),
+            Some("model tiny-splade-p has no prompt \"question\"; its prompts: query, title")
+        ),
+        "{v}"
+    );
+    assert_eq!(
+        model_entry(&d, "tiny-splade-p").expect("listed")["state"],
+        "available",
+        "a refused prompt loaded the model"
+    );
 }

@@ -100,10 +100,12 @@ struct SparseBody {
     top_k: Option<usize>,
     /// Caxton's: `query` or `document` (an inference-free model looks a query's terms up).
     input_type: Option<Value>,
+    /// TEI's: one of the model's prompts before every text.
+    prompt_name: Option<String>,
 }
 
 /// `POST /embed_sparse`: `{"inputs": str or [str], "truncate"?, "truncation_direction"?,
-/// "model"?, "top_k"?}` → per text `[{"index": token id, "value": weight}, ...]`, the terms
+/// "prompt_name"?, "model"?, "top_k"?, "input_type"?}` → per text `[{"index": token id, "value": weight}, ...]`, the terms
 /// above zero, heaviest first. The model is `models.default_sparse` (else the one sparse model
 /// installed).
 pub async fn embed_sparse(
@@ -129,6 +131,7 @@ pub async fn embed_sparse(
             cut,
             top_k: req.top_k,
             input_type: super::openai::input_type(req.input_type)?,
+            prompt_name: req.prompt_name,
         },
     )
     .await?;
@@ -146,10 +149,12 @@ struct AllBody {
     /// Caxton's: `query` or `document` (the default): which side's length, prompt and
     /// expansion or skip-list apply.
     input_type: Option<Value>,
+    /// TEI's: one of the model's prompts before every text, instead of the side's.
+    prompt_name: Option<String>,
 }
 
 /// `POST /embed_all`: `{"inputs": str or [str], "truncate"?, "truncation_direction"?,
-/// "model"?, "input_type"?}` → per text its token vectors `[[f32...]...]`. The model is
+/// "prompt_name"?, "model"?, "input_type"?}` → per text its token vectors `[[f32...]...]`. The model is
 /// `models.default_multi_vector` (else the one multi-vector model installed).
 pub async fn embed_all(
     State(state): State<Arc<AppState>>,
@@ -170,6 +175,7 @@ pub async fn embed_all(
             truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
             cut,
             input_type: super::openai::input_type(req.input_type)?,
+            prompt_name: req.prompt_name,
         },
     )
     .await?;

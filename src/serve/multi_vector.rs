@@ -27,6 +27,8 @@ pub struct TokenVectorsRequest {
     pub cut: Cut,
     /// Queries or documents (unset: documents).
     pub input_type: Option<InputType>,
+    /// One of the model's prompts to put before every text, instead of the side's own.
+    pub prompt_name: Option<String>,
 }
 
 /// Token vectors and accounting for a request.
@@ -60,6 +62,10 @@ pub async fn token_vectors(
             ModelError::MultiVectorRequired,
         )?,
     };
+    if let (Some(known), Some(name)) = (state.registry.get(&requested), &req.prompt_name) {
+        // Before a load: a prompt the model does not have costs nothing.
+        known.package.manifest.prompt(name)?;
+    }
     let served = state
         .registry
         .serve(
@@ -77,7 +83,7 @@ pub async fn token_vectors(
         Some(InputType::Query) => Side::Query,
         _ => Side::Document,
     };
-    let encoded = encode(&model, req.texts, side, req.cut).await?;
+    let encoded = encode(&model, req.texts, side, req.prompt_name.as_deref(), req.cut).await?;
     let (truncated, tokens) = cut_or_refuse(&model, &encoded, side, req.truncate, |i| {
         format!("input {i}")
     })?;
@@ -114,8 +120,8 @@ pub(super) async fn rerank(
         .await?;
     let (id, slot, model) = (served.id, served.slot, served.model);
     served_by(&id);
-    let query = encode(&model, vec![req.query], Side::Query, req.cut).await?;
-    let documents = encode(&model, req.documents, Side::Document, req.cut).await?;
+    let query = encode(&model, vec![req.query], Side::Query, None, req.cut).await?;
+    let documents = encode(&model, req.documents, Side::Document, None, req.cut).await?;
     let field = req.field;
     cut_or_refuse(&model, &query, Side::Query, req.truncate, |_| {
         "the query".into()
@@ -153,11 +159,13 @@ pub(super) async fn rerank(
     })
 }
 
-/// `texts` tokenized as `side` of `model`, each with the side's prompt before it.
+/// `texts` tokenized as `side` of `model`, each with the prompt called `prompt_name` before
+/// it, else the side's own.
 async fn encode(
     model: &Arc<LoadedModel>,
     texts: Vec<String>,
     side: Side,
+    prompt_name: Option<&str>,
     cut: Cut,
 ) -> Result<Vec<Encoded>, ServeError> {
     let late = model.late.clone().ok_or_else(|| {
@@ -173,7 +181,7 @@ async fn encode(
     let prompt = model
         .package
         .manifest
-        .prompt_for(None, Some(input_type))?
+        .side_prompt(prompt_name, Some(input_type))?
         .unwrap_or_default()
         .to_string();
     tokenize_each(texts, String::len, move |t| {

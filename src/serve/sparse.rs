@@ -25,8 +25,11 @@ pub struct SparseRequest {
     /// Keep at most this many terms per text, the heaviest (all above zero when unset).
     pub top_k: Option<usize>,
     /// Queries go to an inference-free model's query side (a look-up, no pass); documents,
-    /// and every text of a model without one, through the model.
+    /// and every text of a model without one, through the model. It picks the model's prompt
+    /// for them too, unless `prompt_name` does.
     pub input_type: Option<InputType>,
+    /// One of the model's prompts to put before every text.
+    pub prompt_name: Option<String>,
 }
 
 /// One weighted term: its token id in the model's vocabulary and its weight (above zero).
@@ -66,6 +69,13 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
             ModelError::SparseRequired,
         )?,
     };
+    if let Some(known) = state.registry.get(&requested) {
+        // Before a load: a prompt the model does not have costs nothing.
+        known
+            .package
+            .manifest
+            .side_prompt(req.prompt_name.as_deref(), req.input_type)?;
+    }
     let wanted = Wanted {
         id: &requested,
         kind: ModelKind::Sparse,
@@ -82,7 +92,12 @@ pub async fn sparse(state: &Arc<AppState>, req: SparseRequest) -> Result<Weighte
         _ => None,
     };
     let plain = table.is_some();
-    let encoded: Vec<Encoded> = tokenize_each(req.texts, String::len, move |t| match plain {
+    let texts = match manifest.side_prompt(req.prompt_name.as_deref(), req.input_type)? {
+        // As sentence-transformers does: the prompt is part of the text, tokens and all.
+        Some(p) => req.texts.into_iter().map(|t| format!("{p}{t}")).collect(),
+        None => req.texts,
+    };
+    let encoded: Vec<Encoded> = tokenize_each(texts, String::len, move |t| match plain {
         true => tokenizer.encode_plain(t, cut),
         false => tokenizer.encode_cut(t, cut),
     })

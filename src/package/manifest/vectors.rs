@@ -255,6 +255,21 @@ impl Manifest {
         }
     }
 
+    /// The prompt for a model whose `input_type` also picks a side (a sparse model's query
+    /// look-up, a multi-vector model's query expansion), so a request may give both: the
+    /// prompt it names, else the one its `input_type` maps to, else (no `input_type`) the
+    /// default prompt, as sentence-transformers' `encode_query` and `encode_document` pick.
+    pub fn side_prompt(
+        &self,
+        name: Option<&str>,
+        input_type: Option<InputType>,
+    ) -> Result<Option<&str>, Mismatch> {
+        match name {
+            Some(name) => self.prompt(name).map(Some),
+            None => self.prompt_for(None, input_type),
+        }
+    }
+
     /// The prompt called `name`; the refusal lists the model's prompts.
     pub fn prompt(&self, name: &str) -> Result<&str, Mismatch> {
         self.prompts
