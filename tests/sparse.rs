@@ -10,7 +10,8 @@ use caxton::engine::Precision;
 use caxton::package::{ModelKind, Pooling, SparseActivation};
 use common::engine::run_package;
 use common::fixtures::{
-    inference_free_package, pack_into, sparse_folder, sparse_package, sparse_reference,
+    f32_safetensors, inference_free_package, pack_into, seeded_values, sparse_folder,
+    sparse_package, sparse_reference,
 };
 use common::{Daemon, model_entry, write_config};
 use serde_json::{Value, json};
@@ -422,4 +423,115 @@ fn embed_sparse_puts_the_models_prompt_by_name_before_each_text() {
         "available",
         "a refused prompt loaded the model"
     );
+}
+
+/// The tiny SPLADE's folder with its LayerNorms named `gamma` and `beta`, as Google's BERT
+/// conversions and SPLADE-tiny-msmarco's checkpoint name them; `drop`, a tensor left out, and
+/// `reshape`, one given another shape.
+fn old_named_folder(dir: &std::path::Path, drop: Option<&str>, reshape: Option<&str>) {
+    let r = sparse_reference();
+    sparse_folder(dir, "max", "relu");
+    let tensors = seeded_values(r.seed, &r.parameters)
+        .into_iter()
+        .filter(|(name, ..)| Some(name.as_str()) != drop)
+        .map(|(name, mut shape, mut values)| {
+            if Some(name.as_str()) == reshape {
+                shape = vec![values.len() / 2];
+                values.truncate(shape[0]);
+            }
+            let name = name
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
+            (name, shape, values)
+        })
+        .collect();
+    std::fs::write(dir.join("model.safetensors"), f32_safetensors(tensors)).expect("weights");
+}
+
+/// Issue 61: a checkpoint naming its LayerNorms `gamma`/`beta` loads as transformers loads it
+/// (the sparse head's too, whose `cls.predictions.transform.LayerNorm.weight` the daemon
+/// looked for in vain), to the same term weights as the same weights under today's names.
+#[test]
+fn layer_norm_gamma_and_beta_load_as_weight_and_bias() {
+    let r = sparse_reference();
+    let v = &r.weights.max_relu;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (old, _) = pack_into("old-names", &tmp.path().join("old"), |dir| {
+        old_named_folder(dir, None, None)
+    });
+    let (new, _) = sparse_package("new-names", &tmp.path().join("new"), "max", "relu");
+    let a = run_package(
+        &old,
+        &tmp.path().join("state-old"),
+        &v.texts,
+        Precision::F32,
+    );
+    let b = run_package(
+        &new,
+        &tmp.path().join("state-new"),
+        &v.texts,
+        Precision::F32,
+    );
+    assert_eq!(a.singles, b.singles);
+    let (alone, _, worst) = compare(&a.singles[0], &v.weights[0]);
+    assert_eq!(alone, 0);
+    assert!(worst <= 1.0, "{worst}");
+}
+
+/// Issue 61: `caxton pack` refuses, naming the tensor, a folder whose checkpoint lacks one the
+/// architecture needs or has one of another shape: the package it made verified and could
+/// never load. Nothing is left behind.
+#[test]
+fn caxton_pack_refuses_a_checkpoint_the_model_could_not_load() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pack = |name: &str, drop: Option<&str>, reshape: Option<&str>| {
+        let dir = tmp.path().join(name);
+        old_named_folder(&dir, drop, reshape);
+        let out = tmp.path().join(format!("{name}.tar.zst"));
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_caxton"))
+            .args([
+                "pack",
+                dir.to_str().expect("utf-8"),
+                "-o",
+                out.to_str().expect("utf-8"),
+            ])
+            .output()
+            .expect("run caxton pack");
+        (run, out, dir)
+    };
+    let (ok, out, _) = pack("whole", None, None);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.exists());
+
+    let missing = "cls.predictions.transform.LayerNorm.weight";
+    let (run, out, dir) = pack("missing", Some(missing), None);
+    assert_eq!(run.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot pack {}: the package made of it would not load: ",
+            dir.display()
+        )) && err.contains(&format!("no tensor {missing}"))
+            && err.contains(&format!("; {} was not written", out.display())),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(!caxton::package::pack::provenance_path(&out).exists());
+
+    let (run, out, _) = pack(
+        "reshaped",
+        None,
+        Some("bert.encoder.layer.0.output.dense.weight"),
+    );
+    assert_eq!(run.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("encoder.layer.0.output.dense.weight") && err.contains("shape"),
+        "{err}"
+    );
+    assert!(!out.exists());
 }

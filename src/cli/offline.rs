@@ -9,10 +9,21 @@ use anyhow::{Context, bail};
 use crate::package::pack::{PackOptions, pack};
 use crate::package::verify::{DiscardSink, verify_file};
 
-/// `caxton pack MODEL_DIR -o FILE`.
+/// `caxton pack MODEL_DIR -o FILE`: the package, then its load as the daemon would load it; a
+/// package that would not load (a tensor the architecture needs missing or of another shape)
+/// is removed again, and the error names why.
 pub(super) fn pack_folder(opts: PackOptions, output: &Path) -> anyhow::Result<ExitCode> {
     let summary =
         pack(&opts, output).with_context(|| format!("cannot pack {}", opts.model_dir.display()))?;
+    if let Err(why) = loads(output) {
+        let _ = std::fs::remove_file(output);
+        let _ = std::fs::remove_file(crate::package::pack::provenance_path(output));
+        bail!(
+            "cannot pack {}: the package made of it would not load: {why}; {} was not written",
+            opts.model_dir.display(),
+            output.display()
+        );
+    }
     let m = &summary.manifest;
     let what = match (m.kind, m.activation) {
         (crate::package::ModelKind::Reranker, Some(activation)) => format!(
@@ -51,6 +62,26 @@ pub(super) fn pack_folder(opts: PackOptions, output: &Path) -> anyhow::Result<Ex
         eprintln!("caxton pack: note: {n}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the package at `path` loads as the daemon loads it: verified into a scratch store,
+/// built in f32 (every tensor the architecture needs, at its shape), its self-test passed. A
+/// package that `caxton verify` passes but the daemon could never load was only found at the
+/// first request (issue 61: a SPLADE whose LayerNorms were named `gamma`/`beta`).
+fn loads(path: &Path) -> Result<(), String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("no scratch directory: {e}"))?;
+    let store = crate::package::Store::open(scratch.path()).map_err(|e| e.to_string())?;
+    let stored = store
+        .install(path, &crate::package::signature::SignaturePolicy::none())
+        .map_err(|e| e.to_string())?;
+    crate::engine::LoadedModel::load(
+        &stored,
+        crate::engine::EngineOptions::default(),
+        Default::default(),
+        crate::engine::Precision::F32,
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
 }
 
 /// `caxton config`: every effective value and what set it.

@@ -366,8 +366,8 @@ pub struct MatryoshkaReference {
 /// `SparseEncoder.encode`'s term weights per pooling/activation variant.
 #[derive(Deserialize)]
 pub struct SparseReference {
-    seed: u64,
-    parameters: Vec<Parameter>,
+    pub seed: u64,
+    pub parameters: Vec<Parameter>,
     /// By `"<pooling>/<activation>"`.
     pub weights: SparseWeights,
 }

@@ -154,6 +154,7 @@ pub fn map(
     tensors: Tensors,
 ) -> Result<(Blueprint, Tensors), String> {
     let blueprint = blueprint(architecture, config_json)?;
+    let tensors = tensors::as_transformers_loads(tensors)?;
     let tensors = match architecture {
         Architecture::Bert => bert_family::bert_tensors(tensors),
         Architecture::DistilBert => bert_family::distilbert_tensors(config_json, tensors),

@@ -7,6 +7,36 @@ use crate::engine::blueprint::Blueprint;
 
 pub use crate::engine::stored::Tensors;
 
+/// The names transformers gives tensors as it loads a checkpoint (`_fix_state_dict_key_on_load`):
+/// a LayerNorm's `gamma` and `beta`, as Google's TensorFlow conversions of BERT and many small
+/// BERTs still name them, are its `weight` and `bias`. A checkpoint holding both names of one
+/// tensor is refused, naming it: which one was meant cannot be told.
+pub(super) fn as_transformers_loads(tensors: Tensors) -> Result<Tensors, String> {
+    let mut out = Tensors::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let key = match (
+            name.strip_suffix("LayerNorm.gamma"),
+            name.strip_suffix("LayerNorm.beta"),
+        ) {
+            (Some(stem), _) => format!("{stem}LayerNorm.weight"),
+            (_, Some(stem)) => format!("{stem}LayerNorm.bias"),
+            _ => name.clone(),
+        };
+        // A renamed tensor meets its other name, whichever came first.
+        if out.insert(key.clone(), t).is_some() {
+            return Err(format!(
+                "model.safetensors: {key} is there twice, under its own name and as {}; keep one",
+                if key.ends_with(".weight") {
+                    "LayerNorm.gamma"
+                } else {
+                    "LayerNorm.beta"
+                }
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// The tensors with `prefix` taken off the names that have it. A checkpoint holding a tensor
 /// both with and without the prefix (`bert.pooler.dense.weight` and `pooler.dense.weight`)
 /// is refused: which one the model means cannot be told, and picking one would run other
@@ -267,6 +297,53 @@ mod tests {
             Some(
                 "model.safetensors: pooler.dense.weight is there both as bert.pooler.dense.weight and without the prefix; keep one"
             )
+        );
+    }
+}
+
+#[cfg(test)]
+mod loaded_names {
+    use super::*;
+
+    fn named(names: &[&str]) -> Tensors {
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    Tensor::zeros(2, DType::F32, &Device::Cpu).expect("t"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layer_norm_gamma_and_beta_are_read_as_weight_and_bias() {
+        let t = as_transformers_loads(named(&[
+            "cls.predictions.transform.LayerNorm.gamma",
+            "cls.predictions.transform.LayerNorm.beta",
+            "bert.embeddings.LayerNorm.weight",
+            "bert.encoder.layer.0.attention.output.LayerNorm.beta",
+            "gamma_scale",
+        ]))
+        .expect("renamed");
+        let mut names: Vec<&String> = t.keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "bert.embeddings.LayerNorm.weight",
+                "bert.encoder.layer.0.attention.output.LayerNorm.bias",
+                "cls.predictions.transform.LayerNorm.bias",
+                "cls.predictions.transform.LayerNorm.weight",
+                "gamma_scale",
+            ]
+        );
+        let twice = as_transformers_loads(named(&["x.LayerNorm.gamma", "x.LayerNorm.weight"]))
+            .expect_err("both names");
+        assert_eq!(
+            twice,
+            "model.safetensors: x.LayerNorm.weight is there twice, under its own name and as LayerNorm.gamma; keep one"
         );
     }
 }

@@ -116,16 +116,12 @@ impl Weights {
         }
     }
 
-    /// A LayerNorm, under the `weight`/`bias` names or the older `gamma`/`beta`.
+    /// A LayerNorm's weight and bias (older `gamma`/`beta` names are renamed at
+    /// [`crate::engine::checkpoint::map`], as transformers does).
     fn layer_norm(&mut self, prefix: &str, size: usize) -> Result<Norm, String> {
-        let (g, b) = if self.tensors.contains_key(&format!("{prefix}.weight")) {
-            ("weight", "bias")
-        } else {
-            ("gamma", "beta")
-        };
         Ok(Norm {
-            gamma: self.take(&format!("{prefix}.{g}"), &[size])?.into(),
-            beta: Some(self.take(&format!("{prefix}.{b}"), &[size])?.into()),
+            gamma: self.take(&format!("{prefix}.weight"), &[size])?.into(),
+            beta: Some(self.take(&format!("{prefix}.bias"), &[size])?.into()),
         })
     }
 
