@@ -9,7 +9,8 @@ mod common;
 
 use caxton::package::{ModelKind, Pooling};
 use common::colbert::{
-    colbert_folder, colbert_package, colbert_reference, measure, post, token_vectors,
+    colbert_folder, colbert_layout_folder, colbert_package, colbert_reference, layouts_reference,
+    measure, post, token_vectors,
 };
 use common::{Daemon, model_entry, write_config, write_precisions};
 use serde_json::{Value, json};
@@ -306,4 +307,61 @@ fn embed_all_puts_the_prompt_named_before_each_text() {
             )
         )
     );
+}
+
+/// Issue 61: every MultiVectorEncoder layout sentence-transformers 6.2 runs, read as it runs
+/// it: without a MultiVectorMask (no skip-list; the expansion tokens nothing attends to are
+/// not output), the Normalize before the mask, a Normalize of a sentence embedding (which
+/// leaves the token vectors alone), a Dense writing a feature of its own (which leaves them
+/// alone too). Against each layout's encode_query, encode_document and MaxSim; a layout it
+/// cannot honour is refused naming the module.
+#[test]
+fn every_multi_vector_layout_is_read_as_sentence_transformers_runs_it() {
+    let r = layouts_reference();
+    let d = Daemon::start_with(
+        |dir| {
+            write_config(dir, "memory:\n  max_loaded_models: 5\n");
+            for layout in r.variants.keys() {
+                common::fixtures::pack_into(layout, &dir.join("packages"), |folder| {
+                    colbert_layout_folder(folder, layout)
+                });
+            }
+        },
+        &[],
+    );
+    for (layout, v) in &r.variants {
+        let (cos, score) = measure(&d, layout, v);
+        println!(
+            "{layout}: worst token cosine {cos:.7}, worst MaxSim relative difference {score:.2e}"
+        );
+        assert!(cos >= 0.9999, "{layout}: {cos}");
+        assert!(score <= 1e-4, "{layout}: {score}");
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (layout, why) in [
+        (
+            "dense-after-normalize",
+            "modules.json: module sentence_transformers.base.modules.dense.Dense at position 2 projects token vectors a Normalize before it normalised (supported: a Transformer, then Dense, Normalize and MultiVectorMask modules, the token vectors projected by Dense modules and normalised at most after the last of them)",
+        ),
+        (
+            "dense-of-nothing",
+            "modules.json: module sentence_transformers.base.modules.dense.Dense at position 1 reads the feature \"sentence_embedding\", which no module before it writes (sentence-transformers fails on it too)",
+        ),
+    ] {
+        let folder = tmp.path().join(layout);
+        colbert_layout_folder(&folder, layout);
+        let options = caxton::package::pack::PackOptions {
+            model_dir: folder,
+            id: None,
+            version: "1".into(),
+            weights: caxton::package::pack::WeightStorage::AsIs,
+            level: 1,
+            prompts: Vec::new(),
+            default_prompt: None,
+            matryoshka: None,
+        };
+        let err = caxton::package::pack::pack(&options, &tmp.path().join("out.tar.zst"))
+            .expect_err("refused");
+        assert!(err.to_string().ends_with(why), "{layout}: {err}");
+    }
 }

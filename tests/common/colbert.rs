@@ -205,3 +205,38 @@ pub fn measure(d: &Daemon, id: &str, v: &ColbertVariant) -> (f32, f32) {
     }
     (cos, score_error)
 }
+
+/// colbert-layouts/colbert-layouts.json (tests/fixtures/architectures/colbert_layouts.py): the
+/// tiny ColBERT's token vectors and scores with its modules in each layout sentence-transformers
+/// 6.2 runs.
+#[derive(Deserialize)]
+pub struct LayoutsReference {
+    pub variants: std::collections::BTreeMap<String, ColbertVariant>,
+}
+
+pub fn layouts_reference() -> LayoutsReference {
+    serde_json::from_slice(
+        &std::fs::read(fixture("colbert-layouts/colbert-layouts.json")).expect("layouts"),
+    )
+    .expect("layouts JSON")
+}
+
+/// The tiny ColBERT's folder (the `fixed` variant's weights and settings) with its modules laid
+/// out as `layout`, each Dense module's projection regenerated from the seed, in `dir`.
+pub fn colbert_layout_folder(dir: &Path, layout: &str) {
+    colbert_folder(dir, "fixed");
+    for module in ["1_Dense", "2_MultiVectorMask", "3_Normalize"] {
+        std::fs::remove_dir_all(dir.join(module)).expect("rm module");
+    }
+    copy_tree(&fixture(&format!("colbert-layouts/{layout}")), dir);
+    let r = colbert_reference();
+    for entry in std::fs::read_dir(dir).expect("folder").flatten() {
+        if entry.file_name().to_string_lossy().ends_with("_Dense") {
+            std::fs::write(
+                entry.path().join("model.safetensors"),
+                seeded_safetensors(r.projection_seed, std::slice::from_ref(&r.projection)),
+            )
+            .expect("projection");
+        }
+    }
+}

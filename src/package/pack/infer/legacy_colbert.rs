@@ -165,6 +165,8 @@ fn pylate(
                 Some("meanmaxsim") => LateSimilarity::Meanmaxsim,
                 _ => LateSimilarity::Maxsim,
             },
+            // sentence-transformers converts it with a MultiVectorMask.
+            mask: true,
         },
         tokenizer,
         replaced,
@@ -300,6 +302,7 @@ fn stanford(dir: &Path, st_model: &StModelConfig, hidden: usize) -> Result<Parts
                 _ => punctuation(),
             },
             similarity: LateSimilarity::Maxsim,
+            mask: true,
         },
         tokenizer,
         replaced,

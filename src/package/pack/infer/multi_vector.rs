@@ -47,6 +47,12 @@ pub(super) struct Rules {
     pub lengths_file: &'static str,
     pub skiplist_words: Vec<String>,
     pub similarity: LateSimilarity,
+    /// Whether a mask makes the scoring mask (a MultiVectorMask, or an older layout's own
+    /// rules): expansion tokens count in scoring whether attended to or not. Without one the
+    /// tokenizer's attention mask is the scoring mask, so expansion tokens nothing attends to
+    /// are not output either, which makes them no expansion at all (the query is still cut
+    /// at the expansion's length).
+    pub mask: bool,
 }
 
 /// A multi-vector folder as read: its projections, whether each token vector is normalised,
@@ -92,10 +98,47 @@ impl TokenName {
     }
 }
 
-const SUPPORTED: &str =
-    "supported: a Transformer, Dense modules, a MultiVectorMask, then at most a Normalize";
+const SUPPORTED: &str = "supported: a Transformer, then Dense, Normalize and MultiVectorMask modules, \
+     the token vectors projected by Dense modules and normalised at most after the last of them";
 
-/// A MultiVectorEncoder folder of `architecture` whose token vectors are `hidden` wide.
+/// The feature keys a module reads and writes, as its `config.json` names them
+/// (sentence-transformers 6.2's Dense and Normalize read `sentence_embedding` by default and
+/// write what they read).
+#[derive(Deserialize, Default)]
+struct StKeys {
+    module_input_name: Option<String>,
+    module_output_name: Option<String>,
+}
+
+/// The key the token vectors travel under, which the encoder's output is read from.
+const TOKENS: &str = "token_embeddings";
+
+/// What the modules did to the transformer's token vectors on their way to a feature key.
+#[derive(Clone)]
+enum Step {
+    /// A Dense module (at this position of `modules.json`) projected them.
+    Dense(usize, Dense),
+    Normalize,
+}
+
+/// `(input, output)` feature keys of the module at `path`.
+fn keys(dir: &Path, path: &str) -> Result<(String, String), PackageError> {
+    let file = dir.join(path).join("config.json");
+    let k: StKeys = match file.exists() {
+        true => read_json(&file)?,
+        false => StKeys::default(),
+    };
+    let input = k
+        .module_input_name
+        .unwrap_or_else(|| "sentence_embedding".into());
+    let output = k.module_output_name.unwrap_or_else(|| input.clone());
+    Ok((input, output))
+}
+
+/// A MultiVectorEncoder folder of `architecture` whose token vectors are `hidden` wide. Its
+/// modules run as sentence-transformers runs them: each reads and writes the feature keys its
+/// config names, and the encoder outputs what `token_embeddings` holds at the end, on the
+/// scoring mask a `MultiVectorMask` makes (without one, the tokenizer's).
 pub(super) fn infer(
     dir: &Path,
     st_model: &StModelConfig,
@@ -104,34 +147,86 @@ pub(super) fn infer(
     max_positions: usize,
 ) -> Result<Inferred, PackageError> {
     let modules: Vec<StModule> = read_json(&dir.join("modules.json"))?;
-    let (mut dense, mut mask, mut normalize) = (Vec::new(), None, false);
+    let mut features: std::collections::HashMap<String, Vec<Step>> =
+        std::collections::HashMap::from([(transformer_output(dir)?, Vec::new())]);
+    let mut mask = None;
     for (i, m) in modules.iter().enumerate() {
-        match (i, module_class(&m.kind), mask.is_some(), normalize) {
-            (0, Some("Transformer"), ..) => {}
-            (i, Some("Dense"), false, false) if i > 0 => dense.push(dense_module(dir, &m.path)?),
-            (i, Some("MultiVectorMask"), false, false) if i > 0 => mask = Some(m.path.clone()),
-            (_, Some("Normalize"), _, false) => normalize = true,
-            _ => {
-                return Err(unusable(format!(
-                    "modules.json: module {} at position {i} is not supported in a multi-vector encoder ({SUPPORTED})",
-                    m.kind
-                )));
+        let refused = || {
+            unusable(format!(
+                "modules.json: module {} at position {i} is not supported in a multi-vector encoder ({SUPPORTED})",
+                m.kind
+            ))
+        };
+        match (i, module_class(&m.kind)) {
+            (0, Some("Transformer")) => {}
+            (i, Some("Dense")) if i > 0 => {
+                let (input, output) = keys(dir, &m.path)?;
+                let mut steps = features.get(&input).cloned().ok_or_else(|| {
+                    unusable(format!(
+                        "modules.json: module {} at position {i} reads the feature {input:?}, which no module before it writes (sentence-transformers fails on it too)",
+                        m.kind
+                    ))
+                })?;
+                steps.push(Step::Dense(i, dense_module(dir, &m.path)?));
+                features.insert(output, steps);
             }
+            (i, Some("Normalize")) if i > 0 => {
+                // A feature nobody wrote is left alone (a sentence embedding, which a
+                // multi-vector model has not).
+                let (input, output) = keys(dir, &m.path)?;
+                if let Some(mut steps) = features.get(&input).cloned() {
+                    steps.push(Step::Normalize);
+                    features.insert(output, steps);
+                }
+            }
+            (i, Some("MultiVectorMask")) if i > 0 && mask.is_none() => mask = Some(m.path.clone()),
+            _ => return Err(refused()),
         }
     }
-    let mask =
-        mask.ok_or_else(|| unusable(format!("modules.json: no MultiVectorMask ({SUPPORTED})")))?;
+    let steps = features.remove(TOKENS).ok_or_else(|| {
+        unusable(format!(
+            "modules.json: no module writes {TOKENS}, the token vectors a multi-vector encoder outputs"
+        ))
+    })?;
+    let (mut dense, mut normalize) = (Vec::new(), false);
+    for step in steps {
+        match step {
+            Step::Dense(_, d) if !normalize => dense.push(d),
+            Step::Dense(i, _) => {
+                return Err(unusable(format!(
+                    "modules.json: module {} at position {i} projects token vectors a Normalize before it normalised ({SUPPORTED})",
+                    modules[i].kind
+                )));
+            }
+            Step::Normalize => normalize = true,
+        }
+    }
     let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| unusable(format!("tokenizer.json: {e}")))?;
     let parts = Parts {
         dense,
         normalize,
-        rules: native_rules(dir, &mask, st_model)?,
+        rules: native_rules(dir, mask.as_deref(), st_model)?,
         tokenizer,
         replaced: Vec::new(),
         prompts: None,
     };
     finish(dir, architecture, hidden, max_positions, parts)
+}
+
+/// The feature key the Transformer writes its token vectors to (`sentence_bert_config.json`'s
+/// `module_output_name`, `token_embeddings` by default).
+fn transformer_output(dir: &Path) -> Result<String, PackageError> {
+    #[derive(Deserialize, Default)]
+    struct Output {
+        module_output_name: Option<String>,
+    }
+    let file = dir.join("sentence_bert_config.json");
+    let o: Output = match file.exists() {
+        true => read_json(&file)?,
+        false => Output::default(),
+    };
+    Ok(o.module_output_name.unwrap_or_else(|| TOKENS.into()))
 }
 
 /// A multi-vector model of `parts`: its token vectors as wide as the last projection's, the
@@ -178,13 +273,22 @@ pub(super) fn finish(
 /// skip-list, the similarity.
 fn native_rules(
     dir: &Path,
-    mask_path: &str,
+    mask_path: Option<&str>,
     st_model: &StModelConfig,
 ) -> Result<Rules, PackageError> {
     let config = dir.join("sentence_bert_config.json");
     let lengths: StLengths = match config.exists() {
         true => read_json(&config)?,
         false => StLengths::default(),
+    };
+    let Some(mask_path) = mask_path else {
+        return Ok(Rules {
+            lengths,
+            lengths_file: "sentence_bert_config.json",
+            skiplist_words: Vec::new(),
+            similarity: similarity(st_model)?,
+            mask: false,
+        });
     };
     let mask_config = format!("{mask_path}/config.json");
     let m: StMask = read_json(&dir.join(&mask_config))?;
@@ -202,21 +306,24 @@ fn native_rules(
             "{mask_config}: keep_only_token_ids is not supported"
         )));
     }
-    let similarity = match st_model.similarity_fn_name.as_deref() {
-        None | Some("maxsim") => LateSimilarity::Maxsim,
-        Some("meanmaxsim") => LateSimilarity::Meanmaxsim,
-        Some(other) => {
-            return Err(unusable(format!(
-                "config_sentence_transformers.json: similarity_fn_name {other:?} is not supported for a multi-vector encoder (maxsim, meanmaxsim)"
-            )));
-        }
-    };
     Ok(Rules {
         lengths,
         lengths_file: "sentence_bert_config.json",
         skiplist_words: m.skiplist_words,
-        similarity,
+        similarity: similarity(st_model)?,
+        mask: true,
     })
+}
+
+/// The similarity `config_sentence_transformers.json` names.
+fn similarity(st_model: &StModelConfig) -> Result<LateSimilarity, PackageError> {
+    match st_model.similarity_fn_name.as_deref() {
+        None | Some("maxsim") => Ok(LateSimilarity::Maxsim),
+        Some("meanmaxsim") => Ok(LateSimilarity::Meanmaxsim),
+        Some(other) => Err(unusable(format!(
+            "config_sentence_transformers.json: similarity_fn_name {other:?} is not supported for a multi-vector encoder (maxsim, meanmaxsim)"
+        ))),
+    }
 }
 
 /// The query and document rules, as sentence-transformers applies them to a model of
@@ -246,14 +353,13 @@ fn late_interaction(
                 }
             };
             let token_id = expansion_token(dir, x.token.as_deref(), tokenizer)?;
-            (
-                cap,
-                Some(QueryExpansion {
-                    token_id,
-                    length: x.length,
-                    attend: x.attend,
-                }),
-            )
+            let scored = rules.mask || x.attend;
+            let expansion = QueryExpansion {
+                token_id,
+                length: x.length,
+                attend: x.attend,
+            };
+            (cap, scored.then_some(expansion))
         }
     };
     // As sentence-transformers resolves them: a word the vocabulary lacks is dropped.
