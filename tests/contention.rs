@@ -148,6 +148,10 @@ fn run_clients(socket: &Path, models: &[&'static str], until: Instant) -> Tally 
                             let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
                             let code = v["error"]["code"].as_str().unwrap_or("?").to_string();
                             *t.unavailable.entry(code).or_default() += 1;
+                            drop(t);
+                            // As a well-behaved client does (openai-python's retries honour
+                            // Retry-After): an immediate retry would make a refusal free.
+                            std::thread::sleep(common::retry_after(&h).min(common::BACKOFF_CAP));
                         }
                         Ok((s, _, b)) => t
                             .wrong

@@ -211,7 +211,9 @@ fn client(socket: &Path, gate: &Gate, tally: &Mutex<Tally>, mut make: impl FnMut
         match (status, ask.refusal) {
             (200, None) => t.ok += 1,
             (503, _) if headers.contains_key("retry-after") => {
-                *t.unavailable.entry(code).or_default() += 1
+                *t.unavailable.entry(code).or_default() += 1;
+                drop(t);
+                back_off(&headers);
             }
             (s, Some((want, want_code))) if s == want && code == want_code => {
                 *t.refused_as_asked.entry(code).or_default() += 1
@@ -224,6 +226,13 @@ fn client(socket: &Path, gate: &Gate, tally: &Mutex<Tally>, mut make: impl FnMut
             )),
         }
     }
+}
+
+/// Waits as a 503's `Retry-After` asks, at most [`common::BACKOFF_CAP`], as a well-behaved client
+/// does (openai-python's retries honour it): without it a refusal costs the client nothing, and
+/// immediate retries fill the tally with 503s that say more about the client than the daemon.
+fn back_off(headers: &hyper::HeaderMap) {
+    std::thread::sleep(common::retry_after(headers).min(common::BACKOFF_CAP));
 }
 
 /// Side-load churn: a new version of `SIDE` every `CHURN_EVERY`, copied under a name the

@@ -669,3 +669,16 @@ pub fn tcp_request(
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
     (status, head.to_string(), body.to_string())
 }
+
+/// The longest a test client waits on a 503's `Retry-After` before its next request.
+pub const BACKOFF_CAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A 503's `Retry-After`, in seconds as the daemon sends it (zero when absent or unreadable).
+pub fn retry_after(headers: &hyper::HeaderMap) -> std::time::Duration {
+    let secs = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_secs(secs)
+}
