@@ -290,7 +290,7 @@ fn the_footprint_without_a_model_holds_still_through_load_and_unload_churn() {
                 });
             }
         });
-        footprints.push(settled(&d));
+        footprints.push(common::footprint::flushed_rss(&d));
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
@@ -308,25 +308,4 @@ fn the_footprint_without_a_model_holds_still_through_load_and_unload_churn() {
         mib(warm),
         mib(last)
     );
-}
-
-/// Unloads every model and returns the RSS once the unload is through and RSS stopped
-/// falling.
-fn settled(d: &Daemon) -> u64 {
-    let (s, v) = d.request("POST", "/api/memory/flush", "");
-    assert_eq!(s, 200, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = u64::MAX;
-    loop {
-        let s = d.request("GET", "/api/memory/status", "").1;
-        let rss = s["process"]["rss_bytes"].as_u64().expect("rss");
-        let through = s["releasing"].as_array().is_some_and(|r| r.is_empty())
-            && s["process"]["weights_mapped_bytes"] == 0;
-        if through && rss >= last {
-            return rss;
-        }
-        last = rss;
-        assert!(Instant::now() < deadline, "the flush never settled: {s}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

@@ -13,6 +13,13 @@ pub fn settled_rss(d: &Daemon) -> u64 {
         let body = serde_json::json!({"input": texts}).to_string();
         assert_eq!(d.request("POST", "/v1/embeddings", &body).0, 200);
     }
+    flushed_rss(d)
+}
+
+/// Flushes every model and returns the RSS once the unload is through (nothing releasing, no
+/// model memory, no weight mapping left) and RSS stopped falling (the pass buffers go after a
+/// quiet second).
+pub fn flushed_rss(d: &Daemon) -> u64 {
     let (s, v) = d.request("POST", "/api/memory/flush", "");
     assert_eq!(s, 200, "{v}");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -20,8 +27,9 @@ pub fn settled_rss(d: &Daemon) -> u64 {
     loop {
         let s = d.request("GET", "/api/memory/status", "").1;
         let rss = s["process"]["rss_bytes"].as_u64().expect("rss");
-        let settled =
-            s["releasing"].as_array().is_some_and(|r| r.is_empty()) && s["model_memory_bytes"] == 0;
+        let settled = s["releasing"].as_array().is_some_and(|r| r.is_empty())
+            && s["model_memory_bytes"] == 0
+            && s["process"]["weights_mapped_bytes"] == 0;
         // Settled, and no longer falling.
         if settled && rss >= last {
             return rss;
