@@ -97,6 +97,16 @@ pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, 
     serde_json::from_slice(&bytes).map_err(|e| unusable(format!("{}: {e}", path.display())))
 }
 
+/// [`read_json`] of a file a folder may leave out, whose absence means the defaults.
+pub(super) fn read_json_or_default<T: for<'de> Deserialize<'de> + Default>(
+    path: &Path,
+) -> Result<T, PackageError> {
+    match path.exists() {
+        true => read_json(path),
+        false => Ok(T::default()),
+    }
+}
+
 /// The manifest fields a sentence-transformers folder implies.
 pub(super) struct Inferred {
     pub architecture: Architecture,

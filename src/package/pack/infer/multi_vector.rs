@@ -13,7 +13,7 @@ use super::super::super::manifest::{
 };
 use super::{
     Inferred, Length, StModelConfig, StModule, dense_module, has_module, module_class,
-    output_width, read_json, unusable,
+    output_width, read_json, read_json_or_default, unusable,
 };
 
 /// Whether the folder holds a MultiVectorEncoder: sentence-transformers says so, or its
@@ -124,10 +124,7 @@ enum Step {
 /// `(input, output)` feature keys of the module at `path`.
 fn keys(dir: &Path, path: &str) -> Result<(String, String), PackageError> {
     let file = dir.join(path).join("config.json");
-    let k: StKeys = match file.exists() {
-        true => read_json(&file)?,
-        false => StKeys::default(),
-    };
+    let k: StKeys = read_json_or_default(&file)?;
     let input = k
         .module_input_name
         .unwrap_or_else(|| "sentence_embedding".into());
@@ -222,10 +219,7 @@ fn transformer_output(dir: &Path) -> Result<String, PackageError> {
         module_output_name: Option<String>,
     }
     let file = dir.join("sentence_bert_config.json");
-    let o: Output = match file.exists() {
-        true => read_json(&file)?,
-        false => Output::default(),
-    };
+    let o: Output = read_json_or_default(&file)?;
     Ok(o.module_output_name.unwrap_or_else(|| TOKENS.into()))
 }
 
@@ -277,10 +271,7 @@ fn native_rules(
     st_model: &StModelConfig,
 ) -> Result<Rules, PackageError> {
     let config = dir.join("sentence_bert_config.json");
-    let lengths: StLengths = match config.exists() {
-        true => read_json(&config)?,
-        false => StLengths::default(),
-    };
+    let lengths: StLengths = read_json_or_default(&config)?;
     let Some(mask_path) = mask_path else {
         return Ok(Rules {
             lengths,
