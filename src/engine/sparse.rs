@@ -59,13 +59,16 @@ pub struct Parts {
 }
 
 impl SparseHead {
-    /// The head from its parts; in `int8` and `int8-fast` the decoder's blocks are int8
-    /// (16-bit activations: int8's accurate kernel), the rest f32.
+    /// The head from its parts; in `int8` the decoder's blocks are int8 with 16-bit
+    /// activations (int8's accurate kernel), in `int8-fast` int8 for 8-bit activations,
+    /// smoothed by what the decoder's inputs reached over `calibration` (the encoder's output
+    /// rows for int8-fast's calibration texts); the rest stays f32.
     pub fn new(
         parts: Parts,
         term: SparseActivation,
         pooling: Pooling,
         precision: Precision,
+        calibration: Option<&[f32]>,
     ) -> Result<SparseHead, String> {
         let hidden = parts.transform.inputs;
         let (weight, bias) = parts.decoder;
@@ -84,30 +87,67 @@ impl SparseHead {
                 bias.len()
             ));
         }
-        let decoder = (0..vocab)
-            .step_by(VOCAB_BLOCK)
-            .map(|first| {
-                let n = VOCAB_BLOCK.min(vocab - first);
-                let rows = &weight[first * hidden..(first + n) * hidden];
-                let mut l = Linear::from_torch(rows, &bias[first..first + n], n, hidden);
-                if matches!(precision, Precision::Int8 | Precision::Int8Fast) {
-                    l.to_int8();
-                }
-                l
-            })
-            .collect();
         let (gamma, beta, eps) = parts.norm;
-        Ok(SparseHead {
+        let mut head = SparseHead {
             transform: parts.transform,
             activation: parts.activation,
             gamma: gamma.into(),
             beta: beta.into(),
             eps,
-            decoder,
+            decoder: Vec::new(),
             vocab,
             term,
             pooling,
-        })
+        };
+        let act_max = match (precision, calibration) {
+            (Precision::Int8Fast, Some(rows)) => Some(head.decoder_input_max(rows)),
+            (Precision::Int8Fast, None) => {
+                return Err("int8-fast's sparse head needs the calibration texts' pass".into());
+            }
+            _ => None,
+        };
+        // Block by block, each quantized as it is made, so the f32 decoder (4 times the
+        // int8 one) is never held whole twice.
+        head.decoder = (0..vocab)
+            .step_by(VOCAB_BLOCK)
+            .map(|first| {
+                let n = VOCAB_BLOCK.min(vocab - first);
+                let rows = &weight[first * hidden..(first + n) * hidden];
+                let mut l = Linear::from_torch(rows, &bias[first..first + n], n, hidden);
+                match (&act_max, precision) {
+                    (Some(act_max), _) => l.to_int8_fast(act_max),
+                    (None, Precision::Int8) => l.to_int8(),
+                    (None, _) => {}
+                }
+                l
+            })
+            .collect();
+        Ok(head)
+    }
+
+    /// The decoder's input for token rows `x` of the encoder's output: the transform, its
+    /// activation and the LayerNorm.
+    fn decoder_input(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let width = self.transform.inputs;
+        let mut t = vec![0f32; rows * width];
+        self.transform.forward(x, rows, None, &mut t);
+        kernels::activate(&mut t, width, self.activation);
+        kernels::layer_norm_rows(&mut t, width, &self.gamma, &self.beta, self.eps);
+        t
+    }
+
+    /// The largest magnitude each of the decoder's inputs takes over the encoder's output
+    /// rows `x` (int8-fast's calibration).
+    fn decoder_input_max(&self, x: &[f32]) -> Vec<f32> {
+        let width = self.transform.inputs;
+        let t = self.decoder_input(x, x.len() / width.max(1));
+        let mut max = vec![0f32; width];
+        for row in t.chunks_exact(width) {
+            max.iter_mut()
+                .zip(row)
+                .for_each(|(m, &v)| *m = m.max(v.abs()));
+        }
+        max
     }
 
     /// Terms in the vocabulary: the length of each text's weights.
@@ -137,11 +177,8 @@ impl SparseHead {
         for &(first, len) in texts {
             x.extend_from_slice(&hidden[first * width..(first + len) * width]);
         }
-        let mut t = vec![0f32; rows * width];
-        self.transform.forward(&x, rows, None, &mut t);
+        let t = self.decoder_input(&x, rows);
         drop(x);
-        kernels::activate(&mut t, width, self.activation);
-        kernels::layer_norm_rows(&mut t, width, &self.gamma, &self.beta, self.eps);
 
         let max = self.pooling == Pooling::Max;
         let start = if max { f32::NEG_INFINITY } else { 0.0 };
@@ -195,7 +232,7 @@ mod tests {
             norm: (vec![1.0; 2], vec![0.0; 2], 1e-12),
             decoder: (weight, bias),
         };
-        SparseHead::new(parts, term, pooling, Precision::F32).expect("head")
+        SparseHead::new(parts, term, pooling, Precision::F32, None).expect("head")
     }
 
     /// The same arithmetic, the whole logits at once and the activation on each.

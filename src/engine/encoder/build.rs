@@ -59,10 +59,6 @@ impl Encoder {
             false => None,
         };
         let head = read_head(&mut w, &b, heads.labels)?;
-        let sparse = match heads.sparse {
-            Some((term, pooling)) => Some(read_sparse(&mut w, &b, term, pooling, precision)?),
-            None => None,
-        };
         let layers = b.layers;
         // The encoder exists before its layers, so that int8-fast can run each layer over the
         // calibration texts as it is built (the layers before it already in place).
@@ -77,7 +73,7 @@ impl Encoder {
             relative: positions.relative,
             rotary: positions.rotary,
             head,
-            sparse,
+            sparse: None,
             blueprint: b,
             workspace: Mutex::new(Workspace::default()),
         };
@@ -93,13 +89,23 @@ impl Encoder {
             encoder.convert_layer(&mut layer, l, precision, calibration.as_mut())?;
             encoder.layers.push(layer);
         }
-        drop(calibration);
         encoder.final_norm = match encoder.blueprint.norm {
             Placement::Post => None,
             Placement::Pre { .. } | Placement::Sandwich => {
                 Some(w.norm(encoder.blueprint.norm_kind, "final_norm", h)?)
             }
         };
+        // A sparse head last: int8-fast's decoder is smoothed by what the calibration texts
+        // bring it, the encoder's whole output.
+        if let Some((term, pooling)) = heads.sparse {
+            if let (Some(c), Some(norm)) = (calibration.as_mut(), &encoder.final_norm) {
+                norm.apply(&mut c.x, h, encoder.blueprint.eps);
+            }
+            let rows = calibration.as_ref().map(|c| &c.x[..]);
+            let b = &encoder.blueprint;
+            encoder.sparse = Some(read_sparse(&mut w, b, term, pooling, precision, rows)?);
+        }
+        drop(calibration);
         Ok(encoder)
     }
 
@@ -334,6 +340,7 @@ fn read_sparse(
     term: SparseActivation,
     pooling: Pooling,
     precision: Precision,
+    calibration: Option<&[f32]>,
 ) -> Result<SparseHead, String> {
     use crate::engine::sparse::{DECODER, NORM, Parts, TRANSFORM};
     let h = b.hidden;
@@ -350,7 +357,7 @@ fn read_sparse(
             w.take(&format!("{DECODER}.bias"), &[b.vocab])?,
         ),
     };
-    SparseHead::new(parts, term, pooling, precision)
+    SparseHead::new(parts, term, pooling, precision, calibration)
 }
 
 /// MPNet's bias table, unrolled for attention.
