@@ -28,6 +28,9 @@ pub(super) struct Heads {
     /// A sparse model's activation and pooling (its head under [`crate::engine::sparse`]'s
     /// names).
     pub sparse: Option<(SparseActivation, Pooling)>,
+    /// Whether every token's vector is the output (a multi-vector model), not one pooled
+    /// vector per text.
+    pub token_vectors: bool,
 }
 
 impl Encoder {
@@ -81,12 +84,15 @@ impl Encoder {
             Precision::Int8Fast => Some(encoder.calibration_pass(calibration)?),
             _ => None,
         };
+        // int8-fast: whose feed-forward output goes 8-bit too (see `Layer::quantize_fast`).
+        let eight_bit_down = encoder.head.is_some() || heads.token_vectors;
         for l in 0..layers {
             let mut layer = encoder.read_layer(&mut w, l)?;
             // Layer by layer, so the next layer's f32 copies reuse the memory this one's
             // free: rounding all layers at the end left their f32 copies' 21 MB (MiniLM)
             // resident in the loader thread's malloc arena, trim or no trim.
-            encoder.convert_layer(&mut layer, l, precision, calibration.as_mut())?;
+            let calibration = calibration.as_mut();
+            encoder.convert_layer(&mut layer, l, precision, calibration, eight_bit_down)?;
             encoder.layers.push(layer);
         }
         encoder.final_norm = match encoder.blueprint.norm {
@@ -117,6 +123,7 @@ impl Encoder {
         l: usize,
         precision: Precision,
         calibration: Option<&mut Calibration>,
+        eight_bit_down: bool,
     ) -> Result<(), String> {
         match precision {
             Precision::F32 => {}
@@ -148,8 +155,7 @@ impl Encoder {
                         &mut c.ws,
                         Some(&mut probe),
                     );
-                    // A reranker's feed-forward output goes 8-bit too (see `quantize_fast`).
-                    layer.quantize_fast(&probe, self.head.is_some());
+                    layer.quantize_fast(&probe, eight_bit_down);
                 }
             }
             #[cfg(target_arch = "x86_64")]

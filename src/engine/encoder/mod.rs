@@ -105,7 +105,11 @@ impl Encoder {
             blueprint,
             tensors,
             precision,
-            build::Heads { labels, sparse },
+            build::Heads {
+                labels,
+                sparse,
+                token_vectors: manifest.kind == ModelKind::MultiVector,
+            },
             manifest.max_seq_length,
             calibration,
         )
