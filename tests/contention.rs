@@ -9,7 +9,8 @@
 //! 3. the limit on the parent only: the daemon and the co-tenant in sibling groups.
 //!
 //! Each runs `CONTENTION_TEST_SECS` (not `CAXTON_…`: the daemon would take it for a key; default 60) and must end with the daemon alive, no OOM
-//! kill in any group, every answer 200 or 503 with `Retry-After`, at least half of them 200,
+//! kill in any group, every answer 200 or 503 with `Retry-After`, at least the share of them
+//! 200 the scenario's room promises ([`Serves`]),
 //! and the daemon's RSS within 15% of its base plus the models it reports loaded. The three
 //! run one after another (a lock), so they never share the two cores.
 
@@ -173,10 +174,38 @@ fn watch_peak(group: &Group, stop: &AtomicBool, peak: &AtomicU64) {
     }
 }
 
+/// The least share of answers that must be 200. The clients pick a model at random for each
+/// request, and a model that cannot come in (its room is held by models within
+/// `memory.min_residency`) is refused at once with `Retry-After` rather than held (since the
+/// load queue's 1 s bound), so the share is about the share of picks that name a model
+/// loaded at the time.
+#[derive(Clone, Copy)]
+enum Serves {
+    /// Two models asked, both in but while the co-tenant holds its peak, when they take
+    /// turns: at least half (75-90% measured).
+    MostOfTheTime,
+    /// Two of the four models asked fit at once: half the picks name one of them, less the
+    /// turns' changeovers (47% in a run of the test build on a 2-core Zen 4), so at least a
+    /// third. A daemon that kept only one model in (a quarter of the picks), or refused more
+    /// than its room makes it, fails.
+    TwoOfFour,
+}
+
+impl Serves {
+    fn least(self) -> (u64, u64) {
+        match self {
+            Serves::MostOfTheTime => (1, 2),
+            Serves::TwoOfFour => (1, 3),
+        }
+    }
+}
+
 /// Runs the clients (and samples `limited`) for the scenario's duration, then checks every
 /// promise of the issue and prints the summary.
+#[allow(clippy::too_many_arguments)]
 fn exercise(
     name: &str,
+    serves: Serves,
     d: &Daemon,
     base: u64,
     models: &[&'static str],
@@ -206,9 +235,10 @@ fn exercise(
         "{name}: answers other than 200 or 503 with Retry-After: {:?}",
         &tally.wrong[..tally.wrong.len().min(5)]
     );
+    let (num, den) = serves.least();
     assert!(
-        tally.ok * 2 >= tally.total(),
-        "{name}: only {} of {} answers were 200 ({:?}); log:\n{}",
+        tally.ok * den >= tally.total() * num,
+        "{name}: only {} of {} answers were 200, fewer than {num}/{den} ({:?}); log:\n{}",
         tally.ok,
         tally.total(),
         tally.unavailable,
@@ -286,6 +316,7 @@ fn four_models_asked_by_six_clients_take_turns_without_an_oom_kill() {
     let base = base(&d);
     exercise(
         "four models, six clients",
+        Serves::TwoOfFour,
         &d,
         base,
         &[DEFAULT, "m-1", "m-2", "m-3"],
@@ -359,6 +390,7 @@ fn a_co_tenant_in_the_same_cgroup_is_made_room_for_not_run_into() {
     };
     exercise(
         "two models, co-tenant in the cgroup",
+        Serves::MostOfTheTime,
         &d,
         base,
         &[DEFAULT, "m-1"],
@@ -414,6 +446,7 @@ fn a_limit_on_the_parent_binds_the_daemon_and_its_sibling_co_tenant() {
     };
     exercise(
         "two models, co-tenant in a sibling cgroup, limit on the parent",
+        Serves::MostOfTheTime,
         &d,
         base,
         &[DEFAULT, "m-1"],

@@ -41,6 +41,18 @@ pub fn serve(
 
 /// Re-reads the configuration in `dir` and applies it or refuses it whole.
 async fn reload(state: &Arc<AppState>, dir: &Path, trigger: Trigger) -> Outcome {
+    reload_unless_superseded(state, dir, trigger, &|| false).await
+}
+
+/// [`reload`], unless `superseded` says, once the files are read, that one changed while
+/// they were read: what was read may be a file between its truncation and its writing (the
+/// watch's next quiet burst reads it again).
+async fn reload_unless_superseded(
+    state: &Arc<AppState>,
+    dir: &Path,
+    trigger: Trigger,
+    superseded: &(dyn Fn() -> bool + Sync),
+) -> Outcome {
     let _exclusive = state.exclusive_scan().await;
     let dir = dir.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || Settings::load(&dir))
@@ -51,6 +63,15 @@ async fn reload(state: &Arc<AppState>, dir: &Path, trigger: Trigger) -> Outcome 
         Ok(Err(e)) => return refuse(state, &e.to_string()),
         Err(e) => return refuse(state, &e),
     };
+    if superseded() {
+        tracing::debug!("a config file changed while it was read; reading it again once quiet");
+        return Outcome {
+            applied: false,
+            message: "superseded by a later change".into(),
+            changed: Vec::new(),
+            restart_required: Vec::new(),
+        };
+    }
     let old = state.settings();
     if trigger == Trigger::FileChange && *old == new {
         tracing::debug!("configuration files changed but the effective configuration did not");

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 
-use super::reload;
+use super::reload_unless_superseded;
 use crate::state::{AppState, Trigger};
 
 /// How long the directory must be quiet before a burst of changes becomes one reload.
@@ -36,6 +37,13 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
             .is_some_and(|s| s.settings().api.token_file.as_deref() == Some(p))
     };
     let mut writers = Writers::default();
+    // Relevant events so far: a reload whose reading overlapped one applies nothing (the
+    // next quiet burst reads again). A writer that truncates a file just as the reload after
+    // its previous write starts reading would otherwise have the empty file applied (issue
+    // 61's tests/run: a refused default reranker's drop-in, rewritten in place, read empty,
+    // and the default reranker went away).
+    let changes = Arc::new(AtomicU64::new(0));
+    let counted = changes.clone();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             // Opening or reading a file is no change: the reload itself opens every file, and
@@ -50,6 +58,7 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
                     .filter(|p| relevant(&watch_dir, p) || token_file(p))
                     .collect();
                 if !paths.is_empty() {
+                    counted.fetch_add(1, Ordering::SeqCst);
                     writers.see(&event.kind, &paths);
                     let _ = tx.send(writers.busy());
                 }
@@ -88,7 +97,9 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
                     break;
                 }
             }
-            reload(&state, &dir, Trigger::FileChange).await;
+            let seen = changes.load(Ordering::SeqCst);
+            let superseded = || changes.load(Ordering::SeqCst) != seen;
+            reload_unless_superseded(&state, &dir, Trigger::FileChange, &superseded).await;
         }
     });
     Ok(watcher)
