@@ -185,9 +185,9 @@ enum Serves {
     /// turns: at least half (75-90% measured).
     MostOfTheTime,
     /// Two of the four models asked fit at once: half the picks name one of them, less the
-    /// turns' changeovers (47% in a run of the test build on a 2-core Zen 4), so at least a
-    /// third. A daemon that kept only one model in (a quarter of the picks), or refused more
-    /// than its room makes it, fails.
+    /// turns' changeovers (47%, 50% and 53% in three runs of the test build on a 2-core Zen
+    /// 4), so at least a third. A daemon that kept only one model in (a quarter of the
+    /// picks), or refused more than its room makes it, fails.
     TwoOfFour,
 }
 
