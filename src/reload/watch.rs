@@ -70,15 +70,22 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
     // in between (a playbook's drop-in while an upgrade restarts the service) raised no event
     // here. Read the directory once more now that every later write raises one; an unchanged
     // result applies nothing and logs nothing.
+    changes.fetch_add(1, Ordering::SeqCst);
     let _ = armed.send(false);
     tokio::spawn(async move {
+        // Messages taken from `rx`: a change counted but not yet taken came after them.
+        let mut taken = 0u64;
         while let Some(mut busy) = rx.recv().await {
+            taken += 1;
             let first = Instant::now();
             loop {
                 let limit = if busy { WRITER_WAIT } else { MAX_DELAY };
                 match tokio::time::timeout(QUIET, rx.recv()).await {
                     Ok(None) => return,
-                    Ok(Some(now_busy)) => busy = now_busy,
+                    Ok(Some(now_busy)) => {
+                        taken += 1;
+                        busy = now_busy;
+                    }
                     // Quiet, but a file is still open for writing: `fs::write`, `cp` and
                     // shell redirection truncate it first, and an empty drop-in is valid, so
                     // reading it now would apply what nobody wrote (issue 52's CI: a writer
@@ -97,8 +104,7 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
                     break;
                 }
             }
-            let seen = changes.load(Ordering::SeqCst);
-            let superseded = || changes.load(Ordering::SeqCst) != seen;
+            let superseded = || changes.load(Ordering::SeqCst) != taken;
             reload_unless_superseded(&state, &dir, Trigger::FileChange, &superseded).await;
         }
     });
