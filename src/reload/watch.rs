@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
 
@@ -75,37 +75,62 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
     tokio::spawn(async move {
         // Messages taken from `rx`: a change counted but not yet taken came after them.
         let mut taken = 0u64;
-        while let Some(mut busy) = rx.recv().await {
+        while let Some(busy) = rx.recv().await {
             taken += 1;
             let first = Instant::now();
+            let mut busy = busy;
             loop {
-                let limit = if busy { WRITER_WAIT } else { MAX_DELAY };
-                match tokio::time::timeout(QUIET, rx.recv()).await {
-                    Ok(None) => return,
-                    Ok(Some(now_busy)) => {
-                        taken += 1;
-                        busy = now_busy;
+                // When the last change was taken: a config file modified after it is a
+                // change whose event may still be on its way.
+                let mut last_taken = SystemTime::now();
+                let mut forced = false;
+                loop {
+                    let limit = if busy { WRITER_WAIT } else { MAX_DELAY };
+                    match tokio::time::timeout(QUIET, rx.recv()).await {
+                        Ok(None) => return,
+                        Ok(Some(now_busy)) => {
+                            taken += 1;
+                            last_taken = SystemTime::now();
+                            busy = now_busy;
+                        }
+                        // Quiet, but a file is still open for writing: `fs::write`, `cp`
+                        // and shell redirection truncate it first, and an empty drop-in is
+                        // valid, so reading it now would apply what nobody wrote (issue
+                        // 52's CI: a writer stalled 200 ms between truncating and writing,
+                        // and the default reranker it was refusing to change went away).
+                        Err(_) if busy => {}
+                        Err(_) => break,
                     }
-                    // Quiet, but a file is still open for writing: `fs::write`, `cp` and
-                    // shell redirection truncate it first, and an empty drop-in is valid, so
-                    // reading it now would apply what nobody wrote (issue 52's CI: a writer
-                    // stalled 200 ms between truncating and writing, and the default reranker
-                    // it was refusing to change went away).
-                    Err(_) if busy => {}
-                    Err(_) => break,
+                    if first.elapsed() >= limit {
+                        if busy {
+                            tracing::warn!(
+                                "a config file has been open for writing for {}s; reloading with what it holds now",
+                                WRITER_WAIT.as_secs()
+                            );
+                        }
+                        forced = true;
+                        break;
+                    }
                 }
-                if first.elapsed() >= limit {
-                    if busy {
-                        tracing::warn!(
-                            "a config file has been open for writing for {}s; reloading with what it holds now",
-                            WRITER_WAIT.as_secs()
-                        );
-                    }
+                // A writer that truncates a file just as this read starts has its empty file
+                // read (issue 61's tests/run, twice: a refused default reranker's drop-in
+                // rewritten in place, and the default reranker went away). Such a read is
+                // superseded: by a change counted but not yet taken, or, since its event may
+                // lag on a busy machine, by a file modified after the last change taken. It
+                // applies nothing and the files are read again once quiet. A forced reload
+                // (a writer past its wait, a burst past its delay) takes what it reads.
+                let was_superseded = AtomicBool::new(false);
+                let superseded = || {
+                    let late = changes.load(Ordering::SeqCst) != taken
+                        || (!forced && modified_since(&dir, last_taken));
+                    was_superseded.store(late, Ordering::SeqCst);
+                    late
+                };
+                reload_unless_superseded(&state, &dir, Trigger::FileChange, &superseded).await;
+                if !was_superseded.load(Ordering::SeqCst) {
                     break;
                 }
             }
-            let superseded = || changes.load(Ordering::SeqCst) != taken;
-            reload_unless_superseded(&state, &dir, Trigger::FileChange, &superseded).await;
         }
     });
     Ok(watcher)
@@ -155,6 +180,23 @@ fn relevant(dir: &Path, path: &Path) -> bool {
             && path.extension().is_some_and(|e| e == "yaml"))
 }
 
+/// Whether the main file or a drop-in was modified after `since` (and not after a second
+/// from now: a file stamped in the future, by a clock set back or by hand, must not hold
+/// every reload back).
+fn modified_since(dir: &Path, since: SystemTime) -> bool {
+    let horizon = SystemTime::now() + Duration::from_secs(1);
+    let drop_ins = std::fs::read_dir(dir.join("conf.d"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    std::iter::once(dir.join("caxton.yaml"))
+        .chain(drop_ins)
+        .filter(|p| relevant(dir, p))
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .any(|t| t > since && t < horizon)
+}
+
 /// Whether a notify event only says a file was opened, read or closed after reading.
 fn is_reading(kind: &notify::EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode, EventKind};
@@ -180,6 +222,41 @@ mod tests {
         ))));
         assert!(!is_reading(&EventKind::Modify(ModifyKind::Any)));
         assert!(!is_reading(&EventKind::Create(CreateKind::File)));
+    }
+
+    #[test]
+    fn a_config_file_modified_after_the_last_change_taken_supersedes_a_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf_d = dir.path().join("conf.d");
+        std::fs::create_dir(&conf_d).expect("mkdir");
+        std::fs::write(conf_d.join("50-a.yaml"), "").expect("write");
+        let taken = SystemTime::now() + Duration::from_millis(20);
+        assert!(!modified_since(dir.path(), taken), "written before");
+        let file = std::fs::File::options()
+            .write(true)
+            .open(conf_d.join("50-a.yaml"))
+            .expect("open");
+        file.set_modified(taken + Duration::from_millis(10))
+            .expect("stamp");
+        assert!(modified_since(dir.path(), taken), "written after");
+        // Not a config file, or stamped an hour ahead: no.
+        file.set_modified(taken - Duration::from_secs(1))
+            .expect("stamp");
+        std::fs::write(conf_d.join("notes.txt"), "").expect("write");
+        let later = std::fs::File::options()
+            .write(true)
+            .open(conf_d.join("notes.txt"))
+            .expect("open");
+        later
+            .set_modified(taken + Duration::from_millis(10))
+            .expect("stamp");
+        assert!(
+            !modified_since(dir.path(), taken),
+            "a file that is not a drop-in"
+        );
+        file.set_modified(SystemTime::now() + Duration::from_secs(3600))
+            .expect("stamp");
+        assert!(!modified_since(dir.path(), taken), "stamped in the future");
     }
 
     #[test]
