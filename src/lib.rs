@@ -12,6 +12,7 @@ pub mod config;
 pub mod connections;
 pub mod daemon;
 pub mod engine;
+pub mod images;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
