@@ -112,7 +112,9 @@ fn data_uri_bytes(uri: &str, limits: &Limits) -> Result<Vec<u8>, ImageError> {
         return Err(ImageError::NotDataUri(what_it_is(uri)));
     };
     let Some((header, data)) = rest.split_once(',') else {
-        return Err(ImageError::BadDataUri("no comma after the media type".into()));
+        return Err(ImageError::BadDataUri(
+            "no comma after the media type".into(),
+        ));
     };
     let mut parts = header.split(';');
     let media = parts.next().unwrap_or_default().trim();
@@ -203,13 +205,17 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ImageErro
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// What a string that is no data URI looks like, for the refusal.
 fn what_it_is(s: &str) -> &'static str {
     let lower = s.trim_start().to_ascii_lowercase();
-    if ["http://", "https://", "ftp://"].iter().any(|p| lower.starts_with(p)) {
+    if ["http://", "https://", "ftp://"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+    {
         "a URL"
     } else if lower.starts_with("file:")
         || lower.starts_with('/')

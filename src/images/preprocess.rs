@@ -107,9 +107,10 @@ impl Preprocess {
         };
         let resample = match config.get("resample") {
             None | Some(Value::Null) => Resample::Bilinear,
-            Some(v) => v.as_u64().and_then(Resample::from_pil).ok_or_else(|| {
-                format!("resample is {v}; PIL's filters are numbered 0 to 5")
-            })?,
+            Some(v) => v
+                .as_u64()
+                .and_then(Resample::from_pil)
+                .ok_or_else(|| format!("resample is {v}; PIL's filters are numbered 0 to 5"))?,
         };
         let rescale = match flag("do_rescale", true)? {
             true => match config.get("rescale_factor") {
@@ -130,7 +131,9 @@ impl Preprocess {
             false => ([0.0; 3], [1.0; 3]),
         };
         if std.iter().any(|&s| s <= 0.0) {
-            return Err(format!("image_std is {std:?}; every channel's must be positive"));
+            return Err(format!(
+                "image_std is {std:?}; every channel's must be positive"
+            ));
         }
         Ok(Preprocess {
             size,
@@ -194,12 +197,11 @@ impl Preprocess {
                 let sy = y as i64 + top;
                 for (x, o) in row.iter_mut().enumerate() {
                     let sx = x as i64 + left;
-                    let level = match (0..i64::from(h)).contains(&sy)
-                        && (0..i64::from(w)).contains(&sx)
-                    {
-                        true => resized.get_pixel(sx as u32, sy as u32).0[c],
-                        false => 0,
-                    };
+                    let level =
+                        match (0..i64::from(h)).contains(&sy) && (0..i64::from(w)).contains(&sx) {
+                            true => resized.get_pixel(sx as u32, sy as u32).0[c],
+                            false => 0,
+                        };
                     *o = f32::from(level) * scale + shift;
                 }
             }
@@ -236,7 +238,9 @@ fn parse_size(v: Option<&Value>, key: &str) -> Result<Size, String> {
                 Size::ShortestEdge { shortest_edge: 0 } | Size::Exact { height: 0, .. } => {
                     Err(format!("{key} is {v}; a size must be positive"))
                 }
-                Size::Exact { width: 0, .. } => Err(format!("{key} is {v}; a size must be positive")),
+                Size::Exact { width: 0, .. } => {
+                    Err(format!("{key} is {v}; a size must be positive"))
+                }
                 size => Ok(size),
             }
         }

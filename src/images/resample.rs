@@ -175,7 +175,8 @@ pub fn resize(image: &RgbImage, width: u32, height: u32, resample: Resample) -> 
         false => (src.clone(), in_w, 0),
     };
     if !need_vertical {
-        return RgbImage::from_raw(width, height, mid).unwrap_or_else(|| RgbImage::new(width, height));
+        return RgbImage::from_raw(width, height, mid)
+            .unwrap_or_else(|| RgbImage::new(width, height));
     }
     let mut out = vec![0u8; out_w * out_h * 3];
     for (yy, row) in out.chunks_exact_mut(out_w * 3).enumerate() {
