@@ -134,7 +134,11 @@ fn photographs_become_the_tensors_clip_and_siglip_processors_make() {
         // step for step: only a JPEG's decoder (libjpeg-turbo's and zune-jpeg's IDCT) may
         // differ, by a level.
         if !e.photo.ends_with(".jpg") {
-            assert_eq!(worst, 0.0, "{} with {}: not PIL's levels", e.photo, e.processor);
+            assert_eq!(
+                worst, 0.0,
+                "{} with {}: not PIL's levels",
+                e.photo, e.processor
+            );
         }
         worst_overall = worst_overall.max(worst);
     }
