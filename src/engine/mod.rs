@@ -16,6 +16,7 @@ pub mod sparse;
 pub mod stored;
 pub mod tokenize;
 pub mod vectors;
+pub mod vision;
 mod words;
 pub mod worker;
 

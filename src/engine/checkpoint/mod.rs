@@ -6,6 +6,7 @@
 //! to make fast and exact for all of them. [`tensors`] holds the renaming every mapping shares.
 
 mod bert_family;
+pub mod clip;
 mod gemma3;
 mod gte;
 mod modernbert;

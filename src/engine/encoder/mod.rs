@@ -115,6 +115,22 @@ impl Encoder {
         )
     }
 
+    /// An image tower's encoder ([`crate::engine::vision`]): `tensors` under the encoder's
+    /// names, taking inputs of up to `tokens` vectors.
+    pub(in crate::engine) fn image_tower(
+        blueprint: Blueprint,
+        tensors: Tensors,
+        precision: Precision,
+        tokens: usize,
+    ) -> Result<Self, String> {
+        let heads = build::Heads {
+            labels: None,
+            sparse: None,
+            token_vectors: false,
+        };
+        Self::from_tensors(blueprint, tensors, precision, heads, tokens, &[])
+    }
+
     /// Bytes of the weights in memory.
     pub fn weight_bytes(&self) -> u64 {
         let floats = self.positions.as_ref().map_or(0, |p| p.len()) + self.token_types.len();
@@ -212,16 +228,71 @@ impl Encoder {
         let keys: Vec<usize> = texts.iter().map(|t| t.len() - t.unattended).collect();
         let mut x = vec![0f32; rows * h];
         self.embed(texts, &starts, &mut x);
+        Ok(self.run_layers(x, starts, &lens, &keys))
+    }
 
+    /// An image tower's pass ([`crate::engine::vision`]): `x` holds each input's vectors
+    /// (`lens[k]` rows of the hidden width each, one after another) in place of word rows; the
+    /// learned positions and the embedding norm are applied as to words, then every layer.
+    pub(in crate::engine) fn forward_vectors(
+        &self,
+        mut x: Vec<f32>,
+        lens: &[usize],
+    ) -> Result<Hidden, String> {
+        let h = self.blueprint.hidden;
+        let rows: usize = lens.iter().sum();
+        if x.len() != rows * h {
+            return Err(format!("{} values are not {rows} rows of {h}", x.len()));
+        }
+        if let Some(&len) = lens.iter().find(|&&l| l > self.max_len || l == 0) {
+            return Err(format!(
+                "an input of {len} vectors: the model takes 1 to {}",
+                self.max_len
+            ));
+        }
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |at, &l| Some(std::mem::replace(at, *at + l)))
+            .collect();
+        for (&start, &len) in starts.iter().zip(lens) {
+            for (pos, row) in x[start * h..(start + len) * h]
+                .chunks_exact_mut(h)
+                .enumerate()
+            {
+                if let Some(positions) = &self.positions {
+                    let p = &positions[pos * h..(pos + 1) * h];
+                    row.iter_mut().zip(p).for_each(|(v, p)| *v += p);
+                }
+                row.iter_mut()
+                    .zip(&self.token_types[..h])
+                    .for_each(|(v, t)| *v += t);
+            }
+        }
+        if let Some(norm) = &self.embeddings_norm {
+            norm.apply(&mut x, h, self.blueprint.eps);
+        }
+        Ok(self.run_layers(x, starts, lens, lens))
+    }
+
+    /// Every layer over the embedded rows `x`, then the final norm.
+    fn run_layers(
+        &self,
+        mut x: Vec<f32>,
+        starts: Vec<usize>,
+        lens: &[usize],
+        keys: &[usize],
+    ) -> Hidden {
+        let b = &self.blueprint;
+        let (h, rows) = (b.hidden, lens.iter().sum());
         let mut ws = self.workspace.lock().unwrap_or_else(|p| p.into_inner());
         ws.prepare(b, rows);
         for (index, l) in self.layers.iter().enumerate() {
-            self.layer_pass(l, index, &mut x, rows, &starts, &lens, &keys, &mut ws, None);
+            self.layer_pass(l, index, &mut x, rows, &starts, lens, keys, &mut ws, None);
         }
         if let Some(norm) = &self.final_norm {
             norm.apply(&mut x, h, b.eps);
         }
-        Ok(Hidden { data: x, starts })
+        Hidden { data: x, starts }
     }
 
     /// Word + position + token type embeddings, normalised, one row per token.

@@ -94,6 +94,13 @@ fn silu_generic(x: &mut [f32]) {
 }
 
 #[inline(always)]
+fn quick_gelu_generic(x: &mut [f32]) {
+    for v in x {
+        *v /= 1.0 + exp(-1.702 * *v);
+    }
+}
+
+#[inline(always)]
 fn mul_into_generic(out: &mut [f32], a: &[f32]) {
     for (o, a) in out.iter_mut().zip(a) {
         *o *= a;
@@ -230,6 +237,10 @@ simd!(
     fn silu_row(x: &mut [f32]) = silu_generic
 );
 simd!(
+    /// CLIP's `quick_gelu` in place: `x · sigmoid(1.702 x)`.
+    fn quick_gelu_row(x: &mut [f32]) = quick_gelu_generic
+);
+simd!(
     /// `out *= a`, elementwise.
     fn mul_into(out: &mut [f32], a: &[f32]) = mul_into_generic
 );
@@ -262,6 +273,8 @@ pub enum Activation {
     Relu,
     /// `silu` / `swish` (SwiGLU's gate).
     Silu,
+    /// `quick_gelu`: `x · sigmoid(1.702 x)` (CLIP's towers).
+    QuickGelu,
 }
 
 impl Activation {
@@ -271,6 +284,7 @@ impl Activation {
             Activation::GeluTanh => gelu_tanh_row,
             Activation::Relu => relu_row,
             Activation::Silu => silu_row,
+            Activation::QuickGelu => quick_gelu_row,
         }
     }
 }
@@ -388,6 +402,20 @@ mod tests {
             assert!(
                 (*g as f64 - want).abs() < 2e-6,
                 "gelu_tanh({x}) = {g}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn quick_gelu_matches_the_formula() {
+        let xs: Vec<f32> = (0..=1600).map(|i| -8.0 + i as f32 * 0.01).collect();
+        let mut ours = xs.clone();
+        activate(&mut ours, 1, Activation::QuickGelu);
+        for (x, g) in xs.iter().zip(&ours) {
+            let want = *x as f64 / (1.0 + (-1.702 * *x as f64).exp());
+            assert!(
+                (*g as f64 - want).abs() < 2e-6,
+                "quick_gelu({x}) = {g}, want {want}"
             );
         }
     }
