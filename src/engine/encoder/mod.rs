@@ -115,9 +115,9 @@ impl Encoder {
         )
     }
 
-    /// An image tower's encoder ([`crate::engine::vision`]): `tensors` under the encoder's
-    /// names, taking inputs of up to `tokens` vectors.
-    pub(in crate::engine) fn image_tower(
+    /// A tower's encoder ([`crate::engine::vision`]): `tensors` under the encoder's names,
+    /// taking inputs of up to `tokens` vectors or tokens.
+    pub(in crate::engine) fn tower(
         blueprint: Blueprint,
         tensors: Tensors,
         precision: Precision,
