@@ -174,6 +174,8 @@ pub enum EndOfText {
     HighestId,
     /// The first row holding this id.
     Id(u32),
+    /// The last row (SigLIP, whose texts are padded to its length).
+    Last,
 }
 
 /// What a text tower gives beyond its encoder's blueprint.
@@ -263,7 +265,7 @@ pub fn text_tensors(tensors: Tensors, hidden: usize) -> Result<Tensors, String> 
 }
 
 /// A CLIP layer's tensors under the encoder's names.
-const LAYER_RENAMES: [(&str, &str); 8] = [
+pub(super) const LAYER_RENAMES: [(&str, &str); 8] = [
     ("layer_norm1.", "attention.output.LayerNorm."),
     ("self_attn.q_proj.", "attention.self.query."),
     ("self_attn.k_proj.", "attention.self.key."),

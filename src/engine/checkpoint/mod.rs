@@ -14,6 +14,7 @@ pub mod mpnet;
 mod nomic;
 mod qwen3;
 mod roberta;
+pub mod siglip;
 mod tensors;
 
 use super::blueprint::Blueprint;

@@ -1,0 +1,149 @@
+//! A text tower: the one encoder over a text's tokens, its pooled row projected into the
+//! space the image tower shares (CLIP: the end-of-text row, causal; SigLIP: the last row of
+//! the padded text, through a head with a bias).
+
+use super::{FILE, Family};
+use crate::config::Precision;
+use crate::engine::checkpoint::{Tensors, clip, siglip};
+use crate::engine::encoder::Encoder;
+use crate::engine::kernels::Linear;
+use crate::engine::stored;
+use crate::engine::tokenize::Encoded;
+
+/// A loaded text tower: a text's tokens to one vector in the space its image tower shares.
+pub struct TextTower {
+    encoder: Encoder,
+    shape: clip::TextShape,
+    hidden: usize,
+    projection: Linear,
+}
+
+impl TextTower {
+    /// Builds the text tower of a `CLIPModel` or `SiglipModel` from its `config.json` and
+    /// tensors (the image tower's are ignored), in f32, int8 or bf16 (int8-fast is refused as
+    /// for the image tower: its calibration texts are not in the package yet).
+    pub fn load(
+        config_json: &[u8],
+        tensors: Tensors,
+        precision: Precision,
+    ) -> Result<Self, String> {
+        if precision == Precision::Int8Fast {
+            return Err("int8-fast is not supported for a text tower yet (f32, int8, bf16)".into());
+        }
+        let family = Family::of(config_json)?;
+        let (blueprint, shape) = match family {
+            Family::Clip => clip::text_blueprint(config_json)?,
+            Family::Siglip => siglip::text_blueprint(config_json)?,
+        };
+        let h = blueprint.hidden;
+        let max = match blueprint.positions {
+            crate::engine::blueprint::Positions::Learned { max, .. } => max,
+            crate::engine::blueprint::Positions::Rotary(ref r) => r.max,
+        };
+        let mut tensors = match family {
+            Family::Clip => clip::text_tensors(tensors, h)?,
+            Family::Siglip => siglip::text_tensors(tensors, h)?,
+        };
+        let dim = shape.projection_dim;
+        let projection = stored::take_f32(&mut tensors, clip::TEXT_PROJECTION, &[dim, h], FILE)?;
+        // CLIP's projection has no bias; SigLIP's head has one.
+        let bias = match family {
+            Family::Clip => vec![0.0; dim],
+            Family::Siglip => {
+                let name = clip::TEXT_PROJECTION.replace("weight", "bias");
+                stored::take_f32(&mut tensors, &name, &[dim], FILE)?
+            }
+        };
+        let encoder = Encoder::tower(blueprint, tensors, precision, max)?;
+        Ok(TextTower {
+            encoder,
+            shape,
+            hidden: h,
+            projection: Linear::from_torch(&projection, bias, dim, h),
+        })
+    }
+
+    /// Bytes of the weights in memory.
+    pub fn weight_bytes(&self) -> u64 {
+        self.encoder.weight_bytes() + self.projection.bytes() as u64
+    }
+
+    /// Width of the vectors.
+    pub fn dimensions(&self) -> usize {
+        self.shape.projection_dim
+    }
+
+    /// The vector of each text, its tokens as the model's tokenizer made them (start and
+    /// end-of-text tokens included).
+    pub fn embed(&self, texts: &[&Encoded]) -> Result<Vec<Vec<f32>>, String> {
+        let h = self.hidden;
+        let rows: Vec<usize> = texts
+            .iter()
+            .map(|t| self.end_of_text(&t.ids))
+            .collect::<Result<_, _>>()?;
+        let hidden = self.encoder.forward(texts)?;
+        let mut pooled = Vec::with_capacity(texts.len() * h);
+        for (&start, &row) in hidden.starts.iter().zip(&rows) {
+            pooled.extend_from_slice(&hidden.data[(start + row) * h..(start + row + 1) * h]);
+        }
+        let dim = self.shape.projection_dim;
+        let mut out = vec![0f32; texts.len() * dim];
+        self.projection
+            .forward(&pooled, texts.len(), None, &mut out);
+        Ok(out.chunks_exact(dim).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The row a text is pooled at.
+    fn end_of_text(&self, ids: &[u32]) -> Result<usize, String> {
+        end_of_text(self.shape.end_of_text, ids)
+    }
+}
+
+/// The row `rule` pools of a text of `ids` (see [`clip::EndOfText`]).
+fn end_of_text(rule: clip::EndOfText, ids: &[u32]) -> Result<usize, String> {
+    match rule {
+        clip::EndOfText::HighestId => ids
+            .iter()
+            .enumerate()
+            // The first of equal maxima, as torch's argmax.
+            .fold(None, |best: Option<(usize, u32)>, (i, &id)| match best {
+                Some((_, b)) if b >= id => best,
+                _ => Some((i, id)),
+            })
+            .map(|(i, _)| i)
+            .ok_or_else(|| "an empty text has no end-of-text token".to_string()),
+        clip::EndOfText::Last => ids
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| "an empty text has no last token".to_string()),
+        clip::EndOfText::Id(eos) => ids.iter().position(|&id| id == eos).ok_or_else(|| {
+            format!("a text without the end-of-text token {eos}: the tokenizer must add it")
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clip::EndOfText::{HighestId, Id, Last};
+
+    #[test]
+    fn a_text_is_pooled_at_its_end_of_text_token_by_either_rule() {
+        let ids = [49406, 320, 49407, 49407];
+        assert_eq!(end_of_text(HighestId, &ids), Ok(2));
+        assert_eq!(end_of_text(Id(49407), &ids), Ok(2));
+        // A token added after the vocabulary outranks the end-of-text one by id: the old
+        // rule pools it (as transformers does), the id rule does not.
+        assert_eq!(end_of_text(HighestId, &[49406, 49500, 49407]), Ok(1));
+        assert_eq!(end_of_text(Id(49407), &[49406, 49500, 49407]), Ok(2));
+        assert_eq!(
+            end_of_text(Id(49407), &[49406, 320]),
+            Err("a text without the end-of-text token 49407: the tokenizer must add it".into())
+        );
+        assert_eq!(end_of_text(Last, &ids), Ok(3));
+        assert_eq!(
+            end_of_text(HighestId, &[]),
+            Err("an empty text has no end-of-text token".into())
+        );
+    }
+}
