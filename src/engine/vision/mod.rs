@@ -56,7 +56,7 @@ enum Pool {
     /// CLIP: the class row, projected.
     Class(Linear),
     /// SigLIP: the attention-pooling head.
-    Attention(AttentionPool),
+    Attention(Box<AttentionPool>),
 }
 
 /// A loaded image tower.
@@ -107,7 +107,7 @@ impl ImageTower {
             Family::Siglip => {
                 let bias = stored::take_f32(&mut tensors, siglip::PATCH_BIAS, &[h], FILE)?;
                 let pool = AttentionPool::load(&mut tensors, &blueprint)?;
-                (bias, None, Pool::Attention(pool))
+                (bias, None, Pool::Attention(Box::new(pool)))
             }
         };
         let tokens = shape.grid() * shape.grid() + usize::from(class.is_some());

@@ -1,3 +1,6 @@
+// CLIP's mean and std as its preprocessor_config.json writes them.
+#![allow(clippy::excessive_precision)]
+
 use serde_json::json;
 
 use super::*;
