@@ -133,11 +133,13 @@ fn photographs_become_the_tensors_clip_and_siglip_processors_make() {
         // A lossless photograph decodes to the same pixels in both, and the resize is PIL's
         // step for step: only a JPEG's decoder (libjpeg-turbo's and zune-jpeg's IDCT) may
         // differ, by a level.
+        // (Exact up to the float arithmetic of the normalisation, 1e-4 of a level.)
         if !e.photo.ends_with(".jpg") {
-            assert_eq!(
-                worst, 0.0,
-                "{} with {}: not PIL's levels",
-                e.photo, e.processor
+            assert!(
+                worst < 1e-3,
+                "{} with {}: {worst} levels from PIL's",
+                e.photo,
+                e.processor
             );
         }
         worst_overall = worst_overall.max(worst);

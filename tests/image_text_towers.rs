@@ -159,34 +159,50 @@ fn agree_on(patch_size: usize) {
         std: [0.26862954, 0.26130258, 0.27577711],
     };
     let pixels: Vec<Vec<f32>> = (0..3).map(|v| recipe.apply(&picture(v))).collect();
+    let name = format!("ViT-B/{patch_size}");
+    images_agree(&name, &export, &config_json, &ours, &pixels, 224, |batch| {
+        tower
+            .forward(batch)
+            .and_then(|pooled| projection.forward(&pooled))
+    });
+}
+
+/// The engine's vectors of `pixels` (square images of `size`) against `candle`'s of the batch
+/// (`[n, 3, size, size]` in, `[n, width]` out); one image alone equal to it in the batch; the
+/// run written where `export` says.
+fn images_agree(
+    name: &str,
+    export: &Option<std::path::PathBuf>,
+    config_json: &serde_json::Value,
+    ours: &ImageTower,
+    pixels: &[Vec<f32>],
+    size: usize,
+    candle: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) {
     let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
     let got = ours.embed(&refs).expect("our vectors");
-    // One image alone gives what it gives in the batch.
     let alone = ours.embed(&refs[1..2]).expect("alone");
     assert!(cosine(&alone[0], &got[1]) > 0.999999, "batched != single");
-    let batch = Tensor::from_vec(pixels.concat(), (3, 3, 224, 224), &Device::Cpu).expect("pixels");
-    let want = tower
-        .forward(&batch)
-        .and_then(|pooled| projection.forward(&pooled))
-        .and_then(|t| t.to_vec2::<f32>())
-        .expect("candle's vectors");
-    if let Some(dir) = &export {
-        let out = json!({"config": config_json, "pixels": pixels, "vectors": got});
-        std::fs::write(dir.join("run.json"), out.to_string()).expect("run.json");
-    }
     // Different pictures, different vectors: agreement is not two constant outputs.
     assert!(
         cosine(&got[0], &got[1]) < 0.9999,
         "the tower ignores its input"
     );
+    if let Some(dir) = export {
+        let out = json!({"config": config_json, "pixels": pixels, "vectors": got});
+        std::fs::write(dir.join("run.json"), out.to_string()).expect("run.json");
+    }
+    let n = pixels.len();
+    let batch =
+        Tensor::from_vec(pixels.concat(), (n, 3, size, size), &Device::Cpu).expect("pixels");
+    let want = candle(&batch)
+        .and_then(|t| t.to_vec2::<f32>())
+        .expect("candle's vectors");
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g.len(), 512);
+        assert_eq!(g.len(), w.len());
         let c = cosine(g, w);
-        println!("ViT-B/{patch_size} image {i}: cosine {c:.7}");
-        assert!(
-            c >= 0.9999,
-            "ViT-B/{patch_size} image {i}: cosine {c} to candle's"
-        );
+        println!("{name} image {i}: cosine {c:.7}");
+        assert!(c >= 0.9999, "{name} image {i}: cosine {c} to candle's");
     }
 }
 
@@ -239,29 +255,11 @@ fn clip_text_vectors_equal_candle_transformers() {
     let refs: Vec<&Encoded> = texts.iter().collect();
     let got = ours.embed(&refs).expect("our vectors");
     assert_eq!(got.len(), texts.len());
-    assert!(
-        cosine(&got[0], &got[1]) < 0.9999,
-        "the tower ignores its input"
-    );
-    if let Some(dir) = &export {
-        let ids: Vec<&Vec<u32>> = texts.iter().map(|t| &t.ids).collect();
-        let out = json!({"config": config_json, "ids": ids, "vectors": got});
-        std::fs::write(dir.join("run.json"), out.to_string()).expect("run.json");
-    }
-    for (i, (t, g)) in texts.iter().zip(&got).enumerate() {
-        let ids = Tensor::new(t.ids.as_slice(), &Device::Cpu)
-            .and_then(|t| t.unsqueeze(0))
-            .expect("ids");
-        let want = tower
-            .forward(&ids)
+    texts_agree("clip-text", &export, &config_json, &texts, &got, |ids| {
+        tower
+            .forward(ids)
             .and_then(|pooled| projection.forward(&pooled))
-            .and_then(|t| t.squeeze(0))
-            .and_then(|t| t.to_vec1::<f32>())
-            .expect("candle's vector");
-        let c = cosine(g, &want);
-        println!("text {i} ({} tokens): cosine {c:.7}", t.ids.len());
-        assert!(c >= 0.9999, "text {i}: cosine {c} to candle's");
-    }
+    });
 }
 
 #[test]
@@ -316,30 +314,15 @@ fn siglip_image_agrees(name: &str, image_size: usize) {
     let ours = ImageTower::load(config_json.to_string().as_bytes(), tensors, Precision::F32)
         .expect("the engine's tower");
     let pixels = siglip_pixels(image_size as u32);
-    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
-    let got = ours.embed(&refs).expect("our vectors");
-    let alone = ours.embed(&refs[2..3]).expect("alone");
-    assert!(cosine(&alone[0], &got[2]) > 0.999999, "batched != single");
-    assert!(
-        cosine(&got[0], &got[1]) < 0.9999,
-        "the tower ignores its input"
+    images_agree(
+        name,
+        &export,
+        &config_json,
+        &ours,
+        &pixels,
+        image_size,
+        |batch| tower.forward(batch),
     );
-    if let Some(dir) = &export {
-        let out = json!({"config": config_json, "pixels": pixels, "vectors": got});
-        std::fs::write(dir.join("run.json"), out.to_string()).expect("run.json");
-    }
-    let s = image_size;
-    let batch = Tensor::from_vec(pixels.concat(), (3, 3, s, s), &Device::Cpu).expect("pixels");
-    let want = tower
-        .forward(&batch)
-        .and_then(|t| t.to_vec2::<f32>())
-        .expect("candle's vectors");
-    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert_eq!(g.len(), 768);
-        let c = cosine(g, w);
-        println!("{name} image {i}: cosine {c:.7}");
-        assert!(c >= 0.9999, "{name} image {i}: cosine {c} to candle's");
-    }
 }
 
 #[test]
@@ -394,21 +377,35 @@ fn siglip_text_agrees(name: &str, vocab: usize) {
         .collect();
     let refs: Vec<&Encoded> = texts.iter().collect();
     let got = ours.embed(&refs).expect("our vectors");
+    texts_agree(name, &export, &config_json, &texts, &got, |ids| {
+        tower.forward(ids)
+    });
+}
+
+/// Each text's vector `got` against `candle`'s of the text alone (`[1, tokens]` ids in, a
+/// `[1, width]` vector out); the run written where `export` says.
+fn texts_agree(
+    name: &str,
+    export: &Option<std::path::PathBuf>,
+    config_json: &serde_json::Value,
+    texts: &[Encoded],
+    got: &[Vec<f32>],
+    candle: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) {
     assert!(
         cosine(&got[0], &got[1]) < 0.9999,
         "the tower ignores its input"
     );
-    if let Some(dir) = &export {
+    if let Some(dir) = export {
         let ids: Vec<&Vec<u32>> = texts.iter().map(|t| &t.ids).collect();
         let out = json!({"config": config_json, "ids": ids, "vectors": got});
         std::fs::write(dir.join("run.json"), out.to_string()).expect("run.json");
     }
-    for (i, (t, g)) in texts.iter().zip(&got).enumerate() {
+    for (i, (t, g)) in texts.iter().zip(got).enumerate() {
         let ids = Tensor::new(t.ids.as_slice(), &Device::Cpu)
             .and_then(|t| t.unsqueeze(0))
             .expect("ids");
-        let want = tower
-            .forward(&ids)
+        let want = candle(&ids)
             .and_then(|t| t.squeeze(0))
             .and_then(|t| t.to_vec1::<f32>())
             .expect("candle's vector");

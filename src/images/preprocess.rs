@@ -9,6 +9,8 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::resample::Resample;
+
 /// The size an image is resized to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
@@ -25,39 +27,6 @@ pub enum Size {
         /// Columns.
         width: u32,
     },
-}
-
-/// The resampling filter (PIL's, by the name transformers saves its number for).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Resample {
-    /// PIL 0.
-    Nearest,
-    /// PIL 1.
-    Lanczos,
-    /// PIL 2.
-    Bilinear,
-    /// PIL 3.
-    Bicubic,
-    /// PIL 4.
-    Box,
-    /// PIL 5.
-    Hamming,
-}
-
-impl Resample {
-    /// From PIL's number, as `preprocessor_config.json` saves it.
-    fn from_pil(n: u64) -> Option<Resample> {
-        Some(match n {
-            0 => Resample::Nearest,
-            1 => Resample::Lanczos,
-            2 => Resample::Bilinear,
-            3 => Resample::Bicubic,
-            4 => Resample::Box,
-            5 => Resample::Hamming,
-            _ => return None,
-        })
-    }
 }
 
 /// A vision model's preprocessing (a manifest's `image` section).

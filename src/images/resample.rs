@@ -7,8 +7,40 @@
 //! past the 2 levels a processor's twin may differ by.
 
 use image::RgbImage;
+use serde::{Deserialize, Serialize};
 
-use super::preprocess::Resample;
+/// The resampling filter (PIL's, by the name transformers saves its number for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resample {
+    /// PIL 0.
+    Nearest,
+    /// PIL 1.
+    Lanczos,
+    /// PIL 2.
+    Bilinear,
+    /// PIL 3.
+    Bicubic,
+    /// PIL 4.
+    Box,
+    /// PIL 5.
+    Hamming,
+}
+
+impl Resample {
+    /// From PIL's number, as `preprocessor_config.json` saves it.
+    pub(super) fn from_pil(n: u64) -> Option<Resample> {
+        Some(match n {
+            0 => Resample::Nearest,
+            1 => Resample::Lanczos,
+            2 => Resample::Bilinear,
+            3 => Resample::Bicubic,
+            4 => Resample::Box,
+            5 => Resample::Hamming,
+            _ => return None,
+        })
+    }
+}
 
 /// Fractional bits of the fixed-point weights (Pillow's `PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;

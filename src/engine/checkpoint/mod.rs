@@ -16,6 +16,7 @@ mod qwen3;
 mod roberta;
 pub mod siglip;
 mod tensors;
+pub mod towers;
 
 use super::blueprint::Blueprint;
 use crate::package::Architecture;

@@ -4,7 +4,7 @@
 
 use crate::engine::blueprint::Blueprint;
 use crate::engine::checkpoint::Tensors;
-use crate::engine::checkpoint::siglip::HEAD;
+use crate::engine::checkpoint::towers::HEAD;
 use crate::engine::kernels::{self, Activation, Linear};
 use crate::engine::stored;
 

@@ -12,8 +12,8 @@ pub mod text;
 
 pub use text::TextTower;
 
-use super::checkpoint::clip::{self, CLASS, ImageShape, PATCH, PROJECTION};
-use super::checkpoint::{Tensors, siglip};
+use super::checkpoint::towers::{CLASS, ImageShape, PATCH, PATCH_BIAS, PROJECTION};
+use super::checkpoint::{Tensors, clip, siglip};
 use super::encoder::Encoder;
 use super::kernels::Linear;
 use super::stored;
@@ -105,7 +105,7 @@ impl ImageTower {
                 (vec![0.0; h], Some(class), Pool::Class(projection))
             }
             Family::Siglip => {
-                let bias = stored::take_f32(&mut tensors, siglip::PATCH_BIAS, &[h], FILE)?;
+                let bias = stored::take_f32(&mut tensors, PATCH_BIAS, &[h], FILE)?;
                 let pool = AttentionPool::load(&mut tensors, &blueprint)?;
                 (bias, None, Pool::Attention(Box::new(pool)))
             }

@@ -4,6 +4,7 @@
 
 use super::{FILE, Family};
 use crate::config::Precision;
+use crate::engine::checkpoint::towers::{EndOfText, TEXT_PROJECTION, TextShape};
 use crate::engine::checkpoint::{Tensors, clip, siglip};
 use crate::engine::encoder::Encoder;
 use crate::engine::kernels::Linear;
@@ -13,7 +14,7 @@ use crate::engine::tokenize::Encoded;
 /// A loaded text tower: a text's tokens to one vector in the space its image tower shares.
 pub struct TextTower {
     encoder: Encoder,
-    shape: clip::TextShape,
+    shape: TextShape,
     hidden: usize,
     projection: Linear,
 }
@@ -45,12 +46,12 @@ impl TextTower {
             Family::Siglip => siglip::text_tensors(tensors, h)?,
         };
         let dim = shape.projection_dim;
-        let projection = stored::take_f32(&mut tensors, clip::TEXT_PROJECTION, &[dim, h], FILE)?;
+        let projection = stored::take_f32(&mut tensors, TEXT_PROJECTION, &[dim, h], FILE)?;
         // CLIP's projection has no bias; SigLIP's head has one.
         let bias = match family {
             Family::Clip => vec![0.0; dim],
             Family::Siglip => {
-                let name = clip::TEXT_PROJECTION.replace("weight", "bias");
+                let name = TEXT_PROJECTION.replace("weight", "bias");
                 stored::take_f32(&mut tensors, &name, &[dim], FILE)?
             }
         };
@@ -99,10 +100,10 @@ impl TextTower {
     }
 }
 
-/// The row `rule` pools of a text of `ids` (see [`clip::EndOfText`]).
-fn end_of_text(rule: clip::EndOfText, ids: &[u32]) -> Result<usize, String> {
+/// The row `rule` pools of a text of `ids` (see [`EndOfText`]).
+fn end_of_text(rule: EndOfText, ids: &[u32]) -> Result<usize, String> {
     match rule {
-        clip::EndOfText::HighestId => ids
+        EndOfText::HighestId => ids
             .iter()
             .enumerate()
             // The first of equal maxima, as torch's argmax.
@@ -112,11 +113,11 @@ fn end_of_text(rule: clip::EndOfText, ids: &[u32]) -> Result<usize, String> {
             })
             .map(|(i, _)| i)
             .ok_or_else(|| "an empty text has no end-of-text token".to_string()),
-        clip::EndOfText::Last => ids
+        EndOfText::Last => ids
             .len()
             .checked_sub(1)
             .ok_or_else(|| "an empty text has no last token".to_string()),
-        clip::EndOfText::Id(eos) => ids.iter().position(|&id| id == eos).ok_or_else(|| {
+        EndOfText::Id(eos) => ids.iter().position(|&id| id == eos).ok_or_else(|| {
             format!("a text without the end-of-text token {eos}: the tokenizer must add it")
         }),
     }
@@ -125,7 +126,7 @@ fn end_of_text(rule: clip::EndOfText, ids: &[u32]) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clip::EndOfText::{HighestId, Id, Last};
+    use EndOfText::{HighestId, Id, Last};
 
     #[test]
     fn a_text_is_pooled_at_its_end_of_text_token_by_either_rule() {
