@@ -6,7 +6,9 @@
 //! tensors, made by the daemon's preprocessing from photograph-like synthetic pictures; the
 //! text towers on the same token ids, of several lengths in one batch. Both run in f32 and must agree to cosine 0.9999 on every input, as
 //! issue 62 asks of the engine against transformers' `get_image_features` and
-//! `get_text_features`. `TOWERS_EXPORT_DIR=DIR` writes the weights, inputs and the engine's
+//! `get_text_features`. And whole models: the engine's text and image vectors scored by its
+//! `Scorer` equal the reference's `logits_per_image` (CLIP's scale; SigLIP's scale and bias)
+//! within 1e-4, so a rank of images against a text is the model's own. `TOWERS_EXPORT_DIR=DIR` writes the weights, inputs and the engine's
 //! vectors there, for tests/fixtures/images/check_towers_transformers.py to hold against
 //! transformers by hand.
 
@@ -20,7 +22,7 @@ use candle_nn::{Module, VarBuilder, VarMap};
 use candle_transformers::models::clip::text_model::{ClipTextConfig, ClipTextTransformer};
 use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
 use candle_transformers::models::siglip;
-use caxton::engine::vision::{ImageTower, TextTower};
+use caxton::engine::vision::{ImageTower, Scorer, TextTower};
 use caxton::engine::{Encoded, Precision};
 use caxton::images::{Preprocess, Resample, Size};
 use image::RgbImage;
@@ -424,4 +426,169 @@ fn siglip_base_text_vectors_equal_candle_transformers() {
 fn siglip2_base_text_vectors_equal_candle_transformers() {
     // SigLIP 2's text tower is SigLIP's with Gemma's vocabulary.
     siglip_text_agrees("siglip2-base-text", 256_000);
+}
+
+/// Sets the scalar weight `name` (a learned logit scale or bias) to `value`.
+fn set_scalar(varmap: &VarMap, name: &str, value: f32) {
+    let vars = varmap.data().lock().expect("varmap");
+    let var = &vars[name];
+    let t = Tensor::full(value, var.shape(), &Device::Cpu).expect("scalar");
+    var.set(&t).expect("set");
+}
+
+/// Every text's score against every image, the engine's and the reference's `logits` (`[texts,
+/// images]`), within 1e-4.
+fn scores_agree(
+    name: &str,
+    scorer: &Scorer,
+    texts: &[Vec<f32>],
+    images: &[Vec<f32>],
+    logits: &Tensor,
+) {
+    let want: Vec<Vec<f32>> = logits.to_vec2().expect("logits");
+    let mut worst = 0f32;
+    for (t, row) in texts.iter().zip(&want) {
+        for (i, &w) in images.iter().zip(row) {
+            worst = worst.max((scorer.logit(t, i) - w).abs());
+        }
+    }
+    println!(
+        "{name}: {}×{} logits, worst difference {worst:.2e}",
+        texts.len(),
+        images.len()
+    );
+    assert!(
+        worst <= 1e-4,
+        "{name}: a logit {worst} from the reference's"
+    );
+}
+
+#[test]
+fn clip_scores_of_texts_against_images_equal_the_models_logits() {
+    use candle_transformers::models::clip::{ClipConfig, ClipModel};
+    let varmap = VarMap::new();
+    for (name, shape) in [
+        ("vision_model.embeddings.class_embedding", vec![768]),
+        ("logit_scale", vec![]),
+    ] {
+        varmap
+            .get(
+                shape,
+                name,
+                candle_nn::Init::Const(0.0),
+                DType::F32,
+                &Device::Cpu,
+            )
+            .expect("a weight candle would draw itself");
+    }
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = ClipModel::new(vb, &ClipConfig::vit_base_patch32()).expect("candle model");
+    randomise(&varmap);
+    // OpenAI's trained scale, exp(4.6052) = 100.
+    set_scalar(&varmap, "logit_scale", 4.6052);
+    let tensors = checkpoint(&varmap);
+    let config_json = json!({
+        "model_type": "clip", "projection_dim": 512,
+        "vision_config": {"patch_size": 32, "hidden_act": "quick_gelu"},
+        "text_config": {"hidden_act": "quick_gelu", "eos_token_id": 2}
+    })
+    .to_string();
+    let scorer = Scorer::load(config_json.as_bytes(), &tensors).expect("scorer");
+    let images = ImageTower::load(config_json.as_bytes(), tensors.clone(), Precision::F32)
+        .expect("image tower");
+    let text_tower =
+        TextTower::load(config_json.as_bytes(), tensors, Precision::F32).expect("text tower");
+    let recipe = Preprocess {
+        size: Some(Size::ShortestEdge { shortest_edge: 224 }),
+        crop: Some([224, 224]),
+        resample: Resample::Bicubic,
+        rescale: 1.0 / 255.0,
+        mean: [0.48145466, 0.4578275, 0.40821073],
+        std: [0.26862954, 0.26130258, 0.27577711],
+    };
+    let pixels: Vec<Vec<f32>> = (0..3).map(|v| recipe.apply(&picture(v))).collect();
+    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+    let image_vectors = images.embed(&refs).expect("image vectors");
+    // Texts of one length, so candle takes them as one batch.
+    let texts: Vec<Encoded> = texts()
+        .into_iter()
+        .filter(|t| t.ids.len() >= 5)
+        .map(|mut t| {
+            t.ids.truncate(4);
+            t.ids.push(49407);
+            t.type_ids.truncate(5);
+            t
+        })
+        .collect();
+    let text_refs: Vec<&Encoded> = texts.iter().collect();
+    let text_vectors = text_tower.embed(&text_refs).expect("text vectors");
+    let ids: Vec<u32> = texts.iter().flat_map(|t| t.ids.clone()).collect();
+    let ids = Tensor::from_vec(ids, (texts.len(), 5), &Device::Cpu).expect("ids");
+    let batch = Tensor::from_vec(pixels.concat(), (3, 3, 224, 224), &Device::Cpu).expect("pixels");
+    let (per_text, _) = model.forward(&batch, &ids).expect("candle's logits");
+    scores_agree(
+        "CLIP ViT-B/32",
+        &scorer,
+        &text_vectors,
+        &image_vectors,
+        &per_text,
+    );
+    // CLIP's score is its logit.
+    assert_eq!(
+        scorer.score(&text_vectors[0], &image_vectors[0]),
+        scorer.logit(&text_vectors[0], &image_vectors[0])
+    );
+}
+
+#[test]
+fn siglip_scores_of_texts_against_images_equal_the_models_logits_and_sigmoid() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = siglip::Model::new(&siglip::Config::base_patch16_224(), vb).expect("candle model");
+    randomise(&varmap);
+    // google/siglip-base-patch16-224's trained scale and bias: exp(4.765) = 117.3, -12.93.
+    set_scalar(&varmap, "logit_scale", 4.765);
+    set_scalar(&varmap, "logit_bias", -12.93);
+    let tensors = checkpoint(&varmap);
+    let config_json =
+        json!({"model_type": "siglip", "vision_config": {}, "text_config": {}}).to_string();
+    let scorer = Scorer::load(config_json.as_bytes(), &tensors).expect("scorer");
+    let images = ImageTower::load(config_json.as_bytes(), tensors.clone(), Precision::F32)
+        .expect("image tower");
+    let text_tower =
+        TextTower::load(config_json.as_bytes(), tensors, Precision::F32).expect("text tower");
+    let pixels = siglip_pixels(224);
+    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+    let image_vectors = images.embed(&refs).expect("image vectors");
+    let mut rng = Seeded(5);
+    let texts: Vec<Encoded> = (0..4)
+        .map(|_| {
+            let ids: Vec<u32> = (0..64)
+                .map(|_| ((rng.next() + 1.0) * 15000.0) as u32 + 2)
+                .collect();
+            Encoded {
+                type_ids: vec![0; 64],
+                ids,
+                truncated: false,
+                unattended: 0,
+            }
+        })
+        .collect();
+    let text_refs: Vec<&Encoded> = texts.iter().collect();
+    let text_vectors = text_tower.embed(&text_refs).expect("text vectors");
+    let ids: Vec<u32> = texts.iter().flat_map(|t| t.ids.clone()).collect();
+    let ids = Tensor::from_vec(ids, (texts.len(), 64), &Device::Cpu).expect("ids");
+    let batch = Tensor::from_vec(pixels.concat(), (3, 3, 224, 224), &Device::Cpu).expect("pixels");
+    let (per_text, _) = model.forward(&batch, &ids).expect("candle's logits");
+    scores_agree(
+        "SigLIP base 224",
+        &scorer,
+        &text_vectors,
+        &image_vectors,
+        &per_text,
+    );
+    // SigLIP's score is the sigmoid of its logit.
+    let (t, i) = (&text_vectors[1], &image_vectors[2]);
+    let p = 1.0 / (1.0 + (-scorer.logit(t, i)).exp());
+    assert!((scorer.score(t, i) - p).abs() < 1e-7);
 }

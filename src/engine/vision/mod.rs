@@ -5,11 +5,14 @@
 //! its stride is its size), CLIP's class vector goes first, and the one encoder runs over them
 //! as over a text's tokens. CLIP projects the class row, after the final norm, into the shared
 //! space; SigLIP pools every row with an attention head ([`attention_pool`]). Both are mapped
-//! by [`super::checkpoint::clip`] and [`super::checkpoint::siglip`].
+//! by [`super::checkpoint::clip`] and [`super::checkpoint::siglip`]; [`score`] scores a text
+//! against an image as the model does.
 
 mod attention_pool;
+pub mod score;
 pub mod text;
 
+pub use score::Scorer;
 pub use text::TextTower;
 
 use super::checkpoint::towers::{CLASS, ImageShape, PATCH, PATCH_BIAS, PROJECTION};
