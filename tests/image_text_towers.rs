@@ -15,6 +15,8 @@
 // CLIP's mean and std as its preprocessor_config.json writes them.
 #![allow(clippy::excessive_precision)]
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -25,6 +27,7 @@ use candle_transformers::models::siglip;
 use caxton::engine::vision::{ImageTower, Scorer, TextTower};
 use caxton::engine::{Encoded, Precision};
 use caxton::images::{Preprocess, Resample, Size};
+use common::cosine;
 use image::RgbImage;
 use serde_json::json;
 
@@ -105,17 +108,6 @@ fn checkpoint(varmap: &VarMap) -> HashMap<String, Tensor> {
         .collect()
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
-}
-
 fn agree_on(patch_size: usize) {
     let config = ClipVisionConfig {
         patch_size,
@@ -152,15 +144,7 @@ fn agree_on(patch_size: usize) {
     });
     let ours = ImageTower::load(config_json.to_string().as_bytes(), tensors, Precision::F32)
         .expect("the engine's tower");
-    let recipe = Preprocess {
-        size: Some(Size::ShortestEdge { shortest_edge: 224 }),
-        crop: Some([224, 224]),
-        resample: Resample::Bicubic,
-        rescale: 1.0 / 255.0,
-        mean: [0.48145466, 0.4578275, 0.40821073],
-        std: [0.26862954, 0.26130258, 0.27577711],
-    };
-    let pixels: Vec<Vec<f32>> = (0..3).map(|v| recipe.apply(&picture(v))).collect();
+    let pixels = clip_pixels();
     let name = format!("ViT-B/{patch_size}");
     images_agree(&name, &export, &config_json, &ours, &pixels, 224, |batch| {
         tower
@@ -272,6 +256,19 @@ fn clip_vit_b32_image_vectors_equal_candle_transformers() {
 #[test]
 fn clip_vit_b16_image_vectors_equal_candle_transformers() {
     agree_on(16);
+}
+
+/// CLIP's processor: the short side to 224, a centre crop, CLIP's mean and std.
+fn clip_pixels() -> Vec<Vec<f32>> {
+    let recipe = Preprocess {
+        size: Some(Size::ShortestEdge { shortest_edge: 224 }),
+        crop: Some([224, 224]),
+        resample: Resample::Bicubic,
+        rescale: 1.0 / 255.0,
+        mean: [0.48145466, 0.4578275, 0.40821073],
+        std: [0.26862954, 0.26130258, 0.27577711],
+    };
+    (0..3).map(|v| recipe.apply(&picture(v))).collect()
 }
 
 /// SigLIP's processor: a square resize, no crop, mean and std one half.
@@ -463,8 +460,44 @@ fn scores_agree(
     );
 }
 
-#[test]
-fn clip_scores_of_texts_against_images_equal_the_models_logits() {
+/// Both towers of `tensors` in `precision`: the vectors of `pixels` and of `texts`.
+fn embed_both(
+    config_json: &str,
+    tensors: &HashMap<String, Tensor>,
+    precision: Precision,
+    pixels: &[Vec<f32>],
+    texts: &[Encoded],
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let images =
+        ImageTower::load(config_json.as_bytes(), tensors.clone(), precision).expect("image tower");
+    let text_tower =
+        TextTower::load(config_json.as_bytes(), tensors.clone(), precision).expect("text tower");
+    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+    let text_refs: Vec<&Encoded> = texts.iter().collect();
+    (
+        images.embed(&refs).expect("image vectors"),
+        text_tower.embed(&text_refs).expect("text vectors"),
+    )
+}
+
+/// `pixels` (square images of `size`) and `texts` (all of one length) as candle's batches.
+fn batches(pixels: &[Vec<f32>], size: usize, texts: &[Encoded]) -> (Tensor, Tensor) {
+    let n = pixels.len();
+    let batch =
+        Tensor::from_vec(pixels.concat(), (n, 3, size, size), &Device::Cpu).expect("pixels");
+    let len = texts[0].ids.len();
+    let ids: Vec<u32> = texts.iter().flat_map(|t| t.ids.clone()).collect();
+    let ids = Tensor::from_vec(ids, (texts.len(), len), &Device::Cpu).expect("ids");
+    (batch, ids)
+}
+
+/// A whole random CLIP ViT-B/32 in candle at OpenAI's trained scale, its tensors and its
+/// config.json.
+fn clip_model() -> (
+    candle_transformers::models::clip::ClipModel,
+    HashMap<String, Tensor>,
+    String,
+) {
     use candle_transformers::models::clip::{ClipConfig, ClipModel};
     let varmap = VarMap::new();
     for (name, shape) in [
@@ -486,31 +519,18 @@ fn clip_scores_of_texts_against_images_equal_the_models_logits() {
     randomise(&varmap);
     // OpenAI's trained scale, exp(4.6052) = 100.
     set_scalar(&varmap, "logit_scale", 4.6052);
-    let tensors = checkpoint(&varmap);
     let config_json = json!({
         "model_type": "clip", "projection_dim": 512,
         "vision_config": {"patch_size": 32, "hidden_act": "quick_gelu"},
         "text_config": {"hidden_act": "quick_gelu", "eos_token_id": 2}
     })
     .to_string();
-    let scorer = Scorer::load(config_json.as_bytes(), &tensors).expect("scorer");
-    let images = ImageTower::load(config_json.as_bytes(), tensors.clone(), Precision::F32)
-        .expect("image tower");
-    let text_tower =
-        TextTower::load(config_json.as_bytes(), tensors, Precision::F32).expect("text tower");
-    let recipe = Preprocess {
-        size: Some(Size::ShortestEdge { shortest_edge: 224 }),
-        crop: Some([224, 224]),
-        resample: Resample::Bicubic,
-        rescale: 1.0 / 255.0,
-        mean: [0.48145466, 0.4578275, 0.40821073],
-        std: [0.26862954, 0.26130258, 0.27577711],
-    };
-    let pixels: Vec<Vec<f32>> = (0..3).map(|v| recipe.apply(&picture(v))).collect();
-    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
-    let image_vectors = images.embed(&refs).expect("image vectors");
-    // Texts of one length, so candle takes them as one batch.
-    let texts: Vec<Encoded> = texts()
+    (model, checkpoint(&varmap), config_json)
+}
+
+/// CLIP texts of one length (5 tokens), so candle takes them as one batch.
+fn clip_texts() -> Vec<Encoded> {
+    texts()
         .into_iter()
         .filter(|t| t.ids.len() >= 5)
         .map(|mut t| {
@@ -519,12 +539,17 @@ fn clip_scores_of_texts_against_images_equal_the_models_logits() {
             t.type_ids.truncate(5);
             t
         })
-        .collect();
-    let text_refs: Vec<&Encoded> = texts.iter().collect();
-    let text_vectors = text_tower.embed(&text_refs).expect("text vectors");
-    let ids: Vec<u32> = texts.iter().flat_map(|t| t.ids.clone()).collect();
-    let ids = Tensor::from_vec(ids, (texts.len(), 5), &Device::Cpu).expect("ids");
-    let batch = Tensor::from_vec(pixels.concat(), (3, 3, 224, 224), &Device::Cpu).expect("pixels");
+        .collect()
+}
+
+#[test]
+fn clip_scores_of_texts_against_images_equal_the_models_logits() {
+    let (model, tensors, config_json) = clip_model();
+    let scorer = Scorer::load(config_json.as_bytes(), &tensors).expect("scorer");
+    let (pixels, texts) = (clip_pixels(), clip_texts());
+    let (image_vectors, text_vectors) =
+        embed_both(&config_json, &tensors, Precision::F32, &pixels, &texts);
+    let (batch, ids) = batches(&pixels, 224, &texts);
     let (per_text, _) = model.forward(&batch, &ids).expect("candle's logits");
     scores_agree(
         "CLIP ViT-B/32",
@@ -537,6 +562,57 @@ fn clip_scores_of_texts_against_images_equal_the_models_logits() {
     assert_eq!(
         scorer.score(&text_vectors[0], &image_vectors[0]),
         scorer.logit(&text_vectors[0], &image_vectors[0])
+    );
+}
+
+/// The worst cosine between each vector of `a` and its own in `b`.
+fn worst_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| cosine(x, y))
+        .fold(1.0, f64::min)
+}
+
+#[test]
+fn clip_towers_in_int8_and_bf16_stay_near_f32() {
+    let (_, tensors, config_json) = clip_model();
+    let (pixels, texts) = (clip_pixels(), clip_texts());
+    let f32s = embed_both(&config_json, &tensors, Precision::F32, &pixels, &texts);
+    // int8: the floor the text models promise (0.999); measured 0.99999 against ORT's f32 in
+    // bench/vision.
+    let int8 = embed_both(&config_json, &tensors, Precision::Int8, &pixels, &texts);
+    let (images, words) = (
+        worst_cosine(&int8.0, &f32s.0),
+        worst_cosine(&int8.1, &f32s.1),
+    );
+    println!("int8: worst cosine to f32, images {images:.6}, texts {words:.6}");
+    assert!(
+        images >= 0.999 && words >= 0.999,
+        "int8 towers below 0.999 of f32"
+    );
+    let bf16 = embed_both(&config_json, &tensors, Precision::Bf16, &pixels, &texts);
+    if common::engine::bf16_runs_here() {
+        let (images, words) = (
+            worst_cosine(&bf16.0, &f32s.0),
+            worst_cosine(&bf16.1, &f32s.1),
+        );
+        println!("bf16: worst cosine to f32, images {images:.6}, texts {words:.6}");
+        assert!(
+            images >= 0.999 && words >= 0.999,
+            "bf16 towers below 0.999 of f32"
+        );
+    } else {
+        // Without AMX a tower configured bf16 runs f32, as every model does.
+        assert_eq!(bf16, f32s, "bf16 without AMX is not f32");
+        common::skip::skip(
+            "CLIP towers in bf16: this CPU has no AMX (f32 above is what bf16 runs here)",
+        );
+    }
+    // int8-fast needs calibration images no package carries yet.
+    let refused = ImageTower::load(config_json.as_bytes(), tensors, Precision::Int8Fast).err();
+    assert_eq!(
+        refused.as_deref(),
+        Some("int8-fast is not supported for an image or text tower yet (f32, int8, bf16)")
     );
 }
 
@@ -553,13 +629,7 @@ fn siglip_scores_of_texts_against_images_equal_the_models_logits_and_sigmoid() {
     let config_json =
         json!({"model_type": "siglip", "vision_config": {}, "text_config": {}}).to_string();
     let scorer = Scorer::load(config_json.as_bytes(), &tensors).expect("scorer");
-    let images = ImageTower::load(config_json.as_bytes(), tensors.clone(), Precision::F32)
-        .expect("image tower");
-    let text_tower =
-        TextTower::load(config_json.as_bytes(), tensors, Precision::F32).expect("text tower");
     let pixels = siglip_pixels(224);
-    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
-    let image_vectors = images.embed(&refs).expect("image vectors");
     let mut rng = Seeded(5);
     let texts: Vec<Encoded> = (0..4)
         .map(|_| {
@@ -574,11 +644,9 @@ fn siglip_scores_of_texts_against_images_equal_the_models_logits_and_sigmoid() {
             }
         })
         .collect();
-    let text_refs: Vec<&Encoded> = texts.iter().collect();
-    let text_vectors = text_tower.embed(&text_refs).expect("text vectors");
-    let ids: Vec<u32> = texts.iter().flat_map(|t| t.ids.clone()).collect();
-    let ids = Tensor::from_vec(ids, (texts.len(), 64), &Device::Cpu).expect("ids");
-    let batch = Tensor::from_vec(pixels.concat(), (3, 3, 224, 224), &Device::Cpu).expect("pixels");
+    let (image_vectors, text_vectors) =
+        embed_both(&config_json, &tensors, Precision::F32, &pixels, &texts);
+    let (batch, ids) = batches(&pixels, 224, &texts);
     let (per_text, _) = model.forward(&batch, &ids).expect("candle's logits");
     scores_agree(
         "SigLIP base 224",

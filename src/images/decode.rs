@@ -7,7 +7,7 @@
 use std::io::Cursor;
 
 use base64::Engine as _;
-use image::{ImageFormat, ImageReader, RgbImage};
+use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 /// What one image may cost (`limits.max_image_bytes`, `limits.max_image_pixels`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,17 +173,16 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ImageErro
         format: name,
         reason: e.to_string(),
     };
-    let reader = || {
-        let mut r = ImageReader::with_format(Cursor::new(bytes), format);
-        // The decoder's allocations, capped at the pixel limit's RGBA (and a header's worth),
-        // in case a format's header and body disagree.
-        let mut caps = image::Limits::default();
-        caps.max_alloc = Some(limits.max_pixels.saturating_mul(4).saturating_add(1 << 20));
-        r.limits(caps);
-        r
-    };
-    // The header alone first: the pixel count is refused before anything is decoded.
-    let (width, height) = reader().into_dimensions().map_err(undecodable)?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    // The decoder's allocations, capped at the pixel limit's RGBA (and a header's worth), in
+    // case a format's header and body disagree.
+    let mut caps = image::Limits::default();
+    caps.max_alloc = Some(limits.max_pixels.saturating_mul(4).saturating_add(1 << 20));
+    reader.limits(caps);
+    // The decoder has read the header alone: the pixel count is refused before anything is
+    // decoded.
+    let decoder = reader.into_decoder().map_err(undecodable)?;
+    let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
         return Err(ImageError::TooManyPixels {
@@ -199,7 +198,7 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<RgbImage, ImageErro
             reason: format!("it is {width}×{height} pixels"),
         });
     }
-    let image = reader().decode().map_err(undecodable)?;
+    let image = image::DynamicImage::from_decoder(decoder).map_err(undecodable)?;
     Ok(image.into_rgb8())
 }
 

@@ -202,12 +202,12 @@ pub fn resize(image: &RgbImage, width: u32, height: u32, resample: Resample) -> 
                     }
                 }
             }
-            (mid, out_w, first)
+            (std::borrow::Cow::Owned(mid), out_w, first)
         }
-        false => (src.clone(), in_w, 0),
+        false => (std::borrow::Cow::Borrowed(&src[..]), in_w, 0),
     };
     if !need_vertical {
-        return RgbImage::from_raw(width, height, mid)
+        return RgbImage::from_raw(width, height, mid.into_owned())
             .unwrap_or_else(|| RgbImage::new(width, height));
     }
     let mut out = vec![0u8; out_w * out_h * 3];

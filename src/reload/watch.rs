@@ -75,10 +75,9 @@ pub fn watch(state: Arc<AppState>, dir: PathBuf) -> notify::Result<notify::Recom
     tokio::spawn(async move {
         // Messages taken from `rx`: a change counted but not yet taken came after them.
         let mut taken = 0u64;
-        while let Some(busy) = rx.recv().await {
+        while let Some(mut busy) = rx.recv().await {
             taken += 1;
             let first = Instant::now();
-            let mut busy = busy;
             loop {
                 // When the last change was taken: a config file modified after it is a
                 // change whose event may still be on its way.

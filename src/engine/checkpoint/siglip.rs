@@ -9,15 +9,14 @@
 //!
 //! The text tower (`text_config`): words and learned positions, attention to the whole
 //! (padded) text, norms before each block and after the last layer; the last row goes
-//! through a linear head ([`TEXT_PROJECTION`], with a bias).
+//! through a linear head ([`super::towers::TEXT_PROJECTION`], with a bias).
 
 use serde::Deserialize;
 
 use super::tensors::Tensors;
 use super::towers::defaults::{hidden, image_size, intermediate, three, twelve};
 use super::towers::{
-    EndOfText, HEAD, ImageShape, PATCH, PATCH_BIAS, TEXT_PROJECTION, TEXT_RENAMES, TextShape,
-    Tower, tower_tensors,
+    EndOfText, HEAD, ImageShape, PATCH, PATCH_BIAS, TEXT_RENAMES, TextShape, Tower, tower_tensors,
 };
 use crate::engine::blueprint::Blueprint;
 
@@ -181,11 +180,10 @@ pub fn text_blueprint(config_json: &[u8]) -> Result<(Blueprint, TextShape), Stri
     Ok((b, shape))
 }
 
-/// The text tower's tensors under the encoder's names (and [`TEXT_PROJECTION`]'s weight and
-/// bias).
+/// The text tower's tensors under the encoder's names (and the head's:
+/// [`super::towers::TEXT_PROJECTION`], [`super::towers::TEXT_HEAD_BIAS`]).
 pub fn text_tensors(tensors: Tensors, hidden: usize) -> Result<Tensors, String> {
-    let projection = TEXT_PROJECTION.trim_end_matches("weight");
     let mut renames = TEXT_RENAMES.to_vec();
-    renames.push(("head.", projection));
+    renames.push(("head.", "text.projection."));
     tower_tensors(tensors, "text_model.", &[], &renames, hidden, true)
 }

@@ -17,8 +17,10 @@ pub const CLASS: &str = "vision.class";
 /// The image projection into the space the text tower shares, `[projection_dim, hidden]`
 /// (CLIP's).
 pub const PROJECTION: &str = "vision.projection.weight";
-/// The text projection (CLIP) or head (SigLIP, with a bias), `[projection_dim, hidden]`.
+/// The text projection (CLIP) or head (SigLIP), `[projection_dim, hidden]`.
 pub const TEXT_PROJECTION: &str = "text.projection.weight";
+/// SigLIP's text head's bias (CLIP's projection has none).
+pub const TEXT_HEAD_BIAS: &str = "text.projection.bias";
 /// SigLIP's attention-pooling head's tensors: `{HEAD}.probe` (`[1, 1, hidden]`),
 /// `{HEAD}.attention.in_proj_weight` / `in_proj_bias` (query, key and value stacked),
 /// `{HEAD}.attention.out_proj`, `{HEAD}.layernorm`, `{HEAD}.mlp.fc1`, `{HEAD}.mlp.fc2`.

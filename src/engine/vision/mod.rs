@@ -54,6 +54,18 @@ impl Family {
     }
 }
 
+/// The precision a tower runs in: bf16 on AMX, else f32 (as every model's, see
+/// [`Precision::on_this_machine`]: bf16's layers run on AMX's kernels alone); int8-fast needs
+/// calibration images, which no package carries yet, and is refused.
+fn tower_precision(precision: Precision) -> Result<Precision, String> {
+    match precision.on_this_machine() {
+        (Precision::Int8Fast, _) => Err(
+            "int8-fast is not supported for an image or text tower yet (f32, int8, bf16)".into(),
+        ),
+        (runs, _) => Ok(runs),
+    }
+}
+
 /// How an image tower makes one vector of its rows.
 enum Pool {
     /// CLIP: the class row, projected.
@@ -66,7 +78,6 @@ enum Pool {
 pub struct ImageTower {
     encoder: Encoder,
     shape: ImageShape,
-    hidden: usize,
     patch: Linear,
     class: Option<Vec<f32>>,
     pool: Pool,
@@ -74,18 +85,13 @@ pub struct ImageTower {
 
 impl ImageTower {
     /// Builds the image tower of a `CLIPModel` or `SiglipModel` from its `config.json` and
-    /// tensors (the text tower's are ignored). f32, int8 and bf16; int8-fast needs
-    /// calibration images, which no package carries yet, and is refused.
+    /// tensors (the text tower's are ignored), in the precision [`tower_precision`] says.
     pub fn load(
         config_json: &[u8],
         tensors: Tensors,
         precision: Precision,
     ) -> Result<Self, String> {
-        if precision == Precision::Int8Fast {
-            return Err(
-                "int8-fast is not supported for an image tower yet (f32, int8, bf16)".into(),
-            );
-        }
+        let precision = tower_precision(precision)?;
         let family = Family::of(config_json)?;
         let (blueprint, shape) = match family {
             Family::Clip => clip::vision_blueprint(config_json)?,
@@ -118,7 +124,6 @@ impl ImageTower {
         Ok(ImageTower {
             encoder,
             shape,
-            hidden: h,
             patch: Linear::from_torch(&patch, patch_bias, h, c * p * p),
             class,
             pool,
@@ -149,7 +154,7 @@ impl ImageTower {
             projection_dim,
             ..
         } = self.shape;
-        let (g, h) = (self.shape.grid(), self.hidden);
+        let (g, h) = (self.shape.grid(), self.encoder.hidden_size());
         if let Some((i, img)) = images
             .iter()
             .enumerate()
@@ -204,7 +209,7 @@ impl ImageTower {
             patch_size: p,
             ..
         } = self.shape;
-        let (g, h) = (self.shape.grid(), self.hidden);
+        let (g, h) = (self.shape.grid(), self.encoder.hidden_size());
         // Each patch's pixels as one row, in the convolution weight's order (channel, row,
         // column).
         let patches = g * g;

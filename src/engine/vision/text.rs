@@ -4,7 +4,7 @@
 
 use super::{FILE, Family};
 use crate::config::Precision;
-use crate::engine::checkpoint::towers::{EndOfText, TEXT_PROJECTION, TextShape};
+use crate::engine::checkpoint::towers::{EndOfText, TEXT_HEAD_BIAS, TEXT_PROJECTION, TextShape};
 use crate::engine::checkpoint::{Tensors, clip, siglip};
 use crate::engine::encoder::Encoder;
 use crate::engine::kernels::Linear;
@@ -15,32 +15,25 @@ use crate::engine::tokenize::Encoded;
 pub struct TextTower {
     encoder: Encoder,
     shape: TextShape,
-    hidden: usize,
     projection: Linear,
 }
 
 impl TextTower {
     /// Builds the text tower of a `CLIPModel` or `SiglipModel` from its `config.json` and
-    /// tensors (the image tower's are ignored), in f32, int8 or bf16 (int8-fast is refused as
-    /// for the image tower: its calibration texts are not in the package yet).
+    /// tensors (the image tower's are ignored), in the precision `tower_precision` says.
     pub fn load(
         config_json: &[u8],
         tensors: Tensors,
         precision: Precision,
     ) -> Result<Self, String> {
-        if precision == Precision::Int8Fast {
-            return Err("int8-fast is not supported for a text tower yet (f32, int8, bf16)".into());
-        }
+        let precision = super::tower_precision(precision)?;
         let family = Family::of(config_json)?;
         let (blueprint, shape) = match family {
             Family::Clip => clip::text_blueprint(config_json)?,
             Family::Siglip => siglip::text_blueprint(config_json)?,
         };
         let h = blueprint.hidden;
-        let max = match blueprint.positions {
-            crate::engine::blueprint::Positions::Learned { max, .. } => max,
-            crate::engine::blueprint::Positions::Rotary(ref r) => r.max,
-        };
+        let max = blueprint.max_positions();
         let mut tensors = match family {
             Family::Clip => clip::text_tensors(tensors, h)?,
             Family::Siglip => siglip::text_tensors(tensors, h)?,
@@ -50,16 +43,12 @@ impl TextTower {
         // CLIP's projection has no bias; SigLIP's head has one.
         let bias = match family {
             Family::Clip => vec![0.0; dim],
-            Family::Siglip => {
-                let name = TEXT_PROJECTION.replace("weight", "bias");
-                stored::take_f32(&mut tensors, &name, &[dim], FILE)?
-            }
+            Family::Siglip => stored::take_f32(&mut tensors, TEXT_HEAD_BIAS, &[dim], FILE)?,
         };
         let encoder = Encoder::tower(blueprint, tensors, precision, max)?;
         Ok(TextTower {
             encoder,
             shape,
-            hidden: h,
             projection: Linear::from_torch(&projection, bias, dim, h),
         })
     }
@@ -77,7 +66,7 @@ impl TextTower {
     /// The vector of each text, its tokens as the model's tokenizer made them (start and
     /// end-of-text tokens included).
     pub fn embed(&self, texts: &[&Encoded]) -> Result<Vec<Vec<f32>>, String> {
-        let h = self.hidden;
+        let h = self.encoder.hidden_size();
         let rows: Vec<usize> = texts
             .iter()
             .map(|t| self.end_of_text(&t.ids))

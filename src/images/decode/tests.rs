@@ -214,7 +214,8 @@ fn a_decompression_bomb_is_refused_from_its_header_before_any_pixel() {
         &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
     ));
     png.extend(chunk(b"IEND", &[]));
-    let started = std::time::Instant::now();
+    // Its body is 8 bytes: a decode would have failed on it (truncated) or on the allocation
+    // cap, so this refusal was made from the header.
     let e = decode_bytes(&png, &Limits::default()).expect_err("refused");
     assert_eq!(
         e,
@@ -225,8 +226,6 @@ fn a_decompression_bomb_is_refused_from_its_header_before_any_pixel() {
             max: 40_000_000
         }
     );
-    // Nothing of 30 GB was touched: the header alone was read (generous, for a loaded machine).
-    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
 
 #[test]
