@@ -90,6 +90,8 @@ pub enum Kind {
     Sparse,
     /// A vector per token.
     MultiVector,
+    /// Vectors of texts and images in one space (CLIP, SigLIP).
+    ImageText,
 }
 
 impl Kind {
@@ -100,6 +102,7 @@ impl Kind {
             Kind::Reranker => "a reranker",
             Kind::Sparse => "a sparse model",
             Kind::MultiVector => "a multi-vector model",
+            Kind::ImageText => "an image-text model",
         }
     }
 }

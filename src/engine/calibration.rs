@@ -28,9 +28,10 @@ pub const TEXTS: &[&str] = &[
 /// document pairs (each text with the next) for a reranker.
 pub fn encode(tokenizer: &TextTokenizer, kind: ModelKind) -> Result<Vec<Encoded>, String> {
     let encoded: Result<Vec<Encoded>, String> = match kind {
-        ModelKind::Embedding | ModelKind::Sparse | ModelKind::MultiVector => {
-            TEXTS.iter().map(|t| tokenizer.encode(t)).collect()
-        }
+        ModelKind::Embedding
+        | ModelKind::Sparse
+        | ModelKind::MultiVector
+        | ModelKind::ImageText => TEXTS.iter().map(|t| tokenizer.encode(t)).collect(),
         ModelKind::Reranker => TEXTS
             .iter()
             .zip(TEXTS.iter().cycle().skip(1))

@@ -92,6 +92,18 @@ impl Default for EngineOptions {
     }
 }
 
+/// What a two-tower model's requests need beside its engine thread: how a picture becomes
+/// the image tower's tensor (run by the caller, off the engine thread) and how a text is
+/// scored against a picture.
+pub struct Vision {
+    /// The manifest's image section.
+    pub preprocess: crate::images::Preprocess,
+    /// The model's logit and score.
+    pub scorer: vision::Scorer,
+    /// The rows a picture takes in the image tower's pass (its tokens).
+    pub image_tokens: usize,
+}
+
 /// A model in memory, ready to embed.
 pub struct LoadedModel {
     /// The package it came from.
@@ -113,6 +125,8 @@ pub struct LoadedModel {
     pub query_weights: Option<Mapped<f32>>,
     /// A multi-vector model's query and document tokenizers.
     pub late: Option<Arc<late_interaction::LateTokenizers>>,
+    /// A two-tower model's picture preparation and scoring.
+    pub vision: Option<Arc<Vision>>,
     worker: worker::Worker,
     freed: tokio::sync::watch::Receiver<bool>,
 }
@@ -149,6 +163,11 @@ impl LoadedModel {
         let weights = package.read_verified_with("model.safetensors", |r, len| {
             stored::read(r, len, "model.safetensors")
         })?;
+        if m.kind == ModelKind::ImageText {
+            return Self::load_towers(
+                package, options, limits, precision, tokenizer, &config, weights, started,
+            );
+        }
         let (precision, precision_fallback) = precision.on_this_machine();
         let calibration = match precision {
             Precision::Int8Fast => {
@@ -187,12 +206,12 @@ impl LoadedModel {
                 .map_or(0, |w: &Mapped<f32>| w.bytes() as u64);
         let (worker, freed) = worker::Worker::spawn(
             &m.id,
-            worker::Pipeline {
+            worker::Engine::Text(Box::new(worker::Pipeline {
                 encoder,
                 pooling: m.pooling,
                 finish,
                 heads,
-            },
+            })),
             limits,
             options.queue,
         )
@@ -207,6 +226,85 @@ impl LoadedModel {
             kernel: kernels::kernel_name(precision),
             query_weights,
             late,
+            vision: None,
+            worker,
+            freed,
+        };
+        model.self_test().map_err(PackageError::SelfTest)?;
+        Ok(LoadedModel {
+            load_time: started.elapsed(),
+            ..model
+        })
+    }
+
+    /// [`LoadedModel::load`] of a two-tower model: both towers from the one checkpoint, the
+    /// text tokenizer padding as the model's does, one engine thread.
+    #[allow(clippy::too_many_arguments)]
+    fn load_towers(
+        package: &StoredPackage,
+        options: EngineOptions,
+        limits: Arc<std::sync::RwLock<BatchLimits>>,
+        configured: Precision,
+        tokenizer: TextTokenizer,
+        config: &[u8],
+        weights: checkpoint::Tensors,
+        started: Instant,
+    ) -> Result<LoadedModel, PackageError> {
+        let m = &package.manifest;
+        let (precision, precision_fallback) = match configured.on_this_machine() {
+            // Its calibration pass would need pictures, which no package carries yet.
+            (Precision::Int8Fast, _) => (
+                Precision::Int8,
+                Some("int8-fast needs calibration pictures, which no image-text package carries yet: int8 instead".to_string()),
+            ),
+            other => other,
+        };
+        let preprocess = m.image.clone().ok_or_else(|| {
+            PackageError::Unusable(
+                "the manifest of an image-text model has no image section".into(),
+            )
+        })?;
+        let (towers, scorer) = vision::Towers::load(config, weights, precision, &preprocess)
+            .map_err(PackageError::Unusable)?;
+        if towers.dimensions() != m.dimensions {
+            return Err(PackageError::Unusable(format!(
+                "the manifest's dimensions are {}, and the towers' vectors {} wide",
+                m.dimensions,
+                towers.dimensions()
+            )));
+        }
+        let tokenizer = match towers.text.pad() {
+            Some(id) => tokenizer.with_padding(id),
+            None => tokenizer,
+        };
+        let finish = vectors::Finish::new(m, |path| {
+            package.read_verified(path).map_err(|e| e.to_string())
+        })
+        .map_err(PackageError::Unusable)?;
+        let weight_bytes = towers.weight_bytes();
+        let image_tokens = towers.image_tokens();
+        let (worker, freed) = worker::Worker::spawn(
+            &m.id,
+            worker::Engine::Towers(Box::new(worker::TowersPipeline { towers, finish })),
+            limits,
+            options.queue,
+        )
+        .map_err(|e| PackageError::Unusable(format!("cannot start the engine thread: {e}")))?;
+        let model = LoadedModel {
+            package: package.clone(),
+            tokenizer: Arc::new(tokenizer),
+            load_time: Duration::ZERO,
+            weight_bytes,
+            precision,
+            precision_fallback,
+            kernel: kernels::kernel_name(precision),
+            query_weights: None,
+            late: None,
+            vision: Some(Arc::new(Vision {
+                preprocess,
+                scorer,
+                image_tokens,
+            })),
             worker,
             freed,
         };
@@ -234,24 +332,23 @@ impl LoadedModel {
                 m.labels.unwrap_or(1),
                 false,
             ),
+            ModelKind::ImageText => {
+                let vision = self.vision.as_ref().ok_or("no image preprocessing")?;
+                let picture = vision.preprocess.apply(&self_test_picture());
+                let vectors = self.run_job(Vec::new(), vec![picture], m.normalize)?;
+                check_self_test(&vectors, m.dimensions, m.normalize)
+                    .map_err(|e| format!("the image tower: {e}"))?;
+                (
+                    self.tokenizer.encode(SELF_TEST_TEXT),
+                    m.dimensions,
+                    m.normalize,
+                )
+            }
         };
         let text =
             text.map_err(|e| format!("the tokenizer cannot encode {SELF_TEST_TEXT:?}: {e}"))?;
-        let (reply, rx) = oneshot::channel();
-        self.worker
-            .submit(worker::Job {
-                texts: vec![text],
-                shape: VectorShape {
-                    normalize,
-                    width: None,
-                },
-                output: outputs::Output::Main,
-                reply,
-            })
-            .map_err(|e| format!("the engine thread took no job: {e}"))?;
-        let vectors = rx
-            .blocking_recv()
-            .map_err(|_| "the engine thread stopped".to_string())?
+        let vectors = self
+            .run_job(vec![text], Vec::new(), normalize)
             .map_err(|e| format!("running {SELF_TEST_TEXT:?} failed: {e}"))?;
         if m.kind == ModelKind::MultiVector {
             // One vector per token, each checked as a text's would be.
@@ -263,6 +360,31 @@ impl LoadedModel {
                 .try_for_each(|row| check_self_test(&[row.to_vec()], width, normalize));
         }
         check_self_test(&vectors, width, normalize)
+    }
+
+    /// One job of `texts` or `pictures` through the engine thread, waited for. Blocking.
+    fn run_job(
+        &self,
+        texts: Vec<Encoded>,
+        images: Vec<Vec<f32>>,
+        normalize: bool,
+    ) -> Result<Vec<Vec<f32>>, String> {
+        let (reply, rx) = oneshot::channel();
+        self.worker
+            .submit(worker::Job {
+                texts,
+                images,
+                shape: VectorShape {
+                    normalize,
+                    width: None,
+                },
+                output: outputs::Output::Main,
+                reply,
+            })
+            .map_err(|e| format!("the engine thread took no job: {e}"))?;
+        rx.blocking_recv()
+            .map_err(|_| "the engine thread stopped".to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// Turns `true` once the engine thread has stopped and the model's memory is freed
@@ -310,8 +432,27 @@ impl LoadedModel {
         let (reply, rx) = oneshot::channel();
         self.worker.submit(worker::Job {
             texts,
+            images: Vec::new(),
             shape,
             output,
+            reply,
+        })?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// A two-tower model's vectors of pictures, each as its model's processor made it
+    /// ([`Vision::preprocess`]), as `shape` asks; resolves when the engine thread has answered.
+    pub async fn embed_images(
+        &self,
+        images: Vec<Vec<f32>>,
+        shape: VectorShape,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.worker.submit(worker::Job {
+            texts: Vec::new(),
+            images,
+            shape,
+            output: outputs::Output::Main,
             reply,
         })?;
         rx.await.map_err(|_| EngineError::Stopped)?
@@ -327,6 +468,15 @@ impl LoadedModel {
 
 /// The text embedded at every load.
 const SELF_TEST_TEXT: &str = "Caxton checks this model before it serves.";
+
+/// The picture a two-tower model's image tower sees at every load: gradients and a
+/// checkerboard, so a tower that computes garbage on real structure shows it.
+fn self_test_picture() -> image::RgbImage {
+    image::RgbImage::from_fn(96, 64, |x, y| {
+        let check = if (x / 8 + y / 8) % 2 == 0 { 200 } else { 40 };
+        image::Rgb([(x * 255 / 95) as u8, (y * 255 / 63) as u8, check])
+    })
+}
 
 /// Whether `vectors`, the self-test's answer, is one finite vector of `dimensions` values (a
 /// reranker: its labels' logits), of unit length when `normalize`.
@@ -433,8 +583,24 @@ pub fn longest_pass_bytes(package: &StoredPackage) -> u64 {
                 ModelKind::Sparse => sparse::pass_bytes(b.hidden, m.dimensions, len, 1),
                 _ => 0,
             };
-            encoder::activation_bytes(&b, len, len) + head as u64
+            let text = encoder::activation_bytes(&b, len, len) + head as u64;
+            text.max(picture_pass_bytes(package).unwrap_or(0))
         })
+}
+
+/// Bytes the image tower's pass over one picture holds (a two-tower model's; its patches
+/// are its tokens), from `config.json`.
+fn picture_pass_bytes(package: &StoredPackage) -> Option<u64> {
+    let config = std::fs::read(package.dir.join("config.json")).ok()?;
+    let (b, shape) = match package.manifest.architecture {
+        crate::package::Architecture::Clip => checkpoint::clip::vision_blueprint(&config).ok()?,
+        crate::package::Architecture::Siglip => {
+            checkpoint::siglip::vision_blueprint(&config).ok()?
+        }
+        _ => return None,
+    };
+    let tokens = shape.grid() * shape.grid() + 1;
+    Some(encoder::activation_bytes(&b, tokens, tokens))
 }
 
 /// f32 bytes of the tensors a safetensors file declares, from its JSON header only.

@@ -7,7 +7,8 @@ use crate::package::Pooling;
 /// ignored, which is what keeps a text's vector independent of its batch.
 pub fn pool(hidden: &[f32], dim: usize, len: usize, pooling: Pooling) -> Vec<f32> {
     match pooling {
-        Pooling::Cls => hidden[..dim].to_vec(),
+        // (A two-tower model's towers pool themselves, in `super::vision`.)
+        Pooling::Cls | Pooling::Towers => hidden[..dim].to_vec(),
         // A multi-vector model's: every token's row.
         Pooling::Tokens => hidden[..len * dim].to_vec(),
         Pooling::LastToken => hidden[(len.max(1) - 1) * dim..len.max(1) * dim].to_vec(),

@@ -68,6 +68,8 @@ pub struct TextTokenizer {
     max_len: usize,
     /// A decoder reranker's pair template, its fixed parts tokenized.
     framed: Option<Framed>,
+    /// The id every text is padded with to `max_len` (SigLIP's text tower), if any.
+    pad: Option<u32>,
 }
 
 /// A pair template with its prefix and suffix tokenized once (they never change, and are
@@ -98,7 +100,17 @@ impl TextTokenizer {
             whole: std::sync::OnceLock::new(),
             max_len,
             framed: None,
+            pad: None,
         })
+    }
+
+    /// The tokenizer of a model trained on texts padded to its length (SigLIP's text tower,
+    /// as its processor's `padding="max_length"` makes them): every text padded with `id`.
+    pub fn with_padding(self, id: u32) -> Self {
+        TextTokenizer {
+            pad: Some(id),
+            ..self
+        }
     }
 
     /// The most tokens a text keeps.
@@ -145,6 +157,7 @@ impl TextTokenizer {
                 prefix,
                 suffix,
             }),
+            pad: self.pad,
         })
     }
 
@@ -250,7 +263,14 @@ impl TextTokenizer {
         let enc = tokenizer
             .encode(input, true)
             .map_err(|e| format!("tokenization failed: {e}"))?;
-        Ok(Self::encoded(&enc))
+        let mut encoded = Self::encoded(&enc);
+        if let Some(id) = self.pad
+            && encoded.ids.len() < self.max_len
+        {
+            encoded.ids.resize(self.max_len, id);
+            encoded.type_ids.resize(self.max_len, 0);
+        }
+        Ok(encoded)
     }
 
     fn encoded(enc: &tokenizers::Encoding) -> Encoded {
@@ -369,6 +389,28 @@ mod tests {
             .expect("encode")
             .get_ids()
             .to_vec()
+    }
+
+    #[test]
+    fn a_padding_tokenizer_pads_every_text_to_its_length_after_the_cut() {
+        let plain = qwen_tokenizer(12);
+        let padded = qwen_tokenizer(12).with_padding(7);
+        let short = plain.encode("a few words").expect("short");
+        let got = padded.encode("a few words").expect("padded");
+        assert_eq!(got.ids[..short.len()], short.ids[..]);
+        assert_eq!(got.ids[short.len()..], vec![7; 12 - short.len()][..]);
+        assert_eq!(
+            (got.len(), got.type_ids.len(), got.truncated),
+            (12, 12, false)
+        );
+        let long = "word ".repeat(40);
+        let cut = padded.encode(&long).expect("long");
+        let plain_cut = plain.encode(&long).expect("plain");
+        assert_eq!(cut.len(), 12);
+        assert_eq!(
+            (cut.ids, cut.truncated),
+            (plain_cut.ids, plain_cut.truncated)
+        );
     }
 
     #[test]

@@ -193,6 +193,7 @@ pub fn text_blueprint(config_json: &[u8]) -> Result<(Blueprint, TextShape), Stri
     let shape = TextShape {
         projection_dim: c.projection_dim,
         end_of_text,
+        pad: None,
     };
     Ok((b, shape))
 }

@@ -145,6 +145,9 @@ pub fn blueprint(architecture: Architecture, config_json: &[u8]) -> Result<Bluep
         Architecture::Gte => gte::blueprint(config_json),
         Architecture::Qwen3 => qwen3::blueprint(config_json),
         Architecture::Gemma3 => gemma3::blueprint(config_json),
+        // A two-tower model's text tower: what its texts' passes hold.
+        Architecture::Clip => clip::text_blueprint(config_json).map(|(b, _)| b),
+        Architecture::Siglip => siglip::text_blueprint(config_json).map(|(b, _)| b),
     }?;
     blueprint.check()?;
     Ok(blueprint)
@@ -168,6 +171,10 @@ pub fn map(
         Architecture::Gte => gte::tensors(config_json, tensors),
         Architecture::Qwen3 => qwen3::tensors(config_json, tensors),
         Architecture::Gemma3 => gemma3::tensors(config_json, tensors),
+        Architecture::Clip | Architecture::Siglip => Err(format!(
+            "{} is a two-tower model: its towers are built by engine::vision, not as one encoder",
+            architecture.as_str()
+        )),
     }?;
     Ok((blueprint, tensors))
 }

@@ -74,6 +74,8 @@ struct TextConfig {
     layer_norm_eps: f64,
     #[serde(default)]
     projection_size: Option<usize>,
+    #[serde(default = "pad")]
+    pad_token_id: u32,
 }
 
 fn patch_size() -> usize {
@@ -93,6 +95,9 @@ fn vocab() -> usize {
 }
 fn positions() -> usize {
     64
+}
+fn pad() -> u32 {
+    1
 }
 
 fn parse(config_json: &[u8]) -> Result<SiglipConfig, String> {
@@ -176,6 +181,8 @@ pub fn text_blueprint(config_json: &[u8]) -> Result<(Blueprint, TextShape), Stri
     let shape = TextShape {
         projection_dim: t.projection_size.unwrap_or(t.hidden_size),
         end_of_text: EndOfText::Last,
+        // SigLIP was trained on texts padded to its length, as its processor pads them.
+        pad: Some(t.pad_token_id),
     };
     Ok((b, shape))
 }

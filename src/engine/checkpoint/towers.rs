@@ -77,6 +77,9 @@ pub struct TextShape {
     pub projection_dim: usize,
     /// The pooled row.
     pub end_of_text: EndOfText,
+    /// The id a text is padded with to the tower's length (SigLIP's); none: texts run as
+    /// long as they are (CLIP's causal tower never looks past its end-of-text token).
+    pub pad: Option<u32>,
 }
 
 /// A tower's encoder: norms before each block and after the last layer, learned positions,

@@ -89,6 +89,9 @@ impl Encoder {
         let (mut labels, mut sparse) = (None, None);
         match manifest.kind {
             ModelKind::Embedding | ModelKind::MultiVector => {}
+            ModelKind::ImageText => {
+                return Err("a two-tower model's towers are built by engine::vision".into());
+            }
             ModelKind::Reranker => {
                 super::checkpoint::head_tensors(manifest.architecture, &mut tensors)?;
                 labels = manifest.labels;

@@ -11,9 +11,11 @@
 mod attention_pool;
 pub mod score;
 pub mod text;
+pub mod towers;
 
 pub use score::Scorer;
 pub use text::TextTower;
+pub use towers::Towers;
 
 use super::checkpoint::towers::{CLASS, ImageShape, PATCH, PATCH_BIAS, PROJECTION};
 use super::checkpoint::{Tensors, clip, siglip};
@@ -133,6 +135,16 @@ impl ImageTower {
     /// What the tower takes and gives.
     pub fn shape(&self) -> ImageShape {
         self.shape
+    }
+
+    /// The rows one image takes in the tower's pass (its patches, and CLIP's class row).
+    pub fn tokens(&self) -> usize {
+        self.shape.grid() * self.shape.grid() + usize::from(self.class.is_some())
+    }
+
+    /// Hands the pass buffers back (see `Encoder::release_workspace`).
+    pub fn release_workspace(&self, wait: bool) {
+        self.encoder.release_workspace(wait);
     }
 
     /// Bytes of the weights in memory.

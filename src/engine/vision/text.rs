@@ -58,6 +58,16 @@ impl TextTower {
         self.encoder.weight_bytes() + self.projection.bytes() as u64
     }
 
+    /// Hands the pass buffers back (see `Encoder::release_workspace`).
+    pub fn release_workspace(&self, wait: bool) {
+        self.encoder.release_workspace(wait);
+    }
+
+    /// The id texts are padded with to the tower's length, when the model pads them.
+    pub fn pad(&self) -> Option<u32> {
+        self.shape.pad
+    }
+
     /// Width of the vectors.
     pub fn dimensions(&self) -> usize {
         self.shape.projection_dim

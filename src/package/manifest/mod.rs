@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod image_text;
 mod late_interaction;
 mod outputs;
 mod pair_template;
@@ -111,6 +112,10 @@ pub struct Manifest {
     /// The layers of the outputs beside the vector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_heads: Option<OutputHeads>,
+    /// A two-tower model's image preprocessing (`kind: image_text` only): what its saved
+    /// processor does to a picture before the image tower sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<crate::images::Preprocess>,
     /// How `caxton pack` stored the weights; absent: as the source folder had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<StoredWeights>,
@@ -156,6 +161,11 @@ pub enum Architecture {
     /// before and after each block, local and global layers with their own rotary bases,
     /// grouped-query heads with query and key norms, GeGLU.
     Gemma3,
+    /// CLIP (`CLIPModel`): an image tower and a causal text tower (`kind: image_text`).
+    Clip,
+    /// SigLIP and SigLIP 2 at a fixed resolution (`SiglipModel`): an image tower pooled by
+    /// attention and a text tower over texts padded to their length (`kind: image_text`).
+    Siglip,
 }
 
 impl Architecture {
@@ -171,11 +181,13 @@ impl Architecture {
             Architecture::Gte => "gte",
             Architecture::Qwen3 => "qwen3",
             Architecture::Gemma3 => "gemma3",
+            Architecture::Clip => "clip",
+            Architecture::Siglip => "siglip",
         }
     }
 
     /// Every architecture, in the order errors list them.
-    pub const ALL: [Architecture; 9] = [
+    pub const ALL: [Architecture; 11] = [
         Architecture::Bert,
         Architecture::DistilBert,
         Architecture::XlmRoberta,
@@ -185,6 +197,8 @@ impl Architecture {
         Architecture::Gte,
         Architecture::Qwen3,
         Architecture::Gemma3,
+        Architecture::Clip,
+        Architecture::Siglip,
     ];
 
     /// The `model_type`s a `config.json` of this architecture carries (transformers' names,
@@ -200,7 +214,14 @@ impl Architecture {
             Architecture::Gte => &["new", "gte"],
             Architecture::Qwen3 => &["qwen3"],
             Architecture::Gemma3 => &["gemma3_text"],
+            Architecture::Clip => &["clip"],
+            Architecture::Siglip => &["siglip"],
         }
+    }
+
+    /// Whether the architecture is a two-tower image and text model.
+    pub fn is_image_text(self) -> bool {
+        matches!(self, Architecture::Clip | Architecture::Siglip)
     }
 
     /// The architecture whose checkpoints carry `model_type`.
@@ -226,6 +247,9 @@ pub enum ModelKind {
     /// A sentence-transformers MultiVectorEncoder (ColBERT): text in, a vector per token out,
     /// scored against another text's by late interaction (MaxSim).
     MultiVector,
+    /// A CLIP or SigLIP model with both towers: a text or an image in, a vector out, both in
+    /// one space; a text scored against images by the model's own logit.
+    ImageText,
 }
 
 impl ModelKind {
@@ -236,6 +260,7 @@ impl ModelKind {
             ModelKind::Reranker => "reranker",
             ModelKind::Sparse => "sparse",
             ModelKind::MultiVector => "multi_vector",
+            ModelKind::ImageText => "image_text",
         }
     }
 
@@ -247,6 +272,7 @@ impl ModelKind {
             ModelKind::Reranker => Kind::Reranker,
             ModelKind::Sparse => Kind::Sparse,
             ModelKind::MultiVector => Kind::MultiVector,
+            ModelKind::ImageText => Kind::ImageText,
         }
     }
 
@@ -307,6 +333,10 @@ pub enum Pooling {
     Sum,
     /// Every token's vector, none pooled: a multi-vector model's.
     Tokens,
+    /// Each tower pools as its model does (`kind: image_text`): CLIP's text at its
+    /// end-of-text token and its image at the class row, SigLIP's text at its last token and
+    /// its image by its attention head.
+    Towers,
 }
 
 impl Pooling {
@@ -319,6 +349,7 @@ impl Pooling {
             Pooling::Max => "max",
             Pooling::Sum => "sum",
             Pooling::Tokens => "tokens",
+            Pooling::Towers => "towers",
         }
     }
 }

@@ -63,6 +63,8 @@ impl Manifest {
     pub fn serves(&self, kind: ModelKind) -> bool {
         let listed = |o| self.outputs.contains(&o);
         self.kind == kind
+            // A two-tower model's text tower embeds texts.
+            || (self.kind == ModelKind::ImageText && kind == ModelKind::Embedding)
             || (self.kind == ModelKind::Embedding
                 && match kind {
                     ModelKind::Sparse => listed(OutputName::Sparse),

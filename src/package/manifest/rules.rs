@@ -37,6 +37,7 @@ impl Manifest {
     pub fn validate(&self) -> Result<(), ManifestError> {
         self.validate_prompts()?;
         self.validate_kind()?;
+        self.validate_image_text()?;
         self.validate_late_interaction()?;
         self.validate_outputs()?;
         self.validate_head()?;
@@ -148,7 +149,10 @@ impl Manifest {
     /// with a pair template the last (`last_token`), and makes no vectors (`normalize: false`); an embedding model has neither field.
     fn validate_kind(&self) -> Result<(), ManifestError> {
         match self.kind {
-            ModelKind::Embedding | ModelKind::Sparse | ModelKind::MultiVector => {
+            ModelKind::Embedding
+            | ModelKind::Sparse
+            | ModelKind::MultiVector
+            | ModelKind::ImageText => {
                 for (field, present) in [
                     ("labels", self.labels.is_some()),
                     ("activation", self.activation.is_some()),

@@ -145,6 +145,8 @@ pub(super) struct Inferred {
     /// Files the package stores in place of the folder's, by path: a tokenizer with a ColBERT's
     /// markers registered as tokens, a Stanford checkpoint's encoder and projection split apart.
     pub replaced: Vec<(String, Vec<u8>)>,
+    /// A two-tower model's picture preparation.
+    pub image: Option<crate::images::Preprocess>,
 }
 
 impl Inferred {
@@ -179,6 +181,7 @@ impl Inferred {
             output_files: Vec::new(),
             prompts: None,
             replaced: Vec::new(),
+            image: None,
         }
     }
 
@@ -326,6 +329,9 @@ pub(super) fn infer(dir: &Path) -> Result<Inferred, PackageError> {
     let config: HfConfig = read_json(&dir.join("config.json"))?;
     let st_model = StModelConfig::read(dir)?;
     let architecture = architecture(config.model_type.as_deref())?;
+    if architecture.is_image_text() {
+        return image_text::infer(dir, architecture);
+    }
     let hidden = config.hidden()?;
     let max_positions = config.max_positions(architecture);
     let causal_lm = config.is_causal_lm();
@@ -418,6 +424,7 @@ pub(super) fn matryoshka_dims(dir: &Path) -> Vec<usize> {
 }
 
 mod bge_m3;
+mod image_text;
 mod legacy_colbert;
 mod modules;
 mod multi_vector;

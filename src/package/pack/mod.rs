@@ -80,6 +80,12 @@ fn write_provenance(package: &Path, record: &serde_json::Value) -> Result<(), Pa
 /// Builds a package at `output` from `opts.model_dir`, and its provenance record beside it.
 pub fn pack(opts: &PackOptions, output: &Path) -> Result<PackSummary, PackageError> {
     let inferred = infer(&opts.model_dir)?;
+    if inferred.kind == super::manifest::ModelKind::ImageText && opts.weights == WeightStorage::Int8
+    {
+        return Err(unusable(
+            "--weights int8 is not supported for an image-text model yet: pack it as-is, or as f16 or bf16 (models.precision: int8 still runs its towers in int8)",
+        ));
+    }
     let id = package_id(opts)?;
     let (payload, source_weights_sha256) = read_payload(opts, &inferred)?;
     let manifest = build_manifest(opts, id, &inferred, &payload)?;
@@ -220,6 +226,7 @@ fn build_manifest(
         late_interaction: inferred.late_interaction.clone(),
         outputs: inferred.outputs.clone(),
         output_heads: inferred.output_heads.clone(),
+        image: inferred.image.clone(),
         weights: opts.weights.in_manifest(),
         files: payload
             .iter()

@@ -106,7 +106,7 @@ fn model_types_and_module_paths_of_every_version_are_read() {
             .map(|e| e.to_string())
             .as_deref(),
         Some(
-            "unusable model: config.json: model_type \"llama\" is not supported (supported: bert, distilbert, xlm-roberta, mpnet, nomic_bert, modernbert, new, gte, qwen3, gemma3_text)"
+            "unusable model: config.json: model_type \"llama\" is not supported (supported: bert, distilbert, xlm-roberta, mpnet, nomic_bert, modernbert, new, gte, qwen3, gemma3_text, clip, siglip)"
         )
     );
     assert_eq!(
