@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, RequestError};
-use super::input::{parse_body, query, texts};
+use super::input::{Documents, documents, parse_body, query};
 use crate::engine::Cut;
-use crate::serve::{RerankRequest, rerank as rerank_pairs};
+use crate::serve::{RerankRequest, rerank as rerank_pairs, rerank_pictures};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -27,32 +27,6 @@ struct RerankBody {
     instruction: Option<String>,
 }
 
-/// Cohere's v1 takes documents as strings or as `{"text": ...}` objects; both become text.
-fn documents(value: Value, max: usize) -> Result<Vec<String>, RequestError> {
-    let value = match value {
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| match item {
-                    Value::Object(mut o) => match o.remove("text") {
-                        Some(text @ Value::String(_)) if o.is_empty() => Ok(text),
-                        _ => Err(RequestError::InvalidInput {
-                            place: format!("documents[{i}]"),
-                            problem:
-                                "is an object; it must be a string or {\"text\": \"...\"} alone"
-                                    .into(),
-                        }),
-                    },
-                    other => Ok(other),
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        other => other,
-    };
-    texts("documents", value, max)
-}
-
 /// `POST /v1/rerank`: `{"model"?, "query", "documents": [str or {"text"}], "top_n"?,
 /// "return_documents"?, "instruction"?}` → `{"model", "results": [{"index", "relevance_score",
 /// "document"?: {"text"}}], "usage": {"prompt_tokens", "total_tokens"}}`, best first, at most
@@ -63,25 +37,31 @@ pub async fn rerank(
 ) -> Result<axum::response::Response, ApiError> {
     let settings = state.settings();
     let req: RerankBody = parse_body(body, &settings.limits).await?;
-    let docs = documents(req.documents, settings.limits.max_inputs)?;
+    let docs = documents("documents", req.documents, settings.limits.max_inputs)?;
     if req.top_n == Some(0) {
         return Err(RequestError::ZeroTopN.into());
     }
     // A copy only when the answer carries the documents.
-    let returned = req.return_documents.unwrap_or(false).then(|| docs.clone());
-    let out = rerank_pairs(
-        &state,
-        RerankRequest {
-            model: req.model,
-            query: query(req.query)?,
-            documents: docs,
-            field: "documents",
-            truncate: true,
-            cut: Cut::End,
-            instruction: req.instruction,
-        },
-    )
-    .await?;
+    let returned: Option<Vec<Value>> = req.return_documents.unwrap_or(false).then(|| match &docs {
+        Documents::Texts(t) => t.iter().map(|t| json!({"text": t})).collect(),
+        Documents::Pictures(p) => p.iter().map(|p| json!({"image": p.uri})).collect(),
+    });
+    let query = query(req.query)?;
+    let request = |documents| RerankRequest {
+        model: req.model,
+        query,
+        documents,
+        field: "documents",
+        truncate: true,
+        cut: Cut::End,
+        instruction: req.instruction,
+    };
+    let out = match docs {
+        Documents::Texts(texts) => rerank_pairs(&state, request(texts)).await?,
+        Documents::Pictures(pictures) => {
+            rerank_pictures(&state, request(Vec::new()), pictures).await?
+        }
+    };
     let results: Vec<Value> = out
         .ranking()
         .into_iter()
@@ -89,7 +69,7 @@ pub async fn rerank(
         .map(|i| {
             let mut r = json!({"index": i, "relevance_score": out.scores[i]});
             if let Some(docs) = &returned {
-                r["document"] = json!({"text": docs[i]});
+                r["document"] = docs[i].clone();
             }
             r
         })
@@ -106,18 +86,45 @@ pub async fn rerank(
 mod tests {
     use super::*;
 
+    fn texts(value: Value, max: usize) -> Result<Vec<String>, RequestError> {
+        match documents("documents", value, max)? {
+            Documents::Texts(t) => Ok(t),
+            Documents::Pictures(_) => panic!("pictures"),
+        }
+    }
+
     #[test]
-    fn documents_are_strings_or_text_objects() {
+    fn documents_are_strings_text_objects_or_pictures() {
         assert_eq!(
-            documents(json!(["a", {"text": "b"}]), 4).unwrap(),
+            texts(json!(["a", {"text": "b"}]), 4).unwrap(),
             vec!["a", "b"]
         );
-        let e = ApiError::from(documents(json!([{"title": "b"}]), 4).unwrap_err());
+        let e = ApiError::from(texts(json!([{"title": "b"}]), 4).unwrap_err());
         assert_eq!(
             e.message,
-            "`documents[0]` is an object; it must be a string or {\"text\": \"...\"} alone"
+            "`documents[0]` is an object; it must be {\"text\": \"...\"} or {\"image\": \"data:image/...;base64,...\"} alone"
         );
-        let e = ApiError::from(documents(json!(["a", "b", "c"]), 2).unwrap_err());
+        let Ok(Documents::Pictures(p)) = documents(
+            "documents",
+            json!([{"image": "data:,"}, {"image": "data:x"}]),
+            4,
+        ) else {
+            panic!("pictures expected");
+        };
+        assert_eq!(
+            (p[1].place.as_str(), p[1].uri.as_str()),
+            ("documents[1].image", "data:x")
+        );
+        let e = ApiError::from(
+            documents("documents", json!(["a", {"image": "data:,"}]), 4)
+                .err()
+                .expect("mixed"),
+        );
+        assert_eq!(
+            e.message,
+            "`documents` mixes texts and pictures; rank one kind of document a request"
+        );
+        let e = ApiError::from(texts(json!(["a", "b", "c"]), 2).unwrap_err());
         assert_eq!((e.status.as_u16(), e.code), (413, "too_many_inputs"));
         assert_eq!(
             e.message,

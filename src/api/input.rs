@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::error::RequestError;
 use crate::config::LimitSettings;
+use crate::serve::Picture;
 
 /// Reads at most `limits.max_body_bytes` of body within `limits.body_timeout` and parses them
 /// as `T`, telling an oversized body, a late one, a syntax error and a well-formed body of the
@@ -46,31 +47,11 @@ pub fn texts(field: &str, value: Value, max_inputs: usize) -> Result<Vec<String>
     let texts = match value {
         Value::String(s) => vec![s],
         Value::Array(items) => {
-            if items.is_empty() {
-                return Err(RequestError::EmptyList(field.to_string()));
-            }
-            if items.len() > max_inputs {
-                return Err(RequestError::TooManyInputs {
-                    field: field.to_string(),
-                    count: items.len(),
-                    max: max_inputs,
-                });
-            }
+            check_count(field, items.len(), max_inputs)?;
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| match item {
-                    Value::String(s) => Ok(s),
-                    Value::Number(_) | Value::Array(_) => Err(RequestError::InvalidInput {
-                        place: format!("{field}[{i}]"),
-                        problem: "is not a string; token arrays are not supported, send text"
-                            .into(),
-                    }),
-                    other => Err(RequestError::InvalidInput {
-                        place: format!("{field}[{i}]"),
-                        problem: format!("must be a string, got {}", json_type(&other)),
-                    }),
-                })
+                .map(|(i, item)| text_item(field, i, item))
                 .collect::<Result<Vec<_>, _>>()?
         }
         other => {
@@ -92,6 +73,129 @@ pub fn texts(field: &str, value: Value, max_inputs: usize) -> Result<Vec<String>
         return Err(RequestError::EmptyText(place));
     }
     Ok(texts)
+}
+
+/// A list of `count` inputs: at least one, at most `max_inputs`.
+fn check_count(field: &str, count: usize, max_inputs: usize) -> Result<(), RequestError> {
+    if count == 0 {
+        return Err(RequestError::EmptyList(field.to_string()));
+    }
+    if count > max_inputs {
+        return Err(RequestError::TooManyInputs {
+            field: field.to_string(),
+            count,
+            max: max_inputs,
+        });
+    }
+    Ok(())
+}
+
+/// Item `i` of the list `field` as a text.
+fn text_item(field: &str, i: usize, item: Value) -> Result<String, RequestError> {
+    match item {
+        Value::String(s) => Ok(s),
+        Value::Number(_) | Value::Array(_) => Err(RequestError::InvalidInput {
+            place: format!("{field}[{i}]"),
+            problem: "is not a string; token arrays are not supported, send text".into(),
+        }),
+        other => Err(RequestError::InvalidInput {
+            place: format!("{field}[{i}]"),
+            problem: format!("must be a string, got {}", json_type(&other)),
+        }),
+    }
+}
+
+/// A multimodal list's texts in order, and its pictures with their places in the list.
+pub type Inputs = (Vec<String>, Vec<(usize, Picture)>);
+
+/// Texts and pictures of a multimodal input list (Jina's and vLLM's shape): `str or [item]`,
+/// each item a string, `{"text": str}` or `{"image": "data:image/...;base64,..."}`. The texts
+/// in order, and each picture with its index in the list. A picture's data is not read here:
+/// the serving path decodes it within its limits.
+pub fn inputs(field: &str, value: Value, max_inputs: usize) -> Result<Inputs, RequestError> {
+    let items = match value {
+        Value::Array(items) if items.iter().any(Value::is_object) => items,
+        other => return Ok((texts(field, other, max_inputs)?, Vec::new())),
+    };
+    check_count(field, items.len(), max_inputs)?;
+    let (mut texts, mut pictures) = (Vec::new(), Vec::new());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::Object(mut o) = item else {
+            texts.push(nonblank(
+                text_item(field, i, item)?,
+                format!("{field}[{i}]"),
+            )?);
+            continue;
+        };
+        let only = |key: &str| o.len() == 1 && o.contains_key(key);
+        if only("image") {
+            let place = format!("{field}[{i}].image");
+            match o.remove("image") {
+                Some(Value::String(uri)) => pictures.push((i, Picture { place, uri })),
+                other => {
+                    return Err(RequestError::InvalidInput {
+                        place,
+                        problem: format!(
+                            "must be a data URI string (data:image/jpeg;base64,...), got {}",
+                            json_type(&other.unwrap_or(Value::Null))
+                        ),
+                    });
+                }
+            }
+        } else if only("text") {
+            let place = format!("{field}[{i}].text");
+            match o.remove("text") {
+                Some(Value::String(s)) => texts.push(nonblank(s, place)?),
+                other => {
+                    return Err(RequestError::InvalidInput {
+                        place,
+                        problem: format!(
+                            "must be a string, got {}",
+                            json_type(&other.unwrap_or(Value::Null))
+                        ),
+                    });
+                }
+            }
+        } else {
+            return Err(RequestError::InvalidInput {
+                place: format!("{field}[{i}]"),
+                problem: "is an object; it must be {\"text\": \"...\"} or {\"image\": \"data:image/...;base64,...\"} alone".into(),
+            });
+        }
+    }
+    Ok((texts, pictures))
+}
+
+/// The documents of a rerank: texts, or pictures (`{"image": ...}` items) for an image-text
+/// model; strings and `{"text": ...}` items are texts.
+pub enum Documents {
+    /// Texts, in order.
+    Texts(Vec<String>),
+    /// Pictures, in order.
+    Pictures(Vec<Picture>),
+}
+
+/// The rerank documents of the list `field`: all texts or all pictures.
+pub fn documents(field: &str, value: Value, max_inputs: usize) -> Result<Documents, RequestError> {
+    let (texts, pictures) = inputs(field, value, max_inputs)?;
+    match (texts.is_empty(), pictures.is_empty()) {
+        (_, true) => Ok(Documents::Texts(texts)),
+        (true, false) => Ok(Documents::Pictures(
+            pictures.into_iter().map(|(_, p)| p).collect(),
+        )),
+        (false, false) => Err(RequestError::InvalidInput {
+            place: field.to_string(),
+            problem: "mixes texts and pictures; rank one kind of document a request".into(),
+        }),
+    }
+}
+
+/// `text` unless it is empty or only whitespace (then refused, naming `place`).
+fn nonblank(text: String, place: String) -> Result<String, RequestError> {
+    match text.trim().is_empty() {
+        true => Err(RequestError::EmptyText(place)),
+        false => Ok(text),
+    }
 }
 
 /// A rerank `query`, unless it is empty or only whitespace.
@@ -161,6 +265,60 @@ mod tests {
             e.message,
             "`input` must be a string or a list of strings, got an object"
         );
+    }
+
+    type Uris = (Vec<String>, Vec<(usize, String)>);
+
+    fn inputs(value: Value) -> Result<Uris, ApiError> {
+        super::inputs("input", value, 4)
+            .map(|(t, p)| (t, p.into_iter().map(|(i, p)| (i, p.uri)).collect()))
+            .map_err(ApiError::from)
+    }
+
+    #[test]
+    fn a_multimodal_list_gives_texts_in_order_and_pictures_by_place() {
+        let (texts, pictures) = inputs(json!([
+            "a", {"image": "data:image/png;base64,AAAA"}, {"text": "b"}
+        ]))
+        .unwrap();
+        assert_eq!(texts, vec!["a", "b"]);
+        assert_eq!(
+            pictures,
+            vec![(1, "data:image/png;base64,AAAA".to_string())]
+        );
+        // Plain texts take the text path, with its messages.
+        assert_eq!(inputs(json!("a")).unwrap(), (vec!["a".to_string()], vec![]));
+    }
+
+    #[test]
+    fn a_multimodal_list_names_the_bad_item() {
+        let refused = |v: Value| inputs(v).unwrap_err();
+        let e = refused(json!([{"image": 5}]));
+        assert_eq!((e.status.as_u16(), e.code), (400, "invalid_input"));
+        assert_eq!(
+            e.message,
+            "`input[0].image` must be a data URI string (data:image/jpeg;base64,...), got a number"
+        );
+        let e = refused(json!(["a", {"image": "x", "text": "y"}]));
+        assert_eq!(
+            e.message,
+            "`input[1]` is an object; it must be {\"text\": \"...\"} or {\"image\": \"data:image/...;base64,...\"} alone"
+        );
+        let e = refused(json!([{"text": " "}]));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (
+                "empty_input",
+                "`input[0].text` is empty or only whitespace; send text to embed"
+            )
+        );
+        let e = refused(json!([{"text": "a"}, ""]));
+        assert_eq!(
+            e.message,
+            "`input[1]` is empty or only whitespace; send text to embed"
+        );
+        let e = refused(json!([{"text": "a"}, 1, 2, 3, 4]));
+        assert_eq!((e.status.as_u16(), e.code), (413, "too_many_inputs"));
     }
 
     #[test]

@@ -243,6 +243,7 @@ fn request(
     normalize: bool,
 ) -> EmbedRequest {
     EmbedRequest {
+        pictures: Vec::new(),
         model: Some(id),
         texts,
         truncate: truncate.unwrap_or(true),

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::compact::{Compact, InOrder, compact, embedding_types};
 use super::error::{ApiError, RequestError};
-use super::input::{parse_body, texts};
+use super::input::{inputs, parse_body};
 use crate::engine::Cut;
 use crate::package::InputType;
 use crate::serve::{EmbedRequest, embed};
@@ -52,7 +52,7 @@ pub async fn embeddings(
         Some(other) => return Err(RequestError::InvalidEncodingFormat(other.to_string()).into()),
     };
     let types = embedding_types(req.embedding_types)?;
-    let inputs = texts("input", req.input, settings.limits.max_inputs)?;
+    let (inputs, pictures) = inputs("input", req.input, settings.limits.max_inputs)?;
     if req.model.as_deref() == Some("") {
         return Err(RequestError::EmptyModel.into());
     }
@@ -68,6 +68,7 @@ pub async fn embeddings(
             prompt_name: req.prompt_name,
             input_type,
             dimensions: req.dimensions,
+            pictures,
         },
     )
     .await?;

@@ -12,12 +12,12 @@ use serde_json::{Value, json};
 
 use super::compact::{Compact, EmbeddingType, InOrder, compact, embedding_types};
 use super::error::{ApiError, RequestError};
-use super::input::{parse_body, query, texts};
+use super::input::{Documents, documents, parse_body, query, texts};
 use crate::engine::{Cut, Token};
 use crate::registry::ModelError;
 use crate::serve::{
     EmbedRequest, RerankRequest, SparseRequest, TokenVectorsRequest, embed, rerank as rerank_pairs,
-    sparse, token_vectors,
+    rerank_pictures, sparse, token_vectors,
 };
 use crate::state::AppState;
 
@@ -59,6 +59,7 @@ pub async fn embed_handler(
     let out = embed(
         &state,
         EmbedRequest {
+            pictures: Vec::new(),
             model: None,
             texts: inputs,
             truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
@@ -218,22 +219,28 @@ pub async fn rerank(
     let settings = state.settings();
     let req: RerankBody = parse_body(body, &settings.limits).await?;
     let cut = cut(req.truncation_direction)?;
-    let documents = texts("texts", req.texts, settings.limits.max_inputs)?;
-    // A copy only when the answer carries the texts.
-    let mut returned = req.return_text.unwrap_or(false).then(|| documents.clone());
-    let out = rerank_pairs(
-        &state,
-        RerankRequest {
-            model: req.model,
-            query: query(req.query)?,
-            documents,
-            field: "texts",
-            truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
-            cut,
-            instruction: req.instruction,
-        },
-    )
-    .await?;
+    let docs = documents("texts", req.texts, settings.limits.max_inputs)?;
+    let query = query(req.query)?;
+    let request = |documents| RerankRequest {
+        model: req.model,
+        query,
+        documents,
+        field: "texts",
+        truncate: req.truncate.unwrap_or(settings.limits.auto_truncate),
+        cut,
+        instruction: req.instruction,
+    };
+    // A copy only when the answer carries the texts (a picture's is not sent back).
+    let (out, mut returned) = match docs {
+        Documents::Texts(texts) => {
+            let returned = req.return_text.unwrap_or(false).then(|| texts.clone());
+            (rerank_pairs(&state, request(texts)).await?, returned)
+        }
+        Documents::Pictures(pictures) => (
+            rerank_pictures(&state, request(Vec::new()), pictures).await?,
+            None,
+        ),
+    };
     let scores = if req.raw_scores.unwrap_or(false) {
         &out.logits
     } else {

@@ -199,6 +199,13 @@ impl Settings {
                 return Err((key.into(), format!("{d} is too short; use at least 100ms")));
             }
         }
+        if self.limits.max_image_bytes.0 == 0 || self.limits.max_image_pixels == 0 {
+            let key = match self.limits.max_image_bytes.0 {
+                0 => "limits.max_image_bytes",
+                _ => "limits.max_image_pixels",
+            };
+            return Err((key.into(), "must be at least 1".into()));
+        }
         if self.limits.max_body_bytes.0 < 1024 {
             return Err((
                 "limits.max_body_bytes".into(),

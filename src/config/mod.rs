@@ -138,6 +138,12 @@ pub struct LimitSettings {
     pub idle_timeout: Duration,
     /// How long a request's body may take to arrive (408 `body_timeout` after it).
     pub body_timeout: Duration,
+    /// Largest picture a request may send, counted from its data URI before any decoding
+    /// (413 `image_too_large`).
+    pub max_image_bytes: ByteSize,
+    /// Most pixels a picture may have, read from its header before any pixel is decoded (413
+    /// `image_too_many_pixels`), so a decompression bomb costs nothing.
+    pub max_image_pixels: u64,
 }
 
 /// Logging.
@@ -207,6 +213,8 @@ impl Default for LimitSettings {
             max_connections: 512,
             idle_timeout: Duration(std::time::Duration::from_secs(30)),
             body_timeout: Duration(std::time::Duration::from_secs(30)),
+            max_image_bytes: ByteSize(10 << 20),
+            max_image_pixels: 40_000_000,
         }
     }
 }

@@ -138,7 +138,7 @@ fn explain_names_the_source_of_each_value() {
         "[127.0.0.1:9464, '[::1]:9464']"
     );
     assert_eq!(find("metrics.listen").source, dropin.display().to_string());
-    assert_eq!(all.len(), 50);
+    assert_eq!(all.len(), 52);
 }
 
 #[test]

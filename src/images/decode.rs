@@ -78,27 +78,6 @@ pub enum ImageError {
     },
 }
 
-impl ImageError {
-    /// The error code the API answers with.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ImageError::NotDataUri(_) | ImageError::BadDataUri(_) => "invalid_image_input",
-            ImageError::TooLarge { .. } => "image_too_large",
-            ImageError::TooManyPixels { .. } => "image_too_many_pixels",
-            ImageError::UnknownFormat(_) => "unsupported_image_format",
-            ImageError::Undecodable { .. } => "undecodable_image",
-        }
-    }
-
-    /// Whether the refusal is a limit (413) rather than a bad input (400).
-    pub fn is_limit(&self) -> bool {
-        matches!(
-            self,
-            ImageError::TooLarge { .. } | ImageError::TooManyPixels { .. }
-        )
-    }
-}
-
 /// Decodes a data URI into 8-bit RGB, as the models' processors take it: grey replicated,
 /// alpha dropped (as PIL's `convert("RGB")`), no EXIF rotation (the processors apply none).
 pub fn decode_data_uri(uri: &str, limits: &Limits) -> Result<RgbImage, ImageError> {

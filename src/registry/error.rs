@@ -73,6 +73,17 @@ pub enum ModelError {
         .0.join(", ")
     )]
     SparseRequired(Vec<String>),
+    /// Pictures without a model, and no image-text model installed.
+    #[error(
+        "no image-text model is installed; side-load a CLIP or SigLIP package (caxton pack makes one from a CLIPModel or SiglipModel folder) into models.package_dir"
+    )]
+    NoImageText,
+    /// Pictures without a model, and several image-text models to choose from.
+    #[error(
+        "several image-text models are installed ({}); name one with \"model\"",
+        .0.join(", ")
+    )]
+    ImageTextRequired(Vec<String>),
     /// A token-vectors request without a model, and no multi-vector model installed.
     #[error(
         "no multi-vector model is installed; side-load a late-interaction (ColBERT) package (caxton pack makes one from a MultiVectorEncoder folder) into models.package_dir"

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::images::{Picture, check_takes_pictures, embed_pictures};
 use super::{ServeError, account, check_serving, lengths, served_by, tokenize_each};
 use crate::engine::{Cut, Encoded, VectorShape};
 use crate::package::{InputType, ModelKind};
@@ -29,6 +30,9 @@ pub struct EmbedRequest {
     /// The width to cut vectors to (OpenAI's `dimensions`), checked against the model
     /// before anything loads.
     pub dimensions: Option<i64>,
+    /// Pictures among the inputs, each with its index in the request's order (the texts
+    /// take the other places, in theirs); only an image-text model takes them.
+    pub pictures: Vec<(usize, Picture)>,
 }
 
 /// Vectors and accounting for a request.
@@ -61,9 +65,15 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
             .manifest
             .prompt_for(req.prompt_name.as_deref(), req.input_type)?;
     }
+    if let Some((_, first)) = req.pictures.first() {
+        check_takes_pictures(state, &requested, first)?;
+    }
     let wanted = Wanted {
         id: &requested,
-        kind: ModelKind::Embedding,
+        kind: match req.pictures.is_empty() {
+            true => ModelKind::Embedding,
+            false => ModelKind::ImageText,
+        },
         width: req.dimensions,
     };
     let asked = std::time::Instant::now();
@@ -94,7 +104,28 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         normalize: req.normalize.unwrap_or(manifest.normalize),
         width: served.width,
     };
-    let vectors = model.embed(encoded, shape).await?;
+    let (places, pictures): (Vec<usize>, Vec<Picture>) = req.pictures.into_iter().unzip();
+    let (vectors, pictures) = match pictures.is_empty() {
+        true => (model.embed(encoded, shape).await?, None),
+        false => {
+            let texts = async {
+                match encoded.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => model.embed(encoded, shape).await,
+                }
+            };
+            let (texts, pictures) =
+                tokio::join!(texts, embed_pictures(&settings, &model, pictures, shape));
+            (texts?, Some(pictures?))
+        }
+    };
+    let (vectors, tokens) = match pictures {
+        None => (vectors, tokens),
+        Some((pictures, image_tokens)) => (
+            interleave(vectors, pictures, &places),
+            tokens + image_tokens,
+        ),
+    };
     account(&slot, vectors.len(), tokens);
     Ok(Embedded {
         model: id,
@@ -105,4 +136,40 @@ pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded,
         waited,
         normalized: shape.normalize,
     })
+}
+
+/// The texts' and the pictures' vectors in the request's order: picture `k` at `places[k]`
+/// (ascending), the texts in the other places, in theirs.
+fn interleave(texts: Vec<Vec<f32>>, pictures: Vec<Vec<f32>>, places: &[usize]) -> Vec<Vec<f32>> {
+    let total = texts.len() + pictures.len();
+    let (mut texts, mut pictures) = (texts.into_iter(), pictures.into_iter());
+    let mut next_picture = places.iter().peekable();
+    (0..total)
+        .filter_map(|i| match next_picture.peek() {
+            Some(&&p) if p == i => {
+                next_picture.next();
+                pictures.next()
+            }
+            _ => texts.next(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleave;
+
+    #[test]
+    fn pictures_take_their_places_and_texts_the_rest_in_order() {
+        let v = |x: f32| vec![x];
+        assert_eq!(
+            interleave(vec![v(0.0), v(2.0)], vec![v(1.0), v(3.0)], &[1, 3]),
+            vec![v(0.0), v(1.0), v(2.0), v(3.0)]
+        );
+        assert_eq!(interleave(Vec::new(), vec![v(7.0)], &[0]), vec![v(7.0)]);
+        assert_eq!(
+            interleave(vec![v(1.0)], vec![v(0.0)], &[0]),
+            vec![v(0.0), v(1.0)]
+        );
+    }
 }

@@ -96,6 +96,36 @@ pub enum ServeError {
         /// The score.
         value: f32,
     },
+    /// A picture refused: not a data URI, past a limit, or not a picture that decodes.
+    #[error("`{place}` {error}")]
+    Image {
+        /// Where it is in the request: `input[2].image`, `images[0]`, `documents[1].image`.
+        place: String,
+        /// Why.
+        error: crate::images::ImageError,
+    },
+    /// A picture sent to a model that embeds text only.
+    #[error(
+        "`{place}` is a picture, and model {id} embeds text only ({kind}); send pictures to an image-text model (kind image_text: CLIP, SigLIP)"
+    )]
+    NotImageModel {
+        /// The first picture's place.
+        place: String,
+        /// Model id.
+        id: String,
+        /// What the model is, in words.
+        kind: &'static str,
+    },
+    /// Text documents to rank on an image-text model, which ranks pictures.
+    #[error(
+        "`{place}` is a text, and model {id} is an image-text model, which ranks pictures against a text query; send documents as {{\"image\": \"data:image/jpeg;base64,...\"}}, or name a reranker"
+    )]
+    TextDocuments {
+        /// The first text document's place.
+        place: String,
+        /// Model id.
+        id: String,
+    },
     /// The model's engine refused or failed the pass.
     #[error(transparent)]
     Engine(#[from] EngineError),

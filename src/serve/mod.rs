@@ -6,6 +6,7 @@
 
 mod embed;
 mod error;
+mod images;
 mod multi_vector;
 mod rerank;
 mod sparse;
@@ -14,6 +15,7 @@ mod tokens;
 
 pub use embed::{EmbedRequest, Embedded, embed};
 pub use error::ServeError;
+pub use images::{Picture, rerank as rerank_pictures};
 pub use multi_vector::{TokenVectors, TokenVectorsRequest, token_vectors};
 pub use rerank::{RerankRequest, Reranked, rerank};
 pub use sparse::{SparseRequest, Term, Weighted, sparse};

@@ -75,6 +75,12 @@ pub async fn rerank(state: &Arc<AppState>, req: RerankRequest) -> Result<Reranke
     if let Some(known) = state.registry.get(&requested) {
         // Before a load: a request the model cannot take costs nothing.
         check_instruction(&known.package.manifest, instruction)?;
+        if known.package.manifest.kind == ModelKind::ImageText {
+            return Err(ServeError::TextDocuments {
+                place: format!("{}[0]", req.field),
+                id: requested,
+            });
+        }
         late_interaction = known.package.manifest.serves(ModelKind::MultiVector);
     }
     if late_interaction {

@@ -55,6 +55,11 @@ pub mod code {
     pub const BUSY: &str = "busy";
     pub const MODEL_UNLOADED: &str = "model_unloaded";
     pub const ENGINE_ERROR: &str = "engine_error";
+    pub const INVALID_IMAGE_INPUT: &str = "invalid_image_input";
+    pub const IMAGE_TOO_LARGE: &str = "image_too_large";
+    pub const IMAGE_TOO_MANY_PIXELS: &str = "image_too_many_pixels";
+    pub const UNSUPPORTED_IMAGE_FORMAT: &str = "unsupported_image_format";
+    pub const UNDECODABLE_IMAGE: &str = "undecodable_image";
 }
 
 /// An error answer: status, stable code, message, and a retry hint for 503s. Made only by the
@@ -166,8 +171,24 @@ impl From<ServeError> for ApiError {
             ServeError::EmptyInstruction => (StatusCode::BAD_REQUEST, code::EMPTY_INPUT),
             ServeError::UnknownTokenId { .. } => (StatusCode::BAD_REQUEST, code::INVALID_INPUT),
             ServeError::NonFinite { .. } => (StatusCode::INTERNAL_SERVER_ERROR, code::ENGINE_ERROR),
+            ServeError::Image { ref error, .. } => image_status(error),
+            ServeError::NotImageModel { .. } | ServeError::TextDocuments { .. } => {
+                (StatusCode::BAD_REQUEST, code::WRONG_MODEL_KIND)
+            }
         };
         ApiError::new(status, code, e)
+    }
+}
+
+/// A refused picture's status and code: a limit is 413, a bad picture 400.
+fn image_status(e: &crate::images::ImageError) -> (StatusCode, &'static str) {
+    use crate::images::ImageError::*;
+    match e {
+        NotDataUri(_) | BadDataUri(_) => (StatusCode::BAD_REQUEST, code::INVALID_IMAGE_INPUT),
+        TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::IMAGE_TOO_LARGE),
+        TooManyPixels { .. } => (StatusCode::PAYLOAD_TOO_LARGE, code::IMAGE_TOO_MANY_PIXELS),
+        UnknownFormat(_) => (StatusCode::BAD_REQUEST, code::UNSUPPORTED_IMAGE_FORMAT),
+        Undecodable { .. } => (StatusCode::BAD_REQUEST, code::UNDECODABLE_IMAGE),
     }
 }
 
@@ -179,12 +200,14 @@ impl From<ModelError> for ApiError {
             | ModelError::NoReranker
             | ModelError::NoSparse
             | ModelError::NoMultiVector
+            | ModelError::NoImageText
             | ModelError::Load(LoadError::Unknown(_)) => {
                 (StatusCode::NOT_FOUND, code::MODEL_NOT_FOUND)
             }
             ModelError::RerankerRequired(_)
             | ModelError::SparseRequired(_)
-            | ModelError::MultiVectorRequired(_) => (StatusCode::BAD_REQUEST, code::MODEL_REQUIRED),
+            | ModelError::MultiVectorRequired(_)
+            | ModelError::ImageTextRequired(_) => (StatusCode::BAD_REQUEST, code::MODEL_REQUIRED),
             ModelError::NotEmbedding(_)
             | ModelError::NotReranker(_)
             | ModelError::WrongKind { .. } => (StatusCode::BAD_REQUEST, code::WRONG_MODEL_KIND),

@@ -159,8 +159,6 @@ fn more_bytes_than_the_limit_are_refused_before_and_after_base64() {
             max: 1 << 20
         }
     );
-    assert_eq!(e.code(), "image_too_large");
-    assert!(e.is_limit());
 }
 
 #[test]
@@ -178,7 +176,6 @@ fn more_pixels_than_the_limit_are_refused_from_the_header() {
         e.to_string(),
         "is 6×4 pixels (24), more than limits.max_image_pixels (23); send a smaller image or raise the limit"
     );
-    assert_eq!(e.code(), "image_too_many_pixels");
 }
 
 /// `bytes` as a PNG chunk of `kind`, with its CRC.
@@ -251,7 +248,6 @@ fn unknown_and_broken_images_are_named() {
             matches!(e, ImageError::Undecodable { .. }),
             "{format:?}: {e}"
         );
-        assert_eq!(e.code(), "undecodable_image");
         let name = match format {
             ImageFormat::Png => "PNG",
             ImageFormat::Jpeg => "JPEG",
