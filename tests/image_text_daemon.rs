@@ -20,6 +20,8 @@ use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::clip::{ClipConfig, ClipModel, text_model, vision_model};
 use caxton::images::{Limits, Preprocess, decode_data_uri};
 use common::fixtures::pack_into;
+use common::seeded::Seeded;
+use common::towers::{declare, picture, row, seeded_checkpoint, word_tokenizer};
 use common::{Daemon, cosine, write_config};
 use serde_json::{Value, json};
 
@@ -59,98 +61,33 @@ fn config() -> ClipConfig {
     }
 }
 
-/// Deterministic values in `[-1, 1)`.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
-
 /// The candle model on seeded weights (norm scales near 1, the rest small; a trained
 /// scale of 100), and its tensors as a checkpoint.
 fn model() -> (ClipModel, HashMap<String, Tensor>) {
     let varmap = VarMap::new();
-    for (name, shape) in [
-        ("vision_model.embeddings.class_embedding", vec![32]),
-        ("logit_scale", vec![]),
-    ] {
-        varmap
-            .get(
-                shape,
-                name,
-                candle_nn::Init::Const(0.0),
-                DType::F32,
-                &Device::Cpu,
-            )
-            .expect("a weight candle would draw itself");
-    }
+    declare(
+        &varmap,
+        &[
+            ("vision_model.embeddings.class_embedding", vec![32]),
+            ("logit_scale", vec![]),
+        ],
+    );
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = ClipModel::new(vb, &config()).expect("candle model");
-    let vars = varmap.data().lock().expect("varmap");
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort();
-    let mut rng = Seeded(62);
-    for name in names {
-        let var = &vars[name];
-        let scale = name.contains("norm") && name.ends_with("weight");
-        let values: Vec<f32> = (0..var.elem_count())
-            .map(|_| match (scale, name.as_str()) {
-                (true, _) => 1.0 + 0.1 * rng.next(),
-                (_, "logit_scale") => 4.6052,
-                _ if name.contains("embedding") => 0.5 * rng.next(),
-                _ => 0.2 * rng.next(),
-            })
-            .collect();
-        let t = Tensor::from_vec(values, var.shape(), &Device::Cpu).expect("tensor");
-        var.set(&t).expect("set");
-    }
-    let tensors = vars
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().copy().expect("copy")))
-        .collect();
-    drop(vars);
+    let tensors = seeded_checkpoint(&varmap, &[("logit_scale", 4.6052)]);
     (model, tensors)
 }
 
-/// A word-level tokenizer.json: lowercase, split on whitespace, start and end-of-text around.
+/// CLIP's tokenizer's shape: the words, then the start and end-of-text tokens, the end one
+/// the highest id.
 fn tokenizer_json() -> Value {
-    let (start, end) = (WORDS.len() as u32 + 1, WORDS.len() as u32 + 2);
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("[UNK]".into(), json!(0));
-    for (i, w) in WORDS.iter().enumerate() {
-        vocab.insert((*w).into(), json!(i + 1));
-    }
-    vocab.insert("<|startoftext|>".into(), json!(start));
-    vocab.insert("<|endoftext|>".into(), json!(end));
-    let special = |id: u32, content: &str| {
-        json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-               "rstrip": false, "normalized": false, "special": true})
-    };
-    json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(start, "<|startoftext|>"), special(end, "<|endoftext|>")],
-        "normalizer": {"type": "Lowercase"},
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}},
-                       {"Sequence": {"id": "A", "type_id": 0}},
-                       {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {
-                "<|startoftext|>": {"id": "<|startoftext|>", "ids": [start], "tokens": ["<|startoftext|>"]},
-                "<|endoftext|>": {"id": "<|endoftext|>", "ids": [end], "tokens": ["<|endoftext|>"]}
-            }
-        },
-        "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    })
+    let n = WORDS.len() as u32;
+    word_tokenizer(
+        &WORDS,
+        1,
+        Some(("<|startoftext|>", n + 1)),
+        ("<|endoftext|>", n + 2),
+    )
 }
 
 /// CLIP's processor at 32 pixels: shortest edge, centre crop, bicubic, CLIP's mean and std.
@@ -190,29 +127,6 @@ fn clip_folder(dir: &Path, tensors: &HashMap<String, Tensor>) {
     }
 }
 
-/// A picture as a data URI: PNG bytes of a 48 × 40 image with edges and colour.
-fn picture(variant: u32) -> String {
-    let img = image::RgbImage::from_fn(48, 40, |x, y| {
-        let ring = ((x as f32 - 24.0).hypot(y as f32 - 20.0) * 0.6).sin();
-        image::Rgb([
-            (127.0 + 120.0 * ring) as u8,
-            ((x * 5) as u8) ^ (variant as u8 * 53),
-            if (x / 8 + y / 8 + variant).is_multiple_of(2) {
-                220
-            } else {
-                30
-            },
-        ])
-    });
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .expect("png");
-    format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png)
-    )
-}
-
 /// The reference's pixel tensor of `uri`: the daemon's own preprocessing of the same bytes.
 fn pixels(uri: &str) -> Tensor {
     let pre = Preprocess::from_processor_config(&processor_json()).expect("processor");
@@ -232,10 +146,6 @@ fn ids(text: &str) -> Tensor {
     ids.push(WORDS.len() as u32 + 2);
     let n = ids.len();
     Tensor::from_vec(ids, (1, n), &Device::Cpu).expect("ids")
-}
-
-fn row(t: Tensor) -> Vec<f32> {
-    t.flatten_all().and_then(|t| t.to_vec1()).expect("row")
 }
 
 /// A daemon serving the bundled MiniLM and the packed CLIP, with `extra` config.
@@ -329,6 +239,39 @@ fn texts_and_pictures_embed_and_rank_as_the_model_does() {
         body["results"][0]["document"]["image"],
         [&cat, &street][best].as_str()
     );
+    // Cohere's /v2/embed: pictures with input_type image, texts with a search input type.
+    let (status, body) = d.request(
+        "POST",
+        "/v2/embed",
+        // No model named: pictures go to the one image-text model.
+        &json!({"input_type": "image", "images": [cat], "embedding_types": ["float", "int8"]})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Vec<f32> =
+        serde_json::from_value(body["embeddings"]["float"][0].clone()).expect("vector");
+    assert!(cosine(&v, &got[1]) > 0.99999, "{body}");
+    assert_eq!(
+        body["embeddings"]["int8"][0].as_array().map(Vec::len),
+        Some(16)
+    );
+    assert_eq!(
+        (
+            &body["response_type"],
+            &body["meta"]["billed_units"]["images"]
+        ),
+        (&json!("embeddings_by_type"), &json!(1))
+    );
+    let (status, body) = d.request(
+        "POST",
+        "/v2/embed",
+        &json!({"model": ID, "input_type": "search_query", "texts": ["a red car"]}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Vec<f32> =
+        serde_json::from_value(body["embeddings"]["float"][0].clone()).expect("vector");
+    assert!(cosine(&v, &got[2]) > 0.99999, "{body}");
+    assert_eq!(body["texts"], json!(["a red car"]));
     // The text tower through the texts-only shape.
     let (status, body) = d.request(
         "POST",
@@ -364,7 +307,7 @@ fn every_bad_picture_and_wrong_model_is_refused_by_name() {
     let cat = picture(0);
     // A picture to the text model (the default, MiniLM).
     assert_eq!(
-        refused("/v1/embeddings", json!({"input": ["a", {"image": cat}]})),
+        refused("/v1/embeddings", json!({"model": "all-MiniLM-L6-v2", "input": ["a", {"image": cat}]})),
         (
             400,
             "wrong_model_kind".into(),
@@ -474,6 +417,22 @@ fn every_bad_picture_and_wrong_model_is_refused_by_name() {
             400,
             "invalid_input".into(),
             "`texts` mixes texts and pictures; rank one kind of document a request".into()
+        )
+    );
+    assert_eq!(
+        refused("/v2/embed", json!({"model": ID, "images": [cat]})),
+        (
+            400,
+            "invalid_input".into(),
+            "`body` sends images without input_type \"image\"; set it to embed pictures".into()
+        )
+    );
+    assert_eq!(
+        refused("/v2/embed", json!({"model": "all-MiniLM-L6-v2", "input_type": "image", "images": [cat]})),
+        (
+            400,
+            "wrong_model_kind".into(),
+            "`images[0]` is a picture, and model all-MiniLM-L6-v2 embeds text only (an embedding model); send pictures to an image-text model (kind image_text: CLIP, SigLIP)".into()
         )
     );
     // The daemon still serves both models after every refusal.

@@ -28,21 +28,9 @@ use caxton::engine::vision::{ImageTower, Scorer, TextTower};
 use caxton::engine::{Encoded, Precision};
 use caxton::images::{Preprocess, Resample, Size};
 use common::cosine;
+use common::seeded::Seeded;
 use image::RgbImage;
 use serde_json::json;
-
-/// Deterministic values in `[-1, 1)` (a 64-bit LCG), so a failure reproduces.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
 
 /// Sets every weight candle made to seeded values: LayerNorm scales near 1, the rest small
 /// (as trained towers' are: a pass of 12 layers keeps its scale).

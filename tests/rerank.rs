@@ -473,7 +473,7 @@ fn requests_a_reranker_cannot_serve_get_exact_errors() {
             400,
             (
                 "invalid_input",
-                "`documents[0]` is an object; it must be a string or {\"text\": \"...\"} alone"
+                "`documents[0]` is an object; it must be a string, {\"text\": \"...\"} or {\"image\": \"data:image/...;base64,...\"} alone"
             )
         )
     );

@@ -159,7 +159,7 @@ pub fn inputs(field: &str, value: Value, max_inputs: usize) -> Result<Inputs, Re
         } else {
             return Err(RequestError::InvalidInput {
                 place: format!("{field}[{i}]"),
-                problem: "is an object; it must be {\"text\": \"...\"} or {\"image\": \"data:image/...;base64,...\"} alone".into(),
+                problem: "is an object; it must be a string, {\"text\": \"...\"} or {\"image\": \"data:image/...;base64,...\"} alone".into(),
             });
         }
     }
@@ -302,7 +302,7 @@ mod tests {
         let e = refused(json!(["a", {"image": "x", "text": "y"}]));
         assert_eq!(
             e.message,
-            "`input[1]` is an object; it must be {\"text\": \"...\"} or {\"image\": \"data:image/...;base64,...\"} alone"
+            "`input[1]` is an object; it must be a string, {\"text\": \"...\"} or {\"image\": \"data:image/...;base64,...\"} alone"
         );
         let e = refused(json!([{"text": " "}]));
         assert_eq!(

@@ -60,6 +60,7 @@ fn client_routes() -> Router<Arc<AppState>> {
         .route("/rerank", post(tei::rerank))
         .route("/v1/rerank", post(cohere::rerank))
         .route("/v2/rerank", post(cohere::rerank))
+        .route("/v2/embed", post(cohere::embed))
         .route("/info", get(tei::info))
         .route("/health", get(status::health))
 }

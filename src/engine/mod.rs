@@ -230,11 +230,7 @@ impl LoadedModel {
             worker,
             freed,
         };
-        model.self_test().map_err(PackageError::SelfTest)?;
-        Ok(LoadedModel {
-            load_time: started.elapsed(),
-            ..model
-        })
+        model.checked(started)
     }
 
     /// [`LoadedModel::load`] of a two-tower model: both towers from the one checkpoint, the
@@ -308,10 +304,15 @@ impl LoadedModel {
             worker,
             freed,
         };
-        model.self_test().map_err(PackageError::SelfTest)?;
+        model.checked(started)
+    }
+
+    /// The model once its self-test passed, with its load time from `started`.
+    fn checked(self, started: Instant) -> Result<LoadedModel, PackageError> {
+        self.self_test().map_err(PackageError::SelfTest)?;
         Ok(LoadedModel {
             load_time: started.elapsed(),
-            ..model
+            ..self
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::images::{Picture, check_takes_pictures, embed_pictures};
+use super::images::{Picture, check_takes_pictures, embed_pictures, image_model};
 use super::{ServeError, account, check_serving, lengths, served_by, tokenize_each};
 use crate::engine::{Cut, Encoded, VectorShape};
 use crate::package::{InputType, ModelKind};
@@ -57,7 +57,12 @@ pub struct Embedded {
 pub async fn embed(state: &Arc<AppState>, req: EmbedRequest) -> Result<Embedded, ServeError> {
     check_serving(state)?;
     let settings = state.settings();
-    let requested = req.model.unwrap_or_else(|| settings.models.default.clone());
+    let requested = match (req.model, req.pictures.is_empty()) {
+        (Some(id), _) => id,
+        (None, true) => settings.models.default.clone(),
+        // Pictures go to the image-text model installed, as picture documents do.
+        (None, false) => image_model(state, None)?,
+    };
     if let Some(known) = state.registry.get(&requested) {
         // Before a load: a prompt the model does not have costs nothing.
         known

@@ -86,8 +86,8 @@ pub(super) async fn embed_pictures(
     Ok((model.embed_images(tensors, shape).await?, tokens))
 }
 
-/// The image-text model `req` names, else the one installed.
-fn image_model(state: &AppState, named: Option<String>) -> Result<String, ModelError> {
+/// The image-text model a request with pictures names, else the one installed.
+pub(super) fn image_model(state: &AppState, named: Option<String>) -> Result<String, ModelError> {
     match named {
         Some(id) => Ok(id),
         None => super::default_of_kind(

@@ -10,8 +10,10 @@ pub mod fixtures;
 pub mod footprint;
 pub mod metrics;
 pub mod packages;
+pub mod seeded;
 pub mod skip;
 pub mod torch_pt;
+pub mod towers;
 
 // Each test target uses some of these; the rest would be unused imports there.
 #[allow(unused_imports)]
