@@ -150,9 +150,21 @@ fn ids(text: &str) -> Tensor {
 
 /// A daemon serving the bundled MiniLM and the packed CLIP, with `extra` config.
 fn daemon(tensors: &HashMap<String, Tensor>, extra: &str) -> Daemon {
+    daemon_in(tensors, extra, &[])
+}
+
+/// [`daemon`], each model of `precisions` in its precision.
+fn daemon_in(
+    tensors: &HashMap<String, Tensor>,
+    extra: &str,
+    precisions: &[(&str, &str)],
+) -> Daemon {
     let d = Daemon::start_with(
         |dir| {
             write_config(dir, extra);
+            if !precisions.is_empty() {
+                common::write_precisions(dir, precisions);
+            }
             pack_into(ID, &dir.join("packages"), |f| clip_folder(f, tensors));
         },
         &[],
@@ -502,4 +514,32 @@ fn pack_makes_one_image_text_package_and_refuses_a_folder_it_cannot_follow() {
             processor.display()
         ))
     );
+}
+
+#[test]
+fn the_towers_serve_in_int8_fast_calibrated_at_load() {
+    let (model, tensors) = model();
+    let d = daemon_in(&tensors, "", &[(ID, "int8-fast")]);
+    let cat = picture(0);
+    let (status, body) = d.request(
+        "POST",
+        "/v1/embeddings",
+        &json!({"model": ID, "input": [{"image": cat}, "a photo of a cat"]}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let entry = common::model_entry(&d, ID).expect("listed");
+    assert_eq!(entry["precision"], "int8-fast", "{entry}");
+    let want = [
+        row(model.get_image_features(&pixels(&cat)).expect("image")),
+        row(model
+            .get_text_features(&ids("a photo of a cat"))
+            .expect("text")),
+    ];
+    for (i, w) in want.iter().enumerate() {
+        let v: Vec<f32> =
+            serde_json::from_value(body["data"][i]["embedding"].clone()).expect("vector");
+        let c = cosine(&v, w);
+        println!("int8-fast input {i}: cosine {c:.6} to candle's f32 features");
+        assert!(c >= 0.999, "input {i}: cosine {c}");
+    }
 }

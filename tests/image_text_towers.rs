@@ -248,15 +248,19 @@ fn clip_vit_b16_image_vectors_equal_candle_transformers() {
 
 /// CLIP's processor: the short side to 224, a centre crop, CLIP's mean and std.
 fn clip_pixels() -> Vec<Vec<f32>> {
-    let recipe = Preprocess {
+    (0..3).map(|v| clip_recipe().apply(&picture(v))).collect()
+}
+
+/// CLIP's processor.
+fn clip_recipe() -> Preprocess {
+    Preprocess {
         size: Some(Size::ShortestEdge { shortest_edge: 224 }),
         crop: Some([224, 224]),
         resample: Resample::Bicubic,
         rescale: 1.0 / 255.0,
         mean: [0.48145466, 0.4578275, 0.40821073],
         std: [0.26862954, 0.26130258, 0.27577711],
-    };
-    (0..3).map(|v| recipe.apply(&picture(v))).collect()
+    }
 }
 
 /// SigLIP's processor: a square resize, no crop, mean and std one half.
@@ -596,11 +600,63 @@ fn clip_towers_in_int8_and_bf16_stay_near_f32() {
             "CLIP towers in bf16: this CPU has no AMX (f32 above is what bf16 runs here)",
         );
     }
-    // int8-fast needs calibration images no package carries yet.
-    let refused = ImageTower::load(config_json.as_bytes(), tensors, Precision::Int8Fast).err();
+    // int8-fast: only with calibration inputs, which the daemon makes at load (its own
+    // pictures through the model's processor; its calibration texts through the tokenizer).
+    let refused =
+        ImageTower::load(config_json.as_bytes(), tensors.clone(), Precision::Int8Fast).err();
     assert_eq!(
         refused.as_deref(),
-        Some("int8-fast is not supported for an image or text tower yet (f32, int8, bf16)")
+        Some(
+            "int8-fast needs calibration inputs for a tower (pictures for an image tower, texts for a text tower)"
+        )
+    );
+    let pictures: Vec<Vec<f32>> = caxton::engine::calibration::pictures()
+        .iter()
+        .map(|p| clip_recipe().apply(p))
+        .collect();
+    let mut rng = Seeded(99);
+    let calibration_texts: Vec<Encoded> = [12usize, 30, 60]
+        .iter()
+        .map(|&n| {
+            let mut ids = vec![49406];
+            ids.extend((0..n).map(|_| ((rng.next() + 1.0) * 24000.0) as u32 + 300));
+            ids.push(49407);
+            Encoded {
+                type_ids: vec![0; ids.len()],
+                ids,
+                truncated: false,
+                unattended: 0,
+            }
+        })
+        .collect();
+    let fast_images = ImageTower::load_calibrated(
+        config_json.as_bytes(),
+        tensors.clone(),
+        Precision::Int8Fast,
+        &pictures,
+    )
+    .expect("int8-fast image tower");
+    let fast_text = TextTower::load_calibrated(
+        config_json.as_bytes(),
+        tensors,
+        Precision::Int8Fast,
+        &calibration_texts,
+    )
+    .expect("int8-fast text tower");
+    let refs: Vec<&[f32]> = pixels.iter().map(Vec::as_slice).collect();
+    let text_refs: Vec<&Encoded> = texts.iter().collect();
+    let fast = (
+        fast_images.embed(&refs).expect("image vectors"),
+        fast_text.embed(&text_refs).expect("text vectors"),
+    );
+    let (images, words) = (
+        worst_cosine(&fast.0, &f32s.0),
+        worst_cosine(&fast.1, &f32s.1),
+    );
+    println!("int8-fast: worst cosine to f32, images {images:.6}, texts {words:.6}");
+    assert!(
+        images >= 0.999 && words >= 0.999,
+        "int8-fast towers below 0.999 of f32"
     );
 }
 

@@ -247,21 +247,26 @@ impl LoadedModel {
         started: Instant,
     ) -> Result<LoadedModel, PackageError> {
         let m = &package.manifest;
-        let (precision, precision_fallback) = match configured.on_this_machine() {
-            // Its calibration pass would need pictures, which no package carries yet.
-            (Precision::Int8Fast, _) => (
-                Precision::Int8,
-                Some("int8-fast needs calibration pictures, which no image-text package carries yet: int8 instead".to_string()),
-            ),
-            other => other,
-        };
+        let (precision, precision_fallback) = configured.on_this_machine();
         let preprocess = m.image.clone().ok_or_else(|| {
             PackageError::Unusable(
                 "the manifest of an image-text model has no image section".into(),
             )
         })?;
-        let (towers, scorer) = vision::Towers::load(config, weights, precision, &preprocess)
-            .map_err(PackageError::Unusable)?;
+        // SigLIP's texts are padded to its length, the calibration texts as every other.
+        let tokenizer = match vision::text::padding(config).map_err(PackageError::Unusable)? {
+            Some(id) => tokenizer.with_padding(id),
+            None => tokenizer,
+        };
+        let texts = match precision {
+            Precision::Int8Fast => {
+                calibration::encode(&tokenizer, m.kind).map_err(PackageError::Unusable)?
+            }
+            _ => Vec::new(),
+        };
+        let (towers, scorer) =
+            vision::Towers::load(config, weights, precision, &preprocess, &texts)
+                .map_err(PackageError::Unusable)?;
         if towers.dimensions() != m.dimensions {
             return Err(PackageError::Unusable(format!(
                 "the manifest's dimensions are {}, and the towers' vectors {} wide",
@@ -269,10 +274,6 @@ impl LoadedModel {
                 towers.dimensions()
             )));
         }
-        let tokenizer = match towers.text.pad() {
-            Some(id) => tokenizer.with_padding(id),
-            None => tokenizer,
-        };
         let finish = vectors::Finish::new(m, |path| {
             package.read_verified(path).map_err(|e| e.to_string())
         })

@@ -11,7 +11,7 @@ use super::attention::RelativeBias;
 use super::layer::{Layer, PostNorms, Probe, QkNorm, Workspace};
 use super::rotary;
 use super::weights::Weights;
-use super::{Encoder, kernels};
+use super::{Calibrate, Encoder, kernels};
 use crate::engine::Precision;
 use crate::engine::blueprint::{Blueprint, Placement, Positions, RELATIVE_BIAS};
 use crate::engine::head::Head;
@@ -42,7 +42,7 @@ impl Encoder {
         precision: Precision,
         heads: Heads,
         max_seq_length: usize,
-        calibration: &[Encoded],
+        calibration: Calibrate<'_>,
     ) -> Result<Self, String> {
         let mut w = Weights {
             tensors,
@@ -223,15 +223,34 @@ impl Encoder {
         })
     }
 
-    /// The calibration texts embedded, ready for the first layer (see [`crate::engine::calibration`]).
-    fn calibration_pass(&self, texts: &[Encoded]) -> Result<Calibration, String> {
-        if texts.is_empty() {
-            return Err("int8-fast needs calibration texts".into());
-        }
-        let refs: Vec<&Encoded> = texts.iter().collect();
-        let (starts, lens, rows) = self.check_texts(&refs)?;
-        let mut x = vec![0f32; rows * self.blueprint.hidden];
-        self.embed(&refs, &starts, &mut x);
+    /// The calibration texts (see [`crate::engine::calibration`]) or vectors embedded, ready
+    /// for the first layer.
+    fn calibration_pass(&self, input: Calibrate<'_>) -> Result<Calibration, String> {
+        let (x, starts, lens, rows) = match input {
+            Calibrate::Texts([]) => return Err("int8-fast needs calibration texts".into()),
+            Calibrate::Texts(texts) => {
+                let refs: Vec<&Encoded> = texts.iter().collect();
+                let (starts, lens, rows) = self.check_texts(&refs)?;
+                let mut x = vec![0f32; rows * self.blueprint.hidden];
+                self.embed(&refs, &starts, &mut x);
+                (x, starts, lens, rows)
+            }
+            Calibrate::Vectors { mut x, lens } => {
+                let rows: usize = lens.iter().sum();
+                if rows == 0 || x.len() != rows * self.blueprint.hidden {
+                    return Err(format!(
+                        "int8-fast's calibration vectors: {} values for {rows} rows",
+                        x.len()
+                    ));
+                }
+                let starts: Vec<usize> = lens
+                    .iter()
+                    .scan(0, |at, &l| Some(std::mem::replace(at, *at + l)))
+                    .collect();
+                self.embed_vectors(&mut x, &starts, &lens);
+                (x, starts, lens, rows)
+            }
+        };
         let mut ws = Workspace::default();
         ws.prepare(&self.blueprint, rows);
         Ok(Calibration {

@@ -38,6 +38,21 @@ use crate::package::{Manifest, ModelKind};
 use attention::RelativeBias;
 use layer::{FFN_ROWS, Layer, Norm, Workspace};
 
+/// What int8-fast's calibration pass runs over while the layers are built: texts (a text
+/// model's, a text tower's), or an image tower's input vectors (`lens[k]` rows each, the
+/// hidden width wide, one input after another); no texts for another precision.
+pub enum Calibrate<'a> {
+    /// Tokenized texts.
+    Texts(&'a [Encoded]),
+    /// Vectors in place of words.
+    Vectors {
+        /// The rows.
+        x: Vec<f32>,
+        /// Rows of each input.
+        lens: Vec<usize>,
+    },
+}
+
 /// Token vectors of one forward pass, one row of `hidden` floats per token.
 pub struct Hidden {
     /// Row-major token vectors.
@@ -114,24 +129,26 @@ impl Encoder {
                 token_vectors: manifest.kind == ModelKind::MultiVector,
             },
             manifest.max_seq_length,
-            calibration,
+            Calibrate::Texts(calibration),
         )
     }
 
     /// A tower's encoder ([`crate::engine::vision`]): `tensors` under the encoder's names,
-    /// taking inputs of up to `tokens` vectors or tokens.
+    /// taking inputs of up to `tokens` vectors or tokens; int8-fast's calibration pass runs
+    /// over `calibration` (texts, or an image tower's vectors).
     pub(in crate::engine) fn tower(
         blueprint: Blueprint,
         tensors: Tensors,
         precision: Precision,
         tokens: usize,
+        calibration: Calibrate<'_>,
     ) -> Result<Self, String> {
         let heads = build::Heads {
             labels: None,
             sparse: None,
             token_vectors: false,
         };
-        Self::from_tensors(blueprint, tensors, precision, heads, tokens, &[])
+        Self::from_tensors(blueprint, tensors, precision, heads, tokens, calibration)
     }
 
     /// Bytes of the weights in memory.
@@ -257,6 +274,15 @@ impl Encoder {
             .iter()
             .scan(0, |at, &l| Some(std::mem::replace(at, *at + l)))
             .collect();
+        self.embed_vectors(&mut x, &starts, lens);
+        Ok(self.run_layers(x, starts, lens, lens))
+    }
+
+    /// Learned positions, the token type's row and the embedding norm added to vectors given
+    /// in place of words (`lens[k]` rows from `starts[k]`), as [`Encoder::embed`] adds them to
+    /// words.
+    fn embed_vectors(&self, x: &mut [f32], starts: &[usize], lens: &[usize]) {
+        let h = self.blueprint.hidden;
         for (&start, &len) in starts.iter().zip(lens) {
             for (pos, row) in x[start * h..(start + len) * h]
                 .chunks_exact_mut(h)
@@ -272,9 +298,8 @@ impl Encoder {
             }
         }
         if let Some(norm) = &self.embeddings_norm {
-            norm.apply(&mut x, h, self.blueprint.eps);
+            norm.apply(x, h, self.blueprint.eps);
         }
-        Ok(self.run_layers(x, starts, lens, lens))
     }
 
     /// Every layer over the embedded rows `x`, then the final norm.

@@ -19,7 +19,7 @@ pub use towers::Towers;
 
 use super::checkpoint::towers::{CLASS, ImageShape, PATCH, PATCH_BIAS, PROJECTION};
 use super::checkpoint::{Tensors, clip, siglip};
-use super::encoder::Encoder;
+use super::encoder::{Calibrate, Encoder};
 use super::kernels::Linear;
 use super::stored;
 use crate::config::Precision;
@@ -57,12 +57,12 @@ impl Family {
 }
 
 /// The precision a tower runs in: bf16 on AMX, else f32 (as every model's, see
-/// [`Precision::on_this_machine`]: bf16's layers run on AMX's kernels alone); int8-fast needs
-/// calibration images, which no package carries yet, and is refused.
-fn tower_precision(precision: Precision) -> Result<Precision, String> {
+/// [`Precision::on_this_machine`]: bf16's layers run on AMX's kernels alone); int8-fast only
+/// with inputs for its calibration pass (`calibrated`).
+fn tower_precision(precision: Precision, calibrated: bool) -> Result<Precision, String> {
     match precision.on_this_machine() {
-        (Precision::Int8Fast, _) => Err(
-            "int8-fast is not supported for an image or text tower yet (f32, int8, bf16)".into(),
+        (Precision::Int8Fast, _) if !calibrated => Err(
+            "int8-fast needs calibration inputs for a tower (pictures for an image tower, texts for a text tower)".into(),
         ),
         (runs, _) => Ok(runs),
     }
@@ -93,7 +93,18 @@ impl ImageTower {
         tensors: Tensors,
         precision: Precision,
     ) -> Result<Self, String> {
-        let precision = tower_precision(precision)?;
+        Self::load_calibrated(config_json, tensors, precision, &[])
+    }
+
+    /// [`ImageTower::load`], with `calibration` pictures (as the processor makes them) for
+    /// int8-fast's calibration pass.
+    pub fn load_calibrated(
+        config_json: &[u8],
+        tensors: Tensors,
+        precision: Precision,
+        calibration: &[Vec<f32>],
+    ) -> Result<Self, String> {
+        let precision = tower_precision(precision, !calibration.is_empty())?;
         let family = Family::of(config_json)?;
         let (blueprint, shape) = match family {
             Family::Clip => clip::vision_blueprint(config_json)?,
@@ -122,11 +133,23 @@ impl ImageTower {
             }
         };
         let tokens = shape.grid() * shape.grid() + usize::from(class.is_some());
-        let encoder = Encoder::tower(blueprint, tensors, precision, tokens)?;
+        let patch = Linear::from_torch(&patch, patch_bias, h, c * p * p);
+        let calibrate = match precision {
+            Precision::Int8Fast => {
+                let pictures: Vec<&[f32]> = calibration.iter().map(Vec::as_slice).collect();
+                check_inputs(shape, &pictures)?;
+                Calibrate::Vectors {
+                    x: input_rows(&patch, class.as_deref(), shape, h, &pictures),
+                    lens: vec![tokens; pictures.len()],
+                }
+            }
+            _ => Calibrate::Texts(&[]),
+        };
+        let encoder = Encoder::tower(blueprint, tensors, precision, tokens, calibrate)?;
         Ok(ImageTower {
             encoder,
             shape,
-            patch: Linear::from_torch(&patch, patch_bias, h, c * p * p),
+            patch,
             class,
             pool,
         })
@@ -160,39 +183,10 @@ impl ImageTower {
     /// The vector of each image, given as `[channels, size, size]` floats (the processor's
     /// tensor, channels first).
     pub fn embed(&self, images: &[&[f32]]) -> Result<Vec<Vec<f32>>, String> {
-        let ImageShape {
-            channels: c,
-            image_size: s,
-            projection_dim,
-            ..
-        } = self.shape;
-        let (g, h) = (self.shape.grid(), self.encoder.hidden_size());
-        if let Some((i, img)) = images
-            .iter()
-            .enumerate()
-            .find(|(_, img)| img.len() != c * s * s)
-        {
-            return Err(format!(
-                "image {i} has {} values; the tower takes {c} × {s} × {s}",
-                img.len()
-            ));
-        }
-        let patches = g * g;
-        let vectors = self.patch_vectors(images);
-        // The class vector first (CLIP), then the patches, for each image.
-        let first = usize::from(self.class.is_some());
-        let tokens = patches + first;
-        let mut x = vec![0f32; images.len() * tokens * h];
-        for (seq, patch_rows) in x
-            .chunks_exact_mut(tokens * h)
-            .zip(vectors.chunks_exact(patches * h))
-        {
-            if let Some(class) = &self.class {
-                seq[..h].copy_from_slice(class);
-            }
-            seq[first * h..].copy_from_slice(patch_rows);
-        }
-        drop(vectors);
+        let (h, dim) = (self.encoder.hidden_size(), self.shape.projection_dim);
+        check_inputs(self.shape, images)?;
+        let tokens = self.tokens();
+        let x = input_rows(&self.patch, self.class.as_deref(), self.shape, h, images);
         let lens = vec![tokens; images.len()];
         let hidden = self.encoder.forward_vectors(x, &lens)?;
         let out = match &self.pool {
@@ -201,49 +195,80 @@ impl ImageTower {
                 for &start in &hidden.starts {
                     pooled.extend_from_slice(&hidden.data[start * h..(start + 1) * h]);
                 }
-                let mut out = vec![0f32; images.len() * projection_dim];
+                let mut out = vec![0f32; images.len() * dim];
                 projection.forward(&pooled, images.len(), None, &mut out);
                 out
             }
             Pool::Attention(head) => head.pool(&hidden.data, images.len(), tokens),
         };
-        Ok(out
-            .chunks_exact(projection_dim)
-            .map(<[f32]>::to_vec)
-            .collect())
+        Ok(out.chunks_exact(dim).map(<[f32]>::to_vec).collect())
     }
+}
 
-    /// Each image's patches through the patch convolution: `images × patches` rows.
-    fn patch_vectors(&self, images: &[&[f32]]) -> Vec<f32> {
-        let ImageShape {
-            channels: c,
-            image_size: s,
-            patch_size: p,
-            ..
-        } = self.shape;
-        let (g, h) = (self.shape.grid(), self.encoder.hidden_size());
-        // Each patch's pixels as one row, in the convolution weight's order (channel, row,
-        // column).
-        let patches = g * g;
-        let mut rows = vec![0f32; images.len() * patches * c * p * p];
-        let mut chunks = rows.chunks_exact_mut(c * p * p);
-        for img in images {
-            for gy in 0..g {
-                for gx in 0..g {
-                    let Some(row) = chunks.next() else { break };
-                    for ch in 0..c {
-                        for ky in 0..p {
-                            let at = (ch * s + gy * p + ky) * s + gx * p;
-                            let to = (ch * p + ky) * p;
-                            row[to..to + p].copy_from_slice(&img[at..at + p]);
-                        }
+/// Refuses an image that is not `[channels, size, size]` floats.
+fn check_inputs(shape: ImageShape, images: &[&[f32]]) -> Result<(), String> {
+    let (c, s) = (shape.channels, shape.image_size);
+    match images
+        .iter()
+        .enumerate()
+        .find(|(_, img)| img.len() != c * s * s)
+    {
+        Some((i, img)) => Err(format!(
+            "image {i} has {} values; the tower takes {c} × {s} × {s}",
+            img.len()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The encoder's input rows of each image: CLIP's class vector first, then each patch's
+/// pixels through the patch convolution (`patch`, a linear layer over a patch's `channels ×
+/// patch × patch` values, in the convolution weight's order: channel, row, column).
+fn input_rows(
+    patch: &Linear,
+    class: Option<&[f32]>,
+    shape: ImageShape,
+    h: usize,
+    images: &[&[f32]],
+) -> Vec<f32> {
+    let ImageShape {
+        channels: c,
+        image_size: s,
+        patch_size: p,
+        ..
+    } = shape;
+    let g = shape.grid();
+    let patches = g * g;
+    let mut rows = vec![0f32; images.len() * patches * c * p * p];
+    let mut chunks = rows.chunks_exact_mut(c * p * p);
+    for img in images {
+        for gy in 0..g {
+            for gx in 0..g {
+                let Some(row) = chunks.next() else { break };
+                for ch in 0..c {
+                    for ky in 0..p {
+                        let at = (ch * s + gy * p + ky) * s + gx * p;
+                        let to = (ch * p + ky) * p;
+                        row[to..to + p].copy_from_slice(&img[at..at + p]);
                     }
                 }
             }
         }
-        let mut vectors = vec![0f32; images.len() * patches * h];
-        self.patch
-            .forward(&rows, images.len() * patches, None, &mut vectors);
-        vectors
     }
+    let mut vectors = vec![0f32; images.len() * patches * h];
+    patch.forward(&rows, images.len() * patches, None, &mut vectors);
+    drop(rows);
+    let first = usize::from(class.is_some());
+    let tokens = patches + first;
+    let mut x = vec![0f32; images.len() * tokens * h];
+    for (seq, patch_rows) in x
+        .chunks_exact_mut(tokens * h)
+        .zip(vectors.chunks_exact(patches * h))
+    {
+        if let Some(class) = class {
+            seq[..h].copy_from_slice(class);
+        }
+        seq[first * h..].copy_from_slice(patch_rows);
+    }
+    x
 }

@@ -6,7 +6,7 @@ use super::{FILE, Family};
 use crate::config::Precision;
 use crate::engine::checkpoint::towers::{EndOfText, TEXT_HEAD_BIAS, TEXT_PROJECTION, TextShape};
 use crate::engine::checkpoint::{Tensors, clip, siglip};
-use crate::engine::encoder::Encoder;
+use crate::engine::encoder::{Calibrate, Encoder};
 use crate::engine::kernels::Linear;
 use crate::engine::stored;
 use crate::engine::tokenize::Encoded;
@@ -26,7 +26,18 @@ impl TextTower {
         tensors: Tensors,
         precision: Precision,
     ) -> Result<Self, String> {
-        let precision = super::tower_precision(precision)?;
+        Self::load_calibrated(config_json, tensors, precision, &[])
+    }
+
+    /// [`TextTower::load`], with `calibration` texts (tokenized as the tower takes them) for
+    /// int8-fast's calibration pass.
+    pub fn load_calibrated(
+        config_json: &[u8],
+        tensors: Tensors,
+        precision: Precision,
+        calibration: &[Encoded],
+    ) -> Result<Self, String> {
+        let precision = super::tower_precision(precision, !calibration.is_empty())?;
         let family = Family::of(config_json)?;
         let (blueprint, shape) = match family {
             Family::Clip => clip::text_blueprint(config_json)?,
@@ -45,7 +56,13 @@ impl TextTower {
             Family::Clip => vec![0.0; dim],
             Family::Siglip => stored::take_f32(&mut tensors, TEXT_HEAD_BIAS, &[dim], FILE)?,
         };
-        let encoder = Encoder::tower(blueprint, tensors, precision, max)?;
+        let encoder = Encoder::tower(
+            blueprint,
+            tensors,
+            precision,
+            max,
+            Calibrate::Texts(calibration),
+        )?;
         Ok(TextTower {
             encoder,
             shape,
@@ -61,11 +78,6 @@ impl TextTower {
     /// Hands the pass buffers back (see `Encoder::release_workspace`).
     pub fn release_workspace(&self, wait: bool) {
         self.encoder.release_workspace(wait);
-    }
-
-    /// The id texts are padded with to the tower's length, when the model pads them.
-    pub fn pad(&self) -> Option<u32> {
-        self.shape.pad
     }
 
     /// Width of the vectors.
@@ -97,6 +109,15 @@ impl TextTower {
     fn end_of_text(&self, ids: &[u32]) -> Result<usize, String> {
         end_of_text(self.shape.end_of_text, ids)
     }
+}
+
+/// The id a two-tower model's text tower pads its texts with (SigLIP's), from its
+/// `config.json`, before the tower is built (its tokenizer pads the calibration texts).
+pub fn padding(config_json: &[u8]) -> Result<Option<u32>, String> {
+    Ok(match Family::of(config_json)? {
+        Family::Clip => clip::text_blueprint(config_json)?.1.pad,
+        Family::Siglip => siglip::text_blueprint(config_json)?.1.pad,
+    })
 }
 
 /// The row `rule` pools of a text of `ids` (see [`EndOfText`]).

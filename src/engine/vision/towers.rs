@@ -4,6 +4,7 @@
 use super::{ImageTower, Scorer, TextTower};
 use crate::config::Precision;
 use crate::engine::checkpoint::Tensors;
+use crate::engine::tokenize::Encoded;
 use crate::images::Preprocess;
 
 /// A two-tower model's towers.
@@ -16,18 +17,28 @@ pub struct Towers {
 
 impl Towers {
     /// Both towers of `tensors` in `precision`, the model's scoring, and a check that
-    /// `preprocess` makes the tensor the image tower takes.
+    /// `preprocess` makes the tensor the image tower takes. In int8-fast, the text tower's
+    /// calibration pass runs over `texts` (tokenized as it takes them) and the image tower's
+    /// over [`crate::engine::calibration::pictures`] as `preprocess` makes them.
     pub fn load(
         config_json: &[u8],
         tensors: Tensors,
         precision: Precision,
         preprocess: &Preprocess,
+        texts: &[Encoded],
     ) -> Result<(Towers, Scorer), String> {
         let scorer = Scorer::load(config_json, &tensors)?;
+        let pictures: Vec<Vec<f32>> = match precision {
+            Precision::Int8Fast => crate::engine::calibration::pictures()
+                .iter()
+                .map(|p| preprocess.apply(p))
+                .collect(),
+            _ => Vec::new(),
+        };
         // The map's tensors are shared, not copied: each tower takes its own and drops the
         // other's names.
-        let text = TextTower::load(config_json, tensors.clone(), precision)?;
-        let image = ImageTower::load(config_json, tensors, precision)?;
+        let text = TextTower::load_calibrated(config_json, tensors.clone(), precision, texts)?;
+        let image = ImageTower::load_calibrated(config_json, tensors, precision, &pictures)?;
         let side = image.shape().image_size as u32;
         // Any picture: the output of a crop or an exact size does not depend on it.
         let made = preprocess.output_size(side, side);
