@@ -3,7 +3,10 @@
 //! image's p50, and the preprocessing of a photograph on its own (decode + resize + crop +
 //! normalise), for `bench/vision` to set beside ONNX Runtime and Pillow on the same inputs.
 //!
-//!     cargo run --release --example vision -- DIR [f32|int8] [PHOTO]
+//!     cargo run --release --example vision -- DIR [f32|int8|int8-fast] [PHOTO]
+//!
+//! int8-fast calibrates on the daemon's own pictures through the folder's processor, as a
+//! load does.
 //!
 //! Prints one JSON object. The pixels are the photograph's (or a synthetic picture's), the
 //! same for every image of the batch; threads as `RAYON_NUM_THREADS`.
@@ -18,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(
         args.next()
-            .ok_or_else(|| anyhow::anyhow!("usage: vision DIR [f32|int8] [PHOTO]"))?,
+            .ok_or_else(|| anyhow::anyhow!("usage: vision DIR [f32|int8|int8-fast] [PHOTO]"))?,
     );
     let precision = Precision::try_from(args.next().unwrap_or_else(|| "f32".into()))
         .map_err(anyhow::Error::msg)?;
@@ -30,7 +33,15 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let tensors =
         candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)?;
-    let tower = ImageTower::load(&config, tensors, precision).map_err(anyhow::Error::msg)?;
+    let calibration: Vec<Vec<f32>> = match precision {
+        Precision::Int8Fast => caxton::engine::calibration::pictures()
+            .iter()
+            .map(|p| recipe.apply(p))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tower = ImageTower::load_calibrated(&config, tensors, precision, &calibration)
+        .map_err(anyhow::Error::msg)?;
     let load = started.elapsed();
     let bytes = match &photo {
         Some(p) => std::fs::read(p)?,
