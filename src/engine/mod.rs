@@ -104,6 +104,18 @@ pub struct Vision {
     pub image_tokens: usize,
 }
 
+/// What a load built, ready for its engine thread ([`LoadedModel::start`]).
+struct Built {
+    engine: worker::Engine,
+    tokenizer: TextTokenizer,
+    weight_bytes: u64,
+    /// What the model runs in, and why that is not the configured precision.
+    precision: (Precision, Option<String>),
+    query_weights: Option<Mapped<f32>>,
+    late: Option<Arc<late_interaction::LateTokenizers>>,
+    vision: Option<Arc<Vision>>,
+}
+
 /// A model in memory, ready to embed.
 pub struct LoadedModel {
     /// The package it came from.
@@ -204,33 +216,22 @@ impl LoadedModel {
             + query_weights
                 .as_ref()
                 .map_or(0, |w: &Mapped<f32>| w.bytes() as u64);
-        let (worker, freed) = worker::Worker::spawn(
-            &m.id,
-            worker::Engine::Text(Box::new(worker::Pipeline {
-                encoder,
-                pooling: m.pooling,
-                finish,
-                heads,
-            })),
-            limits,
-            options.queue,
-        )
-        .map_err(|e| PackageError::Unusable(format!("cannot start the engine thread: {e}")))?;
-        let model = LoadedModel {
-            package: package.clone(),
-            tokenizer: Arc::new(tokenizer),
-            load_time: Duration::ZERO,
+        let engine = worker::Engine::Text(Box::new(worker::Pipeline {
+            encoder,
+            pooling: m.pooling,
+            finish,
+            heads,
+        }));
+        let built = Built {
+            engine,
+            tokenizer,
             weight_bytes,
-            precision,
-            precision_fallback,
-            kernel: kernels::kernel_name(precision),
+            precision: (precision, precision_fallback),
             query_weights,
             late,
             vision: None,
-            worker,
-            freed,
         };
-        model.checked(started)
+        Self::start(package, options, limits, built, started)
     }
 
     /// [`LoadedModel::load`] of a two-tower model: both towers from the one checkpoint, the
@@ -280,21 +281,11 @@ impl LoadedModel {
         .map_err(PackageError::Unusable)?;
         let weight_bytes = towers.weight_bytes();
         let image_tokens = towers.image_tokens();
-        let (worker, freed) = worker::Worker::spawn(
-            &m.id,
-            worker::Engine::Towers(Box::new(worker::TowersPipeline { towers, finish })),
-            limits,
-            options.queue,
-        )
-        .map_err(|e| PackageError::Unusable(format!("cannot start the engine thread: {e}")))?;
-        let model = LoadedModel {
-            package: package.clone(),
-            tokenizer: Arc::new(tokenizer),
-            load_time: Duration::ZERO,
+        let built = Built {
+            engine: worker::Engine::Towers(Box::new(worker::TowersPipeline { towers, finish })),
+            tokenizer,
             weight_bytes,
-            precision,
-            precision_fallback,
-            kernel: kernels::kernel_name(precision),
+            precision: (precision, precision_fallback),
             query_weights: None,
             late: None,
             vision: Some(Arc::new(Vision {
@@ -302,6 +293,35 @@ impl LoadedModel {
                 scorer,
                 image_tokens,
             })),
+        };
+        Self::start(package, options, limits, built, started)
+    }
+
+    /// Starts the engine thread of what a load `built` of `package`, then the self-test.
+    fn start(
+        package: &StoredPackage,
+        options: EngineOptions,
+        limits: Arc<std::sync::RwLock<BatchLimits>>,
+        built: Built,
+        started: Instant,
+    ) -> Result<LoadedModel, PackageError> {
+        let (worker, freed) =
+            worker::Worker::spawn(&package.manifest.id, built.engine, limits, options.queue)
+                .map_err(|e| {
+                    PackageError::Unusable(format!("cannot start the engine thread: {e}"))
+                })?;
+        let (precision, precision_fallback) = built.precision;
+        let model = LoadedModel {
+            package: package.clone(),
+            tokenizer: Arc::new(built.tokenizer),
+            load_time: Duration::ZERO,
+            weight_bytes: built.weight_bytes,
+            precision,
+            precision_fallback,
+            kernel: kernels::kernel_name(precision),
+            query_weights: built.query_weights,
+            late: built.late,
+            vision: built.vision,
             worker,
             freed,
         };
