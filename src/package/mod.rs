@@ -8,6 +8,7 @@ pub mod pack;
 pub mod settle;
 pub mod signature;
 pub mod store;
+pub mod towers_config;
 pub mod verify;
 
 pub use error::PackageError;

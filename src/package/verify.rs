@@ -329,15 +329,6 @@ fn check_model_config(manifest: &Manifest, bytes: &[u8]) -> Result<(), PackageEr
         n_embd: Option<usize>,
         /// A sparse model's width.
         vocab_size: Option<usize>,
-        /// CLIP's shared width.
-        projection_dim: Option<usize>,
-        /// A two-tower model's text tower (SigLIP's width is its head's).
-        text_config: Option<TextConfig>,
-    }
-    #[derive(serde::Deserialize)]
-    struct TextConfig {
-        hidden_size: Option<usize>,
-        projection_size: Option<usize>,
     }
     let config: ModelConfig = serde_json::from_slice(bytes).map_err(|e| {
         PackageError::ManifestInvalid(format!("config.json is not valid JSON: {e}"))
@@ -354,14 +345,9 @@ fn check_model_config(manifest: &Manifest, bytes: &[u8]) -> Result<(), PackageEr
             )));
         }
     } else if manifest.kind == crate::package::ModelKind::ImageText {
-        // The towers' shared width, with transformers' defaults (CLIP 512, SigLIP base 768).
-        let text = config.text_config.as_ref();
-        let width = match manifest.architecture {
-            crate::package::Architecture::Clip => config.projection_dim.unwrap_or(512),
-            _ => text
-                .and_then(|t| t.projection_size.or(t.hidden_size))
-                .unwrap_or(768),
-        };
+        let width = super::towers_config::TowersConfig::parse(bytes)
+            .map_err(PackageError::ManifestInvalid)?
+            .width(manifest.architecture);
         if width != manifest.dimensions {
             return Err(PackageError::ManifestInvalid(format!(
                 "dimensions: the manifest says {}, and config.json's towers make vectors of {width}",

@@ -64,7 +64,8 @@ pub(super) async fn embed_pictures(
         )))
     })?;
     let limits = limits(settings);
-    let count = pictures.len();
+    // A picture's patches (and CLIP's class row) are its tokens.
+    let tokens = vision.image_tokens * pictures.len();
     // Decoding and resizing are CPU work: on the blocking threads, like long texts'
     // tokenization, split the same way (one piece a core at most). A refused picture is that
     // picture's answer, not the splitting's error.
@@ -82,7 +83,6 @@ pub(super) async fn embed_pictures(
     )
     .await?;
     let tensors = prepared.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let tokens = model.vision.as_ref().map_or(0, |v| v.image_tokens) * count;
     Ok((model.embed_images(tensors, shape).await?, tokens))
 }
 

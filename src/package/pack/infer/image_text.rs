@@ -4,49 +4,22 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
-
 use super::{Inferred, Length, read_json, unusable};
 use crate::images::Preprocess;
 use crate::package::error::PackageError;
 use crate::package::manifest::{Architecture, ModelKind, Pooling};
-
-/// The parts of a two-tower `config.json` the manifest needs, with transformers' defaults.
-#[derive(Deserialize)]
-struct TowersConfig {
-    /// CLIP's shared width (default 512).
-    projection_dim: Option<usize>,
-    text_config: Option<TextConfig>,
-    vision_config: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct TextConfig {
-    hidden_size: Option<usize>,
-    max_position_embeddings: Option<usize>,
-    /// SigLIP's head width, when not its hidden size.
-    projection_size: Option<usize>,
-}
+use crate::package::towers_config::TowersConfig;
 
 /// What the folder of a CLIP or SigLIP model implies.
 pub(super) fn infer(dir: &Path, architecture: Architecture) -> Result<Inferred, PackageError> {
     let config: TowersConfig = read_json(&dir.join("config.json"))?;
     let name = architecture.as_str();
-    let (Some(text), Some(_)) = (config.text_config, config.vision_config) else {
+    let (Some(_), Some(_)) = (&config.text_config, &config.vision_config) else {
         return Err(unusable(format!(
             "config.json: a {name} model's config needs both text_config and vision_config (a CLIPModel or SiglipModel folder, not one tower's)"
         )));
     };
-    let (dimensions, positions) = match architecture {
-        Architecture::Clip => (
-            config.projection_dim.unwrap_or(512),
-            text.max_position_embeddings.unwrap_or(77),
-        ),
-        _ => (
-            text.projection_size.or(text.hidden_size).unwrap_or(768),
-            text.max_position_embeddings.unwrap_or(64),
-        ),
-    };
+    let (dimensions, positions) = (config.width(architecture), config.text_length(architecture));
     let processor = dir.join("preprocessor_config.json");
     if !processor.exists() {
         return Err(unusable(format!(
