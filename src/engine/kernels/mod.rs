@@ -198,6 +198,7 @@ mod gemm;
 pub mod int8;
 pub mod int8_fast;
 mod linear;
+mod tasks;
 
 pub use elementwise::{
     Activation, PARALLEL_MIN, activate, add_into, for_rows, gate, layer_norm, layer_norm_rows,

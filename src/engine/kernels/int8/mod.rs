@@ -28,6 +28,7 @@ mod x86;
 use rayon::prelude::*;
 
 use super::Cap;
+use super::tasks;
 #[cfg(target_arch = "x86_64")]
 use super::{Isa, isa};
 use crate::memory::mapped::Mapped;
@@ -296,14 +297,16 @@ impl Packed {
             // Tasks: (rows, panels) blocks, so a task's weights (4 panels) stay in L2 while
             // its rows pass over them, and one text's pass still splits between threads.
             const TASK_ROWS: usize = 64;
-            const TASK_PANELS: usize = 4;
             let row_tasks = rows.div_ceil(TASK_ROWS);
-            let panel_tasks = self.panels.div_ceil(TASK_PANELS);
+            // 4 panels a task, fewer when that leaves threads idle (one text on many cores).
+            let threads = rayon::current_num_threads();
+            let task_panels = tasks::units_per_task(self.panels, 4, row_tasks, threads);
+            let panel_tasks = self.panels.div_ceil(task_panels);
             let (a, scales) = (&a[..], &scales[..]);
             let task = |t: usize| {
                 let (rt, pt) = (t / panel_tasks, t % panel_tasks);
                 let row_range = rt * TASK_ROWS..((rt + 1) * TASK_ROWS).min(rows);
-                let panel_range = pt * TASK_PANELS..((pt + 1) * TASK_PANELS).min(self.panels);
+                let panel_range = pt * task_panels..((pt + 1) * task_panels).min(self.panels);
                 // One accumulator per task, its rows zeroed one by one: zeroing the whole
                 // array for every tile was a `memset` call, 8% of an int8 pass over 32 short
                 // texts.

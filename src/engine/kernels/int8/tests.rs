@@ -154,6 +154,37 @@ fn weights_take_a_quarter_of_f32_and_the_scales_an_eighth_more() {
     assert_eq!(p.bytes(), 384 * 1536 + 384 * 1536 / BLOCK * 4);
 }
 
+/// One text through a 384-wide layer on 16 threads takes tasks of fewer panels (every thread
+/// has one) than on 2; the products must not change by a bit.
+#[test]
+fn one_text_cut_for_sixteen_threads_gives_the_same_product() {
+    let (rows, inputs, outputs) = (13, 384, 384);
+    assert!(rows * inputs * outputs >= PARALLEL_MACS);
+    let p = Packed::new(&weights(inputs, outputs), inputs, outputs);
+    assert!(tasks::units_per_task(p.panels, 4, 1, 16) < 4);
+    let x = activations(rows, inputs);
+    let bias = vec![0.25f32; outputs];
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool");
+        let mut out = vec![f32::NAN; rows * outputs];
+        pool.install(|| p.forward(&x, rows, &bias, None, &mut out));
+        out
+    };
+    let two = run(2);
+    let want = exact(&p, &x, rows, &bias, None);
+    for (i, (&got, &want)) in two.iter().zip(&want).enumerate() {
+        assert!(
+            (f64::from(got) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+            "{i}: {got} vs {want}"
+        );
+    }
+    assert_eq!(run(16), two);
+    release_thread_buffers();
+}
+
 /// Passes run on the pool's threads, and a thread waiting for its call's tiles runs other
 /// tasks, other calls among them: a call must not hold its thread's buffers borrowed while
 /// it waits (it did, and such a nested call panicked with "RefCell already borrowed").

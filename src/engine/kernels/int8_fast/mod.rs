@@ -46,6 +46,7 @@ use crate::memory::mapped::Mapped;
 use rayon::prelude::*;
 
 use super::Cap;
+use super::tasks;
 use output::Columns;
 pub use quantize::RowQuant;
 use quantize::Scheme;
@@ -325,8 +326,11 @@ impl Packed {
             quantize::quantize_rows(&x[..rows * k], (k, lda), scheme, &mut a, &mut quant);
             let (a, quant) = (&a[..], &quant[..]);
             let out = Out(out.as_mut_ptr());
-            let (tile_rows, tile_panels) = kernel.tile();
+            let (tile_rows, most_panels) = kernel.tile();
             let row_tasks = rows.div_ceil(TASK_ROWS);
+            let threads = rayon::current_num_threads();
+            // Fewer panels a tile when whole tiles leave threads idle (one text on many cores).
+            let tile_panels = tasks::units_per_task(self.panels, most_panels, row_tasks, threads);
             let panel_tasks = self.panels.div_ceil(tile_panels);
             let task = |t: usize| {
                 // Panel groups outer within a row block: a tile's panels stay in L1 while the

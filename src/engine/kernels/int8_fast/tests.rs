@@ -187,6 +187,49 @@ fn the_extremes_of_both_operands_sum_exactly() {
     }
 }
 
+/// One text through a 384-wide layer on 16 threads takes tiles of fewer panels (every thread
+/// has a task) than on 2; the sums are exact, so the products must not change by a bit.
+#[test]
+fn one_text_cut_for_sixteen_threads_gives_the_same_product() {
+    let (rows, inputs, outputs) = (13, 384, 384);
+    assert!(rows * inputs * outputs >= PARALLEL_MACS);
+    let wt = weights(inputs, outputs);
+    let x = activations(rows, inputs);
+    let smooth = smooth_for(&x, &wt, inputs, outputs);
+    let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.25).collect();
+    for kernel in Kernel::here() {
+        let p = Packed::new(&wt, inputs, outputs, &smooth, kernel.limits_pairs());
+        let (_, most) = kernel.tile();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            let mut out = vec![f32::NAN; rows * outputs];
+            pool.install(|| p.forward_strided(kernel, &x, rows, &bias, None, &mut out, outputs));
+            out
+        };
+        let two = run(2);
+        let want = exact(&p, &x, rows, &bias, None);
+        for (i, (&got, &want)) in two.iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{} output {i}: {got} vs {want}",
+                kernel.name()
+            );
+        }
+        let sixteen = run(16);
+        assert!(
+            two.iter()
+                .zip(&sixteen)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{} (tiles of {} panels on 16 threads, {most} on 2)",
+            kernel.name(),
+            tasks::units_per_task(p.panels, most, 1, 16)
+        );
+    }
+}
+
 #[test]
 fn the_product_is_within_the_quantization_error_of_f32() {
     let (inputs, outputs, rows) = (384, 96, 9);

@@ -5,8 +5,6 @@
 //! hardware prefetcher crosses, and only two L1 sets for all of them. A batch runs `gemm` once
 //! per panel (and block of rows), reading the panel as a row-major matrix of its own width.
 
-use rayon::prelude::*;
-
 use crate::memory::mapped::Mapped;
 
 /// Outputs per panel: a whole number of every f32 tile width (32 and 16 floats) and of
@@ -94,11 +92,9 @@ impl Panels {
             .map(move |first| self.panel_at(first))
     }
 
-    /// The panels as a parallel iterator (one task per panel, no list built per call).
-    pub fn par_iter(&self) -> impl IndexedParallelIterator<Item = Panel<'_>> + '_ {
-        (0..self.outputs.div_ceil(WIDTH))
-            .into_par_iter()
-            .map(move |p| self.panel_at(p * WIDTH))
+    /// How many panels there are.
+    pub fn count(&self) -> usize {
+        self.outputs.div_ceil(WIDTH)
     }
 
     /// The panel whose outputs start at `first` (a multiple of [`WIDTH`]).

@@ -43,6 +43,50 @@ fn linear_matches_a_naive_product_with_bias_and_residual() {
 }
 
 #[test]
+fn a_batch_cut_into_chunks_of_rows_for_many_threads_computes_every_row() {
+    // Sixteen threads and 4 panels (a 384-wide layer): the product is cut into chunks of rows
+    // × panels, the last chunk short, in gemm and in the few-row kernel (chunks of at least 6
+    // rows there). Each row must come out as a naive product.
+    let (inputs, outputs) = (29, 4 * panels::WIDTH - 7);
+    let w: Vec<f32> = (0..outputs * inputs)
+        .map(|i| (i as f32 * 0.29).sin())
+        .collect();
+    let b: Vec<f32> = (0..outputs).map(|i| i as f32 * 0.25).collect();
+    let lin = Linear::from_torch(&w, b.clone(), outputs, inputs);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(16)
+        .build()
+        .expect("a pool of 16 threads");
+    assert!(tasks::row_chunks(13, 4, 6, 16) >= 2);
+    for rows in [13, SMALL_ROWS, SMALL_ROWS + 1, 203, 2 * ROW_BLOCK + 9] {
+        if rows > SMALL_ROWS {
+            let chunks = tasks::row_chunks(rows, 4, CHUNK_ROWS, 16);
+            assert!(chunks >= 2, "{rows} rows in {chunks} chunks");
+        }
+        let x: Vec<f32> = (0..rows * inputs)
+            .map(|i| (i as f32 * 0.13).cos())
+            .collect();
+        let res: Vec<f32> = (0..rows * outputs).map(|i| i as f32 * 0.5).collect();
+        let mut out = vec![f32::NAN; rows * outputs];
+        pool.install(|| lin.forward(&x, rows, Some(&res), &mut out));
+        for r in 0..rows {
+            for o in 0..outputs {
+                let want = (0..inputs)
+                    .map(|i| x[r * inputs + i] * w[o * inputs + i])
+                    .sum::<f32>()
+                    + b[o]
+                    + res[r * outputs + o];
+                let got = out[r * outputs + o];
+                assert!(
+                    close(got, want, 1e-5),
+                    "rows {rows} ({r}, {o}): {got} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn concat_puts_outputs_side_by_side() {
     let a = Linear::from_torch(&[1.0, 2.0], vec![0.5], 1, 2);
     let b = Linear::from_torch(&[3.0, 4.0, 5.0, 6.0], vec![1.0, 2.0], 2, 2);

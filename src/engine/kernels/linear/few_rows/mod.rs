@@ -8,10 +8,15 @@ mod x86;
 use rayon::prelude::*;
 
 use super::SendPtr;
-use super::panels::Panels;
+use super::panels::{Panels, WIDTH};
 use crate::engine::kernels::elementwise::add_into;
+use crate::engine::kernels::tasks;
 #[cfg(target_arch = "x86_64")]
 use crate::engine::kernels::{Isa, isa};
+
+/// The fewest rows a chunk is cut to when the panels are too few for the threads: AVX2's
+/// tile height, so a chunk still fills a tile.
+const CHUNK_ROWS: usize = 6;
 
 /// `out = x·Wᵀ + b (+ residual)` for `rows` rows of `x` (each `k` wide) over the panels of a
 /// layer of `n` outputs.
@@ -27,13 +32,24 @@ pub fn forward(
     assert!(x.len() == rows * k && out.len() == rows * n);
     assert!(residual.is_none_or(|r| r.len() == rows * n));
     let dst = SendPtr(out.as_mut_ptr());
-    // One task per panel. Each writes its own columns of `out` with the bias (and residual)
-    // as it finishes, so there is no batch-wide buffer to allocate and no serial pass after.
-    panels.par_iter().for_each(|panel| {
+    // One task per panel, or per panel and chunk of rows when the panels are too few for the
+    // threads (a 384-wide layer is 4 panels). Each writes its own rows and columns of `out`
+    // with the bias (and residual) as it finishes, so there is no batch-wide buffer to
+    // allocate and no serial pass after.
+    let count = panels.count();
+    let chunks = tasks::row_chunks(rows, count, CHUNK_ROWS, rayon::current_num_threads());
+    (0..chunks * count).into_par_iter().for_each(|t| {
+        let (first_row, rows) = tasks::chunk_rows(rows, chunks, t / count);
+        if rows == 0 {
+            return;
+        }
+        let panel = panels.panel_at((t % count) * WIDTH);
         let (first, width) = (panel.first, panel.width);
         let mut block = vec![0f32; rows * width];
+        let x = &x[first_row * k..(first_row + rows) * k];
         tile_rows(x, rows, k, panel.data, width, &mut block);
         for (r, src) in block.chunks_exact(width).enumerate() {
+            let r = first_row + r;
             // SAFETY: columns `first..first + width` of row `r` lie inside `out` (`rows × n`,
             // checked above), and only this panel's task writes them.
             let dst =
