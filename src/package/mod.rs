@@ -16,7 +16,7 @@ pub use manifest::{
     Architecture, Dense, DenseActivation, INT8_BLOCK, INT8_SCALES_SUFFIX, InputType,
     LateInteraction, LateSimilarity, MAX_SEQ_LENGTH, Manifest, Matryoshka, Mismatch, ModelKind,
     OutputHeads, OutputName, PairTemplate, Pooling, QueryExpansion, ScoreActivation,
-    SparseActivation, StoredWeights, TokenWeights, quantize_int8_block,
+    SparseActivation, StoredWeights, TokenWeights, quantize_int8_block, to_int8,
 };
 pub use store::{Lease, Store, StoredPackage};
 

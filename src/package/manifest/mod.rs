@@ -17,7 +17,7 @@ pub use pair_template::PairTemplate;
 pub use rules::check_entry_path;
 pub use vectors::{Dense, DenseActivation, InputType, Matryoshka, Mismatch};
 pub use weights::{
-    INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights, quantize_int8_block,
+    INT8_BLOCK, INT8_MIN_VALUES, INT8_SCALES_SUFFIX, StoredWeights, quantize_int8_block, to_int8,
 };
 
 /// Name of the manifest entry, which must be the first entry of every package.

@@ -32,6 +32,7 @@ use super::tasks;
 #[cfg(target_arch = "x86_64")]
 use super::{Isa, isa};
 use crate::memory::mapped::Mapped;
+use crate::package::to_int8;
 use quantize::quantize_rows;
 
 /// Inputs that share a weight scale.
@@ -180,8 +181,7 @@ impl Packed {
             }
             for (kk, row) in rows.enumerate() {
                 for (o, (&w, &inv)) in row.iter().zip(&inv).enumerate() {
-                    let q = (w * inv).round_ties_even().clamp(-127.0, 127.0);
-                    weights[weight_at(o, b, kk, blocks)] = q as i8;
+                    weights[weight_at(o, b, kk, blocks)] = to_int8(w, inv);
                 }
             }
         }

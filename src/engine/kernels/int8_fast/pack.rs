@@ -4,6 +4,7 @@
 
 use super::{GROUP, NR, PANEL_GROUP};
 use crate::memory::mapped::Mapped;
+use crate::package::to_int8;
 
 /// `H·S·Wᵀ / n` of `wt` (`[inputs, outputs]`): rows of `Wᵀ` scaled by `s(k) / rotation`, then
 /// each block of `rotation` rows turned as a whole (a butterfly on rows is a butterfly on every
@@ -84,9 +85,8 @@ pub(super) fn quantize(
     for (k, row) in turned.chunks_exact(outputs.max(1)).enumerate() {
         let (g, kk) = (k / GROUP, k % GROUP);
         for (o, (&w, &inv)) in row.iter().zip(&inv).enumerate() {
-            let q = (w * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
             let at = ((o / NR) * groups + g) * PANEL_GROUP + (o % NR) * GROUP + kk;
-            weights[at] = q;
+            weights[at] = to_int8(w, inv);
         }
     }
     weights
