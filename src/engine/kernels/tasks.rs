@@ -53,6 +53,17 @@ pub fn chunk_rows(rows: usize, chunks: usize, chunk: usize) -> (usize, usize) {
     (first, size.min(rows - first))
 }
 
+/// `f` on a compute pool of its own with `threads` threads (more than the cores is fine): a
+/// kernel's cut for a machine of that many cores, on any machine.
+#[cfg(test)]
+pub fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,12 +165,8 @@ fn one_text_cut_for_sixteen_threads_gives_the_same_product() {
     let x = activations(rows, inputs);
     let bias = vec![0.25f32; outputs];
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("a thread pool");
         let mut out = vec![f32::NAN; rows * outputs];
-        pool.install(|| p.forward(&x, rows, &bias, None, &mut out));
+        tasks::on_threads(threads, || p.forward(&x, rows, &bias, None, &mut out));
         out
     };
     let two = run(2);

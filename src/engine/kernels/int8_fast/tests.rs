@@ -201,12 +201,10 @@ fn one_text_cut_for_sixteen_threads_gives_the_same_product() {
         let p = Packed::new(&wt, inputs, outputs, &smooth, kernel.limits_pairs());
         let (_, most) = kernel.tile();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("a thread pool");
             let mut out = vec![f32::NAN; rows * outputs];
-            pool.install(|| p.forward_strided(kernel, &x, rows, &bias, None, &mut out, outputs));
+            tasks::on_threads(threads, || {
+                p.forward_strided(kernel, &x, rows, &bias, None, &mut out, outputs)
+            });
             out
         };
         let two = run(2);

@@ -4,6 +4,26 @@ fn close(a: f32, b: f32, tol: f32) -> bool {
     (a - b).abs() <= tol * (1.0 + b.abs())
 }
 
+/// Asserts that `out` is `x·Wᵀ + b (+ residual)` computed naively, `w` in PyTorch's layout.
+fn assert_naive(x: &[f32], w: &[f32], b: &[f32], residual: Option<&[f32]>, out: &[f32]) {
+    let (inputs, outputs) = (w.len() / b.len(), b.len());
+    let rows = out.len() / outputs;
+    for r in 0..rows {
+        for o in 0..outputs {
+            let want = (0..inputs)
+                .map(|i| x[r * inputs + i] * w[o * inputs + i])
+                .sum::<f32>()
+                + b[o]
+                + residual.map_or(0.0, |res| res[r * outputs + o]);
+            let got = out[r * outputs + o];
+            assert!(
+                close(got, want, 1e-5),
+                "rows {rows} ({r}, {o}): {got} vs {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn linear_matches_a_naive_product_with_bias_and_residual() {
     // 203 outputs: two whole panels and one of 11 (a tile's worth short, left-over outputs).
@@ -24,20 +44,7 @@ fn linear_matches_a_naive_product_with_bias_and_residual() {
         for residual in [None, Some(&res[..])] {
             let mut out = vec![f32::NAN; rows * outputs];
             lin.forward(&x, rows, residual, &mut out);
-            for r in 0..rows {
-                for o in 0..outputs {
-                    let want = (0..inputs)
-                        .map(|i| x[r * inputs + i] * w[o * inputs + i])
-                        .sum::<f32>()
-                        + b[o]
-                        + residual.map_or(0.0, |res| res[r * outputs + o]);
-                    let got = out[r * outputs + o];
-                    assert!(
-                        close(got, want, 1e-5),
-                        "rows {rows} ({r}, {o}): {got} vs {want}"
-                    );
-                }
-            }
+            assert_naive(&x, &w, &b, residual, &out);
         }
     }
 }
@@ -53,10 +60,6 @@ fn a_batch_cut_into_chunks_of_rows_for_many_threads_computes_every_row() {
         .collect();
     let b: Vec<f32> = (0..outputs).map(|i| i as f32 * 0.25).collect();
     let lin = Linear::from_torch(&w, b.clone(), outputs, inputs);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(16)
-        .build()
-        .expect("a pool of 16 threads");
     assert!(tasks::row_chunks(13, 4, 6, 16) >= 2);
     for rows in [13, SMALL_ROWS, SMALL_ROWS + 1, 203, 2 * ROW_BLOCK + 9] {
         if rows > SMALL_ROWS {
@@ -68,21 +71,8 @@ fn a_batch_cut_into_chunks_of_rows_for_many_threads_computes_every_row() {
             .collect();
         let res: Vec<f32> = (0..rows * outputs).map(|i| i as f32 * 0.5).collect();
         let mut out = vec![f32::NAN; rows * outputs];
-        pool.install(|| lin.forward(&x, rows, Some(&res), &mut out));
-        for r in 0..rows {
-            for o in 0..outputs {
-                let want = (0..inputs)
-                    .map(|i| x[r * inputs + i] * w[o * inputs + i])
-                    .sum::<f32>()
-                    + b[o]
-                    + res[r * outputs + o];
-                let got = out[r * outputs + o];
-                assert!(
-                    close(got, want, 1e-5),
-                    "rows {rows} ({r}, {o}): {got} vs {want}"
-                );
-            }
-        }
+        tasks::on_threads(16, || lin.forward(&x, rows, Some(&res), &mut out));
+        assert_naive(&x, &w, &b, Some(&res), &out);
     }
 }
 
