@@ -3,6 +3,7 @@
 //! that owns what it asks about, and formats the result; the domain is never decided here.
 
 mod answer;
+mod at_once;
 mod cohere;
 mod compact;
 pub mod error;

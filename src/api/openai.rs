@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -72,7 +73,7 @@ pub async fn embeddings(
         },
     )
     .await?;
-    let data = out
+    let data: Vec<EmbeddingItem<'_>> = out
         .vectors
         .iter()
         .enumerate()
@@ -96,16 +97,28 @@ pub async fn embeddings(
             }
         })
         .collect();
-    let body = Json(EmbeddingList {
+    let usage = Usage {
+        prompt_tokens: out.tokens,
+        total_tokens: out.tokens,
+    };
+    let values = out.vectors.iter().map(Vec::len).sum::<usize>() * types.len();
+    let body = match super::at_once::items(&data, values) {
+        Ok(Some(written)) => answer(written, &out.model, usage),
+        // A failure to write is written again below, where `Json` answers it.
+        _ => answer(data, &out.model, usage),
+    };
+    Ok(super::answer::embedded(body, &out))
+}
+
+/// The answer's body: its items, or their JSON written at once.
+fn answer<D: Serialize>(data: D, model: &str, usage: Usage) -> axum::response::Response {
+    Json(EmbeddingList {
         object: "list",
         data,
-        model: &out.model,
-        usage: Usage {
-            prompt_tokens: out.tokens,
-            total_tokens: out.tokens,
-        },
-    });
-    Ok(super::answer::embedded(body, &out))
+        model,
+        usage,
+    })
+    .into_response()
 }
 
 /// The answer of `POST /v1/embeddings`, serialized straight from the vectors: each value as
@@ -113,9 +126,10 @@ pub async fn embeddings(
 /// them), with no JSON tree built in between (that tree and its wider f64 text were most of
 /// what a batch's answer cost the async workers).
 #[derive(Serialize)]
-struct EmbeddingList<'a> {
+struct EmbeddingList<'a, D> {
     object: &'static str,
-    data: Vec<EmbeddingItem<'a>>,
+    /// The items, or their JSON written at once (`at_once`).
+    data: D,
     model: &'a str,
     usage: Usage,
 }
@@ -132,7 +146,7 @@ struct EmbeddingItem<'a> {
     embeddings: Option<InOrder<Compact<'a>>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone, Copy)]
 struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,
