@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 /// From this many values in all, an answer's items are written at once; below, one thread
 /// writes them faster than the pool would be woken (a single text's 384 values take 8 µs).
-pub const AT_ONCE_VALUES: usize = 4096;
+const AT_ONCE_VALUES: usize = 4096;
 
 /// `items` written as JSON at once on the compute pool, in order, when they hold `values`
 /// values in all, at least [`AT_ONCE_VALUES`], and there are several items and threads; else

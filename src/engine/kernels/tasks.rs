@@ -53,6 +53,26 @@ pub fn chunk_rows(rows: usize, chunks: usize, chunk: usize) -> (usize, usize) {
     (first, size.min(rows - first))
 }
 
+/// Runs `task(first_row, rows, unit)` on the pool for every chunk of rows × unit of the cut
+/// [`row_chunks`] picks for `threads` threads (chunks of at least `min_rows`), a chunk's units
+/// in a row, so a thread's run of tasks keeps its rows in cache.
+pub fn for_each_chunk(
+    rows: usize,
+    units: usize,
+    min_rows: usize,
+    threads: usize,
+    task: impl Fn(usize, usize, usize) + Send + Sync,
+) {
+    use rayon::prelude::*;
+    let chunks = row_chunks(rows, units, min_rows, threads);
+    (0..chunks * units).into_par_iter().for_each(|t| {
+        let (first_row, count) = chunk_rows(rows, chunks, t / units);
+        if count > 0 {
+            task(first_row, count, t % units);
+        }
+    });
+}
+
 /// `f` on a compute pool of its own with `threads` threads (more than the cores is fine): a
 /// kernel's cut for a machine of that many cores, on any machine.
 #[cfg(test)]

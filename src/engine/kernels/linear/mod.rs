@@ -318,20 +318,10 @@ impl Linear {
                 panels.iter().for_each(|p| product(first_row, count, &p));
             });
         } else {
-            // Chunks of rows × panels, a chunk's panels in a row so a thread's run of tasks
-            // keeps its rows in cache: by panels alone, a 384-wide layer (4 panels) ran on 4
+            // Chunks of rows × panels: by panels alone, a 384-wide layer (4 panels) ran on 4
             // threads of 16.
-            let count = panels.count();
-            let chunks = tasks::row_chunks(rows, count, CHUNK_ROWS, threads);
-            (0..chunks * count).into_par_iter().for_each(|t| {
-                let (first_row, rows) = tasks::chunk_rows(rows, chunks, t / count);
-                if rows > 0 {
-                    product(
-                        first_row,
-                        rows,
-                        &panels.panel_at((t % count) * panels::WIDTH),
-                    );
-                }
+            tasks::for_each_chunk(rows, panels.count(), CHUNK_ROWS, threads, |first, n, p| {
+                product(first, n, &panels.panel_at(p * panels::WIDTH))
             });
         }
     }

@@ -5,8 +5,6 @@
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use rayon::prelude::*;
-
 use super::SendPtr;
 use super::panels::{Panels, WIDTH};
 use crate::engine::kernels::elementwise::add_into;
@@ -36,31 +34,32 @@ pub fn forward(
     // threads (a 384-wide layer is 4 panels). Each writes its own rows and columns of `out`
     // with the bias (and residual) as it finishes, so there is no batch-wide buffer to
     // allocate and no serial pass after.
-    let count = panels.count();
-    let chunks = tasks::row_chunks(rows, count, CHUNK_ROWS, rayon::current_num_threads());
-    (0..chunks * count).into_par_iter().for_each(|t| {
-        let (first_row, rows) = tasks::chunk_rows(rows, chunks, t / count);
-        if rows == 0 {
-            return;
-        }
-        let panel = panels.panel_at((t % count) * WIDTH);
-        let (first, width) = (panel.first, panel.width);
-        let mut block = vec![0f32; rows * width];
-        let x = &x[first_row * k..(first_row + rows) * k];
-        tile_rows(x, rows, k, panel.data, width, &mut block);
-        for (r, src) in block.chunks_exact(width).enumerate() {
-            let r = first_row + r;
-            // SAFETY: columns `first..first + width` of row `r` lie inside `out` (`rows × n`,
-            // checked above), and only this panel's task writes them.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * n + first), width) };
-            add_into(dst, src, &bias[first..first + width]);
-            if let Some(res) = residual {
-                let res = &res[r * n + first..r * n + first + width];
-                dst.iter_mut().zip(res).for_each(|(o, r)| *o += r);
+    let threads = rayon::current_num_threads();
+    tasks::for_each_chunk(
+        rows,
+        panels.count(),
+        CHUNK_ROWS,
+        threads,
+        |first_row, rows, p| {
+            let panel = panels.panel_at(p * WIDTH);
+            let (first, width) = (panel.first, panel.width);
+            let mut block = vec![0f32; rows * width];
+            let x = &x[first_row * k..(first_row + rows) * k];
+            tile_rows(x, rows, k, panel.data, width, &mut block);
+            for (r, src) in block.chunks_exact(width).enumerate() {
+                let r = first_row + r;
+                // SAFETY: columns `first..first + width` of row `r` lie inside `out` (`rows × n`,
+                // checked above), and only this panel's task writes them.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * n + first), width) };
+                add_into(dst, src, &bias[first..first + width]);
+                if let Some(res) = residual {
+                    let res = &res[r * n + first..r * n + first + width];
+                    dst.iter_mut().zip(res).for_each(|(o, r)| *o += r);
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// `block[r·width + c] = x_r · w_c` for `rows` rows of `x` over one panel `w` (`k` rows of
