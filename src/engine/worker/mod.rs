@@ -223,32 +223,9 @@ fn run(
             continue;
         }
         holding = true;
-        // Whatever panics inside a batch fails that batch, never the engine thread. The batch
-        // runs on a compute thread (this one waits for it once), with the other workers kept
-        // awake through it (`awake`): its parallel steps then start inside the pool, where
-        // the thread waiting for one takes part in it, instead of this thread handing each
-        // step over and sleeping until it is done, the workers woken again for every step.
-        // That compute thread also answers the jobs, so an answer is on its way while this
-        // thread is still waking from its wait: one wake-up less before the client hears.
-        let answered = catch_unwind(AssertUnwindSafe(|| {
-            rayon::scope(|_| {
-                let results = {
-                    let _awake = super::awake::Awake::begin();
-                    engine.embed_jobs(limits, &jobs, beat, &meters.batch_size)
-                };
-                for (job, result) in jobs.drain(..).zip(results) {
-                    let _ = job.reply.send(result);
-                }
-            })
-        }));
-        if answered.is_err() {
-            tracing::error!(caxton_event = "engine_error", "a batch panicked");
-            for job in jobs {
-                let _ = job
-                    .reply
-                    .send(Err(EngineError::Failed("the batch panicked".into())));
-            }
-        }
+        answer(jobs, |jobs| {
+            engine.embed_jobs(limits, jobs, beat, &meters.batch_size)
+        });
     }
     // Every handle is gone: the model is unloaded. Free the weights (and the pool threads'
     // scratch of its last passes) now and hand the memory back to the kernel, so RSS and the
@@ -260,6 +237,37 @@ fn run(
     crate::memory::trim();
     let _ = freed.send(true);
     tracing::debug!("engine thread stopped, memory trimmed");
+}
+
+/// Runs `batch` over `jobs` and answers each job with its result.
+///
+/// Whatever panics inside a batch fails that batch, never the engine thread. The batch runs on
+/// a compute thread (this one waits for it once), with the other workers kept awake through
+/// it (`awake`): its parallel steps then start inside the pool, where the thread waiting for
+/// one takes part in it, instead of this thread handing each step over and sleeping until it
+/// is done, the workers woken again for every step. That compute thread also sends the
+/// answers, so they are on their way while this thread is still waking from its wait: one
+/// wake-up less between the pass and the client.
+fn answer(mut jobs: Vec<Job>, batch: impl FnOnce(&[Job]) -> Vec<JobResult> + Send) {
+    let answered = catch_unwind(AssertUnwindSafe(|| {
+        rayon::scope(|_| {
+            let results = {
+                let _awake = super::awake::Awake::begin();
+                batch(&jobs)
+            };
+            for (job, result) in jobs.drain(..).zip(results) {
+                let _ = job.reply.send(result);
+            }
+        })
+    }));
+    if answered.is_err() {
+        tracing::error!(caxton_event = "engine_error", "a batch panicked");
+        for job in jobs {
+            let _ = job
+                .reply
+                .send(Err(EngineError::Failed("the batch panicked".into())));
+        }
+    }
 }
 
 /// One forward pass (`pass`), marked on `beat` for the watchdog while it runs; a panic in it
@@ -277,4 +285,53 @@ fn watched<T: Send>(
     beat.pass_started.store(0, Ordering::Relaxed);
     beat.last.store(clock_ms(), Ordering::Relaxed);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job of no texts and the receiver of its answer.
+    fn job() -> (Job, oneshot::Receiver<JobResult>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            texts: Vec::new(),
+            images: Vec::new(),
+            shape: VectorShape {
+                normalize: false,
+                width: None,
+            },
+            output: Output::Main,
+            reply,
+        };
+        (job, answer)
+    }
+
+    #[test]
+    fn each_job_gets_its_own_result_and_the_batch_runs_on_a_compute_thread() {
+        let (jobs, answers): (Vec<_>, Vec<_>) = (0..3).map(|_| job()).unzip();
+        let ran_on = std::sync::Mutex::new(None);
+        answer(jobs, |jobs| {
+            *ran_on.lock().expect("lock") = Some(rayon::current_thread_index());
+            (0..jobs.len()).map(|i| Ok(vec![vec![i as f32]])).collect()
+        });
+        // The batch ran on a compute thread, not on this one.
+        assert!(matches!(*ran_on.lock().expect("lock"), Some(Some(_))));
+        for (i, mut answer) in answers.into_iter().enumerate() {
+            let got = answer.try_recv().expect("answered").expect("a result");
+            assert_eq!(got, vec![vec![i as f32]]);
+        }
+    }
+
+    #[test]
+    fn a_batch_that_panics_answers_every_job_with_the_panic() {
+        let (jobs, answers): (Vec<_>, Vec<_>) = (0..2).map(|_| job()).unzip();
+        answer(jobs, |_| panic!("a kernel's bug"));
+        for mut answer in answers {
+            match answer.try_recv().expect("answered") {
+                Err(EngineError::Failed(why)) => assert_eq!(why, "the batch panicked"),
+                other => panic!("expected the batch's panic, got {other:?}"),
+            }
+        }
+    }
 }
