@@ -146,7 +146,7 @@ struct EmbeddingItem<'a> {
     embeddings: Option<InOrder<Compact<'a>>>,
 }
 
-#[derive(Serialize, Clone, Copy)]
+#[derive(Serialize)]
 struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,

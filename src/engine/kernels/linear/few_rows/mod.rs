@@ -34,12 +34,11 @@ pub fn forward(
     // threads (a 384-wide layer is 4 panels). Each writes its own rows and columns of `out`
     // with the bias (and residual) as it finishes, so there is no batch-wide buffer to
     // allocate and no serial pass after.
-    let threads = rayon::current_num_threads();
     tasks::for_each_chunk(
         rows,
         panels.count(),
         CHUNK_ROWS,
-        threads,
+        rayon::current_num_threads(),
         |first_row, rows, p| {
             let panel = panels.panel_at(p * WIDTH);
             let (first, width) = (panel.first, panel.width);
