@@ -16,8 +16,8 @@
 //! of inputs × 16 outputs × 2 int8 (`w[2j][c]`, `w[2j+1][c]` side by side), so one 32-byte
 //! load is a register of 16 outputs × 2 inputs, multiplied by one broadcast pair of
 //! activations. The kernels ([`x86`], and the portable one here) compute a tile of up to
-//! [`MAX_ROWS`] rows × one panel; [`quantize`] turns the activations to int16; this file cuts
-//! the work into tiles and threads.
+//! [`MAX_ROWS`] rows × up to [`MAX_PANELS`] panels; [`quantize`] turns the activations to
+//! int16; this file cuts the work into tiles and threads.
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -40,14 +40,19 @@ pub const BLOCK: usize = 32;
 /// Outputs in a panel.
 pub const NR: usize = 16;
 /// The most rows a kernel tile takes.
-pub const MAX_ROWS: usize = 8;
+pub const MAX_ROWS: usize = 4;
+/// The most panels a kernel tile takes (AVX-512 VNNI's; the others take one).
+pub const MAX_PANELS: usize = 4;
 /// Bytes of one block of one panel.
 const PANEL_BLOCK: usize = BLOCK * NR;
+
+/// A tile's sums in f32: `[row][panel × NR + output]`.
+type Acc = [[f32; NR * MAX_PANELS]; MAX_ROWS];
 
 /// The int8 kernels, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// AVX-512 with VNNI: `vpdpwssd` on 16 outputs at once, 8 rows a tile.
+    /// AVX-512 with VNNI: `vpdpwssd` on 16 outputs at once, 4 rows × 4 panels a tile.
     Avx512Vnni,
     /// AVX-VNNI: `vpdpwssd` on 8 outputs, 4 rows a tile.
     AvxVnni,
@@ -74,10 +79,21 @@ impl Kernel {
     /// Rows per tile.
     fn rows(self) -> usize {
         match self {
-            Kernel::Avx512Vnni => 8,
             #[cfg(target_arch = "aarch64")]
             Kernel::Neon => neon::ROWS,
             _ => 4,
+        }
+    }
+
+    /// Panels per tile: AVX-512 VNNI's tile shares each row's broadcast activations between
+    /// up to 4 panels. As 8 rows × 1 panel it waited on those broadcasts and the weights'
+    /// sign extension (9 of every 17 vector instructions): a 1536→384 layer over 64 rows of
+    /// L2-resident activations ran 69-84 GMAC/s a core against 107 for 4 × 2 to 4 × 4
+    /// (AMD EPYC Zen 4, a standalone copy of the tile; 5 rows or more spill or stall).
+    fn panels(self) -> usize {
+        match self {
+            Kernel::Avx512Vnni => MAX_PANELS,
+            _ => 1,
         }
     }
 
@@ -310,29 +326,34 @@ impl Packed {
                 // One accumulator per task, its rows zeroed one by one: zeroing the whole
                 // array for every tile was a `memset` call, 8% of an int8 pass over 32 short
                 // texts.
-                let mut acc = [[0f32; NR]; MAX_ROWS];
+                let mut acc: Acc = [[0f32; NR * MAX_PANELS]; MAX_ROWS];
                 let mut wide = WIDE.with_borrow_mut(std::mem::take);
                 let widen = row_range.len() >= WIDEN_ROWS;
-                for p in panel_range {
+                let mut p = panel_range.start;
+                while p < panel_range.end {
+                    let np = kernel.panels().min(panel_range.end - p);
                     let widened = widen && self.widen(kernel, p, &mut wide);
                     let mut r0 = row_range.start;
                     while r0 < row_range.end {
                         let mr = tile_rows.min(row_range.end - r0);
                         for row in acc.iter_mut().take(mr) {
-                            *row = [0.0; NR];
+                            row[..np * NR].fill(0.0);
                         }
-                        let cols = p * NR..(p * NR + NR).min(n);
+                        let cols = p * NR..((p + np) * NR).min(n);
                         super::prefetch_tile(out.0, residual, r0..r0 + mr, ldo, cols);
                         if widened {
                             self.tile_wide(&a[r0 * lda..], lda, mr, p, &wide, &mut acc);
                         } else {
-                            self.tile(kernel, &a[r0 * lda..], lda, mr, p, &mut acc);
+                            self.tile(kernel, &a[r0 * lda..], lda, mr, p, np, &mut acc);
                         }
                         // SAFETY: tasks cover disjoint (row, panel) blocks, so each writes
                         // only its own rows' outputs of its own panels.
-                        unsafe { self.finish(&acc[..mr], r0, p, scales, bias, residual, out, ldo) };
+                        unsafe {
+                            self.finish(&acc[..mr], r0, p, np, scales, bias, residual, out, ldo)
+                        };
                         r0 += mr;
                     }
+                    p += np;
                 }
                 WIDE.with_borrow_mut(|slot| *slot = wide);
             };
@@ -371,8 +392,10 @@ impl Packed {
         );
     }
 
-    /// One tile: `acc[r][c]` = Σ over blocks of (int32 dot of row `r` with output `c` of panel
-    /// `p`) × that block's scale, for the `mr` rows of `a` (stride `lda`).
+    /// One tile: `acc[r][q × NR + c]` = Σ over blocks of (int32 dot of row `r` with output
+    /// `c` of panel `p + q`) × that block's scale, for the `mr` rows of `a` (stride `lda`) and
+    /// the `np` panels from `p`.
+    #[allow(clippy::too_many_arguments)]
     fn tile(
         &self,
         kernel: Kernel,
@@ -380,17 +403,19 @@ impl Packed {
         lda: usize,
         mr: usize,
         p: usize,
-        acc: &mut [[f32; NR]; MAX_ROWS],
+        np: usize,
+        acc: &mut Acc,
     ) {
         assert!(mr <= kernel.rows() && a.len() >= (mr - 1) * lda + self.blocks * BLOCK);
-        let w = &self.weights[p * self.blocks * PANEL_BLOCK..(p + 1) * self.blocks * PANEL_BLOCK];
-        let ws = &self.scales[p * self.blocks * NR..(p + 1) * self.blocks * NR];
+        assert!(np >= 1 && np <= kernel.panels() && p + np <= self.panels);
+        let w = &self.weights[p * self.blocks * PANEL_BLOCK..(p + np) * self.blocks * PANEL_BLOCK];
+        let ws = &self.scales[p * self.blocks * NR..(p + np) * self.blocks * NR];
         match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `forward_with` checked the CPU runs the kernel; the slices hold the
             // tile's rows and the panel's blocks (asserted above).
             Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => unsafe {
-                x86::tile(kernel, a.as_ptr(), lda, mr, w, ws, self.blocks, acc)
+                x86::tile(kernel, a.as_ptr(), lda, mr, np, w, ws, self.blocks, acc)
             },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: as above; NEON is part of every aarch64 target.
@@ -416,15 +441,7 @@ impl Packed {
     }
 
     /// [`Packed::tile`] on panel `p` widened by [`Packed::widen`].
-    fn tile_wide(
-        &self,
-        a: &[i16],
-        lda: usize,
-        mr: usize,
-        p: usize,
-        wide: &[i16],
-        acc: &mut [[f32; NR]; MAX_ROWS],
-    ) {
+    fn tile_wide(&self, a: &[i16], lda: usize, mr: usize, p: usize, wide: &[i16], acc: &mut Acc) {
         assert!(mr <= Kernel::Avx2.rows() && a.len() >= (mr - 1) * lda + self.blocks * BLOCK);
         assert!(wide.len() == self.blocks * PANEL_BLOCK);
         let ws = &self.scales[p * self.blocks * NR..(p + 1) * self.blocks * NR];
@@ -438,8 +455,8 @@ impl Packed {
         unreachable!("no kernel widens here ({a:?}, {lda}, {mr}, {ws:?}, {acc:?})");
     }
 
-    /// Writes a tile's rows: `out = acc × row scale + bias (+ residual)`, for the panel's
-    /// real outputs, in rows of `ldo`.
+    /// Writes a tile's rows: `out = acc × row scale + bias (+ residual)`, for the real
+    /// outputs of the `np` panels from `p`, in rows of `ldo`.
     ///
     /// # Safety
     /// `out` must hold the rows' `outputs` floats at stride `ldo`, and no other thread may
@@ -447,9 +464,10 @@ impl Packed {
     #[allow(clippy::too_many_arguments)]
     unsafe fn finish(
         &self,
-        acc: &[[f32; NR]],
+        acc: &[[f32; NR * MAX_PANELS]],
         r0: usize,
         p: usize,
+        np: usize,
         row_scales: &[f32],
         bias: &[f32],
         residual: Option<&[f32]>,
@@ -458,7 +476,7 @@ impl Packed {
     ) {
         let n = self.outputs;
         let c0 = p * NR;
-        let width = NR.min(n - c0);
+        let width = (np * NR).min(n - c0);
         for (i, sums) in acc.iter().enumerate() {
             let r = r0 + i;
             let s = row_scales[r];
@@ -542,7 +560,7 @@ fn tile_portable(
     w: &[i8],
     ws: &[f32],
     blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
+    acc: &mut Acc,
 ) {
     for b in 0..blocks {
         let wb = &w[b * PANEL_BLOCK..(b + 1) * PANEL_BLOCK];

@@ -10,7 +10,7 @@
 
 use std::arch::aarch64::*;
 
-use super::{BLOCK, MAX_ROWS, NR, PANEL_BLOCK};
+use super::{Acc, BLOCK, NR, PANEL_BLOCK};
 
 /// Rows per tile: 4 rows × 16 outputs of int32 sums are 16 of the 32 vector registers,
 /// leaving room for the rows' activations and a pair's widened weights.
@@ -28,7 +28,7 @@ pub unsafe fn tile(
     w: &[i8],
     ws: &[f32],
     blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
+    acc: &mut Acc,
 ) {
     debug_assert!(w.len() >= blocks * PANEL_BLOCK && ws.len() >= blocks * NR);
     // SAFETY: the caller's contract, passed on.
@@ -69,7 +69,7 @@ unsafe fn rows<const MR: usize>(
     w: &[i8],
     ws: &[f32],
     blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
+    acc: &mut Acc,
 ) {
     // SAFETY (the whole body): reads stay inside the rows and the panel the caller vouched
     // for; NEON is part of every aarch64 target.

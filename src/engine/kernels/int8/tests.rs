@@ -60,7 +60,7 @@ fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f3
 #[test]
 fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
     println!("int8 kernels here: {:?}", Kernel::here());
-    for (inputs, outputs) in [(37, 71), (384, 48), (64, 16), (1536, 40)] {
+    for (inputs, outputs) in [(37, 71), (384, 48), (64, 16), (1536, 40), (96, 130)] {
         let wt = weights(inputs, outputs);
         let p = Packed::new(&wt, inputs, outputs);
         let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.25).collect();

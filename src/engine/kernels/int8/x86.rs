@@ -1,5 +1,6 @@
 //! The x86-64 int8 tiles: AVX2 (`vpmaddwd` then `vpaddd`), AVX-VNNI and AVX-512 VNNI
-//! (`vpdpwssd`, which fuses the two). The VNNI tiles sign-extend a panel's int8 weights to
+//! (`vpdpwssd`, which fuses the two; AVX-512's tile spans up to 4 panels, see
+//! `Kernel::panels`). The VNNI tiles sign-extend a panel's int8 weights to
 //! int16 as they load them (16 outputs × 2 inputs a register), and so does the AVX2 tile for
 //! a few rows; for more, AVX2 reads a panel widened once for all its row tiles ([`widen`]). Each multiplies the weights by a broadcast
 //! pair of a row's int16 activations, sums a block in int32, then adds it into f32 with the
@@ -7,25 +8,27 @@
 
 use std::arch::x86_64::*;
 
-use super::{BLOCK, Kernel, MAX_ROWS, NR, PANEL_BLOCK};
+use super::{Acc, BLOCK, Kernel, NR, PANEL_BLOCK};
 
 /// One tile with `kernel` (see `Packed::tile`).
 ///
 /// # Safety
 /// The CPU must run `kernel`; `a` must hold `mr` rows of `blocks × BLOCK` int16 at stride
-/// `lda`, `w` and `ws` one panel's `blocks`, and `mr ≤ kernel.rows()`.
+/// `lda`, `w` and `ws` the `np` panels' `blocks`, `mr ≤ kernel.rows()` and
+/// `np ≤ kernel.panels()`.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tile(
     kernel: Kernel,
     a: *const i16,
     lda: usize,
     mr: usize,
+    np: usize,
     w: &[i8],
     ws: &[f32],
     blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
+    acc: &mut Acc,
 ) {
-    debug_assert!(w.len() >= blocks * PANEL_BLOCK && ws.len() >= blocks * NR);
+    debug_assert!(w.len() >= np * blocks * PANEL_BLOCK && ws.len() >= np * blocks * NR);
     let (w, ws) = (w.as_ptr(), ws.as_ptr());
     macro_rules! rows {
         ($f:ident, $($m:literal),*) => {
@@ -36,8 +39,27 @@ pub(super) unsafe fn tile(
             }
         };
     }
+    macro_rules! tiles {
+        ($f:ident, [$($m:literal),*], [$($p:literal),*]) => {
+            tiles!(@rows $f, [$($m),*], [$($p),*])
+        };
+        (@rows $f:ident, [$($m:literal),*], $ps:tt) => {
+            match mr {
+                $($m => tiles!(@panels $f, $m, $ps),)*
+                _ => unreachable!("a tile of {mr} rows"),
+            }
+        };
+        (@panels $f:ident, $m:literal, [$($p:literal),*]) => {
+            match np {
+                // SAFETY: the caller's contract, passed on.
+                $($p => unsafe { $f::<$m, $p>(a, lda, w, ws, blocks, acc) },)*
+                _ => unreachable!("a tile of {np} panels"),
+            }
+        };
+    }
+    debug_assert!(np == 1 || kernel == Kernel::Avx512Vnni);
     match kernel {
-        Kernel::Avx512Vnni => rows!(avx512_vnni, 1, 2, 3, 4, 5, 6, 7, 8),
+        Kernel::Avx512Vnni => tiles!(avx512_vnni, [1, 2, 3, 4], [1, 2, 3, 4]),
         Kernel::AvxVnni => rows!(avx_vnni, 1, 2, 3, 4),
         Kernel::Avx2 => {
             let w = Int8Panel(w);
@@ -122,7 +144,7 @@ unsafe fn avx2<const M: usize, P: Panel>(
     w: P,
     ws: *const f32,
     blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
+    acc: &mut Acc,
 ) {
     let mut f = [[_mm256_setzero_ps(); 2]; M];
     for b in 0..blocks {
@@ -182,7 +204,7 @@ pub(super) unsafe fn tile_wide(
     w: &[i16],
     ws: &[f32],
     blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
+    acc: &mut Acc,
 ) {
     debug_assert!(w.len() >= blocks * PANEL_BLOCK && ws.len() >= blocks * NR);
     let (w, ws) = (WidePanel(w.as_ptr()), ws.as_ptr());
@@ -203,7 +225,7 @@ unsafe fn avx_vnni<const M: usize>(
     w: *const i8,
     ws: *const f32,
     blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
+    acc: &mut Acc,
 ) {
     let mut f = [[_mm256_setzero_ps(); 2]; M];
     for b in 0..blocks {
@@ -241,36 +263,47 @@ unsafe fn avx_vnni<const M: usize>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-unsafe fn avx512_vnni<const M: usize>(
+unsafe fn avx512_vnni<const M: usize, const P: usize>(
     a: *const i16,
     lda: usize,
     w: *const i8,
     ws: *const f32,
     blocks: usize,
-    acc: &mut [[f32; NR]; MAX_ROWS],
+    acc: &mut Acc,
 ) {
-    let mut f = [_mm512_setzero_ps(); M];
+    // Panel `q`'s weights and scales start `q` panels on.
+    let (w_stride, s_stride) = (blocks * PANEL_BLOCK, blocks * NR);
+    let mut f = [[_mm512_setzero_ps(); P]; M];
     for b in 0..blocks {
-        let mut s = [_mm512_setzero_si512(); M];
-        // SAFETY: as in `avx2`; a 32-byte load is the block row's 16 outputs × 2 inputs.
+        let mut s = [[_mm512_setzero_si512(); P]; M];
+        // SAFETY: as in `avx2`, for each of the `P` panels; a 32-byte load is a panel's block
+        // row of 16 outputs × 2 inputs.
         unsafe {
-            let wb = w.add(b * PANEL_BLOCK);
             for j in 0..BLOCK / 2 {
-                let wv =
-                    _mm512_cvtepi8_epi16(_mm256_loadu_si256(wb.add(j * 2 * NR) as *const __m256i));
+                let mut wv = [_mm512_setzero_si512(); P];
+                for (q, wv) in wv.iter_mut().enumerate() {
+                    let at = w.add(q * w_stride + b * PANEL_BLOCK + j * 2 * NR);
+                    *wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(at as *const __m256i));
+                }
                 for (r, s) in s.iter_mut().enumerate() {
                     let av = _mm512_set1_epi32(pair(a, r * lda + b * BLOCK + 2 * j));
-                    *s = _mm512_dpwssd_epi32(*s, av, wv);
+                    for (s, &wv) in s.iter_mut().zip(&wv) {
+                        *s = _mm512_dpwssd_epi32(*s, av, wv);
+                    }
                 }
             }
-            let sc = _mm512_loadu_ps(ws.add(b * NR));
-            for (f, s) in f.iter_mut().zip(&s) {
-                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*s), sc, *f);
+            for q in 0..P {
+                let sc = _mm512_loadu_ps(ws.add(q * s_stride + b * NR));
+                for (f, s) in f.iter_mut().zip(&s) {
+                    f[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[q]), sc, f[q]);
+                }
             }
         }
     }
     for (out, f) in acc.iter_mut().zip(&f) {
-        // SAFETY: `out` holds 16 floats.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), *f) };
+        for (q, f) in f.iter().enumerate() {
+            // SAFETY: `out` holds MAX_PANELS × 16 floats.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(q * NR), *f) };
+        }
     }
 }
