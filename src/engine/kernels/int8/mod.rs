@@ -342,6 +342,8 @@ impl Packed {
                         let cols = p * NR..((p + np) * NR).min(n);
                         super::prefetch_tile(out.0, residual, r0..r0 + mr, ldo, cols);
                         if widened {
+                            // Only one-panel kernels (AVX2) widen.
+                            debug_assert_eq!(np, 1);
                             self.tile_wide(&a[r0 * lda..], lda, mr, p, &wide, &mut acc);
                         } else {
                             self.tile(kernel, &a[r0 * lda..], lda, mr, p, np, &mut acc);
@@ -413,7 +415,7 @@ impl Packed {
         match kernel {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `forward_with` checked the CPU runs the kernel; the slices hold the
-            // tile's rows and the panel's blocks (asserted above).
+            // tile's rows and the `np` panels' blocks (asserted above).
             Kernel::Avx512Vnni | Kernel::AvxVnni | Kernel::Avx2 => unsafe {
                 x86::tile(kernel, a.as_ptr(), lda, mr, np, w, ws, self.blocks, acc)
             },

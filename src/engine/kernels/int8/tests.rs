@@ -60,27 +60,48 @@ fn exact(p: &Packed, x: &[f32], rows: usize, bias: &[f32], residual: Option<&[f3
 #[test]
 fn every_kernel_here_computes_the_quantized_product_on_ragged_shapes() {
     println!("int8 kernels here: {:?}", Kernel::here());
-    for (inputs, outputs) in [(37, 71), (384, 48), (64, 16), (1536, 40), (96, 130)] {
-        let wt = weights(inputs, outputs);
-        let p = Packed::new(&wt, inputs, outputs);
-        let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.25).collect();
-        // From `WIDEN_ROWS` (32) rows a task (up to 64 rows) widens its panels first: 35
-        // rows take that path, 69 take it for 64 rows and the plain one for the last 5.
-        for rows in [1, 3, 4, 5, 8, 9, 35, 64 + 5] {
-            let x = activations(rows, inputs);
-            let res: Vec<f32> = (0..rows * outputs).map(|i| value(i, 3)).collect();
-            for residual in [None, Some(&res[..])] {
-                let want = exact(&p, &x, rows, &bias, residual);
-                for kernel in Kernel::here() {
-                    let mut out = vec![f32::NAN; rows * outputs];
-                    p.forward_with(kernel, &x, rows, &bias, residual, &mut out);
-                    for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
-                        assert!(
-                            (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{} {inputs}→{outputs}, {rows} rows, output {i}: {got} vs {want}",
-                            kernel.name()
-                        );
-                    }
+    // 1 to 9 panels, the last one part-filled in most. A pool's thread count decides how many
+    // panels a task (and so AVX-512's tile) spans: on 1 thread 4, so 48 and 40 outputs make
+    // one tile of 3 panels (40's last part-filled) and 100 one of 4 and one of 3; on 16, 1.
+    let shapes = [
+        (37, 71),
+        (384, 48),
+        (64, 16),
+        (1536, 40),
+        (96, 130),
+        (64, 100),
+    ];
+    for threads in [1, 2, 16] {
+        tasks::on_threads(threads, || {
+            for (inputs, outputs) in shapes {
+                products_match_on(inputs, outputs, threads);
+            }
+        });
+    }
+}
+
+/// Every kernel here, on `rows` from 1 to 69, against [`exact`].
+fn products_match_on(inputs: usize, outputs: usize, threads: usize) {
+    let wt = weights(inputs, outputs);
+    let p = Packed::new(&wt, inputs, outputs);
+    let bias: Vec<f32> = (0..outputs).map(|o| o as f32 * 0.25).collect();
+    // From `WIDEN_ROWS` (32) rows a task (up to 64 rows) widens its panels first: 35
+    // rows take that path, 69 take it for 64 rows and the plain one for the last 5.
+    for rows in [1, 3, 4, 5, 8, 9, 35, 64 + 5] {
+        let x = activations(rows, inputs);
+        let res: Vec<f32> = (0..rows * outputs).map(|i| value(i, 3)).collect();
+        for residual in [None, Some(&res[..])] {
+            let want = exact(&p, &x, rows, &bias, residual);
+            for kernel in Kernel::here() {
+                let mut out = vec![f32::NAN; rows * outputs];
+                p.forward_with(kernel, &x, rows, &bias, residual, &mut out);
+                for (i, (&got, &want)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{} {inputs}→{outputs}, {rows} rows, {threads} threads, output {i}: \
+                         {got} vs {want}",
+                        kernel.name()
+                    );
                 }
             }
         }
