@@ -133,6 +133,27 @@ pub fn kernel_name(precision: crate::config::Precision) -> &'static str {
     }
 }
 
+/// Calls `$f::<M, P>$args` for a tile of `$mr` rows × `$np` panels known only at run time,
+/// instantiated for each of the listed row and panel counts (the x86 int8 and int8-fast tiles
+/// take both as const generics, so their sums stay in registers). Used inside an `unsafe fn`
+/// whose contract covers the call.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_shape {
+    ($f:ident $args:tt, $mr:expr, [$($m:literal),*], $np:expr, $ps:tt) => {
+        match $mr {
+            $($m => tile_shape!(@panels $f $args, $m, $np, $ps),)*
+            mr => unreachable!("a tile of {mr} rows"),
+        }
+    };
+    (@panels $f:ident $args:tt, $m:literal, $np:expr, [$($p:literal),*]) => {
+        match $np {
+            // SAFETY: the enclosing function's contract, passed on.
+            $($p => unsafe { $f::<$m, $p> $args },)*
+            np => unreachable!("a tile of {np} panels"),
+        }
+    };
+}
+
 /// Compiles `$generic` (an `#[inline(always)]` fn) again for AVX-512 and AVX2+FMA and calls
 /// the best the CPU offers.
 macro_rules! simd {

@@ -1,10 +1,10 @@
 //! The x86-64 int8 tiles: AVX2 (`vpmaddwd` then `vpaddd`), AVX-VNNI and AVX-512 VNNI
 //! (`vpdpwssd`, which fuses the two; AVX-512's tile spans up to 4 panels, see
-//! `Kernel::panels`). The VNNI tiles sign-extend a panel's int8 weights to
-//! int16 as they load them (16 outputs × 2 inputs a register), and so does the AVX2 tile for
-//! a few rows; for more, AVX2 reads a panel widened once for all its row tiles ([`widen`]). Each multiplies the weights by a broadcast
-//! pair of a row's int16 activations, sums a block in int32, then adds it into f32 with the
-//! block's scales.
+//! `Kernel::panels`). The VNNI tiles sign-extend a panel's int8 weights to int16 as they load
+//! them (16 outputs × 2 inputs a register), and so does the AVX2 tile for a few rows; for
+//! more, AVX2 reads a panel widened once for all its row tiles ([`widen`]). Each multiplies
+//! the weights by a broadcast pair of a row's int16 activations, sums a block in int32, then
+//! adds it into f32 with the block's scales.
 
 use std::arch::x86_64::*;
 
@@ -39,27 +39,17 @@ pub(super) unsafe fn tile(
             }
         };
     }
-    macro_rules! tiles {
-        ($f:ident, [$($m:literal),*], [$($p:literal),*]) => {
-            tiles!(@rows $f, [$($m),*], [$($p),*])
-        };
-        (@rows $f:ident, [$($m:literal),*], $ps:tt) => {
-            match mr {
-                $($m => tiles!(@panels $f, $m, $ps),)*
-                _ => unreachable!("a tile of {mr} rows"),
-            }
-        };
-        (@panels $f:ident, $m:literal, [$($p:literal),*]) => {
-            match np {
-                // SAFETY: the caller's contract, passed on.
-                $($p => unsafe { $f::<$m, $p>(a, lda, w, ws, blocks, acc) },)*
-                _ => unreachable!("a tile of {np} panels"),
-            }
-        };
-    }
-    debug_assert!(np == 1 || kernel == Kernel::Avx512Vnni);
+    debug_assert!(np <= kernel.panels());
     match kernel {
-        Kernel::Avx512Vnni => tiles!(avx512_vnni, [1, 2, 3, 4], [1, 2, 3, 4]),
+        Kernel::Avx512Vnni => {
+            tile_shape!(
+                avx512_vnni(a, lda, w, ws, blocks, acc),
+                mr,
+                [1, 2, 3, 4],
+                np,
+                [1, 2, 3, 4]
+            )
+        }
         Kernel::AvxVnni => rows!(avx_vnni, 1, 2, 3, 4),
         Kernel::Avx2 => {
             let w = Int8Panel(w);

@@ -51,28 +51,24 @@ pub(super) unsafe fn tile(
 ) {
     debug_assert!(w.len() >= np * groups * PANEL_GROUP);
     let w = w.as_ptr();
-    macro_rules! dispatch {
-        ($f:ident, [$($m:literal),*], [$($p:literal),*]) => {
-            dispatch!(@rows $f, mr, [$($m),*], [$($p),*])
-        };
-        (@rows $f:ident, $mr:ident, [$($m:literal),*], $ps:tt) => {
-            match $mr {
-                $($m => dispatch!(@panels $f, $m, $ps),)*
-                _ => unreachable!("a tile of {mr} rows"),
-            }
-        };
-        (@panels $f:ident, $m:literal, [$($p:literal),*]) => {
-            match np {
-                // SAFETY: the caller's contract, passed on.
-                $($p => unsafe { $f::<$m, $p>(a, lda, w, groups, acc) },)*
-                _ => unreachable!("a tile of {np} panels"),
-            }
-        };
-    }
     match kernel {
-        Kernel::Avx512Vnni => dispatch!(avx512_vnni, [1, 2, 3, 4, 5, 6], [1, 2, 3, 4]),
-        Kernel::AvxVnni => dispatch!(avx_vnni, [1, 2, 3, 4, 5, 6], [1]),
-        Kernel::Avx2 => dispatch!(avx2, [1, 2, 3, 4], [1]),
+        Kernel::Avx512Vnni => {
+            tile_shape!(
+                avx512_vnni(a, lda, w, groups, acc),
+                mr,
+                [1, 2, 3, 4, 5, 6],
+                np,
+                [1, 2, 3, 4]
+            )
+        }
+        Kernel::AvxVnni => tile_shape!(
+            avx_vnni(a, lda, w, groups, acc),
+            mr,
+            [1, 2, 3, 4, 5, 6],
+            np,
+            [1]
+        ),
+        Kernel::Avx2 => tile_shape!(avx2(a, lda, w, groups, acc), mr, [1, 2, 3, 4], np, [1]),
         _ => unreachable!("the {} kernel is not x86", kernel.name()),
     }
 }
